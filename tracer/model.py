@@ -139,6 +139,7 @@ class HopLabel:
     iface: str  # interface name as seen inside that namespace
     netns: int = 0
     ifindex: int = 0
+    linktype: int = 1  # pcap LINKTYPE_* of the frame bytes seen here (1 = Ethernet)
 
     @property
     def name(self) -> str:
@@ -152,14 +153,16 @@ class ObsBatch:
     ``rows`` has dtype ``obs_dtype()``; ``hops`` is the label table rows point
     into (shared and append-only across batches of one source); ``frames``
     holds the captured bytes from the mac header, sliced by
-    ``frame_off``/``frame_len``; ``linktype`` is the pcap link type of those
-    bytes (1 = Ethernet).
+    ``frame_off``/``frame_len`` (their link type is the hop's ``linktype``).
+    ``now_ns``, when set by a live source, is the source's clock at the end of
+    the batch: the correlator may finish paths idle since before it (a live
+    source yields empty batches with ``now_ns`` while nothing happens).
     """
 
     rows: np.ndarray[Any, Any]
     hops: list[HopLabel]
     frames: bytes | bytearray | memoryview = b""
-    linktype: int = 1
+    now_ns: int | None = None
     drop_reasons: dict[int, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
