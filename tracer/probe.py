@@ -1,0 +1,435 @@
+"""`hoptrace probe`: send test packets from inside a node's namespace and trace them.
+
+The answer to "can container X reach Y, and if not, where does it die?":
+tracing starts first (eBPF, else taps), then a thread that entered the
+node's network namespace sends ICMP echo requests, UDP datagrams or TCP
+connection attempts (a real connect() from a high port, ended with a reset:
+the container's own connections are untouched), and the engine's paths for
+those packets and their replies give the verdict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import ipaddress
+import json
+import os
+import random
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tracer.errors import EXIT_OK, EXIT_PROBLEM, HoptraceError, UsageError
+from tracer.model import Flow, Observation, PacketPath
+from tracer.names import LAB_STATE, NodeNamer, netns_inode
+from tracer.netns import run_in_netns
+
+PAYLOAD_TAG = b"hoptrace-probe:"
+# ICMP unreachable codes that mean "nothing routes there" rather than "refused".
+_ICMP4_NO_ROUTE = {0, 1, 5, 6, 7, 8, 11, 12}
+_ICMP6_NO_ROUTE = {0, 2, 3}
+
+Verdict = str  # reachable | dropped | rejected | no route | no ARP answer | no reply
+
+
+# --------------------------------------------------------------------------
+# What the user asked for
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    addr: str
+    family: int
+    port: int | None
+    proto: str
+
+
+def parse_target(text: str, proto: str | None) -> Target:
+    """ADDR, ADDR:PORT, [V6ADDR]:PORT or a bare IPv6 address; never a name (no DNS here)."""
+    host, port_text = text, None
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise UsageError(f"cannot parse address {text!r}", "use ADDR, ADDR:PORT or [IPV6]:PORT")
+        port_text = rest[1:] or None
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise UsageError(
+            f"not an IP address: {host!r}", "give an address such as 198.51.100.8 or 203.0.113.2:8080"
+        ) from None
+    port = None
+    if port_text is not None:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise UsageError(f"not a port number: {port_text!r}", "ports are 1-65535")
+        port = int(port_text)
+    if proto is None:
+        proto = "tcp" if port is not None else "icmp"
+    if proto in ("tcp", "udp") and port is None:
+        raise UsageError(f"--proto {proto} needs a port: --to {host}:PORT")
+    if proto == "icmp" and port is not None:
+        raise UsageError("ICMP has no ports: drop the :PORT or use --proto tcp|udp")
+    return Target(addr=str(ip), family=ip.version, port=port, proto=proto)
+
+
+def _netns_candidates() -> Iterable[str]:
+    run_netns = Path("/run/netns")
+    if run_netns.is_dir():
+        yield from (str(p) for p in sorted(run_netns.iterdir()))
+    if LAB_STATE.is_dir():
+        yield from (str(p) for p in sorted(LAB_STATE.glob("lab-*/**/netns/*")))
+    for pid in sorted((p for p in os.listdir("/proc") if p.isdigit()), key=int):
+        yield f"/proc/{pid}/ns/net"
+
+
+def known_nodes(namer: NodeNamer | None = None) -> dict[str, str]:
+    """node name -> a path to its network namespace."""
+    namer = namer or NodeNamer()
+    nodes: dict[str, str] = {}
+    seen: set[int] = set()
+    for path in _netns_candidates():
+        try:
+            inode = netns_inode(path)
+        except OSError:
+            continue
+        if inode in seen:
+            continue
+        seen.add(inode)
+        nodes.setdefault(namer.name(inode), path)
+    return nodes
+
+
+def _namer_with_containers() -> NodeNamer:
+    namer = NodeNamer()
+    try:
+        from tracer import topology
+    except ImportError:
+        return namer
+    discover = getattr(getattr(topology, "Topology", None), "discover", None)
+    if discover is None:
+        return namer
+    try:
+        topo = discover()
+    except HoptraceError:
+        return namer
+    for inode, name in getattr(topo, "container_names", {}).items():
+        namer.containers[int(inode)] = name
+    return namer
+
+
+def resolve_node(name: str) -> tuple[str, int]:
+    if not name or len(name) > 255 or "\0" in name or "/" in name:
+        raise UsageError(f"not a node name: {name[:40]!r}")
+    nodes = known_nodes(_namer_with_containers())
+    if name not in nodes:
+        listing = ", ".join(sorted(n for n in nodes if not n.startswith("netns:"))) or "none"
+        raise UsageError(f"unknown node {name!r}", f"known nodes: {listing}")
+    path = nodes[name]
+    return path, netns_inode(path)
+
+
+# --------------------------------------------------------------------------
+# Sending, inside the node's namespace
+# --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Sent:
+    """What the sender did: the identifiers that find its packets among the paths."""
+
+    ident: int  # ICMP echo id, or the local (source) port for TCP/UDP
+    seqs: list[int] = field(default_factory=list)
+    socket_error: int | None = None  # errno from the socket layer (ENETUNREACH, ECONNREFUSED, ...)
+    answered: bool = False  # the socket itself saw an answer (echo reply, SYN-ACK, datagram)
+
+
+def _icmp_checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+def _send_icmp(t: Target, count: int, interval: float, timeout: float) -> Sent:
+    ident = random.randrange(0x4000, 0xFFFF)
+    sent = Sent(ident=ident)
+    if t.family == 4:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        echo, reply = 8, 0
+    else:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        echo, reply = 128, 129
+    with sock:
+        sock.settimeout(0.05)
+        for seq in range(1, count + 1):
+            payload = PAYLOAD_TAG + struct.pack("!dH", time.time(), seq) + bytes(range(32))
+            header = struct.pack("!BBHHH", echo, 0, 0, ident, seq)
+            csum = _icmp_checksum(header + payload) if t.family == 4 else 0  # kernel fills v6
+            packet = struct.pack("!BBHHH", echo, 0, csum, ident, seq) + payload
+            try:
+                sock.sendto(packet, (t.addr, 0))
+            except OSError as exc:
+                sent.socket_error = exc.errno
+                return sent
+            sent.seqs.append(seq)
+            deadline = time.monotonic() + (interval if seq < count else timeout)
+            while time.monotonic() < deadline:
+                try:
+                    data = sock.recv(2048)
+                except TimeoutError:
+                    continue
+                icmp = data[(data[0] & 0x0F) * 4 :] if t.family == 4 else data
+                if len(icmp) >= 8:
+                    typ, _code, _c, rid, _rseq = struct.unpack_from("!BBHHH", icmp)
+                    if typ == reply and rid == ident:
+                        sent.answered = True
+                        if seq == count:
+                            return sent
+    return sent
+
+
+def _send_udp(t: Target, count: int, interval: float, timeout: float) -> Sent:
+    fam = socket.AF_INET if t.family == 4 else socket.AF_INET6
+    with socket.socket(fam, socket.SOCK_DGRAM) as sock:
+        sock.bind(("0.0.0.0" if t.family == 4 else "::", 0))
+        sent = Sent(ident=sock.getsockname()[1])
+        # IP_RECVERR lets an ICMP port unreachable show up as ECONNREFUSED on connected sockets.
+        sock.connect((t.addr, t.port))
+        sock.settimeout(0.05)
+        for seq in range(1, count + 1):
+            try:
+                sock.send(PAYLOAD_TAG + struct.pack("!dH", time.time(), seq))
+            except OSError as exc:
+                sent.socket_error = exc.errno
+                return sent
+            sent.seqs.append(seq)
+            deadline = time.monotonic() + (interval if seq < count else timeout)
+            while time.monotonic() < deadline:
+                try:
+                    sock.recv(2048)
+                    sent.answered = True
+                except TimeoutError:
+                    continue
+                except OSError as exc:
+                    sent.socket_error = exc.errno
+                    break
+    return sent
+
+
+def _send_tcp(t: Target, count: int, interval: float, timeout: float) -> Sent:
+    fam = socket.AF_INET if t.family == 4 else socket.AF_INET6
+    sent = Sent(ident=0)
+    for seq in range(1, count + 1):
+        with socket.socket(fam, socket.SOCK_STREAM) as sock:
+            # A high port of our own, and SO_LINGER 0 so close() sends RST: the
+            # probe never leaves a half-open or TIME_WAIT connection behind.
+            sock.bind(("0.0.0.0" if t.family == 4 else "::", random.randrange(49152, 65000)))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sent.ident = sock.getsockname()[1]
+            sock.settimeout(timeout)
+            sent.seqs.append(seq)
+            try:
+                sock.connect((t.addr, t.port))
+                sent.answered = True
+            except TimeoutError:
+                sent.socket_error = errno.ETIMEDOUT
+            except OSError as exc:
+                sent.socket_error = exc.errno
+        if seq < count:
+            time.sleep(interval)
+    return sent
+
+
+SENDERS = {"icmp": _send_icmp, "udp": _send_udp, "tcp": _send_tcp}
+
+
+# --------------------------------------------------------------------------
+# The verdict, from the paths
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    verdict: Verdict
+    detail: str
+    requests: tuple[PacketPath, ...]
+    replies: tuple[PacketPath, ...]
+    ok: bool
+
+
+def _is_request(p: PacketPath, t: Target, sent: Sent, netns: int) -> bool:
+    h = p.first
+    if h.netns != netns or h.direction not in ("tx", None) or h.dst != t.addr:
+        return False
+    if t.proto == "icmp":
+        return h.icmp_type in (8, 128) and h.icmp_id == sent.ident
+    return h.proto == (6 if t.proto == "tcp" else 17) and h.sport == sent.ident
+
+
+def _quotes_request(h: Observation, t: Target, sent: Sent) -> bool:
+    inner = h.inner
+    if inner is None:
+        return False
+    if t.proto == "icmp":
+        return inner.dst == t.addr and inner.sport == sent.ident
+    return inner.sport == sent.ident and inner.dport == t.port
+
+
+def _is_reply(p: PacketPath, t: Target, sent: Sent, netns: int) -> bool:
+    """A reply as seen where it arrives back: the last hop is in the probing namespace."""
+    h = p.last
+    if h.netns != netns:
+        return False
+    if h.icmp_type is not None and h.inner is not None:
+        return _quotes_request(h, t, sent)
+    if t.proto == "icmp":
+        return h.icmp_type in (0, 129) and h.icmp_id == sent.ident
+    return h.proto == (6 if t.proto == "tcp" else 17) and h.dport == sent.ident
+
+
+def _hop(h: Observation) -> str:
+    return f"{h.node}/{h.ifname}"
+
+
+def judge(t: Target, sent: Sent, netns: int, paths: Sequence[PacketPath],
+          flows: Sequence[Flow] = ()) -> ProbeResult:
+    requests = tuple(p for p in paths if _is_request(p, t, sent, netns))
+    req_flows = {p.flow for p in requests if p.flow}
+    replies = tuple(
+        p for p in paths
+        if p not in requests and (_is_reply(p, t, sent, netns) or (p.flow and p.flow in req_flows))
+    )
+    arrived = tuple(p for p in replies if p.last.netns == netns and p.last.direction != "drop")
+
+    if sent.socket_error == errno.ENETUNREACH:
+        return ProbeResult("no route", f"no route to {t.addr} from the node's routing table",
+                           requests, replies, False)
+    for p in requests:
+        drop = next((h for h in p.hops if h.direction == "drop"), None)
+        if drop is not None:
+            return ProbeResult("dropped", f"dropped at {_hop(drop)} ({drop.node}), reason "
+                               f"{drop.drop_reason or 'unknown'}", requests, replies, False)
+    for p in arrived:
+        h = p.last
+        if h.icmp_type is not None and h.inner is not None:
+            origin = p.first
+            v6 = h.family == 6
+            no_route = (h.icmp_code in (_ICMP6_NO_ROUTE if v6 else _ICMP4_NO_ROUTE)
+                        and h.icmp_type in ((1,) if v6 else (3,)))
+            what = "no route" if no_route else "rejected"
+            return ProbeResult(what, f"ICMP {'v6 ' if v6 else ''}type {h.icmp_type} code "
+                               f"{h.icmp_code} from {origin.src} (first seen at {_hop(origin)})",
+                               requests, replies, False)
+        if t.proto == "tcp" and h.tcp_flags is not None and h.tcp_flags & 0x04 and not h.tcp_flags & 0x02:
+            origin = p.first
+            return ProbeResult("rejected", f"TCP RST from {origin.src}:{origin.sport} (first seen "
+                               f"at {_hop(origin)}): nothing listens on {t.addr}:{t.port}",
+                               requests, replies, False)
+    if arrived or sent.answered:
+        return ProbeResult("reachable", f"{t.addr}{':' + str(t.port) if t.port else ''} answered",
+                           requests, replies, True)
+    if sent.socket_error == errno.ECONNREFUSED:
+        return ProbeResult("rejected", "connection refused (reset or ICMP unreachable)",
+                           requests, replies, False)
+    if sent.socket_error == errno.EHOSTUNREACH:
+        arp = [p for p in paths if p.first.family == 0 and p.first.netns == netns]
+        if arp or not requests or len(requests[0].hops) == 1:
+            return ProbeResult("no ARP answer", "the next hop did not answer ARP (host unreachable)",
+                               requests, replies, False)
+    if not requests:
+        return ProbeResult("no reply", "no probe packet was seen leaving the node "
+                           "(is the tracer attached to its interfaces?)", requests, replies, False)
+    last = max((p.last for p in requests), key=lambda h: h.ts_ns)
+    seen = " a reply was seen at " + ", ".join(sorted({_hop(h) for p in replies for h in p.hops})) \
+        if replies else " no reply was seen anywhere"
+    return ProbeResult("no reply", f"the request last reached {_hop(last)} ({last.direction});{seen}",
+                       requests, replies, False)
+
+
+# --------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------
+
+
+def _make_source(backend: str) -> object:
+    from tracer.live import make_source  # the same backend choice as `live`
+
+    return make_source(backend)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tracer.engine import Engine
+    from tracer.output import path_json, path_text
+
+    target = parse_target(args.to, args.proto)
+    netns_path, netns = resolve_node(args.from_node)
+    source = _make_source(args.backend)
+    engine = Engine(source)  # type: ignore[arg-type]
+    paths: list[PacketPath] = []
+    flows: list[Flow] = []
+    sent_box: list[Sent] = []
+    errors: list[BaseException] = []
+    interval = 0.2
+
+    def sender() -> None:
+        try:
+            sent_box.append(run_in_netns(
+                netns_path,
+                lambda: SENDERS[target.proto](target, args.count, interval, args.timeout),
+                timeout=args.timeout + args.count * (interval + args.timeout) + 5,
+            ))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            # Let the last sightings arrive and the engine finish the paths, then stop.
+            time.sleep(0.3)
+            engine.stop()
+
+    thread = threading.Thread(target=sender, name="probe-sender", daemon=True)
+    started = False
+    for events in engine.events():
+        if not started:
+            started = True
+            thread.start()
+        for ev in events:
+            if isinstance(ev, PacketPath):
+                paths.append(ev)
+            elif isinstance(ev, Flow):
+                flows.append(ev)
+    if not started:
+        thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    result = judge(target, sent_box[0], netns, paths, flows)
+    if args.json:
+        out = sys.stdout
+        for p in (*result.requests, *result.replies):
+            out.write(json.dumps(path_json(p)) + "\n")
+        out.write(json.dumps({"type": "verdict", "verdict": result.verdict, "detail": result.detail,
+                              "from": args.from_node, "to": target.addr, "port": target.port,
+                              "proto": target.proto, "reachable": result.ok}) + "\n")
+        out.write(json.dumps({"type": "stats", **_stats_dict(engine)}) + "\n")
+    else:
+        print(f"{args.from_node} -> {args.to} ({target.proto}): {result.verdict.upper()}: {result.detail}")
+        for p in (*result.requests, *result.replies):
+            print()
+            print(path_text(p))
+    return EXIT_OK if result.ok else EXIT_PROBLEM
+
+
+def _stats_dict(engine: object) -> dict[str, object]:
+    stats = engine.stats()  # type: ignore[attr-defined]
+    return {"observations": stats.observations, "paths": stats.paths,
+            "lost_events": stats.lost_events, "elapsed_s": round(stats.elapsed_s, 3)}
