@@ -44,3 +44,67 @@ def run_hoptrace(*args: str, timeout: float = 120, **kw: object) -> subprocess.C
     return subprocess.run(
         [*HOPTRACE, *args], capture_output=True, text=True, timeout=timeout, **kw  # type: ignore[call-overload]
     )
+
+
+# --------------------------------------------------------------------------
+# The lab (tracer.lab): module scoped, a unique prefix each, removed also on failure.
+# --------------------------------------------------------------------------
+
+
+def lab_prefix() -> str:
+    """``hoptest-<random>``; HOPTRACE_TEST_LAB_PREFIX pins it (tests that inspect a lab from outside)."""
+    return os.environ.get("HOPTRACE_TEST_LAB_PREFIX") or f"hoptest-{uuid.uuid4().hex[:8]}"
+
+
+def assert_lab_gone(prefix: str) -> None:
+    from tracer.lab.state import LabState
+
+    left = LabState(prefix).leftovers()
+    assert left == [], f"lab {prefix} left: {left}"
+
+
+def _lab(engine: str) -> Iterator[object]:
+    need_root()
+    need_tool("busybox")
+    if engine == "docker":
+        need_tool("dockerd")
+    from tracer.lab import Lab
+
+    lab = Lab(engine, lab_prefix())
+    try:
+        lab.up()
+        yield lab
+    finally:
+        try:
+            lab.down()
+        finally:
+            assert_lab_gone(lab.prefix)
+
+
+@pytest.fixture(scope="module")
+def lab_netns() -> Iterator[object]:
+    """An up ``tracer.lab.Lab`` (netns engine) for the test module; torn down also on failure."""
+    yield from _lab("netns")
+
+
+@pytest.fixture(scope="module")
+def lab_docker() -> Iterator[object]:
+    """An up ``tracer.lab.Lab`` (docker engine: a real dockerd) for the test module."""
+    yield from _lab("docker")
+
+
+@pytest.fixture
+def fresh_lab_prefix() -> Iterator[str]:
+    """A prefix for a test that builds (and breaks) labs itself; everything is removed afterwards
+    and the test fails if anything was left."""
+    need_root()
+    from tracer.lab import Lab
+
+    prefix = lab_prefix()
+    try:
+        yield prefix
+    finally:
+        try:
+            Lab("netns", prefix).down()  # down() stops a dockerd too, whatever engine built it
+        finally:
+            assert_lab_gone(prefix)

@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=("docker", "netns"), default=None,
                    help="default: docker when dockerd is installed, else netns")
     p.add_argument("--no-tui", action="store_true")
+    p.add_argument("--keep", action="store_true", help="with 'demo': leave the lab up afterwards")
     p.add_argument("--json", action="store_true")
 
     sub.add_parser("cleanup", help="remove anything an earlier run left behind")
