@@ -84,15 +84,15 @@ class Lab:
 
     def up(self) -> None:
         require_root()
+        if self.engine == "docker":
+            from tracer.lab import docker_engine
+
+            docker_engine.check_installed()
         for tool in ("ip", "iptables-restore", "nsenter", "busybox"):
             if shutil.which(tool) is None:
                 package = {"ip": "iproute2", "iptables-restore": "iptables", "nsenter": "util-linux",
                            "busybox": "busybox-static"}[tool]
                 raise KernelFeatureMissing(f"{tool} is not installed", f"apt-get install {package}")
-        if self.engine == "docker":
-            from tracer.lab import docker_engine
-
-            docker_engine.check_installed()
         if self.state.exists() or self.state.named_netns() or self.state.dir.exists():
             progress(f"removing what an earlier lab '{self.prefix}' left")
             self.state.remove_everything()

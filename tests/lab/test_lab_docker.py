@@ -1,0 +1,75 @@
+"""The docker engine: a real dockerd in the lab's host namespace; every scenario, and the
+netns engine's hand-written rules checked against what Docker really writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from tracer.lab import NODES, SCENARIOS, Lab
+from tracer.lab import addresses as A
+from tracer.lab.netns_engine import RULES
+
+pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.slow]
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_scenario(lab_docker: Lab, scenario: str) -> None:
+    result = lab_docker.run(scenario)
+    assert (result.ok, scenario) == (True, scenario), result.detail
+
+
+def _rules(save: str) -> list[str]:
+    """iptables-save output as a sorted list of (table, rule/chain policy) lines, counters dropped."""
+    table, out = "", []
+    for line in save.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith(("-A", ":")):
+            out.append(f"{table} {line.split(' [')[0]}")
+    return sorted(out)
+
+
+def test_netns_engine_writes_exactly_dockers_rules(lab_docker: Lab) -> None:
+    save = lab_docker.exec("host", ["iptables-save"])
+    assert save.returncode == 0, save.stderr
+    assert _rules(save.stdout) == _rules(RULES)
+
+
+def test_containers_are_real_and_named(lab_docker: Lab) -> None:
+    st = lab_docker.status()
+    assert (st.engine, st.containers) == ("docker", {"web": "running", "client": "running"})
+    assert st.docker_host == f"unix://{lab_docker.state.dir}/docker.sock"
+    import docker
+
+    dc = docker.DockerClient(base_url=st.docker_host)
+    try:
+        web = dc.containers.get("web")
+        assert web.attrs["NetworkSettings"]["Ports"]["80/tcp"][0]["HostPort"] == str(A.PUBLISHED_PORT)
+        pid = web.attrs["State"]["Pid"]
+    finally:
+        dc.close()
+    # The namespace the lab names "web" is the container's own.
+    assert os.stat(f"/proc/{pid}/ns/net").st_ino == lab_docker.netns_inode("web")
+    nodes = json.loads((lab_docker.state.dir / "nodes.json").read_text())
+    assert sorted(nodes.values()) == sorted(NODES)
+    assert nodes[str(lab_docker.netns_inode("web"))] == "web"
+
+
+def test_docker_made_docker0_in_the_lab_not_in_root(lab_docker: Lab) -> None:
+    links = json.loads(lab_docker.exec("host", ["ip", "-j", "-d", "link", "show", "docker0"]).stdout)
+    assert links[0]["linkinfo"]["info_kind"] == "bridge"
+    root = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True, check=True).stdout
+    assert A.HOST_UPLINK not in root and A.INET_UPLINK not in root
+
+
+def test_status_cli_prints_docker_host(lab_docker: Lab) -> None:
+    from tests.conftest import run_hoptrace
+
+    r = run_hoptrace("lab", "status", env={**os.environ, "HOPTRACE_LAB_PREFIX": lab_docker.prefix})
+    assert r.returncode == 0, r.stderr
+    assert f"export DOCKER_HOST=unix://{lab_docker.state.dir}/docker.sock" in r.stdout
+    assert "container  web: running" in r.stdout
