@@ -1,0 +1,596 @@
+"""Loader for probes/skb_hops.c: every packet at every hop, from the kernel, as ObsBatch.
+
+``EbpfSource`` compiles skb_hops.c with bcc, with each kernel offset passed as
+``-DHT_OFF_*`` from the running kernel's BTF (probes/btf.py), attaches the
+raw tracepoints, and polls the ring buffer on a timer (no wake-up per event:
+the C side reserves with ``BPF_RB_NO_WAKEUP`` and batches events per record).
+Records are decoded in bulk: one numpy view over the event bytes, one
+``tracer.decode.decode_into`` over the frames.
+
+This is the only module that imports ``bcc``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from ipaddress import ip_address, ip_network
+from pathlib import Path
+from typing import Any
+
+from probes.btf import KernelLayout, load_layout
+from probes.headers import HeaderTree, ensure_bcc_env
+from tracer.errors import KernelFeatureMissing, PrivilegeError, ProbeLoadError
+from tracer.model import Dir, HopLabel, ObsBatch, Src, obs_dtype
+
+C_SOURCE = Path(__file__).with_suffix(".c")
+IFNAMSIZ = 16
+HEADER_LEN = 16  # struct hop_batch: count, busy, first_ts
+DEFAULT_BATCH = 32
+DEFAULT_RING_PAGES = 4096  # 16 MiB: ~90 ms of 600k events/s at 184 B
+POLL_S = 0.002
+IDLE_YIELD_S = 0.05
+LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW = 101
+
+
+class HopKind(IntEnum):
+    """enum hop_kind in skb_hops.c; the values equal tracer.model.Dir's."""
+
+    RX = 1
+    TX = 2
+    DROP = 3
+
+    @classmethod
+    def label(cls, value: int) -> str:
+        try:
+            return cls(value).name
+        except ValueError:
+            return f"UNKNOWN({value})"
+
+
+class Counter(IntEnum):
+    """Indexes of the ``counters`` per-CPU array in skb_hops.c (C_*)."""
+
+    LOST = 0
+    EMITTED = 1
+    FILTERED = 2
+    NESTED = 3
+
+
+def _event_fields(snaplen: int) -> list[tuple[str, Any]]:
+    # Field for field struct hop_event in skb_hops.c.
+    return [
+        ("ts_ns", ctypes.c_uint64),
+        ("skb", ctypes.c_uint64),
+        ("netns", ctypes.c_uint32),
+        ("ifindex", ctypes.c_uint32),
+        ("len", ctypes.c_uint32),
+        ("drop_reason", ctypes.c_uint32),
+        ("wire_len", ctypes.c_uint32),
+        ("cap_len", ctypes.c_uint16),
+        ("mac_len", ctypes.c_uint16),
+        ("protocol", ctypes.c_uint16),
+        ("kind", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+        ("ifname", ctypes.c_char * IFNAMSIZ),
+        ("frame", ctypes.c_uint8 * snaplen),
+    ]
+
+
+class HopEvent(ctypes.Structure):
+    """Mirror of ``struct hop_event`` in skb_hops.c (HT_SNAPLEN 128); ``event_type(n)`` for other snaplens."""
+
+    _fields_ = _event_fields(128)
+
+
+_EVENT_TYPES: dict[int, type[ctypes.Structure]] = {128: HopEvent}
+
+
+def c_snaplen(snaplen: int) -> int:
+    """The frame array size in C: a multiple of 8 keeps the event 8-byte aligned."""
+    return max(8, (snaplen + 7) // 8 * 8)
+
+
+def event_type(snaplen: int) -> type[ctypes.Structure]:
+    n = c_snaplen(snaplen)
+    t = _EVENT_TYPES.get(n)
+    if t is None:
+        t = type(f"HopEvent{n}", (ctypes.Structure,), {"_fields_": _event_fields(n)})
+        _EVENT_TYPES[n] = t
+    return t
+
+
+def event_dtype(snaplen: int) -> Any:
+    import numpy as np
+
+    return np.dtype(event_type(snaplen))
+
+
+# --------------------------------------------------------------------------
+# In-kernel filter
+# --------------------------------------------------------------------------
+
+F_NETNS, F_PROTO, F_ADDR, F_PORT, F_TRACK = 1, 2, 4, 8, 16
+PROTO_NUMBERS = {"icmp": 1, "tcp": 6, "udp": 17, "icmp6": 58, "sctp": 132}
+
+
+@dataclass(frozen=True, slots=True)
+class KernelFilter:
+    """What the kernel keeps: a conjunction of sets (an empty set = no condition).
+
+    ``track``: an skb that matched once is kept at all its later hops (so the
+    MASQUERADEd or DNATed copy of a matching packet is not lost).
+    """
+
+    netns: frozenset[int] = frozenset()
+    protos: frozenset[int] = frozenset()
+    addrs: frozenset[str] = frozenset()
+    ports: frozenset[int] = frozenset()
+    track: bool = True
+
+    @property
+    def flags(self) -> int:
+        f = 0
+        f |= F_NETNS if self.netns else 0
+        f |= F_PROTO if self.protos else 0
+        f |= F_ADDR if self.addrs else 0
+        f |= F_PORT if self.ports else 0
+        if f & (F_PROTO | F_ADDR | F_PORT) and self.track:
+            f |= F_TRACK
+        return f
+
+    @property
+    def empty(self) -> bool:
+        return not (self.netns or self.protos or self.addrs or self.ports)
+
+
+def _tokens(expr: str) -> list[str]:
+    return expr.replace("(", " ( ").replace(")", " ) ").split()
+
+
+def kernel_filter_from_pcap(expr: str | None) -> KernelFilter | None:
+    """Translate the simple pcap-filter forms the kernel filter can express, else None.
+
+    Accepted: terms ``host A``, ``port N``, ``icmp``/``tcp``/``udp``/``icmp6``/``sctp``
+    (and ``proto X``), joined by ``or`` within one kind and ``and`` between
+    kinds, e.g. ``udp and (port 53 or port 5353) and host 198.51.100.8``.
+    Anything else (not, src/dst, net, or across kinds, ...) returns None: no
+    kernel filter, and the full expression still applies in userspace, so the
+    translation only ever has to be a superset of the expression.
+    """
+    if not expr or not expr.strip():
+        return None
+    toks = _tokens(expr.lower())
+    # split on top-level "and"
+    groups: list[list[str]] = [[]]
+    depth = 0
+    for t in toks:
+        if t == "(":
+            depth += 1
+        elif t == ")":
+            depth -= 1
+            if depth < 0:
+                return None
+        elif t in ("and", "&&") and depth == 0:
+            groups.append([])
+            continue
+        groups[-1].append(t)
+    if depth != 0:
+        return None
+    protos: set[int] = set()
+    addrs: set[str] = set()
+    ports: set[int] = set()
+    for g in groups:
+        terms = [x for x in g if x not in ("(", ")")]
+        if any(x in ("and", "&&") for x in terms):
+            return None  # nested and inside parentheses: keep it simple
+        parsed = _or_terms(terms)
+        if parsed is None:
+            return None
+        kind, values = parsed
+        target: set[Any] = {"proto": protos, "host": addrs, "port": ports}[kind]
+        if target:
+            # two groups of one kind are an intersection; the kernel sets are unions
+            return None
+        target.update(values)
+    return KernelFilter(protos=frozenset(protos), addrs=frozenset(addrs), ports=frozenset(ports))
+
+
+def _or_terms(terms: list[str]) -> tuple[str, set[Any]] | None:
+    items: list[list[str]] = [[]]
+    for t in terms:
+        if t in ("or", "||"):
+            items.append([])
+        else:
+            items[-1].append(t)
+    kind = None
+    values: set[Any] = set()
+    for it in items:
+        if len(it) == 1 and it[0] in PROTO_NUMBERS:
+            k, v = "proto", PROTO_NUMBERS[it[0]]
+        elif len(it) == 2 and it[0] == "proto" and it[1] in PROTO_NUMBERS:
+            k, v = "proto", PROTO_NUMBERS[it[1]]
+        elif len(it) == 2 and it[0] == "host":
+            try:
+                v = str(ip_address(it[1]))
+            except ValueError:
+                return None
+            k = "host"
+        elif len(it) == 2 and it[0] == "port" and it[1].isdigit() and int(it[1]) < 65536:
+            k, v = "port", int(it[1])
+        else:
+            return None
+        if kind not in (None, k):
+            return None
+        kind = k
+        values.add(v)
+    if kind is None:
+        return None
+    return kind, values
+
+
+def _addr_key(addr: str) -> bytes:
+    a = ip_address(addr)
+    return a.packed.ljust(16, b"\0")
+
+
+# --------------------------------------------------------------------------
+# BPF_PROG_TEST_RUN, to flush a quiet CPU's stage
+# --------------------------------------------------------------------------
+
+_SYS_BPF = 321  # x86_64
+_BPF_PROG_TEST_RUN = 10
+_BPF_F_TEST_RUN_ON_CPU = 1 << 0
+
+
+class _TestRunAttr(ctypes.Structure):
+    _fields_ = [
+        ("prog_fd", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("data_in", ctypes.c_uint64),
+        ("data_out", ctypes.c_uint64),
+        ("repeat", ctypes.c_uint32),
+        ("duration", ctypes.c_uint32),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_uint64),
+        ("ctx_out", ctypes.c_uint64),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+    ]
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _test_run_on_cpu(prog_fd: int, cpu: int, ctx_buf: ctypes.Array[ctypes.c_uint64]) -> int:
+    attr = _TestRunAttr()
+    attr.prog_fd = prog_fd
+    attr.ctx_in = ctypes.addressof(ctx_buf)
+    attr.ctx_size_in = ctypes.sizeof(ctx_buf)
+    attr.flags = _BPF_F_TEST_RUN_ON_CPU
+    attr.cpu = cpu
+    rc = _libc.syscall(_SYS_BPF, _BPF_PROG_TEST_RUN, ctypes.byref(attr), ctypes.sizeof(attr))
+    return 0 if rc == 0 else ctypes.get_errno()
+
+
+# --------------------------------------------------------------------------
+# The source
+# --------------------------------------------------------------------------
+
+
+def check_privileges() -> None:
+    if os.geteuid() != 0:
+        raise PrivilegeError(
+            "the eBPF backend needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_ADMIN)",
+            "run as root, or use --backend pcap",
+        )
+
+
+def import_bcc() -> Any:
+    try:
+        import bcc
+    except ImportError as exc:
+        raise KernelFeatureMissing(
+            "bcc's Python module is not importable",
+            "apt-get install python3-bpfcc, and create the venv with --system-site-packages",
+        ) from exc
+    return bcc
+
+
+@dataclass(slots=True)
+class _Labels:
+    """(netns, ifindex) -> index into the hop table, shared by all batches."""
+
+    hops: list[HopLabel] = field(default_factory=list)
+    index: dict[tuple[int, int, bytes], int] = field(default_factory=dict)
+
+
+class EbpfSource:
+    """A tracer.source.Source over the skb_hops raw tracepoints (kind "ebpf")."""
+
+    kind = "ebpf"
+
+    def __init__(
+        self,
+        snaplen: int = 128,
+        netns: Iterable[int] | None = None,
+        kernel_filter: KernelFilter | None = None,
+        *,
+        batch: int = DEFAULT_BATCH,
+        ring_pages: int = DEFAULT_RING_PAGES,
+        poll_s: float = POLL_S,
+    ) -> None:
+        if not 14 <= snaplen <= 1500:
+            raise ProbeLoadError(f"snaplen {snaplen} out of range (14..1500)")
+        self.snaplen = snaplen
+        kf = kernel_filter or KernelFilter()
+        if netns is not None:
+            kf = KernelFilter(frozenset(netns), kf.protos, kf.addrs, kf.ports, kf.track)
+        self.kernel_filter = kf
+        self.batch = batch
+        self.ring_pages = ring_pages
+        self.poll_s = poll_s
+        self.layout: KernelLayout | None = None
+        self.header_tree: HeaderTree | None = None
+        self.start_s: float = 0.0
+        self._bpf: Any = None
+        self._flush_fd = -1
+        self._chunks: list[bytes] = []
+        self._stop = threading.Event()
+        self._labels = _Labels()
+        self._namer: Any = None
+        self._user_lost = 0
+        self._lock = threading.Lock()
+        self._ev_type = event_type(snaplen)
+        self._ev_size = ctypes.sizeof(self._ev_type)
+        self._dtype: Any = None
+        self._frame_off = self._ev_type.frame.offset  # type: ignore[attr-defined]
+        self._cpus: list[int] = []
+        self._ctx = (ctypes.c_uint64 * 4)()
+        self._final_counters: dict[Counter, int] = {}
+
+    # --- Source protocol -------------------------------------------------
+
+    def start(self) -> None:
+        t0 = time.perf_counter()
+        check_privileges()
+        self.layout = load_layout()
+        self.header_tree = ensure_bcc_env()
+        bcc = import_bcc()
+        self._dtype = event_dtype(self.snaplen)
+        reasons = {name: val for val, name in self.layout.drop_reasons.items()}
+        ignored = max(reasons.get("NOT_DROPPED_YET", 0), reasons.get("CONSUMED", 1))
+        cflags = [
+            *self.layout.cflags(),
+            f"-DHT_SNAPLEN={c_snaplen(self.snaplen)}",
+            f"-DHT_BATCH={self.batch}",
+            f"-DHT_RING_PAGES={self.ring_pages}",
+            f"-DHT_REASON_MAX_IGNORED={ignored}",
+            "-Wno-unused-function",
+        ]
+        try:
+            # RAW_TRACEPOINT_PROBE functions are attached by bcc when it loads.
+            self._bpf = bcc.BPF(src_file=str(C_SOURCE).encode(), cflags=cflags)
+        except Exception as exc:  # bcc raises bare Exception for compile/load/attach failures
+            raise ProbeLoadError(
+                f"bcc could not load {C_SOURCE.name}: {str(exc).splitlines()[0] if str(exc) else exc!r}",
+                f"header tree: {self.header_tree.path}; run `hoptrace doctor`",
+            ) from exc
+        try:
+            self._flush_fd = self._bpf.load_func(b"flush_stage", bcc.BPF.RAW_TRACEPOINT).fd
+            self.set_filter(self.kernel_filter)
+            self._bpf[b"events"].open_ring_buffer(self._on_record)
+        except Exception as exc:
+            self.stop()
+            raise ProbeLoadError(f"could not set up the probes: {exc}") from exc
+        self._cpus = _online_cpus()
+        from tracer.names import NodeNamer
+
+        self._namer = NodeNamer()
+        self.start_s = time.perf_counter() - t0
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            bpf = self._bpf
+            if bpf is not None:
+                self._final_counters = {c: self._kernel_counter(c) for c in Counter}
+            self._bpf = None
+        if bpf is not None:
+            bpf.cleanup()
+
+    @property
+    def lost_events(self) -> int:
+        return self._kernel_counter(Counter.LOST) + self._user_lost
+
+    def counters(self) -> dict[str, int]:
+        return {c.name.lower(): self._kernel_counter(c) for c in Counter}
+
+    def batches(self) -> Iterator[ObsBatch]:
+        last_yield = time.monotonic()
+        next_flush = 0.0
+        while not self._stop.is_set():
+            bpf = self._bpf
+            if bpf is None:
+                break
+            now = time.monotonic()
+            if now >= next_flush:
+                # events staged on a quiet CPU would otherwise wait for its next packet
+                self._flush_cpus()
+                next_flush = now + 0.005
+            bpf.ring_buffer_consume()
+            if self._chunks:
+                chunks, self._chunks = self._chunks, []
+                yield self._decode(chunks)
+                last_yield = time.monotonic()
+            elif now - last_yield >= IDLE_YIELD_S:
+                yield self._empty()
+                last_yield = now
+            else:
+                self._stop.wait(self.poll_s)
+        # what is left in the stages and the ring when stopped
+        if self._chunks:
+            chunks, self._chunks = self._chunks, []
+            yield self._decode(chunks)
+
+    # --- runtime control -----------------------------------------------------
+
+    def set_filter(self, kf: KernelFilter) -> None:
+        """Replace the in-kernel filter while running (maps first, then the switch)."""
+        bpf = self._bpf
+        if bpf is None:
+            self.kernel_filter = kf
+            return
+        ct = ctypes
+        cfg = bpf[b"config"]
+        cfg[ct.c_int(0)] = cfg.Leaf(0)  # filter off while the sets change
+        for name, values, conv in (
+            (b"netns_set", kf.netns, lambda t, v: t.Key(v)),
+            (b"proto_set", kf.protos, lambda t, v: t.Key(v)),
+            (b"port_set", kf.ports, lambda t, v: t.Key(v)),
+        ):
+            table = bpf[name]
+            table.clear()
+            for v in values:
+                table[conv(table, v)] = table.Leaf(1)
+        addrs = bpf[b"addr_set"]
+        addrs.clear()
+        for a in kf.addrs:
+            key = addrs.Key()
+            ct.memmove(ct.addressof(key), _addr_key(a), 16)
+            addrs[key] = addrs.Leaf(1)
+        cfg[ct.c_int(0)] = cfg.Leaf(kf.flags)
+        self.kernel_filter = kf
+
+    # --- internals -------------------------------------------------------------
+
+    def _on_record(self, _ctx: Any, data: Any, size: int) -> None:
+        self._chunks.append(ctypes.string_at(data, size))
+
+    def _flush_cpus(self) -> None:
+        for cpu in self._cpus:
+            _test_run_on_cpu(self._flush_fd, cpu, self._ctx)
+
+    def _kernel_counter(self, c: Counter) -> int:
+        bpf = self._bpf
+        if bpf is None:
+            return self._final_counters.get(c, 0)
+        try:
+            vals = bpf[b"counters"][ctypes.c_int(int(c))]
+        except (KeyError, ValueError):
+            return 0
+        return int(sum(vals))
+
+    def _empty(self) -> ObsBatch:
+        return ObsBatch(
+            rows=__import__("numpy").zeros(0, dtype=obs_dtype()),
+            hops=self._labels.hops,
+            now_ns=time.clock_gettime_ns(time.CLOCK_MONOTONIC),
+            drop_reasons=self.layout.drop_reasons if self.layout else {},
+        )
+
+    def _decode(self, chunks: Sequence[bytes]) -> ObsBatch:
+        import numpy as np
+
+        from tracer.decode import decode_into
+
+        ev_size = self._ev_size
+        parts = []
+        for c in chunks:
+            n = int.from_bytes(c[:4], "little")
+            parts.append(memoryview(c)[HEADER_LEN : HEADER_LEN + n * ev_size])
+        buf = b"".join(parts)
+        ev = np.frombuffer(buf, dtype=self._dtype)
+        n = len(ev)
+        rows = np.zeros(n, dtype=obs_dtype())
+        rows["ts_ns"] = ev["ts_ns"]
+        rows["skb"] = ev["skb"]
+        rows["netns"] = ev["netns"]
+        rows["ifindex"] = ev["ifindex"]
+        rows["dir"] = ev["kind"]  # HopKind values are Dir values
+        rows["source"] = int(Src.EBPF)
+        rows["drop_reason"] = ev["drop_reason"]
+        rows["wire_len"] = ev["wire_len"]
+        cap = ev["cap_len"].astype(np.uint32)
+        offs = np.arange(n, dtype=np.uint64) * np.uint64(ev_size) + np.uint64(self._frame_off)
+        rows["frame_off"] = offs
+        rows["frame_len"] = cap
+        rows["hop"] = self._hop_indexes(ev)
+        linktypes = np.where(ev["mac_len"] >= 14, LINKTYPE_ETHERNET, LINKTYPE_RAW)
+        decode_into(rows, buf, offs.tolist(), cap.tolist(), linktypes.tolist())
+        return ObsBatch(
+            rows=rows,
+            hops=self._labels.hops,
+            frames=buf,
+            now_ns=None,
+            drop_reasons=self.layout.drop_reasons if self.layout else {},
+        )
+
+    def _hop_indexes(self, ev: Any) -> Any:
+        import numpy as np
+
+        key = (ev["netns"].astype(np.uint64) << np.uint64(32)) | ev["ifindex"].astype(np.uint64)
+        uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        idx = np.empty(len(uniq), dtype=np.uint32)
+        labels = self._labels
+        for j, (k, f) in enumerate(zip(uniq.tolist(), first.tolist(), strict=True)):
+            netns, ifindex = k >> 32, k & 0xFFFFFFFF
+            ifname = bytes(ev["ifname"][f])
+            lk = (netns, ifindex, ifname)
+            hop = labels.index.get(lk)
+            if hop is None:
+                hop = self._new_label(netns, ifindex, ifname)
+            idx[j] = hop
+        return idx[inverse]
+
+    def _new_label(self, netns: int, ifindex: int, ifname: bytes) -> int:
+        namer = self._namer
+        node = namer.name(netns) if namer else f"netns:{netns}"
+        if namer is not None and node.startswith("netns:"):
+            namer.refresh()  # a namespace created after start
+            node = namer.name(netns)
+        if netns == 0:
+            node = "?"
+        iface = ifname.rstrip(b"\0").decode("ascii", "replace") or (f"if{ifindex}" if ifindex else "?")
+        labels = self._labels
+        labels.hops.append(HopLabel(node=node, iface=iface, netns=netns, ifindex=ifindex, linktype=1))
+        hop = len(labels.hops) - 1
+        labels.index[(netns, ifindex, ifname)] = hop
+        return hop
+
+
+def _online_cpus() -> list[int]:
+    try:
+        text = Path("/sys/devices/system/cpu/online").read_text().strip()
+    except OSError:
+        return list(range(os.cpu_count() or 1))
+    cpus: list[int] = []
+    for part in text.split(","):
+        if "-" in part:
+            a, b = part.split("-")
+            cpus.extend(range(int(a), int(b) + 1))
+        elif part:
+            cpus.append(int(part))
+    return cpus
+
+
+__all__ = [
+    "Dir",
+    "EbpfSource",
+    "HopEvent",
+    "HopKind",
+    "KernelFilter",
+    "event_type",
+    "kernel_filter_from_pcap",
+]
