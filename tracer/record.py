@@ -133,7 +133,7 @@ def _table(values: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
     """Byte strings as a (K, width) matrix plus their lengths, for row-wise lookup."""
     import numpy as np
 
-    width = max(1, max(len(v) for v in values))
+    width = max(1, *(len(v) for v in values))
     mat = np.zeros((len(values), width), np.uint8)
     for i, v in enumerate(values):
         mat[i, : len(v)] = np.frombuffer(v, np.uint8)
@@ -249,6 +249,8 @@ def encode_epbs(
     import numpy as np
 
     n = len(rows)
+    if n == 0:
+        return b"", np.zeros(0, np.int64)
     fb = np.frombuffer(frames, np.uint8) if len(frames) else np.zeros(1, np.uint8)
     off = rows["frame_off"].astype(np.int64)
     # A source that points past its own buffer gets what is there, never a crash.

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import numpy as np
 
 from tracer.model import Dir, HopLabel, ObsBatch, Src
 
@@ -50,20 +50,48 @@ def batch_of(sightings: Sequence[Sighting], hops: list[HopLabel] | None = None,
                     drop_reasons=dict(drop_reasons or {}))
 
 
-def ping_frames(seq: int, payload: bytes = b"hoptrace-payload-0123456789abcdef") -> dict[str, bytes]:
-    """One echo request as seen before and after MASQUERADE, and its reply before/after."""
+def _csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+@functools.lru_cache(maxsize=8)
+def _ping_templates(payload: bytes) -> dict[str, bytes]:
     from scapy.layers.inet import ICMP, IP
     from scapy.layers.l2 import Ether
 
     c, pub, srv = "172.17.0.2", "203.0.113.2", "198.51.100.8"
     e = Ether(src="02:42:ac:11:00:02", dst="02:42:ac:11:00:01")
     return {
-        "req_in": bytes(e / IP(src=c, dst=srv, id=100 + seq, ttl=64) / ICMP(id=77, seq=seq) / payload),
-        "req_fwd": bytes(e / IP(src=c, dst=srv, id=100 + seq, ttl=63) / ICMP(id=77, seq=seq) / payload),
-        "req_nat": bytes(e / IP(src=pub, dst=srv, id=100 + seq, ttl=63) / ICMP(id=77, seq=seq) / payload),
-        "rep_out": bytes(e / IP(src=srv, dst=pub, id=900 + seq, ttl=64) / ICMP(type=0, id=77, seq=seq) / payload),
-        "rep_nat": bytes(e / IP(src=srv, dst=c, id=900 + seq, ttl=63) / ICMP(type=0, id=77, seq=seq) / payload),
+        "req_in": bytes(e / IP(src=c, dst=srv, ttl=64) / ICMP(id=77) / payload),
+        "req_fwd": bytes(e / IP(src=c, dst=srv, ttl=63) / ICMP(id=77) / payload),
+        "req_nat": bytes(e / IP(src=pub, dst=srv, ttl=63) / ICMP(id=77) / payload),
+        "rep_out": bytes(e / IP(src=srv, dst=pub, ttl=64) / ICMP(type=0, id=77) / payload),
+        "rep_nat": bytes(e / IP(src=srv, dst=c, ttl=63) / ICMP(type=0, id=77) / payload),
     }
+
+
+def _with_ids(frame: bytes, ip_id: int, seq: int) -> bytes:
+    """The template with another IP ID and ICMP sequence, checksums fixed (fast: no scapy)."""
+    f = bytearray(frame)
+    struct.pack_into("!HH", f, 18, ip_id, 0)  # id, flags/frag
+    struct.pack_into("!H", f, 24, 0)
+    struct.pack_into("!H", f, 24, _csum(bytes(f[14:34])))
+    struct.pack_into("!HH", f, 36, 0, 0)  # icmp checksum, (id stays) ...
+    struct.pack_into("!H", f, 40, seq)
+    struct.pack_into("!H", f, 36, _csum(bytes(f[34:])))
+    return bytes(f)
+
+
+def ping_frames(seq: int, payload: bytes = b"hoptrace-payload-0123456789abcdef") -> dict[str, bytes]:
+    """One echo request as seen before and after MASQUERADE, and its reply before/after."""
+    t = _ping_templates(payload)
+    req_id, rep_id = (100 + seq) & 0xFFFF, (900 + seq) & 0xFFFF
+    return {k: _with_ids(v, req_id if k.startswith("req") else rep_id, seq) for k, v in t.items()}
 
 
 def masquerade_pings(n: int, t0: int = 1_795_805_084_000_000_000, with_skb: bool = True,
