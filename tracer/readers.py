@@ -59,6 +59,7 @@ LINKTYPE_NAMES = {
     276: "LINUX_SLL2",
 }  # fmt: skip
 
+_U64_MAX = (1 << 64) - 1
 _DIRS = {"rx": Dir.RX, "tx": Dir.TX, "drop": Dir.DROP}
 
 
@@ -269,7 +270,7 @@ class _FileReader:
             elif btype == 1:  # Interface Description Block
                 self._idb(d, pos, blen, endian)
             elif btype == PCAPNG_SHB:
-                self.ifaces = []  # a new section starts its own interface numbering
+                self._section_base = len(self.ifaces)  # a new section numbers its interfaces anew
             elif btype == 3:  # Simple Packet Block: interface 0, no timestamp
                 if blen >= 16:
                     (wirelen,) = Struct(endian + "I").unpack_from(d, pos + 8)
@@ -292,6 +293,7 @@ class _FileReader:
                 chunk = _Chunk(self._data)
 
     _error: CaptureFileError | None = None
+    _section_base = 0
 
     def _idb(self, d: bytes, pos: int, blen: int, endian: str) -> None:
         if blen < 20:
@@ -319,9 +321,10 @@ class _FileReader:
 
     def _packet(self, chunk: _Chunk, d: bytes, off: int, caplen: int, wirelen: int, ifid: int,
                 ts: int, opt_start: int, opt_end: int, endian: str) -> None:  # fmt: skip
-        if ifid >= len(self.ifaces):
+        if ifid >= len(self.ifaces) - self._section_base:
             self._error = self.error(f"packet on undeclared interface {ifid} after {self.packets} packets")
             return
+        ifid += self._section_base
         iface = self.ifaces[ifid]
         if iface.linktype not in SUPPORTED_LINKTYPES:
             self.skipped_linktypes.add(iface.linktype)
@@ -341,7 +344,8 @@ class _FileReader:
                         chunk.meta.append((len(chunk.offs), meta))
         chunk.offs.append(off)
         chunk.lens.append(caplen)
-        chunk.ts.append(ts * iface.tsresol_num // iface.tsresol_den + iface.tsoffset_ns)
+        # Clamped: a garbage timestamp must not overflow the u64 column.
+        chunk.ts.append(max(0, min(ts * iface.tsresol_num // iface.tsresol_den + iface.tsoffset_ns, _U64_MAX)))
         chunk.iface.append(ifid)
         chunk.wire.append(wirelen)
         chunk.flags_dir.append(fdir)
@@ -438,7 +442,6 @@ class FileSource:
             # Hop per (interface, SLL2 ifindex); SLL/SLL2 packet type gives the direction.
             ifids = np.array(ch.iface, dtype=np.uint32)
             hop = np.empty(n, dtype=np.uint32)
-            ifx = np.zeros(n, dtype=np.int32)
             for ifid in np.unique(ifids).tolist():
                 iface = ifaces[ifid]
                 lt = iface.linktype
@@ -453,11 +456,10 @@ class FileSource:
                     ifindex, pkttype = link_meta(buf, o, o + ch.lens[i], lt)
                     if pkttype >= 0 and not dirs[i]:
                         dirs[i] = Dir.TX if pkttype == 4 else Dir.RX
-                    ifx[i] = ifindex
                     hop[i] = self._hop(fidx, ifid, ifindex, iface, label, stem)
             rows["hop"] = hop
-            rows["ifindex"] = ifx
-            rows["netns"] = np.array([self.hops[h].netns for h in range(len(self.hops))], dtype=np.uint64)[hop]
+            rows["netns"] = np.array([h.netns for h in self.hops], dtype=np.uint64)[hop]
+            rows["ifindex"] = np.array([h.ifindex for h in self.hops], dtype=np.int32)[hop]
             for i, meta in ch.meta:
                 self._apply_meta(rows, i, meta)
             self.packets += n
@@ -484,6 +486,8 @@ class FileSource:
             k, _, v = part.partition("=")
             if k == "netns" and v.isdigit():
                 netns = int(v)
+            elif k == "ifindex" and v.isdigit() and not ifindex:
+                ifindex = int(v)
         if not netns:
             netns = self._node_netns.setdefault(node, len(self._node_netns) + 1)
         self.hops.append(HopLabel(node=node, iface=ifname, netns=netns, ifindex=ifindex, linktype=iface.linktype))
