@@ -98,7 +98,7 @@ class Btf:
     def __init__(self, data: bytes) -> None:
         if len(data) < 24:
             raise BtfError("BTF blob too short")
-        magic, version, _flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
+        magic, _version, _flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
         if magic != BTF_MAGIC:
             raise BtfError(f"not BTF (magic 0x{magic:04x}); only little-endian BTF is supported")
         type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", data, 8)
@@ -247,7 +247,7 @@ class Btf:
         proto = self.types[ptr.size_or_type]
         if proto is None or proto.kind != FUNC_PROTO:
             raise BtfError(f"BTF: btf_trace_{tp} is not a function pointer")
-        names = []
+        names: list[str] = []
         for _, ptype, _, _ in proto.members[1:]:
             names.append(self._arg_kind(ptype, names))
         return names

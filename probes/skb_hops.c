@@ -266,10 +266,10 @@ static __always_inline int fill(struct hop_event *e, void *skb, void *dev, u8 ki
     e->mac_len = mac_len;
     e->protocol = rd16(skb, HT_OFF_SKB_PROTOCOL);
     e->wire_len = len + (u32)(data - start);
+    // the stage slot holds the previous event's bytes: clear what may not be overwritten
+    __builtin_memset(e->ifname, 0, HT_IFNAMSIZ);
     if (dev)
         bpf_probe_read_kernel(e->ifname, HT_IFNAMSIZ, (char *)dev + HT_OFF_DEV_NAME);
-    else
-        e->ifname[0] = 0;
 
     // Only the linear part is readable by address; paged data is not copied.
     u32 avail = (u32)(data - start) + (len - data_len);

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from ipaddress import ip_address, ip_network
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -195,7 +195,8 @@ def kernel_filter_from_pcap(expr: str | None) -> KernelFilter | None:
         if parsed is None:
             return None
         kind, values = parsed
-        target: set[Any] = {"proto": protos, "host": addrs, "port": ports}[kind]
+        sets: dict[str, set[Any]] = {"proto": protos, "host": addrs, "port": ports}
+        target = sets[kind]
         if target:
             # two groups of one kind are an intersection; the kernel sets are unions
             return None
@@ -212,6 +213,7 @@ def _or_terms(terms: list[str]) -> tuple[str, set[Any]] | None:
             items[-1].append(t)
     kind = None
     values: set[Any] = set()
+    v: Any
     for it in items:
         if len(it) == 1 and it[0] in PROTO_NUMBERS:
             k, v = "proto", PROTO_NUMBERS[it[0]]
@@ -401,14 +403,25 @@ class EbpfSource:
         self.start_s = time.perf_counter() - t0
 
     def stop(self) -> None:
+        """Detach now if no poll is running, else the polling loop detaches when it sees the flag.
+
+        Never waits for the poll lock: stop() may run in a signal handler on
+        the very thread that holds it.
+        """
         self._stop.set()
-        with self._lock:
-            bpf = self._bpf
-            if bpf is not None:
-                self._final_counters = {c: self._kernel_counter(c) for c in Counter}
-            self._bpf = None
-        if bpf is not None:
-            bpf.cleanup()
+        if self._lock.acquire(blocking=False):
+            try:
+                self._detach()
+            finally:
+                self._lock.release()
+
+    def _detach(self) -> None:
+        bpf = self._bpf
+        if bpf is None:
+            return
+        self._final_counters = {c: self._kernel_counter(c) for c in Counter}
+        self._bpf = None
+        bpf.cleanup()
 
     @property
     def lost_events(self) -> int:
@@ -420,34 +433,44 @@ class EbpfSource:
     def batches(self) -> Iterator[ObsBatch]:
         last_yield = time.monotonic()
         next_flush = 0.0
-        while not self._stop.is_set():
-            bpf = self._bpf
-            if bpf is None:
-                break
-            now = time.monotonic()
-            if now >= next_flush:
-                # events staged on a quiet CPU would otherwise wait for its next packet
-                self._flush_cpus()
-                next_flush = now + 0.005
-            bpf.ring_buffer_consume()
-            if self._chunks:
+        try:
+            while True:
+                with self._lock:
+                    bpf = self._bpf
+                    if bpf is None:
+                        break
+                    stopping = self._stop.is_set()
+                    now = time.monotonic()
+                    if now >= next_flush or stopping:
+                        # events staged on a quiet CPU would otherwise wait for its next packet
+                        self._flush_cpus()
+                        next_flush = now + 0.005
+                    bpf.ring_buffer_consume()
+                    if stopping:
+                        self._detach()
                 chunks, self._chunks = self._chunks, []
-                yield self._decode(chunks)
-                last_yield = time.monotonic()
-            elif now - last_yield >= IDLE_YIELD_S:
-                yield self._empty()
-                last_yield = now
-            else:
-                self._stop.wait(self.poll_s)
-        # what is left in the stages and the ring when stopped
-        if self._chunks:
-            chunks, self._chunks = self._chunks, []
-            yield self._decode(chunks)
+                if chunks:
+                    yield self._decode(chunks)
+                    last_yield = time.monotonic()
+                elif stopping:
+                    break
+                elif now - last_yield >= IDLE_YIELD_S:
+                    yield self._empty()
+                    last_yield = now
+                else:
+                    self._stop.wait(self.poll_s)
+        finally:
+            with self._lock:
+                self._detach()
 
     # --- runtime control -----------------------------------------------------
 
     def set_filter(self, kf: KernelFilter) -> None:
         """Replace the in-kernel filter while running (maps first, then the switch)."""
+        with self._lock:
+            self._set_filter(kf)
+
+    def _set_filter(self, kf: KernelFilter) -> None:
         bpf = self._bpf
         if bpf is None:
             self.kernel_filter = kf

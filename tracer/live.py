@@ -1,0 +1,234 @@
+"""``hoptrace live``: trace live from the kernel (eBPF) or AF_PACKET taps.
+
+Builds a source (probes.skb_hops.EbpfSource or tracer.taps.TapSource), starts
+it *before* the engine so that ``--ready-file`` is written only once every
+probe/tap is attached, then drives tracer.engine into the TUI or a text /
+NDJSON sink. SIGINT and SIGTERM stop the engine; the source is detached and
+the recording flushed in ``finally``, and the sink's last line is the stats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from tracer.errors import HoptraceError, KernelFeatureMissing, PrivilegeError, UsageError
+from tracer.model import ObsBatch, PacketPath
+
+
+class _Started:
+    """A source that is already started: the engine's start() must not attach twice."""
+
+    def __init__(self, inner: Any, on_hops: Callable[[ObsBatch], None] | None = None) -> None:
+        self.inner = inner
+        self.kind = inner.kind
+        self._on_hops = on_hops
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        self.inner.stop()
+
+    @property
+    def lost_events(self) -> int:
+        return int(self.inner.lost_events)
+
+    def batches(self) -> Iterator[ObsBatch]:
+        for batch in self.inner.batches():
+            if self._on_hops is not None:
+                self._on_hops(batch)
+            yield batch
+
+
+def _optional(module: str) -> Any | None:
+    """A teammate's module when it is in this build, else None (the feature is then skipped)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name == module:
+            return None
+        raise
+
+
+def _notice(msg: str) -> None:
+    print(f"hoptrace: {msg}", file=sys.stderr, flush=True)
+
+
+def make_ebpf_source(args: argparse.Namespace) -> Any:
+    from probes.skb_hops import EbpfSource, kernel_filter_from_pcap
+
+    kf = kernel_filter_from_pcap(getattr(args, "filter", None))
+    netns = _iface_netns(getattr(args, "iface", []) or [])
+    return EbpfSource(snaplen=args.snaplen, netns=netns, kernel_filter=kf)
+
+
+def _iface_netns(ifaces: list[str]) -> set[int] | None:
+    """--iface NODE/IFACE with the eBPF backend: trace the namespaces of those nodes (all hops in them)."""
+    if not ifaces:
+        return None
+    from tracer.names import NodeNamer
+
+    namer = NodeNamer()
+    known = dict(namer._names)  # inode -> name
+    known.update(namer.containers)
+    out: set[int] = set()
+    for spec in ifaces:
+        node = spec.split("/", 1)[0] if "/" in spec else "host"
+        inodes = {ino for ino, name in known.items() if name == node}
+        if not inodes:
+            raise UsageError(f"--iface {spec}: no network namespace named {node!r}",
+                             "see `hoptrace topology` for node names")
+        out |= inodes
+    return out
+
+
+def make_pcap_source(args: argparse.Namespace) -> Any:
+    taps = _optional("tracer.taps")
+    if taps is None:
+        raise KernelFeatureMissing("the pcap backend (tracer.taps) is not in this build yet")
+    return taps.TapSource(args.iface or None, bpf_filter=args.filter, snaplen=args.snaplen)
+
+
+def choose_source(args: argparse.Namespace) -> Any:
+    """The started source for --backend; auto falls back to taps with one line saying why."""
+    backend = args.backend
+    if backend == "pcap":
+        src = make_pcap_source(args)
+        src.start()
+        return src
+    if backend == "auto":
+        from tracer.doctor import check_ebpf
+
+        ok, reason = check_ebpf()
+        if not ok:
+            _notice(f"eBPF backend unavailable ({reason}); using AF_PACKET taps")
+            src = make_pcap_source(args)
+            src.start()
+            return src
+    src = make_ebpf_source(args)
+    try:
+        src.start()
+    except (KernelFeatureMissing, PrivilegeError) as exc:
+        if backend != "auto":
+            raise
+        _notice(f"eBPF backend failed ({exc.message}); using AF_PACKET taps")
+        src = make_pcap_source(args)
+        src.start()
+    return src
+
+
+def _annotators(source: Any) -> list[Callable[[PacketPath], PacketPath]]:
+    attribution = _optional("tracer.attribution")
+    topology = _optional("tracer.topology")
+    if attribution is None or topology is None:
+        return []
+    topo = topology.Topology.discover()
+    namer = getattr(source, "_namer", None)
+    containers = getattr(topo, "containers", None)
+    if namer is not None and isinstance(containers, dict):
+        # container names for the hop labels, when the Docker API answered
+        for k, v in containers.items():
+            name = getattr(v, "name", v)
+            if isinstance(k, int) and isinstance(name, str):
+                namer.containers[k] = name
+    return [attribution.annotator(topo)]
+
+
+def _want_tui(args: argparse.Namespace) -> bool:
+    if args.no_tui or args.json or not sys.stdout.isatty():
+        return False
+    app = _optional("tui.app")
+    return app is not None and hasattr(app, "make_app")
+
+
+def run(args: argparse.Namespace) -> int:
+    path_filter = None
+    if args.filter:
+        from tracer.filter import PathFilter
+
+        path_filter = PathFilter(args.filter)  # FilterError (exit 2) before anything is attached
+    engine_mod = _optional("tracer.engine")
+    if engine_mod is None:
+        raise UsageError("live needs the correlation engine (tracer.engine), not in this build yet")
+
+    with contextlib.ExitStack() as stack:
+        source = choose_source(args)
+        stack.callback(source.stop)
+        told = [0]
+
+        def learn(batch: ObsBatch) -> None:
+            if path_filter is not None and len(batch.hops) > told[0]:
+                for h in batch.hops[told[0]:]:
+                    path_filter.learn_linktype(h.node, h.iface, h.linktype)
+                told[0] = len(batch.hops)
+
+        rules = None
+        if args.rules:
+            nftrace = _optional("tracer.nftrace")
+            if nftrace is None:
+                _notice("--rules needs tracer.nftrace, not in this build yet; NAT rules are inferred")
+            else:
+                rules = stack.enter_context(nftrace.RuleTrace())
+        annotators = _annotators(source)
+        if rules is not None and hasattr(rules, "annotator"):
+            annotators.append(rules.annotator)
+        engine = engine_mod.Engine(
+            _Started(source, learn),
+            path_filter=path_filter,
+            annotators=tuple(annotators),
+            count=args.count,
+            duration_s=args.duration,
+        )
+        if args.record:
+            record = _optional("tracer.record")
+            if record is None:
+                raise UsageError("--record needs tracer.record, not in this build yet")
+            rec = record.PcapngRecorder(args.record, snaplen=args.snaplen, max_mb=args.record_max_mb,
+                                        files=args.record_files, on_error=args.record_on_error)
+            stack.callback(rec.close)
+            engine.batch_hooks.append(rec.on_batch)
+
+        _install_signals(engine)
+        if args.ready_file:
+            Path(args.ready_file).write_text(f"{os.getpid()} {source.kind}\n")
+            stack.callback(_unlink, args.ready_file)
+        if _want_tui(args):
+            from tui.app import make_app
+
+            make_app(engine, keep=args.keep).run()
+        else:
+            from tracer.output import NdjsonSink, TextSink
+
+            sink = NdjsonSink(sys.stdout) if args.json else TextSink(sys.stdout)
+            engine_mod.run(engine, [sink])
+    sys.stdout.flush()
+    return 0
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _install_signals(engine: Any) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(_signum: int, _frame: Any) -> None:
+        engine.stop()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
+__all__ = ["HoptraceError", "choose_source", "run"]
