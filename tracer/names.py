@@ -56,3 +56,16 @@ class NodeNamer:
 
     def name(self, netns: int) -> str:
         return self.containers.get(netns) or self._names.get(netns) or f"netns:{netns}"
+
+    def load_docker(self, url: str | None = None) -> str | None:
+        """Fill ``containers`` from the Docker Engine API (``DOCKER_HOST``, else a lab's dockerd).
+
+        Returns a one-line notice when no API answered: names then fall back to
+        namespace names. Kept out of ``__init__``: the SDK import and an API
+        round trip are not free and most callers get names from tracer.topology.
+        """
+        from tracer.topology import docker_url, read_docker
+
+        containers, _, notice = read_docker(url if url is not None else docker_url())
+        self.containers = {c.netns: c.name for c in containers if c.netns is not None}
+        return notice

@@ -102,6 +102,7 @@ class NatRule:
     to_source: str | None = None
     to_ports: str | None = None
     comment: str | None = None
+    random: bool = False  # --random / --random-fully: ports may change
     unknown: bool = False  # matches hoptrace cannot evaluate (conntrack state, marks, ...)
 
     @property
@@ -549,7 +550,10 @@ def parse_iptables_save(text: str, family: int = 4) -> list[NatRule]:
                 f["comment"] = val
             elif t == "-m":
                 pass  # the module's own options follow and are handled above
-            elif t in ("--random", "--random-fully", "--persistent", "--limit-iface-out"):
+            elif t in ("--random", "--random-fully"):
+                f["random"] = True
+                step = 1
+            elif t in ("--persistent", "--limit-iface-out"):
                 step = 1
             elif t.startswith("-"):
                 # A match hoptrace does not model (ctstate, mark, ...): keep the rule but say so.

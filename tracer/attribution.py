@@ -1,0 +1,392 @@
+"""Meaning for finished paths: node names, the NAT rule that rewrote a packet, its conntrack entry.
+
+``annotator(topo, conntrack)`` returns the engine's annotator: a pure function of
+a ``PacketPath`` given the current topology snapshot and conntrack table.
+
+The rule is *inferred*: the packet as it was before the rewrite is walked
+through the namespace's ``nat`` chains the way netfilter would walk the first
+packet of a connection (source/destination, in/out interface, protocol, ports,
+addrtype, jumps into user chains, RETURN), and the first NAT target it reaches
+is the rule — provided its target agrees with what the packet diff showed
+(MASQUERADE/SNAT for snat, DNAT/REDIRECT for dnat, and a ``--to-*`` that
+matches the rewritten address). Replies have no rule of their own (conntrack
+translates them back): for a reply the rule reported is the one that set up the
+mapping, found by walking the reversed tuple as the original packet.
+``--rules`` (tracer.nftrace) replaces this with what netfilter itself traced.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from tracer.conntrack import ConntrackTable
+from tracer.model import ConntrackRef, Endpoints, NatEvent, Observation, PacketPath
+from tracer.topology import Interface, Namespace, NatRule, Topology
+
+SNAT_TARGETS = ("MASQUERADE", "SNAT")
+DNAT_TARGETS = ("DNAT", "REDIRECT")
+TERMINAL = ("ACCEPT", "DROP", "RETURN", *SNAT_TARGETS, *DNAT_TARGETS, "NETMAP")
+PROTO_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1, "ipv6-icmp": 58, "icmpv6": 58, "sctp": 132}
+MAX_DEPTH = 16  # iptables refuses loops; this only guards against a pathological ruleset
+
+TopologyLike = Topology | Callable[[], Topology]
+_STOP = object()  # an ACCEPT in a nat chain: the packet is not NATed by later rules
+
+
+@dataclass(frozen=True, slots=True)
+class Pkt:
+    """The fields a nat rule can look at, for the first packet of a connection."""
+
+    family: int
+    proto: int
+    src: str
+    dst: str
+    sport: int | None
+    dport: int | None
+    in_iface: str | None
+    out_iface: str | None
+
+
+# --------------------------------------------------------------------------
+# Matching one rule
+# --------------------------------------------------------------------------
+
+
+def _in_net(addr: str, net: str) -> bool:
+    try:
+        return ipaddress.ip_address(addr) in ipaddress.ip_network(net, strict=False)
+    except ValueError:
+        return False
+
+
+def _iface_match(pattern: str, name: str | None) -> bool:
+    if name is None:
+        return True  # not known from the capture: cannot rule the rule out
+    if pattern.endswith("+"):
+        return name.startswith(pattern[:-1])
+    return name == pattern
+
+
+def _port_match(spec: str, port: int | None) -> bool:
+    if port is None:
+        return False
+    lo, _, hi = spec.partition(":")
+    try:
+        return int(lo or 0) <= port <= int(hi or lo or 65535)
+    except ValueError:
+        return False
+
+
+def _proto_match(spec: str, proto: int) -> bool:
+    if spec == "all":
+        return True
+    if spec.isdigit():
+        return int(spec) == proto
+    return PROTO_NUMBERS.get(spec.lower()) == proto
+
+
+def _local(ns: Namespace, addr: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    return ip.is_loopback or addr in ns.addresses
+
+
+def rule_matches(rule: NatRule, pkt: Pkt, ns: Namespace) -> bool:
+    checks: list[tuple[bool, bool]] = []  # (matched, negated)
+    if rule.src is not None:
+        checks.append((_in_net(pkt.src, rule.src), rule.src_neg))
+    if rule.dst is not None:
+        checks.append((_in_net(pkt.dst, rule.dst), rule.dst_neg))
+    if rule.in_iface is not None:
+        checks.append((_iface_match(rule.in_iface, pkt.in_iface), rule.in_neg and pkt.in_iface is not None))
+    if rule.out_iface is not None:
+        checks.append((_iface_match(rule.out_iface, pkt.out_iface), rule.out_neg and pkt.out_iface is not None))
+    if rule.proto is not None:
+        checks.append((_proto_match(rule.proto, pkt.proto), rule.proto_neg))
+    if rule.dport is not None:
+        checks.append((_port_match(rule.dport, pkt.dport), rule.dport_neg))
+    if rule.sport is not None:
+        checks.append((_port_match(rule.sport, pkt.sport), False))
+    if rule.dst_type is not None:
+        is_local = _local(ns, pkt.dst)
+        want = rule.dst_type.upper() == "LOCAL"
+        checks.append((is_local == want, rule.dst_type_neg))
+    if rule.src_type is not None:
+        checks.append((_local(ns, pkt.src) == (rule.src_type.upper() == "LOCAL"), False))
+    return all(ok != neg for ok, neg in checks)
+
+
+def walk(ns: Namespace, chain: str, pkt: Pkt, depth: int = 0) -> NatRule | object | None:
+    """The NAT rule the packet reaches from ``chain``; ``_STOP`` for ACCEPT; None falls through."""
+    if depth > MAX_DEPTH:
+        return None
+    chains = {r.chain for r in ns.nat_rules if r.family == pkt.family}
+    for rule in ns.nat_rules:
+        if rule.family != pkt.family or rule.chain != chain:
+            continue
+        if not rule_matches(rule, pkt, ns):
+            continue
+        if rule.target in chains:
+            got = walk(ns, rule.target, pkt, depth + 1)
+            if got is not None:
+                return got
+            continue
+        if rule.target == "RETURN":
+            return None
+        if rule.target in ("ACCEPT", "DROP"):
+            return _STOP
+        if rule.target in (*SNAT_TARGETS, *DNAT_TARGETS, "NETMAP"):
+            return rule
+        # LOG, MARK, ... : non-terminating, carry on
+    return None
+
+
+def _to_matches(rule: NatRule, before: Endpoints, after: Endpoints, kind: str, ns: Namespace,
+                out_iface: str | None) -> bool:
+    """Does the rule's --to-* agree with the rewritten packet?
+
+    A port is kept unless the rule names one (or asks for random ports): a
+    MASQUERADE that seems to have turned port 80 into 8080 is really conntrack
+    undoing a DNAT, and must not be claimed.
+    """
+    if kind == "dnat":
+        addr, port = _split_to(rule.to_destination or "")
+        if addr and not _addr_in_range(after.dst, addr):
+            return False
+        if port:
+            return after.dport is None or _port_match(port.replace("-", ":"), after.dport)
+        if rule.target == "REDIRECT" and rule.to_ports:
+            return after.dport is None or _port_match(rule.to_ports.replace("-", ":"), after.dport)
+        return before.dport == after.dport
+    addr, port = _split_to(rule.to_source or "")
+    if addr and not _addr_in_range(after.src, addr):
+        return False
+    free_ports = bool(port or rule.to_ports or rule.random)
+    if not free_ports and before.sport != after.sport:
+        return False
+    if rule.target == "MASQUERADE" and out_iface is not None:
+        iface = ns.iface(out_iface)
+        if iface is not None and iface.ips:
+            return after.src in iface.ips
+    return True
+
+
+def _split_to(spec: str) -> tuple[str, str]:
+    """"172.17.0.2:80", "[2001:db8::2]:80", "10.0.0.1-10.0.0.9" -> (addr range, port range)."""
+    if spec.startswith("["):
+        addr, _, rest = spec[1:].partition("]")
+        return addr, rest.lstrip(":")
+    if spec.count(":") == 1:
+        addr, _, port = spec.partition(":")
+        return addr, port
+    return spec, ""
+
+
+def _addr_in_range(addr: str, spec: str) -> bool:
+    lo, _, hi = spec.partition("-")
+    try:
+        ip = ipaddress.ip_address(addr)
+        return ipaddress.ip_address(lo) <= ip <= ipaddress.ip_address(hi or lo)  # type: ignore[operator]
+    except (ValueError, TypeError):
+        return False
+
+
+# --------------------------------------------------------------------------
+# From a NAT event to a rule
+# --------------------------------------------------------------------------
+
+
+def _l3_name(topo: Topology, ns: Namespace, hop: Observation) -> str:
+    """The interface netfilter sees: a bridge port's packets are routed as the bridge's."""
+    iface: Interface | None = ns.iface(hop.ifindex) if hop.ifindex else None
+    if iface is None or iface.name != hop.ifname:
+        iface = ns.iface(hop.ifname)
+    if iface is None:
+        return hop.ifname
+    bridge = topo.bridge_of(iface)
+    return bridge.name if bridge else iface.name
+
+
+def _ifaces(topo: Topology, ns: Namespace, path: PacketPath, ev: NatEvent) -> tuple[str | None, str | None]:
+    def here(hop: Observation) -> bool:
+        # File hops carry small synthetic netns ids: then the node label decides.
+        return hop.netns == ns.inode or (topo.namespace(hop.netns) is None and hop.node == ns.name)
+
+    in_iface = out_iface = None
+    for hop in reversed(path.hops[: ev.from_hop + 1]):
+        if not here(hop):
+            break
+        if hop.direction == "rx":
+            in_iface = _l3_name(topo, ns, hop)
+            break
+    for hop in path.hops[ev.to_hop:]:
+        if not here(hop):
+            break
+        if hop.direction == "tx":
+            out_iface = _l3_name(topo, ns, hop)
+            break
+    return in_iface, out_iface
+
+
+def _family(ep: Endpoints) -> int:
+    return 6 if ":" in ep.src else 4
+
+
+def infer_rule(topo: Topology, ns: Namespace, path: PacketPath, ev: NatEvent,
+               is_reply: bool | None = None) -> NatRule | None:
+    """The rule that did ``ev``. ``is_reply`` (from conntrack) says whether the packet went in
+    the flow's reply direction; None: decide from the ruleset alone."""
+    if not ns.nat_rules:
+        return None
+    proto = path.hops[0].proto
+    in_iface, out_iface = _ifaces(topo, ns, path, ev)
+    fam = _family(ev.before)
+    b, a = ev.before, ev.after
+    forward: NatRule | None = None
+    reverse: NatRule | None = None
+    if ev.kind == "snat":
+        # The packet itself matched a POSTROUTING SNAT rule ...
+        pkt = Pkt(fam, proto, b.src, b.dst, b.sport, b.dport, in_iface, out_iface)
+        if is_reply is not True:
+            forward = _first(ns, ("POSTROUTING", "INPUT"), pkt, SNAT_TARGETS, b, a, "snat", out_iface)
+        # ... or it answers a DNATed connection: the original went b.dst -> a.src, DNATed to b.src.
+        orig = Pkt(fam, proto, b.dst, a.src, b.dport, a.sport, out_iface, in_iface)
+        if is_reply is not False:
+            reverse = _first(ns, ("PREROUTING", "OUTPUT"), orig, DNAT_TARGETS,
+                             Endpoints(b.dst, b.dport, a.src, a.sport),
+                             Endpoints(b.dst, b.dport, b.src, b.sport), "dnat", None)
+    else:
+        locally_generated = in_iface is None and ev.hook == "OUTPUT"
+        chains = ("OUTPUT", "PREROUTING") if locally_generated else ("PREROUTING", "OUTPUT")
+        pkt = Pkt(fam, proto, b.src, b.dst, b.sport, b.dport, in_iface, out_iface)
+        if is_reply is not True:
+            forward = _first(ns, chains, pkt, DNAT_TARGETS, b, a, "dnat", out_iface)
+        # ... or it answers a MASQUERADEd connection: the original left a.dst -> b.src as b.dst.
+        orig = Pkt(fam, proto, a.dst, b.src, a.dport, b.sport, None, in_iface)
+        if is_reply is not False:
+            reverse = _first(ns, ("POSTROUTING",), orig, SNAT_TARGETS,
+                             Endpoints(a.dst, a.dport, b.src, b.sport),
+                             Endpoints(b.dst, b.dport, b.src, b.sport), "snat", in_iface)
+    if forward is not None and reverse is not None:
+        # Both read the rewrite; the rule that names the exact address the packet got wins.
+        named = reverse.to_destination if reverse.target == "DNAT" else reverse.to_source
+        return reverse if named else forward
+    return forward or reverse
+
+
+def _first(ns: Namespace, chains: tuple[str, ...], pkt: Pkt, targets: tuple[str, ...],
+           before: Endpoints, after: Endpoints, kind: str, out_iface: str | None) -> NatRule | None:
+    for chain in chains:
+        got = walk(ns, chain, pkt)
+        # A NAT target that disagrees: try the other hook (in/out of the host is read from the hops).
+        if isinstance(got, NatRule) and got.target in targets and _to_matches(
+            got, before, after, kind, ns, out_iface
+        ):
+            return got
+    return None
+
+
+# --------------------------------------------------------------------------
+# The annotator
+# --------------------------------------------------------------------------
+
+
+class Attributor:
+    """``__call__(path) -> path`` with names, inferred rules and conntrack entries filled in.
+
+    ``without_conntrack`` counts NAT events that got no entry; ``notices`` says why, once.
+    """
+
+    def __init__(self, topo: TopologyLike, conntrack: ConntrackTable | None = None) -> None:
+        self._topo = topo
+        self.conntrack = conntrack
+        self.without_conntrack = 0
+        self.notices: list[str] = []
+        if conntrack is None:
+            self.notices.append("conntrack is not followed: NAT events come from the packet diff only")
+        else:
+            for ino, err in conntrack.errors.items():
+                self.notices.append(f"conntrack unavailable in netns {ino}: {err}")
+
+    def topology(self) -> Topology:
+        return self._topo if isinstance(self._topo, Topology) else self._topo()
+
+    def __call__(self, path: PacketPath) -> PacketPath:
+        topo = self.topology()
+        hops = tuple(self._name_hop(topo, h) for h in path.hops)
+        changed = any(a is not b for a, b in zip(hops, path.hops, strict=True))
+        nat = tuple(self._nat(topo, path, ev) for ev in path.nat)
+        if not changed and all(a is b for a, b in zip(nat, path.nat, strict=True)):
+            return path
+        return replace(path, hops=hops, nat=nat)
+
+    @staticmethod
+    def _name_hop(topo: Topology, hop: Observation) -> Observation:
+        ns = topo.namespace(hop.netns)
+        if ns is None or ns.name == hop.node:
+            return hop
+        return replace(hop, node=ns.name)
+
+    def _nat(self, topo: Topology, path: PacketPath, ev: NatEvent) -> NatEvent:
+        netns = path.hops[ev.from_hop].netns if ev.from_hop < len(path.hops) else 0
+        ns = topo.namespace(netns)
+        if ns is None:
+            ns = topo.by_name(ev.node)
+        if ns is None:
+            return ev
+        updates: dict[str, object] = {}
+        if ns.name != ev.node:
+            updates["node"] = ns.name
+        ref = ev.conntrack or self._conntrack(ns, path, ev)
+        if ref is not None and ev.conntrack is None:
+            updates["conntrack"] = ref
+        elif ref is None:
+            self.without_conntrack += 1
+        if ev.rule is None or ev.rule_source == "inferred":
+            rule = infer_rule(topo, ns, path, ev, _is_reply(ref, ev.before))
+            if rule is not None:
+                updates["rule"] = rule.text
+                updates["rule_source"] = "inferred"
+        return replace(ev, **updates) if updates else ev  # type: ignore[arg-type]
+
+    def _conntrack(self, ns: Namespace, path: PacketPath, ev: NatEvent) -> ConntrackRef | None:
+        if self.conntrack is None:
+            return None
+        proto = path.hops[0].proto
+        before_id = ev.icmp_id_before
+        after_id = ev.icmp_id_after
+        if before_id is None and ev.from_hop < len(path.hops):
+            before_id = path.hops[ev.from_hop].icmp_id
+        if after_id is None and ev.to_hop < len(path.hops):
+            after_id = path.hops[ev.to_hop].icmp_id
+        tried: Iterable[tuple[Endpoints, int | None]] = ((ev.before, before_id), (ev.after, after_id))
+        return self.conntrack.lookup(ns.inode, proto, tried)
+
+
+def _is_reply(ref: ConntrackRef | None, before: Endpoints) -> bool | None:
+    if ref is None:
+        return None
+    if (before.src, before.dst) == (ref.original.src, ref.original.dst):
+        return False
+    if (before.src, before.dst) == (ref.reply.src, ref.reply.dst):
+        return True
+    return None
+
+
+def annotator(topo: TopologyLike, conntrack: ConntrackTable | None = None) -> Attributor:
+    """The engine annotator (``Callable[[PacketPath], PacketPath]``); ``topo`` may be a
+    ``LiveTopology`` (any callable returning the current snapshot)."""
+    return Attributor(topo, conntrack)
+
+
+def nat_namespaces(topo: Topology) -> dict[int, str]:
+    """inode -> path of the namespaces whose conntrack is worth following."""
+    return {ns.inode: ns.path for ns in topo.namespaces if ns.nat_rules}
+
+
+RuleSource = Literal["inferred", "trace"]
