@@ -81,7 +81,7 @@ def _with_ids(frame: bytes, ip_id: int, seq: int) -> bytes:
     struct.pack_into("!HH", f, 18, ip_id, 0)  # id, flags/frag
     struct.pack_into("!H", f, 24, 0)
     struct.pack_into("!H", f, 24, _csum(bytes(f[14:34])))
-    struct.pack_into("!HH", f, 36, 0, 0)  # icmp checksum, (id stays) ...
+    struct.pack_into("!H", f, 36, 0)  # ICMP checksum, recomputed below
     struct.pack_into("!H", f, 40, seq)
     struct.pack_into("!H", f, 36, _csum(bytes(f[34:])))
     return bytes(f)
