@@ -1,0 +1,407 @@
+"""The hoptrace TUI: one App for live and replay, built by ``make_app(engine)``.
+
+One thread worker runs the engine and fills ``tui.feed.Feed``; it only posts
+messages. The UI drains the feed at most 20 times a second into a bounded
+``PathStore`` and repaints the visible rows. Widgets live in ``tui/widgets``,
+screens in ``tui/screens``, layout in ``app.tcss``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
+
+from textual import work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Input, Label, Static
+
+from tracer.errors import HoptraceError
+from tracer.model import PacketPath
+from tui.feed import EngineLike, Feed, PathFilterLike
+from tui.messages import EngineFinished, PathsReady, SourceFailed
+from tui.screens.help import HelpScreen
+from tui.store import PathStore
+from tui.topo_text import seen_text, topology_text
+from tui.widgets.filter_bar import FilterBar
+from tui.widgets.path_table import PathHeader, PathTable
+from tui.widgets.path_view import PathView
+from tui.widgets.status_bar import Status, StatusBar
+from tui.widgets.topology_pane import TopologyPane
+
+DRAIN_INTERVAL_S = 0.05  # at most 20 UI updates per second, however fast paths arrive
+MIN_SIZE = (80, 20)
+
+
+def _compile_filter(expr: str) -> PathFilterLike:
+    from tracer.filter import PathFilter  # libpcap via ctypes; only when a filter is used
+
+    return PathFilter(expr)
+
+
+class HoptraceApp(App[None]):
+    CSS_PATH = "app.tcss"
+    TITLE = "hoptrace"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("slash", "open_filter", "Filter"),
+        Binding("space", "toggle_pause", "Pause"),
+        Binding("f", "toggle_follow", "Follow"),
+        Binding("c", "clear", "Clear"),
+        Binding("r", "toggle_record", "Record"),
+        Binding("t", "toggle_topology", "Topology"),
+        Binding("n", "next_match('nat')", "Next NAT"),
+        Binding("d", "next_match('drop')", "Next drop"),
+        Binding("left_square_bracket", "step(1)", "Older", show=False),
+        Binding("right_square_bracket", "step(-1)", "Newer", show=False),
+        Binding("question_mark", "help", "Help"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(
+        self,
+        engine: EngineLike,
+        *,
+        keep: int = 10_000,
+        backend_name: str | None = None,
+        filter_expr: str | None = None,
+        recorder_factory: Callable[[], Any] | None = None,
+        topology: Any = None,
+    ) -> None:
+        super().__init__()
+        self.engine = engine
+        self.store = PathStore(keep)
+        self.feed = Feed(engine, keep, lambda: self.post_message(PathsReady()))
+        self.recorder_factory = recorder_factory
+        self.topology = topology
+        self.status = Status(backend=backend_name or _backend_of(engine))
+        self._recorder: Any = None
+        self._record_hook: Callable[[Any], None] | None = None
+        self._last_drain = 0.0
+        self._drain_timer: Any = None
+        self._last_stats: tuple[float, int] | None = None
+        self._initial_filter = filter_expr
+
+    # ---- layout ---------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        # Held, not queried later: query_one() looks at the active screen, which may be a modal.
+        self.filter_bar = FilterBar(id="filter-bar")
+        self.table = PathTable(self.store, id="paths")
+        self.path_view = PathView(id="path-view")
+        self.topo_pane = TopologyPane(id="topology")
+        self.status_bar = StatusBar(id="status")
+        yield self.filter_bar
+        with Horizontal(id="main"):
+            with Vertical(id="left"):
+                yield PathHeader(id="path-header")
+                yield self.table
+                yield self.path_view
+            yield self.topo_pane
+        yield Static(id="too-small")
+        yield self.status_bar
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.filter_input = self.query_one("#filter-input", Input)
+        self.filter_error = self.query_one("#filter-error", Label)
+        self.table.focus()
+        if self._initial_filter:
+            self._set_filter(self._initial_filter)
+        self._update_too_small()
+        self.set_interval(1.0, self._tick_stats)
+        self._refresh_status()
+        self._run_engine()
+
+    def on_resize(self) -> None:
+        self._update_too_small()
+
+    def _update_too_small(self) -> None:
+        w, h = self.size
+        small = w < MIN_SIZE[0] or h < MIN_SIZE[1]
+        self.screen.set_class(small, "-too-small")
+        if small:
+            self.query_one("#too-small", Static).update(
+                f"Terminal too small: {w}×{h}.\nhoptrace needs at least {MIN_SIZE[0]}×{MIN_SIZE[1]}; "
+                "enlarge the window (q quits)."
+            )
+
+    # ---- the engine's thread ---------------------------------------------
+    @work(thread=True, exclusive=True, group="engine", exit_on_error=False)
+    def _run_engine(self) -> None:
+        stats = None
+        try:
+            self.feed.run()
+        except HoptraceError as exc:
+            self.post_message(SourceFailed(str(exc)))
+        except Exception as exc:  # any source failure: shown, and what we have stays usable
+            self.post_message(SourceFailed(f"internal error: {type(exc).__name__}: {exc}"))
+        held = getattr(getattr(self.engine, "source", None), "error", None)
+        if isinstance(held, Exception):
+            # replay's source holds a damaged file's error back until the engine has flushed.
+            self.post_message(SourceFailed(str(held)))
+        try:
+            stats = self.engine.stats()
+        except Exception:  # stats are a nicety after a failure; the failure was already shown
+            stats = None
+        self.post_message(EngineFinished(stats))
+
+    def on_paths_ready(self, _msg: PathsReady) -> None:
+        wait = self._last_drain + DRAIN_INTERVAL_S - time.monotonic()
+        if wait <= 0:
+            self._drain()
+        elif self._drain_timer is None:
+            self._drain_timer = self.set_timer(wait, self._drain)
+
+    def _drain(self) -> None:
+        self._drain_timer = None
+        self._last_drain = time.monotonic()
+        paths, flows = self.feed.drain()
+        flt = self.feed.path_filter
+        self.store.add_flows(flows)
+        judged = ((p, shown if judge is flt else (flt is None or flt.keep(p))) for p, judge, shown in paths)
+        self.store.add(judged, update_view=not self.status.paused)
+        if not self.status.paused:
+            self._rows_changed()
+        self._refresh_status()
+
+    def on_source_failed(self, msg: SourceFailed) -> None:
+        self.status.error = msg.error
+        self.notify(msg.error, title="source error", severity="error", timeout=15)
+        self._refresh_status()
+
+    def on_engine_finished(self, msg: EngineFinished) -> None:
+        self._drain()
+        self.status.finished = True
+        if msg.stats is not None:
+            self.status.lost = msg.stats.lost_events
+        self._refresh_status()
+
+    # ---- rows and the path view ------------------------------------------
+    def _rows_changed(self) -> None:
+        self.table.rows_changed(follow=self.status.follow)
+        if self.topo_pane.has_class("-open") and self.topology is None:
+            self._refresh_topology()
+
+    def on_path_table_highlighted(self, msg: PathTable.Highlighted) -> None:
+        view = self.path_view
+        if msg.entry is None:
+            view.show(None)
+        else:
+            view.show(msg.entry.path, *self.store.flow_of(msg.entry.path))
+
+    def on_path_table_user_moved(self, _msg: PathTable.UserMoved) -> None:
+        if self.status.follow:
+            self.status.follow = False
+            self._refresh_status()
+
+    # ---- status ------------------------------------------------------------
+    def _tick_stats(self) -> None:
+        try:
+            stats = self.engine.stats()
+        except Exception as exc:  # an engine mid-failure: keep the last figures
+            self.log.warning(f"stats unavailable: {exc}")
+            return
+        now = time.monotonic()
+        if self._last_stats is not None:
+            t0, n0 = self._last_stats
+            self.status.events_per_s = (stats.observations - n0) / max(now - t0, 1e-6)
+        self._last_stats = (now, stats.observations)
+        self.status.lost = stats.lost_events + self.feed.dropped_by_ui
+        self._refresh_status()
+
+    def _refresh_status(self) -> None:
+        self.status.kept = len(self.store)
+        self.status.shown = len(self.store.view)
+        self.status_bar.show(self.status)
+
+    # ---- actions -------------------------------------------------------------
+    def action_toggle_pause(self) -> None:
+        self.status.paused = not self.status.paused
+        if not self.status.paused:
+            self.store.refilter(self.feed.path_filter.keep if self.feed.path_filter else None)
+            self._rows_changed()
+        self._refresh_status()
+
+    def action_toggle_follow(self) -> None:
+        self.status.follow = not self.status.follow
+        if self.status.follow:
+            self.table.move_to(0, user=False)
+        self._refresh_status()
+
+    def action_clear(self) -> None:
+        self.store.clear()
+        self._rows_changed()
+        self._refresh_status()
+
+    def action_toggle_topology(self) -> None:
+        pane = self.topo_pane
+        pane.toggle_class("-open")
+        if pane.has_class("-open"):
+            self._refresh_topology()
+
+    def _refresh_topology(self) -> None:
+        pane = self.topo_pane
+        if self.topology is not None:
+            pane.show(topology_text(self.topology))
+        else:
+            pane.show(seen_text(e.path for e in self.store.view[-500:]))
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def action_step(self, delta: int) -> None:
+        table = self.table
+        table.move_to(table.cursor_row + delta)
+
+    def action_next_match(self, what: str) -> None:
+        def pred(p: PacketPath) -> bool:
+            return bool(p.nat) if what == "nat" else p.verdict == "dropped"
+
+        table = self.table
+        row = self.store.find(table.cursor_row, pred)
+        if row is None:
+            row = self.store.find(-1, pred)  # wrap around to the newest
+        if row is None:
+            self.notify(f"no {'NAT' if what == 'nat' else 'dropped'} path in the table", timeout=3)
+            return
+        table.move_to(row)
+
+    async def action_quit(self) -> None:
+        self.engine.stop()
+        self._stop_recording()
+        self.exit()
+
+    def on_unmount(self) -> None:
+        self.engine.stop()
+        self._stop_recording()
+
+    # ---- recording --------------------------------------------------------------
+    def action_toggle_record(self) -> None:
+        if self._recorder is not None:
+            name = self.status.recording
+            self._stop_recording()
+            self.notify(f"recording stopped: {name}", timeout=4)
+            return
+        if self.recorder_factory is None:
+            self.notify("recording is unavailable here (start with --record FILE.pcapng, "
+                        "or use hoptrace live)", severity="warning", timeout=5)
+            return
+        try:
+            recorder = self.recorder_factory()
+        except HoptraceError as exc:
+            self.notify(str(exc), title="cannot record", severity="error", timeout=8)
+            return
+        self._recorder = recorder
+        self._record_hook = recorder.on_batch
+        self.engine.batch_hooks.append(self._record_hook)
+        self.status.recording = str(getattr(recorder, "path", "pcapng"))
+        self._refresh_status()
+
+    def _stop_recording(self) -> None:
+        if self._recorder is None:
+            return
+        if self._record_hook in self.engine.batch_hooks:
+            self.engine.batch_hooks.remove(self._record_hook)
+        self._recorder.close()
+        self._recorder = None
+        self._record_hook = None
+        self.status.recording = None
+        self._refresh_status()
+
+    # ---- the filter -----------------------------------------------------------------
+    def action_open_filter(self) -> None:
+        bar = self.filter_bar
+        bar.add_class("-open")
+        inp = self.filter_input
+        inp.value = self.status.filter_expr or ""
+        inp.focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id != "filter-input":
+            return
+        error = self._filter_error(event.value)
+        event.input.set_class(error is not None, "-invalid")
+        self.filter_error.update(error or "")
+
+    def _filter_error(self, expr: str) -> str | None:
+        if not expr.strip():
+            return None
+        try:
+            _compile_filter(expr)
+        except HoptraceError as exc:
+            return exc.message
+        return None
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id != "filter-input":
+            return
+        if self._filter_error(event.value) is not None:
+            self.bell()
+            return
+        self._set_filter(event.value)
+        self._close_filter()
+
+    def _set_filter(self, expr: str) -> None:
+        expr = expr.strip()
+        try:
+            flt = _compile_filter(expr) if expr else None
+        except HoptraceError as exc:
+            self.notify(str(exc), title="filter", severity="error")
+            return
+        self.feed.path_filter = flt
+        self.status.filter_expr = expr or None
+        self.store.refilter(flt.keep if flt else None)
+        self._rows_changed()
+        self._refresh_status()
+
+    def _close_filter(self) -> None:
+        self.filter_bar.remove_class("-open")
+        self.table.focus()
+
+    def on_key(self, event: Any) -> None:
+        if event.key == "escape" and self.filter_bar.has_class("-open"):
+            self._close_filter()
+            event.stop()
+
+    # ---- command palette ------------------------------------------------------------
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Filter paths", "pcap-filter expression matched at any hop (/)", self.action_open_filter)
+        yield SystemCommand("Pause / resume", "freeze the table; tracing goes on (space)", self.action_toggle_pause)
+        yield SystemCommand("Auto-follow", "follow the newest path on / off (f)", self.action_toggle_follow)
+        yield SystemCommand("Clear", "clear the table (c)", self.action_clear)
+        yield SystemCommand("Record", "start / stop recording to pcapng (r)", self.action_toggle_record)
+        yield SystemCommand("Topology", "show / hide the topology pane (t)", self.action_toggle_topology)
+        yield SystemCommand("Next NAT", "jump to the next path that was NATed (n)",
+                            lambda: self.action_next_match("nat"))
+        yield SystemCommand("Next drop", "jump to the next dropped path (d)",
+                            lambda: self.action_next_match("drop"))
+        yield SystemCommand("Keys", "what every key does (?)", self.action_help)
+
+
+def _backend_of(engine: Any) -> str:
+    source = getattr(engine, "source", None)
+    return str(getattr(source, "kind", None) or "?")
+
+
+def make_app(
+    engine: EngineLike,
+    *,
+    keep: int = 10_000,
+    backend_name: str | None = None,
+    filter_expr: str | None = None,
+    recorder_factory: Callable[[], Any] | None = None,
+    topology: Any = None,
+) -> HoptraceApp:
+    """The TUI over an engine (live or replay); ``.run()`` it on a terminal, ``.run_test()`` in tests.
+
+    ``recorder_factory()`` returns an object with ``on_batch(batch)``, ``close()``
+    and ideally ``path`` (e.g. ``tracer.record.PcapngRecorder``): `r` starts it
+    as an engine batch hook and stops it. ``topology`` is a
+    ``tracer.topology.Topology``; without it the pane shows the hops seen.
+    ``filter_expr`` is the initial display filter (editable with `/`).
+    """
+    return HoptraceApp(engine, keep=keep, backend_name=backend_name, filter_expr=filter_expr,
+                       recorder_factory=recorder_factory, topology=topology)

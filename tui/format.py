@@ -1,0 +1,230 @@
+"""PacketPath -> what a person reads: table cells, the hop-by-hop path view, a one-line summary.
+
+Pure functions over tracer.model records (Rich ``Text`` only, no Textual), so
+they are unit-tested without an app and rendered lazily, only for visible rows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from rich.text import Text
+
+from tracer.model import Endpoints, NatEvent, Observation, PacketPath
+
+VERDICT_STYLE = {
+    "delivered": "bold green",
+    "dropped": "bold red",
+    "left": "bold cyan",
+    "incomplete": "bold yellow",
+}
+NAT_STYLE = {"snat": "bold black on magenta", "dnat": "bold black on dark_orange"}
+# Paired request/reply rows share a colour so the pair is visible at a glance.
+FLOW_PALETTE = ("cyan", "magenta", "green", "yellow", "bright_blue", "bright_red", "orange1", "spring_green1")
+
+# Before 2001 a timestamp is monotonic kernel time (eBPF), after it a pcap wall clock.
+_WALL_CLOCK_NS = 10**18
+
+
+def ts_text(ts_ns: int) -> str:
+    if ts_ns >= _WALL_CLOCK_NS:
+        secs, ns = divmod(ts_ns, 1_000_000_000)
+        return time.strftime("%H:%M:%S", time.gmtime(secs)) + f".{ns // 1000:06d}"
+    return f"{ts_ns / 1e9:.6f}"
+
+
+def duration_text(ns: int) -> str:
+    if ns < 0:
+        return f"-{duration_text(-ns)}"
+    if ns < 1_000_000:
+        return f"{ns / 1000:.0f} µs" if ns >= 10_000 else f"{ns / 1000:.1f} µs"
+    if ns < 1_000_000_000:
+        return f"{ns / 1e6:.1f} ms"
+    return f"{ns / 1e9:.2f} s"
+
+
+def addr_port(addr: str, port: int | None) -> str:
+    if port is None:
+        return addr
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def endpoints_text(ep: Endpoints) -> str:
+    return f"{addr_port(ep.src, ep.sport)} → {addr_port(ep.dst, ep.dport)}"
+
+
+def hop_endpoints(obs: Observation) -> Endpoints:
+    return Endpoints(obs.src, obs.sport, obs.dst, obs.dport)
+
+
+def original_text(path: PacketPath) -> str:
+    first = path.first
+    if first.family == 0:
+        return first.proto_name
+    return endpoints_text(hop_endpoints(first))
+
+
+def translated_text(path: PacketPath) -> str:
+    """The addresses after the last rewrite; empty when nothing was rewritten."""
+    if not path.nat:
+        return ""
+    return endpoints_text(path.nat[-1].after)
+
+
+def nat_badges(path: PacketPath) -> Text:
+    text = Text()
+    for kind in ("snat", "dnat"):
+        if any(ev.kind == kind for ev in path.nat):
+            if text:
+                text.append(" ")
+            text.append(kind.upper(), style=NAT_STYLE[kind])
+    return text
+
+
+def flow_style(flow_id: str) -> str:
+    digits = "".join(ch for ch in flow_id if ch.isdigit())
+    n = int(digits) if digits else sum(map(ord, flow_id))
+    return FLOW_PALETTE[n % len(FLOW_PALETTE)]
+
+
+def flow_cell(flow_id: str | None, role: str | None) -> Text:
+    if not flow_id:
+        return Text("")
+    arrow = {"request": " →", "reply": " ←"}.get(role or "", "")
+    return Text(flow_id + arrow, style=flow_style(flow_id))
+
+
+def verbed(ev: NatEvent) -> str:
+    rule = ev.rule or ""
+    if "MASQUERADE" in rule:
+        return "MASQUERADEd"
+    return "DNATed" if ev.kind == "dnat" else "SNATed"
+
+
+def summary(path: PacketPath) -> str:
+    """The sentence a person wants: where it went, where it was rewritten, where it ended."""
+    hops = path.hops
+    parts = [f"left {hops[0].hop_name}"]
+    middle = [h.ifname for h in hops[1:-1] if not h.ifname.startswith("veth")]
+    crossed = list(dict.fromkeys(middle))
+    if crossed:
+        parts.append("crossed " + ", ".join(crossed))
+    for ev in path.nat:
+        to = hops[ev.to_hop] if 0 <= ev.to_hop < len(hops) else hops[-1]
+        changed = ev.after.src if ev.kind == "snat" else ev.after.dst
+        port = ev.after.sport if ev.kind == "snat" else ev.after.dport
+        parts.append(f"was {verbed(ev)} to {addr_port(changed, port)} on {to.hop_name}")
+    last = hops[-1]
+    if path.verdict == "dropped":
+        reason = f" ({last.drop_reason})" if last.drop_reason else ""
+        parts.append(f"was dropped at {last.hop_name}{reason}")
+    elif path.verdict == "delivered":
+        parts.append(f"arrived at {last.hop_name}")
+    elif path.verdict == "left":
+        parts.append(f"left the traced network via {last.hop_name}")
+    else:
+        parts.append(f"was last seen at {last.hop_name}")
+    return ", ".join(parts)
+
+
+def _nat_lines(ev: NatEvent) -> Text:
+    line = Text("     ┃ ", style="bold magenta" if ev.kind == "snat" else "bold dark_orange")
+    line.append(f" {ev.kind.upper()} ", style=NAT_STYLE[ev.kind])
+    line.append(f" {verbed(ev)} on {ev.node} at {ev.hook}: ", style="bold")
+    line.append(endpoints_text(ev.before))
+    line.append("  ⇒  ", style="bold")
+    line.append(endpoints_text(ev.after), style="bold reverse")
+    line.append("\n     ┃   rule: ", style="dim")
+    if ev.rule:
+        line.append(ev.rule, style="italic")
+        if ev.rule_source:
+            line.append(f"  ({ev.rule_source})", style="dim")
+    else:
+        line.append("unknown (use --rules to trace it)", style="dim")
+    ct = ev.conntrack
+    line.append("   conntrack: ", style="dim")
+    if ct is None:
+        line.append("-", style="dim")
+    else:
+        line.append(f"id {ct.id}" if ct.id is not None else "entry")
+        line.append(f"  orig {endpoints_text(ct.original)}  reply {endpoints_text(ct.reply)}", style="dim")
+        if ct.status:
+            line.append("  " + ",".join(ct.status), style="dim")
+    return line
+
+
+def path_view(path: PacketPath, flow_id: str | None = None, role: str | None = None) -> Text:
+    """The hops top to bottom; NAT between the hops it happened, drops in red."""
+    out = Text()
+    out.append(f"{path.id}  ", style="bold")
+    out.append(f"{path.proto}  ")
+    out.append(path.verdict, style=VERDICT_STYLE.get(path.verdict, ""))
+    out.append(f"  {len(path.hops)} hops  {duration_text(path.latency_ns)}")
+    if flow_id:
+        out.append("  flow ")
+        out.append_text(flow_cell(flow_id, role))
+        if role:
+            out.append(f" ({role})", style=flow_style(flow_id))
+    out.append("\n")
+    out.append(summary(path), style="bold italic")
+    out.append("\n\n")
+    out.append(f"  {'#':>2} {'node':<12} {'iface':<12} {'dir':<4} {'time':<16} {'Δ':>9}  addresses\n",
+               style="bold underline")
+    nat_after: dict[int, list[NatEvent]] = {}
+    for ev in path.nat:
+        nat_after.setdefault(ev.from_hop, []).append(ev)
+    prev: int | None = None
+    for i, hop in enumerate(path.hops):
+        dropped = hop.direction == "drop" or hop.drop_reason is not None
+        style = "bold red" if dropped else ""
+        delta = "" if prev is None else "+" + duration_text(hop.ts_ns - prev)
+        prev = hop.ts_ns
+        row = Text(
+            f"  {i:>2} {hop.node[:12]:<12} {hop.ifname[:12]:<12} {hop.direction or '?':<4} "
+            f"{ts_text(hop.ts_ns):<16} {delta:>9}  ",
+            style=style,
+        )
+        row.append(original_text_of(hop), style=style or None)
+        if hop.ttl:
+            row.append(f"  ttl {hop.ttl}", style="dim")
+        if dropped:
+            row.append(f"  ✖ dropped: {hop.drop_reason or 'unknown reason'}", style="bold white on red")
+        out.append_text(row)
+        out.append("\n")
+        for ev in nat_after.get(i, []):
+            out.append_text(_nat_lines(ev))
+            out.append("\n")
+    return out
+
+
+def original_text_of(hop: Observation) -> str:
+    if hop.family == 0:
+        return hop.proto_name
+    return endpoints_text(hop_endpoints(hop))
+
+
+def role_of(path: PacketPath, original: Endpoints) -> str:
+    """"request" when the path goes the flow's original direction (before or after NAT)."""
+    first, last = path.first, path.last
+    if (first.src, first.sport) == (original.src, original.sport) or (last.dst, last.dport) == (
+        original.dst,
+        original.dport,
+    ):
+        return "request"
+    return "reply"
+
+
+def cell(text: str, width: int) -> str:
+    if len(text) <= width:
+        return text.ljust(width)
+    return text[: max(width - 1, 0)] + "…"
+
+
+def join_cells(cells: Sequence[Text]) -> Text:
+    out = Text()
+    for i, c in enumerate(cells):
+        if i:
+            out.append(" ")
+        out.append_text(c)
+    return out

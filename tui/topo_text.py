@@ -1,0 +1,84 @@
+"""The topology pane's text: from tracer.topology's Topology when given, else from the hops seen."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from rich.text import Text
+
+from tracer.model import PacketPath
+
+
+def topology_text(topo: Any) -> Text:
+    """``topo`` is a tracer.topology.Topology (typed loosely: the UI only reads it)."""
+    out = Text()
+    ports: dict[str, list[str]] = {}
+    for c in getattr(topo, "containers", ()):
+        ports[c.name] = [f"{p.host_ip or '*'}:{p.host_port}→{p.container_port}/{p.proto}" for p in c.ports]
+    for ns in topo.namespaces:
+        out.append(ns.name, style="bold")
+        extra = [f"netns {ns.inode}"]
+        if ns.uplink:
+            extra.append(f"uplink {ns.uplink}")
+        if ns.forwarding:
+            extra.append("forwarding")
+        out.append("  " + ", ".join(extra) + "\n", style="dim")
+        if ns.error:
+            out.append(f"  unreadable: {ns.error}\n", style="red")
+        if ports.get(ns.name):
+            out.append("  published " + ", ".join(ports[ns.name]) + "\n", style="yellow")
+        by_index = {i.ifindex: i for i in ns.interfaces}
+        for iface in ns.interfaces:
+            if iface.name == "lo" or iface.master in by_index:
+                continue  # bridge ports are listed under their bridge
+            out.append_text(_iface_line(topo, iface, "  "))
+            if iface.kind == "bridge":
+                for port in (p for p in ns.interfaces if p.master == iface.ifindex):
+                    out.append_text(_iface_line(topo, port, "    ├ "))
+        for rule in ns.nat_rules:
+            if rule.target in ("MASQUERADE", "SNAT", "DNAT"):
+                out.append(f"  nat {rule.chain} {rule.number}: {rule.text}\n", style="magenta")
+    return out
+
+
+def _iface_line(topo: Any, iface: Any, indent: str) -> Text:
+    line = Text(indent)
+    line.append(iface.name, style="bold cyan" if iface.kind == "bridge" else "cyan")
+    if iface.kind:
+        line.append(f" [{iface.kind}]", style="dim")
+    if iface.addresses:
+        line.append(" " + " ".join(iface.addresses))
+    peer = topo.peer(iface)
+    if peer is not None:
+        line.append(f" ⇄ {topo.name(peer.netns)}/{peer.name}", style="green")
+        if peer.addresses:
+            line.append(" " + " ".join(peer.addresses), style="green")
+    if iface.state not in ("UP", "UNKNOWN"):
+        line.append(f" {iface.state}", style="red")
+    line.append("\n")
+    return line
+
+
+def seen_text(paths: Iterable[PacketPath]) -> Text:
+    """Nodes, their interfaces and the addresses seen there (no topology source given)."""
+    nodes: dict[str, dict[str, set[str]]] = {}
+    for path in paths:
+        for hop in path.hops:
+            addrs = nodes.setdefault(hop.node, {}).setdefault(hop.ifname, set())
+            if hop.direction == "tx" and hop.src:
+                addrs.add(hop.src)
+            elif hop.direction == "rx" and hop.dst and not path.nat:
+                addrs.add(hop.dst)
+    out = Text("from the hops seen (no topology source)\n", style="dim italic")
+    if not nodes:
+        out.append("nothing seen yet\n", style="dim")
+    for node in sorted(nodes):
+        out.append(node + "\n", style="bold")
+        for iface in sorted(nodes[node]):
+            out.append(f"  {iface}", style="cyan")
+            seen = sorted(nodes[node][iface])
+            if seen:
+                out.append("  " + " ".join(seen[:4]) + (" …" if len(seen) > 4 else ""))
+            out.append("\n")
+    return out

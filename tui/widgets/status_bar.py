@@ -1,0 +1,50 @@
+"""One line: backend, events/s, lost events (red when > 0), paths, recording, filter, pause/follow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.text import Text
+from textual.widgets import Static
+
+
+@dataclass(slots=True)
+class Status:
+    backend: str = "?"
+    events_per_s: float = 0.0
+    lost: int = 0
+    kept: int = 0
+    shown: int = 0
+    recording: str | None = None
+    filter_expr: str | None = None
+    paused: bool = False
+    follow: bool = True
+    finished: bool = False
+    error: str | None = None
+
+
+def status_text(s: Status) -> Text:
+    sep = (" │ ", "dim")
+    t = Text.assemble((" backend ", "dim"), (s.backend, "bold"), sep,
+                      (f"{s.events_per_s:,.0f}", "bold"), (" ev/s", "dim"), sep)
+    t.append("lost ", style="dim")
+    t.append(f"{s.lost:,}", style="bold white on red" if s.lost > 0 else "bold")
+    t.append_text(Text.assemble(sep, (f"{s.shown:,}", "bold"), (f"/{s.kept:,} paths", "dim")))
+    if s.recording:
+        t.append_text(Text.assemble(sep, ("● REC ", "bold red"), (s.recording, "")))
+    if s.filter_expr:
+        t.append_text(Text.assemble(sep, ("filter ", "dim"), (s.filter_expr, "bold yellow")))
+    t.append_text(Text.assemble(sep, ("⏸ PAUSED", "bold black on yellow") if s.paused
+                                else ("▶ live", "green") if not s.finished else ("■ end of input", "cyan")))
+    if not s.follow:
+        t.append_text(Text.assemble(sep, ("follow off", "yellow")))
+    if s.error:
+        t.append_text(Text.assemble(sep, ("source error: ", "bold red"), (s.error, "red")))
+    return t
+
+
+class StatusBar(Static):
+    DEFAULT_CSS = "StatusBar { height: 1; background: $panel; }"
+
+    def show(self, status: Status) -> None:
+        self.update(status_text(status))
