@@ -1,0 +1,84 @@
+"""Re-record the golden fixtures from the lab: ``python -m tracer.lab.fixtures`` (= ``make fixtures``).
+
+For every scenario, ``fixtures/<scenario>.pcapng`` is captured on every hop of a
+docker-engine lab (tracer.lab.capture), and ``fixtures/<scenario>.json`` is the
+expected output: ``hoptrace replay --json`` of that file, as a JSON list of
+paths (one per NDJSON line), to be reviewed by eye before committing — each
+must show the right hops and NAT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tracer.errors import HoptraceError, LabError
+from tracer.lab.capture import capture_scenario
+from tracer.lab.lab import ENGINES, Lab
+from tracer.lab.scenarios import SCENARIOS
+from tracer.lab.state import progress
+
+FIXTURES = Path(__file__).resolve().parent.parent.parent / "fixtures"
+
+
+def expected_json(pcap: Path) -> list[object] | None:
+    """``hoptrace replay --json`` of ``pcap`` as a list, or None when replay is not available."""
+    r = subprocess.run([sys.executable, "-m", "tracer.cli", "replay", "--json", str(pcap)],
+                       capture_output=True, text=True, timeout=120, check=False)
+    if r.returncode != 0:
+        progress(f"no expected JSON for {pcap.name}: {r.stderr.strip().splitlines()[-1:] or r.returncode}")
+        return None
+    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+
+
+def record(engine: str, out: Path, scenarios: list[str], prefix: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    lab = Lab(engine, prefix)
+    lab.up()
+    try:
+        for name in scenarios:
+            pcap = out / f"{name}.pcapng"
+            result, packets = capture_scenario(lab, name, pcap)
+            if not result.ok:
+                raise LabError(f"scenario {name} did not do what it should: {result.detail}")
+            progress(f"{name}: {result.detail}; {packets} sightings -> {pcap}")
+    finally:
+        lab.down()
+    for name in scenarios:
+        paths = expected_json(out / f"{name}.pcapng")
+        if paths is not None:
+            (out / f"{name}.json").write_text(json.dumps(paths, indent=1) + "\n")
+            progress(f"{name}: {len(paths)} expected paths -> {out / (name + '.json')}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tracer.lab.fixtures", description=__doc__.split("\n")[0])
+    p.add_argument("--engine", choices=ENGINES, default="docker")
+    p.add_argument("--out", type=Path, default=FIXTURES)
+    p.add_argument("--json-only", action="store_true", help="only regenerate the expected JSON")
+    p.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=f"default: all of {', '.join(SCENARIOS)}")
+    args = p.parse_args(argv)
+    scenarios = args.scenarios or list(SCENARIOS)
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        p.error(f"unknown scenario(s) {', '.join(unknown)}; valid: {', '.join(SCENARIOS)}")
+    try:
+        if args.json_only:
+            for name in scenarios:
+                paths = expected_json(args.out / f"{name}.pcapng")
+                if paths is not None:
+                    (args.out / f"{name}.json").write_text(json.dumps(paths, indent=1) + "\n")
+        else:
+            record(args.engine, args.out, scenarios, os.environ.get("HOPTRACE_LAB_PREFIX") or "hopfix")
+    except HoptraceError as exc:
+        print(f"fixtures: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
