@@ -25,7 +25,7 @@ from tracer.errors import KernelFeatureMissing
 
 VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
 KERNEL_NOTES = Path("/sys/kernel/notes")
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 BTF_MAGIC = 0xEB9F
 # BTF kinds (include/uapi/linux/btf.h)
@@ -292,6 +292,14 @@ def kernel_build_id() -> str:
     return "noid-" + hashlib.sha1(raw).hexdigest()
 
 
+def _reason_name(enumerator: str) -> str:
+    """SKB_DROP_REASON_NO_SOCKET -> NO_SOCKET, SKB_CONSUMED -> CONSUMED (what the kernel's tracepoint prints)."""
+    for prefix in ("SKB_DROP_REASON_", "SKB_"):
+        if enumerator.startswith(prefix):
+            return enumerator[len(prefix) :]
+    return enumerator
+
+
 def parse_layout(data: bytes, build_id: str = "") -> KernelLayout:
     t0 = time.perf_counter()
     btf = Btf(data)
@@ -308,10 +316,7 @@ def parse_layout(data: bytes, build_id: str = "") -> KernelLayout:
         if missing:
             raise BtfError(f"BTF: raw tracepoint {tp} has no argument(s) {missing} (has {names})")
         tp_args[tp] = {w: names.index(w) for w in wanted}
-    reasons = {
-        v: (n[len("SKB_DROP_REASON_") :] if n.startswith("SKB_DROP_REASON_") else n)
-        for v, n in btf.enum_values("skb_drop_reason").items()
-    }
+    reasons = {v: _reason_name(n) for v, n in btf.enum_values("skb_drop_reason").items()}
     return KernelLayout(offsets, sizes, tp_args, reasons, build_id, time.perf_counter() - t0)
 
 

@@ -1,0 +1,129 @@
+"""probes.skb_hops without a kernel: the event mirror, bulk decoding of ring records, filter translation."""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from pathlib import Path
+
+import pytest
+
+from probes.skb_hops import (
+    HEADER_LEN,
+    EbpfSource,
+    HopEvent,
+    HopKind,
+    KernelFilter,
+    c_snaplen,
+    event_type,
+    kernel_filter_from_pcap,
+)
+from tracer.model import Dir
+
+C_FILE = Path(__file__).resolve().parents[2] / "probes" / "skb_hops.c"
+
+
+def test_mirror_has_the_c_struct_fields_in_order() -> None:
+    src = C_FILE.read_text()
+    body = src[src.index("struct hop_event {"):]
+    body = body[: body.index("};")]
+    c_fields = []
+    for line in body.splitlines()[1:]:
+        decl = line.split("//")[0].strip().rstrip(";")
+        if decl:
+            c_fields.append(decl.split()[-1].split("[")[0])
+    assert [f[0] for f in HopEvent._fields_] == c_fields
+
+
+def test_event_size_is_8_aligned_for_any_snaplen() -> None:
+    assert {n: ctypes.sizeof(event_type(n)) % 8 for n in (14, 64, 100, 128, 1500)} == dict.fromkeys(
+        (14, 64, 100, 128, 1500), 0)
+    assert (c_snaplen(100), c_snaplen(128)) == (104, 128)
+
+
+def test_kind_labels() -> None:
+    assert [HopKind.label(v) for v in (1, 2, 3, 9)] == ["RX", "TX", "DROP", "UNKNOWN(9)"]
+    assert [int(k) for k in HopKind] == [int(Dir.RX), int(Dir.TX), int(Dir.DROP)]
+
+
+def _icmp_frame(src: bytes, dst: bytes, ip_id: int, seq: int) -> bytes:
+    eth = b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00"
+    payload = bytes(range(16))
+    icmp = struct.pack("!BBHHH", 8, 0, 0, 0x1234, seq) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), ip_id, 0, 64, 1, 0, src, dst)
+    return eth + ip + icmp
+
+
+def _event(kind: HopKind, frame: bytes, mac_len: int, *, skb: int, netns: int, ifindex: int, ifname: bytes,
+           reason: int = 0, ts: int = 1000) -> HopEvent:
+    ev = HopEvent()
+    ev.ts_ns, ev.skb, ev.netns, ev.ifindex = ts, skb, netns, ifindex
+    ev.kind, ev.drop_reason, ev.mac_len = int(kind), reason, mac_len
+    ev.len = ev.wire_len = len(frame)
+    ev.cap_len = min(len(frame), 128)
+    ev.ifname = ifname
+    ctypes.memmove(ctypes.addressof(ev) + HopEvent.frame.offset, frame, ev.cap_len)
+    return ev
+
+
+def _record(*events: HopEvent) -> bytes:
+    return struct.pack("<IIQ", len(events), 0, events[0].ts_ns) + b"".join(bytes(e) for e in events)
+
+
+def test_records_decode_in_bulk_into_rows_and_hops() -> None:
+    frame = _icmp_frame(bytes([172, 17, 0, 2]), bytes([198, 51, 100, 8]), 777, 5)
+    e1 = _event(HopKind.TX, frame, 14, skb=0xFFFF1, netns=11, ifindex=2, ifname=b"eth0", ts=100)
+    e2 = _event(HopKind.RX, frame, 14, skb=0xFFFF1, netns=22, ifindex=7, ifname=b"veth1", ts=200)
+    e3 = _event(HopKind.DROP, frame[14:], 0, skb=0xFFFF1, netns=22, ifindex=3, ifname=b"docker0", reason=77,
+                ts=300)
+    src = EbpfSource()
+    src._dtype = __import__("numpy").dtype(HopEvent)
+    src.layout = None
+    batch = src._decode([_record(e1, e2), _record(e3)])
+    obs = batch.observations()
+    assert [(o.ts_ns, o.direction, o.netns, o.ifname, o.skb, o.src, o.dst, o.proto, o.ip_id, o.icmp_seq)
+            for o in obs] == [
+        (100, "tx", 11, "eth0", 0xFFFF1, "172.17.0.2", "198.51.100.8", 1, 777, 5),
+        (200, "rx", 22, "veth1", 0xFFFF1, "172.17.0.2", "198.51.100.8", 1, 777, 5),
+        (300, "drop", 22, "docker0", 0xFFFF1, "172.17.0.2", "198.51.100.8", 1, 777, 5),
+    ]
+    assert [o.drop_reason for o in obs] == [None, None, "UNKNOWN(77)"]
+    assert (obs[0].frame, obs[2].frame) == (frame, frame[14:])
+    assert [o.source for o in obs] == ["ebpf"] * 3
+    assert len({o.digest for o in obs}) == 1 and obs[0].digest != 0
+    assert sorted((h.node, h.iface, h.netns, h.ifindex) for h in batch.hops) == [
+        ("netns:11", "eth0", 11, 2), ("netns:22", "docker0", 22, 3), ("netns:22", "veth1", 22, 7)]
+    assert HEADER_LEN == 16
+
+
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        ("host 198.51.100.8", KernelFilter(addrs=frozenset({"198.51.100.8"}))),
+        ("icmp", KernelFilter(protos=frozenset({1}))),
+        ("udp and (port 53 or port 5353) and host 198.51.100.8",
+         KernelFilter(protos=frozenset({17}), ports=frozenset({53, 5353}), addrs=frozenset({"198.51.100.8"}))),
+        ("tcp or udp", KernelFilter(protos=frozenset({6, 17}))),
+        ("host 2001:db8::1 or host 203.0.113.1", KernelFilter(addrs=frozenset({"2001:db8::1", "203.0.113.1"}))),
+        ("port 8080 && tcp", KernelFilter(protos=frozenset({6}), ports=frozenset({8080}))),
+    ],
+)
+def test_simple_pcap_filters_go_to_the_kernel(expr: str, expected: KernelFilter) -> None:
+    assert kernel_filter_from_pcap(expr) == expected
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [None, "", "not icmp", "src host 1.2.3.4", "net 10.0.0.0/8", "host 1.2.3.4 or port 80",
+     "port 80 and port 81", "(icmp", "host nosuchname", "port 99999", "ether host 00:11:22:33:44:55",
+     "icmp[icmptype] == 8"],
+)
+def test_other_filters_stay_in_userspace(expr: str | None) -> None:
+    assert kernel_filter_from_pcap(expr) is None
+
+
+def test_filter_flags() -> None:
+    assert KernelFilter().flags == 0
+    assert KernelFilter(netns=frozenset({1})).flags == 1
+    assert KernelFilter(protos=frozenset({1}), addrs=frozenset({"1.2.3.4"})).flags == 2 | 4 | 16
+    assert KernelFilter(ports=frozenset({80}), track=False).flags == 8
