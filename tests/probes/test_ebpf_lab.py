@@ -1,0 +1,150 @@
+"""The eBPF source on the real kernel, in the lab (netns engine): hops, NAT, drops, lost events.
+
+These check the probes themselves: sightings of one skb grouped by its
+address, without the correlator, so a failure here is a probe failure.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from tracer.model import Observation
+
+pytestmark = [pytest.mark.root, pytest.mark.lab]
+
+WEB, CLIENT = "172.17.0.2", "172.17.0.3"
+HOST_UPLINK, SERVER = "203.0.113.2", "198.51.100.8"
+
+
+def trace(lab: Any, scenario: str, kernel_filter: Any = None) -> tuple[Any, list[Observation], Any]:
+    """Run one lab scenario under a fresh EbpfSource; every sighting it produced, and the source."""
+    from probes.skb_hops import EbpfSource
+
+    src = EbpfSource(kernel_filter=kernel_filter)
+    src.start()
+    obs: list[Observation] = []
+
+    def consume() -> None:
+        for batch in src.batches():
+            obs.extend(batch.observations())
+
+    th = threading.Thread(target=consume)
+    th.start()
+    try:
+        result = lab.run(scenario)
+        time.sleep(0.3)  # > the 5 ms stage flush and the 2 ms poll, with margin
+    finally:
+        src.stop()
+        th.join(timeout=10)
+    assert not th.is_alive()
+    return result, obs, src
+
+
+def lab_hops(lab: Any, obs: list[Observation]) -> list[Observation]:
+    inodes = {lab.netns_inode(n) for n in ("host", "inet", "client", "web")}
+    return [o for o in obs if o.netns in inodes]
+
+
+def path_of(obs: list[Observation], first: Observation) -> list[Observation]:
+    """All sightings of first's skb from first on, in time order, while the packet keeps its identity."""
+    same = sorted((o for o in obs if o.skb == first.skb and o.ts_ns >= first.ts_ns), key=lambda o: o.ts_ns)
+    # the skb address is reused after free: stop at the first sighting of another packet
+    return [o for o in same if (o.ip_id, o.proto) == (first.ip_id, first.proto)]
+
+
+def shape(path: list[Observation]) -> list[tuple[str, str, str | None]]:
+    return [(o.node, "veth" if o.ifname.startswith("veth") else o.ifname, o.direction) for o in path]
+
+
+def find(obs: list[Observation], **want: Any) -> Observation:
+    for o in sorted(obs, key=lambda o: o.ts_ns):
+        if all(getattr(o, k) == v for k, v in want.items()):
+            return o
+    raise AssertionError(f"no sighting with {want}; saw {[(o.hop_name, o.direction, o.src, o.dst) for o in obs]}")
+
+
+def test_internet_ping_snat_and_reply_dnat(lab_netns: Any) -> None:
+    result, obs, src = trace(lab_netns, "internet-ping")
+    assert result.ok, result.detail
+    obs = lab_hops(lab_netns, obs)
+    req = path_of(obs, find(obs, node="client", ifname="eth0", direction="tx", icmp_type=8, dst=SERVER))
+    assert shape(req)[:5] == [("client", "eth0", "tx"), ("host", "veth", "rx"), ("host", "docker0", "rx"),
+                              ("host", "eth0", "tx"), ("inet", "eth0", "rx")]
+    # MASQUERADE between docker0 rx and eth0 tx, and nowhere else
+    assert [(o.src, o.dst) for o in req[:4]] == [(CLIENT, SERVER)] * 3 + [(HOST_UPLINK, SERVER)]
+    assert len({o.skb for o in req}) == 1 and req[0].skb
+    rep = path_of(obs, find(obs, node="inet", ifname="eth0", direction="tx", icmp_type=0, src=SERVER))
+    assert shape(rep)[:5] == [("inet", "eth0", "tx"), ("host", "eth0", "rx"), ("host", "docker0", "tx"),
+                              ("host", "veth", "tx"), ("client", "eth0", "rx")]
+    assert [o.dst for o in rep[:5]] == [HOST_UPLINK, HOST_UPLINK, CLIENT, CLIENT, CLIENT]
+    assert req[0].frame[12:14] == b"\x08\x00" and len(req[0].frame) == req[0].wire_len  # whole Ethernet frame
+    assert src.lost_events == 0
+
+
+def test_published_port_dnat(lab_netns: Any) -> None:
+    result, obs, src = trace(lab_netns, "published-port")
+    assert result.ok, result.detail
+    obs = lab_hops(lab_netns, obs)
+    syn = find(obs, node="host", ifname="eth0", direction="rx", dport=8080, tcp_flags=0x02)
+    p = path_of(obs, syn)
+    assert shape(p)[:4] == [("host", "eth0", "rx"), ("host", "docker0", "tx"), ("host", "veth", "tx"),
+                            ("web", "eth0", "rx")]
+    assert [(o.dst, o.dport) for o in p[:4]] == [(HOST_UPLINK, 8080), (WEB, 80), (WEB, 80), (WEB, 80)]
+    assert src.lost_events == 0
+
+
+def test_container_ping_is_bridged_without_nat(lab_netns: Any) -> None:
+    result, obs, src = trace(lab_netns, "container-ping")
+    assert result.ok, result.detail
+    obs = lab_hops(lab_netns, obs)
+    p = path_of(obs, find(obs, node="client", ifname="eth0", direction="tx", icmp_type=8, dst=WEB))
+    assert shape(p)[:4] == [("client", "eth0", "tx"), ("host", "veth", "rx"), ("host", "veth", "tx"),
+                            ("web", "eth0", "rx")]
+    assert p[1].ifname != p[2].ifname
+    assert {(o.src, o.dst) for o in p} == {(CLIENT, WEB)}
+    assert src.lost_events == 0
+
+
+def test_blocked_shows_the_drop_and_its_reason(lab_netns: Any) -> None:
+    result, obs, src = trace(lab_netns, "blocked")
+    assert result.ok, result.detail
+    obs = lab_hops(lab_netns, obs)
+    p = path_of(obs, find(obs, node="client", ifname="eth0", direction="tx", icmp_type=8, dst=SERVER))
+    assert shape(p) == [("client", "eth0", "tx"), ("host", "veth", "rx"), ("host", "docker0", "rx"),
+                        ("host", "docker0", "drop")]
+    assert p[-1].drop_reason == "NETFILTER_DROP"
+    assert src.lost_events == 0
+
+
+def test_kernel_filter_keeps_the_flow_across_nat(lab_netns: Any) -> None:
+    from probes.skb_hops import kernel_filter_from_pcap
+
+    kf = kernel_filter_from_pcap(f"icmp and host {SERVER}")
+    result, obs, src = trace(lab_netns, "internet-ping", kernel_filter=kf)
+    assert result.ok, result.detail
+    assert obs, "the filter kept nothing"
+    assert {o.proto for o in obs} == {1}
+    assert all(SERVER in (o.src, o.dst) for o in obs)
+    counters = src.counters()
+    assert counters["filtered"] > 0 and counters["lost"] == 0
+    lab = lab_hops(lab_netns, obs)
+    req = path_of(lab, find(lab, node="client", ifname="eth0", direction="tx", icmp_type=8))
+    assert shape(req)[:4] == [("client", "eth0", "tx"), ("host", "veth", "rx"), ("host", "docker0", "rx"),
+                              ("host", "eth0", "tx")]
+
+
+def test_kernel_filter_follows_the_skb_through_dnat(lab_netns: Any) -> None:
+    """`port 8080` matches only before DNAT; the tracked skb keeps its later hops (dport 80)."""
+    from probes.skb_hops import kernel_filter_from_pcap
+
+    result, obs, src = trace(lab_netns, "published-port", kernel_filter=kernel_filter_from_pcap("tcp and port 8080"))
+    assert result.ok, result.detail
+    obs = lab_hops(lab_netns, obs)
+    syn = find(obs, node="host", ifname="eth0", direction="rx", dport=8080, tcp_flags=0x02)
+    p = path_of(obs, syn)
+    assert [(o.hop_name, o.dport) for o in p[:2]] == [("host/eth0", 8080), ("host/docker0", 80)]
+    assert src.counters()["filtered"] > 0
