@@ -73,3 +73,20 @@ def test_status_cli_prints_docker_host(lab_docker: Lab) -> None:
     assert r.returncode == 0, r.stderr
     assert f"export DOCKER_HOST=unix://{lab_docker.state.dir}/docker.sock" in r.stdout
     assert "container  web: running" in r.stdout
+
+
+def test_up_after_a_crashed_docker_lab(fresh_lab_prefix: str) -> None:
+    """dockerd SIGKILLed (containers, shims, containerd and mounts left behind): `up` cleans and rebuilds."""
+    import signal
+
+    lab = Lab("docker", fresh_lab_prefix)
+    lab.up()
+    dockerd = next(p for p in lab.state.procs() if p.what == "dockerd")
+    os.kill(dockerd.pid, signal.SIGKILL)
+    assert lab.state.mounts(), "a killed dockerd leaves its mounts"
+    assert len(lab.state.procs_in_netns()) >= 3  # containerd, shims, container processes
+    lab.up()
+    assert lab.run("published-port").ok
+    assert lab.status().containers == {"web": "running", "client": "running"}
+    lab.down()
+    assert lab.state.leftovers() == []
