@@ -27,9 +27,12 @@ that writer stores microsecond timestamps only (no ``if_tsresol``; hops are
 7-20 µs apart), a fixed 262144 snaplen, no ``if_description``, no packet id,
 and costs a few Python calls per packet, which DESIGN.md measured far below
 live rates. pcapng is a simple, documented block format, so each batch is
-encoded at once: every EPB of the batch is laid out as one row of a byte
-matrix with a mask of the bytes it really uses, and ``matrix[mask]``
-concatenates them. That keeps recording a small fraction of the engine's cost.
+encoded at once with numpy: pcapng blocks are 32-bit aligned, so a batch is a
+matrix of 32-bit words, one EPB a row, whose only per-row variation is the
+number of frame words (``matrix[mask]`` drops the unused ones). For that, the
+values in a comment are right-aligned in slots as wide as the batch's widest
+value (JSON allows the spaces: ``"dir":  "rx"``); ``skb`` is zero-padded hex.
+That keeps recording a small fraction of the engine's cost (bench/record_bench.py).
 
 Safety of what is on disk: the file is created 0600 (payloads are sniffed
 traffic); each batch is one ``write`` of whole blocks, buffered at most
@@ -59,7 +62,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from tracer.errors import EXIT_PROBLEM, HoptraceError
-from tracer.model import Dir, HopLabel, ObsBatch
+from tracer.model import HopLabel, ObsBatch
 
 if TYPE_CHECKING:
     import numpy as np
@@ -125,35 +128,52 @@ def idb_block(label: HopLabel, snaplen: int) -> bytes:
 # Vectorised EPB encoding
 # --------------------------------------------------------------------------
 
-_DIR_JSON = {Dir.UNKNOWN: b"null", Dir.RX: b'"rx"', Dir.TX: b'"tx"', Dir.DROP: b'"drop"'}
-_DIR_FLAGS = {Dir.UNKNOWN: 0, Dir.RX: 1, Dir.TX: 2, Dir.DROP: 0}
+# Index = Dir value. JSON values are right-aligned in a slot as wide as the
+# batch's widest (JSON allows the spaces): every comment of a batch then has
+# the same length, every EPB the same layout apart from its frame bytes, and
+# a batch is laid out as 32-bit words with no per-byte work.
+_DIR_JSON = [b"null", b'"rx"', b'"tx"', b'"drop"']
+_DIR_FLAGS = [0, 1, 2, 0]  # epb_flags direction: 1 inbound, 2 outbound; a drop is neither
 
 
-def _table(values: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
-    """Byte strings as a (K, width) matrix plus their lengths, for row-wise lookup."""
+def _right_aligned(values: list[bytes], codes: np.ndarray) -> np.ndarray:
+    """Row i = values[codes[i]], right-aligned with spaces, as an (n, width) byte matrix."""
     import numpy as np
 
     width = max(1, *(len(v) for v in values))
-    mat = np.zeros((len(values), width), np.uint8)
+    table = np.full((len(values), width), ord(" "), np.uint8)
     for i, v in enumerate(values):
-        mat[i, : len(v)] = np.frombuffer(v, np.uint8)
-    return mat, np.array([len(v) for v in values], np.int64)
+        if v:
+            table[i, width - len(v) :] = np.frombuffer(v, np.uint8)
+    return table[codes]
 
 
-def _digits(x: np.ndarray, base: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """ASCII digits of unsigned ints, right-aligned in ``width`` columns, and how many are significant."""
+def _decimal(x: np.ndarray) -> np.ndarray:
+    """Unsigned ints in decimal, right-aligned with spaces, as many columns as the largest needs."""
     import numpy as np
 
     x = x.astype(np.uint64, copy=True)
-    vals = np.empty((len(x), width), np.uint8)
-    b = np.uint64(base)
+    width = len(str(int(x.max(initial=0))))
+    out = np.empty((len(x), width), np.uint8)
+    ten = np.uint64(10)
+    ndig = np.ones(len(x), np.int64)
+    for k in range(1, width):
+        ndig += x >= np.uint64(10**k)
     for col in range(width - 1, -1, -1):
-        vals[:, col] = (x % b).astype(np.uint8)
-        x //= b
-    nz = vals != 0
-    ndig = np.where(nz.any(axis=1), width - nz.argmax(axis=1), 1)  # 0 prints as "0"
+        q = x // ten
+        out[:, col] = (x - q * ten).astype(np.uint8) + ord("0")
+        x = q
+    out[np.arange(width)[None, :] < (width - ndig)[:, None]] = ord(" ")
+    return out
+
+
+def _hex(x: np.ndarray, width: int) -> np.ndarray:
+    """Unsigned ints as ``width`` lower-case hex digits, zero-padded."""
+    import numpy as np
+
     lut = np.frombuffer(b"0123456789abcdef", np.uint8)
-    return lut[vals], ndig
+    shifts = np.arange(4 * (width - 1), -1, -4, dtype=np.uint64)
+    return lut[((x.astype(np.uint64)[:, None] >> shifts[None, :]) & np.uint64(15)).astype(np.intp)]
 
 
 def _mix64(h: np.ndarray) -> np.ndarray:
@@ -182,57 +202,69 @@ def packet_ids(rows: np.ndarray) -> np.ndarray:
     return h
 
 
-class _Layout:
-    """Columns of the per-row byte matrix: fixed pieces, or variable ones with a mask."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.pieces: list[tuple[Any, Any]] = []  # (data (n, w) | bytes, mask (n, w) | None)
-        self.width = 0
-
-    def const(self, b: bytes) -> None:
-        self.pieces.append((b, None))
-        self.width += len(b)
-
-    def fixed(self, data: np.ndarray) -> None:
-        self.pieces.append((data, None))
-        self.width += data.shape[1]
-
-    def var(self, data: np.ndarray, length: np.ndarray, right: bool = False) -> None:
-        import numpy as np
-
-        w = data.shape[1]
-        cols = np.arange(w)
-        mask = cols[None, :] >= (w - length)[:, None] if right else cols[None, :] < length[:, None]
-        self.pieces.append((data, mask))
-        self.width += w
-
-    def bytes(self) -> bytes:
-        import numpy as np
-
-        mat = np.empty((self.n, self.width), np.uint8)
-        mask = np.ones((self.n, self.width), bool)
-        col = 0
-        for data, m in self.pieces:
-            if isinstance(data, bytes):
-                w = len(data)
-                mat[:, col : col + w] = np.frombuffer(data, np.uint8)
-            else:
-                w = data.shape[1]
-                mat[:, col : col + w] = data
-                if m is not None:
-                    mask[:, col : col + w] = m
-            col += w
-        return mat[mask].tobytes()
-
-
-def _u32_cols(*cols: np.ndarray) -> np.ndarray:
+def comments(rows: np.ndarray, drop_reasons: dict[int, str]) -> np.ndarray:
+    """The hop-metadata JSON of every row, as an (n, width) byte matrix (one width per batch)."""
     import numpy as np
 
-    out = np.empty((len(cols[0]), len(cols)), "<u4")
-    for i, c in enumerate(cols):
-        out[:, i] = c
-    return out.view(np.uint8)
+    n = len(rows)
+    dirs = rows["dir"].astype(np.intp).clip(0, 3)
+    skb = rows["skb"]
+    skb_w = max(1, (int(skb.max(initial=0)).bit_length() + 3) // 4)
+    skb_slot = np.full((n, skb_w + 4), ord(" "), np.uint8)
+    skb_slot[:, :3] = np.frombuffer(b'"0x', np.uint8)
+    skb_slot[:, 3:-1] = _hex(skb, skb_w)
+    skb_slot[:, -1] = ord('"')
+    none = skb == 0
+    skb_slot[none] = ord(" ")
+    skb_slot[np.ix_(none, np.arange(skb_w, skb_w + 4))] = np.frombuffer(b"null", np.uint8)
+    codes, inv = np.unique(rows["drop_reason"], return_inverse=True)
+    reasons = [b"null" if c == 0 else json.dumps(drop_reasons.get(c, f"UNKNOWN({c})")).encode()
+               for c in codes.tolist()]  # fmt: skip
+    parts: list[bytes | np.ndarray] = [
+        b'{"v":%d,"dir":' % COMMENT_VERSION, _right_aligned(_DIR_JSON, dirs),
+        b',"skb":', skb_slot,
+        b',"hook":null,"netns":', _decimal(rows["netns"]),
+        b',"drop_reason":', _right_aligned(reasons, inv.reshape(-1)),
+        b',"ts_ns":', _decimal(rows["ts_ns"]),
+        b"}",
+    ]  # fmt: skip
+    width = sum(len(p) if isinstance(p, bytes) else p.shape[1] for p in parts)
+    out = np.empty((n, width), np.uint8)
+    col = 0
+    for p in parts:
+        w = len(p) if isinstance(p, bytes) else p.shape[1]
+        out[:, col : col + w] = np.frombuffer(p, np.uint8) if isinstance(p, bytes) else p
+        col += w
+    return out
+
+
+def _frame_words(rows: np.ndarray, frames: Any, snaplen: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's frame (truncated to snaplen) as little-endian 32-bit words, zero-padded; and caplen."""
+    import numpy as np
+
+    n = len(rows)
+    size = len(frames)
+    off = rows["frame_off"].astype(np.int64)
+    # A source that points past its own buffer gets what is there, never a crash.
+    avail = np.clip(size - off, 0, None)
+    caplen = np.minimum(np.minimum(rows["frame_len"].astype(np.int64), avail), snaplen)
+    nwords = -(-int(caplen.max(initial=0)) // 4)
+    if nwords == 0:
+        return np.zeros((n, 0), "<u4"), caplen
+    # Frames start at any byte: a view that reads a little-endian word at every
+    # byte offset (stride 1) lets a word gather, not a byte gather, fetch them.
+    padded = np.zeros(size + 4 * nwords + 4, np.uint8)
+    padded[:size] = np.frombuffer(frames, np.uint8)
+    at_byte = np.ndarray((size + 4 * nwords,), "<u4", padded, 0, (1,))
+    off = np.where(caplen > 0, off, 0)
+    words = at_byte[off[:, None] + 4 * np.arange(nwords)[None, :]]
+    # Bytes past caplen in its last word are the next frame's: zero them.
+    rem = caplen & 3
+    part = np.flatnonzero(rem)
+    if len(part):
+        keep = ((np.uint64(1) << (rem[part].astype(np.uint64) * np.uint64(8))) - np.uint64(1)).astype("<u4")
+        words[part, caplen[part] >> 2] &= keep
+    return words, caplen
 
 
 def encode_epbs(
@@ -241,7 +273,7 @@ def encode_epbs(
     ifids: np.ndarray,
     snaplen: int,
     drop_reasons: dict[int, str],
-) -> tuple[bytes, np.ndarray]:
+) -> tuple[memoryview, np.ndarray]:
     """EPBs for ``rows`` (one per row, in row order) and the byte offset where each ends.
 
     ``ifids[hop]`` is the interface id of each hop label in the file being written.
@@ -250,89 +282,50 @@ def encode_epbs(
 
     n = len(rows)
     if n == 0:
-        return b"", np.zeros(0, np.int64)
-    fb = np.frombuffer(frames, np.uint8) if len(frames) else np.zeros(1, np.uint8)
-    off = rows["frame_off"].astype(np.int64)
-    # A source that points past its own buffer gets what is there, never a crash.
-    avail = np.clip(len(frames) - off, 0, None) if len(frames) else np.zeros(n, np.int64)
-    caplen = np.minimum(np.minimum(rows["frame_len"].astype(np.int64), avail), snaplen)
+        return memoryview(b""), np.zeros(0, np.int64)
+    data, caplen = _frame_words(rows, frames, snaplen)
+    dw = data.shape[1]
+    row_words = -(-caplen // 4)
     wire = rows["wire_len"].astype(np.int64)
-    origlen = np.where(wire > 0, np.maximum(wire, caplen), rows["frame_len"].astype(np.int64))
-    capw = (-(-int(caplen.max(initial=0)) // 4)) * 4
-    cols = np.arange(capw)
-    valid = cols[None, :] < caplen[:, None]
-    data = fb[np.where(valid, off[:, None] + cols[None, :], 0)] if capw else np.zeros((n, 0), np.uint8)
-    data[~valid] = 0
-    cap_padded = -(-caplen // 4) * 4
-
-    # The comment, piece by piece.
-    dirs = rows["dir"].astype(np.int64).clip(0, 3)
-    dir_mat, dir_len = _table([_DIR_JSON[Dir(i)] for i in range(4)])
-    skb = rows["skb"]
-    has_skb = (skb != 0).astype(np.int64)
-    skb_open_mat, skb_open_len = _table([b"null", b'"0x'])
-    skb_hex, skb_nd = _digits(skb, 16, 16)
-    skb_nd = np.where(has_skb == 1, skb_nd, 0)
-    netns_dig, netns_nd = _digits(rows["netns"], 10, 20)
-    ts_dig, ts_nd = _digits(rows["ts_ns"], 10, 20)
-    codes = rows["drop_reason"].astype(np.int64)
-    uniq, inv = np.unique(codes, return_inverse=True)
-    reason_mat, reason_len = _table(
-        [b"null" if c == 0 else json.dumps(drop_reasons.get(int(c), f"UNKNOWN({c})")).encode()
-         for c in uniq.tolist()]
-    )  # fmt: skip
-
-    consts = [b'{"v":%d,"dir":' % COMMENT_VERSION, b',"skb":', b',"hook":null,"netns":',
-              b',"drop_reason":', b',"ts_ns":', b"}"]  # fmt: skip
-    clen = (
-        sum(len(c) for c in consts)
-        + dir_len[dirs] + skb_open_len[has_skb] + skb_nd + has_skb + netns_nd + reason_len[inv] + ts_nd
-    )  # fmt: skip
-    cpad = -clen % 4
-    opts_len = 4 + clen + cpad + 8 + 12 + 4
-    total = 28 + cap_padded + opts_len + 4
-
-    lay = _Layout(n)
-    lay.fixed(
-        _u32_cols(
-            np.full(n, BT_EPB, np.uint32), total, ifids[rows["hop"].astype(np.int64)],
-            (rows["ts_ns"] >> np.uint64(32)).astype(np.uint32),
-            (rows["ts_ns"] & np.uint64(0xFFFFFFFF)).astype(np.uint32),
-            caplen, origlen,
-        )
-    )  # fmt: skip
-    lay.var(data, cap_padded)
-    opt_hdr = np.empty((n, 2), "<u2")
-    opt_hdr[:, 0] = OPT_COMMENT
-    opt_hdr[:, 1] = clen
-    lay.fixed(opt_hdr.view(np.uint8))
-    lay.const(consts[0])
-    lay.var(dir_mat[dirs], dir_len[dirs])
-    lay.const(consts[1])
-    lay.var(skb_open_mat[has_skb], skb_open_len[has_skb])
-    lay.var(skb_hex, skb_nd, right=True)
-    lay.var(np.full((n, 1), ord('"'), np.uint8), has_skb)
-    lay.const(consts[2])
-    lay.var(netns_dig, netns_nd, right=True)
-    lay.const(consts[3])
-    lay.var(reason_mat[inv], reason_len[inv])
-    lay.const(consts[4])
-    lay.var(ts_dig, ts_nd, right=True)
-    lay.const(consts[5])
-    lay.var(np.zeros((n, 3), np.uint8), cpad)
-    flags = np.array([_DIR_FLAGS[Dir(i)] for i in range(4)], np.uint32)[dirs]
-    lay.fixed(_u32_cols(np.full(n, EPB_FLAGS | (4 << 16), np.uint32), flags))
+    origlen = np.where(wire > 0, np.maximum(wire, caplen), np.maximum(rows["frame_len"].astype(np.int64), caplen))
+    text = comments(rows, drop_reasons)
+    clen = text.shape[1]
+    cw = -(-clen // 4)
+    ctext = np.zeros((n, cw * 4), np.uint8)
+    ctext[:, :clen] = text
+    # [7 header][frame words][comment opt: 1 + cw][flags: 2][packet id: 3][end: 1][total: 1]
+    c = 7 + dw
+    ncols = c + 1 + cw + 2 + 3 + 1 + 1
+    total = 4 * (ncols - dw + row_words)
+    ts = rows["ts_ns"].astype(np.uint64)
     pid = packet_ids(rows)
-    lay.fixed(
-        _u32_cols(
-            np.full(n, EPB_PACKETID | (8 << 16), np.uint32),
-            (pid & np.uint64(0xFFFFFFFF)).astype(np.uint32),
-            (pid >> np.uint64(32)).astype(np.uint32),
-        )
-    )
-    lay.const(b"\0\0\0\0")  # opt_endofopt
-    lay.fixed(_u32_cols(total))
-    return lay.bytes(), np.cumsum(total)
+    mat = np.empty((n, ncols), "<u4")
+    mat[:, 0] = BT_EPB
+    mat[:, 1] = total
+    mat[:, 2] = ifids[rows["hop"].astype(np.intp)]
+    mat[:, 3] = ts >> np.uint64(32)
+    mat[:, 4] = ts & np.uint64(0xFFFFFFFF)
+    mat[:, 5] = caplen
+    mat[:, 6] = origlen
+    mat[:, 7:c] = data
+    mat[:, c] = OPT_COMMENT | (clen << 16)
+    mat[:, c + 1 : c + 1 + cw] = ctext.view("<u4")
+    c += 1 + cw
+    mat[:, c] = EPB_FLAGS | (4 << 16)
+    mat[:, c + 1] = np.array(_DIR_FLAGS, np.uint32)[rows["dir"].astype(np.intp).clip(0, 3)]
+    mat[:, c + 2] = EPB_PACKETID | (8 << 16)
+    mat[:, c + 3] = pid & np.uint64(0xFFFFFFFF)
+    mat[:, c + 4] = pid >> np.uint64(32)
+    mat[:, c + 5] = OPT_ENDOFOPT
+    mat[:, c + 6] = total
+    if (row_words == dw).all():
+        out = mat.reshape(-1)
+    else:
+        # Only frame words vary per row; drop each row's unused ones.
+        mask = np.ones((n, ncols), bool)
+        mask[:, 7 : 7 + dw] = np.arange(dw)[None, :] < row_words[:, None]
+        out = mat[mask]
+    return out.data.cast("B"), np.cumsum(total)
 
 
 # --------------------------------------------------------------------------
@@ -385,7 +378,7 @@ class PcapngRecorder:
         self._file_bytes = 0  # complete blocks in the current file (written or buffered)
         self._file_packets = 0
         self._written = 0  # bytes of the current file handed to the kernel
-        self._buf: list[tuple[bytes, int]] = []  # (whole blocks, packets in them)
+        self._buf: list[tuple[bytes | memoryview, int]] = []  # (whole blocks, packets in them)
         self._buf_len = 0
         self._last_flush = time.monotonic()
         self._ifids: dict[HopLabel, int] = {}
@@ -418,7 +411,7 @@ class PcapngRecorder:
             self.paths_written.append(name)
         self._queue(shb_block())
 
-    def _queue(self, data: bytes, packets: int = 0) -> None:
+    def _queue(self, data: bytes | memoryview, packets: int = 0) -> None:
         self._buf.append((data, packets))
         self._buf_len += len(data)
         self._file_bytes += len(data)

@@ -287,3 +287,15 @@ def test_write_error_raises_recording_error_or_notices_once() -> None:
     rec.close()
     assert notices == ["recording to /dev/full stopped: disk full after 0 packets; tracing continues without recording"]
     assert rec.error is not None and rec.packets == 0
+
+
+def test_frames_of_every_length_and_alignment_come_back_exactly(tmp_path: Path) -> None:
+    # Odd lengths put frames at every byte alignment in the batch buffer, and the
+    # snaplen cut lands inside a 32-bit word: the bytes must still be exact.
+    base = ping_frames(3)["req_in"]
+    sightings = [Sighting(0, base + bytes(range(k)), 10**18 + k, Dir.TX, 0xFFFF0000 + k) for k in range(40)]
+    b = batch_of(sightings)
+    with PcapngRecorder(tmp_path / "r.pcapng", snaplen=93) as rec:
+        rec.on_batch(b)
+    back = [o for bb in read_back(tmp_path / "r.pcapng") for o in bb.observations()]
+    assert [(o.frame, o.wire_len) for o in back] == [(s.frame[:93], len(s.frame)) for s in sightings]
