@@ -172,6 +172,71 @@ class ObsBatch:
         """The row view; for tests and sinks, never the hot path."""
         return [Observation.from_row(r, self) for r in self.rows]
 
+    @classmethod
+    def from_observations(cls, observations: list[Observation]) -> ObsBatch:
+        """The batch view of row views, in the given order; for tests and small sources."""
+        import numpy as np
+
+        from tracer.addr import addr_bytes
+
+        rows = np.zeros(len(observations), dtype=obs_dtype())
+        hops: list[HopLabel] = []
+        hop_index: dict[tuple[str, str, int, int], int] = {}
+        reasons: dict[str, int] = {}
+        frames = bytearray()
+        dirs = {None: Dir.UNKNOWN, "rx": Dir.RX, "tx": Dir.TX, "drop": Dir.DROP}
+
+        def raw(family: int, text: str) -> bytes:
+            if not text:
+                return b""
+            return addr_bytes(text)[1] if family else addr_bytes(text)[1][:4]
+
+        for r, o in zip(rows, observations, strict=True):
+            hk = (o.node, o.ifname, o.netns, o.ifindex)
+            if hk not in hop_index:
+                hop_index[hk] = len(hops)
+                hops.append(HopLabel(node=o.node, iface=o.ifname, netns=o.netns, ifindex=o.ifindex))
+            has = 0
+            if o.sport is not None or o.dport is not None:
+                has |= HAS_L4_PORTS
+            if o.icmp_type is not None:
+                has |= HAS_ICMP
+            if o.tcp_flags is not None or o.tcp_seq is not None:
+                has |= HAS_TCP
+            if o.ip_id is not None:
+                has |= HAS_IP_ID
+            if o.inner is not None:
+                has |= HAS_INNER
+                r["inner_src"] = raw(o.family, o.inner.src)
+                r["inner_dst"] = raw(o.family, o.inner.dst)
+                r["inner_proto"] = o.inner.proto
+                r["inner_sport"] = o.inner.sport or 0
+                r["inner_dport"] = o.inner.dport or 0
+            if o.is_fragment:
+                has |= HAS_FRAG
+            if o.flow_label is not None:
+                has |= HAS_FLOW_LABEL
+            reason = 0
+            if o.drop_reason is not None:
+                reason = reasons.setdefault(o.drop_reason, len(reasons) + 1)
+            r["ts_ns"], r["skb"], r["netns"], r["hop"] = o.ts_ns, o.skb or 0, o.netns, hop_index[hk]
+            r["ifindex"], r["dir"] = o.ifindex, dirs[o.direction]
+            r["source"] = {"file": Src.FILE, "ebpf": Src.EBPF, "pcap": Src.PCAP}[o.source]
+            r["family"], r["proto"], r["ethertype"], r["has"] = o.family, o.proto, o.ethertype, has
+            r["src"], r["dst"] = raw(o.family, o.src), raw(o.family, o.dst)
+            r["sport"], r["dport"] = o.sport or 0, o.dport or 0
+            r["ip_id"], r["flow_label"], r["ttl"] = o.ip_id or 0, o.flow_label or 0, o.ttl
+            r["tcp_flags"], r["tcp_seq"], r["tcp_ack"] = o.tcp_flags or 0, o.tcp_seq or 0, o.tcp_ack or 0
+            r["icmp_type"], r["icmp_code"] = o.icmp_type or 0, o.icmp_code or 0
+            r["icmp_id"], r["icmp_seq"] = o.icmp_id or 0, o.icmp_seq or 0
+            r["length"] = o.length
+            r["frag"] = (o.frag_offset // 8) | (0x8000 if o.more_fragments else 0)
+            r["digest"], r["drop_reason"] = o.digest, reason
+            r["frame_off"], r["frame_len"], r["wire_len"] = len(frames), len(o.frame), o.wire_len
+            frames += o.frame
+        return cls(rows=rows, hops=hops, frames=bytes(frames),
+                   drop_reasons={v: k for k, v in reasons.items()})
+
 
 # --------------------------------------------------------------------------
 # Row view

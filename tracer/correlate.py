@@ -1,0 +1,575 @@
+"""Sightings -> packet paths: recognise one packet at every hop, even after NAT.
+
+Pure and streaming: no threads, no I/O, no clock of its own. Time is the
+observations' time, so a replay of a recording yields exactly the paths that
+were shown live.
+
+How a sighting finds its path:
+
+* a NAT-invariant fingerprint (``_fingerprint``), computed in bulk with numpy
+  over the batch columns: protocol, IP ID, IPv6 flow label, TCP seq/ack/flags,
+  IP length (so the UDP length), ICMP type/code/seq, fragment offset/MF and the
+  payload digest — nothing NAT or routing rewrites (addresses, ports, ICMP id,
+  checksums, TTL);
+* among the open paths with that fingerprint, the one with the same ``skb``
+  address (the kernel's buffer travels veth -> bridge -> uplink), else the
+  oldest one not yet seen at this hop, and only within ``window_ns``: addresses
+  are reused after free, and identical packets (repeated pings, TCP
+  retransmissions) are told apart because one packet passes a hop (netns,
+  interface, direction) once — a second sighting there is a new packet.
+
+A path finishes when it has been idle for ``window_ns`` of observation time
+(``advance``/the next batch), or at ``flush``. Only then are its hops turned
+into ``Observation``s: the hot loop touches a handful of Python ints per row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from itertools import pairwise, repeat
+from typing import Any
+
+import numpy as np
+
+from tracer.addr import addr_text
+from tracer.model import (
+    ETH_P_ARP,
+    HAS_FLOW_LABEL,
+    HAS_FRAG,
+    HAS_ICMP,
+    HAS_INNER,
+    HAS_IP_ID,
+    HAS_L4_PORTS,
+    HAS_TCP,
+    Dir,
+    Endpoints,
+    Flow,
+    InnerHeader,
+    ObsBatch,
+    Observation,
+    PacketPath,
+    Src,
+    obs_dtype,
+)
+from tracer.nat import infer_nat, verdict
+
+DEFAULT_WINDOW_NS = 200_000_000  # hops are µs apart; a path idle this long is done
+DEFAULT_FLOW_IDLE_NS = 5_000_000_000
+DEFAULT_MAX_FLOW_PATHS = 1000  # a long connection is reported in pieces, memory stays bounded
+_CHUNK = 16384  # rows per internal step: expiry runs between steps, so a huge batch stays bounded
+_MAX_SAME_FP = 64  # open paths sharing one fingerprint (identical packets in flight)
+_MAX_OWNED = 65536
+
+_ECHO_TYPES = {(1, 8), (1, 0), (58, 128), (58, 129)}
+_ECHO_REQUEST = {(1, 8), (58, 128)}
+
+_DIR_LABEL = (None, "rx", "tx", "drop")
+_SRC_LABEL = {int(s): s.name.lower() for s in Src}
+
+_U64 = np.uint64
+_M1 = _U64(0x9E3779B97F4A7C15)
+_M2 = _U64(0xBF58476D1CE4E5B9)
+
+
+def _mix(h: np.ndarray[Any, Any], col: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    h = (h ^ col.astype(_U64, copy=False)) * _M1
+    return h ^ (h >> _U64(31))
+
+
+def _addr_words(col: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    return np.ascontiguousarray(col).view("<u8").reshape(-1, 2)
+
+
+def _fingerprint(rows: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """A 64-bit hash of the fields NAT and routing leave alone, one per row."""
+    h = rows["digest"].astype(_U64) * _M2
+    for name in ("family", "proto", "ethertype", "has", "ip_id", "flow_label", "tcp_flags",
+                 "tcp_seq", "tcp_ack", "icmp_type", "icmp_code", "icmp_seq", "frag", "length"):
+        h = _mix(h, rows[name])
+    l2 = rows["family"] == 0
+    if l2.any():
+        # Not IP (ARP, ...): nothing rewrites these addresses, and ARP has no other identity.
+        s, d = _addr_words(rows["src"]), _addr_words(rows["dst"])
+        for w in (s[:, 0], s[:, 1], d[:, 0], d[:, 1]):
+            h = np.where(l2, _mix(h, w), h)
+    return h
+
+
+def _hop_signature(rows: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Where and in which direction: one packet passes each (netns, interface, dir) once.
+
+    When a capture does not say the direction, a packet may be seen twice on one
+    interface (in and out of a bridge, hairpin): the header as seen there (which
+    routing and NAT change) then tells the two sightings apart.
+    """
+    h = rows["netns"].astype(_U64) * _M2
+    for name in ("hop", "ifindex", "dir"):
+        h = _mix(h, rows[name])
+    unknown = rows["dir"] == Dir.UNKNOWN
+    if unknown.any():
+        s, d = _addr_words(rows["src"]), _addr_words(rows["dst"])
+        g = h
+        for w in (s[:, 0], s[:, 1], d[:, 0], d[:, 1]):
+            g = _mix(g, w)
+        for name in ("sport", "dport", "ttl"):
+            g = _mix(g, rows[name])
+        h = np.where(unknown, g, h)
+    return h
+
+
+_OBS_FIELDS = (
+    "ts_ns", "netns", "ifindex", "ifname", "node", "direction", "source", "family", "proto", "src",
+    "dst", "length", "ttl", "skb", "ethertype", "sport", "dport", "ip_id", "flow_label", "tcp_flags",
+    "tcp_seq", "tcp_ack", "icmp_type", "icmp_code", "icmp_id", "icmp_seq", "frag_offset",
+    "more_fragments", "is_fragment", "digest", "inner", "drop_reason", "frame", "wire_len",
+)  # fmt: skip
+
+
+def _observation_factory() -> Callable[[tuple[Any, ...]], Observation]:
+    """Observation from values in ``_OBS_FIELDS`` order, about twice as fast as ``__init__``.
+
+    A frozen dataclass's ``__init__`` runs one Python-level ``object.__setattr__``
+    per field (34 here); every hop of every path pays it, so the slots are filled
+    by their C descriptors instead. The object is the same (``==``, hash, frozen);
+    if ``Observation`` ever has other fields, the plain constructor is used.
+    """
+    if tuple(f.name for f in dataclasses.fields(Observation)) != _OBS_FIELDS:
+        return lambda vals: Observation(**dict(zip(_OBS_FIELDS, vals, strict=True)))
+    descriptors = [Observation.__dict__[name] for name in _OBS_FIELDS]
+    set_slot = type(descriptors[0]).__set__
+    new = object.__new__
+
+    def make(vals: tuple[Any, ...]) -> Observation:
+        o: Observation = new(Observation)
+        deque(map(set_slot, descriptors, repeat(o), vals), 0)
+        return o
+
+    return make
+
+
+_new_observation = _observation_factory()
+
+
+class _Chunk:
+    """A slice of a batch that open paths point into; materialised once, on first use."""
+
+    __slots__ = ("batch", "obs", "rows")
+
+    def __init__(self, batch: ObsBatch, rows: np.ndarray[Any, Any]) -> None:
+        self.batch = batch
+        self.rows = rows
+        self.obs: list[Observation] | None = None
+
+
+class _Open:
+    __slots__ = ("done", "fp", "hops", "last_ts", "num", "refs", "skb", "touched")
+
+    def __init__(self, num: int, fp: int, ts: int, skb: int, hop: int, ref: tuple[Any, ...]) -> None:
+        self.num = num
+        self.fp = fp
+        self.touched = ts
+        self.last_ts = ts
+        self.skb = skb
+        self.hops = [hop]
+        self.refs = [ref]
+        self.done = False
+
+
+class _FlowState:
+    __slots__ = ("keys", "num", "original", "paths", "proto", "reply", "touched")
+
+    def __init__(self, num: int, proto: str, original: Endpoints, reply: Endpoints, touched: int) -> None:
+        self.num = num
+        self.proto = proto
+        self.original = original
+        self.reply = reply
+        self.paths: list[str] = []
+        self.keys: list[tuple[Any, ...]] = []
+        self.touched = touched
+
+    def flow(self) -> Flow:
+        return Flow(id=f"f{self.num}", proto=self.proto, original=self.original, reply=self.reply,
+                    paths=tuple(self.paths))
+
+
+FlowKey = tuple[int, int, str, int | None, str, int | None]
+
+
+def _flow_ids(o: Observation) -> tuple[int | None, int | None]:
+    if o.sport is not None:
+        return o.sport, o.dport
+    if o.icmp_id is not None and (o.proto, o.icmp_type) in _ECHO_TYPES:
+        # conntrack keys ICMP echo by its id, in both directions.
+        return o.icmp_id, o.icmp_id
+    return None, None
+
+
+def _flow_key(o: Observation) -> FlowKey:
+    sport, dport = _flow_ids(o)
+    return (o.family, o.proto, o.src, sport, o.dst, dport)
+
+
+def _reverse(k: FlowKey) -> FlowKey:
+    return (k[0], k[1], k[4], k[5], k[2], k[3])
+
+
+def _endpoints(o: Observation) -> Endpoints:
+    return Endpoints(src=o.src, sport=o.sport, dst=o.dst, dport=o.dport)
+
+
+class Correlator:
+    """Groups sightings into ``PacketPath``s and paths into ``Flow``s. See the module doc."""
+
+    def __init__(
+        self,
+        *,
+        window_ns: int = DEFAULT_WINDOW_NS,
+        flow_idle_ns: int = DEFAULT_FLOW_IDLE_NS,
+        max_flow_paths: int = DEFAULT_MAX_FLOW_PATHS,
+    ) -> None:
+        self.window_ns = window_ns
+        self.flow_idle_ns = flow_idle_ns
+        self.max_flow_paths = max_flow_paths
+        self._by_fp: dict[int, list[_Open]] = {}
+        self._touch: deque[tuple[int, _Open]] = deque()
+        self._clock = 0
+        self._seq = 0
+        self._paths = 0
+        self._open_count = 0
+        self._addr_cache: dict[tuple[int, bytes], str] = {}
+        # Learned from traffic: address -> netns that sends from it; tx hops whose
+        # packets were seen arriving at another traced hop (a veth pair, a link).
+        self.owned: dict[str, int] = {}
+        self.links: set[tuple[int, str, str]] = set()
+        self._flows = 0
+        self._flow_keys: dict[FlowKey, _FlowState] = {}
+        self._flow_touch: deque[tuple[int, _FlowState]] = deque()
+        self._flows_open: dict[int, _FlowState] = {}
+        self._flows_done: list[Flow] = []
+
+    # ------------------------------------------------------------------ input
+
+    def feed(self, obs: Observation) -> list[PacketPath]:
+        """One sighting (tests, slow sources); the same as a batch of one."""
+        return self.feed_batch(ObsBatch.from_observations([obs]))
+
+    def feed_batch(self, batch: ObsBatch) -> list[PacketPath]:
+        """Feed a batch; returns the paths that finished (idle for ``window_ns``)."""
+        out: list[PacketPath] = []
+        rows = batch.rows
+        for start in range(0, len(rows), _CHUNK):
+            self._feed_rows(batch, rows[start : start + _CHUNK])
+            out += self._expire(self._clock - self.window_ns)
+        if batch.now_ns is not None:
+            out += self.advance(batch.now_ns)
+        return out
+
+    def advance(self, now_ns: int) -> list[PacketPath]:
+        """The source's clock says ``now_ns``: finish paths idle since before ``now_ns - window_ns``."""
+        if now_ns > self._clock:
+            self._clock = now_ns
+        return self._expire(self._clock - self.window_ns)
+
+    def flush(self) -> list[PacketPath]:
+        """End of input: every open path finishes, and every flow becomes takeable."""
+        out = self._expire(None)
+        for fs in list(self._flows_open.values()):
+            self._close_flow(fs)
+        return out
+
+    def take_flows(self) -> list[Flow]:
+        """Flows whose paths have all finished and that have been idle for ``flow_idle_ns``."""
+        cutoff = self._clock - self.flow_idle_ns
+        dq = self._flow_touch
+        while dq and dq[0][0] < cutoff:
+            touched, fs = dq.popleft()
+            if fs.touched == touched and fs.num in self._flows_open:
+                self._close_flow(fs)
+        done, self._flows_done = self._flows_done, []
+        return done
+
+    def learn_address(self, netns: int, addr: str) -> None:
+        """``addr`` belongs to ``netns`` (e.g. from topology): its packets arriving there are delivered."""
+        self.owned[addr] = netns
+
+    @property
+    def open_paths(self) -> int:
+        return self._open_count
+
+    # ------------------------------------------------------------- hot loop
+
+    def _feed_rows(self, batch: ObsBatch, rows: np.ndarray[Any, Any]) -> None:
+        n = len(rows)
+        if n == 0:
+            return
+        ts = rows["ts_ns"]
+        fps = _fingerprint(rows)
+        hss = _hop_signature(rows)
+        skbs = rows["skb"]
+        if n > 1 and bool((ts[1:] < ts[:-1]).any()):
+            # Per-CPU rings and several taps deliver out of order: hops in time order,
+            # equal timestamps in batch order.
+            order = np.argsort(ts, kind="stable")
+            idx: Iterable[int] = order.tolist()
+            ts, fps, hss, skbs = ts[order], fps[order], hss[order], skbs[order]
+        else:
+            idx = range(n)
+        tmax = int(ts[-1])
+        if tmax > self._clock:
+            self._clock = tmax
+        chunk = _Chunk(batch, rows)
+        dirs = rows["dir"].tolist()
+        nss = rows["netns"].tolist()
+        fams = rows["family"].tolist()
+        srcs = rows["src"].tolist()
+        by_fp = self._by_fp
+        touch = self._touch.append
+        window = self.window_ns
+        seq = self._seq
+        for i, t, f, h, s in zip(idx, ts.tolist(), fps.tolist(), hss.tolist(), skbs.tolist(), strict=True):
+            seq += 1
+            p: _Open | None = None
+            cands = by_fp.get(f)
+            if cands is not None:
+                if len(cands) == 1:
+                    c = cands[0]
+                    if h not in c.hops and -window <= t - c.last_ts <= window:
+                        p = c
+                else:
+                    p = self._pick(cands, t, h, s)
+            if p is None:
+                self._paths += 1
+                self._open_count += 1
+                p = _Open(self._paths, f, t, s, h, (t, seq, chunk, i))
+                if cands is None:
+                    by_fp[f] = [p]
+                else:
+                    cands.append(p)
+                    if len(cands) > _MAX_SAME_FP:
+                        # A flood of identical packets: the oldest will not get more hops.
+                        cands[0].touched = -1
+                        touch((-1, cands[0]))
+                d = dirs[i]
+                fam = fams[i]
+                if fam and (d == 2 or d == 0):
+                    # The sender's own namespace: a packet first seen leaving it came from it.
+                    self._own(fam, srcs[i], nss[i])
+            else:
+                p.hops.append(h)
+                p.refs.append((t, seq, chunk, i))
+                if s:
+                    p.skb = s
+                if t > p.last_ts:
+                    p.last_ts = t
+                if t < p.touched:
+                    continue  # a late sighting: the path's idle clock keeps its latest time
+            p.touched = t
+            touch((t, p))
+        self._seq = seq
+
+    def _pick(self, cands: list[_Open], t: int, h: int, s: int) -> _Open | None:
+        window = self.window_ns
+        fallback = None
+        for c in cands:  # oldest first: identical packets pass the hops in the order they were sent
+            if h in c.hops or not -window <= t - c.last_ts <= window:
+                continue
+            if s and c.skb == s:
+                return c
+            if fallback is None and not (s and c.skb and c.skb != s):
+                fallback = c
+        if fallback is None:
+            for c in cands:  # the kernel may copy an skb (clones on a bridge flood)
+                if h not in c.hops and -window <= t - c.last_ts <= window:
+                    return c
+        return fallback
+
+    def _own(self, family: int, raw: bytes, netns: int) -> None:
+        text = self._addr(family, raw)
+        owned = self.owned
+        if owned.get(text) != netns:
+            if len(owned) >= _MAX_OWNED:
+                del owned[next(iter(owned))]
+            owned[text] = netns
+
+    def _addr(self, family: int, raw: bytes) -> str:
+        key = (family, raw)
+        text = self._addr_cache.get(key)
+        if text is None:
+            if len(self._addr_cache) > 100_000:
+                self._addr_cache.clear()
+            # numpy drops trailing NULs of S16 values: pad back before formatting.
+            text = addr_text(family, raw.ljust(16, b"\0"))
+            self._addr_cache[key] = text
+        return text
+
+    # --------------------------------------------------------------- output
+
+    def _expire(self, cutoff: int | None) -> list[PacketPath]:
+        finished: list[_Open] = []
+        dq = self._touch
+        by_fp = self._by_fp
+        while dq and (cutoff is None or dq[0][0] < cutoff):
+            touched, p = dq.popleft()
+            if p.done or p.touched != touched:
+                continue
+            p.done = True
+            self._open_count -= 1
+            cands = by_fp[p.fp]
+            if len(cands) == 1:
+                del by_fp[p.fp]
+            else:
+                cands.remove(p)
+            finished.append(p)
+        if not finished:
+            return []
+        finished.sort(key=lambda q: q.num)
+        return [self._finish(p) for p in finished]
+
+    def _finish(self, p: _Open) -> PacketPath:
+        refs = p.refs
+        refs.sort()  # (ts, seq, ...): seq is unique, so the chunk is never compared
+        hops = tuple(self._observation(chunk, i) for _t, _s, chunk, i in refs)
+        nat = infer_nat(hops)
+        self._learn_links(hops)
+        v = verdict(hops, self.owned, self.links)
+        flow = self._assign_flow(p.num, hops)
+        return PacketPath(id=f"p{p.num}", hops=hops, nat=nat, verdict=v, flow=flow)
+
+    def _learn_links(self, hops: Sequence[Observation]) -> None:
+        for a, b in pairwise(hops):
+            if (a.direction in ("tx", None) and b.direction in ("rx", None)
+                    and (a.netns, a.node) != (b.netns, b.node)):
+                self.links.add((a.netns, a.node, a.ifname))
+
+    def _observation(self, chunk: _Chunk, i: int) -> Observation:
+        obs = chunk.obs
+        if obs is None:
+            obs = chunk.obs = self._materialize(chunk.batch, chunk.rows)
+        return obs[i]
+
+    def _addr_column(self, fam: np.ndarray[Any, Any], col: np.ndarray[Any, Any]) -> list[str]:
+        """Addresses as text, formatting each distinct (family, address) once."""
+        key = np.zeros(len(col), dtype=[("f", "u1"), ("a", "S16")])
+        key["f"], key["a"] = fam, col
+        uniq, inverse = np.unique(key, return_inverse=True)
+        texts = np.array([self._addr(int(f), a) for f, a in uniq.tolist()], dtype=object)
+        out: list[str] = texts[inverse.reshape(-1)].tolist()
+        return out
+
+    def _materialize(self, batch: ObsBatch, rows: np.ndarray[Any, Any]) -> list[Observation]:
+        """Every row of a chunk as an ``Observation``, column by column (all are emitted eventually)."""
+        n = len(rows)
+        has = rows["has"]
+        fam = rows["family"]
+        ethertype = rows["ethertype"]
+
+        def opt(name: str, flag: int) -> list[Any]:
+            col = rows[name].astype(object)
+            col[(has & flag) == 0] = None
+            out: list[Any] = col.tolist()
+            return out
+
+        hop = rows["hop"].astype(np.intp)
+        ifnames = np.array([h.iface for h in batch.hops], dtype=object)[hop].tolist()
+        nodes = np.array([h.node for h in batch.hops], dtype=object)[hop].tolist()
+        d = rows["dir"]
+        dirs = np.array(_DIR_LABEL + (None,) * 252, dtype=object)[d].tolist()
+        source = rows["source"]
+        sources = [_SRC_LABEL.get(x, "file") for x in source.tolist()] if (source != 1).any() \
+            else ["ebpf"] * n
+        # ARP's sender/target protocol addresses are IPv4 addresses: show them so.
+        afam = np.where((fam == 0) & (ethertype == ETH_P_ARP), 4, fam)
+        srcs = self._addr_column(afam, rows["src"])
+        dsts = self._addr_column(afam, rows["dst"])
+        skb = rows["skb"].astype(object)
+        skb[skb == 0] = None
+        frag = rows["frag"]
+        inners: list[InnerHeader | None] = [None] * n
+        for i in np.flatnonzero(has & HAS_INNER).tolist():
+            r = rows[i]
+            f = int(r["family"])
+            inners[i] = InnerHeader(self._addr(f, bytes(r["inner_src"])), self._addr(f, bytes(r["inner_dst"])),
+                                    int(r["inner_proto"]), int(r["inner_sport"]), int(r["inner_dport"]))
+        reasons: list[str | None] = [None] * n
+        reason_col = rows["drop_reason"]
+        for i in np.flatnonzero(reason_col).tolist():
+            code = int(reason_col[i])
+            reasons[i] = batch.drop_reasons.get(code) or f"UNKNOWN({code})"
+        flen = rows["frame_len"].tolist()
+        if any(flen):
+            frames = batch.frames
+            mv = frames if isinstance(frames, bytes) else bytes(frames)
+            frame_list = [mv[o : o + k] for o, k in zip(rows["frame_off"].tolist(), flen, strict=True)]
+        else:
+            frame_list = [b""] * n
+        cols = (
+            rows["ts_ns"].tolist(), rows["netns"].tolist(), rows["ifindex"].tolist(), ifnames, nodes,
+            dirs, sources, fam.tolist(), rows["proto"].tolist(), srcs, dsts, rows["length"].tolist(),
+            rows["ttl"].tolist(), skb.tolist(), ethertype.tolist(),
+            opt("sport", HAS_L4_PORTS), opt("dport", HAS_L4_PORTS), opt("ip_id", HAS_IP_ID),
+            opt("flow_label", HAS_FLOW_LABEL), opt("tcp_flags", HAS_TCP), opt("tcp_seq", HAS_TCP),
+            opt("tcp_ack", HAS_TCP), opt("icmp_type", HAS_ICMP), opt("icmp_code", HAS_ICMP),
+            opt("icmp_id", HAS_ICMP), opt("icmp_seq", HAS_ICMP),
+            ((frag & 0x1FFF).astype(np.int64) * 8).tolist(), (frag >= 0x8000).tolist(),
+            ((has & HAS_FRAG) != 0).tolist(), rows["digest"].tolist(), inners, reasons, frame_list,
+            rows["wire_len"].tolist(),
+        )
+        return list(map(_new_observation, zip(*cols, strict=True)))
+
+    # ---------------------------------------------------------------- flows
+
+    def _assign_flow(self, num: int, hops: Sequence[Observation]) -> str | None:
+        first, last = hops[0], hops[-1]
+        if first.family == 0:
+            return None  # ARP and other L2: no connection
+        keys = self._flow_keys
+        fs = None
+        if first.inner is not None:
+            # An ICMP error belongs to the flow of the packet it quotes.
+            inn = first.inner
+            if inn.proto in (1, 58):
+                qs: int | None = inn.sport
+                qd: int | None = inn.sport
+            else:
+                qs, qd = inn.sport, inn.dport
+            fs = keys.get((first.family, inn.proto, inn.src, qs, inn.dst, qd))
+            if fs is None:
+                return None
+        if fs is None:
+            orig = _flow_key(first)
+            fs = keys.get(orig)
+            if fs is None:
+                trans = _flow_key(last)
+                self._flows += 1
+                reply = Endpoints(src=last.dst, sport=last.dport, dst=last.src, dport=last.sport)
+                fs = _FlowState(self._flows, first.proto_name, _endpoints(first), reply, self._clock)
+                for k in (orig, trans, _reverse(trans), _reverse(orig)):
+                    if k not in keys:
+                        keys[k] = fs
+                        fs.keys.append(k)
+                self._flows_open[fs.num] = fs
+        fs.paths.append(f"p{num}")
+        fs.touched = self._clock
+        self._flow_touch.append((fs.touched, fs))
+        if len(fs.paths) >= self.max_flow_paths:
+            self._close_flow(fs)
+        return f"f{fs.num}"
+
+    def _close_flow(self, fs: _FlowState) -> None:
+        if self._flows_open.pop(fs.num, None) is None:
+            return
+        for k in fs.keys:
+            if self._flow_keys.get(k) is fs:
+                del self._flow_keys[k]
+        self._flows_done.append(fs.flow())
+
+
+def correlate(observations: Sequence[Observation], **kw: Any) -> list[PacketPath]:
+    """All paths of a finite list of sightings (tests, small tools)."""
+    c = Correlator(**kw)
+    return [*c.feed_batch(ObsBatch.from_observations(list(observations))), *c.flush()]
+
+
+__all__ = ["Correlator", "correlate", "obs_dtype"]

@@ -1,0 +1,156 @@
+"""Source -> correlator -> (annotators, filter) -> events; the one loop live and replay share.
+
+Pure Python and single-threaded: the CLI runs it in the main thread, the TUI in
+a worker thread (``stop()`` is the only call made from another thread).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from tracer.correlate import Correlator
+from tracer.model import Flow, ObsBatch, PacketPath, Stats
+
+if TYPE_CHECKING:
+    from tracer.output import Sink
+    from tracer.source import Source
+
+Annotator = Callable[[PacketPath], PacketPath]
+Event = PacketPath | Flow
+
+
+class _PathFilter(Protocol):
+    def keep(self, path: PacketPath) -> bool: ...
+
+
+class Engine:
+    """Pulls batches from ``source`` and yields, per batch, the paths and flows that finished.
+
+    ``events()`` ends at the end of input, after ``count`` paths, after
+    ``duration_s`` seconds, or after ``stop()``; it always ends with the paths
+    still open (flushed). If the source fails (an unreadable file), the paths
+    found so far are yielded first and the error is raised after them.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        *,
+        path_filter: _PathFilter | None = None,
+        annotators: Sequence[Annotator] = (),
+        count: int | None = None,
+        duration_s: float | None = None,
+        correlator: Correlator | None = None,
+    ) -> None:
+        self.source = source
+        self.path_filter = path_filter
+        self.annotators = list(annotators)
+        self.count = count
+        self.duration_s = duration_s
+        self.correlator = correlator or Correlator()
+        self.batch_hooks: list[Callable[[ObsBatch], None]] = []
+        self._stop = threading.Event()
+        self._observations = 0
+        self._paths = 0
+        self._t0: float | None = None
+        self._t1: float | None = None
+        # Flows name only the paths that were kept (the filter may drop some).
+        self._kept: set[str] = set()
+
+    def stop(self) -> None:
+        """Thread-safe: the current batch finishes, open paths are flushed, ``events()`` ends."""
+        self._stop.set()
+        self.source.stop()
+
+    def stats(self) -> Stats:
+        t0 = self._t0
+        elapsed = 0.0 if t0 is None else (self._t1 or time.monotonic()) - t0
+        return Stats(observations=self._observations, paths=self._paths,
+                     lost_events=int(self.source.lost_events), elapsed_s=elapsed)
+
+    def _done(self) -> bool:
+        if self._stop.is_set():
+            return True
+        if self.count is not None and self._paths >= self.count:
+            return True
+        return (self.duration_s is not None and self._t0 is not None
+                and time.monotonic() - self._t0 >= self.duration_s)
+
+    def _events(self, paths: list[PacketPath], flows: list[Flow]) -> list[Event]:
+        out: list[Event] = []
+        for p in paths:
+            if self.count is not None and self._paths >= self.count:
+                break
+            if self.path_filter is not None and not self.path_filter.keep(p):
+                continue
+            for annotate in self.annotators:
+                p = annotate(p)
+            self._paths += 1
+            if p.flow is not None:
+                self._kept.add(p.id)
+            out.append(p)
+        kept = self._kept
+        for f in flows:
+            ids = tuple(pid for pid in f.paths if pid in kept)
+            kept.difference_update(f.paths)
+            if not ids:
+                continue
+            out.append(f if len(ids) == len(f.paths) else Flow(
+                id=f.id, proto=f.proto, original=f.original, reply=f.reply, paths=ids,
+                conntrack_id=f.conntrack_id))
+        return out
+
+    def events(self) -> Iterator[list[Event]]:
+        corr = self.correlator
+        self._t0 = time.monotonic()
+        self._t1 = None
+        self.source.start()
+        try:
+            batches = iter(self.source.batches())
+            while not self._done():
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    break
+                except BaseException:
+                    # Print what was found before the damage, then report it.
+                    yield self._events(corr.flush(), corr.take_flows())
+                    raise
+                self._observations += len(batch)
+                for hook in self.batch_hooks:
+                    hook(batch)
+                paths = corr.feed_batch(batch) if len(batch) else (
+                    corr.advance(batch.now_ns) if batch.now_ns is not None else [])
+                yield self._events(paths, corr.take_flows())
+            yield self._events(corr.flush(), corr.take_flows())
+        finally:
+            self._t1 = time.monotonic()
+            self.source.stop()
+
+
+def run(engine: Engine, sinks: Sequence[Sink]) -> Stats:
+    """Drive ``engine`` into ``sinks``; the stats go last, also when the source failed."""
+    try:
+        for events in engine.events():
+            for ev in events:
+                if isinstance(ev, PacketPath):
+                    for s in sinks:
+                        s.on_path(ev)
+                else:
+                    for s in sinks:
+                        s.on_flow(ev)
+    finally:
+        stats = engine.stats()
+        try:
+            for s in sinks:
+                s.on_stats(stats)
+        finally:
+            for s in sinks:
+                s.close()
+    return stats
+
+
+__all__ = ["Annotator", "Engine", "Event", "run"]

@@ -1,0 +1,150 @@
+"""NAT events and verdicts from the hops of one path.
+
+Between two consecutive sightings of one packet in the same network namespace
+the header may have been rewritten: a changed source is SNAT, a changed
+destination DNAT. Where it appears names the netfilter hook:
+``netif_receive_skb`` fires before PREROUTING and ``net_dev_start_xmit`` after
+POSTROUTING, so
+
+* a destination changed in a namespace the packet entered is DNAT at
+  PREROUTING (this includes conntrack undoing MASQUERADE on a reply);
+* a destination changed in the namespace the packet was born in (only tx
+  there, nothing received) is DNAT at OUTPUT;
+* a source change is SNAT at POSTROUTING.
+
+ICMP errors quote the packet they answer; conntrack rewrites the quoted header
+too, and each change of it is an event of its own, named like the change of
+the outer header it mirrors (quoted source <-> outer destination).
+TTL changes are routing, never NAT. Consecutive hops in different namespaces
+(a veth pair, a link) never produce NAT events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence, Set
+
+from tracer.model import Endpoints, Hook, NatEvent, NatKind, Observation, Verdict
+
+_ECHO_REQUEST = {(1, 8), (58, 128)}
+
+
+def same_namespace(a: Observation, b: Observation) -> bool:
+    if a.netns and b.netns:
+        return a.netns == b.netns and a.node == b.node
+    return a.node == b.node  # file hops without a namespace: the node label decides
+
+
+def _originated(hops: Sequence[Observation], upto: int) -> bool:
+    """The packet was born in hops[upto]'s namespace: it never was elsewhere nor received."""
+    here = hops[upto]
+    return all(same_namespace(h, here) and h.direction != "rx" for h in hops[: upto + 1])
+
+
+def _ends(o: Observation) -> Endpoints:
+    return Endpoints(src=o.src, sport=o.sport, dst=o.dst, dport=o.dport)
+
+
+def _event(kind: NatKind, node: str, hook: Hook, before: Endpoints, after: Endpoints, i: int,
+           ids: tuple[int | None, int | None] = (None, None)) -> NatEvent:
+    return NatEvent(kind=kind, node=node, hook=hook, before=before, after=after, from_hop=i,
+                    to_hop=i + 1, icmp_id_before=ids[0], icmp_id_after=ids[1])
+
+
+def _pair_events(hops: Sequence[Observation], i: int) -> list[NatEvent]:
+    a, b = hops[i], hops[i + 1]
+    dnat_hook: Hook = "OUTPUT" if _originated(hops, i) else "PREROUTING"
+    events: list[NatEvent] = []
+    ea, eb = _ends(a), _ends(b)
+    src_changed = (a.src, a.sport) != (b.src, b.sport)
+    dst_changed = (a.dst, a.dport) != (b.dst, b.dport)
+    id_changed = a.icmp_id is not None and b.icmp_id is not None and a.icmp_id != b.icmp_id
+    ids = (a.icmp_id, b.icmp_id) if id_changed else (None, None)
+    # conntrack treats the echo id as the request's source port and the reply's destination port.
+    id_goes_to_snat = (a.proto, a.icmp_type) in _ECHO_REQUEST
+    if id_changed and not src_changed and not dst_changed:
+        if id_goes_to_snat:
+            src_changed = True
+        else:
+            dst_changed = True
+    if dst_changed:
+        mid = Endpoints(src=a.src, sport=a.sport, dst=b.dst, dport=b.dport)
+        to_dnat = ids if (not id_goes_to_snat or not src_changed) else (None, None)
+        events.append(_event("dnat", a.node, dnat_hook, ea, mid if src_changed else eb, i, to_dnat))
+        ea = mid
+    if src_changed:
+        to_snat = ids if (id_goes_to_snat or not dst_changed) else (None, None)
+        events.append(_event("snat", a.node, "POSTROUTING", ea, eb, i, to_snat))
+    ia, ib = a.inner, b.inner
+    if ia is not None and ib is not None:
+        icmp_inner = ia.proto in (1, 58)
+        sa = None if icmp_inner else ia.sport
+        da = None if icmp_inner else ia.dport
+        sb = None if icmp_inner else ib.sport
+        db = None if icmp_inner else ib.dport
+        qa = Endpoints(src=ia.src, sport=sa, dst=ia.dst, dport=da)
+        qb = Endpoints(src=ib.src, sport=sb, dst=ib.dst, dport=db)
+        qids = (ia.sport, ib.sport) if icmp_inner and ia.sport != ib.sport else (None, None)
+        q_src = (qa.src, qa.sport) != (qb.src, qb.sport) or qids[0] is not None
+        q_dst = (qa.dst, qa.dport) != (qb.dst, qb.dport)
+        if q_src:
+            # The quoted packet went the other way: its source is the outer destination.
+            qmid = Endpoints(src=qb.src, sport=qb.sport, dst=qa.dst, dport=qa.dport)
+            events.append(_event("dnat", a.node, dnat_hook, qa, qmid if q_dst else qb, i, qids))
+            qa = qmid
+        if q_dst:
+            events.append(_event("snat", a.node, "POSTROUTING", qa, qb, i))
+    return events
+
+
+def infer_nat(hops: Sequence[Observation]) -> tuple[NatEvent, ...]:
+    """Every rewrite between consecutive sightings in one namespace, in path order."""
+    events: list[NatEvent] = []
+    for i in range(len(hops) - 1):
+        a, b = hops[i], hops[i + 1]
+        if a.family == 0 or a.family != b.family or not same_namespace(a, b):
+            continue
+        if a.direction == "drop" or (
+            a.src == b.src and a.dst == b.dst and a.sport == b.sport and a.dport == b.dport
+            and a.icmp_id == b.icmp_id and a.inner == b.inner
+        ):
+            continue
+        events += _pair_events(hops, i)
+    return tuple(events)
+
+
+def is_inner_event(path_hops: Sequence[Observation], ev: NatEvent) -> bool:
+    """True when ``ev`` rewrote the header quoted in an ICMP error, not the outer one."""
+    inner = path_hops[ev.from_hop].inner
+    if inner is None:
+        return False
+    return (ev.before.src, ev.before.dst) == (inner.src, inner.dst) and (
+        ev.before.src, ev.before.dst) != (path_hops[ev.from_hop].src, path_hops[ev.from_hop].dst)
+
+
+def verdict(
+    hops: Sequence[Observation],
+    owned: Mapping[str, int],
+    links: Set[tuple[int, str, str]],
+) -> Verdict:
+    """dropped / delivered / left / incomplete, from the hops and what traffic taught.
+
+    ``owned``: address -> netns that sends from it (learned from first
+    sightings, or given by topology). ``links``: (netns, node, iface) of tx hops
+    whose packets were seen arriving at another traced hop: a packet that last
+    left through one of those and never arrived is incomplete, not gone.
+    """
+    if any(h.direction == "drop" for h in hops):
+        return "dropped"
+    last = hops[-1]
+    if last.family == 0:
+        return "delivered" if last.direction == "rx" or (
+            last.direction is None and len(hops) > 1) else "left"
+    d = last.direction
+    if d in ("rx", None) and owned.get(last.dst) == last.netns:
+        return "delivered"
+    if d in ("tx", None) and (last.netns, last.node, last.ifname) not in links:
+        return "left"
+    return "incomplete"
+
+
+__all__ = ["infer_nat", "is_inner_event", "same_namespace", "verdict"]

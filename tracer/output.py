@@ -1,0 +1,263 @@
+"""Paths, flows and stats as NDJSON (CONTRACT.md) and as text a person reads at a glance.
+
+A sink is anything with ``on_path``, ``on_flow``, ``on_stats`` and ``close``;
+the CLI's stream sinks live here. Each path is written and flushed as soon as
+it finishes (live use); the last thing a run writes is its stats.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, Protocol, TextIO
+
+from tracer.model import (
+    ConntrackRef,
+    Endpoints,
+    Flow,
+    NatEvent,
+    Observation,
+    PacketPath,
+    Stats,
+)
+from tracer.nat import is_inner_event
+
+
+class Sink(Protocol):
+    def on_path(self, path: PacketPath) -> None: ...
+    def on_flow(self, flow: Flow) -> None: ...
+    def on_stats(self, stats: Stats) -> None: ...
+    def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------- JSON
+
+
+def _hop_json(h: Observation) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "ts_ns": h.ts_ns, "node": h.node, "netns": h.netns, "iface": h.ifname,
+        "dir": h.direction, "src": h.src, "dst": h.dst, "sport": h.sport, "dport": h.dport,
+        "ip_id": h.ip_id, "ttl": h.ttl, "skb": f"0x{h.skb:x}" if h.skb else None,
+        "drop_reason": h.drop_reason,
+    }  # fmt: skip
+    # Extra keys (CONTRACT.md: extend freely): what a script needs to tell packets apart.
+    d["proto"] = h.proto_name
+    d["length"] = h.length
+    if h.icmp_type is not None:
+        d.update(icmp_type=h.icmp_type, icmp_code=h.icmp_code, icmp_id=h.icmp_id, icmp_seq=h.icmp_seq)
+    if h.tcp_flags is not None:
+        d.update(tcp_flags=h.tcp_flags, tcp_seq=h.tcp_seq, tcp_ack=h.tcp_ack)
+    if h.flow_label is not None:
+        d["flow_label"] = h.flow_label
+    if h.is_fragment:
+        d["frag"] = {"offset": h.frag_offset, "more": h.more_fragments}
+    if h.inner is not None:
+        i = h.inner
+        d["inner"] = {"src": i.src, "dst": i.dst, "proto": i.proto, "sport": i.sport, "dport": i.dport}
+    return d
+
+
+def _conntrack_json(ct: ConntrackRef) -> dict[str, Any]:
+    return {"id": ct.id, "original": ct.original.to_json(), "reply": ct.reply.to_json(),
+            "status": list(ct.status), "zone": ct.zone}
+
+
+def nat_json(ev: NatEvent, hops: Sequence[Observation] = ()) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "kind": ev.kind, "node": ev.node, "hook": ev.hook,
+        "before": ev.before.to_json(), "after": ev.after.to_json(),
+        "from_hop": ev.from_hop, "to_hop": ev.to_hop, "rule": ev.rule,
+    }  # fmt: skip
+    if ev.rule_source is not None:
+        d["rule_source"] = ev.rule_source
+    if ev.conntrack is not None:
+        d["conntrack"] = _conntrack_json(ev.conntrack)
+    if ev.icmp_id_before is not None:
+        d["icmp_id_before"], d["icmp_id_after"] = ev.icmp_id_before, ev.icmp_id_after
+    if hops and is_inner_event(hops, ev):
+        d["inner"] = True  # the header quoted in an ICMP error, not the outer one
+    return d
+
+
+def path_json(path: PacketPath) -> dict[str, Any]:
+    """One path as CONTRACT.md's NDJSON object."""
+    return {
+        "type": "path", "id": path.id, "flow": path.flow, "proto": path.proto,
+        "verdict": path.verdict,
+        "hops": [_hop_json(h) for h in path.hops],
+        "nat": [nat_json(ev, path.hops) for ev in path.nat],
+    }  # fmt: skip
+
+
+def flow_json(flow: Flow) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "type": "flow", "id": flow.id, "proto": flow.proto,
+        "original": flow.original.to_json(), "reply": flow.reply.to_json(),
+        "paths": list(flow.paths),
+    }  # fmt: skip
+    if flow.conntrack_id is not None:
+        d["conntrack_id"] = flow.conntrack_id
+    return d
+
+
+def stats_json(stats: Stats) -> dict[str, Any]:
+    return {"type": "stats", "observations": stats.observations, "paths": stats.paths,
+            "lost_events": stats.lost_events, "elapsed_s": round(stats.elapsed_s, 3)}
+
+
+class NdjsonSink:
+    """One JSON object per line: paths as they finish, flows, and the stats line last."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._dumps = json.JSONEncoder(separators=(", ", ": ")).encode
+
+    def _write(self, obj: dict[str, Any]) -> None:
+        self.stream.write(self._dumps(obj) + "\n")
+        self.stream.flush()
+
+    def on_path(self, path: PacketPath) -> None:
+        self._write(path_json(path))
+
+    def on_flow(self, flow: Flow) -> None:
+        self._write(flow_json(flow))
+
+    def on_stats(self, stats: Stats) -> None:
+        self._write(stats_json(stats))
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+# --------------------------------------------------------------------- text
+
+_ICMP_NAMES = {
+    (1, 0): "echo-reply", (1, 3): "unreachable", (1, 5): "redirect", (1, 8): "echo-request",
+    (1, 11): "time-exceeded", (1, 12): "parameter-problem",
+    (58, 1): "unreachable", (58, 2): "packet-too-big", (58, 3): "time-exceeded",
+    (58, 128): "echo-request", (58, 129): "echo-reply", (58, 133): "router-solicitation",
+    (58, 134): "router-advertisement", (58, 135): "neighbor-solicitation",
+    (58, 136): "neighbor-advertisement",
+}  # fmt: skip
+_TCP_FLAGS = "FSRPAUEC"
+
+
+def _addr_port(addr: str, port: int | None) -> str:
+    if port is None:
+        return addr
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def _ends_text(e: Endpoints) -> str:
+    return f"{_addr_port(e.src, e.sport)} → {_addr_port(e.dst, e.dport)}"
+
+
+def duration_text(ns: int) -> str:
+    if ns < 1_000:
+        return f"{ns} ns"
+    if ns < 1_000_000:
+        return f"{ns / 1_000:.0f} µs" if ns >= 10_000 else f"{ns / 1_000:.1f} µs"
+    if ns < 1_000_000_000:
+        return f"{ns / 1_000_000:.1f} ms"
+    return f"{ns / 1_000_000_000:.2f} s"
+
+
+def what_text(h: Observation) -> str:
+    """A few words on what the packet is: 'icmp echo-request id 7 seq 1', 'tcp [S.]'."""
+    if h.family == 0:
+        return h.proto_name
+    parts = [h.proto_name]
+    if h.icmp_type is not None:
+        parts.append(_ICMP_NAMES.get((h.proto, h.icmp_type), f"type {h.icmp_type}/{h.icmp_code}"))
+        if (h.proto, h.icmp_type) in ((1, 0), (1, 8), (58, 128), (58, 129)):
+            parts.append(f"id {h.icmp_id} seq {h.icmp_seq}")
+    if h.tcp_flags is not None:
+        flags = "".join(c for i, c in enumerate(_TCP_FLAGS) if h.tcp_flags & (1 << i))
+        parts.append(f"[{flags}]")
+    if h.is_fragment:
+        parts.append(f"frag @{h.frag_offset}{'+' if h.more_fragments else ''}")
+    return " ".join(parts)
+
+
+def nat_text(ev: NatEvent, hops: Sequence[Observation] = ()) -> str:
+    """``172.17.0.2 → 203.0.113.2  SNAT @ host POSTROUTING  rule: ...``"""
+    if ev.kind == "snat":
+        change = f"{_addr_port(ev.before.src, ev.before.sport)} → {_addr_port(ev.after.src, ev.after.sport)}"
+    else:
+        change = f"{_addr_port(ev.before.dst, ev.before.dport)} → {_addr_port(ev.after.dst, ev.after.dport)}"
+    if ev.icmp_id_before is not None:
+        change += f" (icmp id {ev.icmp_id_before} → {ev.icmp_id_after})"
+    inner = "quoted header " if hops and is_inner_event(hops, ev) else ""
+    text = f"{inner}{change}  {ev.kind.upper()} @ {ev.node} {ev.hook}"
+    if ev.rule:
+        text += f"  rule: {ev.rule}" + (f" ({ev.rule_source})" if ev.rule_source else "")
+    if ev.conntrack is not None and ev.conntrack.id is not None:
+        text += f"  ct {ev.conntrack.id}"
+    return text
+
+
+def path_text(path: PacketPath) -> str:
+    """One block: a header line, then one line per hop with the rewrites inline."""
+    first = path.first
+    head = (f"{path.id}  {what_text(first)}  {_addr_port(first.src, first.sport)} → "
+            f"{_addr_port(first.dst, first.dport)}  {path.verdict}  {duration_text(path.latency_ns)}")
+    if path.flow:
+        head += f"  flow {path.flow}"
+    by_hop: dict[int, list[NatEvent]] = {}
+    for ev in path.nat:
+        by_hop.setdefault(ev.to_hop, []).append(ev)
+    width = max(len(f"{h.hop_name} {h.direction or '?'}") for h in path.hops)
+    lines = [head]
+    prev = first.ts_ns
+    for i, h in enumerate(path.hops):
+        arrow = "   " if i == 0 else " → "
+        where = f"{h.hop_name} {h.direction or '?'}".ljust(width)
+        line = f"  {arrow}{where}"
+        if i:
+            line += f"  +{duration_text(h.ts_ns - prev)}"
+        if h.direction == "drop":
+            line += f"  DROPPED: {h.drop_reason or 'unknown reason'}"
+        for ev in by_hop.get(i, ()):
+            line += f"\n        {nat_text(ev, path.hops)}"
+        lines.append(line.rstrip())
+        prev = h.ts_ns
+    return "\n".join(lines)
+
+
+def flow_text(flow: Flow) -> str:
+    ct = f"  ct {flow.conntrack_id}" if flow.conntrack_id is not None else ""
+    return (f"{flow.id}  {flow.proto}  {_ends_text(flow.original)}  reply {_ends_text(flow.reply)}"
+            f"  paths {' '.join(flow.paths)}{ct}")
+
+
+def stats_text(stats: Stats) -> str:
+    return (f"stats: {stats.observations} observations, {stats.paths} paths, "
+            f"{stats.lost_events} lost events, {stats.elapsed_s:.3f} s")
+
+
+class TextSink:
+    """A block per path as it finishes, a line per flow, the stats line last."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def on_path(self, path: PacketPath) -> None:
+        self.stream.write(path_text(path) + "\n\n")
+        self.stream.flush()
+
+    def on_flow(self, flow: Flow) -> None:
+        self.stream.write(flow_text(flow) + "\n")
+        self.stream.flush()
+
+    def on_stats(self, stats: Stats) -> None:
+        self.stream.write(stats_text(stats) + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+__all__ = [
+    "NdjsonSink", "Sink", "TextSink", "duration_text", "flow_json", "flow_text", "nat_json",
+    "nat_text", "path_json", "path_text", "stats_json", "stats_text", "what_text",
+]  # fmt: skip
