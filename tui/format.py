@@ -143,7 +143,7 @@ def _nat_lines(ev: NatEvent) -> Text:
     else:
         line.append("unknown (use --rules to trace it)", style="dim")
     ct = ev.conntrack
-    line.append("   conntrack: ", style="dim")
+    line.append("\n     ┃   conntrack: ", style="dim")
     if ct is None:
         line.append("-", style="dim")
     else:

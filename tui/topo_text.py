@@ -61,24 +61,38 @@ def _iface_line(topo: Any, iface: Any, indent: str) -> Text:
 
 
 def seen_text(paths: Iterable[PacketPath]) -> Text:
-    """Nodes, their interfaces and the addresses seen there (no topology source given)."""
-    nodes: dict[str, dict[str, set[str]]] = {}
+    """Nodes, interfaces, the links packets took between them, and end addresses seen.
+
+    Without a topology source only what the hops prove is shown: a sender's
+    address (source of a path's first hop) and a receiver's (destination of a
+    delivered path's last hop); NAT makes anything in between ambiguous.
+    """
+    ifaces: dict[str, dict[str, set[str]]] = {}
+    links: dict[str, set[str]] = {}
     for path in paths:
-        for hop in path.hops:
-            addrs = nodes.setdefault(hop.node, {}).setdefault(hop.ifname, set())
-            if hop.direction == "tx" and hop.src:
-                addrs.add(hop.src)
-            elif hop.direction == "rx" and hop.dst and not path.nat:
-                addrs.add(hop.dst)
+        hops = path.hops
+        for i, hop in enumerate(hops):
+            ifaces.setdefault(hop.node, {}).setdefault(hop.ifname, set())
+            if i + 1 < len(hops):
+                nxt = hops[i + 1]
+                if nxt.hop_name != hop.hop_name:
+                    links.setdefault(hop.hop_name, set()).add(nxt.hop_name)
+        first, last = hops[0], hops[-1]
+        if first.direction == "tx" and first.src:
+            ifaces[first.node][first.ifname].add(first.src)
+        if path.verdict == "delivered" and last.dst:
+            ifaces[last.node][last.ifname].add(last.dst)
     out = Text("from the hops seen (no topology source)\n", style="dim italic")
-    if not nodes:
+    if not ifaces:
         out.append("nothing seen yet\n", style="dim")
-    for node in sorted(nodes):
+    for node in sorted(ifaces):
         out.append(node + "\n", style="bold")
-        for iface in sorted(nodes[node]):
+        for iface in sorted(ifaces[node]):
             out.append(f"  {iface}", style="cyan")
-            seen = sorted(nodes[node][iface])
+            seen = sorted(ifaces[node][iface])
             if seen:
-                out.append("  " + " ".join(seen[:4]) + (" …" if len(seen) > 4 else ""))
+                out.append("  " + " ".join(seen[:3]) + (" …" if len(seen) > 3 else ""))
             out.append("\n")
+            for nxt in sorted(links.get(f"{node}/{iface}", ())):
+                out.append(f"      → {nxt}\n", style="green")
     return out

@@ -1,0 +1,254 @@
+"""TUI under load: a synthetic engine yields 20,000 paths/s; is the UI still responsive, is memory flat?
+
+Measured in one run, for hoptrace's TUI and for a peer — the same feed into
+Textual's stock ``DataTable`` (rows appended, oldest removed beyond --keep),
+the widget one would reach for first:
+
+* frame time: the event loop's lag, sampled by a 20 ms timer (how late each
+  tick fires = how long drain + layout + render blocked the UI), max and p99;
+* drain: time to move a batch from the feed into the table;
+* RSS every second (first and last 5 s compared: flat or growing);
+* throughput: paths that reached the UI per second, and paths the feed
+  had to shed because the UI fell behind.
+
+    .venv/bin/python bench/tui_bench.py                  # 20 s each (hoptrace, then DataTable peer)
+    .venv/bin/python bench/tui_bench.py --seconds 5 --rate 20000 --no-peer
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.tui.scripted import demo_events  # noqa: E402
+from tracer.model import Flow, PacketPath, Stats  # noqa: E402
+
+TICK_S = 0.02
+BATCH_S = 0.01  # the engine yields every 10 ms, like a live source's drain timer
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+def path_pool(n: int) -> list[PacketPath]:
+    """n distinct paths (ids, times, ICMP seq) cycled by the engine; building them is not measured."""
+    templates = [p for batch in demo_events() for p in batch if isinstance(p, PacketPath)]
+    pool = []
+    for i in range(n):
+        t = templates[i % len(templates)]
+        dt = i * 50_000
+        hops = tuple(replace(h, ts_ns=h.ts_ns + dt, icmp_seq=(i & 0xFFFF) if h.icmp_seq is not None else None)
+                     for h in t.hops)
+        pool.append(replace(t, id=f"p{i}", hops=hops, flow=f"f{i // 2}"))
+    return pool
+
+
+class PacedEngine:
+    """The Engine API the TUI uses, yielding ``rate`` paths/s from a pool for ``seconds``."""
+
+    def __init__(self, pool: list[PacketPath], rate: int, seconds: float) -> None:
+        self.pool = pool
+        self.rate = rate
+        self.seconds = seconds
+        self.batch_hooks: list[Any] = []
+        self.yielded = 0
+        self._stop = threading.Event()
+        self.source = type("Src", (), {"kind": "synthetic"})()
+
+    def events(self) -> Iterator[list[PacketPath | Flow]]:
+        per_batch = max(1, int(self.rate * BATCH_S))
+        start = time.monotonic()
+        i = 0
+        n = len(self.pool)
+        while not self._stop.is_set():
+            elapsed = time.monotonic() - start
+            if elapsed >= self.seconds:
+                return
+            due = int(elapsed * self.rate)
+            if self.yielded >= due:
+                time.sleep(BATCH_S)
+                continue
+            take = min(per_batch, due - self.yielded)
+            out: list[PacketPath | Flow] = [self.pool[(i + k) % n] for k in range(take)]
+            i += take
+            self.yielded += take
+            yield out
+
+    def stats(self) -> Stats:
+        return Stats(observations=self.yielded * 4, paths=self.yielded, lost_events=0, elapsed_s=0.0)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class Probe:
+    """Samples loop lag and RSS inside the app's event loop."""
+
+    def __init__(self) -> None:
+        self.lags_ms: list[float] = []
+        self.rss: list[tuple[float, float]] = []
+        self._last = 0.0
+        self._t0 = 0.0
+
+    def start(self, app: Any) -> None:
+        self._t0 = self._last = time.monotonic()
+        app.set_interval(TICK_S, self.tick)
+        app.set_interval(1.0, lambda: self.rss.append((time.monotonic() - self._t0, rss_mb())))
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        self.lags_ms.append(max(0.0, (now - self._last - TICK_S) * 1000))
+        self._last = now
+
+
+def summarize(name: str, probe: Probe, seconds: float, delivered: int, shed: int,
+              drains_ms: list[float]) -> dict[str, float]:
+    lags = sorted(probe.lags_ms) or [0.0]
+    rss = [m for _, m in probe.rss] or [rss_mb()]
+    head = statistics.mean(rss[:5])
+    tail = statistics.mean(rss[-5:])
+    out = {
+        "frame_lag_max_ms": lags[-1],
+        "frame_lag_p99_ms": lags[int(len(lags) * 0.99) - 1 if len(lags) > 1 else 0],
+        "frame_lag_median_ms": statistics.median(lags),
+        "drain_max_ms": max(drains_ms or [0.0]),
+        "rss_first5s_mb": head,
+        "rss_last5s_mb": tail,
+        "rss_max_mb": max(rss),
+        "paths_per_s_to_ui": delivered / seconds,
+        "shed": shed,
+    }
+    print(f"\n== {name}")
+    for k, v in out.items():
+        print(f"  {k:22} {v:12,.1f}")
+    return out
+
+
+async def run_hoptrace(pool: list[PacketPath], rate: int, seconds: float, keep: int) -> dict[str, float]:
+    from tui.app import make_app
+
+    engine = PacedEngine(pool, rate, seconds)
+    app = make_app(engine, keep=keep)
+    probe = Probe()
+    drains: list[float] = []
+    orig = app._drain
+
+    def timed_drain() -> None:
+        t = time.perf_counter()
+        orig()
+        drains.append((time.perf_counter() - t) * 1000)
+
+    app._drain = timed_drain  # type: ignore[method-assign]
+    async with app.run_test(size=(120, 40)) as pilot:
+        probe.start(app)
+        t0 = time.monotonic()
+        while not app.status.finished:
+            await pilot.pause(0.2)
+        elapsed = time.monotonic() - t0
+        delivered = app.store.total_seen
+        shed = app.feed.dropped_by_ui
+        kept = len(app.store)
+    res = summarize("hoptrace TUI (line-API table)", probe, elapsed, delivered, shed, drains)
+    res["kept"] = kept
+    print(f"  {'kept':22} {kept:12,}")
+    return res
+
+
+async def run_datatable(pool: list[PacketPath], rate: int, seconds: float, keep: int) -> dict[str, float]:
+    """The peer: the same feed and rate limit, rows into a stock DataTable."""
+    from textual.app import App, ComposeResult
+    from textual.widgets import DataTable
+
+    from tui.feed import Feed
+    from tui.format import original_text, translated_text
+
+    engine = PacedEngine(pool, rate, seconds)
+    drains: list[float] = []
+    state = {"finished": False, "delivered": 0}
+
+    class Peer(App[None]):
+        def compose(self) -> ComposeResult:
+            yield DataTable(id="t")
+
+        def on_mount(self) -> None:
+            self.table = self.query_one(DataTable)
+            self.table.add_columns("id", "proto", "original", "translated", "hops", "verdict")
+            self.feed = Feed(engine, keep, lambda: None)
+            self.set_interval(0.05, self.drain)
+            threading.Thread(target=self._run, daemon=True).start()
+
+        def _run(self) -> None:
+            self.feed.run()
+            state["finished"] = True
+
+        def drain(self) -> None:
+            t = time.perf_counter()
+            paths, _ = self.feed.drain()
+            for p, _f, _s in paths:
+                key = f"{p.id}-{state['delivered']}"
+                self.table.add_row(p.id, p.proto, original_text(p), translated_text(p),
+                                   str(len(p.hops)), p.verdict, key=key)
+                state["delivered"] += 1
+            excess = self.table.row_count - keep
+            if excess > 0:
+                for row_key in list(self.table.rows)[:excess]:
+                    self.table.remove_row(row_key)
+            drains.append((time.perf_counter() - t) * 1000)
+
+    app = Peer()
+    probe = Probe()
+    async with app.run_test(size=(120, 40)) as pilot:
+        probe.start(app)
+        t0 = time.monotonic()
+        while not state["finished"]:
+            await pilot.pause(0.2)
+        await pilot.pause(0.2)
+        elapsed = time.monotonic() - t0
+        shed = app.feed.dropped_by_ui
+    return summarize("peer: Textual DataTable", probe, elapsed, state["delivered"], shed, drains)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rate", type=int, default=20_000, help="paths per second (default 20000)")
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--peer-seconds", type=float, default=10.0)
+    ap.add_argument("--keep", type=int, default=10_000)
+    ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--no-freeze", action="store_true",
+                    help="leave the path pool to the garbage collector (measures GC of the pool too)")
+    args = ap.parse_args()
+    pool = path_pool(min(args.rate * 2, 100_000))
+    if not args.no_freeze:
+        # The pool stands for paths a real engine makes fresh and frees; 40k pooled paths
+        # (~600k objects) the real app never holds would otherwise dominate every gen-2 GC.
+        gc.freeze()
+    print(f"input {args.rate:,} paths/s for {args.seconds:.0f} s, keep {args.keep:,}, 120x40 headless,"
+          f" pool {'not ' if args.no_freeze else ''}frozen")
+    ours = asyncio.run(run_hoptrace(pool, args.rate, args.seconds, args.keep))
+    if args.no_peer:
+        return 0
+    peer = asyncio.run(run_datatable(pool, args.rate, args.peer_seconds, args.keep))
+    print("\n== ratios (peer / hoptrace; > 1 means the peer is worse)")
+    for k in ("frame_lag_max_ms", "frame_lag_p99_ms", "drain_max_ms"):
+        print(f"  {k:22} {peer[k] / max(ours[k], 0.1):8.1f}x")
+    print(f"  {'paths_per_s_to_ui':22} {ours['paths_per_s_to_ui'] / max(peer['paths_per_s_to_ui'], 1):8.2f}x"
+          " (hoptrace / peer)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
