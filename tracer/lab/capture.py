@@ -5,7 +5,10 @@ that is how each sighting's direction is known. ``-s 128 -B 32768 -U`` loses
 nothing at these rates (DESIGN.md, "Captures"), and nanosecond timestamps keep
 hops that are microseconds apart in order. ``--immediate-mode``: otherwise
 libpcap's TPACKET_V3 ring hands packets over only when a block fills or after
-a second, and the packets of a partly filled block are lost at SIGINT. Traffic starts only after every
+a second, and the packets of a partly filled block are lost at SIGINT. ``-p``
+(no promiscuous mode): a promiscuous bridge passes every frame up to its own
+stack, which then routes copies of bridged packets a second time — the
+capture would change the traffic it records. Traffic starts only after every
 tcpdump said it is listening.
 
 The pcapng is written by ``tracer.record.PcapngRecorder`` — exactly what
@@ -114,7 +117,7 @@ class HopCapture:
                     with open(err, "wb") as errf:
                         p = subprocess.Popen(
                             ["nsenter", f"--net={point.netns_path}", "--", "tcpdump", "-i", point.iface,
-                             "-Q", q, "-s", str(SNAPLEN), "-B", "32768", "-U", "--immediate-mode", "-n",
+                             "-Q", q, "-s", str(SNAPLEN), "-B", "32768", "-U", "--immediate-mode", "-p", "-n",
                              "-Z", "root",
                              "--time-stamp-precision=nano", "-w", str(pcap), CAPTURE_FILTER],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errf,
