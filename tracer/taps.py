@@ -367,21 +367,68 @@ def resolve_ifaces(names: Sequence[str], topo: Topology, *, strict: bool = True)
             found = [s for s in same if s.node == "host"]
             if not found:
                 found = [s for s in same if s.netns == topo.own_netns] or same
-            if len(found) > 1:
-                if strict:
-                    raise UsageError(
-                        f"interface {name!r} exists in several namespaces: "
-                        + ", ".join(s.label for s in found), "name it as NODE/IFACE")
+        if len(found) != 1:
+            if not strict:
                 continue
-        if not found:
-            if strict:
-                raise UsageError(f"unknown interface {name!r}",
-                                 "interfaces here: " + ", ".join(sorted(s.label for s in every)))
-            continue
-        for s in found:
-            if s.key not in {o.key for o in out}:
-                out.append(s)
+            if found:
+                raise UsageError(
+                    f"interface {name!r} exists in several namespaces: "
+                    + ", ".join(f"netns:{s.netns}/{s.ifname} ({s.node})" for s in found),
+                    "name one as netns:<inode>/IFACE")
+            raise UsageError(f"unknown interface {name!r}",
+                             "interfaces here: " + ", ".join(sorted(s.label for s in every)))
+        if found[0].key not in {o.key for o in out}:
+            out.append(found[0])
     return out
+
+
+class _Reorder:
+    """Holds sightings back until no tap can still deliver an older one, then releases them
+    in time order.
+
+    Each ring hands over whole blocks, when full or when the retire timer fires, so one
+    tap's frames may reach us several ms after a later frame of another tap (measured:
+    up to ~7 ms with a 4 ms timer). A path read out of order gets a wrong verdict, so
+    rows wait ``delay_ns`` (against CLOCK_REALTIME, the clock of the ring timestamps).
+    """
+
+    def __init__(self, np: Any, dtype: Any, delay_ns: int) -> None:
+        self.np = np
+        self.delay_ns = delay_ns
+        self.rows = np.zeros(0, dtype=dtype)
+        self.frames = b""
+
+    def add(self, rows: Any, frames: bytes) -> None:
+        if len(self.rows):
+            rows["frame_off"] += len(self.frames)
+            self.rows = self.np.concatenate((self.rows, rows))
+            self.frames += frames
+        else:
+            self.rows, self.frames = rows, frames
+
+    def due(self, now_ns: int) -> bool:
+        return bool(len(self.rows)) and int(self.rows["ts_ns"].min()) <= now_ns - self.delay_ns
+
+    def take(self, hops: list[HopLabel], now_ns: int | None) -> ObsBatch:
+        """The rows older than ``now_ns - delay`` (all with None), oldest first; now_ns of the
+        batch is that watermark: nothing older can come later."""
+        np = self.np
+        rows = self.rows[np.argsort(self.rows["ts_ns"], kind="stable")]
+        if now_ns is None:
+            cut = len(rows)
+            mark = int(rows["ts_ns"][-1]) if cut else time.time_ns()
+        else:
+            mark = now_ns - self.delay_ns
+            cut = int(np.searchsorted(rows["ts_ns"], mark, side="right"))
+        out, keep = rows[:cut], rows[cut:]
+        frames = self.frames
+        if len(keep):
+            base = int(keep["frame_off"].min())
+            keep["frame_off"] -= base
+            self.rows, self.frames = keep, frames[base:]
+        else:
+            self.rows, self.frames = keep, b""
+        return ObsBatch(out, hops, frames, now_ns=mark)
 
 
 # --------------------------------------------------------------------------
@@ -413,6 +460,7 @@ class TapSource:
         block_kb: int = 128,
         retire_ms: int = 4,
         poll_ms: int = 5,
+        reorder_ms: int = 20,
         notices: Callable[[str], None] | None = None,
     ) -> None:
         self.ifaces = list(ifaces) if ifaces else None
@@ -423,6 +471,7 @@ class TapSource:
         self.block_nr = max(2, ring_mb * 1024 // block_kb)
         self.retire_ms = retire_ms
         self.poll_ms = poll_ms
+        self.reorder_ms = reorder_ms
         self._topology = topology
         self._notice = notices or (lambda msg: print(f"hoptrace: {msg}", file=sys.stderr, flush=True))
         self.kernel_filter = self.bpf_filter if kernel_filter_safe(self.bpf_filter) else None
@@ -480,7 +529,7 @@ class TapSource:
         self._thread = threading.Thread(target=self._rediscover_loop, name="taps-rediscover",
                                         daemon=True)
         self._thread.start()
-        holdback_ns = (2 * self.retire_ms + self.poll_ms) * 1_000_000
+        reorder = _Reorder(np, dtype, self.reorder_ms * 1_000_000)
         last_yield = last_stats = time.monotonic()
         try:
             while not self._stop.is_set():
@@ -497,10 +546,18 @@ class TapSource:
                 if now - last_stats >= 1.0:
                     self._lost += sum(t.read_stats() for t in self.taps.values())
                     last_stats = now
-                if col.offs or now - last_yield >= 0.1:
-                    # Blocks retire up to ~2 x retire_ms late: a tap may still hold older frames.
-                    yield self._batch(col, np, dtype, time.time_ns() - holdback_ns)
+                if col.offs:
+                    reorder.add(*self._rows(col, np, dtype))
+                if reorder.due(time.time_ns()) or now - last_yield >= 0.1:
+                    yield reorder.take(self.hops, time.time_ns())
                     last_yield = now
+            # Stopped: what the rings still hold, then everything held back, in order.
+            col = _Collector.empty()
+            for tap in self.taps.values():
+                tap.drain(col)
+            if col.offs:
+                reorder.add(*self._rows(col, np, dtype))
+            yield reorder.take(self.hops, None)
         finally:
             self._shutdown()
 
@@ -596,10 +653,8 @@ class TapSource:
                     by_fd[tap.fd] = tap
                     self._notice(f"tap {tap.spec.label} opened")
 
-    def _batch(self, col: _Collector, np: Any, dtype: Any, now_ns: int) -> ObsBatch:
-        n = len(col.offs)
-        if not n:
-            return ObsBatch(np.zeros(0, dtype=dtype), self.hops, b"", now_ns=now_ns)
+    def _rows(self, col: _Collector, np: Any, dtype: Any) -> tuple[Any, bytes]:
+        """One poll round's frames -> decoded rows (not yet in time order) and their bytes."""
         hops = np.array(col.hops, dtype=np.uint32)
         linktypes = np.array([h.linktype for h in self.hops], dtype=np.int32)[hops]
         lt: int | list[int] = int(linktypes[0]) if (linktypes == linktypes[0]).all() else linktypes.tolist()
@@ -614,9 +669,7 @@ class TapSource:
         rows["frame_off"] = col.offs
         rows["frame_len"] = col.lens
         rows["wire_len"] = col.wire
-        # Taps are drained one after another: put the round's sightings in time order.
-        rows = rows[np.argsort(rows["ts_ns"], kind="stable")]
-        return ObsBatch(rows, self.hops, frames, now_ns=max(now_ns, int(rows["ts_ns"][-1])))
+        return rows, frames
 
     def _shutdown(self) -> None:
         self._stop.set()

@@ -1,0 +1,143 @@
+"""Pure parts of tracer.taps: which filters may go into the kernel, libpcap compilation,
+``--iface`` resolution. No root, no sockets."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from tracer.errors import FilterError, UsageError
+from tracer.model import HopLabel
+from tracer.taps import TapSource, compile_bpf, kernel_filter_safe, resolve_ifaces, snaplen_bpf
+from tracer.topology import Interface, Namespace, Topology
+
+HOST, WEB, LAB2 = 4026531840, 4026532001, 4026532100
+
+
+def _iface(netns: int, ifindex: int, name: str, kind: str | None = None) -> Interface:
+    return Interface(netns=netns, ifindex=ifindex, name=name, kind=kind, mac=None, state="UP",
+                     mtu=1500, addresses=())
+
+
+def _topo(*, second_host: bool = False) -> Topology:
+    namespaces = [
+        Namespace(HOST, "host", "/proc/1/ns/net", (
+            _iface(HOST, 1, "lo"), _iface(HOST, 2, "eth0"), _iface(HOST, 3, "docker0", "bridge"),
+            _iface(HOST, 4, "veth1234567", "veth"))),
+        Namespace(WEB, "web", "/run/netns/web", (_iface(WEB, 1, "lo"), _iface(WEB, 2, "eth0", "veth"))),
+    ]
+    if second_host:
+        namespaces.append(Namespace(LAB2, "host", "/run/netns/lab2-host", (_iface(LAB2, 3, "docker0", "bridge"),)))
+    return Topology(namespaces=tuple(namespaces), own_netns=HOST)
+
+
+@pytest.mark.parametrize(
+    ("expr", "safe"),
+    [
+        ("icmp", True),
+        ("tcp or udp", True),
+        ("ip and not (icmp || arp)", True),
+        ("ip proto 47", True),
+        ("ICMP6", True),
+        ("host 198.51.100.8", False),  # MASQUERADE rewrites the source between hops
+        ("tcp port 8080", False),  # DNAT rewrites 8080 -> 80
+        ("icmp and src 172.17.0.2", False),
+        ("tcp[tcpflags] & tcp-syn != 0", False),  # not on the list: kept out of the kernel
+        ("len > 100", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_kernel_filter_only_when_every_hop_agrees(expr: str | None, safe: bool) -> None:
+    assert kernel_filter_safe(expr) is safe
+
+
+def test_compile_bpf_returns_sock_filter_cut_to_snaplen() -> None:
+    insns = compile_bpf("icmp", 1, 96)
+    assert len(insns) % 8 == 0 and len(insns) >= 8 * 4
+    returns = {k for code, _jt, _jf, k in struct.iter_unpack("<HBBI", insns) if code == 0x06}
+    assert returns == {0, 96}
+
+
+def test_compile_bpf_bad_expression_is_a_filter_error() -> None:
+    with pytest.raises(FilterError) as exc:
+        compile_bpf("hots 1.2.3.4")
+    assert exc.value.exit_code == 2
+    assert "hots 1.2.3.4" in exc.value.message
+
+
+def test_snaplen_bpf_is_one_return() -> None:
+    assert snaplen_bpf(128) == struct.pack("<HBBI", 0x06, 0, 0, 128)
+
+
+def test_source_keeps_address_filters_out_of_the_kernel() -> None:
+    assert TapSource(["eth0"], bpf_filter="host 198.51.100.8").kernel_filter is None
+    assert TapSource(["eth0"], bpf_filter="icmp or udp").kernel_filter == "icmp or udp"
+
+
+def test_resolve_node_slash_iface() -> None:
+    specs = resolve_ifaces(["web/eth0", "host/docker0"], _topo())
+    assert [(s.netns, s.netns_path, s.ifname, s.node) for s in specs] == [
+        (WEB, "/run/netns/web", "eth0", "web"),
+        (HOST, "/proc/1/ns/net", "docker0", "host"),
+    ]
+
+
+def test_resolve_bare_name_prefers_host() -> None:
+    assert [s.label for s in resolve_ifaces(["eth0"], _topo())] == ["host/eth0"]
+    assert [s.label for s in resolve_ifaces(["veth1234567"], _topo())] == ["host/veth1234567"]
+
+
+def test_resolve_netns_inode_names_one_of_two_hosts() -> None:
+    specs = resolve_ifaces([f"netns:{LAB2}/docker0"], _topo(second_host=True))
+    assert [(s.netns, s.label) for s in specs] == [(LAB2, "host/docker0")]
+
+
+def test_resolve_unknown_interface_lists_what_exists() -> None:
+    with pytest.raises(UsageError) as exc:
+        resolve_ifaces(["web/eth9"], _topo())
+    assert exc.value.exit_code == 2
+    assert exc.value.message == "unknown interface 'web/eth9'"
+    assert "host/docker0" in (exc.value.hint or "") and "web/eth0" in (exc.value.hint or "")
+
+
+def test_resolve_unknown_is_skipped_when_not_strict() -> None:
+    assert resolve_ifaces(["web/eth9", "web/eth0"], _topo(), strict=False)[0].label == "web/eth0"
+
+
+def test_resolve_ambiguous_node_asks_for_the_inode() -> None:
+    with pytest.raises(UsageError) as exc:
+        resolve_ifaces(["host/docker0"], _topo(second_host=True))
+    assert exc.value.message == (
+        f"interface 'host/docker0' exists in several namespaces: netns:{HOST}/docker0 (host), "
+        f"netns:{LAB2}/docker0 (host)")
+
+
+def test_reorder_releases_in_time_order_with_their_frames() -> None:
+    import numpy as np
+
+    from tracer.model import obs_dtype
+    from tracer.taps import _Reorder
+
+    def rows(ts: list[int], frames: list[bytes]) -> tuple[np.ndarray, bytes]:
+        r = np.zeros(len(ts), dtype=obs_dtype())
+        r["ts_ns"] = ts
+        r["frame_len"] = [len(f) for f in frames]
+        r["frame_off"] = np.cumsum([0] + [len(f) for f in frames[:-1]])
+        return r, b"".join(frames)
+
+    hops = [HopLabel("host", "eth0")]
+    ro = _Reorder(np, obs_dtype(), delay_ns=10)
+    ro.add(*rows([100, 130], [b"a100", b"b130"]))
+    ro.add(*rows([95, 125], [b"c95", b"d125"]))  # a late block of another tap
+    assert ro.due(now_ns=110) and not ro.due(now_ns=104)
+    first = ro.take(hops, now_ns=126)  # watermark 116: 95 and 100 are out, 125 and 130 wait
+    assert first.now_ns == 116
+    assert [(o.ts_ns, o.frame) for o in first.observations()] == [(95, b"c95"), (100, b"a100")]
+    ro.add(*rows([140], [b"e140"]))
+    rest = ro.take(hops, now_ns=None)
+    assert [(o.ts_ns, o.frame) for o in rest.observations()] == [
+        (125, b"d125"), (130, b"b130"), (140, b"e140")]
+    assert rest.now_ns == 140
+    assert len(ro.take(hops, now_ns=None)) == 0
