@@ -31,8 +31,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.tui.scripted import demo_events  # noqa: E402
-from tracer.model import Flow, PacketPath, Stats  # noqa: E402
+from tests.tui.scripted import demo_events
+from tracer.model import Flow, PacketPath, Stats
 
 TICK_S = 0.02
 BATCH_S = 0.01  # the engine yields every 10 ms, like a live source's drain timer

@@ -106,7 +106,10 @@ def summary(path: PacketPath) -> str:
     """The sentence a person wants: where it went, where it was rewritten, where it ended."""
     hops = path.hops
     parts = [f"left {hops[0].hop_name}"]
-    middle = [h.ifname for h in hops[1:-1] if not h.ifname.startswith("veth")]
+    # Hops a NAT event lands on are named with the rewrite below; veths are implied by the bridge.
+    nat_hops = {ev.to_hop for ev in path.nat}
+    middle = [h.ifname for i, h in enumerate(hops[1:-1], 1)
+              if not h.ifname.startswith("veth") and i not in nat_hops]
     crossed = list(dict.fromkeys(middle))
     if crossed:
         parts.append("crossed " + ", ".join(crossed))
