@@ -159,10 +159,13 @@ def _link(buf: Any, off: int, end: int, linktype: int) -> tuple[int, int]:
     elif linktype in RAW_LINKTYPES or linktype in (LINKTYPE_IPV4, LINKTYPE_IPV6):
         if off >= end:
             return 0, -1
+        # By the version nibble, also for 228 (IPv4 only): tshark's IPv4 dissector hands a
+        # version-6 header on to IPv6. For 229 it does not (a "Bogus IPv6 version"), and
+        # tshark is the oracle this decoder is tested against.
         v = buf[off] >> 4
         if v == 4 and linktype != LINKTYPE_IPV6:
             return ETH_P_IP, off
-        if v == 6 and linktype != LINKTYPE_IPV4:
+        if v == 6:
             return ETH_P_IPV6, off
         return 0, -1
     else:
@@ -247,14 +250,15 @@ def decode_one(buf: Any, off: int, end: int, linktype: int) -> tuple[Any, ...]:
             return (0, 0, et, *_EMPTY[3:])
         vihl, length, ip_id, fragw, ttl, proto, src, dst = _ip4(buf, p)
         ihl = (vihl & 0x0F) * 4
-        if vihl >> 4 != 4 or ihl < 20:
+        if vihl >> 4 != 4 or ihl < 20 or 0 < length < ihl:
+            # Bogus version or lengths: not a header to trust (tshark agrees). A zero total
+            # length is not bogus: it is TSO/GSO on tx (below).
             return (0, 0, et, *_EMPTY[3:])
         family = 4
         has = HAS_IP_ID
         l4 = p + ihl
         frag = (fragw & 0x1FFF) | (0x8000 if fragw & 0x2000 else 0)
-        # A zero total length is TSO/GSO on tx: the real length is the captured one.
-        plen = (length if length >= ihl else end - p) - ihl
+        plen = (length if length else end - p) - ihl
         if frag:
             has |= HAS_FRAG
         later_fragment = fragw & 0x1FFF

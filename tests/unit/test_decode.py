@@ -110,8 +110,9 @@ def test_linux_cooked_v1_v2_and_raw_give_the_same_fields() -> None:
     ip6 = IPv6(src="fd00::1", dst="fd00::2") / UDP(sport=1, dport=2) / PAYLOAD
     assert one(bytes(ip6), 229).src == "fd00::1"
     assert one(bytes(ip6), 101).src == "fd00::1"
-    # raw IPv4 link type must not accept an IPv6 packet, nor 229 an IPv4 one
-    assert (one(bytes(ip6), 228).family, one(bytes(ip), 229).family) == (0, 0)
+    # a mislabelled raw packet: as tshark does, 228 goes by the version nibble, 229 does not
+    assert (one(bytes(ip6), 228).family, one(bytes(ip), 229).family) == (6, 0)
+    assert one(b"\x75" + bytes(ip)[1:], 101).family == 0
 
 
 _cmp = ("family", "proto", "ethertype", "src", "dst", "ip_id", "icmp_id", "icmp_seq", "length", "digest")
@@ -254,6 +255,11 @@ def test_garbage_never_raises() -> None:
     bad = bytearray(bytes(ETH / IP(src="1.1.1.1", dst="2.2.2.2") / UDP()))
     bad[14] = 0x43  # IHL 3
     assert one(bytes(bad)).family == 0
+    bad[14] = 0x45
+    bad[16:18] = b"\x00\x13"  # total length 19 < header length: bogus
+    assert one(bytes(bad)).family == 0
+    bad[16:18] = b"\x00\x00"  # total length 0: TSO, the captured length counts
+    assert (one(bytes(bad)).family, one(bytes(bad)).length) == (4, 0)
 
 
 def test_has_bits_and_mixed_linktypes() -> None:
