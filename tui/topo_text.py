@@ -93,6 +93,6 @@ def seen_text(paths: Iterable[PacketPath]) -> Text:
             if seen:
                 out.append("  " + " ".join(seen[:3]) + (" …" if len(seen) > 3 else ""))
             out.append("\n")
-            for nxt in sorted(links.get(f"{node}/{iface}", ())):
-                out.append(f"      → {nxt}\n", style="green")
+            for to in sorted(links.get(f"{node}/{iface}", ())):
+                out.append(f"      → {to}\n", style="green")
     return out

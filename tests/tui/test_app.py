@@ -239,7 +239,8 @@ async def test_topology_pane_from_hops(demo_engine: ScriptedEngine) -> None:
         await pilot.press("t")
         text = str(app.query_one("#topology-text", Static).render())
         assert "from the hops seen" in text
-        assert "docker0" in text and "veth1a2b3c" in text and "203.0.113.2" in text
+        assert "web\n  eth0  172.17.0.2\n      → host/veth1a2b3c\n" in text
+        assert "  docker0\n      → host/eth0\n      → host/veth1a2b3c\n" in text
         await pilot.press("t")
         assert not app.query_one("#topology").has_class("-open")
 
