@@ -105,6 +105,9 @@ struct hop_single {
 #define F_ADDR 4
 #define F_PORT 8
 #define F_TRACK 16 // an skb that matched once passes at every later hop
+// Set by the loader once the sets are filled: bcc attaches the programs as it
+// loads them, before any map can be written, and while a filter changes.
+#define F_READY (1u << 31)
 
 struct ht_config {
     u32 flags;
@@ -128,7 +131,15 @@ BPF_HASH(netns_set, u32, u8, 1024);
 BPF_HASH(proto_set, u32, u8, 256);
 BPF_HASH(addr_set, struct addr_key, u8, 1024);
 BPF_HASH(port_set, u32, u8, 1024);
-BPF_TABLE("lru_hash", u64, u8, tracked, 65536);
+// skb address -> identity of the packet that matched: addresses are reused
+// after free, so a hit also needs the same NAT-invariant identity, recently.
+struct track_val {
+    u64 ts_ns;
+    u32 ident; // IPv4: ip_id << 16 | total length; IPv6: payload length
+    u32 proto;
+};
+BPF_TABLE("lru_hash", u64, struct track_val, tracked, 65536);
+#define HT_TRACK_NS 100000000ULL // a packet crosses every hop well within 100 ms
 
 static __always_inline void count(int idx, u64 n) {
     u64 *c = counters.lookup(&idx);
@@ -200,35 +211,37 @@ static __always_inline int fill(struct hop_event *e, void *skb, void *dev, u8 ki
     }
 
     if (flags & (F_PROTO | F_ADDR | F_PORT)) {
-        int tracked_hit = 0;
-        u64 key = (u64)skb;
-        if (flags & F_TRACK) {
-            if (tracked.lookup(&key))
-                tracked_hit = 1;
+        u8 hdr[40] = {};
+        bpf_probe_read_kernel(hdr, sizeof(hdr), l3);
+        u8 ver = hdr[0] >> 4;
+        u32 proto = 0, ident = 0, l4off = 0;
+        struct addr_key s = {}, d = {};
+        if (ver == 4) {
+            proto = hdr[9];
+            ident = ((u32)hdr[4] << 24) | ((u32)hdr[5] << 16) | ((u32)hdr[2] << 8) | hdr[3];
+            __builtin_memcpy(s.a, &hdr[12], 4);
+            __builtin_memcpy(d.a, &hdr[16], 4);
+            l4off = (hdr[0] & 0xf) * 4;
+            if ((hdr[6] & 0x1f) || hdr[7]) // later fragments have no ports
+                l4off = 0;
+        } else if (ver == 6) {
+            proto = hdr[6];
+            ident = ((u32)hdr[4] << 8) | hdr[5];
+            __builtin_memcpy(s.a, &hdr[8], 16);
+            bpf_probe_read_kernel(d.a, 16, l3 + 24);
+            l4off = 40;
+        } else {
+            return 0;
         }
-        if (!tracked_hit) {
-            u8 hdr[40] = {};
-            bpf_probe_read_kernel(hdr, sizeof(hdr), l3);
-            u8 ver = hdr[0] >> 4;
-            u32 proto = 0;
-            struct addr_key s = {}, d = {};
-            u32 l4off = 0;
-            if (ver == 4) {
-                proto = hdr[9];
-                __builtin_memcpy(s.a, &hdr[12], 4);
-                __builtin_memcpy(d.a, &hdr[16], 4);
-                l4off = (hdr[0] & 0xf) * 4;
-                // later fragments have no ports
-                if ((hdr[6] & 0x1f) || hdr[7])
-                    l4off = 0;
-            } else if (ver == 6) {
-                proto = hdr[6];
-                bpf_probe_read_kernel(s.a, 16, l3 + 8);
-                bpf_probe_read_kernel(d.a, 16, l3 + 24);
-                l4off = 40;
-            } else {
-                return 0;
-            }
+        u64 key = (u64)skb;
+        u64 now = bpf_ktime_get_ns();
+        int hit = 0;
+        if (flags & F_TRACK) {
+            struct track_val *tv = tracked.lookup(&key);
+            if (tv && tv->proto == proto && tv->ident == ident && now - tv->ts_ns < HT_TRACK_NS)
+                hit = 1;
+        }
+        if (!hit) {
             if (flags & F_PROTO) {
                 if (!proto_set.lookup(&proto))
                     return 0;
@@ -247,8 +260,8 @@ static __always_inline int fill(struct hop_event *e, void *skb, void *dev, u8 ki
                     return 0;
             }
             if (flags & F_TRACK) {
-                u8 one = 1;
-                tracked.update(&key, &one);
+                struct track_val nv = {.ts_ns = now, .ident = ident, .proto = proto};
+                tracked.update(&key, &nv);
             }
         } else if (kind == HOP_DROP) {
             tracked.delete(&key);
@@ -305,6 +318,8 @@ static __always_inline int hop(void *skb, void *dev, u8 kind, u32 reason) {
     int zero = 0;
     struct ht_config *cfg = config.lookup(&zero);
     u32 flags = cfg ? cfg->flags : 0;
+    if (!(flags & F_READY))
+        return 0;
     struct hop_batch *b = stage.lookup(&zero);
     if (!b)
         return 0;

@@ -118,6 +118,7 @@ def event_dtype(snaplen: int) -> Any:
 # --------------------------------------------------------------------------
 
 F_NETNS, F_PROTO, F_ADDR, F_PORT, F_TRACK = 1, 2, 4, 8, 16
+F_READY = 1 << 31
 PROTO_NUMBERS = {"icmp": 1, "tcp": 6, "udp": 17, "icmp6": 58, "sctp": 132}
 
 
@@ -361,6 +362,7 @@ class EbpfSource:
         self._cpus: list[int] = []
         self._ctx = (ctypes.c_uint64 * 4)()
         self._final_counters: dict[Counter, int] = {}
+        self.slow_decoded = 0  # rows that took tracer.decode's per-frame path
 
     # --- Source protocol -------------------------------------------------
 
@@ -477,7 +479,7 @@ class EbpfSource:
             return
         ct = ctypes
         cfg = bpf[b"config"]
-        cfg[ct.c_int(0)] = cfg.Leaf(0)  # filter off while the sets change
+        cfg[ct.c_int(0)] = cfg.Leaf(0)  # not ready: the programs emit nothing while the sets change
         for name, values, conv in (
             (b"netns_set", kf.netns, lambda t, v: t.Key(v)),
             (b"proto_set", kf.protos, lambda t, v: t.Key(v)),
@@ -493,7 +495,7 @@ class EbpfSource:
             key = addrs.Key()
             ct.memmove(ct.addressof(key), _addr_key(a), 16)
             addrs[key] = addrs.Leaf(1)
-        cfg[ct.c_int(0)] = cfg.Leaf(kf.flags)
+        cfg[ct.c_int(0)] = cfg.Leaf(kf.flags | F_READY)
         self.kernel_filter = kf
 
     # --- internals -------------------------------------------------------------
@@ -526,7 +528,7 @@ class EbpfSource:
     def _decode(self, chunks: Sequence[bytes]) -> ObsBatch:
         import numpy as np
 
-        from tracer.decode import decode_into
+        from probes.bulk_decode import decode_bulk
 
         ev_size = self._ev_size
         parts = []
@@ -550,8 +552,7 @@ class EbpfSource:
         rows["frame_off"] = offs
         rows["frame_len"] = cap
         rows["hop"] = self._hop_indexes(ev)
-        linktypes = np.where(ev["mac_len"] >= 14, LINKTYPE_ETHERNET, LINKTYPE_RAW)
-        decode_into(rows, buf, offs.tolist(), cap.tolist(), linktypes.tolist())
+        self.slow_decoded += decode_bulk(rows, ev["frame"], cap, ev["mac_len"], buf, offs)
         return ObsBatch(
             rows=rows,
             hops=self._labels.hops,
@@ -617,3 +618,45 @@ __all__ = [
     "event_type",
     "kernel_filter_from_pcap",
 ]
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    """``python -m probes.skb_hops``: the source alone (no correlator), for benchmarks and debugging.
+
+    Prints one JSON line at the end: events, lost and the kernel counters.
+    """
+    import argparse
+    import json
+    import signal
+
+    p = argparse.ArgumentParser(prog="python -m probes.skb_hops")
+    p.add_argument("--duration", type=float, default=None)
+    p.add_argument("--ready-file")
+    p.add_argument("--snaplen", type=int, default=128)
+    p.add_argument("--filter", help="pcap-filter; only the part the kernel can do is applied")
+    p.add_argument("--print-c", action="store_true", help="print the C program and the -D flags, then exit")
+    args = p.parse_args(argv)
+    if args.print_c:
+        print("// cflags: " + " ".join(load_layout().cflags()))
+        print(C_SOURCE.read_text())
+        return 0
+    src = EbpfSource(snaplen=args.snaplen, kernel_filter=kernel_filter_from_pcap(args.filter))
+    src.start()
+    signal.signal(signal.SIGINT, lambda *_: src.stop())
+    signal.signal(signal.SIGTERM, lambda *_: src.stop())
+    if args.ready_file:
+        Path(args.ready_file).write_text(f"{os.getpid()} ebpf\n")
+    t0 = time.monotonic()
+    events = 0
+    for b in src.batches():
+        events += len(b)
+        if args.duration and time.monotonic() - t0 >= args.duration:
+            src.stop()
+    elapsed = time.monotonic() - t0
+    print(json.dumps({"events": events, "lost_events": src.lost_events, "elapsed_s": round(elapsed, 3),
+                      "start_s": round(src.start_s, 3), **src.counters()}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

@@ -1,0 +1,163 @@
+"""eBPF tracer overhead in the lab: forwarding with and without the tracer, in one run.
+
+Run as root: ``.venv/bin/python bench/ebpf_bench.py [--seconds 5] [--runs 1]``.
+
+Builds a netns lab, then for (a) a UDP small-packet flood client -> 198.51.100.8
+(iperf3 -u, 64-byte payloads, unlimited rate) and (b) iperf3 TCP, measures the
+receiver's rate with no tracer (the peer) and with each tracer mode:
+
+* ``live``:      ``hoptrace live --backend ebpf --json > file`` (all hops, no filter)
+* ``filtered``:  the same with ``--filter "icmp and host 198.51.100.8"`` — an in-kernel
+                 filter that matches one flow (a ping) and none of the flood
+* ``source``:    ``python -m probes.skb_hops`` (probes + ring + bulk decode, no correlator)
+
+and prints per mode: rate, ratio to the no-tracer run, events/s, lost events,
+tracer CPU (% of one core, from /proc/<pid>/stat) and start-to-ready time.
+Targets (issue 4): 0 lost; UDP >= 0.75, TCP >= 0.90; CPU <= 25 %; ready <= 3 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tracer.lab import Lab  # noqa: E402
+
+SERVER = "198.51.100.8"
+HOPTRACE = str(ROOT / ".venv" / "bin" / "hoptrace")
+PYTHON = str(ROOT / ".venv" / "bin" / "python")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+class Tracer:
+    """A tracer subprocess, started and waited for (ready file)."""
+
+    def __init__(self, mode: str, workdir: Path) -> None:
+        self.mode = mode
+        self.ready = workdir / f"ready-{uuid.uuid4().hex[:6]}"
+        self.out = workdir / f"out-{uuid.uuid4().hex[:6]}"
+        if mode == "source":
+            argv = [PYTHON, "-m", "probes.skb_hops", "--ready-file", str(self.ready)]
+        else:
+            argv = [HOPTRACE, "live", "--backend", "ebpf", "--json", "--ready-file", str(self.ready)]
+            if mode == "filtered":
+                argv += ["--filter", f"icmp and host {SERVER}"]
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(argv, stdout=self.out.open("wb"), stderr=subprocess.PIPE, cwd=ROOT)
+        while not self.ready.exists():
+            if self.proc.poll() is not None:
+                raise SystemExit(f"tracer {mode} exited: {self.proc.stderr.read().decode()[-500:]}")  # type: ignore[union-attr]
+            time.sleep(0.01)
+        self.ready_s = time.perf_counter() - t0
+        self.cpu0 = cpu_s(self.proc.pid)
+
+    def stop(self, window_s: float) -> dict[str, Any]:
+        cpu = cpu_s(self.proc.pid) - self.cpu0
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        last: dict[str, Any] = {}
+        with self.out.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            lines = f.read().decode(errors="replace").strip().splitlines()
+        if lines:
+            try:
+                last = json.loads(lines[-1])
+            except ValueError:
+                last = {}
+        self.out.unlink(missing_ok=True)
+        events = last.get("events", last.get("observations", 0))
+        return {"ready_s": self.ready_s, "cpu_pct": 100 * cpu / window_s, "events": events,
+                "lost": last.get("lost_events"), "rc": self.proc.returncode}
+
+
+def iperf(lab: Lab, udp: bool, seconds: float) -> float:
+    """Receiver rate: packets/s (UDP) or bit/s (TCP)."""
+    server = lab.spawn("inet", ["iperf3", "-s", "-1", "-B", SERVER], f"iperf3-server-{uuid.uuid4().hex[:4]}")
+    time.sleep(0.3)
+    argv = ["iperf3", "-c", SERVER, "-t", str(seconds), "-J"]
+    if udp:
+        argv += ["-u", "-b", "0", "-l", "64"]
+    r = lab.exec("client", argv, timeout=seconds + 30)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(server.pid, signal.SIGTERM)
+    data = json.loads(r.stdout)
+    if "error" in data:
+        raise SystemExit(f"iperf3: {data['error']}")
+    end = data["end"]
+    if udp:
+        s = end["sum"]
+        return (s["packets"] - s["lost_packets"]) / s["seconds"]
+    return float(end["sum_received"]["bits_per_second"])
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--runs", type=int, default=1, help="repeat each measurement; medians are shown")
+    p.add_argument("--modes", default="live,filtered,source")
+    args = p.parse_args()
+    modes = args.modes.split(",")
+    lab = Lab("netns", f"hoptest-eb{uuid.uuid4().hex[:6]}")
+    lab.up()
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        with tempfile.TemporaryDirectory(dir="/dev/shm") as tmp:
+            work = Path(tmp)
+            for test, udp in (("udp", True), ("tcp", False)):
+                base = statistics.median(iperf(lab, udp, args.seconds) for _ in range(args.runs))
+                results[f"{test}/none"] = {"rate": base}
+                for mode in modes:
+                    runs = []
+                    for _ in range(args.runs):
+                        tr = Tracer(mode, work)
+                        t0 = time.perf_counter()
+                        rate = iperf(lab, udp, args.seconds)
+                        window = time.perf_counter() - t0
+                        info = tr.stop(window)
+                        info.update(rate=rate, events_per_s=(info["events"] or 0) / window)
+                        runs.append(info)
+                    med = sorted(runs, key=lambda r: r["rate"])[len(runs) // 2]
+                    med["ratio"] = med["rate"] / base
+                    results[f"{test}/{mode}"] = med
+    finally:
+        lab.down()
+    unit = {"udp": ("pps", 1.0), "tcp": ("Gbit/s", 1e9)}
+    print(f"{'run':<14}{'rate':>14}{'ratio':>7}{'events/s':>11}{'lost':>7}{'cpu%':>7}{'ready_s':>8}")
+    for key, r in results.items():
+        name, scale = unit[key.split("/")[0]]
+        rate = f"{r['rate'] / scale:,.{0 if scale == 1 else 2}f} {name}"
+        if "ratio" in r:
+            print(f"{key:<14}{rate:>14}{r['ratio']:>7.2f}{r['events_per_s']:>11,.0f}{r['lost']!s:>7}"
+                  f"{r['cpu_pct']:>7.1f}{r['ready_s']:>8.2f}")
+        else:
+            print(f"{key:<14}{rate:>14}{1.0:>7.2f}")
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
