@@ -307,7 +307,8 @@ class Correlator:
         ts = rows["ts_ns"]
         fps = _fingerprint(rows)
         hss = _hop_signature(rows)
-        skbs = rows["skb"]
+        # L2 broadcasts are cloned per bridge port (a new skb each): join them by fingerprint only.
+        skbs = np.where(rows["family"] == 0, 0, rows["skb"])
         if n > 1 and bool((ts[1:] < ts[:-1]).any()):
             # Per-CPU rings and several taps deliver out of order: hops in time order,
             # equal timestamps in batch order.
@@ -335,7 +336,8 @@ class Correlator:
             if cands is not None:
                 if len(cands) == 1:
                     c = cands[0]
-                    if h not in c.hops and -window <= t - c.last_ts <= window:
+                    if (h not in c.hops and -window <= t - c.last_ts <= window
+                            and not (s and c.skb and c.skb != s)):
                         p = c
                 else:
                     p = self._pick(cands, t, h, s)
@@ -370,19 +372,23 @@ class Correlator:
         self._seq = seq
 
     def _pick(self, cands: list[_Open], t: int, h: int, s: int) -> _Open | None:
+        """The path this sighting continues, among open ones with its fingerprint.
+
+        A different known skb is another packet (an IP packet keeps its skb from
+        container eth0 to the uplink); oldest first otherwise, because identical
+        packets pass the hops in the order they were sent.
+        """
         window = self.window_ns
         fallback = None
-        for c in cands:  # oldest first: identical packets pass the hops in the order they were sent
+        for c in cands:
             if h in c.hops or not -window <= t - c.last_ts <= window:
                 continue
-            if s and c.skb == s:
-                return c
-            if fallback is None and not (s and c.skb and c.skb != s):
-                fallback = c
-        if fallback is None:
-            for c in cands:  # the kernel may copy an skb (clones on a bridge flood)
-                if h not in c.hops and -window <= t - c.last_ts <= window:
+            if s and c.skb:
+                if c.skb == s:
                     return c
+                continue
+            if fallback is None:
+                fallback = c
         return fallback
 
     def _own(self, family: int, raw: bytes, netns: int) -> None:

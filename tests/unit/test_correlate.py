@@ -1,0 +1,346 @@
+"""Correlator: one packet recognised at every hop, and never two packets merged."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+
+from tests.unit.conftest import MS, NETNS, US, internet_ping, internet_pong, make_obs
+from tracer.correlate import Correlator, correlate
+from tracer.model import (
+    Endpoints,
+    Flow,
+    InnerHeader,
+    NatEvent,
+    ObsBatch,
+    PacketPath,
+)
+
+
+def hops(p: PacketPath) -> list[tuple[str, str | None]]:
+    return [(h.hop_name, h.direction) for h in p.hops]
+
+
+def summary(paths: list[PacketPath]) -> list[tuple[str, str, str | None, list[tuple[str, str | None]]]]:
+    return [(p.id, p.verdict, p.flow, hops(p)) for p in paths]
+
+
+PING_HOPS = [("web/eth0", "tx"), ("host/veth1", "rx"), ("host/docker0", "rx"), ("host/eth0", "tx"),
+             ("inet/eth0", "rx")]
+PONG_HOPS = [("inet/eth0", "tx"), ("host/eth0", "rx"), ("host/docker0", "tx"), ("host/veth1", "tx"),
+             ("web/eth0", "rx")]
+
+
+def test_internet_ping_and_reply_with_masquerade() -> None:
+    c = Correlator()
+    paths = c.feed_batch(ObsBatch.from_observations(internet_ping() + internet_pong()))
+    assert paths == []  # nothing idle yet
+    paths = c.flush()
+    assert summary(paths) == [("p1", "delivered", "f1", PING_HOPS), ("p2", "delivered", "f1", PONG_HOPS)]
+    assert paths[0].nat == (NatEvent(
+        kind="snat", node="host", hook="POSTROUTING",
+        before=Endpoints("172.17.0.2", None, "198.51.100.8", None),
+        after=Endpoints("203.0.113.2", None, "198.51.100.8", None), from_hop=2, to_hop=3),)
+    assert paths[1].nat == (NatEvent(
+        kind="dnat", node="host", hook="PREROUTING",
+        before=Endpoints("198.51.100.8", None, "203.0.113.2", None),
+        after=Endpoints("198.51.100.8", None, "172.17.0.2", None), from_hop=1, to_hop=2),)
+    assert c.take_flows() == [Flow(
+        id="f1", proto="icmp", original=Endpoints("172.17.0.2", None, "198.51.100.8", None),
+        reply=Endpoints("198.51.100.8", None, "203.0.113.2", None), paths=("p1", "p2"))]
+    # The row view survives the batch round trip unchanged.
+    assert paths[0].hops == tuple(internet_ping())
+
+
+def test_hops_in_time_order_whatever_the_arrival_order() -> None:
+    obs = internet_ping()
+    shuffled = [obs[3], obs[0], obs[4], obs[2], obs[1]]
+    (p,) = correlate(shuffled)
+    assert hops(p) == PING_HOPS
+    # Across batches too (per-CPU rings deliver late).
+    c = Correlator()
+    c.feed_batch(ObsBatch.from_observations(shuffled[:2]))
+    c.feed_batch(ObsBatch.from_observations(shuffled[2:]))
+    (p,) = c.flush()
+    assert hops(p) == PING_HOPS
+
+
+def test_equal_timestamps_keep_batch_order() -> None:
+    a = make_obs(at="host/veth1", direction="rx", ts_ns=5 * MS)
+    b = make_obs(at="host/docker0", direction="rx", ts_ns=5 * MS)
+    (p,) = correlate([a, b])
+    assert hops(p) == [("host/veth1", "rx"), ("host/docker0", "rx")]
+    (p,) = correlate([b, a])
+    assert hops(p) == [("host/docker0", "rx"), ("host/veth1", "rx")]
+
+
+def test_repeated_identical_pings_are_never_merged() -> None:
+    # Same id, seq, IP ID and payload: two packets, back to back (well within the window).
+    first = internet_ping(t0=1_000 * MS)
+    second = internet_ping(t0=1_000 * MS + 50 * US)
+    interleaved = sorted(first + second, key=lambda o: o.ts_ns)
+    paths = correlate(interleaved)
+    # Nobody answered, so nothing says 198.51.100.8 lives in inet: incomplete.
+    assert summary(paths) == [("p1", "incomplete", "f1", PING_HOPS), ("p2", "incomplete", "f1", PING_HOPS)]
+    assert [h.ts_ns for h in paths[0].hops] == [o.ts_ns for o in first]
+    assert [h.ts_ns for h in paths[1].hops] == [o.ts_ns for o in second]
+
+
+def test_tcp_retransmission_is_a_new_path() -> None:
+    seg = dict(proto=6, icmp_type=None, icmp_code=None, icmp_id=None, icmp_seq=None, sport=40000,
+               dport=80, tcp_flags=0x18, tcp_seq=1000, tcp_ack=2000, length=120, digest=0xC0FFEE,
+               ip_id=None, family=6, src="fd00::2", dst="fd00:1::8", flow_label=0x12345)
+    sent = [make_obs(at="web/eth0", direction="tx", ts_ns=t, **seg) for t in (1 * MS, 201 * MS, 202 * MS)]
+    fwd = [make_obs(at="host/veth1", direction="rx", ts_ns=t + 5 * US, **seg) for t in (1 * MS, 201 * MS)]
+    paths = correlate(sorted(sent + fwd, key=lambda o: o.ts_ns))
+    assert [(p.id, hops(p)) for p in paths] == [
+        ("p1", [("web/eth0", "tx"), ("host/veth1", "rx")]),
+        ("p2", [("web/eth0", "tx"), ("host/veth1", "rx")]),
+        ("p3", [("web/eth0", "tx")]),
+    ]
+    assert [p.hops[0].ts_ns for p in paths] == [1 * MS, 201 * MS, 202 * MS]
+
+
+def test_ip_id_wraparound() -> None:
+    # 65535 then 0: different packets; 65536 packets later 65535 comes back: a new packet again.
+    obs = []
+    for k, (ip_id, t0) in enumerate([(65535, 1 * MS), (0, 1 * MS + 3 * US), (65535, 900 * MS)]):
+        obs += [make_obs(at="web/eth0", ip_id=ip_id, icmp_seq=k, ts_ns=t0),
+                make_obs(at="host/veth1", direction="rx", ip_id=ip_id, icmp_seq=k, ts_ns=t0 + 10 * US)]
+    obs.append(make_obs(at="web/eth0", ip_id=65535, icmp_seq=0, ts_ns=1_000 * MS))  # same seq too
+    paths = correlate(sorted(obs, key=lambda o: o.ts_ns))
+    assert [(p.hops[0].ip_id, p.hops[0].icmp_seq, len(p.hops)) for p in paths] == [
+        (65535, 0, 2), (0, 1, 2), (65535, 2, 2), (65535, 0, 1)]
+
+
+def test_ttl_decrement_is_not_nat() -> None:
+    obs = [make_obs(at="host/eth0", direction="rx", ttl=64, src="198.51.100.8", dst="172.17.0.2"),
+           make_obs(at="host/docker0", direction="tx", ttl=63, src="198.51.100.8", dst="172.17.0.2",
+                    ts_ns=1_000 * MS + 5 * US)]
+    (p,) = correlate(obs)
+    assert (len(p.hops), p.nat) == (2, ())
+
+
+def test_icmp_error_with_nated_quoted_header() -> None:
+    # web sent UDP 172.17.0.2:38760 -> 198.51.100.8:7 (MASQUERADEd); inet answers port unreachable.
+    udp = dict(proto=17, icmp_type=None, icmp_code=None, icmp_id=None, icmp_seq=None, sport=38760,
+               dport=7, length=33, digest=0xAA, ip_id=1)
+    req = [make_obs(at="web/eth0", ts_ns=1 * MS, **udp),
+           make_obs(at="host/docker0", direction="rx", ts_ns=1 * MS + 5 * US, **udp),
+           make_obs(at="host/eth0", ts_ns=1 * MS + 9 * US, **{**udp, "src": "203.0.113.2"}),
+           make_obs(at="inet/eth0", direction="rx", ts_ns=1 * MS + 15 * US, **{**udp, "src": "203.0.113.2"})]
+    q_masq = InnerHeader("203.0.113.2", "198.51.100.8", 17, 38760, 7)
+    q_orig = InnerHeader("172.17.0.2", "198.51.100.8", 17, 38760, 7)
+    err = dict(icmp_type=3, icmp_code=3, icmp_id=None, icmp_seq=None, ip_id=555, length=61,
+               digest=0xBB, src="198.51.100.8", dst="203.0.113.2", inner=q_masq)
+    rep = [make_obs(at="inet/eth0", direction="tx", ts_ns=2 * MS, **err),
+           make_obs(at="host/eth0", direction="rx", ts_ns=2 * MS + 4 * US, **err),
+           make_obs(at="host/docker0", direction="tx", ts_ns=2 * MS + 9 * US,
+                    **{**err, "dst": "172.17.0.2", "inner": q_orig}),
+           make_obs(at="web/eth0", direction="rx", ts_ns=2 * MS + 14 * US,
+                    **{**err, "dst": "172.17.0.2", "inner": q_orig})]
+    c = Correlator()
+    c.feed_batch(ObsBatch.from_observations(req + rep))
+    p_req, p_err = c.flush()
+    assert (p_req.verdict, p_err.verdict, p_req.flow, p_err.flow) == ("delivered", "delivered", "f1", "f1")
+    assert p_err.nat == (
+        NatEvent(kind="dnat", node="host", hook="PREROUTING",
+                 before=Endpoints("198.51.100.8", None, "203.0.113.2", None),
+                 after=Endpoints("198.51.100.8", None, "172.17.0.2", None), from_hop=1, to_hop=2),
+        NatEvent(kind="dnat", node="host", hook="PREROUTING",
+                 before=Endpoints("203.0.113.2", 38760, "198.51.100.8", 7),
+                 after=Endpoints("172.17.0.2", 38760, "198.51.100.8", 7), from_hop=1, to_hop=2),
+    )
+    assert [(f.id, f.paths) for f in c.take_flows()] == [("f1", ("p1", "p2"))]
+
+
+def test_fragments_are_never_merged() -> None:
+    common = dict(proto=17, icmp_type=None, icmp_code=None, icmp_id=None, icmp_seq=None, ip_id=7777)
+    first = dict(common, is_fragment=True, more_fragments=True, frag_offset=0, sport=5000, dport=53,
+                 length=1500, digest=0x1)
+    later = dict(common, is_fragment=True, more_fragments=False, frag_offset=1480, length=548, digest=0x2)
+    # A second datagram whose later fragment has the same length and offset but another IP ID.
+    other = dict(later, ip_id=7778)
+    obs = []
+    for k, f in enumerate((first, later, other)):
+        obs += [make_obs(at="web/eth0", ts_ns=1 * MS + k * US, **f),
+                make_obs(at="host/veth1", direction="rx", ts_ns=1 * MS + 10 * US + k * US, **f)]
+    paths = correlate(sorted(obs, key=lambda o: o.ts_ns))
+    assert [(p.hops[0].ip_id, p.hops[0].frag_offset, p.hops[0].more_fragments, len(p.hops))
+            for p in paths] == [(7777, 0, True, 2), (7777, 1480, False, 2), (7778, 1480, False, 2)]
+    assert all(len({(h.frag_offset, h.ip_id) for h in p.hops}) == 1 for p in paths)
+
+
+def test_ipv6_uses_flow_label_and_payload() -> None:
+    v6 = dict(family=6, proto=58, src="fd00::2", dst="fd00:1::8", ip_id=None, icmp_type=128,
+              length=104, icmp_seq=1)
+    obs = []
+    for k, (label, digest) in enumerate([(0x11111, 0x5), (0x22222, 0x5), (0x11111, 0x6)]):
+        obs += [make_obs(at="web/eth0", flow_label=label, digest=digest, ts_ns=1 * MS + k * US, **v6),
+                make_obs(at="host/veth1", direction="rx", flow_label=label, digest=digest,
+                         ts_ns=1 * MS + 10 * US + k * US, **v6)]
+    paths = correlate(sorted(obs, key=lambda o: o.ts_ns))
+    assert [(p.hops[0].flow_label, p.hops[0].digest, len(p.hops), p.proto, p.first.src) for p in paths] == [
+        (0x11111, 0x5, 2, "icmp6", "fd00::2"), (0x22222, 0x5, 2, "icmp6", "fd00::2"),
+        (0x11111, 0x6, 2, "icmp6", "fd00::2")]
+
+
+def test_arp_paths_are_l2_only() -> None:
+    arp = dict(family=0, proto=0, ethertype=0x0806, src="172.17.0.2", dst="172.17.0.1", length=28,
+               ip_id=None, icmp_type=None, icmp_code=None, icmp_id=None, icmp_seq=None, ttl=0, digest=0x99)
+    obs = [make_obs(at="web/eth0", ts_ns=1 * MS, **arp),
+           make_obs(at="host/veth1", direction="rx", ts_ns=1 * MS + 3 * US, **arp),
+           make_obs(at="host/docker0", direction="rx", ts_ns=1 * MS + 4 * US, **arp),
+           # Another ARP request, to another address: its own path.
+           make_obs(at="web/eth0", ts_ns=1 * MS + 5 * US, **{**arp, "dst": "172.17.0.3"})]
+    paths = correlate(obs)
+    assert [(p.id, p.proto, p.verdict, p.flow, p.nat, len(p.hops), p.first.dst) for p in paths] == [
+        ("p1", "arp", "delivered", None, (), 3, "172.17.0.1"),
+        ("p2", "arp", "left", None, (), 1, "172.17.0.3")]
+
+
+def test_skb_tells_identical_packets_in_flight_apart() -> None:
+    a1 = make_obs(at="web/eth0", skb=0xA0, ts_ns=1 * MS)
+    b1 = make_obs(at="client/eth0", skb=0xB0, ts_ns=1 * MS + 1 * US)
+    b2 = make_obs(at="host/docker0", direction="rx", skb=0xB0, ts_ns=1 * MS + 2 * US)
+    a2 = make_obs(at="host/docker0", direction="rx", skb=0xA0, ts_ns=1 * MS + 3 * US)
+    paths = correlate([a1, b1, b2, a2])
+    assert [[(h.hop_name, h.skb) for h in p.hops] for p in paths] == [
+        [("web/eth0", 0xA0), ("host/docker0", 0xA0)], [("client/eth0", 0xB0), ("host/docker0", 0xB0)]]
+
+
+def test_skb_address_reused_after_free_starts_a_new_path() -> None:
+    a = make_obs(at="web/eth0", skb=0xA0, ts_ns=1 * MS)
+    # Same buffer address, another packet (other IP ID): not the same path.
+    b = make_obs(at="host/veth1", direction="rx", skb=0xA0, ts_ns=1 * MS + 5 * US, ip_id=1)
+    paths = correlate([a, b])
+    assert [len(p.hops) for p in paths] == [1, 1]
+
+
+def test_paths_finish_when_idle_in_observation_time() -> None:
+    c = Correlator(window_ns=100 * MS)
+    assert c.feed_batch(ObsBatch.from_observations(internet_ping(t0=1_000 * MS))) == []
+    assert c.advance(1_000 * MS + 99 * MS) == []
+    (p,) = c.advance(1_000 * MS + 131 * MS)
+    assert (p.id, len(p.hops), c.open_paths) == ("p1", 5, 0)
+    # A later batch also advances the clock, and its ``now_ns`` too.
+    c.feed_batch(ObsBatch.from_observations(internet_pong(t0=2_000 * MS)))
+    batch = ObsBatch.from_observations([])
+    batch.now_ns = 2_200 * MS
+    (p2,) = c.feed_batch(batch)
+    assert p2.id == "p2"
+    # Flows finish later (flow_idle_ns), or at flush.
+    assert c.take_flows() == []
+    assert c.flush() == []
+    assert [f.paths for f in c.take_flows()] == [("p1", "p2")]
+
+
+def test_nat_hooks_hairpin_and_output() -> None:
+    tcp = dict(proto=6, icmp_type=None, icmp_code=None, icmp_id=None, icmp_seq=None, tcp_flags=2,
+               tcp_seq=1, tcp_ack=0, length=60, digest=0x7)
+    # client -> host's published port: DNAT to web:80 and MASQUERADE (hairpin) between two hops.
+    req = [make_obs(at="client/eth0", src="172.17.0.3", sport=41224, dst="203.0.113.2", dport=8080,
+                    ts_ns=1 * MS, **tcp),
+           make_obs(at="host/docker0", direction="rx", src="172.17.0.3", sport=41224, dst="203.0.113.2",
+                    dport=8080, ts_ns=1 * MS + 5 * US, **tcp),
+           make_obs(at="host/veth1", direction="tx", src="172.17.0.1", sport=41224, dst="172.17.0.2",
+                    dport=80, ts_ns=1 * MS + 9 * US, **tcp)]
+    (p,) = correlate(req)
+    assert p.nat == (
+        NatEvent(kind="dnat", node="host", hook="PREROUTING",
+                 before=Endpoints("172.17.0.3", 41224, "203.0.113.2", 8080),
+                 after=Endpoints("172.17.0.3", 41224, "172.17.0.2", 80), from_hop=1, to_hop=2),
+        NatEvent(kind="snat", node="host", hook="POSTROUTING",
+                 before=Endpoints("172.17.0.3", 41224, "172.17.0.2", 80),
+                 after=Endpoints("172.17.0.1", 41224, "172.17.0.2", 80), from_hop=1, to_hop=2),
+    )
+    # A packet born in host (only tx there): a destination change is DNAT at OUTPUT.
+    out = [make_obs(at="host/docker0", direction="tx", src="172.17.0.1", sport=5, dst="203.0.113.2",
+                    dport=8080, ts_ns=1 * MS, **tcp),
+           make_obs(at="host/veth1", direction="tx", src="172.17.0.1", sport=5, dst="172.17.0.2",
+                    dport=80, ts_ns=1 * MS + 2 * US, **tcp)]
+    (p,) = correlate(out)
+    assert [(e.kind, e.hook) for e in p.nat] == [("dnat", "OUTPUT")]
+
+
+def test_icmp_id_rewrite_is_snat_with_ids() -> None:
+    obs = internet_ping()
+    obs[3] = replace(obs[3], icmp_id=1024)
+    obs[4] = replace(obs[4], icmp_id=1024)
+    (p,) = correlate(obs)
+    assert [(e.kind, e.hook, e.icmp_id_before, e.icmp_id_after, e.after.src) for e in p.nat] == [
+        ("snat", "POSTROUTING", 77, 1024, "203.0.113.2")]
+
+
+def test_cross_namespace_hops_never_nat() -> None:
+    # A veth pair: whatever differs between web/eth0 tx and host/veth1 rx is not NAT.
+    obs = [make_obs(at="web/eth0", ts_ns=1 * MS),
+           make_obs(at="host/veth1", direction="rx", ts_ns=1 * MS + 2 * US, dst="198.51.100.9")]
+    (p,) = correlate(obs)
+    assert p.nat == ()
+
+
+def test_verdicts_dropped_left_incomplete() -> None:
+    drop = [make_obs(at="web/eth0", ts_ns=1 * MS),
+            make_obs(at="host/veth1", direction="rx", ts_ns=1 * MS + 2 * US),
+            make_obs(at="host/docker0", direction="drop", ts_ns=1 * MS + 5 * US,
+                     drop_reason="NETFILTER_DROP")]
+    (p,) = correlate(drop)
+    assert (p.verdict, p.last.drop_reason) == ("dropped", "NETFILTER_DROP")
+    # Last seen leaving host/eth0, which leads nowhere traced: left.
+    left = internet_ping()[:4]
+    (p,) = correlate(left)
+    assert p.verdict == "left"
+    # Once host/veth1 tx is known to lead to web/eth0, a packet last seen there is incomplete;
+    # one last seen received where its destination does not live is incomplete too.
+    c = Correlator()
+    paths = c.feed_batch(ObsBatch.from_observations(internet_ping(t0=1 * MS) + internet_pong(t0=2 * MS)))
+    paths += c.feed_batch(ObsBatch.from_observations(internet_pong(t0=5_000 * MS)[:4]))
+    paths += c.feed_batch(ObsBatch.from_observations(internet_ping(t0=9_000 * MS)[:2]))
+    paths += c.flush()
+    assert [(p.id, p.verdict, len(p.hops)) for p in paths] == [
+        ("p1", "delivered", 5), ("p2", "delivered", 5), ("p3", "incomplete", 4),
+        ("p4", "incomplete", 2)]
+
+
+def test_learned_address_makes_delivered() -> None:
+    c = Correlator()
+    c.learn_address(NETNS["inet"], "198.51.100.8")
+    c.feed_batch(ObsBatch.from_observations(internet_ping()))
+    (p,) = c.flush()
+    assert p.verdict == "delivered"
+
+
+def test_flows_pair_request_and_reply_and_split_at_the_cap() -> None:
+    c = Correlator(max_flow_paths=2)
+    for k in range(3):
+        c.feed_batch(ObsBatch.from_observations(internet_ping(t0=(1 + k) * 1_000 * MS, icmp_seq=k)))
+    c.flush()
+    assert [(f.id, f.paths) for f in c.take_flows()] == [("f1", ("p1", "p2")), ("f2", ("p3",))]
+
+
+def test_a_batch_larger_than_a_chunk() -> None:
+    n = 20_000  # > the correlator's internal chunk
+    base = ObsBatch.from_observations(internet_ping())
+    rows = np.tile(base.rows, n // 5)
+    k = np.repeat(np.arange(n // 5), 5)
+    rows["ts_ns"] += (k * 10_000).astype(np.uint64)
+    rows["ip_id"] = k & 0xFFFF
+    rows["icmp_seq"] = k & 0xFFFF
+    c = Correlator()
+    paths = c.feed_batch(ObsBatch(rows=rows, hops=base.hops)) + c.flush()
+    # Nobody answered: 198.51.100.8 is not known to live in inet.
+    assert (len(paths), {len(p.hops) for p in paths}, {p.verdict for p in paths}) == (
+        n // 5, {5}, {"incomplete"})
+    assert [p.id for p in paths[:3]] == ["p1", "p2", "p3"]
+    assert all(len(p.nat) == 1 and p.nat[0].kind == "snat" for p in paths)
+
+
+def test_no_bcc_or_textual_imported() -> None:
+    code = ("import sys, tracer.correlate, tracer.engine, tracer.output, tracer.nat;"
+            "print(sorted(m for m in ('bcc', 'textual', 'pandas') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
