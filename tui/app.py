@@ -401,7 +401,15 @@ def make_app(
     and ideally ``path`` (e.g. ``tracer.record.PcapngRecorder``): `r` starts it
     as an engine batch hook and stops it. ``topology`` is a
     ``tracer.topology.Topology``; without it the pane shows the hops seen.
-    ``filter_expr`` is the initial display filter (editable with `/`).
+    ``filter_expr`` is the initial display filter (editable with `/`); an engine's
+    ``path_filter`` is taken over as that filter when no ``count`` is set.
     """
+    engine_filter = getattr(engine, "path_filter", None)
+    if engine_filter is not None and getattr(engine, "count", None) is None and filter_expr is None:
+        # --filter given to the engine: the UI takes it over, so `/` can edit or clear it and
+        # what it hides stays in the store. (With --count the engine must keep counting kept paths.)
+        filter_expr = getattr(engine_filter, "expr", None)
+        if filter_expr is not None:
+            engine.path_filter = None  # type: ignore[attr-defined]
     return HoptraceApp(engine, keep=keep, backend_name=backend_name, filter_expr=filter_expr,
                        recorder_factory=recorder_factory, topology=topology)
