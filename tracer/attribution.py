@@ -18,13 +18,14 @@ mapping, found by walking the reversed tuple as the original packet.
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Literal
 
 from tracer.conntrack import ConntrackTable
 from tracer.model import ConntrackRef, Endpoints, NatEvent, Observation, PacketPath
-from tracer.topology import Interface, Namespace, NatRule, Topology
+from tracer.topology import Interface, LiveTopology, Namespace, NatRule, Topology
 
 SNAT_TARGETS = ("MASQUERADE", "SNAT")
 DNAT_TARGETS = ("DNAT", "REDIRECT")
@@ -306,12 +307,18 @@ class Attributor:
         self._topo = topo
         self.conntrack = conntrack
         self.without_conntrack = 0
+        self._owned: list[LiveTopology | ConntrackTable] = []
         self.notices: list[str] = []
         if conntrack is None:
             self.notices.append("conntrack is not followed: NAT events come from the packet diff only")
         else:
             for ino, err in conntrack.errors.items():
                 self.notices.append(f"conntrack unavailable in netns {ino}: {err}")
+
+    def close(self) -> None:
+        for part in self._owned:
+            part.stop()
+        self._owned = []
 
     def topology(self) -> Topology:
         return self._topo if isinstance(self._topo, Topology) else self._topo()
@@ -378,10 +385,32 @@ def _is_reply(ref: ConntrackRef | None, before: Endpoints) -> bool | None:
     return None
 
 
-def annotator(topo: TopologyLike, conntrack: ConntrackTable | None = None) -> Attributor:
-    """The engine annotator (``Callable[[PacketPath], PacketPath]``); ``topo`` may be a
-    ``LiveTopology`` (any callable returning the current snapshot)."""
-    return Attributor(topo, conntrack)
+def annotator(topo: TopologyLike, conntrack: ConntrackTable | bool | None = None,
+              refresh_s: float | None = 5.0) -> Attributor:
+    """The engine annotator (``Callable[[PacketPath], PacketPath]``).
+
+    ``topo``: a snapshot or any callable returning the current one (``LiveTopology``);
+    a snapshot is kept current every ``refresh_s`` seconds (None: never), so containers
+    started while tracing get their names. ``conntrack``: a table, or None to follow
+    the namespaces that NAT here (needs root), or False for none. ``close()`` stops
+    what this started.
+    """
+    live = None
+    if isinstance(topo, Topology) and refresh_s:
+        live = LiveTopology(refresh_s, initial=topo).start()
+    table: ConntrackTable | None = None
+    owned = False
+    if isinstance(conntrack, ConntrackTable):
+        table = conntrack
+    elif conntrack is None:
+        snapshot = topo if isinstance(topo, Topology) else topo()
+        spaces = nat_namespaces(snapshot)
+        if spaces and os.geteuid() == 0:
+            table = ConntrackTable(spaces).start()
+            owned = True
+    att = Attributor(live if live is not None else topo, table)
+    att._owned = [x for x in (live, table if owned else None) if x is not None]
+    return att
 
 
 def nat_namespaces(topo: Topology) -> dict[int, str]:

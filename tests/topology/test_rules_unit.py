@@ -150,7 +150,7 @@ def test_annotator_names_hops_and_flags_missing_conntrack() -> None:
         _obs(HOST, f"netns:{HOST}", 2, "eth0", "tx", "203.0.113.2", "198.51.100.8"),
     ), (NatEvent("snat", f"netns:{HOST}", "POSTROUTING", Endpoints("172.17.0.3", None, "198.51.100.8", None),
                  Endpoints("203.0.113.2", None, "198.51.100.8", None), 1, 2),), "left")
-    ann = annotator(topo)
+    ann = annotator(topo, conntrack=False, refresh_s=None)
     out = ann(path)
     assert [h.node for h in out.hops] == ["client", "host", "host"]
     ev = out.nat[0]

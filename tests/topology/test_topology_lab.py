@@ -1,0 +1,214 @@
+"""Topology, names, conntrack and rule inference against the real lab (netns engine).
+
+The NAT test captures the lab's own traffic with tcpdump (one `-i any` capture
+per namespace: Linux cooked v2 keeps the ifindex and direction), replays it
+through READERS' FileSource and the Correlator, and annotates the paths with
+the live topology and conntrack table of the lab, as `hoptrace live` would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import need_tool, run_hoptrace
+from tracer.lab import addresses as A
+from tracer.lab.netns_engine import veth_name
+from tracer.topology import Topology, default_ifaces
+
+pytestmark = [pytest.mark.root, pytest.mark.lab]
+
+
+@pytest.fixture(scope="module")
+def lab(lab_netns: object) -> object:
+    return lab_netns
+
+
+@pytest.fixture(scope="module")
+def topo(lab: object) -> Topology:
+    return Topology.discover()
+
+
+def test_containers_named_and_veth_peers_match(lab: object, topo: Topology) -> None:
+    host = topo.namespace(lab.netns_inode("host"))  # type: ignore[attr-defined]
+    assert host is not None and host.name == "host"
+    for node in ("web", "client"):
+        ns = topo.namespace(lab.netns_inode(node))  # type: ignore[attr-defined]
+        assert ns is not None and ns.name == node
+        eth0 = ns.iface("eth0")
+        assert eth0 is not None and eth0.ips[0] == A.CONTAINER_IP[node]
+        peer = topo.peer(eth0)
+        assert peer is not None
+        bridge = topo.bridge_of(peer)
+        assert (peer.netns, peer.name, bridge.name if bridge else None) == (
+            host.inode, veth_name(lab.prefix, node), "docker0")  # type: ignore[attr-defined]
+        assert topo.peer(peer) == eth0
+        assert ns.uplink == "eth0"
+    uplink = host.iface(host.uplink or "")
+    assert uplink is not None and A.HOST_UPLINK in uplink.ips
+    texts = [r.text for r in host.nat_rules]
+    assert "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE" in texts
+    assert host.forwarding
+
+
+def test_default_ifaces_cover_bridge_ports_containers_and_uplink(lab: object, topo: Topology) -> None:
+    got = set(default_ifaces(topo))
+    host = lab.netns_path("host")  # type: ignore[attr-defined]
+    host_ns = topo.namespace(lab.netns_inode("host"))  # type: ignore[attr-defined]
+    assert host_ns is not None
+    want = {
+        (host_ns.path, "docker0"),
+        (host_ns.path, veth_name(lab.prefix, "web")),  # type: ignore[attr-defined]
+        (host_ns.path, veth_name(lab.prefix, "client")),  # type: ignore[attr-defined]
+        (host_ns.path, host_ns.uplink),
+    }
+    for node in ("web", "client"):
+        ns = topo.namespace(lab.netns_inode(node))  # type: ignore[attr-defined]
+        assert ns is not None
+        want.add((ns.path, "eth0"))
+    assert want <= got, (host, want - got)
+
+
+def test_topology_command_json_and_text(lab: object) -> None:
+    r = run_hoptrace("topology", "--json", timeout=30)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    web_inode = lab.netns_inode("web")  # type: ignore[attr-defined]
+    web = next(ns for ns in data["namespaces"] if ns["netns"] == web_inode)
+    eth0 = next(i for i in web["interfaces"] if i["name"] == "eth0")
+    veth = veth_name(lab.prefix, "web")  # type: ignore[attr-defined]
+    assert (web["node"], eth0["addresses"][0], eth0["peer"]["node"], eth0["peer"]["iface"]) == (
+        "web", f"{A.WEB}/16", "host", veth)
+    host = next(ns for ns in data["namespaces"] if ns["netns"] == lab.netns_inode("host"))  # type: ignore[attr-defined]
+    assert veth in host["bridges"]["docker0"]
+    assert any(r["rule"].endswith(f"--to-destination {A.WEB}:{A.WEB_PORT}") for r in host["nat_rules"])
+    text = run_hoptrace("topology", timeout=30)
+    assert text.returncode == 0, text.stderr
+    assert f"eth0 (veth) up {A.WEB}/16" in text.stdout
+    assert f"<-> host/{veth} " not in text.stdout  # the container side names the host veth ...
+    assert f"<-> host/{veth}" in text.stdout  # ... exactly once per container
+    assert f"{veth} (veth) up" in text.stdout and "[port of docker0]" in text.stdout
+
+
+# --------------------------------------------------------------------------
+# conntrack + NAT attribution over a real capture
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def captured(lab: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    """internet-ping and published-port, captured in client, host and inet (-i any each)."""
+    need_tool("tcpdump")
+    out = tmp_path_factory.mktemp("cap")
+    files = {node: out / f"{node}.pcap" for node in ("client", "host", "inet")}
+    procs = []
+    try:
+        for node, f in files.items():
+            p = subprocess.Popen(
+                ["nsenter", f"--net={lab.netns_path(node)}", "--",  # type: ignore[attr-defined]
+                 "tcpdump", "-i", "any", "-s", "128", "-B", "32768", "-U", "--immediate-mode", "-n", "-w", str(f),
+                 "icmp or tcp port 8080 or tcp port 80"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            procs.append(p)
+            assert p.stderr is not None
+            seen = []
+            while not seen or "listening on" not in seen[-1]:  # "data link type ...", then this
+                line = p.stderr.readline()
+                assert line, seen  # tcpdump exited
+                seen.append(line)
+        for scenario in ("internet-ping", "published-port"):
+            res = lab.run(scenario)  # type: ignore[attr-defined]
+            assert res.ok, res.detail
+        time.sleep(0.3)  # the last replies reach tcpdump's ring before it is stopped
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=10)
+    yield files
+
+
+def _paths(lab: object, files: dict[str, Path]) -> list:  # type: ignore[type-arg]
+    """Replay the captures; hops get the real netns inodes and neutral node labels ("n-<node>")."""
+    from tracer.correlate import Correlator
+    from tracer.readers import FileSource
+
+    inode = {f"n-{node}": lab.netns_inode(node) for node in files}  # type: ignore[attr-defined]
+    src = FileSource([], hops=[(f"n-{node}/any", str(f)) for node, f in files.items()])
+    src.start()
+    corr = Correlator()
+    paths = []
+    synthetic: dict[int, int] = {}
+    for batch in src.batches():
+        for i, h in enumerate(batch.hops):
+            if h.node in inode and h.netns != inode[h.node]:
+                synthetic[h.netns] = inode[h.node]
+                batch.hops[i] = dataclasses.replace(h, netns=inode[h.node])
+        col = batch.rows["netns"]
+        for old, new in synthetic.items():
+            col[col == old] = new
+        paths += corr.feed_batch(batch)
+    paths += corr.flush()
+    return paths
+
+
+def test_nat_events_get_rule_and_conntrack_of_flows_begun_before(lab: object, captured: dict[str, Path]) -> None:
+    from tracer.attribution import annotator
+    from tracer.conntrack import ConntrackTable
+
+    host_inode = lab.netns_inode("host")  # type: ignore[attr-defined]
+    topo = Topology.discover()
+    # Started only now, after the traffic: the entries come from the initial dump.
+    with ConntrackTable({host_inode: lab.netns_path("host")}) as table:  # type: ignore[attr-defined]
+        assert table.errors == {}
+        ann = annotator(topo, conntrack=table, refresh_s=None)
+        paths = [ann(p) for p in _paths(lab, captured)]
+    by_kind: dict[str, list] = {}  # type: ignore[type-arg]
+    for p in paths:
+        for ev in p.nat:
+            by_kind.setdefault(f"{ev.kind}:{p.proto}", []).append((p, ev))
+
+    ping = [(p, ev) for p, ev in by_kind.get("snat:icmp", []) if ev.before.src == A.CLIENT]
+    assert ping, [(p.proto, [(h.node, h.ifname, h.src, h.dst) for h in p.hops]) for p in paths]
+    p, ev = ping[0]
+    assert p.hops[0].node == "client" and "host" in {h.node for h in p.hops}
+    assert (ev.node, ev.rule, ev.rule_source) == (
+        "host", "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE", "inferred")
+    assert ev.conntrack is not None and ev.conntrack.id is not None
+    assert "SRC_NAT" in ev.conntrack.status
+    assert (ev.conntrack.original.src, ev.conntrack.reply.dst) == (A.CLIENT, A.HOST_UPLINK)
+
+    # The reply is translated back by conntrack: same entry, the rule that set the mapping up.
+    back = [(p, e) for p, e in by_kind.get("dnat:icmp", []) if e.after.dst == A.CLIENT]
+    assert back and back[0][1].conntrack is not None
+    assert back[0][1].conntrack.id == ev.conntrack.id
+    assert back[0][1].rule == ev.rule
+
+    dnat = [(p, e) for p, e in by_kind.get("dnat:tcp", []) if e.before.dport == A.PUBLISHED_PORT]
+    assert dnat, [(p.proto, [(h.node, h.ifname, h.src, h.dst, h.dport) for h in p.hops]) for p in paths]
+    _, ev = dnat[0]
+    assert (ev.node, ev.rule, ev.rule_source) == (
+        "host", f"-A DOCKER -p tcp -m tcp --dport {A.PUBLISHED_PORT} -j DNAT --to-destination "
+        f"{A.WEB}:{A.WEB_PORT}", "inferred")
+    assert ev.conntrack is not None and "DST_NAT" in ev.conntrack.status
+    ids = {e.conntrack.id for _, e in dnat if e.conntrack}
+    replies = [e for _, e in by_kind.get("snat:tcp", []) if e.before.src == A.WEB]
+    assert replies and {e.conntrack.id for e in replies if e.conntrack} <= ids
+    assert all(e.rule == ev.rule for e in replies)
+
+
+def test_without_conntrack_nat_still_comes_from_the_packets(lab: object, captured: dict[str, Path]) -> None:
+    from tracer.attribution import annotator
+
+    ann = annotator(Topology.discover(), conntrack=False, refresh_s=None)
+    paths = [ann(p) for p in _paths(lab, captured)]
+    events = [ev for p in paths for ev in p.nat]
+    assert events and all(ev.conntrack is None for ev in events)
+    assert any(ev.rule == "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE" for ev in events)
+    assert ann.without_conntrack == len(events)
+    assert ann.notices == ["conntrack is not followed: NAT events come from the packet diff only"]
