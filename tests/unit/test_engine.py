@@ -1,0 +1,154 @@
+"""Engine: source -> correlator -> filter/annotators -> events, and run() into sinks."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tests.unit.conftest import MS, internet_ping, internet_pong
+from tracer.engine import Engine, run
+from tracer.errors import CaptureFileError
+from tracer.model import Flow, ObsBatch, PacketPath
+from tracer.output import NdjsonSink
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
+
+
+class ListSource:
+    """A Source over prepared batches; optionally fails like a truncated file, or idles forever."""
+
+    kind = "file"
+
+    def __init__(self, batches: list[ObsBatch], fail: Exception | None = None, idle: bool = False,
+                 lost: int = 0) -> None:
+        self._batches = batches
+        self._fail = fail
+        self._idle = idle
+        self._stopped = threading.Event()
+        self.started = False
+        self.stops = 0
+        self._lost = lost
+
+    def start(self) -> None:
+        self.started = True
+
+    def batches(self) -> Iterator[ObsBatch]:
+        yield from self._batches
+        if self._fail is not None:
+            raise self._fail
+        now = 10_000 * MS
+        while self._idle and not self._stopped.is_set():
+            now += 100 * MS
+            empty = ObsBatch.from_observations([])
+            empty.now_ns = now
+            time.sleep(0.01)
+            yield empty
+
+    def stop(self) -> None:
+        self.stops += 1
+        self._stopped.set()
+
+    @property
+    def lost_events(self) -> int:
+        return self._lost
+
+
+def two_pings() -> list[ObsBatch]:
+    return [ObsBatch.from_observations(internet_ping(t0=1_000 * MS) + internet_pong(t0=1_001 * MS)),
+            ObsBatch.from_observations(internet_ping(t0=3_000 * MS, ip_id=2, icmp_seq=2))]
+
+
+def flatten(engine: Engine) -> list[PacketPath | Flow]:
+    return [ev for evs in engine.events() for ev in evs]
+
+
+def describe(events: list[PacketPath | Flow]) -> list[tuple[str, ...]]:
+    return [(ev.id, ev.verdict) if isinstance(ev, PacketPath) else (ev.id, *ev.paths) for ev in events]
+
+
+def test_events_per_batch_flush_and_stats() -> None:
+    src = ListSource(two_pings(), lost=3)
+    engine = Engine(src)
+    per_batch = [describe(evs) for evs in engine.events()]
+    # batch 1: nothing idle yet; batch 2 (2 s later) finishes p1, p2; the end flushes p3 and f1.
+    assert per_batch == [[], [("p1", "delivered"), ("p2", "delivered")],
+                         [("p3", "delivered"), ("f1", "p1", "p2", "p3")]]
+    st = engine.stats()
+    assert (st.observations, st.paths, st.lost_events, src.started, src.stops >= 1) == (15, 3, 3, True, True)
+
+
+def test_count_stops_after_n_paths() -> None:
+    engine = Engine(ListSource(two_pings()), count=1)
+    assert [ev.id for ev in flatten(engine) if isinstance(ev, PacketPath)] == ["p1"]
+    assert engine.stats().paths == 1
+
+
+def test_filter_annotators_and_hooks() -> None:
+    class OnlyReplies:
+        def keep(self, path: PacketPath) -> bool:
+            return path.first.icmp_type == 0
+
+    seen: list[int] = []
+    engine = Engine(ListSource(two_pings()), path_filter=OnlyReplies(),
+                    annotators=[lambda p: replace(p, verdict="left")])
+    engine.batch_hooks.append(lambda b: seen.append(len(b)))
+    # The flow keeps only the paths that passed the filter.
+    assert describe(flatten(engine)) == [("p2", "left"), ("f1", "p2")]
+    assert seen == [10, 5]
+
+
+def test_source_error_flushes_first_then_raises() -> None:
+    engine = Engine(ListSource(two_pings()[:1], fail=CaptureFileError("x.pcap: truncated block")))
+    got: list[PacketPath | Flow] = []
+    with pytest.raises(CaptureFileError, match="truncated"):
+        for evs in engine.events():
+            got += evs
+    assert describe(got) == [("p1", "delivered"), ("p2", "delivered"), ("f1", "p1", "p2")]
+
+
+def test_run_writes_stats_last_even_on_error() -> None:
+    out = io.StringIO()
+    engine = Engine(ListSource(two_pings()[:1], fail=CaptureFileError("bad")))
+    with pytest.raises(CaptureFileError):
+        run(engine, [NdjsonSink(out)])
+    lines = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert [x["type"] for x in lines] == ["path", "path", "flow", "stats"]
+    assert {k: v for k, v in lines[-1].items() if k != "elapsed_s"} == {
+        "type": "stats", "observations": 10, "paths": 2, "lost_events": 0}
+
+
+def test_stop_from_another_thread_and_idle_advance() -> None:
+    src = ListSource(two_pings()[:1], idle=True)
+    engine = Engine(src)
+    got: list[str] = []
+    stopper = threading.Timer(0.3, engine.stop)
+    stopper.start()
+    for evs in engine.events():
+        got += [ev.id for ev in evs]
+    stopper.join()
+    # The idle batches' now_ns finished both paths before stop; flows come out at the end.
+    assert got == ["p1", "p2", "f1"]
+
+
+def test_duration_ends_a_live_source() -> None:
+    engine = Engine(ListSource([], idle=True), duration_s=0.2)
+    assert flatten(engine) == []
+
+
+@pytest.mark.skipif(not (FIXTURES / "internet-ping.pcapng").exists(), reason="needs fixtures/internet-ping.pcapng")
+def test_replay_of_a_lab_recording() -> None:
+    from tracer.readers import FileSource
+
+    events = flatten(Engine(FileSource([str(FIXTURES / "internet-ping.pcapng")])))
+    icmp = [ev for ev in events if isinstance(ev, PacketPath) and ev.proto == "icmp"]
+    assert [[(e.kind, e.node, e.hook) for e in p.nat] for p in icmp] == [
+        [("snat", "host", "POSTROUTING")], [("dnat", "host", "PREROUTING")]]
+    assert [p.verdict for p in icmp] == ["delivered", "delivered"]
+    assert [f.paths for f in events if isinstance(f, Flow)] == [tuple(p.id for p in icmp)]
