@@ -570,7 +570,8 @@ class EbpfSource:
         labels = self._labels
         for j, (k, f) in enumerate(zip(uniq.tolist(), first.tolist(), strict=True)):
             netns, ifindex = k >> 32, k & 0xFFFFFFFF
-            ifname = bytes(ev["ifname"][f])
+            # the kernel keeps stale bytes after the NUL of a renamed device (veth -> eth0)
+            ifname = bytes(ev["ifname"][f]).split(b"\0", 1)[0]
             lk = (netns, ifindex, ifname)
             hop = labels.index.get(lk)
             if hop is None:

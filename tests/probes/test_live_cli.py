@@ -62,14 +62,16 @@ class Traced:
         return self.proc.returncode, [json.loads(line) for line in out.splitlines()], err
 
 
-@pytest.fixture(scope="module")
-def traced(lab_netns: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+@pytest.fixture(scope="module", params=["netns", "docker"])
+def traced(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One traced run of every scenario, in each lab engine (docker: a real dockerd's docker0 and veths)."""
+    lab = request.getfixturevalue(f"lab_{request.param}")
     t = Traced(tmp_path_factory.mktemp("live"))
     results = {}
     marks = {}
     for sc in SCENARIOS:
         marks[sc] = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        results[sc] = lab_netns.run(sc)
+        results[sc] = lab.run(sc)
     rc, records, err = t.stop()
     return {"rc": rc, "records": records, "stderr": err, "results": results, "marks": marks,
             "progs": t.progs, "ready_s": t.ready_s, "ready_file": t.ready}

@@ -74,7 +74,7 @@ def test_records_decode_in_bulk_into_rows_and_hops() -> None:
     frame = _icmp_frame(bytes([172, 17, 0, 2]), bytes([198, 51, 100, 8]), 777, 5)
     e1 = _event(HopKind.TX, frame, 14, skb=0xFFFF1, netns=11, ifindex=2, ifname=b"eth0", ts=100)
     e2 = _event(HopKind.RX, frame, 14, skb=0xFFFF1, netns=22, ifindex=7, ifname=b"veth1", ts=200)
-    e3 = _event(HopKind.DROP, frame[14:], 0, skb=0xFFFF1, netns=22, ifindex=3, ifname=b"docker0", reason=77,
+    e3 = _event(HopKind.DROP, frame[14:], 0, skb=0xFFFF1, netns=22, ifindex=3, ifname=b"docker0\x00\x00747", reason=77,
                 ts=300)
     src = EbpfSource()
     src._dtype = __import__("numpy").dtype(HopEvent)
