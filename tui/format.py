@@ -27,11 +27,12 @@ FLOW_PALETTE = ("cyan", "magenta", "green", "yellow", "bright_blue", "bright_red
 _WALL_CLOCK_NS = 10**18
 
 
-def ts_text(ts_ns: int) -> str:
+def ts_text(ts_ns: int, digits: int = 6) -> str:
+    """UTC wall clock for pcap times, seconds for monotonic ones; ``digits`` of the fraction."""
     if ts_ns >= _WALL_CLOCK_NS:
         secs, ns = divmod(ts_ns, 1_000_000_000)
-        return time.strftime("%H:%M:%S", time.gmtime(secs)) + f".{ns // 1000:06d}"
-    return f"{ts_ns / 1e9:.6f}"
+        return time.strftime("%H:%M:%S", time.gmtime(secs)) + f".{ns:09d}"[: digits + 1]
+    return f"{ts_ns / 1e9:.{digits}f}"
 
 
 def duration_text(ns: int) -> str:
@@ -58,6 +59,24 @@ def hop_endpoints(obs: Observation) -> Endpoints:
     return Endpoints(obs.src, obs.sport, obs.dst, obs.dport)
 
 
+_TCP_FLAGS = ((0x01, "F"), (0x02, "S"), (0x04, "R"), (0x08, "P"), (0x10, "A"), (0x20, "U"))
+_ICMP_KIND = {
+    1: {0: "reply", 8: "echo", 3: "unreach", 11: "ttl"},
+    58: {128: "echo", 129: "reply", 1: "unreach", 3: "ttl"},
+}
+
+
+def proto_text(path: PacketPath) -> str:
+    """Protocol with what tells packets of a flow apart: TCP flags, ICMP echo / reply / error."""
+    first = path.first
+    if first.tcp_flags is not None:
+        return f"{path.proto} " + "".join(ch for bit, ch in _TCP_FLAGS if first.tcp_flags & bit)
+    if first.icmp_type is not None and first.proto in (1, 58):
+        kind = _ICMP_KIND[first.proto].get(first.icmp_type)
+        return f"{path.proto} {kind or first.icmp_type}"
+    return path.proto
+
+
 def original_text(path: PacketPath) -> str:
     first = path.first
     if first.family == 0:
@@ -66,10 +85,16 @@ def original_text(path: PacketPath) -> str:
 
 
 def translated_text(path: PacketPath) -> str:
-    """The addresses after the last rewrite; empty when nothing was rewritten."""
+    """Only what NAT rewrote, as it left the last rewrite: "src 203.0.113.2", "dst 172.17.0.2:80"."""
     if not path.nat:
         return ""
-    return endpoints_text(path.nat[-1].after)
+    before, after = path.nat[0].before, path.nat[-1].after
+    parts = []
+    if (before.src, before.sport) != (after.src, after.sport):
+        parts.append("src " + addr_port(after.src, after.sport))
+    if (before.dst, before.dport) != (after.dst, after.dport):
+        parts.append("dst " + addr_port(after.dst, after.dport))
+    return " ".join(parts)
 
 
 def nat_badges(path: PacketPath) -> Text:

@@ -80,7 +80,7 @@ def masquerade_reply(pid: str = "p2", t0: int = T0 + 400_000, seq: int = 1) -> P
     return PacketPath(id=pid, hops=hops, nat=(nat,), verdict="delivered", flow="f1")
 
 
-def dropped_path(pid: str = "p3", t0: int = T0 + 900_000) -> PacketPath:
+def dropped_path(pid: str = "p3", t0: int = T0 + 900_000_000) -> PacketPath:
     hops = (
         make_obs(ts_ns=t0, node="client", netns=4026532500, src="172.17.0.3", dst="198.51.100.9",
                  proto=17, icmp_type=None, icmp_code=None, icmp_id=None, icmp_seq=None,
@@ -118,7 +118,7 @@ def demo_events() -> list[list[PacketPath | Flow]]:
     return [
         [masquerade_request()],
         [masquerade_reply(), flow],
-        [bridged_path("p4", T0 + 600_000)],
+        [bridged_path("p4", T0 + 600_000_000)],
         [dropped_path()],
     ]
 

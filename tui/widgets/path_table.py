@@ -30,21 +30,23 @@ from tui.format import (
     join_cells,
     nat_badges,
     original_text,
+    proto_text,
     translated_text,
     ts_text,
 )
 from tui.store import Entry, PathStore
 
 # (title, width); None = shares what is left between the address columns.
-FIXED = [("time", 15), ("flow", 5), ("proto", 5)]
-TAIL = [("hops", 4), ("NAT", 9), ("verdict", 10), ("latency", 8)]
+FIXED = [("time (UTC)", 12), ("flow", 5), ("proto", 10)]
+TAIL = [("hop", 3), ("NAT", 9), ("verdict", 10), ("latency", 8)]
 
 
 def column_widths(total: int) -> list[tuple[str, int]]:
     fixed = sum(w for _, w in FIXED + TAIL) + len(FIXED) + len(TAIL) + 1
-    free = max(total - fixed, 20)
-    orig = (free * 55) // 100
-    return [*FIXED, ("original src → dst", orig), ("translated", free - orig), *TAIL]
+    free = max(total - fixed, 24)
+    # "translated" names only the rewritten side ("src 203.0.113.2:1024"): 20 cells hold IPv4.
+    trans = min(20, free * 2 // 5)
+    return [*FIXED, ("original src → dst", free - trans), ("after NAT", trans), *TAIL]
 
 
 def row_text(store: PathStore, entry: Entry, width: int) -> Text:
@@ -53,9 +55,9 @@ def row_text(store: PathStore, entry: Entry, width: int) -> Text:
     widths = [w for _, w in cols]
     flow = flow_cell(*store.flow_of(path))
     cells = [
-        Text(cell(ts_text(path.first.ts_ns), widths[0])),
+        Text(cell(ts_text(path.first.ts_ns, 3), widths[0])),
         Text(cell(flow.plain, widths[1]), style=flow.style),
-        Text(cell(path.proto, widths[2])),
+        Text(cell(proto_text(path), widths[2])),
         Text(cell(original_text(path), widths[3])),
         Text(cell(translated_text(path), widths[4]), style="bold"),
         Text(cell(str(len(path.hops)), widths[5])),

@@ -1,0 +1,72 @@
+"""tui.format and tui.store: pure code, no app."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from tests.tui.scripted import (
+    bridged_path,
+    dropped_path,
+    masquerade_reply,
+    masquerade_request,
+    renumber,
+)
+from tracer.model import Endpoints, Flow
+from tui.format import (
+    duration_text,
+    nat_badges,
+    original_text,
+    proto_text,
+    summary,
+    translated_text,
+    ts_text,
+)
+from tui.store import PathStore
+
+
+def test_cells_of_a_masqueraded_request() -> None:
+    p = masquerade_request()
+    assert (proto_text(p), original_text(p), translated_text(p), nat_badges(p).plain) == (
+        "icmp echo", "172.17.0.2 → 198.51.100.8", "src 203.0.113.2", "SNAT")
+
+
+def test_proto_text_tcp_flags_and_icmp_kinds() -> None:
+    p = masquerade_request()
+    syn_ack = replace(p, hops=(replace(p.first, proto=6, tcp_flags=0x12, icmp_type=None),))
+    unreach6 = replace(p, hops=(replace(p.first, proto=58, family=6, icmp_type=1),))
+    assert (proto_text(syn_ack), proto_text(unreach6), proto_text(masquerade_reply())) == (
+        "tcp SA", "icmp6 unreach", "icmp reply")
+
+
+def test_summaries() -> None:
+    assert summary(dropped_path()) == "left client/eth0, was dropped at host/docker0 (NETFILTER_DROP)"
+    assert summary(masquerade_reply()) == (
+        "left host/eth0, was DNATed to 172.17.0.2 on host/docker0, arrived at web/eth0")
+    assert summary(bridged_path("p9", 0)) == "left client/eth0, arrived at web/eth0"
+
+
+def test_time_and_duration_text() -> None:
+    assert (ts_text(1_795_813_200_123_456_789), ts_text(12_345_678_901), duration_text(9_000),
+            duration_text(31_000), duration_text(2_500_000), duration_text(3_200_000_000)) == (
+        "21:00:00.123456", "12.345679", "9.0 µs", "31 µs", "2.5 ms", "3.20 s")
+
+
+def test_store_keeps_the_last_n_and_trims_the_view() -> None:
+    store = PathStore(keep=3)
+    paths = [renumber(masquerade_request(), f"q{i}", i) for i in range(5)]
+    assert store.add((p, i % 2 == 0) for i, p in enumerate(paths)) == 3
+    assert [e.path.id for e in store._all] == ["q2", "q3", "q4"]
+    assert [store.row(r).path.id for r in range(len(store.view))] == ["q4", "q2"]
+    assert store.row_of_seq(store.view[0].seq) == 1
+
+
+def test_store_flow_roles_and_find() -> None:
+    store = PathStore(keep=10)
+    store.add([(masquerade_request(), True), (masquerade_reply(), True), (dropped_path(), True)])
+    store.add_flows([Flow("f1", "icmp", Endpoints("172.17.0.2", None, "198.51.100.8", None),
+                          Endpoints("198.51.100.8", None, "203.0.113.2", None), ("p1", "p2"))])
+    assert [store.flow_of(store.row(r).path) for r in range(3)] == [
+        ("f2", None), ("f1", "reply"), ("f1", "request")]
+    assert store.find(-1, lambda p: p.verdict == "left") == 2
+    assert store.find(0, lambda p: bool(p.nat)) == 1
+    assert store.find(2, lambda p: True) is None
