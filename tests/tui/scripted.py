@@ -59,7 +59,7 @@ def masquerade_request(pid: str = "p1", t0: int = T0, seq: int = 1) -> PacketPat
     return PacketPath(id=pid, hops=hops, nat=(nat,), verdict="left", flow="f1")
 
 
-def masquerade_reply(pid: str = "p2", t0: int = T0 + 400_000, seq: int = 1) -> PacketPath:
+def masquerade_reply(pid: str = "p2", t0: int = T0 + 400_000_000, seq: int = 1) -> PacketPath:
     host = dict(node="host", netns=4026531840)
     reply = dict(src="198.51.100.8", icmp_type=0, icmp_seq=seq, ttl=63)
     hops = (
