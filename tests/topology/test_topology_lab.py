@@ -8,16 +8,13 @@ the live topology and conntrack table of the lab, as `hoptrace live` would.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import need_tool, run_hoptrace
+from tests.conftest import run_hoptrace
+from tests.topology.helpers import capture, replay_paths
 from tracer.lab import addresses as A
 from tracer.lab.netns_engine import veth_name
 from tracer.topology import Topology, default_ifaces
@@ -102,59 +99,9 @@ def test_topology_command_json_and_text(lab: object) -> None:
 
 
 @pytest.fixture(scope="module")
-def captured(lab: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+def captured(lab: object, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """internet-ping and published-port, captured in client, host and inet (-i any each)."""
-    need_tool("tcpdump")
-    out = tmp_path_factory.mktemp("cap")
-    files = {node: out / f"{node}.pcap" for node in ("client", "host", "inet")}
-    procs = []
-    try:
-        for node, f in files.items():
-            p = subprocess.Popen(
-                ["nsenter", f"--net={lab.netns_path(node)}", "--",  # type: ignore[attr-defined]
-                 "tcpdump", "-i", "any", "-s", "128", "-B", "32768", "-U", "--immediate-mode", "-n", "-w", str(f),
-                 "icmp or tcp port 8080 or tcp port 80"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            procs.append(p)
-            assert p.stderr is not None
-            seen = []
-            while not seen or "listening on" not in seen[-1]:  # "data link type ...", then this
-                line = p.stderr.readline()
-                assert line, seen  # tcpdump exited
-                seen.append(line)
-        for scenario in ("internet-ping", "published-port"):
-            res = lab.run(scenario)  # type: ignore[attr-defined]
-            assert res.ok, res.detail
-        time.sleep(0.3)  # the last replies reach tcpdump's ring before it is stopped
-    finally:
-        for p in procs:
-            p.terminate()
-            p.wait(timeout=10)
-    yield files
-
-
-def _paths(lab: object, files: dict[str, Path]) -> list:  # type: ignore[type-arg]
-    """Replay the captures; hops get the real netns inodes and neutral node labels ("n-<node>")."""
-    from tracer.correlate import Correlator
-    from tracer.readers import FileSource
-
-    inode = {f"n-{node}": lab.netns_inode(node) for node in files}  # type: ignore[attr-defined]
-    src = FileSource([], hops=[(f"n-{node}/any", str(f)) for node, f in files.items()])
-    src.start()
-    corr = Correlator()
-    paths = []
-    synthetic: dict[int, int] = {}
-    for batch in src.batches():
-        for i, h in enumerate(batch.hops):
-            if h.node in inode and h.netns != inode[h.node]:
-                synthetic[h.netns] = inode[h.node]
-                batch.hops[i] = dataclasses.replace(h, netns=inode[h.node])
-        col = batch.rows["netns"]
-        for old, new in synthetic.items():
-            col[col == old] = new
-        paths += corr.feed_batch(batch)
-    paths += corr.flush()
-    return paths
+    return capture(lab, ("internet-ping", "published-port"), tmp_path_factory.mktemp("cap"))
 
 
 def test_nat_events_get_rule_and_conntrack_of_flows_begun_before(lab: object, captured: dict[str, Path]) -> None:
@@ -167,7 +114,7 @@ def test_nat_events_get_rule_and_conntrack_of_flows_begun_before(lab: object, ca
     with ConntrackTable({host_inode: lab.netns_path("host")}) as table:  # type: ignore[attr-defined]
         assert table.errors == {}
         ann = annotator(topo, conntrack=table, refresh_s=None)
-        paths = [ann(p) for p in _paths(lab, captured)]
+        paths = [ann(p) for p in replay_paths(lab, captured)]
     by_kind: dict[str, list] = {}  # type: ignore[type-arg]
     for p in paths:
         for ev in p.nat:
@@ -206,7 +153,7 @@ def test_without_conntrack_nat_still_comes_from_the_packets(lab: object, capture
     from tracer.attribution import annotator
 
     ann = annotator(Topology.discover(), conntrack=False, refresh_s=None)
-    paths = [ann(p) for p in _paths(lab, captured)]
+    paths = [ann(p) for p in replay_paths(lab, captured)]
     events = [ev for p in paths for ev in p.nat]
     assert events and all(ev.conntrack is None for ev in events)
     assert any(ev.rule == "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE" for ev in events)

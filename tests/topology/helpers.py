@@ -1,0 +1,71 @@
+"""Capturing the lab's own traffic and replaying it through the real engine parts."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import need_tool
+from tracer.model import PacketPath
+
+NODES = ("client", "host", "inet")
+
+
+def capture(lab: Any, scenarios: Iterable[str], out: Path) -> dict[str, Path]:
+    """Run ``scenarios`` while tcpdump (-i any: SLL2 keeps ifindex and direction) records
+    client, host and inet; returns node -> file."""
+    need_tool("tcpdump")
+    files = {node: out / f"{node}.pcap" for node in NODES}
+    procs = []
+    try:
+        for node, f in files.items():
+            p = subprocess.Popen(
+                ["nsenter", f"--net={lab.netns_path(node)}", "--",
+                 "tcpdump", "-i", "any", "-s", "128", "-B", "32768", "-U", "--immediate-mode", "-n",
+                 "-w", str(f), "icmp or tcp port 8080 or tcp port 80"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            procs.append(p)
+            assert p.stderr is not None
+            seen: list[str] = []
+            while not seen or "listening on" not in seen[-1]:  # "data link type ...", then this
+                line = p.stderr.readline()
+                assert line, seen  # tcpdump exited
+                seen.append(line)
+        for scenario in scenarios:
+            res = lab.run(scenario)
+            assert res.ok, res.detail
+        time.sleep(0.3)  # the last replies reach tcpdump's ring before it is stopped
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=10)
+    return files
+
+
+def replay_paths(lab: Any, files: dict[str, Path]) -> list[PacketPath]:
+    """Replay the captures (READERS' FileSource + the Correlator); hops get the real netns
+    inodes and neutral node labels ("n-<node>"), so naming is left to the annotator."""
+    from tracer.correlate import Correlator
+    from tracer.readers import FileSource
+
+    inode = {f"n-{node}": lab.netns_inode(node) for node in files}
+    src = FileSource([], hops=[(f"n-{node}/any", str(f)) for node, f in files.items()])
+    src.start()
+    corr = Correlator()
+    paths: list[PacketPath] = []
+    synthetic: dict[int, int] = {}
+    for batch in src.batches():
+        for i, h in enumerate(batch.hops):
+            if h.node in inode and h.netns != inode[h.node]:
+                synthetic[h.netns] = inode[h.node]
+                batch.hops[i] = dataclasses.replace(h, netns=inode[h.node])
+        col = batch.rows["netns"]
+        for old, new in synthetic.items():
+            col[col == old] = new
+        paths += corr.feed_batch(batch)
+    paths += corr.flush()
+    return paths
