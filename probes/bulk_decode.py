@@ -57,44 +57,52 @@ def decode_bulk(
     n = len(rows)
     if n == 0:
         return 0
-    width = frames.shape[1]
+    # Two gathers per batch (the L4 header window and the payload window);
+    # everything before L4 is at fixed columns (Ethernet without VLAN tag).
     F = frames
+    width = F.shape[1]
+    if width < ETH_LEN + 40:
+        F = np.pad(F, ((0, 0), (0, ETH_LEN + 40 - width)))
+        width = F.shape[1]
+    H = F[:, : ETH_LEN + 40].astype(np.int64)
     end = cap.astype(np.int64)
     r = np.arange(n)
+    o = ETH_LEN
 
-    def at(off: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        return F[r, np.minimum(off, width - 1)].astype(np.int64)
+    def c8(M: np.ndarray[Any, Any], k: int) -> np.ndarray[Any, Any]:
+        return M[:, k]
 
-    def be16(off: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        return (at(off) << 8) | at(off + 1)
+    def c16(M: np.ndarray[Any, Any], k: int) -> np.ndarray[Any, Any]:
+        return (M[:, k] << 8) | M[:, k + 1]
 
-    def be32(off: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        return (be16(off) << 16) | be16(off + 2)
+    def c32(M: np.ndarray[Any, Any], k: int) -> np.ndarray[Any, Any]:
+        return (c16(M, k) << 16) | c16(M, k + 2)
 
-    o = np.full(n, ETH_LEN, dtype=np.int64)
+    def window(start: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        return F[r[:, None], np.minimum(start[:, None] + _AR16, width - 1)].astype(np.int64)
+
     eth = (mac_len == ETH_LEN) & (end >= ETH_LEN + 20)
-    et = np.where(eth, be16(o - 2), 0)
-    ver = at(o) >> 4
+    et = np.where(eth, c16(H, 12), 0)
+    ver = H[:, o] >> 4
     v4 = eth & (et == 0x0800) & (ver == 4)
     v6 = eth & (et == 0x86DD) & (ver == 6) & (end >= ETH_LEN + 40)
 
-    # IPv4 header
-    ihl = (at(o) & 0xF) * 4
-    length4 = be16(o + 2)
-    fragw = be16(o + 6)
+    ihl = (H[:, o] & 0xF) * 4
+    length4 = c16(H, o + 2)
+    fragw = c16(H, o + 6)
     v4 &= (ihl >= 20) & ~((length4 > 0) & (length4 < ihl)) & ((fragw & 0x3FFF) == 0)
-    # IPv6 header
-    plen6 = be16(o + 4)
+    plen6 = c16(H, o + 4)
 
-    proto = np.where(v6, at(o + 6), at(o + 9))
-    ttl = np.where(v6, at(o + 7), at(o + 8))
+    proto = np.where(v6, H[:, o + 6], H[:, o + 9])
+    ttl = np.where(v6, H[:, o + 7], H[:, o + 8])
     l4 = np.where(v6, o + 40, o + ihl)
     plen = np.where(v6, plen6, np.where(length4 > 0, length4, end - o) - ihl)
     length = np.where(v6, 40 + plen6, length4)
 
+    W = window(l4)
     tcp = (proto == 6) & (l4 + 20 <= end)
     udp = (proto == 17) & (l4 + 4 <= end)
-    icmp_type = at(l4)
+    icmp_type = W[:, 0]
     icmp4 = v4 & (proto == 1) & (l4 + 8 <= end) & ~_ICMP4_ERR[icmp_type]
     icmp6 = v6 & (proto == 58) & (l4 + 8 <= end) & ~_ICMP6_ERR[icmp_type]
     icmp = icmp4 | icmp6
@@ -110,58 +118,66 @@ def decode_bulk(
     if len(f) == 0:
         return len(slow)
 
-    # From here on only the fast rows.
-    F = F[f]
-    r = np.arange(len(f))
-    o, end, l4, plen = o[f], end[f], l4[f], plen[f]
-    is6, tcp, udp, icmp = v6[f], tcp[f], udp[f], icmp[f]
-    icmp_type = icmp_type[f]
-    out = rows[f]
-    out["family"] = np.where(is6, 6, 4)
-    out["proto"] = proto[f]
-    out["ethertype"] = et[f]
-    out["ttl"] = ttl[f]
-    out["length"] = length[f] & 0xFFFFFFFF
-    out["frag"] = 0
-    out["ip_id"] = np.where(is6, 0, be16(o + 4))
-    vtcfl = be32(o)
-    out["flow_label"] = np.where(is6, vtcfl & 0xFFFFF, 0)
+    # From here on only the fast rows. Fields are written column by column:
+    # fancy-indexing a structured array copies row by row (~0.5 us a row).
+    every = len(f) == n
+
+    def put(name: str, values: Any) -> None:
+        if every:
+            rows[name] = values
+        else:
+            col = rows[name]
+            col[f] = values
+
+    if not every:
+        F, H, W = F[f], H[f], W[f]
+        end, l4, plen = end[f], l4[f], plen[f]
+        v6, tcp, udp, icmp = v6[f], tcp[f], udp[f], icmp[f]
+        icmp_type, proto, et, ttl, length = icmp_type[f], proto[f], et[f], ttl[f], length[f]
+        r = np.arange(len(f))
+    is6 = v6
+    put("family", np.where(is6, 6, 4))
+    put("proto", proto)
+    put("ethertype", et)
+    put("ttl", ttl)
+    put("length", length & 0xFFFFFFFF)
+    put("frag", 0)
+    put("ip_id", np.where(is6, 0, c16(H, o + 4)))
+    put("flow_label", np.where(is6, c32(H, o) & 0xFFFFF, 0))
 
     addr = np.zeros((len(f), 2, 16), dtype=np.uint8)
     a4 = ~is6
-    idx4 = np.minimum(o[a4, None] + 12 + np.arange(8), width - 1)
-    addr[a4, :, :4] = F[r[a4, None], idx4].reshape(-1, 2, 4)
-    idx6 = np.minimum(o[is6, None] + 8 + np.arange(32), width - 1)
-    addr[is6] = F[r[is6, None], idx6].reshape(-1, 2, 16)
-    out["src"] = addr[:, 0].copy().view("S16").ravel()
-    out["dst"] = addr[:, 1].copy().view("S16").ravel()
+    addr[a4, 0, :4] = H[a4, o + 12 : o + 16]
+    addr[a4, 1, :4] = H[a4, o + 16 : o + 20]
+    addr[is6, 0] = H[is6, o + 8 : o + 24]
+    addr[is6, 1] = H[is6, o + 24 : o + 40]
+    put("src", addr[:, 0].copy().view("S16").ravel())
+    put("dst", addr[:, 1].copy().view("S16").ravel())
 
     ports = tcp | udp
-    out["sport"] = np.where(ports, be16(l4), 0)
-    out["dport"] = np.where(ports, be16(l4 + 2), 0)
-    out["tcp_seq"] = np.where(tcp, be32(l4 + 4), 0)
-    out["tcp_ack"] = np.where(tcp, be32(l4 + 8), 0)
-    out["tcp_flags"] = np.where(tcp, at(l4 + 13), 0)
+    put("sport", np.where(ports, c16(W, 0), 0))
+    put("dport", np.where(ports, c16(W, 2), 0))
+    put("tcp_seq", np.where(tcp, c32(W, 4), 0))
+    put("tcp_ack", np.where(tcp, c32(W, 8), 0))
+    put("tcp_flags", np.where(tcp, c8(W, 13), 0))
     with_id = np.where(is6, _ICMP6_ID[icmp_type], _ICMP4_ID[icmp_type])
-    out["icmp_type"] = np.where(icmp, icmp_type, 0)
-    out["icmp_code"] = np.where(icmp, at(l4 + 1), 0)
-    out["icmp_id"] = np.where(icmp & with_id, be16(l4 + 4), 0)
-    out["icmp_seq"] = np.where(icmp & with_id, be16(l4 + 6), 0)
+    put("icmp_type", np.where(icmp, icmp_type, 0))
+    put("icmp_code", np.where(icmp, c8(W, 1), 0))
+    put("icmp_id", np.where(icmp & with_id, c16(W, 4), 0))
+    put("icmp_seq", np.where(icmp & with_id, c16(W, 6), 0))
     has = np.where(is6, HAS_FLOW_LABEL, HAS_IP_ID)
     has = has | np.where(ports, HAS_L4_PORTS, 0) | np.where(tcp, HAS_TCP, 0) | np.where(icmp, HAS_ICMP, 0)
-    out["has"] = has
+    put("has", has)
 
-    hl = np.where(tcp, (at(l4 + 12) >> 4) * 4, 8)
+    hl = np.where(tcp, (W[:, 12] >> 4) * 4, 8)
     p = l4 + hl
     pay = np.maximum(plen - hl, 0)
     take = np.clip(np.minimum(np.minimum(pay, 16), end - p), 0, 16)
-    idx = np.minimum(p[:, None] + _AR16, width - 1)
-    words = np.where(take[:, None] > _AR16, F[r[:, None], idx], 0).astype(np.uint8)
+    words = np.where(take[:, None] > _AR16, window(p), 0).astype(np.uint8)
     w = words.view("<u8")
-    out["digest"] = digest_array(pay.astype(np.uint64), w[:, 0].copy(), w[:, 1].copy())
-    out["inner_src"] = b""
-    out["inner_dst"] = b""
+    put("digest", digest_array(pay.astype(np.uint64), w[:, 0].copy(), w[:, 1].copy()))
+    put("inner_src", b"")
+    put("inner_dst", b"")
     for name in ("inner_proto", "inner_sport", "inner_dport"):
-        out[name] = 0
-    rows[f] = out
+        put(name, 0)
     return len(slow)
