@@ -169,6 +169,7 @@ class TapSpec:
     netns_path: str
     ifname: str
     node: str
+    role: str = ""  # "bridge", "port" (of a bridge) or "": orders sightings with equal timestamps
 
     @property
     def key(self) -> tuple[int, str]:
@@ -329,8 +330,12 @@ def _discover() -> Topology:
 
 
 def _all_ifaces(topo: Topology) -> list[TapSpec]:
-    return [TapSpec(ns.inode, ns.path, i.name, ns.name)
+    return [TapSpec(ns.inode, ns.path, i.name, ns.name, _role(i))
             for ns in topo.namespaces if ns.error is None for i in ns.interfaces]
+
+
+def _role(iface: Any) -> str:
+    return "bridge" if iface.kind == "bridge" else "port" if iface.master is not None else ""
 
 
 def default_specs(topo: Topology) -> list[TapSpec]:
@@ -341,8 +346,9 @@ def default_specs(topo: Topology) -> list[TapSpec]:
     out = []
     for path, ifname in default_ifaces(topo):
         ns = by_path.get(path)
-        if ns is not None:
-            out.append(TapSpec(ns.inode, ns.path, ifname, ns.name))
+        iface = ns.iface(ifname) if ns is not None else None
+        if ns is not None and iface is not None:
+            out.append(TapSpec(ns.inode, ns.path, ifname, ns.name, _role(iface)))
     return out
 
 
@@ -396,15 +402,20 @@ class _Reorder:
         self.np = np
         self.delay_ns = delay_ns
         self.rows = np.zeros(0, dtype=dtype)
+        self.rank = np.zeros(0, dtype=np.uint8)
         self.frames = b""
 
-    def add(self, rows: Any, frames: bytes) -> None:
+    def add(self, rows: Any, frames: bytes, rank: Any = None) -> None:
+        """``rank`` breaks timestamp ties (see ``TapSource._ranks``); default: arrival order."""
+        if rank is None:
+            rank = self.np.zeros(len(rows), dtype=self.np.uint8)
         if len(self.rows):
             rows["frame_off"] += len(self.frames)
             self.rows = self.np.concatenate((self.rows, rows))
+            self.rank = self.np.concatenate((self.rank, rank))
             self.frames += frames
         else:
-            self.rows, self.frames = rows, frames
+            self.rows, self.rank, self.frames = rows, rank, frames
 
     def due(self, now_ns: int) -> bool:
         return bool(len(self.rows)) and int(self.rows["ts_ns"].min()) <= now_ns - self.delay_ns
@@ -413,7 +424,8 @@ class _Reorder:
         """The rows older than ``now_ns - delay`` (all with None), oldest first; now_ns of the
         batch is that watermark: nothing older can come later."""
         np = self.np
-        rows = self.rows[np.argsort(self.rows["ts_ns"], kind="stable")]
+        order = np.lexsort((self.rank, self.rows["ts_ns"]))  # stable: arrival order last
+        rows, rank = self.rows[order], self.rank[order]
         if now_ns is None:
             cut = len(rows)
             mark = int(rows["ts_ns"][-1]) if cut else time.time_ns()
@@ -422,6 +434,7 @@ class _Reorder:
             cut = int(np.searchsorted(rows["ts_ns"], mark, side="right"))
         out, keep = rows[:cut], rows[cut:]
         frames = self.frames
+        self.rank = rank[cut:]
         if len(keep):
             base = int(keep["frame_off"].min())
             keep["frame_off"] -= base
@@ -478,6 +491,8 @@ class TapSource:
         self._insns: dict[int, bytes] = {}
         self.hops: list[HopLabel] = []
         self._hop_index: dict[tuple[int, str, int], int] = {}
+        self._hop_roles: dict[int, str] = {}
+        self._rank_cache: tuple[Any, Any] | None = None
         self.taps: dict[tuple[int, str], Tap] = {}
         self._closed_lost = 0
         self._lost = 0
@@ -597,6 +612,9 @@ class TapSource:
             idx = len(self.hops)
             self.hops.append(HopLabel(spec.node, spec.ifname, spec.netns, ifindex, linktype))
             self._hop_index[key] = idx
+        if self._hop_roles.get(idx) != spec.role:
+            self._hop_roles[idx] = spec.role
+            self._rank_cache = None
         return idx
 
     def _open(self, spec: TapSpec) -> Tap:
@@ -653,8 +671,9 @@ class TapSource:
                     by_fd[tap.fd] = tap
                     self._notice(f"tap {tap.spec.label} opened")
 
-    def _rows(self, col: _Collector, np: Any, dtype: Any) -> tuple[Any, bytes]:
-        """One poll round's frames -> decoded rows (not yet in time order) and their bytes."""
+    def _rows(self, col: _Collector, np: Any, dtype: Any) -> tuple[Any, bytes, Any]:
+        """One poll round's frames -> decoded rows (not yet in time order), their bytes, and
+        each row's tie-break rank."""
         hops = np.array(col.hops, dtype=np.uint32)
         linktypes = np.array([h.linktype for h in self.hops], dtype=np.int32)[hops]
         lt: int | list[int] = int(linktypes[0]) if (linktypes == linktypes[0]).all() else linktypes.tolist()
@@ -669,7 +688,25 @@ class TapSource:
         rows["frame_off"] = col.offs
         rows["frame_len"] = col.lens
         rows["wire_len"] = col.wire
-        return rows, frames
+        rank_rx, rank_tx = self._ranks(np)
+        rank = np.where(rows["dir"] == 2, rank_tx[hops], rank_rx[hops])
+        return rows, frames, rank
+
+    def _ranks(self, np: Any) -> tuple[Any, Any]:
+        """Per hop, the order of sightings that share a timestamp, for rx and for tx.
+
+        A packet socket stamps a frame with the skb's own timestamp when it has one, so one
+        skb received on a bridge port and then on the bridge itself shows the same time at
+        both (measured: to the ns). Within such a tie the kernel's order is fixed: a port
+        receives before its bridge does; a bridge transmits before its port does.
+        """
+        if self._rank_cache is None or len(self._rank_cache[0]) != len(self.hops):
+            rx = {"port": 0, "": 1, "bridge": 2}
+            tx = {"bridge": 0, "": 1, "port": 2}
+            roles = [self._hop_roles.get(i, "") for i in range(len(self.hops))]
+            self._rank_cache = (np.array([rx[r] for r in roles], dtype=np.uint8),
+                                np.array([tx[r] for r in roles], dtype=np.uint8))
+        return self._rank_cache
 
     def _shutdown(self) -> None:
         self._stop.set()

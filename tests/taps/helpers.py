@@ -8,7 +8,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tracer.model import ObsBatch, Observation, PacketPath
-from tracer.taps import TapSource
 
 LAB_NODES = ("host", "client", "web", "inet")
 
@@ -65,7 +64,7 @@ def expected(seq: list[tuple[str, str, str]], veths: dict[str, str]) -> list[tup
 class Capture:
     """Runs ``src.batches()`` on a thread, keeping every batch, until ``stop()``."""
 
-    def __init__(self, src: TapSource, on_batch: Callable[[ObsBatch], None] | None = None) -> None:
+    def __init__(self, src: Any, on_batch: Callable[[ObsBatch], None] | None = None) -> None:
         self.src = src
         self.batches: list[ObsBatch] = []
         self.error: BaseException | None = None
@@ -132,3 +131,73 @@ def nat_tuples(path: PacketPath) -> list[tuple[Any, ...]]:
 
 def lab_iface(lab: Any, node: str, ifname: str) -> str:
     return f"netns:{lab.netns_inode(node)}/{ifname}"
+
+
+class Live:
+    """``hoptrace live --json --ready-file F`` as a subprocess: started, ready, stopped by SIGINT."""
+
+    def __init__(self, backend: str, ifaces: Sequence[str] = (), *extra: str,
+                 ready_timeout_s: float = 60.0) -> None:
+        import os
+        import subprocess
+        import tempfile
+
+        from tests.conftest import HOPTRACE
+
+        self._dir = tempfile.TemporaryDirectory(prefix="hoptrace-taps-")
+        self.ready = os.path.join(self._dir.name, "ready")
+        argv = [*HOPTRACE, "live", "--backend", backend, "--json", "--ready-file", self.ready, *extra]
+        for i in ifaces:
+            argv += ["--iface", i]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        t0 = time.monotonic()
+        while not os.path.exists(self.ready):
+            if self.proc.poll() is not None:
+                _out, err = self.proc.communicate()
+                self._dir.cleanup()
+                raise AssertionError(f"hoptrace live --backend {backend} exited {self.proc.returncode}: {err}")
+            if time.monotonic() - t0 > ready_timeout_s:
+                self.kill()
+                raise AssertionError(f"hoptrace live --backend {backend}: no ready file in {ready_timeout_s} s")
+            time.sleep(0.05)
+
+    def stop(self, settle_s: float = 0.5) -> tuple[list[dict[str, Any]], str]:
+        import json
+        import signal
+
+        time.sleep(settle_s)
+        self.proc.send_signal(signal.SIGINT)
+        out, err = self.proc.communicate(timeout=60)
+        self._dir.cleanup()
+        assert self.proc.returncode == 0, f"exit {self.proc.returncode}: {err}"
+        return [json.loads(line) for line in out.splitlines()], err
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+        self._dir.cleanup()
+
+    def __enter__(self) -> Live:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+
+def json_hops(path: dict[str, Any], keep: set[tuple[int, str]] | None = None) -> list[tuple[str, str, str]]:
+    """(node, iface, dir) of a JSON path's hops, only those at ``keep`` (netns, iface) when given."""
+    return [(h["node"], h["iface"], h["dir"]) for h in path["hops"]
+            if keep is None or (h["netns"], h["iface"]) in keep]
+
+
+def json_nat(path: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """NAT events without hop indices (backends see different numbers of hops)."""
+    return [(n["kind"], n["node"], n["hook"], tuple(n["before"].items()), tuple(n["after"].items()))
+            for n in path["nat"]]
+
+
+def json_paths(lines: Sequence[dict[str, Any]], proto: str, **first: Any) -> list[dict[str, Any]]:
+    """Paths of ``proto`` whose first hop in the lab has the given field values."""
+    return [d for d in lines if d["type"] == "path" and d["proto"] == proto
+            and all(any(h.get(k) == v for h in d["hops"][:1]) for k, v in first.items())]

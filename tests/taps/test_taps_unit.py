@@ -141,3 +141,20 @@ def test_reorder_releases_in_time_order_with_their_frames() -> None:
         (125, b"d125"), (130, b"b130"), (140, b"e140")]
     assert rest.now_ns == 140
     assert len(ro.take(hops, now_ns=None)) == 0
+
+
+def test_reorder_breaks_timestamp_ties_by_rank() -> None:
+    """One skb keeps its rx timestamp from a bridge port to the bridge: equal ts, the rank
+    (port before bridge on rx) decides, whatever order the taps were drained in."""
+    import numpy as np
+
+    from tracer.model import obs_dtype
+    from tracer.taps import _Reorder
+
+    hops = [HopLabel("host", "docker0"), HopLabel("host", "veth1")]
+    r = np.zeros(2, dtype=obs_dtype())
+    r["ts_ns"] = [100, 100]
+    r["hop"] = [0, 1]  # the bridge's tap was drained first
+    ro = _Reorder(np, obs_dtype(), delay_ns=0)
+    ro.add(r, b"", np.array([2, 0], dtype=np.uint8))
+    assert [o.ifname for o in ro.take(hops, None).observations()] == ["veth1", "docker0"]
