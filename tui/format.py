@@ -169,7 +169,7 @@ def _nat_lines(ev: NatEvent) -> Text:
         if ev.rule_source:
             line.append(f"  ({ev.rule_source})", style="dim")
     else:
-        line.append("unknown (use --rules to trace it)", style="dim")
+        line.append("not attributed (live: --rules traces it; a topology infers it)", style="dim")
     ct = ev.conntrack
     line.append("\n     ┃   conntrack: ", style="dim")
     if ct is None:
