@@ -240,12 +240,18 @@ def decode_one(buf: Any, off: int, end: int, linktype: int) -> tuple[Any, ...]:
         if et:
             return (0, 0, et, *_EMPTY[3:])
         return _EMPTY
+    if et == ETH_P_IP and p < end and buf[p] >> 4 == 6:
+        # A version-6 header behind the IPv4 ethertype: tshark's IPv4 dissector hands it to
+        # IPv6 (and is the oracle), so decode it as the IPv6 packet it is.
+        et6 = True
+    else:
+        et6 = False
     has = 0
     sport = dport = ip_id = flow_label = tcp_flags = icmp_type = icmp_code = 0
     icmp_id = icmp_seq = tcp_seq = tcp_ack = frag = 0
     isrc = idst = b""
     iproto = isport = idport = 0
-    if et == ETH_P_IP:
+    if et == ETH_P_IP and not et6:
         if p + 20 > end:
             return (0, 0, et, *_EMPTY[3:])
         vihl, length, ip_id, fragw, ttl, proto, src, dst = _ip4(buf, p)
@@ -262,7 +268,7 @@ def decode_one(buf: Any, off: int, end: int, linktype: int) -> tuple[Any, ...]:
         if frag:
             has |= HAS_FRAG
         later_fragment = fragw & 0x1FFF
-    elif et == ETH_P_IPV6:
+    elif et == ETH_P_IPV6 or et6:
         if p + 40 > end:
             return (0, 0, et, *_EMPTY[3:])
         vtcfl, plen, proto, ttl, src, dst = _ip6(buf, p)

@@ -289,3 +289,10 @@ def test_decode_one_matches_batch_and_memoryview() -> None:
 
 def test_empty_input() -> None:
     assert len(decode_frames([], 1)) == 0
+
+
+def test_ipv6_header_behind_ipv4_ethertype_is_decoded_as_ipv6() -> None:
+    """tshark (the oracle) hands a version-6 header on the IPv4 ethertype to IPv6: so do we."""
+    ip6 = IPv6(src="2001:db8::1", dst="2001:db8::2") / UDP(sport=1, dport=2)
+    o = one(bytes(Ether(type=0x0800) / ip6))
+    assert fields(o, "family", "ethertype", "src", "dst", "proto", "sport") == (6, 0x0800, "2001:db8::1", "2001:db8::2", 17, 1)
