@@ -248,9 +248,22 @@ def _families() -> list[int]:
     return [f for f in (4, 6) if shutil.which(_iptables(f))]
 
 
+def nf_tables(path: str, family: int) -> set[str]:
+    """Names of the nf_tables tables of one family, from netlink: `iptables-save -t raw` prints
+    an empty raw table even where none exists, so it cannot tell."""
+    from tracer.netns import run_in_netns
+
+    def tables() -> set[str]:
+        from pyroute2.nftables.main import NFTables
+
+        with NFTables(nfgen_family=2 if family == 4 else 10) as nft:
+            return {str(t.get("NFTA_TABLE_NAME")) for t in nft.get_tables()}
+
+    return run_in_netns(path, tables, timeout=TOOL_TIMEOUT_S)
+
+
 def raw_table_exists(path: str, family: int) -> bool:
-    r = run_in(path, [f"{_iptables(family)}-save", "-t", "raw"], check=False)
-    return r.returncode == 0 and "*raw" in r.stdout
+    return "raw" in nf_tables(path, family)
 
 
 def tagged_rules(path: str, family: int, tag: str | None = None) -> list[str]:
@@ -285,8 +298,10 @@ def delete_rule_line(path: str, family: int, line: str) -> None:
 
 def delete_raw_table_if_empty(path: str, family: int) -> bool:
     """Drop the raw table hoptrace created, once no rule of anyone is left in it."""
+    if not raw_table_exists(path, family):
+        return False
     r = run_in(path, [f"{_iptables(family)}-save", "-t", "raw"], check=False)
-    if "*raw" not in r.stdout or any(line.startswith("-A ") for line in r.stdout.splitlines()):
+    if r.returncode != 0 or any(line.startswith("-A ") for line in r.stdout.splitlines()):
         return False
     from tracer.netns import run_in_netns
 
