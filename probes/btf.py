@@ -71,8 +71,22 @@ class KernelLayout:
     parse_s: float = 0.0  # time the BTF parse took (0 when read from the cache)
     cached: bool = False
 
+    def span(self, prefix: str, extra: dict[str, int] | None = None) -> tuple[int, int]:
+        """[lo, hi) covering every field named prefix*, lo rounded down to 8 (keeps alignment)."""
+        sizes = {**self.sizes, **(extra or {})}
+        keys = [k for k in self.offsets if k.startswith(prefix) and k != "SKB_DEV"]
+        lo = min(self.offsets[k] for k in keys) // 8 * 8
+        hi = max(self.offsets[k] + sizes[k] for k in keys)
+        return lo, (hi + 7) // 8 * 8
+
     def cflags(self) -> list[str]:
         flags = [f"-DHT_OFF_{k}={v}" for k, v in sorted(self.offsets.items())]
+        skb_lo, skb_hi = self.span("SKB_")
+        dev_lo, dev_hi = self.span("DEV_", {"DEV_NAME": 16})  # char name[IFNAMSIZ]
+        if skb_hi - skb_lo > 256 or dev_hi - dev_lo > 256:
+            raise BtfError("sk_buff/net_device fields are spread too far apart for one read each")
+        flags += [f"-DHT_SKB_LO={skb_lo}", f"-DHT_SKB_HI={skb_hi}",
+                  f"-DHT_DEV_LO={dev_lo}", f"-DHT_DEV_HI={dev_hi}"]
         for tp, args in sorted(self.tp_args.items()):
             for name, idx in sorted(args.items()):
                 flags.append(f"-DHT_ARG_{tp.upper()}_{name.upper()}={idx}")

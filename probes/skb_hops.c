@@ -32,6 +32,12 @@
 #define HT_OFF_NET_NS 152
 #define HT_OFF_NS_INUM 24
 #endif
+#ifndef HT_SKB_LO
+#define HT_SKB_LO 112 // [LO, HI): the sk_buff bytes that hold every field above
+#define HT_SKB_HI 208
+#define HT_DEV_LO 224 // [LO, HI): the net_device bytes for ifindex, nd_net, name
+#define HT_DEV_HI 296
+#endif
 #ifndef HT_ARG_NETIF_RECEIVE_SKB_SKB
 #define HT_ARG_NETIF_RECEIVE_SKB_SKB 0
 #define HT_ARG_NET_DEV_START_XMIT_SKB 0
@@ -168,24 +174,35 @@ static __always_inline u16 rd16(void *base, int off) {
 // Fill *e from the skb; returns 0 when the in-kernel filter rejects it.
 static __always_inline int fill(struct hop_event *e, void *skb, void *dev, u8 kind, u32 reason,
                                 u32 flags) {
-    unsigned char *head = (unsigned char *)rd64(skb, HT_OFF_SKB_HEAD);
-    unsigned char *data = (unsigned char *)rd64(skb, HT_OFF_SKB_DATA);
-    u16 mac = rd16(skb, HT_OFF_SKB_MAC_HEADER);
-    u16 net = rd16(skb, HT_OFF_SKB_NETWORK_HEADER);
-    u32 len = rd32(skb, HT_OFF_SKB_LEN);
-    u32 data_len = rd32(skb, HT_OFF_SKB_DATA_LEN);
+    // One read for the sk_buff fields and one for the net_device fields:
+    // each bpf_probe_read_kernel costs tens of ns on the packet path.
+    u8 sk[HT_SKB_HI - HT_SKB_LO];
+    bpf_probe_read_kernel(sk, sizeof(sk), (char *)skb + HT_SKB_LO);
+    unsigned char *head, *data;
+    u16 mac, net, protocol;
+    u32 len, data_len;
+    __builtin_memcpy(&head, &sk[HT_OFF_SKB_HEAD - HT_SKB_LO], 8);
+    __builtin_memcpy(&data, &sk[HT_OFF_SKB_DATA - HT_SKB_LO], 8);
+    __builtin_memcpy(&mac, &sk[HT_OFF_SKB_MAC_HEADER - HT_SKB_LO], 2);
+    __builtin_memcpy(&net, &sk[HT_OFF_SKB_NETWORK_HEADER - HT_SKB_LO], 2);
+    __builtin_memcpy(&protocol, &sk[HT_OFF_SKB_PROTOCOL - HT_SKB_LO], 2);
+    __builtin_memcpy(&len, &sk[HT_OFF_SKB_LEN - HT_SKB_LO], 4);
+    __builtin_memcpy(&data_len, &sk[HT_OFF_SKB_DATA_LEN - HT_SKB_LO], 4);
 
     if (!dev)
         dev = (void *)rd64(skb, HT_OFF_SKB_DEV);
     u32 netns = 0, ifindex = 0;
+    u8 dv[HT_DEV_HI - HT_DEV_LO] = {};
     if (dev) {
-        void *netp = (void *)rd64(dev, HT_OFF_DEV_ND_NET);
+        bpf_probe_read_kernel(dv, sizeof(dv), (char *)dev + HT_DEV_LO);
+        void *netp;
+        __builtin_memcpy(&netp, &dv[HT_OFF_DEV_ND_NET - HT_DEV_LO], 8);
         if (netp)
             netns = rd32(netp, HT_OFF_NET_NS + HT_OFF_NS_INUM);
         // a dropped skb's dev may point at a device being torn down: without
         // a namespace its index and name are not trustworthy
         if (netns)
-            ifindex = rd32(dev, HT_OFF_DEV_IFINDEX);
+            __builtin_memcpy(&ifindex, &dv[HT_OFF_DEV_IFINDEX - HT_DEV_LO], 4);
         else
             dev = 0;
     }
@@ -277,12 +294,10 @@ static __always_inline int fill(struct hop_event *e, void *skb, void *dev, u8 ki
     e->kind = kind;
     e->pad = 0;
     e->mac_len = mac_len;
-    e->protocol = rd16(skb, HT_OFF_SKB_PROTOCOL);
+    e->protocol = protocol;
     e->wire_len = len + (u32)(data - start);
-    // the stage slot holds the previous event's bytes: clear what may not be overwritten
-    __builtin_memset(e->ifname, 0, HT_IFNAMSIZ);
-    if (dev)
-        bpf_probe_read_kernel(e->ifname, HT_IFNAMSIZ, (char *)dev + HT_OFF_DEV_NAME);
+    // dv is zeroed when there is no device, so the name is empty then
+    __builtin_memcpy(e->ifname, &dv[HT_OFF_DEV_NAME - HT_DEV_LO], HT_IFNAMSIZ);
 
     // Only the linear part is readable by address; paged data is not copied.
     u32 avail = (u32)(data - start) + (len - data_len);
