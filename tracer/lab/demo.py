@@ -1,23 +1,37 @@
-"""``hoptrace lab demo``: lab up, every scenario captured on every hop and replayed through the
-engine, a report at the end, lab down (unless ``--keep``). What ``make demo`` runs.
+"""``hoptrace lab demo``: lab up, every scenario traced, a report at the end, lab down (unless
+``--keep``). What ``make demo`` runs.
 
-Replay and report go through the same commands a user types (``hoptrace replay``,
-``hoptrace report``), so the demo shows exactly what they would see.
+Two ways to trace, chosen automatically:
+
+* ``live`` (when ``tracer.doctor.check_ebpf()`` says eBPF works): the kernel probes
+  (``probes.skb_hops.EbpfSource``), limited to the lab's namespaces, are attached
+  *before* each scenario's traffic; the engine prints each path as it finishes
+  (with drops and their kernel reason) and records it to pcapng;
+* ``capture``: tcpdump on every hop (tracer.lab.capture), then the capture is
+  replayed through ``hoptrace replay`` — no eBPF needed, but drops are invisible.
+
+The report goes through ``hoptrace report`` over the recordings, as a user would run it.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 
-from tracer.errors import EXIT_OK, EXIT_PROBLEM
-from tracer.lab.capture import capture_scenario
-from tracer.lab.lab import Lab
+from tracer.errors import EXIT_OK, EXIT_PROBLEM, KernelFeatureMissing
+from tracer.lab.capture import CAPTURE_FILTER, capture_scenario
+from tracer.lab.lab import NODES, Lab, ScenarioResult
 from tracer.lab.scenarios import SCENARIOS
 from tracer.lab.state import progress
 
 DEMO_DIR = Path("/run/hoptrace/demo")
+# The correlator finishes a path after a quiet window; the last replies need that long.
+LIVE_SETTLE_S = 0.5
 
 
 def _hoptrace(*argv: str) -> int:
@@ -29,29 +43,134 @@ def _hoptrace(*argv: str) -> int:
     return code
 
 
-def demo(engine: str, prefix: str, keep: bool = False, tui: bool = False, out_dir: Path | None = None) -> int:
+def live_available() -> tuple[bool, str]:
+    if find_spec("probes.skb_hops") is None or find_spec("tracer.engine") is None:
+        return False, "this build has no eBPF source or engine"
+    from tracer.doctor import check_ebpf
+
+    return check_ebpf()
+
+
+class _Attached:
+    """A source that is already attached: traffic may start only once every probe is in place,
+    so the demo attaches it, and the engine (which would attach it again) gets this."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.kind = inner.kind
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        self.inner.stop()
+
+    @property
+    def lost_events(self) -> int:
+        return int(self.inner.lost_events)
+
+    def batches(self) -> Iterator[Any]:
+        return iter(self.inner.batches())
+
+
+def _annotators() -> list[Callable[[Any], Any]]:
+    """Rule and conntrack attribution (tracer.attribution) over the lab as it is now."""
+    if find_spec("tracer.attribution") is None or find_spec("tracer.topology") is None:
+        return []
+    from tracer.attribution import annotator
+    from tracer.topology import Topology
+
+    return [annotator(Topology.discover())]
+
+
+def trace_live(lab: Lab, name: str, recording: Path,
+               annotators: Sequence[Callable[[Any], Any]] = ()) -> ScenarioResult:
+    """Run ``name`` while the kernel probes trace the lab's namespaces; print and record the paths."""
+    from probes.skb_hops import EbpfSource
+    from tracer.engine import Engine
+    from tracer.engine import run as run_engine
+    from tracer.filter import PathFilter
+    from tracer.output import TextSink
+    from tracer.record import PcapngRecorder
+
+    # The same noise the captures leave out: IPv6 link-local chatter (DAD, RS, MLD) of freshly
+    # created interfaces and the bridge's IGMP reports are no part of any scenario.
+    path_filter = PathFilter(CAPTURE_FILTER)
+    source = EbpfSource(netns={lab.netns_inode(n) for n in NODES})
+    source.start()
+    try:
+        engine = Engine(_Attached(source), path_filter=path_filter, annotators=tuple(annotators))
+        recorder = PcapngRecorder(str(recording))
+        engine.batch_hooks.append(recorder.on_batch)
+        known = [0]
+
+        def learn(batch: Any) -> None:
+            for hop in batch.hops[known[0]:]:
+                path_filter.learn_linktype(hop.node, hop.iface, hop.linktype)
+            known[0] = len(batch.hops)
+
+        engine.batch_hooks.append(learn)
+        failure: list[BaseException] = []
+
+        def drive() -> None:
+            try:
+                run_engine(engine, [TextSink(sys.stdout)])
+            except BaseException as exc:  # re-raised in the demo's thread below
+                failure.append(exc)
+
+        thread = threading.Thread(target=drive, name="demo-engine", daemon=True)
+        thread.start()
+        try:
+            result = lab.run(name)
+            time.sleep(LIVE_SETTLE_S)
+        finally:
+            engine.stop()
+            thread.join(15)
+            recorder.close()
+        if failure:
+            raise failure[0]
+    finally:
+        source.stop()
+    return result
+
+
+def demo(engine: str, prefix: str, keep: bool = False, tui: bool = False, out_dir: Path | None = None,
+         mode: str = "auto") -> int:
+    """``mode``: "live", "capture", or "auto" (live when eBPF works here)."""
     out = out_dir or DEMO_DIR / prefix
     out.mkdir(parents=True, exist_ok=True)
-    # Until the engine and report land, the demo still builds the lab and captures every hop.
     can_replay = find_spec("tracer.engine") is not None
     can_report = find_spec("tracer.report") is not None
-    if not can_replay:
+    if mode in ("auto", "live"):
+        ok, why = live_available()
+        if not ok and mode == "live":
+            raise KernelFeatureMissing(f"live tracing is not available: {why}")
+        if not ok:
+            progress(f"live tracing unavailable ({why}): capturing every hop with tcpdump instead")
+        mode = "live" if ok else "capture"
+    if mode == "capture" and not can_replay:
         progress("this build has no correlation engine yet: capturing only, no replay")
     lab = Lab(engine, prefix)
     lab.up()
     captures: list[str] = []
     failed: list[str] = []
     try:
+        annotators = _annotators() if mode == "live" else []
         for name in SCENARIOS:
             pcap = out / f"{name}.pcapng"
-            result, packets = capture_scenario(lab, name, pcap)
+            if mode == "live":
+                print(f"\n=== {name}: tracing live", flush=True)
+                result = trace_live(lab, name, pcap, annotators)
+                print(f"=== {name}: {'ok' if result.ok else 'FAILED'}: {result.detail}; recorded to {pcap}")
+            else:
+                result, packets = capture_scenario(lab, name, pcap)
+                print(f"\n=== {name}: {'ok' if result.ok else 'FAILED'}: {result.detail}")
+                print(f"    {packets} sightings on every hop -> {pcap}")
+                if can_replay and _hoptrace("replay", "--no-tui", str(pcap)) != 0:
+                    progress(f"replay of {pcap} failed (see above); the capture is kept")
             captures.append(str(pcap))
-            print(f"\n=== {name}: {'ok' if result.ok else 'FAILED'}: {result.detail}")
-            print(f"    {packets} sightings on every hop -> {pcap}")
             if not result.ok:
                 failed.append(name)
-            if can_replay and _hoptrace("replay", "--no-tui", str(pcap)) != 0:
-                progress(f"replay of {pcap} failed (see above); the capture is kept")
     finally:
         if keep:
             progress(f"lab '{prefix}' left up (--keep); remove it with: hoptrace lab down")

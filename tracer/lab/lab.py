@@ -286,6 +286,9 @@ class Lab:
             from tracer.lab import docker_engine
 
             docker_engine.build(self)
+        for node in NODES:
+            # Ping sockets for root (scenarios.ping): the per-namespace default allows no group.
+            self.sysctls(node, {"net/ipv4/ping_group_range": "0 0"})
         self.write_nodes()
 
     def _build_uplink(self) -> None:

@@ -2,14 +2,14 @@
 did what it should — got its answer, or, for ``blocked``, died at the rule made to drop it.
 
 Traffic is sent from inside the node's network namespace with the host's tools
-(busybox ping, Python sockets): for the kernel a packet from a container is a
+(Python sockets): for the kernel a packet from a container is a
 packet from its namespace, and the same code then works for both engines.
 """
 
 from __future__ import annotations
 
-import re
 import socket
+import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -26,12 +26,35 @@ def _result(ok: bool, detail: str) -> ScenarioResult:
     return ScenarioResult(ok, detail)
 
 
-def ping(lab: Lab, node: str, dst: str, wait_s: int = 2) -> ScenarioResult:
-    r = lab.exec(node, ["busybox", "ping", "-c", "1", "-W", str(wait_s), dst])
-    got = re.search(r"(\d+) packets received", r.stdout)
-    replies = int(got.group(1)) if got else 0
-    return _result(r.returncode == 0 and replies == 1,
-                   f"{node} -> {dst}: ping, {replies} of 1 replies")
+PING_PAYLOAD = b"hoptrace lab ping".ljust(56, b".")
+
+
+def ping(lab: Lab, node: str, dst: str, wait_s: float = 2.0) -> ScenarioResult:
+    """One ICMP echo from a ping (datagram) socket, as iputils' ping sends it.
+
+    Not a raw socket (busybox ping): the kernel hands an echo reply to a raw socket as a copy
+    and frees the original with SKB_DROP_REASON_NO_SOCKET, which a tracer rightly shows as a
+    drop. A ping socket consumes the reply. ``up()`` opens ping_group_range in every node.
+    """
+    request = struct.pack("!BBHHH", 8, 0, 0, 0, 1) + PING_PAYLOAD  # id and checksum: the kernel's
+
+    def exchange() -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP) as s:
+            s.settimeout(wait_s)
+            s.sendto(request, (dst, 0))
+            try:
+                while True:
+                    reply = s.recv(2048)
+                    if reply[0] == 0 and reply[6:8] == request[6:8] and reply[8:] == PING_PAYLOAD:
+                        return True
+            except TimeoutError:
+                return False
+
+    try:
+        ok = run_in_netns(lab.netns_path(node), exchange, timeout=wait_s + 10)
+    except OSError as exc:
+        return _result(False, f"{node} -> {dst}: ping failed: {exc}")
+    return _result(ok, f"{node} -> {dst}: ping, {int(ok)} of 1 replies")
 
 
 def http_get(lab: Lab, node: str, dst: str, port: int, expect: str) -> ScenarioResult:
@@ -106,7 +129,7 @@ def blocked(lab: Lab) -> ScenarioResult:
     """client pings the server while a DOCKER-USER rule drops it: it must die there."""
     lab.iptables("host", "-I", "DOCKER-USER", "1", *BLOCK_RULE)
     try:
-        sent = ping(lab, "client", A.SERVER, wait_s=1)
+        sent = ping(lab, "client", A.SERVER, wait_s=1.0)
         listing = lab.iptables("host", "-L", "DOCKER-USER", "1", "-v", "-x", "-n")
     finally:
         lab.iptables("host", "-D", "DOCKER-USER", *BLOCK_RULE)
