@@ -127,21 +127,22 @@ def choose_source(args: argparse.Namespace) -> Any:
     return src
 
 
-def _annotators(source: Any) -> list[Callable[[PacketPath], PacketPath]]:
-    attribution = _optional("tracer.attribution")
+def _annotators(source: Any) -> tuple[list[Callable[[PacketPath], PacketPath]], Any]:
+    """Attribution (inferred NAT rule, conntrack entry) over the discovered topology, when in this build."""
     topology = _optional("tracer.topology")
-    if attribution is None or topology is None:
-        return []
+    if topology is None:
+        return [], None
     topo = topology.Topology.discover()
     namer = getattr(source, "_namer", None)
-    containers = getattr(topo, "containers", None)
-    if namer is not None and isinstance(containers, dict):
+    if namer is not None:
         # container names for the hop labels, when the Docker API answered
-        for k, v in containers.items():
-            name = getattr(v, "name", v)
-            if isinstance(k, int) and isinstance(name, str):
-                namer.containers[k] = name
-    return [attribution.annotator(topo)]
+        for c in getattr(topo, "containers", ()):
+            if getattr(c, "netns", None) and getattr(c, "name", None):
+                namer.containers[int(c.netns)] = str(c.name)
+    attribution = _optional("tracer.attribution")
+    if attribution is None:
+        return [], topo
+    return [attribution.annotator(topo)], topo
 
 
 def _want_tui(args: argparse.Namespace) -> bool:
@@ -179,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
                 _notice("--rules needs tracer.nftrace, not in this build yet; NAT rules are inferred")
             else:
                 rules = stack.enter_context(nftrace.RuleTrace())
-        annotators = _annotators(source)
+        annotators, topo = _annotators(source)
         if rules is not None and hasattr(rules, "annotator"):
             annotators.append(rules.annotator)
         engine = engine_mod.Engine(
@@ -205,7 +206,8 @@ def run(args: argparse.Namespace) -> int:
         if _want_tui(args):
             from tui.app import make_app
 
-            make_app(engine, keep=args.keep).run()
+            make_app(engine, keep=args.keep, backend_name=source.kind, filter_expr=args.filter,
+                     topology=topo).run()
         else:
             from tracer.output import NdjsonSink, TextSink
 
