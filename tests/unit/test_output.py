@@ -15,6 +15,7 @@ from tracer.output import (
     flow_json,
     nat_text,
     path_json,
+    path_line,
     path_text,
     stats_json,
 )
@@ -124,3 +125,25 @@ def test_drop_and_ports_in_text() -> None:
         "   → host/veth1 drop  +1.5 µs  DROPPED: NETFILTER_DROP",
     ]
     assert path_json(p)["hops"][1]["drop_reason"] == "NETFILTER_DROP"
+
+
+def test_path_line_is_json_dumps_of_path_json() -> None:
+    from tests.unit.conftest import make_obs
+    from tracer.model import InnerHeader
+
+    odd = dict(node='we"b\\1', ifname="eth0é")
+    variants = [
+        make_obs(at="web/eth0"),
+        make_obs(proto=6, icmp_type=None, icmp_code=None, icmp_id=None, icmp_seq=None, tcp_flags=0x12,
+                 tcp_seq=5, tcp_ack=6, sport=1, dport=2, skb=0xABC, **odd),
+        make_obs(family=6, src="fd00::1", dst="fd00::2", ip_id=None, flow_label=7, icmp_type=128),
+        make_obs(proto=17, icmp_type=None, icmp_code=None, icmp_id=None, icmp_seq=None, is_fragment=True,
+                 frag_offset=1480, more_fragments=False),
+        make_obs(icmp_type=3, icmp_code=3, icmp_id=None, icmp_seq=None, direction="drop",
+                 drop_reason="NETFILTER_DROP", inner=InnerHeader("172.17.0.2", "198.51.100.8", 17, 9, 7)),
+        make_obs(direction=None),
+    ]
+    paths = [*correlate(variants), *correlate(internet_ping() + internet_pong())]
+    assert len(paths) >= 7
+    for p in paths:
+        assert path_line(p) == json.dumps(path_json(p))
