@@ -10,8 +10,14 @@ from tests.conftest import FIXTURES, run_hoptrace
 from tracer.lab import SCENARIOS
 from tracer.lab.fixtures import stable
 
+GOLDEN = sorted(p.stem for p in FIXTURES.glob("*.json"))
 
-@pytest.mark.parametrize("scenario", list(SCENARIOS))
+
+def test_every_scenario_has_a_golden_fixture() -> None:
+    assert set(SCENARIOS) <= set(GOLDEN)
+
+
+@pytest.mark.parametrize("scenario", GOLDEN)
 def test_replay_matches_expected(scenario: str) -> None:
     pcap, expected = FIXTURES / f"{scenario}.pcapng", FIXTURES / f"{scenario}.json"
     r = run_hoptrace("replay", "--json", str(pcap))
@@ -37,3 +43,16 @@ def test_fixtures_show_their_nat() -> None:
     assert ("tcp", "dnat", "PREROUTING") in nat("hairpin")
     assert nat("container-ping") == [] and nat("gateway-ping") == [] and nat("host-ping") == []
     assert nat("udp") == [("udp", "snat", "POSTROUTING"), ("udp", "dnat", "PREROUTING")]
+
+
+def test_ebpf_fixtures_show_the_drop_and_the_skb() -> None:
+    """Recorded by the kernel probes: the drop and its reason, skb ids on every hop."""
+    if not (FIXTURES / "blocked-ebpf.json").exists():
+        pytest.skip("no eBPF fixtures (recorded only where eBPF works: make fixtures)")
+    paths = [o for o in json.loads((FIXTURES / "blocked-ebpf.json").read_text()) if o.get("type") == "path"]
+    echo = next(p for p in paths if p["proto"] == "icmp")
+    assert echo["verdict"] == "dropped"
+    assert (echo["hops"][-1]["node"], echo["hops"][-1]["iface"], echo["hops"][-1]["drop_reason"]) == (
+        "host", "docker0", "NETFILTER_DROP")
+    ping = [o for o in json.loads((FIXTURES / "internet-ping-ebpf.json").read_text()) if o.get("type") == "path"]
+    assert all(h["skb"] for p in ping for h in p["hops"])

@@ -104,3 +104,21 @@ def test_lab_fixture_cleans_up_after_a_failing_test(tmp_path: Path, engine: str)
         left = Lab("netns", prefix).state.leftovers()
         Lab("netns", prefix).down()
     assert left == []
+
+
+def test_default_engine_without_dockerd_is_netns_with_a_notice(fresh_lab_prefix: str, tmp_path: Path) -> None:
+    """A machine with iproute2 and iptables but no dockerd: netns engine, one line saying why."""
+    import shutil
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("ip", "iptables", "iptables-restore", "nsenter", "busybox"):
+        found = shutil.which(tool)
+        assert found, tool
+        (bin_dir / tool).symlink_to(found)
+    env = _env(fresh_lab_prefix, PATH=f"{bin_dir}:/usr/bin:/bin")
+    r = run_hoptrace("lab", "up", env=env)
+    assert r.returncode == 0, r.stderr
+    notice = [ln for ln in r.stderr.splitlines() if "dockerd" in ln]
+    assert notice == ["lab: dockerd is not installed (Debian package docker.io): using the netns engine"]
+    assert f"lab '{fresh_lab_prefix}' (netns engine)" in r.stdout

@@ -5,7 +5,8 @@ docker-engine lab (tracer.lab.capture), and ``fixtures/<scenario>.json`` is the
 expected output: ``hoptrace replay --json`` of that file, as a JSON list of
 objects (one per NDJSON line: paths, flows, stats without its wall-clock
 ``elapsed_s``), to be reviewed by eye before committing — each must show the
-right hops and NAT. ``--json-only`` regenerates just the JSON from the committed
+right hops and NAT. Where eBPF works, ``<scenario>-ebpf.pcapng`` (+ JSON) are
+also recorded live by the kernel probes for EBPF_SCENARIOS. ``--json-only`` regenerates just the JSON from the committed
 captures (after a deliberate change of the engine's output).
 """
 
@@ -25,6 +26,9 @@ from tracer.lab.scenarios import SCENARIOS
 from tracer.lab.state import progress
 
 FIXTURES = Path(__file__).resolve().parent.parent.parent / "fixtures"
+# Also recorded by the kernel probes (``<scenario>-ebpf.pcapng``): only they see a drop and its
+# reason, and they carry skb ids, so the correlator's skb join has golden data too.
+EBPF_SCENARIOS = ("internet-ping", "blocked")
 
 
 def expected_json(pcap: Path) -> list[object] | None:
@@ -57,13 +61,35 @@ def record(engine: str, out: Path, scenarios: list[str], prefix: str) -> None:
             if not result.ok:
                 raise LabError(f"scenario {name} did not do what it should: {result.detail}")
             progress(f"{name}: {result.detail}; {packets} sightings -> {pcap}")
+        from tracer.lab.demo import live_available, trace_live
+
+        ok, why = live_available()
+        for name in [s for s in EBPF_SCENARIOS if s in scenarios]:
+            if not ok:
+                progress(f"no {name}-ebpf fixture: eBPF is unavailable here ({why})")
+                continue
+            pcap = out / f"{name}-ebpf.pcapng"
+            pcap.unlink(missing_ok=True)
+            result = trace_live(lab, name, pcap)
+            if not result.ok:
+                raise LabError(f"scenario {name} did not do what it should: {result.detail}")
+            os.chmod(pcap, 0o644)
+            progress(f"{name}: recorded by the eBPF source -> {pcap}")
     finally:
         lab.down()
+    regenerate_json(out, scenarios)
+
+
+def regenerate_json(out: Path, scenarios: list[str]) -> None:
     for name in scenarios:
-        paths = expected_json(out / f"{name}.pcapng")
-        if paths is not None:
-            (out / f"{name}.json").write_text(json.dumps(paths, indent=1) + "\n")
-            progress(f"{name}: {len(paths)} expected paths -> {out / (name + '.json')}")
+        for stem in (name, f"{name}-ebpf"):
+            pcap = out / f"{stem}.pcapng"
+            if not pcap.exists():
+                continue
+            paths = expected_json(pcap)
+            if paths is not None:
+                (out / f"{stem}.json").write_text(json.dumps(paths, indent=1) + "\n")
+                progress(f"{stem}: {len(paths)} expected objects -> {out / (stem + '.json')}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,10 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown scenario(s) {', '.join(unknown)}; valid: {', '.join(SCENARIOS)}")
     try:
         if args.json_only:
-            for name in scenarios:
-                paths = expected_json(args.out / f"{name}.pcapng")
-                if paths is not None:
-                    (args.out / f"{name}.json").write_text(json.dumps(paths, indent=1) + "\n")
+            regenerate_json(args.out, scenarios)
         else:
             record(args.engine, args.out, scenarios, os.environ.get("HOPTRACE_LAB_PREFIX") or "hopfix")
     except HoptraceError as exc:

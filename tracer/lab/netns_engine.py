@@ -83,6 +83,9 @@ def build(lab: Lab) -> None:
         ]
     lab.ip_batch(host, batch)
     for node in CONTAINERS:
+        # Docker turns IPv6 off on a container's eth0 when the network has none (before it is up,
+        # so no DAD or router solicitations leave it).
+        lab.sysctls(node, {"net/ipv6/conf/eth0/disable_ipv6": "1"})
         lab.ip_batch(
             lab.state.ns_name(node),
             [
