@@ -16,14 +16,16 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import glob
+import http.client
 import json
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -350,7 +352,7 @@ class _RawNs:
     interfaces: list[Interface]
     routes: list[Route]
     forwarding: bool
-    nsids: dict[int, int]  # nsid (as seen from this ns) -> inode
+    veths: dict[int, tuple[int, int | None]]  # ifindex -> (peer ifindex, IFLA_LINK_NETNSID)
     error: str | None = None
 
 
@@ -370,7 +372,7 @@ def _read_sysctl(path: str) -> str:
         return ""
 
 
-def _read_one(ipr: Any, inode: int, fds: dict[int, int]) -> _RawNs:
+def _read_one(ipr: Any, inode: int) -> _RawNs:
     addrs: dict[int, list[str]] = {}
     for a in ipr.get_addr():
         ip = a.get("IFA_ADDRESS")
@@ -379,28 +381,12 @@ def _read_one(ipr: Any, inode: int, fds: dict[int, int]) -> _RawNs:
         addrs.setdefault(a["index"], []).append(f"{ip}/{a['prefixlen']}")
     links = ipr.get_links()
     names = {link["index"]: link.get("IFLA_IFNAME") for link in links}
-    wanted_nsids: set[int] = set()
     raw: list[tuple[Any, int | None, int | None]] = []
+    veths: dict[int, tuple[int, int | None]] = {}
     for link in links:
         peer_idx = link.get("IFLA_LINK")
         nsid = link.get("IFLA_LINK_NETNSID")
         raw.append((link, peer_idx, nsid))
-        if nsid is not None:
-            wanted_nsids.add(int(nsid))
-    nsids: dict[int, int] = {}
-    if wanted_nsids:
-        # RTM_GETNSID does not allocate an id: asking about every namespace has no side effect.
-        for other, fd in fds.items():
-            if other == inode:
-                continue
-            try:
-                got = ipr.get_netnsid(fd=fd).get("nsid")
-            except Exception:  # a namespace that vanished meanwhile answers with an error
-                continue
-            if got is not None and int(got) in wanted_nsids:
-                nsids[int(got)] = other
-                if len(nsids) == len(wanted_nsids):
-                    break
     ifaces = []
     for link, peer_idx, nsid in raw:
         kind = link.get(("IFLA_LINKINFO", "IFLA_INFO_KIND"))
@@ -408,7 +394,9 @@ def _read_one(ipr: Any, inode: int, fds: dict[int, int]) -> _RawNs:
         peer_ifindex: int | None = None
         if kind == "veth" and peer_idx:
             peer_ifindex = int(peer_idx)
-            peer_netns = nsids.get(int(nsid)) if nsid is not None else inode
+            # Another namespace: resolved across all namespaces later (resolve_peers).
+            peer_netns = inode if nsid is None else None
+            veths[int(link["index"])] = (peer_ifindex, None if nsid is None else int(nsid))
         master = link.get("IFLA_MASTER")
         ifaces.append(
             Interface(
@@ -443,7 +431,7 @@ def _read_one(ipr: Any, inode: int, fds: dict[int, int]) -> _RawNs:
             )
     # net sysctls resolve against the opening thread's namespace, which is this one.
     forwarding = _read_sysctl("/proc/sys/net/ipv4/ip_forward") == "1"
-    return _RawNs(ifaces, routes, forwarding, nsids)
+    return _RawNs(ifaces, routes, forwarding, veths)
 
 
 def read_netlink(namespaces: dict[int, str]) -> dict[int, _RawNs]:
@@ -465,7 +453,7 @@ def read_netlink(namespaces: dict[int, str]) -> dict[int, _RawNs]:
                 try:
                     _setns_fd(fd)
                     with IPRoute() as ipr:
-                        out[inode] = _read_one(ipr, inode, fds)
+                        out[inode] = _read_one(ipr, inode)
                 except PrivilegeError:
                     raise
                 except Exception as exc:  # one namespace going away must not hide the others
@@ -477,11 +465,86 @@ def read_netlink(namespaces: dict[int, str]) -> dict[int, _RawNs]:
         t = threading.Thread(target=worker, name="topology-netlink", daemon=True)
         t.start()
         t.join()
+        if not errors:
+            _resolve_peers(out, fds)
     finally:
         for fd in fds.values():
             os.close(fd)
     if errors:
         raise errors[0]
+    return out
+
+
+def _resolve_peers(raws: dict[int, _RawNs], fds: dict[int, int]) -> None:
+    """Which namespace each veth's peer lives in.
+
+    IFLA_LINK_NETNSID is an id local to the asking namespace; mapping it to a
+    namespace takes an RTM_GETNSID per (namespace, candidate), ~1 ms each in
+    pyroute2 — 50 containers asking about every namespace cost seconds. So the
+    candidates are narrowed first: the peer is a veth whose ifindex is our
+    IFLA_LINK and whose IFLA_LINK is our ifindex, in another namespace. Only
+    when that leaves more than one candidate is the kernel asked, about those.
+    """
+    index: dict[tuple[int, int], tuple[int, int | None]] = {}
+    for ino, r in raws.items():
+        for ifindex, v in r.veths.items():
+            index[(ino, ifindex)] = v
+    by_ifindex: dict[int, list[int]] = {}
+    for ino, ifindex in index:
+        by_ifindex.setdefault(ifindex, []).append(ino)
+    resolved: dict[tuple[int, int], int] = {}
+    ask: dict[int, dict[int, list[int]]] = {}  # ns -> nsid -> candidate namespaces
+    for (ino, ifindex), (peer_idx, nsid) in index.items():
+        if nsid is None:
+            continue
+        cands = [
+            other for other in by_ifindex.get(peer_idx, ())
+            if other != ino and index[(other, peer_idx)][0] == ifindex
+            and index[(other, peer_idx)][1] is not None
+        ]
+        if len(cands) == 1:
+            resolved[(ino, ifindex)] = cands[0]
+        elif cands:
+            ask.setdefault(ino, {}).setdefault(nsid, []).extend(cands)
+    if ask:
+        resolved.update(_ask_nsids(raws, fds, ask))
+    for ino, r in raws.items():
+        r.interfaces = [
+            replace(i, peer_netns=resolved[(ino, i.ifindex)])
+            if i.peer_netns is None and (ino, i.ifindex) in resolved else i
+            for i in r.interfaces
+        ]
+
+
+def _ask_nsids(raws: dict[int, _RawNs], fds: dict[int, int],
+               ask: dict[int, dict[int, list[int]]]) -> dict[tuple[int, int], int]:
+    from pyroute2 import IPRoute
+
+    nsid_to_ns: dict[tuple[int, int], int] = {}
+
+    def worker() -> None:
+        for ino, wanted in ask.items():
+            try:
+                _setns_fd(fds[ino])
+                with IPRoute() as ipr:
+                    for nsid, cands in wanted.items():
+                        for other in cands:
+                            # RTM_GETNSID does not allocate an id: asking has no side effect.
+                            got = ipr.get_netnsid(fd=fds[other]).get("nsid")
+                            if got is not None and int(got) == nsid:
+                                nsid_to_ns[(ino, nsid)] = other
+                                break
+            except Exception:  # a namespace that vanished: its peers stay unknown
+                continue
+
+    t = threading.Thread(target=worker, name="topology-nsid", daemon=True)
+    t.start()
+    t.join()
+    out: dict[tuple[int, int], int] = {}
+    for ino in ask:
+        for ifindex, (_, nsid) in raws[ino].veths.items():
+            if nsid is not None and (ino, nsid) in nsid_to_ns:
+                out[(ino, ifindex)] = nsid_to_ns[(ino, nsid)]
     return out
 
 
@@ -647,36 +710,91 @@ def docker_url() -> str | None:
     return None
 
 
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, sock_path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.sock_path = sock_path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.sock_path)
+        self.sock = sock
+
+
+class _UnixEngine:
+    """The three Engine API calls topology needs, over a unix socket with the stdlib.
+
+    The Docker SDK (and requests under it) costs ~0.4 s of imports here, almost
+    half of the 1 s budget for 50 containers; for a unix:// DOCKER_HOST plain
+    HTTP/1.1 is enough. Other schemes (tcp://, TLS, ssh://) go through the SDK.
+    """
+
+    def __init__(self, sock_path: str, timeout: float) -> None:
+        self.conn = _UnixHTTPConnection(sock_path, timeout)
+
+    def get(self, path: str) -> Any:
+        self.conn.request("GET", path, headers={"Host": "docker"})
+        resp = self.conn.getresponse()
+        body = resp.read()
+        if resp.status != 200:
+            raise OSError(f"{path}: HTTP {resp.status}")
+        return json.loads(body)
+
+    def networks(self) -> Any:
+        return self.get("/networks")
+
+    def containers(self) -> Any:
+        return self.get("/containers/json")
+
+    def inspect_container(self, cid: str) -> Any:
+        return self.get(f"/containers/{cid}/json")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 def read_docker(url: str | None) -> tuple[list[Container], list[dict[str, Any]], str | None]:
     """Containers and networks from the Engine API; the third value is a notice when it did not answer."""
     if url is None:
         return [], [], "no Docker API (DOCKER_HOST unset, no lab dockerd): containers are named by namespace"
-    try:
-        import docker
-        from docker.errors import DockerException
-        from requests.exceptions import RequestException
-    except ImportError:
-        return [], [], "the docker Python SDK is not installed: containers are named by namespace"
-    try:
-        client = docker.DockerClient(base_url=url, timeout=DOCKER_TIMEOUT_S)
+    errors: tuple[type[BaseException], ...] = (OSError, ValueError, http.client.HTTPException)
+    api: Any
+    if url.startswith("unix://"):
+        api = _UnixEngine(url[len("unix://"):], DOCKER_TIMEOUT_S)
+        close = api.close
+    else:
         try:
-            api = client.api
+            import docker
+            from docker.errors import DockerException
+            from requests.exceptions import RequestException
+        except ImportError:
+            return [], [], "the docker Python SDK is not installed: containers are named by namespace"
+        errors = (*errors, DockerException, RequestException)
+        try:
+            client = docker.DockerClient(base_url=url, timeout=DOCKER_TIMEOUT_S)
+        except errors as exc:
+            return [], [], _docker_notice(url, exc)
+        api, close = client.api, client.close
+    try:
+        try:
             nets = api.networks()
             bridge_of = {
                 n["Name"]: (n.get("Options") or {}).get("com.docker.network.bridge.name")
                 or (f"br-{n['Id'][:12]}" if n.get("Driver") == "bridge" else None)
                 for n in nets
             }
-            containers = []
-            for summary in api.containers():
-                info = api.inspect_container(summary["Id"])
-                containers.append(_container(info, bridge_of))
+            containers = [_container(api.inspect_container(c["Id"]), bridge_of) for c in api.containers()]
         finally:
-            client.close()
-    except (DockerException, RequestException, OSError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return [], [], f"Docker API at {url} did not answer ({first[:120]}): containers are named by namespace"
+            close()
+    except errors as exc:
+        return [], [], _docker_notice(url, exc)
     return containers, nets, None
+
+
+def _docker_notice(url: str, exc: BaseException) -> str:
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"Docker API at {url} did not answer ({first[:120]}): containers are named by namespace"
 
 
 def _container(info: dict[str, Any], bridge_of: dict[str, str | None]) -> Container:
@@ -730,18 +848,32 @@ def discover(*, docker: bool = True, nat: bool = True) -> Topology:
     networks: list[dict[str, Any]] = []
     notices: list[str] = []
     namer = NodeNamer()
+    answer: list[tuple[list[Container], list[dict[str, Any]], str | None]] = []
+    asking: threading.Thread | None = None
     if docker:
-        containers, networks, notice = read_docker(docker_url())
+        # The Engine API answers while netlink is read: its round trips overlap.
+        url = docker_url()
+        asking = threading.Thread(target=lambda: answer.append(read_docker(url)),
+                                  name="topology-docker", daemon=True)
+        asking.start()
+    raw = read_netlink(namespaces)
+    if asking is not None:
+        asking.join(DOCKER_TIMEOUT_S * 4)
+        containers, networks, notice = answer[0] if answer else (
+            [], [], "the Docker API did not answer in time: containers are named by namespace")
         if notice:
             notices.append(notice)
         namer.containers = {c.netns: c.name for c in containers if c.netns is not None}
-        # A container's namespace may be reachable only through its SandboxKey or pid.
+        # A container's namespace may be reachable only through its pid (no bind mount seen).
+        extra = {}
         for c in containers:
-            if c.netns is not None and c.netns not in namespaces:
-                path = f"/proc/{c.pid}/ns/net" if c.pid else None
-                if path and _inode(path) == c.netns:
-                    namespaces[c.netns] = path
-    raw = read_netlink(namespaces)
+            if c.netns is not None and c.netns not in namespaces and c.pid:
+                path = f"/proc/{c.pid}/ns/net"
+                if _inode(path) == c.netns:
+                    extra[c.netns] = path
+        if extra:
+            namespaces.update(extra)
+            raw = read_netlink(namespaces)
     nat_rules: dict[int, list[NatRule]] = {}
     if nat:
         nat_paths = {ino: namespaces[ino] for ino, r in raw.items() if r.error is None and _nats(r)}
