@@ -98,3 +98,23 @@ def test_filter_keeps_matching_paths(capsys: pytest.CaptureFixture[str]) -> None
     assert main(["replay", "--json", "--filter", "host 192.0.2.99", str(f)]) == 0
     objs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [o["type"] for o in objs] == ["stats"]
+
+
+def test_vector_decode_equals_scalar_over_the_corpus() -> None:
+    """decode's numpy fast path against its per-frame reference on every corpus frame it reads."""
+    from tracer.decode import _vector, decode_scalar
+    from tracer.errors import CaptureFileError
+    from tracer.readers import _FileReader
+
+    frames = 0
+    for name in corpus_files():
+        reader = _FileReader(str(CORPUS / name))
+        try:
+            for ch in reader.chunks():
+                lts = [reader.ifaces[i].linktype for i in ch.iface]
+                got = _vector(ch.buf, ch.offs, ch.lens, lts)
+                assert got.tobytes() == decode_scalar(ch.buf, ch.offs, ch.lens, lts).tobytes(), name
+                frames += len(got)
+        except CaptureFileError:
+            continue
+    assert frames > 9000

@@ -23,6 +23,7 @@ direction, skb, drop reason and gives the nanosecond timestamp.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,15 @@ LINKTYPE_NAMES = {
 }  # fmt: skip
 
 _U64_MAX = (1 << 64) - 1
+_DIRS_B = {b"rx": Dir.RX, b"tx": Dir.TX, b"drop": Dir.DROP}
+# tracer.record's comment, exactly (one per line of the joined batch); the recorder pads
+# values with spaces to a fixed width per batch.
+_META_RE = re.compile(
+    rb'^\{"v": *1,"dir": *(?:"(rx|tx|drop)"|null),"skb": *(?:"0x([0-9a-fA-F]{1,16})"|null),'
+    rb'"hook": *(?:"[^"\\\n]*"|null),"netns": *(\d{1,19}),'
+    rb'"drop_reason": *(?:"([A-Za-z0-9_()]+)"|null),"ts_ns": *(\d{1,19})\}$',
+    re.M,
+)
 _OPTHDR_LE = Struct("<HH").unpack_from
 _OPTHDR_BE = Struct(">HH").unpack_from
 _DIRS = {"rx": Dir.RX, "tx": Dir.TX, "drop": Dir.DROP}
@@ -602,6 +612,8 @@ class FileSource:
 
     def _apply_meta(self, rows: np.ndarray[Any, Any], metas: list[tuple[int, bytes]]) -> None:
         """hoptrace's JSON comments override direction, skb, ts_ns, drop reason, netns."""
+        if self._apply_meta_fast(rows, metas):
+            return
         try:
             objs = json.loads(b"[" + b",".join(raw for _, raw in metas) + b"]")
             if len(objs) != len(metas):
@@ -642,6 +654,37 @@ class FileSource:
                 rows["drop_reason"][i] = rid
             elif isinstance(reason, int) and 0 < reason < 1 << 32:
                 rows["drop_reason"][i] = reason
+
+    def _apply_meta_fast(self, rows: np.ndarray[Any, Any], metas: list[tuple[int, bytes]]) -> bool:
+        """The recorder's exact comment layout, matched by one regex over the whole batch.
+
+        json.loads of every comment was half of the reader's time. False (nothing
+        done) when any comment is laid out otherwise; then JSON decides.
+        """
+        found = _META_RE.findall(b"\n".join(raw for _, raw in metas))
+        if len(found) != len(metas):
+            return False
+        idx = np.array([i for i, _ in metas], dtype=np.int64)
+        dirs = np.array([_DIRS_B.get(f[0], 0) for f in found], dtype=np.uint8)
+        sel = dirs != 0
+        rows["dir"][idx[sel]] = dirs[sel]
+        skbs = np.array([int(f[1], 16) if f[1] else 0 for f in found], dtype=np.uint64)
+        sel = skbs != 0
+        rows["skb"][idx[sel]] = skbs[sel]
+        for col, k in (("netns", 2), ("ts_ns", 4)):
+            vals = np.array([f[k] for f in found], dtype="S20").astype(np.uint64)
+            sel = vals != 0
+            rows[col][idx[sel]] = vals[sel]
+        for j, f in enumerate(found):
+            if f[3]:
+                reason = f[3].decode("utf-8", "replace")
+                rid = self._drop_ids.get(reason)
+                if rid is None:
+                    rid = len(self._drop_ids) + 1
+                    self._drop_ids[reason] = rid
+                    self.drop_reasons[rid] = reason
+                rows["drop_reason"][metas[j][0]] = rid
+        return True
 
     # -- merge -------------------------------------------------------------------
     def _merge(self, streams: list[Iterator[ObsBatch]]) -> Iterator[ObsBatch]:

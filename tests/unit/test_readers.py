@@ -294,3 +294,22 @@ def test_hop_arg_and_no_files() -> None:
             parse_hop_arg(bad)
     with pytest.raises(UsageError):
         FileSource([]).start()
+
+
+def test_comment_fast_path_and_json_path_agree(tmp_path: Path) -> None:
+    """The recorder's padded layout takes the regex path; any other layout the JSON path; same rows."""
+    fr = bytes(ETH / ping("172.17.0.2", "198.51.100.8", 1))
+    padded = '{"v":1,"dir":"drop","skb":"0x00000005","hook":null,"netns":9,"drop_reason":"NETFILTER_DROP","ts_ns": 333}'
+    reordered = '{"ts_ns": 333, "v": 1, "netns": 9, "skb": "0x5", "dir": "drop", "drop_reason": "NETFILTER_DROP"}'
+    results = []
+    for name, comment in (("fast", padded), ("json", reordered)):
+        f = tmp_path / f"{name}.pcapng"
+        f.write_bytes(shb() + idb(1, "h/i", tsresol=9) + epb(0, 100, fr, flags=1, comment=comment))
+        src = FileSource([str(f)])
+        used: list[bool] = []
+        fast = src._apply_meta_fast
+        src._apply_meta_fast = lambda rows, metas, used=used, fast=fast: used.append(fast(rows, metas)) or used[-1]  # type: ignore[method-assign,misc]
+        _, obs = read_all(src)
+        results.append([(o.ts_ns, o.direction, o.skb, o.netns, o.drop_reason) for o in obs])
+        assert used == [name == "fast"]
+    assert results[0] == results[1] == [(333, "drop", 5, 9, "NETFILTER_DROP")]
