@@ -21,6 +21,7 @@ from pathlib import Path
 from tracer.errors import KernelFeatureMissing
 
 USR_SRC = Path("/usr/src")
+MARKER = ".hoptrace-merged"
 _FIX = "apt-get install linux-headers-amd64 (any Debian kernel's headers will do)"
 
 
@@ -89,6 +90,7 @@ def _merge(common: Path, arch_dir: Path, into: Path) -> None:
         _link(tmp / "arch" / "x86" / "include" / entry.name, entry)
     for entry in (arch_dir / "arch" / "x86" / "include").iterdir():
         _link(tmp / "arch" / "x86" / "include" / entry.name, entry)
+    (tmp / MARKER).write_text(f"{common}\n{arch_dir}\n")
     # rename is atomic: a concurrent hoptrace sees either no tree or a whole one.
     try:
         tmp.rename(into)
@@ -100,11 +102,19 @@ def _merge(common: Path, arch_dir: Path, into: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _is_dir(p: Path) -> bool:
+    try:
+        return p.is_dir()
+    except OSError:  # EACCES: not a tree this user can use
+        return False
+
+
 def find_tree() -> HeaderTree:
     """The tree bcc will use; builds the merged one if needed (cheap: a few hundred symlinks)."""
     env = os.environ.get("BCC_KERNEL_SOURCE")
-    if env and Path(env, "include").is_dir():
-        return HeaderTree(Path(env), "env")
+    if env and _is_dir(Path(env, "include")):
+        # ours (set by ensure_bcc_env earlier in this process) or the user's
+        return HeaderTree(Path(env), "merged" if Path(env, MARKER).exists() else "env")
     build = Path("/lib/modules") / platform.release() / "build"
     if (build / "include").is_dir():
         return HeaderTree(build, "modules")
@@ -117,9 +127,12 @@ def find_tree() -> HeaderTree:
         )
     common, arch_dir = pairs[0]
     into = cache_root() / "headers" / arch_dir.name
-    if not (into / "include" / "generated").exists():
-        into.parent.mkdir(parents=True, exist_ok=True)
-        _merge(common, arch_dir, into)
+    if not (into / MARKER).exists():
+        if (into / "include" / "generated").exists():
+            (into / MARKER).write_text(f"{common}\n{arch_dir}\n")  # a tree from before the marker
+        else:
+            into.parent.mkdir(parents=True, exist_ok=True)
+            _merge(common, arch_dir, into)
     return HeaderTree(into, "merged")
 
 

@@ -156,7 +156,23 @@ def test_bad_filter_is_exit_2() -> None:
 def test_not_root_is_exit_3_naming_it(tmp_path: Path) -> None:
     r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
                         *HOPTRACE, "live", "--backend", "ebpf", "--json"],
-                       capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60, cwd="/",
                        env={**os.environ, "HOME": str(tmp_path)})
     assert r.returncode == 3, (r.returncode, r.stderr)
     assert "root" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_auto_backend_picks_ebpf_here(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen([*HOPTRACE, "live", "--json", "--ready-file", str(ready)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while not ready.exists():
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() - t0 < 30
+        time.sleep(0.02)
+    kind = ready.read_text().split()[1]
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert (kind, proc.returncode, err) == ("ebpf", 0, "")
+    assert json.loads(out.splitlines()[-1])["type"] == "stats"
