@@ -71,6 +71,8 @@ def dockerd_argv(lab: Lab) -> list[str]:
         "--containerd-namespace", lab.prefix,
         "--containerd-plugins-namespace", f"{lab.prefix}-plugins",
         "--bip", f"{A.GATEWAY}/{A.PREFIXLEN}",
+        # The lab's containers under a cgroup of its own, so `down` can remove exactly those.
+        "--cgroup-parent", lab.state.cgroup_name,
         "--userland-proxy=false",
     ]
 

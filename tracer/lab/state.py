@@ -28,6 +28,7 @@ from tracer.errors import LabError, UsageError
 
 STATE_ROOT = Path("/run/hoptrace")
 RUN_NETNS = Path("/run/netns")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 # Short enough that "<prefix>-client" stays a sane name; no "/" or spaces (paths, argv).
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 
@@ -129,6 +130,19 @@ class LabState:
     def netns_dir(self) -> Path:
         """Bind mounts of namespaces that have no /run/netns name (docker containers)."""
         return self.dir / "netns"
+
+    @property
+    def cgroup_name(self) -> str:
+        """dockerd's --cgroup-parent for this lab's containers."""
+        return f"hoptrace-{self.prefix}"
+
+    def cgroups(self) -> list[Path]:
+        """The lab's container cgroups in every v1 hierarchy (and the unified one), deepest first."""
+        found: list[Path] = []
+        for top in CGROUP_ROOT.glob(f"*/{self.cgroup_name}"):
+            found += [p for p in top.rglob("*") if p.is_dir()]
+            found.append(top)
+        return sorted(found, key=lambda p: (-len(p.parts), str(p)))
 
     def ns_name(self, node: str) -> str:
         return f"{self.prefix}-{node}"
@@ -246,6 +260,7 @@ class LabState:
         left = [f"netns {n}" for n in self.named_netns()]
         left += [f"mount {m}" for m in self.mounts()]
         left += [f"process {pid}" for pid in self.procs_using_dir() if not _zombie(pid)]
+        left += [f"cgroup {c}" for c in self.cgroups()]
         if self.dir.exists():
             left.append(f"state {self.dir}")
         return left
@@ -267,6 +282,20 @@ class LabState:
         if stray:
             stop_procs(stray, timeout_s=2.0)
             removed.append(f"{len(stray)} process(es) left in the lab's namespaces")
+        for cg in self.cgroups():
+            # rmdir is how a cgroup is removed; it is busy until the killed processes have left it.
+            deadline = time.monotonic() + 3.0
+            while True:
+                try:
+                    cg.rmdir()
+                    removed.append(f"cgroup {cg}")
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as exc:
+                    if time.monotonic() > deadline:
+                        raise LabError(f"cannot remove cgroup {cg}: {exc.strerror}") from exc
+                    time.sleep(0.05)
         for point in self.mounts():
             subprocess.run(["umount", "-l", point], capture_output=True, check=False)
             removed.append(f"mount {point}")
