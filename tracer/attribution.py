@@ -386,7 +386,7 @@ def _is_reply(ref: ConntrackRef | None, before: Endpoints) -> bool | None:
 
 
 def annotator(topo: TopologyLike, conntrack: ConntrackTable | bool | None = None,
-              refresh_s: float | None = 5.0) -> Attributor:
+              refresh_s: float | None = 2.0) -> Attributor:
     """The engine annotator (``Callable[[PacketPath], PacketPath]``).
 
     ``topo``: a snapshot or any callable returning the current one (``LiveTopology``);

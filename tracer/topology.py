@@ -24,6 +24,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -947,16 +948,25 @@ def _docker_bridge(name: str) -> bool:
 
 
 class LiveTopology:
-    """A snapshot kept current on a timer while tracing; ``current`` is always a whole snapshot."""
+    """A snapshot kept current while tracing; ``current`` is always a whole snapshot.
+
+    Every ``interval_s`` the set of namespaces is listed (a few ms: readlink of
+    /proc/*/ns/net and stat of the netns dirs); a full ``discover()`` runs only
+    when that set changed — a container started or stopped, which is also when
+    Docker adds or removes its veth, addresses and NAT rules — or at least every
+    ``full_every_s``, so a steady host costs next to nothing.
+    """
 
     def __init__(self, interval_s: float = 2.0, *, initial: Topology | None = None,
-                 discover_fn: Callable[[], Topology] | None = None) -> None:
+                 discover_fn: Callable[[], Topology] | None = None, full_every_s: float = 60.0) -> None:
         self._discover = discover_fn or (lambda: discover())
         self.current: Topology = initial if initial is not None else self._discover()
         self.interval_s = interval_s
+        self.full_every_s = full_every_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
+        self.refreshes = 0
 
     def __call__(self) -> Topology:
         return self.current
@@ -968,9 +978,15 @@ class LiveTopology:
         return self
 
     def _loop(self) -> None:
+        last_full = time.monotonic()
         while not self._stop.wait(self.interval_s):
             try:
+                known = {ns.inode for ns in self.current.namespaces}
+                if set(find_namespaces()) == known and time.monotonic() - last_full < self.full_every_s:
+                    continue
                 self.current = self._discover()
+                last_full = time.monotonic()
+                self.refreshes += 1
                 self.last_error = None
             except (HoptraceError, OSError) as exc:
                 # Keep the last good snapshot: names stay right for what has not changed.

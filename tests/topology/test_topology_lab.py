@@ -9,6 +9,9 @@ the live topology and conntrack table of the lab, as `hoptrace live` would.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -159,3 +162,63 @@ def test_without_conntrack_nat_still_comes_from_the_packets(lab: object, capture
     assert any(ev.rule == "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE" for ev in events)
     assert ann.without_conntrack == len(events)
     assert ann.notices == ["conntrack is not followed: NAT events come from the packet diff only"]
+
+
+# --------------------------------------------------------------------------
+# Bad input and faults
+# --------------------------------------------------------------------------
+
+
+def test_no_docker_api_names_fall_back_with_one_notice(lab: object, monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-such.sock")
+    topo = Topology.discover()
+    notices = [n for n in topo.notices if "Docker API" in n]
+    assert len(notices) == 1 and "did not answer" in notices[0], topo.notices
+    assert topo.containers == ()
+    ns = topo.namespace(lab.netns_inode("web"))  # type: ignore[attr-defined]
+    assert ns is not None and ns.name == "web"  # the lab's label
+    r = run_hoptrace("topology", env={**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-such.sock"},
+                     timeout=30)
+    assert r.returncode == 0
+    assert [line for line in r.stderr.splitlines() if "Docker API" in line] == [
+        f"hoptrace: {notices[0]}"]
+
+
+def test_conntrack_unavailable_is_flagged(lab: object, captured: dict[str, Path], tmp_path: Path) -> None:
+    from tracer.attribution import annotator
+    from tracer.conntrack import ConntrackTable
+
+    host_inode = lab.netns_inode("host")  # type: ignore[attr-defined]
+    with ConntrackTable({host_inode: str(tmp_path / "not-a-netns")}) as table:
+        assert list(table.errors) == [host_inode] and not table.available(host_inode)
+        ann = annotator(Topology.discover(), conntrack=table, refresh_s=None)
+        paths = [ann(p) for p in replay_paths(lab, captured)]
+    events = [ev for p in paths for ev in p.nat]
+    assert events and all(ev.conntrack is None for ev in events)
+    assert all(ev.rule is not None for ev in events)  # the rule still comes from the ruleset
+    assert ann.without_conntrack == len(events)
+    assert len(ann.notices) == 1 and ann.notices[0].startswith(f"conntrack unavailable in netns {host_inode}")
+
+
+def test_live_topology_sees_a_namespace_added_while_running(lab: object, nsname: str) -> None:
+    from tracer.topology import LiveTopology
+
+    live = LiveTopology(0.2, initial=Topology.discover(docker=False, nat=False),
+                        discover_fn=lambda: Topology.discover(docker=False, nat=False))
+    ino = os.stat(f"/run/netns/{nsname}").st_ino
+    assert live.current.namespace(ino) is not None  # created by the fixture before
+    extra = f"{nsname}-x"
+    subprocess.run(["ip", "netns", "add", extra], check=True)
+    try:
+        extra_ino = os.stat(f"/run/netns/{extra}").st_ino
+        assert live.current.namespace(extra_ino) is None
+        live.start()
+        deadline = time.monotonic() + 10
+        while live.current.namespace(extra_ino) is None:
+            assert time.monotonic() < deadline, "the new namespace never showed up"
+            time.sleep(0.05)
+        assert live.current.name(extra_ino) == extra
+    finally:
+        live.stop()
+        subprocess.run(["ip", "netns", "del", extra], check=False)
