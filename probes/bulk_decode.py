@@ -64,37 +64,37 @@ def decode_bulk(
     if width < ETH_LEN + 40:
         F = np.pad(F, ((0, 0), (0, ETH_LEN + 40 - width)))
         width = F.shape[1]
-    H = F[:, : ETH_LEN + 40].astype(np.int64)
+    H = F[:, : ETH_LEN + 40]  # a view: columns are widened one at a time
     end = cap.astype(np.int64)
     r = np.arange(n)
     o = ETH_LEN
 
     def c8(M: np.ndarray[Any, Any], k: int) -> np.ndarray[Any, Any]:
-        return M[:, k]
+        return M[:, k].astype(np.int64)
 
     def c16(M: np.ndarray[Any, Any], k: int) -> np.ndarray[Any, Any]:
-        return (M[:, k] << 8) | M[:, k + 1]
+        return (M[:, k].astype(np.int64) << 8) | M[:, k + 1]
 
     def c32(M: np.ndarray[Any, Any], k: int) -> np.ndarray[Any, Any]:
         return (c16(M, k) << 16) | c16(M, k + 2)
 
     def window(start: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        return F[r[:, None], np.minimum(start[:, None] + _AR16, width - 1)].astype(np.int64)
+        return F[r[:, None], np.minimum(start[:, None] + _AR16, width - 1)]
 
     eth = (mac_len == ETH_LEN) & (end >= ETH_LEN + 20)
     et = np.where(eth, c16(H, 12), 0)
-    ver = H[:, o] >> 4
+    ver = c8(H, o) >> 4
     v4 = eth & (et == 0x0800) & (ver == 4)
     v6 = eth & (et == 0x86DD) & (ver == 6) & (end >= ETH_LEN + 40)
 
-    ihl = (H[:, o] & 0xF) * 4
+    ihl = (c8(H, o) & 0xF) * 4
     length4 = c16(H, o + 2)
     fragw = c16(H, o + 6)
     v4 &= (ihl >= 20) & ~((length4 > 0) & (length4 < ihl)) & ((fragw & 0x3FFF) == 0)
     plen6 = c16(H, o + 4)
 
-    proto = np.where(v6, H[:, o + 6], H[:, o + 9])
-    ttl = np.where(v6, H[:, o + 7], H[:, o + 8])
+    proto = np.where(v6, c8(H, o + 6), c8(H, o + 9))
+    ttl = np.where(v6, c8(H, o + 7), c8(H, o + 8))
     l4 = np.where(v6, o + 40, o + ihl)
     plen = np.where(v6, plen6, np.where(length4 > 0, length4, end - o) - ihl)
     length = np.where(v6, 40 + plen6, length4)
@@ -102,7 +102,7 @@ def decode_bulk(
     W = window(l4)
     tcp = (proto == 6) & (l4 + 20 <= end)
     udp = (proto == 17) & (l4 + 4 <= end)
-    icmp_type = W[:, 0]
+    icmp_type = c8(W, 0)
     icmp4 = v4 & (proto == 1) & (l4 + 8 <= end) & ~_ICMP4_ERR[icmp_type]
     icmp6 = v6 & (proto == 58) & (l4 + 8 <= end) & ~_ICMP6_ERR[icmp_type]
     icmp = icmp4 | icmp6
@@ -169,11 +169,11 @@ def decode_bulk(
     has = has | np.where(ports, HAS_L4_PORTS, 0) | np.where(tcp, HAS_TCP, 0) | np.where(icmp, HAS_ICMP, 0)
     put("has", has)
 
-    hl = np.where(tcp, (W[:, 12] >> 4) * 4, 8)
+    hl = np.where(tcp, (c8(W, 12) >> 4) * 4, 8)
     p = l4 + hl
     pay = np.maximum(plen - hl, 0)
     take = np.clip(np.minimum(np.minimum(pay, 16), end - p), 0, 16)
-    words = np.where(take[:, None] > _AR16, window(p), 0).astype(np.uint8)
+    words = np.where(take[:, None] > _AR16, window(p), np.uint8(0)).astype(np.uint8, copy=False)
     w = words.view("<u8")
     put("digest", digest_array(pay.astype(np.uint64), w[:, 0].copy(), w[:, 1].copy()))
     put("inner_src", b"")
