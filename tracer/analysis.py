@@ -45,15 +45,18 @@ GROUP BY ALL``.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterable, Sequence
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tracer.errors import CaptureFileError, UsageError
-from tracer.model import PacketPath
+from tracer.model import PacketPath, proto_name
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
     import pyarrow as pa
 
@@ -92,20 +95,18 @@ def _schemas() -> dict[str, pa.Schema]:
     }  # fmt: skip
 
 
-def _column(values: list[Any], typ: pa.DataType) -> pa.Array:
+def _column(values: Any, typ: pa.DataType) -> pa.Array:
     import pyarrow as pa
 
+    if isinstance(values, pa.Array):
+        return values
     if pa.types.is_dictionary(typ):
-        # Few distinct values (names, addresses): encode once per value, not per row.
-        index: dict[Any, int] = {}
-        codes = [index.setdefault(v, len(index)) if v is not None else None for v in values]
-        return pa.DictionaryArray.from_arrays(
-            pa.array(codes, pa.int32()), pa.array(list(index), typ.value_type)
-        )
+        # Names and addresses repeat: one dictionary entry each, built in C++.
+        return pa.array(values, typ.value_type).dictionary_encode()
     return pa.array(values, typ)
 
 
-def _table(columns: dict[str, list[Any]], schema: pa.Schema) -> pa.Table:
+def _table(columns: dict[str, Any], schema: pa.Schema) -> pa.Table:
     import pyarrow as pa
 
     return pa.Table.from_arrays([_column(columns[f.name], f.type) for f in schema], schema=schema)
@@ -114,78 +115,138 @@ def _table(columns: dict[str, list[Any]], schema: pa.Schema) -> pa.Table:
 def to_tables(paths: Iterable[PacketPath]) -> dict[str, pa.Table]:
     """The three tables as pyarrow Tables (what write_parquet writes)."""
     paths = list(paths)
-    schemas = _schemas()
-    hops = [(p, i, o) for p in paths for i, o in enumerate(p.hops)]
-    obs = [o for _, _, o in hops]
-    first = [p.hops[0].ts_ns for p, _, _ in hops]
-    observations: dict[str, list[Any]] = {
-        "path_id": [p.id for p, _, _ in hops],
-        "hop": [i for _, i, _ in hops],
-        "flow": [p.flow for p, _, _ in hops],
-        "ts_ns": [o.ts_ns for o in obs],
-        "since_first_ns": [o.ts_ns - t for o, t in zip(obs, first, strict=True)],
-        "node": [o.node for o in obs],
-        "iface": [o.ifname for o in obs],
-        "netns": [o.netns for o in obs],
-        "ifindex": [o.ifindex for o in obs],
-        "dir": [o.direction for o in obs],
-        "source": [o.source for o in obs],
-        "family": [o.family for o in obs],
-        "proto": [o.proto_name for o in obs],
-        "ethertype": [o.ethertype for o in obs],
-        "src": [o.src for o in obs],
-        "dst": [o.dst for o in obs],
-        "sport": [o.sport for o in obs],
-        "dport": [o.dport for o in obs],
-        "ip_id": [o.ip_id for o in obs],
-        "ttl": [o.ttl for o in obs],
-        "tcp_flags": [o.tcp_flags for o in obs],
-        "tcp_seq": [o.tcp_seq for o in obs],
-        "tcp_ack": [o.tcp_ack for o in obs],
-        "icmp_type": [o.icmp_type for o in obs],
-        "icmp_code": [o.icmp_code for o in obs],
-        "icmp_id": [o.icmp_id for o in obs],
-        "icmp_seq": [o.icmp_seq for o in obs],
-        "length": [o.length for o in obs],
-        "wire_len": [o.wire_len for o in obs],
-        "skb": [o.skb for o in obs],
-        "digest": [o.digest for o in obs],
-        "drop_reason": [o.drop_reason for o in obs],
+    # Nothing built here forms a cycle; with millions of live Observations a
+    # collection triggered by these allocations would cost more than the work.
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    try:
+        return {
+            "observations": _observations(paths),
+            "paths": _paths(paths),
+            "nat": _nat(paths),
+        }
+    finally:
+        if gc_was_on:
+            gc.enable()
+
+
+# Observation fields that are never None: fetched straight into numpy (one C loop each).
+_DENSE = {"ts_ns": "i8", "netns": "i8", "ifindex": "i4", "family": "u1", "proto": "u1", "ethertype": "u2",
+          "ttl": "u1", "length": "u4", "wire_len": "u4", "digest": "u8"}  # fmt: skip
+# Observation attribute -> column, for the rest (strings, and ints that may be None).
+_SPARSE = {"node": "node", "ifname": "iface", "direction": "dir", "source": "source", "src": "src",
+           "dst": "dst", "sport": "sport", "dport": "dport", "ip_id": "ip_id", "tcp_flags": "tcp_flags",
+           "tcp_seq": "tcp_seq", "tcp_ack": "tcp_ack", "icmp_type": "icmp_type", "icmp_code": "icmp_code",
+           "icmp_id": "icmp_id", "icmp_seq": "icmp_seq", "skb": "skb", "drop_reason": "drop_reason"}  # fmt: skip
+
+
+def _observations(paths: list[PacketPath]) -> pa.Table:
+    # Per column, a C-level loop (map + attrgetter) rather than a Python one:
+    # at a million observations the per-element cost is all there is.
+    import numpy as np
+    import pyarrow as pa
+
+    lengths = np.array([len(p.hops) for p in paths], np.int64)
+    of_path = np.repeat(np.arange(len(paths)), lengths)
+    starts = np.cumsum(lengths) - lengths
+    obs = [o for p in paths for o in p.hops]
+    n = len(obs)
+    cols: dict[str, Any] = {
+        k: np.fromiter(map(attrgetter(k), obs), np.dtype(t), n) for k, t in _DENSE.items()
     }
-    path_cols: dict[str, list[Any]] = {f.name: [] for f in schemas["paths"]}
-    nat_cols: dict[str, list[Any]] = {f.name: [] for f in schemas["nat"]}
-    for p in paths:
-        a, z = p.hops[0], p.hops[-1]
-        kinds = sorted({n.kind for n in p.nat})
-        for k, v in (
-            ("path_id", p.id), ("flow", p.flow), ("proto", p.proto), ("verdict", p.verdict),
-            ("hops", len(p.hops)), ("first_ts_ns", a.ts_ns), ("last_ts_ns", z.ts_ns),
-            ("latency_ns", z.ts_ns - a.ts_ns), ("first_hop", a.hop_name), ("last_hop", z.hop_name),
-            ("src", a.src), ("dst", a.dst), ("sport", a.sport), ("dport", a.dport),
-            ("nat", "+".join(kinds)), ("drop_reason", z.drop_reason),
-        ):  # fmt: skip
-            path_cols[k].append(v)
-        for seq, n in enumerate(p.nat):
-            ct = n.conntrack
-            to_hop = p.hops[n.to_hop] if 0 <= n.to_hop < len(p.hops) else z
-            for k, v in (
-                ("path_id", p.id), ("flow", p.flow), ("seq", seq), ("kind", n.kind),
-                ("node", n.node), ("hook", n.hook), ("from_hop", n.from_hop), ("to_hop", n.to_hop),
-                ("ts_ns", to_hop.ts_ns),
-                ("before_src", n.before.src), ("before_sport", n.before.sport),
-                ("before_dst", n.before.dst), ("before_dport", n.before.dport),
-                ("after_src", n.after.src), ("after_sport", n.after.sport),
-                ("after_dst", n.after.dst), ("after_dport", n.after.dport),
-                ("rule", n.rule), ("rule_source", n.rule_source),
-                ("conntrack_id", ct.id if ct is not None else None),
-                ("icmp_id_before", n.icmp_id_before), ("icmp_id_after", n.icmp_id_after),
-            ):  # fmt: skip
-                nat_cols[k].append(v)
-    return {
-        "observations": _table(observations, schemas["observations"]),
-        "paths": _table(path_cols, schemas["paths"]),
-        "nat": _table(nat_cols, schemas["nat"]),
-    }
+    for attr, col in _SPARSE.items():
+        cols[col] = list(map(attrgetter(attr), obs))
+    first = np.array([p.hops[0].ts_ns for p in paths], np.int64)
+    take = pa.array(of_path)
+    cols["path_id"] = pa.array([p.id for p in paths], pa.string()).take(take)
+    cols["hop"] = pa.array(np.arange(n) - np.repeat(starts, lengths), pa.uint16())
+    cols["flow"] = pa.array([p.flow for p in paths], pa.string()).take(take)
+    cols["since_first_ns"] = cols["ts_ns"] - first[of_path]
+    cols["proto"] = _proto_names(cols["family"], cols["proto"], cols["ethertype"])
+    return _table(cols, _schemas()["observations"])
+
+
+def _proto_names(family: np.ndarray, proto: np.ndarray, ethertype: np.ndarray) -> pa.Array:
+    """proto_name() per row, computed once per distinct (family, proto, ethertype)."""
+    import numpy as np
+    import pyarrow as pa
+
+    key = (family.astype(np.int64) << 32) | (proto.astype(np.int64) << 16) | ethertype.astype(np.int64)
+    uniq, inv = np.unique(key, return_inverse=True)
+    names = [proto_name(k >> 32, (k >> 16) & 0xFFFF, k & 0xFFFF) for k in uniq.tolist()]
+    return pa.DictionaryArray.from_arrays(pa.array(inv.reshape(-1).astype(np.int32)), pa.array(names, pa.string()))
+
+
+def _get(attr: str, items: list[Any]) -> list[Any]:
+    return list(map(attrgetter(attr), items))
+
+
+def _hop_names(hops: list[Any]) -> pa.Array:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    nodes = pa.array(_get("node", hops), pa.string())
+    return pc.binary_join_element_wise(nodes, pa.array(_get("ifname", hops), pa.string()), "/").dictionary_encode()
+
+
+def _nat_kinds(p: PacketPath) -> str:
+    if not p.nat:
+        return ""
+    if len(p.nat) == 1:
+        return p.nat[0].kind
+    return "+".join(sorted({n.kind for n in p.nat}))
+
+
+def _paths(paths: list[PacketPath]) -> pa.Table:
+    import numpy as np
+
+    n = len(paths)
+    first = [p.hops[0] for p in paths]
+    last = [p.hops[-1] for p in paths]
+    first_ts = np.fromiter(map(attrgetter("ts_ns"), first), np.int64, n)
+    last_ts = np.fromiter(map(attrgetter("ts_ns"), last), np.int64, n)
+    cols: dict[str, Any] = {
+        "path_id": _get("id", paths),
+        "flow": _get("flow", paths),
+        "proto": _proto_names(*(np.fromiter(map(attrgetter(k), first), np.int64, n)
+                                for k in ("family", "proto", "ethertype"))),
+        "verdict": _get("verdict", paths),
+        "hops": list(map(len, _get("hops", paths))),
+        "first_ts_ns": first_ts,
+        "last_ts_ns": last_ts,
+        "latency_ns": last_ts - first_ts,
+        "first_hop": _hop_names(first),
+        "last_hop": _hop_names(last),
+        "src": _get("src", first),
+        "dst": _get("dst", first),
+        "sport": _get("sport", first),
+        "dport": _get("dport", first),
+        "nat": list(map(_nat_kinds, paths)),
+        "drop_reason": _get("drop_reason", last),
+    }  # fmt: skip
+    return _table(cols, _schemas()["paths"])
+
+
+def _nat(paths: list[PacketPath]) -> pa.Table:
+    with_nat = [p for p in paths if p.nat]
+    owner = [p for p in with_nat for _ in p.nat]
+    evs = [n for p in with_nat for n in p.nat]
+    cols: dict[str, Any] = {
+        "path_id": _get("id", owner),
+        "flow": _get("flow", owner),
+        "seq": [i for p in with_nat for i in range(len(p.nat))],
+        "ts_ns": [p.hops[n.to_hop].ts_ns if 0 <= n.to_hop < len(p.hops) else p.hops[-1].ts_ns
+                  for p, n in zip(owner, evs, strict=True)],
+        "conntrack_id": [n.conntrack.id if n.conntrack is not None else None for n in evs],
+    }  # fmt: skip
+    for attr in ("kind", "node", "hook", "from_hop", "to_hop", "rule", "rule_source",
+                 "icmp_id_before", "icmp_id_after"):  # fmt: skip
+        cols[attr] = _get(attr, evs)
+    for side in ("before", "after"):
+        ends = _get(side, evs)
+        for k in ("src", "sport", "dst", "dport"):
+            cols[f"{side}_{k}"] = _get(k, ends)
+    return _table(cols, _schemas()["nat"])
 
 
 def _to_pandas(table: pa.Table) -> pd.DataFrame:
