@@ -91,10 +91,13 @@ def _netns_candidates() -> Iterable[str]:
         yield f"/proc/{pid}/ns/net"
 
 
-def known_nodes(namer: NodeNamer | None = None) -> dict[str, str]:
-    """node name -> a path to its network namespace."""
+def known_nodes(namer: NodeNamer | None = None) -> dict[str, list[tuple[str, int]]]:
+    """node name -> the namespaces of that name, as (path, inode).
+
+    Names can repeat when several labs are up (each has a "client"), hence lists.
+    """
     namer = namer or NodeNamer()
-    nodes: dict[str, str] = {}
+    nodes: dict[str, list[tuple[str, int]]] = {}
     seen: set[int] = set()
     for path in _netns_candidates():
         try:
@@ -104,8 +107,18 @@ def known_nodes(namer: NodeNamer | None = None) -> dict[str, str]:
         if inode in seen:
             continue
         seen.add(inode)
-        nodes.setdefault(namer.name(inode), path)
+        nodes.setdefault(namer.name(inode), []).append((path, inode))
     return nodes
+
+
+def _current_lab_inodes() -> set[int]:
+    """The namespaces of the lab named by HOPTRACE_LAB_PREFIX (default "hop"), if it is up."""
+    prefix = os.environ.get("HOPTRACE_LAB_PREFIX") or "hop"
+    try:
+        labels = json.loads((LAB_STATE / f"lab-{prefix}" / "nodes.json").read_text())
+    except (OSError, ValueError):
+        return set()
+    return {int(k) for k in labels}
 
 
 def _namer_with_containers() -> NodeNamer:
@@ -130,11 +143,18 @@ def resolve_node(name: str) -> tuple[str, int]:
     if not name or len(name) > 255 or "\0" in name or "/" in name:
         raise UsageError(f"not a node name: {name[:40]!r}")
     nodes = known_nodes(_namer_with_containers())
-    if name not in nodes:
+    found = nodes.get(name, [])
+    if len(found) > 1:
+        lab = _current_lab_inodes()
+        found = [f for f in found if f[1] in lab] or found
+    if not found:
         listing = ", ".join(sorted(n for n in nodes if not n.startswith("netns:"))) or "none"
         raise UsageError(f"unknown node {name!r}", f"known nodes: {listing}")
-    path = nodes[name]
-    return path, netns_inode(path)
+    if len(found) > 1:
+        raise UsageError(f"node name {name!r} is ambiguous: namespaces "
+                         + ", ".join(str(i) for _, i in found),
+                         "set HOPTRACE_LAB_PREFIX to the lab you mean")
+    return found[0]
 
 
 # --------------------------------------------------------------------------
@@ -161,21 +181,38 @@ def _icmp_checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
+def _icmp_socket(family: int) -> tuple[socket.socket, bool]:
+    """A ping (datagram) socket when ping_group_range allows it, else a raw socket.
+
+    With a raw socket the kernel hands the echo reply to it as a copy and frees
+    the original with SKB_DROP_REASON_NO_SOCKET: true, but noise in the reply's
+    path. A ping socket consumes the reply.
+    """
+    fam, proto = (socket.AF_INET, socket.IPPROTO_ICMP) if family == 4 else (
+        socket.AF_INET6, socket.IPPROTO_ICMPV6)
+    try:
+        return socket.socket(fam, socket.SOCK_DGRAM, proto), True
+    except PermissionError:
+        return socket.socket(fam, socket.SOCK_RAW, proto), False
+
+
 def _send_icmp(t: Target, count: int, interval: float, timeout: float) -> Sent:
-    ident = random.randrange(0x4000, 0xFFFF)
-    sent = Sent(ident=ident)
-    if t.family == 4:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-        echo, reply = 8, 0
+    echo, reply = (8, 0) if t.family == 4 else (128, 129)
+    sock, dgram = _icmp_socket(t.family)
+    # A ping socket's echo id is its port, chosen by the kernel at bind time.
+    if dgram:
+        sock.bind(("0.0.0.0" if t.family == 4 else "::", 0))
+        ident = sock.getsockname()[1]
     else:
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
-        echo, reply = 128, 129
+        ident = random.randrange(0x4000, 0xFFFF)
+    sent = Sent(ident=ident)
     with sock:
         sock.settimeout(0.05)
         for seq in range(1, count + 1):
             payload = PAYLOAD_TAG + struct.pack("!dH", time.time(), seq) + bytes(range(32))
             header = struct.pack("!BBHHH", echo, 0, 0, ident, seq)
-            csum = _icmp_checksum(header + payload) if t.family == 4 else 0  # kernel fills v6
+            # The kernel fills the checksum for ping sockets and for ICMPv6.
+            csum = _icmp_checksum(header + payload) if t.family == 4 and not dgram else 0
             packet = struct.pack("!BBHHH", echo, 0, csum, ident, seq) + payload
             try:
                 sock.sendto(packet, (t.addr, 0))
@@ -189,10 +226,13 @@ def _send_icmp(t: Target, count: int, interval: float, timeout: float) -> Sent:
                     data = sock.recv(2048)
                 except TimeoutError:
                     continue
-                icmp = data[(data[0] & 0x0F) * 4 :] if t.family == 4 else data
+                except OSError as exc:  # an ICMP error queued on a ping socket
+                    sent.socket_error = exc.errno
+                    break
+                icmp = data[(data[0] & 0x0F) * 4 :] if t.family == 4 and not dgram else data
                 if len(icmp) >= 8:
                     typ, _code, _c, rid, _rseq = struct.unpack_from("!BBHHH", icmp)
-                    if typ == reply and rid == ident:
+                    if typ == reply and (dgram or rid == ident):
                         sent.answered = True
                         if seq == count:
                             return sent
@@ -315,11 +355,6 @@ def judge(t: Target, sent: Sent, netns: int, paths: Sequence[PacketPath],
     if sent.socket_error == errno.ENETUNREACH:
         return ProbeResult("no route", f"no route to {t.addr} from the node's routing table",
                            requests, replies, False)
-    for p in requests:
-        drop = next((h for h in p.hops if h.direction == "drop"), None)
-        if drop is not None:
-            return ProbeResult("dropped", f"dropped at {_hop(drop)} ({drop.node}), reason "
-                               f"{drop.drop_reason or 'unknown'}", requests, replies, False)
     for p in arrived:
         h = p.last
         if h.icmp_type is not None and h.inner is not None:
@@ -336,6 +371,13 @@ def judge(t: Target, sent: Sent, netns: int, paths: Sequence[PacketPath],
             return ProbeResult("rejected", f"TCP RST from {origin.src}:{origin.sport} (first seen "
                                f"at {_hop(origin)}): nothing listens on {t.addr}:{t.port}",
                                requests, replies, False)
+    # After the answers: a SYN to a closed port is freed with NO_SOCKET *and* answered by a
+    # RST; the RST is the answer the user wants ("rejected"), the drop is how the kernel did it.
+    for p in requests:
+        drop = next((h for h in p.hops if h.direction == "drop"), None)
+        if drop is not None:
+            return ProbeResult("dropped", f"dropped at {_hop(drop)} ({drop.node}), reason "
+                               f"{drop.drop_reason or 'unknown'}", requests, replies, False)
     if arrived or sent.answered:
         return ProbeResult("reachable", f"{t.addr}{':' + str(t.port) if t.port else ''} answered",
                            requests, replies, True)
@@ -363,9 +405,11 @@ def judge(t: Target, sent: Sent, netns: int, paths: Sequence[PacketPath],
 
 
 def _make_source(backend: str) -> object:
-    from tracer.live import make_source  # the same backend choice as `live`
+    """The same backend choice as `live` (eBPF, else taps with a notice), already attached."""
+    from tracer.live import _Started, choose_source
 
-    return make_source(backend)
+    spec = argparse.Namespace(backend=backend, snaplen=128, iface=[], filter=None)
+    return _Started(choose_source(spec))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -374,8 +418,11 @@ def run(args: argparse.Namespace) -> int:
 
     target = parse_target(args.to, args.proto)
     netns_path, netns = resolve_node(args.from_node)
+    from tracer.live import _annotators
+
     source = _make_source(args.backend)
-    engine = Engine(source)  # type: ignore[arg-type]
+    annotators, _topo = _annotators(source)
+    engine = Engine(source, annotators=annotators)  # type: ignore[arg-type]
     paths: list[PacketPath] = []
     flows: list[Flow] = []
     sent_box: list[Sent] = []
@@ -410,6 +457,10 @@ def run(args: argparse.Namespace) -> int:
     if not started:
         thread.start()
     thread.join()
+    for annotate in annotators:
+        close = getattr(annotate, "close", None)
+        if close is not None:
+            close()
     if errors:
         raise errors[0]
     result = judge(target, sent_box[0], netns, paths, flows)
