@@ -90,3 +90,17 @@ def test_up_after_a_crashed_docker_lab(fresh_lab_prefix: str) -> None:
     assert lab.status().containers == {"web": "running", "client": "running"}
     lab.down()
     assert lab.state.leftovers() == []
+
+
+def test_a_failing_docker_up_stops_its_dockerd(fresh_lab_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tracer.errors import LabError
+    from tracer.lab import docker_engine
+
+    def no_image() -> bytes:
+        raise LabError("injected failure after dockerd started")
+
+    monkeypatch.setattr(docker_engine, "_image_tar", no_image)
+    lab = Lab("docker", fresh_lab_prefix)
+    with pytest.raises(LabError, match="injected failure"):
+        lab.up()
+    assert lab.state.leftovers() == []

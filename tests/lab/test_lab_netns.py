@@ -103,3 +103,20 @@ def test_up_twice_and_crash_leftovers(fresh_lab_prefix: str) -> None:
     assert len(lab.status().processes) == 3
     lab.down()
     assert lab.state.leftovers() == []
+
+
+def test_a_failing_up_removes_the_half_built_lab(fresh_lab_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tracer.errors import LabError
+    from tracer.lab import netns_engine
+
+    real_build = netns_engine.build
+
+    def build_then_fail(lab: Lab) -> None:
+        real_build(lab)  # bridge, veths, rules and web's httpd exist now
+        raise LabError("injected failure")
+
+    monkeypatch.setattr(netns_engine, "build", build_then_fail)
+    lab = Lab("netns", fresh_lab_prefix)
+    with pytest.raises(LabError, match="injected failure"):
+        lab.up()
+    assert lab.state.leftovers() == []

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracer.errors import KernelFeatureMissing, LabError, PrivilegeError, UsageError
+from tracer.errors import HoptraceError, KernelFeatureMissing, LabError, PrivilegeError, UsageError
 from tracer.lab import addresses as A
 from tracer.lab.state import RUN_NETNS, LabState, Proc, proc_record, progress
 from tracer.netns import run_in_netns
@@ -95,7 +95,7 @@ class Lab:
                 raise KernelFeatureMissing(f"{tool} is not installed", f"apt-get install {package}")
         if self.state.exists() or self.state.named_netns() or self.state.dir.exists():
             progress(f"removing what an earlier lab '{self.prefix}' left")
-            self.state.remove_everything()
+            self.down()
         t0 = time.monotonic()
         try:
             self.state.save({"engine": self.engine, "prefix": self.prefix, "procs": [],
@@ -103,7 +103,10 @@ class Lab:
             self._build()
         except BaseException:
             # Half a lab is worse than none: take down what was built, then report the cause.
-            self.state.remove_everything()
+            try:
+                self.down()
+            except HoptraceError as cleanup:
+                progress(f"removing the half-built lab failed too: {cleanup}")
             raise
         progress(f"'{self.prefix}' is up ({self.engine} engine, {time.monotonic() - t0:.1f} s)")
 
