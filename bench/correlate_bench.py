@@ -100,6 +100,7 @@ def main() -> None:
     a = ap.parse_args()
     rows = make_rows(a.records)
     bs = batches(rows, a.batch)
+    rss_in_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t, cpu = time.perf_counter(), time.process_time()
     paths, flows = run_correlator(bs)
     dt_c, cpu_c = time.perf_counter() - t, time.process_time() - cpu
@@ -110,7 +111,8 @@ def main() -> None:
     n = len(rows)
     print(f"records={n} paths={paths} flows={flows} batch={a.batch}")
     print(f"correlator: {n / cpu_c:,.0f} records/s of CPU time ({cpu_c:.2f} s CPU, {dt_c:.2f} s wall), "
-          f"peak RSS {rss_mb:.0f} MB (input rows included)")
+          f"peak RSS {rss_mb:.0f} MB ({rss_in_mb:.0f} MB of it before: the input rows, "
+          f"{rows.nbytes / 2**20:.0f} MB)")
     print(f"peer (per-row dict join, no paths built): {n / cpu_p:,.0f} records/s of CPU time "
           f"({cpu_p:.2f} s CPU, {dt_p:.2f} s wall)")
     print(f"ratio correlator/peer (CPU time): {cpu_p / cpu_c:.2f}")

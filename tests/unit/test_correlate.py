@@ -344,3 +344,17 @@ def test_no_bcc_or_textual_imported() -> None:
             "print(sorted(m for m in ('bcc', 'textual', 'pandas') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_open_rows_are_bounded() -> None:
+    # 100 pings' first two hops within one window: with room for 40 sightings, the
+    # longest-idle paths finish early, so memory stays bounded whatever the rate.
+    obs = []
+    for k in range(100):
+        obs += [make_obs(at="web/eth0", ip_id=k, ts_ns=1 * MS + k * US),
+                make_obs(at="host/veth1", direction="rx", ip_id=k, ts_ns=1 * MS + k * US + 500)]
+    c = Correlator(max_open_rows=40)
+    early = c.feed_batch(ObsBatch.from_observations(obs))
+    assert (len(early), c.open_paths) == (80, 20)
+    assert [p.hops[0].ip_id for p in early[:3]] == [0, 1, 2]
+    assert {len(p.hops) for p in early + c.flush()} == {2}
