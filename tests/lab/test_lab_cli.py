@@ -72,7 +72,7 @@ def test_up_run_status_down(fresh_lab_prefix: str) -> None:
     assert r.returncode == 0, r.stderr
     assert_lab_gone(fresh_lab_prefix)
     r = run_hoptrace("lab", "status", env=env)
-    assert (r.returncode, r.stdout.strip()) == (0, f"lab '{fresh_lab_prefix}': not up")
+    assert (r.returncode, r.stdout.splitlines()[0]) == (0, f"lab '{fresh_lab_prefix}': not up")
     r = run_hoptrace("lab", "run", "udp", env=env)
     assert r.returncode == 1 and "not up" in r.stderr
 

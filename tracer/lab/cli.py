@@ -14,7 +14,7 @@ from dataclasses import asdict
 from tracer.errors import EXIT_OK, EXIT_PROBLEM, UsageError
 from tracer.lab.lab import ENGINES, Lab, LabStatus, default_engine, default_prefix, require_root
 from tracer.lab.scenarios import SCENARIOS
-from tracer.lab.state import LabState
+from tracer.lab.state import LabState, lab_prefixes
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,6 +69,9 @@ def _print_status(st: LabStatus, as_json: bool) -> None:
         return
     if not st.exists:
         print(f"lab '{st.prefix}': not up")
+        others = [p for p in lab_prefixes() if p != st.prefix]
+        if others:
+            print(f"other labs here: {', '.join(others)} (HOPTRACE_LAB_PREFIX=<prefix> hoptrace lab status)")
         return
     print(f"lab '{st.prefix}' ({st.engine} engine)")
     print(f"  state      {st.state_dir}")

@@ -46,6 +46,14 @@ def progress(message: str) -> None:
     print(f"lab: {message}", file=sys.stderr, flush=True)
 
 
+def lab_prefixes() -> list[str]:
+    """Prefixes of every lab with a state directory (up, or left by a crash): for `lab status`
+    and `hoptrace cleanup`, which removes one with ``Lab(prefix=p).down()``."""
+    if not STATE_ROOT.is_dir():
+        return []
+    return sorted(d.name[len("lab-"):] for d in STATE_ROOT.glob("lab-*") if d.is_dir())
+
+
 @dataclass(frozen=True, slots=True)
 class Proc:
     """A process the lab started; ``start`` (clock ticks since boot) guards against pid reuse."""
