@@ -66,7 +66,9 @@ class Traced:
 def traced(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One traced run of every scenario, in each lab engine (docker: a real dockerd's docker0 and veths)."""
     lab = request.getfixturevalue(f"lab_{request.param}")
-    t = Traced(tmp_path_factory.mktemp("live"))
+    tmp = tmp_path_factory.mktemp("live")
+    record = tmp / "live.pcapng"
+    t = Traced(tmp, "--record", str(record))
     results = {}
     marks = {}
     for sc in SCENARIOS:
@@ -74,7 +76,7 @@ def traced(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         results[sc] = lab.run(sc)
     rc, records, err = t.stop()
     return {"rc": rc, "records": records, "stderr": err, "results": results, "marks": marks,
-            "progs": t.progs, "ready_s": t.ready_s, "ready_file": t.ready}
+            "progs": t.progs, "ready_s": t.ready_s, "ready_file": t.ready, "record": record}
 
 
 def paths(traced: dict[str, Any], scenario: str) -> list[dict[str, Any]]:
@@ -176,3 +178,18 @@ def test_auto_backend_picks_ebpf_here(tmp_path: Path) -> None:
     out, err = proc.communicate(timeout=60)
     assert (kind, proc.returncode, err) == ("ebpf", 0, "")
     assert json.loads(out.splitlines()[-1])["type"] == "stats"
+
+
+def test_recording_replays_into_the_same_paths(traced: dict[str, Any]) -> None:
+    r = run_hoptrace("replay", str(traced["record"]), "--json", timeout=120)
+    assert r.returncode == 0, r.stderr
+    replayed = [json.loads(line) for line in r.stdout.splitlines()]
+
+    def shapes(records: list[dict[str, Any]]) -> list[Any]:
+        return sorted(
+            [(h["node"], h["iface"], h["dir"], h["src"], h["dst"], h["skb"], h["drop_reason"]) for h in p["hops"]]
+            for p in records if p["type"] == "path")
+
+    live_paths = shapes(traced["records"])
+    assert live_paths and shapes(replayed) == live_paths
+    assert replayed[-1]["observations"] == traced["records"][-1]["observations"]
