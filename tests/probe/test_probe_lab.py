@@ -44,7 +44,7 @@ def test_internet_ping_is_reachable_through_masquerade(lab: Any) -> None:
     request = paths[0]
     hops = [(h["node"], h["iface"][:4], h["dir"]) for h in request["hops"]]
     assert hops == [("client", "eth0", "tx"), ("host", "veth", "rx"), ("host", "dock", "rx"),
-                    ("host", "eth0", "tx"), ("inet", "eth0", "rx")]
+                    ("host", "eth0", "tx"), ("inet", "eth0", "rx")], json.dumps(paths, indent=1)
     assert ("snat", "host", "POSTROUTING") in nat_of([request])
     snat = next(n for n in request["nat"] if n["kind"] == "snat")
     assert (snat["before"]["src"], snat["after"]["src"]) == (A.CLIENT, A.HOST_UPLINK)
