@@ -52,6 +52,7 @@ def replay_paths(lab: Any, files: dict[str, Path]) -> list[PacketPath]:
     from tracer.correlate import Correlator
     from tracer.readers import FileSource
 
+    files = {node: f for node, f in files.items() if f.stat().st_size > 24}  # not just a header
     inode = {f"n-{node}": lab.netns_inode(node) for node in files}
     src = FileSource([], hops=[(f"n-{node}/any", str(f)) for node, f in files.items()])
     src.start()

@@ -103,8 +103,8 @@ def test_topology_command_json_and_text(lab: object) -> None:
 
 @pytest.fixture(scope="module")
 def captured(lab: object, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """internet-ping and published-port, captured in client, host and inet (-i any each)."""
-    return capture(lab, ("internet-ping", "published-port"), tmp_path_factory.mktemp("cap"))
+    """internet-ping, published-port and hairpin, captured in client, host and inet (-i any each)."""
+    return capture(lab, ("internet-ping", "published-port", "hairpin"), tmp_path_factory.mktemp("cap"))
 
 
 def test_nat_events_get_rule_and_conntrack_of_flows_begun_before(lab: object, captured: dict[str, Path]) -> None:
@@ -150,6 +150,12 @@ def test_nat_events_get_rule_and_conntrack_of_flows_begun_before(lab: object, ca
     replies = [e for _, e in by_kind.get("snat:tcp", []) if e.before.src == A.WEB]
     assert replies and {e.conntrack.id for e in replies if e.conntrack} <= ids
     assert all(e.rule == ev.rule for e in replies)
+
+    # Hairpin: client -> the host's published port, DNATed back onto the bridge it came from.
+    hairpin = [e for _, e in dnat if e.before.src == A.CLIENT]
+    assert hairpin and hairpin[0].rule == ev.rule and hairpin[0].conntrack is not None
+    back = [e for e in replies if e.after.dst == A.CLIENT]
+    assert back and back[0].conntrack is not None and back[0].conntrack.id == hairpin[0].conntrack.id
 
 
 def test_without_conntrack_nat_still_comes_from_the_packets(lab: object, captured: dict[str, Path]) -> None:
