@@ -158,3 +158,48 @@ def test_annotator_names_hops_and_flags_missing_conntrack() -> None:
         "host", "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE", "inferred", None)
     assert ann.without_conntrack == 1
     assert ann.notices == ["conntrack is not followed: NAT events come from the packet diff only"]
+
+
+# Lines as xtables-monitor --trace printed them in the lab (iptables-nft 1.8.9, kernel 6.18).
+TRACE_LINES = """\
+PACKET: 2 7120846e IN=docker0 MACSRC=2:42:ac:11:0:3 MACDST=56:fe:84:67:46:89 MACPROTO=0800 SRC=172.17.0.3 DST=198.51.100.8 LEN=84 TOS=0x0 TTL=64 ID=53167 DF
+ TRACE: 2 7120846e raw:PREROUTING:rule:0x2:CONTINUE  -4 -t raw -A PREROUTING -p icmp -m comment --comment "hoptrace:123" -m limit --limit 100/sec -j TRACE
+ TRACE: 2 7120846e nat:PREROUTING:policy:ACCEPT
+PACKET: 2 cc2c04c2 IN=docker0 OUT=eth0 MACSRC=2:42:ac:11:0:3 MACDST=56:fe:84:67:46:89 MACPROTO=0800 SRC=172.17.0.3 DST=198.51.100.8 LEN=84 TOS=0x0 TTL=63 ID=53167 DF
+ TRACE: 2 cc2c04c2 filter:FORWARD:rule:0xc:ACCEPT  -4 -t filter -A FORWARD -i docker0 ! -o docker0 -j ACCEPT
+ TRACE: 2 cc2c04c2 nat:POSTROUTING:rule:0x9:ACCEPT  -4 -t nat -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
+PACKET: 2 3baee05c IN=eth0 MACSRC=ee:85:c7:b2:15:15 MACDST=da:3:ff:5:5c:97 MACPROTO=0800 SRC=203.0.113.1 DST=203.0.113.2 LEN=60 TOS=0x0 TTL=64 ID=16399 DF SPORT=49712 DPORT=8080 SYN
+ TRACE: 2 3baee05c nat:PREROUTING:rule:0x6:JUMP:DOCKER  -4 -t nat -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+ TRACE: 2 3baee05c nat:DOCKER:rule:0xb:ACCEPT  -4 -t nat -A DOCKER -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80
+"""
+
+
+def test_trace_log_keeps_nat_rules_keyed_by_the_packet_before_nat() -> None:
+    from tracer.nftrace import TraceLog
+
+    log = TraceLog(HOST)
+    got = [t for line in TRACE_LINES.splitlines() if (t := log.feed(line)) is not None]
+    assert [(t.kind, t.chain, t.handle, t.src, t.dst, t.ip_id, t.sport, t.dport) for t in got] == [
+        ("snat", "POSTROUTING", 9, "172.17.0.3", "198.51.100.8", 53167, None, None),
+        ("dnat", "DOCKER", 11, "203.0.113.1", "203.0.113.2", 16399, 49712, 8080),
+    ]
+    assert got[0].label == "nat:POSTROUTING handle 9: -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE"
+    assert log.find("snat", "172.17.0.3", "198.51.100.8", None, None, 53167) == got[0]
+    assert log.find("dnat", "172.17.0.3", "198.51.100.8", None, None, 53167) is None
+    assert log.find("dnat", "203.0.113.1", "203.0.113.2", 49712, 8080, None) == got[1]
+
+
+def test_veth_peer_namespace_from_mutual_ifindex_without_asking_the_kernel() -> None:
+    from tracer.topology import _RawNs, _resolve_peers
+
+    def veth(ns: int, idx: int, peer: int) -> Interface:
+        return Interface(ns, idx, f"v{idx}", "veth", None, "UP", 1500, (), peer_ifindex=peer)
+
+    raws = {
+        HOST: _RawNs([veth(HOST, 4, 2), veth(HOST, 5, 2)], [], True, {4: (2, 0), 5: (2, 1)}),
+        WEB: _RawNs([veth(WEB, 2, 4)], [], False, {2: (4, 0)}),
+        CLIENT: _RawNs([veth(CLIENT, 2, 5)], [], False, {2: (5, 0)}),
+    }
+    _resolve_peers(raws, {})  # no fds: asking the kernel would fail, and is not needed
+    assert [(i.name, i.peer_netns) for r in raws.values() for i in r.interfaces] == [
+        ("v4", WEB), ("v5", CLIENT), ("v2", HOST), ("v2", HOST)]
