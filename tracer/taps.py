@@ -60,13 +60,12 @@ SO_ATTACH_FILTER = 26
 BPF_RET_K = 0x06
 
 # struct tpacket_block_desc: version, offset_to_priv, then tpacket_hdr_v1's
-# block_status, num_pkts, offset_to_first_pkt (the rest is unused here).
-_BLOCK = struct.Struct("<IIIII")
+# block_status, num_pkts, offset_to_first_pkt (u32 words 2, 3, 4; the rest is unused here).
 BLOCK_STATUS_OFF = 8
-# struct tpacket3_hdr (48 bytes) up to tp_net, then the sockaddr_ll that follows it at
-# TPACKET_ALIGN(48) = 48, of which only sll_pkttype (offset 10) is read: 28 + 30 = 58.
-_PKT = struct.Struct("<IIIIIIHH30xB")
-TPACKET3_HDRLEN = 48 + 20
+# struct tpacket3_hdr (48 bytes): tp_next_offset, tp_sec, tp_nsec, tp_snaplen, tp_len,
+# tp_status (u32 words 0-5), tp_mac (u16 at byte 24); the sockaddr_ll follows at
+# TPACKET_ALIGN(48) = 48, of which only sll_pkttype (its byte 10) is read: 48 + 10.
+PKTTYPE_OFF = 58
 
 # ARPHRD_* -> pcap LINKTYPE_* of the bytes a SOCK_RAW packet socket gives.
 _LINKTYPES = {1: 1, 772: 1, 0xFFFE: 101, 519: 101, 512: 101, 776: 101, 778: 101}
@@ -181,20 +180,19 @@ class TapSpec:
 
 
 @dataclass(slots=True)
-class _Collector:
-    """What one poll round read, column by column, until it becomes one ObsBatch."""
+class _Chunk:
+    """The frames one tap handed over in one poll round: tpacket header columns (numpy
+    arrays, ring order) and the copied blocks they point into. Decoded only when released."""
 
-    buf: bytearray
-    offs: list[int]
-    lens: list[int]
-    ts: list[int]
-    hops: list[int]
-    dirs: list[int]
-    wire: list[int]
-
-    @classmethod
-    def empty(cls) -> _Collector:
-        return cls(bytearray(), [], [], [], [], [], [])
+    hop: int
+    linktype: int
+    ts: Any  # u8 ns (CLOCK_REALTIME)
+    rank: Any  # u1 tie-break among equal timestamps (see Tap.rank_rx)
+    dirs: Any  # u1 Dir
+    wire: Any  # u4 tp_len
+    lens: Any  # u4 captured length
+    offs: Any  # i8 offset of each frame in ``frames``
+    frames: bytes
 
 
 class TapGone(HoptraceError):
@@ -218,9 +216,22 @@ class Tap:
         self.freezes = 0
         self.packets = 0
         self.errored = False
+        # A packet socket stamps a frame with the skb's own timestamp when it has one, so one
+        # skb received on a bridge port and then on the bridge shows the same time at both
+        # (measured: to the ns). Within such a tie the kernel's order is fixed: a port
+        # receives before its bridge; a bridge transmits before its port.
+        self.rank_rx = {"port": 0, "": 1, "bridge": 2}[spec.role]
+        self.rank_tx = {"bridge": 0, "": 1, "port": 2}[spec.role]
         self._mm = mmap.mmap(self.fd, block_size * block_nr, mmap.MAP_SHARED,
                              mmap.PROT_READ | mmap.PROT_WRITE)
-        self._mv = memoryview(self._mm)
+        import numpy as np
+
+        # Views of the ring: the header walk reads u32 words through a memoryview (a Python
+        # int per packet); everything else is gathered with numpy, one call per field.
+        self._w32 = memoryview(self._mm).cast("I")
+        self._u8: Any = np.frombuffer(self._mm, dtype=np.uint8)
+        self._u16: Any = self._u8.view(np.uint16)
+        self._u32: Any = self._u8.view(np.uint32)
         # One ctypes view per block status word: handing a block back to the kernel is
         # then a single aligned 4-byte store, never a torn bytewise write.
         self._status = [ctypes.c_uint32.from_buffer(self._mm, i * block_size + BLOCK_STATUS_OFF)
@@ -263,34 +274,58 @@ class Tap:
             sock.close()
             raise
 
-    def drain(self, out: _Collector) -> int:
-        """Copy every frame of the blocks the kernel handed over, and hand them back."""
-        mm, mv, status, bs = self._mm, self._mv, self._status, self.block_size
-        buf, offs, lens, ts, hops, dirs, wire = (out.buf, out.offs, out.lens, out.ts, out.hops,
-                                                 out.dirs, out.wire)
-        unpack_pkt = _PKT.unpack_from
-        hop = self.hop
-        n = 0
-        while status[self._cur].value & TP_STATUS_USER:
-            base = self._cur * bs
-            num, first = _BLOCK.unpack_from(mm, base)[3:5]
+    def drain(self) -> _Chunk | None:
+        """Copy the blocks the kernel handed over (one memcpy each), then hand them back.
+
+        The copy keeps the tpacket headers between frames: frame offsets point past them.
+        That is cheaper than gathering frame bytes one by one (measured: a per-byte numpy
+        gather cost more than the decode)."""
+        status, bs, w32 = self._status, self.block_size, self._w32
+        offs: list[int] = []
+        blocks: list[tuple[int, int, int]] = []  # (base, used bytes, packets)
+        cur = self._cur
+        while status[cur].value & TP_STATUS_USER and len(blocks) < self.block_nr:
+            base = cur * bs
+            num, first, used = w32[(base >> 2) + 3], w32[(base >> 2) + 4], w32[(base >> 2) + 5]
             off = base + first
             for _ in range(num):
-                nxt, sec, nsec, snap, length, _st, mac, _net, pkttype = unpack_pkt(mm, off)
-                start = off + mac
-                offs.append(len(buf))
-                lens.append(snap)
-                buf += mv[start : start + snap]
-                ts.append(sec * 1_000_000_000 + nsec)
-                hops.append(hop)
-                dirs.append(2 if pkttype == PACKET_OUTGOING else 1)
-                wire.append(length)
-                off += nxt
-            n += num
-            status[self._cur].value = TP_STATUS_KERNEL
-            self._cur = (self._cur + 1) % self.block_nr
-        self.packets += n
-        return n
+                offs.append(off)
+                off += w32[off >> 2]  # tp_next_offset; headers are 16-byte aligned
+            blocks.append((base, min(used, bs), num))
+            cur = (cur + 1) % self.block_nr
+        if not blocks:
+            return None
+        chunk = self._gather(offs, blocks) if offs else None
+        c = self._cur
+        for _ in blocks:
+            status[c].value = TP_STATUS_KERNEL
+            c = (c + 1) % self.block_nr
+        self._cur = cur
+        self.packets += len(offs)
+        return chunk
+
+    def _gather(self, offsets: list[int], blocks: list[tuple[int, int, int]]) -> _Chunk:
+        """tpacket3_hdr fields of the packets at ``offsets`` in bulk, and the blocks' bytes."""
+        import numpy as np
+
+        offs = np.array(offsets, dtype=np.int64)
+        w = offs >> 2
+        u32 = self._u32
+        ts = u32[w + 1].astype(np.uint64) * np.uint64(1_000_000_000) + u32[w + 2]
+        snap = u32[w + 3]
+        wire = u32[w + 4]
+        start = offs + self._u16[(offs >> 1) + 12]  # tp_mac
+        tx = self._u8[offs + PKTTYPE_OFF] == PACKET_OUTGOING
+        dirs = np.where(tx, 2, 1).astype(np.uint8)
+        rank = np.where(tx, self.rank_tx, self.rank_rx).astype(np.uint8)
+        mm = self._mm
+        copies = [mm[base : base + used] for base, used, _ in blocks]
+        counts = [num for _, _, num in blocks]
+        # Block i's bytes start at sum(used[:i]) in the copy: rebase each frame onto it.
+        shift = np.repeat(np.array([base for base, _, _ in blocks], dtype=np.int64)
+                          - np.cumsum([0] + [len(c) for c in copies[:-1]]), counts)
+        return _Chunk(self.hop, self.linktype, ts, rank, dirs, wire, snap, start - shift,
+                      b"".join(copies))
 
     def read_stats(self) -> int:
         """Fold the kernel's counters (reset on read) into ours; returns new drops."""
@@ -312,7 +347,8 @@ class Tap:
         """Release everything; returns the drops counted since the last ``read_stats``."""
         drops = self.read_stats()
         self._status = []
-        self._mv.release()
+        self._u8 = self._u16 = self._u32 = None  # numpy's buffer exports, before close
+        self._w32.release()
         self._mm.close()
         self.sock.close()
         return drops
@@ -390,58 +426,86 @@ def resolve_ifaces(names: Sequence[str], topo: Topology, *, strict: bool = True)
 
 class _Reorder:
     """Holds sightings back until no tap can still deliver an older one, then releases them
-    in time order.
+    in time order, decoded.
 
     Each ring hands over whole blocks, when full or when the retire timer fires, so one
     tap's frames may reach us several ms after a later frame of another tap (measured:
     up to ~7 ms with a 4 ms timer). A path read out of order gets a wrong verdict, so
-    rows wait ``delay_ns`` (against CLOCK_REALTIME, the clock of the ring timestamps).
+    frames wait ``delay_ns`` (against CLOCK_REALTIME, the clock of the ring timestamps).
+    Decoding happens once per released batch: the bulk decoder's cost is mostly per call.
     """
 
     def __init__(self, np: Any, dtype: Any, delay_ns: int) -> None:
         self.np = np
+        self.dtype = dtype
         self.delay_ns = delay_ns
-        self.rows = np.zeros(0, dtype=dtype)
-        self.rank = np.zeros(0, dtype=np.uint8)
-        self.frames = b""
+        self.items: list[tuple[_Chunk, int, int]] = []  # (chunk, min ts, max ts)
 
-    def add(self, rows: Any, frames: bytes, rank: Any = None) -> None:
-        """``rank`` breaks timestamp ties (see ``TapSource._ranks``); default: arrival order."""
-        if rank is None:
-            rank = self.np.zeros(len(rows), dtype=self.np.uint8)
-        if len(self.rows):
-            rows["frame_off"] += len(self.frames)
-            self.rows = self.np.concatenate((self.rows, rows))
-            self.rank = self.np.concatenate((self.rank, rank))
-            self.frames += frames
-        else:
-            self.rows, self.rank, self.frames = rows, rank, frames
+    def add(self, chunk: _Chunk) -> None:
+        if len(chunk.ts):
+            self.items.append((chunk, int(chunk.ts.min()), int(chunk.ts.max())))
+
+    def __len__(self) -> int:
+        return sum(len(c.ts) for c, _, _ in self.items)
 
     def due(self, now_ns: int) -> bool:
-        return bool(len(self.rows)) and int(self.rows["ts_ns"].min()) <= now_ns - self.delay_ns
+        mark = now_ns - self.delay_ns
+        return any(tmin <= mark for _, tmin, _ in self.items)
 
     def take(self, hops: list[HopLabel], now_ns: int | None) -> ObsBatch:
-        """The rows older than ``now_ns - delay`` (all with None), oldest first; now_ns of the
-        batch is that watermark: nothing older can come later."""
+        """The sightings older than ``now_ns - delay`` (all with None), oldest first; the
+        batch's now_ns is that watermark: nothing older can come later."""
         np = self.np
-        order = np.lexsort((self.rank, self.rows["ts_ns"]))  # stable: arrival order last
-        rows, rank = self.rows[order], self.rank[order]
         if now_ns is None:
-            cut = len(rows)
-            mark = int(rows["ts_ns"][-1]) if cut else time.time_ns()
+            mark = max((tmax for _, _, tmax in self.items), default=time.time_ns())
         else:
             mark = now_ns - self.delay_ns
-            cut = int(np.searchsorted(rows["ts_ns"], mark, side="right"))
-        out, keep = rows[:cut], rows[cut:]
-        frames = self.frames
-        self.rank = rank[cut:]
-        if len(keep):
-            base = int(keep["frame_off"].min())
-            keep["frame_off"] -= base
-            self.rows, self.frames = keep, frames[base:]
-        else:
-            self.rows, self.frames = keep, b""
-        return ObsBatch(out, hops, frames, now_ns=mark)
+        out: list[tuple[_Chunk, Any]] = []  # (chunk, selection or None for all)
+        keep: list[tuple[_Chunk, int, int]] = []
+        for chunk, tmin, tmax in self.items:
+            if tmin > mark:
+                keep.append((chunk, tmin, tmax))
+            elif tmax <= mark:
+                out.append((chunk, None))
+            else:
+                m = chunk.ts <= mark
+                out.append((chunk, m))
+                rest = ~m
+                later = _Chunk(chunk.hop, chunk.linktype, chunk.ts[rest], chunk.rank[rest],
+                               chunk.dirs[rest], chunk.wire[rest], chunk.lens[rest],
+                               chunk.offs[rest], chunk.frames)
+                keep.append((later, int(later.ts.min()), tmax))
+        self.items = keep
+        if not out:
+            return ObsBatch(np.zeros(0, dtype=self.dtype), hops, b"", now_ns=mark)
+
+        def col(name: str) -> Any:
+            parts = [getattr(c, name) if m is None else getattr(c, name)[m] for c, m in out]
+            return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+        sizes = [len(c.ts) if m is None else int(m.sum()) for c, m in out]
+        base = np.cumsum([0] + [len(c.frames) for c, _ in out[:-1]])
+        offs = np.concatenate([(c.offs if m is None else c.offs[m]) + b
+                               for (c, m), b in zip(out, base, strict=True)])
+        ts, rank = col("ts"), col("rank")
+        order = np.lexsort((rank, ts))  # stable: ring order decides last
+        hop = np.repeat(np.array([c.hop for c, _ in out], dtype=np.uint32), sizes)[order]
+        offs, lens = offs[order], col("lens")[order]
+        frames = b"".join(c.frames for c, _ in out)
+        linktypes = {c.linktype for c, _ in out}
+        lt: int | list[int] = (next(iter(linktypes)) if len(linktypes) == 1 else
+                               np.array([h.linktype for h in hops])[hop].tolist())
+        rows = _decode(frames, offs, lens, lt, np, self.dtype)
+        rows["ts_ns"] = ts[order]
+        rows["hop"] = hop
+        rows["netns"] = np.array([h.netns for h in hops], dtype=np.uint64)[hop]
+        rows["ifindex"] = np.array([h.ifindex for h in hops], dtype=np.int32)[hop]
+        rows["dir"] = col("dirs")[order]
+        rows["source"] = int(Src.PCAP)
+        rows["frame_off"] = offs
+        rows["frame_len"] = lens
+        rows["wire_len"] = col("wire")[order]
+        return ObsBatch(rows, hops, frames, now_ns=mark)
 
 
 # --------------------------------------------------------------------------
@@ -474,6 +538,7 @@ class TapSource:
         retire_ms: int = 4,
         poll_ms: int = 5,
         reorder_ms: int = 20,
+        batch_ms: int = 20,
         notices: Callable[[str], None] | None = None,
     ) -> None:
         self.ifaces = list(ifaces) if ifaces else None
@@ -485,14 +550,13 @@ class TapSource:
         self.retire_ms = retire_ms
         self.poll_ms = poll_ms
         self.reorder_ms = reorder_ms
+        self.batch_ms = batch_ms
         self._topology = topology
         self._notice = notices or (lambda msg: print(f"hoptrace: {msg}", file=sys.stderr, flush=True))
         self.kernel_filter = self.bpf_filter if kernel_filter_safe(self.bpf_filter) else None
         self._insns: dict[int, bytes] = {}
         self.hops: list[HopLabel] = []
         self._hop_index: dict[tuple[int, str, int], int] = {}
-        self._hop_roles: dict[int, str] = {}
-        self._rank_cache: tuple[Any, Any] | None = None
         self.taps: dict[tuple[int, str], Tap] = {}
         self._closed_lost = 0
         self._lost = 0
@@ -549,29 +613,28 @@ class TapSource:
         try:
             while not self._stop.is_set():
                 self._apply_changes(poller, by_fd)
-                col = _Collector.empty()
                 for fd, ev in poller.poll(self.poll_ms):
                     ready = by_fd.get(fd)
                     if ready is None:
                         continue
                     if ev & select.POLLERR:
                         ready.clear_error()  # level-triggered: reset it; re-discovery decides
-                    ready.drain(col)
+                    chunk = ready.drain()
+                    if chunk is not None:
+                        reorder.add(chunk)
                 now = time.monotonic()
                 if now - last_stats >= 1.0:
                     self._lost += sum(t.read_stats() for t in self.taps.values())
                     last_stats = now
-                if col.offs:
-                    reorder.add(*self._rows(col, np, dtype))
-                if reorder.due(time.time_ns()) or now - last_yield >= 0.1:
+                since = now - last_yield
+                if (since >= self.batch_ms / 1000 and reorder.due(time.time_ns())) or since >= 0.1:
                     yield reorder.take(self.hops, time.time_ns())
                     last_yield = now
             # Stopped: what the rings still hold, then everything held back, in order.
-            col = _Collector.empty()
             for tap in self.taps.values():
-                tap.drain(col)
-            if col.offs:
-                reorder.add(*self._rows(col, np, dtype))
+                chunk = tap.drain()
+                if chunk is not None:
+                    reorder.add(chunk)
             yield reorder.take(self.hops, None)
         finally:
             self._shutdown()
@@ -612,9 +675,6 @@ class TapSource:
             idx = len(self.hops)
             self.hops.append(HopLabel(spec.node, spec.ifname, spec.netns, ifindex, linktype))
             self._hop_index[key] = idx
-        if self._hop_roles.get(idx) != spec.role:
-            self._hop_roles[idx] = spec.role
-            self._rank_cache = None
         return idx
 
     def _open(self, spec: TapSpec) -> Tap:
@@ -671,43 +731,6 @@ class TapSource:
                     by_fd[tap.fd] = tap
                     self._notice(f"tap {tap.spec.label} opened")
 
-    def _rows(self, col: _Collector, np: Any, dtype: Any) -> tuple[Any, bytes, Any]:
-        """One poll round's frames -> decoded rows (not yet in time order), their bytes, and
-        each row's tie-break rank."""
-        hops = np.array(col.hops, dtype=np.uint32)
-        linktypes = np.array([h.linktype for h in self.hops], dtype=np.int32)[hops]
-        lt: int | list[int] = int(linktypes[0]) if (linktypes == linktypes[0]).all() else linktypes.tolist()
-        frames = bytes(col.buf)
-        rows = _decode(frames, col.offs, col.lens, lt, np, dtype)
-        rows["ts_ns"] = col.ts
-        rows["hop"] = hops
-        rows["netns"] = np.array([h.netns for h in self.hops], dtype=np.uint64)[hops]
-        rows["ifindex"] = np.array([h.ifindex for h in self.hops], dtype=np.int32)[hops]
-        rows["dir"] = col.dirs
-        rows["source"] = int(Src.PCAP)
-        rows["frame_off"] = col.offs
-        rows["frame_len"] = col.lens
-        rows["wire_len"] = col.wire
-        rank_rx, rank_tx = self._ranks(np)
-        rank = np.where(rows["dir"] == 2, rank_tx[hops], rank_rx[hops])
-        return rows, frames, rank
-
-    def _ranks(self, np: Any) -> tuple[Any, Any]:
-        """Per hop, the order of sightings that share a timestamp, for rx and for tx.
-
-        A packet socket stamps a frame with the skb's own timestamp when it has one, so one
-        skb received on a bridge port and then on the bridge itself shows the same time at
-        both (measured: to the ns). Within such a tie the kernel's order is fixed: a port
-        receives before its bridge does; a bridge transmits before its port does.
-        """
-        if self._rank_cache is None or len(self._rank_cache[0]) != len(self.hops):
-            rx = {"port": 0, "": 1, "bridge": 2}
-            tx = {"bridge": 0, "": 1, "port": 2}
-            roles = [self._hop_roles.get(i, "") for i in range(len(self.hops))]
-            self._rank_cache = (np.array([rx[r] for r in roles], dtype=np.uint8),
-                                np.array([tx[r] for r in roles], dtype=np.uint8))
-        return self._rank_cache
-
     def _shutdown(self) -> None:
         self._stop.set()
         thread, self._thread = self._thread, None
@@ -727,7 +750,7 @@ class TapSource:
         self._running = False
 
 
-def _decode(frames: bytes, offs: list[int], lens: list[int], lt: int | list[int],
+def _decode(frames: bytes, offs: Any, lens: Any, lt: int | list[int],
             np: Any, dtype: Any) -> np.ndarray[Any, Any]:
     from tracer import decode
 
@@ -737,7 +760,7 @@ def _decode(frames: bytes, offs: list[int], lens: list[int], lt: int | list[int]
         decode_into(rows, frames, offs, lens, lt)
         return rows
     mv = memoryview(frames)
-    return decode.decode_frames([mv[o : o + n] for o, n in zip(offs, lens, strict=True)], lt)
+    return decode.decode_frames([mv[o : o + n] for o, n in zip(offs.tolist(), lens.tolist(), strict=True)], lt)
 
 
 __all__ = ["Tap", "TapGone", "TapSource", "TapSpec", "compile_bpf", "default_specs",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import pytest
 
@@ -114,28 +115,35 @@ def test_resolve_ambiguous_node_asks_for_the_inode() -> None:
         f"netns:{LAB2}/docker0 (host)")
 
 
+def _chunk(hop: int, ts: list[int], frames: list[bytes], rank: list[int] | None = None) -> Any:
+    import numpy as np
+
+    from tracer.taps import _Chunk
+
+    lens = np.array([len(f) for f in frames], dtype=np.uint32)
+    return _Chunk(hop=hop, linktype=1, ts=np.array(ts, dtype=np.uint64),
+                  rank=np.array(rank or [1] * len(ts), dtype=np.uint8),
+                  dirs=np.ones(len(ts), dtype=np.uint8), wire=lens, lens=lens,
+                  offs=np.cumsum([0] + [len(f) for f in frames[:-1]]).astype(np.int64),
+                  frames=b"".join(frames))
+
+
 def test_reorder_releases_in_time_order_with_their_frames() -> None:
     import numpy as np
 
     from tracer.model import obs_dtype
     from tracer.taps import _Reorder
 
-    def rows(ts: list[int], frames: list[bytes]) -> tuple[np.ndarray, bytes]:
-        r = np.zeros(len(ts), dtype=obs_dtype())
-        r["ts_ns"] = ts
-        r["frame_len"] = [len(f) for f in frames]
-        r["frame_off"] = np.cumsum([0] + [len(f) for f in frames[:-1]])
-        return r, b"".join(frames)
-
-    hops = [HopLabel("host", "eth0")]
+    hops = [HopLabel("host", "eth0", 1, 2), HopLabel("host", "docker0", 1, 3)]
     ro = _Reorder(np, obs_dtype(), delay_ns=10)
-    ro.add(*rows([100, 130], [b"a100", b"b130"]))
-    ro.add(*rows([95, 125], [b"c95", b"d125"]))  # a late block of another tap
+    ro.add(_chunk(0, [100, 130], [b"a100", b"b130"]))
+    ro.add(_chunk(1, [95, 125], [b"c95", b"d125"]))  # a late block of another tap
     assert ro.due(now_ns=110) and not ro.due(now_ns=104)
     first = ro.take(hops, now_ns=126)  # watermark 116: 95 and 100 are out, 125 and 130 wait
     assert first.now_ns == 116
-    assert [(o.ts_ns, o.frame) for o in first.observations()] == [(95, b"c95"), (100, b"a100")]
-    ro.add(*rows([140], [b"e140"]))
+    assert [(o.ts_ns, o.ifname, o.ifindex, o.frame, o.direction, o.source) for o in first.observations()] == [
+        (95, "docker0", 3, b"c95", "rx", "pcap"), (100, "eth0", 2, b"a100", "rx", "pcap")]
+    ro.add(_chunk(0, [140], [b"e140"]))
     rest = ro.take(hops, now_ns=None)
     assert [(o.ts_ns, o.frame) for o in rest.observations()] == [
         (125, b"d125"), (130, b"b130"), (140, b"e140")]
@@ -152,9 +160,7 @@ def test_reorder_breaks_timestamp_ties_by_rank() -> None:
     from tracer.taps import _Reorder
 
     hops = [HopLabel("host", "docker0"), HopLabel("host", "veth1")]
-    r = np.zeros(2, dtype=obs_dtype())
-    r["ts_ns"] = [100, 100]
-    r["hop"] = [0, 1]  # the bridge's tap was drained first
     ro = _Reorder(np, obs_dtype(), delay_ns=0)
-    ro.add(r, b"", np.array([2, 0], dtype=np.uint8))
+    ro.add(_chunk(0, [100], [b"br"], rank=[2]))  # the bridge's tap was drained first
+    ro.add(_chunk(1, [100], [b"port"], rank=[0]))
     assert [o.ifname for o in ro.take(hops, None).observations()] == ["veth1", "docker0"]
