@@ -251,6 +251,8 @@ def run(args: argparse.Namespace) -> int:
     if path_filter is not None:
         engine.batch_hooks.append(tell)
     summary, paths, error = summarize(engine, keep_paths=write_parquet is not None)
+    if error is not None and summary.stats is not None and summary.stats.observations == 0:
+        raise error  # nothing was read: an empty report would only hide the one line that matters
     labels = files + [h.split("=", 1)[-1] for h in hop_args]
     write_report(summary, args.format, labels, sys.stdout)
     if write_parquet is not None:

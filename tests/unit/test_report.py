@@ -82,3 +82,12 @@ def test_report_command_on_a_recording(capsys: pytest.CaptureFixture[str], tmp_p
     out, err = capsys.readouterr()
     assert out.startswith(f"hoptrace report: {bad}")
     assert err.count("\n") <= 2 and str(bad.name) in err
+
+
+def test_report_of_nothing_readable_is_one_error_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from tracer.cli import main
+
+    assert (main(["report", str(tmp_path / "missing.pcap")]), main(["report", str(tmp_path)])) == (2, 2)
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert [line.startswith("hoptrace: ") for line in err.splitlines()] == [True, True]
