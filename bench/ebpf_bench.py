@@ -12,7 +12,9 @@ receiver's rate with no tracer (the peer) and with each tracer mode:
 * ``source``:    ``python -m probes.skb_hops`` (probes + ring + bulk decode, no correlator)
 
 and prints per mode: rate, ratio to the no-tracer run, events/s, lost events,
-tracer CPU (% of one core, from /proc/<pid>/stat) and start-to-ready time.
+tracer CPU (% of one core, from /proc/<pid>/stat), start-to-ready time, and the
+kernel time per program run (BPF_ENABLE_STATS; the part of the cost that does
+not depend on how loaded the machine is).
 Targets (issue 4): 0 lost; UDP >= 0.75, TCP >= 0.90; CPU <= 25 %; ready <= 3 s.
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -41,6 +44,38 @@ SERVER = "198.51.100.8"
 HOPTRACE = str(ROOT / ".venv" / "bin" / "hoptrace")
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_SYS_BPF, _BPF_ENABLE_STATS, _BPF_STATS_RUN_TIME = 321, 32, 0
+
+
+def enable_bpf_stats() -> int:
+    """BPF_ENABLE_STATS: run_time_ns/run_cnt per program while the fd is open (refcounted, so
+    concurrent users do not disturb each other); -1 when the kernel refuses."""
+    attr = ctypes.c_uint32(_BPF_STATS_RUN_TIME)
+    fd = _libc.syscall(_SYS_BPF, _BPF_ENABLE_STATS, ctypes.byref(attr), 4)
+    return int(fd)
+
+
+def prog_ids(pid: int) -> set[int]:
+    ids = set()
+    for fd in Path(f"/proc/{pid}/fdinfo").iterdir():
+        with contextlib.suppress(OSError):
+            for line in fd.read_text().splitlines():
+                if line.startswith("prog_id:"):
+                    ids.add(int(line.split()[1]))
+    return ids
+
+
+def prog_stats(ids: set[int]) -> dict[str, tuple[int, int]]:
+    """name -> (run_time_ns, run_cnt) of the given programs."""
+    out = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True).stdout
+    stats = {}
+    for p in json.loads(out or "[]"):
+        if int(p["id"]) in ids:
+            stats[p.get("name", str(p["id"]))] = (int(p.get("run_time_ns", 0)), int(p.get("run_cnt", 0)))
+    return stats
 
 
 def cpu_s(pid: int) -> float:
@@ -69,9 +104,14 @@ class Tracer:
             time.sleep(0.01)
         self.ready_s = time.perf_counter() - t0
         self.cpu0 = cpu_s(self.proc.pid)
+        self.progs = prog_ids(self.proc.pid)
+        self.bpf0 = prog_stats(self.progs)
 
     def stop(self, window_s: float) -> dict[str, Any]:
         cpu = cpu_s(self.proc.pid) - self.cpu0
+        bpf1 = prog_stats(self.progs)
+        ns = sum(t for t, _ in bpf1.values()) - sum(t for t, _ in self.bpf0.values())
+        runs = sum(c for _, c in bpf1.values()) - sum(c for _, c in self.bpf0.values())
         self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(timeout=60)
@@ -91,6 +131,7 @@ class Tracer:
         self.out.unlink(missing_ok=True)
         events = last.get("events", last.get("observations", 0))
         return {"ready_s": self.ready_s, "cpu_pct": 100 * cpu / window_s, "events": events,
+                "bpf_ns_per_run": ns / runs if runs else None, "bpf_runs": runs,
                 "lost": last.get("lost_events"), "rc": self.proc.returncode}
 
 
@@ -121,6 +162,7 @@ def main() -> int:
     p.add_argument("--modes", default="live,filtered,source")
     args = p.parse_args()
     modes = args.modes.split(",")
+    stats_fd = enable_bpf_stats()
     lab = Lab("netns", f"hoptest-eb{uuid.uuid4().hex[:6]}")
     lab.up()
     results: dict[str, dict[str, Any]] = {}
@@ -145,14 +187,18 @@ def main() -> int:
                     results[f"{test}/{mode}"] = med
     finally:
         lab.down()
+        if stats_fd >= 0:
+            os.close(stats_fd)
     unit = {"udp": ("pps", 1.0), "tcp": ("Gbit/s", 1e9)}
-    print(f"{'run':<14}{'rate':>14}{'ratio':>7}{'events/s':>11}{'lost':>7}{'cpu%':>7}{'ready_s':>8}")
+    print(f"{'run':<14}{'rate':>14}{'ratio':>7}{'events/s':>11}{'lost':>7}{'cpu%':>7}{'ready_s':>8}"
+          f"{'bpf ns/run':>11}")
     for key, r in results.items():
         name, scale = unit[key.split("/")[0]]
         rate = f"{r['rate'] / scale:,.{0 if scale == 1 else 2}f} {name}"
         if "ratio" in r:
+            bpf_ns = "-" if r["bpf_ns_per_run"] is None else f"{r['bpf_ns_per_run']:.0f}"
             print(f"{key:<14}{rate:>14}{r['ratio']:>7.2f}{r['events_per_s']:>11,.0f}{r['lost']!s:>7}"
-                  f"{r['cpu_pct']:>7.1f}{r['ready_s']:>8.2f}")
+                  f"{r['cpu_pct']:>7.1f}{r['ready_s']:>8.2f}{bpf_ns:>11}")
         else:
             print(f"{key:<14}{rate:>14}{1.0:>7.2f}")
     print(json.dumps(results))

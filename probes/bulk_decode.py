@@ -61,6 +61,10 @@ def decode_bulk(
     # everything before L4 is at fixed columns (Ethernet without VLAN tag).
     F = frames
     width = F.shape[1]
+    # Windows are gathered from the flat buffer (1-D take) when the frames are
+    # in it unpadded: 2-D fancy indexing over strided rows is ~2x slower.
+    flat = np.frombuffer(buf, dtype=np.uint8) if width >= ETH_LEN + 40 else None
+    base = offsets.astype(np.int64)
     if width < ETH_LEN + 40:
         F = np.pad(F, ((0, 0), (0, ETH_LEN + 40 - width)))
         width = F.shape[1]
@@ -79,7 +83,10 @@ def decode_bulk(
         return (c16(M, k) << 16) | c16(M, k + 2)
 
     def window(start: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        return F[r[:, None], np.minimum(start[:, None] + _AR16, width - 1)]
+        cols = np.minimum(start[:, None] + _AR16, width - 1)
+        if flat is not None:
+            return flat[base[:, None] + cols]
+        return F[r[:, None], cols]
 
     eth = (mac_len == ETH_LEN) & (end >= ETH_LEN + 20)
     et = np.where(eth, c16(H, 12), 0)
@@ -130,7 +137,7 @@ def decode_bulk(
             col[f] = values
 
     if not every:
-        F, H, W = F[f], H[f], W[f]
+        F, H, W, base = F[f], H[f], W[f], base[f]
         end, l4, plen = end[f], l4[f], plen[f]
         v6, tcp, udp, icmp = v6[f], tcp[f], udp[f], icmp[f]
         icmp_type, proto, et, ttl, length = icmp_type[f], proto[f], et[f], ttl[f], length[f]

@@ -18,7 +18,7 @@ from probes.skb_hops import (
     event_type,
     kernel_filter_from_pcap,
 )
-from tracer.model import Dir
+from tracer.model import Dir, obs_dtype
 
 C_FILE = Path(__file__).resolve().parents[2] / "probes" / "skb_hops.c"
 
@@ -78,6 +78,7 @@ def test_records_decode_in_bulk_into_rows_and_hops() -> None:
                 ts=300)
     src = EbpfSource()
     src._dtype = __import__("numpy").dtype(HopEvent)
+    src._obs_dtype = obs_dtype()
     src.layout = None
     batch = src._decode([_record(e1, e2), _record(e3)])
     obs = batch.observations()
