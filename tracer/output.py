@@ -97,17 +97,34 @@ def _int(v: int | None) -> str:
     return "null" if v is None else str(v)
 
 
+class _Escaped(dict[str, str]):
+    """JSON string literals of the few names and addresses a trace repeats (bounded)."""
+
+    def __missing__(self, key: str) -> str:
+        if len(self) > 65536:
+            self.clear()
+        value = self[key] = _esc(key)
+        return value
+
+
+_lit = _Escaped()
+
+
 def _hop_line(h: Observation) -> str:
     """``json.dumps(_hop_json(h))`` without building the dict: every hop of every path pays this."""
+    lit = _lit
     d = h.direction
     r = h.drop_reason
+    sport, dport, ip_id = h.sport, h.dport, h.ip_id
     text = (
-        f'{{"ts_ns": {h.ts_ns}, "node": {_esc(h.node)}, "netns": {h.netns}, '
-        f'"iface": {_esc(h.ifname)}, "dir": {"null" if d is None else _esc(d)}, '
-        f'"src": {_esc(h.src)}, "dst": {_esc(h.dst)}, "sport": {_int(h.sport)}, '
-        f'"dport": {_int(h.dport)}, "ip_id": {_int(h.ip_id)}, "ttl": {h.ttl}, '
+        f'{{"ts_ns": {h.ts_ns}, "node": {lit[h.node]}, "netns": {h.netns}, '
+        f'"iface": {lit[h.ifname]}, "dir": {"null" if d is None else lit[d]}, '
+        f'"src": {lit[h.src]}, "dst": {lit[h.dst]}, '
+        f'"sport": {"null" if sport is None else sport}, '
+        f'"dport": {"null" if dport is None else dport}, '
+        f'"ip_id": {"null" if ip_id is None else ip_id}, "ttl": {h.ttl}, '
         f'"skb": {f"{chr(34)}0x{h.skb:x}{chr(34)}" if h.skb else "null"}, '
-        f'"drop_reason": {"null" if r is None else _esc(r)}, "proto": {_esc(h.proto_name)}, '
+        f'"drop_reason": {"null" if r is None else _esc(r)}, "proto": {lit[h.proto_name]}, '
         f'"length": {h.length}'
     )
     if h.icmp_type is not None:
