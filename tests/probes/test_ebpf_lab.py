@@ -148,3 +148,35 @@ def test_kernel_filter_follows_the_skb_through_dnat(lab_netns: Any) -> None:
     p = path_of(obs, syn)
     assert [(o.hop_name, o.dport) for o in p[:2]] == [("host/eth0", 8080), ("host/docker0", 80)]
     assert src.counters()["filtered"] > 0
+
+
+def test_kernel_filter_changes_while_running(lab_netns: Any) -> None:
+    from probes.skb_hops import EbpfSource, KernelFilter
+
+    src = EbpfSource()
+    src.start()
+    obs: list[Observation] = []
+
+    def consume() -> None:
+        for batch in src.batches():
+            obs.extend(batch.observations())
+
+    th = threading.Thread(target=consume)
+    th.start()
+    try:
+        host = lab_netns.netns_inode("host")
+        src.set_filter(KernelFilter(protos=frozenset({6})))  # TCP only: the ping is filtered out
+        t1 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        assert lab_netns.run("internet-ping").ok
+        src.set_filter(KernelFilter(netns=frozenset({host})))  # every protocol, host namespace only
+        t2 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        assert lab_netns.run("internet-ping").ok
+        time.sleep(0.3)
+    finally:
+        src.stop()
+        th.join(timeout=10)
+    first = [o for o in obs if t1 <= o.ts_ns < t2 and o.proto == 1 and SERVER in (o.src, o.dst)]
+    second = [o for o in obs if o.ts_ns >= t2 and o.proto == 1 and SERVER in (o.src, o.dst)]
+    assert first == []
+    assert second and {o.netns for o in second} == {host}
+    assert {o.hop_name for o in second} >= {"host/docker0", "host/eth0"}
