@@ -59,6 +59,8 @@ class Engine:
         self._t1: float | None = None
         # Flows name only the paths that were kept (the filter may drop some).
         self._kept: set[str] = set()
+        # flow id -> the conntrack entry an annotator found on one of its paths' NAT events.
+        self._flow_ct: dict[str, int] = {}
 
     def stop(self) -> None:
         """Thread-safe: the current batch finishes, open paths are flushed, ``events()`` ends."""
@@ -91,16 +93,21 @@ class Engine:
             self._paths += 1
             if p.flow is not None:
                 self._kept.add(p.id)
+                for ev in p.nat:
+                    if ev.conntrack is not None and ev.conntrack.id is not None:
+                        self._flow_ct.setdefault(p.flow, ev.conntrack.id)
             out.append(p)
         kept = self._kept
         for f in flows:
             ids = tuple(pid for pid in f.paths if pid in kept)
             kept.difference_update(f.paths)
+            ct = self._flow_ct.pop(f.id, f.conntrack_id)
             if not ids:
                 continue
-            out.append(f if len(ids) == len(f.paths) else Flow(
-                id=f.id, proto=f.proto, original=f.original, reply=f.reply, paths=ids,
-                conntrack_id=f.conntrack_id))
+            if len(ids) != len(f.paths) or ct != f.conntrack_id:
+                f = Flow(id=f.id, proto=f.proto, original=f.original, reply=f.reply, paths=ids,
+                         conntrack_id=ct)
+            out.append(f)
         return out
 
     def events(self) -> Iterator[list[Event]]:

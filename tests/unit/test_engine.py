@@ -152,3 +152,17 @@ def test_replay_of_a_lab_recording() -> None:
         [("snat", "host", "POSTROUTING")], [("dnat", "host", "PREROUTING")]]
     assert [p.verdict for p in icmp] == ["delivered", "delivered"]
     assert [f.paths for f in events if isinstance(f, Flow)] == [tuple(p.id for p in icmp)]
+
+
+def test_flow_takes_the_conntrack_id_an_annotator_found() -> None:
+    from tracer.model import ConntrackRef, Endpoints
+
+    ct = ConntrackRef(id=4242, original=Endpoints("172.17.0.2", None, "198.51.100.8", None),
+                      reply=Endpoints("198.51.100.8", None, "203.0.113.2", None))
+
+    def with_ct(p: PacketPath) -> PacketPath:
+        return replace(p, nat=tuple(replace(ev, conntrack=ct) for ev in p.nat))
+
+    events = flatten(Engine(ListSource(two_pings()), annotators=[with_ct]))
+    assert [(f.id, f.paths, f.conntrack_id) for f in events if isinstance(f, Flow)] == [
+        ("f1", ("p1", "p2", "p3"), 4242)]
