@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 import threading
 import time
@@ -30,6 +31,7 @@ GROUPS = (1 << (NFNLGRP_NEW - 1)) | (1 << (NFNLGRP_UPDATE - 1)) | (1 << (NFNLGRP
 IPCTNL_MSG_CT_DELETE = 2
 # Paths finish some time after their last packet; keep destroyed entries that long and more.
 KEEP_DESTROYED_S = 120.0
+EVENT_RCVBUF = 8 << 20
 STATUS_BITS = (
     "EXPECTED", "SEEN_REPLY", "ASSURED", "CONFIRMED", "SRC_NAT", "DST_NAT", "SEQ_ADJUST",
     "SRC_NAT_DONE", "DST_NAT_DONE", "DYING", "FIXED_TIMEOUT", "TEMPLATE", "UNTRACKED", "HELPER",
@@ -133,6 +135,7 @@ class _NsTable:
         self.ready = threading.Event()
         self.error: str | None = None
         self.events = 0
+        self.overruns = 0  # event buffer overflows (each followed by a fresh dump)
 
     def put(self, entry: Entry, destroyed: bool = False) -> None:
         if destroyed:
@@ -266,34 +269,48 @@ class ConntrackTable:
     async def _follow(self, table: _NsTable) -> None:
         from pyroute2.netlink.nfnetlink.nfctsocket import AsyncNFCTSocket
 
-        events = AsyncNFCTSocket(nfgen_family=socket.AF_UNSPEC)
-        dumper = AsyncNFCTSocket(nfgen_family=socket.AF_UNSPEC)
+        # A busy host makes many UPDATE events; a deep receive buffer keeps them from overflowing
+        # (ENOBUFS): then the table is dumped again rather than left stale.
+        events = AsyncNFCTSocket(nfgen_family=socket.AF_UNSPEC, rcvbuf=EVENT_RCVBUF)
         try:
             # Subscribe before dumping: an entry created during the dump then arrives as an event.
             await events.bind(groups=GROUPS)
-            try:
-                async for msg in await dumper.dump():
-                    entry = parse_msg(msg)
-                    if entry is not None:
-                        table.put(entry)
-            finally:
-                dumper.close()
+            await self._dump(table)
             table.ready.set()
             last_expire = time.monotonic()
             while True:
-                async for msg in events.get():
-                    entry = parse_msg(msg)
-                    if entry is None:
-                        continue
-                    table.events += 1
-                    mtype = msg["header"]["type"] & 0xFF
-                    table.put(entry, destroyed=mtype == IPCTNL_MSG_CT_DELETE)
+                try:
+                    async for msg in events.get():
+                        entry = parse_msg(msg)
+                        if entry is None:
+                            continue
+                        table.events += 1
+                        mtype = msg["header"]["type"] & 0xFF
+                        table.put(entry, destroyed=mtype == IPCTNL_MSG_CT_DELETE)
+                except OSError as exc:
+                    if exc.errno != errno.ENOBUFS:
+                        raise
+                    table.overruns += 1
+                    await self._dump(table)
                 now = time.monotonic()
                 if now - last_expire > 10:
                     table.expire(now)
                     last_expire = now
         finally:
             events.close()
+
+    @staticmethod
+    async def _dump(table: _NsTable) -> None:
+        from pyroute2.netlink.nfnetlink.nfctsocket import AsyncNFCTSocket
+
+        dumper = AsyncNFCTSocket(nfgen_family=socket.AF_UNSPEC)
+        try:
+            async for msg in await dumper.dump():
+                entry = parse_msg(msg)
+                if entry is not None:
+                    table.put(entry)
+        finally:
+            dumper.close()
 
 
 def dump(netns_path: str) -> list[ConntrackRef]:
