@@ -545,7 +545,9 @@ class EbpfSource:
         rows["skb"] = ev["skb"]
         rows["netns"] = ev["netns"]
         rows["ifindex"] = ev["ifindex"]
-        rows["dir"] = ev["kind"]  # HopKind values are Dir values
+        kind = ev["kind"]
+        # HopKind values are Dir values; anything else (a C/Python mismatch) is Dir.UNKNOWN
+        rows["dir"] = np.where((kind >= HopKind.RX) & (kind <= HopKind.DROP), kind, 0)
         rows["source"] = int(Src.EBPF)
         rows["drop_reason"] = ev["drop_reason"]
         rows["wire_len"] = ev["wire_len"]

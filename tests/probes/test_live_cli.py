@@ -193,3 +193,12 @@ def test_recording_replays_into_the_same_paths(traced: dict[str, Any]) -> None:
     live_paths = shapes(traced["records"])
     assert live_paths and shapes(replayed) == live_paths
     assert replayed[-1]["observations"] == traced["records"][-1]["observations"]
+
+
+def test_duration_ends_the_run_by_itself() -> None:
+    t0 = time.monotonic()
+    r = run_hoptrace("live", "--backend", "ebpf", "--json", "--duration", "1", timeout=60)
+    assert r.returncode == 0, r.stderr
+    last = json.loads(r.stdout.splitlines()[-1])
+    assert last["type"] == "stats" and 1.0 <= last["elapsed_s"] < 3.0
+    assert time.monotonic() - t0 < 15
