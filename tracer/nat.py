@@ -35,9 +35,13 @@ def same_namespace(a: Observation, b: Observation) -> bool:
 
 
 def _originated(hops: Sequence[Observation], upto: int) -> bool:
-    """The packet was born in hops[upto]'s namespace: it never was elsewhere nor received."""
+    """The packet was born in hops[upto]'s namespace: it never was elsewhere, only sent.
+
+    Captures that do not say the direction count as received: a published port
+    reached from outside (PREROUTING) is the common case, OUTPUT needs a known tx.
+    """
     here = hops[upto]
-    return all(same_namespace(h, here) and h.direction != "rx" for h in hops[: upto + 1])
+    return all(same_namespace(h, here) and h.direction == "tx" for h in hops[: upto + 1])
 
 
 def _ends(o: Observation) -> Endpoints:

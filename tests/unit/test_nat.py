@@ -95,3 +95,10 @@ def test_verdict_rules() -> None:
     assert verdict(ping[:4], owned, {(NETNS["host"], "host", "eth0")}) == "incomplete"
     dropped = [*ping[:2], make_obs(at="host/docker0", direction="drop", drop_reason="NO_SOCKET")]
     assert verdict(dropped, owned, set()) == "dropped"
+
+
+def test_unknown_direction_dnat_is_prerouting() -> None:
+    # Per-hop captures without direction (plain pcap on host/eth0 and host/docker0).
+    hops = [make_obs(at="host/eth0", direction=None, dst="203.0.113.2"),
+            make_obs(at="host/docker0", direction=None, dst="172.17.0.2")]
+    assert [(e.kind, e.hook) for e in infer_nat(hops)] == [("dnat", "PREROUTING")]
