@@ -188,41 +188,62 @@ class _FileReader:
             raise self.error(f"unsupported link type {linktype_name(lt)}")
         self.ifaces.append(_Iface(linktype=lt, tsresol_num=1 if ns else 1000))
         self._pos = 24
-        rec = Struct(end + "IIII").unpack_from
+        capl = Struct(end + "I").unpack_from
         mult = 1 if ns else 1000
         chunk = _Chunk(self._data)
+        # Only the record lengths are chased here, one unpack per record; the headers are
+        # parsed in bulk by _bulk_pcap.
+        pend: list[int] = []
         while True:
             if len(self._data) - self._pos < 16:
-                if chunk.offs:
-                    yield chunk
+                yield from self._pcap_drain(chunk, pend, end, mult)
                 if not self._ensure(16):
                     if len(self._data) > self._pos:
                         raise self.error(f"truncated record header after {self.packets} packets")
                     return
                 chunk = _Chunk(self._data)
-            sec, frac, caplen, wirelen = rec(self._data, self._pos)
+            pos = self._pos
+            (caplen,) = capl(self._data, pos + 8)
             if caplen > MAX_RECORD:
-                if chunk.offs:
-                    yield chunk
+                yield from self._pcap_drain(chunk, pend, end, mult)
                 raise self.error(f"bad record length {caplen} after {self.packets} packets")
-            if len(self._data) - self._pos < 16 + caplen:
-                if chunk.offs:
-                    yield chunk
+            if len(self._data) - pos < 16 + caplen:
+                yield from self._pcap_drain(chunk, pend, end, mult)
                 if not self._ensure(16 + caplen):
                     raise self.error(f"truncated packet after {self.packets} packets")
                 chunk = _Chunk(self._data)
-            o = self._pos + 16
-            chunk.offs.append(o)
-            chunk.lens.append(caplen)
-            chunk.ts.append(sec * 1_000_000_000 + frac * mult)
-            chunk.iface.append(0)
-            chunk.wire.append(wirelen)
-            chunk.flags_dir.append(0)
-            self._pos = o + caplen
-            self.packets += 1
-            if len(chunk.offs) >= BATCH_ROWS:
-                yield chunk
+                pos = self._pos
+            pend.append(pos)
+            self._pos = pos + 16 + caplen
+            if len(pend) >= BATCH_ROWS:
+                yield from self._pcap_drain(chunk, pend, end, mult)
                 chunk = _Chunk(self._data)
+
+    def _pcap_drain(self, chunk: _Chunk, pend: list[int], endian: str, mult: int) -> Iterator[_Chunk]:
+        """Parse the pending pcap record headers at once and hand the chunk out."""
+        if pend:
+            b8 = np.frombuffer(chunk.buf, dtype=np.uint8)
+            pos = np.array(pend, dtype=np.int64)
+            pend.clear()
+
+            def u32(at: int) -> np.ndarray[Any, Any]:
+                parts = [b8[pos + at + i].astype(np.uint64) for i in range(4)]
+                if endian == ">":
+                    parts.reverse()
+                return parts[0] | (parts[1] << np.uint64(8)) | (parts[2] << np.uint64(16)) | (parts[3] << np.uint64(24))
+
+            # sec * 1e9 + frac * 1000 < 2^63 for any 32-bit sec/frac: no overflow.
+            ts = u32(0) * np.uint64(1_000_000_000) + u32(4) * np.uint64(mult)
+            n = len(pos)
+            chunk.offs.extend((pos + 16).tolist())
+            chunk.lens.extend(u32(8).tolist())
+            chunk.ts.extend(ts.tolist())
+            chunk.iface.extend([0] * n)
+            chunk.wire.extend(u32(12).tolist())
+            chunk.flags_dir.extend([0] * n)
+            self.packets += n
+        if chunk.offs:
+            yield chunk
 
     # -- pcapng ------------------------------------------------------------
     def _pcapng(self) -> Iterator[_Chunk]:
