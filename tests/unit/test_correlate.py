@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 from dataclasses import replace
+from itertools import pairwise
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.unit.conftest import MS, NETNS, US, internet_ping, internet_pong, make_obs
 from tracer.correlate import Correlator, correlate
@@ -358,3 +362,25 @@ def test_open_rows_are_bounded() -> None:
     assert (len(early), c.open_paths) == (80, 20)
     assert [p.hops[0].ip_id for p in early[:3]] == [0, 1, 2]
     assert {len(p.hops) for p in early + c.flush()} == {2}
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 12), seed=st.integers(0, 2**32 - 1), cuts=st.lists(st.integers(0, 60), max_size=4))
+def test_any_arrival_order_and_batching_gives_the_same_paths(n: int, seed: int, cuts: list[int]) -> None:
+    """Per-CPU rings and several taps deliver out of order and in arbitrary batches."""
+    rng = random.Random(seed)
+    obs = []
+    for k in range(n):
+        # Packets overlap in time (8 µs apart, hops 10 µs apart); half of them carry an skb.
+        common = dict(ip_id=k, icmp_seq=k, skb=(0xA000 + k) if k % 2 else None)
+        obs += internet_ping(t0=1_000 * MS + k * 8 * US, **common)
+    expected = sorted(tuple((o.hop_name, o.ts_ns) for o in obs[5 * k : 5 * k + 5]) for k in range(n))
+    rng.shuffle(obs)
+    bounds = sorted({0, len(obs), *(min(c, len(obs)) for c in cuts)})
+    c = Correlator()
+    paths = []
+    for a, b in pairwise(bounds):
+        paths += c.feed_batch(ObsBatch.from_observations(obs[a:b]))
+    paths += c.flush()
+    assert sorted(tuple((h.hop_name, h.ts_ns) for h in p.hops) for p in paths) == expected
+    assert all([(e.kind, e.from_hop) for e in p.nat] == [("snat", 2)] for p in paths)
