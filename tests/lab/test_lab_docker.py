@@ -104,3 +104,23 @@ def test_a_failing_docker_up_stops_its_dockerd(fresh_lab_prefix: str, monkeypatc
     with pytest.raises(LabError, match="injected failure"):
         lab.up()
     assert lab.state.leftovers() == []
+
+
+def test_dockerd_that_will_not_start_is_one_clear_error(fresh_lab_prefix: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from tracer.errors import LabError
+    from tracer.lab import docker_engine
+
+    real_argv = docker_engine.dockerd_argv
+    monkeypatch.setattr(docker_engine, "dockerd_argv", lambda lab: [*real_argv(lab), "--no-such-flag"])
+    lab = Lab("docker", fresh_lab_prefix)
+    try:
+        with pytest.raises(LabError, match="dockerd exited during start-up") as err:
+            lab.up()
+        assert "no-such-flag" in str(err.value)
+        assert (lab.failed_logs_dir() / "dockerd.log").read_text()
+        assert lab.state.leftovers() == []
+    finally:
+        shutil.rmtree(lab.failed_logs_dir(), ignore_errors=True)

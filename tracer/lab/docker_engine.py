@@ -150,7 +150,7 @@ def _wait_for_api(lab: Lab, proc: Any) -> Any:
     while time.monotonic() < deadline:
         if not alive(proc):
             raise LabError(f"dockerd exited during start-up: {_log_tail(lab)}",
-                           f"see {lab.state.dir / 'dockerd.log'}")
+                           f"dockerd.log is kept in {lab.failed_logs_dir()}")
         if socket_path(lab).exists():
             try:
                 dc = client(lab, timeout=5)
@@ -164,7 +164,7 @@ def _wait_for_api(lab: Lab, proc: Any) -> Any:
             last_note = time.monotonic()
         time.sleep(0.1)
     raise LabError(f"dockerd did not answer within {API_WAIT_S:.0f} s: {_log_tail(lab)}",
-                   f"see {lab.state.dir / 'dockerd.log'}")
+                   f"dockerd.log is kept in {lab.failed_logs_dir()}")
 
 
 def _log_tail(lab: Lab) -> str:
@@ -173,7 +173,10 @@ def _log_tail(lab: Lab) -> str:
     except OSError:
         return "(no log)"
     errors = [ln for ln in lines if "level=error" in ln or "level=fatal" in ln]
-    return (errors or lines or ["(empty log)"])[-1][-300:]
+    if errors:
+        return errors[-1][-300:]
+    # A usage error prints a few plain lines ("unknown flag: ...", "See 'dockerd --help'.").
+    return " / ".join(ln.strip() for ln in lines[-3:] if ln.strip())[-300:] or "(empty log)"
 
 
 def _busybox() -> str | None:

@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,12 +104,29 @@ class Lab:
             self._build()
         except BaseException:
             # Half a lab is worse than none: take down what was built, then report the cause.
+            # The logs say why; they would go with the state directory, so keep a copy.
+            kept = self.keep_logs()
+            if kept is not None:
+                progress(f"the lab's logs are kept in {kept}")
             try:
                 self.down()
             except HoptraceError as cleanup:
                 progress(f"removing the half-built lab failed too: {cleanup}")
             raise
         progress(f"'{self.prefix}' is up ({self.engine} engine, {time.monotonic() - t0:.1f} s)")
+
+    def failed_logs_dir(self) -> Path:
+        return Path(tempfile.gettempdir()) / f"hoptrace-lab-{self.prefix}-failed"
+
+    def keep_logs(self) -> Path | None:
+        logs = sorted(self.state.dir.glob("*.log")) if self.state.dir.is_dir() else []
+        if not logs:
+            return None
+        dest = self.failed_logs_dir()
+        dest.mkdir(parents=True, exist_ok=True)
+        for log in logs:
+            shutil.copyfile(log, dest / log.name)
+        return dest
 
     def down(self) -> list[str]:
         require_root()
@@ -192,7 +210,7 @@ class Lab:
         time.sleep(0.01)
         if p.poll() is not None:
             raise LabError(f"{what} exited at start (status {p.returncode})",
-                           f"see {self.state.dir / (what.replace(' ', '-') + '.log')}")
+                           f"its log is kept in {self.failed_logs_dir()}")
         rec = proc_record(p.pid, what)
         self.state.add_proc(rec)
         return rec

@@ -74,7 +74,8 @@ def proc_start_time(pid: int) -> int | None:
 
 
 def alive(proc: Proc) -> bool:
-    return proc_start_time(proc.pid) == proc.start
+    # A child that exited stays a zombie until reaped: it is not alive.
+    return proc_start_time(proc.pid) == proc.start and not _zombie(proc.pid)
 
 
 def proc_record(pid: int, what: str) -> Proc:
@@ -91,7 +92,7 @@ def stop_procs(procs: list[Proc], timeout_s: float = 5.0) -> None:
         _signal(p, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while live and time.monotonic() < deadline:
-        live = [p for p in live if alive(p) and not _zombie(p.pid)]
+        live = [p for p in live if alive(p)]
         if live:
             time.sleep(0.02)
     for p in live:
