@@ -105,6 +105,8 @@ def fresh_lab_prefix() -> Iterator[str]:
         yield prefix
     finally:
         try:
-            Lab("netns", prefix).down()  # down() stops a dockerd too, whatever engine built it
+            lab = Lab("netns", prefix)
+            lab.down()  # down() stops a dockerd too, whatever engine built it
+            shutil.rmtree(lab.failed_logs_dir(), ignore_errors=True)  # logs kept by a failed up()
         finally:
             assert_lab_gone(prefix)
