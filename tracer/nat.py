@@ -56,7 +56,6 @@ def _event(kind: NatKind, node: str, hook: Hook, before: Endpoints, after: Endpo
 
 def _pair_events(hops: Sequence[Observation], i: int) -> list[NatEvent]:
     a, b = hops[i], hops[i + 1]
-    dnat_hook: Hook = "OUTPUT" if _originated(hops, i) else "PREROUTING"
     events: list[NatEvent] = []
     ea, eb = _ends(a), _ends(b)
     src_changed = (a.src, a.sport) != (b.src, b.sport)
@@ -70,6 +69,11 @@ def _pair_events(hops: Sequence[Observation], i: int) -> list[NatEvent]:
             src_changed = True
         else:
             dst_changed = True
+    ia, ib = a.inner, b.inner
+    q_changed = ia is not None and ib is not None and ia != ib
+    dnat_hook: Hook = "PREROUTING"
+    if (dst_changed or q_changed) and _originated(hops, i):
+        dnat_hook = "OUTPUT"
     if dst_changed:
         mid = Endpoints(src=a.src, sport=a.sport, dst=b.dst, dport=b.dport)
         to_dnat = ids if (not id_goes_to_snat or not src_changed) else (None, None)
@@ -78,8 +82,8 @@ def _pair_events(hops: Sequence[Observation], i: int) -> list[NatEvent]:
     if src_changed:
         to_snat = ids if (id_goes_to_snat or not dst_changed) else (None, None)
         events.append(_event("snat", a.node, "POSTROUTING", ea, eb, i, to_snat))
-    ia, ib = a.inner, b.inner
-    if ia is not None and ib is not None:
+    if q_changed:
+        assert ia is not None and ib is not None
         icmp_inner = ia.proto in (1, 58)
         sa = None if icmp_inner else ia.sport
         da = None if icmp_inner else ia.dport
