@@ -313,3 +313,23 @@ def test_comment_fast_path_and_json_path_agree(tmp_path: Path) -> None:
         results.append([(o.ts_ns, o.direction, o.skb, o.netns, o.drop_reason) for o in obs])
         assert used == [name == "fast"]
     assert results[0] == results[1] == [(333, "drop", 5, 9, "NETFILTER_DROP")]
+
+
+def test_replay_cli_joins_hops_from_separate_files_across_snat(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two single-interface captures (--hop) of one ping before and after MASQUERADE: one path, one SNAT."""
+    from tracer.cli import main
+
+    veth, uplink = tmp_path / "veth.pcap", tmp_path / "uplink.pcap"
+    before = ETH / IP(src="172.17.0.2", dst="198.51.100.8", id=4242, ttl=64) / ICMP(id=7, seq=1) / b"payload-of-a-ping"
+    after = ETH / IP(src="203.0.113.2", dst="198.51.100.8", id=4242, ttl=63) / ICMP(id=33, seq=1) / b"payload-of-a-ping"
+    write_pcap(veth, [before], [Decimal("1000.000010")])
+    write_pcap(uplink, [after], [Decimal("1000.000030")])
+    code = main(["replay", "--json", "--hop", f"host/veth1={veth}", "--hop", f"host/eth0={uplink}"])
+    objs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 0
+    paths = [o for o in objs if o["type"] == "path"]
+    assert [[(h["node"], h["iface"], h["src"]) for h in p["hops"]] for p in paths] == [
+        [("host", "veth1", "172.17.0.2"), ("host", "eth0", "203.0.113.2")]]
+    assert [(n["kind"], n["before"]["src"], n["after"]["src"]) for n in paths[0]["nat"]] == [
+        ("snat", "172.17.0.2", "203.0.113.2")]
+    assert objs[-1]["type"] == "stats"
