@@ -15,6 +15,10 @@ index. Nodes without a real netns inode get small synthetic ids (1, 2, ...)
 per node name, shared across files, so two captures of one namespace are
 one namespace to the correlator.
 
+In a pcapng that mixes link types, packets on interfaces of a link type
+hoptrace does not decode are skipped; a file with nothing else is an
+"unsupported link type" error.
+
 hoptrace's own recordings carry a JSON comment per packet
 (``{"v":1,"dir":..,"skb":..,"drop_reason":..,"ts_ns":..}``) that overrides
 direction, skb, drop reason and gives the nanosecond timestamp.
@@ -80,7 +84,7 @@ def linktype_name(lt: int) -> str:
 
 
 def parse_hop_arg(text: str) -> tuple[str, str]:
-    """``NODE/IFACE=FILE`` -> ("NODE/IFACE", FILE); raises CaptureFileError's sibling UsageError."""
+    """``NODE/IFACE=FILE`` -> ("NODE/IFACE", FILE); a malformed argument is a UsageError."""
     from tracer.errors import UsageError
 
     label, sep, path = text.partition("=")
@@ -136,16 +140,16 @@ class _FileReader:
         while len(self._data) - self._pos < need:
             if self._eof or self._f is None:
                 return False
-            more = self._f.read(max(CHUNK_BYTES, need))
+            try:
+                more = self._f.read(max(CHUNK_BYTES, need))
+            except OSError as exc:
+                raise self.error(f"read error after {self.packets} packets: {exc.strerror or exc}") from exc
             if not more:
                 self._eof = True
                 return False
             self._data = self._data[self._pos :] + more
             self._pos = 0
         return True
-
-    def _at_eof(self) -> bool:
-        return not self._ensure(1)
 
     # -- entry -------------------------------------------------------------
     def chunks(self) -> Iterator[_Chunk]:
