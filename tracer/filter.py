@@ -103,7 +103,6 @@ class PathFilter:
         self._progs: dict[int, _BpfProgram | None] = {}
         # Compile for Ethernet now: a bad expression fails before any capture starts.
         self._progs[LINKTYPE_ETHERNET] = _compile(expr, LINKTYPE_ETHERNET)
-        self._hdr = _PktHdr()
         self._linktypes: dict[tuple[str, str], int] = {}
 
     def _prog(self, linktype: int) -> _BpfProgram | None:
@@ -121,8 +120,9 @@ class PathFilter:
         if prog is None:
             return False
         data = bytes(frame)
-        self._hdr.caplen = self._hdr.len = len(data)
-        return bool(_lib().pcap_offline_filter(ctypes.byref(prog), ctypes.byref(self._hdr), data))
+        # A header per call: the engine's thread and the TUI's may match at the same time.
+        hdr = _PktHdr(0, 0, len(data), len(data))
+        return bool(_lib().pcap_offline_filter(ctypes.byref(prog), ctypes.byref(hdr), data))
 
     def learn_linktype(self, node: str, iface: str, linktype: int) -> None:
         """Tell the filter a hop's link type (sources know it: ``HopLabel.linktype``)."""
