@@ -3,6 +3,23 @@
 A sink is anything with ``on_path``, ``on_flow``, ``on_stats`` and ``close``;
 the CLI's stream sinks live here. Each path is written and flushed as soon as
 it finishes (live use); the last thing a run writes is its stats.
+
+Text, annotated (``hoptrace replay fixtures/internet-ping.pcapng``)::
+
+    p1  icmp echo-request id 59830 seq 1  172.17.0.3 → 198.51.100.8  delivered  164 µs  flow f1
+         client/eth0 tx                   <- path id, what, original src → dst, verdict, latency
+       → host/veth50f2c31 rx  +32 µs      <- next sighting (node/iface dir), time since the previous
+       → host/docker0 rx      +0 ns
+       → host/eth0 tx         +131 µs
+            172.17.0.3 → 203.0.113.2  SNAT @ host POSTROUTING   <- rewritten between the two hops
+       → inet/eth0 rx         +1.5 µs
+    ...
+    f1  icmp  172.17.0.3 → 198.51.100.8  reply 198.51.100.8 → 203.0.113.2  paths p1 p4
+    stats: 14 observations, 4 paths, 0 lost events, 0.057 s      <- always the last line
+
+With a rule and conntrack entry (``--rules``, or inferred by topology) the NAT
+line ends ``rule: -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
+(inferred)  ct 42``; a drop hop ends ``DROPPED: NETFILTER_DROP``.
 """
 
 from __future__ import annotations
