@@ -180,6 +180,22 @@ def run(args: argparse.Namespace) -> int:
                 _notice("--rules needs tracer.nftrace, not in this build yet; NAT rules are inferred")
             else:
                 rules = stack.enter_context(nftrace.RuleTrace())
+        rec = None
+        if args.record:
+            record = _optional("tracer.record")
+            if record is None:
+                raise UsageError("--record needs tracer.record, not in this build yet")
+            rec = record.PcapngRecorder(args.record, snaplen=args.snaplen, max_mb=args.record_max_mb,
+                                        files=args.record_files, on_error=args.record_on_error)
+            stack.callback(rec.close)
+
+        # Attached: from here on the kernel buffers every sighting, so the
+        # ready file does not wait for the topology discovery below (~1 s).
+        stopper = _Stopper()
+        if args.ready_file:
+            Path(args.ready_file).write_text(f"{os.getpid()} {source.kind}\n")
+            stack.callback(_unlink, args.ready_file)
+
         annotators, topo = _annotators(source)
         if rules is not None and hasattr(rules, "annotator"):
             annotators.append(rules.annotator)
@@ -190,19 +206,9 @@ def run(args: argparse.Namespace) -> int:
             count=args.count,
             duration_s=args.duration,
         )
-        if args.record:
-            record = _optional("tracer.record")
-            if record is None:
-                raise UsageError("--record needs tracer.record, not in this build yet")
-            rec = record.PcapngRecorder(args.record, snaplen=args.snaplen, max_mb=args.record_max_mb,
-                                        files=args.record_files, on_error=args.record_on_error)
-            stack.callback(rec.close)
+        if rec is not None:
             engine.batch_hooks.append(rec.on_batch)
-
-        _install_signals(engine)
-        if args.ready_file:
-            Path(args.ready_file).write_text(f"{os.getpid()} {source.kind}\n")
-            stack.callback(_unlink, args.ready_file)
+        stopper.attach(engine)
         if _want_tui(args):
             from tui.app import make_app
 
@@ -222,15 +228,25 @@ def _unlink(path: str) -> None:
         os.unlink(path)
 
 
-def _install_signals(engine: Any) -> None:
-    if threading.current_thread() is not threading.main_thread():
-        return
+class _Stopper:
+    """SIGINT/SIGTERM stop the engine; a signal before the engine exists stops it as soon as it does."""
 
-    def stop(_signum: int, _frame: Any) -> None:
-        engine.stop()
+    def __init__(self) -> None:
+        self.engine: Any = None
+        self.requested = False
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._on_signal)
+            signal.signal(signal.SIGTERM, self._on_signal)
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    def _on_signal(self, _signum: int, _frame: Any) -> None:
+        self.requested = True
+        if self.engine is not None:
+            self.engine.stop()
+
+    def attach(self, engine: Any) -> None:
+        self.engine = engine
+        if self.requested:
+            engine.stop()
 
 
 __all__ = ["HoptraceError", "choose_source", "run"]
