@@ -479,6 +479,11 @@ class RuleTrace:
                     mon.kill()
                     mon.wait()
         self._monitors.clear()
+        # What the monitors printed before they ended is still in the pipes: read it all, so
+        # paths annotated after the trace stopped still find their rules.
+        for t in self._threads:
+            t.join(timeout=3)
+        self._threads.clear()
         if not errors:
             with contextlib.suppress(FileNotFoundError):
                 _state_file(self.pid).unlink()
