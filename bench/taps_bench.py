@@ -86,9 +86,10 @@ class Tcpdump:
             line = p.stderr.readline()
             if "listening on" not in line:
                 raise SystemExit(f"tcpdump: {line.strip()}")
+        self.cpu0 = sum(cpu_s(p.pid) for p in self.procs)
 
     def stop(self) -> dict[str, Any]:
-        cpu = sum(cpu_s(p.pid) for p in self.procs)
+        cpu = sum(cpu_s(p.pid) for p in self.procs) - self.cpu0
         captured = dropped = 0
         for p in self.procs:
             p.send_signal(signal.SIGINT)
@@ -112,10 +113,12 @@ class Taps:
         self.proc = subprocess.Popen([PYTHON, __file__, "--child", self.ready, *self.ifaces],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_file(self.ready, self.proc)
+        time.sleep(0.2)  # the capture loop is running (imports done)
+        self.cpu0 = cpu_s(self.proc.pid)  # start-up (imports, discovery) is not capture work
 
     def stop(self) -> dict[str, Any]:
         assert self.proc is not None
-        cpu = cpu_s(self.proc.pid)
+        cpu = cpu_s(self.proc.pid) - self.cpu0
         self.proc.send_signal(signal.SIGINT)
         out, err = self.proc.communicate(timeout=60)
         if self.proc.returncode != 0:
@@ -140,10 +143,12 @@ class Live:
         with open(self.out, "w") as f:
             self.proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.PIPE, text=True)
         wait_file(self.ready, self.proc)
+        time.sleep(0.2)
+        self.cpu0 = cpu_s(self.proc.pid)
 
     def stop(self) -> dict[str, Any]:
         assert self.proc is not None
-        cpu = cpu_s(self.proc.pid)
+        cpu = cpu_s(self.proc.pid) - self.cpu0
         self.proc.send_signal(signal.SIGINT)
         _, err = self.proc.communicate(timeout=120)
         last = Path(self.out).read_text().strip().splitlines()[-1]

@@ -539,6 +539,7 @@ class TapSource:
         poll_ms: int = 5,
         reorder_ms: int = 20,
         batch_ms: int = 20,
+        drain_ms: int = 10,
         notices: Callable[[str], None] | None = None,
     ) -> None:
         self.ifaces = list(ifaces) if ifaces else None
@@ -551,6 +552,7 @@ class TapSource:
         self.poll_ms = poll_ms
         self.reorder_ms = reorder_ms
         self.batch_ms = batch_ms
+        self.drain_ms = drain_ms
         self._topology = topology
         self._notice = notices or (lambda msg: print(f"hoptrace: {msg}", file=sys.stderr, flush=True))
         self.kernel_filter = self.bpf_filter if kernel_filter_safe(self.bpf_filter) else None
@@ -561,11 +563,13 @@ class TapSource:
         self._closed_lost = 0
         self._lost = 0
         self._stop = threading.Event()
-        self._changes: queue.SimpleQueue[tuple[list[Tap], set[tuple[int, str]]]] = queue.SimpleQueue()
+        self._changes: queue.SimpleQueue[
+            tuple[list[Tap], set[tuple[int, str]], list[TapSpec]]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._started = False
         self._running = False
         self._lock = threading.Lock()
+        self._hop_lock = threading.Lock()
 
     # -- Source protocol ---------------------------------------------------
 
@@ -609,19 +613,27 @@ class TapSource:
                                         daemon=True)
         self._thread.start()
         reorder = _Reorder(np, dtype, self.reorder_ms * 1_000_000)
-        last_yield = last_stats = time.monotonic()
+        last_yield = last_stats = last_drain = time.monotonic()
         try:
             while not self._stop.is_set():
                 self._apply_changes(poller, by_fd)
-                for fd, ev in poller.poll(self.poll_ms):
-                    ready = by_fd.get(fd)
-                    if ready is None:
-                        continue
-                    if ev & select.POLLERR:
-                        ready.clear_error()  # level-triggered: reset it; re-discovery decides
-                    chunk = ready.drain()
-                    if chunk is not None:
-                        reorder.add(chunk)
+                events = poller.poll(self.poll_ms)
+                for fd, ev in events:
+                    errored = by_fd.get(fd)
+                    if errored is not None and ev & select.POLLERR:
+                        errored.clear_error()  # level-triggered: reset it; re-discovery decides
+                if events:
+                    # Each read of a ring costs a fixed ~50 us of numpy calls whatever it
+                    # holds; waiting until drain_ms after the last read lets more blocks
+                    # retire, so there are fewer, bigger reads (rings hold ~100s of ms).
+                    wait = self.drain_ms / 1000 - (time.monotonic() - last_drain)
+                    if wait > 0:
+                        time.sleep(wait)
+                    for ready in by_fd.values():
+                        chunk = ready.drain()
+                        if chunk is not None:
+                            reorder.add(chunk)
+                    last_drain = time.monotonic()
                 now = time.monotonic()
                 if now - last_stats >= 1.0:
                     self._lost += sum(t.read_stats() for t in self.taps.values())
@@ -669,13 +681,14 @@ class TapSource:
         return default_specs(topo)
 
     def _hop_for(self, spec: TapSpec, ifindex: int, linktype: int) -> int:
-        key = (spec.netns, spec.ifname, ifindex)
-        idx = self._hop_index.get(key)
-        if idx is None or self.hops[idx].node != spec.node:
-            idx = len(self.hops)
-            self.hops.append(HopLabel(spec.node, spec.ifname, spec.netns, ifindex, linktype))
-            self._hop_index[key] = idx
-        return idx
+        with self._hop_lock:  # the re-discovery thread opens taps, the reader renames them
+            key = (spec.netns, spec.ifname, ifindex)
+            idx = self._hop_index.get(key)
+            if idx is None or self.hops[idx].node != spec.node:
+                idx = len(self.hops)
+                self.hops.append(HopLabel(spec.node, spec.ifname, spec.netns, ifindex, linktype))
+                self._hop_index[key] = idx
+            return idx
 
     def _open(self, spec: TapSpec) -> Tap:
         tap = Tap.open(spec, -1, insns_for=self._insns_for, block_size=self.block_size,
@@ -692,7 +705,7 @@ class TapSource:
                 self._notice(f"re-discovering interfaces failed: {exc}")
                 continue
             with self._lock:
-                have = set(self.taps)
+                have = {key: tap.spec.node for key, tap in self.taps.items()}
             new: list[Tap] = []
             for key, spec in wanted.items():
                 if key in have:
@@ -703,17 +716,25 @@ class TapSource:
                     continue  # vanished between discovery and open: the next round sees it
                 except HoptraceError as exc:
                     self._notice(str(exc))
-            gone = have - set(wanted)
-            if new or gone:
-                self._changes.put((new, gone))
+            gone = set(have) - set(wanted)
+            # A container's name may come after its namespace (Docker reports the pid once
+            # it has started it): later sightings there get the name.
+            renamed = [s for key, s in wanted.items() if key in have and have[key] != s.node]
+            if new or gone or renamed:
+                self._changes.put((new, gone, renamed))
 
     def _apply_changes(self, poller: select.poll, by_fd: dict[int, Tap]) -> None:
         while True:
             try:
-                new, gone = self._changes.get_nowait()
+                new, gone, renamed = self._changes.get_nowait()
             except queue.Empty:
                 return
             with self._lock:
+                for spec in renamed:
+                    tap = self.taps.get(spec.key)
+                    if tap is not None:
+                        tap.spec = spec
+                        tap.hop = self._hop_for(spec, tap.ifindex, tap.linktype)
                 for key in gone:
                     tap = self.taps.pop(key, None)
                     if tap is None:
@@ -739,7 +760,7 @@ class TapSource:
         with self._lock:
             while True:  # taps opened by a last re-discovery round
                 try:
-                    new, _ = self._changes.get_nowait()
+                    new, _, _ = self._changes.get_nowait()
                 except queue.Empty:
                     break
                 for tap in new:
