@@ -135,6 +135,11 @@ def test_kernel_filter_keeps_the_flow_across_nat(lab_netns: Any) -> None:
     req = path_of(lab, find(lab, node="client", ifname="eth0", direction="tx", icmp_type=8))
     assert shape(req)[:4] == [("client", "eth0", "tx"), ("host", "veth", "rx"), ("host", "docker0", "rx"),
                               ("host", "eth0", "tx")]
+    # The reply's last hops are the last events the filter lets through: they reach
+    # userspace only through the stage flush that the loader runs on every CPU.
+    rep = path_of(lab, find(lab, node="inet", ifname="eth0", direction="tx", icmp_type=0))
+    assert shape(rep)[:5] == [("inet", "eth0", "tx"), ("host", "eth0", "rx"), ("host", "docker0", "tx"),
+                              ("host", "veth", "tx"), ("client", "eth0", "rx")]
 
 
 def test_kernel_filter_follows_the_skb_through_dnat(lab_netns: Any) -> None:
