@@ -202,3 +202,9 @@ def test_duration_ends_the_run_by_itself() -> None:
     last = json.loads(r.stdout.splitlines()[-1])
     assert last["type"] == "stats" and 1.0 <= last["elapsed_s"] < 10.0
     assert time.monotonic() - t0 < 60
+
+
+def test_unknown_iface_node_is_exit_2() -> None:
+    r = run_hoptrace("live", "--backend", "ebpf", "--json", "--iface", "no-such-node/eth0", timeout=60)
+    assert (r.returncode, r.stdout) == (2, "")
+    assert "no network namespace named 'no-such-node'" in r.stderr
