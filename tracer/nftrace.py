@@ -240,6 +240,16 @@ class TraceLog:
 # --------------------------------------------------------------------------
 
 
+def lab_scope(namespaces: Mapping[int, str]) -> dict[int, str]:
+    """With ``HOPTRACE_LAB_PREFIX`` set (working with one lab), only that lab's namespaces:
+    a trace must not touch the rulesets of other labs (or other users' tests) on the machine."""
+    prefix = os.environ.get("HOPTRACE_LAB_PREFIX")
+    if not prefix:
+        return dict(namespaces)
+    marks = (f"/run/netns/{prefix}-", f"/run/hoptrace/lab-{prefix}/")
+    return {ino: path for ino, path in namespaces.items() if path.startswith(marks)}
+
+
 def _state_file(pid: int) -> Path:
     return STATE_DIR / f"rules-{pid}.json"
 
@@ -397,7 +407,7 @@ class RuleTrace:
             from tracer.attribution import nat_namespaces
             from tracer.topology import Topology
 
-            self._namespaces = nat_namespaces(Topology.discover(docker=False)) or {
+            self._namespaces = lab_scope(nat_namespaces(Topology.discover(docker=False))) or {
                 os.stat("/proc/self/ns/net").st_ino: "/proc/self/ns/net"}
         matches, notice = filter_matches(self.filter_expr)
         if notice:
