@@ -48,7 +48,9 @@ from tracer.model import (
     Dir,
     Endpoints,
     Flow,
+    HopLabel,
     InnerHeader,
+    NatEvent,
     ObsBatch,
     Observation,
     PacketPath,
@@ -66,6 +68,7 @@ DEFAULT_MAX_FLOW_PATHS = 1000  # a long connection is reported in pieces, memory
 _CHUNK = 16384  # rows per internal step: expiry runs between steps, so a huge batch stays bounded
 _MAX_SAME_FP = 64  # open paths sharing one fingerprint (identical packets in flight)
 _MAX_OWNED = 65536
+_MAX_SHAPES = 4096
 
 _ECHO_TYPES = {(1, 8), (1, 0), (58, 128), (58, 129)}
 _ECHO_REQUEST = {(1, 8), (58, 128)}
@@ -99,6 +102,26 @@ def _fingerprint(rows: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         s, d = _addr_words(rows["src"]), _addr_words(rows["dst"])
         for w in (s[:, 0], s[:, 1], d[:, 0], d[:, 1]):
             h = np.where(l2, _mix(h, w), h)
+    return h
+
+
+def _shape_hash(rows: np.ndarray[Any, Any], labels: Sequence[HopLabel]) -> np.ndarray[Any, Any]:
+    """A 64-bit hash of everything ``infer_nat`` and ``_learn_links`` read from a sighting.
+
+    Where (netns, hop, direction) and the header as seen there (addresses, ports,
+    ICMP id, the quoted header): two paths with equal per-hop shapes have equal
+    NAT events.
+    """
+    # The hop's names, not its index: a batch's label table is its own.
+    names = np.array([hash((x.node, x.iface)) & 0xFFFFFFFFFFFFFFFF for x in labels], dtype=_U64)
+    h = rows["netns"].astype(_U64) * _M2
+    h = _mix(h, names[rows["hop"].astype(np.intp)])
+    for name in ("ifindex", "dir", "family", "proto", "ethertype", "has", "icmp_type",
+                 "sport", "dport", "icmp_id", "inner_proto", "inner_sport", "inner_dport"):
+        h = _mix(h, rows[name])
+    for name in ("src", "dst", "inner_src", "inner_dst"):
+        w = _addr_words(rows[name])
+        h = _mix(_mix(h, w[:, 0]), w[:, 1])
     return h
 
 
@@ -200,12 +223,13 @@ def _gc_paused() -> Iterator[None]:
 class _Chunk:
     """A slice of a batch that open paths point into; materialised once, on first use."""
 
-    __slots__ = ("batch", "obs", "pending", "rows")
+    __slots__ = ("batch", "obs", "pending", "rows", "shapes")
 
     def __init__(self, batch: ObsBatch, rows: np.ndarray[Any, Any], pending: int) -> None:
         self.batch = batch
         self.rows = rows
         self.obs: list[Observation] | None = None
+        self.shapes: list[int] = []
         self.pending = pending  # rows not yet emitted in a path
 
 
@@ -301,6 +325,7 @@ class Correlator:
         self._flow_touch: deque[tuple[int, _FlowState]] = deque()
         self._flows_open: dict[int, _FlowState] = {}
         self._flows_done: list[Flow] = []
+        self._nat_by_shape: dict[tuple[int, ...], tuple[NatEvent, ...]] = {}
 
     # ------------------------------------------------------------------ input
 
@@ -508,18 +533,29 @@ class Correlator:
         refs.sort()  # (ts, seq, ...): hops in time order, equal times in arrival order
         chunks = self._chunks
         hops_l: list[Observation] = []
+        shape_l: list[int] = []
         for _t, _s, cid, i in refs:
             chunk = chunks[cid]
             obs = chunk.obs
             if obs is None:
                 obs = chunk.obs = self._materialize(chunk.batch, chunk.rows)
+                chunk.shapes = _shape_hash(chunk.rows, chunk.batch.hops).tolist()
             hops_l.append(obs[i])
+            shape_l.append(chunk.shapes[i])
             chunk.pending -= 1
             if not chunk.pending:
                 del chunks[cid]
         hops = tuple(hops_l)
-        nat = infer_nat(hops)
-        self._learn_links(hops)
+        # Packets of one flow take the same hops with the same rewrites: their NAT
+        # events are equal values, computed once per shape (and links learned once).
+        shape = tuple(shape_l)
+        nat = self._nat_by_shape.get(shape)
+        if nat is None:
+            nat = infer_nat(hops)
+            self._learn_links(hops)
+            if len(self._nat_by_shape) >= _MAX_SHAPES:
+                self._nat_by_shape.clear()
+            self._nat_by_shape[shape] = nat
         v = verdict(hops, self.owned, self.links)
         flow = self._assign_flow(p.num, hops)
         return PacketPath(id=f"p{p.num}", hops=hops, nat=nat, verdict=v, flow=flow)

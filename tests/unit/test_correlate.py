@@ -384,3 +384,20 @@ def test_any_arrival_order_and_batching_gives_the_same_paths(n: int, seed: int, 
     paths += c.flush()
     assert sorted(tuple((h.hop_name, h.ts_ns) for h in p.hops) for p in paths) == expected
     assert all([(e.kind, e.from_hop) for e in p.nat] == [("snat", 2)] for p in paths)
+
+
+def test_nat_events_per_path_shape() -> None:
+    # Same hops and rewrite: equal events; another translated address: its own events.
+    a = internet_ping(t0=1_000 * MS)
+    b = internet_ping(t0=2_000 * MS, ip_id=2)
+    c = [replace(o, ip_id=3, ts_ns=o.ts_ns + 2_000 * MS,
+                 src="203.0.113.9" if o.src == "203.0.113.2" else o.src) for o in a]
+    pa, pb, pc = correlate(a + b + c)
+    assert pa.nat == pb.nat
+    assert [(e.kind, e.after.src) for e in pc.nat] == [("snat", "203.0.113.9")]
+    # One observation per batch (each with its own label table) changes nothing.
+    k = Correlator()
+    for o in a:
+        k.feed(o)
+    (p,) = k.flush()
+    assert (hops(p), p.nat) == (PING_HOPS, pa.nat)
