@@ -8,7 +8,8 @@ import socket
 def addr_text(family: int, raw: bytes) -> str:
     """16 raw bytes (IPv4 in the first 4) as text; "" when not IP."""
     if family == 4:
-        return socket.inet_ntop(socket.AF_INET, raw[:4])
+        # numpy's S16 drops trailing NUL bytes: 10.1.0.0 comes back as 2 bytes.
+        return socket.inet_ntop(socket.AF_INET, raw[:4].ljust(4, b"\0"))
     if family == 6:
         return socket.inet_ntop(socket.AF_INET6, raw[:16].ljust(16, b"\0"))
     return ""

@@ -65,6 +65,7 @@ LINKTYPE_NAMES = {
 }  # fmt: skip
 
 _U64_MAX = (1 << 64) - 1
+_IFINDEX_MAX = (1 << 31) - 1
 _DIRS_B = {b"rx": Dir.RX, b"tx": Dir.TX, b"drop": Dir.DROP}
 # tracer.record's comment, exactly (one per line of the joined batch); the recorder pads
 # values with spaces to a fixed width per batch.
@@ -595,6 +596,8 @@ class FileSource:
                 for i in sel.tolist():
                     o = ch.offs[i]
                     ifindex, pkttype = link_meta(buf, o, o + ch.lens[i], lt)
+                    if ifindex > _IFINDEX_MAX:  # a garbage index: the kernel's are positive int32
+                        ifindex = 0
                     if pkttype >= 0 and not dirs[i]:
                         dirs[i] = Dir.TX if pkttype == 4 else Dir.RX
                     hop[i] = self._hop(fidx, ifid, ifindex, iface, label, stem)
@@ -625,9 +628,9 @@ class FileSource:
         netns = 0
         for part in iface.description.replace(",", " ").split():
             k, _, v = part.partition("=")
-            if k == "netns" and v.isdigit():
+            if k == "netns" and v.isdigit() and int(v) <= _U64_MAX:
                 netns = int(v)
-            elif k == "ifindex" and v.isdigit() and not ifindex:
+            elif k == "ifindex" and v.isdigit() and not ifindex and int(v) <= _IFINDEX_MAX:
                 ifindex = int(v)
         if not netns:
             netns = self._node_netns.setdefault(node, len(self._node_netns) + 1)

@@ -329,3 +329,11 @@ def test_vector_path_equals_scalar_reference() -> None:
             offs.append(offs[-1] + len(f))
         lens = [len(f) for f in fs]
         assert _vector(buf, offs, lens, lt).tobytes() == decode_scalar(buf, offs, lens, lt).tobytes(), lt
+
+
+def test_addresses_ending_in_zero_bytes_survive_the_row_view() -> None:
+    """numpy's S16 drops trailing NULs: 10.1.0.0 must still read back as 10.1.0.0."""
+    o = one(bytes(ETH / IP(src="10.1.0.0", dst="192.168.1.0") / ICMP()))
+    assert (o.src, o.dst) == ("10.1.0.0", "192.168.1.0")
+    o6 = one(bytes(ETH / IPv6(src="2001:db8::", dst="fd00::") / UDP()))
+    assert (o6.src, o6.dst) == ("2001:db8::", "fd00::")

@@ -333,3 +333,38 @@ def test_replay_cli_joins_hops_from_separate_files_across_snat(tmp_path: Path, c
     assert [(n["kind"], n["before"]["src"], n["after"]["src"]) for n in paths[0]["nat"]] == [
         ("snat", "172.17.0.2", "203.0.113.2")]
     assert objs[-1]["type"] == "stats"
+
+
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+def test_mutated_and_cut_files_only_ever_raise_capture_file_error(tmp_path: Path, fmt: str) -> None:
+    import random
+
+    rng = random.Random(11)
+    fr = [bytes(ETH / ping("172.17.0.2", "198.51.100.8", s, ip_id=s)) for s in range(40)]
+    if fmt == "pcapng":
+        meta = '{"v":1,"dir":"tx","skb":"0x00000005","hook":null,"netns":9,"drop_reason":null,"ts_ns":333}'
+        good = shb() + idb(1, "h/i", "netns=7", tsresol=9) + idb(276, "h/any") + b"".join(
+            epb(i % 2, 1000 + i, f if i % 2 == 0 else bytes(CookedLinuxV2(proto=0x0800, ifindex=3)) + f[14:],
+                flags=1, comment=meta)
+            for i, f in enumerate(fr))  # fmt: skip
+    else:
+        p = tmp_path / "base.pcap"
+        write_pcap(p, [ETH / ping("172.17.0.2", "198.51.100.8", s, ip_id=s) for s in range(40)], list(range(40)))
+        good = p.read_bytes()
+    outcomes = {"ok": 0, "error": 0}
+    for k in range(300):
+        data = bytearray(good)
+        for _ in range(rng.randrange(0, 6)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        if k % 2:
+            data = data[: rng.randrange(0, len(data))]
+        f = tmp_path / f"m{k}.{fmt}"
+        f.write_bytes(bytes(data))
+        try:
+            for b in FileSource([str(f)]).batches():
+                b.observations()
+            outcomes["ok"] += 1
+        except CaptureFileError as exc:
+            assert str(exc).startswith(f"{f}: ")
+            outcomes["error"] += 1
+    assert outcomes["ok"] > 0 and outcomes["error"] > 0
