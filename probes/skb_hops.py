@@ -157,21 +157,26 @@ def _tokens(expr: str) -> list[str]:
 
 
 def kernel_filter_from_pcap(expr: str | None) -> KernelFilter | None:
-    """Translate the simple pcap-filter forms the kernel filter can express, else None.
+    """The part of a pcap-filter expression the kernel filter can express, or None.
 
-    Accepted: terms ``host A``, ``port N``, ``icmp``/``tcp``/``udp``/``icmp6``/``sctp``
-    (and ``proto X``), joined by ``or`` within one kind and ``and`` between
-    kinds, e.g. ``udp and (port 53 or port 5353) and host 198.51.100.8``.
-    Anything else (not, src/dst, net, or across kinds, ...) returns None: no
-    kernel filter, and the full expression still applies in userspace, so the
-    translation only ever has to be a superset of the expression.
+    The kernel filter only ever has to be a superset of the expression (the
+    whole expression still applies in userspace). The top level is read as
+    conjuncts (``A and B and ...``); a conjunct made of terms of one kind —
+    ``host A``, ``port N``, ``icmp``/``tcp``/``udp``/``icmp6``/``sctp`` (or
+    ``proto X``) — joined by ``or`` becomes a kernel set; any other conjunct
+    (``not``, ``src``/``dst``, ``net``, ``or`` across kinds, ...) is left out,
+    which keeps a superset. pcap's ``and``/``or`` have equal precedence and
+    associate left: ``A and B or C`` is ``(A and B) or C``, so a top-level
+    ``or`` after an ``and`` gives no kernel filter at all.
+    Example: ``udp and (port 53 or port 5353) and not host 10.0.0.1`` ->
+    protos {17}, ports {53, 5353}.
     """
     if not expr or not expr.strip():
         return None
     toks = _tokens(expr.lower())
-    # split on top-level "and"
     groups: list[list[str]] = [[]]
     depth = 0
+    seen_and = False
     for t in toks:
         if t == "(":
             depth += 1
@@ -179,30 +184,32 @@ def kernel_filter_from_pcap(expr: str | None) -> KernelFilter | None:
             depth -= 1
             if depth < 0:
                 return None
-        elif t in ("and", "&&") and depth == 0:
+        elif depth == 0 and t in ("and", "&&"):
             groups.append([])
+            seen_and = True
             continue
+        elif depth == 0 and t in ("or", "||") and seen_and:
+            return None
         groups[-1].append(t)
     if depth != 0:
         return None
     protos: set[int] = set()
     addrs: set[str] = set()
     ports: set[int] = set()
+    sets: dict[str, set[Any]] = {"proto": protos, "host": addrs, "port": ports}
     for g in groups:
         terms = [x for x in g if x not in ("(", ")")]
         if any(x in ("and", "&&") for x in terms):
-            return None  # nested and inside parentheses: keep it simple
+            continue  # a nested conjunction: left out (superset)
         parsed = _or_terms(terms)
         if parsed is None:
-            return None
+            continue
         kind, values = parsed
-        sets: dict[str, set[Any]] = {"proto": protos, "host": addrs, "port": ports}
-        target = sets[kind]
-        if target:
-            # two groups of one kind are an intersection; the kernel sets are unions
-            return None
-        target.update(values)
-    return KernelFilter(protos=frozenset(protos), addrs=frozenset(addrs), ports=frozenset(ports))
+        if sets[kind]:
+            continue  # a second conjunct of one kind narrows further: the first is a superset
+        sets[kind].update(values)
+    kf = KernelFilter(protos=frozenset(protos), addrs=frozenset(addrs), ports=frozenset(ports))
+    return None if kf.empty else kf
 
 
 def _or_terms(terms: list[str]) -> tuple[str, set[Any]] | None:

@@ -107,6 +107,12 @@ def test_records_decode_in_bulk_into_rows_and_hops() -> None:
         ("tcp or udp", KernelFilter(protos=frozenset({6, 17}))),
         ("host 2001:db8::1 or host 203.0.113.1", KernelFilter(addrs=frozenset({"2001:db8::1", "203.0.113.1"}))),
         ("port 8080 && tcp", KernelFilter(protos=frozenset({6}), ports=frozenset({8080}))),
+        # conjuncts the kernel cannot express are left out: still a superset
+        ("udp and not host 10.0.0.1", KernelFilter(protos=frozenset({17}))),
+        ("src host 1.2.3.4 and port 80", KernelFilter(ports=frozenset({80}))),
+        ("port 80 and port 81", KernelFilter(ports=frozenset({80}))),
+        ("host 1.2.3.4 or host 5.6.7.8 and tcp",  # = (host or host) and tcp
+         KernelFilter(protos=frozenset({6}), addrs=frozenset({"1.2.3.4", "5.6.7.8"}))),
     ],
 )
 def test_simple_pcap_filters_go_to_the_kernel(expr: str, expected: KernelFilter) -> None:
@@ -116,8 +122,10 @@ def test_simple_pcap_filters_go_to_the_kernel(expr: str, expected: KernelFilter)
 @pytest.mark.parametrize(
     "expr",
     [None, "", "not icmp", "src host 1.2.3.4", "net 10.0.0.0/8", "host 1.2.3.4 or port 80",
-     "port 80 and port 81", "(icmp", "host nosuchname", "port 99999", "ether host 00:11:22:33:44:55",
-     "icmp[icmptype] == 8"],
+     "(icmp", "host nosuchname", "port 99999", "ether host 00:11:22:33:44:55",
+     "icmp[icmptype] == 8",
+     "tcp and port 80 or host 1.2.3.4",  # = (tcp and port 80) or host: no conjunct holds for all
+     "(host 1.2.3.4 and port 80) or icmp", "udp port 53"],
 )
 def test_other_filters_stay_in_userspace(expr: str | None) -> None:
     assert kernel_filter_from_pcap(expr) is None
