@@ -15,79 +15,17 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, need_tool, run_hoptrace
-from tests.topology.helpers import capture, replay_paths
+from tests.topology.helpers import capture, replay_paths, ruleset
 from tracer.lab import addresses as A
-from tracer.netns import run_in_netns
 from tracer.nftrace import RuleTrace, filter_matches, tagged_rules
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
-
-LAB_NODES = ("host", "inet", "client", "web")
 
 
 @pytest.fixture(scope="module")
 def lab(lab_netns: object) -> object:
     need_tool("xtables-monitor")
     return lab_netns
-
-
-def _nft_tables(path: str) -> list[tuple[int, str]]:
-    def tables() -> list[tuple[int, str]]:
-        from pyroute2.nftables.main import NFTables
-
-        out = []
-        for fam in (2, 10):
-            with NFTables(nfgen_family=fam) as nft:
-                out += [(fam, str(t.get("NFTA_TABLE_NAME"))) for t in nft.get_tables()]
-        return sorted(out)
-
-    return run_in_netns(path, tables, timeout=10)
-
-
-def ruleset(lab: Any, ours: tuple[int, ...] = ()) -> dict[str, Any]:
-    """Every lab namespace's iptables-save/ip6tables-save (all tables) and nf_tables table list.
-
-    iptables-save's "# Generated ... on <time>" lines and packet counters change with time and
-    traffic, not with the ruleset: they are normalised. Rules tagged by *another* running
-    hoptrace (a concurrent `live --rules` elsewhere on this shared machine) are not this
-    test's business: those lines, and then the raw table they live in, are left out.
-    (`nft` itself is not installed here; the nf_tables list comes from netlink.)"""
-    snap: dict[str, Any] = {}
-    mine = tuple(f"hoptrace:{pid}" for pid in (os.getpid(), *ours))
-    for node in LAB_NODES:
-        path = lab.netns_path(node)
-        foreign = False
-        for tool in ("iptables-save", "ip6tables-save"):
-            out = subprocess.run(["nsenter", f"--net={path}", "--", tool], capture_output=True,
-                                 text=True, check=True).stdout
-            lines = []
-            for line in out.splitlines():
-                if line.startswith("#"):
-                    continue
-                if "hoptrace:" in line and not any(tag in line for tag in mine):
-                    foreign = True
-                    continue
-                lines.append(re.sub(r"\[\d+:\d+\]$", "[0:0]", line))
-            snap[f"{node}:{tool}"] = lines
-        tables = _nft_tables(path)
-        if foreign:
-            tables = [t for t in tables if t[1] != "raw"]
-            for tool in ("iptables-save", "ip6tables-save"):
-                snap[f"{node}:{tool}"] = _without_raw(snap[f"{node}:{tool}"])
-        snap[f"{node}:nft"] = tables
-    return snap
-
-
-def _without_raw(lines: list[str]) -> list[str]:
-    out, skip = [], False
-    for line in lines:
-        if line.startswith("*"):
-            skip = line == "*raw"
-        if not skip:
-            out.append(line)
-        if line == "COMMIT":
-            skip = False
-    return out
 
 
 def test_filter_translation() -> None:

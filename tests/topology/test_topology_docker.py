@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.topology.helpers import capture, replay_paths
+from tests.topology.helpers import capture, replay_paths, ruleset
 from tracer.lab import addresses as A
 from tracer.netns import run_in_netns
 from tracer.topology import Topology
@@ -78,3 +79,20 @@ def test_docker_nat_rules_inferred_with_conntrack(lab: Any, topo: Topology, tmp_
         f"--dport {A.PUBLISHED_PORT} -j DNAT --to-destination {A.WEB}:{A.WEB_PORT}"), dnat.rule
     assert dnat.rule_source == "inferred"
     assert dnat.conntrack is not None and "DST_NAT" in dnat.conntrack.status
+
+
+def test_docker_rules_traced_exactly_and_ruleset_left_as_found(lab: Any, topo: Topology, tmp_path: Path) -> None:
+    from tracer.attribution import annotator
+    from tracer.nftrace import RuleTrace
+
+    before = ruleset(lab)
+    with RuleTrace({lab.netns_inode("host"): lab.netns_path("host")}, filter_expr="icmp") as rt:
+        assert rt.notices == []
+        files = capture(lab, ("internet-ping",), tmp_path)
+    assert ruleset(lab) == before
+    ann = annotator(topo, conntrack=False, refresh_s=None)
+    events = [ev for p in replay_paths(lab, files) for ev in rt.annotate(ann(p)).nat]
+    masq = [ev for ev in events if ev.kind == "snat" and ev.before.src == A.CLIENT]
+    assert masq and masq[0].rule_source == "trace"
+    assert re.fullmatch(r"nat:POSTROUTING handle \d+: -A POSTROUTING -s 172\.17\.0\.0/16 ! -o docker0 "
+                        r"-j MASQUERADE", masq[0].rule or ""), masq[0].rule
