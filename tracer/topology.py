@@ -214,6 +214,11 @@ class Topology:
         ns = self._by_inode.get(iface.netns)
         return ns.iface(iface.master) if ns else None
 
+    @property
+    def container_names(self) -> dict[int, str]:
+        """netns inode -> Docker container name (for a NodeNamer's ``containers``)."""
+        return {c.netns: c.name for c in self.containers if c.netns is not None}
+
     def container(self, name: str) -> Container | None:
         for c in self.containers:
             if c.name == name or c.id.startswith(name):

@@ -53,6 +53,7 @@ def test_container_names_and_veths_match_docker(lab: Any, topo: Topology) -> Non
         assert peer.ifindex == run_in_netns(lab.netns_path(node), iflink) or peer.ifindex == eth0.peer_ifindex
         bridge = topo.bridge_of(peer)
         assert bridge is not None and bridge.name == "docker0"
+    assert topo.container_names[lab.netns_inode("web")] == "web"
     web = topo.container("web")
     assert web is not None and [(p.container_port, p.proto, p.host_port) for p in web.ports][:1] == [
         (A.WEB_PORT, "tcp", A.PUBLISHED_PORT)]
