@@ -281,6 +281,26 @@ def _flow_key(o: Observation) -> FlowKey:
     return (o.family, o.proto, o.src, sport, o.dst, dport)
 
 
+# What a path's shape determines: its NAT events, and its flow keys (original and
+# translated tuple, and for an ICMP error the tuple of the packet it quotes).
+_ShapeInfo = tuple[tuple[NatEvent, ...], "FlowKey | None", "FlowKey | None", "FlowKey | None"]
+
+
+def _shape_info(hops: Sequence[Observation]) -> _ShapeInfo:
+    first, last = hops[0], hops[-1]
+    nat = infer_nat(hops)
+    if first.family == 0:
+        return (nat, None, None, None)
+    quoted = None
+    inn = first.inner
+    if inn is not None:
+        if inn.proto in (1, 58):
+            quoted = (first.family, inn.proto, inn.src, inn.sport, inn.dst, inn.sport)
+        else:
+            quoted = (first.family, inn.proto, inn.src, inn.sport, inn.dst, inn.dport)
+    return (nat, _flow_key(first), _flow_key(last), quoted)
+
+
 def _reverse(k: FlowKey) -> FlowKey:
     return (k[0], k[1], k[4], k[5], k[2], k[3])
 
@@ -325,7 +345,7 @@ class Correlator:
         self._flow_touch: deque[tuple[int, _FlowState]] = deque()
         self._flows_open: dict[int, _FlowState] = {}
         self._flows_done: list[Flow] = []
-        self._nat_by_shape: dict[tuple[int, ...], tuple[NatEvent, ...]] = {}
+        self._by_shape: dict[tuple[int, ...], _ShapeInfo] = {}
 
     # ------------------------------------------------------------------ input
 
@@ -549,16 +569,18 @@ class Correlator:
         # Packets of one flow take the same hops with the same rewrites: their NAT
         # events are equal values, computed once per shape (and links learned once).
         shape = tuple(shape_l)
-        nat = self._nat_by_shape.get(shape)
-        if nat is None:
-            nat = infer_nat(hops)
+        info = self._by_shape.get(shape)
+        if info is None:
+            info = _shape_info(hops)
             self._learn_links(hops)
-            if len(self._nat_by_shape) >= _MAX_SHAPES:
-                self._nat_by_shape.clear()
-            self._nat_by_shape[shape] = nat
+            if len(self._by_shape) >= _MAX_SHAPES:
+                self._by_shape.clear()
+            self._by_shape[shape] = info
+        nat = info[0]
         v = verdict(hops, self.owned, self.links)
-        flow = self._assign_flow(p.num, hops)
-        return PacketPath(id=f"p{p.num}", hops=hops, nat=nat, verdict=v, flow=flow)
+        pid = f"p{p.num}"
+        flow = self._assign_flow(pid, hops, info)
+        return PacketPath(id=pid, hops=hops, nat=nat, verdict=v, flow=flow)
 
     def _learn_links(self, hops: Sequence[Observation]) -> None:
         for a, b in pairwise(hops):
@@ -634,39 +656,34 @@ class Correlator:
 
     # ---------------------------------------------------------------- flows
 
-    def _assign_flow(self, num: int, hops: Sequence[Observation]) -> str | None:
-        first, last = hops[0], hops[-1]
-        if first.family == 0:
+    def _assign_flow(self, pid: str, hops: Sequence[Observation], info: _ShapeInfo) -> str | None:
+        _nat, orig, trans, quoted = info
+        if orig is None:
             return None  # ARP and other L2: no connection
+        first, last = hops[0], hops[-1]
         keys = self._flow_keys
         fs = None
-        if first.inner is not None:
+        if quoted is not None:
             # An ICMP error belongs to the flow of the packet it quotes.
-            inn = first.inner
-            if inn.proto in (1, 58):
-                qs: int | None = inn.sport
-                qd: int | None = inn.sport
-            else:
-                qs, qd = inn.sport, inn.dport
-            fs = keys.get((first.family, inn.proto, inn.src, qs, inn.dst, qd))
+            fs = keys.get(quoted)
             if fs is None:
                 return None
         if fs is None:
-            orig = _flow_key(first)
             fs = keys.get(orig)
             if fs is None:
-                trans = _flow_key(last)
+                assert trans is not None
                 self._flows += 1
                 reply = Endpoints(src=last.dst, sport=last.dport, dst=last.src, dport=last.sport)
-                fs = _FlowState(self._flows, first.proto_name, _endpoints(first), reply, self._clock)
+                fs = _FlowState(self._flows, first.proto_name, _endpoints(first), reply, -1)
                 for k in (orig, trans, _reverse(trans), _reverse(orig)):
                     if k not in keys:
                         keys[k] = fs
                         fs.keys.append(k)
                 self._flows_open[fs.num] = fs
-        fs.paths.append(f"p{num}")
-        fs.touched = self._clock
-        self._flow_touch.append((fs.touched, fs))
+        fs.paths.append(pid)
+        if fs.touched != self._clock:  # one queue entry per flow and clock tick is enough
+            fs.touched = self._clock
+            self._flow_touch.append((fs.touched, fs))
         if len(fs.paths) >= self.max_flow_paths:
             self._close_flow(fs)
         return f"f{fs.num}"

@@ -401,3 +401,15 @@ def test_nat_events_per_path_shape() -> None:
         k.feed(o)
     (p,) = k.flush()
     assert (hops(p), p.nat) == (PING_HOPS, pa.nat)
+
+
+def test_flows_finish_when_idle() -> None:
+    c = Correlator(flow_idle_ns=1_000 * MS)
+    c.feed_batch(ObsBatch.from_observations(internet_ping(t0=1_000 * MS) + internet_pong(t0=1_001 * MS)))
+    assert [p.id for p in c.advance(1_200 * MS)] == ["p1", "p2"]
+    assert c.take_flows() == []
+    c.advance(2_100 * MS)
+    assert c.take_flows() == []  # idle for 0.9 s only
+    c.advance(2_300 * MS)
+    assert [(f.id, f.paths) for f in c.take_flows()] == [("f1", ("p1", "p2"))]
+    assert (c.flush(), c.take_flows()) == ([], [])
