@@ -1,6 +1,6 @@
 """eBPF tracer overhead in the lab: forwarding with and without the tracer, in one run.
 
-Run as root: ``.venv/bin/python bench/ebpf_bench.py [--seconds 5] [--runs 1]``.
+Run as root: ``.venv/bin/python bench/ebpf_bench.py [--seconds 5] [--modes live,filtered,source]``.
 
 Builds a netns lab, then for (a) a UDP small-packet flood client -> 198.51.100.8
 (iperf3 -u, 64-byte payloads, unlimited rate) and (b) iperf3 TCP, measures the
@@ -158,7 +158,6 @@ def iperf(lab: Lab, udp: bool, seconds: float) -> float:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seconds", type=float, default=5.0)
-    p.add_argument("--runs", type=int, default=1, help="repeat each measurement; medians are shown")
     p.add_argument("--modes", default="live,filtered,source")
     args = p.parse_args()
     modes = args.modes.split(",")
@@ -170,21 +169,20 @@ def main() -> int:
         with tempfile.TemporaryDirectory(dir="/dev/shm") as tmp:
             work = Path(tmp)
             for test, udp in (("udp", True), ("tcp", False)):
-                base = statistics.median(iperf(lab, udp, args.seconds) for _ in range(args.runs))
-                results[f"{test}/none"] = {"rate": base}
+                # Baselines interleaved with the traced runs (none, m1, none, m2, ..., none): on a
+                # shared machine the load drifts, so each ratio uses the two runs around it.
+                bases = [iperf(lab, udp, args.seconds)]
                 for mode in modes:
-                    runs = []
-                    for _ in range(args.runs):
-                        tr = Tracer(mode, work)
-                        t0 = time.perf_counter()
-                        rate = iperf(lab, udp, args.seconds)
-                        window = time.perf_counter() - t0
-                        info = tr.stop(window)
-                        info.update(rate=rate, events_per_s=(info["events"] or 0) / window)
-                        runs.append(info)
-                    med = sorted(runs, key=lambda r: r["rate"])[len(runs) // 2]
-                    med["ratio"] = med["rate"] / base
-                    results[f"{test}/{mode}"] = med
+                    tr = Tracer(mode, work)
+                    t0 = time.perf_counter()
+                    rate = iperf(lab, udp, args.seconds)
+                    window = time.perf_counter() - t0
+                    info = tr.stop(window)
+                    bases.append(iperf(lab, udp, args.seconds))
+                    info.update(rate=rate, events_per_s=(info["events"] or 0) / window,
+                                ratio=rate / statistics.mean(bases[-2:]))
+                    results[f"{test}/{mode}"] = info
+                results[f"{test}/none"] = {"rate": statistics.median(bases), "runs": bases}
     finally:
         lab.down()
         if stats_fd >= 0:
@@ -192,7 +190,7 @@ def main() -> int:
     unit = {"udp": ("pps", 1.0), "tcp": ("Gbit/s", 1e9)}
     print(f"{'run':<14}{'rate':>14}{'ratio':>7}{'events/s':>11}{'lost':>7}{'cpu%':>7}{'ready_s':>8}"
           f"{'bpf ns/run':>11}")
-    for key, r in results.items():
+    for key, r in sorted(results.items(), key=lambda kv: (kv[0].split("/")[0] == "tcp", "/none" not in kv[0])):
         name, scale = unit[key.split("/")[0]]
         rate = f"{r['rate'] / scale:,.{0 if scale == 1 else 2}f} {name}"
         if "ratio" in r:
