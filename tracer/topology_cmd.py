@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from typing import TextIO
 
 from tracer.topology import Interface, Namespace, Topology
@@ -48,6 +49,7 @@ def _iface_line(topo: Topology, ns: Namespace, i: Interface) -> str:
 
 def render(topo: Topology, out: TextIO) -> None:
     containers = {c.netns: c for c in topo.containers if c.netns is not None}
+    names = Counter(ns.name for ns in topo.namespaces)
     for n, ns in enumerate(topo.namespaces):
         if n:
             out.write("\n")
@@ -59,6 +61,8 @@ def render(topo: Topology, out: TextIO) -> None:
             what.append(f"container {c.id[:12]}")
         if ns.forwarding:
             what.append("forwarding")
+        if names[ns.name] > 1:
+            what.append(ns.path)  # several labs up: "host" alone does not say which
         extra = f" ({', '.join(what)})" if what else ""
         out.write(f"{ns.name}  netns:{ns.inode}{extra}\n")
         if ns.error:
