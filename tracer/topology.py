@@ -677,8 +677,10 @@ def read_nat(paths: dict[int, str]) -> tuple[dict[int, list[NatRule]], list[str]
             notices.append(f"iptables-save in netns {ino} did not answer")
             continue
         if p.returncode != 0:
-            if family == 4:
-                notices.append(f"iptables-save in netns {ino} failed: {err.strip().splitlines()[-1:]}")
+            # A namespace that went away meanwhile (a container stopped) is not worth a notice.
+            if family == 4 and os.path.exists(paths[ino]):
+                last = (err.strip().splitlines() or [f"exit status {p.returncode}"])[-1]
+                notices.append(f"iptables-save in netns {ino} failed: {last}")
             continue
         rules[ino] += parse_iptables_save(out, family)
     return rules, notices
