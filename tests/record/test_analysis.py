@@ -93,3 +93,27 @@ def test_pandas_and_pyarrow_stay_out_of_tracer_imports() -> None:
             "print(sorted(m for m in ('pandas', 'pyarrow') if m in sys.modules))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_report_parquet_cli_and_load_of_a_recording(tmp_path: Path) -> None:
+    from tests.conftest import FIXTURES, run_hoptrace
+    from tracer.analysis import replay_paths
+
+    fx = FIXTURES / "internet-ping.pcapng"
+    if not fx.is_file():
+        pytest.skip("needs fixtures/internet-ping.pcapng (make fixtures)")
+    out = tmp_path / "pq"
+    proc = run_hoptrace("report", str(fx), "--parquet", str(out))
+    assert proc.returncode == 0, proc.stderr
+    from_dir = load(out)
+    from_file = load(fx)  # replayed through the engine
+    direct = to_frames(replay_paths([fx]))
+    for name in ("observations", "paths", "nat"):
+        assert from_dir[name].astype(str).to_dict("records") == direct[name].astype(str).to_dict("records")
+        assert from_file[name].astype(str).to_dict("records") == direct[name].astype(str).to_dict("records")
+    p = from_dir["paths"]
+    assert len(p) > 0 and set(p["verdict"]) <= {"delivered", "dropped", "left", "incomplete"}
+    assert "snat" in set(from_dir["nat"]["kind"])
+    # Per-hop latency is one groupby away, as a notebook would do it.
+    lat = from_dir["observations"].groupby(["node", "iface"], observed=True)["since_first_ns"].median()
+    assert len(lat) >= 3
