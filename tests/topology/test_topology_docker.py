@@ -97,3 +97,14 @@ def test_docker_rules_traced_exactly_and_ruleset_left_as_found(lab: Any, topo: T
     assert masq and masq[0].rule_source == "trace"
     assert re.fullmatch(r"nat:POSTROUTING handle \d+: -A POSTROUTING -s 172\.17\.0\.0/16 ! -o docker0 "
                         r"-j MASQUERADE", masq[0].rule or ""), masq[0].rule
+
+
+def test_node_namer_loads_container_names(lab: Any, tmp_path: Path) -> None:
+    from tracer.names import NodeNamer
+
+    namer = NodeNamer()
+    assert namer.load_docker(lab.status().docker_host) is None
+    assert namer.name(lab.netns_inode("web")) == "web" and namer.containers[lab.netns_inode("client")] == "client"
+    bad = NodeNamer()
+    notice = bad.load_docker(f"unix://{tmp_path}/absent.sock")
+    assert notice is not None and "did not answer" in notice and bad.containers == {}
