@@ -228,7 +228,7 @@ class _Chunk:
     def __init__(self, batch: ObsBatch, rows: np.ndarray[Any, Any], pending: int) -> None:
         self.batch = batch
         self.rows = rows
-        self.obs: list[Observation] | None = None
+        self.obs: list[tuple[Any, ...]] | None = None  # Observation field values per row
         self.shapes: list[int] = []
         self.pending = pending  # rows not yet emitted in a path
 
@@ -554,13 +554,14 @@ class Correlator:
         chunks = self._chunks
         hops_l: list[Observation] = []
         shape_l: list[int] = []
+        make = _new_observation
         for _t, _s, cid, i in refs:
             chunk = chunks[cid]
             obs = chunk.obs
             if obs is None:
                 obs = chunk.obs = self._materialize(chunk.batch, chunk.rows)
                 chunk.shapes = _shape_hash(chunk.rows, chunk.batch.hops).tolist()
-            hops_l.append(obs[i])
+            hops_l.append(make(obs[i]))
             shape_l.append(chunk.shapes[i])
             chunk.pending -= 1
             if not chunk.pending:
@@ -594,7 +595,7 @@ class Correlator:
         addr = self._addr
         return [get(k) or addr(*k) for k in zip(fam.tolist(), col.tolist(), strict=True)]
 
-    def _materialize(self, batch: ObsBatch, rows: np.ndarray[Any, Any]) -> list[Observation]:
+    def _materialize(self, batch: ObsBatch, rows: np.ndarray[Any, Any]) -> list[tuple[Any, ...]]:
         """Every row of a chunk as an ``Observation``, column by column (all are emitted eventually)."""
         n = len(rows)
         has = rows["has"]
@@ -652,7 +653,9 @@ class Correlator:
             ((has & HAS_FRAG) != 0).tolist(), rows["digest"].tolist(), inners, reasons, frame_list,
             rows["wire_len"].tolist(),
         )
-        return list(map(_new_observation, zip(*cols, strict=True)))
+        # Value tuples, not Observations yet: tuples of plain values are dropped from
+        # CPython's GC tracking, while the chunk waits for its last path to finish.
+        return list(zip(*cols, strict=True))
 
     # ---------------------------------------------------------------- flows
 
