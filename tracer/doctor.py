@@ -21,6 +21,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tracer.errors import EXIT_PRIVILEGE
+
 CAPS = {"CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13, "CAP_SYS_ADMIN": 21, "CAP_PERFMON": 38, "CAP_BPF": 39}
 EBPF_CAPS = ("CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_SYS_ADMIN")
 
@@ -216,6 +218,18 @@ def check_dockerd() -> Check:
     return Check("dockerd", True, f"{path}; {state}")
 
 
+def check_leftovers() -> Check:
+    """Trace rules (--rules) that a killed hoptrace left behind; only root can read every ruleset."""
+    if os.geteuid() != 0:
+        return Check("leftovers", True, "not checked (needs root to read every namespace's rules)")
+    from tracer.nftrace import find_leftovers
+
+    left = find_leftovers()
+    if not left:
+        return Check("leftovers", True, "no trace rules left by an earlier run")
+    return Check("leftovers", False, f"{len(left)} left by a killed run, e.g. {left[0]}", "hoptrace cleanup")
+
+
 # --- backends ---------------------------------------------------------------------
 
 
@@ -254,6 +268,7 @@ def collect() -> dict[str, object]:
         _tool("tcpdump", "--version"),
         _tool("tshark", "--version"),
         _tool("bpftool", "version"),
+        check_leftovers(),
     ]
     ebpf_ok, ebpf_why = check_ebpf()
     pcap_ok, pcap_why = check_pcap()
@@ -282,4 +297,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"backend {name:<5} {'usable' if b['ok'] else 'NOT usable'}: {b['detail']}")
     sys.stdout.flush()
     live_ok = bool(backends["ebpf"]["ok"] or backends["pcap"]["ok"])
-    return 0 if live_ok else 1
+    if live_ok:
+        return 0
+    # No live backend: that is a missing privilege or kernel feature (CONTRACT exit 3).
+    missing = next((c for c in report["checks"] if not c["ok"]), None)  # type: ignore[attr-defined]
+    what = f"{missing['name']}: {missing['detail']}" if missing else "see above"
+    print(f"hoptrace: no live backend is usable ({what})", file=sys.stderr)
+    return EXIT_PRIVILEGE

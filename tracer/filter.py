@@ -80,6 +80,9 @@ _LINKTYPE_TO_DLT = {LINKTYPE_RAW: 12, 14: 12}
 
 
 def _compile(expr: str, linktype: int) -> _BpfProgram:
+    if "\0" in expr:
+        # libpcap reads a C string: it would silently compile only the part before the NUL.
+        raise FilterError(f"bad --filter {expr[:200]!r}: contains a NUL byte")
     lib = _lib()
     with _LOCK:
         handle = lib.pcap_open_dead(_LINKTYPE_TO_DLT.get(linktype, linktype), SNAPLEN)
@@ -89,7 +92,7 @@ def _compile(expr: str, linktype: int) -> _BpfProgram:
             prog = _BpfProgram()
             if lib.pcap_compile(handle, ctypes.byref(prog), expr.encode(), 1, PCAP_NETMASK_UNKNOWN) != 0:
                 msg = (lib.pcap_geterr(handle) or b"syntax error").decode("utf-8", "replace")
-                raise FilterError(f"bad --filter {expr!r}: {msg}")
+                raise FilterError(f"bad --filter {expr[:200]!r}: {msg}")
             return prog
         finally:
             lib.pcap_close(handle)

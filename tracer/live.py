@@ -3,7 +3,7 @@
 Builds a source (probes.skb_hops.EbpfSource or tracer.taps.TapSource), starts
 it *before* the engine so that ``--ready-file`` is written only once every
 probe/tap is attached, then drives tracer.engine into the TUI or a text /
-NDJSON sink. SIGINT and SIGTERM stop the engine; the source is detached and
+NDJSON sink. SIGINT, SIGTERM and SIGHUP stop the engine (exit 0); the source is detached and
 the recording flushed in ``finally``, and the sink's last line is the stats.
 """
 
@@ -83,13 +83,23 @@ def _iface_netns(ifaces: list[str]) -> set[int] | None:
     known.update(namer.containers)
     out: set[int] = set()
     for spec in ifaces:
-        node = spec.split("/", 1)[0] if "/" in spec else "host"
+        node, iface = spec.split("/", 1) if "/" in spec else ("host", spec)
+        if not valid_ifname(iface):
+            raise UsageError(f"--iface {spec[:80]!r}: not an interface name",
+                             "NODE/IFACE or IFACE; IFACE is 1-15 bytes without '/', ':' or blanks")
         inodes = {ino for ino, name in known.items() if name == node}
         if not inodes:
-            raise UsageError(f"--iface {spec}: no network namespace named {node!r}",
+            raise UsageError(f"--iface {spec[:80]!r}: no network namespace named {node[:40]!r}",
                              "see `hoptrace topology` for node names")
         out |= inodes
     return out
+
+
+def valid_ifname(name: str) -> bool:
+    """The kernel's dev_valid_name(): what it would accept as an interface name at all."""
+    raw = name.encode("utf-8", "surrogateescape")
+    return (0 < len(raw) < 16 and name not in (".", "..")
+            and not any(c == "/" or c == ":" or c.isspace() or c == "\0" for c in name))
 
 
 def make_pcap_source(args: argparse.Namespace) -> Any:
@@ -229,7 +239,7 @@ def _unlink(path: str) -> None:
 
 
 class _Stopper:
-    """SIGINT/SIGTERM stop the engine; a signal before the engine exists stops it as soon as it does."""
+    """SIGINT/SIGTERM/SIGHUP stop the engine; a signal before the engine exists stops it as soon as it does."""
 
     def __init__(self) -> None:
         self.engine: Any = None
@@ -237,6 +247,9 @@ class _Stopper:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, self._on_signal)
             signal.signal(signal.SIGTERM, self._on_signal)
+            # A closed terminal (SIGHUP) would otherwise kill us before the recording is
+            # flushed and the --rules trace rules are removed.
+            signal.signal(signal.SIGHUP, self._on_signal)
 
     def _on_signal(self, _signum: int, _frame: Any) -> None:
         self.requested = True

@@ -569,6 +569,27 @@ class RuleTrace:
 # --------------------------------------------------------------------------
 
 
+def find_leftovers(namespaces: Mapping[int, str] | None = None) -> list[str]:
+    """Read only (for ``doctor``): trace rules tagged by a hoptrace that is gone, and state files
+    of such runs; what ``hoptrace cleanup`` would remove."""
+    if namespaces is None:
+        from tracer.topology import find_namespaces
+
+        namespaces = find_namespaces()
+    found: list[str] = []
+    if shutil.which("iptables-save") is not None and shutil.which("nsenter") is not None:
+        for (_inode, path, family), lines in _scan_tagged(namespaces).items():
+            for line in lines:
+                pid = (_tag_of(line) or "")[len(TAG_PREFIX):]
+                if not (pid.isdigit() and _pid_alive(int(pid))):
+                    found.append(f"{path}: {_iptables(family)} -t raw {line}")
+    for state in sorted(STATE_DIR.glob("rules-*.json")) if STATE_DIR.is_dir() else []:
+        owner = state.stem[len("rules-"):]
+        if not (owner.isdigit() and _pid_alive(int(owner))):
+            found.append(f"state file {state} of a run that is gone")
+    return found
+
+
 def cleanup_leftovers(namespaces: Mapping[int, str] | None = None) -> list[str]:
     """Remove trace rules whose hoptrace process is gone, in every namespace; what was removed."""
     if namespaces is None:

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tracer.errors import EXIT_OK, EXIT_PROBLEM, HoptraceError, UsageError
+from tracer.errors import EXIT_OK, EXIT_PROBLEM, HoptraceError, PrivilegeError, UsageError
 from tracer.model import Flow, Observation, PacketPath
 from tracer.names import LAB_STATE, NodeNamer, netns_inode
 from tracer.netns import run_in_netns
@@ -417,6 +417,12 @@ def run(args: argparse.Namespace) -> int:
     from tracer.output import path_json, path_text
 
     target = parse_target(args.to, args.proto)
+    from tracer.doctor import effective_caps
+
+    if not {"CAP_SYS_ADMIN", "CAP_NET_RAW"} <= effective_caps():
+        # Checked before the node lookup: an unprivileged user gets this, not a confusing name error.
+        raise PrivilegeError("probe enters a container's network namespace and traces it: it needs root",
+                             "missing CAP_SYS_ADMIN / CAP_NET_RAW; run it with sudo")
     netns_path, netns = resolve_node(args.from_node)
     from tracer.live import _annotators
 

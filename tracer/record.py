@@ -391,10 +391,15 @@ class PcapngRecorder:
         name = rotated_name(self.path, index, self.files)
         try:
             # 0600 at creation: a recording holds sniffed traffic; O_TRUNC reuses a ring slot.
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            # O_NOFOLLOW: running as root, a symlink planted at the path (e.g. in /tmp) must not
+            # make us truncate the file it points to.
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except ValueError as exc:  # a NUL byte in the path (only possible through the Python API)
+            raise HoptraceError(f"cannot create recording {name[:200]!r}: {exc}") from exc
         except OSError as exc:
+            why = "it is a symbolic link" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
             raise HoptraceError(
-                f"cannot create recording {name}: {exc.strerror or exc}", "check the directory exists and is writable"
+                f"cannot create recording {name[:200]!r}: {why}", "check the directory exists and is writable"
             ) from exc
         try:
             os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT

@@ -83,4 +83,4 @@ def test_doctor_as_nobody_says_what_is_missing(tmp_path: Path) -> None:
     checks = {c["name"]: c for c in report["checks"]}
     assert not checks["privileges"]["ok"] and "CAP_BPF" in checks["privileges"]["detail"]
     assert not report["backends"]["ebpf"]["ok"]
-    assert r.returncode == 1
+    assert r.returncode == 3  # no live backend: missing privilege (CONTRACT exit 3)
