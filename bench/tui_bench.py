@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
+import os
 import statistics
 import sys
 import threading
@@ -35,6 +35,7 @@ from tests.tui.scripted import demo_events
 from tracer.model import Flow, PacketPath, Stats
 
 TICK_S = 0.02
+PEER_GRACE_S = 15.0  # after its input ends, how long the peer may still take
 BATCH_S = 0.01  # the engine yields every 10 ms, like a live source's drain timer
 
 
@@ -134,6 +135,7 @@ def summarize(name: str, probe: Probe, seconds: float, delivered: int, shed: int
     print(f"\n== {name}")
     for k, v in out.items():
         print(f"  {k:22} {v:12,.1f}")
+    print("  rss_every_5s_mb        " + " ".join(f"{m:.0f}" for _, m in probe.rss[::5]))
     return out
 
 
@@ -177,7 +179,26 @@ async def run_datatable(pool: list[PacketPath], rate: int, seconds: float, keep:
 
     engine = PacedEngine(pool, rate, seconds)
     drains: list[float] = []
-    state = {"finished": False, "delivered": 0}
+    state: dict[str, Any] = {"finished": False, "delivered": 0, "in_drain": None}
+    probe = Probe()
+
+    def watchdog() -> None:
+        # A DataTable drain can block the event loop for minutes (remove_row re-indexes every
+        # later row): report what the peer managed by now, counting the drain in progress.
+        t0 = time.monotonic() - seconds - PEER_GRACE_S
+        started = state["in_drain"]
+        if started is not None:
+            blocked = (time.perf_counter() - started) * 1000
+            drains.append(blocked)
+            probe.lags_ms.append(blocked)
+        summarize("peer: Textual DataTable (stopped by the watchdog, still blocked)", probe,
+                  time.monotonic() - t0, state["delivered"], engine.yielded - state["delivered"], drains)
+        sys.stdout.flush()
+        os._exit(0)
+
+    timer = threading.Timer(seconds + PEER_GRACE_S, watchdog)
+    timer.daemon = True
+    timer.start()
 
     class Peer(App[None]):
         def compose(self) -> ComposeResult:
@@ -195,7 +216,7 @@ async def run_datatable(pool: list[PacketPath], rate: int, seconds: float, keep:
             state["finished"] = True
 
         def drain(self) -> None:
-            t = time.perf_counter()
+            t = state["in_drain"] = time.perf_counter()
             paths, _ = self.feed.drain()
             for p, _f, _s in paths:
                 key = f"{p.id}-{state['delivered']}"
@@ -207,9 +228,9 @@ async def run_datatable(pool: list[PacketPath], rate: int, seconds: float, keep:
                 for row_key in list(self.table.rows)[:excess]:
                     self.table.remove_row(row_key)
             drains.append((time.perf_counter() - t) * 1000)
+            state["in_drain"] = None
 
     app = Peer()
-    probe = Probe()
     async with app.run_test(size=(120, 40)) as pilot:
         probe.start(app)
         t0 = time.monotonic()
@@ -218,6 +239,7 @@ async def run_datatable(pool: list[PacketPath], rate: int, seconds: float, keep:
         await pilot.pause(0.2)
         elapsed = time.monotonic() - t0
         shed = app.feed.dropped_by_ui
+    timer.cancel()
     return summarize("peer: Textual DataTable", probe, elapsed, state["delivered"], shed, drains)
 
 
@@ -228,19 +250,17 @@ def main() -> int:
     ap.add_argument("--peer-seconds", type=float, default=10.0)
     ap.add_argument("--keep", type=int, default=10_000)
     ap.add_argument("--no-peer", action="store_true")
-    ap.add_argument("--no-freeze", action="store_true",
-                    help="leave the path pool to the garbage collector (measures GC of the pool too)")
     args = ap.parse_args()
-    pool = path_pool(min(args.rate * 2, 100_000))
-    if not args.no_freeze:
-        # The pool stands for paths a real engine makes fresh and frees; 40k pooled paths
-        # (~600k objects) the real app never holds would otherwise dominate every gen-2 GC.
-        gc.freeze()
+    # As many distinct paths as the app keeps: the heap the collector scans is what a real
+    # engine's fresh paths would make it (a bigger pool would inflate every gen-2 pass).
+    pool = path_pool(args.keep)
+    thaw = os.environ.get("HOPTRACE_GC_THAW_S", "10")
     print(f"input {args.rate:,} paths/s for {args.seconds:.0f} s, keep {args.keep:,}, 120x40 headless,"
-          f" pool {'not ' if args.no_freeze else ''}frozen")
+          f" HOPTRACE_GC_THAW_S={thaw} (0 = the app leaves the GC alone), load {os.getloadavg()[0]:.1f}")
     ours = asyncio.run(run_hoptrace(pool, args.rate, args.seconds, args.keep))
     if args.no_peer:
         return 0
+    print(f"\n(peer: {args.peer_seconds:.0f} s of input, then at most {PEER_GRACE_S:.0f} s to catch up)")
     peer = asyncio.run(run_datatable(pool, args.rate, args.peer_seconds, args.keep))
     print("\n== ratios (peer / hoptrace; > 1 means the peer is worse)")
     for k in ("frame_lag_max_ms", "frame_lag_p99_ms", "drain_max_ms"):

@@ -274,3 +274,18 @@ def test_one_request_path_renders_without_app() -> None:
         "left web/eth0, crossed docker0, was MASQUERADEd to 203.0.113.2 on host/eth0, "
         "left the traced network via host/eth0"
     )
+
+
+@sync
+async def test_command_palette_offers_the_actions(demo_engine: ScriptedEngine) -> None:
+    app = make_app(demo_engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.status.finished and len(app.store.view) == 4)
+        await pilot.press("n")  # p2, away from the newest
+        await pilot.press("ctrl+p")
+        await pilot.pause(0.2)
+        await pilot.press(*"Next drop")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        assert app.table.selected is not None and app.table.selected.path.id == "p3"
