@@ -5,7 +5,8 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PKGS := python3-bpfcc bpftool linux-headers-amd64 iproute2 iptables conntrack \
-	tcpdump tshark wireshark-common docker.io busybox-static iperf3 tmux python3-venv python3-pip
+	tcpdump tshark wireshark-common docker.io busybox-static iperf3 tmux python3-venv python3-pip \
+	nftables
 APT_STAMP := .stamp-apt
 VENV_STAMP := $(VENV)/.installed
 
