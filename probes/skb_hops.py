@@ -417,7 +417,8 @@ class EbpfSource:
         """Detach now if no poll is running, else the polling loop detaches when it sees the flag.
 
         Never waits for the poll lock: stop() may run in a signal handler on
-        the very thread that holds it.
+        the very thread that holds it. What the kernel had seen by then is
+        drained first and still comes out of ``batches()``.
         """
         self._stop.set()
         if self._lock.acquire(blocking=False):
@@ -427,9 +428,12 @@ class EbpfSource:
                 self._lock.release()
 
     def _detach(self) -> None:
+        """Drain the stages and the ring into self._chunks, then detach (caller holds the lock)."""
         bpf = self._bpf
         if bpf is None:
             return
+        self._flush_cpus()
+        bpf.ring_buffer_consume()
         self._final_counters = {c: self._kernel_counter(c) for c in Counter}
         self._bpf = None
         bpf.cleanup()
@@ -448,22 +452,22 @@ class EbpfSource:
             while True:
                 with self._lock:
                     bpf = self._bpf
-                    if bpf is None:
-                        break
-                    stopping = self._stop.is_set()
                     now = time.monotonic()
-                    if now >= next_flush or stopping:
-                        # events staged on a quiet CPU would otherwise wait for its next packet
-                        self._flush_cpus()
-                        next_flush = now + 0.005
-                    bpf.ring_buffer_consume()
-                    if stopping:
-                        self._detach()
+                    if bpf is not None:
+                        if self._stop.is_set():
+                            self._detach()  # drains what is left
+                        else:
+                            if now >= next_flush:
+                                # events staged on a quiet CPU would otherwise wait for its next packet
+                                self._flush_cpus()
+                                next_flush = now + 0.005
+                            bpf.ring_buffer_consume()
+                    detached = self._bpf is None
                 chunks, self._chunks = self._chunks, []
                 if chunks:
                     yield self._decode(chunks)
                     last_yield = time.monotonic()
-                elif stopping:
+                elif detached:
                     break
                 elif now - last_yield >= IDLE_YIELD_S:
                     yield self._empty()

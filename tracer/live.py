@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
 
         # Attached: from here on the kernel buffers every sighting, so the
         # ready file does not wait for the topology discovery below (~1 s).
-        stopper = _Stopper()
+        stopper = _Stopper(source)
         if args.ready_file:
             Path(args.ready_file).write_text(f"{os.getpid()} {source.kind}\n")
             stack.callback(_unlink, args.ready_file)
@@ -239,26 +239,28 @@ def _unlink(path: str) -> None:
 
 
 class _Stopper:
-    """SIGINT/SIGTERM/SIGHUP stop the engine; a signal before the engine exists stops it as soon as it does."""
+    """SIGINT/SIGTERM: the first stops the source, which hands over what the kernel had already
+    seen and ends, so the engine finishes every path and prints the stats; a second one stops
+    the engine at once. A signal before the engine exists is honoured when it does."""
 
-    def __init__(self) -> None:
+    def __init__(self, source: Any) -> None:
+        self.source = source
         self.engine: Any = None
-        self.requested = False
+        self.signals = 0
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, self._on_signal)
             signal.signal(signal.SIGTERM, self._on_signal)
-            # A closed terminal (SIGHUP) would otherwise kill us before the recording is
-            # flushed and the --rules trace rules are removed.
-            signal.signal(signal.SIGHUP, self._on_signal)
 
     def _on_signal(self, _signum: int, _frame: Any) -> None:
-        self.requested = True
-        if self.engine is not None:
+        self.signals += 1
+        if self.signals == 1:
+            self.source.stop()
+        elif self.engine is not None:
             self.engine.stop()
 
     def attach(self, engine: Any) -> None:
         self.engine = engine
-        if self.requested:
+        if self.signals > 1:
             engine.stop()
 
 

@@ -208,3 +208,17 @@ def test_unknown_iface_node_is_exit_2() -> None:
     r = run_hoptrace("live", "--backend", "ebpf", "--json", "--iface", "no-such-node/eth0", timeout=60)
     assert (r.returncode, r.stdout) == (2, "")
     assert "no network namespace named 'no-such-node'" in r.stderr
+
+
+def test_sigint_right_after_traffic_still_reports_it(lab_netns: Any, tmp_path: Path) -> None:
+    """The kernel buffers from the ready file on: a stop at once still yields what it saw."""
+    t = Traced(tmp_path)
+    assert lab_netns.run("container-ping").ok
+    t.proc.send_signal(signal.SIGINT)
+    out, err = t.proc.communicate(timeout=60)
+    records = [json.loads(line) for line in out.splitlines()]
+    assert t.proc.returncode == 0, err
+    assert records[-1]["type"] == "stats" and records[-1]["lost_events"] == 0
+    req = one([r for r in records if r["type"] == "path"], ("client", "eth0", "tx"), dst=WEB)
+    assert hops(req) == [("client", "eth0", "tx"), ("host", "veth", "rx"), ("host", "veth", "tx"),
+                         ("web", "eth0", "rx")]
