@@ -250,6 +250,9 @@ def check_pcap() -> tuple[bool, str]:
         return False, "needs CAP_NET_RAW (root)"
     if "CAP_SYS_ADMIN" not in effective_caps():
         return False, "needs CAP_SYS_ADMIN to enter other network namespaces (root)"
+    if os.geteuid() != 0:
+        # capabilities alone are not enough: live discovers the topology first, which needs root
+        return False, "needs root (the taps are chosen from every namespace's topology)"
     return True, "AF_PACKET taps in every namespace"
 
 
