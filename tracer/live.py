@@ -239,7 +239,7 @@ def _unlink(path: str) -> None:
 
 
 class _Stopper:
-    """SIGINT/SIGTERM: the first stops the source, which hands over what the kernel had already
+    """SIGINT/SIGTERM/SIGHUP: the first stops the source, which hands over what the kernel had already
     seen and ends, so the engine finishes every path and prints the stats; a second one stops
     the engine at once. A signal before the engine exists is honoured when it does."""
 
@@ -250,6 +250,9 @@ class _Stopper:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, self._on_signal)
             signal.signal(signal.SIGTERM, self._on_signal)
+            # A closed terminal (SIGHUP) would otherwise end us before the recording is
+            # flushed and the --rules trace rules are removed.
+            signal.signal(signal.SIGHUP, self._on_signal)
 
     def _on_signal(self, _signum: int, _frame: Any) -> None:
         self.signals += 1
