@@ -270,8 +270,19 @@ class _FileReader:
             d = self._data
             btype, blen = hdr(d, pos)
             if btype == 6 and 32 <= blen <= len(d) - pos and not blen % 4:
-                pend.append(pos)
-                self._pos = pos + blen
+                # A tight loop over the run of whole EPBs in this buffer, on locals only.
+                dlen = len(d)
+                limit = BATCH_ROWS - len(chunk.offs)
+                append = pend.append
+                while True:
+                    append(pos)
+                    pos += blen
+                    if len(pend) >= limit or pos + 12 > dlen:
+                        break
+                    btype, blen = hdr(d, pos)
+                    if btype != 6 or blen < 32 or blen > dlen - pos or blen % 4:
+                        break
+                self._pos = pos
                 if len(pend) + len(chunk.offs) >= BATCH_ROWS:
                     yield from self._drain(chunk, pend, endian)
                     chunk = _Chunk(self._data)
