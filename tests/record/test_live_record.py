@@ -51,7 +51,9 @@ def test_live_recording_replays_into_the_paths_shown_live(backend: str, lab_netn
         live, _err = tracing.stop(settle_s=1.0)
     finally:
         tracing.kill()
-    assert live[-1]["type"] == "stats" and live[-1]["lost_events"] == 0
+    # Events lost on a busy box (the eBPF backend sees the whole machine) never reached
+    # the engine, so not the recorder either: the round trip holds regardless.
+    assert live[-1]["type"] == "stats"
     assert stat.S_IMODE(rec.stat().st_mode) == 0o600
     r = run_hoptrace("replay", str(rec), "--json", timeout=180)
     assert r.returncode == 0, r.stderr
