@@ -120,8 +120,24 @@ def flow_cell(flow_id: str | None, role: str | None) -> Text:
     return Text(flow_id + arrow, style=flow_style(flow_id))
 
 
+def _rule_kind(rule: str) -> str | None:
+    if "MASQUERADE" in rule or "-j SNAT" in rule:
+        return "snat"
+    if "-j DNAT" in rule or "-j REDIRECT" in rule:
+        return "dnat"
+    return None
+
+
+def is_reverse(ev: NatEvent) -> bool:
+    """A reply translated back by conntrack: its rule (of the request) rewrote the other side."""
+    kind = _rule_kind(ev.rule or "")
+    return kind is not None and kind != ev.kind
+
+
 def verbed(ev: NatEvent) -> str:
     rule = ev.rule or ""
+    if is_reverse(ev):
+        return "translated back"
     if "MASQUERADE" in rule:
         return "MASQUERADEd"
     return "DNATed" if ev.kind == "dnat" else "SNATed"
@@ -133,7 +149,9 @@ def summary(path: PacketPath) -> str:
     parts = [f"left {hops[0].hop_name}"]
     # Hops a NAT event lands on are named with the rewrite below; veths are implied by the bridge.
     nat_hops = {ev.to_hop for ev in path.nat}
-    middle = [h.ifname for i, h in enumerate(hops[1:-1], 1)
+    names = [h.ifname for h in hops]
+    middle = [h.ifname if names.count(h.ifname) == 1 else h.hop_name  # "eth0" alone is ambiguous
+              for i, h in enumerate(hops[1:-1], 1)
               if not h.ifname.startswith("veth") and i not in nat_hops]
     crossed = list(dict.fromkeys(middle))
     if crossed:
@@ -142,7 +160,11 @@ def summary(path: PacketPath) -> str:
         to = hops[ev.to_hop] if 0 <= ev.to_hop < len(hops) else hops[-1]
         changed = ev.after.src if ev.kind == "snat" else ev.after.dst
         port = ev.after.sport if ev.kind == "snat" else ev.after.dport
-        parts.append(f"was {verbed(ev)} to {addr_port(changed, port)} on {to.hop_name}")
+        why = ""
+        if is_reverse(ev):
+            why = " (reply to " + ("MASQUERADE" if "MASQUERADE" in (ev.rule or "") else
+                                   (_rule_kind(ev.rule or "") or "").upper()) + ")"
+        parts.append(f"was {verbed(ev)} to {addr_port(changed, port)} on {to.hop_name}{why}")
     last = hops[-1]
     if path.verdict == "dropped":
         reason = f" ({last.drop_reason})" if last.drop_reason else ""

@@ -63,7 +63,7 @@ def test_replay_in_tmux_shows_the_path_and_its_nat(tmux: Tmux) -> None:
     tmux("send-keys", "-t", "hop", "n")  # the next NATed path, into the path view
     # Replay has no live topology to attribute the rule: MASQUERADEd with one, SNATed without.
     screen = tmux.wait_for("ed to 203.0.113.2 on host/eth0")
-    assert re.search(r"left client/eth0, crossed docker0, was (MASQUERADE|SNAT)ed to 203\.0\.113\.2 on host/eth0",
+    assert re.search(r"left client/eth0, crossed docker0, was (MASQUERADEd|SNATed) to 203\.0\.113\.2 on host/eth0",
                      screen), screen
     assert "SNAT" in screen and "POSTROUTING" in screen, screen
     assert "172.17.0.3 → 198.51.100.8  ⇒  203.0.113.2 → 198.51.100.8" in screen, screen

@@ -37,7 +37,7 @@ from tui.format import (
 from tui.store import Entry, PathStore
 
 # (title, width); None = shares what is left between the address columns.
-FIXED = [("time (UTC)", 12), ("flow", 5), ("proto", 10)]
+FIXED = [("time", 12), ("flow", 5), ("proto", 10)]
 STRIP_CACHE = 400  # rendered rows kept: a few screens' worth
 TAIL = [("hop", 3), ("NAT", 9), ("verdict", 10), ("latency", 8)]
 
