@@ -704,19 +704,21 @@ class FileSource:
         if len(found) != len(metas):
             return False
         idx = np.array([i for i, _ in metas], dtype=np.int64)
-        dirs = np.array([_DIRS_B.get(f[0], 0) for f in found], dtype=np.uint8)
+        c_dir, c_skb, c_netns, c_reason, c_ts = zip(*found, strict=True)
+        get = _DIRS_B.get
+        dirs = np.array([get(x, 0) for x in c_dir], dtype=np.uint8)
         sel = dirs != 0
         rows["dir"][idx[sel]] = dirs[sel]
-        skbs = np.array([int(f[1], 16) if f[1] else 0 for f in found], dtype=np.uint64)
+        skbs = np.array([int(x, 16) if x else 0 for x in c_skb], dtype=np.uint64)
         sel = skbs != 0
         rows["skb"][idx[sel]] = skbs[sel]
-        for col, k in (("netns", 2), ("ts_ns", 4)):
-            vals = np.array([f[k] for f in found], dtype="S20").astype(np.uint64)
+        for col, digits in (("netns", c_netns), ("ts_ns", c_ts)):
+            vals = np.array(digits, dtype="S20").astype(np.uint64)
             sel = vals != 0
             rows[col][idx[sel]] = vals[sel]
-        for j, f in enumerate(found):
-            if f[3]:
-                reason = f[3].decode("utf-8", "replace")
+        for j, r in enumerate(c_reason):
+            if r:
+                reason = r.decode("utf-8", "replace")
                 rid = self._drop_ids.get(reason)
                 if rid is None:
                     rid = len(self._drop_ids) + 1
