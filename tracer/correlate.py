@@ -545,8 +545,12 @@ class Correlator:
             finished.append(p)
         if not finished:
             return []
-        finished.sort(key=lambda q: q.num)
-        return [self._finish(p) for p in finished]
+        # Finish in idle order, whatever the batching: what a path's verdict and flow
+        # learn from earlier paths is then the same live (many small steps) and in a
+        # replay of its recording (few big ones). Emit in order of first sighting.
+        done = [(p.num, self._finish(p)) for p in finished]
+        done.sort(key=lambda x: x[0])
+        return [path for _num, path in done]
 
     def _finish(self, p: _Open) -> PacketPath:
         refs = p.refs
