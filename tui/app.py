@@ -87,6 +87,12 @@ class HoptraceApp(App[None]):
         self._last_stats: tuple[float, int] | None = None
         self._last_thaw = time.monotonic()
         self._initial_filter = filter_expr
+        # A recorder the CLI already hooked in (--record) shows, and `r` can stop it.
+        for hook in list(getattr(engine, "batch_hooks", [])):
+            owner = getattr(hook, "__self__", None)
+            if owner is not None and hasattr(owner, "path") and hasattr(owner, "close"):
+                self._recorder, self._record_hook = owner, hook
+                self.status.recording = str(owner.path)
 
     # ---- layout ---------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -434,7 +440,8 @@ def make_app(
     ``path_filter`` is taken over as that filter when no ``count`` is set.
     """
     engine_filter = getattr(engine, "path_filter", None)
-    if engine_filter is not None and getattr(engine, "count", None) is None and filter_expr is None:
+    if (engine_filter is not None and getattr(engine, "count", None) is None
+            and filter_expr in (None, getattr(engine_filter, "expr", None))):
         # --filter given to the engine: the UI takes it over, so `/` can edit or clear it and
         # what it hides stays in the store. (With --count the engine must keep counting kept paths.)
         filter_expr = getattr(engine_filter, "expr", None)

@@ -289,3 +289,15 @@ async def test_command_palette_offers_the_actions(demo_engine: ScriptedEngine) -
         await pilot.press("enter")
         await pilot.pause(0.2)
         assert app.table.selected is not None and app.table.selected.path.id == "p3"
+
+
+@sync
+async def test_a_cli_recorder_shows_and_r_stops_it(demo_engine: ScriptedEngine, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    record = pytest.importorskip("tracer.record", reason="needs tracer.record (RECORDING)")
+    rec = record.PcapngRecorder(str(tmp_path / "cli.pcapng"))
+    demo_engine.batch_hooks.append(rec.on_batch)  # what `hoptrace live --record` does
+    app = make_app(demo_engine)
+    async with app.run_test(size=SIZE) as pilot:
+        assert app.status.recording is not None and app.status.recording.endswith("cli.pcapng")
+        await pilot.press("r")
+        assert demo_engine.batch_hooks == [] and app.status.recording is None and rec._closed
