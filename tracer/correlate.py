@@ -677,6 +677,11 @@ class Correlator:
                 return None
         if fs is None:
             fs = keys.get(orig)
+            if fs is not None and first.ts_ns - fs.touched > self.flow_idle_ns:
+                # Idle that long: a new connection on the same addresses (judged on the
+                # packets' own times, so any batching gives the same flows).
+                self._close_flow(fs)
+                fs = None
             if fs is None:
                 assert trans is not None
                 self._flows += 1
@@ -688,8 +693,8 @@ class Correlator:
                         fs.keys.append(k)
                 self._flows_open[fs.num] = fs
         fs.paths.append(pid)
-        if fs.touched != self._clock:  # one queue entry per flow and clock tick is enough
-            fs.touched = self._clock
+        if last.ts_ns > fs.touched:
+            fs.touched = last.ts_ns
             self._flow_touch.append((fs.touched, fs))
         if len(fs.paths) >= self.max_flow_paths:
             self._close_flow(fs)

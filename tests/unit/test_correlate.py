@@ -408,9 +408,9 @@ def test_flows_finish_when_idle() -> None:
     c.feed_batch(ObsBatch.from_observations(internet_ping(t0=1_000 * MS) + internet_pong(t0=1_001 * MS)))
     assert [p.id for p in c.advance(1_200 * MS)] == ["p1", "p2"]
     assert c.take_flows() == []
-    c.advance(2_100 * MS)
-    assert c.take_flows() == []  # idle for 0.9 s only
-    c.advance(2_300 * MS)
+    c.advance(1_950 * MS)
+    assert c.take_flows() == []  # its last packet was 0.95 s ago
+    c.advance(2_050 * MS)
     assert [(f.id, f.paths) for f in c.take_flows()] == [("f1", ("p1", "p2"))]
     assert (c.flush(), c.take_flows()) == ([], [])
 
@@ -457,3 +457,12 @@ def test_finish_order_is_idle_order_in_any_batching() -> None:
     # (T is incomplete: nothing taught that 172.17.0.2 lives in web.)
     assert sorted((p.id, p.verdict) for p in got) == [(p.id, p.verdict) for p in replay] == [
         ("p1", "incomplete"), ("p2", "left")]
+
+
+def test_same_addresses_after_a_long_silence_are_a_new_flow() -> None:
+    obs = [*internet_ping(t0=1_000 * MS), *internet_ping(t0=3_000 * MS, ip_id=2),
+           *internet_ping(t0=9_000 * MS, ip_id=3)]
+    c = Correlator(flow_idle_ns=5_000 * MS)
+    paths = c.feed_batch(ObsBatch.from_observations(obs)) + c.flush()  # one batch: no take_flows between
+    assert [(p.id, p.flow) for p in paths] == [("p1", "f1"), ("p2", "f1"), ("p3", "f2")]
+    assert [(f.id, f.paths) for f in c.take_flows()] == [("f1", ("p1", "p2")), ("f2", ("p3",))]
