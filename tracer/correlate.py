@@ -336,9 +336,9 @@ class Correlator:
         self._paths = 0
         self._open_count = 0
         self._addr_cache: dict[tuple[int, bytes], str] = {}
-        # Learned from traffic: address -> netns that sends from it; tx hops whose
-        # packets were seen arriving at another traced hop (a veth pair, a link).
-        self.owned: dict[str, int] = {}
+        # Learned from traffic: address -> (netns that sends from it, since when); tx
+        # hops whose packets were seen arriving at another traced hop (a veth pair).
+        self.owned: dict[str, tuple[int, int]] = {}
         self.links: set[tuple[int, str, str]] = set()
         self._flows = 0
         self._flow_keys: dict[FlowKey, _FlowState] = {}
@@ -395,7 +395,7 @@ class Correlator:
 
     def learn_address(self, netns: int, addr: str) -> None:
         """``addr`` belongs to ``netns`` (e.g. from topology): its packets arriving there are delivered."""
-        self.owned[addr] = netns
+        self.owned[addr] = (netns, 0)
 
     @property
     def open_paths(self) -> int:
@@ -462,7 +462,7 @@ class Correlator:
                 fam = fams[i]
                 if fam and (d == 2 or d == 0):
                     # The sender's own namespace: a packet first seen leaving it came from it.
-                    self._own(fam, srcs[i], nss[i])
+                    self._own(fam, srcs[i], nss[i], t)
             else:
                 p.hops.append(h)
                 p.refs.append((t, seq, cid, i))
@@ -498,13 +498,14 @@ class Correlator:
                 fallback = c
         return fallback
 
-    def _own(self, family: int, raw: bytes, netns: int) -> None:
+    def _own(self, family: int, raw: bytes, netns: int, ts: int) -> None:
         text = self._addr(family, raw)
         owned = self.owned
-        if owned.get(text) != netns:
+        known = owned.get(text)
+        if known is None or known[0] != netns:
             if len(owned) >= _MAX_OWNED:
                 del owned[next(iter(owned))]
-            owned[text] = netns
+            owned[text] = (netns, ts)
 
     def _addr(self, family: int, raw: bytes) -> str:
         key = (family, raw)
@@ -582,7 +583,11 @@ class Correlator:
                 self._by_shape.clear()
             self._by_shape[shape] = info
         nat = info[0]
-        v = verdict(hops, self.owned, self.links)
+        # Only what was known when the path went idle (live, its tick came then; a replay
+        # may already have read further): the same verdict in any batching.
+        owner = self.owned.get(hops[-1].dst)
+        v = verdict(hops, {hops[-1].dst: owner[0]} if owner is not None
+                    and owner[1] <= hops[-1].ts_ns + self.window_ns else {}, self.links)
         pid = f"p{p.num}"
         flow = self._assign_flow(pid, hops, info)
         return PacketPath(id=pid, hops=hops, nat=nat, verdict=v, flow=flow)

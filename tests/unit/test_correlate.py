@@ -466,3 +466,12 @@ def test_same_addresses_after_a_long_silence_are_a_new_flow() -> None:
     paths = c.feed_batch(ObsBatch.from_observations(obs)) + c.flush()  # one batch: no take_flows between
     assert [(p.id, p.flow) for p in paths] == [("p1", "f1"), ("p2", "f1"), ("p3", "f2")]
     assert [(f.id, f.paths) for f in c.take_flows()] == [("f1", ("p1", "p2")), ("f2", ("p3",))]
+
+
+def test_delivered_uses_only_what_was_known_when_the_path_went_idle() -> None:
+    # The first sign that 198.51.100.8 lives in inet is its reply. Within the window it
+    # counts; a reply after the path went idle does not (live, the path was out by then).
+    soon = correlate(internet_ping(t0=1_000 * MS) + internet_pong(t0=1_050 * MS))
+    late = correlate(internet_ping(t0=1_000 * MS) + internet_pong(t0=1_150 * MS))
+    assert [p.verdict for p in soon] == ["delivered", "delivered"]
+    assert [p.verdict for p in late] == ["incomplete", "delivered"]
