@@ -152,17 +152,27 @@ def _decimal(x: np.ndarray) -> np.ndarray:
     """Unsigned ints in decimal, right-aligned with spaces, as many columns as the largest needs."""
     import numpy as np
 
-    x = x.astype(np.uint64, copy=True)
+    x = x.astype(np.uint64)
     width = len(str(int(x.max(initial=0))))
     out = np.empty((len(x), width), np.uint8)
-    ten = np.uint64(10)
+    # 64-bit division is the slow part: split into 9-digit limbs once, then
+    # take digits with 32-bit arithmetic.
+    col = width
+    rest = x
+    billion = np.uint64(1_000_000_000)
+    ten = np.uint32(10)
+    while col > 0:
+        limb = (rest % billion).astype(np.uint32)
+        rest = rest // billion
+        for _ in range(min(9, col)):
+            q = limb // ten
+            col -= 1
+            out[:, col] = (limb - q * ten).astype(np.uint8)
+            limb = q
     ndig = np.ones(len(x), np.int64)
     for k in range(1, width):
         ndig += x >= np.uint64(10**k)
-    for col in range(width - 1, -1, -1):
-        q = x // ten
-        out[:, col] = (x - q * ten).astype(np.uint8) + ord("0")
-        x = q
+    out += ord("0")
     out[np.arange(width)[None, :] < (width - ndig)[:, None]] = ord(" ")
     return out
 
@@ -251,13 +261,23 @@ def _frame_words(rows: np.ndarray, frames: Any, snaplen: int) -> tuple[np.ndarra
     nwords = -(-int(caplen.max(initial=0)) // 4)
     if nwords == 0:
         return np.zeros((n, 0), "<u4"), caplen
-    # Frames start at any byte: a view that reads a little-endian word at every
-    # byte offset (stride 1) lets a word gather, not a byte gather, fetch them.
-    padded = np.zeros(size + 4 * nwords + 4, np.uint8)
-    padded[:size] = np.frombuffer(frames, np.uint8)
-    at_byte = np.ndarray((size + 4 * nwords,), "<u4", padded, 0, (1,))
-    off = np.where(caplen > 0, off, 0)
-    words = at_byte[off[:, None] + 4 * np.arange(nwords)[None, :]]
+    fb = np.frombuffer(frames, np.uint8)
+    stride = int(off[1] - off[0]) if n > 1 else 0
+    if (caplen > 0).all() and stride >= 0 and (n == 1 or (np.diff(off) == stride).all()):
+        # Frames at a fixed stride (the eBPF source's event records, equal-size
+        # frames packed back to back): a strided view, no gather at all.
+        need = int(off[0]) + stride * (n - 1) + 4 * nwords
+        if need > size:  # the last word of the last frame runs past the buffer
+            fb = np.concatenate([fb, np.zeros(need - size, np.uint8)])
+        words = np.ndarray((n, nwords), "<u4", fb, int(off[0]), (stride, 4)).copy()
+    else:
+        # Frames start at any byte: a view that reads a little-endian word at every
+        # byte offset (stride 1) lets a word gather, not a byte gather, fetch them.
+        padded = np.zeros(size + 4 * nwords + 4, np.uint8)
+        padded[:size] = fb
+        at_byte = np.ndarray((size + 4 * nwords,), "<u4", padded, 0, (1,))
+        off = np.where(caplen > 0, off, 0)
+        words = at_byte[off[:, None] + 4 * np.arange(nwords)[None, :]]
     # Bytes past caplen in its last word are the next frame's: zero them.
     rem = caplen & 3
     part = np.flatnonzero(rem)

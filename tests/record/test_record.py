@@ -319,3 +319,21 @@ def test_frames_of_every_length_and_alignment_come_back_exactly(tmp_path: Path) 
         rec.on_batch(b)
     back = [o for bb in read_back(tmp_path / "r.pcapng") for o in bb.observations()]
     assert [(o.frame, o.wire_len) for o in back] == [(s.frame[:93], len(s.frame)) for s in sightings]
+
+
+def test_frames_in_fixed_size_slots_like_ebpf_records(tmp_path: Path) -> None:
+    # The eBPF source hands frames inside fixed-size event records: offsets at a
+    # fixed stride, each frame shorter than its slot (the strided fast path).
+    slot = 150
+    frames = [ping_frames(k)["req_in"] + bytes(range(k % 7)) for k in range(50)]
+    buf = bytearray(slot * len(frames))
+    for i, f in enumerate(frames):
+        buf[i * slot : i * slot + len(f)] = f
+        buf[i * slot + len(f) : (i + 1) * slot] = b"\xee" * (slot - len(f))  # junk after each frame
+    b = batch_of([Sighting(0, f, 10**18 + i, Dir.TX, 0xFFFF0000 + i) for i, f in enumerate(frames)])
+    b.rows["frame_off"] = np.arange(len(frames)) * slot
+    b = ObsBatch(rows=b.rows, hops=b.hops, frames=bytes(buf))
+    with PcapngRecorder(tmp_path / "r.pcapng", snaplen=80) as rec:
+        rec.on_batch(b)
+    back = [o for bb in read_back(tmp_path / "r.pcapng") for o in bb.observations()]
+    assert [o.frame for o in back] == [f[:80] for f in frames]
