@@ -12,6 +12,8 @@ interfaces and the same traffic:
   interface (entered with nsenter); captured and dropped from its exit summary;
 * ``taps``:    ``TapSource`` in a child process, every frame decoded into rows
   (what the engine receives); drops from PACKET_STATISTICS (lost_events);
+* ``taps-raw``: the same taps, ring reads only (no reordering, no decoding): the
+  capture loop's own cost (``--peers tcpdump,taps,taps-raw,live`` to include it);
 * ``live``:    ``hoptrace live --backend pcap --json`` (taps + correlator + NDJSON);
   observations and lost_events from its stats line.
 
@@ -104,13 +106,16 @@ class Tcpdump:
 class Taps:
     name = "taps"
 
-    def __init__(self, ifaces: list[str], workdir: str) -> None:
+    def __init__(self, ifaces: list[str], workdir: str, raw: bool = False) -> None:
         self.ifaces = ifaces
+        self.raw = raw
+        self.name = "taps-raw" if raw else "taps"
         self.ready = os.path.join(workdir, f"taps-{uuid.uuid4().hex[:6]}")
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([PYTHON, __file__, "--child", self.ready, *self.ifaces],
+        mode = "raw" if self.raw else "rows"
+        self.proc = subprocess.Popen([PYTHON, __file__, "--child", mode, self.ready, *self.ifaces],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_file(self.ready, self.proc)
         time.sleep(0.2)  # the capture loop is running (imports done)
@@ -158,18 +163,44 @@ class Live:
         return {"captured": stats["observations"], "dropped": stats["lost_events"], "cpu_s": cpu}
 
 
-def child(ready: str, ifaces: list[str]) -> int:
-    """The taps peer: count decoded rows until SIGINT, then print one JSON line."""
+def child(mode: str, ready: str, ifaces: list[str]) -> int:
+    """The taps peer: count sightings until SIGINT, then print one JSON line.
+
+    ``rows``: TapSource.batches(), every frame decoded (what the engine gets);
+    ``raw``: only the ring reads (the same taps, poll + drain, no reordering or decoding),
+    to tell the capture loop's cost from the decoder's."""
+    import select
+
     from tracer.taps import TapSource
 
     src = TapSource(ifaces, notices=lambda _m: None)
-    src.start()
-    signal.signal(signal.SIGINT, lambda *_: src.stop())
-    Path(ready).write_text("ready\n")
     n = 0
-    for batch in src.batches():
-        n += len(batch)
-    print(json.dumps({"captured": n, "lost": src.lost_events}))
+    if mode == "rows":
+        src.start()
+        signal.signal(signal.SIGINT, lambda *_: src.stop())
+        Path(ready).write_text("ready\n")
+        for batch in src.batches():
+            n += len(batch)
+        lost = src.lost_events
+    else:
+        # The same taps, opened without the source's reader thread.
+        from tracer.topology import Topology
+
+        taps = [src._open(spec) for spec in src._wanted(Topology.discover(nat=False), strict=True)]
+        stop: list[bool] = []
+        signal.signal(signal.SIGINT, lambda *_: stop.append(True))
+        Path(ready).write_text("ready\n")
+        poller = select.poll()
+        for tap in taps:
+            poller.register(tap.fd, select.POLLIN)
+        while not stop:
+            if poller.poll(src.poll_ms):
+                time.sleep(src.drain_ms / 1000)
+                for tap in taps:
+                    chunk = tap.drain()
+                    n += len(chunk.ts) if chunk is not None else 0
+        lost = sum(t.close() for t in taps)
+    print(json.dumps({"captured": n, "lost": lost}))
     return 0
 
 
@@ -204,7 +235,7 @@ def main() -> int:
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        return child(args.child[0], args.child[1:])
+        return child(args.child[0], args.child[1], args.child[2:])
 
     from tracer.lab import Lab
     from tracer.taps import default_specs
@@ -224,6 +255,7 @@ def main() -> int:
                 for name in args.peers.split(","):
                     cap: Any = {"tcpdump": lambda: Tcpdump([(s.netns_path, s.ifname) for s in specs]),
                                 "taps": lambda: Taps(ifaces, workdir),
+                                "taps-raw": lambda: Taps(ifaces, workdir, raw=True),
                                 "live": lambda: Live(ifaces, workdir)}[name]()
                     cap.start()
                     t0 = time.monotonic()
@@ -257,7 +289,7 @@ def main() -> int:
             print(f"{name:8} lossless rate {r['rate']:9.0f} sightings/s, cpu {r['cpu_pct']:.1f}% "
                   f"= {r['cpu_per_100k']:.1f}% of a core per 100k/s")
     base = best.get("tcpdump")
-    for name in ("taps", "live"):
+    for name in ("taps", "taps-raw", "live"):
         r = best.get(name)
         if base and r:
             print(f"ratio {name}/tcpdump: {r['rate'] / base['rate']:.2f}  (target >= 0.9)")

@@ -455,7 +455,19 @@ class _Reorder:
     def take(self, hops: list[HopLabel], now_ns: int | None) -> ObsBatch:
         """The sightings older than ``now_ns - delay`` (all with None), oldest first; the
         batch's now_ns is that watermark: nothing older can come later."""
-        np = self.np
+        out, mark = self.release(now_ns)
+        return self.assemble(out, hops, mark)
+
+    def shed(self, max_rows: int) -> int:
+        """Drop the oldest chunks while more than ``max_rows`` wait; returns how many rows."""
+        dropped = 0
+        while self.items and len(self) > max_rows:
+            chunk, _, _ = self.items.pop(0)
+            dropped += len(chunk.ts)
+        return dropped
+
+    def release(self, now_ns: int | None) -> tuple[list[tuple[_Chunk, Any]], int]:
+        """Take the chunks (or parts) older than the watermark out; cheap, no decoding."""
         if now_ns is None:
             mark = max((tmax for _, _, tmax in self.items), default=time.time_ns())
         else:
@@ -476,6 +488,11 @@ class _Reorder:
                                chunk.offs[rest], chunk.frames)
                 keep.append((later, int(later.ts.min()), tmax))
         self.items = keep
+        return out, mark
+
+    def assemble(self, out: list[tuple[_Chunk, Any]], hops: list[HopLabel], mark: int) -> ObsBatch:
+        """Released chunks -> one ObsBatch in time order, decoded."""
+        np = self.np
         if not out:
             return ObsBatch(np.zeros(0, dtype=self.dtype), hops, b"", now_ns=mark)
 
@@ -519,8 +536,9 @@ class TapSource:
     ``ifaces``: ``--iface`` values; None = the default set, followed as containers come
     and go. ``bpf_filter``: the ``--filter`` expression, attached in the kernel only when
     protocol-only (see ``kernel_filter_safe``); the engine's PathFilter does the rest.
-    ``topology``: a callable returning a current Topology (e.g. a shared LiveTopology);
-    by default the source re-discovers every ``rediscover_s`` on a thread of its own.
+    ``topology``: a callable returning a current Topology (e.g. a shared LiveTopology),
+    asked every ``rediscover_s``; by default the source discovers on a thread of its own
+    when namespaces come or go (checked every ``rediscover_s``) and every ``full_every_s``.
     """
 
     kind = "pcap"
@@ -532,20 +550,23 @@ class TapSource:
         snaplen: int = 128,
         *,
         topology: Callable[[], Topology] | None = None,
-        rediscover_s: float = 1.0,
+        rediscover_s: float = 0.5,
+        full_every_s: float = 5.0,
         ring_mb: int = 8,
-        block_kb: int = 128,
+        block_kb: int = 32,
         retire_ms: int = 4,
         poll_ms: int = 5,
         reorder_ms: int = 20,
         batch_ms: int = 20,
         drain_ms: int = 10,
+        max_pending: int = 2_000_000,
         notices: Callable[[str], None] | None = None,
     ) -> None:
         self.ifaces = list(ifaces) if ifaces else None
         self.bpf_filter = bpf_filter or None
         self.snaplen = snaplen
         self.rediscover_s = rediscover_s
+        self.full_every_s = full_every_s
         self.block_size = block_kb * 1024
         self.block_nr = max(2, ring_mb * 1024 // block_kb)
         self.retire_ms = retire_ms
@@ -560,14 +581,17 @@ class TapSource:
         self.hops: list[HopLabel] = []
         self._hop_index: dict[tuple[int, str, int], int] = {}
         self.taps: dict[tuple[int, str], Tap] = {}
-        self._closed_lost = 0
         self._lost = 0
         self._stop = threading.Event()
         self._changes: queue.SimpleQueue[
             tuple[list[Tap], set[tuple[int, str]], list[TapSpec]]] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._thread: threading.Thread | None = None  # re-discovery
+        self._reader: threading.Thread | None = None
+        self._reader_done = threading.Event()
+        self._reorder: _Reorder | None = None
+        self._buf_lock = threading.Lock()
+        self.max_pending = max_pending
         self._started = False
-        self._running = False
         self._lock = threading.Lock()
         self._hop_lock = threading.Lock()
 
@@ -594,26 +618,29 @@ class TapSource:
             self.taps[spec.key] = tap
         if not self.taps:
             raise UsageError("none of the interfaces could be tapped")
-        self._started = True
-
-    def batches(self) -> Iterator[ObsBatch]:
-        self.start()
         import numpy as np
 
         from tracer.model import obs_dtype
 
-        dtype = obs_dtype()
+        self._reorder = _Reorder(np, obs_dtype(), self.reorder_ms * 1_000_000)
+        self._started = True
+        self._reader = threading.Thread(target=self._read_loop, name="taps-reader", daemon=True)
+        self._reader.start()
+        self._thread = threading.Thread(target=self._rediscover_loop, name="taps-rediscover",
+                                        daemon=True)
+        self._thread.start()
+
+    def _read_loop(self) -> None:
+        """The reader thread: poll every ring, drain them in bulk, hand chunks to the reorder
+        buffer; at stop, one last drain, then close everything."""
+        reorder, lock = self._reorder, self._buf_lock
+        assert reorder is not None
         poller = select.poll()
         by_fd: dict[int, Tap] = {}
         for tap in self.taps.values():
             poller.register(tap.fd, select.POLLIN)
             by_fd[tap.fd] = tap
-        self._running = True
-        self._thread = threading.Thread(target=self._rediscover_loop, name="taps-rediscover",
-                                        daemon=True)
-        self._thread.start()
-        reorder = _Reorder(np, dtype, self.reorder_ms * 1_000_000)
-        last_yield = last_stats = last_drain = time.monotonic()
+        last_stats = last_drain = time.monotonic()
         try:
             while not self._stop.is_set():
                 self._apply_changes(poller, by_fd)
@@ -625,36 +652,61 @@ class TapSource:
                 if events:
                     # Each read of a ring costs a fixed ~50 us of numpy calls whatever it
                     # holds; waiting until drain_ms after the last read lets more blocks
-                    # retire, so there are fewer, bigger reads (rings hold ~100s of ms).
+                    # retire, so there are fewer, bigger reads (rings hold ~1 s at least).
                     wait = self.drain_ms / 1000 - (time.monotonic() - last_drain)
                     if wait > 0:
                         time.sleep(wait)
-                    for ready in by_fd.values():
-                        chunk = ready.drain()
-                        if chunk is not None:
-                            reorder.add(chunk)
+                    chunks = [c for c in (t.drain() for t in by_fd.values()) if c is not None]
                     last_drain = time.monotonic()
+                    with lock:
+                        for c in chunks:
+                            reorder.add(c)
+                        # A consumer that cannot keep up: shed the oldest, and say so.
+                        self._lost += reorder.shed(self.max_pending)
                 now = time.monotonic()
                 if now - last_stats >= 1.0:
                     self._lost += sum(t.read_stats() for t in self.taps.values())
                     last_stats = now
-                since = now - last_yield
-                if (since >= self.batch_ms / 1000 and reorder.due(time.time_ns())) or since >= 0.1:
-                    yield reorder.take(self.hops, time.time_ns())
-                    last_yield = now
-            # Stopped: what the rings still hold, then everything held back, in order.
-            for tap in self.taps.values():
-                chunk = tap.drain()
-                if chunk is not None:
-                    reorder.add(chunk)
-            yield reorder.take(self.hops, None)
+            chunks = [c for c in (t.drain() for t in by_fd.values()) if c is not None]
+            with lock:
+                for c in chunks:
+                    reorder.add(c)
         finally:
             self._shutdown()
+            self._reader_done.set()
+
+    def batches(self) -> Iterator[ObsBatch]:
+        """Released sightings, decoded, in time order; the reading happens on the reader
+        thread that ``start()`` began, so sightings are kept while the consumer is busy."""
+        self.start()
+        reorder, lock = self._reorder, self._buf_lock
+        assert reorder is not None
+        last_yield = time.monotonic()
+        while True:
+            finished = self._reader_done.wait(self.batch_ms / 1000)
+            now = time.monotonic()
+            with lock:
+                if finished:  # the reader's last drain is in: everything, in order
+                    out, mark = reorder.release(None)
+                elif reorder.due(time.time_ns()) or now - last_yield >= 0.1:
+                    out, mark = reorder.release(time.time_ns())
+                else:
+                    continue
+            yield reorder.assemble(out, self.hops, mark)  # decoding, outside the lock
+            last_yield = now
+            if finished:
+                return
 
     def stop(self) -> None:
+        """Stop reading: the reader drains the rings once more, closes the taps and ends
+        ``batches()`` after its last batch. Only sets a flag: safe from a signal handler."""
         self._stop.set()
-        if not self._running:
-            self._shutdown()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait until the taps are closed (after ``stop()``)."""
+        for t in (self._reader, self._thread):
+            if t is not None and t is not threading.current_thread():
+                t.join(timeout)
 
     @property
     def lost_events(self) -> int:
@@ -697,13 +749,38 @@ class TapSource:
         return tap
 
     def _rediscover_loop(self) -> None:
+        """Follow the machine: open taps on new interfaces, close those that went away.
+
+        A full discovery costs ~40 ms of CPU with a few labs up (netlink per namespace,
+        the Docker API), so it runs when the set of namespaces changed (a container
+        started or stopped: ~1 ms to check), when a tap reported an error, for a few
+        seconds after such a change (Docker moves the veth in after creating the
+        namespace), and every ``full_every_s`` in any case.
+        """
+        last_ns: frozenset[int] | None = None
+        last_full = hot_until = 0.0
         while not self._stop.wait(self.rediscover_s):
+            now = time.monotonic()
+            if self._topology is None:
+                from tracer.topology import find_namespaces
+
+                ns = frozenset(find_namespaces())
+                errored = any(t.errored for t in list(self.taps.values()))
+                if ns != last_ns or errored:
+                    hot_until = now + 3.0
+                    last_ns = ns
+                if now < hot_until or now - last_full >= self.full_every_s:
+                    last_full = now
+                else:
+                    continue
             try:
                 topo = self._current_topology()
                 wanted = {s.key: s for s in self._wanted(topo, strict=False)}
             except (HoptraceError, OSError) as exc:
                 self._notice(f"re-discovering interfaces failed: {exc}")
                 continue
+            for t in list(self.taps.values()):
+                t.errored = False  # seen by this discovery: closed below if it went away
             with self._lock:
                 have = {key: tap.spec.node for key, tap in self.taps.items()}
             new: list[Tap] = []
@@ -768,7 +845,6 @@ class TapSource:
             for tap in self.taps.values():
                 self._lost += tap.close()
             self.taps.clear()
-        self._running = False
 
 
 def _decode(frames: bytes, offs: Any, lens: Any, lt: int | list[int],

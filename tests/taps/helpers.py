@@ -172,6 +172,16 @@ class Live:
         assert self.proc.returncode == 0, f"exit {self.proc.returncode}: {err}"
         return [json.loads(line) for line in out.splitlines()], err
 
+    def wait(self, timeout_s: float = 120) -> tuple[list[dict[str, Any]], str]:
+        """For ``--duration`` runs: the engine's clock starts after the topology discovery,
+        so a SIGINT right after the traffic could come before it read anything."""
+        import json
+
+        out, err = self.proc.communicate(timeout=timeout_s)
+        self._dir.cleanup()
+        assert self.proc.returncode == 0, f"exit {self.proc.returncode}: {err}"
+        return [json.loads(line) for line in out.splitlines()], err
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()

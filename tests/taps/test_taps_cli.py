@@ -46,19 +46,20 @@ def _echo(lines: list[dict[str, Any]], inodes: dict[int, str], icmp_dst: str, fi
 def test_live_pcap_reports_hops_and_nat_of_each_scenario(lab_netns: Any) -> None:
     veths = host_veths(lab_netns)
     inodes = lab_inodes(lab_netns)
-    with Live("pcap", lab_ifaces(lab_netns)) as live:
+    with Live("pcap", lab_ifaces(lab_netns), "--duration", "6") as live:
         for scenario in SCENARIOS:
             result = lab_netns.run(scenario)
             assert result.ok, f"{scenario}: {result.detail}"
-        lines, _err = live.stop()
-    assert lines[-1]["type"] == "stats"
+        lines, err = live.wait()
+    assert lines[-1]["type"] == "stats", err
     assert lines[-1]["lost_events"] == 0
     paths = [d for d in lines if _in_lab(d, inodes)]
     assert all(h["skb"] is None for d in paths for h in d["hops"])
 
     # internet-ping: MASQUERADE between docker0 rx and eth0 tx, undone on the reply.
     req = _echo(lines, inodes, A.SERVER, ("client", "eth0"))
-    assert [json_hops(d) for d in req] == [expected(INTERNET_PING_REQUEST, veths)]
+    assert [json_hops(d) for d in req] == [expected(INTERNET_PING_REQUEST, veths)], (
+        [(d["proto"], json_hops(d), d["hops"][0]["dst"]) for d in paths], lines[-1], err, len(lines))
     assert [(n["kind"], n["node"], n["hook"], n["from_hop"], n["to_hop"], n["before"]["src"],
              n["after"]["src"]) for n in req[0]["nat"]] == [
         ("snat", "host", "POSTROUTING", 2, 3, A.CLIENT, A.HOST_UPLINK)]

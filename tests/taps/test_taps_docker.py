@@ -32,7 +32,16 @@ def _seq(p: PacketPath, inodes: dict[int, str]) -> list[tuple[str, str, str | No
     return [(inodes[h.netns], h.ifname, h.direction) for h in p.hops]
 
 
-def test_docker_default_set_and_scenarios(lab_docker: Any) -> None:
+@pytest.fixture
+def docker_host(lab_docker: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Names come from this lab's dockerd even when other docker labs are up (topology
+    only guesses the Docker endpoint when there is exactly one)."""
+    from tracer.lab import docker_engine
+
+    monkeypatch.setenv("DOCKER_HOST", docker_engine.docker_host(lab_docker))
+
+
+def test_docker_default_set_and_scenarios(lab_docker: Any, docker_host: None) -> None:
     inodes = lab_inodes(lab_docker)
     veths = host_veths(lab_docker)
     ifaces = lab_ifaces(lab_docker)
@@ -58,7 +67,7 @@ def test_docker_default_set_and_scenarios(lab_docker: Any) -> None:
     assert {h.node for p in paths for h in p.hops} == {"client", "web", "host"}
 
 
-def test_docker_container_started_and_stopped_while_tracing(lab_docker: Any) -> None:
+def test_docker_container_started_and_stopped_while_tracing(lab_docker: Any, docker_host: None) -> None:
     """`docker run` while tracing: the new container's eth0 and its host veth get taps within
     2 s (the default set is re-read); `docker rm -f`: they close with a notice, tracing goes on."""
     from tracer.lab import docker_engine
