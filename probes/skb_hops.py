@@ -468,6 +468,8 @@ class EbpfSource:
                     yield self._decode(chunks)
                     last_yield = time.monotonic()
                 elif detached:
+                    # the source's clock at the end: paths idle since before it can finish normally
+                    yield self._empty()
                     break
                 elif now - last_yield >= IDLE_YIELD_S:
                     yield self._empty()

@@ -73,33 +73,31 @@ def make_ebpf_source(args: argparse.Namespace) -> Any:
 
 
 def _iface_netns(ifaces: list[str]) -> set[int] | None:
-    """--iface NODE/IFACE with the eBPF backend: trace the namespaces of those nodes (all hops in them)."""
+    """--iface NODE/IFACE with the eBPF backend: trace every interface of those nodes' namespaces.
+
+    NODE is a node name (container, lab label, "host"), a /run/netns name, or
+    "netns:<inode>" as hoptrace prints namespaces it cannot name.
+    """
     if not ifaces:
         return None
-    from tracer.names import NodeNamer
+    from tracer.names import RUN_NETNS, NodeNamer, netns_inode
 
     namer = NodeNamer()
     known = dict(namer._names)  # inode -> name
     known.update(namer.containers)
     out: set[int] = set()
     for spec in ifaces:
-        node, iface = spec.split("/", 1) if "/" in spec else ("host", spec)
-        if not valid_ifname(iface):
-            raise UsageError(f"--iface {spec[:80]!r}: not an interface name",
-                             "NODE/IFACE or IFACE; IFACE is 1-15 bytes without '/', ':' or blanks")
+        node = spec.split("/", 1)[0] if "/" in spec else "host"
         inodes = {ino for ino, name in known.items() if name == node}
+        if node.startswith("netns:") and node[6:].isdigit():
+            inodes.add(int(node[6:]))
+        elif (RUN_NETNS / node).exists():
+            inodes.add(netns_inode(RUN_NETNS / node))
         if not inodes:
-            raise UsageError(f"--iface {spec[:80]!r}: no network namespace named {node[:40]!r}",
+            raise UsageError(f"--iface {spec}: no network namespace named {node!r}",
                              "see `hoptrace topology` for node names")
         out |= inodes
     return out
-
-
-def valid_ifname(name: str) -> bool:
-    """The kernel's dev_valid_name(): what it would accept as an interface name at all."""
-    raw = name.encode("utf-8", "surrogateescape")
-    return (0 < len(raw) < 16 and name not in (".", "..")
-            and not any(c == "/" or c == ":" or c.isspace() or c == "\0" for c in name))
 
 
 def make_pcap_source(args: argparse.Namespace) -> Any:

@@ -24,7 +24,9 @@ def trace(lab: Any, scenario: str, kernel_filter: Any = None) -> tuple[Any, list
     """Run one lab scenario under a fresh EbpfSource; every sighting it produced, and the source."""
     from probes.skb_hops import EbpfSource
 
-    src = EbpfSource(kernel_filter=kernel_filter)
+    # only the lab's namespaces: the machine is shared, and other people's floods must not fill the ring
+    lab_ns = {lab.netns_inode(n) for n in ("host", "inet", "client", "web")}
+    src = EbpfSource(kernel_filter=kernel_filter, netns=lab_ns)
     src.start()
     obs: list[Observation] = []
 
