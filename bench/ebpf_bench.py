@@ -86,14 +86,20 @@ def cpu_s(pid: int) -> float:
 class Tracer:
     """A tracer subprocess, started and waited for (ready file)."""
 
-    def __init__(self, mode: str, workdir: Path) -> None:
+    def __init__(self, mode: str, workdir: Path, lab_netns: list[int]) -> None:
         self.mode = mode
         self.ready = workdir / f"ready-{uuid.uuid4().hex[:6]}"
         self.out = workdir / f"out-{uuid.uuid4().hex[:6]}"
+        # Every hop of the lab, and only the lab: on a shared machine other namespaces carry
+        # other people's traffic.
         if mode == "source":
             argv = [PYTHON, "-m", "probes.skb_hops", "--ready-file", str(self.ready)]
+            for ino in lab_netns:
+                argv += ["--netns", str(ino)]
         else:
             argv = [HOPTRACE, "live", "--backend", "ebpf", "--json", "--ready-file", str(self.ready)]
+            for ino in lab_netns:
+                argv += ["--iface", f"netns:{ino}/eth0"]
             if mode == "filtered":
                 argv += ["--filter", f"icmp and host {SERVER}"]
         t0 = time.perf_counter()
@@ -164,6 +170,7 @@ def main() -> int:
     stats_fd = enable_bpf_stats()
     lab = Lab("netns", f"hoptest-eb{uuid.uuid4().hex[:6]}")
     lab.up()
+    lab_ns = [lab.netns_inode(n) for n in ("host", "inet", "client", "web")]
     results: dict[str, dict[str, Any]] = {}
     try:
         with tempfile.TemporaryDirectory(dir="/dev/shm") as tmp:
@@ -173,7 +180,7 @@ def main() -> int:
                 # shared machine the load drifts, so each ratio uses the two runs around it.
                 bases = [iperf(lab, udp, args.seconds)]
                 for mode in modes:
-                    tr = Tracer(mode, work)
+                    tr = Tracer(mode, work, lab_ns)
                     t0 = time.perf_counter()
                     rate = iperf(lab, udp, args.seconds)
                     window = time.perf_counter() - t0

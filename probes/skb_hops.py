@@ -652,13 +652,14 @@ def _main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ready-file")
     p.add_argument("--snaplen", type=int, default=128)
     p.add_argument("--filter", help="pcap-filter; only the part the kernel can do is applied")
+    p.add_argument("--netns", type=int, action="append", help="trace only this namespace inode (repeatable)")
     p.add_argument("--print-c", action="store_true", help="print the C program and the -D flags, then exit")
     args = p.parse_args(argv)
     if args.print_c:
         print("// cflags: " + " ".join(load_layout().cflags()))
         print(C_SOURCE.read_text())
         return 0
-    src = EbpfSource(snaplen=args.snaplen, kernel_filter=kernel_filter_from_pcap(args.filter))
+    src = EbpfSource(snaplen=args.snaplen, netns=args.netns, kernel_filter=kernel_filter_from_pcap(args.filter))
     src.start()
     signal.signal(signal.SIGINT, lambda *_: src.stop())
     signal.signal(signal.SIGTERM, lambda *_: src.stop())
