@@ -404,11 +404,18 @@ def judge(t: Target, sent: Sent, netns: int, paths: Sequence[PacketPath],
 # --------------------------------------------------------------------------
 
 
-def _make_source(backend: str) -> object:
-    """The same backend choice as `live` (eBPF, else taps with a notice), already attached."""
+def _make_source(backend: str, target: Target) -> object:
+    """The same backend choice as `live` (eBPF, else taps with a notice), already attached.
+
+    Only the probe's protocol and ICMP (its errors) reach userspace: on a busy
+    host the rest would only cost events. ARP is not kept: a missing ARP
+    answer shows as EHOSTUNREACH on the socket.
+    """
     from tracer.live import _Started, choose_source
 
-    spec = argparse.Namespace(backend=backend, snaplen=128, iface=[], filter=None)
+    icmp = "icmp" if target.family == 4 else "icmp6"
+    expr = icmp if target.proto == "icmp" else f"{target.proto} or {icmp}"
+    spec = argparse.Namespace(backend=backend, snaplen=128, iface=[], filter=expr)
     return _Started(choose_source(spec))
 
 
@@ -426,7 +433,7 @@ def run(args: argparse.Namespace) -> int:
     netns_path, netns = resolve_node(args.from_node)
     from tracer.live import _annotators
 
-    source = _make_source(args.backend)
+    source = _make_source(args.backend, target)
     annotators, _topo = _annotators(source)
     engine = Engine(source, annotators=annotators)  # type: ignore[arg-type]
     paths: list[PacketPath] = []
@@ -470,6 +477,10 @@ def run(args: argparse.Namespace) -> int:
     if errors:
         raise errors[0]
     result = judge(target, sent_box[0], netns, paths, flows)
+    lost = engine.stats().lost_events
+    if lost:
+        print(f"hoptrace: warning: {lost} events were lost (a busy host): the paths may be "
+              "incomplete", file=sys.stderr)
     if args.json:
         out = sys.stdout
         for p in (*result.requests, *result.replies):
