@@ -95,6 +95,8 @@ class Capture:
         self.src.stop()
         self._thread.join(timeout=10)
         assert not self._thread.is_alive(), "batches() did not end after stop()"
+        if hasattr(self.src, "join"):
+            self.src.join(timeout=10)  # taps closed before the test (and the lab) goes on
         if self.error is not None:
             raise self.error
         return self.batches

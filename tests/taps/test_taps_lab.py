@@ -49,6 +49,8 @@ def test_default_set_is_bridge_ports_containers_and_uplink(lab_netns: Any) -> No
         assert all(t.linktype == 1 and t.ifindex > 0 for t in src.taps.values())
     finally:
         src.stop()
+        src.join(timeout=10)
+    assert not src.taps, "stop() left taps open"
     assert labels == sorted(["client/eth0", "web/eth0", "host/docker0", "host/eth0",
                              f"host/{veths['vC']}", f"host/{veths['vW']}"])
 
