@@ -30,6 +30,7 @@ import gc
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from heapq import heappop, heappush, heapreplace
 from itertools import pairwise
 from typing import Any
 
@@ -234,7 +235,7 @@ class _Chunk:
 
 
 class _Open:
-    __slots__ = ("fp", "hops", "last_ts", "nref", "num", "refs", "skb", "touched")
+    __slots__ = ("fp", "hops", "last_ts", "num", "refs", "skb", "touched")
 
     def __init__(self, num: int, fp: int, ts: int, skb: int, hop: int, ref: tuple[Any, ...]) -> None:
         self.num = num
@@ -244,7 +245,6 @@ class _Open:
         self.skb = skb
         self.hops = [hop]
         self.refs = [ref]
-        self.nref = 0
 
 
 class _FlowState:
@@ -326,9 +326,10 @@ class Correlator:
         self.flow_idle_ns = flow_idle_ns
         self.max_flow_paths = max_flow_paths
         self._by_fp: dict[int, list[_Open]] = {}
-        # Paths in the order they were last touched; a path appears once per touch and
-        # only its last entry counts (``nref``): plain references, no tuples to allocate.
-        self._touch: deque[_Open] = deque()
+        # Open paths by (latest sighting time, id), one entry each, re-filed lazily when
+        # a path was touched since: paths finish in the order they went idle, by their
+        # own times, whatever order and batches the sightings came in.
+        self._idle: list[tuple[int, int, _Open]] = []
         self._chunks: dict[int, _Chunk] = {}
         self._chunk_ids = 0
         self._clock = 0
@@ -431,7 +432,7 @@ class Correlator:
         fams = rows["family"].tolist()
         srcs = rows["src"].tolist()
         by_fp = self._by_fp
-        touch = self._touch.append
+        idle = self._idle
         window = self.window_ns
         seq = self._seq
         for i, t, f, h, s in zip(idx, ts.tolist(), fps.tolist(), hss.tolist(), skbs.tolist(), strict=True):
@@ -451,6 +452,7 @@ class Correlator:
                 self._open_count += 1
                 # Refs hold ints only: CPython's GC stops tracking such tuples.
                 p = _Open(self._paths, f, t, s, h, (t, seq, cid, i))
+                heappush(idle, (t, p.num, p))
                 if cands is None:
                     by_fp[f] = [p]
                 else:
@@ -470,11 +472,7 @@ class Correlator:
                     p.skb = s
                 if t > p.last_ts:
                     p.last_ts = t
-                if t < p.touched:
-                    continue  # a late sighting: the path's idle clock keeps its latest time
-            p.touched = t
-            p.nref += 1
-            touch(p)
+                    p.touched = t
         self._seq = seq
         self._open_rows += n
 
@@ -523,18 +521,16 @@ class Correlator:
     def _expire(self, cutoff: int | None, keep_rows: int = 0) -> list[PacketPath]:
         """Finish paths idle since before ``cutoff`` (all when None, until ``keep_rows`` remain open)."""
         finished: list[_Open] = []
-        dq = self._touch
+        idle = self._idle
         by_fp = self._by_fp
-        while dq:
-            p = dq[0]
-            if p.nref > 1:  # touched again later: a later entry stands for it
-                p.nref -= 1
-                dq.popleft()
+        while idle:
+            touched, num, p = idle[0]
+            if p.touched != touched:  # seen again since it was filed: re-file it
+                heapreplace(idle, (p.touched, num, p))
                 continue
-            if (cutoff is not None and p.touched >= cutoff) or self._open_rows <= keep_rows:
+            if (cutoff is not None and touched >= cutoff) or self._open_rows <= keep_rows:
                 break
-            dq.popleft()
-            p.nref = 0
+            heappop(idle)
             self._open_count -= 1
             self._open_rows -= len(p.refs)
             cands = by_fp.get(p.fp)
@@ -546,9 +542,10 @@ class Correlator:
             finished.append(p)
         if not finished:
             return []
-        # Finish in idle order, whatever the batching: what a path's verdict and flow
-        # learn from earlier paths is then the same live (many small steps) and in a
-        # replay of its recording (few big ones). Emit in order of first sighting.
+        # Finish in idle order: what a path's verdict and flow learn from earlier paths
+        # is then the same live (many small steps, sightings out of order across
+        # per-CPU rings) and in a replay of its recording (few big batches, sorted).
+        # Emit in order of first sighting.
         done = [(p.num, self._finish(p)) for p in finished]
         done.sort(key=lambda x: x[0])
         return [path for _num, path in done]
