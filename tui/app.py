@@ -215,7 +215,7 @@ class HoptraceApp(App[None]):
     # ---- rows and the path view ------------------------------------------
     def _rows_changed(self) -> None:
         self.table.rows_changed(follow=self.status.follow)
-        if self.topo_pane.has_class("-open") and self.topology is None:
+        if self.topo_pane.has_class("-open"):
             self._refresh_topology()
 
     def on_path_table_highlighted(self, msg: PathTable.Highlighted) -> None:
@@ -277,10 +277,11 @@ class HoptraceApp(App[None]):
 
     def _refresh_topology(self) -> None:
         pane = self.topo_pane
+        recent = [e.path for e in self.store.view[-500:]]
         if self.topology is not None:
-            pane.show(topology_text(self.topology))
+            pane.show(topology_text(self.topology, {h.netns for p in recent for h in p.hops}))
         else:
-            pane.show(seen_text(e.path for e in self.store.view[-500:]))
+            pane.show(seen_text(recent))
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

@@ -10,13 +10,20 @@ from rich.text import Text
 from tracer.model import PacketPath
 
 
-def topology_text(topo: Any) -> Text:
-    """``topo`` is a tracer.topology.Topology (typed loosely: the UI only reads it)."""
+def topology_text(topo: Any, seen_netns: set[int] | None = None) -> Text:
+    """``topo`` is a tracer.topology.Topology (typed loosely: the UI only reads it).
+
+    With ``seen_netns``, only the namespaces packets were seen in (a busy host has many).
+    """
     out = Text()
+    spaces = [ns for ns in topo.namespaces if not seen_netns or ns.inode in seen_netns]
+    if seen_netns and len(spaces) < len(topo.namespaces):
+        out.append(f"{len(spaces)} of {len(topo.namespaces)} namespaces: those in the paths shown\n",
+                   style="dim italic")
     ports: dict[str, list[str]] = {}
     for c in getattr(topo, "containers", ()):
         ports[c.name] = [f"{p.host_ip or '*'}:{p.host_port}→{p.container_port}/{p.proto}" for p in c.ports]
-    for ns in topo.namespaces:
+    for ns in spaces:
         out.append(ns.name, style="bold")
         extra = [f"netns {ns.inode}"]
         if ns.uplink:
@@ -42,18 +49,23 @@ def topology_text(topo: Any) -> Text:
     return out
 
 
+def _global(addresses: Iterable[str]) -> list[str]:
+    """Without link-local IPv6 (every interface has one; it says nothing about the path)."""
+    return [a for a in addresses if not a.lower().startswith("fe80:")]
+
+
 def _iface_line(topo: Any, iface: Any, indent: str) -> Text:
     line = Text(indent)
     line.append(iface.name, style="bold cyan" if iface.kind == "bridge" else "cyan")
     if iface.kind:
         line.append(f" [{iface.kind}]", style="dim")
-    if iface.addresses:
-        line.append(" " + " ".join(iface.addresses))
+    if _global(iface.addresses):
+        line.append(" " + " ".join(_global(iface.addresses)))
     peer = topo.peer(iface)
     if peer is not None:
         line.append(f" ⇄ {topo.name(peer.netns)}/{peer.name}", style="green")
-        if peer.addresses:
-            line.append(" " + " ".join(peer.addresses), style="green")
+        if _global(peer.addresses):
+            line.append(" " + " ".join(_global(peer.addresses)), style="green")
     if iface.state not in ("UP", "UNKNOWN"):
         line.append(f" {iface.state}", style="red")
     line.append("\n")

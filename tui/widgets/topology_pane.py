@@ -12,7 +12,7 @@ from textual.widgets import Static
 
 class TopologyPane(VerticalScroll):
     DEFAULT_CSS = """
-    TopologyPane { display: none; width: 38; border-left: solid $primary; padding: 0 1; }
+    TopologyPane { display: none; width: 44; border-left: solid $primary; padding: 0 1; }
     TopologyPane.-open { display: block; }
     """
 
