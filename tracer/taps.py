@@ -7,6 +7,10 @@ namespace's device after the thread ends. Frames are read in place from the ring
 up with ~5k), copied to one buffer per poll round and decoded in bulk by
 ``tracer.decode``.
 
+Known differences from a pcap file: TPACKET_V3 hands a VLAN tag that the device
+stripped (offload) as metadata, not in the frame, so such frames read untagged; and a
+socket cannot see drops, so a dropped packet's path just ends where it was last seen.
+
 What a tap sees matches the eBPF probes' hops: a packet socket's tx hook
 (``dev_queue_xmit_nit``) runs after POSTROUTING like ``net_dev_start_xmit``, its rx
 hook in ``__netif_receive_skb`` before PREROUTING like ``netif_receive_skb``. The

@@ -86,8 +86,8 @@ def test_live_pcap_reports_hops_and_nat_of_each_scenario(lab_netns: Any) -> None
 
 
 def test_pcap_and_ebpf_agree_on_the_same_traffic(lab_netns: Any) -> None:
-    """Both backends trace the same packets at once (in-process, each through its own
-    correlator). eBPF sees more (the inet namespace, drops), so its hops are compared where
+    """Both backends trace the same packets of every lab experiment at once (in-process,
+    each through its own correlator). eBPF sees more (the inet namespace, drops), so its hops are compared where
     the taps look; it is limited to this lab's namespaces in the kernel, so other labs'
     traffic on this machine cannot crowd it out."""
     from probes.skb_hops import EbpfSource
@@ -95,9 +95,11 @@ def test_pcap_and_ebpf_agree_on_the_same_traffic(lab_netns: Any) -> None:
     inodes = lab_inodes(lab_netns)
     ifaces = lab_ifaces(lab_netns)
     tapped = {(int(i.split("/")[0][len("netns:"):]), i.split("/")[1]) for i in ifaces}
+    from tracer.lab.scenarios import SCENARIOS as ALL
+
     with Capture(EbpfSource(netns=set(inodes))) as ebpf, Capture(TapSource(ifaces)) as taps:
-        for scenario in SCENARIOS:
-            assert lab_netns.run(scenario).ok
+        for scenario in ALL:  # every lab experiment, the dropped ping included
+            assert lab_netns.run(scenario).ok, scenario
         tap_paths = correlate(taps.stop())
         ebpf_paths = correlate(ebpf.stop())
     assert taps.src.lost_events == 0 and ebpf.src.lost_events == 0
@@ -108,7 +110,7 @@ def test_pcap_and_ebpf_agree_on_the_same_traffic(lab_netns: Any) -> None:
     def key(p: PacketPath) -> tuple[Any, ...] | None:
         """The packet: IP ID and transport fields at its first tapped hop."""
         hops = seen(p)
-        if not hops or hops[0].ip_id is None or p.proto not in ("icmp", "tcp"):
+        if not hops or hops[0].ip_id is None or p.proto not in ("icmp", "tcp", "udp"):
             return None
         h = hops[0]
         return (p.proto, h.ip_id, h.src, h.dst, h.sport, h.dport, h.node, h.ifname, h.direction)
@@ -127,8 +129,12 @@ def test_pcap_and_ebpf_agree_on_the_same_traffic(lab_netns: Any) -> None:
         assert hop_seq(p) == [(h.node, h.ifname, h.direction) for h in seen(other)], k
         assert nat(p) == nat(other), k
         compared += 1
-    # 3 scenarios: 2 pings of 2 packets each and a TCP exchange of several packets.
-    assert compared >= 6
+    # 5 pings of 2 packets, a UDP exchange, 2 TCP exchanges of several packets, a dropped ping.
+    assert compared >= 16
+    # The dropped ping: the taps cannot see the drop, only where it was last seen.
+    dropped = [p for p in tap_paths if p.proto == "icmp" and p.first.dst == A.SERVER
+               and hop_seq(p)[-1] == ("host", "docker0", "rx")]
+    assert dropped and all(p.verdict != "delivered" for p in dropped)
 
 
 def test_unknown_interface_is_exit_2_listing_what_exists(lab_netns: Any) -> None:
