@@ -186,6 +186,20 @@ def _hex(x: np.ndarray, width: int) -> np.ndarray:
     return lut[((x.astype(np.uint64)[:, None] >> shifts[None, :]) & np.uint64(15)).astype(np.intp)]
 
 
+def _decimal_near(x: np.ndarray) -> np.ndarray:
+    """``_decimal`` for values in a narrow range (namespace inodes): each formatted once."""
+    import numpy as np
+
+    if not len(x):
+        return _decimal(x)
+    lo = int(x.min())
+    span = int(x.max()) - lo
+    if span < 4096:
+        table = _decimal(np.arange(lo, lo + span + 1, dtype=np.uint64))
+        return table[(x - np.uint64(lo)).astype(np.intp)]
+    return _decimal(x)
+
+
 def _mix64(h: np.ndarray) -> np.ndarray:
     import numpy as np
 
@@ -233,7 +247,7 @@ def comments(rows: np.ndarray, drop_reasons: dict[int, str]) -> np.ndarray:
     parts: list[bytes | np.ndarray] = [
         b'{"v":%d,"dir":' % COMMENT_VERSION, _right_aligned(_DIR_JSON, dirs),
         b',"skb":', skb_slot,
-        b',"hook":null,"netns":', _decimal(rows["netns"]),
+        b',"hook":null,"netns":', _decimal_near(rows["netns"]),
         b',"drop_reason":', _right_aligned(reasons, inv.reshape(-1)),
         b',"ts_ns":', _decimal(rows["ts_ns"]),
         b"}",

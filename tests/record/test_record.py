@@ -337,3 +337,17 @@ def test_frames_in_fixed_size_slots_like_ebpf_records(tmp_path: Path) -> None:
         rec.on_batch(b)
     back = [o for bb in read_back(tmp_path / "r.pcapng") for o in bb.observations()]
     assert [o.frame for o in back] == [f[:80] for f in frames]
+
+
+@pytest.mark.parametrize("values", [
+    [0], [7, 0, 10, 99, 100], [2**64 - 1, 0, 10**19], [4026532466, 4026531840, 4026532466],
+    [1_795_805_084_000_000_000, 1_795_805_084_000_007_000, 999_999_999_999_999_999],
+    [10**9 - 1, 10**9, 10**9 + 4095],
+])  # fmt: skip
+def test_comment_numbers_are_exact_decimal(values: list[int]) -> None:
+    from tracer.record import _decimal, _decimal_near
+
+    x = np.array(values, np.uint64)
+    for fmt in (_decimal, _decimal_near):
+        got = [bytes(r).decode() for r in fmt(x)]
+        assert [g.strip() for g in got] == [str(v) for v in values] and len({len(g) for g in got}) == 1
