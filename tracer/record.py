@@ -521,7 +521,9 @@ class PcapngRecorder:
         import numpy as np
 
         table = np.zeros(len(batch.hops), np.uint32)
-        for h in np.unique(hops).tolist():
+        used = np.zeros(len(batch.hops), bool)
+        used[hops.astype(np.intp)] = True  # O(n), where np.unique would sort
+        for h in np.flatnonzero(used).tolist():
             label = batch.hops[h]
             ifid = self._ifids.get(label)
             if ifid is None:
