@@ -189,6 +189,10 @@ static __always_inline int fill(struct hop_event *e, void *skb, void *dev, u8 ki
     __builtin_memcpy(&len, &sk[HT_OFF_SKB_LEN - HT_SKB_LO], 4);
     __builtin_memcpy(&data_len, &sk[HT_OFF_SKB_DATA_LEN - HT_SKB_LO], 4);
 
+    // kfree_skb also frees netlink, unix and other non-network skbs (protocol 0):
+    // they are no packet's hop.
+    if (kind == HOP_DROP && protocol == 0)
+        return 0;
     if (!dev)
         dev = (void *)rd64(skb, HT_OFF_SKB_DEV);
     u32 netns = 0, ifindex = 0;
