@@ -145,3 +145,19 @@ def test_unknown_interface_is_exit_2_listing_what_exists(lab_netns: Any) -> None
     assert lines[1].startswith("hoptrace: hint: interfaces here: ")
     assert "host/docker0" in lines[1] and "Traceback" not in r.stderr
     assert r.stdout == ""
+
+
+def test_live_pcap_filter_keeps_whole_paths_across_masquerade(lab_netns: Any) -> None:
+    """--filter "host 172.17.0.3" matches the ping only before MASQUERADE (and the reply only
+    after un-NAT); the taps must not drop the other hops, so whole paths come out."""
+    veths = host_veths(lab_netns)
+    inodes = lab_inodes(lab_netns)
+    with Live("pcap", lab_ifaces(lab_netns), "--filter", f"host {A.CLIENT}", "--duration", "5") as live:
+        assert lab_netns.run("internet-ping").ok
+        assert lab_netns.run("published-port").ok  # inet -> web: no hop matches, no path
+        lines, _err = live.wait()
+    # ("host" also matches the client's ARP: those paths are not the point here)
+    paths = [d for d in lines if _in_lab(d, inodes) and d["proto"] != "arp"]
+    assert sorted((d["proto"], tuple(json_hops(d))) for d in paths) == sorted([
+        ("icmp", tuple(expected(INTERNET_PING_REQUEST, veths))),
+        ("icmp", tuple(expected(INTERNET_PING_REPLY, veths)))])
