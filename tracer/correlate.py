@@ -235,13 +235,14 @@ class _Chunk:
 
 
 class _Open:
-    __slots__ = ("fp", "hops", "last_ts", "num", "refs", "skb", "touched")
+    __slots__ = ("first_ts", "fp", "hops", "last_ts", "num", "refs", "skb", "touched")
 
     def __init__(self, num: int, fp: int, ts: int, skb: int, hop: int, ref: tuple[Any, ...]) -> None:
         self.num = num
         self.fp = fp
         self.touched = ts
         self.last_ts = ts
+        self.first_ts = ts
         self.skb = skb
         self.hops = [hop]
         self.refs = [ref]
@@ -473,6 +474,13 @@ class Correlator:
                 if t > p.last_ts:
                     p.last_ts = t
                     p.touched = t
+                elif t < p.first_ts:
+                    # Its true first sighting came late (another CPU's ring): learn from it.
+                    p.first_ts = t
+                    d = dirs[i]
+                    fam = fams[i]
+                    if fam and (d == 2 or d == 0):
+                        self._own(fam, srcs[i], nss[i], t)
         self._seq = seq
         self._open_rows += n
 
@@ -497,12 +505,21 @@ class Correlator:
         return fallback
 
     def _own(self, family: int, raw: bytes, netns: int, ts: int) -> None:
+        """``raw`` sent a packet first seen leaving ``netns`` at ``ts``.
+
+        Sightings may arrive out of order: a forwarded copy can be taken for a first
+        sighting until the real one arrives, within the window, with an earlier time.
+        So the earliest claim wins, unless a later one comes much later (the
+        address moved, e.g. a container restarted).
+        """
         text = self._addr(family, raw)
         owned = self.owned
         known = owned.get(text)
-        if known is None or known[0] != netns:
+        if known is None:
             if len(owned) >= _MAX_OWNED:
                 del owned[next(iter(owned))]
+            owned[text] = (netns, ts)
+        elif ts < known[1] or (known[0] != netns and ts - known[1] > self.window_ns):
             owned[text] = (netns, ts)
 
     def _addr(self, family: int, raw: bytes) -> str:

@@ -503,3 +503,23 @@ def test_out_of_order_batches_give_the_same_verdicts(seed: int, cuts: list[int])
         live += c.feed_batch(batch)
     live += c.flush()
     assert view(live) == view(replay)
+
+
+def test_a_late_first_sighting_corrects_who_owns_the_source() -> None:
+    # client -> web through the bridge; another CPU's ring delivers client's own tx last,
+    # so host/veth2 tx first looks like where 172.17.0.3 comes from.
+    c2w = dict(src="172.17.0.3", dst="172.17.0.2", ip_id=11)
+    req = [make_obs(at="client/eth0", ts_ns=1 * MS + 10 * US, **c2w),
+           make_obs(at="host/veth1", direction="rx", ts_ns=1 * MS + 12 * US, **c2w),
+           make_obs(at="host/veth2", direction="tx", ts_ns=1 * MS + 15 * US, **c2w),
+           make_obs(at="web/eth0", direction="rx", ts_ns=1 * MS + 20 * US, **c2w)]
+    w2c = dict(src="172.17.0.2", dst="172.17.0.3", ip_id=12, icmp_type=0)
+    rep = [make_obs(at="web/eth0", ts_ns=1 * MS + 100 * US, **w2c),
+           make_obs(at="host/veth2", direction="rx", ts_ns=1 * MS + 102 * US, **w2c),
+           make_obs(at="host/veth1", direction="tx", ts_ns=1 * MS + 105 * US, **w2c),
+           make_obs(at="client/eth0", direction="rx", ts_ns=1 * MS + 110 * US, **w2c)]
+    c = Correlator()
+    c.feed_batch(ObsBatch.from_observations(req[2:]))
+    c.feed_batch(ObsBatch.from_observations(req[:2] + rep))
+    assert [(p.verdict, hops(p)[0]) for p in c.flush()] == [
+        ("delivered", ("client/eth0", "tx")), ("delivered", ("web/eth0", "tx"))]
