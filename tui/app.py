@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
@@ -86,6 +87,7 @@ class HoptraceApp(App[None]):
         self._drain_timer: Any = None
         self._last_stats: tuple[float, int] | None = None
         self._last_thaw = time.monotonic()
+        self.gc_thaw_ms: deque[float] = deque(maxlen=100)  # for bench/tui_bench.py
         self._initial_filter = filter_expr
         # A recorder the CLI already hooked in (--record) shows, and `r` can stop it.
         for hook in list(getattr(engine, "batch_hooks", [])):
@@ -194,6 +196,7 @@ class HoptraceApp(App[None]):
             self._last_thaw = now
             gc.unfreeze()
             gc.collect()  # now, or the next freeze would keep the garbage frozen
+            self.gc_thaw_ms.append((time.monotonic() - now) * 1000)
             return
         # Young cyclic garbage (Textual's per-frame strips and caches) goes first, so that
         # what gets frozen is what survives: the kept paths and the app.
