@@ -166,7 +166,7 @@ async def run_hoptrace(pool: list[PacketPath], rate: int, seconds: float, keep: 
     res = summarize("hoptrace TUI (line-API table)", probe, elapsed, delivered, shed, drains)
     res["kept"] = kept
     print(f"  {'kept':22} {kept:12,}")
-    thaws = list(app.gc_thaw_ms)
+    thaws = list(app.heap.thaw_ms)
     if thaws:
         print(f"  {'gc_thaw_ms':22} n={len(thaws)} median {statistics.median(thaws):.0f} max {max(thaws):.0f}")
     return res

@@ -8,10 +8,7 @@ screens in ``tui/screens``, layout in ``app.tcss``.
 
 from __future__ import annotations
 
-import gc
-import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
@@ -25,6 +22,7 @@ from textual.widgets import Footer, Input, Label, Static
 from tracer.errors import HoptraceError
 from tracer.model import PacketPath
 from tui.feed import EngineLike, Feed, PathFilterLike
+from tui.heap import HeapFreezer
 from tui.messages import EngineFinished, PathsReady, SourceFailed
 from tui.screens.help import HelpScreen
 from tui.store import PathStore
@@ -37,7 +35,6 @@ from tui.widgets.topology_pane import TopologyPane
 
 DRAIN_INTERVAL_S = 0.05  # at most 20 UI updates per second, however fast paths arrive
 MIN_SIZE = (80, 20)
-GC_THAW_S = float(os.environ.get("HOPTRACE_GC_THAW_S", "10"))
 
 
 def _compile_filter(expr: str) -> PathFilterLike:
@@ -86,8 +83,7 @@ class HoptraceApp(App[None]):
         self._last_drain = 0.0
         self._drain_timer: Any = None
         self._last_stats: tuple[float, int] | None = None
-        self._last_thaw = time.monotonic()
-        self.gc_thaw_ms: deque[float] = deque(maxlen=100)  # for bench/tui_bench.py
+        self.heap = HeapFreezer()
         self._initial_filter = filter_expr
         # A recorder the CLI already hooked in (--record) shows, and `r` can stop it.
         for hook in list(getattr(engine, "batch_hooks", [])):
@@ -175,33 +171,10 @@ class HoptraceApp(App[None]):
         judged = ((p, shown if judge is flt else (flt is None or flt.keep(p))) for p, judge, shown in paths)
         self.store.add(judged, update_view=not self.status.paused)
         if paths:
-            self._freeze_heap()
+            self.heap.after_drain()
         if not self.status.paused:
             self._rows_changed()
         self._refresh_status()
-
-    def _freeze_heap(self) -> None:
-        """Keep the cyclic GC off the kept paths.
-
-        Paths are immutable and acyclic, so refcounting frees them when the store evicts
-        them; but while kept, every gen-2 pass re-scans them (10,000 paths ~ 200k objects):
-        50-110 ms pauses each second at 20k paths/s (bench/tui_bench.py). Frozen objects are
-        skipped. Textual's per-frame strips and caches form cycles that die after a freeze,
-        so the heap is thawed and collected (one full pass) every GC_THAW_S.
-        """
-        if GC_THAW_S <= 0:
-            return  # HOPTRACE_GC_THAW_S=0: leave the collector alone (for comparison)
-        now = time.monotonic()
-        if now - self._last_thaw >= GC_THAW_S:
-            self._last_thaw = now
-            gc.unfreeze()
-            gc.collect()  # now, or the next freeze would keep the garbage frozen
-            self.gc_thaw_ms.append((time.monotonic() - now) * 1000)
-            return
-        # Young cyclic garbage (Textual's per-frame strips and caches) goes first, so that
-        # what gets frozen is what survives: the kept paths and the app.
-        gc.collect(1)
-        gc.freeze()
 
     def on_source_failed(self, msg: SourceFailed) -> None:
         self.status.error = msg.error
@@ -312,7 +285,7 @@ class HoptraceApp(App[None]):
         self.exit()
 
     def on_unmount(self) -> None:
-        gc.unfreeze()
+        self.heap.close()
         self.engine.stop()
         self._stop_recording()
 
