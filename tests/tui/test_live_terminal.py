@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from tests.conftest import HOPTRACE, need_root
-from tests.tui.test_terminal import Tmux, tmux  # noqa: F401  (fixture)
+from tests.tui.conftest import Tmux
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
 
-def test_live_tui_shows_lab_traffic(lab_netns: Any, tmux: Tmux, tmp_path: Path) -> None:  # noqa: F811
+def test_live_tui_shows_lab_traffic(lab_netns: Any, tmux: Tmux, tmp_path: Path) -> None:
     need_root()
     ready = tmp_path / f"ready-{uuid.uuid4().hex[:6]}"
     tmux("-f", "/dev/null", "start-server", ";", "set", "-g", "default-size", "120x40", ";",
