@@ -15,7 +15,7 @@ KEYS = [
     ("/", "filter: pcap-filter expression (tcpdump syntax), matched at any hop; Enter applies, Esc closes"),
     ("space", "pause / resume the display (tracing goes on; the last N paths are kept)"),
     ("f", "auto-follow the newest path on / off"),
-    ("↑ ↓ PgUp PgDn Home End, mouse", "select a path; the path view below shows its hops"),
+    ("↑↓ PgUp/Dn Home/End", "select a path (or click it); the path view below shows its hops"),
     ("[  ]", "step to the previous / next path in time"),
     ("n / d", "jump to the next path with NAT / the next dropped path"),
     ("c", "clear the table"),
@@ -29,7 +29,7 @@ KEYS = [
 def help_text() -> Text:
     t = Text("hoptrace — keys\n\n", style="bold")
     for key, what in KEYS:
-        t.append(f"{key:>30}  ", style="bold cyan")
+        t.append(f"{key:>19}  ", style="bold cyan")
         t.append(what + "\n")
     t.append("\nRows: time, flow (→ request, ← reply; a pair shares its colour), protocol, "
              "addresses before and after NAT, hops, NAT badges, verdict, end-to-end latency.\n", style="dim")
