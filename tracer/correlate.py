@@ -235,7 +235,7 @@ class _Chunk:
 
 
 class _Open:
-    __slots__ = ("first_ts", "fp", "hops", "last_ts", "num", "refs", "skb", "touched")
+    __slots__ = ("claim", "first_ts", "fp", "hops", "last_ts", "num", "refs", "skb", "touched")
 
     def __init__(self, num: int, fp: int, ts: int, skb: int, hop: int, ref: tuple[Any, ...]) -> None:
         self.num = num
@@ -243,6 +243,7 @@ class _Open:
         self.touched = ts
         self.last_ts = ts
         self.first_ts = ts
+        self.claim: tuple[str, int] | None = None  # the (address, netns) it taught, if any
         self.skb = skb
         self.hops = [hop]
         self.refs = [ref]
@@ -340,7 +341,9 @@ class Correlator:
         self._addr_cache: dict[tuple[int, bytes], str] = {}
         # Learned from traffic: address -> (netns that sends from it, since when); tx
         # hops whose packets were seen arriving at another traced hop (a veth pair).
-        self.owned: dict[str, tuple[int, int]] = {}
+        # Keyed by (address, netns): the same private address lives in many namespaces
+        # (every Docker host, every lab on one machine uses 172.17.0.0/16).
+        self.owned: dict[tuple[str, int], int] = {}
         self.links: set[tuple[int, str, str]] = set()
         self._flows = 0
         self._flow_keys: dict[FlowKey, _FlowState] = {}
@@ -397,7 +400,7 @@ class Correlator:
 
     def learn_address(self, netns: int, addr: str) -> None:
         """``addr`` belongs to ``netns`` (e.g. from topology): its packets arriving there are delivered."""
-        self.owned[addr] = (netns, 0)
+        self.owned[(addr, netns)] = 0
 
     @property
     def open_paths(self) -> int:
@@ -465,7 +468,7 @@ class Correlator:
                 fam = fams[i]
                 if fam and (d == 2 or d == 0):
                     # The sender's own namespace: a packet first seen leaving it came from it.
-                    self._own(fam, srcs[i], nss[i], t)
+                    p.claim = self._own(fam, srcs[i], nss[i], t)
             else:
                 p.hops.append(h)
                 p.refs.append((t, seq, cid, i))
@@ -475,12 +478,16 @@ class Correlator:
                     p.last_ts = t
                     p.touched = t
                 elif t < p.first_ts:
-                    # Its true first sighting came late (another CPU's ring): learn from it.
+                    # Its true first sighting came late (another CPU's ring): what the
+                    # forwarded copy taught was wrong, learn from the real one.
+                    if p.claim is not None and self.owned.get(p.claim) == p.first_ts:
+                        del self.owned[p.claim]
                     p.first_ts = t
+                    p.claim = None
                     d = dirs[i]
                     fam = fams[i]
                     if fam and (d == 2 or d == 0):
-                        self._own(fam, srcs[i], nss[i], t)
+                        p.claim = self._own(fam, srcs[i], nss[i], t)
         self._seq = seq
         self._open_rows += n
 
@@ -504,23 +511,23 @@ class Correlator:
                 fallback = c
         return fallback
 
-    def _own(self, family: int, raw: bytes, netns: int, ts: int) -> None:
-        """``raw`` sent a packet first seen leaving ``netns`` at ``ts``.
+    def _own(self, family: int, raw: bytes, netns: int, ts: int) -> tuple[str, int] | None:
+        """``raw`` sent a packet first seen leaving ``netns`` at ``ts``: it lives there.
 
-        Sightings may arrive out of order: a forwarded copy can be taken for a first
-        sighting until the real one arrives, within the window, with an earlier time.
-        So the earliest claim wins, unless a later one comes much later (the
-        address moved, e.g. a container restarted).
+        Returns the key when it is new (so that a path whose real first sighting
+        arrives late can take it back).
         """
-        text = self._addr(family, raw)
+        key = (self._addr(family, raw), netns)
         owned = self.owned
-        known = owned.get(text)
+        known = owned.get(key)
         if known is None:
             if len(owned) >= _MAX_OWNED:
                 del owned[next(iter(owned))]
-            owned[text] = (netns, ts)
-        elif ts < known[1] or (known[0] != netns and ts - known[1] > self.window_ns):
-            owned[text] = (netns, ts)
+            owned[key] = ts
+            return key
+        if ts < known:
+            owned[key] = ts
+        return None
 
     def _addr(self, family: int, raw: bytes) -> str:
         key = (family, raw)
@@ -599,9 +606,10 @@ class Correlator:
         nat = info[0]
         # Only what was known when the path went idle (live, its tick came then; a replay
         # may already have read further): the same verdict in any batching.
-        owner = self.owned.get(hops[-1].dst)
-        v = verdict(hops, {hops[-1].dst: owner[0]} if owner is not None
-                    and owner[1] <= hops[-1].ts_ns + self.window_ns else {}, self.links)
+        last = hops[-1]
+        since = self.owned.get((last.dst, last.netns))
+        v = verdict(hops, {last.dst: last.netns} if since is not None
+                    and since <= last.ts_ns + self.window_ns else {}, self.links)
         pid = f"p{p.num}"
         flow = self._assign_flow(pid, hops, info)
         return PacketPath(id=pid, hops=hops, nat=nat, verdict=v, flow=flow)

@@ -523,3 +523,15 @@ def test_a_late_first_sighting_corrects_who_owns_the_source() -> None:
     c.feed_batch(ObsBatch.from_observations(req[:2] + rep))
     assert [(p.verdict, hops(p)[0]) for p in c.flush()] == [
         ("delivered", ("client/eth0", "tx")), ("delivered", ("web/eth0", "tx"))]
+
+
+def test_the_same_address_in_two_namespaces() -> None:
+    # Two labs (or Docker hosts) on one machine: 172.17.0.2 lives in both "web"s.
+    other = 4026539999
+    mine = internet_ping(t0=1_000 * MS) + internet_pong(t0=1_001 * MS)
+    theirs = [replace(o, netns=other if o.node == "web" else o.netns, ip_id=o.ip_id + 1,
+                      ts_ns=o.ts_ns + 10 * MS) for o in mine]
+    paths = correlate(sorted(mine + theirs, key=lambda o: o.ts_ns))
+    assert [(p.verdict, p.last.netns) for p in paths] == [
+        ("delivered", NETNS["inet"]), ("delivered", NETNS["web"]),
+        ("delivered", NETNS["inet"]), ("delivered", other)]
