@@ -26,7 +26,7 @@ from typing import Any
 
 from probes.btf import KernelLayout, load_layout
 from probes.headers import HeaderTree, ensure_bcc_env
-from tracer.errors import KernelFeatureMissing, PrivilegeError, ProbeLoadError
+from tracer.errors import KernelFeatureMissing, PrivilegeError, ProbeLoadError, UsageError
 from tracer.model import Dir, HopLabel, ObsBatch, Src, obs_dtype
 
 C_SOURCE = Path(__file__).with_suffix(".c")
@@ -342,7 +342,8 @@ class EbpfSource:
         poll_s: float = POLL_S,
     ) -> None:
         if not 14 <= snaplen <= 1500:
-            raise ProbeLoadError(f"snaplen {snaplen} out of range (14..1500)")
+            # bad usage (exit 2), not a kernel problem: the event's frame array is at most 1500 bytes
+            raise UsageError(f"--snaplen {snaplen}: the eBPF backend captures 14..1500 bytes")
         self.snaplen = snaplen
         kf = kernel_filter or KernelFilter()
         if netns is not None:

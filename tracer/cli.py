@@ -49,6 +49,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _snaplen(text: str) -> int:
+    value = _positive_int(text)
+    if not 14 <= value <= 65535:  # an Ethernet header at least; a frame at most
+        raise argparse.ArgumentTypeError(f"must be 14..65535: {text!r}")
+    return value
+
+
 def _add_output_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-tui", action="store_true", help="print paths instead of opening the TUI")
     p.add_argument("--json", action="store_true", help="NDJSON, one object per line (implies --no-tui)")
@@ -90,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rules", action="store_true",
                    help="add a netfilter trace so each NAT event names its rule")
     p.add_argument("--ready-file", metavar="F", help="created once every probe/tap is attached")
-    p.add_argument("--snaplen", type=_positive_int, default=128, metavar="N")
+    p.add_argument("--snaplen", type=_snaplen, default=128, metavar="N")
     _add_output_flags(p)
 
     p = sub.add_parser("replay", help="the same engine over pcap / pcapng files")

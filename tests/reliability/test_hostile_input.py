@@ -160,3 +160,29 @@ def test_nul_in_lab_names() -> None:
     for node in ("client\0", "../client"):
         with pytest.raises(UsageError):
             lab.netns_path(node)
+
+
+@pytest.mark.parametrize("args", [
+    ("live", "--backend", "ebpf", "--snaplen", "99999"),
+    ("live", "--backend", "ebpf", "--snaplen", "1501"),
+    ("live", "--backend", "pcap", "--snaplen", "13"),
+    ("live", "--backend", "pcap", "--snaplen", "-1"),
+    ("live", "--backend", "pcap", "--duration", "nan"),
+    ("live", "--backend", "pcap", "--duration", "-5"),
+    ("live", "--backend", "pcap", "--count", "0"),
+    ("live", "--backend", "pcap", "--record-max-mb", "0x10"),
+    ("probe", "--from", "client", "--to", "198.51.100.8", "--timeout", "nan"),
+    ("probe", "--from", "client", "--to", "198.51.100.8:0", "--proto", "udp"),
+    ("probe", "--from", "client", "--to", "198.51.100.8:65536", "--proto", "tcp"),
+    ("probe", "--from", "client", "--to", "[::1", "--proto", "tcp"),
+], ids=lambda a: "-".join(a[-2:]))
+def test_cli_rejects_numbers_out_of_range(args: tuple[str, ...]) -> None:
+    """Numbers that reach the kernel (a snaplen sizes the eBPF event; a port goes into a socket)."""
+    need_root()
+    err = io.StringIO()
+    with redirect_stderr(err):
+        try:
+            rc = main([*args, "--json"] if args[0] == "live" else list(args))
+        except SystemExit as exc:
+            rc = int(exc.code or 0)
+    _check_error(rc, err.getvalue(), args[-1], list(args))
