@@ -204,12 +204,16 @@ def test_recording_replays_into_the_same_paths(traced: dict[str, Any]) -> None:
     assert replayed[-1]["observations"] == traced["records"][-1]["observations"]
 
 
-def test_duration_ends_the_run_by_itself() -> None:
+def test_duration_ends_the_run_by_itself(nsname: str) -> None:
+    # a quiet namespace of its own: other people's floods elsewhere on the machine make the
+    # correlator, not the duration, decide how long a run takes
+    ino = os.stat(f"/run/netns/{nsname}").st_ino
     t0 = time.monotonic()
-    r = run_hoptrace("live", "--backend", "ebpf", "--json", "--duration", "1", timeout=60)
+    r = run_hoptrace("live", "--backend", "ebpf", "--json", "--duration", "1", "--iface", f"netns:{ino}/lo",
+                     timeout=60)
     assert r.returncode == 0, r.stderr
     last = json.loads(r.stdout.splitlines()[-1])
-    assert last["type"] == "stats" and 1.0 <= last["elapsed_s"] < 10.0
+    assert last["type"] == "stats" and 1.0 <= last["elapsed_s"] < 2.0
     assert time.monotonic() - t0 < 60
 
 
