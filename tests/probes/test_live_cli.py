@@ -173,9 +173,10 @@ def test_not_root_is_exit_3_naming_it(tmp_path: Path) -> None:
     assert "root" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_auto_backend_picks_ebpf_here(tmp_path: Path) -> None:
+def test_auto_backend_picks_ebpf_here(tmp_path: Path, nsname: str) -> None:
     ready = tmp_path / "ready"
-    proc = subprocess.Popen([*HOPTRACE, "live", "--json", "--ready-file", str(ready)],
+    ino = os.stat(f"/run/netns/{nsname}").st_ino
+    proc = subprocess.Popen([*HOPTRACE, "live", "--json", "--ready-file", str(ready), "--iface", f"netns:{ino}/lo"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     t0 = time.monotonic()
     while not ready.exists():
