@@ -288,6 +288,9 @@ def main() -> int:
         else:
             print(f"{name:8} lossless rate {r['rate']:9.0f} sightings/s, cpu {r['cpu_pct']:.1f}% "
                   f"= {r['cpu_per_100k']:.1f}% of a core per 100k/s")
+    if all(r["dropped"] == 0 for rs in results.values() for r in rs):
+        print("no capturer dropped at any offered rate: these rates are the sender's (it shares "
+              "the CPUs with the capturer), not the capturers' limits")
     base = best.get("tcpdump")
     for name in ("taps", "taps-raw", "live"):
         r = best.get(name)
