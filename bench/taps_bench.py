@@ -267,7 +267,9 @@ def main() -> int:
                     res.update(peer=name, offered=pps, sent=sent, elapsed=elapsed,
                                rate=res["captured"] / args.seconds,
                                cpu_pct=100 * res["cpu_s"] / args.seconds)
-                    res["cpu_per_100k"] = res["cpu_pct"] / max(res["rate"] / 100_000, 1e-9)
+                    # CPU seconds per 100k sightings = % of a core at 100k sightings/s; does
+                    # not depend on how long the capturer idled around the traffic.
+                    res["cpu_per_100k"] = 100 * res["cpu_s"] / max(res["captured"] / 100_000, 1e-9)
                     results.setdefault(name, []).append(res)
                     print(f"{name:8} offered {pps or 'max':>6} pps  sent {sent / args.seconds:9.0f} pps  "
                           f"captured {res['rate']:9.0f}/s ({res['captured'] / max(4 * sent, 1):.2f} of 4/pkt)  "
