@@ -323,7 +323,7 @@ class _Labels:
     """(netns, ifindex) -> index into the hop table, shared by all batches."""
 
     hops: list[HopLabel] = field(default_factory=list)
-    index: dict[tuple[int, int, bytes], int] = field(default_factory=dict)
+    index: dict[tuple[int, int, bytes, int], int] = field(default_factory=dict)
 
 
 class EbpfSource:
@@ -585,24 +585,28 @@ class EbpfSource:
         )
 
     def _hop_indexes(self, ev: Any) -> Any:
+        """Row -> index into the hop table, one dict lookup per distinct (netns, ifindex, link type)."""
         import numpy as np
 
-        key = (ev["netns"].astype(np.uint64) << np.uint64(32)) | ev["ifindex"].astype(np.uint64)
+        raw = (ev["mac_len"] < 14).astype(np.uint64)  # frames that start at L3 (no mac header)
+        key = ((ev["netns"].astype(np.uint64) << np.uint64(33))
+               | (ev["ifindex"].astype(np.uint64) << np.uint64(1)) | raw)
         uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
         idx = np.empty(len(uniq), dtype=np.uint32)
         labels = self._labels
         for j, (k, f) in enumerate(zip(uniq.tolist(), first.tolist(), strict=True)):
-            netns, ifindex = k >> 32, k & 0xFFFFFFFF
+            netns, ifindex = k >> 33, (k >> 1) & 0xFFFFFFFF
+            linktype = LINKTYPE_RAW if k & 1 else LINKTYPE_ETHERNET
             # the kernel keeps stale bytes after the NUL of a renamed device (veth -> eth0)
             ifname = bytes(ev["ifname"][f]).split(b"\0", 1)[0]
-            lk = (netns, ifindex, ifname)
+            lk = (netns, ifindex, ifname, linktype)
             hop = labels.index.get(lk)
             if hop is None:
-                hop = self._new_label(netns, ifindex, ifname)
+                hop = self._new_label(netns, ifindex, ifname, linktype)
             idx[j] = hop
         return idx[inverse]
 
-    def _new_label(self, netns: int, ifindex: int, ifname: bytes) -> int:
+    def _new_label(self, netns: int, ifindex: int, ifname: bytes, linktype: int) -> int:
         namer = self._namer
         node = namer.name(netns) if namer else f"netns:{netns}"
         if namer is not None and node.startswith("netns:"):
@@ -610,11 +614,11 @@ class EbpfSource:
             node = namer.name(netns)
         if netns == 0:
             node = "?"
-        iface = ifname.rstrip(b"\0").decode("ascii", "replace") or (f"if{ifindex}" if ifindex else "?")
+        iface = ifname.decode("ascii", "replace") or (f"if{ifindex}" if ifindex else "?")
         labels = self._labels
-        labels.hops.append(HopLabel(node=node, iface=iface, netns=netns, ifindex=ifindex, linktype=1))
+        labels.hops.append(HopLabel(node=node, iface=iface, netns=netns, ifindex=ifindex, linktype=linktype))
         hop = len(labels.hops) - 1
-        labels.index[(netns, ifindex, ifname)] = hop
+        labels.index[(netns, ifindex, ifname, linktype)] = hop
         return hop
 
 

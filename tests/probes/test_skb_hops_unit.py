@@ -92,8 +92,8 @@ def test_records_decode_in_bulk_into_rows_and_hops() -> None:
     assert (obs[0].frame, obs[2].frame) == (frame, frame[14:])
     assert [o.source for o in obs] == ["ebpf"] * 3
     assert len({o.digest for o in obs}) == 1 and obs[0].digest != 0
-    assert sorted((h.node, h.iface, h.netns, h.ifindex) for h in batch.hops) == [
-        ("netns:11", "eth0", 11, 2), ("netns:22", "docker0", 22, 3), ("netns:22", "veth1", 22, 7)]
+    assert sorted((h.node, h.iface, h.netns, h.ifindex, h.linktype) for h in batch.hops) == [
+        ("netns:11", "eth0", 11, 2, 1), ("netns:22", "docker0", 22, 3, 101), ("netns:22", "veth1", 22, 7, 1)]
     assert HEADER_LEN == 16
 
 
