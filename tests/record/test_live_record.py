@@ -24,6 +24,19 @@ pytestmark = [pytest.mark.root, pytest.mark.lab]
 LIVE_ONLY_NAT_KEYS = ("conntrack", "rule", "rule_source")
 
 
+def background(path: dict[str, Any]) -> bool:
+    """IPv6 link-local chatter (MLD reports, neighbour discovery) the kernel sends by itself.
+
+    These repeat byte for byte with the same sk_buff address, so which sighting
+    joins which path depends on when the live engine's idle clock ticked
+    (``advance(now_ns)``); a recording holds the sightings, not those ticks. Known
+    limitation, reported; the scenarios' own traffic is compared exactly.
+    """
+    first = path["hops"][0]
+    return path["proto"] == "icmp6" and (first["dst"].startswith("ff02:") or first["src"] in ("::",)
+                                         or first["src"].startswith("fe80:"))  # fmt: skip
+
+
 def comparable(lines: list[dict[str, Any]], inodes: Container[int]) -> list[str]:
     """The lab's paths as JSON text, ids and flow ids aside (numbering follows arrival), sorted.
 
@@ -32,7 +45,7 @@ def comparable(lines: list[dict[str, Any]], inodes: Container[int]) -> list[str]
     """
     out = []
     for d in lines:
-        if d["type"] == "path" and all(h["netns"] in inodes for h in d["hops"]):
+        if d["type"] == "path" and all(h["netns"] in inodes for h in d["hops"]) and not background(d):
             p = {k: v for k, v in d.items() if k not in ("id", "flow")}
             p["nat"] = [{k: v for k, v in n.items() if k not in LIVE_ONLY_NAT_KEYS} for n in p["nat"]]
             out.append(json.dumps(p, sort_keys=True))
@@ -62,7 +75,10 @@ def test_live_recording_replays_into_the_paths_shown_live(backend: str, lab_netn
     inodes = lab_inodes(lab_netns)
     live_paths = comparable(live, inodes)
     assert len(live_paths) >= len(SCENARIOS)
-    assert comparable(replayed, inodes) == live_paths
+    replayed_paths = comparable(replayed, inodes)
+    only_live = sorted(set(live_paths) - set(replayed_paths))[:2]
+    only_replay = sorted(set(replayed_paths) - set(live_paths))[:2]
+    assert replayed_paths == live_paths, f"live only: {only_live}\nreplay only: {only_replay}"
     # NAT (and, where the backend sees them, drops) made it through: not a comparison of empty shells.
     lab_paths = [json.loads(p) for p in live_paths]
     assert {n["kind"] for p in lab_paths for n in p["nat"]} >= {"snat", "dnat"}
