@@ -589,13 +589,14 @@ class EbpfSource:
         import numpy as np
 
         raw = (ev["mac_len"] < 14).astype(np.uint64)  # frames that start at L3 (no mac header)
-        key = ((ev["netns"].astype(np.uint64) << np.uint64(33))
-               | (ev["ifindex"].astype(np.uint64) << np.uint64(1)) | raw)
+        # ifindex is a positive int (< 2**31), so it and the raw bit share the low 32 bits
+        key = ((ev["netns"].astype(np.uint64) << np.uint64(32))
+               | ((ev["ifindex"].astype(np.uint64) & np.uint64(0x7FFFFFFF)) << np.uint64(1)) | raw)
         uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
         idx = np.empty(len(uniq), dtype=np.uint32)
         labels = self._labels
         for j, (k, f) in enumerate(zip(uniq.tolist(), first.tolist(), strict=True)):
-            netns, ifindex = k >> 33, (k >> 1) & 0xFFFFFFFF
+            netns, ifindex = k >> 32, (k >> 1) & 0x7FFFFFFF
             linktype = LINKTYPE_RAW if k & 1 else LINKTYPE_ETHERNET
             # the kernel keeps stale bytes after the NUL of a renamed device (veth -> eth0)
             ifname = bytes(ev["ifname"][f]).split(b"\0", 1)[0]

@@ -72,7 +72,7 @@ def _record(*events: HopEvent) -> bytes:
 
 def test_records_decode_in_bulk_into_rows_and_hops() -> None:
     frame = _icmp_frame(bytes([172, 17, 0, 2]), bytes([198, 51, 100, 8]), 777, 5)
-    e1 = _event(HopKind.TX, frame, 14, skb=0xFFFF1, netns=11, ifindex=2, ifname=b"eth0", ts=100)
+    e1 = _event(HopKind.TX, frame, 14, skb=0xFFFF1, netns=4026532526, ifindex=2, ifname=b"eth0", ts=100)
     e2 = _event(HopKind.RX, frame, 14, skb=0xFFFF1, netns=22, ifindex=7, ifname=b"veth1", ts=200)
     e3 = _event(HopKind.DROP, frame[14:], 0, skb=0xFFFF1, netns=22, ifindex=3, ifname=b"docker0\x00\x00747", reason=77,
                 ts=300)
@@ -84,7 +84,7 @@ def test_records_decode_in_bulk_into_rows_and_hops() -> None:
     obs = batch.observations()
     assert [(o.ts_ns, o.direction, o.netns, o.ifname, o.skb, o.src, o.dst, o.proto, o.ip_id, o.icmp_seq)
             for o in obs] == [
-        (100, "tx", 11, "eth0", 0xFFFF1, "172.17.0.2", "198.51.100.8", 1, 777, 5),
+        (100, "tx", 4026532526, "eth0", 0xFFFF1, "172.17.0.2", "198.51.100.8", 1, 777, 5),
         (200, "rx", 22, "veth1", 0xFFFF1, "172.17.0.2", "198.51.100.8", 1, 777, 5),
         (300, "drop", 22, "docker0", 0xFFFF1, "172.17.0.2", "198.51.100.8", 1, 777, 5),
     ]
@@ -93,7 +93,8 @@ def test_records_decode_in_bulk_into_rows_and_hops() -> None:
     assert [o.source for o in obs] == ["ebpf"] * 3
     assert len({o.digest for o in obs}) == 1 and obs[0].digest != 0
     assert sorted((h.node, h.iface, h.netns, h.ifindex, h.linktype) for h in batch.hops) == [
-        ("netns:11", "eth0", 11, 2, 1), ("netns:22", "docker0", 22, 3, 101), ("netns:22", "veth1", 22, 7, 1)]
+        ("netns:22", "docker0", 22, 3, 101), ("netns:22", "veth1", 22, 7, 1),
+        ("netns:4026532526", "eth0", 4026532526, 2, 1)]
     assert HEADER_LEN == 16
 
 
