@@ -34,6 +34,9 @@ from tui.widgets.status_bar import Status, StatusBar
 from tui.widgets.topology_pane import TopologyPane
 
 DRAIN_INTERVAL_S = 0.05  # at most 20 UI updates per second, however fast paths arrive
+FLOOD_INTERVAL_S = 0.1  # 10 per second while a drain brings more than FLOOD_PATHS
+FLOOD_PATHS = 500
+FOLLOW_VIEW_S = 0.5  # while following, the path view changes at most twice a second
 MIN_SIZE = (80, 20)
 
 
@@ -84,6 +87,9 @@ class HoptraceApp(App[None]):
         self._drain_timer: Any = None
         self._last_stats: tuple[float, int] | None = None
         self.heap = HeapFreezer()
+        self._last_view = 0.0
+        self._interval = DRAIN_INTERVAL_S
+        self._view_timer: Any = None
         self._initial_filter = filter_expr
         # A recorder the CLI already hooked in (--record) shows, and `r` can stop it.
         for hook in list(getattr(engine, "batch_hooks", [])):
@@ -156,7 +162,7 @@ class HoptraceApp(App[None]):
         self.post_message(EngineFinished(stats))
 
     def on_paths_ready(self, _msg: PathsReady) -> None:
-        wait = self._last_drain + DRAIN_INTERVAL_S - time.monotonic()
+        wait = self._last_drain + self._interval - time.monotonic()
         if wait <= 0:
             self._drain()
         elif self._drain_timer is None:
@@ -166,6 +172,8 @@ class HoptraceApp(App[None]):
         self._drain_timer = None
         self._last_drain = time.monotonic()
         paths, flows = self.feed.drain()
+        # A table scrolling by at 20 frames/s reads no better than at 10, at twice the cost.
+        self._interval = FLOOD_INTERVAL_S if len(paths) > FLOOD_PATHS else DRAIN_INTERVAL_S
         flt = self.feed.path_filter
         self.store.add_flows(flows)
         judged = ((p, shown if judge is flt else (flt is None or flt.keep(p))) for p, judge, shown in paths)
@@ -195,11 +203,23 @@ class HoptraceApp(App[None]):
             self._refresh_topology()
 
     def on_path_table_highlighted(self, msg: PathTable.Highlighted) -> None:
-        view = self.path_view
-        if msg.entry is None:
-            view.show(None)
+        # Following a flood, the newest path changes on every drain; nobody reads a path
+        # view that changes 20 times a second, and redrawing it is most of a frame's garbage.
+        following = self.status.follow and not msg.user and msg.entry is not None
+        wait = self._last_view + FOLLOW_VIEW_S - time.monotonic() if following else 0
+        if wait <= 0:
+            self._show_selected()
+        elif self._view_timer is None:
+            self._view_timer = self.set_timer(wait, self._show_selected)
+
+    def _show_selected(self) -> None:
+        self._view_timer = None
+        self._last_view = time.monotonic()
+        entry = self.table.selected
+        if entry is None:
+            self.path_view.show(None)
         else:
-            view.show(msg.entry.path, *self.store.flow_of(msg.entry.path))
+            self.path_view.show(entry.path, *self.store.flow_of(entry.path))
 
     def on_path_table_user_moved(self, _msg: PathTable.UserMoved) -> None:
         if self.status.follow:

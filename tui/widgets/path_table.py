@@ -103,9 +103,10 @@ class PathTable(ScrollView, can_focus=True):
     class Highlighted(Message):
         """The cursor moved onto a row (or the row under it changed)."""
 
-        def __init__(self, entry: Entry | None) -> None:
+        def __init__(self, entry: Entry | None, user: bool) -> None:
             super().__init__()
             self.entry = entry
+            self.user = user  # moved by a key or the mouse, not by arriving rows
 
     class UserMoved(Message):
         """The user moved the cursor away from the newest row (auto-follow stops)."""
@@ -133,7 +134,7 @@ class PathTable(ScrollView, can_focus=True):
         self._set_cursor(row)
         self.refresh()
 
-    def _set_cursor(self, row: int) -> None:
+    def _set_cursor(self, row: int, user: bool = False) -> None:
         n = len(self.store.view)
         row = max(0, min(row, n - 1)) if n else 0
         entry = self.store.row(row) if n else None
@@ -141,7 +142,7 @@ class PathTable(ScrollView, can_focus=True):
         self._cursor_seq = entry.seq if entry else None
         self.cursor_row = row
         if changed:
-            self.post_message(self.Highlighted(entry))
+            self.post_message(self.Highlighted(entry, user))
 
     @property
     def selected(self) -> Entry | None:
@@ -150,7 +151,7 @@ class PathTable(ScrollView, can_focus=True):
         return self.store.row(self.cursor_row)
 
     def move_to(self, row: int, *, user: bool = True) -> None:
-        self._set_cursor(row)
+        self._set_cursor(row, user)
         self.scroll_to_region(Region(0, self.cursor_row, 1, 1), animate=False, immediate=True)
         self.refresh()
         if user and self.cursor_row != 0:
