@@ -60,10 +60,14 @@ from tracer.model import (
 )
 from tracer.nat import infer_nat, verdict
 
-DEFAULT_WINDOW_NS = 100_000_000  # hops are µs apart; a path idle this long is done
+# Hops of one packet are µs apart, but sightings can reach us late: on a loaded box the
+# eBPF per-CPU staging was measured delivering some 135-500 ms after later ones. A path
+# idle this long (in observation time) is done; a sighting later than that starts a
+# new path, so this is also how late a sighting may be.
+DEFAULT_WINDOW_NS = 500_000_000
 # Memory bound: beyond this many sightings in open paths, the longest-idle paths finish
-# early (~600 bytes each while open: at 1M sightings/s the window alone would hold 100k).
-DEFAULT_MAX_OPEN_ROWS = 200_000
+# early (~600 bytes each while open: at 600k sightings/s the window would hold 300k).
+DEFAULT_MAX_OPEN_ROWS = 300_000
 DEFAULT_FLOW_IDLE_NS = 5_000_000_000
 DEFAULT_MAX_FLOW_PATHS = 1000  # a long connection is reported in pieces, memory stays bounded
 _CHUNK = 16384  # rows per internal step: expiry runs between steps, so a huge batch stays bounded

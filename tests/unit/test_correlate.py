@@ -404,7 +404,7 @@ def test_nat_events_per_path_shape() -> None:
 
 
 def test_flows_finish_when_idle() -> None:
-    c = Correlator(flow_idle_ns=1_000 * MS)
+    c = Correlator(flow_idle_ns=1_000 * MS, window_ns=100 * MS)
     c.feed_batch(ObsBatch.from_observations(internet_ping(t0=1_000 * MS) + internet_pong(t0=1_001 * MS)))
     assert [p.id for p in c.advance(1_200 * MS)] == ["p1", "p2"]
     assert c.take_flows() == []
@@ -471,8 +471,8 @@ def test_same_addresses_after_a_long_silence_are_a_new_flow() -> None:
 def test_delivered_uses_only_what_was_known_when_the_path_went_idle() -> None:
     # The first sign that 198.51.100.8 lives in inet is its reply. Within the window it
     # counts; a reply after the path went idle does not (live, the path was out by then).
-    soon = correlate(internet_ping(t0=1_000 * MS) + internet_pong(t0=1_050 * MS))
-    late = correlate(internet_ping(t0=1_000 * MS) + internet_pong(t0=1_150 * MS))
+    soon = correlate(internet_ping(t0=1_000 * MS) + internet_pong(t0=1_050 * MS), window_ns=100 * MS)
+    late = correlate(internet_ping(t0=1_000 * MS) + internet_pong(t0=1_150 * MS), window_ns=100 * MS)
     assert [p.verdict for p in soon] == ["delivered", "delivered"]
     assert [p.verdict for p in late] == ["incomplete", "delivered"]
 
