@@ -383,12 +383,17 @@ class Correlator:
         with _gc_paused():
             return self._expire(self._clock - self.window_ns)
 
-    def flush(self) -> list[PacketPath]:
-        """End of input: every open path finishes, and every flow becomes takeable."""
+    def flush(self, max_paths: int | None = None) -> list[PacketPath]:
+        """End of input: every open path finishes, and every flow becomes takeable.
+
+        With ``max_paths``, only that many (the longest idle): call again until it
+        returns nothing, so the end of a big input is streamed, not built at once.
+        """
         with _gc_paused():
-            out = self._expire(None)
-        for fs in list(self._flows_open.values()):
-            self._close_flow(fs)
+            out = self._expire(None, max_paths=max_paths)
+        if not self._idle:
+            for fs in list(self._flows_open.values()):
+                self._close_flow(fs)
         return out
 
     def take_flows(self) -> list[Flow]:
@@ -546,8 +551,10 @@ class Correlator:
 
     # --------------------------------------------------------------- output
 
-    def _expire(self, cutoff: int | None, keep_rows: int = 0) -> list[PacketPath]:
-        """Finish paths idle since before ``cutoff`` (all when None, until ``keep_rows`` remain open)."""
+    def _expire(self, cutoff: int | None, keep_rows: int = 0, max_paths: int | None = None,
+                ) -> list[PacketPath]:
+        """Finish paths idle since before ``cutoff`` (all when None), until ``keep_rows``
+        sightings remain open, at most ``max_paths`` of them."""
         finished: list[_Open] = []
         idle = self._idle
         by_fp = self._by_fp
@@ -556,7 +563,8 @@ class Correlator:
             if p.touched != touched:  # seen again since it was filed: re-file it
                 heapreplace(idle, (p.touched, num, p))
                 continue
-            if (cutoff is not None and touched >= cutoff) or self._open_rows <= keep_rows:
+            if ((cutoff is not None and touched >= cutoff) or self._open_rows <= keep_rows
+                    or len(finished) == max_paths):
                 break
             heappop(idle)
             self._open_count -= 1

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from tracer.source import Source
 
 Annotator = Callable[[PacketPath], PacketPath]
+_FLUSH_SLICE = 4096
 Event = PacketPath | Flow
 
 
@@ -110,6 +111,18 @@ class Engine:
             out.append(f)
         return out
 
+    def _flush(self) -> Iterator[list[Event]]:
+        """The paths still open, in slices: the end of a big input is streamed too."""
+        corr = self.correlator
+        paths = corr.flush(_FLUSH_SLICE)
+        while True:
+            more = corr.flush(_FLUSH_SLICE) if paths else []
+            if not more:
+                yield self._events(paths, corr.take_flows())
+                return
+            yield self._events(paths, [])
+            paths = more
+
     def events(self) -> Iterator[list[Event]]:
         corr = self.correlator
         self._t0 = time.monotonic()
@@ -124,7 +137,7 @@ class Engine:
                     break
                 except BaseException:
                     # Print what was found before the damage, then report it.
-                    yield self._events(corr.flush(), corr.take_flows())
+                    yield from self._flush()
                     raise
                 self._observations += len(batch)
                 for hook in self.batch_hooks:
@@ -132,7 +145,7 @@ class Engine:
                 paths = corr.feed_batch(batch) if len(batch) else (
                     corr.advance(batch.now_ns) if batch.now_ns is not None else [])
                 yield self._events(paths, corr.take_flows())
-            yield self._events(corr.flush(), corr.take_flows())
+            yield from self._flush()
         finally:
             self._t1 = time.monotonic()
             self.source.stop()

@@ -535,3 +535,19 @@ def test_the_same_address_in_two_namespaces() -> None:
     assert [(p.verdict, p.last.netns) for p in paths] == [
         ("delivered", NETNS["inet"]), ("delivered", NETNS["web"]),
         ("delivered", NETNS["inet"]), ("delivered", other)]
+
+
+def test_flush_in_slices() -> None:
+    c = Correlator()
+    c.feed_batch(ObsBatch.from_observations(
+        [o for k in range(5) for o in internet_ping(t0=1_000 * MS + k * US, ip_id=k, icmp_seq=k)]))
+    sizes = []
+    while True:
+        part = c.flush(2)
+        if not part:
+            break
+        sizes.append([p.id for p in part])
+        if len(sizes) < 3:
+            assert c.take_flows() == []  # flows wait for the last path
+    assert sizes == [["p1", "p2"], ["p3", "p4"], ["p5"]]
+    assert [f.paths for f in c.take_flows()] == [("p1", "p2", "p3", "p4", "p5")]
