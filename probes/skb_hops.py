@@ -376,6 +376,8 @@ class EbpfSource:
     # --- Source protocol -------------------------------------------------
 
     def start(self) -> None:
+        if self._bpf is not None:
+            return  # already attached
         t0 = time.perf_counter()
         check_privileges()
         self.layout = load_layout()
