@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -41,7 +42,7 @@ PORT = 5299  # not iperf3's default: nothing else on the machine uses it
 def iperf_client(lab: Lab, rate_bps: int, seconds: float, size: int) -> dict[str, Any]:
     """One iperf3 UDP run from client to inet; the receiver's figures."""
     argv = ["iperf3", "-c", SERVER, "-p", str(PORT), "-u", "-b", str(rate_bps), "-l", str(size),
-            "-t", str(seconds), "-J"]
+            "-t", str(seconds), "-i", "0", "-J"]
     for _attempt in range(3):
         r = lab.exec("client", argv, timeout=seconds + 30)
         data = json.loads(r.stdout or "{}")
@@ -89,10 +90,22 @@ def soak(lab: Lab, args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "--filter", f"udp and port {PORT}"]
     if not args.no_record:
         argv += ["--record", str(rec), "--record-max-mb", str(args.record_mb), "--record-files", "2"]
-    out_path = work / "live.ndjson"
     err_path = work / "live.err"
-    with out_path.open("w") as out, err_path.open("w") as err:
-        proc = subprocess.Popen(argv, stdout=out, stderr=err)
+    counts = {"udp_paths": 0, "lines": 0}
+    last_line = [""]
+
+    def read_ndjson(stream: Any) -> None:
+        # counted as read (10 minutes of NDJSON is gigabytes): what a consumer of --json does
+        for line in stream:
+            counts["lines"] += 1
+            if line.startswith('{"type": "path"') and '"proto": "udp"' in line:
+                counts["udp_paths"] += 1
+            last_line[0] = line
+
+    with err_path.open("w") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True)
+        reader = threading.Thread(target=read_ndjson, args=(proc.stdout,), daemon=True)
+        reader.start()
         if args.nice:
             # diagnostic: is the tracer short of CPU on a shared machine, or slow?
             os.setpriority(os.PRIO_PROCESS, proc.pid, args.nice)
@@ -104,22 +117,25 @@ def soak(lab: Lab, args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 time.sleep(0.05)
             samples: list[dict[str, float]] = []
             fds_at_start = fd_kinds(proc.pid)
-            load = subprocess.Popen(
-                ["nsenter", f"--net={lab.netns_path('client')}", "--", "iperf3", "-c", SERVER, "-p", str(PORT),
-                 "-u", "-b", str(rate_bps), "-l", str(args.size), "-t", str(args.duration), "-J"],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            start = time.monotonic()
-            try:
-                while load.poll() is None:
+            # iperf3's JSON goes to a file: a pipe nobody reads until the end fills up and blocks it
+            iperf_json = work / "iperf3.json"
+            with iperf_json.open("w") as iperf_out:
+                load = subprocess.Popen(
+                    ["nsenter", f"--net={lab.netns_path('client')}", "--", "iperf3", "-c", SERVER, "-p", str(PORT),
+                     "-u", "-b", str(rate_bps), "-l", str(args.size), "-t", str(args.duration), "-i", "0", "-J"],
+                    stdout=iperf_out, stderr=subprocess.PIPE, text=True)
+                start = time.monotonic()
+                try:
+                    while load.poll() is None and time.monotonic() - start < args.duration + 60:
+                        samples.append({"t_s": round(time.monotonic() - start, 1), **sample(proc.pid)})
+                        time.sleep(args.every)
                     samples.append({"t_s": round(time.monotonic() - start, 1), **sample(proc.pid)})
-                    time.sleep(args.every)
-                samples.append({"t_s": round(time.monotonic() - start, 1), **sample(proc.pid)})
-                fds_at_end = fd_kinds(proc.pid)
-            finally:
-                if load.poll() is None:
-                    load.kill()
-                iperf_out, iperf_err = load.communicate()
-            data = json.loads(iperf_out or "{}")
+                    fds_at_end = fd_kinds(proc.pid)
+                finally:
+                    if load.poll() is None:
+                        load.kill()
+                    _, iperf_err = load.communicate()
+            data = json.loads(iperf_json.read_text() or "{}")
             if "sum" not in data.get("end", {}):
                 raise RuntimeError(f"iperf3 under load failed: {data.get('error') or iperf_err.strip()}")
             s = data["end"]["sum"]
@@ -132,9 +148,9 @@ def soak(lab: Lab, args: argparse.Namespace, work: Path) -> dict[str, Any]:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    lines = out_path.read_text().splitlines()
-    stats = json.loads(lines[-1]) if lines else {}
-    udp_paths = sum(1 for line in lines if line.startswith('{"type": "path"') and '"proto": "udp"' in line)
+    reader.join(timeout=60)
+    stats = json.loads(last_line[0]) if last_line[0] else {}
+    udp_paths = counts["udp_paths"]
     # warm-up: the topology discovery, conntrack and Docker sockets open after the ready file
     warm_s = min(max(args.duration * args.warmup, 15.0), args.duration * 0.5)
     warm = [x for x in samples if x["t_s"] >= warm_s]
@@ -189,6 +205,8 @@ def main() -> int:
     if os.geteuid() != 0 or shutil.which("iperf3") is None:
         print("soak: needs root and iperf3", file=sys.stderr)
         return 2
+    # SIGTERM (e.g. timeout(1)) unwinds like Ctrl-C, so the lab and the processes are removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     lab = Lab("netns", f"hoptest-soak{uuid.uuid4().hex[:6]}")
     server = None
     with tempfile.TemporaryDirectory(prefix="hoptrace-soak-") as tmp:
