@@ -78,7 +78,8 @@ def run_correlator(bs: list[ObsBatch]) -> tuple[int, int]:
     for b in bs:
         paths += len(c.feed_batch(b))
         flows += len(c.take_flows())
-    paths += len(c.flush())
+    while part := c.flush(4096):  # the end streams out in slices, as the Engine does
+        paths += len(part)
     flows += len(c.take_flows())
     return paths, flows
 
