@@ -100,9 +100,9 @@ def _column(values: Any, typ: pa.DataType) -> pa.Array:
 
     if isinstance(values, pa.Array):
         return values
-    if pa.types.is_dictionary(typ):
-        # Names and addresses repeat: one dictionary entry each, built in C++.
+    if pa.types.is_dictionary(typ) and not isinstance(values, list):
         return pa.array(values, typ.value_type).dictionary_encode()
+    # Names and addresses repeat: dictionary columns are built in C++ as they are read.
     return pa.array(values, typ)
 
 
