@@ -100,6 +100,24 @@ def _iface_netns(ifaces: list[str]) -> set[int] | None:
     return out
 
 
+def _netns_paths(kernel_filter: Any) -> dict[int, str] | None:
+    """inode -> path of the namespaces the eBPF source is limited to (--iface), for --rules;
+    None (RuleTrace's own choice) when it traces every namespace."""
+    inodes = getattr(kernel_filter, "netns", None)
+    if not inodes:
+        return None
+    from tracer.names import RUN_NETNS, netns_inode
+
+    paths: dict[int, str] = {}
+    candidates = [Path("/proc/self/ns/net"), *(sorted(RUN_NETNS.iterdir()) if RUN_NETNS.is_dir() else [])]
+    for p in candidates:
+        with contextlib.suppress(OSError):
+            ino = netns_inode(p)
+            if ino in inodes:
+                paths.setdefault(ino, str(p))
+    return paths
+
+
 def make_pcap_source(args: argparse.Namespace) -> Any:
     taps = _optional("tracer.taps")
     if taps is None:
@@ -187,7 +205,12 @@ def run(args: argparse.Namespace) -> int:
             if nftrace is None:
                 _notice("--rules needs tracer.nftrace, not in this build yet; NAT rules are inferred")
             else:
-                rules = stack.enter_context(nftrace.RuleTrace())
+                # our own SIGINT/SIGTERM handling exits this context, which removes the rules
+                rules = stack.enter_context(nftrace.RuleTrace(
+                    namespaces=_netns_paths(getattr(source, "kernel_filter", None)),
+                    filter_expr=args.filter, handle_signals=False))
+                for msg in getattr(rules, "notices", []):
+                    _notice(msg)
         rec = None
         if args.record:
             record = _optional("tracer.record")

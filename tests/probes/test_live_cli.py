@@ -236,3 +236,17 @@ def test_sigint_right_after_traffic_still_reports_it(lab_netns: Any, tmp_path: P
     req = one([r for r in records if r["type"] == "path"], ("client", "eth0", "tx"), dst=WEB)
     assert hops(req) == [("client", "eth0", "tx"), ("host", "veth", "rx"), ("host", "veth", "tx"),
                          ("web", "eth0", "rx")]
+
+
+def test_rules_name_the_masquerade_rule_and_are_removed(lab_netns: Any, tmp_path: Path) -> None:
+    t = Traced(tmp_path, "--rules", *only_lab(lab_netns))
+    assert lab_netns.run("internet-ping").ok
+    rc, records, err = t.stop()
+    assert rc == 0, err
+    req = one([r for r in records if r["type"] == "path"], ("client", "eth0", "tx"), dst=SERVER)
+    assert [n["kind"] for n in req["nat"]] == ["snat"]
+    rule = req["nat"][0]["rule"]
+    assert rule.startswith("nat:POSTROUTING ") and rule.endswith(
+        ": -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE"), rule
+    raw = lab_netns.exec("host", ["iptables-save", "-t", "raw"]).stdout
+    assert "-A " not in raw, raw
