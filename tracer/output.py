@@ -127,16 +127,30 @@ class _Escaped(dict[str, str]):
 _lit = _Escaped()
 
 
+_heads: dict[tuple[str, int, str, str | None], str] = {}
+
+
+def _hop_head(where: tuple[str, int, str, str | None]) -> str:
+    """``"node": .., "netns": .., "iface": .., "dir": ..``: the same for every packet at a hop."""
+    node, netns, iface, d = where
+    if len(_heads) > 65536:
+        _heads.clear()
+    head = _heads[where] = (f'"node": {_esc(node)}, "netns": {netns}, "iface": {_esc(iface)}, '
+                            f'"dir": {"null" if d is None else _esc(d)}')
+    return head
+
+
 def _hop_line(h: Observation) -> str:
     """``json.dumps(_hop_json(h))`` without building the dict: every hop of every path pays this."""
     lit = _lit
-    d = h.direction
     r = h.drop_reason
     sport, dport, ip_id = h.sport, h.dport, h.ip_id
+    where = (h.node, h.netns, h.ifname, h.direction)
+    head = _heads.get(where)
+    if head is None:
+        head = _hop_head(where)
     text = (
-        f'{{"ts_ns": {h.ts_ns}, "node": {lit[h.node]}, "netns": {h.netns}, '
-        f'"iface": {lit[h.ifname]}, "dir": {"null" if d is None else lit[d]}, '
-        f'"src": {lit[h.src]}, "dst": {lit[h.dst]}, '
+        f'{{"ts_ns": {h.ts_ns}, {head}, "src": {lit[h.src]}, "dst": {lit[h.dst]}, '
         f'"sport": {"null" if sport is None else sport}, '
         f'"dport": {"null" if dport is None else dport}, '
         f'"ip_id": {"null" if ip_id is None else ip_id}, "ttl": {h.ttl}, '
