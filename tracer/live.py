@@ -228,6 +228,9 @@ def run(args: argparse.Namespace) -> int:
             stack.callback(_unlink, args.ready_file)
 
         annotators, topo = _annotators(source)
+        for annotate in annotators:
+            for msg in getattr(annotate, "notices", []):
+                _notice(msg)
         if rules is not None and hasattr(rules, "annotator"):
             annotators.append(rules.annotator)
         engine = engine_mod.Engine(
@@ -244,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
             from tui.app import make_app
 
             make_app(engine, keep=args.keep, backend_name=source.kind, filter_expr=args.filter,
-                     topology=topo).run()
+                     topology=topo, recorder_factory=_recorder_factory(args)).run()
         else:
             from tracer.output import NdjsonSink, TextSink
 
@@ -252,6 +255,21 @@ def run(args: argparse.Namespace) -> int:
             engine_mod.run(engine, [sink])
     sys.stdout.flush()
     return 0
+
+
+def _recorder_factory(args: argparse.Namespace) -> Callable[[], Any] | None:
+    """`r` in the TUI: record to ./hoptrace-<UTC time>.pcapng (tcpdump-like: where you are)."""
+    record = _optional("tracer.record")
+    if record is None:
+        return None
+
+    def make() -> Any:
+        import time
+
+        name = time.strftime("hoptrace-%Y%m%dT%H%M%SZ.pcapng", time.gmtime())
+        return record.PcapngRecorder(name, snaplen=args.snaplen, on_error="continue")
+
+    return make
 
 
 def _unlink(path: str) -> None:
