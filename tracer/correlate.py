@@ -12,15 +12,21 @@ How a sighting finds its path:
   payload digest — nothing NAT or routing rewrites (addresses, ports, ICMP id,
   checksums, TTL);
 * among the open paths with that fingerprint, the one with the same ``skb``
-  address (the kernel's buffer travels veth -> bridge -> uplink), else the
-  oldest one not yet seen at this hop, and only within ``window_ns``: addresses
-  are reused after free, and identical packets (repeated pings, TCP
-  retransmissions) are told apart because one packet passes a hop (netns,
-  interface, direction) once — a second sighting there is a new packet.
+  address (the kernel's buffer travels veth -> bridge -> uplink; a different
+  known skb is another IP packet), else the oldest one not yet seen at this
+  hop, and only within ``window_ns``: addresses are reused after free, and
+  identical packets (repeated pings, TCP retransmissions) are told apart
+  because one packet passes a hop (netns, interface, direction) once — a
+  second sighting there is a new packet.
 
 A path finishes when it has been idle for ``window_ns`` of observation time
-(``advance``/the next batch), or at ``flush``. Only then are its hops turned
-into ``Observation``s: the hot loop touches a handful of Python ints per row.
+(``advance``/the next batch), or at ``flush``; paths finish in the order they
+went idle, by their own timestamps, so that what a path learns from earlier
+ones (which namespace owns an address, which tx hop leads to a traced rx hop:
+its verdict; its flow) does not depend on how sightings were batched or in
+which order per-CPU rings delivered them. Only then are its hops turned into
+``Observation``s: the hot loop touches a handful of Python ints per row. NAT
+events and flow keys are computed once per path *shape* (hops and headers).
 """
 
 from __future__ import annotations
