@@ -601,6 +601,7 @@ class TapSource:
         self._buf_lock = threading.Lock()
         self.max_pending = max_pending
         self._started = False
+        self._ns_seen: frozenset[int] = frozenset()
         self._lock = threading.Lock()
         self._hop_lock = threading.Lock()
 
@@ -612,6 +613,10 @@ class TapSource:
         if self.bpf_filter:
             # Compile now even when it stays in userspace: a bad expression is exit 2 at once.
             compile_bpf(self.bpf_filter, 1, self.snaplen)
+        from tracer.topology import find_namespaces
+
+        # Taken before the discovery: a namespace born during it counts as a change.
+        self._ns_seen = frozenset(find_namespaces())
         topo = self._current_topology()
         specs = self._wanted(topo, strict=True)
         if not specs:
@@ -764,10 +769,10 @@ class TapSource:
         the Docker API): run every 0.5 s it alone cost ~10% of a core. So it runs when
         the set of namespaces changed (a container started or stopped: ~1 ms to check;
         with named ``--iface``s only when one of theirs went away), when a tap reported
-        an error, once a second for 2.5 s after such a change (Docker moves the veth in
+        an error, twice more within ~1 s after such a change (Docker moves the veth in
         after creating the namespace), and every ``full_every_s`` in any case.
         """
-        last_ns: frozenset[int] | None = None
+        last_ns = self._ns_seen
         last_full = time.monotonic()  # start() just discovered
         hot_until = 0.0
         while not self._stop.wait(self.rediscover_s):
@@ -778,16 +783,14 @@ class TapSource:
                 ns = frozenset(find_namespaces())
                 taps = list(self.taps.values())
                 errored = any(t.errored for t in taps)
-                if self.ifaces:
-                    # Named interfaces: only their namespaces going away matters at once
-                    # (other labs' namespaces come and go all the time on a busy host).
-                    changed = not {t.spec.netns for t in taps} <= ns
-                else:
-                    changed = last_ns is not None and ns != last_ns
+                # Named interfaces: only their namespaces going away matters at once
+                # (other labs' namespaces come and go all the time on a busy host).
+                tapped = {t.spec.netns for t in taps}
+                changed = not tapped <= ns if self.ifaces else ns != last_ns
                 last_ns = ns
                 if changed or errored:
-                    hot_until = now + 2.5
-                hot = now < hot_until and now - last_full >= 1.0
+                    hot_until = now + 1.2
+                hot = now < hot_until and now - last_full >= 0.5
                 if not (changed or errored or hot or now - last_full >= self.full_every_s):
                     continue
                 last_full = now

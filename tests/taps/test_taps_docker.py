@@ -24,6 +24,10 @@ from tracer.lab import addresses as A
 from tracer.model import PacketPath
 from tracer.taps import TapSource
 
+# The target is 2 s (typically ~0.2-0.6 s here); the bound is looser so that a loaded
+# machine does not fail a functional test on timing.
+HOTPLUG_S = 5.0
+
 pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.slow]
 
 
@@ -75,7 +79,8 @@ def test_docker_container_started_and_stopped_while_tracing(lab_docker: Any, doc
     dc = docker_engine.client(lab_docker)
     notices: list[str] = []
     mine = lab_inodes(lab_docker)
-    src = TapSource(None, notices=notices.append)
+    # full_every_s=60: only the namespace-change detection can pick the new one up in time.
+    src = TapSource(None, full_every_s=60, notices=notices.append)
     with Capture(src) as cap:
         extra = dc.containers.run(docker_engine.IMAGE, ["/bin/sleep", "600"], detach=True,
                                   name=f"hoptest-extra-{lab_docker.prefix[-8:]}")
@@ -86,17 +91,17 @@ def test_docker_container_started_and_stopped_while_tracing(lab_docker: Any, doc
             netns = netns_inode(f"/proc/{pid}/ns/net")
             t0 = time.monotonic()
             while not any(t.spec.netns == netns for t in list(src.taps.values())):
-                assert time.monotonic() - t0 < 2.0, f"new container not tapped in 2 s: {notices}"
+                assert time.monotonic() - t0 < HOTPLUG_S, f"new container not tapped: {notices}"
                 time.sleep(0.05)
             # Named by the Docker API (within a re-discovery round if the namespace came first).
             while {t.spec.node for t in list(src.taps.values()) if t.spec.netns == netns} != {extra.name}:
-                assert time.monotonic() - t0 < 3.0, f"container never named: {notices}"
+                assert time.monotonic() - t0 < HOTPLUG_S, f"container never named: {notices}"
                 time.sleep(0.05)
         finally:
             extra.remove(force=True)
         t0 = time.monotonic()
         while any(t.spec.netns == netns for t in list(src.taps.values())):
-            assert time.monotonic() - t0 < 3.0, f"stopped container's tap not closed: {notices}"
+            assert time.monotonic() - t0 < HOTPLUG_S, f"stopped container's tap not closed: {notices}"
             time.sleep(0.05)
         assert lab_docker.run("container-ping").ok
         cap.stop()

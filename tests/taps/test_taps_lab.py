@@ -29,6 +29,10 @@ from tests.taps.helpers import (
 from tracer.lab import addresses as A
 from tracer.taps import TapSource
 
+# The target is 2 s (typically ~0.2-0.6 s here); the bound is looser so that a loaded
+# machine does not fail a functional test on timing.
+HOTPLUG_S = 5.0
+
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
 
@@ -188,7 +192,8 @@ def test_interfaces_come_and_go_while_tracing(lab_netns: Any) -> None:
     veth = f"vx{uuid.uuid4().hex[:6]}"
     notices: list[str] = []
     mine = lab_inodes(lab_netns)
-    src = TapSource(None, rediscover_s=0.5, notices=notices.append)
+    # full_every_s=60: only the namespace-change detection can pick the new one up in time.
+    src = TapSource(None, rediscover_s=0.5, full_every_s=60, notices=notices.append)
     with Capture(src) as cap:
         try:
             subprocess.run(["ip", "netns", "add", extra], check=True)
@@ -198,12 +203,12 @@ def test_interfaces_come_and_go_while_tracing(lab_netns: Any) -> None:
             subprocess.run(["ip", "-n", extra, "link", "set", "eth0", "up"], check=True)
             t0 = time.monotonic()
             while not {f"host/{veth}", f"{extra}/eth0"} <= {t.spec.label for t in list(src.taps.values())}:
-                assert time.monotonic() - t0 < 2.0, f"not tapped within 2 s; notices: {notices}"
+                assert time.monotonic() - t0 < HOTPLUG_S, f"not tapped; notices: {notices}"
                 time.sleep(0.05)
             subprocess.run(["ip", "netns", "del", extra], check=True)
             t0 = time.monotonic()
             while any(t.spec.ifname == veth for t in list(src.taps.values())):
-                assert time.monotonic() - t0 < 3.0, f"tap not closed; notices: {notices}"
+                assert time.monotonic() - t0 < HOTPLUG_S, f"tap not closed; notices: {notices}"
                 time.sleep(0.05)
             assert lab_netns.run("container-ping").ok
         finally:
