@@ -21,6 +21,7 @@ import ipaddress
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Literal
 
 from tracer.conntrack import ConntrackTable
@@ -31,6 +32,7 @@ SNAT_TARGETS = ("MASQUERADE", "SNAT")
 DNAT_TARGETS = ("DNAT", "REDIRECT")
 TERMINAL = ("ACCEPT", "DROP", "RETURN", *SNAT_TARGETS, *DNAT_TARGETS, "NETMAP")
 PROTO_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1, "ipv6-icmp": 58, "icmpv6": 58, "sctp": 132}
+MEMO_MAX = 100_000  # remembered rule inferences (one per flow direction); past it, start over
 MAX_DEPTH = 16  # iptables refuses loops; this only guards against a pathological ruleset
 
 TopologyLike = Topology | Callable[[], Topology]
@@ -57,10 +59,25 @@ class Pkt:
 
 
 def _in_net(addr: str, net: str) -> bool:
+    ip, network = _ip(addr), _net(net)
+    return ip is not None and network is not None and ip in network
+
+
+@lru_cache(maxsize=8192)
+def _ip(addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    # Parsed once per distinct address: a flood repeats the same few thousand.
     try:
-        return ipaddress.ip_address(addr) in ipaddress.ip_network(net, strict=False)
+        return ipaddress.ip_address(addr)
     except ValueError:
-        return False
+        return None
+
+
+@lru_cache(maxsize=4096)
+def _net(net: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    try:
+        return ipaddress.ip_network(net, strict=False)
+    except ValueError:
+        return None
 
 
 def _iface_match(pattern: str, name: str | None) -> bool:
@@ -71,65 +88,117 @@ def _iface_match(pattern: str, name: str | None) -> bool:
     return name == pattern
 
 
+@lru_cache(maxsize=4096)
+def _port_range(spec: str) -> tuple[int, int] | None:
+    lo, _, hi = spec.partition(":")
+    try:
+        return int(lo or 0), int(hi or lo or 65535)
+    except ValueError:
+        return None
+
+
 def _port_match(spec: str, port: int | None) -> bool:
     if port is None:
         return False
-    lo, _, hi = spec.partition(":")
-    try:
-        return int(lo or 0) <= port <= int(hi or lo or 65535)
-    except ValueError:
-        return False
+    rng = _port_range(spec)
+    return rng is not None and rng[0] <= port <= rng[1]
+
+
+@lru_cache(maxsize=256)
+def _proto_number(spec: str) -> int | None:
+    """-1 for "all"; None for a protocol hoptrace does not know (never matches)."""
+    if spec == "all":
+        return -1
+    if spec.isdigit():
+        return int(spec)
+    return PROTO_NUMBERS.get(spec.lower())
 
 
 def _proto_match(spec: str, proto: int) -> bool:
-    if spec == "all":
-        return True
-    if spec.isdigit():
-        return int(spec) == proto
-    return PROTO_NUMBERS.get(spec.lower()) == proto
+    num = _proto_number(spec)
+    return num == -1 or num == proto
 
 
 def _local(ns: Namespace, addr: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(addr)
-    except ValueError:
+    ip = _ip(addr)
+    if ip is None:
         return False
-    return ip.is_loopback or addr in ns.addresses
+    return ip.is_loopback or addr in _index(ns).addresses
 
 
 def rule_matches(rule: NatRule, pkt: Pkt, ns: Namespace) -> bool:
-    checks: list[tuple[bool, bool]] = []  # (matched, negated)
-    if rule.src is not None:
-        checks.append((_in_net(pkt.src, rule.src), rule.src_neg))
-    if rule.dst is not None:
-        checks.append((_in_net(pkt.dst, rule.dst), rule.dst_neg))
-    if rule.in_iface is not None:
-        checks.append((_iface_match(rule.in_iface, pkt.in_iface), rule.in_neg and pkt.in_iface is not None))
-    if rule.out_iface is not None:
-        checks.append((_iface_match(rule.out_iface, pkt.out_iface), rule.out_neg and pkt.out_iface is not None))
-    if rule.proto is not None:
-        checks.append((_proto_match(rule.proto, pkt.proto), rule.proto_neg))
-    if rule.dport is not None:
-        checks.append((_port_match(rule.dport, pkt.dport), rule.dport_neg))
-    if rule.sport is not None:
-        checks.append((_port_match(rule.sport, pkt.sport), False))
-    if rule.dst_type is not None:
-        is_local = _local(ns, pkt.dst)
-        want = rule.dst_type.upper() == "LOCAL"
-        checks.append((is_local == want, rule.dst_type_neg))
-    if rule.src_type is not None:
-        checks.append((_local(ns, pkt.src) == (rule.src_type.upper() == "LOCAL"), False))
-    return all(ok != neg for ok, neg in checks)
+    # Each check is (matched != negated); the first that fails decides.
+    if rule.src is not None and _in_net(pkt.src, rule.src) == rule.src_neg:
+        return False
+    if rule.dst is not None and _in_net(pkt.dst, rule.dst) == rule.dst_neg:
+        return False
+    if rule.in_iface is not None and (
+        _iface_match(rule.in_iface, pkt.in_iface) == (rule.in_neg and pkt.in_iface is not None)
+    ):
+        return False
+    if rule.out_iface is not None and (
+        _iface_match(rule.out_iface, pkt.out_iface) == (rule.out_neg and pkt.out_iface is not None)
+    ):
+        return False
+    if rule.proto is not None and _proto_match(rule.proto, pkt.proto) == rule.proto_neg:
+        return False
+    if rule.dport is not None and _port_match(rule.dport, pkt.dport) == rule.dport_neg:
+        return False
+    if rule.sport is not None and not _port_match(rule.sport, pkt.sport):
+        return False
+    if rule.dst_type is not None and (
+        (_local(ns, pkt.dst) == (rule.dst_type.upper() == "LOCAL")) == rule.dst_type_neg
+    ):
+        return False
+    return rule.src_type is None or _local(ns, pkt.src) == (rule.src_type.upper() == "LOCAL")
+
+
+class _NsIndex:
+    """What matching reads from one namespace snapshot, derived once instead of per rule."""
+
+    __slots__ = ("addresses", "chains", "ifaces", "l3", "rules")
+
+    def __init__(self, ns: Namespace) -> None:
+        self.addresses = ns.addresses
+        self.chains: dict[int, frozenset[str]] = {}
+        self.rules: dict[tuple[int, str], tuple[NatRule, ...]] = {}
+        for fam in {r.family for r in ns.nat_rules}:
+            self.chains[fam] = frozenset(r.chain for r in ns.nat_rules if r.family == fam)
+        for r in ns.nat_rules:
+            self.rules[(r.family, r.chain)] = (*self.rules.get((r.family, r.chain), ()), r)
+        self.ifaces: dict[str | int, Interface | None] = {}
+        self.l3: dict[tuple[int, str], tuple[Topology, str]] = {}  # (ifindex, ifname) -> _l3_name
+
+    def iface(self, ns: Namespace, key: str | int) -> Interface | None:
+        try:
+            return self.ifaces[key]
+        except KeyError:
+            got = self.ifaces[key] = ns.iface(key)
+            return got
+
+
+# id(ns) -> (ns, index): the namespace is kept so its id cannot be reused while cached.
+_INDEXES: dict[int, tuple[Namespace, _NsIndex]] = {}
+
+
+def _index(ns: Namespace) -> _NsIndex:
+    got = _INDEXES.get(id(ns))
+    if got is not None and got[0] is ns:
+        return got[1]
+    if len(_INDEXES) > 512:  # old snapshots: start over rather than grow
+        _INDEXES.clear()
+    idx = _NsIndex(ns)
+    _INDEXES[id(ns)] = (ns, idx)
+    return idx
 
 
 def walk(ns: Namespace, chain: str, pkt: Pkt, depth: int = 0) -> NatRule | object | None:
     """The NAT rule the packet reaches from ``chain``; ``_STOP`` for ACCEPT; None falls through."""
     if depth > MAX_DEPTH:
         return None
-    chains = {r.chain for r in ns.nat_rules if r.family == pkt.family}
-    for rule in ns.nat_rules:
-        if rule.family != pkt.family or rule.chain != chain:
-            continue
+    idx = _index(ns)
+    chains = idx.chains.get(pkt.family, frozenset())
+    for rule in idx.rules.get((pkt.family, chain), ()):
         if not rule_matches(rule, pkt, ns):
             continue
         if rule.target in chains:
@@ -171,7 +240,7 @@ def _to_matches(rule: NatRule, before: Endpoints, after: Endpoints, kind: str, n
     if not free_ports and before.sport != after.sport:
         return False
     if rule.target == "MASQUERADE" and out_iface is not None:
-        iface = ns.iface(out_iface)
+        iface = _index(ns).iface(ns, out_iface)
         if iface is not None and iface.ips:
             return after.src in iface.ips
     return True
@@ -190,10 +259,12 @@ def _split_to(spec: str) -> tuple[str, str]:
 
 def _addr_in_range(addr: str, spec: str) -> bool:
     lo, _, hi = spec.partition("-")
+    ip, first, last = _ip(addr), _ip(lo), _ip(hi or lo)
+    if ip is None or first is None or last is None:
+        return False
     try:
-        ip = ipaddress.ip_address(addr)
-        return ipaddress.ip_address(lo) <= ip <= ipaddress.ip_address(hi or lo)  # type: ignore[operator]
-    except (ValueError, TypeError):
+        return first <= ip <= last  # type: ignore[operator]
+    except TypeError:  # IPv4 against IPv6
         return False
 
 
@@ -204,13 +275,22 @@ def _addr_in_range(addr: str, spec: str) -> bool:
 
 def _l3_name(topo: Topology, ns: Namespace, hop: Observation) -> str:
     """The interface netfilter sees: a bridge port's packets are routed as the bridge's."""
-    iface: Interface | None = ns.iface(hop.ifindex) if hop.ifindex else None
+    idx = _index(ns)
+    key = (hop.ifindex, hop.ifname)
+    got = idx.l3.get(key)
+    if got is not None and got[0] is topo:
+        return got[1]
+    # Per interface of a snapshot, not per hop: the same few names come back for every path.
+    iface: Interface | None = idx.iface(ns, hop.ifindex) if hop.ifindex else None
     if iface is None or iface.name != hop.ifname:
-        iface = ns.iface(hop.ifname)
+        iface = idx.iface(ns, hop.ifname)
     if iface is None:
-        return hop.ifname
-    bridge = topo.bridge_of(iface)
-    return bridge.name if bridge else iface.name
+        name = hop.ifname
+    else:
+        bridge = topo.bridge_of(iface)
+        name = bridge.name if bridge else iface.name
+    idx.l3[key] = (topo, name)
+    return name
 
 
 def _ifaces(topo: Topology, ns: Namespace, path: PacketPath, ev: NatEvent) -> tuple[str | None, str | None]:
@@ -244,13 +324,18 @@ def infer_rule(topo: Topology, ns: Namespace, path: PacketPath, ev: NatEvent,
     the flow's reply direction; None: decide from the ruleset alone."""
     if not ns.nat_rules:
         return None
-    proto = path.hops[0].proto
     in_iface, out_iface = _ifaces(topo, ns, path, ev)
-    fam = _family(ev.before)
-    b, a = ev.before, ev.after
+    return _infer(ns, path.hops[0].proto, ev.kind, ev.hook, ev.before, ev.after, in_iface, out_iface,
+                  is_reply)
+
+
+def _infer(ns: Namespace, proto: int, kind: str, hook: str, b: Endpoints, a: Endpoints,
+           in_iface: str | None, out_iface: str | None, is_reply: bool | None) -> NatRule | None:
+    """infer_rule once the interfaces are known: a function of its arguments and ``ns`` only."""
+    fam = _family(b)
     forward: NatRule | None = None
     reverse: NatRule | None = None
-    if ev.kind == "snat":
+    if kind == "snat":
         # The packet itself matched a POSTROUTING SNAT rule ...
         pkt = Pkt(fam, proto, b.src, b.dst, b.sport, b.dport, in_iface, out_iface)
         if is_reply is not True:
@@ -262,7 +347,7 @@ def infer_rule(topo: Topology, ns: Namespace, path: PacketPath, ev: NatEvent,
                              Endpoints(b.dst, b.dport, a.src, a.sport),
                              Endpoints(b.dst, b.dport, b.src, b.sport), "dnat", None)
     else:
-        locally_generated = in_iface is None and ev.hook == "OUTPUT"
+        locally_generated = in_iface is None and hook == "OUTPUT"
         chains = ("OUTPUT", "PREROUTING") if locally_generated else ("PREROUTING", "OUTPUT")
         pkt = Pkt(fam, proto, b.src, b.dst, b.sport, b.dport, in_iface, out_iface)
         if is_reply is not True:
@@ -309,6 +394,10 @@ class Attributor:
         self.without_conntrack = 0
         self._owned: list[LiveTopology | ConntrackTable] = []
         self.notices: list[str] = []
+        # infer_rule per (namespace, packet before/after, interfaces, direction), for the
+        # snapshot in _memo_topo: every packet of a flow asks the same question.
+        self._memo: dict[tuple[object, ...], NatRule | None] = {}
+        self._memo_topo: Topology | None = None
         if conntrack is None:
             self.notices.append("conntrack is not followed: NAT events come from the packet diff only")
         else:
@@ -355,11 +444,29 @@ class Attributor:
         elif ref is None:
             self.without_conntrack += 1
         if ev.rule is None or ev.rule_source == "inferred":
-            rule = infer_rule(topo, ns, path, ev, _is_reply(ref, ev.before))
+            rule = self._infer_rule(topo, ns, path, ev, _is_reply(ref, ev.before))
             if rule is not None:
                 updates["rule"] = rule.text
                 updates["rule_source"] = "inferred"
         return replace(ev, **updates) if updates else ev  # type: ignore[arg-type]
+
+    def _infer_rule(self, topo: Topology, ns: Namespace, path: PacketPath, ev: NatEvent,
+                    is_reply: bool | None) -> NatRule | None:
+        """``infer_rule``, remembered until the topology snapshot changes."""
+        if not ns.nat_rules:
+            return None
+        if topo is not self._memo_topo or len(self._memo) > MEMO_MAX:
+            self._memo = {}
+            self._memo_topo = topo
+        in_iface, out_iface = _ifaces(topo, ns, path, ev)
+        proto = path.hops[0].proto
+        key = (ns.inode, id(ns), proto, ev.kind, ev.hook, ev.before, ev.after, in_iface, out_iface, is_reply)
+        try:
+            return self._memo[key]
+        except KeyError:
+            rule = self._memo[key] = _infer(ns, proto, ev.kind, ev.hook, ev.before, ev.after,
+                                            in_iface, out_iface, is_reply)
+            return rule
 
     def _conntrack(self, ns: Namespace, path: PacketPath, ev: NatEvent) -> ConntrackRef | None:
         if self.conntrack is None:
