@@ -2,11 +2,12 @@
 lab of its own; RSS growth <= 10 % after warm-up, no lost events, fds and threads flat, every
 delivered datagram traced.
 
-The load is 10 % of the capacity the script measures first (without the tracer), not the 50 % of
-the issue: on this 2-core machine shared by eight engineers, 50 % is ~15-20k datagrams/s, ~5 hops
-each, ~100k sightings/s, and the eBPF backend's userspace keeps up with ~20-25k/s (it loses most
-events there; docs/reliability.md has the figures). 10 % is what it sustains; the checks are the
-same. ``bench/soak.py`` (default 600 s at 50 %) is the benchmark.
+The load is 50 % of the capacity the script measures first (without the tracer), capped at
+2500 datagrams/s: on this 2-core machine shared by eight engineers the capacity swings between
+15k and 75k datagrams/s, ~5 hops (sightings) each, and the eBPF backend's userspace keeps up
+with ~20k sightings/s (~4k datagrams/s); above that it loses events at the ring
+(docs/reliability.md has the figures). The checks are those of the issue; ``bench/soak.py``
+(default 600 s at 50 %, no cap) is the benchmark.
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.slow]
 def test_soak_60s() -> None:
     need_root()
     need_tool("iperf3")
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "soak.py"), "--duration", "60", "--load", "0.1",
-                        "--every", "3", "--json"], capture_output=True, text=True, timeout=220, cwd=ROOT)
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "soak.py"), "--duration", "60", "--load", "0.5",
+                        "--max-pps", "2500", "--every", "3", "--json"],
+                       capture_output=True, text=True, timeout=220, cwd=ROOT)
     assert r.returncode in (0, 1), r.stderr[-2000:]
     result = json.loads(r.stdout.splitlines()[-1])
     summary = {k: result[k] for k in ("checks", "stats", "rss_after_warmup_kb", "rss_end_kb", "fds_steady",
                                       "threads_steady", "udp_paths", "delivered_datagrams", "tracer_cpu")}
     assert all(result["checks"].values()), json.dumps(summary)
     assert len(result["samples"]) >= 15
-    assert not list(Path("/run/netns").glob(f"{result.get('lab', 'hoptest-soak-none')}-*"))
+    assert result["under_load"]["sent_packets"] >= 60 * 1000, "the load was not there"
+    assert not list(Path("/run/netns").glob(f"{result['lab']}-*")), "the soak's lab was left behind"
