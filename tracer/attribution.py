@@ -156,7 +156,7 @@ def rule_matches(rule: NatRule, pkt: Pkt, ns: Namespace) -> bool:
 class _NsIndex:
     """What matching reads from one namespace snapshot, derived once instead of per rule."""
 
-    __slots__ = ("addresses", "chains", "ifaces", "l3", "rules")
+    __slots__ = ("addresses", "chains", "ifaces", "l3", "port_classes", "port_specs", "rules", "walks")
 
     def __init__(self, ns: Namespace) -> None:
         self.addresses = ns.addresses
@@ -168,6 +168,18 @@ class _NsIndex:
             self.rules[(r.family, r.chain)] = (*self.rules.get((r.family, r.chain), ()), r)
         self.ifaces: dict[str | int, Interface | None] = {}
         self.l3: dict[tuple[int, str], tuple[Topology, str]] = {}  # (ifindex, ifname) -> _l3_name
+        # Rules see a port only through their --sport/--dport ranges: ports that fall in the
+        # same ranges walk the chains alike, so walks are remembered per port class.
+        self.port_specs = tuple(sorted({spec for r in ns.nat_rules for spec in (r.sport, r.dport) if spec}))
+        self.port_classes: dict[int | None, tuple[bool, ...] | None] = {None: None}
+        self.walks: dict[tuple[object, ...], NatRule | object | None] = {}
+
+    def port_class(self, port: int | None) -> tuple[bool, ...] | None:
+        try:
+            return self.port_classes[port]
+        except KeyError:
+            cls = self.port_classes[port] = tuple(_port_match(spec, port) for spec in self.port_specs)
+            return cls
 
     def iface(self, ns: Namespace, key: str | int) -> Interface | None:
         try:
@@ -197,6 +209,20 @@ def walk(ns: Namespace, chain: str, pkt: Pkt, depth: int = 0) -> NatRule | objec
     if depth > MAX_DEPTH:
         return None
     idx = _index(ns)
+    if depth == 0:
+        key = (chain, pkt.family, pkt.proto, pkt.src, pkt.dst, idx.port_class(pkt.sport),
+               idx.port_class(pkt.dport), pkt.in_iface, pkt.out_iface)
+        try:
+            return idx.walks[key]
+        except KeyError:
+            if len(idx.walks) > MEMO_MAX:
+                idx.walks.clear()
+            got = idx.walks[key] = _walk(ns, idx, chain, pkt, 0)
+            return got
+    return _walk(ns, idx, chain, pkt, depth)
+
+
+def _walk(ns: Namespace, idx: _NsIndex, chain: str, pkt: Pkt, depth: int) -> NatRule | object | None:
     chains = idx.chains.get(pkt.family, frozenset())
     for rule in idx.rules.get((pkt.family, chain), ()):
         if not rule_matches(rule, pkt, ns):
@@ -296,7 +322,7 @@ def _l3_name(topo: Topology, ns: Namespace, hop: Observation) -> str:
 def _ifaces(topo: Topology, ns: Namespace, path: PacketPath, ev: NatEvent) -> tuple[str | None, str | None]:
     def here(hop: Observation) -> bool:
         # File hops carry small synthetic netns ids: then the node label decides.
-        return hop.netns == ns.inode or (topo.namespace(hop.netns) is None and hop.node == ns.name)
+        return hop.netns == ns.inode or (hop.node == ns.name and topo.namespace(hop.netns) is None)
 
     in_iface = out_iface = None
     for hop in reversed(path.hops[: ev.from_hop + 1]):
