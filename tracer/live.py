@@ -87,17 +87,28 @@ def _iface_netns(ifaces: list[str]) -> set[int] | None:
     known.update(namer.containers)
     out: set[int] = set()
     for spec in ifaces:
-        node = spec.split("/", 1)[0] if "/" in spec else "host"
+        node, iface = spec.split("/", 1) if "/" in spec else ("host", spec)
+        if not valid_ifname(iface) or node in ("", ".", ".."):
+            # checked, not just ignored: the eBPF backend traces the whole namespace anyway
+            raise UsageError(f"--iface {spec[:80]!r}: not NODE/IFACE",
+                             "IFACE is 1-15 bytes without '/', ':' or blanks; see `hoptrace topology`")
         inodes = {ino for ino, name in known.items() if name == node}
         if node.startswith("netns:") and node[6:].isdigit():
             inodes.add(int(node[6:]))
         elif (RUN_NETNS / node).exists():
             inodes.add(netns_inode(RUN_NETNS / node))
         if not inodes:
-            raise UsageError(f"--iface {spec}: no network namespace named {node!r}",
+            raise UsageError(f"--iface {spec[:80]!r}: no network namespace named {node[:40]!r}",
                              "see `hoptrace topology` for node names")
         out |= inodes
     return out
+
+
+def valid_ifname(name: str) -> bool:
+    """The kernel's dev_valid_name(): what it would accept as an interface name at all."""
+    raw = name.encode("utf-8", "surrogateescape")
+    return (0 < len(raw) < 16 and name not in (".", "..")
+            and not any(c == "/" or c == ":" or c.isspace() or c == "\0" for c in name))
 
 
 def _netns_paths(kernel_filter: Any) -> dict[int, str] | None:
