@@ -181,9 +181,13 @@ class Topology:
     own_netns: int = 0
     notices: tuple[str, ...] = ()
     _by_inode: dict[int, Namespace] = field(default_factory=dict, compare=False, repr=False)
+    _by_name: dict[str, Namespace] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self._by_inode.update({ns.inode: ns for ns in self.namespaces})
+        # The first namespace of a name wins, as a scan would find it (the annotator asks per path).
+        for ns in self.namespaces:
+            self._by_name.setdefault(ns.name, ns)
 
     @classmethod
     def discover(cls, *, docker: bool = True, nat: bool = True) -> Topology:
@@ -197,10 +201,7 @@ class Topology:
         return ns.name if ns else f"netns:{inode}"
 
     def by_name(self, name: str) -> Namespace | None:
-        for ns in self.namespaces:
-            if ns.name == name:
-                return ns
-        return None
+        return self._by_name.get(name)
 
     def peer(self, iface: Interface) -> Interface | None:
         if iface.peer_netns is None or iface.peer_ifindex is None:
