@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tracer.attribution import Pkt, annotator, infer_rule, walk
+from tracer.attribution import Attributor, Pkt, annotator, infer_rule, walk
 from tracer.model import Endpoints, NatEvent, Observation, PacketPath
 from tracer.topology import Interface, Namespace, Topology, parse_iptables_save
 
@@ -158,6 +158,39 @@ def test_annotator_names_hops_and_flags_missing_conntrack() -> None:
         "host", "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE", "inferred", None)
     assert ann.without_conntrack == 1
     assert ann.notices == ["conntrack is not followed: NAT events come from the packet diff only"]
+
+
+def _published(sport: int, dport: int = 8080, to: str = "172.17.0.2") -> PacketPath:
+    return PacketPath(f"p{sport}-{dport}", (
+        _obs(HOST, "host", 2, "eth0", "rx", "203.0.113.1", "203.0.113.2", 6, sport, dport),
+        _obs(HOST, "host", 3, "docker0", "tx", "203.0.113.1", to, 6, sport, 80),
+    ), (NatEvent("dnat", "host", "PREROUTING", Endpoints("203.0.113.1", sport, "203.0.113.2", dport),
+                 Endpoints("203.0.113.1", sport, to, 80), 0, 1),), "left")
+
+
+def test_annotator_remembers_inference_per_snapshot_and_port_class() -> None:
+    topo = _topo()
+    ann = annotator(topo, conntrack=False, refresh_s=None)
+    dnat = "-A DOCKER ! -i docker0 -p tcp -m tcp --dport 8080"
+    # New connections (other source ports) reuse walks; a port outside the rule's range must not.
+    for sport in (40000, 40001, 40000, 51234):
+        assert (ann(_published(sport)).nat[0].rule or "").startswith(dnat)
+    assert ann(_published(40002, dport=8081)).nat[0].rule is None
+    assert (ann(_published(40003)).nat[0].rule or "").startswith(dnat)
+    # A new snapshot (here: the published port moved) is read afresh, not from the memo.
+    moved = tuple(parse_iptables_save(SAVE.replace("--dport 8080 -m comment", "--dport 8081 -m comment")))
+    host = topo.namespaces[0]
+    topo2 = Topology((Namespace(host.inode, host.name, host.path, host.interfaces, (), moved, True),
+                      *topo.namespaces[1:]))
+    ann2 = Attributor(lambda: topo2)
+    assert ann2(_published(40000)).nat[0].rule is None
+    assert (ann2(_published(40000, dport=8081)).nat[0].rule or "").startswith(
+        "-A DOCKER ! -i docker0 -p tcp -m tcp --dport 8081")
+    current = [topo]
+    ann3 = Attributor(lambda: current[0])
+    assert (ann3(_published(40000)).nat[0].rule or "").startswith(dnat)
+    current[0] = topo2
+    assert ann3(_published(40000)).nat[0].rule is None
 
 
 # Lines as xtables-monitor --trace printed them in the lab (iptables-nft 1.8.9, kernel 6.18).
