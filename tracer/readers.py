@@ -382,7 +382,10 @@ class _FileReader:
             if not k:
                 return
         ifid = ifid + self._section_base
-        lts = np.array([i.linktype for i in self.ifaces], dtype=np.int64)[ifid]
+        # Only the interfaces present here: a table over every interface ever declared
+        # made a file of many sections quadratic.
+        uniq, inv = np.unique(ifid, return_inverse=True)
+        lts = np.array([self.ifaces[i].linktype for i in uniq.tolist()], dtype=np.int64)[inv]
         ok = np.isin(lts, list(SUPPORTED_LINKTYPES))
         if not ok.all():
             self.skipped_linktypes.update(np.unique(lts[~ok]).tolist())
@@ -657,13 +660,13 @@ class FileSource:
             objs = json.loads(b"[" + b",".join(raw for _, raw in metas) + b"]")
             if len(objs) != len(metas):
                 raise ValueError("comment count")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON in a comment
             # Some comment is not one JSON object: decode one by one, skipping the bad ones.
             objs = []
             for _, raw in metas:
                 try:
                     objs.append(json.loads(raw))
-                except ValueError:
+                except (ValueError, RecursionError):
                     objs.append(None)
         keep = [(i, o) for (i, _), o in zip(metas, objs, strict=True) if isinstance(o, dict) and "v" in o]
         if not keep:
