@@ -640,13 +640,14 @@ class FileSource:
         if ifindex:
             ifname = f"if{ifindex}" if ifname in ("any", "") or ifname.startswith("if") else f"{ifname}:if{ifindex}"
         netns = 0
+        declared = False  # netns=0 is real: a drop the kernel saw on no device
         for part in iface.description.replace(",", " ").split():
             k, _, v = part.partition("=")
             if k == "netns" and v.isdigit() and int(v) <= _U64_MAX:
-                netns = int(v)
+                netns, declared = int(v), True
             elif k == "ifindex" and v.isdigit() and not ifindex and int(v) <= _IFINDEX_MAX:
                 ifindex = int(v)
-        if not netns:
+        if not netns and not declared:
             netns = self._node_netns.setdefault(node, len(self._node_netns) + 1)
         self.hops.append(HopLabel(node=node, iface=ifname, netns=netns, ifindex=ifindex, linktype=iface.linktype))
         self._hop_index[key] = len(self.hops) - 1

@@ -368,3 +368,22 @@ def test_mutated_and_cut_files_only_ever_raise_capture_file_error(tmp_path: Path
             assert str(exc).startswith(f"{f}: ")
             outcomes["error"] += 1
     assert outcomes["ok"] > 0 and outcomes["error"] > 0
+
+
+def test_a_recorded_netns_0_replays_as_0(tmp_path: Path) -> None:
+    """A drop the kernel saw on no device has netns 0; a recording must not turn it into a synthetic id."""
+    from tests.unit.conftest import make_obs
+    from tracer.model import ObsBatch
+    from tracer.readers import FileSource
+    from tracer.record import PcapngRecorder
+
+    frame = bytes(14) + bytes([0x45]) + bytes(19)
+    drop = make_obs(node="?", ifname="?", netns=0, ifindex=0, direction="drop", frame=frame)
+    out = tmp_path / "drop.pcapng"
+    rec = PcapngRecorder(str(out))
+    rec.on_batch(ObsBatch.from_observations([drop]))
+    rec.close()
+    src = FileSource([str(out)])
+    src.start()
+    hops = [(h.node, h.netns) for b in src.batches() for h in b.hops]
+    assert hops == [("?", 0)]
