@@ -250,7 +250,10 @@ def run(args: argparse.Namespace) -> int:
     engine = Engine(source, path_filter=path_filter)
     if path_filter is not None:
         engine.batch_hooks.append(tell)
-    summary, paths, error = summarize(engine, keep_paths=write_parquet is not None)
+    from tracer.engine import gc_policy
+
+    with gc_policy():
+        summary, paths, error = summarize(engine, keep_paths=write_parquet is not None)
     if error is not None and summary.stats is not None and summary.stats.observations == 0:
         raise error  # nothing was read: an empty report would only hide the one line that matters
     labels = files + [h.split("=", 1)[-1] for h in hop_args]
