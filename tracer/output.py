@@ -128,6 +128,7 @@ _lit = _Escaped()
 
 
 _heads: dict[tuple[str, int, str, str | None], str] = {}
+_protos: dict[tuple[int, int, int], str] = {}
 
 
 def _hop_head(where: tuple[str, int, str, str | None]) -> str:
@@ -140,6 +141,18 @@ def _hop_head(where: tuple[str, int, str, str | None]) -> str:
     return head
 
 
+# The last skb and its JSON text: a packet keeps its skb hop to hop. One tuple, rebound
+# whole, so a reader in another thread never pairs one skb with another's text.
+_skb_memo: tuple[int, str] = (0, "null")
+
+
+def _skb_text(skb: int) -> str:
+    global _skb_memo
+    text = f'"0x{skb:x}"'
+    _skb_memo = (skb, text)
+    return text
+
+
 def _hop_line(h: Observation) -> str:
     """``json.dumps(_hop_json(h))`` without building the dict: every hop of every path pays this."""
     lit = _lit
@@ -149,13 +162,19 @@ def _hop_line(h: Observation) -> str:
     head = _heads.get(where)
     if head is None:
         head = _hop_head(where)
+    skb = h.skb
+    skb_last, skb_text = _skb_memo
+    pkey = (h.family, h.proto, h.ethertype)
+    proto = _protos.get(pkey)
+    if proto is None:
+        proto = _protos[pkey] = lit[h.proto_name]  # a handful of (family, proto, ethertype)
     text = (
         f'{{"ts_ns": {h.ts_ns}, {head}, "src": {lit[h.src]}, "dst": {lit[h.dst]}, '
         f'"sport": {"null" if sport is None else sport}, '
         f'"dport": {"null" if dport is None else dport}, '
         f'"ip_id": {"null" if ip_id is None else ip_id}, "ttl": {h.ttl}, '
-        f'"skb": {f"{chr(34)}0x{h.skb:x}{chr(34)}" if h.skb else "null"}, '
-        f'"drop_reason": {"null" if r is None else _esc(r)}, "proto": {lit[h.proto_name]}, '
+        f'"skb": {"null" if not skb else skb_text if skb == skb_last else _skb_text(skb)}, '
+        f'"drop_reason": {"null" if r is None else _esc(r)}, "proto": {proto}, '
         f'"length": {h.length}'
     )
     if h.icmp_type is not None:
@@ -174,10 +193,44 @@ def _hop_line(h: Observation) -> str:
     return text + "}"
 
 
+def _value(v: Any) -> str:
+    """A JSON scalar as ``_dumps`` writes it; anything else through ``_dumps`` itself."""
+    t = type(v)
+    if v is None:
+        return "null"
+    if t is str:
+        return _lit[v]
+    if t is int:
+        return int.__repr__(v)
+    return _dumps(v)
+
+
+def _ends_line(e: Endpoints) -> str:
+    return (f'{{"src": {_value(e.src)}, "sport": {_value(e.sport)}, "dst": {_value(e.dst)}, '
+            f'"dport": {_value(e.dport)}}}')
+
+
+def _nat_line(ev: NatEvent, hops: Sequence[Observation]) -> str:
+    """``_dumps(nat_json(ev, hops))`` without the dicts and the encoder's generic walk."""
+    text = (f'{{"kind": {_value(ev.kind)}, "node": {_value(ev.node)}, "hook": {_value(ev.hook)}, '
+            f'"before": {_ends_line(ev.before)}, "after": {_ends_line(ev.after)}, '
+            f'"from_hop": {_value(ev.from_hop)}, "to_hop": {_value(ev.to_hop)}, "rule": {_value(ev.rule)}')
+    if ev.rule_source is not None:
+        text += f', "rule_source": {_value(ev.rule_source)}'
+    if ev.conntrack is not None:
+        text += f', "conntrack": {_dumps(_conntrack_json(ev.conntrack))}'
+    if ev.icmp_id_before is not None:
+        text += f', "icmp_id_before": {_value(ev.icmp_id_before)}, "icmp_id_after": {_value(ev.icmp_id_after)}'
+    if hops and is_inner_event(hops, ev):
+        text += ', "inner": true'
+    return text + "}"
+
+
 def path_line(path: PacketPath) -> str:
     """``json.dumps(path_json(path))``, built directly (the NDJSON sink's hot path)."""
     flow = "null" if path.flow is None else _esc(path.flow)
-    nat = _dumps([nat_json(ev, path.hops) for ev in path.nat]) if path.nat else "[]"
+    hops = path.hops
+    nat = f"[{', '.join([_nat_line(ev, hops) for ev in path.nat])}]" if path.nat else "[]"
     return (f'{{"type": "path", "id": {_esc(path.id)}, "flow": {flow}, "proto": {_esc(path.proto)}, '
             f'"verdict": {_esc(path.verdict)}, "hops": [{", ".join(map(_hop_line, path.hops))}], '
             f'"nat": {nat}}}')
