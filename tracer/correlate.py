@@ -64,7 +64,7 @@ from tracer.model import (
     Src,
     obs_dtype,
 )
-from tracer.nat import infer_nat, verdict
+from tracer.nat import fast_constructor, infer_nat, new_endpoints, verdict
 
 # Hops of one packet are µs apart, but sightings can reach us late: on a loaded box the
 # eBPF per-CPU staging was measured delivering some 135-500 ms after later ones. A path
@@ -213,6 +213,17 @@ def _observation_factory() -> Callable[[tuple[Any, ...]], Observation]:
 _new_observation = _observation_factory()
 
 
+class _PacketPathRow:
+    __slots__ = ("id", "hops", "nat", "verdict", "flow")  # noqa: RUF023 (PacketPath's order)
+
+    def __init__(self, id: str, hops: tuple[Observation, ...], nat: tuple[NatEvent, ...], verdict: str,
+                 flow: str | None) -> None:
+        self.id, self.hops, self.nat, self.verdict, self.flow = id, hops, nat, verdict, flow
+
+
+_new_path: Callable[..., PacketPath] = fast_constructor(PacketPath, _PacketPathRow)
+
+
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     """Pause CPython's cyclic GC while a batch allocates paths.
@@ -318,7 +329,7 @@ def _reverse(k: FlowKey) -> FlowKey:
 
 
 def _endpoints(o: Observation) -> Endpoints:
-    return Endpoints(src=o.src, sport=o.sport, dst=o.dst, dport=o.dport)
+    return new_endpoints(o.src, o.sport, o.dst, o.dport)
 
 
 class Correlator:
@@ -630,7 +641,7 @@ class Correlator:
                     and since <= last.ts_ns + self.window_ns else {}, self.links)
         pid = f"p{p.num}"
         flow = self._assign_flow(pid, hops, info)
-        return PacketPath(id=pid, hops=hops, nat=nat, verdict=v, flow=flow)
+        return _new_path(pid, hops, nat, v, flow)
 
     def _learn_links(self, hops: Sequence[Observation]) -> None:
         for a, b in pairwise(hops):
@@ -730,7 +741,7 @@ class Correlator:
             if fs is None:
                 assert trans is not None
                 self._flows += 1
-                reply = Endpoints(src=last.dst, sport=last.dport, dst=last.src, dport=last.sport)
+                reply = new_endpoints(last.dst, last.dport, last.src, last.sport)
                 fs = _FlowState(self._flows, first.proto_name, _endpoints(first), reply, -1)
                 for k in (orig, trans, _reverse(trans), _reverse(orig)):
                     if k not in keys:
