@@ -23,8 +23,9 @@ from tracer.errors import HoptraceError, KernelFeatureMissing, PrivilegeError, U
 from tracer.model import ObsBatch, PacketPath
 
 
-class _Started:
-    """A source that is already started: the engine's start() must not attach twice."""
+class Started:
+    """A source that is already started (attached before traffic may begin: the ready file,
+    a probe, the demo); the engine's start() must not attach it twice."""
 
     def __init__(self, inner: Any, on_hops: Callable[[ObsBatch], None] | None = None) -> None:
         self.inner = inner
@@ -245,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
         if rules is not None and hasattr(rules, "annotator"):
             annotators.append(rules.annotator)
         engine = engine_mod.Engine(
-            _Started(source, learn),
+            Started(source, learn),
             path_filter=path_filter,
             annotators=tuple(annotators),
             count=args.count,
@@ -317,4 +318,4 @@ class _Stopper:
             engine.stop()
 
 
-__all__ = ["HoptraceError", "choose_source", "run"]
+__all__ = ["HoptraceError", "Started", "choose_source", "run"]

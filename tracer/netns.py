@@ -23,17 +23,22 @@ T = TypeVar("T")
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
+def setns_fd(fd: int) -> None:
+    """Move the calling thread into the network namespace open at ``fd``."""
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        if err == 1:
+            raise PrivilegeError("cannot enter a network namespace: CAP_SYS_ADMIN is needed")
+        raise OSError(err, os.strerror(err))
+
+
 def setns_thread(netns_path: str) -> None:
     """Move the calling thread into the network namespace at ``netns_path``."""
     fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            if err == 1:
-                raise PrivilegeError(
-                    f"cannot enter network namespace {netns_path}: CAP_SYS_ADMIN is needed"
-                )
-            raise HoptraceError(f"cannot enter network namespace {netns_path}: {os.strerror(err)}")
+        setns_fd(fd)
+    except OSError as exc:
+        raise HoptraceError(f"cannot enter network namespace {netns_path}: {exc.strerror}") from exc
     finally:
         os.close(fd)
 

@@ -411,12 +411,12 @@ def _make_source(backend: str, target: Target) -> object:
     host the rest would only cost events. ARP is not kept: a missing ARP
     answer shows as EHOSTUNREACH on the socket.
     """
-    from tracer.live import _Started, choose_source
+    from tracer.live import Started, choose_source
 
     icmp = "icmp" if target.family == 4 else "icmp6"
     expr = icmp if target.proto == "icmp" else f"{target.proto} or {icmp}"
     spec = argparse.Namespace(backend=backend, snaplen=128, iface=[], filter=expr)
-    return _Started(choose_source(spec))
+    return Started(choose_source(spec))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,8 +13,6 @@ started or stopped after hoptrace started get their names without a restart.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import glob
 import http.client
 import json
@@ -32,15 +30,14 @@ from typing import Any
 
 from tracer.errors import HoptraceError, PrivilegeError
 from tracer.names import LAB_STATE, RUN_NETNS, NodeNamer, own_netns
+from tracer.netns import setns_fd
 
-CLONE_NEWNET = 0x40000000
 DOCKER_NETNS_DIRS = ("/run/docker/netns", "/var/run/docker/netns")
 # A lab's dockerd keeps its exec-root (and so its netns dir) under its state dir.
 LAB_NETNS_GLOBS = ("lab-*/netns/*", "lab-*/*/netns/*", "lab-*/*/*/netns/*")
 DOCKER_TIMEOUT_S = 2.0
 IPTABLES_TIMEOUT_S = 5.0
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 # --------------------------------------------------------------------------
@@ -363,14 +360,6 @@ class _RawNs:
     error: str | None = None
 
 
-def _setns_fd(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        if err == 1:
-            raise PrivilegeError("cannot enter a network namespace: CAP_SYS_ADMIN is needed")
-        raise OSError(err, os.strerror(err))
-
-
 def _read_sysctl(path: str) -> str:
     try:
         with open(path) as f:
@@ -458,7 +447,7 @@ def read_netlink(namespaces: dict[int, str]) -> dict[int, _RawNs]:
         try:
             for inode, fd in fds.items():
                 try:
-                    _setns_fd(fd)
+                    setns_fd(fd)
                     with IPRoute() as ipr:
                         out[inode] = _read_one(ipr, inode)
                 except PrivilegeError:
@@ -532,7 +521,7 @@ def _ask_nsids(raws: dict[int, _RawNs], fds: dict[int, int],
     def worker() -> None:
         for ino, wanted in ask.items():
             try:
-                _setns_fd(fds[ino])
+                setns_fd(fds[ino])
                 with IPRoute() as ipr:
                     for nsid, cands in wanted.items():
                         for other in cands:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -51,28 +51,6 @@ def live_available() -> tuple[bool, str]:
     return check_ebpf()
 
 
-class _Attached:
-    """A source that is already attached: traffic may start only once every probe is in place,
-    so the demo attaches it, and the engine (which would attach it again) gets this."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.kind = inner.kind
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        self.inner.stop()
-
-    @property
-    def lost_events(self) -> int:
-        return int(self.inner.lost_events)
-
-    def batches(self) -> Iterator[Any]:
-        return iter(self.inner.batches())
-
-
 def _annotators() -> list[Callable[[Any], Any]]:
     """Rule and conntrack attribution (tracer.attribution) over the lab as it is now."""
     if find_spec("tracer.attribution") is None or find_spec("tracer.topology") is None:
@@ -90,6 +68,7 @@ def trace_live(lab: Lab, name: str, recording: Path,
     from tracer.engine import Engine
     from tracer.engine import run as run_engine
     from tracer.filter import PathFilter
+    from tracer.live import Started
     from tracer.output import TextSink
     from tracer.record import PcapngRecorder
 
@@ -99,7 +78,7 @@ def trace_live(lab: Lab, name: str, recording: Path,
     source = EbpfSource(netns={lab.netns_inode(n) for n in NODES})
     source.start()
     try:
-        engine = Engine(_Attached(source), path_filter=path_filter, annotators=tuple(annotators))
+        engine = Engine(Started(source), path_filter=path_filter, annotators=tuple(annotators))
         recorder = PcapngRecorder(str(recording))
         engine.batch_hooks.append(recorder.on_batch)
         known = [0]
