@@ -10,6 +10,7 @@ the recording flushed in ``finally``, and the sink's last line is the stats.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import signal
@@ -258,8 +259,10 @@ def run(args: argparse.Namespace) -> int:
         if _want_tui(args):
             from tui.app import make_app
 
-            make_app(engine, keep=args.keep, backend_name=source.kind, filter_expr=args.filter,
-                     topology=topo, recorder_factory=_recorder_factory(args)).run()
+            app = make_app(engine, keep=args.keep, backend_name=source.kind, filter_expr=args.filter,
+                           topology=topo, recorder_factory=_recorder_factory(args))
+            stopper.app = app
+            app.run()
         else:
             from tracer.output import NdjsonSink, TextSink
 
@@ -297,6 +300,7 @@ class _Stopper:
     def __init__(self, source: Any) -> None:
         self.source = source
         self.engine: Any = None
+        self.app: Any = None  # the TUI, when it runs: a signal must end it too
         self.signals = 0
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, self._on_signal)
@@ -311,6 +315,16 @@ class _Stopper:
             self.source.stop()
         elif self.engine is not None:
             self.engine.stop()
+        if self.app is not None:
+            # The TUI owns the main thread's event loop. Stopping only the engine left it
+            # running on a closed terminal (SIGHUP) at 100% CPU, probes attached, for good.
+            # Leaving it ends run(), whose `finally` flushes the recording and removes rules.
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.app.exit()
+            else:
+                loop.call_soon_threadsafe(self.app.exit)
 
     def attach(self, engine: Any) -> None:
         self.engine = engine

@@ -47,3 +47,37 @@ def test_live_tui_shows_lab_traffic(lab_netns: Any, tmux: Tmux, tmp_path: Path) 
     while ready.exists():  # live removes its ready file on the way out
         assert time.monotonic() < deadline, f"q did not end hoptrace live:\n{tmux.screen()}"
         time.sleep(0.2)
+
+
+@pytest.mark.parametrize("how", ["terminal closed", "SIGTERM"])
+def test_live_tui_ends_when_its_terminal_goes_or_on_sigterm(lab_netns: Any, tmux: Tmux, tmp_path: Path,
+                                                            how: str) -> None:
+    """A closed terminal (SIGHUP) or SIGTERM ends the TUI and detaches: it once stayed alive
+    on a dead terminal at 100% CPU with its probes attached."""
+    need_root()
+    import os
+    import signal
+
+    ready = tmp_path / f"ready-{uuid.uuid4().hex[:6]}"
+    client = lab_netns.netns_inode("client")
+    tmux("-f", "/dev/null", "start-server", ";", "new-session", "-d", "-s", "hop", "-x", "120", "-y", "40",
+         "-e", "TERM=xterm-256color",
+         f"env -u COLUMNS -u LINES {HOPTRACE[0]} live --backend ebpf --ready-file {ready}"
+         f" --iface netns:{client}/eth0")
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        assert time.monotonic() < deadline, f"no ready file after 60 s:\n{tmux.screen()}"
+        time.sleep(0.1)
+    pid = int(ready.read_text().split()[0])
+    tmux.wait_for("backend ebpf")
+    if how == "SIGTERM":
+        os.kill(pid, signal.SIGTERM)
+    else:
+        tmux("kill-server")
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{pid}").exists():
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            pytest.fail(f"hoptrace live (pid {pid}) still running 20 s after: {how}")
+        time.sleep(0.2)
+    assert not ready.exists()
