@@ -371,7 +371,6 @@ class EbpfSource:
         self._cpus: list[int] = []
         self._ctx = (ctypes.c_uint64 * 4)()
         self._final_counters: dict[Counter, int] = {}
-        self.slow_decoded = 0  # rows that took tracer.decode's per-frame path
 
     # --- Source protocol -------------------------------------------------
 
@@ -551,7 +550,7 @@ class EbpfSource:
     def _decode(self, chunks: Sequence[bytes]) -> ObsBatch:
         import numpy as np
 
-        from probes.bulk_decode import decode_bulk
+        from tracer.decode import decode_into
 
         ev_size = self._ev_size
         parts = []
@@ -577,7 +576,9 @@ class EbpfSource:
         rows["frame_off"] = offs
         rows["frame_len"] = cap
         rows["hop"] = self._hop_indexes(ev)
-        self.slow_decoded += decode_bulk(rows, ev["frame"], cap, ev["mac_len"], buf, offs)
+        # Frames with no mac header (mac_len < 14) start at L3: raw IP (LINKTYPE_RAW).
+        decode_into(rows, buf, offs.tolist(), cap.tolist(),
+                    np.where(ev["mac_len"] >= 14, 1, 101).tolist())
         return ObsBatch(
             rows=rows,
             hops=self._labels.hops,
