@@ -290,14 +290,14 @@ _ICMP_NAMES = {
 _TCP_FLAGS = "FSRPAUEC"
 
 
-def _addr_port(addr: str, port: int | None) -> str:
+def addr_port(addr: str, port: int | None) -> str:
     if port is None:
         return addr
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
-def _ends_text(e: Endpoints) -> str:
-    return f"{_addr_port(e.src, e.sport)} → {_addr_port(e.dst, e.dport)}"
+def endpoints_text(e: Endpoints) -> str:
+    return f"{addr_port(e.src, e.sport)} → {addr_port(e.dst, e.dport)}"
 
 
 def duration_text(ns: int) -> str:
@@ -330,9 +330,9 @@ def what_text(h: Observation) -> str:
 def nat_text(ev: NatEvent, hops: Sequence[Observation] = ()) -> str:
     """``172.17.0.2 → 203.0.113.2  SNAT @ host POSTROUTING  rule: ...``"""
     if ev.kind == "snat":
-        change = f"{_addr_port(ev.before.src, ev.before.sport)} → {_addr_port(ev.after.src, ev.after.sport)}"
+        change = f"{addr_port(ev.before.src, ev.before.sport)} → {addr_port(ev.after.src, ev.after.sport)}"
     else:
-        change = f"{_addr_port(ev.before.dst, ev.before.dport)} → {_addr_port(ev.after.dst, ev.after.dport)}"
+        change = f"{addr_port(ev.before.dst, ev.before.dport)} → {addr_port(ev.after.dst, ev.after.dport)}"
     if ev.icmp_id_before is not None:
         change += f" (icmp id {ev.icmp_id_before} → {ev.icmp_id_after})"
     inner = "quoted header " if hops and is_inner_event(hops, ev) else ""
@@ -347,8 +347,8 @@ def nat_text(ev: NatEvent, hops: Sequence[Observation] = ()) -> str:
 def path_text(path: PacketPath) -> str:
     """One block: a header line, then one line per hop with the rewrites inline."""
     first = path.first
-    head = (f"{path.id}  {what_text(first)}  {_addr_port(first.src, first.sport)} → "
-            f"{_addr_port(first.dst, first.dport)}  {path.verdict}  {duration_text(path.latency_ns)}")
+    head = (f"{path.id}  {what_text(first)}  {addr_port(first.src, first.sport)} → "
+            f"{addr_port(first.dst, first.dport)}  {path.verdict}  {duration_text(path.latency_ns)}")
     if path.flow:
         head += f"  flow {path.flow}"
     by_hop: dict[int, list[NatEvent]] = {}
@@ -374,7 +374,7 @@ def path_text(path: PacketPath) -> str:
 
 def flow_text(flow: Flow) -> str:
     ct = f"  ct {flow.conntrack_id}" if flow.conntrack_id is not None else ""
-    return (f"{flow.id}  {flow.proto}  {_ends_text(flow.original)}  reply {_ends_text(flow.reply)}"
+    return (f"{flow.id}  {flow.proto}  {endpoints_text(flow.original)}  reply {endpoints_text(flow.reply)}"
             f"  paths {' '.join(flow.paths)}{ct}")
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from rich.text import Text
 
 from tracer.model import Endpoints, NatEvent, Observation, PacketPath
+from tracer.output import addr_port, endpoints_text
 
 VERDICT_STYLE = {
     "delivered": "bold green",
@@ -43,16 +44,6 @@ def duration_text(ns: int) -> str:
     if ns < 1_000_000_000:
         return f"{ns / 1e6:.1f} ms"
     return f"{ns / 1e9:.2f} s"
-
-
-def addr_port(addr: str, port: int | None) -> str:
-    if port is None:
-        return addr
-    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
-
-
-def endpoints_text(ep: Endpoints) -> str:
-    return f"{addr_port(ep.src, ep.sport)} → {addr_port(ep.dst, ep.dport)}"
 
 
 def hop_endpoints(obs: Observation) -> Endpoints:
