@@ -26,7 +26,6 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tracer.model import HopLabel, ObsBatch, PacketPath
+from tracer.source import BatchListSource
 
 HOPS = [
     HopLabel("web", "eth0", 4026532001, 2), HopLabel("host", "veth1a2b3c", 4026531840, 4),
@@ -97,28 +97,13 @@ def make_batches(n_records: int, size: int, seed: int = 1) -> list[ObsBatch]:
     return out
 
 
-class BatchSource:
-    kind = "ebpf"
-    lost_events = 0
-
-    def __init__(self, batches: list[ObsBatch]) -> None:
-        self._batches = batches
-
-    def start(self) -> None:
-        pass
-
-    def batches(self) -> Iterator[ObsBatch]:
-        yield from self._batches
-
-    def stop(self) -> None:
-        pass
 
 
 def run_engine(bs: list[ObsBatch], record: str | None) -> tuple[float, list[PacketPath]]:
     from tracer.engine import Engine
     from tracer.record import PcapngRecorder
 
-    engine = Engine(BatchSource(bs))
+    engine = Engine(BatchListSource(bs, kind="ebpf"))
     rec = PcapngRecorder(record) if record else None
     if rec is not None:
         engine.batch_hooks.append(rec.on_batch)

@@ -34,3 +34,22 @@ class Source(Protocol):
     def lost_events(self) -> int:
         """Every sighting that did not reach the correlator (kernel ring full, socket drops, shedding)."""
         ...
+
+
+class BatchListSource:
+    """A Source over batches already in memory (tests, benchmarks, a notebook)."""
+
+    lost_events = 0
+
+    def __init__(self, batches: list[ObsBatch], kind: str = "file") -> None:
+        self.kind = kind
+        self._batches = batches
+
+    def start(self) -> None:
+        pass
+
+    def batches(self) -> Iterator[ObsBatch]:
+        yield from self._batches
+
+    def stop(self) -> None:
+        pass

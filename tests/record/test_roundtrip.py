@@ -8,7 +8,6 @@ paths and flows must be equal as JSON (tracer.output, CONTRACT.md's shape).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,29 +17,11 @@ from tests.conftest import FIXTURES, run_hoptrace
 from tests.record.helpers import batch_of, masquerade_pings
 from tests.record.test_record import tshark
 from tracer.engine import Engine
-from tracer.model import Flow, ObsBatch, PacketPath
+from tracer.model import Flow, PacketPath
 from tracer.output import flow_json, path_json
 from tracer.readers import FileSource
 from tracer.record import PcapngRecorder
-
-
-class BatchSource:
-    """Ready-made batches as a live source would yield them."""
-
-    kind = "ebpf"
-    lost_events = 0
-
-    def __init__(self, batches: list[ObsBatch]) -> None:
-        self._batches = batches
-
-    def start(self) -> None:
-        pass
-
-    def batches(self) -> Iterator[ObsBatch]:
-        yield from self._batches
-
-    def stop(self) -> None:
-        pass
+from tracer.source import BatchListSource
 
 
 def run_engine(source: Any, record: Path | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -74,7 +55,7 @@ def test_ebpf_like_batches_round_trip(tmp_path: Path) -> None:
         batch_of(masquerade_pings(10, t0=1_795_805_099_000_000_000, with_skb=False)),
     ]
     rec = tmp_path / "rec.pcapng"
-    live = run_engine(BatchSource(batches), record=rec)
+    live = run_engine(BatchListSource(batches, kind="ebpf"), record=rec)
     replayed = replay(rec)
     assert replayed == live
     paths = live[0]
@@ -104,7 +85,7 @@ def test_lab_fixtures_round_trip(fixture: str, tmp_path: Path) -> None:
 def test_cli_replay_of_a_recording_prints_the_same_paths(tmp_path: Path) -> None:
     batches = [batch_of(masquerade_pings(8, drop_every=4), drop_reasons={6: "NETFILTER_DROP"})]
     rec = tmp_path / "rec.pcapng"
-    live_paths, live_flows = run_engine(BatchSource(batches), record=rec)
+    live_paths, live_flows = run_engine(BatchListSource(batches, kind="ebpf"), record=rec)
     proc = run_hoptrace("replay", str(rec), "--json")
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(ln) for ln in proc.stdout.splitlines()]

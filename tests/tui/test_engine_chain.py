@@ -6,7 +6,6 @@ observations (ObsBatch.from_observations); no scripted engine.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from tests.conftest import FIXTURES
 from tests.tui.scripted import MASQ_RULE, masquerade_reply, masquerade_request, sync
 from tests.tui.test_app import SIZE, shown_ids, view_text, wait_for
 from tracer.model import ObsBatch
+from tracer.source import BatchListSource
 
 engine_mod = pytest.importorskip("tracer.engine", reason="needs tracer.engine (CORRELATOR)")
 
@@ -59,21 +59,6 @@ def lab_topology():  # type: ignore[no-untyped-def]
     return Topology(namespaces=(host, web), own_netns=HOST_NS)
 
 
-class BatchSource:
-    kind = "synthetic"
-    lost_events = 0
-
-    def __init__(self, batches: list[ObsBatch]) -> None:
-        self._batches = batches
-
-    def start(self) -> None:
-        pass
-
-    def batches(self) -> Iterator[ObsBatch]:
-        yield from self._batches
-
-    def stop(self) -> None:
-        pass
 
 
 def masquerade_batch() -> ObsBatch:
@@ -88,7 +73,7 @@ async def test_engine_with_attribution_shows_the_masquerade_rule() -> None:
 
     topo = lab_topology()
     att = annotator(topo, conntrack=False, refresh_s=None)
-    engine = engine_mod.Engine(BatchSource([masquerade_batch()]), annotators=[att])
+    engine = engine_mod.Engine(BatchListSource([masquerade_batch()], kind="synthetic"), annotators=[att])
     app = make_app(engine, topology=topo)
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: app.status.finished and len(app.store.view) == 2)
