@@ -166,12 +166,14 @@ def choose_source(args: argparse.Namespace) -> Any:
     return src
 
 
-def _annotators(source: Any) -> tuple[list[Callable[[PacketPath], PacketPath]], Any]:
-    """Attribution (inferred NAT rule, conntrack entry) over the discovered topology, when in this build."""
+def _annotators(source: Any, topo: Any = None) -> tuple[list[Callable[[PacketPath], PacketPath]], Any]:
+    """Attribution (inferred NAT rule, conntrack entry) over the topology (discovered unless
+    the caller has one already), when in this build."""
     topology = _optional("tracer.topology")
     if topology is None:
         return [], None
-    topo = topology.Topology.discover()
+    if topo is None:
+        topo = topology.Topology.discover()
     namer = getattr(source, "_namer", None)
     if namer is not None:
         # container names for the hop labels, when the Docker API answered

@@ -21,14 +21,17 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tracer.errors import EXIT_OK, EXIT_PROBLEM, HoptraceError, PrivilegeError, UsageError
+from tracer.errors import EXIT_OK, EXIT_PROBLEM, PrivilegeError, UsageError
 from tracer.model import Flow, Observation, PacketPath
-from tracer.names import LAB_STATE, NodeNamer, netns_inode
+from tracer.names import LAB_STATE
 from tracer.netns import run_in_netns
+
+if TYPE_CHECKING:
+    from tracer.topology import Topology
 
 PAYLOAD_TAG = b"hoptrace-probe:"
 # ICMP unreachable codes that mean "nothing routes there" rather than "refused".
@@ -81,36 +84,6 @@ def parse_target(text: str, proto: str | None) -> Target:
     return Target(addr=str(ip), family=ip.version, port=port, proto=proto)
 
 
-def _netns_candidates() -> Iterable[str]:
-    run_netns = Path("/run/netns")
-    if run_netns.is_dir():
-        yield from (str(p) for p in sorted(run_netns.iterdir()))
-    if LAB_STATE.is_dir():
-        yield from (str(p) for p in sorted(LAB_STATE.glob("lab-*/**/netns/*")))
-    for pid in sorted((p for p in os.listdir("/proc") if p.isdigit()), key=int):
-        yield f"/proc/{pid}/ns/net"
-
-
-def known_nodes(namer: NodeNamer | None = None) -> dict[str, list[tuple[str, int]]]:
-    """node name -> the namespaces of that name, as (path, inode).
-
-    Names can repeat when several labs are up (each has a "client"), hence lists.
-    """
-    namer = namer or NodeNamer()
-    nodes: dict[str, list[tuple[str, int]]] = {}
-    seen: set[int] = set()
-    for path in _netns_candidates():
-        try:
-            inode = netns_inode(path)
-        except OSError:
-            continue
-        if inode in seen:
-            continue
-        seen.add(inode)
-        nodes.setdefault(namer.name(inode), []).append((path, inode))
-    return nodes
-
-
 def _current_lab_inodes() -> set[int]:
     """The namespaces of the lab named by HOPTRACE_LAB_PREFIX (default "hop"), if it is up."""
     prefix = os.environ.get("HOPTRACE_LAB_PREFIX") or "hop"
@@ -121,35 +94,17 @@ def _current_lab_inodes() -> set[int]:
     return {int(k) for k in labels}
 
 
-def _namer_with_containers() -> NodeNamer:
-    namer = NodeNamer()
-    try:
-        from tracer import topology
-    except ImportError:
-        return namer
-    discover = getattr(getattr(topology, "Topology", None), "discover", None)
-    if discover is None:
-        return namer
-    try:
-        topo = discover()
-    except HoptraceError:
-        return namer
-    for inode, name in getattr(topo, "container_names", {}).items():
-        namer.containers[int(inode)] = name
-    return namer
-
-
-def resolve_node(name: str) -> tuple[str, int]:
+def resolve_node(name: str, topo: Topology) -> tuple[str, int]:
+    """A node name (container, /run/netns name, lab label, host) -> (netns path, inode)."""
     if not name or len(name) > 255 or "\0" in name or "/" in name:
         raise UsageError(f"not a node name: {name[:40]!r}")
-    nodes = known_nodes(_namer_with_containers())
-    found = nodes.get(name, [])
-    if len(found) > 1:
+    found = [(ns.path, ns.inode) for ns in topo.namespaces if ns.name == name]
+    if len(found) > 1:  # several labs are up, each with a "client": prefer the current one
         lab = _current_lab_inodes()
         found = [f for f in found if f[1] in lab] or found
     if not found:
-        listing = ", ".join(sorted(n for n in nodes if not n.startswith("netns:"))) or "none"
-        raise UsageError(f"unknown node {name!r}", f"known nodes: {listing}")
+        names = {ns.name for ns in topo.namespaces if not ns.name.startswith("netns:")}
+        raise UsageError(f"unknown node {name!r}", f"known nodes: {', '.join(sorted(names)) or 'none'}")
     if len(found) > 1:
         raise UsageError(f"node name {name!r} is ambiguous: namespaces "
                          + ", ".join(str(i) for _, i in found),
@@ -430,11 +385,15 @@ def run(args: argparse.Namespace) -> int:
         # Checked before the node lookup: an unprivileged user gets this, not a confusing name error.
         raise PrivilegeError("probe enters a container's network namespace and traces it: it needs root",
                              "missing CAP_SYS_ADMIN / CAP_NET_RAW; run it with sudo")
-    netns_path, netns = resolve_node(args.from_node)
+    from tracer.topology import Topology
+
+    # One discovery: it names the node to send from and feeds rule/conntrack attribution.
+    topo = Topology.discover()
+    netns_path, netns = resolve_node(args.from_node, topo)
     from tracer.live import _annotators
 
     source = _make_source(args.backend, target)
-    annotators, _topo = _annotators(source)
+    annotators, _topo = _annotators(source, topo)
     engine = Engine(source, annotators=annotators)  # type: ignore[arg-type]
     paths: list[PacketPath] = []
     flows: list[Flow] = []

@@ -104,13 +104,17 @@ def test_nul_in_filter_is_refused_not_truncated() -> None:
 
 def test_nul_in_probe_target_and_node() -> None:
     from tracer.probe import parse_target, resolve_node
+    from tracer.topology import Namespace, Topology
+
+    # a node really named "client" exists: only the NUL can make these fail
+    topo = Topology(namespaces=(Namespace(inode=1, name="client", path="/proc/self/ns/net"),))
 
     for text in ("198.51.100.8\0", "198.51.100.8:80\0", "\0"):
         with pytest.raises(UsageError):
             parse_target(text, "udp")
     for name in ("client\0", "\0", "client\0; id"):
         with pytest.raises(UsageError):
-            resolve_node(name)
+            resolve_node(name, topo)
 
 
 def test_nul_in_record_path(tmp_path: Path) -> None:
