@@ -82,6 +82,13 @@ class KernelLayout:
     def cflags(self) -> list[str]:
         flags = [f"-DHT_OFF_{k}={v}" for k, v in sorted(self.offsets.items())]
         skb_lo, skb_hi = self.span("SKB_")
+        # skb->dev in the same read when that keeps it to one read of <= 256 bytes: one
+        # bpf_probe_read_kernel less per rx/drop event (~15 ns here, BPF_ENABLE_STATS)
+        dev_off = self.offsets["SKB_DEV"]
+        lo8 = min(skb_lo, dev_off // 8 * 8)
+        hi8 = max(skb_hi, (dev_off + 8 + 7) // 8 * 8)
+        if hi8 - lo8 <= 256:
+            skb_lo, skb_hi = lo8, hi8
         dev_lo, dev_hi = self.span("DEV_", {"DEV_NAME": 16})  # char name[IFNAMSIZ]
         if skb_hi - skb_lo > 256 or dev_hi - dev_lo > 256:
             raise BtfError("sk_buff/net_device fields are spread too far apart for one read each")

@@ -115,8 +115,15 @@ struct hop_single {
 // loads them, before any map can be written, and while a filter changes.
 #define F_READY (1u << 31)
 
+// Small netns and protocol sets live in the config value itself: an array
+// lookup is inlined by the verifier, a hash lookup is a helper call that
+// costs more than the compares (measured with BPF_ENABLE_STATS).
+#define HT_NETNS_INLINE 8
 struct ht_config {
     u32 flags;
+    u32 n_netns;                 // F_NETNS: inodes in netns[], 0 = look them up in netns_set
+    u32 netns[HT_NETNS_INLINE];
+    u32 protos[8];               // F_PROTO: bit p of this 256-bit set = IP protocol p passes
 };
 
 struct addr_key {
@@ -134,7 +141,6 @@ BPF_PERCPU_ARRAY(stage, struct hop_batch, 1);
 BPF_PERCPU_ARRAY(counters, u64, 4);
 BPF_ARRAY(config, struct ht_config, 1);
 BPF_HASH(netns_set, u32, u8, 1024);
-BPF_HASH(proto_set, u32, u8, 256);
 BPF_HASH(addr_set, struct addr_key, u8, 1024);
 BPF_HASH(port_set, u32, u8, 1024);
 // skb address -> identity of the packet that matched: addresses are reused
@@ -171,10 +177,39 @@ static __always_inline u16 rd16(void *base, int off) {
     return v;
 }
 
-// Fill *e from the skb; returns 0 when the in-kernel filter rejects it.
-static __always_inline int fill(struct hop_event *e, void *skb, void *dev, u8 kind, u32 reason,
-                                u32 flags) {
-    // One read for the sk_buff fields and one for the net_device fields:
+static __always_inline int netns_ok(struct ht_config *cfg, u32 netns) {
+    u32 n = cfg->n_netns;
+    if (n == 0)
+        return netns_set.lookup(&netns) != 0;
+#pragma unroll
+    for (int i = 0; i < HT_NETNS_INLINE; i++) {
+        if (i < n && cfg->netns[i] == netns)
+            return 1;
+    }
+    return 0;
+}
+
+// What look() learnt about one hop, before anything is staged or reserved.
+struct hop_meta {
+    u64 ts_ns;
+    unsigned char *start; // first byte of the frame
+    u32 netns;
+    u32 ifindex;
+    u32 len;
+    u32 wire_len;
+    u32 avail;            // linear bytes readable from start
+    u16 mac_len;
+    u16 protocol;
+    char ifname[HT_IFNAMSIZ];
+};
+
+// Read the skb and its device and apply the in-kernel filter; returns 0 when
+// the filter rejects the hop. Runs before the stage or the ring is touched,
+// so a rejected hop costs no atomics and no ring space.
+static __always_inline int look(struct hop_meta *m, void *skb, void *dev, u8 kind,
+                                struct ht_config *cfg, u32 flags) {
+    // One read for the sk_buff fields (skb->dev included when BTF puts it
+    // close enough, see probes/btf.py) and one for the net_device fields:
     // each bpf_probe_read_kernel costs tens of ns on the packet path.
     u8 sk[HT_SKB_HI - HT_SKB_LO];
     bpf_probe_read_kernel(sk, sizeof(sk), (char *)skb + HT_SKB_LO);
@@ -193,8 +228,13 @@ static __always_inline int fill(struct hop_event *e, void *skb, void *dev, u8 ki
     // they are no packet's hop.
     if (kind == HOP_DROP && protocol == 0)
         return 0;
-    if (!dev)
+    if (!dev) {
+#if HT_SKB_LO <= HT_OFF_SKB_DEV && HT_OFF_SKB_DEV + 8 <= HT_SKB_HI
+        __builtin_memcpy(&dev, &sk[HT_OFF_SKB_DEV - HT_SKB_LO], 8);
+#else
         dev = (void *)rd64(skb, HT_OFF_SKB_DEV);
+#endif
+    }
     u32 netns = 0, ifindex = 0;
     u8 dv[HT_DEV_HI - HT_DEV_LO] = {};
     if (dev) {
@@ -204,14 +244,12 @@ static __always_inline int fill(struct hop_event *e, void *skb, void *dev, u8 ki
         if (netp)
             netns = rd32(netp, HT_OFF_NET_NS + HT_OFF_NS_INUM);
         // a dropped skb's dev may point at a device being torn down: without
-        // a namespace its index and name are not trustworthy
+        // a namespace its index is not trustworthy
         if (netns)
             __builtin_memcpy(&ifindex, &dv[HT_OFF_DEV_IFINDEX - HT_DEV_LO], 4);
-        else
-            dev = 0;
     }
     if (flags & F_NETNS) {
-        if (!netns_set.lookup(&netns))
+        if (!netns_ok(cfg, netns))
             return 0;
     }
 
@@ -231,6 +269,7 @@ static __always_inline int fill(struct hop_event *e, void *skb, void *dev, u8 ki
         mac_len = 0;
     }
 
+    u64 now = 0;
     if (flags & (F_PROTO | F_ADDR | F_PORT)) {
         u8 hdr[40] = {};
         bpf_probe_read_kernel(hdr, sizeof(hdr), l3);
@@ -249,13 +288,19 @@ static __always_inline int fill(struct hop_event *e, void *skb, void *dev, u8 ki
             proto = hdr[6];
             ident = ((u32)hdr[4] << 8) | hdr[5];
             __builtin_memcpy(s.a, &hdr[8], 16);
-            bpf_probe_read_kernel(d.a, 16, l3 + 24);
+            __builtin_memcpy(d.a, &hdr[24], 16);
             l4off = 40;
         } else {
             return 0;
         }
+        // The protocol is NAT-invariant and a tracked skb passed this same
+        // check when it was recorded: reject before the tracked lookup.
+        if (flags & F_PROTO) {
+            if (!(cfg->protos[(proto >> 5) & 7] & (1u << (proto & 31))))
+                return 0;
+        }
         u64 key = (u64)skb;
-        u64 now = bpf_ktime_get_ns();
+        now = bpf_ktime_get_ns();
         int hit = 0;
         if (flags & F_TRACK) {
             struct track_val *tv = tracked.lookup(&key);
@@ -263,10 +308,6 @@ static __always_inline int fill(struct hop_event *e, void *skb, void *dev, u8 ki
                 hit = 1;
         }
         if (!hit) {
-            if (flags & F_PROTO) {
-                if (!proto_set.lookup(&proto))
-                    return 0;
-            }
             if (flags & F_ADDR) {
                 if (!addr_set.lookup(&s) && !addr_set.lookup(&d))
                     return 0;
@@ -289,32 +330,45 @@ static __always_inline int fill(struct hop_event *e, void *skb, void *dev, u8 ki
         }
     }
 
-    e->ts_ns = bpf_ktime_get_ns();
+    m->ts_ns = now ? now : bpf_ktime_get_ns();
+    m->start = start;
+    m->netns = netns;
+    m->ifindex = ifindex;
+    m->len = len;
+    m->wire_len = len + (u32)(data - start);
+    // Only the linear part is readable by address; paged data is not copied.
+    m->avail = (u32)(data - start) + (len - data_len);
+    m->mac_len = mac_len;
+    m->protocol = protocol;
+    // dv is zeroed when there is no device, so the name is empty then
+    __builtin_memcpy(m->ifname, &dv[HT_OFF_DEV_NAME - HT_DEV_LO], HT_IFNAMSIZ);
+    return 1;
+}
+
+// Write one accepted hop into its slot (in the stage or a ring record).
+static __always_inline void put(struct hop_event *e, struct hop_meta *m, void *skb, u8 kind,
+                                u32 reason) {
+    e->ts_ns = m->ts_ns;
     e->skb = (u64)skb;
-    e->netns = netns;
-    e->ifindex = ifindex;
-    e->len = len;
+    e->netns = m->netns;
+    e->ifindex = m->ifindex;
+    e->len = m->len;
     e->drop_reason = reason;
     e->kind = kind;
     e->pad = 0;
-    e->mac_len = mac_len;
-    e->protocol = protocol;
-    e->wire_len = len + (u32)(data - start);
-    // dv is zeroed when there is no device, so the name is empty then
-    __builtin_memcpy(e->ifname, &dv[HT_OFF_DEV_NAME - HT_DEV_LO], HT_IFNAMSIZ);
-
-    // Only the linear part is readable by address; paged data is not copied.
-    u32 avail = (u32)(data - start) + (len - data_len);
-    u64 cap = avail;
+    e->mac_len = m->mac_len;
+    e->protocol = m->protocol;
+    e->wire_len = m->wire_len;
+    __builtin_memcpy(e->ifname, m->ifname, HT_IFNAMSIZ);
+    u64 cap = m->avail;
     // The barrier keeps clang from folding the clamp into a signed 32-bit
     // compare the verifier cannot use as a bound for the read below.
     asm volatile("" : "+r"(cap));
     if (cap > HT_SNAPLEN)
         cap = HT_SNAPLEN;
-    if (bpf_probe_read_kernel(e->frame, cap, start) < 0)
+    if (bpf_probe_read_kernel(e->frame, cap, m->start) < 0)
         cap = 0;
     e->cap_len = cap;
-    return 1;
 }
 
 static __always_inline void flush(struct hop_batch *b) {
@@ -336,9 +390,16 @@ static __always_inline void flush(struct hop_batch *b) {
 static __always_inline int hop(void *skb, void *dev, u8 kind, u32 reason) {
     int zero = 0;
     struct ht_config *cfg = config.lookup(&zero);
-    u32 flags = cfg ? cfg->flags : 0;
+    if (!cfg)
+        return 0;
+    u32 flags = cfg->flags;
     if (!(flags & F_READY))
         return 0;
+    struct hop_meta m;
+    if (!look(&m, skb, dev, kind, cfg, flags)) {
+        count(C_FILTERED, 1);
+        return 0;
+    }
     struct hop_batch *b = stage.lookup(&zero);
     if (!b)
         return 0;
@@ -354,14 +415,10 @@ static __always_inline int hop(void *skb, void *dev, u8 kind, u32 reason) {
             count(C_LOST, 1);
             return 0;
         }
-        if (!fill(&one->ev[0], skb, dev, kind, reason, flags)) {
-            events.ringbuf_discard(one, BPF_RB_NO_WAKEUP);
-            count(C_FILTERED, 1);
-            return 0;
-        }
+        put(&one->ev[0], &m, skb, kind, reason);
         one->count = 1;
         one->busy = 0;
-        one->first_ts = one->ev[0].ts_ns;
+        one->first_ts = m.ts_ns;
         events.ringbuf_submit(one, BPF_RB_NO_WAKEUP);
         count(C_NESTED, 1);
         count(C_EMITTED, 1);
@@ -374,15 +431,12 @@ static __always_inline int hop(void *skb, void *dev, u8 kind, u32 reason) {
         idx = 0;
     }
     if (idx < HT_BATCH) {
-        if (fill(&b->ev[idx], skb, dev, kind, reason, flags)) {
-            if (idx == 0)
-                b->first_ts = b->ev[0].ts_ns;
-            b->count = idx + 1;
-            if (idx + 1 >= HT_BATCH || b->ev[idx].ts_ns - b->first_ts > HT_FLUSH_NS)
-                flush(b);
-        } else {
-            count(C_FILTERED, 1);
-        }
+        put(&b->ev[idx], &m, skb, kind, reason);
+        if (idx == 0)
+            b->first_ts = m.ts_ns;
+        b->count = idx + 1;
+        if (idx + 1 >= HT_BATCH || m.ts_ns - b->first_ts > HT_FLUSH_NS)
+            flush(b);
     }
     __sync_fetch_and_add(&b->busy, -1);
     return 0;

@@ -119,6 +119,7 @@ def event_dtype(snaplen: int) -> Any:
 
 F_NETNS, F_PROTO, F_ADDR, F_PORT, F_TRACK = 1, 2, 4, 8, 16
 F_READY = 1 << 31
+NETNS_INLINE = 8  # HT_NETNS_INLINE in skb_hops.c
 PROTO_NUMBERS = {"icmp": 1, "tcp": 6, "udp": 17, "icmp6": 58, "sctp": 132}
 
 
@@ -501,23 +502,31 @@ class EbpfSource:
             return
         ct = ctypes
         cfg = bpf[b"config"]
-        cfg[ct.c_int(0)] = cfg.Leaf(0)  # not ready: the programs emit nothing while the sets change
-        for name, values, conv in (
-            (b"netns_set", kf.netns, lambda t, v: t.Key(v)),
-            (b"proto_set", kf.protos, lambda t, v: t.Key(v)),
-            (b"port_set", kf.ports, lambda t, v: t.Key(v)),
-        ):
+        leaf = cfg.Leaf()  # all zero: not ready, the programs emit nothing while the sets change
+        cfg[ct.c_int(0)] = leaf
+        for name, values in ((b"netns_set", kf.netns), (b"port_set", kf.ports)):
             table = bpf[name]
             table.clear()
             for v in values:
-                table[conv(table, v)] = table.Leaf(1)
+                table[table.Key(v)] = table.Leaf(1)
         addrs = bpf[b"addr_set"]
         addrs.clear()
         for a in kf.addrs:
             key = addrs.Key()
             ct.memmove(ct.addressof(key), _addr_key(a), 16)
             addrs[key] = addrs.Leaf(1)
-        cfg[ct.c_int(0)] = cfg.Leaf(kf.flags | F_READY)
+        # Small netns sets and the protocol set go inline in the config value (see struct
+        # ht_config). Written twice, first not ready: a map update is a plain copy that a
+        # program on another CPU may read half-done, and the second copy changes only flags.
+        if 0 < len(kf.netns) <= NETNS_INLINE:
+            leaf.n_netns = len(kf.netns)
+            for i, ino in enumerate(sorted(kf.netns)):
+                leaf.netns[i] = ino
+        for proto in kf.protos:
+            leaf.protos[proto >> 5] |= 1 << (proto & 31)
+        cfg[ct.c_int(0)] = leaf
+        leaf.flags = kf.flags | F_READY
+        cfg[ct.c_int(0)] = leaf
         self.kernel_filter = kf
 
     # --- internals -------------------------------------------------------------

@@ -192,3 +192,62 @@ def test_kernel_filter_changes_while_running(lab_netns: Any) -> None:
     assert first == []
     assert second and {o.netns for o in second} == {host}
     assert {o.hop_name for o in second} >= {"host/docker0", "host/eth0"}
+
+
+def test_netns_set_inline_and_beyond_it(lab_netns: Any) -> None:
+    """Up to NETNS_INLINE namespaces are compared inline in the config value, more go to the
+    netns_set hash: both keep exactly the namespaces asked for."""
+    from probes.skb_hops import NETNS_INLINE, EbpfSource
+
+    client, host = lab_netns.netns_inode("client"), lab_netns.netns_inode("host")
+    # inodes no namespace has (the kernel's start at 0xF0000000): they only fill the set
+    fillers = {1000 + i for i in range(NETNS_INLINE)}
+    for wanted in ({client, host}, {client, host} | fillers):
+        src = EbpfSource(netns=wanted)
+        src.start()
+        obs: list[Observation] = []
+
+        def consume(src: Any = src, obs: list[Observation] = obs) -> None:
+            for batch in src.batches():
+                obs.extend(batch.observations())
+
+        th = threading.Thread(target=consume)
+        th.start()
+        try:
+            assert lab_netns.run("internet-ping").ok
+            time.sleep(0.3)
+        finally:
+            src.stop()
+            th.join(timeout=10)
+        pings = [o for o in obs if o.proto == 1 and SERVER in (o.src, o.dst)]
+        assert {o.netns for o in pings} == {client, host}, len(wanted)
+        assert src.lost_events == 0
+
+
+def test_proto_set_bits_above_31(lab_netns: Any) -> None:
+    """The protocol set is a 256-bit map in the config value: sctp (132) and icmp6 (58) live in
+    other words than icmp (1); a set of only those keeps no ICMPv4 ping, adding icmp keeps it."""
+    from probes.skb_hops import EbpfSource, KernelFilter
+
+    lab_ns = frozenset(lab_netns.netns_inode(n) for n in ("host", "inet", "client", "web"))
+    counts = []
+    for protos in ({58, 132}, {1, 58, 132}):
+        src = EbpfSource(kernel_filter=KernelFilter(netns=lab_ns, protos=frozenset(protos)))
+        src.start()
+        obs: list[Observation] = []
+
+        def consume(src: Any = src, obs: list[Observation] = obs) -> None:
+            for batch in src.batches():
+                obs.extend(batch.observations())
+
+        th = threading.Thread(target=consume)
+        th.start()
+        try:
+            assert lab_netns.run("internet-ping").ok
+            time.sleep(0.3)
+        finally:
+            src.stop()
+            th.join(timeout=10)
+        assert {o.proto for o in obs} <= protos
+        counts.append(sum(1 for o in obs if o.proto == 1))
+    assert counts[0] == 0 and counts[1] >= 8  # request and reply, 4+ hops each
