@@ -1,12 +1,15 @@
 """AF_PACKET taps vs tcpdump: lossless capture rate on all hops, in one run.
 
-Run as root: ``.venv/bin/python bench/taps_bench.py [--seconds 3] [--rates 20000,40000,80000,0]``.
+Run as root: ``.venv/bin/python bench/taps_bench.py [--seconds 3] [--reps 3]
+[--rates 50000,100000,0] [--cpus split|shared]``.
 
 Builds a netns lab of its own and taps its default interface set (docker0, both
 host veths, the uplink, both containers' eth0). For each offered rate (iperf3 -u,
 64-byte payloads, client -> 198.51.100.8 through MASQUERADE: 4 sightings per
-packet; 0 = as fast as the sender goes) it runs, one after the other on the same
-interfaces and the same traffic:
+packet; 0 = as fast as the sender goes) and each repetition it runs every peer
+once, one after the other on the same interfaces and the same offered traffic (the
+order of the peers alternates between repetitions, so drift in the background load
+does not favour one of them):
 
 * ``tcpdump``: the peer — one ``tcpdump -p -n -s 128 -B 32768 -w /dev/null`` per
   interface (entered with nsenter); captured and dropped from its exit summary;
@@ -17,10 +20,22 @@ interfaces and the same traffic:
 * ``live``:    ``hoptrace live --backend pcap --json`` (taps + correlator + NDJSON);
   observations and lost_events from its stats line.
 
-Per run: sightings/s captured, kernel drops, capturer CPU (% of one core, from
-/proc/<pid>/stat) and CPU per 100k sightings/s. The lossless rate of a capturer is
-the highest captured rate of its runs with 0 drops; the ratio taps/tcpdump is
-printed last. Targets (issue 6): ratio >= 0.9, CPU <= 25 % of a core per 100k/s.
+``--cpus split`` (the default) pins the traffic (iperf3 client and server, and so the
+kernel's forwarding of it, which runs in the sender's softirq on this box) to CPU 0
+and the capturer to CPU 1: the sender's rate then does not depend on how much CPU
+the capturer burns, and a capturer that cannot keep up with one core drops (its
+limit shows). ``--cpus shared``: nothing pinned; the capturer's CPU is taken from
+the sender, so at "max" a costlier capturer sees a slower sender.
+
+Per run: the sender's own rate (sent/s, and its CPU from iperf3) and whether it
+reached the offered rate, sightings/s captured and the share of the 4 per packet,
+kernel drops, capturer CPU (% of one core, from /proc/<pid>/stat) and CPU per 100k
+sightings/s. A run is lossless when nothing was dropped and every sighting arrived.
+The lossless rate of a capturer is the median captured rate at the highest offered
+rate where all its repetitions were lossless; the ratio taps/tcpdump is printed
+last, marked "sender-limited" when neither capturer lost anything at the top rate
+(the sender, not the capturers, set both numbers). Targets (issue 6): ratio >= 0.9,
+CPU <= 25 % of a core per 100k/s.
 """
 
 from __future__ import annotations
@@ -31,6 +46,7 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,6 +63,7 @@ PAYLOAD = 64
 HOPTRACE = str(ROOT / ".venv" / "bin" / "hoptrace")
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+SETTLE_S = 1.3
 
 
 def cpu_s(pid: int) -> float:
@@ -72,14 +89,15 @@ def wait_file(path: str, proc: subprocess.Popen[Any], timeout_s: float = 60) -> 
 class Tcpdump:
     name = "tcpdump"
 
-    def __init__(self, specs: list[tuple[str, str]]) -> None:
+    def __init__(self, specs: list[tuple[str, str]], pin: list[str]) -> None:
         self.specs = specs
+        self.pin = pin
         self.procs: list[subprocess.Popen[str]] = []
 
     def start(self) -> None:
         for path, ifname in self.specs:
             self.procs.append(subprocess.Popen(
-                ["nsenter", f"--net={path}", "--", "tcpdump", "-p", "-n", "-s", "128", "-B", "32768",
+                [*self.pin, "nsenter", f"--net={path}", "--", "tcpdump", "-p", "-n", "-s", "128", "-B", "32768",
                  "-i", ifname, "-w", "/dev/null"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
         # tcpdump says "listening on ..." once its socket is bound.
@@ -106,8 +124,9 @@ class Tcpdump:
 class Taps:
     name = "taps"
 
-    def __init__(self, ifaces: list[str], workdir: str, raw: bool = False) -> None:
+    def __init__(self, ifaces: list[str], workdir: str, pin: list[str], raw: bool = False) -> None:
         self.ifaces = ifaces
+        self.pin = pin
         self.raw = raw
         self.name = "taps-raw" if raw else "taps"
         self.ready = os.path.join(workdir, f"taps-{uuid.uuid4().hex[:6]}")
@@ -115,7 +134,7 @@ class Taps:
 
     def start(self) -> None:
         mode = "raw" if self.raw else "rows"
-        self.proc = subprocess.Popen([PYTHON, __file__, "--child", mode, self.ready, *self.ifaces],
+        self.proc = subprocess.Popen([*self.pin, PYTHON, __file__, "--child", mode, self.ready, *self.ifaces],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_file(self.ready, self.proc)
         time.sleep(0.2)  # the capture loop is running (imports done)
@@ -135,14 +154,15 @@ class Taps:
 class Live:
     name = "live"
 
-    def __init__(self, ifaces: list[str], workdir: str) -> None:
+    def __init__(self, ifaces: list[str], workdir: str, pin: list[str]) -> None:
         self.ifaces = ifaces
+        self.pin = pin
         self.ready = os.path.join(workdir, f"live-{uuid.uuid4().hex[:6]}")
         self.out = os.path.join(workdir, f"live-{uuid.uuid4().hex[:6]}.ndjson")
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
-        argv = [HOPTRACE, "live", "--backend", "pcap", "--json", "--ready-file", self.ready]
+        argv = [*self.pin, HOPTRACE, "live", "--backend", "pcap", "--json", "--ready-file", self.ready]
         for i in self.ifaces:
             argv += ["--iface", i]
         with open(self.out, "w") as f:
@@ -171,7 +191,7 @@ def child(mode: str, ready: str, ifaces: list[str]) -> int:
     to tell the capture loop's cost from the decoder's."""
     import select
 
-    from tracer.taps import TapSource
+    from tracer.taps import TapSource, drain_taps
 
     src = TapSource(ifaces, notices=lambda _m: None)
     n = 0
@@ -196,9 +216,8 @@ def child(mode: str, ready: str, ifaces: list[str]) -> int:
         while not stop:
             if poller.poll(src.poll_ms):
                 time.sleep(src.drain_ms / 1000)
-                for tap in taps:
-                    chunk = tap.drain()
-                    n += len(chunk.ts) if chunk is not None else 0
+                chunk = drain_taps(taps)
+                n += len(chunk.ts) if chunk is not None else 0
         lost = sum(t.close() for t in taps)
     print(json.dumps({"captured": n, "lost": lost}))
     return 0
@@ -209,29 +228,88 @@ def child(mode: str, ready: str, ifaces: list[str]) -> int:
 # --------------------------------------------------------------------------
 
 
-def iperf_udp(lab: Any, pps: int, seconds: float) -> int:
-    """Datagrams the sender sent (client -> SERVER), at ``pps`` (0: unlimited)."""
-    server = lab.spawn("inet", ["iperf3", "-s", "-1", "-B", SERVER], f"iperf3-{uuid.uuid4().hex[:4]}")
+def iperf_udp(lab: Any, pps: int, seconds: float, pin: list[str]) -> tuple[int, float]:
+    """Datagrams the sender sent (client -> SERVER) at ``pps`` (0: unlimited), and the
+    sender's CPU (% of one core, iperf3's own figure: user + system of its process)."""
+    server = lab.spawn("inet", [*pin, "iperf3", "-s", "-1", "-B", SERVER], f"iperf3-{uuid.uuid4().hex[:4]}")
     try:
         time.sleep(0.3)
         bits = pps * PAYLOAD * 8
-        argv = ["iperf3", "-c", SERVER, "-u", "-l", str(PAYLOAD), "-b", str(bits), "-t", str(seconds), "-J"]
+        argv = [*pin, "iperf3", "-c", SERVER, "-u", "-l", str(PAYLOAD), "-b", str(bits), "-t", str(seconds), "-J"]
         r = lab.exec("client", argv, capture_output=True, text=True, timeout=seconds + 30)
         data = json.loads(r.stdout)
         if "error" in data:
             raise SystemExit(f"iperf3: {data['error']}")
-        return int(data["end"]["sum"]["packets"])
+        cpu = float(data["end"].get("cpu_utilization_percent", {}).get("host_total", 0.0))
+        return int(data["end"]["sum"]["packets"]), cpu
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(server.pid, signal.SIGTERM)  # "-1" makes it exit after one test anyway
 
 
+def lossless(run: dict[str, Any]) -> bool:
+    """Nothing dropped and every sighting arrived (4 per datagram; the iperf3 control
+    connection adds a few, so >= rather than ==)."""
+    return run["dropped"] == 0 and run["captured"] >= 4 * run["sent"]
+
+
+def summarize(results: list[dict[str, Any]], peers: list[str], rates: list[int]) -> None:
+    """Per peer and rate the medians over repetitions, then lossless rates and ratios."""
+    print()
+    print(f"{'peer':8} {'offered':>7} {'sent/s':>9} {'snd cpu':>7} {'captured/s':>10} {'lossless':>8} "
+          f"{'drops':>7} {'cpu':>6} {'cpu/100k':>8}")
+    levels: dict[str, list[tuple[int, bool, dict[str, float]]]] = {}
+    for name in peers:
+        for pps in rates:
+            runs = [r for r in results if r["peer"] == name and r["offered"] == pps]
+            if not runs:
+                continue
+            med = {k: statistics.median(r[k] for r in runs)
+                   for k in ("sent_rate", "sender_cpu", "rate", "cpu_pct", "cpu_per_100k")}
+            ok = all(lossless(r) for r in runs)
+            drops = sum(r["dropped"] for r in runs)
+            levels.setdefault(name, []).append((pps, ok, med))
+            print(f"{name:8} {pps or 'max':>7} {med['sent_rate']:9.0f} {med['sender_cpu']:6.0f}% "
+                  f"{med['rate']:10.0f} {sum(map(lossless, runs)):>4}/{len(runs):<3} {drops:7d} "
+                  f"{med['cpu_pct']:5.1f}% {med['cpu_per_100k']:7.1f}%")
+
+    def order(pps: int) -> float:
+        return float("inf") if pps == 0 else pps
+
+    print()
+    best: dict[str, tuple[int, dict[str, float]] | None] = {}
+    top = max(rates, key=order)
+    for name, lv in levels.items():
+        ok = [(pps, med) for pps, good, med in lv if good]
+        best[name] = max(ok, key=lambda x: order(x[0])) if ok else None
+        b = best[name]
+        if b is None:
+            print(f"{name:8} lossless rate: none (losses at every offered rate)")
+        else:
+            pps, med = b
+            print(f"{name:8} lossless rate {med['rate']:9.0f} sightings/s (offered {pps or 'max'}, sender "
+                  f"{med['sent_rate']:.0f} pkt/s), cpu {med['cpu_per_100k']:.1f}% of a core per 100k/s")
+    base = best.get("tcpdump")
+    for name in ("taps", "taps-raw", "live"):
+        b = best.get(name)
+        if base is None or b is None:
+            continue
+        ratio = b[1]["rate"] / base[1]["rate"]
+        limited = b[0] == top and base[0] == top
+        note = ("sender-limited: neither lost anything at the top offered rate, so both rates are "
+                "the sender's" if limited else "capturer-limited")
+        print(f"ratio {name}/tcpdump: {ratio:.2f}  (target >= 0.9; {note})")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=3.0)
-    ap.add_argument("--rates", default="20000,40000,80000,0",
-                    help="offered packets/s, comma separated (0 = unlimited)")
-    ap.add_argument("--peers", default="tcpdump,taps,live")
+    ap.add_argument("--rates", default="50000,100000,0",
+                    help="offered packets/s, comma separated (0 = as fast as the sender goes)")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions of every (rate, peer) run")
+    ap.add_argument("--peers", default="tcpdump,taps")
+    ap.add_argument("--cpus", choices=("split", "shared"), default="split",
+                    help="split: traffic on CPU 0, capturer on CPU 1; shared: nothing pinned")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -241,63 +319,56 @@ def main() -> int:
     from tracer.taps import default_specs
     from tracer.topology import Topology
 
+    split = args.cpus == "split" and (os.cpu_count() or 1) >= 2
+    send_pin = ["taskset", "-c", "0"] if split else []
+    cap_pin = ["taskset", "-c", "1"] if split else []
+    peers = args.peers.split(",")
+    rates = [int(r) for r in args.rates.split(",")]
     lab = Lab("netns", f"hoptest-tb{uuid.uuid4().hex[:6]}")
     lab.up()
-    results: dict[str, list[dict[str, Any]]] = {}
+    results: list[dict[str, Any]] = []
     try:
         mine = {lab.netns_inode(n) for n in ("host", "client", "web", "inet")}
         specs = [s for s in default_specs(Topology.discover(nat=False)) if s.netns in mine]
         ifaces = [f"netns:{s.netns}/{s.ifname}" for s in specs]
-        print(f"tapping {len(specs)} interfaces: {', '.join(s.label for s in specs)}")
-        rates = [int(r) for r in args.rates.split(",")]
+        print(f"tapping {len(specs)} interfaces: {', '.join(s.label for s in specs)}; "
+              f"cpus {'split (traffic on 0, capturer on 1)' if split else 'shared'}; "
+              f"{args.reps} reps of {args.seconds:g} s")
         with tempfile.TemporaryDirectory(prefix="taps-bench-") as workdir:
-            for pps in rates:
-                for name in args.peers.split(","):
-                    cap: Any = {"tcpdump": lambda: Tcpdump([(s.netns_path, s.ifname) for s in specs]),
-                                "taps": lambda: Taps(ifaces, workdir),
-                                "taps-raw": lambda: Taps(ifaces, workdir, raw=True),
-                                "live": lambda: Live(ifaces, workdir)}[name]()
-                    cap.start()
-                    t0 = time.monotonic()
-                    sent = iperf_udp(lab, pps, args.seconds)
-                    time.sleep(0.3)  # the last blocks retire
-                    res = cap.stop()
-                    elapsed = time.monotonic() - t0
-                    # Rates over the traffic's duration (the capturer idles before and after).
-                    res.update(peer=name, offered=pps, sent=sent, elapsed=elapsed,
-                               rate=res["captured"] / args.seconds,
-                               cpu_pct=100 * res["cpu_s"] / args.seconds)
-                    # CPU seconds per 100k sightings = % of a core at 100k sightings/s; does
-                    # not depend on how long the capturer idled around the traffic.
-                    res["cpu_per_100k"] = 100 * res["cpu_s"] / max(res["captured"] / 100_000, 1e-9)
-                    results.setdefault(name, []).append(res)
-                    print(f"{name:8} offered {pps or 'max':>6} pps  sent {sent / args.seconds:9.0f} pps  "
-                          f"captured {res['rate']:9.0f}/s ({res['captured'] / max(4 * sent, 1):.2f} of 4/pkt)  "
-                          f"drops {res['dropped']:7d}  cpu {res['cpu_pct']:5.1f}%  "
-                          f"({res['cpu_per_100k']:5.1f}% per 100k/s)", flush=True)
+            for rep in range(args.reps):
+                for pps in rates:
+                    for name in (peers if rep % 2 == 0 else peers[::-1]):
+                        cap: Any = {
+                            "tcpdump": lambda: Tcpdump([(s.netns_path, s.ifname) for s in specs], cap_pin),
+                            "taps": lambda: Taps(ifaces, workdir, cap_pin),
+                            "taps-raw": lambda: Taps(ifaces, workdir, cap_pin, raw=True),
+                            "live": lambda: Live(ifaces, workdir, cap_pin)}[name]()
+                        cap.start()
+                        t0 = time.monotonic()
+                        sent, sender_cpu = iperf_udp(lab, pps, args.seconds, send_pin)
+                        # The last blocks retire: tcpdump's ring hands a block over when full or
+                        # after its 1 s timeout, and stopping it earlier loses that block
+                        # (seen as 0.995 of 4/pkt captured with 0 drops).
+                        time.sleep(SETTLE_S)
+                        res = cap.stop()
+                        elapsed = time.monotonic() - t0
+                        # Rates over the traffic's duration (the capturer idles before and after).
+                        res.update(peer=name, offered=pps, rep=rep, sent=sent, elapsed=elapsed,
+                                   sent_rate=sent / args.seconds, sender_cpu=sender_cpu,
+                                   rate=res["captured"] / args.seconds,
+                                   cpu_pct=100 * res["cpu_s"] / args.seconds)
+                        # CPU seconds per 100k sightings = % of a core at 100k sightings/s; does
+                        # not depend on how long the capturer idled around the traffic.
+                        res["cpu_per_100k"] = 100 * res["cpu_s"] / max(res["captured"] / 100_000, 1e-9)
+                        results.append(res)
+                        short = " (below offered)" if pps and res["sent_rate"] < 0.97 * pps else ""
+                        print(f"{name:8} offered {pps or 'max':>6} pps  sent {res['sent_rate']:7.0f} pps"
+                              f"{short} (sender cpu {sender_cpu:3.0f}%)  captured {res['rate']:7.0f}/s "
+                              f"({res['captured'] / max(4 * sent, 1):.3f} of 4/pkt)  drops {res['dropped']:6d}  "
+                              f"cpu {res['cpu_pct']:5.1f}% ({res['cpu_per_100k']:5.1f}% per 100k/s)", flush=True)
     finally:
         lab.down()
-
-    def lossless(name: str) -> dict[str, Any] | None:
-        ok = [r for r in results.get(name, []) if r["dropped"] == 0]
-        return max(ok, key=lambda r: r["rate"]) if ok else None
-
-    print()
-    best = {name: lossless(name) for name in results}
-    for name, r in best.items():
-        if r is None:
-            print(f"{name:8} lossless rate: none (drops at every rate)")
-        else:
-            print(f"{name:8} lossless rate {r['rate']:9.0f} sightings/s, cpu {r['cpu_pct']:.1f}% "
-                  f"= {r['cpu_per_100k']:.1f}% of a core per 100k/s")
-    if all(r["dropped"] == 0 for rs in results.values() for r in rs):
-        print("no capturer dropped at any offered rate: these rates are the sender's (it shares "
-              "the CPUs with the capturer), not the capturers' limits")
-    base = best.get("tcpdump")
-    for name in ("taps", "taps-raw", "live"):
-        r = best.get(name)
-        if base and r:
-            print(f"ratio {name}/tcpdump: {r['rate'] / base['rate']:.2f}  (target >= 0.9)")
+    summarize(results, peers, rates)
     return 0
 
 

@@ -121,7 +121,7 @@ def _chunk(hop: int, ts: list[int], frames: list[bytes], rank: list[int] | None 
     from tracer.taps import _Chunk
 
     lens = np.array([len(f) for f in frames], dtype=np.uint32)
-    return _Chunk(hop=hop, linktype=1, ts=np.array(ts, dtype=np.uint64),
+    return _Chunk(hop=np.full(len(ts), hop, dtype=np.uint32), ts=np.array(ts, dtype=np.uint64),
                   rank=np.array(rank or [1] * len(ts), dtype=np.uint8),
                   dirs=np.ones(len(ts), dtype=np.uint8), wire=lens, lens=lens,
                   offs=np.cumsum([0] + [len(f) for f in frames[:-1]]).astype(np.int64),
@@ -164,3 +164,75 @@ def test_reorder_breaks_timestamp_ties_by_rank() -> None:
     ro.add(_chunk(0, [100], [b"br"], rank=[2]))  # the bridge's tap was drained first
     ro.add(_chunk(1, [100], [b"port"], rank=[0]))
     assert [o.ifname for o in ro.take(hops, None).observations()] == ["veth1", "docker0"]
+
+
+# --------------------------------------------------------------------------
+# Ring blocks -> frames (TPACKET_V3 layout, built by hand)
+# --------------------------------------------------------------------------
+
+# A SOCK_RAW packet socket's frame: tpacket3_hdr (48 bytes), sockaddr_ll, the frame at
+# tp_mac = 82 (netoff aligned to 16 = 96, minus the 14-byte Ethernet header).
+MAC_OFF = 82
+
+
+def _tp_frame(ns: int, data: bytes, pkttype: int, wire: int) -> bytes:
+    size = (MAC_OFF + len(data) + 7) & ~7
+    hdr = struct.pack("<IIIIIIHH", size, ns // 1_000_000_000, ns % 1_000_000_000, len(data), wire, 1,
+                      MAC_OFF, MAC_OFF + 14).ljust(48, b"\0")
+    sll = struct.pack("<HHiHBB8s", 17, 0x0300, 2, 1, pkttype, 6, b"").ljust(MAC_OFF - 48, b"\0")
+    return hdr + sll + data + b"\xee" * (size - MAC_OFF - len(data))
+
+
+def _tp_block(frames: list[bytes]) -> bytes:
+    """tpacket_block_desc + frames; the kernel leaves the last frame's tp_next_offset 0."""
+    if frames:
+        frames = [*frames[:-1], b"\0\0\0\0" + frames[-1][4:]]
+    body = b"".join(frames)
+    return struct.pack("<IIIIIIQ", 1, 0, 1, len(frames), 48, 48 + len(body), 0).ljust(48, b"\0") + body
+
+
+def _reference_walk(blocks: list[bytes]) -> list[tuple[int, int, bytes, int, int]]:
+    """(ts, dir, frame bytes, wire length, block) per frame by following tp_next_offset."""
+    out = []
+    for b, blk in enumerate(blocks):
+        num, off = struct.unpack_from("<II", blk, 12)
+        for _ in range(num):
+            nxt, sec, nsec, snap, wire = struct.unpack_from("<IIIII", blk, off)
+            mac = struct.unpack_from("<H", blk, off + 24)[0]
+            out.append((sec * 1_000_000_000 + nsec, 2 if blk[off + 58] == 4 else 1,
+                        blk[off + mac : off + mac + snap], wire, b))
+            off += nxt
+    return out
+
+
+@pytest.mark.parametrize("sizes", [
+    [[60] * 170, [60] * 3, [1]],  # one kind of traffic: every block is one stride
+    [[60, 128, 60, 54, 128], [128] * 4 + [60], [54] * 7],  # mixed sizes: walked
+    [[], [60] * 5, [], [128]],  # a retired block may hold nothing
+])
+def test_frames_of_blocks_match_a_frame_by_frame_walk(sizes: list[list[int]]) -> None:
+    from tracer.taps import _frames_of
+
+    blocks, ns = [], 1_700_000_000_999_999_000
+    for b, block_sizes in enumerate(sizes):
+        frames = []
+        for i, n in enumerate(block_sizes):
+            ns += 1_000
+            frames.append(_tp_frame(ns, bytes((b * 7 + i + j) % 256 for j in range(n)),
+                                    4 if (b + i) % 3 == 0 else 0, n + 1000))
+        blocks.append(_tp_block(frames))
+    meta = [(b % 2, 0, 2) for b in range(len(blocks))]  # (hop, rx rank, tx rank)
+    chunk = _frames_of(b"".join(blocks), [len(b) for b in blocks], meta)
+    ref = _reference_walk(blocks)
+    assert chunk is not None
+    got = [(int(t), int(d), chunk.frames[o : o + n], int(w), int(h), int(r))
+           for t, d, o, n, w, h, r in zip(chunk.ts, chunk.dirs, chunk.offs, chunk.lens, chunk.wire,
+                                          chunk.hop, chunk.rank, strict=True)]
+    assert got == [(t, d, f, w, b % 2, 2 if d == 2 else 0) for t, d, f, w, b in ref]
+
+
+def test_frames_of_empty_blocks_is_nothing() -> None:
+    from tracer.taps import _frames_of
+
+    blk = _tp_block([])
+    assert _frames_of(blk + blk, [len(blk)] * 2, [(0, 0, 2)] * 2) is None
