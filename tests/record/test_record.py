@@ -345,9 +345,7 @@ def test_frames_in_fixed_size_slots_like_ebpf_records(tmp_path: Path) -> None:
     [10**9 - 1, 10**9, 10**9 + 4095],
 ])  # fmt: skip
 def test_comment_numbers_are_exact_decimal(values: list[int]) -> None:
-    from tracer.record import _decimal, _decimal_near
+    from tracer.record import _decimal
 
-    x = np.array(values, np.uint64)
-    for fmt in (_decimal, _decimal_near):
-        got = [bytes(r).decode() for r in fmt(x)]
-        assert [g.strip() for g in got] == [str(v) for v in values] and len({len(g) for g in got}) == 1
+    got = [bytes(r).decode() for r in _decimal(np.array(values, np.uint64))]
+    assert [g.strip() for g in got] == [str(v) for v in values] and len({len(g) for g in got}) == 1
