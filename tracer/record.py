@@ -306,12 +306,12 @@ def _row_kinds(rows: np.ndarray, nhops: int, ns_lo: int, ns_span: int, dr_max: i
         key += (rows["netns"] - np.uint64(ns_lo)).astype(np.int64)
         seen = np.zeros(size, bool)
         seen[key] = True
-        kinds = np.flatnonzero(seen)
-        if len(kinds) == 1:
-            return np.zeros(len(rows), np.intp), kinds.tolist()
+        present = np.flatnonzero(seen)
+        if len(present) == 1:
+            return np.zeros(len(rows), np.intp), present.tolist()
         lut = np.empty(size, np.intp)
-        lut[kinds] = np.arange(len(kinds))
-        return lut[key], kinds.tolist()
+        lut[present] = np.arange(len(present))
+        return lut[key], present.tolist()
     # Rare (netns values far apart, or large reason codes): a sort.
     import numpy.lib.recfunctions as rfn
 
