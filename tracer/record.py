@@ -190,11 +190,13 @@ def _mix64(h: np.ndarray, tmp: np.ndarray) -> None:
 
 @functools.cache
 def _luts() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Lookup tables: two hex digits per byte, four decimal digits per 0..9999, and the
+    """Lookup tables: four hex digits per 0..0xffff, four decimal digits per 0..9999, and the
     packet id's state after its first two rounds (family, proto) for every pair."""
     import numpy as np
 
-    hex2 = np.frombuffer(b"".join(b"%02x" % v for v in range(256)), "<u2")
+    hex2 = np.frombuffer(b"".join(b"%02x" % v for v in range(256)), "<u2").astype(np.uint32)
+    v = np.arange(1 << 16)
+    hex4 = hex2[v >> 8] | (hex2[v & 0xFF] << 16)  # little-endian: the high byte's digits first
     dec4 = np.frombuffer(b"".join(b"%04d" % v for v in range(10000)), "<u4")
     pair = np.arange(1 << 16, dtype=np.uint64)
     h = np.full(1 << 16, _FP_SEED, np.uint64)
@@ -202,7 +204,7 @@ def _luts() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     for part in (pair >> np.uint64(8), pair & np.uint64(0xFF)):
         np.bitwise_xor(h, part, out=h)
         _mix64(h, tmp)
-    return hex2, dec4, h
+    return hex4, dec4, h
 
 
 def packet_ids(rows: np.ndarray) -> np.ndarray:
@@ -347,7 +349,7 @@ def encode_epbs(
     n = len(rows)
     if n == 0:
         return memoryview(b""), np.zeros(0, np.int64)
-    hex2, dec4, _ = _luts()
+    hex4, dec4, _ = _luts()
     ts = np.ascontiguousarray(rows["ts_ns"], np.uint64)
     skb = np.ascontiguousarray(rows["skb"], np.uint64)
     netns = rows["netns"]
@@ -415,7 +417,7 @@ def encode_epbs(
 
     # skb: "0x" + hex digits, or a right-aligned null.
     at = 4 * (c + 1) + skb_at
-    digits = hex2[skb.view(np.uint8).reshape(n, 8)[:, ::-1]].view(np.uint8)
+    digits = hex4.take(skb.view("<u2").reshape(n, 4)[:, ::-1].astype(np.intp)).view(np.uint8)
     mat8[:, at + 3 : at + 3 + skb_w] = digits[:, 16 - skb_w :]
     none = np.flatnonzero(skb == 0)
     if len(none):
