@@ -586,8 +586,7 @@ class EbpfSource:
         rows["frame_len"] = cap
         rows["hop"] = self._hop_indexes(ev)
         # Frames with no mac header (mac_len < 14) start at L3: raw IP (LINKTYPE_RAW).
-        decode_into(rows, buf, offs.tolist(), cap.tolist(),
-                    np.where(ev["mac_len"] >= 14, 1, 101).tolist())
+        decode_into(rows, buf, offs, cap, np.where(ev["mac_len"] >= 14, 1, 101), zeroed=True)
         return ObsBatch(
             rows=rows,
             hops=self._labels.hops,
