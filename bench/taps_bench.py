@@ -187,11 +187,12 @@ def child(mode: str, ready: str, ifaces: list[str]) -> int:
     """The taps peer: count sightings until SIGINT, then print one JSON line.
 
     ``rows``: TapSource.batches(), every frame decoded (what the engine gets);
-    ``raw``: only the ring reads (the same taps, poll + drain, no reordering or decoding),
+    ``raw``: only the ring reads (the same taps, poll + copy, the tpacket headers parsed
+    every batch_ms as the source's consumer does; no reordering or decoding),
     to tell the capture loop's cost from the decoder's."""
     import select
 
-    from tracer.taps import TapSource, drain_taps
+    from tracer.taps import TapSource
 
     src = TapSource(ifaces, notices=lambda _m: None)
     n = 0
@@ -204,6 +205,7 @@ def child(mode: str, ready: str, ifaces: list[str]) -> int:
         lost = src.lost_events
     else:
         # The same taps, opened without the source's reader thread.
+        from tracer.taps import parse_rounds, take_round
         from tracer.topology import Topology
 
         taps = [src._open(spec) for spec in src._wanted(Topology.discover(nat=False), strict=True)]
@@ -213,11 +215,21 @@ def child(mode: str, ready: str, ifaces: list[str]) -> int:
         poller = select.poll()
         for tap in taps:
             poller.register(tap.fd, select.POLLIN)
+        rounds: list[Any] = []
+        last_parse = time.monotonic()
         while not stop:
             if poller.poll(src.poll_ms):
                 time.sleep(src.drain_ms / 1000)
-                chunk = drain_taps(taps)
+                r = take_round(taps)
+                if r is not None:
+                    rounds.append(r)
+            if time.monotonic() - last_parse >= src.batch_ms / 1000:
+                # What the source's consumer does with the rounds before reordering.
+                chunk = parse_rounds(rounds)
                 n += len(chunk.ts) if chunk is not None else 0
+                rounds, last_parse = [], time.monotonic()
+        chunk = parse_rounds(rounds)
+        n += len(chunk.ts) if chunk is not None else 0
         lost = sum(t.close() for t in taps)
     print(json.dumps({"captured": n, "lost": lost}))
     return 0

@@ -274,22 +274,23 @@ class Tap:
             sock.close()
             raise
 
-    def take_blocks(self, pieces: list[memoryview], meta: list[tuple[int, int, int]]) -> int:
+    def take_blocks(self, pieces: list[memoryview], meta: list[tuple[int, int, int]]) -> tuple[int, int]:
         """Append a view of every block the kernel handed over (its used bytes; no copy yet)
-        to ``pieces`` and (hop, rx rank, tx rank) to ``meta``; returns how many. The blocks
-        stay ours until ``hand_back``: copy them first."""
+        to ``pieces`` and (hop, rx rank, tx rank) to ``meta``; returns how many blocks and
+        frames. The blocks stay ours until ``hand_back``: copy them first."""
         status, bs, nr, w32, mv = self._status, self.block_size, self.block_nr, self._w32, self._mv
-        cur, k = self._cur, 0
+        cur, k, rows = self._cur, 0, 0
         while k < nr and status[cur].value & TP_STATUS_USER:
             base = cur * bs
             # blk_len: header + frames, each a multiple of 8 (the & keeps a garbage value
             # from misaligning the next block in the copy).
             used = min(w32[(base >> 2) + 5], bs) & ~7
+            rows += w32[(base >> 2) + 3]  # num_pkts
             pieces.append(mv[base : base + used])
             meta.append((self.hop, self.rank_rx, self.rank_tx))
             k += 1
             cur = cur + 1 if cur + 1 < nr else 0
-        return k
+        return k, rows
 
     def hand_back(self, k: int) -> None:
         """Give the next ``k`` blocks back to the kernel (after they were copied)."""
@@ -330,18 +331,31 @@ class Tap:
         return drops
 
 
-def drain_taps(taps: Sequence[Tap]) -> _Chunk | None:
+@dataclass(slots=True)
+class _Round:
+    """The ring blocks every tap handed over in one poll round, copied one after the other
+    into ``frames`` (``used`` bytes each), not parsed yet: the reader thread only copies
+    and gives the blocks back, the consumer parses many rounds at once (``parse_rounds``)."""
+
+    frames: bytes
+    used: list[int]
+    meta: list[tuple[int, int, int]]  # (hop, rx rank, tx rank) per block
+    rows: int  # frames in it
+
+
+def take_round(taps: Sequence[Tap]) -> _Round | None:
     """Copy every block the kernel handed over on any of ``taps`` into one buffer (one
-    memcpy per block, by one ``bytes.join``), give the blocks back, then read the frames'
-    tpacket headers out of the copy with one set of numpy calls for all of them.
+    memcpy per block, by one ``bytes.join``) and give the blocks back.
 
     The copy keeps the tpacket headers between frames: frame offsets point past them.
     That is cheaper than gathering frame bytes one by one (measured: a per-byte numpy
-    gather cost more than the decode). Doing all taps of a poll round together makes the
-    numpy calls' fixed cost (~2 us each) per round rather than per tap and round."""
+    gather cost more than the decode). No numpy here: in this VM a numpy call after an
+    idle wait costs several times its warm price (~300 us for the ~40 calls that parse a
+    round, whatever its size), so parsing once per consumer batch, not per round, is
+    what keeps the reader cheap."""
     pieces: list[memoryview] = []
     meta: list[tuple[int, int, int]] = []
-    taken = [(tap, tap.take_blocks(pieces, meta)) for tap in taps]
+    taken = [(tap, *tap.take_blocks(pieces, meta)) for tap in taps]
     if not pieces:
         return None
     used = [len(p) for p in pieces]
@@ -350,10 +364,27 @@ def drain_taps(taps: Sequence[Tap]) -> _Chunk | None:
     finally:
         for piece in pieces:
             piece.release()
-        for tap, k in taken:
+        for tap, k, _ in taken:
             if k:
                 tap.hand_back(k)
-    return _frames_of(frames, used, meta)
+    return _Round(frames, used, meta, sum(rows for _, _, rows in taken))
+
+
+def parse_rounds(rounds: Sequence[_Round]) -> _Chunk | None:
+    """The frames of ``rounds`` (oldest first) as one chunk, with one set of numpy calls."""
+    if not rounds:
+        return None
+    if len(rounds) == 1:
+        r = rounds[0]
+        return _frames_of(r.frames, r.used, r.meta)
+    return _frames_of(b"".join(r.frames for r in rounds), [u for r in rounds for u in r.used],
+                      [m for r in rounds for m in r.meta])
+
+
+def drain_taps(taps: Sequence[Tap]) -> _Chunk | None:
+    """Copy and parse at once (``take_round`` + ``parse_rounds``)."""
+    r = take_round(taps)
+    return parse_rounds([r]) if r is not None else None
 
 
 def _frames_of(frames: bytes, used: list[int], meta: list[tuple[int, int, int]]) -> _Chunk | None:
@@ -648,6 +679,7 @@ class TapSource:
         self._reader: threading.Thread | None = None
         self._reader_done = threading.Event()
         self._reorder: _Reorder | None = None
+        self._rounds: list[_Round] = []  # copied by the reader, parsed by the consumer
         self._buf_lock = threading.Lock()
         self.max_pending = max_pending
         self._started = False
@@ -714,27 +746,27 @@ class TapSource:
                     if errored is not None and ev & select.POLLERR:
                         errored.clear_error()  # level-triggered: reset it; re-discovery decides
                 if events:
-                    # Each read of a ring costs a fixed ~50 us of numpy calls whatever it
-                    # holds; waiting until drain_ms after the last read lets more blocks
-                    # retire, so there are fewer, bigger reads (rings hold ~1 s at least).
+                    # Each round costs a fixed part whatever it holds; waiting until
+                    # drain_ms after the last one lets more blocks retire, so there are
+                    # fewer, bigger rounds (rings hold ~1 s at least).
                     wait = self.drain_ms / 1000 - (time.monotonic() - last_drain)
                     if wait > 0:
                         time.sleep(wait)
-                    chunk = drain_taps(list(by_fd.values()))
+                    rnd = take_round(list(by_fd.values()))
                     last_drain = time.monotonic()
-                    with lock:
-                        if chunk is not None:
-                            reorder.add(chunk)
-                        # A consumer that cannot keep up: shed the oldest, and say so.
-                        self._lost += reorder.shed(self.max_pending)
+                    if rnd is not None:
+                        with lock:
+                            self._rounds.append(rnd)
+                            # A consumer that cannot keep up: shed the oldest, and say so.
+                            self._lost += self._shed()
                 now = time.monotonic()
                 if now - last_stats >= 1.0:
                     self._lost += sum(t.read_stats() for t in self.taps.values())
                     last_stats = now
-            chunk = drain_taps(list(by_fd.values()))
-            with lock:
-                if chunk is not None:
-                    reorder.add(chunk)
+            rnd = take_round(list(by_fd.values()))
+            if rnd is not None:
+                with lock:
+                    self._rounds.append(rnd)
         finally:
             self._shutdown()
             self._reader_done.set()
@@ -749,11 +781,20 @@ class TapSource:
         while True:
             finished = self._reader_done.wait(self.batch_ms / 1000)
             now = time.monotonic()
+            # Taken before the rounds: every frame drained after it is newer than the
+            # watermark derived from it by at least the reorder delay, as before parsing
+            # moved here.
+            now_ns = time.time_ns()
             with lock:
+                rounds, self._rounds = self._rounds, []
+            chunk = parse_rounds(rounds)  # numpy, outside the lock
+            with lock:
+                if chunk is not None:
+                    reorder.add(chunk)
                 if finished:  # the reader's last drain is in: everything, in order
                     out, mark = reorder.release(None)
-                elif reorder.due(time.time_ns()) or now - last_yield >= 0.1:
-                    out, mark = reorder.release(time.time_ns())
+                elif reorder.due(now_ns) or now - last_yield >= 0.1:
+                    out, mark = reorder.release(now_ns)
                 else:
                     continue
             yield reorder.assemble(out, self.hops, mark)  # decoding, outside the lock
@@ -795,6 +836,20 @@ class TapSource:
         if self.ifaces:
             return resolve_ifaces(self.ifaces, topo, strict=strict)
         return default_specs(topo)
+
+    def _shed(self) -> int:
+        """Drop the oldest sightings (parsed ones first: they were drained before any round
+        still waiting) while more than ``max_pending`` wait; returns how many. Called with
+        the buffer lock held."""
+        reorder = self._reorder
+        assert reorder is not None
+        waiting = sum(r.rows for r in self._rounds)
+        dropped = reorder.shed(max(self.max_pending - waiting, 0))
+        while self._rounds and waiting + len(reorder) > self.max_pending:
+            r = self._rounds.pop(0)
+            waiting -= r.rows
+            dropped += r.rows
+        return dropped
 
     def _hop_for(self, spec: TapSpec, ifindex: int, linktype: int) -> int:
         with self._hop_lock:  # the re-discovery thread opens taps, the reader renames them
