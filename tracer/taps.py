@@ -586,9 +586,26 @@ class _Reorder:
             parts = [getattr(c, name) if m is None else getattr(c, name)[m] for c, m in out]
             return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
-        base = np.cumsum([0] + [len(c.frames) for c, _ in out[:-1]])
-        offs = np.concatenate([(c.offs if m is None else c.offs[m]) + b
-                               for (c, m), b in zip(out, base, strict=True)])
+        if len(out) == 1 and out[0][1] is None:
+            frames, offs = out[0][0].frames, out[0][0].offs
+        else:
+            # Only the span of each part's buffer that holds its frames: a chunk split at
+            # the watermark keeps its whole buffer, and rounds lie in it oldest first, so
+            # the released part's frames sit mostly in its first rounds and the rest in the
+            # last (joining whole buffers copied ~2x the frame bytes: ~1 ms per batch).
+            views, parts, base = [], [], 0
+            for c, m in out:
+                o = c.offs if m is None else c.offs[m]
+                lo, hi = int(o.min()), int((o + (c.lens if m is None else c.lens[m])).max())
+                views.append(memoryview(c.frames)[lo:hi])
+                parts.append(o + (base - lo))
+                base += hi - lo
+            try:
+                frames = b"".join(views)
+            finally:
+                for v in views:
+                    v.release()
+            offs = np.concatenate(parts)
         ts, rank = col("ts"), col("rank")
         # Time order, ties by rank: one key (rank < 4 fits in the 2 bits a CLOCK_REALTIME
         # ns timestamp leaves free until 2116). A stable sort keeps ring order last; it is
@@ -596,7 +613,6 @@ class _Reorder:
         order = np.argsort((ts << np.uint64(2)) | rank, kind="stable")
         hop = col("hop")[order]
         offs, lens = offs[order], col("lens")[order]
-        frames = b"".join(c.frames for c, _ in out)
         lt_rows = np.array([h.linktype for h in hops], dtype=np.int64)[hop]
         lt: int | list[int] = int(lt_rows[0]) if (lt_rows == lt_rows[0]).all() else lt_rows.tolist()
         rows = _decode(frames, offs, lens, lt, np, self.dtype)
