@@ -296,6 +296,85 @@ def _test_run_on_cpu(prog_fd: int, cpu: int, ctx_buf: ctypes.Array[ctypes.c_uint
 
 
 # --------------------------------------------------------------------------
+# The ring buffer, read from its mmap
+# --------------------------------------------------------------------------
+
+_RINGBUF_BUSY = 1 << 31
+_RINGBUF_DISCARD = 1 << 30
+_RINGBUF_HDR = 8  # struct bpf_ringbuf_hdr: u32 len, u32 pg_off
+
+
+class RingReader:
+    """The consumer side of a BPF ring buffer map, read straight from its mmap.
+
+    What libbpf's ``ring_buffer__consume`` does (kernel/bpf/ringbuf.c's layout:
+    a consumer page, a producer page, then the data pages mapped twice so no
+    record wraps), without bcc's ctypes callback and ``string_at`` copy per
+    record: ``read()`` joins the hop events of every finished record into one
+    ``bytes`` (the only copy) and then hands the space back to the kernel.
+    x86-64 only, like the rest of the loader (loads are not reordered with
+    other loads there, so the producer position, a record's length word and
+    its data are read in that order without fences).
+    """
+
+    def __init__(self, map_fd: int, data_size: int, ev_size: int) -> None:
+        import mmap
+
+        if data_size <= 0 or data_size & (data_size - 1):
+            raise ProbeLoadError(f"ring buffer size {data_size} is not a power of two")
+        page = mmap.PAGESIZE
+        self._cons_map = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self._data_map = mmap.mmap(map_fd, page + 2 * data_size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        # Aligned native words, each read or written as one load/store (the kernel must
+        # never see a torn consumer position: DESIGN.md, "Measured on this box"); memoryview
+        # casts index faster than numpy scalars.
+        self._cons: Any = ctypes.c_uint64.from_buffer(self._cons_map)
+        self._mv: Any = memoryview(self._data_map)
+        self._prod: Any = self._mv[:8].cast("Q")
+        self._words: Any = self._mv[page:].cast("I")
+        self._mask = data_size - 1
+        self._page = page
+        self._ev_size = ev_size
+
+    def read(self) -> bytes:
+        """The events of every record finished so far, back to back (b"" if none)."""
+        cons = self._cons.value
+        prod = self._prod[0]
+        words, mask, base, ev_size, mv = self._words, self._mask, self._page + _RINGBUF_HDR + HEADER_LEN, \
+            self._ev_size, self._mv
+        parts = []
+        while cons < prod:
+            off = cons & mask
+            ln = words[off >> 2]
+            if ln & _RINGBUF_BUSY:
+                break  # reserved, not yet submitted: records after it wait for it
+            size = ln & ~(_RINGBUF_BUSY | _RINGBUF_DISCARD)
+            cons += (size + _RINGBUF_HDR + 7) & ~7
+            if not ln & _RINGBUF_DISCARD:
+                # struct hop_batch: u32 count first, then the events
+                n = min(words[(off + _RINGBUF_HDR) >> 2], (size - HEADER_LEN) // ev_size)
+                if n > 0:
+                    start = base + off
+                    parts.append(mv[start : start + n * ev_size])
+        if not parts:
+            self._cons.value = cons
+            return b""
+        data = b"".join(parts)
+        for part in parts:
+            part.release()
+        self._cons.value = cons  # only now may the kernel overwrite what was copied
+        return data
+
+    def close(self) -> None:
+        self._prod.release()
+        self._words.release()
+        self._mv.release()
+        self._cons = self._prod = self._words = self._mv = None
+        self._cons_map.close()
+        self._data_map.close()
+
+
+# --------------------------------------------------------------------------
 # The source
 # --------------------------------------------------------------------------
 
@@ -358,7 +437,8 @@ class EbpfSource:
         self.start_s: float = 0.0
         self._bpf: Any = None
         self._flush_fd = -1
-        self._chunks: list[bytes] = []
+        self._chunks: list[bytes] = []  # hop events read from the ring, back to back
+        self._ring: RingReader | None = None
         self._stop = threading.Event()
         self._labels = _Labels()
         self._namer: Any = None
@@ -406,7 +486,8 @@ class EbpfSource:
         try:
             self._flush_fd = self._bpf.load_func(b"flush_stage", bcc.BPF.RAW_TRACEPOINT).fd
             self.set_filter(self.kernel_filter)
-            self._bpf[b"events"].open_ring_buffer(self._on_record)
+            events = self._bpf[b"events"]
+            self._ring = RingReader(events.map_fd, events.max_entries, self._ev_size)
         except Exception as exc:
             self.stop()
             raise ProbeLoadError(f"could not set up the probes: {exc}") from exc
@@ -436,7 +517,10 @@ class EbpfSource:
         if bpf is None:
             return
         self._flush_cpus()
-        bpf.ring_buffer_consume()
+        self._consume()
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
         self._final_counters = {c: self._kernel_counter(c) for c in Counter}
         self._bpf = None
         bpf.cleanup()
@@ -464,11 +548,11 @@ class EbpfSource:
                                 # events staged on a quiet CPU would otherwise wait for its next packet
                                 self._flush_cpus()
                                 next_flush = now + 0.005
-                            bpf.ring_buffer_consume()
+                            self._consume()
                     detached = self._bpf is None
                 chunks, self._chunks = self._chunks, []
                 if chunks:
-                    yield self._decode(chunks)
+                    yield self._decode_events(chunks[0] if len(chunks) == 1 else b"".join(chunks))
                     last_yield = time.monotonic()
                     # A fixed cadence, also when busy: fewer, larger batches cost less
                     # per event in numpy than a loop spinning on small ones.
@@ -531,8 +615,11 @@ class EbpfSource:
 
     # --- internals -------------------------------------------------------------
 
-    def _on_record(self, _ctx: Any, data: Any, size: int) -> None:
-        self._chunks.append(ctypes.string_at(data, size))
+    def _consume(self) -> None:
+        if self._ring is not None:
+            data = self._ring.read()
+            if data:
+                self._chunks.append(data)
 
     def _flush_cpus(self) -> None:
         for cpu in self._cpus:
@@ -556,17 +643,22 @@ class EbpfSource:
             drop_reasons=self.layout.drop_reasons if self.layout else {},
         )
 
-    def _decode(self, chunks: Sequence[bytes]) -> ObsBatch:
+    def _decode(self, records: Sequence[bytes]) -> ObsBatch:
+        """Ring records (struct hop_batch: header, then ``count`` events) -> one batch."""
+        ev_size = self._ev_size
+        parts = []
+        for c in records:
+            n = int.from_bytes(c[:4], "little")
+            parts.append(memoryview(c)[HEADER_LEN : HEADER_LEN + n * ev_size])
+        return self._decode_events(b"".join(parts))
+
+    def _decode_events(self, buf: bytes) -> ObsBatch:
+        """Hop events back to back (what RingReader.read returns) -> one batch."""
         import numpy as np
 
         from tracer.decode import decode_into
 
         ev_size = self._ev_size
-        parts = []
-        for c in chunks:
-            n = int.from_bytes(c[:4], "little")
-            parts.append(memoryview(c)[HEADER_LEN : HEADER_LEN + n * ev_size])
-        buf = b"".join(parts)
         ev = np.frombuffer(buf, dtype=self._dtype)
         n = len(ev)
         rows = np.zeros(n, dtype=self._obs_dtype)

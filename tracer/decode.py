@@ -507,7 +507,9 @@ def _vector(
         present = [linktypes]
     else:
         lts = np.asarray(linktypes, dtype=np.int64)
-        present = np.unique(lts).tolist()
+        lo, hi = int(lts.min()), int(lts.max())
+        # np.unique sorts; link type values are small, so count them instead
+        present = (np.flatnonzero(np.bincount(lts - lo)) + lo).tolist() if hi - lo < 4096 else np.unique(lts).tolist()
     for lt in present:
         m: Any = slice(None) if lts is None else lts == lt
         if lt in _RAW_LINKS:
@@ -527,7 +529,7 @@ def _vector(
         et[m] = (b8[eo].astype(np.int64) << 8) | b8[eo + 1]
         l3[m] = off[m] + hl
 
-    win = np.lib.stride_tricks.sliding_window_view(b8, _W)
+    win = _windows(b8, _W)
     ok = (l3 >= 0) & (l3 < len(win))
     v = win[np.where(ok, l3, 0)].view(_WINDOW).ravel()
     vihl = v["vihl"]
@@ -548,18 +550,23 @@ def _vector(
     icmp &= l4 + 8 <= end
     fast = (is4 | is6) & (tcp | udp | icmp)
 
-    win16 = np.lib.stride_tricks.sliding_window_view(b8, 16)
-    for fam in (4, 6):
-        sel = fast & (is4 if fam == 4 else is6)
-        k = int(np.count_nonzero(sel))
+    win16 = _windows(b8, 16)
+    fast4, fast6 = fast & is4, fast & is6
+    groups = [(4, fast4, int(np.count_nonzero(fast4))), (6, fast6, int(np.count_nonzero(fast6)))]
+    groups.sort(key=lambda grp: -grp[2])
+    for i, (fam, sel, k) in enumerate(groups):
         if k == 0:
             continue
-        if k == n:
+        if i == 0 and 2 * k >= n:
+            # The larger family over every row: whole-column writes instead of scattered ones.
+            # Rows of the other family and slow rows get garbage here, and their own (full)
+            # writes below.
             r: Any = slice(None)
             g, fpr, g3, gend = v, proto, l3, end
         else:
             r = np.flatnonzero(sel)
             g, fpr, g3, gend = v[r], proto[r], l3[r], end[r]
+            zeroed = zeroed and i == 0
         s = str(fam)
         t, c = fpr == 6, (fpr == 1) | (fpr == 58)
         ports = t | (fpr == 17)
@@ -606,9 +613,10 @@ def _vector(
         take = np.clip(np.minimum(pn, gend - p), 0, 16)
         beyond = p >= len(win16)  # the window would run past the buffer: slow path below
         if beyond.any():
-            fast[np.arange(n)[r][beyond]] = False
+            fast[np.arange(n)[r][beyond & sel[r]]] = False
             p = np.where(beyond, 0, p)
-        words = (win16[p] & _PREFIX16[take]).view("<u8")
+        head = win16[p]
+        words = (head if bool((take == 16).all()) else head & _PREFIX16[take]).view("<u8")
         tgt["digest"][r] = digest_array(pn.astype(np.uint64), words[:, 0], words[:, 1])
     if not fast.all():
         slow = np.flatnonzero(~fast)
@@ -617,6 +625,13 @@ def _vector(
         for name in DECODED_FIELDS:
             tgt[name][slow] = dec[name]
     return tgt
+
+
+def _windows(b8: np.ndarray[Any, Any], width: int) -> np.ndarray[Any, Any]:
+    """Every ``width``-byte window of ``b8`` (len >= width), as rows of a read-only view.
+
+    sliding_window_view does the same with ~15 us of checks per call."""
+    return np.ndarray((len(b8) - width + 1, width), dtype=np.uint8, buffer=b8, strides=(1, 1))
 
 
 def decode_into(

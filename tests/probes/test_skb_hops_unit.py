@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -137,3 +138,55 @@ def test_filter_flags() -> None:
     assert KernelFilter(netns=frozenset({1})).flags == 1
     assert KernelFilter(protos=frozenset({1}), addrs=frozenset({"1.2.3.4"})).flags == 2 | 4 | 16
     assert KernelFilter(ports=frozenset({80}), track=False).flags == 8
+
+
+def _fake_ring(tmp_path: Path, data_size: int, records: list[tuple[int, bytes]], cons: int = 0) -> tuple[Any, int]:
+    """A file laid out like a BPF ring buffer map's mmap (consumer page, producer page, data):
+    records are (flags, payload) written from ``cons`` on; returns (open file, producer pos)."""
+    import mmap
+
+    page = mmap.PAGESIZE
+    body = bytearray(page + page + 2 * data_size)
+    pos = cons
+    for flags, payload in records:
+        off = page * 2 + (pos & (data_size - 1))
+        body[off : off + 8] = struct.pack("<II", len(payload) | flags, 0)
+        body[off + 8 : off + 8 + len(payload)] = payload
+        pos += (len(payload) + 8 + 7) & ~7
+    body[0:8] = struct.pack("<Q", cons)
+    body[page : page + 8] = struct.pack("<Q", pos)
+    f = (tmp_path / "ring").open("w+b")
+    f.write(body)
+    f.flush()
+    return f, pos
+
+
+def test_ring_reader_joins_events_skips_discarded_and_stops_at_busy(tmp_path: Path) -> None:
+    from probes.skb_hops import RingReader
+
+    size = ctypes.sizeof(HopEvent)
+    evs = [bytes([i]) * size for i in range(5)]
+    busy, discard = 1 << 31, 1 << 30
+    records = [
+        (0, _record_raw(evs[0], evs[1])),
+        (discard, _record_raw(evs[2])),
+        (0, _record_raw(evs[3])),
+        (busy, _record_raw(evs[4])),  # reserved, not submitted: it and what follows wait
+    ]
+    f, prod = _fake_ring(tmp_path, 1 << 16, records, cons=4096)
+    ring = RingReader(f.fileno(), 1 << 16, size)
+    try:
+        assert ring.read() == evs[0] + evs[1] + evs[3]
+        # the consumer position now points at the busy record; nothing more until it is submitted
+        f.seek(0)
+        consumed = struct.unpack("<Q", f.read(8))[0]
+        busy_at = 4096 + sum((len(p) + 8 + 7) & ~7 for _, p in records[:3])
+        assert (consumed, busy_at < prod) == (busy_at, True)
+        assert ring.read() == b""
+    finally:
+        ring.close()
+        f.close()
+
+
+def _record_raw(*events: bytes) -> bytes:
+    return struct.pack("<IIQ", len(events), 0, 0) + b"".join(events)
