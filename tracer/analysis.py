@@ -120,50 +120,73 @@ def to_tables(paths: Iterable[PacketPath]) -> dict[str, pa.Table]:
     gc_was_on = gc.isenabled()
     gc.disable()
     try:
+        obs = _Observations(paths)
         return {
-            "observations": _observations(paths),
-            "paths": _paths(paths),
-            "nat": _nat(paths),
+            "observations": obs.table(),
+            "paths": _paths(obs),
+            "nat": _nat(obs),
         }
     finally:
         if gc_was_on:
             gc.enable()
 
 
-# Observation fields that are never None: fetched straight into numpy (one C loop each).
+# How the columns are fetched. At a million observations the cost is one
+# attribute read per object and value (a few tens of ns, mostly cache misses)
+# plus one conversion per value, so:
+# - attributes with few distinct combinations in a recording (they follow the
+#   hop, the direction and the protocol) are read as one tuple per observation,
+#   deduplicated in C (dict.fromkeys), and converted once per distinct tuple;
+# - the rest, one C-level pass (map + attrgetter) per attribute;
+# - the paths and NAT tables take what they share with observations (first and
+#   last hop, timestamps) from the observation columns instead of reading it again.
+_GROUPED = ("node", "ifname", "netns", "ifindex", "direction", "source", "family", "proto", "ethertype",
+            "ttl", "drop_reason", "tcp_flags", "icmp_type", "icmp_code")  # fmt: skip
+# Observation fields that are never None: converted with numpy (one C loop each).
 _DENSE = {"ts_ns": "i8", "netns": "i8", "ifindex": "i4", "family": "u1", "proto": "u1", "ethertype": "u2",
           "ttl": "u1", "length": "u4", "wire_len": "u4", "digest": "u8"}  # fmt: skip
-# Observation attribute -> column, for the rest (strings, and ints that may be None).
-_SPARSE = {"node": "node", "ifname": "iface", "direction": "dir", "source": "source", "src": "src",
-           "dst": "dst", "sport": "sport", "dport": "dport", "ip_id": "ip_id", "tcp_flags": "tcp_flags",
-           "tcp_seq": "tcp_seq", "tcp_ack": "tcp_ack", "icmp_type": "icmp_type", "icmp_code": "icmp_code",
-           "icmp_id": "icmp_id", "icmp_seq": "icmp_seq", "skb": "skb", "drop_reason": "drop_reason"}  # fmt: skip
+_SINGLE = ("ts_ns", "length", "wire_len", "digest", "src", "dst", "sport", "dport", "ip_id",
+           "tcp_seq", "tcp_ack", "icmp_id", "icmp_seq", "skb")  # fmt: skip
+# Observation attribute -> column, where they differ.
+_COLUMN = {"ifname": "iface", "direction": "dir"}
 
 
-def _observations(paths: list[PacketPath]) -> pa.Table:
-    # Per column, a C-level loop (map + attrgetter) rather than a Python one:
-    # at a million observations the per-element cost is all there is.
+def _distinct(items: list[Any], attrs: Sequence[str]) -> tuple[np.ndarray, list[tuple[Any, ...]]]:
+    """Each item's index into the distinct tuples of ``attrs`` (in order of first appearance),
+    and per attribute its value in each distinct tuple."""
+    import numpy as np
+
+    rows = list(map(attrgetter(*attrs), items)) if len(attrs) > 1 else [(v,) for v in _get(attrs[0], items)]
+    first = dict.fromkeys(rows)
+    index = {t: i for i, t in enumerate(first)}
+    codes = np.fromiter(map(index.__getitem__, rows), np.intp, len(rows))
+    per_attr = list(zip(*first, strict=True)) if first else [() for _ in attrs]
+    return codes, per_attr
+
+
+def _expand(values: Sequence[Any], typ: pa.DataType, take: pa.Array) -> pa.Array:
+    """The column of ``values[take[i]]``: converted once per distinct value, then gathered.
+
+    A dictionary column keeps its values in order of first appearance, exactly as
+    converting every row would: the first distinct tuple with a value is the one
+    of the first row with it.
+    """
+    import pyarrow as pa
+
+    return pa.array(list(values), typ).take(take)
+
+
+def _ints(values: list[Any], typ: pa.DataType) -> pa.Array:
+    """A nullable integer column from a list: numpy converts it when nothing is None."""
     import numpy as np
     import pyarrow as pa
 
-    lengths = np.array([len(p.hops) for p in paths], np.int64)
-    of_path = np.repeat(np.arange(len(paths)), lengths)
-    starts = np.cumsum(lengths) - lengths
-    obs = [o for p in paths for o in p.hops]
-    n = len(obs)
-    cols: dict[str, Any] = {
-        k: np.fromiter(map(attrgetter(k), obs), np.dtype(t), n) for k, t in _DENSE.items()
-    }
-    for attr, col in _SPARSE.items():
-        cols[col] = list(map(attrgetter(attr), obs))
-    first = np.array([p.hops[0].ts_ns for p in paths], np.int64)
-    take = pa.array(of_path)
-    cols["path_id"] = pa.array([p.id for p in paths], pa.string()).take(take)
-    cols["hop"] = pa.array(np.arange(n) - np.repeat(starts, lengths), pa.uint16())
-    cols["flow"] = pa.array([p.flow for p in paths], pa.string()).take(take)
-    cols["since_first_ns"] = cols["ts_ns"] - first[of_path]
-    cols["proto"] = _proto_names(cols["family"], cols["proto"], cols["ethertype"])
-    return _table(cols, _schemas()["observations"])
+    nulls = values.count(None)
+    if nulls == len(values):
+        return pa.nulls(len(values), typ)
+    if nulls == 0:
+        return pa.array(np.fromiter(values, typ.to_pandas_dtype(), len(values)), typ)
+    return pa.array(values, typ)
 
 
 def _proto_names(family: np.ndarray, proto: np.ndarray, ethertype: np.ndarray) -> pa.Array:
@@ -181,71 +204,135 @@ def _get(attr: str, items: list[Any]) -> list[Any]:
     return list(map(attrgetter(attr), items))
 
 
-def _hop_names(hops: list[Any]) -> pa.Array:
+class _Observations:
+    """The observation columns, and what the paths and NAT tables reuse of them."""
+
+    def __init__(self, paths: list[PacketPath]) -> None:
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        self.paths = paths
+        self.hops = _get("hops", paths)
+        self.lengths = np.fromiter(map(len, self.hops), np.int64, len(paths))
+        if len(paths) and not self.lengths.min():
+            paths[int(self.lengths.argmin())].hops[0]  # a path without hops: IndexError, as ever
+        self.starts = np.cumsum(self.lengths) - self.lengths
+        self.of_path = np.repeat(np.arange(len(paths)), self.lengths)
+        self.path_ids = pa.array(_get("id", paths), pa.string())
+        self.flows = pa.array(_get("flow", paths), pa.string())
+        self.nats = _get("nat", paths)
+        obs = [o for hops in self.hops for o in hops]
+        self.n = n = len(obs)
+        types = {f.name: f.type for f in _schemas()["observations"]}
+        cols: dict[str, Any] = {}
+
+        self.codes, per_attr = _distinct(obs, _GROUPED)
+        take = pa.array(self.codes)
+        self.distinct: dict[str, Any] = {}
+        for attr, values in zip(_GROUPED, per_attr, strict=True):
+            col = _COLUMN.get(attr, attr)
+            if attr in _DENSE:
+                self.distinct[attr] = u = np.fromiter(values, np.dtype(_DENSE[attr]), len(values))
+                cols[col] = u[self.codes]
+            else:
+                self.distinct[attr] = values
+                cols[col] = _expand(values, types[col], take)
+        d = self.distinct
+        # node/iface per distinct tuple, for the paths table's first_hop/last_hop.
+        self.hop_names = pc.binary_join_element_wise(
+            pa.array(list(d["node"]), pa.string()), pa.array(list(d["ifname"]), pa.string()), "/"
+        )
+        for attr in _SINGLE:
+            if attr in _DENSE:
+                cols[attr] = np.fromiter(map(attrgetter(attr), obs), np.dtype(_DENSE[attr]), n)
+            elif pa.types.is_integer(types[attr]):
+                cols[attr] = _ints(_get(attr, obs), types[attr])
+            else:
+                cols[attr] = _get(attr, obs)
+        del obs
+        self.ts = cols["ts_ns"]
+        take = pa.array(self.of_path)
+        cols["path_id"] = self.path_ids.take(take)
+        cols["flow"] = self.flows.take(take)
+        cols["hop"] = pa.array(np.arange(n) - np.repeat(self.starts, self.lengths), pa.uint16())
+        cols["since_first_ns"] = self.ts - self.ts[self.starts][self.of_path]
+        cols["proto"] = self._proto_names(self.codes)
+        self.cols = cols
+
+    def _proto_names(self, codes: np.ndarray) -> pa.Array:
+        d = self.distinct
+        return _proto_names(d["family"][codes], d["proto"][codes], d["ethertype"][codes])
+
+    def table(self) -> pa.Table:
+        return _table(self.cols, _schemas()["observations"])
+
+
+def _paths(obs: _Observations) -> pa.Table:
     import pyarrow as pa
-    import pyarrow.compute as pc
 
-    nodes = pa.array(_get("node", hops), pa.string())
-    return pc.binary_join_element_wise(nodes, pa.array(_get("ifname", hops), pa.string()), "/").dictionary_encode()
-
-
-def _nat_kinds(p: PacketPath) -> str:
-    if not p.nat:
-        return ""
-    if len(p.nat) == 1:
-        return p.nat[0].kind
-    return "+".join(sorted({n.kind for n in p.nat}))
-
-
-def _paths(paths: list[PacketPath]) -> pa.Table:
-    import numpy as np
-
-    n = len(paths)
-    first = [p.hops[0] for p in paths]
-    last = [p.hops[-1] for p in paths]
-    first_ts = np.fromiter(map(attrgetter("ts_ns"), first), np.int64, n)
-    last_ts = np.fromiter(map(attrgetter("ts_ns"), last), np.int64, n)
+    first = obs.starts
+    last = obs.starts + obs.lengths - 1
+    first_codes, last_codes = obs.codes[first], obs.codes[last]
+    c = obs.cols
+    first_list = first.tolist()
     cols: dict[str, Any] = {
-        "path_id": _get("id", paths),
-        "flow": _get("flow", paths),
-        "proto": _proto_names(*(np.fromiter(map(attrgetter(k), first), np.int64, n)
-                                for k in ("family", "proto", "ethertype"))),
-        "verdict": _get("verdict", paths),
-        "hops": list(map(len, _get("hops", paths))),
-        "first_ts_ns": first_ts,
-        "last_ts_ns": last_ts,
-        "latency_ns": last_ts - first_ts,
-        "first_hop": _hop_names(first),
-        "last_hop": _hop_names(last),
-        "src": _get("src", first),
-        "dst": _get("dst", first),
-        "sport": _get("sport", first),
-        "dport": _get("dport", first),
-        "nat": list(map(_nat_kinds, paths)),
-        "drop_reason": _get("drop_reason", last),
+        "path_id": obs.path_ids,
+        "flow": obs.flows,
+        "proto": obs._proto_names(first_codes),
+        "verdict": _get("verdict", obs.paths),
+        "hops": pa.array(obs.lengths, pa.uint16()),
+        "first_ts_ns": obs.ts[first],
+        "last_ts_ns": obs.ts[last],
+        "latency_ns": obs.ts[last] - obs.ts[first],
+        "first_hop": obs.hop_names.take(pa.array(first_codes)).dictionary_encode(),
+        "last_hop": obs.hop_names.take(pa.array(last_codes)).dictionary_encode(),
+        "src": [c["src"][i] for i in first_list],
+        "dst": [c["dst"][i] for i in first_list],
+        "sport": c["sport"].take(pa.array(first)),
+        "dport": c["dport"].take(pa.array(first)),
+        "nat": ["" if not t else t[0].kind if len(t) == 1 else "+".join(sorted({e.kind for e in t}))
+                for t in obs.nats],
+        "drop_reason": pa.array(list(obs.distinct["drop_reason"]), pa.string()).take(
+            pa.array(last_codes)).dictionary_encode(),
     }  # fmt: skip
     return _table(cols, _schemas()["paths"])
 
 
-def _nat(paths: list[PacketPath]) -> pa.Table:
-    with_nat = [p for p in paths if p.nat]
-    owner = [p for p in with_nat for _ in p.nat]
-    evs = [n for p in with_nat for n in p.nat]
+def _nat(obs: _Observations) -> pa.Table:
+    import numpy as np
+    import pyarrow as pa
+
+    nats = obs.nats
+    counts = np.fromiter(map(len, nats), np.int64, len(nats))
+    owner = np.repeat(np.arange(len(nats)), counts)
+    evs = [e for t in nats for e in t]
+    m = len(evs)
+    types = {f.name: f.type for f in _schemas()["nat"]}
+    take = pa.array(owner)
     cols: dict[str, Any] = {
-        "path_id": _get("id", owner),
-        "flow": _get("flow", owner),
-        "seq": [i for p in with_nat for i in range(len(p.nat))],
-        "ts_ns": [p.hops[n.to_hop].ts_ns if 0 <= n.to_hop < len(p.hops) else p.hops[-1].ts_ns
-                  for p, n in zip(owner, evs, strict=True)],
+        "path_id": obs.path_ids.take(take),
+        "flow": obs.flows.take(take),
+        "seq": pa.array(np.arange(m) - np.repeat(np.cumsum(counts) - counts, counts), pa.uint8()),
         "conntrack_id": [n.conntrack.id if n.conntrack is not None else None for n in evs],
-    }  # fmt: skip
-    for attr in ("kind", "node", "hook", "from_hop", "to_hop", "rule", "rule_source",
-                 "icmp_id_before", "icmp_id_after"):  # fmt: skip
-        cols[attr] = _get(attr, evs)
+    }
+    grouped = ("kind", "node", "hook", "from_hop", "to_hop", "rule", "rule_source")
+    codes, per_attr = _distinct(evs, grouped)
+    take = pa.array(codes)
+    for attr, values in zip(grouped, per_attr, strict=True):
+        cols[attr] = _expand(values, types[attr], take)
+    # ts_ns of the to_hop (the last hop when to_hop is not on the path).
+    to_hop = np.fromiter(per_attr[grouped.index("to_hop")], np.int64, len(per_attr[0]))[codes]
+    length = obs.lengths[owner]
+    on_path = (to_hop >= 0) & (to_hop < length)
+    cols["ts_ns"] = obs.ts[obs.starts[owner] + np.where(on_path, to_hop, length - 1)]
+    for attr in ("icmp_id_before", "icmp_id_after"):
+        cols[attr] = _ints(_get(attr, evs), types[attr])
     for side in ("before", "after"):
-        ends = _get(side, evs)
-        for k in ("src", "sport", "dst", "dport"):
-            cols[f"{side}_{k}"] = _get(k, ends)
+        codes, per_attr = _distinct(_get(side, evs), ("src", "sport", "dst", "dport"))
+        take = pa.array(codes)
+        for k, values in zip(("src", "sport", "dst", "dport"), per_attr, strict=True):
+            cols[f"{side}_{k}"] = _expand(values, types[f"{side}_{k}"], take)
     return _table(cols, _schemas()["nat"])
 
 
@@ -266,6 +353,21 @@ def to_frames(paths: Iterable[PacketPath]) -> dict[str, pd.DataFrame]:
     return {name: _to_pandas(t) for name, t in to_tables(paths).items()}
 
 
+# Parquet columns written with dictionary pages besides the dictionary-typed ones: those whose
+# values repeat. pyarrow's default tries a dictionary for every column and gives up on the
+# unique ones (ts_ns, digest, path_id, ...) only after hashing a page of them; here a third
+# of the write's CPU time, for a slightly larger file.
+_REPEATING = {"hop", "flow", "netns", "ifindex", "family", "ethertype", "ttl", "tcp_flags", "icmp_type",
+              "icmp_code", "icmp_id", "length", "wire_len", "sport", "dport", "hops", "seq", "from_hop", "to_hop",
+              "before_sport", "before_dport", "after_sport", "after_dport", "icmp_id_before", "icmp_id_after"}  # fmt: skip
+
+
+def _dictionary_encoded(schema: pa.Schema) -> list[str]:
+    import pyarrow as pa
+
+    return [f.name for f in schema if pa.types.is_dictionary(f.type) or f.name in _REPEATING]
+
+
 def write_parquet(paths: Iterable[PacketPath], directory: str | os.PathLike[str]) -> dict[str, Path]:
     """Write observations.parquet, paths.parquet and nat.parquet into ``directory`` (created)."""
     import pyarrow.parquet as pq
@@ -280,7 +382,7 @@ def write_parquet(paths: Iterable[PacketPath], directory: str | os.PathLike[str]
         target = out / f"{name}.parquet"
         tmp = out / f".{name}.parquet.tmp"
         try:
-            pq.write_table(table, tmp)
+            pq.write_table(table, tmp, use_dictionary=_dictionary_encoded(table.schema))
             os.replace(tmp, target)  # a reader never sees half a file
         except OSError as exc:
             tmp.unlink(missing_ok=True)
