@@ -424,6 +424,10 @@ class Attributor:
         # snapshot in _memo_topo: every packet of a flow asks the same question.
         self._memo: dict[tuple[object, ...], NatRule | None] = {}
         self._memo_topo: Topology | None = None
+        # generation: the snapshot last seen (held, so its identity cannot be reused) and a
+        # counter bumped whenever the snapshot changes.
+        self._gen_topo: Topology | None = None
+        self._topo_gen = 0
         if conntrack is None:
             self.notices.append("conntrack is not followed: NAT events come from the packet diff only")
         else:
@@ -437,6 +441,32 @@ class Attributor:
 
     def topology(self) -> Topology:
         return self._topo if isinstance(self._topo, Topology) else self._topo()
+
+    @property
+    def generation(self) -> int:
+        """Changes when the topology snapshot does. With ``volatile``, what the engine needs to
+        render repeated path shapes from a template (tracer.correlate): equal generations and
+        equal ``volatile(path)``, equal annotations of paths that differ only per packet."""
+        topo = self.topology()
+        if topo is not self._gen_topo:
+            self._gen_topo = topo
+            self._topo_gen += 1
+        return self._topo_gen
+
+    def volatile(self, path: PacketPath) -> tuple[ConntrackRef | None, ...] | None:
+        """What this path's annotation reads that changes all the time: the conntrack entries
+        its NAT events would get (one lookup each, no new objects)."""
+        if self.conntrack is None or not path.nat:
+            return None
+        topo = self.topology()
+        hops = path.hops
+        out: list[ConntrackRef | None] = []
+        for ev in path.nat:
+            ns = topo.namespace(hops[ev.from_hop].netns if ev.from_hop < len(hops) else 0)
+            if ns is None:
+                ns = topo.by_name(ev.node)
+            out.append(None if ns is None or ev.conntrack is not None else self._conntrack(ns, path, ev))
+        return tuple(out)
 
     def __call__(self, path: PacketPath) -> PacketPath:
         topo = self.topology()

@@ -136,6 +136,7 @@ class _NsTable:
         self.error: str | None = None
         self.events = 0
         self.overruns = 0  # event buffer overflows (each followed by a fresh dump)
+        self.changes = 0  # bumped on every change: what a lookup may answer differs after it
 
     def put(self, entry: Entry, destroyed: bool = False) -> None:
         if destroyed:
@@ -150,6 +151,7 @@ class _NsTable:
                               entry.reply, entry.destroyed_at)
             for k in keys:
                 self.by_key[k] = entry
+            self.changes += 1
 
     def expire(self, now: float) -> None:
         with self.lock:
@@ -157,6 +159,8 @@ class _NsTable:
                    if e.destroyed_at is not None and now - e.destroyed_at > KEEP_DESTROYED_S]
             for k in old:
                 del self.by_key[k]
+            if old:
+                self.changes += 1
 
     def get(self, key: Key) -> Entry | None:
         with self.lock:
@@ -213,6 +217,11 @@ class ConntrackTable:
     @property
     def errors(self) -> dict[int, str]:
         return {ino: t.error for ino, t in self._tables.items() if t.error}
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever any namespace's table changed: equal generations, equal lookups."""
+        return sum(t.changes for t in self._tables.values())
 
     def available(self, netns: int) -> bool:
         t = self._tables.get(netns)

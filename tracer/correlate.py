@@ -38,7 +38,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from heapq import heappop, heappush, heapreplace
 from itertools import pairwise
-from typing import Any
+from operator import itemgetter
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -65,6 +66,7 @@ from tracer.model import (
     obs_dtype,
 )
 from tracer.nat import fast_constructor, infer_nat, new_endpoints, verdict
+from tracer.output import DYN_FIELDS, Rendered, path_line, path_template
 
 # Hops of one packet are µs apart, but sightings can reach us late: on a loaded box the
 # eBPF per-CPU staging was measured delivering some 135-500 ms after later ones. A path
@@ -80,6 +82,7 @@ _CHUNK = 16384  # rows per internal step: expiry runs between steps, so a huge b
 _MAX_SAME_FP = 64  # open paths sharing one fingerprint (identical packets in flight)
 _MAX_OWNED = 65536
 _MAX_SHAPES = 4096
+_MAX_TEMPLATES = 16  # per shape: verdicts x flow or not x annotation generations
 
 _ECHO_TYPES = {(1, 8), (1, 0), (58, 128), (58, 129)}
 _ECHO_REQUEST = {(1, 8), (58, 128)}
@@ -211,6 +214,15 @@ def _observation_factory() -> Callable[[tuple[Any, ...]], Observation]:
 
 
 _new_observation = _observation_factory()
+_FIELD_INDEX = {name: k for k, name in enumerate(_OBS_FIELDS)}
+
+
+def _with_values(o: Observation, values: dict[str, Any]) -> Observation:
+    """``dataclasses.replace(o, **values)`` at ``_new_observation``'s speed."""
+    vals = [getattr(o, name) for name in _OBS_FIELDS]
+    for name, v in values.items():
+        vals[_FIELD_INDEX[name]] = v
+    return _new_observation(tuple(vals))
 
 
 class _PacketPathRow:
@@ -243,16 +255,79 @@ def _gc_paused() -> Iterator[None]:
 
 
 class _Chunk:
-    """A slice of a batch that open paths point into; materialised once, on first use."""
+    """A slice of a batch that open paths point into; what paths read of it is built once, on
+    first use: the rows' shape keys, their Observation values, their per-packet values."""
 
-    __slots__ = ("batch", "obs", "pending", "rows", "shapes")
+    __slots__ = ("batch", "cid", "dyn", "keys", "obs", "pending", "rows")
 
-    def __init__(self, batch: ObsBatch, rows: np.ndarray[Any, Any], pending: int) -> None:
+    def __init__(self, cid: int, batch: ObsBatch, rows: np.ndarray[Any, Any], pending: int) -> None:
+        self.cid = cid
         self.batch = batch
         self.rows = rows
+        self.keys: list[int] | None = None  # _render_hash per row
         self.obs: list[tuple[Any, ...]] | None = None  # Observation field values per row
-        self.shapes: list[int] = []
+        self.dyn: list[tuple[int, ...]] | None = None  # DYN_FIELDS values per row
         self.pending = pending  # rows not yet emitted in a path
+
+
+class _Shape:
+    """What every path with one shape key shares: NAT events and flow keys (``info``), the
+    hops of the first such path (for the fields the key fixes), NDJSON templates."""
+
+    __slots__ = ("hops", "info", "templates")
+
+    def __init__(self, info: _ShapeInfo, hops: tuple[Observation, ...]) -> None:
+        self.info = info
+        self.hops = hops
+        self.templates: dict[tuple[Any, ...], _Template | object] = {}
+
+
+class _Template:
+    __slots__ = ("conntrack_id", "effects", "fmt", "pick")
+
+    def __init__(self, fmt: str, order: tuple[int, ...], conntrack_id: int | None, effects: Any) -> None:
+        self.fmt = fmt
+        # values -> the tuple the format takes (itemgetter of one index returns a bare value)
+        get = itemgetter(*order) if order else (lambda _v: ())
+        self.pick: Callable[[list[Any]], tuple[Any, ...]] = (
+            get if len(order) != 1 else (lambda v, g=get: (g(v),)))  # type: ignore[misc]
+        self.conntrack_id = conntrack_id
+        self.effects = effects
+
+
+_ONCE = object()  # a template key seen once
+_NO_TEMPLATE = object()  # a template key whose line no template reproduces: always rendered in full
+
+
+class LineRenderer(Protocol):
+    """What the correlator needs to hand out finished paths as NDJSON lines (the engine's)."""
+
+    def annotate(self, path: PacketPath) -> PacketPath: ...
+    def generation(self) -> object: ...
+    def volatile(self, path: PacketPath) -> object: ...
+    def counters(self) -> Any: ...
+    def effects(self, before: Any) -> Any: ...
+    def replay(self, effects: Any) -> None: ...
+
+
+class RowFilter(Protocol):
+    """A path filter that can judge sightings still in their batch (tracer.filter.PathFilter)."""
+
+    def keep_row(self, batch: ObsBatch, rows: np.ndarray[Any, Any], i: int) -> bool | None: ...
+    def keep_hops(self, hops: Sequence[Observation]) -> bool: ...
+
+
+def _render_hash(rows: np.ndarray[Any, Any], labels: Sequence[HopLabel]) -> np.ndarray[Any, Any]:
+    """``_shape_hash`` plus every other field a hop's NDJSON shows that is not per packet
+    (``DYN_FIELDS``): equal keys, equal lines but for those values."""
+    h = _shape_hash(rows, labels)
+    for name in ("ttl", "length", "drop_reason", "icmp_code", "flow_label", "frag"):
+        h = _mix(h, rows[name])
+    return _mix(h, (rows["skb"] != 0).astype(_U64))
+
+
+def _dyn_rows(rows: np.ndarray[Any, Any]) -> list[tuple[int, ...]]:
+    return list(zip(*(rows[name].tolist() for name in DYN_FIELDS), strict=True))
 
 
 class _Open:
@@ -371,7 +446,10 @@ class Correlator:
         self._flow_touch: deque[tuple[int, _FlowState]] = deque()
         self._flows_open: dict[int, _FlowState] = {}
         self._flows_done: list[Flow] = []
-        self._by_shape: dict[tuple[int, ...], _ShapeInfo] = {}
+        self._by_shape: dict[tuple[int, ...], _Shape] = {}
+        self._lines: LineRenderer | None = None
+        self._row_filter: RowFilter | None = None
+        self._generation: object = None
 
     # ------------------------------------------------------------------ input
 
@@ -424,6 +502,14 @@ class Correlator:
         done, self._flows_done = self._flows_done, []
         return done
 
+    def render_lines(self, lines: LineRenderer | None, path_filter: RowFilter | None = None) -> None:
+        """From now on finished paths come out as ``Rendered`` NDJSON lines, annotated by
+        ``lines`` (None: back to ``PacketPath``s). A path shape seen before is rendered from
+        a template while ``lines.generation()`` stays the same: no hop objects at all.
+        With ``path_filter``, a path none of whose hops it keeps comes out as None."""
+        self._lines = lines
+        self._row_filter = path_filter
+
     def learn_address(self, netns: int, addr: str) -> None:
         """``addr`` belongs to ``netns`` (e.g. from topology): its packets arriving there are delivered."""
         self.owned[(addr, netns)] = 0
@@ -456,7 +542,7 @@ class Correlator:
             self._clock = tmax
         self._chunk_ids += 1
         cid = self._chunk_ids
-        self._chunks[cid] = _Chunk(batch, rows, n)
+        self._chunks[cid] = _Chunk(cid, batch, rows, n)
         dirs = rows["dir"].tolist()
         nss = rows["netns"].tolist()
         fams = rows["family"].tolist()
@@ -595,53 +681,130 @@ class Correlator:
             finished.append(p)
         if not finished:
             return []
+        if self._lines is not None:
+            # Once per step, not per path: what annotators know changes asynchronously anyway.
+            self._generation = self._lines.generation()
         # Finish in idle order: what a path's verdict and flow learn from earlier paths
         # is then the same live (many small steps, sightings out of order across
         # per-CPU rings) and in a replay of its recording (few big batches, sorted).
         # Emit in order of first sighting.
-        done = [(p.num, self._finish(p)) for p in finished]
+        # (After render_lines these are ``Rendered`` lines: typed as paths for the callers
+        # that never turn it on.)
+        done: list[tuple[int, Any]] = [(p.num, self._finish(p)) for p in finished]
         done.sort(key=lambda x: x[0])
         return [path for _num, path in done]
 
-    def _finish(self, p: _Open) -> PacketPath:
+    def _finish(self, p: _Open) -> PacketPath | Rendered | None:
         refs = p.refs
         refs.sort()  # (ts, seq, ...): hops in time order, equal times in arrival order
         chunks = self._chunks
-        hops_l: list[Observation] = []
-        shape_l: list[int] = []
-        make = _new_observation
+        used: list[_Chunk] = []
+        key_l: list[int] = []
         for _t, _s, cid, i in refs:
             chunk = chunks[cid]
-            obs = chunk.obs
-            if obs is None:
-                obs = chunk.obs = self._materialize(chunk.batch, chunk.rows)
-                chunk.shapes = _shape_hash(chunk.rows, chunk.batch.hops).tolist()
-            hops_l.append(make(obs[i]))
-            shape_l.append(chunk.shapes[i])
-            chunk.pending -= 1
-            if not chunk.pending:
-                del chunks[cid]
-        hops = tuple(hops_l)
+            keys = chunk.keys
+            if keys is None:
+                keys = chunk.keys = _render_hash(chunk.rows, chunk.batch.hops).tolist()
+            key_l.append(keys[i])
+            used.append(chunk)
         # Packets of one flow take the same hops with the same rewrites: their NAT
         # events are equal values, computed once per shape (and links learned once).
-        shape = tuple(shape_l)
-        info = self._by_shape.get(shape)
-        if info is None:
-            info = _shape_info(hops)
+        key = tuple(key_l)
+        shape = self._by_shape.get(key)
+        hops: tuple[Observation, ...] | None = None
+        if shape is None:
+            hops = self._hops(refs, used)
+            shape = _Shape(_shape_info(hops), hops)
             self._learn_links(hops)
             if len(self._by_shape) >= _MAX_SHAPES:
                 self._by_shape.clear()
-            self._by_shape[shape] = info
-        nat = info[0]
+            self._by_shape[key] = shape
+        # The fields read below are the same for every path of this shape (the key
+        # covers them); the times are this path's own.
+        proto = shape.hops
+        first_ts, last_ts = refs[0][0], refs[-1][0]
+        last = proto[-1]
         # Only what was known when the path went idle (live, its tick came then; a replay
         # may already have read further): the same verdict in any batching.
-        last = hops[-1]
         since = self.owned.get((last.dst, last.netns))
-        v = verdict(hops, {last.dst: last.netns} if since is not None
-                    and since <= last.ts_ns + self.window_ns else {}, self.links)
+        v = verdict(proto, {last.dst: last.netns} if since is not None
+                    and since <= last_ts + self.window_ns else {}, self.links)
         pid = f"p{p.num}"
-        flow = self._assign_flow(pid, hops, info)
-        return _new_path(pid, hops, nat, v, flow)
+        flow = self._assign_flow(pid, proto, shape.info, first_ts, last_ts)
+        lines = self._lines
+        out: PacketPath | Rendered | None
+        if lines is None:
+            out = _new_path(pid, hops or self._hops(refs, used), shape.info[0], v, flow)
+        elif self._row_filter is not None and not self._keep(refs, used, hops):
+            out = None
+        else:
+            out = self._render(lines, shape, refs, used, hops, pid, v, flow)
+        for chunk in used:
+            chunk.pending -= 1
+            if not chunk.pending:
+                chunks.pop(chunk.cid, None)
+        return out
+
+    def _keep(self, refs: list[tuple[int, int, int, int]], used: list[_Chunk],
+              hops: tuple[Observation, ...] | None) -> bool:
+        """The path filter's ``keep``: from the frames in the batches while they can tell."""
+        filt = self._row_filter
+        assert filt is not None
+        if hops is None:
+            for (_t, _s, _cid, i), chunk in zip(refs, used, strict=True):
+                kept = filt.keep_row(chunk.batch, chunk.rows, i)
+                if kept is None:
+                    break
+                if kept:
+                    return True
+            else:
+                return False
+            hops = self._hops(refs, used)
+        return filt.keep_hops(hops)
+
+    def _hops(self, refs: list[tuple[int, int, int, int]], used: list[_Chunk]) -> tuple[Observation, ...]:
+        make = _new_observation
+        out = []
+        for (_t, _s, _cid, i), chunk in zip(refs, used, strict=True):
+            obs = chunk.obs
+            if obs is None:
+                obs = chunk.obs = self._materialize(chunk.batch, chunk.rows)
+            out.append(make(obs[i]))
+        return tuple(out)
+
+    def _render(self, lines: LineRenderer, shape: _Shape, refs: list[tuple[int, int, int, int]],
+                used: list[_Chunk], hops: tuple[Observation, ...] | None, pid: str, v: str,
+                flow: str | None) -> Rendered:
+        """The path as its NDJSON line: from its shape's template once the shape repeats."""
+        # What the annotators read that changes per packet, asked of a path with this shape's
+        # fixed fields (this path's own would say the same).
+        tkey = (v, flow is None, self._generation, lines.volatile(_new_path(pid, shape.hops, shape.info[0], v, flow)))
+        t = shape.templates.get(tkey)
+        if type(t) is _Template:
+            values: list[Any] = [pid, flow]
+            for (_t, _s, _cid, i), chunk in zip(refs, used, strict=True):
+                dyn = chunk.dyn
+                if dyn is None:
+                    dyn = chunk.dyn = _dyn_rows(chunk.rows)
+                values += dyn[i]
+            lines.replay(t.effects)
+            return Rendered(pid, flow, t.fmt % t.pick(values), t.conntrack_id)
+        path = _new_path(pid, hops or self._hops(refs, used), shape.info[0], v, flow)
+        before = lines.counters()
+        path = lines.annotate(path)
+        effects = lines.effects(before)
+        ct = next((ev.conntrack.id for ev in path.nat
+                   if ev.conntrack is not None and ev.conntrack.id is not None), None)
+        line = path_line(path) + "\n"
+        if t is None:
+            # Seen once: a template pays off only if the shape repeats.
+            if len(shape.templates) >= _MAX_TEMPLATES:
+                shape.templates.clear()
+            shape.templates[tkey] = _ONCE
+        elif t is _ONCE:
+            made = path_template(path, line, _with_values)
+            shape.templates[tkey] = _NO_TEMPLATE if made is None else _Template(made[0], made[1], ct, effects)
+        return Rendered(pid, flow, line, ct)
 
     def _learn_links(self, hops: Sequence[Observation]) -> None:
         for a, b in pairwise(hops):
@@ -719,7 +882,9 @@ class Correlator:
 
     # ---------------------------------------------------------------- flows
 
-    def _assign_flow(self, pid: str, hops: Sequence[Observation], info: _ShapeInfo) -> str | None:
+    def _assign_flow(self, pid: str, hops: Sequence[Observation], info: _ShapeInfo, first_ts: int,
+                     last_ts: int) -> str | None:
+        """``hops``: a path of this shape (for what the shape fixes); the times are this path's."""
         _nat, orig, trans, quoted = info
         if orig is None:
             return None  # ARP and other L2: no connection
@@ -733,7 +898,7 @@ class Correlator:
                 return None
         if fs is None:
             fs = keys.get(orig)
-            if fs is not None and first.ts_ns - fs.touched > self.flow_idle_ns:
+            if fs is not None and first_ts - fs.touched > self.flow_idle_ns:
                 # Idle that long: a new connection on the same addresses (judged on the
                 # packets' own times, so any batching gives the same flows).
                 self._close_flow(fs)
@@ -749,8 +914,8 @@ class Correlator:
                         fs.keys.append(k)
                 self._flows_open[fs.num] = fs
         fs.paths.append(pid)
-        if last.ts_ns > fs.touched:
-            fs.touched = last.ts_ns
+        if last_ts > fs.touched:
+            fs.touched = last_ts
             self._flow_touch.append((fs.touched, fs))
         if len(fs.paths) >= self.max_flow_paths:
             self._close_flow(fs)

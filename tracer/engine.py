@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from tracer.correlate import Correlator
 from tracer.model import Flow, ObsBatch, PacketPath, Stats
+from tracer.output import Rendered
 
 if TYPE_CHECKING:
     from tracer.output import Sink
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 Annotator = Callable[[PacketPath], PacketPath]
 _FLUSH_SLICE = 4096
-Event = PacketPath | Flow
+Event = PacketPath | Flow | Rendered
 
 
 class _PathFilter(Protocol):
@@ -64,6 +65,7 @@ class Engine:
         self._kept: set[str] = set()
         # flow id -> the conntrack entry an annotator found on one of its paths' NAT events.
         self._flow_ct: dict[str, int] = {}
+        self._annotated = False  # the correlator annotates (render_lines)
 
     def stop(self) -> None:
         """Thread-safe: the current batch finishes, open paths are flushed, ``events()`` ends."""
@@ -84,14 +86,40 @@ class Engine:
         return (self.duration_s is not None and self._t0 is not None
                 and time.monotonic() - self._t0 >= self.duration_s)
 
+    def render_lines(self) -> bool:
+        """Hand out finished paths as NDJSON lines (``Rendered``) when nothing downstream needs
+        them as objects: the path filter (if any) can judge rows (``keep_row``), and every
+        annotator can tell when its answers may have changed (``generation``). The correlator then renders repeated path shapes from
+        templates. True if turned on; call before ``events()``."""
+        filt = self.path_filter
+        if filt is not None and not hasattr(filt, "keep_row"):
+            return False
+        if not all(hasattr(a, "generation") for a in self.annotators):
+            return False
+        self.correlator.render_lines(_Annotate(self.annotators), filt)  # type: ignore[arg-type]
+        self._annotated = True
+        return True
+
     def _events(self, paths: list[PacketPath], flows: list[Flow]) -> list[Event]:
         out: list[Event] = []
+        annotators = () if self._annotated else self.annotators
         for p in paths:
             if self.count is not None and self._paths >= self.count:
                 break
+            if p is None:  # filtered out by the correlator (render_lines)
+                continue
+            if type(p) is Rendered:  # filtered and annotated already (render_lines)
+                r: Rendered = p
+                self._paths += 1
+                if r.flow is not None:
+                    self._kept.add(r.id)
+                    if r.conntrack_id is not None:
+                        self._flow_ct.setdefault(r.flow, r.conntrack_id)
+                out.append(r)
+                continue
             if self.path_filter is not None and not self.path_filter.keep(p):
                 continue
-            for annotate in self.annotators:
+            for annotate in annotators:
                 p = annotate(p)
             self._paths += 1
             if p.flow is not None:
@@ -153,6 +181,39 @@ class Engine:
             self.source.stop()
 
 
+class _Annotate:
+    """The engine's annotators as the correlator's ``LineRenderer``."""
+
+    def __init__(self, annotators: Sequence[Annotator]) -> None:
+        self.annotators = list(annotators)
+        # Counters an annotator keeps per path (Attributor.without_conntrack): a path rendered
+        # from a template adds what the path it was made from added.
+        self._counted = [a for a in self.annotators if isinstance(getattr(a, "without_conntrack", None), int)]
+        self._volatile = [a for a in self.annotators if hasattr(a, "volatile")]
+
+    def annotate(self, path: PacketPath) -> PacketPath:
+        for a in self.annotators:
+            path = a(path)
+        return path
+
+    def generation(self) -> object:
+        return tuple(a.generation for a in self.annotators)  # type: ignore[attr-defined]
+
+    def volatile(self, path: PacketPath) -> object:
+        return tuple(a.volatile(path) for a in self._volatile)  # type: ignore[attr-defined]
+
+    def counters(self) -> tuple[int, ...]:
+        return tuple(a.without_conntrack for a in self._counted)  # type: ignore[attr-defined]
+
+    def effects(self, before: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(n - b for n, b in zip(self.counters(), before, strict=True))
+
+    def replay(self, effects: tuple[int, ...]) -> None:
+        for a, d in zip(self._counted, effects, strict=True):
+            if d:
+                a.without_conntrack += d  # type: ignore[attr-defined]
+
+
 # gen0 threshold for the CLI pipelines (CPython's default: 700). See gc_policy().
 _GC_GEN0 = 100_000
 
@@ -185,6 +246,8 @@ def run(engine: Engine, sinks: Sequence[Sink]) -> Stats:
 
     Runs under ``gc_policy()``.
     """
+    if sinks and all(hasattr(s, "on_rendered") for s in sinks):
+        engine.render_lines()
     with gc_policy():
         return _run(engine, sinks)
 
@@ -192,13 +255,20 @@ def run(engine: Engine, sinks: Sequence[Sink]) -> Stats:
 def _run(engine: Engine, sinks: Sequence[Sink]) -> Stats:
     try:
         for events in engine.events():
+            if not events:
+                continue
             for ev in events:
-                if isinstance(ev, PacketPath):
+                if type(ev) is Rendered:
+                    for s in sinks:
+                        s.on_rendered(ev)  # type: ignore[attr-defined]
+                elif isinstance(ev, PacketPath):
                     for s in sinks:
                         s.on_path(ev)
                 else:
                     for s in sinks:
-                        s.on_flow(ev)
+                        s.on_flow(ev)  # type: ignore[arg-type]
+            for s in sinks:
+                s.flush()  # once per batch: what finished is out within the batch interval
     finally:
         stats = engine.stats()
         try:

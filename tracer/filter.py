@@ -14,7 +14,8 @@ import ctypes
 import ctypes.util
 import struct
 import threading
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from tracer.decode import (
     LINKTYPE_ETHERNET,
@@ -24,7 +25,10 @@ from tracer.decode import (
     decode_one,
 )
 from tracer.errors import FilterError
-from tracer.model import Observation, PacketPath
+
+if TYPE_CHECKING:
+    import numpy as np
+from tracer.model import ObsBatch, Observation, PacketPath
 
 SNAPLEN = 262144
 PCAP_NETMASK_UNKNOWN = 0xFFFFFFFF
@@ -118,7 +122,7 @@ class PathFilter:
                 self._progs[linktype] = None
         return self._progs[linktype]
 
-    def match(self, frame: bytes, linktype: int) -> bool:
+    def match(self, frame: bytes | bytearray | memoryview, linktype: int) -> bool:
         prog = self._prog(linktype)
         if prog is None:
             return False
@@ -132,7 +136,25 @@ class PathFilter:
         self._linktypes[(node, iface)] = linktype
 
     def keep(self, path: PacketPath) -> bool:
-        for obs in path.hops:
+        return self.keep_hops(path.hops)
+
+    def keep_row(self, batch: ObsBatch, rows: np.ndarray[Any, Any], i: int) -> bool | None:
+        """``keep`` for one sighting still in its batch (``rows[i]``, rows of ``batch``), from its
+        frame bytes; None when only the sighting as an ``Observation`` can tell (no frame bytes,
+        or their link type not learnt yet)."""
+        row = rows[i]
+        flen = int(row["frame_len"])
+        if not flen:
+            return None
+        label = batch.hops[int(row["hop"])]
+        lt = self._linktypes.get((label.node, label.iface))
+        if lt is None:
+            return None
+        off = int(row["frame_off"])
+        return self.match(batch.frames[off : off + flen], lt)
+
+    def keep_hops(self, hops: Sequence[Observation]) -> bool:
+        for obs in hops:
             if obs.frame:
                 lt = self._linktype_of(obs)
                 if lt is not None:

@@ -1,8 +1,9 @@
 """Paths, flows and stats as NDJSON (CONTRACT.md) and as text a person reads at a glance.
 
 A sink is anything with ``on_path``, ``on_flow``, ``on_stats`` and ``close``;
-the CLI's stream sinks live here. Each path is written and flushed as soon as
-it finishes (live use); the last thing a run writes is its stats.
+the CLI's stream sinks live here. Each path is written as soon as it finishes and
+the stream is flushed after every batch (``flush``: every few ms live, one write
+syscall per batch instead of per path); the last thing a run writes is its stats.
 
 Text, annotated (``hoptrace replay fixtures/internet-ping.pcapng``)::
 
@@ -24,8 +25,11 @@ line ends ``rule: -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Sequence
+import re
+import secrets
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TextIO
 
 from tracer.model import (
@@ -44,6 +48,7 @@ class Sink(Protocol):
     def on_path(self, path: PacketPath) -> None: ...
     def on_flow(self, flow: Flow) -> None: ...
     def on_stats(self, stats: Stats) -> None: ...
+    def flush(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -236,6 +241,91 @@ def path_line(path: PacketPath) -> str:
             f'"nat": {nat}}}')
 
 
+# --------------------------------------------------------- rendered paths
+#
+# Packets of one flow take the same hops with the same headers: their NDJSON lines
+# differ only in a few per-packet values. The correlator, when the engine's only
+# sinks take lines (``NdjsonSink``), renders a repeated path shape from a template
+# built here instead of building its hops as objects (tracer.correlate).
+
+# The per-packet values of a hop, in the order a template's slots number them.
+DYN_FIELDS = ("ts_ns", "ip_id", "skb", "icmp_seq", "tcp_flags", "tcp_seq", "tcp_ack")
+_NONCE = "hT" + secrets.token_hex(6)  # letters and digits: JSON escaping leaves it alone
+_SLOT = re.compile(f"{_NONCE}([0-9]+)(x?){_NONCE}")
+
+
+class _Slot:
+    """Stands for a per-packet value while a template is rendered: formats as its marker."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __format__(self, spec: str) -> str:
+        return f"{_NONCE}{self.n}{'x' if spec == 'x' else ''}{_NONCE}"
+
+    def __str__(self) -> str:
+        return self.__format__("")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rendered:
+    """A finished path that is already its NDJSON line (``line`` ends with a newline).
+
+    ``conntrack_id``: the first conntrack entry its NAT events name (for its flow)."""
+
+    id: str
+    flow: str | None
+    line: str
+    conntrack_id: int | None = None
+
+
+def path_template(
+    path: PacketPath,
+    line: str | None = None,
+    with_values: Callable[[Observation, dict[str, Any]], Observation] | None = None,
+) -> tuple[str, tuple[int, ...]] | None:
+    """``path_line(path) + "\\n"`` as a %-format string and the slots it takes, in order.
+
+    Slot 0 is the path id, 1 the flow id, ``2 + 7 * hop + DYN_FIELDS.index(name)`` a
+    hop's per-packet value (a slot exists only where ``path`` has a value: a null
+    stays a literal null). ``line``: that line, if already made; ``with_values``: a
+    faster ``dataclasses.replace`` for hops. None if the template does not give back
+    ``path``'s own line.
+    """
+    hops = []
+    width = len(DYN_FIELDS)
+    for j, h in enumerate(path.hops):
+        upd: dict[str, Any] = {}
+        for f, name in enumerate(DYN_FIELDS):
+            v = getattr(h, name)
+            if v is not None and (v or name != "skb"):
+                upd[name] = _Slot(2 + width * j + f)
+        hops.append(with_values(h, upd) if with_values is not None else dataclasses.replace(h, **upd))
+    marked = dataclasses.replace(
+        path, id=format(_Slot(0)), flow=None if path.flow is None else format(_Slot(1)), hops=tuple(hops))
+    parts = _SLOT.split(path_line(marked) + "\n")
+    fmt = [parts[0].replace("%", "%%")]
+    order: list[int] = []
+    for k in range(1, len(parts), 3):
+        order.append(int(parts[k]))
+        fmt.append("%x" if parts[k + 1] else "%s")
+        fmt.append(parts[k + 2].replace("%", "%%"))
+    text = "".join(fmt)
+    values = [path.id, path.flow]
+    for h in path.hops:
+        values += [getattr(h, name) for name in DYN_FIELDS]
+    if line is None:
+        line = path_line(path) + "\n"
+    try:
+        if text % tuple(values[i] for i in order) != line:
+            return None
+    except (TypeError, ValueError):
+        return None
+    return text, tuple(order)
+
+
 def flow_json(flow: Flow) -> dict[str, Any]:
     d: dict[str, Any] = {
         "type": "flow", "id": flow.id, "proto": flow.proto,
@@ -261,10 +351,14 @@ class NdjsonSink:
 
     def _write(self, obj: dict[str, Any]) -> None:
         self.stream.write(self._dumps(obj) + "\n")
-        self.stream.flush()
 
     def on_path(self, path: PacketPath) -> None:
         self.stream.write(path_line(path) + "\n")
+
+    def on_rendered(self, path: Rendered) -> None:
+        self.stream.write(path.line)
+
+    def flush(self) -> None:
         self.stream.flush()
 
     def on_flow(self, flow: Flow) -> None:
@@ -272,6 +366,7 @@ class NdjsonSink:
 
     def on_stats(self, stats: Stats) -> None:
         self._write(stats_json(stats))
+        self.stream.flush()
 
     def close(self) -> None:
         self.stream.flush()
@@ -391,10 +486,11 @@ class TextSink:
 
     def on_path(self, path: PacketPath) -> None:
         self.stream.write(path_text(path) + "\n\n")
-        self.stream.flush()
 
     def on_flow(self, flow: Flow) -> None:
         self.stream.write(flow_text(flow) + "\n")
+
+    def flush(self) -> None:
         self.stream.flush()
 
     def on_stats(self, stats: Stats) -> None:
@@ -406,6 +502,6 @@ class TextSink:
 
 
 __all__ = [
-    "NdjsonSink", "Sink", "TextSink", "duration_text", "flow_json", "flow_text", "nat_json",
-    "nat_text", "path_json", "path_line", "path_text", "stats_json", "stats_text", "what_text",
+    "DYN_FIELDS", "NdjsonSink", "Rendered", "Sink", "TextSink", "duration_text", "flow_json", "flow_text", "nat_json",
+    "nat_text", "path_json", "path_line", "path_template", "path_text", "stats_json", "stats_text", "what_text",
 ]  # fmt: skip
