@@ -258,15 +258,14 @@ class _Chunk:
     """A slice of a batch that open paths point into; what paths read of it is built once, on
     first use: the rows' shape keys, their Observation values, their per-packet values."""
 
-    __slots__ = ("batch", "cid", "dyn", "keys", "obs", "pending", "rows")
+    __slots__ = ("batch", "cid", "kd", "obs", "pending", "rows")
 
     def __init__(self, cid: int, batch: ObsBatch, rows: np.ndarray[Any, Any], pending: int) -> None:
         self.cid = cid
         self.batch = batch
         self.rows = rows
-        self.keys: list[int] | None = None  # _render_hash per row
+        self.kd: list[tuple[int, tuple[int, ...]]] | None = None  # Correlator._key_dyn
         self.obs: list[tuple[Any, ...]] | None = None  # Observation field values per row
-        self.dyn: list[tuple[int, ...]] | None = None  # DYN_FIELDS values per row
         self.pending = pending  # rows not yet emitted in a path
 
 
@@ -274,11 +273,12 @@ class _Shape:
     """What every path with one shape key shares: NAT events and flow keys (``info``), the
     hops of the first such path (for the fields the key fixes), NDJSON templates."""
 
-    __slots__ = ("hops", "info", "templates")
+    __slots__ = ("dropped", "hops", "info", "templates")
 
     def __init__(self, info: _ShapeInfo, hops: tuple[Observation, ...]) -> None:
         self.info = info
         self.hops = hops
+        self.dropped = any(h.direction == "drop" for h in hops)
         self.templates: dict[tuple[Any, ...], _Template | object] = {}
 
 
@@ -324,10 +324,6 @@ def _render_hash(rows: np.ndarray[Any, Any], labels: Sequence[HopLabel]) -> np.n
     for name in ("ttl", "length", "drop_reason", "icmp_code", "flow_label", "frag"):
         h = _mix(h, rows[name])
     return _mix(h, (rows["skb"] != 0).astype(_U64))
-
-
-def _dyn_rows(rows: np.ndarray[Any, Any]) -> list[tuple[int, ...]]:
-    return list(zip(*(rows[name].tolist() for name in DYN_FIELDS), strict=True))
 
 
 class _Open:
@@ -699,17 +695,17 @@ class Correlator:
         refs.sort()  # (ts, seq, ...): hops in time order, equal times in arrival order
         chunks = self._chunks
         used: list[_Chunk] = []
-        key_l: list[int] = []
+        rows: list[tuple[int, tuple[int, ...]]] = []
         for _t, _s, cid, i in refs:
             chunk = chunks[cid]
-            keys = chunk.keys
-            if keys is None:
-                keys = chunk.keys = _render_hash(chunk.rows, chunk.batch.hops).tolist()
-            key_l.append(keys[i])
+            kd = chunk.kd
+            if kd is None:
+                kd = chunk.kd = self._key_dyn(chunk)
+            rows.append(kd[i])
             used.append(chunk)
         # Packets of one flow take the same hops with the same rewrites: their NAT
         # events are equal values, computed once per shape (and links learned once).
-        key = tuple(key_l)
+        key = tuple([k for k, _d in rows])
         shape = self._by_shape.get(key)
         hops: tuple[Observation, ...] | None = None
         if shape is None:
@@ -728,7 +724,7 @@ class Correlator:
         # may already have read further): the same verdict in any batching.
         since = self.owned.get((last.dst, last.netns))
         v = verdict(proto, {last.dst: last.netns} if since is not None
-                    and since <= last_ts + self.window_ns else {}, self.links)
+                    and since <= last_ts + self.window_ns else {}, self.links, shape.dropped)
         pid = f"p{p.num}"
         flow = self._assign_flow(pid, proto, shape.info, first_ts, last_ts)
         lines = self._lines
@@ -738,12 +734,19 @@ class Correlator:
         elif self._row_filter is not None and not self._keep(refs, used, hops):
             out = None
         else:
-            out = self._render(lines, shape, refs, used, hops, pid, v, flow)
+            out = self._render(lines, shape, refs, used, rows, hops, pid, v, flow)
         for chunk in used:
             chunk.pending -= 1
             if not chunk.pending:
                 chunks.pop(chunk.cid, None)
         return out
+
+    @staticmethod
+    def _key_dyn(chunk: _Chunk) -> list[tuple[int, tuple[int, ...]]]:
+        """Per row: its shape key (``_render_hash``) and its ``DYN_FIELDS`` values."""
+        rows = chunk.rows
+        return list(zip(_render_hash(rows, chunk.batch.hops).tolist(),
+                        zip(*(rows[name].tolist() for name in DYN_FIELDS), strict=True), strict=True))
 
     def _keep(self, refs: list[tuple[int, int, int, int]], used: list[_Chunk],
               hops: tuple[Observation, ...] | None) -> bool:
@@ -773,8 +776,8 @@ class Correlator:
         return tuple(out)
 
     def _render(self, lines: LineRenderer, shape: _Shape, refs: list[tuple[int, int, int, int]],
-                used: list[_Chunk], hops: tuple[Observation, ...] | None, pid: str, v: str,
-                flow: str | None) -> Rendered:
+                used: list[_Chunk], rows: list[tuple[int, tuple[int, ...]]],
+                hops: tuple[Observation, ...] | None, pid: str, v: str, flow: str | None) -> Rendered:
         """The path as its NDJSON line: from its shape's template once the shape repeats."""
         # What the annotators read that changes per packet, asked of a path with this shape's
         # fixed fields (this path's own would say the same).
@@ -782,11 +785,8 @@ class Correlator:
         t = shape.templates.get(tkey)
         if type(t) is _Template:
             values: list[Any] = [pid, flow]
-            for (_t, _s, _cid, i), chunk in zip(refs, used, strict=True):
-                dyn = chunk.dyn
-                if dyn is None:
-                    dyn = chunk.dyn = _dyn_rows(chunk.rows)
-                values += dyn[i]
+            for _k, dyn in rows:
+                values += dyn
             lines.replay(t.effects)
             return Rendered(pid, flow, t.fmt % t.pick(values), t.conntrack_id)
         path = _new_path(pid, hops or self._hops(refs, used), shape.info[0], v, flow)

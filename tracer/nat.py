@@ -187,6 +187,7 @@ def verdict(
     hops: Sequence[Observation],
     owned: Mapping[str, int],
     links: Set[tuple[int, str, str]],
+    dropped: bool | None = None,
 ) -> Verdict:
     """dropped / delivered / left / incomplete, from the hops and what traffic taught.
 
@@ -194,8 +195,9 @@ def verdict(
     sightings, or given by topology). ``links``: (netns, node, iface) of tx hops
     whose packets were seen arriving at another traced hop: a packet that last
     left through one of those and never arrived is incomplete, not gone.
+    ``dropped``: whether a hop is a drop, when the caller knows already.
     """
-    if any(h.direction == "drop" for h in hops):
+    if dropped if dropped is not None else any(h.direction == "drop" for h in hops):
         return "dropped"
     last = hops[-1]
     if last.family == 0:
