@@ -696,19 +696,21 @@ class EbpfSource:
         key = ((ev["netns"].astype(np.uint64) << np.uint64(32))
                | ((ev["ifindex"].astype(np.uint64) & np.uint64(0x7FFFFFFF)) << np.uint64(1)) | raw)
         uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-        idx = np.empty(len(uniq), dtype=np.uint32)
         labels = self._labels
-        for j, (k, f) in enumerate(zip(uniq.tolist(), first.tolist(), strict=True)):
+        hops = []
+        # one name per distinct key, from its first row (S16 drops trailing NULs)
+        names = np.ascontiguousarray(ev["ifname"][first]).view("S16").ravel().tolist()
+        for k, name in zip(uniq.tolist(), names, strict=True):
             netns, ifindex = k >> 32, (k >> 1) & 0x7FFFFFFF
             linktype = LINKTYPE_RAW if k & 1 else LINKTYPE_ETHERNET
             # the kernel keeps stale bytes after the NUL of a renamed device (veth -> eth0)
-            ifname = bytes(ev["ifname"][f]).split(b"\0", 1)[0]
+            ifname = name.split(b"\0", 1)[0]
             lk = (netns, ifindex, ifname, linktype)
             hop = labels.index.get(lk)
             if hop is None:
                 hop = self._new_label(netns, ifindex, ifname, linktype)
-            idx[j] = hop
-        return idx[inverse]
+            hops.append(hop)
+        return np.array(hops, dtype=np.uint32)[inverse]
 
     def _new_label(self, netns: int, ifindex: int, ifname: bytes, linktype: int) -> int:
         namer = self._namer
