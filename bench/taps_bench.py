@@ -311,6 +311,14 @@ def summarize(results: list[dict[str, Any]], peers: list[str], rates: list[int])
         note = ("sender-limited: neither lost anything at the top offered rate, so both rates are "
                 "the sender's" if limited else "capturer-limited")
         print(f"ratio {name}/tcpdump: {ratio:.2f}  (target >= 0.9; {note})")
+        # The same rate's runs of one repetition ran back to back: their ratio is less
+        # exposed to the background load drifting over the whole bench.
+        pairs = [r["rate"] / t["rate"] for r in results for t in results
+                 if r["peer"] == name and t["peer"] == "tcpdump" and r["offered"] == t["offered"] == b[0]
+                 and r["rep"] == t["rep"] and t["rate"] > 0]
+        if len(pairs) > 1:
+            print(f"      per repetition at offered {b[0] or 'max'}: median {statistics.median(pairs):.2f}, "
+                  f"{min(pairs):.2f}-{max(pairs):.2f}")
 
 
 def main() -> int:
