@@ -45,9 +45,11 @@ GROUP BY ALL``.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import itertools
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,17 +117,23 @@ def _table(columns: dict[str, Any], schema: pa.Schema) -> pa.Table:
 def to_tables(paths: Iterable[PacketPath]) -> dict[str, pa.Table]:
     """The three tables as pyarrow Tables (what write_parquet writes)."""
     paths = list(paths)
-    # Nothing built here forms a cycle; with millions of live Observations a
-    # collection triggered by these allocations would cost more than the work.
-    gc_was_on = gc.isenabled()
-    gc.disable()
-    try:
+    with _no_gc():
         obs = _Observations(paths)
         return {
             "observations": obs.table(),
             "paths": _paths(obs),
             "nat": _nat(obs),
         }
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """Nothing built here forms a cycle; with millions of live Observations a collection
+    triggered by these allocations (or by importing pyarrow: ~0.8 s at 1M) costs more than the work."""
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
     finally:
         if gc_was_on:
             gc.enable()
@@ -141,11 +149,11 @@ def to_tables(paths: Iterable[PacketPath]) -> dict[str, pa.Table]:
 # - the paths and NAT tables take what they share with observations (first and
 #   last hop, timestamps) from the observation columns instead of reading it again.
 _GROUPED = ("node", "ifname", "netns", "ifindex", "direction", "source", "family", "proto", "ethertype",
-            "ttl", "drop_reason", "tcp_flags", "icmp_type", "icmp_code")  # fmt: skip
+            "ttl", "drop_reason", "tcp_flags", "icmp_type", "icmp_code", "length", "wire_len")  # fmt: skip
 # Observation fields that are never None: converted with numpy (one C loop each).
 _DENSE = {"ts_ns": "i8", "netns": "i8", "ifindex": "i4", "family": "u1", "proto": "u1", "ethertype": "u2",
           "ttl": "u1", "length": "u4", "wire_len": "u4", "digest": "u8"}  # fmt: skip
-_SINGLE = ("ts_ns", "length", "wire_len", "digest", "src", "dst", "sport", "dport", "ip_id",
+_SINGLE = ("ts_ns", "digest", "src", "dst", "sport", "dport", "ip_id",
            "tcp_seq", "tcp_ack", "icmp_id", "icmp_seq", "skb")  # fmt: skip
 # Observation attribute -> column, where they differ.
 _COLUMN = {"ifname": "iface", "direction": "dir"}
@@ -156,12 +164,18 @@ def _distinct(items: list[Any], attrs: Sequence[str]) -> tuple[np.ndarray, list[
     and per attribute its value in each distinct tuple."""
     import numpy as np
 
-    rows = list(map(attrgetter(*attrs), items)) if len(attrs) > 1 else [(v,) for v in _get(attrs[0], items)]
-    first = dict.fromkeys(rows)
-    index = {t: i for i, t in enumerate(first)}
-    codes = np.fromiter(map(index.__getitem__, rows), np.intp, len(rows))
-    per_attr = list(zip(*first, strict=True)) if first else [() for _ in attrs]
-    return codes, per_attr
+    n = len(items)
+    # One C-level pass, one hash per item: setdefault stores the row number of a tuple's
+    # first appearance (the tuples themselves are not kept, only the distinct ones).
+    seen: dict[tuple[Any, ...], int] = {}
+    get = attrgetter(*attrs) if len(attrs) > 1 else lambda o, a=attrs[0]: (getattr(o, a),)
+    first_row = np.fromiter(map(seen.setdefault, map(get, items), itertools.count()), np.intp, n)
+    # First-appearance row numbers -> 0, 1, 2, ... in the same order.
+    is_first = np.zeros(n, bool)
+    is_first[first_row] = True
+    codes = np.cumsum(is_first) - 1
+    per_attr = list(zip(*seen, strict=True)) if seen else [() for _ in attrs]
+    return codes[first_row], per_attr
 
 
 def _expand(values: Sequence[Any], typ: pa.DataType, take: pa.Array) -> pa.Array:
@@ -189,17 +203,6 @@ def _ints(values: list[Any], typ: pa.DataType) -> pa.Array:
     return pa.array(values, typ)
 
 
-def _proto_names(family: np.ndarray, proto: np.ndarray, ethertype: np.ndarray) -> pa.Array:
-    """proto_name() per row, computed once per distinct (family, proto, ethertype)."""
-    import numpy as np
-    import pyarrow as pa
-
-    key = (family.astype(np.int64) << 32) | (proto.astype(np.int64) << 16) | ethertype.astype(np.int64)
-    uniq, inv = np.unique(key, return_inverse=True)
-    names = [proto_name(k >> 32, (k >> 16) & 0xFFFF, k & 0xFFFF) for k in uniq.tolist()]
-    return pa.DictionaryArray.from_arrays(pa.array(inv.reshape(-1).astype(np.int32)), pa.array(names, pa.string()))
-
-
 def _get(attr: str, items: list[Any]) -> list[Any]:
     return list(map(attrgetter(attr), items))
 
@@ -222,7 +225,8 @@ class _Observations:
         self.path_ids = pa.array(_get("id", paths), pa.string())
         self.flows = pa.array(_get("flow", paths), pa.string())
         self.nats = _get("nat", paths)
-        obs = [o for hops in self.hops for o in hops]
+        self._nat_events: tuple[np.ndarray, list[Any], np.ndarray, list[tuple[Any, ...]]] | None = None
+        obs = list(itertools.chain.from_iterable(self.hops))
         self.n = n = len(obs)
         types = {f.name: f.type for f in _schemas()["observations"]}
         cols: dict[str, Any] = {}
@@ -261,8 +265,29 @@ class _Observations:
         self.cols = cols
 
     def _proto_names(self, codes: np.ndarray) -> pa.Array:
+        """proto_name() of the rows ``codes`` points to: a dictionary of the (family, proto,
+        ethertype) present there, in key order, each name computed once."""
+        import numpy as np
+        import pyarrow as pa
+
         d = self.distinct
-        return _proto_names(d["family"][codes], d["proto"][codes], d["ethertype"][codes])
+        key = (d["family"].astype(np.int64) << 32) | (d["proto"].astype(np.int64) << 16) | d["ethertype"]
+        used = np.zeros(len(key), bool)
+        used[codes] = True
+        uniq = np.unique(key[used])
+        names = [proto_name(k >> 32, (k >> 16) & 0xFFFF, k & 0xFFFF) for k in uniq.tolist()]
+        index = np.searchsorted(uniq, key).astype(np.int32)
+        return pa.DictionaryArray.from_arrays(pa.array(index[codes]), pa.array(names, pa.string()))
+
+    def nat_events(self) -> tuple[np.ndarray, list[Any], np.ndarray, list[tuple[Any, ...]]]:
+        """NAT events per path, all events in path order, and their distinct (_NAT_GROUPED) tuples."""
+        import numpy as np
+
+        if self._nat_events is None:
+            counts = np.fromiter(map(len, self.nats), np.int64, len(self.nats))
+            evs = list(itertools.chain.from_iterable(self.nats))
+            self._nat_events = (counts, evs, *_distinct(evs, _NAT_GROUPED))
+        return self._nat_events
 
     def table(self) -> pa.Table:
         return _table(self.cols, _schemas()["observations"])
@@ -291,22 +316,40 @@ def _paths(obs: _Observations) -> pa.Table:
         "dst": [c["dst"][i] for i in first_list],
         "sport": c["sport"].take(pa.array(first)),
         "dport": c["dport"].take(pa.array(first)),
-        "nat": ["" if not t else t[0].kind if len(t) == 1 else "+".join(sorted({e.kind for e in t}))
-                for t in obs.nats],
+        "nat": _nat_kinds(obs),
         "drop_reason": pa.array(list(obs.distinct["drop_reason"]), pa.string()).take(
             pa.array(last_codes)).dictionary_encode(),
     }  # fmt: skip
     return _table(cols, _schemas()["paths"])
 
 
+def _nat_kinds(obs: _Observations) -> pa.Array:
+    """Per path: "" without NAT, the kind of its one NAT event, or the kinds joined with "+"."""
+    import numpy as np
+    import pyarrow as pa
+
+    counts, _, codes, per_attr = obs.nat_events()
+    kinds = per_attr[_NAT_GROUPED.index("kind")]
+    # Index into [""] + the distinct events' kinds + the joined kinds of paths with several events.
+    index = np.zeros(len(counts), np.int64)
+    one = counts == 1
+    index[one] = 1 + codes[(np.cumsum(counts) - counts)[one]]
+    texts: list[Any] = ["", *kinds]
+    for p in np.flatnonzero(counts > 1).tolist():
+        index[p] = len(texts)
+        texts.append("+".join(sorted({n.kind for n in obs.nats[p]})))
+    return pa.array(texts, pa.string()).take(pa.array(index)).dictionary_encode()
+
+
+_NAT_GROUPED = ("kind", "node", "hook", "from_hop", "to_hop", "rule", "rule_source")
+
+
 def _nat(obs: _Observations) -> pa.Table:
     import numpy as np
     import pyarrow as pa
 
-    nats = obs.nats
-    counts = np.fromiter(map(len, nats), np.int64, len(nats))
-    owner = np.repeat(np.arange(len(nats)), counts)
-    evs = [e for t in nats for e in t]
+    counts, evs, codes, per_attr = obs.nat_events()
+    owner = np.repeat(np.arange(len(counts)), counts)
     m = len(evs)
     types = {f.name: f.type for f in _schemas()["nat"]}
     take = pa.array(owner)
@@ -316,13 +359,11 @@ def _nat(obs: _Observations) -> pa.Table:
         "seq": pa.array(np.arange(m) - np.repeat(np.cumsum(counts) - counts, counts), pa.uint8()),
         "conntrack_id": [n.conntrack.id if n.conntrack is not None else None for n in evs],
     }
-    grouped = ("kind", "node", "hook", "from_hop", "to_hop", "rule", "rule_source")
-    codes, per_attr = _distinct(evs, grouped)
     take = pa.array(codes)
-    for attr, values in zip(grouped, per_attr, strict=True):
+    for attr, values in zip(_NAT_GROUPED, per_attr, strict=True):
         cols[attr] = _expand(values, types[attr], take)
     # ts_ns of the to_hop (the last hop when to_hop is not on the path).
-    to_hop = np.fromiter(per_attr[grouped.index("to_hop")], np.int64, len(per_attr[0]))[codes]
+    to_hop = np.fromiter(per_attr[_NAT_GROUPED.index("to_hop")], np.int64, len(per_attr[0]))[codes]
     length = obs.lengths[owner]
     on_path = (to_hop >= 0) & (to_hop < length)
     cols["ts_ns"] = obs.ts[obs.starts[owner] + np.where(on_path, to_hop, length - 1)]
@@ -370,15 +411,17 @@ def _dictionary_encoded(schema: pa.Schema) -> list[str]:
 
 def write_parquet(paths: Iterable[PacketPath], directory: str | os.PathLike[str]) -> dict[str, Path]:
     """Write observations.parquet, paths.parquet and nat.parquet into ``directory`` (created)."""
-    import pyarrow.parquet as pq
-
     out = Path(directory)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create {out}: {exc.strerror or exc}") from exc
+    with _no_gc():
+        import pyarrow.parquet as pq
+
+        tables = to_tables(paths)
     written: dict[str, Path] = {}
-    for name, table in to_tables(paths).items():
+    for name, table in tables.items():
         target = out / f"{name}.parquet"
         tmp = out / f".{name}.parquet.tmp"
         try:
