@@ -204,7 +204,10 @@ def child(mode: str, ready: str, ifaces: list[str]) -> int:
             n += len(batch)
         lost = src.lost_events
     else:
-        # The same taps, opened without the source's reader thread.
+        # The same taps, opened without the source's reader thread; numpy imported now, as
+        # the source's start() does (~70 ms that are start-up, not capture work).
+        import numpy  # noqa: F401
+
         from tracer.taps import parse_rounds, take_round
         from tracer.topology import Topology
 
