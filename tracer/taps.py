@@ -1007,15 +1007,11 @@ class TapSource:
 
 def _decode(frames: bytes, offs: Any, lens: Any, lt: int | list[int],
             np: Any, dtype: Any) -> np.ndarray[Any, Any]:
-    from tracer import decode
+    from tracer.decode import decode_into
 
-    decode_into = getattr(decode, "decode_into", None)
-    if decode_into is not None:
-        rows = np.zeros(len(offs), dtype=dtype)
-        decode_into(rows, frames, offs, lens, lt)
-        return rows
-    mv = memoryview(frames)
-    return decode.decode_frames([mv[o : o + n] for o, n in zip(offs.tolist(), lens.tolist(), strict=True)], lt)
+    rows = np.zeros(len(offs), dtype=dtype)
+    decode_into(rows, frames, offs, lens, lt, zeroed=True)  # np.zeros: fields a frame lacks stay 0
+    return rows
 
 
 __all__ = ["Tap", "TapGone", "TapSource", "TapSpec", "compile_bpf", "default_specs",
