@@ -598,25 +598,32 @@ def _vector(
             tgt["ethertype"][r] = ETH_P_IPV6
             if not zeroed:
                 tgt["ip_id"][r] = 0
-        has |= np.where(t, HAS_TCP, 0) | np.where(c, HAS_ICMP, 0)
+        # A flood is one protocol: fields of a protocol no row has are not computed.
+        any_t, any_c = bool(t.any()), bool(c.any())
+        if any_t:
+            has |= np.where(t, HAS_TCP, 0)
+        if any_c:
+            has |= np.where(c, HAS_ICMP, 0)
         tgt["family"][r], tgt["proto"][r], tgt["has"][r] = fam, fpr, has
         tgt["sport"][r] = np.where(ports, g["sport" + s], 0)
         tgt["dport"][r] = np.where(ports, g["dport" + s], 0)
-        tgt["tcp_seq"][r] = np.where(t, g["seq" + s], 0)
-        tgt["tcp_ack"][r] = np.where(t, g["ack" + s], 0)
-        tgt["tcp_flags"][r] = np.where(t, g["flags" + s], 0)
-        tgt["icmp_type"][r] = np.where(c, ity, 0)
-        tgt["icmp_code"][r] = np.where(c, g["icode" + s], 0)
-        tgt["icmp_id"][r] = np.where(with_id, g["iid" + s], 0)
-        tgt["icmp_seq"][r] = np.where(with_id, g["iseq" + s], 0)
+        for name, cond, seen, field in (
+            ("tcp_seq", t, any_t, "seq"), ("tcp_ack", t, any_t, "ack"), ("tcp_flags", t, any_t, "flags"),
+            ("icmp_type", c, any_c, "itype"), ("icmp_code", c, any_c, "icode"),
+            ("icmp_id", with_id, any_c, "iid"), ("icmp_seq", with_id, any_c, "iseq"),
+        ):
+            if seen:
+                tgt[name][r] = np.where(cond, g[field + s], 0)
+            elif not zeroed:
+                tgt[name][r] = 0
         if not zeroed:
             for name, zero in _FAST_ZERO.items():
                 tgt[name][r] = zero
         # Digest: (payload length, its first <= 16 bytes that lie inside the frame).
-        l4hl = np.where(t, (g["doff" + s] >> 4).astype(np.int64) * 4, 8)
+        l4hl = np.where(t, (g["doff" + s] >> 4).astype(np.int64) * 4, 8) if any_t else 8
         p = g3 + (20 if fam == 4 else 40) + l4hl
         pn = np.maximum(plen - l4hl, 0)
-        take = np.clip(np.minimum(pn, gend - p), 0, 16)
+        take = np.maximum(np.minimum(np.minimum(pn, gend - p), 16), 0)
         beyond = p >= len(win16)  # the window would run past the buffer: slow path below
         if beyond.any():
             fast[np.arange(n)[r][beyond & sel[r]]] = False
