@@ -302,10 +302,6 @@ class Tap:
             c = c + 1 if c + 1 < nr else 0
         self._cur = c
 
-    def drain(self) -> _Chunk | None:
-        """This tap's frames alone (``drain_taps`` does all taps of a round at once)."""
-        return drain_taps([self])
-
     def read_stats(self) -> int:
         """Fold the kernel's counters (reset on read) into ours; returns new drops."""
         try:
@@ -381,12 +377,6 @@ def parse_rounds(rounds: Sequence[_Round]) -> _Chunk | None:
         return _frames_of(r.frames, r.used, r.meta)
     return _frames_of(b"".join(r.frames for r in rounds), [u for r in rounds for u in r.used],
                       [m for r in rounds for m in r.meta])
-
-
-def drain_taps(taps: Sequence[Tap]) -> _Chunk | None:
-    """Copy and parse at once (``take_round`` + ``parse_rounds``)."""
-    r = take_round(taps)
-    return parse_rounds([r]) if r is not None else None
 
 
 def _frames_of(frames: bytes, used: list[int], meta: list[tuple[int, int, int]]) -> _Chunk | None:
