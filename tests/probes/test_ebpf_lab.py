@@ -42,7 +42,7 @@ def trace(lab: Any, scenario: str, kernel_filter: Any = None,
         result = lab.run(scenario)
         for other in also:
             assert lab.run(other).ok, other
-        time.sleep(0.3)  # > the 5 ms stage flush and the 2 ms poll, with margin
+        time.sleep(0.3)  # > the 5 ms stage flush and the 10 ms poll, with margin
     finally:
         src.stop()
         th.join(timeout=10)
