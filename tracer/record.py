@@ -384,6 +384,14 @@ def encode_epbs(
     c = 7 + dw
     ncols = c + 1 + cw + 2 + 3 + 1 + 1
 
+    # What is the same in every row goes into the templates: the seconds of ts_ns when the
+    # batch is within one second, the block length when every frame has as many words.
+    ts_fast = ts_w >= 10 and t_min >= 10 ** (ts_w - 1)  # every ts_ns has ts_w digits
+    one_second = ts_fast and t_min // 1_000_000_000 == t_max // 1_000_000_000
+    ts_text = b"%d" % (t_min // 1_000_000_000) + b" " * 9 if one_second else b" " * ts_w
+    same_len = int(row_words.min()) == dw
+    total = 4 * (ncols - dw + row_words)
+    total0 = int(total[0]) if same_len else 0
     templates = []
     for k in kinds:
         k, ns = divmod(k, ns_hi - ns_lo + 1)
@@ -392,12 +400,13 @@ def encode_epbs(
         comment = b"".join((
             head, _DIR_JSON[d].rjust(_DIR_W), b',"skb":"0x', b"0" * skb_w, b'"',
             b',"hook":null,"netns":', str(ns + ns_lo).encode().rjust(ns_w),
-            b',"drop_reason":', reason_json[code].rjust(dr_w), b',"ts_ns":', b" " * ts_w, b"}",
+            b',"drop_reason":', reason_json[code].rjust(dr_w), b',"ts_ns":', ts_text, b"}",
         ))  # fmt: skip
         templates.append(b"".join((
-            struct.pack("<7I", BT_EPB, 0, int(ifids[hop]), 0, 0, 0, 0), bytes(4 * dw),
+            struct.pack("<7I", BT_EPB, total0, int(ifids[hop]), 0, 0, 0, 0), bytes(4 * dw),
             struct.pack("<I", OPT_COMMENT | (clen << 16)), comment.ljust(4 * cw, b"\0"),
-            struct.pack("<7I", EPB_FLAGS | (4 << 16), _DIR_FLAGS[d], EPB_PACKETID | (8 << 16), 0, 0, OPT_ENDOFOPT, 0),
+            struct.pack("<7I", EPB_FLAGS | (4 << 16), _DIR_FLAGS[d], EPB_PACKETID | (8 << 16), 0, 0, OPT_ENDOFOPT,
+                        total0),
         )))  # fmt: skip
     table = np.frombuffer(b"".join(templates), np.uint8).reshape(len(kinds), 4 * ncols)
     mat8 = table[idx]
@@ -405,9 +414,9 @@ def encode_epbs(
 
     _frames_into(mat[:, 7 : 7 + dw], rows, frames, caplen)
     wire = rows["wire_len"].astype(np.int64)
-    total = 4 * (ncols - dw + row_words)
-    mat[:, 1] = total
-    mat[:, -1] = total
+    if not same_len:
+        mat[:, 1] = total
+        mat[:, -1] = total
     tsw = ts.view("<u4").reshape(n, 2)
     mat[:, 3] = tsw[:, 1]
     mat[:, 4] = tsw[:, 0]
@@ -426,18 +435,17 @@ def encode_epbs(
     # ts_ns in decimal: when every value has the same number of digits (>= 10),
     # 9 low digits from a 4-digit table, the rest (seconds) formatted per distinct value.
     at = 4 * (c + 1) + ts_at
-    if ts_w >= 10 and t_min >= 10 ** (ts_w - 1):
+    if ts_fast:
         sec, sub = np.divmod(ts, np.uint64(1_000_000_000))
         top, low8 = np.divmod(sub.astype(np.uint32), np.uint32(100_000_000))
         hi4, lo4 = np.divmod(low8, np.uint32(10_000))
         s_lo, s_hi = t_min // 1_000_000_000, t_max // 1_000_000_000
         sw = ts_w - 9
-        if s_hi - s_lo < 64:
+        if one_second:
+            pass  # in the templates
+        elif s_hi - s_lo < 64:
             secs = np.frombuffer(b"".join(b"%d" % s for s in range(s_lo, s_hi + 1)), np.uint8).reshape(-1, sw)
-            if s_lo == s_hi:
-                mat8[:, at : at + sw] = secs[0]
-            else:
-                mat8[:, at : at + sw] = secs[(sec - np.uint64(s_lo)).astype(np.intp)]
+            mat8[:, at : at + sw] = secs[(sec - np.uint64(s_lo)).astype(np.intp)]
         else:
             mat8[:, at : at + sw] = _decimal(sec)
         top += ord("0")
@@ -447,7 +455,7 @@ def encode_epbs(
     else:
         mat8[:, at : at + ts_w] = _decimal(ts)
 
-    if int(row_words.min()) == dw:
+    if same_len:
         out = mat.reshape(-1)
     else:
         # Only frame words vary per row; drop each row's unused ones.
