@@ -228,6 +228,57 @@ static __always_inline int look(struct hop_meta *m, void *skb, void *dev, u8 kin
     // they are no packet's hop.
     if (kind == HOP_DROP && protocol == 0)
         return 0;
+
+    // Where the frame starts: the mac header when it is set and not past
+    // data. On rx (netif_receive_skb) data points at L3 and network_header
+    // is not yet reset for this layer, so L3 is at data; on tx data is the
+    // mac header and L3 is at network_header.
+    unsigned char *start = data;
+    if (mac != HT_UNSET_HDR && head + mac <= data)
+        start = head + mac;
+    unsigned char *l3 = data;
+    if (kind != HOP_RX && net != HT_UNSET_HDR && head + net >= start)
+        l3 = head + net;
+    u32 mac_len = l3 - start;
+    if (mac_len > 64) { // garbage headers: treat the frame as starting at L3
+        start = l3;
+        mac_len = 0;
+    }
+
+    // The packet filter's header fields, and its protocol check, before the
+    // device and namespace reads: in a flood the filter rejects most hops,
+    // two bpf_probe_read_kernel calls into the hop instead of four.
+    u32 proto = 0, ident = 0, l4off = 0;
+    struct addr_key s = {}, d = {};
+    if (flags & (F_PROTO | F_ADDR | F_PORT)) {
+        u8 hdr[40] = {};
+        bpf_probe_read_kernel(hdr, sizeof(hdr), l3);
+        u8 ver = hdr[0] >> 4;
+        if (ver == 4) {
+            proto = hdr[9];
+            ident = ((u32)hdr[4] << 24) | ((u32)hdr[5] << 16) | ((u32)hdr[2] << 8) | hdr[3];
+            __builtin_memcpy(s.a, &hdr[12], 4);
+            __builtin_memcpy(d.a, &hdr[16], 4);
+            l4off = (hdr[0] & 0xf) * 4;
+            if ((hdr[6] & 0x1f) || hdr[7]) // later fragments have no ports
+                l4off = 0;
+        } else if (ver == 6) {
+            proto = hdr[6];
+            ident = ((u32)hdr[4] << 8) | hdr[5];
+            __builtin_memcpy(s.a, &hdr[8], 16);
+            __builtin_memcpy(d.a, &hdr[24], 16);
+            l4off = 40;
+        } else {
+            return 0;
+        }
+        // The protocol is NAT-invariant and a tracked skb passed this same
+        // check when it was recorded: reject before the tracked lookup.
+        if (flags & F_PROTO) {
+            if (!(cfg->protos[(proto >> 5) & 7] & (1u << (proto & 31))))
+                return 0;
+        }
+    }
+
     if (!dev) {
 #if HT_SKB_LO <= HT_OFF_SKB_DEV && HT_OFF_SKB_DEV + 8 <= HT_SKB_HI
         __builtin_memcpy(&dev, &sk[HT_OFF_SKB_DEV - HT_SKB_LO], 8);
@@ -253,52 +304,8 @@ static __always_inline int look(struct hop_meta *m, void *skb, void *dev, u8 kin
             return 0;
     }
 
-    // Where the frame starts: the mac header when it is set and not past
-    // data. On rx (netif_receive_skb) data points at L3 and network_header
-    // is not yet reset for this layer, so L3 is at data; on tx data is the
-    // mac header and L3 is at network_header.
-    unsigned char *start = data;
-    if (mac != HT_UNSET_HDR && head + mac <= data)
-        start = head + mac;
-    unsigned char *l3 = data;
-    if (kind != HOP_RX && net != HT_UNSET_HDR && head + net >= start)
-        l3 = head + net;
-    u32 mac_len = l3 - start;
-    if (mac_len > 64) { // garbage headers: treat the frame as starting at L3
-        start = l3;
-        mac_len = 0;
-    }
-
     u64 now = 0;
     if (flags & (F_PROTO | F_ADDR | F_PORT)) {
-        u8 hdr[40] = {};
-        bpf_probe_read_kernel(hdr, sizeof(hdr), l3);
-        u8 ver = hdr[0] >> 4;
-        u32 proto = 0, ident = 0, l4off = 0;
-        struct addr_key s = {}, d = {};
-        if (ver == 4) {
-            proto = hdr[9];
-            ident = ((u32)hdr[4] << 24) | ((u32)hdr[5] << 16) | ((u32)hdr[2] << 8) | hdr[3];
-            __builtin_memcpy(s.a, &hdr[12], 4);
-            __builtin_memcpy(d.a, &hdr[16], 4);
-            l4off = (hdr[0] & 0xf) * 4;
-            if ((hdr[6] & 0x1f) || hdr[7]) // later fragments have no ports
-                l4off = 0;
-        } else if (ver == 6) {
-            proto = hdr[6];
-            ident = ((u32)hdr[4] << 8) | hdr[5];
-            __builtin_memcpy(s.a, &hdr[8], 16);
-            __builtin_memcpy(d.a, &hdr[24], 16);
-            l4off = 40;
-        } else {
-            return 0;
-        }
-        // The protocol is NAT-invariant and a tracked skb passed this same
-        // check when it was recorded: reject before the tracked lookup.
-        if (flags & F_PROTO) {
-            if (!(cfg->protos[(proto >> 5) & 7] & (1u << (proto & 31))))
-                return 0;
-        }
         u64 key = (u64)skb;
         now = bpf_ktime_get_ns();
         int hit = 0;
