@@ -369,6 +369,9 @@ class RingReader:
         return data
 
     def close(self) -> None:
+        """Unmap (after the programs are detached; the mappings keep the map itself alive)."""
+        if self._mv is None:
+            return
         self._prod.release()
         self._words.release()
         self._mv.release()
@@ -521,12 +524,14 @@ class EbpfSource:
             return
         self._flush_cpus()
         self._consume()
-        if self._ring is not None:
-            self._ring.close()
-            self._ring = None
         self._final_counters = {c: self._kernel_counter(c) for c in Counter}
         self._bpf = None
-        bpf.cleanup()
+        ring, self._ring = self._ring, None
+        try:
+            bpf.cleanup()  # detaches the programs first: nothing below may keep them attached
+        finally:
+            if ring is not None:
+                ring.close()
 
     @property
     def lost_events(self) -> int:
