@@ -59,7 +59,7 @@ def random_paths(n_paths: int, seed: int) -> list[PacketPath]:
                 ts_ns=ts, netns=netns, ifindex=ifindex, ifname=ifname, node=node,
                 direction=rnd.choice(["rx", "tx", "drop", None]),  # type: ignore[arg-type]
                 source=rnd.choice(["ebpf", "pcap", "file"]),  # type: ignore[arg-type]
-                family=family, proto=proto, src=rnd.choice(addrs), dst=rnd.choice(addrs),
+                family=family, proto=proto, src=maybe(rnd.choice(addrs), 0.05), dst=rnd.choice(addrs),  # type: ignore[arg-type]
                 length=rnd.randrange(0, 2**16), ttl=rnd.choice([64, 63, 1, 255]),
                 skb=maybe(rnd.randrange(0, 2**64)), ethertype=ethertype,  # type: ignore[arg-type]
                 sport=maybe(rnd.randrange(0, 2**16)), dport=maybe(rnd.randrange(0, 2**16)),  # type: ignore[arg-type]
