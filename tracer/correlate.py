@@ -321,7 +321,7 @@ def _render_hash(rows: np.ndarray[Any, Any], labels: Sequence[HopLabel]) -> np.n
     """``_shape_hash`` plus every other field a hop's NDJSON shows that is not per packet
     (``DYN_FIELDS``): equal keys, equal lines but for those values."""
     h = _shape_hash(rows, labels)
-    for name in ("ttl", "length", "drop_reason", "icmp_code", "flow_label", "frag"):
+    for name in ("ttl", "drop_reason", "icmp_code", "flow_label", "frag"):
         h = _mix(h, rows[name])
     return _mix(h, (rows["skb"] != 0).astype(_U64))
 

@@ -249,7 +249,7 @@ def path_line(path: PacketPath) -> str:
 # built here instead of building its hops as objects (tracer.correlate).
 
 # The per-packet values of a hop, in the order a template's slots number them.
-DYN_FIELDS = ("ts_ns", "ip_id", "skb", "icmp_seq", "tcp_flags", "tcp_seq", "tcp_ack")
+DYN_FIELDS = ("ts_ns", "ip_id", "skb", "icmp_seq", "tcp_flags", "tcp_seq", "tcp_ack", "length")
 _NONCE = "hT" + secrets.token_hex(6)  # letters and digits: JSON escaping leaves it alone
 _SLOT = re.compile(f"{_NONCE}([0-9]+)(x?){_NONCE}")
 
@@ -288,7 +288,7 @@ def path_template(
 ) -> tuple[str, tuple[int, ...]] | None:
     """``path_line(path) + "\\n"`` as a %-format string and the slots it takes, in order.
 
-    Slot 0 is the path id, 1 the flow id, ``2 + 7 * hop + DYN_FIELDS.index(name)`` a
+    Slot 0 is the path id, 1 the flow id, ``2 + 8 * hop + DYN_FIELDS.index(name)`` a
     hop's per-packet value (a slot exists only where ``path`` has a value: a null
     stays a literal null). ``line``: that line, if already made; ``with_values``: a
     faster ``dataclasses.replace`` for hops. None if the template does not give back

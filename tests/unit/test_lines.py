@@ -149,13 +149,13 @@ def test_path_template_slots_and_percent_signs() -> None:
     fmt, order = made
     values: list[Any] = ["p3", "f2"]
     for h in hops:
-        values += [h.ts_ns, h.ip_id, h.skb, h.icmp_seq, h.tcp_flags, h.tcp_seq, h.tcp_ack]
+        values += [h.ts_ns, h.ip_id, h.skb, h.icmp_seq, h.tcp_flags, h.tcp_seq, h.tcp_ack, h.length]
     assert fmt % tuple(values[i] for i in order) == path_line(path) + "\n"
     # Another packet of the shape: only the slots change.
     other = [replace(h, ts_ns=h.ts_ns + 7, ip_id=6, skb=0xDEF, icmp_seq=10) for h in hops]
     values = ["p4", "f2"]
     for h in other:
-        values += [h.ts_ns, h.ip_id, h.skb, h.icmp_seq, h.tcp_flags, h.tcp_seq, h.tcp_ack]
+        values += [h.ts_ns, h.ip_id, h.skb, h.icmp_seq, h.tcp_flags, h.tcp_seq, h.tcp_ack, h.length]
     assert fmt % tuple(values[i] for i in order) == path_line(PacketPath("p4", tuple(other), (), "left", "f2")) + "\n"
 
 
