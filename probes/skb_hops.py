@@ -445,6 +445,7 @@ class EbpfSource:
         self._flush_fd = -1
         self._chunks: list[bytes] = []  # hop events read from the ring, back to back
         self._ring: RingReader | None = None
+        self._dir_of_kind: Any = None
         self._stop = threading.Event()
         self._labels = _Labels()
         self._namer: Any = None
@@ -674,9 +675,10 @@ class EbpfSource:
         rows["skb"] = ev["skb"]
         rows["netns"] = ev["netns"]
         rows["ifindex"] = ev["ifindex"]
-        kind = ev["kind"]
-        # HopKind values are Dir values; anything else (a C/Python mismatch) is Dir.UNKNOWN
-        rows["dir"] = np.where((kind >= HopKind.RX) & (kind <= HopKind.DROP), kind, 0)
+        if self._dir_of_kind is None:
+            self._dir_of_kind = _dir_lut()
+        # one table gather; a kind that is no HopKind (a C/Python mismatch) is Dir.UNKNOWN
+        rows["dir"] = self._dir_of_kind[ev["kind"]]
         rows["source"] = int(Src.EBPF)
         rows["drop_reason"] = ev["drop_reason"]
         rows["wire_len"] = ev["wire_len"]
@@ -734,6 +736,16 @@ class EbpfSource:
         hop = len(labels.hops) - 1
         labels.index[(netns, ifindex, ifname, linktype)] = hop
         return hop
+
+
+def _dir_lut() -> Any:
+    """kind byte -> Dir value (HopKind values are Dir values; anything else is Dir.UNKNOWN)."""
+    import numpy as np
+
+    lut = np.zeros(256, dtype=np.uint8)
+    for k in HopKind:
+        lut[int(k)] = int(k)
+    return lut
 
 
 def _online_cpus() -> list[int]:
