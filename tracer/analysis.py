@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tracer.errors import CaptureFileError, UsageError
-from tracer.model import PacketPath, proto_name
+from tracer.model import Observation, PacketPath, proto_name
 
 if TYPE_CHECKING:
     import numpy as np
@@ -159,23 +159,50 @@ _SINGLE = ("ts_ns", "digest", "src", "dst", "sport", "dport", "ip_id",
 _COLUMN = {"ifname": "iface", "direction": "dir"}
 
 
-def _distinct(items: list[Any], attrs: Sequence[str]) -> tuple[np.ndarray, list[tuple[Any, ...]]]:
+def _distinct(
+    items: list[Any], attrs: Sequence[str], rows: Iterable[tuple[Any, ...]] | None = None
+) -> tuple[np.ndarray, list[tuple[Any, ...]]]:
     """Each item's index into the distinct tuples of ``attrs`` (in order of first appearance),
-    and per attribute its value in each distinct tuple."""
+    and per attribute its value in each distinct tuple. ``rows``, when given, yields those
+    tuples (faster than attrgetter, see _hop_rows)."""
     import numpy as np
 
     n = len(items)
-    # One C-level pass, one hash per item: setdefault stores the row number of a tuple's
-    # first appearance (the tuples themselves are not kept, only the distinct ones).
+    # One pass, one hash per item: setdefault stores the row number of a tuple's first
+    # appearance (the tuples themselves are not kept, only the distinct ones).
     seen: dict[tuple[Any, ...], int] = {}
-    get = attrgetter(*attrs) if len(attrs) > 1 else lambda o, a=attrs[0]: (getattr(o, a),)
-    first_row = np.fromiter(map(seen.setdefault, map(get, items), itertools.count()), np.intp, n)
+    if rows is None:
+        rows = map(attrgetter(*attrs), items) if len(attrs) > 1 else ((v,) for v in _get(attrs[0], items))
+    first_row = np.fromiter(map(seen.setdefault, rows, itertools.count()), np.intp, n)
     # First-appearance row numbers -> 0, 1, 2, ... in the same order.
     is_first = np.zeros(n, bool)
     is_first[first_row] = True
     codes = np.cumsum(is_first) - 1
     per_attr = list(zip(*seen, strict=True)) if seen else [() for _ in attrs]
     return codes[first_row], per_attr
+
+
+def _hop_rows(obs: list[Observation]) -> Iterator[tuple[Any, ...]]:
+    """attrgetter(*_GROUPED) of each observation, spelled out: CPython reads a slot named in
+    the code directly, where attrgetter looks each name up (~0.1 s less per million)."""
+    return ((o.node, o.ifname, o.netns, o.ifindex, o.direction, o.source, o.family, o.proto, o.ethertype,
+             o.ttl, o.drop_reason, o.tcp_flags, o.icmp_type, o.icmp_code, o.length, o.wire_len)
+            for o in obs)  # fmt: skip
+
+
+def _single_lists(obs: list[Observation]) -> Iterator[tuple[str, list[Any]]]:
+    """The nullable _SINGLE attributes as lists, one at a time; list comprehensions for the
+    reason above."""
+    yield "src", [o.src for o in obs]
+    yield "dst", [o.dst for o in obs]
+    yield "sport", [o.sport for o in obs]
+    yield "dport", [o.dport for o in obs]
+    yield "ip_id", [o.ip_id for o in obs]
+    yield "tcp_seq", [o.tcp_seq for o in obs]
+    yield "tcp_ack", [o.tcp_ack for o in obs]
+    yield "icmp_id", [o.icmp_id for o in obs]
+    yield "icmp_seq", [o.icmp_seq for o in obs]
+    yield "skb", [o.skb for o in obs]
 
 
 def _expand(values: Sequence[Any], typ: pa.DataType, take: pa.Array) -> pa.Array:
@@ -231,7 +258,7 @@ class _Observations:
         types = {f.name: f.type for f in _schemas()["observations"]}
         cols: dict[str, Any] = {}
 
-        self.codes, per_attr = _distinct(obs, _GROUPED)
+        self.codes, per_attr = _distinct(obs, _GROUPED, _hop_rows(obs))
         take = pa.array(self.codes)
         self.distinct: dict[str, Any] = {}
         for attr, values in zip(_GROUPED, per_attr, strict=True):
@@ -250,10 +277,8 @@ class _Observations:
         for attr in _SINGLE:
             if attr in _DENSE:
                 cols[attr] = np.fromiter(map(attrgetter(attr), obs), np.dtype(_DENSE[attr]), n)
-            elif pa.types.is_integer(types[attr]):
-                cols[attr] = _ints(_get(attr, obs), types[attr])
-            else:
-                cols[attr] = _get(attr, obs)
+        for attr, lst in _single_lists(obs):
+            cols[attr] = _ints(lst, types[attr]) if pa.types.is_integer(types[attr]) else lst
         del obs
         self.ts = cols["ts_ns"]
         take = pa.array(self.of_path)

@@ -132,3 +132,17 @@ def test_parquet_files_read_back_as_the_reference_files(tmp_path: Path) -> None:
     for name, path in write_parquet(paths, tmp_path / "new").items():
         back, ref_back = pq.read_table(path), pq.read_table(want[name])
         assert back.schema.equals(ref_back.schema) and back.equals(ref_back), name
+
+
+def test_spelled_out_attribute_reads_match_the_column_lists() -> None:
+    # _hop_rows and _single_lists name attributes in code (faster than attrgetter): they must
+    # read exactly _GROUPED and the nullable _SINGLE attributes.
+    from operator import attrgetter
+
+    from tracer.analysis import _DENSE, _GROUPED, _SINGLE, _hop_rows, _single_lists
+
+    obs = [o for p in random_paths(20, 3) for o in p.hops]
+    assert list(_hop_rows(obs)) == list(map(attrgetter(*_GROUPED), obs))
+    lists = dict(_single_lists(obs))
+    assert list(lists) == [a for a in _SINGLE if a not in _DENSE]
+    assert all(lists[a] == [getattr(o, a) for o in obs] for a in lists)
