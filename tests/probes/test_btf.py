@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from probes import btf
-from probes.btf import Btf, BtfError, parse_layout
+from probes.btf import Btf, BtfError, KernelLayout, parse_layout
 
 
 class BlobBuilder:
@@ -142,3 +142,24 @@ def test_cache_round_trip(tmp_path, monkeypatch) -> None:  # type: ignore[no-unt
     second = btf.load_layout()
     assert (first.cached, second.cached) == (False, True)
     assert (first.offsets, first.tp_args, first.drop_reasons) == (second.offsets, second.tp_args, second.drop_reasons)
+
+
+def _layout(dev_off: int) -> KernelLayout:
+    offsets = {"SKB_HEAD": 192, "SKB_DATA": 200, "SKB_LEN": 112, "SKB_DATA_LEN": 116, "SKB_NETWORK_HEADER": 180,
+               "SKB_MAC_HEADER": 182, "SKB_TRANSPORT_HEADER": 178, "SKB_PROTOCOL": 176, "SKB_DEV": dev_off,
+               "DEV_IFINDEX": 224, "DEV_NAME": 280, "DEV_ND_NET": 264, "NET_NS": 152, "NS_INUM": 24}
+    sizes = {"SKB_HEAD": 8, "SKB_DATA": 8, "SKB_LEN": 4, "SKB_DATA_LEN": 4, "SKB_NETWORK_HEADER": 2,
+             "SKB_MAC_HEADER": 2, "SKB_TRANSPORT_HEADER": 2, "SKB_PROTOCOL": 2, "SKB_DEV": 8,
+             "DEV_IFINDEX": 4, "DEV_NAME": 16, "DEV_ND_NET": 8, "NET_NS": 4, "NS_INUM": 4}
+    return KernelLayout(offsets=offsets, sizes=sizes, tp_args={})
+
+
+def test_sk_buff_span_takes_in_dev_only_when_one_read_stays_within_256_bytes() -> None:
+    def span(layout: KernelLayout) -> tuple[str, str]:
+        flags = layout.cflags()
+        lo = next(f for f in flags if f.startswith("-DHT_SKB_LO="))
+        hi = next(f for f in flags if f.startswith("-DHT_SKB_HI="))
+        return lo, hi
+
+    assert span(_layout(16)) == ("-DHT_SKB_LO=16", "-DHT_SKB_HI=208")  # this kernel's layout
+    assert span(_layout(2000)) == ("-DHT_SKB_LO=112", "-DHT_SKB_HI=208")  # too far: read on its own
