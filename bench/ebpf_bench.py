@@ -12,7 +12,7 @@ receiver's rate with no tracer (the peer) and with each tracer mode:
 * ``source``:    ``python -m probes.skb_hops`` (probes + ring + bulk decode, no correlator)
 
 and prints per mode: rate, ratio to the no-tracer run, events/s, lost events,
-tracer CPU (% of one core, from /proc/<pid>/stat), start-to-ready time, and the
+tracer CPU (% of one core, from /proc/<pid>/stat, and per event), start-to-ready time, and the
 kernel time per program run (BPF_ENABLE_STATS; the part of the cost that does
 not depend on how loaded the machine is).
 Targets (issue 4): 0 lost; UDP >= 0.75, TCP >= 0.90; CPU <= 25 %; ready <= 3 s.
@@ -136,7 +136,7 @@ class Tracer:
                 last = {}
         self.out.unlink(missing_ok=True)
         events = last.get("events", last.get("observations", 0))
-        return {"ready_s": self.ready_s, "cpu_pct": 100 * cpu / window_s, "events": events,
+        return {"ready_s": self.ready_s, "cpu_pct": 100 * cpu / window_s, "cpu_s": cpu, "events": events,
                 "bpf_ns_per_run": ns / runs if runs else None, "bpf_runs": runs,
                 "lost": last.get("lost_events"), "rc": self.proc.returncode}
 
@@ -195,15 +195,18 @@ def main() -> int:
         if stats_fd >= 0:
             os.close(stats_fd)
     unit = {"udp": ("pps", 1.0), "tcp": ("Gbit/s", 1e9)}
-    print(f"{'run':<14}{'rate':>14}{'ratio':>7}{'events/s':>11}{'lost':>7}{'cpu%':>7}{'ready_s':>8}"
+    print(f"{'run':<14}{'rate':>14}{'ratio':>7}{'events/s':>11}{'lost':>7}{'cpu%':>7}{'us/ev':>7}{'ready_s':>8}"
           f"{'bpf ns/run':>11}")
     for key, r in sorted(results.items(), key=lambda kv: (kv[0].split("/")[0] == "tcp", "/none" not in kv[0])):
         name, scale = unit[key.split("/")[0]]
         rate = f"{r['rate'] / scale:,.{0 if scale == 1 else 2}f} {name}"
         if "ratio" in r:
             bpf_ns = "-" if r["bpf_ns_per_run"] is None else f"{r['bpf_ns_per_run']:.0f}"
+            # tracer CPU per event (includes softirq time charged to the tracer while it ran:
+            # this kernel has no IRQ time accounting)
+            us_ev = f"{1e6 * r['cpu_s'] / r['events']:.2f}" if r["events"] else "-"
             print(f"{key:<14}{rate:>14}{r['ratio']:>7.2f}{r['events_per_s']:>11,.0f}{r['lost']!s:>7}"
-                  f"{r['cpu_pct']:>7.1f}{r['ready_s']:>8.2f}{bpf_ns:>11}")
+                  f"{r['cpu_pct']:>7.1f}{us_ev:>7}{r['ready_s']:>8.2f}{bpf_ns:>11}")
         else:
             print(f"{key:<14}{rate:>14}{1.0:>7.2f}")
     print(json.dumps(results))
