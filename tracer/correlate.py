@@ -706,15 +706,18 @@ class Correlator:
         # Packets of one flow take the same hops with the same rewrites: their NAT
         # events are equal values, computed once per shape (and links learned once).
         key = tuple([k for k, _d in rows])
-        shape = self._by_shape.get(key)
+        by_shape = self._by_shape
+        shape = by_shape.pop(key, None)
         hops: tuple[Observation, ...] | None = None
         if shape is None:
             hops = self._hops(refs, used)
             shape = _Shape(_shape_info(hops), hops)
             self._learn_links(hops)
-            if len(self._by_shape) >= _MAX_SHAPES:
-                self._by_shape.clear()
-            self._by_shape[key] = shape
+            if len(by_shape) >= _MAX_SHAPES:
+                # the least recently used (a hit re-inserts its shape at the end): a few heavy
+                # flows keep their templates among many light ones
+                del by_shape[next(iter(by_shape))]
+        by_shape[key] = shape
         # The fields read below are the same for every path of this shape (the key
         # covers them); the times are this path's own.
         proto = shape.hops
