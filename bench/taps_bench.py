@@ -25,7 +25,11 @@ kernel's forwarding of it, which runs in the sender's softirq on this box) to CP
 and the capturer to CPU 1: the sender's rate then does not depend on how much CPU
 the capturer burns, and a capturer that cannot keep up with one core drops (its
 limit shows). ``--cpus shared``: nothing pinned; the capturer's CPU is taken from
-the sender, so at "max" a costlier capturer sees a slower sender.
+the sender, so at "max" a costlier capturer sees a slower sender. Other processes on
+the box are not pinned: under background load a busy capturer on CPU 1 pushes them to
+CPU 0, so even split, the sender's rate falls with the capturer's CPU (measured with a
+load average of ~4: taps-raw 6% of a core -> 0.90-0.94 of tcpdump's rate, taps 14% ->
+0.75-0.77, live 76% -> 0.46-0.51, nobody dropping).
 
 Per run: the sender's own rate (sent/s, and its CPU from iperf3) and whether it
 reached the offered rate, sightings/s captured and the share of the 4 per packet,
