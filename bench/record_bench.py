@@ -10,7 +10,9 @@ a live source yields them. Times are CPU seconds of this process
 1. Recording overhead (target: recording costs <= 10% of the engine's rate):
    the engine (``tracer.engine.Engine``) over the batches, once without and
    once with ``PcapngRecorder.on_batch`` as a batch hook; also the recorder
-   alone over the same batches (its cost as a share of the engine's).
+   alone over the same batches (its cost as a share of the engine's; best of 3,
+   cheap). Every recording goes to a new file, as a live one does (an earlier
+   run's file is removed before the clock starts).
    Peer: scapy's ``RawPcapNgWriter`` writing the same sightings with their
    comments and direction, packet by packet (on ``--peer-records`` rows).
 2. Parquet export (target: >= 500k observations/s): ``write_parquet`` of the
