@@ -238,10 +238,12 @@ def test_frames_of_empty_blocks_is_nothing() -> None:
     assert _frames_of(blk + blk, [len(blk)] * 2, [(0, 0, 2)] * 2) is None
 
 
-def test_rounds_through_the_reorder_come_out_in_time_order_with_their_bytes() -> None:
+@pytest.mark.parametrize("via", ["add_rounds", "parse_rounds"])
+def test_rounds_through_the_reorder_come_out_in_time_order_with_their_bytes(via: str) -> None:
     """Two taps, three poll rounds of ring blocks (one stride and mixed sizes), released at
     two watermarks that split chunks: every frame comes out once, in (ts, rank) order, with
-    its own bytes (a batch's buffer is joined from the parts' spans)."""
+    its own bytes. ``add_rounds`` (the source's way) moves the held frames into the new
+    rounds' buffer; chunks added one by one are joined from their spans at release."""
     import numpy as np
 
     from tracer.model import obs_dtype
@@ -270,8 +272,9 @@ def test_rounds_through_the_reorder_come_out_in_time_order_with_their_bytes() ->
     ro = _Reorder(np, obs_dtype(), delay_ns=0)
     got = []
     for rnds, now in (([rounds[0]], 5_000_000), (rounds[1:], 21_000_000), ([], None)):
-        chunk = parse_rounds(rnds)
-        if chunk is not None:
+        if via == "add_rounds":
+            ro.add_rounds(rnds)
+        elif (chunk := parse_rounds(rnds)) is not None:
             ro.add(chunk)
         batch = ro.take(hops, now)
         got += [(o.ts_ns, o.ifname, o.frame) for o in batch.observations()]
