@@ -101,6 +101,12 @@ def test_every_slot_width_and_fallback_encodes_identically() -> None:
     same(synthetic(n, 16, frame_off=np.arange(n) * 200))
     same(synthetic(n, 17, frame_off=np.zeros(n, np.uint64)))
     same(synthetic(1, 18))
+    # The same frame for every row, the buffer ending where the frame does (no word past it).
+    b = synthetic(3, 22, frame_len=106, frame_off=np.zeros(3, np.uint64))
+    same(ObsBatch(rows=b.rows, hops=b.hops, frames=b.frames[:106]))
+    # A fixed stride where not even the first frame's last word is inside the buffer.
+    b = synthetic(2, 23, frame_len=7, frame_off=np.array([0, 1], np.uint64))
+    same(ObsBatch(rows=b.rows, hops=b.hops, frames=b.frames[:7]))
     # A hop table with more labels than the rows use, interface ids out of order.
     b = synthetic(n, 19)
     same(b, ifids=np.array([4, 0, 3, 1, 2], np.uint32))
