@@ -525,6 +525,11 @@ def _vector(
         if eoff < 0:
             continue
         m = (off + hl <= end) if lts is None else m & (off + hl <= end)
+        if lts is None and m.all():  # one link type, every frame long enough: no masking
+            eo = np.minimum(off + eoff, last - 1)
+            et = (b8[eo].astype(np.int64) << 8) | b8[eo + 1]
+            l3 = off + hl
+            continue
         eo = np.minimum(off[m] + eoff, last - 1)
         et[m] = (b8[eo].astype(np.int64) << 8) | b8[eo + 1]
         l3[m] = off[m] + hl
