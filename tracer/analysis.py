@@ -216,6 +216,8 @@ def _expand(values: Sequence[Any], typ: pa.DataType, take: pa.Array) -> pa.Array
     """
     import pyarrow as pa
 
+    if all(v is None for v in values):  # e.g. TCP fields of UDP traffic: no gather at all
+        return pa.nulls(len(take), typ)
     return pa.array(list(values), typ).take(take)
 
 
