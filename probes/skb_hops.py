@@ -34,10 +34,11 @@ IFNAMSIZ = 16
 HEADER_LEN = 16  # struct hop_batch: count, busy, first_ts
 DEFAULT_BATCH = 32
 DEFAULT_RING_PAGES = 4096  # 16 MiB: ~90 ms of 600k events/s at 184 B
-# Poll period: the per-batch numpy work is fixed, so larger batches cost less per event
-# (lab UDP flood, ~330k events/s: 0.72-1.07 us/event at 4 ms, 0.51-0.59 at 10 ms); the
-# 16 MiB ring holds ~270 ms of that, and a path's output is at most ~10 ms later.
-POLL_S = 0.010
+# Poll period (the 1-5 ms timer): the ring is read this often, so it never holds
+# more than a few ms of events. Decoding is per batch with a fixed numpy cost, so larger
+# batches cost less per event (lab UDP flood, ~330k events/s: 0.72-1.07 us/event in 4 ms
+# batches, 0.51-0.59 in 10 ms ones): what was read is held, see HOLD_EVENTS.
+POLL_S = 0.005
 IDLE_YIELD_S = 0.05
 # At moderate rates (a TCP stream: ~60k events/s) a 10 ms poll gives batches of a few
 # hundred events, where the fixed per-batch numpy cost (~170 us) dominates: what was read
