@@ -136,7 +136,6 @@ class _NsTable:
         self.error: str | None = None
         self.events = 0
         self.overruns = 0  # event buffer overflows (each followed by a fresh dump)
-        self.changes = 0  # bumped on every change: what a lookup may answer differs after it
 
     def put(self, entry: Entry, destroyed: bool = False) -> None:
         if destroyed:
@@ -151,7 +150,6 @@ class _NsTable:
                               entry.reply, entry.destroyed_at)
             for k in keys:
                 self.by_key[k] = entry
-            self.changes += 1
 
     def expire(self, now: float) -> None:
         with self.lock:
@@ -159,8 +157,6 @@ class _NsTable:
                    if e.destroyed_at is not None and now - e.destroyed_at > KEEP_DESTROYED_S]
             for k in old:
                 del self.by_key[k]
-            if old:
-                self.changes += 1
 
     def get(self, key: Key) -> Entry | None:
         with self.lock:
@@ -217,11 +213,6 @@ class ConntrackTable:
     @property
     def errors(self) -> dict[int, str]:
         return {ino: t.error for ino, t in self._tables.items() if t.error}
-
-    @property
-    def generation(self) -> int:
-        """Changes whenever any namespace's table changed: equal generations, equal lookups."""
-        return sum(t.changes for t in self._tables.values())
 
     def available(self, netns: int) -> bool:
         t = self._tables.get(netns)
