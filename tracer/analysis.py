@@ -440,15 +440,15 @@ def _dictionary_encoded(schema: pa.Schema) -> list[str]:
 
 def write_parquet(paths: Iterable[PacketPath], directory: str | os.PathLike[str]) -> dict[str, Path]:
     """Write observations.parquet, paths.parquet and nat.parquet into ``directory`` (created)."""
+    with _no_gc():
+        import pyarrow.parquet as pq
+
     out = Path(directory)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create {out}: {exc.strerror or exc}") from exc
-    with _no_gc():
-        import pyarrow.parquet as pq
-
-        tables = to_tables(paths)
+    tables = to_tables(paths)
     written: dict[str, Path] = {}
     for name, table in tables.items():
         target = out / f"{name}.parquet"
