@@ -194,6 +194,26 @@ def test_kernel_filter_changes_while_running(lab_netns: Any) -> None:
     assert {o.hop_name for o in second} >= {"host/docker0", "host/eth0"}
 
 
+def _ping_through(lab: Any, src: Any) -> list[Observation]:
+    """Every sighting ``src`` makes while the lab runs its internet ping."""
+    src.start()
+    obs: list[Observation] = []
+
+    def consume() -> None:
+        for batch in src.batches():
+            obs.extend(batch.observations())
+
+    th = threading.Thread(target=consume)
+    th.start()
+    try:
+        assert lab.run("internet-ping").ok
+        time.sleep(0.3)
+    finally:
+        src.stop()
+        th.join(timeout=10)
+    return obs
+
+
 def test_netns_set_inline_and_beyond_it(lab_netns: Any) -> None:
     """Up to NETNS_INLINE namespaces are compared inline in the config value, more go to the
     netns_set hash: both keep exactly the namespaces asked for."""
@@ -204,21 +224,7 @@ def test_netns_set_inline_and_beyond_it(lab_netns: Any) -> None:
     fillers = {1000 + i for i in range(NETNS_INLINE)}
     for wanted in ({client, host}, {client, host} | fillers):
         src = EbpfSource(netns=wanted)
-        src.start()
-        obs: list[Observation] = []
-
-        def consume(src: Any = src, obs: list[Observation] = obs) -> None:
-            for batch in src.batches():
-                obs.extend(batch.observations())
-
-        th = threading.Thread(target=consume)
-        th.start()
-        try:
-            assert lab_netns.run("internet-ping").ok
-            time.sleep(0.3)
-        finally:
-            src.stop()
-            th.join(timeout=10)
+        obs = _ping_through(lab_netns, src)
         pings = [o for o in obs if o.proto == 1 and SERVER in (o.src, o.dst)]
         assert {o.netns for o in pings} == {client, host}, len(wanted)
         assert src.lost_events == 0
@@ -233,21 +239,7 @@ def test_proto_set_bits_above_31(lab_netns: Any) -> None:
     counts = []
     for protos in ({58, 132}, {1, 58, 132}):
         src = EbpfSource(kernel_filter=KernelFilter(netns=lab_ns, protos=frozenset(protos)))
-        src.start()
-        obs: list[Observation] = []
-
-        def consume(src: Any = src, obs: list[Observation] = obs) -> None:
-            for batch in src.batches():
-                obs.extend(batch.observations())
-
-        th = threading.Thread(target=consume)
-        th.start()
-        try:
-            assert lab_netns.run("internet-ping").ok
-            time.sleep(0.3)
-        finally:
-            src.stop()
-            th.join(timeout=10)
+        obs = _ping_through(lab_netns, src)
         assert {o.proto for o in obs} <= protos
         counts.append(sum(1 for o in obs if o.proto == 1))
     assert counts[0] == 0 and counts[1] >= 8  # request and reply, 4+ hops each
