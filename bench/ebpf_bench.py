@@ -10,6 +10,8 @@ receiver's rate with no tracer (the peer) and with each tracer mode:
 * ``filtered``:  the same with ``--filter "icmp and host 198.51.100.8"`` — an in-kernel
                  filter that matches one flow (a ping) and none of the flood
 * ``source``:    ``python -m probes.skb_hops`` (probes + ring + bulk decode, no correlator)
+* ``record``:    ``live`` plus ``--record`` to a file in /dev/shm (issue 8: events/s with and
+                 without recording; not in the default modes)
 
 and prints per mode: rate, ratio to the no-tracer run, events/s, lost events,
 tracer CPU (% of one core, from /proc/<pid>/stat, and per event), start-to-ready time, and the
@@ -102,6 +104,8 @@ class Tracer:
                 argv += ["--iface", f"netns:{ino}/eth0"]
             if mode == "filtered":
                 argv += ["--filter", f"icmp and host {SERVER}"]
+            if mode == "record":
+                argv += ["--record", str(workdir / f"rec-{uuid.uuid4().hex[:6]}.pcapng")]
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(argv, stdout=self.out.open("wb"), stderr=subprocess.PIPE, cwd=ROOT)
         while not self.ready.exists():
