@@ -175,7 +175,7 @@ def import_parquet_libraries() -> float:
     (pandas) ran second and found them imported, the export paid for them (~0.3 s)."""
     cpu = time.process_time()
     import pandas  # noqa: F401
-    import pyarrow.compute  # noqa: F401
+    import pyarrow.compute
     import pyarrow.parquet  # noqa: F401
 
     import tracer.analysis  # noqa: F401
