@@ -439,6 +439,21 @@ def nat_text(ev: NatEvent, hops: Sequence[Observation] = ()) -> str:
     return text
 
 
+_ECHO_REPLY = {(4, 0), (6, 129)}
+
+
+def drop_hint(hop: Observation) -> str | None:
+    """What a drop means when the kernel's reason alone misleads, else None.
+
+    An echo reply that reaches a raw socket (busybox ping, iputils ping without ping
+    sockets) is handed to it as a copy; the original then finds no ping socket and is freed
+    with NO_SOCKET. The ping got its reply: the drop is real, but only of the original.
+    """
+    if hop.drop_reason == "NO_SOCKET" and (hop.family, hop.icmp_type) in _ECHO_REPLY:
+        return "no ping socket: a raw socket (busybox ping) gets a copy before this"
+    return None
+
+
 def path_text(path: PacketPath) -> str:
     """One block: a header line, then one line per hop with the rewrites inline."""
     first = path.first
@@ -460,6 +475,9 @@ def path_text(path: PacketPath) -> str:
             line += f"  +{duration_text(h.ts_ns - prev)}"
         if h.direction == "drop":
             line += f"  DROPPED: {h.drop_reason or 'unknown reason'}"
+            hint = drop_hint(h)
+            if hint:
+                line += f" ({hint})"
         for ev in by_hop.get(i, ()):
             line += f"\n        {nat_text(ev, path.hops)}"
         lines.append(line.rstrip())
@@ -502,6 +520,7 @@ class TextSink:
 
 
 __all__ = [
-    "DYN_FIELDS", "NdjsonSink", "Rendered", "Sink", "TextSink", "duration_text", "flow_json", "flow_text", "nat_json",
-    "nat_text", "path_json", "path_line", "path_template", "path_text", "stats_json", "stats_text", "what_text",
+    "DYN_FIELDS", "NdjsonSink", "Rendered", "Sink", "TextSink", "drop_hint", "duration_text",
+    "flow_json", "flow_text", "nat_json", "nat_text", "path_json", "path_line", "path_template",
+    "path_text", "stats_json", "stats_text", "what_text",
 ]  # fmt: skip

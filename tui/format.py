@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from rich.text import Text
 
 from tracer.model import Endpoints, NatEvent, Observation, PacketPath
-from tracer.output import addr_port, endpoints_text
+from tracer.output import addr_port, drop_hint, endpoints_text
 
 VERDICT_STYLE = {
     "delivered": "bold green",
@@ -231,6 +231,9 @@ def path_view(path: PacketPath, flow_id: str | None = None, role: str | None = N
             row.append(f"  ttl {hop.ttl}", style="dim")
         if dropped:
             row.append(f"  ✖ dropped: {hop.drop_reason or 'unknown reason'}", style="bold white on red")
+            hint = drop_hint(hop)
+            if hint:
+                row.append(f"  {hint}", style="dim")
         out.append_text(row)
         out.append("\n")
         for ev in nat_after.get(i, []):

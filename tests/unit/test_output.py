@@ -147,3 +147,23 @@ def test_path_line_is_json_dumps_of_path_json() -> None:
     assert len(paths) >= 7
     for p in paths:
         assert path_line(p) == json.dumps(path_json(p))
+
+
+def test_echo_reply_freed_with_no_socket_says_why() -> None:
+    """busybox ping (a raw socket) gets a copy of each reply; the original is freed with
+    NO_SOCKET. The drop stays (it is the kernel's), with what it means for the ping."""
+    from tests.unit.conftest import make_obs
+    from tui.format import path_view
+
+    pong = internet_pong()
+    last = pong[-1]
+    (p,) = correlate([*pong, replace(last, direction="drop", drop_reason="NO_SOCKET", ts_ns=last.ts_ns + 700)])
+    text = path_text(p)
+    assert text.splitlines()[-1].endswith(
+        "DROPPED: NO_SOCKET (no ping socket: a raw socket (busybox ping) gets a copy before this)")
+    assert "a raw socket (busybox ping) gets a copy" in path_view(p).plain
+    # Any other drop, and NO_SOCKET of other packets (a UDP datagram to a closed port), say nothing more.
+    udp = make_obs(at="web/eth0", proto=17, icmp_type=None, icmp_code=None, icmp_id=None, icmp_seq=None,
+                   sport=5000, dport=53)
+    (q,) = correlate([udp, replace(udp, direction="drop", drop_reason="NO_SOCKET", ts_ns=udp.ts_ns + 5)])
+    assert path_text(q).splitlines()[-1].endswith("DROPPED: NO_SOCKET")
