@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Literal
@@ -453,19 +453,17 @@ class Attributor:
             self._topo_gen += 1
         return self._topo_gen
 
-    def volatile(self, path: PacketPath) -> tuple[ConntrackRef | None, ...] | None:
-        """What this path's annotation reads that changes all the time: the conntrack entries
-        its NAT events would get (one lookup each, no new objects)."""
-        if self.conntrack is None or not path.nat:
+    def volatile(self, hops: Sequence[Observation], nat: Sequence[NatEvent]
+                 ) -> tuple[ConntrackRef | None, ...] | None:
+        """What the annotation of a path with these hops and NAT events reads that changes all
+        the time: the conntrack entries its NAT events would get (one lookup each)."""
+        if self.conntrack is None or not nat:
             return None
         topo = self.topology()
-        hops = path.hops
         out: list[ConntrackRef | None] = []
-        for ev in path.nat:
-            ns = topo.namespace(hops[ev.from_hop].netns if ev.from_hop < len(hops) else 0)
-            if ns is None:
-                ns = topo.by_name(ev.node)
-            out.append(None if ns is None or ev.conntrack is not None else self._conntrack(ns, path, ev))
+        for ev in nat:
+            ns = _event_ns(topo, hops, ev)
+            out.append(None if ns is None or ev.conntrack is not None else self._conntrack(ns, hops, ev))
         return tuple(out)
 
     def __call__(self, path: PacketPath) -> PacketPath:
@@ -485,16 +483,13 @@ class Attributor:
         return replace(hop, node=ns.name)
 
     def _nat(self, topo: Topology, path: PacketPath, ev: NatEvent) -> NatEvent:
-        netns = path.hops[ev.from_hop].netns if ev.from_hop < len(path.hops) else 0
-        ns = topo.namespace(netns)
-        if ns is None:
-            ns = topo.by_name(ev.node)
+        ns = _event_ns(topo, path.hops, ev)
         if ns is None:
             return ev
         updates: dict[str, object] = {}
         if ns.name != ev.node:
             updates["node"] = ns.name
-        ref = ev.conntrack or self._conntrack(ns, path, ev)
+        ref = ev.conntrack or self._conntrack(ns, path.hops, ev)
         if ref is not None and ev.conntrack is None:
             updates["conntrack"] = ref
         elif ref is None:
@@ -524,18 +519,24 @@ class Attributor:
                                             in_iface, out_iface, is_reply)
             return rule
 
-    def _conntrack(self, ns: Namespace, path: PacketPath, ev: NatEvent) -> ConntrackRef | None:
+    def _conntrack(self, ns: Namespace, hops: Sequence[Observation], ev: NatEvent) -> ConntrackRef | None:
         if self.conntrack is None:
             return None
-        proto = path.hops[0].proto
+        proto = hops[0].proto
         before_id = ev.icmp_id_before
         after_id = ev.icmp_id_after
-        if before_id is None and ev.from_hop < len(path.hops):
-            before_id = path.hops[ev.from_hop].icmp_id
-        if after_id is None and ev.to_hop < len(path.hops):
-            after_id = path.hops[ev.to_hop].icmp_id
+        if before_id is None and ev.from_hop < len(hops):
+            before_id = hops[ev.from_hop].icmp_id
+        if after_id is None and ev.to_hop < len(hops):
+            after_id = hops[ev.to_hop].icmp_id
         tried: Iterable[tuple[Endpoints, int | None]] = ((ev.before, before_id), (ev.after, after_id))
         return self.conntrack.lookup(ns.inode, proto, tried)
+
+
+def _event_ns(topo: Topology, hops: Sequence[Observation], ev: NatEvent) -> Namespace | None:
+    """The namespace a NAT event happened in: its first hop's, else the one its node names."""
+    ns = topo.namespace(hops[ev.from_hop].netns if ev.from_hop < len(hops) else 0)
+    return ns if ns is not None else topo.by_name(ev.node)
 
 
 def _is_reply(ref: ConntrackRef | None, before: Endpoints) -> bool | None:

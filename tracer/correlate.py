@@ -287,10 +287,10 @@ class _Template:
 
     def __init__(self, fmt: str, order: tuple[int, ...], conntrack_id: int | None, effects: Any) -> None:
         self.fmt = fmt
-        # values -> the tuple the format takes (itemgetter of one index returns a bare value)
-        get = itemgetter(*order) if order else (lambda _v: ())
-        self.pick: Callable[[list[Any]], tuple[Any, ...]] = (
-            get if len(order) != 1 else (lambda v, g=get: (g(v),)))  # type: ignore[misc]
+        # values -> the tuple the format takes; a path line has at least two slots (its id and
+        # a hop's time), so itemgetter always returns a tuple
+        assert len(order) >= 2
+        self.pick: Callable[[list[Any]], tuple[Any, ...]] = itemgetter(*order)
         self.conntrack_id = conntrack_id
         self.effects = effects
 
@@ -304,7 +304,7 @@ class LineRenderer(Protocol):
 
     def annotate(self, path: PacketPath) -> PacketPath: ...
     def generation(self) -> object: ...
-    def volatile(self, path: PacketPath) -> object: ...
+    def volatile(self, hops: Sequence[Observation], nat: Sequence[NatEvent]) -> object: ...
     def counters(self) -> Any: ...
     def effects(self, before: Any) -> Any: ...
     def replay(self, effects: Any) -> None: ...
@@ -782,9 +782,9 @@ class Correlator:
                 used: list[_Chunk], rows: list[tuple[int, tuple[int, ...]]],
                 hops: tuple[Observation, ...] | None, pid: str, v: str, flow: str | None) -> Rendered:
         """The path as its NDJSON line: from its shape's template once the shape repeats."""
-        # What the annotators read that changes per packet, asked of a path with this shape's
-        # fixed fields (this path's own would say the same).
-        tkey = (v, flow is None, self._generation, lines.volatile(_new_path(pid, shape.hops, shape.info[0], v, flow)))
+        # What the annotators read that changes per packet, asked with this shape's hops (for
+        # the fields the key fixes: this path's own would say the same).
+        tkey = (v, flow is None, self._generation, lines.volatile(shape.hops, shape.info[0]))
         t = shape.templates.get(tkey)
         if type(t) is _Template:
             values: list[Any] = [pid, flow]

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Protocol
 
 from tracer.correlate import Correlator
-from tracer.model import Flow, ObsBatch, PacketPath, Stats
+from tracer.model import Flow, NatEvent, ObsBatch, Observation, PacketPath, Stats
 from tracer.output import Rendered
 
 if TYPE_CHECKING:
@@ -199,8 +199,10 @@ class _Annotate:
     def generation(self) -> object:
         return tuple(a.generation for a in self.annotators)  # type: ignore[attr-defined]
 
-    def volatile(self, path: PacketPath) -> object:
-        return tuple(a.volatile(path) for a in self._volatile)  # type: ignore[attr-defined]
+    def volatile(self, hops: Sequence[Observation], nat: Sequence[NatEvent]) -> object:
+        if not self._volatile:
+            return None
+        return tuple(a.volatile(hops, nat) for a in self._volatile)  # type: ignore[attr-defined]
 
     def counters(self) -> tuple[int, ...]:
         return tuple(a.without_conntrack for a in self._counted)  # type: ignore[attr-defined]

@@ -29,6 +29,13 @@ def trace(lab: Any, scenario: str, kernel_filter: Any = None,
     # only the lab's namespaces: the machine is shared, and other people's floods must not fill the ring
     lab_ns = {lab.netns_inode(n) for n in ("host", "inet", "client", "web")}
     src = EbpfSource(kernel_filter=kernel_filter, netns=lab_ns)
+    result, obs = sightings(lab, src, scenario, also)
+    return result, obs, src
+
+
+def sightings(lab: Any, src: Any, scenario: str, also: tuple[str, ...] = ()) -> tuple[Any, list[Observation]]:
+    """Start ``src``, run the scenario (then the ``also`` ones), stop it: the first scenario's
+    result and every sighting ``src`` made meanwhile."""
     src.start()
     obs: list[Observation] = []
 
@@ -42,12 +49,12 @@ def trace(lab: Any, scenario: str, kernel_filter: Any = None,
         result = lab.run(scenario)
         for other in also:
             assert lab.run(other).ok, other
-        time.sleep(0.3)  # > the 5 ms stage flush and the 10 ms poll, with margin
+        time.sleep(0.3)  # > the 5 ms stage flush and the poll and hold (40 ms), with margin
     finally:
         src.stop()
         th.join(timeout=10)
     assert not th.is_alive()
-    return result, obs, src
+    return result, obs
 
 
 def lab_hops(lab: Any, obs: list[Observation]) -> list[Observation]:
@@ -194,26 +201,6 @@ def test_kernel_filter_changes_while_running(lab_netns: Any) -> None:
     assert {o.hop_name for o in second} >= {"host/docker0", "host/eth0"}
 
 
-def _ping_through(lab: Any, src: Any) -> list[Observation]:
-    """Every sighting ``src`` makes while the lab runs its internet ping."""
-    src.start()
-    obs: list[Observation] = []
-
-    def consume() -> None:
-        for batch in src.batches():
-            obs.extend(batch.observations())
-
-    th = threading.Thread(target=consume)
-    th.start()
-    try:
-        assert lab.run("internet-ping").ok
-        time.sleep(0.3)
-    finally:
-        src.stop()
-        th.join(timeout=10)
-    return obs
-
-
 def test_netns_set_inline_and_beyond_it(lab_netns: Any) -> None:
     """Up to NETNS_INLINE namespaces are compared inline in the config value, more go to the
     netns_set hash: both keep exactly the namespaces asked for."""
@@ -224,7 +211,8 @@ def test_netns_set_inline_and_beyond_it(lab_netns: Any) -> None:
     fillers = {1000 + i for i in range(NETNS_INLINE)}
     for wanted in ({client, host}, {client, host} | fillers):
         src = EbpfSource(netns=wanted)
-        obs = _ping_through(lab_netns, src)
+        result, obs = sightings(lab_netns, src, "internet-ping")
+        assert result.ok
         pings = [o for o in obs if o.proto == 1 and SERVER in (o.src, o.dst)]
         assert {o.netns for o in pings} == {client, host}, len(wanted)
         assert src.lost_events == 0
@@ -239,7 +227,8 @@ def test_proto_set_bits_above_31(lab_netns: Any) -> None:
     counts = []
     for protos in ({58, 132}, {1, 58, 132}):
         src = EbpfSource(kernel_filter=KernelFilter(netns=lab_ns, protos=frozenset(protos)))
-        obs = _ping_through(lab_netns, src)
+        result, obs = sightings(lab_netns, src, "internet-ping")
+        assert result.ok
         assert {o.proto for o in obs} <= protos
         counts.append(sum(1 for o in obs if o.proto == 1))
     assert counts[0] == 0 and counts[1] >= 8  # request and reply, 4+ hops each

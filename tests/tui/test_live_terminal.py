@@ -16,6 +16,14 @@ from tests.tui.conftest import Tmux
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
 
+def wait_ready(ready: Path, tmux: Tmux) -> None:
+    """Until ``live`` has attached its probes (it writes its ready file then)."""
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        assert time.monotonic() < deadline, f"no ready file after 60 s:\n{tmux.screen()}"
+        time.sleep(0.1)
+
+
 def test_live_tui_shows_lab_traffic(lab_netns: Any, tmux: Tmux, tmp_path: Path) -> None:
     need_root()
     ready = tmp_path / f"ready-{uuid.uuid4().hex[:6]}"
@@ -23,10 +31,7 @@ def test_live_tui_shows_lab_traffic(lab_netns: Any, tmux: Tmux, tmp_path: Path) 
          "new-session", "-d", "-s", "hop", "-x", "120", "-y", "40", "-e", "TERM=xterm-256color",
          f"env -u COLUMNS -u LINES {HOPTRACE[0]} live --backend ebpf --ready-file {ready}"
          f" --filter 'icmp and host 198.51.100.8'; sleep 30")
-    deadline = time.monotonic() + 60
-    while not ready.exists():
-        assert time.monotonic() < deadline, f"no ready file after 60 s:\n{tmux.screen()}"
-        time.sleep(0.1)
+    wait_ready(ready, tmux)
     screen = tmux.wait_for("backend ebpf")
     assert "▶ live" in screen and "filter icmp and host 198.51.100.8" in screen, screen
     result = lab_netns.run("internet-ping")
@@ -64,10 +69,7 @@ def test_live_tui_ends_when_its_terminal_goes_or_on_sigterm(lab_netns: Any, tmux
          "-e", "TERM=xterm-256color",
          f"env -u COLUMNS -u LINES {HOPTRACE[0]} live --backend ebpf --ready-file {ready}"
          f" --iface netns:{client}/eth0")
-    deadline = time.monotonic() + 60
-    while not ready.exists():
-        assert time.monotonic() < deadline, f"no ready file after 60 s:\n{tmux.screen()}"
-        time.sleep(0.1)
+    wait_ready(ready, tmux)
     pid = int(ready.read_text().split()[0])
     tmux.wait_for("backend ebpf")
     if how == "SIGTERM":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
@@ -24,7 +24,7 @@ from tracer.attribution import annotator
 from tracer.conntrack import ConntrackTable, CtTuple, Entry
 from tracer.engine import Engine, run
 from tracer.filter import PathFilter
-from tracer.model import ConntrackRef, ObsBatch, Observation, PacketPath
+from tracer.model import ConntrackRef, NatEvent, ObsBatch, Observation, PacketPath
 from tracer.output import NdjsonSink, Rendered, path_line, path_template
 from tracer.readers import FileSource
 from tracer.topology import Interface, Namespace, Topology, parse_iptables_save
@@ -168,8 +168,8 @@ class Renamer:
         self.rule: dict[int, str] = {}
         self.without_conntrack = 0
 
-    def volatile(self, path: PacketPath) -> object:
-        return tuple(self.rule.get(ev.after.src.count(".") + (path.hops[0].icmp_id or 0)) for ev in path.nat)
+    def volatile(self, hops: Sequence[Observation], nat: Sequence[NatEvent]) -> object:
+        return tuple(self.rule.get(ev.after.src.count(".") + (hops[0].icmp_id or 0)) for ev in nat)
 
     def __call__(self, path: PacketPath) -> PacketPath:
         hops = tuple(replace(h, node=f"{h.node}-{self.generation}") for h in path.hops)
