@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from heapq import heappop, heappush, heapreplace
 from itertools import pairwise
@@ -236,6 +236,16 @@ class _PacketPathRow:
 _new_path: Callable[..., PacketPath] = fast_constructor(PacketPath, _PacketPathRow)
 
 
+class _RenderedRow:
+    __slots__ = ("id", "flow", "line", "conntrack_id")  # noqa: RUF023 (Rendered's order)
+
+    def __init__(self, id: str, flow: str | None, line: str, conntrack_id: int | None) -> None:
+        self.id, self.flow, self.line, self.conntrack_id = id, flow, line, conntrack_id
+
+
+_new_rendered: Callable[[str, str | None, str, int | None], Rendered] = fast_constructor(Rendered, _RenderedRow)
+
+
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     """Pause CPython's cyclic GC while a batch allocates paths.
@@ -256,30 +266,46 @@ def _gc_paused() -> Iterator[None]:
 
 class _Chunk:
     """A slice of a batch that open paths point into; what paths read of it is built once, on
-    first use: the rows' shape keys, their Observation values, their per-packet values."""
+    first use: the rows' shape keys, their Observation values, their per-packet values.
 
-    __slots__ = ("batch", "cid", "kd", "obs", "pending", "rows")
+    Rows are addressed three ways: ``i``, the row's index in ``rows``; its position in time
+    order (``order[pos] == i``, None when the rows came in time order); and its place in
+    fingerprint order (``by_fp[k] == pos``: rows of one fingerprint together, each group in
+    time order), where a path made of one whole group is the span ``(cid, a, b)``."""
+
+    __slots__ = ("asks", "batch", "by_fp", "cid", "obs", "order", "pending", "rows", "seq0", "skd", "ts")
 
     def __init__(self, cid: int, batch: ObsBatch, rows: np.ndarray[Any, Any], pending: int) -> None:
         self.cid = cid
         self.batch = batch
         self.rows = rows
-        self.kd: list[tuple[int, tuple[int, ...]]] | None = None  # Correlator._key_dyn
         self.obs: list[tuple[Any, ...]] | None = None  # Observation field values per row
+        self.asks = 0  # paths that wanted hop objects from it (Correlator._hops)
         self.pending = pending  # rows not yet emitted in a path
+        self.order: np.ndarray[Any, Any] | None = None
+        self.ts: np.ndarray[Any, Any] | None = None  # in time order
+        self.by_fp: np.ndarray[Any, Any] | None = None
+        self.seq0 = 0  # the row at time position pos has seq seq0 + pos + 1
+        # In fingerprint order: shape keys, DYN_FIELDS values flat; per row index i its place
+        # in that order (Correlator._key_dyn)
+        self.skd: tuple[list[int], list[Any], list[int]] | None = None
 
 
 class _Shape:
     """What every path with one shape key shares: NAT events and flow keys (``info``), the
     hops of the first such path (for the fields the key fixes), NDJSON templates."""
 
-    __slots__ = ("dropped", "hops", "info", "templates")
+    __slots__ = ("dropped", "hops", "info", "owner", "templates", "verdicts")
 
     def __init__(self, info: _ShapeInfo, hops: tuple[Observation, ...]) -> None:
         self.info = info
         self.hops = hops
         self.dropped = any(h.direction == "drop" for h in hops)
         self.templates: dict[tuple[Any, ...], _Template | object] = {}
+        last = hops[-1]
+        self.owner = (last.dst, last.netns)  # Correlator.owned's key for the last hop
+        # (owner known then, how many links were known) -> verdict: all verdict() reads
+        self.verdicts: dict[tuple[bool, int], str] = {}
 
 
 class _Template:
@@ -292,11 +318,15 @@ class _Template:
         assert len(order) >= 2
         self.pick: Callable[[list[Any]], tuple[Any, ...]] = itemgetter(*order)
         self.conntrack_id = conntrack_id
-        self.effects = effects
+        self.effects = effects if any(effects) else None  # what lines.replay() adds, if anything
 
 
 _ONCE = object()  # a template key seen once
 _NO_TEMPLATE = object()  # a template key whose line no template reproduces: always rendered in full
+_SLOW = object()  # _finish_span: the path takes the general way
+_NDYN = len(DYN_FIELDS)
+# _key_dyn reads them through one uint64 array: the same Python ints only if none is signed.
+assert all(obs_dtype()[name].kind == "u" for name in DYN_FIELDS)
 
 
 class LineRenderer(Protocol):
@@ -327,9 +357,11 @@ def _render_hash(rows: np.ndarray[Any, Any], labels: Sequence[HopLabel]) -> np.n
 
 
 class _Open:
-    __slots__ = ("claim", "first_ts", "fp", "hops", "last_ts", "num", "refs", "skb", "touched")
+    __slots__ = ("claim", "first_ts", "fp", "hops", "last_ts", "nrows", "num", "refs", "skb", "span",
+                 "touched")
 
-    def __init__(self, num: int, fp: int, ts: int, skb: int, hop: int, ref: tuple[Any, ...]) -> None:
+    def __init__(self, num: int, fp: int, ts: int, skb: int, hops: list[int],
+                 refs: list[tuple[int, int, int, int]] | None) -> None:
         self.num = num
         self.fp = fp
         self.touched = ts
@@ -337,8 +369,12 @@ class _Open:
         self.first_ts = ts
         self.claim: tuple[str, int] | None = None  # the (address, netns) it taught, if any
         self.skb = skb
-        self.hops = [hop]
-        self.refs = [ref]
+        self.hops = hops  # hop signatures
+        # (ts, seq, chunk id, row index) per sighting; None while the path is exactly one
+        # fingerprint group of one chunk, ``span``: (chunk id, a, b) in its fingerprint order
+        self.refs = refs
+        self.span: tuple[int, int, int] | None = None
+        self.nrows = len(hops)
 
 
 class _FlowState:
@@ -446,6 +482,8 @@ class Correlator:
         self._lines: LineRenderer | None = None
         self._row_filter: RowFilter | None = None
         self._generation: object = None
+        # (id(shape), verdict) -> (shape, its template now): _finish_span's, for one step
+        self._step: dict[tuple[int, str], tuple[_Shape, _Template | object | None]] = {}
 
     # ------------------------------------------------------------------ input
 
@@ -525,20 +563,35 @@ class Correlator:
         hss = _hop_signature(rows)
         # L2 broadcasts are cloned per bridge port (a new skb each): join them by fingerprint only.
         skbs = np.where(rows["family"] == 0, 0, rows["skb"])
+        order = None
         if n > 1 and bool((ts[1:] < ts[:-1]).any()):
             # Per-CPU rings and several taps deliver out of order: hops in time order,
             # equal timestamps in batch order.
             order = np.argsort(ts, kind="stable")
-            idx: Iterable[int] = order.tolist()
             ts, fps, hss, skbs = ts[order], fps[order], hss[order], skbs[order]
-        else:
-            idx = range(n)
         tmax = int(ts[-1])
         if tmax > self._clock:
             self._clock = tmax
         self._chunk_ids += 1
         cid = self._chunk_ids
-        self._chunks[cid] = _Chunk(cid, batch, rows, n)
+        chunk = self._chunks[cid] = _Chunk(cid, batch, rows, n)
+        chunk.order, chunk.ts, chunk.seq0 = order, ts, self._seq
+        go, starts, ends, fast, glast, gskb = self._groups(fps, hss, skbs, ts)
+        chunk.by_fp = go
+        # What to step through, in time order: every sighting of a fingerprint that needs the
+        # per-sighting rules below, and the first sighting of each fingerprint that is a path of
+        # its own (``_groups``), which takes the group's other sightings along in one go.
+        glen = ends - starts
+        first = np.full(n, -1, dtype=np.int64)
+        fast_ids = np.flatnonzero(fast)
+        first[go[starts[fast_ids]]] = fast_ids
+        slow = go[np.repeat(~fast, glen)]
+        steps = np.sort(np.concatenate((slow, go[starts[fast_ids]]))).tolist()
+        firsts = first.tolist()
+        idx = order.tolist() if order is not None else None
+        ts_l, fps_l, hss_l, skbs_l = ts.tolist(), fps.tolist(), hss.tolist(), skbs.tolist()
+        gh = hss[go].tolist()
+        starts_l, ends_l, glast_l, gskb_l = starts.tolist(), ends.tolist(), glast.tolist(), gskb.tolist()
         dirs = rows["dir"].tolist()
         nss = rows["netns"].tolist()
         fams = rows["family"].tolist()
@@ -546,9 +599,29 @@ class Correlator:
         by_fp = self._by_fp
         idle = self._idle
         window = self.window_ns
-        seq = self._seq
-        for i, t, f, h, s in zip(idx, ts.tolist(), fps.tolist(), hss.tolist(), skbs.tolist(), strict=True):
-            seq += 1
+        seq0 = self._seq + 1
+        for pos in steps:
+            i = pos if idx is None else idx[pos]
+            g = firsts[pos]
+            if g >= 0:
+                # A whole path in this chunk: created once, with all its sightings.
+                ga, gb = starts_l[g], ends_l[g]
+                self._paths += 1
+                self._open_count += 1
+                t = ts_l[pos]
+                f = fps_l[pos]
+                q = _Open(self._paths, f, t, gskb_l[g], gh[ga:gb], None)
+                q.span = (cid, ga, gb)
+                last = q.last_ts = q.touched = glast_l[g]
+                heappush(idle, (last, q.num, q))
+                by_fp[f] = [q]
+                d = dirs[i]
+                fam = fams[i]
+                if fam and (d == 2 or d == 0):
+                    q.claim = self._own(fam, srcs[i], nss[i], t)
+                continue
+            t, f, h, s = ts_l[pos], fps_l[pos], hss_l[pos], skbs_l[pos]
+            ref = (t, seq0 + pos, cid, i)
             p: _Open | None = None
             cands = by_fp.get(f)
             if cands is not None:
@@ -563,7 +636,7 @@ class Correlator:
                 self._paths += 1
                 self._open_count += 1
                 # Refs hold ints only: CPython's GC stops tracking such tuples.
-                p = _Open(self._paths, f, t, s, h, (t, seq, cid, i))
+                p = _Open(self._paths, f, t, s, [h], [ref])
                 heappush(idle, (t, p.num, p))
                 if cands is None:
                     by_fp[f] = [p]
@@ -578,8 +651,11 @@ class Correlator:
                     # The sender's own namespace: a packet first seen leaving it came from it.
                     p.claim = self._own(fam, srcs[i], nss[i], t)
             else:
+                if p.refs is None:
+                    p.refs = self._span_refs(p)
                 p.hops.append(h)
-                p.refs.append((t, seq, cid, i))
+                p.refs.append(ref)
+                p.nrows += 1
                 if s:
                     p.skb = s
                 if t > p.last_ts:
@@ -596,8 +672,58 @@ class Correlator:
                     fam = fams[i]
                     if fam and (d == 2 or d == 0):
                         p.claim = self._own(fam, srcs[i], nss[i], t)
-        self._seq = seq
+        self._seq += n
         self._open_rows += n
+
+    def _groups(self, fps: np.ndarray[Any, Any], hss: np.ndarray[Any, Any], skbs: np.ndarray[Any, Any],
+                ts: np.ndarray[Any, Any]) -> tuple[np.ndarray[Any, Any], ...]:
+        """A chunk's sightings (in time order) grouped by fingerprint, and which groups are a
+        path of their own: what the per-sighting rules would make of them anyway, in bulk.
+
+        A group is, when its fingerprint has no open path yet, at most one skb address is
+        among its sightings, no two were seen at the same hop, and it spans at most the
+        window: each sighting then joins the path the first one opened. Returns the
+        fingerprint order (time positions), group starts and ends in it, and that verdict.
+        """
+        go = np.argsort(fps, kind="stable")
+        gf = fps[go]
+        brk = np.flatnonzero(gf[1:] != gf[:-1]) + 1
+        starts = np.concatenate((np.zeros(1, dtype=np.int64), brk))
+        ends = np.concatenate((brk, np.array([len(fps)], dtype=np.int64)))
+        gs = skbs[go]
+        smax = np.maximum.reduceat(gs, starts)
+        smin = np.minimum.reduceat(np.where(gs == 0, _U64(0xFFFFFFFFFFFFFFFF), gs), starts)
+        gt = ts[go]
+        fast = ((smax == 0) | (smin == smax)) & (gt[ends - 1] - gt[starts] <= _U64(self.window_ns))
+        glen = ends - starts
+        multi = glen > 1
+        if multi.any():
+            gid = np.repeat(np.arange(len(starts)), glen)
+            gh = hss[go]
+            o = np.lexsort((gh, gid))
+            gid, gh = gid[o], gh[o]
+            dup = (gid[1:] == gid[:-1]) & (gh[1:] == gh[:-1])
+            fast[gid[1:][dup]] = False
+        by_fp = self._by_fp
+        if by_fp:
+            fast &= np.array([f not in by_fp for f in gf[starts].tolist()], dtype=bool)
+        return go, starts, ends, fast, gt[ends - 1], smax
+
+    @staticmethod
+    def _span_refs_of(chunk: _Chunk, a: int, b: int) -> list[tuple[int, int, int, int]]:
+        assert chunk.by_fp is not None and chunk.ts is not None
+        pos = chunk.by_fp[a:b]
+        rows = pos if chunk.order is None else chunk.order[pos]
+        cid = chunk.cid
+        return [(t, chunk.seq0 + q + 1, cid, i)
+                for t, q, i in zip(chunk.ts[pos].tolist(), pos.tolist(), rows.tolist(), strict=True)]
+
+    def _span_refs(self, p: _Open) -> list[tuple[int, int, int, int]]:
+        """A span path's sightings as refs (it is about to get one from elsewhere)."""
+        assert p.span is not None
+        cid, a, b = p.span
+        p.span = None
+        return self._span_refs_of(self._chunks[cid], a, b)
 
     def _pick(self, cands: list[_Open], t: int, h: int, s: int) -> _Open | None:
         """The path this sighting continues, among open ones with its fingerprint.
@@ -667,7 +793,7 @@ class Correlator:
                 break
             heappop(idle)
             self._open_count -= 1
-            self._open_rows -= len(p.refs)
+            self._open_rows -= p.nrows
             cands = by_fp.get(p.fp)
             if cands is not None and p in cands:
                 if len(cands) == 1:
@@ -680,6 +806,7 @@ class Correlator:
         if self._lines is not None:
             # Once per step, not per path: what annotators know changes asynchronously anyway.
             self._generation = self._lines.generation()
+            self._step.clear()
         # Finish in idle order: what a path's verdict and flow learn from earlier paths
         # is then the same live (many small steps, sightings out of order across
         # per-CPU rings) and in a replay of its recording (few big batches, sorted).
@@ -691,17 +818,23 @@ class Correlator:
         return [path for _num, path in done]
 
     def _finish(self, p: _Open) -> PacketPath | Rendered | None:
+        if p.refs is None:
+            fast = self._finish_span(p)
+            if fast is not _SLOW:
+                return fast  # type: ignore[return-value]
+            p.refs = self._span_refs(p)
         refs = p.refs
         refs.sort()  # (ts, seq, ...): hops in time order, equal times in arrival order
         chunks = self._chunks
         used: list[_Chunk] = []
-        rows: list[tuple[int, tuple[int, ...]]] = []
+        rows: list[tuple[int, list[Any]]] = []
         for _t, _s, cid, i in refs:
             chunk = chunks[cid]
-            kd = chunk.kd
+            kd = chunk.skd
             if kd is None:
-                kd = chunk.kd = self._key_dyn(chunk)
-            rows.append(kd[i])
+                kd = chunk.skd = self._key_dyn(chunk)
+            k = kd[2][i]
+            rows.append((kd[0][k], kd[1][k * _NDYN : (k + 1) * _NDYN]))
             used.append(chunk)
         # Packets of one flow take the same hops with the same rewrites: their NAT
         # events are equal values, computed once per shape (and links learned once).
@@ -722,12 +855,7 @@ class Correlator:
         # covers them); the times are this path's own.
         proto = shape.hops
         first_ts, last_ts = refs[0][0], refs[-1][0]
-        last = proto[-1]
-        # Only what was known when the path went idle (live, its tick came then; a replay
-        # may already have read further): the same verdict in any batching.
-        since = self.owned.get((last.dst, last.netns))
-        v = verdict(proto, {last.dst: last.netns} if since is not None
-                    and since <= last_ts + self.window_ns else {}, self.links, shape.dropped)
+        v = self._verdict(shape, last_ts)
         pid = f"p{p.num}"
         flow = self._assign_flow(pid, proto, shape.info, first_ts, last_ts)
         lines = self._lines
@@ -744,12 +872,85 @@ class Correlator:
                 chunks.pop(chunk.cid, None)
         return out
 
+    def _verdict(self, shape: _Shape, last_ts: int) -> str:
+        """``verdict()`` of a path of ``shape`` that was last seen at ``last_ts``."""
+        # Only what was known when the path went idle (live, its tick came then; a replay
+        # may already have read further): the same verdict in any batching.
+        since = self.owned.get(shape.owner)
+        known = since is not None and since <= last_ts + self.window_ns
+        vkey = (known, len(self.links))  # links only grow
+        v = shape.verdicts.get(vkey)
+        if v is None:
+            proto = shape.hops
+            last = proto[-1]
+            v = shape.verdicts[vkey] = verdict(proto, {last.dst: last.netns} if known else {}, self.links,
+                                               shape.dropped)
+        return v
+
+    def _finish_span(self, p: _Open) -> object:
+        """``_finish`` for a path that is one fingerprint group of one chunk, as a line from its
+        shape's template, straight from the chunk's columns; ``_SLOW`` when that takes hop
+        objects (a new shape, no template yet, classic paths, a path filter)."""
+        lines = self._lines
+        if lines is None or self._row_filter is not None:
+            return _SLOW
+        assert p.span is not None
+        cid, a, b = p.span
+        chunk = self._chunks[cid]
+        skd = chunk.skd
+        if skd is None:
+            skd = chunk.skd = self._key_dyn(chunk)
+        keys, dyn, _inv = skd
+        key = tuple(keys[a:b])
+        by_shape = self._by_shape
+        shape = by_shape.pop(key, None)
+        if shape is None:
+            return _SLOW
+        by_shape[key] = shape  # the most recently used
+        info = shape.info
+        if info[3] is not None:
+            return _SLOW  # an ICMP error: whether it has a flow depends on the flows open now
+        v = self._verdict(shape, p.last_ts)
+        # The template: per step, once per shape and verdict (what annotators read is taken
+        # once per step anyway, see _expire).
+        step = self._step
+        got = step.get((id(shape), v))
+        if got is not None and got[0] is shape:
+            t = got[1]
+        else:
+            # Without a quoted packet, _assign_flow gives a flow exactly when there are flow keys.
+            t = shape.templates.get((v, info[1] is None, self._generation,
+                                     lines.volatile(shape.hops, info[0])))
+            step[(id(shape), v)] = (shape, t)
+        if type(t) is not _Template:
+            return _SLOW
+        pid = f"p{p.num}"
+        flow = self._assign_flow(pid, shape.hops, info, p.first_ts, p.last_ts)
+        values: list[Any] = [pid, flow]
+        values += dyn[a * _NDYN : b * _NDYN]
+        if t.effects:
+            lines.replay(t.effects)
+        chunk.pending -= b - a
+        if not chunk.pending:
+            self._chunks.pop(cid, None)
+        return _new_rendered(pid, flow, t.fmt % t.pick(values), t.conntrack_id)
+
     @staticmethod
-    def _key_dyn(chunk: _Chunk) -> list[tuple[int, tuple[int, ...]]]:
-        """Per row: its shape key (``_render_hash``) and its ``DYN_FIELDS`` values."""
+    def _key_dyn(chunk: _Chunk) -> tuple[list[int], list[Any], list[int]]:
+        """Per row, in the chunk's fingerprint order: its shape key (``_render_hash``) and,
+        flat, its ``DYN_FIELDS`` values; and per row index, its place in that order."""
+        assert chunk.by_fp is not None
         rows = chunk.rows
-        return list(zip(_render_hash(rows, chunk.batch.hops).tolist(),
-                        zip(*(rows[name].tolist() for name in DYN_FIELDS), strict=True), strict=True))
+        perm = chunk.by_fp if chunk.order is None else chunk.order[chunk.by_fp]
+        n = len(perm)
+        keys = _render_hash(rows, chunk.batch.hops)[perm].tolist()
+        # All unsigned (obs_dtype): as uint64 their Python ints are the same.
+        dyn = np.empty((n, _NDYN), dtype=_U64)
+        for k, name in enumerate(DYN_FIELDS):
+            dyn[:, k] = rows[name][perm]
+        inv = np.empty(n, dtype=np.intp)
+        inv[perm] = np.arange(n)
+        return keys, dyn.ravel().tolist(), inv.tolist()
 
     def _keep(self, refs: list[tuple[int, int, int, int]], used: list[_Chunk],
               hops: tuple[Observation, ...] | None) -> bool:
@@ -771,15 +972,32 @@ class Correlator:
     def _hops(self, refs: list[tuple[int, int, int, int]], used: list[_Chunk]) -> tuple[Observation, ...]:
         make = _new_observation
         out = []
-        for (_t, _s, _cid, i), chunk in zip(refs, used, strict=True):
+        own: dict[int, dict[int, tuple[Any, ...]]] = {}
+        for (_t, _s, cid, i), chunk in zip(refs, used, strict=True):
             obs = chunk.obs
             if obs is None:
-                obs = chunk.obs = self._materialize(chunk.batch, chunk.rows)
+                mine = own.get(cid)
+                if mine is None:
+                    chunk.asks += 1
+                    if self._lines is None or chunk.asks > 1:
+                        # Paths of a chunk all want hops (classic paths), or more than one
+                        # does: the whole chunk at once, column by column.
+                        obs = chunk.obs = self._materialize(chunk.batch, chunk.rows)
+                    else:
+                        # Lines: most paths come from templates; the first that cannot
+                        # makes only its own rows.
+                        idx = sorted({r[3] for r, c in zip(refs, used, strict=True) if c is chunk})
+                        mine = own[cid] = dict(zip(idx, self._materialize(chunk.batch, chunk.rows[idx]),
+                                                   strict=True))
+                if mine is not None:
+                    out.append(make(mine[i]))
+                    continue
+                assert obs is not None
             out.append(make(obs[i]))
         return tuple(out)
 
     def _render(self, lines: LineRenderer, shape: _Shape, refs: list[tuple[int, int, int, int]],
-                used: list[_Chunk], rows: list[tuple[int, tuple[int, ...]]],
+                used: list[_Chunk], rows: list[tuple[int, list[Any]]],
                 hops: tuple[Observation, ...] | None, pid: str, v: str, flow: str | None) -> Rendered:
         """The path as its NDJSON line: from its shape's template once the shape repeats."""
         # What the annotators read that changes per packet, asked with this shape's hops (for
@@ -790,8 +1008,9 @@ class Correlator:
             values: list[Any] = [pid, flow]
             for _k, dyn in rows:
                 values += dyn
-            lines.replay(t.effects)
-            return Rendered(pid, flow, t.fmt % t.pick(values), t.conntrack_id)
+            if t.effects:
+                lines.replay(t.effects)
+            return _new_rendered(pid, flow, t.fmt % t.pick(values), t.conntrack_id)
         path = _new_path(pid, hops or self._hops(refs, used), shape.info[0], v, flow)
         before = lines.counters()
         path = lines.annotate(path)

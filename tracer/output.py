@@ -348,17 +348,24 @@ class NdjsonSink:
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self._dumps = json.JSONEncoder(separators=(", ", ": ")).encode
+        # Lines until flush(): the engine flushes once per batch, and one write of a batch's
+        # lines costs one system call instead of one per 8 KiB (a path is ~2 KB of JSON).
+        self._buf: list[str] = []
 
     def _write(self, obj: dict[str, Any]) -> None:
-        self.stream.write(self._dumps(obj) + "\n")
+        self._buf.append(self._dumps(obj) + "\n")
 
     def on_path(self, path: PacketPath) -> None:
-        self.stream.write(path_line(path) + "\n")
+        self._buf.append(path_line(path) + "\n")
 
     def on_rendered(self, path: Rendered) -> None:
-        self.stream.write(path.line)
+        self._buf.append(path.line)
 
     def flush(self) -> None:
+        if self._buf:
+            text = "".join(self._buf)
+            self._buf.clear()
+            self.stream.write(text)
         self.stream.flush()
 
     def on_flow(self, flow: Flow) -> None:
@@ -366,10 +373,10 @@ class NdjsonSink:
 
     def on_stats(self, stats: Stats) -> None:
         self._write(stats_json(stats))
-        self.stream.flush()
+        self.flush()
 
     def close(self) -> None:
-        self.stream.flush()
+        self.flush()
 
 
 # --------------------------------------------------------------------- text
