@@ -15,6 +15,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -22,7 +23,8 @@ from hypothesis import strategies as st
 from tests.unit.conftest import MS, NETNS, US, internet_ping, internet_pong
 from tracer.attribution import annotator
 from tracer.conntrack import ConntrackTable, CtTuple, Entry
-from tracer.engine import Engine, run
+from tracer.correlate import Correlator
+from tracer.engine import Engine, _Annotate, run
 from tracer.filter import PathFilter
 from tracer.model import ConntrackRef, NatEvent, ObsBatch, Observation, PacketPath
 from tracer.output import NdjsonSink, Rendered, path_line, path_template
@@ -297,3 +299,87 @@ def test_no_lines_when_something_downstream_needs_path_objects() -> None:
 
     run(Engine(Batches([ObsBatch.from_observations(internet_ping())])), [Collect()])
     assert [type(p) for p in got] == [PacketPath]
+
+
+class PerSighting(Correlator):
+    """The correlator with its span lane off: every sighting by the per-sighting rules."""
+
+    def _groups(self, *args: Any) -> Any:
+        go, starts, ends, fast, last, skb = super()._groups(*args)
+        return go, starts, ends, np.zeros_like(fast), last, skb
+
+
+def hostile(n: int, seed: int) -> list[Observation]:
+    """What tests the span lane's conditions: few IP IDs (fingerprints shared by packets in
+    flight), reused and missing skbs, a hop seen twice, late and out-of-order sightings,
+    missing hops, long gaps (beyond the window), drops."""
+    rng = random.Random(seed)
+    obs: list[Observation] = []
+    t = 1_000 * MS
+    for k in range(n):
+        t += rng.choice([3 * US, 40 * US, 2 * MS, 700 * MS])
+        common: dict[str, Any] = dict(ip_id=rng.randrange(3), icmp_seq=rng.randrange(3),
+                                      skb=rng.choice([None, 0xA000, 0xA000 + k, 0xB000 + k]))
+        hops = internet_ping(t0=t, **common) if rng.random() < 0.7 else [
+            replace(o, ip_id=common["ip_id"]) for o in internet_pong(
+                t0=t, **{k: v for k, v in common.items() if k != "ip_id"})]
+        if rng.random() < 0.2:
+            hops = [h for h in hops if rng.random() < 0.7]
+        elif rng.random() < 0.3:  # the start or the end only: with a packet seen long before, one set of hops
+            hops = hops[:2] if rng.random() < 0.5 else hops[2:]
+        if rng.random() < 0.1 and hops:
+            hops.append(replace(hops[-1], ts_ns=hops[-1].ts_ns + rng.choice([1, 5 * US])))  # seen twice
+        if rng.random() < 0.1 and hops:
+            hops[-1] = replace(hops[-1], direction="drop", drop_reason="NETFILTER_DROP")
+        obs += [replace(h, skb=None) if rng.random() < 0.1 else h for h in hops]
+    # Delivered late (another CPU's ring), sometimes by more than the window.
+    late = [0, 0, 0, 0, 7 * US, 9 * US, 120 * MS, 600 * MS]
+    order = sorted(range(len(obs)), key=lambda i: obs[i].ts_ns + rng.choice(late))
+    return [obs[i] for i in order]
+
+
+def _run_corr(cls: type[Correlator], batches: list[ObsBatch], lines: bool) -> list[Any]:
+    c = cls(window_ns=500 * MS)
+    if lines:
+        c.render_lines(_Annotate([]))
+    out: list[Any] = []
+    for b in batches:
+        out += c.feed_batch(b)
+        out += c.take_flows()
+    while more := c.flush(7):
+        out += more
+    out += c.take_flows()
+    return [x.line if isinstance(x, Rendered) else x for x in out]
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 40), seed=st.integers(0, 2**32 - 1), cuts=st.lists(st.integers(0, 200), max_size=6),
+       lines=st.booleans())
+def test_span_paths_are_what_the_per_sighting_rules_make(n: int, seed: int, cuts: list[int], lines: bool) -> None:
+    """A fingerprint's sightings in a chunk made into one path in one step (and finished from
+    the chunk's columns) give exactly the paths, ids, verdicts and flows that the rules for
+    one sighting at a time give, in any batching."""
+    obs = hostile(n, seed)
+    fast = _run_corr(Correlator, batches_of(obs, cuts), lines)
+    assert fast == _run_corr(PerSighting, batches_of(obs, cuts), lines)
+    assert len([x for x in fast if isinstance(x, (str, PacketPath))]) >= 1
+
+
+def test_a_late_sighting_joins_a_span_path_of_an_earlier_batch() -> None:
+    ping = internet_ping(t0=1_000 * MS, skb=0xA000)
+    c = Correlator()
+    c.feed_batch(ObsBatch.from_observations(ping[:2] + ping[3:]))
+    assert c.open_paths == 1
+    c.feed_batch(ObsBatch.from_observations([ping[2]]))  # host/docker0 rx, from another CPU's ring
+    (p,) = c.flush()
+    assert ([h.hop_name for h in p.hops], p.id) == ([o.hop_name for o in ping], "p1")
+
+
+def test_one_fingerprint_beyond_the_window_in_one_batch_is_two_paths() -> None:
+    # Same packet identity, different hops, 700 ms apart in one batch: no single path.
+    a = internet_ping(t0=1_000 * MS)[:2]
+    b = internet_ping(t0=1_700 * MS)[2:]
+    for cls in (Correlator, PerSighting):
+        c = cls(window_ns=500 * MS)
+        paths = c.feed_batch(ObsBatch.from_observations(a + b)) + c.flush()
+        assert [[h.hop_name for h in p.hops] for p in paths] == [[o.hop_name for o in a], [o.hop_name for o in b]]
