@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from heapq import heappop, heappush, heapreplace
-from itertools import pairwise
+from itertools import pairwise, repeat
 from operator import itemgetter
 from typing import Any, Protocol
 
@@ -377,6 +377,33 @@ class _Open:
         self.nrows = len(hops)
 
 
+class _Spans:
+    """A chunk's span paths: fingerprint groups that are a path of their own (``_groups``),
+    kept as columns until they finish, or until a sighting from elsewhere joins one (it
+    then becomes an ``_Open``). No object, heap entry or list per path: a flood is mostly
+    these."""
+
+    __slots__ = ("a", "alive", "b", "chunk", "claims", "first", "fp", "gh", "last", "last_l", "min_last",
+                 "nalive", "nrows", "num", "num_l", "skb")
+
+    def __init__(self, chunk: _Chunk, num: list[int], first: np.ndarray[Any, Any], last: np.ndarray[Any, Any],
+                 a: list[int], b: list[int], fp: list[int], skb: list[int], gh: list[int],
+                 claims: dict[int, tuple[str, int]]) -> None:
+        self.chunk = chunk
+        self.num = np.array(num, dtype=np.int64)
+        self.num_l = num
+        self.first = first.tolist()
+        self.last = last  # also when it went idle: its sightings all came in this chunk
+        self.last_l: list[int] = last.tolist()
+        self.min_last = int(last.min())
+        self.a, self.b, self.fp, self.skb = a, b, fp, skb
+        self.gh = gh  # hop signatures of the chunk's rows in fingerprint order
+        self.claims = claims  # span index -> the (address, netns) its first sighting taught
+        self.alive = np.ones(len(num), dtype=bool)
+        self.nalive = len(num)
+        self.nrows = np.array(b, dtype=np.int64) - np.array(a, dtype=np.int64)  # sightings per span path
+
+
 class _FlowState:
     __slots__ = ("keys", "num", "original", "paths", "proto", "reply", "touched")
 
@@ -456,6 +483,10 @@ class Correlator:
         self.flow_idle_ns = flow_idle_ns
         self.max_flow_paths = max_flow_paths
         self._by_fp: dict[int, list[_Open]] = {}
+        # Span paths (``_Spans``) by chunk id, and by fingerprint (each fingerprint has at most
+        # one open span path, and then no other open path).
+        self._spans: dict[int, _Spans] = {}
+        self._span_fp: dict[int, tuple[_Spans, int]] = {}
         # Open paths by (latest sighting time, id), one entry each, re-filed lazily when
         # a path was touched since: paths finish in the order they went idle, by their
         # own times, whatever order and batches the sightings came in.
@@ -520,7 +551,7 @@ class Correlator:
         """
         with _gc_paused():
             out = self._expire(None, max_paths=max_paths)
-        if not self._idle:
+        if not self._open_count:
             for fs in list(self._flows_open.values()):
                 self._close_flow(fs)
         return out
@@ -580,18 +611,18 @@ class Correlator:
         chunk.by_fp = go
         # What to step through, in time order: every sighting of a fingerprint that needs the
         # per-sighting rules below, and the first sighting of each fingerprint that is a path of
-        # its own (``_groups``), which takes the group's other sightings along in one go.
+        # its own (``_groups``): a span path, numbered here, whose sightings stay in the chunk.
         glen = ends - starts
         first = np.full(n, -1, dtype=np.int64)
         fast_ids = np.flatnonzero(fast)
-        first[go[starts[fast_ids]]] = fast_ids
+        nfast = len(fast_ids)
+        first[go[starts[fast_ids]]] = np.arange(nfast)
         slow = go[np.repeat(~fast, glen)]
         steps = np.sort(np.concatenate((slow, go[starts[fast_ids]]))).tolist()
         firsts = first.tolist()
         idx = order.tolist() if order is not None else None
         ts_l, fps_l, hss_l, skbs_l = ts.tolist(), fps.tolist(), hss.tolist(), skbs.tolist()
         gh = hss[go].tolist()
-        starts_l, ends_l, glast_l, gskb_l = starts.tolist(), ends.tolist(), glast.tolist(), gskb.tolist()
         dirs = rows["dir"].tolist()
         nss = rows["netns"].tolist()
         fams = rows["family"].tolist()
@@ -600,25 +631,29 @@ class Correlator:
         idle = self._idle
         window = self.window_ns
         seq0 = self._seq + 1
+        span_fp = self._span_fp
+        if span_fp and nfast < len(starts):
+            # A span path whose fingerprint has sightings here: they may join it, by the rules.
+            for f in fps[go[starts[~fast]]].tolist():
+                got = span_fp.get(f)
+                if got is not None:
+                    q = self._promote(*got)
+                    heappush(idle, (q.touched, q.num, q))
+                    by_fp[f] = [q]
+        nums: list[int] = [0] * nfast
+        claims: dict[int, tuple[str, int]] = {}
         for pos in steps:
             i = pos if idx is None else idx[pos]
             g = firsts[pos]
             if g >= 0:
-                # A whole path in this chunk: created once, with all its sightings.
-                ga, gb = starts_l[g], ends_l[g]
                 self._paths += 1
-                self._open_count += 1
-                t = ts_l[pos]
-                f = fps_l[pos]
-                q = _Open(self._paths, f, t, gskb_l[g], gh[ga:gb], None)
-                q.span = (cid, ga, gb)
-                last = q.last_ts = q.touched = glast_l[g]
-                heappush(idle, (last, q.num, q))
-                by_fp[f] = [q]
+                nums[g] = self._paths
                 d = dirs[i]
                 fam = fams[i]
                 if fam and (d == 2 or d == 0):
-                    q.claim = self._own(fam, srcs[i], nss[i], t)
+                    claim = self._own(fam, srcs[i], nss[i], ts_l[pos])
+                    if claim is not None:
+                        claims[g] = claim
                 continue
             t, f, h, s = ts_l[pos], fps_l[pos], hss_l[pos], skbs_l[pos]
             ref = (t, seq0 + pos, cid, i)
@@ -672,8 +707,41 @@ class Correlator:
                     fam = fams[i]
                     if fam and (d == 2 or d == 0):
                         p.claim = self._own(fam, srcs[i], nss[i], t)
+        if nfast:
+            gs = starts[fast_ids]
+            sp = _Spans(chunk, nums, ts[go[gs]], glast[fast_ids], gs.tolist(), ends[fast_ids].tolist(),
+                        fps[go[gs]].tolist(), gskb[fast_ids].tolist(), gh, claims)
+            self._spans[cid] = sp
+            span_fp.update(zip(sp.fp, zip(repeat(sp), range(nfast)), strict=True))
+            self._open_count += nfast
         self._seq += n
         self._open_rows += n
+
+    def _promote(self, sp: _Spans, k: int) -> _Open:
+        """Span path ``k`` as an ``_Open`` (not filed anywhere yet): a sighting from elsewhere
+        is about to join it."""
+        p = self._promote_done(sp, k)
+        self._span_done(sp, k)
+        return p
+
+    def _promote_done(self, sp: _Spans, k: int) -> _Open:
+        """A span path that finished, as an ``_Open`` for ``_finish``."""
+        a, b = sp.a[k], sp.b[k]
+        p = _Open(sp.num_l[k], sp.fp[k], sp.first[k], sp.skb[k], sp.gh[a:b], None)
+        p.span = (sp.chunk.cid, a, b)
+        p.last_ts = p.touched = sp.last_l[k]
+        p.claim = sp.claims.get(k)
+        return p
+
+    def _span_done(self, sp: _Spans, k: int) -> None:
+        """Span path ``k`` is an ``_Open`` now."""
+        sp.alive[k] = False
+        sp.nalive -= 1
+        if not sp.nalive:
+            del self._spans[sp.chunk.cid]
+        elif sp.last_l[k] == sp.min_last:
+            sp.min_last = int(sp.last[sp.alive].min())
+        del self._span_fp[sp.fp[k]]
 
     def _groups(self, fps: np.ndarray[Any, Any], hss: np.ndarray[Any, Any], skbs: np.ndarray[Any, Any],
                 ts: np.ndarray[Any, Any]) -> tuple[np.ndarray[Any, Any], ...]:
@@ -704,9 +772,9 @@ class Correlator:
             gid, gh = gid[o], gh[o]
             dup = (gid[1:] == gid[:-1]) & (gh[1:] == gh[:-1])
             fast[gid[1:][dup]] = False
-        by_fp = self._by_fp
-        if by_fp:
-            fast &= np.array([f not in by_fp for f in gf[starts].tolist()], dtype=bool)
+        by_fp, span_fp = self._by_fp, self._span_fp
+        if by_fp or span_fp:
+            fast &= np.array([f not in by_fp and f not in span_fp for f in gf[starts].tolist()], dtype=bool)
         return go, starts, ends, fast, gt[ends - 1], smax
 
     @staticmethod
@@ -779,30 +847,97 @@ class Correlator:
     def _expire(self, cutoff: int | None, keep_rows: int = 0, max_paths: int | None = None,
                 ) -> list[PacketPath]:
         """Finish paths idle since before ``cutoff`` (all when None), until ``keep_rows``
-        sightings remain open, at most ``max_paths`` of them."""
-        finished: list[_Open] = []
+        sightings remain open, at most ``max_paths`` of them, in the order they went idle:
+        (time of the last sighting, path number), open paths and span paths alike."""
+        # Span paths idle before the cutoff, per chunk that has any.
+        spans: list[tuple[_Spans, np.ndarray[Any, Any]]] = []
+        for sp in self._spans.values():
+            if cutoff is None:
+                spans.append((sp, np.flatnonzero(sp.alive)))
+            elif sp.min_last < cutoff:
+                spans.append((sp, np.flatnonzero(sp.alive & (sp.last < _U64(cutoff)))))
+        # Open paths idle before the cutoff, as many as the limits could take.
+        need_rows = self._open_rows - keep_rows if keep_rows else None
+        popped: list[_Open] = []
+        rows = 0
         idle = self._idle
-        by_fp = self._by_fp
         while idle:
             touched, num, p = idle[0]
             if p.touched != touched:  # seen again since it was filed: re-file it
                 heapreplace(idle, (p.touched, num, p))
                 continue
-            if ((cutoff is not None and touched >= cutoff) or self._open_rows <= keep_rows
-                    or len(finished) == max_paths):
+            if ((cutoff is not None and touched >= cutoff) or (need_rows is not None and rows >= need_rows)
+                    or len(popped) == max_paths):
                 break
             heappop(idle)
-            self._open_count -= 1
-            self._open_rows -= p.nrows
-            cands = by_fp.get(p.fp)
-            if cands is not None and p in cands:
-                if len(cands) == 1:
-                    del by_fp[p.fp]
+            popped.append(p)
+            rows += p.nrows
+        # Both in idle order, up to the limits: (open path, or span path j of spans[src]).
+        order: list[tuple[_Open | None, int, int]]
+        if not any(len(ks) for _sp, ks in spans):
+            order = [(p, 0, 0) for p in popped]  # the heap's order is the idle order
+        else:
+            # (last sighting, number) of every candidate, in columns: sorted in one go
+            lasts = [np.array([p.touched for p in popped], dtype=_U64)]
+            nums = [np.array([p.num for p in popped], dtype=np.int64)]
+            sizes = [np.array([p.nrows for p in popped], dtype=np.int64)]
+            srcs = [np.full(len(popped), -1, dtype=np.int64)]
+            ids = [np.arange(len(popped), dtype=np.int64)]
+            for j, (sp, ks) in enumerate(spans):
+                lasts.append(sp.last[ks])
+                nums.append(sp.num[ks])
+                sizes.append(sp.nrows[ks])
+                srcs.append(np.full(len(ks), j, dtype=np.int64))
+                ids.append(ks)
+            o = np.lexsort((np.concatenate(nums), np.concatenate(lasts)))
+            take = len(o)
+            if need_rows is not None:
+                size = np.concatenate(sizes)[o]
+                take = int(np.searchsorted(np.cumsum(size) - size, need_rows, side="left"))
+            if max_paths is not None:
+                take = min(take, max_paths)
+            src_o = np.concatenate(srcs)[o[:take]]
+            id_o = np.concatenate(ids)[o[:take]]
+            order = []
+            for src, k in zip(src_o.tolist(), id_o.tolist(), strict=True):
+                if src < 0:
+                    order.append((popped[k], 0, 0))
+                    popped[k] = None  # type: ignore[call-overload]
                 else:
-                    cands.remove(p)
-            finished.append(p)
-        if not finished:
+                    order.append((None, src, k))
+            for left in popped:
+                if left is not None:  # beyond the limits: still open
+                    heappush(idle, (left.touched, left.num, left))
+            # The span paths taken: closed in bulk.
+            span_fp = self._span_fp
+            for j, (sp, _ks) in enumerate(spans):
+                mine = id_o[src_o == j]
+                if not len(mine):
+                    continue
+                sp.alive[mine] = False
+                sp.nalive -= len(mine)
+                self._open_rows -= int(sp.nrows[mine].sum())
+                self._open_count -= len(mine)
+                fps = sp.fp
+                for k in mine.tolist():
+                    del span_fp[fps[k]]
+                if not sp.nalive:
+                    del self._spans[sp.chunk.cid]
+                else:
+                    sp.min_last = int(sp.last[sp.alive].min())
+        if not order:
             return []
+        by_fp = self._by_fp
+        for q, _src, _k in order:
+            if q is not None:
+                self._open_count -= 1
+                self._open_rows -= q.nrows
+                cands = by_fp.get(q.fp)
+                if cands is not None and q in cands:
+                    if len(cands) == 1:
+                        del by_fp[q.fp]
+                    else:
+                        cands.remove(q)
         if self._lines is not None:
             # Once per step, not per path: what annotators know changes asynchronously anyway.
             self._generation = self._lines.generation()
@@ -813,15 +948,23 @@ class Correlator:
         # Emit in order of first sighting.
         # (After render_lines these are ``Rendered`` lines: typed as paths for the callers
         # that never turn it on.)
-        done: list[tuple[int, Any]] = [(p.num, self._finish(p)) for p in finished]
-        done.sort(key=lambda x: x[0])
+        done: list[tuple[int, Any]] = []
+        finish_span = self._finish_span
+        for q, src, k in order:
+            if q is None:
+                sp = spans[src][0]
+                num = sp.num_l[k]
+                out = finish_span(sp, k, num)
+                if out is not _SLOW:
+                    done.append((num, out))
+                    continue
+                q = self._promote_done(sp, k)
+            done.append((q.num, self._finish(q)))
+        done.sort(key=itemgetter(0))
         return [path for _num, path in done]
 
     def _finish(self, p: _Open) -> PacketPath | Rendered | None:
         if p.refs is None:
-            fast = self._finish_span(p)
-            if fast is not _SLOW:
-                return fast  # type: ignore[return-value]
             p.refs = self._span_refs(p)
         refs = p.refs
         refs.sort()  # (ts, seq, ...): hops in time order, equal times in arrival order
@@ -887,16 +1030,15 @@ class Correlator:
                                                shape.dropped)
         return v
 
-    def _finish_span(self, p: _Open) -> object:
+    def _finish_span(self, sp: _Spans, k: int, num: int) -> object:
         """``_finish`` for a path that is one fingerprint group of one chunk, as a line from its
         shape's template, straight from the chunk's columns; ``_SLOW`` when that takes hop
         objects (a new shape, no template yet, classic paths, a path filter)."""
         lines = self._lines
         if lines is None or self._row_filter is not None:
             return _SLOW
-        assert p.span is not None
-        cid, a, b = p.span
-        chunk = self._chunks[cid]
+        chunk = sp.chunk
+        cid, a, b = chunk.cid, sp.a[k], sp.b[k]
         skd = chunk.skd
         if skd is None:
             skd = chunk.skd = self._key_dyn(chunk)
@@ -910,7 +1052,8 @@ class Correlator:
         info = shape.info
         if info[3] is not None:
             return _SLOW  # an ICMP error: whether it has a flow depends on the flows open now
-        v = self._verdict(shape, p.last_ts)
+        last_ts = sp.last_l[k]
+        v = self._verdict(shape, last_ts)
         # The template: per step, once per shape and verdict (what annotators read is taken
         # once per step anyway, see _expire).
         step = self._step
@@ -924,8 +1067,8 @@ class Correlator:
             step[(id(shape), v)] = (shape, t)
         if type(t) is not _Template:
             return _SLOW
-        pid = f"p{p.num}"
-        flow = self._assign_flow(pid, shape.hops, info, p.first_ts, p.last_ts)
+        pid = f"p{num}"
+        flow = self._assign_flow(pid, shape.hops, info, sp.first[k], last_ts)
         values: list[Any] = [pid, flow]
         values += dyn[a * _NDYN : b * _NDYN]
         if t.effects:
