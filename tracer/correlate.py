@@ -82,6 +82,7 @@ _CHUNK = 16384  # rows per internal step: expiry runs between steps, so a huge b
 _MAX_SAME_FP = 64  # open paths sharing one fingerprint (identical packets in flight)
 _MAX_OWNED = 65536
 _MAX_SHAPES = 4096
+_OWN_ROWS_ASKS = 16  # lines: paths of a chunk that make hops of their own rows before the whole chunk is made
 _MAX_TEMPLATES = 16  # per shape: verdicts x flow or not x annotation generations
 
 _ECHO_TYPES = {(1, 8), (1, 0), (58, 128), (58, 129)}
@@ -1122,13 +1123,13 @@ class Correlator:
                 mine = own.get(cid)
                 if mine is None:
                     chunk.asks += 1
-                    if self._lines is None or chunk.asks > 1:
-                        # Paths of a chunk all want hops (classic paths), or more than one
-                        # does: the whole chunk at once, column by column.
+                    if self._lines is None or chunk.asks > _OWN_ROWS_ASKS:
+                        # Paths of a chunk all want hops (classic paths), or many do: the
+                        # whole chunk at once, column by column.
                         obs = chunk.obs = self._materialize(chunk.batch, chunk.rows)
                     else:
-                        # Lines: most paths come from templates; the first that cannot
-                        # makes only its own rows.
+                        # Lines: most paths come from templates; the few that cannot (a
+                        # sighting came in another batch, a new shape) make only their own rows.
                         idx = sorted({r[3] for r, c in zip(refs, used, strict=True) if c is chunk})
                         mine = own[cid] = dict(zip(idx, self._materialize(chunk.batch, chunk.rows[idx]),
                                                    strict=True))
