@@ -12,6 +12,9 @@ this process (the box is shared: wall time is noisy):
 * ``classic``:  every path built as objects (Observation per hop) and printed
   by ``path_line`` — the peer, what the engine did before ``render_lines``;
 * ``lines``:    ``render_lines`` on: repeated shapes rendered from templates;
+* ``floor``:    only what any engine writing this NDJSON pays: each line of the ``lines``
+                run %-formatted from its template and values, and written the same way
+                (a batch's lines joined, one write) — no reading, no correlation, no flows;
 
 each bare and with the live annotator (``tracer.attribution``, a Docker host's
 ruleset, no conntrack). Prints µs per sighting and the lines/classic CPU ratio.
@@ -39,6 +42,7 @@ import live_profile  # noqa: E402
 import numpy as np  # noqa: E402
 import record_bench  # noqa: E402
 
+from tracer import correlate  # noqa: E402
 from tracer.attribution import annotator  # noqa: E402
 from tracer.engine import Engine, run  # noqa: E402
 from tracer.model import ObsBatch  # noqa: E402
@@ -81,21 +85,59 @@ def one(bs: list[ObsBatch], lines: bool, annotated: bool, prof: cProfile.Profile
         return time.process_time() - t0
 
 
+def floor(bs: list[ObsBatch]) -> float:
+    """CPU seconds to format the lines run's template-rendered lines and write them (batched as
+    NdjsonSink does): the part of the cost no correlator can save."""
+    made: list[tuple[str, tuple[Any, ...]]] = []
+    pick = correlate._Template.__init__
+
+    def init(self: Any, fmt: str, order: tuple[int, ...], *rest: Any) -> None:
+        pick(self, fmt, order, *rest)
+        inner = self.pick
+
+        def keep(values: list[Any]) -> tuple[Any, ...]:
+            vals = inner(values)
+            made.append((fmt, vals))
+            return vals
+
+        self.pick = keep
+
+    correlate._Template.__init__ = init  # type: ignore[method-assign,assignment]
+    try:
+        one(bs, True, True)
+    finally:
+        correlate._Template.__init__ = pick  # type: ignore[method-assign]
+    with open(os.devnull, "w") as null:
+        t0 = time.process_time()
+        for k in range(0, len(made), 1000):
+            null.write("".join([fmt % vals for fmt, vals in made[k : k + 1000]]))
+        null.flush()
+        # per line, times every path (the few rendered in full are like the others)
+        return (time.process_time() - t0) / max(len(made), 1) * _paths(bs)
+
+
+def _paths(bs: list[ObsBatch]) -> int:
+    """record_bench's batches: one path per packet, ``HOPS`` sightings each."""
+    return sum(len(b) for b in bs) // len(record_bench.HOPS)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--records", type=int, default=300_000)
     p.add_argument("--flows", default="20,2000")
     p.add_argument("--profile", action="store_true", help="cProfile of the annotated lines run")
     a = p.parse_args(argv)
-    print(f"{'flows':>6} {'annotator':>9} {'classic us/rec':>15} {'lines us/rec':>13} {'lines/classic':>14}")
+    print(f"{'flows':>6} {'annotator':>9} {'classic us/rec':>15} {'lines us/rec':>13} {'lines/classic':>14} "
+          f"{'floor us/rec':>13}")
     for flows in (int(x) for x in a.flows.split(",")):
         bs = batches(a.records, flows)
         n = sum(len(b) for b in bs)
+        low = floor(bs)
         for annotated in (False, True):
             classic = one(bs, False, annotated)
             lines = one(bs, True, annotated)
             print(f"{flows:>6} {'yes' if annotated else 'no':>9} {classic / n * 1e6:>15.2f} "
-                  f"{lines / n * 1e6:>13.2f} {lines / classic:>14.2f}")
+                  f"{lines / n * 1e6:>13.2f} {lines / classic:>14.2f} {low / n * 1e6:>13.2f}")
         if a.profile:
             prof = cProfile.Profile()
             one(bs, True, True, prof)
