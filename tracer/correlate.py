@@ -1034,9 +1034,10 @@ class Correlator:
     def _finish_span(self, sp: _Spans, k: int, num: int) -> object:
         """``_finish`` for a path that is one fingerprint group of one chunk, as a line from its
         shape's template, straight from the chunk's columns; ``_SLOW`` when that takes hop
-        objects (a new shape, no template yet, classic paths, a path filter)."""
+        objects (a new shape, no template yet, classic paths, a path filter that cannot judge
+        the frames in the batch). None when the path filter drops it."""
         lines = self._lines
-        if lines is None or self._row_filter is not None:
+        if lines is None:
             return _SLOW
         chunk = sp.chunk
         cid, a, b = chunk.cid, sp.a[k], sp.b[k]
@@ -1055,29 +1056,52 @@ class Correlator:
             return _SLOW  # an ICMP error: whether it has a flow depends on the flows open now
         last_ts = sp.last_l[k]
         v = self._verdict(shape, last_ts)
-        # The template: per step, once per shape and verdict (what annotators read is taken
-        # once per step anyway, see _expire).
-        step = self._step
-        got = step.get((id(shape), v))
-        if got is not None and got[0] is shape:
-            t = got[1]
-        else:
-            # Without a quoted packet, _assign_flow gives a flow exactly when there are flow keys.
-            t = shape.templates.get((v, info[1] is None, self._generation,
-                                     lines.volatile(shape.hops, info[0])))
-            step[(id(shape), v)] = (shape, t)
-        if type(t) is not _Template:
+        kept = True if self._row_filter is None else self._keep_span(chunk, a, b)
+        if kept is None:
             return _SLOW
+        t: _Template | object | None = None
+        if kept:
+            # The template: per step, once per shape and verdict (what annotators read is taken
+            # once per step anyway, see _expire).
+            step = self._step
+            got = step.get((id(shape), v))
+            if got is not None and got[0] is shape:
+                t = got[1]
+            else:
+                # Without a quoted packet, _assign_flow gives a flow exactly when there are flow keys.
+                t = shape.templates.get((v, info[1] is None, self._generation,
+                                         lines.volatile(shape.hops, info[0])))
+                step[(id(shape), v)] = (shape, t)
+            if type(t) is not _Template:
+                return _SLOW
         pid = f"p{num}"
         flow = self._assign_flow(pid, shape.hops, info, sp.first[k], last_ts)
+        chunk.pending -= b - a
+        if not chunk.pending:
+            self._chunks.pop(cid, None)
+        if not kept:
+            return None  # dropped by the path filter (after taking its path and flow number)
+        assert type(t) is _Template
         values: list[Any] = [pid, flow]
         values += dyn[a * _NDYN : b * _NDYN]
         if t.effects:
             lines.replay(t.effects)
-        chunk.pending -= b - a
-        if not chunk.pending:
-            self._chunks.pop(cid, None)
         return _new_rendered(pid, flow, t.fmt % t.pick(values), t.conntrack_id)
+
+    def _keep_span(self, chunk: _Chunk, a: int, b: int) -> bool | None:
+        """``_keep`` for a span path: from the frames in the batch, None if they cannot tell."""
+        filt = self._row_filter
+        assert filt is not None and chunk.by_fp is not None
+        pos = chunk.by_fp[a:b]
+        idx = pos if chunk.order is None else chunk.order[pos]
+        batch, rows = chunk.batch, chunk.rows
+        for i in idx.tolist():  # in time order, as the path's hops
+            kept = filt.keep_row(batch, rows, i)
+            if kept is None:
+                return None
+            if kept:
+                return True
+        return False
 
     @staticmethod
     def _key_dyn(chunk: _Chunk) -> tuple[list[int], list[Any], list[int]]:
@@ -1170,6 +1194,8 @@ class Correlator:
         elif t is _ONCE:
             made = path_template(path, line, _with_values)
             shape.templates[tkey] = _NO_TEMPLATE if made is None else _Template(made[0], made[1], ct, effects)
+        if t is None or t is _ONCE:
+            self._step.pop((id(shape), v), None)  # what _finish_span took for this step changed
         return Rendered(pid, flow, line, ct)
 
     def _learn_links(self, hops: Sequence[Observation]) -> None:

@@ -383,3 +383,31 @@ def test_one_fingerprint_beyond_the_window_in_one_batch_is_two_paths() -> None:
         c = cls(window_ns=500 * MS)
         paths = c.feed_batch(ObsBatch.from_observations(a + b)) + c.flush()
         assert [[h.hop_name for h in p.hops] for p in paths] == [[o.hop_name for o in a], [o.hop_name for o in b]]
+
+
+def replicated(fixture: str, copies: int) -> list[ObsBatch]:
+    """A fixture's sightings, frames and all, repeated: each copy 10 ms later with its own IP IDs
+    (another packet each time, of the same shapes: what templates and span paths are for)."""
+    src = FileSource([str(FIXTURES / fixture)])
+    src.start()
+    try:
+        base = list(src.batches())
+    finally:
+        src.stop()
+    out = []
+    for k in range(copies):
+        for b in base:
+            rows = b.rows.copy()
+            rows["ts_ns"] += np.uint64(k * 10 * MS)
+            rows["ip_id"] = (rows["ip_id"].astype(np.int64) + 7 * k) & 0xFFFF
+            out.append(ObsBatch(rows, b.hops, b.frames, None, b.drop_reasons))
+    return out
+
+
+@pytest.mark.parametrize("expr", [None, "icmp", "host 198.51.100.8", "udp", "tcp port 8080", "icmp[icmptype] == 0"])
+@pytest.mark.parametrize("fixture", ["internet-ping.pcapng", "published-port.pcapng", "udp.pcapng"])
+def test_a_filter_judges_template_paths_from_their_frames(fixture: str, expr: str | None) -> None:
+    bs = replicated(fixture, 12)
+    lines = both(lambda: Engine(Batches(bs), path_filter=PathFilter(expr) if expr else None))
+    if expr is None:
+        assert len([x for x in lines if x.startswith('{"type": "path"')]) >= 12
