@@ -619,15 +619,13 @@ class Correlator:
         nfast = len(fast_ids)
         first[go[starts[fast_ids]]] = np.arange(nfast)
         slow = go[np.repeat(~fast, glen)]
-        steps = np.sort(np.concatenate((slow, go[starts[fast_ids]]))).tolist()
-        firsts = first.tolist()
-        idx = order.tolist() if order is not None else None
-        ts_l, fps_l, hss_l, skbs_l = ts.tolist(), fps.tolist(), hss.tolist(), skbs.tolist()
+        steps = np.sort(np.concatenate((slow, go[starts[fast_ids]])))
+        # The columns the loop reads, for its steps only (a flood's steps are a fifth of its rows).
+        ii = steps if order is None else order[steps]
+        cols = zip(steps.tolist(), ii.tolist(), first[steps].tolist(), ts[steps].tolist(), fps[steps].tolist(),
+                   hss[steps].tolist(), skbs[steps].tolist(), rows["dir"][ii].tolist(), rows["family"][ii].tolist(),
+                   rows["src"][ii].tolist(), rows["netns"][ii].tolist(), strict=True)
         gh = hss[go].tolist()
-        dirs = rows["dir"].tolist()
-        nss = rows["netns"].tolist()
-        fams = rows["family"].tolist()
-        srcs = rows["src"].tolist()
         by_fp = self._by_fp
         idle = self._idle
         window = self.window_ns
@@ -643,20 +641,15 @@ class Correlator:
                     by_fp[f] = [q]
         nums: list[int] = [0] * nfast
         claims: dict[int, tuple[str, int]] = {}
-        for pos in steps:
-            i = pos if idx is None else idx[pos]
-            g = firsts[pos]
+        for pos, i, g, t, f, h, s, d, fam, src, ns in cols:
             if g >= 0:
                 self._paths += 1
                 nums[g] = self._paths
-                d = dirs[i]
-                fam = fams[i]
                 if fam and (d == 2 or d == 0):
-                    claim = self._own(fam, srcs[i], nss[i], ts_l[pos])
+                    claim = self._own(fam, src, ns, t)
                     if claim is not None:
                         claims[g] = claim
                 continue
-            t, f, h, s = ts_l[pos], fps_l[pos], hss_l[pos], skbs_l[pos]
             ref = (t, seq0 + pos, cid, i)
             p: _Open | None = None
             cands = by_fp.get(f)
@@ -681,11 +674,9 @@ class Correlator:
                     if len(cands) > _MAX_SAME_FP:
                         # A flood of identical packets: the oldest gets no more hops.
                         del cands[0]
-                d = dirs[i]
-                fam = fams[i]
                 if fam and (d == 2 or d == 0):
                     # The sender's own namespace: a packet first seen leaving it came from it.
-                    p.claim = self._own(fam, srcs[i], nss[i], t)
+                    p.claim = self._own(fam, src, ns, t)
             else:
                 if p.refs is None:
                     p.refs = self._span_refs(p)
@@ -704,10 +695,8 @@ class Correlator:
                         del self.owned[p.claim]
                     p.first_ts = t
                     p.claim = None
-                    d = dirs[i]
-                    fam = fams[i]
                     if fam and (d == 2 or d == 0):
-                        p.claim = self._own(fam, srcs[i], nss[i], t)
+                        p.claim = self._own(fam, src, ns, t)
         if nfast:
             gs = starts[fast_ids]
             sp = _Spans(chunk, nums, ts[go[gs]], glast[fast_ids], gs.tolist(), ends[fast_ids].tolist(),
