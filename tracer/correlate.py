@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from heapq import heappop, heappush, heapreplace
@@ -406,7 +405,7 @@ class _Spans:
 
 
 class _FlowState:
-    __slots__ = ("keys", "num", "original", "paths", "proto", "reply", "touched")
+    __slots__ = ("keys", "num", "original", "paths", "proto", "reply", "seq", "touched")
 
     def __init__(self, num: int, proto: str, original: Endpoints, reply: Endpoints, touched: int) -> None:
         self.num = num
@@ -416,6 +415,7 @@ class _FlowState:
         self.paths: list[str] = []
         self.keys: list[tuple[Any, ...]] = []
         self.touched = touched
+        self.seq = 0  # Correlator._flow_seq when touched was set
 
     def flow(self) -> Flow:
         return Flow(id=f"f{self.num}", proto=self.proto, original=self.original, reply=self.reply,
@@ -507,7 +507,10 @@ class Correlator:
         self.links: set[tuple[int, str, str]] = set()
         self._flows = 0
         self._flow_keys: dict[FlowKey, _FlowState] = {}
-        self._flow_touch: deque[tuple[int, _FlowState]] = deque()
+        # Open flows by (latest path time, when that was learnt), one entry each, re-filed
+        # lazily like open paths: memory is per flow, not per path.
+        self._flow_idle: list[tuple[int, int, _FlowState]] = []
+        self._flow_seq = 0
         self._flows_open: dict[int, _FlowState] = {}
         self._flows_done: list[Flow] = []
         self._by_shape: dict[tuple[int, ...], _Shape] = {}
@@ -560,10 +563,15 @@ class Correlator:
     def take_flows(self) -> list[Flow]:
         """Flows whose paths have all finished and that have been idle for ``flow_idle_ns``."""
         cutoff = self._clock - self.flow_idle_ns
-        dq = self._flow_touch
-        while dq and dq[0][0] < cutoff:
-            touched, fs = dq.popleft()
-            if fs.touched == touched and fs.num in self._flows_open:
+        heap = self._flow_idle
+        while heap and heap[0][0] < cutoff:
+            touched, _seq, fs = heap[0]
+            if fs.num not in self._flows_open:
+                heappop(heap)  # closed already (its path cap)
+            elif fs.touched != touched:
+                heapreplace(heap, (fs.touched, fs.seq, fs))  # touched since it was filed
+            else:
+                heappop(heap)
                 self._close_flow(fs)
         done, self._flows_done = self._flows_done, []
         return done
@@ -1296,8 +1304,11 @@ class Correlator:
                 self._flows_open[fs.num] = fs
         fs.paths.append(pid)
         if last_ts > fs.touched:
+            self._flow_seq += 1
+            if fs.touched < 0:
+                heappush(self._flow_idle, (last_ts, self._flow_seq, fs))
             fs.touched = last_ts
-            self._flow_touch.append((fs.touched, fs))
+            fs.seq = self._flow_seq
         if len(fs.paths) >= self.max_flow_paths:
             self._close_flow(fs)
         return f"f{fs.num}"
@@ -1309,6 +1320,7 @@ class Correlator:
             if self._flow_keys.get(k) is fs:
                 del self._flow_keys[k]
         self._flows_done.append(fs.flow())
+        fs.paths, fs.keys = [], []  # its entry in _flow_idle may wait up to flow_idle_ns more
 
 
 def correlate(observations: Sequence[Observation], **kw: Any) -> list[PacketPath]:
