@@ -326,6 +326,18 @@ def test_flows_pair_request_and_reply_and_split_at_the_cap() -> None:
     assert [(f.id, f.paths) for f in c.take_flows()] == [("f1", ("p1", "p2")), ("f2", ("p3",))]
 
 
+def test_flow_bookkeeping_is_per_flow_not_per_path() -> None:
+    # A long flood in one flow, split at the path cap: what waits for flow_idle_ns is one
+    # entry per flow, and a closed flow keeps no path list.
+    c = Correlator(max_flow_paths=10, window_ns=10 * MS)
+    for k in range(400):
+        c.feed_batch(ObsBatch.from_observations(internet_ping(t0=(1 + k) * 1 * MS, ip_id=k, icmp_seq=k)))
+    taken = c.take_flows()
+    waiting = [fs for _t, _s, fs in c._flow_idle]
+    assert len(waiting) <= 41 and sum(len(fs.paths) for fs in waiting) <= 10
+    assert sum(len(f.paths) for f in taken) + sum(len(fs.paths) for fs in waiting) <= 400
+
+
 def test_a_batch_larger_than_a_chunk() -> None:
     n = 20_000  # > the correlator's internal chunk
     base = ObsBatch.from_observations(internet_ping())
