@@ -295,7 +295,7 @@ class _Shape:
     """What every path with one shape key shares: NAT events and flow keys (``info``), the
     hops of the first such path (for the fields the key fixes), NDJSON templates."""
 
-    __slots__ = ("dropped", "hops", "info", "owner", "templates", "verdicts")
+    __slots__ = ("dropped", "hops", "info", "kept", "owner", "templates", "verdicts")
 
     def __init__(self, info: _ShapeInfo, hops: tuple[Observation, ...]) -> None:
         self.info = info
@@ -306,6 +306,8 @@ class _Shape:
         self.owner = (last.dst, last.netns)  # Correlator.owned's key for the last hop
         # (owner known then, how many links were known) -> verdict: all verdict() reads
         self.verdicts: dict[tuple[bool, int], str] = {}
+        # (path filter, its answer) when the filter's answer is one per shape (RowFilter.by_shape)
+        self.kept: tuple[object, bool] | None = None
 
 
 class _Template:
@@ -342,6 +344,8 @@ class LineRenderer(Protocol):
 
 class RowFilter(Protocol):
     """A path filter that can judge sightings still in their batch (tracer.filter.PathFilter)."""
+
+    by_shape: bool  # its answer depends only on what a path's shape fixes
 
     def keep_row(self, batch: ObsBatch, rows: np.ndarray[Any, Any], i: int) -> bool | None: ...
     def keep_hops(self, hops: Sequence[Observation]) -> bool: ...
@@ -1053,9 +1057,17 @@ class Correlator:
             return _SLOW  # an ICMP error: whether it has a flow depends on the flows open now
         last_ts = sp.last_l[k]
         v = self._verdict(shape, last_ts)
-        kept = True if self._row_filter is None else self._keep_span(chunk, a, b)
-        if kept is None:
-            return _SLOW
+        filt = self._row_filter
+        if filt is None:
+            kept: bool | None = True
+        elif filt.by_shape and shape.kept is not None and shape.kept[0] is filt:
+            kept = shape.kept[1]
+        else:
+            kept = self._keep_span(chunk, a, b)
+            if kept is None:
+                return _SLOW
+            if filt.by_shape:
+                shape.kept = (filt, kept)
         t: _Template | object | None = None
         if kept:
             # The template: per step, once per shape and verdict (what annotators read is taken

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import re
 import struct
 import threading
 from collections.abc import Sequence
@@ -102,11 +103,29 @@ def _compile(expr: str, linktype: int) -> _BpfProgram:
             lib.pcap_close(handle)
 
 
+# What a filter may say for its answer to depend only on where a packet is and its addresses,
+# ports and protocols (what a path's shape fixes, see tracer.correlate): no lengths, flags,
+# payload bytes (``proto[...]``), MAC addresses, VLANs or anything else per packet.
+_SHAPE_WORDS = frozenset({
+    "and", "or", "not", "&&", "||", "!", "host", "net", "mask", "port", "portrange", "src", "dst",
+    "proto", "ip", "ip6", "tcp", "udp", "icmp", "icmp6", "sctp", "arp",
+})  # fmt: skip
+_SHAPE_VALUE = re.compile(r"^(\d+(-\d+)?|\d+(\.\d+){1,3}(/\d+)?|[0-9a-f:]*:[0-9a-f:.]*(/\d+)?)$")
+
+
+def _by_shape(expr: str) -> bool:
+    """Whether ``expr`` only reads what a path's shape fixes (then one answer per shape does)."""
+    toks = expr.lower().replace("(", " ").replace(")", " ").replace("!", " ! ").split()
+    return all(t in _SHAPE_WORDS or _SHAPE_VALUE.match(t) for t in toks)
+
+
 class PathFilter:
     """A compiled pcap-filter expression; ``keep(path)`` is True when any hop matches."""
 
     def __init__(self, expr: str) -> None:
         self.expr = expr
+        # Paths of one shape (same hops, addresses, ports, protocols) all match or all do not.
+        self.by_shape = _by_shape(expr)
         self._progs: dict[int, _BpfProgram | None] = {}
         # Compile for Ethernet now: a bad expression fails before any capture starts.
         self._progs[LINKTYPE_ETHERNET] = _compile(expr, LINKTYPE_ETHERNET)

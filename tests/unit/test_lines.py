@@ -400,14 +400,32 @@ def replicated(fixture: str, copies: int) -> list[ObsBatch]:
             rows = b.rows.copy()
             rows["ts_ns"] += np.uint64(k * 10 * MS)
             rows["ip_id"] = (rows["ip_id"].astype(np.int64) + 7 * k) & 0xFFFF
-            out.append(ObsBatch(rows, b.hops, b.frames, None, b.drop_reasons))
+            frames = bytearray(b.frames)
+            if k % 3 == 1:
+                # Every third copy says another IPv4 total length in its frames (what "ip[2:2]"
+                # reads; the rows, and so the paths' shapes, stay the same).
+                for off, n in zip(rows["frame_off"].tolist(), rows["frame_len"].tolist(), strict=True):
+                    if n >= 18 and frames[off + 12 : off + 14] == b"\x08\x00":
+                        frames[off + 16 : off + 18] = (60).to_bytes(2, "big")
+            out.append(ObsBatch(rows, b.hops, bytes(frames), None, b.drop_reasons))
     return out
 
 
-@pytest.mark.parametrize("expr", [None, "icmp", "host 198.51.100.8", "udp", "tcp port 8080", "icmp[icmptype] == 0"])
+@pytest.mark.parametrize("expr", [None, "icmp", "host 198.51.100.8", "udp", "tcp port 8080", "icmp[icmptype] == 0",
+                                  "not (src net 172.17.0.0/16 or ip6)", "greater 90", "ip[8] == 63", "ip[2:2] > 70"])
 @pytest.mark.parametrize("fixture", ["internet-ping.pcapng", "published-port.pcapng", "udp.pcapng"])
 def test_a_filter_judges_template_paths_from_their_frames(fixture: str, expr: str | None) -> None:
     bs = replicated(fixture, 12)
     lines = both(lambda: Engine(Batches(bs), path_filter=PathFilter(expr) if expr else None))
     if expr is None:
         assert len([x for x in lines if x.startswith('{"type": "path"')]) >= 12
+
+
+@pytest.mark.parametrize(("expr", "by_shape"), [
+    ("icmp", True), ("host 198.51.100.8 and not port 53", True), ("(tcp or udp) && !(src net 10.0.0.0/8)", True),
+    ("portrange 1000-2000 or ip6 host fe80::1", True), ("ip proto 17", True),
+    ("icmp[icmptype] == 0", False), ("greater 90", False), ("len < 100", False), ("ether host 02:42:ac:11:00:02", False),
+    ("tcp[tcpflags] & tcp-syn != 0", False), ("vlan and udp", False), ("ip multicast", False),
+])  # fmt: skip
+def test_which_filters_answer_once_per_shape(expr: str, by_shape: bool) -> None:
+    assert PathFilter(expr).by_shape is by_shape
