@@ -5,7 +5,7 @@ delivered datagram traced.
 The load is 50 % of the capacity the script measures first (without the tracer), capped at
 10000 datagrams/s: on this 2-core machine the capacity is ~120k datagrams/s when quiet (15k-75k
 when shared), ~5 hops (sightings) each, and the eBPF backend's userspace with recording on
-keeps up with ~125k sightings/s (25k datagrams/s held for 60 s at 79 % of a core); above
+keeps up with ~120k sightings/s (24k datagrams/s held for 60 s at 79 % of a core, 21k/s for 10 min); above
 that it loses events at the ring (docs/reliability.md has the figures). The cap keeps 60 %
 of that as margin for a slower or busier machine. The checks are those of the issue; ``bench/soak.py``
 (default 600 s at 50 %, no cap) is the benchmark.
