@@ -290,6 +290,16 @@ class _Chunk:
         # in that order (Correlator._key_dyn)
         self.skd: tuple[list[int], list[Any], list[int]] | None = None
 
+    def row_index(self, pos: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """Time positions -> row indices."""
+        return pos if self.order is None else self.order[pos]
+
+    def span_rows(self, a: int, b: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        """Fingerprint-order places ``a:b`` as time positions and row indices (in time order)."""
+        assert self.by_fp is not None
+        pos = self.by_fp[a:b]
+        return pos, self.row_index(pos)
+
 
 class _Shape:
     """What every path with one shape key shares: NAT events and flow keys (``info``), the
@@ -633,7 +643,7 @@ class Correlator:
         slow = go[np.repeat(~fast, glen)]
         steps = np.sort(np.concatenate((slow, go[starts[fast_ids]])))
         # The columns the loop reads, for its steps only (a flood's steps are a fifth of its rows).
-        ii = steps if order is None else order[steps]
+        ii = chunk.row_index(steps)
         cols = zip(steps.tolist(), ii.tolist(), first[steps].tolist(), ts[steps].tolist(), fps[steps].tolist(),
                    hss[steps].tolist(), skbs[steps].tolist(), rows["dir"][ii].tolist(), rows["family"][ii].tolist(),
                    rows["src"][ii].tolist(), rows["netns"][ii].tolist(), strict=True)
@@ -723,7 +733,7 @@ class Correlator:
         """Span path ``k`` as an ``_Open`` (not filed anywhere yet): a sighting from elsewhere
         is about to join it."""
         p = self._promote_done(sp, k)
-        self._span_done(sp, k)
+        self._spans_done(sp, np.array([k]))
         return p
 
     def _promote_done(self, sp: _Spans, k: int) -> _Open:
@@ -735,15 +745,17 @@ class Correlator:
         p.claim = sp.claims.get(k)
         return p
 
-    def _span_done(self, sp: _Spans, k: int) -> None:
-        """Span path ``k`` is an ``_Open`` now."""
-        sp.alive[k] = False
-        sp.nalive -= 1
+    def _spans_done(self, sp: _Spans, ks: np.ndarray[Any, Any]) -> None:
+        """Span paths ``ks`` of ``sp`` are no span paths any more (finished, or ``_Open``s)."""
+        sp.alive[ks] = False
+        sp.nalive -= len(ks)
+        span_fp, fps = self._span_fp, sp.fp
+        for k in ks.tolist():
+            del span_fp[fps[k]]
         if not sp.nalive:
             del self._spans[sp.chunk.cid]
-        elif sp.last_l[k] == sp.min_last:
+        else:
             sp.min_last = int(sp.last[sp.alive].min())
-        del self._span_fp[sp.fp[k]]
 
     def _groups(self, fps: np.ndarray[Any, Any], hss: np.ndarray[Any, Any], skbs: np.ndarray[Any, Any],
                 ts: np.ndarray[Any, Any]) -> tuple[np.ndarray[Any, Any], ...]:
@@ -779,21 +791,18 @@ class Correlator:
             fast &= np.array([f not in by_fp and f not in span_fp for f in gf[starts].tolist()], dtype=bool)
         return go, starts, ends, fast, gt[ends - 1], smax
 
-    @staticmethod
-    def _span_refs_of(chunk: _Chunk, a: int, b: int) -> list[tuple[int, int, int, int]]:
-        assert chunk.by_fp is not None and chunk.ts is not None
-        pos = chunk.by_fp[a:b]
-        rows = pos if chunk.order is None else chunk.order[pos]
-        cid = chunk.cid
-        return [(t, chunk.seq0 + q + 1, cid, i)
-                for t, q, i in zip(chunk.ts[pos].tolist(), pos.tolist(), rows.tolist(), strict=True)]
-
     def _span_refs(self, p: _Open) -> list[tuple[int, int, int, int]]:
-        """A span path's sightings as refs (it is about to get one from elsewhere)."""
+        """A span path's sightings as refs (one joins it from elsewhere, or it finishes the
+        general way)."""
         assert p.span is not None
         cid, a, b = p.span
         p.span = None
-        return self._span_refs_of(self._chunks[cid], a, b)
+        chunk = self._chunks[cid]
+        assert chunk.ts is not None
+        pos, rows = chunk.span_rows(a, b)
+        seq0 = chunk.seq0 + 1
+        return [(t, seq0 + q, cid, i)
+                for t, q, i in zip(chunk.ts[pos].tolist(), pos.tolist(), rows.tolist(), strict=True)]
 
     def _pick(self, cands: list[_Open], t: int, h: int, s: int) -> _Open | None:
         """The path this sighting continues, among open ones with its fingerprint.
@@ -911,22 +920,12 @@ class Correlator:
                 if left is not None:  # beyond the limits: still open
                     heappush(idle, (left.touched, left.num, left))
             # The span paths taken: closed in bulk.
-            span_fp = self._span_fp
             for j, (sp, _ks) in enumerate(spans):
                 mine = id_o[src_o == j]
-                if not len(mine):
-                    continue
-                sp.alive[mine] = False
-                sp.nalive -= len(mine)
-                self._open_rows -= int(sp.nrows[mine].sum())
-                self._open_count -= len(mine)
-                fps = sp.fp
-                for k in mine.tolist():
-                    del span_fp[fps[k]]
-                if not sp.nalive:
-                    del self._spans[sp.chunk.cid]
-                else:
-                    sp.min_last = int(sp.last[sp.alive].min())
+                if len(mine):
+                    self._open_rows -= int(sp.nrows[mine].sum())
+                    self._open_count -= len(mine)
+                    self._spans_done(sp, mine)
         if not order:
             return []
         by_fp = self._by_fp
@@ -1100,9 +1099,8 @@ class Correlator:
     def _keep_span(self, chunk: _Chunk, a: int, b: int) -> bool | None:
         """``_keep`` for a span path: from the frames in the batch, None if they cannot tell."""
         filt = self._row_filter
-        assert filt is not None and chunk.by_fp is not None
-        pos = chunk.by_fp[a:b]
-        idx = pos if chunk.order is None else chunk.order[pos]
+        assert filt is not None
+        _pos, idx = chunk.span_rows(a, b)
         batch, rows = chunk.batch, chunk.rows
         for i in idx.tolist():  # in time order, as the path's hops
             kept = filt.keep_row(batch, rows, i)
@@ -1118,7 +1116,7 @@ class Correlator:
         flat, its ``DYN_FIELDS`` values; and per row index, its place in that order."""
         assert chunk.by_fp is not None
         rows = chunk.rows
-        perm = chunk.by_fp if chunk.order is None else chunk.order[chunk.by_fp]
+        perm = chunk.row_index(chunk.by_fp)
         n = len(perm)
         keys = _render_hash(rows, chunk.batch.hops)[perm].tolist()
         # All unsigned (obs_dtype): as uint64 their Python ints are the same.
