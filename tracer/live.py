@@ -238,6 +238,8 @@ def run(args: argparse.Namespace) -> int:
         # Attached: from here on the kernel buffers every sighting, so the
         # ready file does not wait for the topology discovery below (~1 s).
         stopper = _Stopper(source)
+        stopper.cleanup = stack.close
+        stack.callback(stopper.close)
         if args.ready_file:
             Path(args.ready_file).write_text(f"{os.getpid()} {source.kind}\n")
             stack.callback(_unlink, args.ready_file)
@@ -304,6 +306,8 @@ class _Stopper:
         self.engine: Any = None
         self.app: Any = None  # the TUI, when it runs: a signal must end it too
         self.signals = 0
+        self.cleanup: Callable[[], Any] = lambda: None  # what leaving after a stuck stop undoes
+        self._timers: list[threading.Timer] = []
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, self._on_signal)
             signal.signal(signal.SIGTERM, self._on_signal)
@@ -311,19 +315,27 @@ class _Stopper:
             # flushed and the --rules trace rules are removed.
             signal.signal(signal.SIGHUP, self._on_signal)
 
-    def _on_signal(self, _signum: int, _frame: Any) -> None:
+    #: After a stop signal, the engine is stopped outright if the run has not ended this many
+    #: seconds later, and the process exits if it still has not ended after the second.
+    ESCALATE_S = (5.0, 12.0)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
         self.signals += 1
         if self.signals == 1:
             self.source.stop()
+            self._watchdog(signum)
         elif self.engine is not None:
             self.engine.stop()
         if self.app is not None:
             # The TUI owns the main thread's event loop. Stopping only the engine left it
             # running on a closed terminal (SIGHUP) at 100% CPU, probes attached, for good.
             # Leaving it ends run(), whose `finally` flushes the recording and removes rules.
+            loop: Any
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
+                loop = getattr(self.app, "_loop", None)  # from the watchdog's thread
+            if loop is None:
                 self.app.exit()
             else:
                 loop.call_soon_threadsafe(self.app.exit)
@@ -332,6 +344,34 @@ class _Stopper:
         self.engine = engine
         if self.signals > 1:
             engine.stop()
+
+    def _watchdog(self, signum: int) -> None:
+        """A run that a signal asked to end must end even if something it waits on never
+        returns (a closed terminal can leave the TUI's shutdown waiting on it): first act as a
+        second signal; then, if the TUI still holds the process, undo what the run set up
+        (``cleanup``: probes, trace rules, recording) and leave with 128+signum."""
+        first, last = self.ESCALATE_S
+
+        def leave() -> None:
+            if self.app is None:
+                return
+            with contextlib.suppress(OSError):
+                os.write(2, b"hoptrace: the TUI did not end after a stop signal; leaving\n")
+            try:
+                self.cleanup()
+            finally:
+                os._exit(128 + signum)
+
+        for delay, act in ((first, lambda: self._on_signal(signum, None)), (last, leave)):
+            timer = threading.Timer(delay, act)
+            timer.daemon = True
+            timer.start()
+            self._timers.append(timer)
+
+    def close(self) -> None:
+        """The run ended: no escalation after this."""
+        for timer in self._timers:
+            timer.cancel()
 
 
 __all__ = ["HoptraceError", "Started", "choose_source", "run"]
