@@ -10,7 +10,6 @@ the recording flushed in ``finally``, and the sink's last line is the stats.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import signal
@@ -299,7 +298,8 @@ def _unlink(path: str) -> None:
 class _Stopper:
     """SIGINT/SIGTERM/SIGHUP: the first stops the source, which hands over what the kernel had already
     seen and ends, so the engine finishes every path and prints the stats; a second one stops
-    the engine at once. A signal before the engine exists is honoured when it does."""
+    the engine at once. A signal before the engine exists is honoured when it does. A first
+    signal the run does not honour in time is escalated (``_watchdog``)."""
 
     def __init__(self, source: Any) -> None:
         self.source = source
@@ -330,11 +330,9 @@ class _Stopper:
             # The TUI owns the main thread's event loop. Stopping only the engine left it
             # running on a closed terminal (SIGHUP) at 100% CPU, probes attached, for good.
             # Leaving it ends run(), whose `finally` flushes the recording and removes rules.
-            loop: Any
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = getattr(self.app, "_loop", None)  # from the watchdog's thread
+            # Textual keeps the loop it runs on (None before and after): the way in from the
+            # handler on the main thread and from the watchdog's thread alike.
+            loop = getattr(self.app, "_loop", None)
             if loop is None:
                 self.app.exit()
             else:
