@@ -2,6 +2,8 @@
 # Everything is idempotent: a second run with nothing to install takes a few seconds.
 
 SHELL := /bin/bash
+# rustup puts cargo here; CI's environment may not have it on PATH.
+export PATH := $(HOME)/.cargo/bin:$(PATH)
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PKGS := python3-bpfcc bpftool linux-headers-amd64 iproute2 iptables conntrack \
@@ -9,10 +11,12 @@ APT_PKGS := python3-bpfcc bpftool linux-headers-amd64 iproute2 iptables conntrac
 	nftables
 APT_STAMP := .stamp-apt
 VENV_STAMP := $(VENV)/.installed
+CORE_STAMP := .stamp-core
+RUST_SRC := Cargo.toml $(wildcard Cargo.lock) $(shell find crates -path crates/fuzz -prune -o \( -name '*.rs' -o -name Cargo.toml \) -print 2>/dev/null)
 
-.PHONY: install test lint typecheck unit demo fixtures bench clean
+.PHONY: install test lint typecheck unit demo fixtures bench clean rust-check wheel
 
-install: $(APT_STAMP) $(VENV_STAMP)
+install: $(APT_STAMP) $(VENV_STAMP) $(CORE_STAMP)
 
 # dpkg-query answers in milliseconds, so only a missing package costs an apt run.
 $(APT_STAMP): Makefile
@@ -28,10 +32,33 @@ $(APT_STAMP): Makefile
 
 # The venv sees the system site-packages: bcc's Python module only exists as
 # Debian's python3-bpfcc (PyPI's "bcc" is an unrelated project).
+# Dependencies first (maturin among them), then the core: `maturin develop` builds
+# crates/hoptrace-py in release mode and installs the project editable, with the
+# extension written into tracer/ (git-ignored). Cargo's own incremental build
+# makes a second run with nothing changed take seconds; the stamp makes it free.
 $(VENV_STAMP): pyproject.toml $(APT_STAMP)
 	@test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
-	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@$(PY) -m pip install -q --disable-pip-version-check \
+	    $$($(PY) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+	        print(" ".join(repr(d) for d in p["dependencies"] + p["optional-dependencies"]["dev"]))' | tr -d "'")
+	@rm -f $(CORE_STAMP)
 	@touch $@
+
+$(CORE_STAMP): $(VENV_STAMP) $(RUST_SRC)
+	@rm -f tracer/_core*.so
+	@echo "building the Rust core (release)…"
+	@VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release > .stamp-core.log 2>&1 \
+	    || { cat .stamp-core.log; echo "the Rust core did not build (output above)"; exit 1; }
+	@touch $@
+
+# A wheel for hosts without Rust: Python, bcc (Debian's python3-bpfcc) and this file.
+wheel: $(VENV_STAMP)
+	$(VENV)/bin/maturin build --release --out dist
+
+rust-check:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --quiet -- -D warnings
+	cargo test -p hoptrace-core --quiet
 
 lint: install
 	$(VENV)/bin/ruff check tracer probes tui tests bench
@@ -39,7 +66,7 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy tracer tui
 
-test: install lint typecheck
+test: install rust-check lint typecheck
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 unit: install
@@ -55,4 +82,4 @@ bench: install
 	$(VENV)/bin/python bench/run_all.py
 
 clean:
-	rm -rf $(VENV) $(APT_STAMP) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(APT_STAMP) $(CORE_STAMP) tracer/_core*.so target dist .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,9 @@
+//! hoptrace's engine: everything that runs once per sighting or once per path.
+//!
+//! Pure Rust with no Python in it (the binding crate `hoptrace-py` exposes it as
+//! `tracer._core`), so it is tested with `cargo test` and fuzzed on its own.
+//! It parses untrusted captures as root: no `unsafe` in readers or decoder,
+//! and no panic on any input (every read is bounds-checked).
+
+/// The core's version, which the binding reports so that a stale build is visible.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

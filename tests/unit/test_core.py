@@ -1,0 +1,25 @@
+"""The Rust core is built and importable as ``tracer._core``, and it is this checkout's build."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_core_is_this_checkouts_build() -> None:
+    from tracer import _core
+
+    crate = tomllib.loads((ROOT / "Cargo.toml").read_text())["workspace"]["package"]["version"]
+    assert _core.core_version() == crate
+    assert Path(_core.__file__).resolve().parent == ROOT / "tracer"
+
+
+def test_importing_tracer_does_not_load_the_core() -> None:
+    # Start-up paths (--help, --version, doctor) stay small: the core loads when a command needs it.
+    code = "import sys, tracer.cli; print('tracer._core' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
