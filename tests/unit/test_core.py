@@ -23,3 +23,15 @@ def test_importing_tracer_does_not_load_the_core() -> None:
     code = "import sys, tracer.cli; print('tracer._core' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_core_reads_rows_as_obs_dtype_lays_them_out() -> None:
+    from tracer import _core
+    from tracer.model import obs_dtype
+
+    dt = obs_dtype()
+    layout, size = _core.obs_layout()
+    assert size == dt.itemsize
+    assert [(name, t, off) for name, t, off in layout] == [
+        (name, dt.fields[name][0].str, dt.fields[name][1]) for name in dt.names
+    ]

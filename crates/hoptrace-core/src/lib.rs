@@ -7,3 +7,5 @@
 
 /// The core's version, which the binding reports so that a stale build is visible.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub mod obs;

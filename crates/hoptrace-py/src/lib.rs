@@ -9,8 +9,18 @@ fn core_version() -> &'static str {
     hoptrace_core::VERSION
 }
 
+/// `OBS_DTYPE` as the core reads it: (name, numpy type, offset) per field, and the row size.
+#[pyfunction]
+fn obs_layout() -> (Vec<(&'static str, &'static str, usize)>, usize) {
+    (
+        hoptrace_core::obs::LAYOUT.to_vec(),
+        hoptrace_core::obs::ROW_SIZE,
+    )
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(core_version, m)?)?;
+    m.add_function(wrap_pyfunction!(obs_layout, m)?)?;
     Ok(())
 }
