@@ -12,6 +12,8 @@ import json
 import os
 from pathlib import Path
 
+from tracer.safe_text import source_text
+
 RUN_NETNS = Path("/run/netns")
 LAB_STATE = Path("/run/hoptrace")
 
@@ -42,12 +44,14 @@ class NodeNamer:
                 except (OSError, ValueError):
                     continue
                 for inode, node in labels.items():
-                    names[int(inode)] = str(node)
+                    names[int(inode)] = source_text(str(node))
                     lab_claims_host |= node == "host"
         if RUN_NETNS.is_dir():
             for entry in RUN_NETNS.iterdir():
                 try:
-                    names.setdefault(netns_inode(entry), entry.name)
+                    # Any bytes but "/" and NUL: undecodable ones arrive as surrogates, which no
+                    # recording or terminal can encode; controls stay (the writers escape them).
+                    names.setdefault(netns_inode(entry), source_text(entry.name))
                 except OSError:
                     continue
         # In a lab, "host" is the lab's Docker host; the tracer's own namespace is then "root".

@@ -31,6 +31,7 @@ from typing import Any
 from tracer.errors import HoptraceError, PrivilegeError
 from tracer.names import LAB_STATE, RUN_NETNS, NodeNamer, own_netns
 from tracer.netns import setns_fd
+from tracer.safe_text import source_text
 
 DOCKER_NETNS_DIRS = ("/run/docker/netns", "/var/run/docker/netns")
 # A lab's dockerd keeps its exec-root (and so its netns dir) under its state dir.
@@ -398,7 +399,7 @@ def _read_one(ipr: Any, inode: int) -> _RawNs:
             Interface(
                 netns=inode,
                 ifindex=int(link["index"]),
-                name=str(link.get("IFLA_IFNAME")),
+                name=source_text(str(link.get("IFLA_IFNAME"))),
                 kind=kind,
                 mac=link.get("IFLA_ADDRESS"),
                 state=str(link.get("IFLA_OPERSTATE") or "UNKNOWN"),
@@ -805,7 +806,7 @@ def _container(info: dict[str, Any], bridge_of: dict[str, str | None]) -> Contai
     if netns is None and pid:
         netns = _inode(f"/proc/{pid}/ns/net")
     nets = tuple(
-        ContainerNet(network=name, ip=n.get("IPAddress") or "", gateway=n.get("Gateway") or "",
+        ContainerNet(network=source_text(name), ip=n.get("IPAddress") or "", gateway=n.get("Gateway") or "",
                      mac=n.get("MacAddress") or "", bridge=bridge_of.get(name))
         for name, n in sorted((ns_settings.get("Networks") or {}).items())
     )
@@ -820,7 +821,8 @@ def _container(info: dict[str, Any], bridge_of: dict[str, str | None]) -> Contai
                 continue
     return Container(
         id=info["Id"],
-        name=str(info.get("Name") or "").lstrip("/") or info["Id"][:12],
+        # Names from the API are JSON strings: a "\ud800" escape in one decodes to a lone surrogate.
+        name=source_text(str(info.get("Name") or "").lstrip("/")) or info["Id"][:12],
         netns=netns,
         pid=pid,
         networks=nets,
