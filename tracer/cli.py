@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 from tracer import __version__
 from tracer.errors import EXIT_PROBLEM, EXIT_USAGE, HoptraceError
+from tracer.safe_text import term_safe
 
 # command -> "module:function"; the function takes the parsed args and returns an exit code.
 COMMANDS: dict[str, str] = {
@@ -159,9 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HoptraceError as exc:
         if debug:
             raise
-        print(f"hoptrace: {exc.message}", file=sys.stderr)
+        # Messages quote file names, interface and node names: one line, nothing for the terminal.
+        print(f"hoptrace: {term_safe(exc.message)}", file=sys.stderr)
         if exc.hint:
-            print(f"hoptrace: hint: {exc.hint}", file=sys.stderr)
+            print(f"hoptrace: hint: {term_safe(exc.hint)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
@@ -173,7 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             raise
-        print(f"hoptrace: internal error: {type(exc).__name__}: {exc} (run with --debug for details)",
+        print(f"hoptrace: internal error: {type(exc).__name__}: {term_safe(str(exc))} "
+              "(run with --debug for details)",
               file=sys.stderr)
         return EXIT_PROBLEM
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracer.errors import EXIT_PRIVILEGE
+from tracer.safe_text import term_safe
 
 CAPS = {"CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13, "CAP_SYS_ADMIN": 21, "CAP_PERFMON": 38, "CAP_BPF": 39}
 EBPF_CAPS = ("CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_SYS_ADMIN")
@@ -289,15 +290,16 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "json", False):
         print(json.dumps(report))
     else:
+        # Details quote tools' output, paths and names found on the system: escaped, line by line.
         for c in report["checks"]:  # type: ignore[attr-defined]
             mark = "ok  " if c["ok"] else "FAIL"
             line = f"{mark} {c['name']:<15} {c['detail']}"
             if c["fix"] and not c["ok"]:
                 line += f"  -> {c['fix']}"
-            print(line)
+            print(term_safe(line))
         print()
         for name, b in backends.items():
-            print(f"backend {name:<5} {'usable' if b['ok'] else 'NOT usable'}: {b['detail']}")
+            print(term_safe(f"backend {name:<5} {'usable' if b['ok'] else 'NOT usable'}: {b['detail']}"))
     sys.stdout.flush()
     live_ok = bool(backends["ebpf"]["ok"] or backends["pcap"]["ok"])
     if live_ok:
@@ -305,5 +307,5 @@ def run(args: argparse.Namespace) -> int:
     # No live backend: that is a missing privilege or kernel feature (CONTRACT exit 3).
     missing = next((c for c in report["checks"] if not c["ok"]), None)  # type: ignore[attr-defined]
     what = f"{missing['name']}: {missing['detail']}" if missing else "see above"
-    print(f"hoptrace: no live backend is usable ({what})", file=sys.stderr)
+    print(f"hoptrace: no live backend is usable ({term_safe(what)})", file=sys.stderr)
     return EXIT_PRIVILEGE

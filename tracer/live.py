@@ -21,6 +21,7 @@ from typing import Any
 
 from tracer.errors import HoptraceError, KernelFeatureMissing, PrivilegeError, UsageError
 from tracer.model import ObsBatch, PacketPath
+from tracer.safe_text import term_safe
 
 
 class Started:
@@ -62,7 +63,8 @@ def _optional(module: str) -> Any | None:
 
 
 def _notice(msg: str) -> None:
-    print(f"hoptrace: {msg}", file=sys.stderr, flush=True)
+    # Notices name interfaces and namespaces, which any process with the privilege may name.
+    print(f"hoptrace: {term_safe(msg)}", file=sys.stderr, flush=True)
 
 
 def make_ebpf_source(args: argparse.Namespace) -> Any:

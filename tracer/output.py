@@ -42,6 +42,7 @@ from tracer.model import (
     Stats,
 )
 from tracer.nat import is_inner_event
+from tracer.safe_text import term_safe
 
 
 class Sink(Protocol):
@@ -438,9 +439,10 @@ def nat_text(ev: NatEvent, hops: Sequence[Observation] = ()) -> str:
     if ev.icmp_id_before is not None:
         change += f" (icmp id {ev.icmp_id_before} → {ev.icmp_id_after})"
     inner = "quoted header " if hops and is_inner_event(hops, ev) else ""
-    text = f"{inner}{change}  {ev.kind.upper()} @ {ev.node} {ev.hook}"
+    # The node is a name from the system or a capture file, the rule the system's text: untrusted.
+    text = f"{inner}{change}  {ev.kind.upper()} @ {term_safe(ev.node)} {term_safe(ev.hook)}"
     if ev.rule:
-        text += f"  rule: {ev.rule}" + (f" ({ev.rule_source})" if ev.rule_source else "")
+        text += f"  rule: {term_safe(ev.rule)}" + (f" ({term_safe(ev.rule_source)})" if ev.rule_source else "")
     if ev.conntrack is not None and ev.conntrack.id is not None:
         text += f"  ct {ev.conntrack.id}"
     return text
@@ -461,27 +463,36 @@ def drop_hint(hop: Observation) -> str | None:
     return None
 
 
+def _where(h: Observation) -> str:
+    """``node/iface dir``: names from a capture file or the system, escaped for the terminal."""
+    return term_safe(f"{h.hop_name} {h.direction or '?'}")
+
+
 def path_text(path: PacketPath) -> str:
-    """One block: a header line, then one line per hop with the rewrites inline."""
+    """One block: a header line, then one line per hop with the rewrites inline.
+
+    Every name in it is ``term_safe``: the block goes to a terminal (NDJSON keeps names exact).
+    """
     first = path.first
-    head = (f"{path.id}  {what_text(first)}  {addr_port(first.src, first.sport)} → "
-            f"{addr_port(first.dst, first.dport)}  {path.verdict}  {duration_text(path.latency_ns)}")
+    head = term_safe(f"{path.id}  {what_text(first)}  {addr_port(first.src, first.sport)} → "
+                     f"{addr_port(first.dst, first.dport)}  {path.verdict}  {duration_text(path.latency_ns)}")
     if path.flow:
-        head += f"  flow {path.flow}"
+        head += f"  flow {term_safe(path.flow)}"
     by_hop: dict[int, list[NatEvent]] = {}
     for ev in path.nat:
         by_hop.setdefault(ev.to_hop, []).append(ev)
-    width = max(len(f"{h.hop_name} {h.direction or '?'}") for h in path.hops)
+    wheres = [_where(h) for h in path.hops]
+    width = max(len(w) for w in wheres)
     lines = [head]
     prev = first.ts_ns
     for i, h in enumerate(path.hops):
         arrow = "   " if i == 0 else " → "
-        where = f"{h.hop_name} {h.direction or '?'}".ljust(width)
+        where = wheres[i].ljust(width)
         line = f"  {arrow}{where}"
         if i:
             line += f"  +{duration_text(h.ts_ns - prev)}"
         if h.direction == "drop":
-            line += f"  DROPPED: {h.drop_reason or 'unknown reason'}"
+            line += f"  DROPPED: {term_safe(h.drop_reason or 'unknown reason')}"
             hint = drop_hint(h)
             if hint:
                 line += f" ({hint})"
@@ -494,8 +505,8 @@ def path_text(path: PacketPath) -> str:
 
 def flow_text(flow: Flow) -> str:
     ct = f"  ct {flow.conntrack_id}" if flow.conntrack_id is not None else ""
-    return (f"{flow.id}  {flow.proto}  {endpoints_text(flow.original)}  reply {endpoints_text(flow.reply)}"
-            f"  paths {' '.join(flow.paths)}{ct}")
+    return term_safe(f"{flow.id}  {flow.proto}  {endpoints_text(flow.original)}  "
+                     f"reply {endpoints_text(flow.reply)}  paths {' '.join(flow.paths)}") + ct
 
 
 def stats_text(stats: Stats) -> str:

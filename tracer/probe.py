@@ -29,6 +29,7 @@ from tracer.errors import EXIT_OK, EXIT_PROBLEM, PrivilegeError, UsageError
 from tracer.model import Flow, Observation, PacketPath
 from tracer.names import LAB_STATE
 from tracer.netns import run_in_netns
+from tracer.safe_text import term_safe
 
 if TYPE_CHECKING:
     from tracer.topology import Topology
@@ -449,7 +450,9 @@ def run(args: argparse.Namespace) -> int:
                               "proto": target.proto, "reachable": result.ok}) + "\n")
         out.write(json.dumps({"type": "stats", **_stats_dict(engine)}) + "\n")
     else:
-        print(f"{args.from_node} -> {args.to} ({target.proto}): {result.verdict.upper()}: {result.detail}")
+        # The detail names nodes and interfaces (untrusted); path_text escapes its own names.
+        print(term_safe(f"{args.from_node} -> {args.to} ({target.proto}): {result.verdict.upper()}: "
+                        f"{result.detail}"))
         for p in (*result.requests, *result.replies):
             print()
             print(path_text(p))

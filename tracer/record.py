@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from tracer.errors import EXIT_PROBLEM, HoptraceError
 from tracer.model import HopLabel, ObsBatch
+from tracer.safe_text import term_safe
 
 if TYPE_CHECKING:
     import numpy as np
@@ -505,7 +506,7 @@ class PcapngRecorder:
         self.max_bytes = max_mb * 1_000_000 if max_mb else None
         self.files = files
         self.on_error: OnError = on_error
-        self._notice = notice or (lambda msg: print(f"hoptrace: {msg}", file=sys.stderr))
+        self._notice = notice or (lambda msg: print(f"hoptrace: {term_safe(msg)}", file=sys.stderr))
         self.packets = 0  # EPBs handed to the kernel (complete blocks), over all files
         self.bytes = 0
         self.error: str | None = None  # set once recording stopped on an error

@@ -23,6 +23,7 @@ from typing import Any, TextIO
 from tracer.errors import CaptureFileError, HoptraceError, UsageError
 from tracer.model import Endpoints, Flow, NatEvent, PacketPath, Stats
 from tracer.output import duration_text
+from tracer.safe_text import md_cell, term_safe
 
 VERDICTS = ("delivered", "dropped", "left", "incomplete")
 PERCENTILES = (50, 90, 99)
@@ -129,6 +130,8 @@ class Summary:
 
 
 def _table(header: list[str], rows: list[list[str]], markdown: bool) -> list[str]:
+    # Cells hold names from capture files and the system: escaped here, for every table at once.
+    rows = [[(md_cell if markdown else term_safe)(x) for x in r] for r in rows]
     if markdown:
         out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         out += ["| " + " | ".join(r) + " |" for r in rows]
@@ -147,7 +150,8 @@ def render(summary: Summary, fmt: str, files: list[str]) -> str:
     def title(t: str) -> str:
         return f"\n## {t}\n" if md else f"\n{t}"
 
-    lines = [f"# hoptrace report: {', '.join(files)}" if md else f"hoptrace report: {', '.join(files)}"]
+    named = ", ".join(files)
+    lines = [f"# hoptrace report: {md_cell(named)}" if md else f"hoptrace report: {term_safe(named)}"]
     st = summary.stats
     if st is not None:
         lines.append(f"{st.observations} observations, {summary.paths} paths, {len(summary.flows)} flows, "
@@ -261,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
     if write_parquet is not None:
         written = write_parquet(paths, args.parquet)
         if args.format != "json":
-            print("parquet: " + ", ".join(str(p) for p in written.values()))
+            print("parquet: " + term_safe(", ".join(str(p) for p in written.values())))
     if error is not None:
         raise error
     return 0

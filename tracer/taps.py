@@ -48,6 +48,7 @@ from tracer.errors import FilterError, HoptraceError, PrivilegeError, UsageError
 from tracer.model import HopLabel, ObsBatch, Src
 from tracer.names import own_netns
 from tracer.netns import run_in_netns
+from tracer.safe_text import term_safe
 
 if TYPE_CHECKING:
     import numpy as np
@@ -705,7 +706,7 @@ class TapSource:
         self.batch_ms = batch_ms
         self.drain_ms = drain_ms
         self._topology = topology
-        self._notice = notices or (lambda msg: print(f"hoptrace: {msg}", file=sys.stderr, flush=True))
+        self._notice = notices or (lambda msg: print(f"hoptrace: {term_safe(msg)}", file=sys.stderr, flush=True))
         self.kernel_filter = self.bpf_filter if kernel_filter_safe(self.bpf_filter) else None
         self._insns: dict[int, bytes] = {}
         self.hops: list[HopLabel] = []

@@ -9,19 +9,33 @@ import sys
 from collections import Counter
 from typing import TextIO
 
+from tracer.safe_text import term_safe
 from tracer.topology import Interface, Namespace, Topology
 
 
 def run(args: argparse.Namespace) -> int:
     topo = Topology.discover()
     for notice in topo.notices:
-        print(f"hoptrace: {notice}", file=sys.stderr)
+        print(f"hoptrace: {term_safe(notice)}", file=sys.stderr)
     if args.json:
         json.dump(topo.to_json(), sys.stdout, indent=None, separators=(",", ":"))
         sys.stdout.write("\n")
     else:
         render(topo, sys.stdout)
     return 0
+
+
+class _SafeLines:
+    """Writes each line with its content ``term_safe``: interface, namespace, container and
+    network names, labels and rule text are anyone's to choose, and one escaped field per
+    line cannot be forgotten here. Each ``write`` is at most one line, ending in its newline."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    def write(self, text: str) -> None:
+        body, nl = (text[:-1], "\n") if text.endswith("\n") else (text, "")
+        self.out.write(term_safe(body) + nl)
 
 
 def _iface_line(topo: Topology, ns: Namespace, i: Interface) -> str:
@@ -47,7 +61,8 @@ def _iface_line(topo: Topology, ns: Namespace, i: Interface) -> str:
     return " ".join(parts)
 
 
-def render(topo: Topology, out: TextIO) -> None:
+def render(topo: Topology, stream: TextIO) -> None:
+    out = _SafeLines(stream)
     containers = {c.netns: c for c in topo.containers if c.netns is not None}
     names = Counter(ns.name for ns in topo.namespaces)
     for n, ns in enumerate(topo.namespaces):

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
+from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
@@ -21,6 +22,7 @@ from textual.widgets import Footer, Input, Label, Static
 
 from tracer.errors import HoptraceError
 from tracer.model import PacketPath
+from tracer.safe_text import term_safe
 from tui.feed import EngineLike, Feed, PathFilterLike
 from tui.heap import HeapFreezer
 from tui.messages import EngineFinished, PathsReady, SourceFailed
@@ -186,8 +188,13 @@ class HoptraceApp(App[None]):
 
     def on_source_failed(self, msg: SourceFailed) -> None:
         self.status.error = msg.error
-        self.notify(msg.error, title="source error", severity="error", timeout=15)
+        self._notify_untrusted(msg.error, title="source error", severity="error", timeout=15)
         self._refresh_status()
+
+    def _notify_untrusted(self, message: str, **kw: Any) -> None:
+        """A toast whose text quotes file or interface names: escaped, and not read as markup
+        (``[/]`` in a name would raise, ``[link=...]`` would make a link)."""
+        self.notify(term_safe(message), markup=False, **kw)
 
     def on_engine_finished(self, msg: EngineFinished) -> None:
         self._drain()
@@ -314,7 +321,7 @@ class HoptraceApp(App[None]):
         if self._recorder is not None:
             name = self.status.recording
             self._stop_recording()
-            self.notify(f"recording stopped: {name}", timeout=4)
+            self._notify_untrusted(f"recording stopped: {name}", timeout=4)
             return
         if self.recorder_factory is None:
             self.notify("recording is unavailable here (start with --record FILE.pcapng, "
@@ -323,7 +330,7 @@ class HoptraceApp(App[None]):
         try:
             recorder = self.recorder_factory()
         except HoptraceError as exc:
-            self.notify(str(exc), title="cannot record", severity="error", timeout=8)
+            self._notify_untrusted(str(exc), title="cannot record", severity="error", timeout=8)
             return
         self._recorder = recorder
         self._record_hook = recorder.on_batch
@@ -355,7 +362,7 @@ class HoptraceApp(App[None]):
             return
         error = self._filter_error(event.value)
         event.input.set_class(error is not None, "-invalid")
-        self.filter_error.update(error or "")
+        self.filter_error.update(Text(term_safe(error or "")))  # a Text: "[" in it is no markup
 
     def _filter_error(self, expr: str) -> str | None:
         if not expr.strip():
@@ -380,7 +387,7 @@ class HoptraceApp(App[None]):
         try:
             flt = _compile_filter(expr) if expr else None
         except HoptraceError as exc:
-            self.notify(str(exc), title="filter", severity="error")
+            self._notify_untrusted(str(exc), title="filter", severity="error")
             return
         self.feed.path_filter = flt
         self.status.filter_expr = expr or None

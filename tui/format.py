@@ -2,6 +2,10 @@
 
 Pure functions over tracer.model records (Rich ``Text`` only, no Textual), so
 they are unit-tested without an app and rendered lazily, only for visible rows.
+
+Names (nodes, interfaces, drop reasons, rules) come from capture files and the system:
+each goes through ``term_safe`` before it reaches a ``Text``. Rich passes ESC and most
+other controls through to the terminal, and a ``Text`` is never parsed as markup.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from rich.text import Text
 
 from tracer.model import Endpoints, NatEvent, Observation, PacketPath
 from tracer.output import addr_port, drop_hint, endpoints_text
+from tracer.safe_text import term_safe
 
 VERDICT_STYLE = {
     "delivered": "bold green",
@@ -60,19 +65,17 @@ _ICMP_KIND = {
 def proto_text(path: PacketPath) -> str:
     """Protocol with what tells packets of a flow apart: TCP flags, ICMP echo / reply / error."""
     first = path.first
+    proto = term_safe(path.proto)
     if first.tcp_flags is not None:
-        return f"{path.proto} " + "".join(ch for bit, ch in _TCP_FLAGS if first.tcp_flags & bit)
+        return f"{proto} " + "".join(ch for bit, ch in _TCP_FLAGS if first.tcp_flags & bit)
     if first.icmp_type is not None and first.proto in (1, 58):
         kind = _ICMP_KIND[first.proto].get(first.icmp_type)
-        return f"{path.proto} {kind or first.icmp_type}"
-    return path.proto
+        return f"{proto} {kind or first.icmp_type}"
+    return proto
 
 
 def original_text(path: PacketPath) -> str:
-    first = path.first
-    if first.family == 0:
-        return first.proto_name
-    return endpoints_text(hop_endpoints(first))
+    return original_text_of(path.first)
 
 
 def translated_text(path: PacketPath) -> str:
@@ -166,21 +169,21 @@ def summary(path: PacketPath) -> str:
         parts.append(f"left the traced network via {last.hop_name}")
     else:
         parts.append(f"was last seen at {last.hop_name}")
-    return ", ".join(parts)
+    return term_safe(", ".join(parts))
 
 
 def _nat_lines(ev: NatEvent) -> Text:
     line = Text("     ┃ ", style="bold magenta" if ev.kind == "snat" else "bold dark_orange")
     line.append(f" {ev.kind.upper()} ", style=NAT_STYLE[ev.kind])
-    line.append(f" {verbed(ev)} on {ev.node} at {ev.hook}: ", style="bold")
+    line.append(f" {verbed(ev)} on {term_safe(ev.node)} at {term_safe(ev.hook)}: ", style="bold")
     line.append(endpoints_text(ev.before))
     line.append("  ⇒  ", style="bold")
     line.append(endpoints_text(ev.after), style="bold reverse")
     line.append("\n     ┃   rule: ", style="dim")
     if ev.rule:
-        line.append(ev.rule, style="italic")
+        line.append(term_safe(ev.rule), style="italic")
         if ev.rule_source:
-            line.append(f"  ({ev.rule_source})", style="dim")
+            line.append(f"  ({term_safe(ev.rule_source)})", style="dim")
     else:
         line.append("not attributed (live: --rules traces it; a topology infers it)", style="dim")
     ct = ev.conntrack
@@ -191,7 +194,7 @@ def _nat_lines(ev: NatEvent) -> Text:
         line.append(f"id {ct.id}" if ct.id is not None else "entry")
         line.append(f"  orig {endpoints_text(ct.original)}  reply {endpoints_text(ct.reply)}", style="dim")
         if ct.status:
-            line.append("  " + ",".join(ct.status), style="dim")
+            line.append("  " + term_safe(",".join(ct.status)), style="dim")
     return line
 
 
@@ -199,7 +202,7 @@ def path_view(path: PacketPath, flow_id: str | None = None, role: str | None = N
     """The hops top to bottom; NAT between the hops it happened, drops in red."""
     out = Text()
     out.append(f"{path.id}  ", style="bold")
-    out.append(f"{path.proto}  ")
+    out.append(f"{term_safe(path.proto)}  ")
     out.append(path.verdict, style=VERDICT_STYLE.get(path.verdict, ""))
     out.append(f"  {len(path.hops)} hops  {duration_text(path.latency_ns)}")
     if flow_id:
@@ -222,7 +225,8 @@ def path_view(path: PacketPath, flow_id: str | None = None, role: str | None = N
         delta = "" if prev is None else "+" + duration_text(hop.ts_ns - prev)
         prev = hop.ts_ns
         row = Text(
-            f"  {i:>2} {hop.node[:12]:<12} {hop.ifname[:12]:<12} {hop.direction or '?':<4} "
+            f"  {i:>2} {term_safe(hop.node)[:12]:<12} {term_safe(hop.ifname)[:12]:<12} "
+            f"{term_safe(hop.direction or '?'):<4} "
             f"{ts_text(hop.ts_ns):<16} {delta:>9}  ",
             style=style,
         )
@@ -230,7 +234,8 @@ def path_view(path: PacketPath, flow_id: str | None = None, role: str | None = N
         if hop.ttl:
             row.append(f"  ttl {hop.ttl}", style="dim")
         if dropped:
-            row.append(f"  ✖ dropped: {hop.drop_reason or 'unknown reason'}", style="bold white on red")
+            row.append(f"  ✖ dropped: {term_safe(hop.drop_reason or 'unknown reason')}",
+                       style="bold white on red")
             hint = drop_hint(hop)
             if hint:
                 row.append(f"  {hint}", style="dim")
@@ -244,7 +249,7 @@ def path_view(path: PacketPath, flow_id: str | None = None, role: str | None = N
 
 def original_text_of(hop: Observation) -> str:
     if hop.family == 0:
-        return hop.proto_name
+        return term_safe(hop.proto_name)
     return endpoints_text(hop_endpoints(hop))
 
 

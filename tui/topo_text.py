@@ -1,4 +1,8 @@
-"""The topology pane's text: from tracer.topology's Topology when given, else from the hops seen."""
+"""The topology pane's text: from tracer.topology's Topology when given, else from the hops seen.
+
+Every name here (namespaces, containers, interfaces, addresses, rules) is ``term_safe``:
+any process with the privilege chooses them, and Rich passes controls through.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import Any
 from rich.text import Text
 
 from tracer.model import PacketPath
+from tracer.safe_text import term_safe as _s
 
 
 def topology_text(topo: Any, seen_netns: set[int] | None = None) -> Text:
@@ -22,17 +27,17 @@ def topology_text(topo: Any, seen_netns: set[int] | None = None) -> Text:
                    style="dim italic")
     ports: dict[str, list[str]] = {}
     for c in getattr(topo, "containers", ()):
-        ports[c.name] = [f"{p.host_ip or '*'}:{p.host_port}→{p.container_port}/{p.proto}" for p in c.ports]
+        ports[c.name] = [_s(f"{p.host_ip or '*'}:{p.host_port}→{p.container_port}/{p.proto}") for p in c.ports]
     for ns in spaces:
-        out.append(ns.name, style="bold")
+        out.append(_s(ns.name), style="bold")
         extra = [f"netns {ns.inode}"]
         if ns.uplink:
-            extra.append(f"uplink {ns.uplink}")
+            extra.append(f"uplink {_s(ns.uplink)}")
         if ns.forwarding:
             extra.append("forwarding")
         out.append("  " + ", ".join(extra) + "\n", style="dim")
         if ns.error:
-            out.append(f"  unreadable: {ns.error}\n", style="red")
+            out.append(f"  unreadable: {_s(ns.error)}\n", style="red")
         if ports.get(ns.name):
             out.append("  published " + ", ".join(ports[ns.name]) + "\n", style="yellow")
         by_index = {i.ifindex: i for i in ns.interfaces}
@@ -45,7 +50,7 @@ def topology_text(topo: Any, seen_netns: set[int] | None = None) -> Text:
                     out.append_text(_iface_line(topo, port, "    ├ "))
         for rule in ns.nat_rules:
             if rule.target in ("MASQUERADE", "SNAT", "DNAT"):
-                out.append(f"  nat {rule.chain} {rule.number}: {rule.text}\n", style="magenta")
+                out.append(_s(f"  nat {rule.chain} {rule.number}: {rule.text}") + "\n", style="magenta")
     return out
 
 
@@ -56,18 +61,18 @@ def _global(addresses: Iterable[str]) -> list[str]:
 
 def _iface_line(topo: Any, iface: Any, indent: str) -> Text:
     line = Text(indent)
-    line.append(iface.name, style="bold cyan" if iface.kind == "bridge" else "cyan")
+    line.append(_s(iface.name), style="bold cyan" if iface.kind == "bridge" else "cyan")
     if iface.kind:
-        line.append(f" [{iface.kind}]", style="dim")
+        line.append(f" [{_s(iface.kind)}]", style="dim")
     if _global(iface.addresses):
-        line.append(" " + " ".join(_global(iface.addresses)))
+        line.append(" " + _s(" ".join(_global(iface.addresses))))
     peer = topo.peer(iface)
     if peer is not None:
-        line.append(f" ⇄ {topo.name(peer.netns)}/{peer.name}", style="green")
+        line.append(_s(f" ⇄ {topo.name(peer.netns)}/{peer.name}"), style="green")
         if _global(peer.addresses):
-            line.append(" " + " ".join(_global(peer.addresses)), style="green")
+            line.append(" " + _s(" ".join(_global(peer.addresses))), style="green")
     if iface.state not in ("UP", "UNKNOWN"):
-        line.append(f" {iface.state}", style="red")
+        line.append(f" {_s(iface.state)}", style="red")
     line.append("\n")
     return line
 
@@ -98,13 +103,13 @@ def seen_text(paths: Iterable[PacketPath]) -> Text:
     if not ifaces:
         out.append("nothing seen yet\n", style="dim")
     for node in sorted(ifaces):
-        out.append(node + "\n", style="bold")
+        out.append(_s(node) + "\n", style="bold")
         for iface in sorted(ifaces[node]):
-            out.append(f"  {iface}", style="cyan")
+            out.append(f"  {_s(iface)}", style="cyan")
             seen = sorted(ifaces[node][iface])
             if seen:
-                out.append("  " + " ".join(seen[:3]) + (" …" if len(seen) > 3 else ""))
+                out.append("  " + _s(" ".join(seen[:3])) + (" …" if len(seen) > 3 else ""))
             out.append("\n")
             for to in sorted(links.get(f"{node}/{iface}", ())):
-                out.append(f"      → {to}\n", style="green")
+                out.append(f"      → {_s(to)}\n", style="green")
     return out

@@ -203,6 +203,20 @@ async def test_source_error_is_shown_and_app_stays_usable() -> None:
 
 
 @sync
+async def test_source_error_naming_a_hostile_file_is_shown_escaped() -> None:
+    """Issue 19: a file name with markup and controls, in the toast and the status bar."""
+    name = "[/]x[link=http://evil]\x1b]0;PWNED\x07.pcapng"
+    app = make_app(ScriptedEngine(demo_events(), fail_with=CaptureFileError(f"{name}: empty file")))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.status.finished and bool(app._notifications))
+        await pilot.pause()
+        shown = [(n.message, n.markup) for n in app._notifications]
+        assert shown == [("[/]x[link=http://evil]\\x1b]0;PWNED\\x07.pcapng: empty file", False)]
+        bar = str(app.status_bar.render())
+        assert "[/]x[link=http://evil]\\x1b]0;PWNED\\x07.pcapng: empty file" in bar, bar
+
+
+@sync
 async def test_record_unavailable_without_factory(demo_engine: ScriptedEngine) -> None:
     app = make_app(demo_engine)
     async with app.run_test(size=SIZE) as pilot:

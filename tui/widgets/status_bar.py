@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from rich.text import Text
 from textual.widgets import Static
 
+from tracer.safe_text import term_safe
+
 
 @dataclass(slots=True)
 class Status:
@@ -24,22 +26,23 @@ class Status:
 
 
 def status_text(s: Status) -> Text:
+    # A recording's file name and a source error (which quotes file names) are untrusted text.
     sep = (" │ ", "dim")
-    t = Text.assemble((" backend ", "dim"), (s.backend, "bold"), sep,
+    t = Text.assemble((" backend ", "dim"), (term_safe(s.backend), "bold"), sep,
                       (f"{s.events_per_s:,.0f}", "bold"), (" ev/s", "dim"), sep)
     t.append("lost ", style="dim")
     t.append(f"{s.lost:,}", style="bold white on red" if s.lost > 0 else "bold")
     t.append_text(Text.assemble(sep, (f"{s.shown:,}", "bold"), (f"/{s.kept:,} paths", "dim")))
     if s.recording:
-        t.append_text(Text.assemble(sep, ("● REC ", "bold red"), (s.recording, "")))
+        t.append_text(Text.assemble(sep, ("● REC ", "bold red"), (term_safe(s.recording), "")))
     if s.filter_expr:
-        t.append_text(Text.assemble(sep, ("filter ", "dim"), (s.filter_expr, "bold yellow")))
+        t.append_text(Text.assemble(sep, ("filter ", "dim"), (term_safe(s.filter_expr), "bold yellow")))
     t.append_text(Text.assemble(sep, ("⏸ PAUSED", "bold black on yellow") if s.paused
                                 else ("▶ live", "green") if not s.finished else ("■ end of input", "cyan")))
     if not s.follow:
         t.append_text(Text.assemble(sep, ("follow off", "yellow")))
     if s.error:
-        t.append_text(Text.assemble(sep, ("source error: ", "bold red"), (s.error, "red")))
+        t.append_text(Text.assemble(sep, ("source error: ", "bold red"), (term_safe(s.error), "red")))
     return t
 
 
