@@ -190,3 +190,35 @@ def test_cli_rejects_numbers_out_of_range(args: tuple[str, ...]) -> None:
         except SystemExit as exc:
             rc = int(exc.code or 0)
     _check_error(rc, err.getvalue(), args[-1], list(args))
+
+
+# --- Names from a capture file (issue 19) ------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [
+    ["replay", "--no-tui"], ["report"], ["report", "--format", "markdown"], ["replay", "--json"],
+], ids=lambda a: "-".join(x.strip("-") for x in a))
+def test_capture_names_reach_no_terminal_raw(argv: list[str]) -> None:
+    """The real executable over fixtures/hostile-names.pcapng (interface names holding SGR,
+    OSC 0 and a clear-screen): no ESC, BEL or CSI in what it prints; NDJSON keeps the names."""
+    import json
+
+    from tests.hostile import FIXTURE, raw_controls
+
+    r = subprocess.run([*HOPTRACE, *argv, str(FIXTURE)], capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stderr, raw_controls(r.stdout)) == (0, "", []), r.stdout
+    if "--json" in argv:
+        hops = [(h["node"], h["iface"]) for line in r.stdout.splitlines()
+                if (o := json.loads(line))["type"] == "path" for h in o["hops"]]
+        assert hops == [("\x1b[31mweb\x1b[0m", "eth0\x1b]0;PWNED\x07"), ("host", "veth\x1b[2J")]
+    else:
+        assert "\\x1b[31mweb\\x1b[0m/eth0\\x1b]0;PWNED\\x07" in r.stdout, r.stdout
+
+
+def test_hostile_file_name_in_the_error_line(tmp_path: Path) -> None:
+    bad = tmp_path / "x\x1b[31mred\x1b]0;PWNED\x07"
+    bad.write_bytes(b"")
+    r = subprocess.run([*HOPTRACE, "replay", "--no-tui", str(bad)], capture_output=True, text=True,
+                       timeout=60)
+    assert (r.returncode, [c for c in r.stderr if c in "\x1b\x07"]) == (2, []), r.stderr
+    assert "x\\x1b[31mred\\x1b]0;PWNED\\x07: empty file" in r.stderr, r.stderr
