@@ -8,4 +8,12 @@
 /// The core's version, which the binding reports so that a stale build is visible.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+pub mod finish;
+pub mod flows;
+pub mod labels;
+pub mod learned;
+pub mod nat;
 pub mod obs;
+pub mod render;
+pub mod text;
+pub mod view;

@@ -3,6 +3,8 @@
 
 use pyo3::prelude::*;
 
+mod finish;
+
 /// The core's version (a stale extension shows here: compare with the package's).
 #[pyfunction]
 fn core_version() -> &'static str {
@@ -22,5 +24,6 @@ fn obs_layout() -> (Vec<(&'static str, &'static str, usize)>, usize) {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(core_version, m)?)?;
     m.add_function(wrap_pyfunction!(obs_layout, m)?)?;
+    finish::register(m)?;
     Ok(())
 }

@@ -1,0 +1,347 @@
+//! Request and reply paths of one connection, paired through the reversed NAT
+//! mapping (tracer/correlate.py `_assign_flow`, `_FlowState`, `take_flows`).
+//!
+//! A path's flow is found by its first hop's 5-tuple (the original direction) and
+//! its last hop's (as translated). A new flow files four keys: original,
+//! translated, and both reversed, so the reply, which starts as the translated
+//! tuple reversed, finds it. An ICMP error belongs to the flow of the packet it
+//! quotes. A flow closes when it has been idle for `idle_ns` (of the paths' own
+//! time), when it reaches `max_paths` paths (a long connection is reported in
+//! pieces), or at the end of input; its line is written when it closes.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+
+use crate::nat::Endpoints;
+use crate::obs::Obs;
+use crate::render::{push_flow_line, FlowLine};
+use crate::view;
+
+/// (family, protocol, source, source port or echo id, destination, its port or echo id).
+pub type FlowKey = (u8, u8, [u8; 16], Option<u16>, [u8; 16], Option<u16>);
+
+fn flow_key(o: &Obs) -> FlowKey {
+    let ids = match (view::sport(o), view::icmp_id(o)) {
+        (Some(s), _) => (Some(s), view::dport(o)),
+        // conntrack keys ICMP echo by its id, in both directions.
+        (None, Some(id)) if view::is_echo(o) => (Some(id), Some(id)),
+        _ => (None, None),
+    };
+    (o.family, o.proto, view::src(o), ids.0, view::dst(o), ids.1)
+}
+
+/// The flow key of the packet an ICMP error quotes.
+fn quoted_key(o: &Obs) -> Option<FlowKey> {
+    let q = view::inner(o)?;
+    let dport = if matches!(q.proto, 1 | 58) {
+        q.sport
+    } else {
+        q.dport
+    };
+    Some((o.family, q.proto, q.src, Some(q.sport), q.dst, Some(dport)))
+}
+
+fn reverse(k: &FlowKey) -> FlowKey {
+    (k.0, k.1, k.4, k.5, k.2, k.3)
+}
+
+#[derive(Debug)]
+struct FlowState {
+    family: u8,
+    proto: u8,
+    original: Endpoints,
+    reply: Endpoints,
+    paths: Vec<u64>,
+    keys: Vec<FlowKey>,
+    /// The last sighting time of its latest path (None until its first path is counted),
+    /// and when that was learnt (a counter).
+    touched: Option<u64>,
+    seq: u64,
+}
+
+/// The open flows and what closed since the last [`Flows::take`].
+#[derive(Debug)]
+pub struct Flows {
+    idle_ns: u64,
+    max_paths: usize,
+    count: u64,
+    keys: HashMap<FlowKey, u64>,
+    open: BTreeMap<u64, FlowState>,
+    /// (touched, seq, flow) of open flows, one entry each, re-filed lazily when touched since.
+    idle: BinaryHeap<Reverse<(u64, u64, u64)>>,
+    seq: u64,
+    done: Vec<u8>,
+}
+
+impl Flows {
+    pub fn new(idle_ns: u64, max_paths: usize) -> Flows {
+        Flows {
+            idle_ns,
+            max_paths: max_paths.max(1),
+            count: 0,
+            keys: HashMap::new(),
+            open: BTreeMap::new(),
+            idle: BinaryHeap::new(),
+            seq: 0,
+            done: Vec::new(),
+        }
+    }
+
+    /// The flow of path `num`, whose first and last hops are `first` and `last` (in path
+    /// order, so `first.ts_ns` and `last.ts_ns` are its first and last sighting times).
+    /// None for what is not IP, and for an ICMP error whose quoted packet has no open flow.
+    pub fn assign(&mut self, num: u64, first: &Obs, last: &Obs) -> Option<u64> {
+        if first.family == 0 {
+            return None; // ARP and other L2: no connection
+        }
+        let last_ts = last.ts_ns;
+        let fnum = match quoted_key(first) {
+            // An ICMP error belongs to the flow of the packet it quotes, if any.
+            Some(q) => *self.keys.get(&q)?,
+            None => self.find_or_open(first, last),
+        };
+        let max_paths = self.max_paths;
+        let Some(fs) = self.open.get_mut(&fnum) else {
+            return None; // unreachable: keys name open flows only
+        };
+        fs.paths.push(num);
+        if fs.touched.is_none_or(|t| last_ts > t) {
+            self.seq += 1;
+            if fs.touched.is_none() {
+                self.idle.push(Reverse((last_ts, self.seq, fnum)));
+            }
+            fs.touched = Some(last_ts);
+            fs.seq = self.seq;
+        }
+        if fs.paths.len() >= max_paths {
+            self.close(fnum);
+        }
+        Some(fnum)
+    }
+
+    fn find_or_open(&mut self, first: &Obs, last: &Obs) -> u64 {
+        let orig = flow_key(first);
+        if let Some(&n) = self.keys.get(&orig) {
+            let idle = self.open.get(&n).is_some_and(|fs| {
+                let touched = fs.touched.map_or(-1, i128::from);
+                i128::from(first.ts_ns) - touched > i128::from(self.idle_ns)
+            });
+            if !idle {
+                return n;
+            }
+            // Idle that long: a new connection on the same addresses (judged on the
+            // packets' own times, so any batching gives the same flows).
+            self.close(n);
+        }
+        self.count += 1;
+        let n = self.count;
+        let trans = flow_key(last);
+        let mut fs = FlowState {
+            family: first.family,
+            proto: first.proto,
+            original: Endpoints::of(first),
+            reply: Endpoints {
+                src: view::dst(last),
+                sport: view::dport(last),
+                dst: view::src(last),
+                dport: view::sport(last),
+            },
+            paths: Vec::new(),
+            keys: Vec::with_capacity(4),
+            touched: None,
+            seq: 0,
+        };
+        for k in [orig, trans, reverse(&trans), reverse(&orig)] {
+            if let std::collections::hash_map::Entry::Vacant(e) = self.keys.entry(k) {
+                e.insert(n);
+                fs.keys.push(k);
+            }
+        }
+        self.open.insert(n, fs);
+        n
+    }
+
+    fn close(&mut self, n: u64) {
+        let Some(fs) = self.open.remove(&n) else {
+            return;
+        };
+        for k in &fs.keys {
+            if self.keys.get(k) == Some(&n) {
+                self.keys.remove(k);
+            }
+        }
+        push_flow_line(
+            &mut self.done,
+            &FlowLine {
+                num: n,
+                family: fs.family,
+                proto: fs.proto,
+                original: &fs.original,
+                reply: &fs.reply,
+                paths: &fs.paths,
+            },
+        );
+    }
+
+    /// Close the flows idle since before `clock_ns - idle_ns` (the sightings' clock).
+    pub fn expire(&mut self, clock_ns: u64) {
+        let cutoff = i128::from(clock_ns) - i128::from(self.idle_ns);
+        while let Some(&Reverse((touched, _seq, n))) = self.idle.peek() {
+            if i128::from(touched) >= cutoff {
+                break;
+            }
+            match self.open.get(&n) {
+                None => {
+                    self.idle.pop(); // closed already (its path cap)
+                }
+                Some(fs) if fs.touched != Some(touched) => {
+                    let entry = Reverse((fs.touched.unwrap_or(touched), fs.seq, n));
+                    self.idle.pop();
+                    self.idle.push(entry); // touched since it was filed
+                }
+                Some(_) => {
+                    self.idle.pop();
+                    self.close(n);
+                }
+            }
+        }
+    }
+
+    /// End of input: every open flow closes, in the order they opened.
+    pub fn close_all(&mut self) {
+        let nums: Vec<u64> = self.open.keys().copied().collect();
+        for n in nums {
+            self.close(n);
+        }
+    }
+
+    /// The lines of the flows that closed since the last call, appended to `out`.
+    pub fn take(&mut self, out: &mut Vec<u8>) {
+        out.append(&mut self.done);
+    }
+
+    /// How many flows are open.
+    pub fn open(&self) -> usize {
+        self.open.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::obs::has;
+
+    fn v4(last: u8) -> [u8; 16] {
+        let mut a = [0u8; 16];
+        a[..4].copy_from_slice(&[10, 0, 0, last]);
+        a
+    }
+
+    /// A UDP packet `src:sport -> dst:dport` at `ts`.
+    fn udp(ts: u64, src: u8, sport: u16, dst: u8, dport: u16) -> Obs {
+        Obs {
+            ts_ns: ts,
+            family: 4,
+            proto: 17,
+            has: has::L4_PORTS,
+            src: v4(src),
+            dst: v4(dst),
+            sport,
+            dport,
+            ..Obs::default()
+        }
+    }
+
+    fn lines(f: &mut Flows) -> String {
+        let mut out = Vec::new();
+        f.take(&mut out);
+        String::from_utf8(out).expect("ascii")
+    }
+
+    #[test]
+    fn request_and_reply_through_nat_are_one_flow() {
+        let mut f = Flows::new(5_000, 1000);
+        // 10.0.0.2:5000 -> 10.0.0.9:53 leaves as 10.0.0.1:40000; the reply comes back to it.
+        let (a, b) = (udp(0, 2, 5000, 9, 53), udp(10, 1, 40000, 9, 53));
+        assert_eq!(f.assign(1, &a, &b), Some(1));
+        let (c, d) = (udp(100, 9, 53, 1, 40000), udp(110, 9, 53, 2, 5000));
+        assert_eq!(f.assign(2, &c, &d), Some(1));
+        // Another source port: another flow.
+        let e = udp(120, 2, 5001, 9, 53);
+        assert_eq!(f.assign(3, &e, &e), Some(2));
+        // An ICMP error quoting the first packet as translated joins its flow; one quoting
+        // nothing open has none.
+        let mut err = Obs {
+            ts_ns: 130,
+            family: 4,
+            proto: 1,
+            has: has::ICMP | has::INNER,
+            icmp_type: 3,
+            src: v4(9),
+            dst: v4(1),
+            inner_src: v4(1),
+            inner_dst: v4(9),
+            inner_proto: 17,
+            inner_sport: 40000,
+            inner_dport: 53,
+            ..Obs::default()
+        };
+        assert_eq!(f.assign(4, &err, &err), Some(1));
+        err.inner_sport = 7;
+        assert_eq!(f.assign(5, &err, &err), None);
+        assert_eq!(lines(&mut f), "");
+        f.close_all();
+        assert_eq!(
+            lines(&mut f),
+            concat!(
+                r#"{"type": "flow", "id": "f1", "proto": "udp", "original": {"src": "10.0.0.2", "sport": 5000, "#,
+                r#""dst": "10.0.0.9", "dport": 53}, "reply": {"src": "10.0.0.9", "sport": 53, "dst": "10.0.0.1", "#,
+                r#""dport": 40000}, "paths": ["p1", "p2", "p4"]}"#,
+                "\n",
+                r#"{"type": "flow", "id": "f2", "proto": "udp", "original": {"src": "10.0.0.2", "sport": 5001, "#,
+                r#""dst": "10.0.0.9", "dport": 53}, "reply": {"src": "10.0.0.9", "sport": 53, "dst": "10.0.0.2", "#,
+                r#""dport": 5001}, "paths": ["p3"]}"#,
+                "\n",
+            )
+        );
+        assert_eq!(f.open(), 0);
+    }
+
+    #[test]
+    fn idle_flows_close_in_idle_order_and_silence_starts_a_new_one() {
+        let mut f = Flows::new(1_000, 1000);
+        let a = udp(0, 2, 1, 9, 53);
+        let b = udp(100, 2, 2, 9, 53);
+        assert_eq!(f.assign(1, &a, &a), Some(1));
+        assert_eq!(f.assign(2, &b, &b), Some(2));
+        let a2 = udp(500, 2, 1, 9, 53);
+        assert_eq!(f.assign(3, &a2, &a2), Some(1)); // f1 touched at 500 now
+        f.expire(1_050); // cutoff 50: nothing idle that long
+        assert_eq!(lines(&mut f), "");
+        f.expire(1_200); // cutoff 200: f2 (last at 100); f1 is re-filed at 500
+        assert!(lines(&mut f).starts_with(r#"{"type": "flow", "id": "f2""#));
+        // Same addresses after more than the idle time: f1 closes, f3 opens.
+        let a3 = udp(1_600, 2, 1, 9, 53);
+        assert_eq!(f.assign(4, &a3, &a3), Some(3));
+        let out = lines(&mut f);
+        assert!(out.starts_with(r#"{"type": "flow", "id": "f1""#), "{out}");
+        assert!(out.ends_with("\"paths\": [\"p1\", \"p3\"]}\n"), "{out}");
+    }
+
+    #[test]
+    fn a_flow_at_its_path_cap_closes_and_the_next_path_opens_another() {
+        let mut f = Flows::new(1_000, 2);
+        let a = udp(0, 2, 1, 9, 53);
+        assert_eq!(f.assign(1, &a, &a), Some(1));
+        assert_eq!(f.assign(2, &a, &a), Some(1));
+        assert_eq!(f.assign(3, &a, &a), Some(2));
+        assert!(lines(&mut f).ends_with("\"paths\": [\"p1\", \"p2\"]}\n"));
+        f.expire(u64::MAX); // f1's heap entry goes quietly; f2 closes
+        assert!(lines(&mut f).starts_with(r#"{"type": "flow", "id": "f2""#));
+        assert_eq!(
+            f.assign(4, &Obs::default(), &Obs::default()),
+            None,
+            "not IP"
+        );
+    }
+}

@@ -1,0 +1,335 @@
+"""The core's PathFinisher (NAT events, verdicts, flows, NDJSON) against the Python engine, byte for byte.
+
+For each input, the Python engine runs twice: once as ``hoptrace replay --json`` runs it
+(``Engine`` + ``NdjsonSink``: the product's lines), and once with its correlator watched
+(``Recorder``): the paths it finished, in the order it finished them, each expiry step,
+what it learned about who owns an address, when it took flows. The same paths, as
+sightings (``ObsBatch.from_observations``), then go through ``tracer._core.PathFinisher``
+in the same order, and its NDJSON must equal the product's, line for line (the stats
+line but its elapsed time).
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import re
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import CORPUS
+from tests.unit.conftest import MS, US, internet_ping, internet_pong, make_obs
+from tests.unit.test_lines import Batches, batches_of, flood, hostile
+from tracer.addr import addr_bytes
+from tracer.correlate import Correlator
+from tracer.engine import Engine, run
+from tracer.model import InnerHeader, ObsBatch, Observation, PacketPath
+from tracer.output import NdjsonSink
+from tracer.readers import FileSource
+from tracer.replay import HeldErrorSource
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
+_ELAPSED = re.compile(r', "elapsed_s": [0-9.e+-]+\}$')
+
+
+class _Owned(dict[tuple[str, int], int]):
+    """``Correlator.owned`` that tells its recorder when a claim is taken back."""
+
+    recorder: Recorder
+
+    def __delitem__(self, key: tuple[str, int]) -> None:
+        if not self.recorder.in_own:  # _own's own deletions are its size bound: the core has it too
+            fam, raw = addr_bytes(key[0])
+            self.recorder.ops.append(("retract", fam, raw, key[1], self[key]))
+        super().__delitem__(key)
+
+
+class Recorder:
+    """Everything a ``Correlator`` did that finishing depends on, in order (``ops``)."""
+
+    def __init__(self, corr: Correlator) -> None:
+        self.corr = corr
+        self.ops: list[tuple[Any, ...]] = []
+        self.in_own = False
+        owned = _Owned(corr.owned)
+        owned.recorder = self
+        corr.owned = owned
+        own, finish, expire = corr._own, corr._finish, corr._expire
+        flush, take_flows = corr.flush, corr.take_flows
+
+        def _own(family: int, raw: bytes, netns: int, ts: int) -> Any:
+            self.in_own = True
+            try:
+                got = own(family, raw, netns, ts)
+            finally:
+                self.in_own = False
+            self.ops.append(("claim", family, raw.ljust(16, b"\0"), netns, ts, got is not None))
+            return got
+
+        def _finish(p: Any) -> Any:
+            out = finish(p)
+            assert isinstance(out, PacketPath)  # classic mode: every path has its hops
+            self.ops.append(("path", p.num, out))
+            return out
+
+        def _expire(*args: Any, **kw: Any) -> Any:
+            out = expire(*args, **kw)
+            self.ops.append(("step",))
+            return out
+
+        def _flush(max_paths: int | None = None) -> Any:
+            out = flush(max_paths)
+            if not corr._open_count:
+                self.ops.append(("close_flows",))
+            return out
+
+        def _take_flows() -> Any:
+            self.ops.append(("take_flows", corr._clock))
+            return take_flows()
+
+        corr._own = _own  # type: ignore[method-assign]
+        corr._finish = _finish  # type: ignore[method-assign]
+        corr._expire = _expire  # type: ignore[method-assign]
+        corr.flush = _flush  # type: ignore[method-assign]
+        corr.take_flows = _take_flows  # type: ignore[method-assign]
+
+
+def product_lines(source: Any) -> list[str]:
+    """What ``hoptrace replay --json`` prints for ``source``."""
+    out = io.StringIO()
+    run(Engine(source), [NdjsonSink(out)])
+    return out.getvalue().splitlines()
+
+
+def core_lines(source: Any) -> list[str]:
+    """The Python engine's paths, in its finishing order, through the core's PathFinisher."""
+    from tracer._core import PathFinisher
+
+    engine = Engine(source)
+    engine.render_lines = lambda: False  # type: ignore[method-assign]  # paths as objects
+    corr = engine.correlator
+    rec = Recorder(corr)
+    run(engine, [NdjsonSink(io.StringIO())])
+    stats = engine.stats()
+    fin = PathFinisher(window_ns=corr.window_ns, flow_idle_ns=corr.flow_idle_ns,
+                       max_flow_paths=corr.max_flow_paths)
+    pending: list[tuple[int, PacketPath]] = []
+    for op in rec.ops:
+        kind = op[0]
+        if kind == "path":
+            pending.append((op[1], op[2]))
+        elif kind == "step":
+            if pending:
+                finish_step(fin, pending)
+                pending = []
+        elif kind == "claim":
+            _kind, fam, raw, netns, ts, new = op
+            assert fin.claim(fam, raw, netns, ts) == new
+        elif kind == "retract":
+            _kind, fam, raw, netns, first_ts = op
+            fin.retract(fam, raw, netns, first_ts)
+        elif kind == "take_flows":
+            fin.take_flows(op[1])
+        elif kind == "close_flows":
+            fin.close_flows()
+    assert not pending
+    fin.stats(stats.observations, stats.lost_events, stats.elapsed_s)
+    return bytes(fin.take()).decode("ascii").splitlines()
+
+
+def finish_step(fin: Any, paths: list[tuple[int, PacketPath]]) -> None:
+    """One expiry step's paths, in finishing order, as one batch of sightings."""
+    batch = ObsBatch.from_observations([h for _num, p in paths for h in p.hops])
+    fin.finish(batch.rows.view(np.uint8), np.array([len(p.hops) for _n, p in paths], dtype=np.uint32),
+               np.array([n for n, _p in paths], dtype=np.uint64), [(h.node, h.iface) for h in batch.hops],
+               batch.drop_reasons)
+
+
+def assert_same(make_source: Callable[[], Any]) -> list[str]:
+    want = product_lines(make_source())
+    got = core_lines(make_source())
+    assert want and _ELAPSED.search(want[-1]), want[-1:]
+    assert [_ELAPSED.sub("}", x) for x in got] == [_ELAPSED.sub("}", x) for x in want]
+    return want
+
+
+@pytest.mark.parametrize("fixture", sorted(p.name for p in FIXTURES.glob("*.pcapng")))
+def test_every_fixture_gives_the_products_lines(fixture: str) -> None:
+    lines = assert_same(lambda: FileSource([str(FIXTURES / fixture)]))
+    assert any(x.startswith('{"type": "path"') for x in lines)
+    assert any(x.startswith('{"type": "flow"') for x in lines)
+
+
+def test_the_fixtures_cover_nat_verdicts_and_flows() -> None:
+    """What the fixture test above compares is there to compare: NAT at each hook, every verdict."""
+    seen: set[str] = set()
+    for f in FIXTURES.glob("*.pcapng"):
+        text = "\n".join(product_lines(FileSource([str(f)])))
+        seen |= set(re.findall(r'"verdict": "(\w+)"', text))
+        seen |= {f"{k} {h}" for k, h in re.findall(r'"kind": "(\w+)", "node": "[^"]*", "hook": "(\w+)"', text)}
+        seen |= {"drop_reason"} if re.search(r'"drop_reason": "', text) else set()
+    assert {"delivered", "dropped", "snat POSTROUTING", "dnat PREROUTING", "drop_reason"} <= seen, seen
+
+
+def corpus_files() -> list[str]:
+    if not CORPUS.is_dir():
+        return []  # tests/test_corpus.py fails then: it requires the corpus
+    return sorted(p.name for p in CORPUS.iterdir() if p.suffix in (".pcap", ".pcapng"))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", corpus_files())
+def test_corpus_file_gives_the_products_lines(name: str) -> None:
+    # As replay reads it: a damaged file ends the stream where the damage is.
+    assert_same(lambda: HeldErrorSource(FileSource([str(CORPUS / name)])))
+
+
+# ------------------------------------------------------------------ generated streams
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 40), seed=st.integers(0, 2**32 - 1), cuts=st.lists(st.integers(0, 300), max_size=5))
+def test_random_floods(n: int, seed: int, cuts: list[int]) -> None:
+    obs = flood(n, seed)
+    assert_same(lambda: Batches(batches_of(obs, cuts)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 40), seed=st.integers(0, 2**32 - 1), cuts=st.lists(st.integers(0, 200), max_size=6))
+def test_hostile_streams(n: int, seed: int, cuts: list[int]) -> None:
+    """Shared fingerprints, reused and missing skbs, late and out-of-order sightings (late
+    first sightings take back what they taught), gaps beyond the window, drops."""
+    obs = hostile(n, seed)
+    assert_same(lambda: Batches(batches_of(obs, cuts)))
+
+
+V6 = ["2001:db8::2", "2001:db8::1", "::ffff:10.0.0.1", "::1.2.3.4", "fe80::1:0:0:2", "2001:db8:0:0:1::1"]
+NAMES = ["web", "host", "inet", "cliënt", 'we"b\\', "\U0001f600/x", "c\t1"]
+
+
+def varied(n: int, seed: int) -> list[Observation]:
+    """Packets of every kind through random hops, rewritten at random in one namespace:
+    what NAT inference, flow keys and the renderer have to get right. IPv4 and IPv6, TCP,
+    UDP, ICMP echo (ids rewritten) and errors (quoted headers rewritten), ARP and other L2,
+    fragments, drops with named and unnamed reasons, names that need escaping."""
+    rng = random.Random(seed)
+    obs: list[Observation] = []
+    t = 1_000 * MS
+    for k in range(n):
+        t += rng.choice([5 * US, 300 * US, 3 * MS, 600 * MS, 6_000 * MS])
+        v6 = rng.random() < 0.3
+        fam = 6 if v6 else 4
+        addrs = V6 if v6 else ["172.17.0.2", "172.17.0.3", "203.0.113.2", "198.51.100.8", "10.0.0.1"]
+        kind = rng.choice(["icmp", "tcp", "udp", "err", "l2", "frag"])
+        base: dict[str, Any] = dict(family=fam, src=rng.choice(addrs[:2]), dst=rng.choice(addrs[2:]),
+                                    ip_id=k, digest=rng.randrange(1 << 64), ttl=64, length=rng.randrange(40, 1500),
+                                    skb=rng.choice([None, 0xFFFF000 + k]), ethertype=0x86DD if v6 else 0x800,
+                                    flow_label=rng.randrange(1 << 20) if v6 else None)
+        icmp = 58 if v6 else 1
+        if kind == "tcp":
+            base.update(proto=6, sport=rng.choice([40000, 40001]), dport=rng.choice([80, 8080]), icmp_type=None,
+                        icmp_code=None, icmp_id=None, icmp_seq=None, tcp_flags=rng.randrange(256),
+                        tcp_seq=rng.randrange(1 << 32), tcp_ack=rng.randrange(1 << 32))
+        elif kind in ("udp", "frag"):
+            base.update(proto=17, sport=rng.choice([5353, 53]), dport=53, icmp_type=None, icmp_code=None,
+                        icmp_id=None, icmp_seq=None)
+            if kind == "frag":
+                base.update(is_fragment=True, frag_offset=8 * rng.randrange(100), more_fragments=rng.random() < 0.5)
+        elif kind == "err":
+            base.update(proto=icmp, icmp_type=rng.choice([3, 11] if not v6 else [1, 3]), icmp_code=rng.randrange(4),
+                        icmp_id=0, icmp_seq=0,
+                        inner=InnerHeader(src=base["dst"], dst=base["src"], proto=rng.choice([17, 6, icmp]),
+                                          sport=rng.choice([40000, 77]), dport=53))
+        elif kind == "l2":
+            arp = rng.random() < 0.7
+            base.update(family=0, proto=0, ethertype=0x0806 if arp else 0x88CC, icmp_type=None, icmp_code=None,
+                        icmp_id=None, icmp_seq=None, ip_id=None, flow_label=None,
+                        src="10.0.0.1" if arp else "", dst="10.0.0.2" if arp else "")
+        else:
+            base.update(proto=icmp, icmp_type=rng.choice([8, 0] if not v6 else [128, 129]), icmp_code=0,
+                        icmp_id=rng.choice([77, 78]), icmp_seq=k)
+        hops = []
+        node = rng.choice(NAMES)
+        netns = rng.choice([4026531840, 4026532001, 0])
+        cur = dict(base)
+        for j in range(rng.randrange(1, 6)):
+            if rng.random() < 0.4:  # another namespace (a veth pair, a link)
+                node, netns = rng.choice(NAMES), rng.choice([4026531840, 4026532001, 4026532003, 0])
+            elif j and rng.random() < 0.6 and cur["family"]:  # a rewrite within this namespace
+                what = rng.choice(["src", "dst", "sport", "dport", "icmp_id", "inner", "ttl"])
+                if what in ("src", "dst"):
+                    cur[what] = rng.choice(addrs)
+                elif what in ("sport", "dport") and cur.get("sport") is not None:
+                    cur[what] = rng.choice([1024, 40000, 80])
+                elif what == "icmp_id" and cur.get("icmp_id") is not None:
+                    cur["icmp_id"] = rng.choice([77, 1000])
+                elif what == "inner" and cur.get("inner") is not None:
+                    cur["inner"] = replace(cur["inner"], src=rng.choice(addrs), sport=rng.choice([40000, 77, 5]))
+                else:
+                    cur["ttl"] -= 1
+            d = rng.choice(["tx", "rx", None]) if j < 4 else "drop"
+            reason = None
+            if d == "drop" or rng.random() < 0.05:
+                d, reason = "drop", rng.choice(["NETFILTER_DROP", "NO_SOCKET", "UNKNOWN(99)"])
+            hops.append(make_obs(ts_ns=t + j * 7 * US, node=node, ifname=rng.choice(["eth0", "veth1", "dockér0"]),
+                                 netns=netns, direction=d, drop_reason=reason, **cur))
+        obs += hops
+        if rng.random() < 0.4:  # the reply, the mapping reversed
+            last = hops[-1]
+            reply_type = {8: 0, 128: 129}.get(last.icmp_type, last.icmp_type) if last.icmp_type is not None else None
+            obs.append(replace(last, src=last.dst, dst=last.src, sport=last.dport, dport=last.sport, ip_id=k + 100_000,
+                               ts_ns=t + 100 * US, direction="tx", drop_reason=None, icmp_type=reply_type))
+    return sorted(obs, key=lambda o: o.ts_ns)
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(1, 30), seed=st.integers(0, 2**32 - 1), cuts=st.lists(st.integers(0, 150), max_size=4))
+def test_varied_streams(n: int, seed: int, cuts: list[int]) -> None:
+    obs = varied(n, seed)
+    assert_same(lambda: Batches(batches_of(obs, cuts)))
+
+
+def test_ping_pong_pairs_into_one_flow() -> None:
+    obs = internet_ping(t0=1_000 * MS) + internet_pong(t0=1_001 * MS)
+    lines = assert_same(lambda: Batches([ObsBatch.from_observations(obs)]))
+    (flow,) = [x for x in lines if '"type": "flow"' in x]
+    assert flow.startswith('{"type": "flow", "id": "f1", "proto": "icmp", ') and flow.endswith('"paths": ["p1", "p2"]}')
+
+
+def test_a_flow_in_pieces_at_its_path_cap() -> None:
+    from tracer._core import PathFinisher
+
+    obs = [o for k in range(5) for o in internet_ping(t0=1_000 * MS + k * MS, ip_id=k, icmp_seq=k)]
+    fin = PathFinisher(max_flow_paths=2)
+    batch = ObsBatch.from_observations(obs)
+    fin.finish(batch.rows.view(np.uint8), np.full(5, 5, dtype=np.uint32), np.arange(1, 6, dtype=np.uint64),
+               [(h.node, h.iface) for h in batch.hops], batch.drop_reasons)
+    fin.close_flows()
+    fin.take_flows(0)
+    flows = [x for x in bytes(fin.take()).decode().splitlines() if '"type": "flow"' in x]
+    assert [re.findall(r'"(f\d+)".*"paths": (\[.*\])', x)[0] for x in flows] == [
+        ("f1", '["p1", "p2"]'), ("f2", '["p3", "p4"]'), ("f3", '["p5"]')]
+
+
+def test_bad_batches_are_one_clear_error() -> None:
+    from tracer._core import PathFinisher
+
+    fin = PathFinisher()
+    batch = ObsBatch.from_observations(internet_ping())
+    rows = batch.rows.view(np.uint8)
+    labels = [(h.node, h.iface) for h in batch.hops]
+    with pytest.raises(ValueError, match="path lengths add up to 4 sightings, the rows hold 5"):
+        fin.finish(rows, np.array([4], dtype=np.uint32), np.array([1], dtype=np.uint64), labels, {})
+    with pytest.raises(ValueError, match="whole number"):
+        fin.finish(rows[:-1], np.array([5], dtype=np.uint32), np.array([1], dtype=np.uint64), labels, {})
+    with pytest.raises(ValueError, match="1 path lengths for 2 path numbers"):
+        fin.finish(rows, np.array([5], dtype=np.uint32), np.array([1, 2], dtype=np.uint64), labels, {})
+    assert bytes(fin.take()) == b""
+
