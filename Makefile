@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PKGS := python3-bpfcc bpftool linux-headers-amd64 iproute2 iptables conntrack \
 	tcpdump tshark wireshark-common docker.io busybox-static iperf3 tmux python3-venv python3-pip \
-	nftables
+	nftables zsh
 APT_STAMP := .stamp-apt
 VENV_STAMP := $(VENV)/.installed
 CORE_STAMP := .stamp-core
@@ -16,7 +16,9 @@ RUST_SRC := Cargo.toml $(wildcard Cargo.lock) $(shell find crates -path crates/f
 
 .PHONY: install test lint typecheck unit demo fixtures bench clean rust-check wheel
 
-install: $(APT_STAMP) $(VENV_STAMP) $(CORE_STAMP)
+MAN_PAGE := $(VENV)/share/man/man1/hoptrace.1
+
+install: $(APT_STAMP) $(VENV_STAMP) $(CORE_STAMP) $(MAN_PAGE)
 
 # dpkg-query answers in milliseconds, so only a missing package costs an apt run.
 $(APT_STAMP): Makefile
@@ -49,6 +51,13 @@ $(CORE_STAMP): $(VENV_STAMP) $(RUST_SRC)
 	@echo "building the Rust core (release)…"
 	@VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release > .stamp-core.log 2>&1 \
 	    || { cat .stamp-core.log; echo "the Rust core did not build (output above)"; exit 1; }
+	@touch $@
+
+# hoptrace(1) and the bash / zsh completions, generated from the CLI's parser into .venv/share
+# (man finds it through PATH; README says how to source the completions). Files whose text
+# did not change are not rewritten; the touch keeps make from asking again.
+$(MAN_PAGE): $(VENV_STAMP) tracer/cli.py tracer/manpage.py tracer/lab/scenarios.py
+	@$(PY) -m tracer.manpage --install $(VENV) >/dev/null
 	@touch $@
 
 # A wheel for hosts without Rust: Python, bcc (Debian's python3-bpfcc) and this file.

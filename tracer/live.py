@@ -5,6 +5,10 @@ it *before* the engine so that ``--ready-file`` is written only once every
 probe/tap is attached, then drives tracer.engine into the TUI or a text /
 NDJSON sink. SIGINT, SIGTERM and SIGHUP stop the engine (exit 0); the source is detached and
 the recording flushed in ``finally``, and the sink's last line is the stats.
+
+On stderr, like tcpdump's "listening on ...": ``compiling probes…`` (or ``opening taps…``)
+before the source starts, and ``ready: N probes on M namespaces in T s`` once everything is
+attached, when the ready file is written. ``-r FILE`` replays FILE instead (tracer.replay).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,10 @@ from typing import Any
 from tracer.errors import HoptraceError, KernelFeatureMissing, PrivilegeError, UsageError
 from tracer.model import ObsBatch, PacketPath
 from tracer.safe_text import term_safe
+
+#: -s 0 (tcpdump's "the maximum"): per backend. The eBPF events hold at most 1500 bytes.
+EBPF_SNAPLEN_MAX = 1500
+SNAPLEN_MAX = 65535
 
 
 class Started:
@@ -72,7 +81,7 @@ def make_ebpf_source(args: argparse.Namespace) -> Any:
 
     kf = kernel_filter_from_pcap(getattr(args, "filter", None))
     netns = _iface_netns(getattr(args, "iface", []) or [])
-    return EbpfSource(snaplen=args.snaplen, netns=netns, kernel_filter=kf)
+    return EbpfSource(snaplen=args.snaplen or EBPF_SNAPLEN_MAX, netns=netns, kernel_filter=kf)
 
 
 def _iface_netns(ifaces: list[str]) -> set[int] | None:
@@ -136,7 +145,7 @@ def make_pcap_source(args: argparse.Namespace) -> Any:
     taps = _optional("tracer.taps")
     if taps is None:
         raise KernelFeatureMissing("the pcap backend (tracer.taps) is not in this build yet")
-    return taps.TapSource(args.iface or None, bpf_filter=args.filter, snaplen=args.snaplen)
+    return taps.TapSource(args.iface or None, bpf_filter=args.filter, snaplen=args.snaplen or SNAPLEN_MAX)
 
 
 def choose_source(args: argparse.Namespace) -> Any:
@@ -194,7 +203,53 @@ def _want_tui(args: argparse.Namespace) -> bool:
     return app is not None and hasattr(app, "make_app")
 
 
+def attached(source: Any) -> tuple[int, str, int]:
+    """(how many, "probes" or "taps", on how many namespaces) the started source holds."""
+    bpf = getattr(source, "_bpf", None)
+    if bpf is not None:
+        count = len(getattr(bpf, "raw_tracepoint_fds", ()) or ())
+        count += sum(int(getattr(bpf, f"num_open_{k}", lambda: 0)()) for k in ("kprobes", "tracepoints"))
+        netns = getattr(getattr(source, "kernel_filter", None), "netns", None)
+        if not netns:
+            from tracer.topology import find_namespaces
+
+            netns = find_namespaces()  # every namespace: the probes see them all
+        return count, "probes", len(netns)
+    taps = getattr(source, "taps", None) or {}
+    return len(taps), "taps", len({key[0] for key in taps})
+
+
+def _ready_line(source: Any, t0: float) -> str:
+    try:
+        n, what, namespaces = attached(source)
+    except Exception:  # a count is a courtesy: never fail a run over it
+        return f"ready ({source.kind}) in {time.monotonic() - t0:.2f} s"
+    return (f"ready: {n} {what if n != 1 else what[:-1]} on {namespaces} "
+            f"namespace{'s' if namespaces != 1 else ''} in {time.monotonic() - t0:.2f} s")
+
+
+# live's flags that mean nothing when -r replays a file instead
+_LIVE_ONLY = (("iface", "-i/--iface"), ("record", "-w/--record"), ("rules", "--rules"),
+              ("ready_file", "--ready-file"), ("duration", "--duration"))
+
+
+def _replay_instead(args: argparse.Namespace) -> int:
+    """``live -r FILE``: tcpdump's -r, the recording instead of the kernel (tracer.replay)."""
+    for dest, flag in _LIVE_ONLY:
+        if getattr(args, dest, None):
+            raise UsageError(f"-r replays a file: {flag} means nothing there",
+                             "drop it, or trace live without -r")
+    if args.backend != "auto" or args.snaplen != 128:
+        raise UsageError("-r replays a file: --backend and -s/--snaplen mean nothing there")
+    from tracer import replay
+
+    args.files, args.hop = list(args.read), []
+    return replay.run(args)
+
+
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "read", None):
+        return _replay_instead(args)
     path_filter = None
     if args.filter:
         from tracer.filter import PathFilter
@@ -205,8 +260,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("live needs the correlation engine (tracer.engine), not in this build yet")
 
     with contextlib.ExitStack() as stack:
+        t0 = time.monotonic()
+        _notice("opening taps…" if args.backend == "pcap" else "compiling probes…")
         source = choose_source(args)
         stack.callback(source.stop)
+        args.snaplen = int(getattr(source, "snaplen", 0) or args.snaplen or SNAPLEN_MAX)
         told = [0]
 
         def learn(batch: ObsBatch) -> None:
@@ -244,6 +302,7 @@ def run(args: argparse.Namespace) -> int:
         if args.ready_file:
             Path(args.ready_file).write_text(f"{os.getpid()} {source.kind}\n")
             stack.callback(_unlink, args.ready_file)
+        _notice(_ready_line(source, t0))
 
         annotators, topo = _annotators(source)
         for annotate in annotators:
@@ -262,16 +321,19 @@ def run(args: argparse.Namespace) -> int:
             engine.batch_hooks.append(rec.on_batch)
         stopper.attach(engine)
         if _want_tui(args):
+            from tracer.output import tui_color
             from tui.app import make_app
 
+            tui_color(args)
             app = make_app(engine, keep=args.keep, backend_name=source.kind, filter_expr=args.filter,
-                           topology=topo, recorder_factory=_recorder_factory(args))
+                           topology=topo, recorder_factory=_recorder_factory(args),
+                           numeric=bool(getattr(args, "numeric", False)))
             stopper.app = app
             app.run()
         else:
-            from tracer.output import NdjsonSink, TextSink
+            from tracer.output import NdjsonSink, TextSink, text_options
 
-            sink = NdjsonSink(sys.stdout) if args.json else TextSink(sys.stdout)
+            sink = NdjsonSink(sys.stdout) if args.json else TextSink(sys.stdout, text_options(args, sys.stdout))
             engine_mod.run(engine, [sink])
     sys.stdout.flush()
     return 0

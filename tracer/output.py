@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TextIO
 
@@ -430,7 +432,7 @@ def what_text(h: Observation) -> str:
     return " ".join(parts)
 
 
-def nat_text(ev: NatEvent, hops: Sequence[Observation] = ()) -> str:
+def nat_text(ev: NatEvent, hops: Sequence[Observation] = (), color: bool = False) -> str:
     """``172.17.0.2 → 203.0.113.2  SNAT @ host POSTROUTING  rule: ...``"""
     if ev.kind == "snat":
         change = f"{addr_port(ev.before.src, ev.before.sport)} → {addr_port(ev.after.src, ev.after.sport)}"
@@ -440,7 +442,7 @@ def nat_text(ev: NatEvent, hops: Sequence[Observation] = ()) -> str:
         change += f" (icmp id {ev.icmp_id_before} → {ev.icmp_id_after})"
     inner = "quoted header " if hops and is_inner_event(hops, ev) else ""
     # The node is a name from the system or a capture file, the rule the system's text: untrusted.
-    text = f"{inner}{change}  {ev.kind.upper()} @ {term_safe(ev.node)} {term_safe(ev.hook)}"
+    text = f"{inner}{change}  {_paint(ev.kind.upper(), ev.kind, color)} @ {term_safe(ev.node)} {term_safe(ev.hook)}"
     if ev.rule:
         text += f"  rule: {term_safe(ev.rule)}" + (f" ({term_safe(ev.rule_source)})" if ev.rule_source else "")
     if ev.conntrack is not None and ev.conntrack.id is not None:
@@ -468,39 +470,150 @@ def _where(h: Observation) -> str:
     return term_safe(f"{h.hop_name} {h.direction or '?'}")
 
 
-def path_text(path: PacketPath) -> str:
+@dataclasses.dataclass(frozen=True, slots=True)
+class TextOptions:
+    """How the text output looks: tcpdump's -n, -q / -v, and colour (``--color``).
+
+    ``numeric``: nodes as ``netns:<inode>`` (``numeric_path``); ``detail``: -1 one line per
+    path (-q), 0 the default block, 1 addresses/TTL/IP id/length per hop (-v), 2 also the
+    time and skb (-vv); ``color``: ANSI colours on verdicts, drops and NAT kinds.
+    """
+
+    numeric: bool = False
+    detail: int = 0
+    color: bool = False
+
+
+PLAIN = TextOptions()
+
+
+def color_wanted(choice: str, stream: Any) -> bool:
+    """``--color``: always, never, or auto: on a terminal, unless NO_COLOR is set (and not
+    empty, no-color.org) or TERM is dumb. A flag given on the command line beats NO_COLOR."""
+    if choice == "always":
+        return True
+    if choice == "never" or os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        return bool(stream.isatty())
+    except (ValueError, AttributeError):
+        return False
+
+
+def text_options(args: Any, stream: Any) -> TextOptions:
+    """The text output's look from live's / replay's flags (-n, -q, -v, --color)."""
+    detail = -1 if getattr(args, "quiet", False) else min(int(getattr(args, "verbose", 0) or 0), 2)
+    return TextOptions(numeric=bool(getattr(args, "numeric", False)), detail=detail,
+                       color=color_wanted(getattr(args, "color", "auto") or "auto", stream))
+
+
+def tui_color(args: Any) -> None:
+    """--color for the TUI: Textual reads NO_COLOR when the app is made (never: set it;
+    always: drop it; auto: leave the user's)."""
+    choice = getattr(args, "color", "auto")
+    if choice == "never":
+        os.environ["NO_COLOR"] = "1"
+    elif choice == "always":
+        os.environ.pop("NO_COLOR", None)
+
+# SGR codes; the text between is term_safe already, so no name can carry its own.
+_SGR = {"delivered": "32", "dropped": "1;31", "left": "36", "incomplete": "33",
+        "drop": "1;31", "snat": "35", "dnat": "35"}
+
+
+def _paint(text: str, key: str, color: bool) -> str:
+    code = _SGR.get(key)
+    return f"\x1b[{code}m{text}\x1b[0m" if color and code else text
+
+
+def numeric_path(path: PacketPath) -> PacketPath:
+    """-n: every node that has a namespace number shown as ``netns:<inode>`` (the hops, and the
+    NAT events that name those nodes), the way tcpdump -n shows addresses instead of names.
+    NDJSON never uses this: it keeps both fields."""
+    inode = {h.node: h.netns for h in path.hops if h.netns}
+    if not inode:
+        return path
+    hops = tuple(dataclasses.replace(h, node=f"netns:{h.netns}") if h.netns else h for h in path.hops)
+    nat = tuple(dataclasses.replace(ev, node=f"netns:{inode[ev.node]}") if ev.node in inode else ev
+                for ev in path.nat)
+    return dataclasses.replace(path, hops=hops, nat=nat)
+
+
+def _hop_detail(h: Observation, level: int) -> str:
+    """-v: the packet as this hop saw it; -vv: also when (UTC) and which skb."""
+    parts = [what_text(h) if h.family == 0 else f"{addr_port(h.src, h.sport)} → {addr_port(h.dst, h.dport)}"]
+    if h.ttl:
+        parts.append(f"ttl {h.ttl}")
+    if h.ip_id is not None:
+        parts.append(f"id {h.ip_id}")
+    parts.append(f"len {h.length}")
+    if level >= 2:
+        secs, ns = divmod(h.ts_ns, 1_000_000_000)
+        parts.append(f"at {time.strftime('%H:%M:%S', time.gmtime(secs))}.{ns:09d}")
+        if h.skb:
+            parts.append(f"skb 0x{h.skb:x}")
+    return term_safe("  ".join(parts))
+
+
+def path_text(path: PacketPath, opts: TextOptions = PLAIN) -> str:
     """One block: a header line, then one line per hop with the rewrites inline.
 
     Every name in it is ``term_safe``: the block goes to a terminal (NDJSON keeps names exact).
+    With ``opts.detail == -1`` (-q) the hops follow the header on its one line.
     """
+    if opts.numeric:
+        path = numeric_path(path)
+    color = opts.color
     first = path.first
-    head = term_safe(f"{path.id}  {what_text(first)}  {addr_port(first.src, first.sport)} → "
-                     f"{addr_port(first.dst, first.dport)}  {path.verdict}  {duration_text(path.latency_ns)}")
+    head = (term_safe(f"{path.id}  {what_text(first)}  {addr_port(first.src, first.sport)} → "
+                      f"{addr_port(first.dst, first.dport)}  ")
+            + _paint(path.verdict, path.verdict, color) + f"  {duration_text(path.latency_ns)}")
     if path.flow:
         head += f"  flow {term_safe(path.flow)}"
+    if opts.detail < 0:
+        return head + "  " + _route_text(path, color)
     by_hop: dict[int, list[NatEvent]] = {}
     for ev in path.nat:
         by_hop.setdefault(ev.to_hop, []).append(ev)
     wheres = [_where(h) for h in path.hops]
     width = max(len(w) for w in wheres)
+    deltas = ["" if i == 0 else f"+{duration_text(h.ts_ns - path.hops[i - 1].ts_ns)}"
+              for i, h in enumerate(path.hops)]
+    dwidth = max(len(d) for d in deltas)
     lines = [head]
-    prev = first.ts_ns
     for i, h in enumerate(path.hops):
         arrow = "   " if i == 0 else " → "
         where = wheres[i].ljust(width)
         line = f"  {arrow}{where}"
-        if i:
-            line += f"  +{duration_text(h.ts_ns - prev)}"
+        if opts.detail > 0:
+            line += f"  {deltas[i].ljust(dwidth)}  {_hop_detail(h, opts.detail)}"
+        elif i:
+            line += f"  {deltas[i]}"
         if h.direction == "drop":
-            line += f"  DROPPED: {term_safe(h.drop_reason or 'unknown reason')}"
+            line += "  " + _paint(f"DROPPED: {term_safe(h.drop_reason or 'unknown reason')}", "drop", color)
             hint = drop_hint(h)
             if hint:
                 line += f" ({hint})"
         for ev in by_hop.get(i, ()):
-            line += f"\n        {nat_text(ev, path.hops)}"
+            line += f"\n        {nat_text(ev, path.hops, color)}"
         lines.append(line.rstrip())
-        prev = h.ts_ns
     return "\n".join(lines)
+
+
+def _route_text(path: PacketPath, color: bool) -> str:
+    """-q: ``client/eth0 → host/docker0 → host/eth0 SNAT → inet/eth0``, a drop as ``✖ REASON``."""
+    nat_at: dict[int, list[str]] = {}
+    for ev in path.nat:
+        nat_at.setdefault(ev.to_hop, []).append(_paint(ev.kind.upper(), ev.kind, color))
+    parts = []
+    for i, h in enumerate(path.hops):
+        part = term_safe(h.hop_name)
+        if i in nat_at:
+            part += " " + " ".join(nat_at[i])
+        if h.direction == "drop":
+            part += " " + _paint(f"✖ {term_safe(h.drop_reason or 'dropped')}", "drop", color)
+        parts.append(part)
+    return " → ".join(parts)
 
 
 def flow_text(flow: Flow) -> str:
@@ -515,13 +628,15 @@ def stats_text(stats: Stats) -> str:
 
 
 class TextSink:
-    """A block per path as it finishes, a line per flow, the stats line last."""
+    """A block per path as it finishes (a line with -q), a line per flow, the stats line last."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, opts: TextOptions = PLAIN) -> None:
         self.stream = stream
+        self.opts = opts
+        self._gap = "\n" if opts.detail < 0 else "\n\n"
 
     def on_path(self, path: PacketPath) -> None:
-        self.stream.write(path_text(path) + "\n\n")
+        self.stream.write(path_text(path, self.opts) + self._gap)
 
     def on_flow(self, flow: Flow) -> None:
         self.stream.write(flow_text(flow) + "\n")
@@ -538,7 +653,7 @@ class TextSink:
 
 
 __all__ = [
-    "DYN_FIELDS", "NdjsonSink", "Rendered", "Sink", "TextSink", "drop_hint", "duration_text",
-    "flow_json", "flow_text", "nat_json", "nat_text", "path_json", "path_line", "path_template",
-    "path_text", "stats_json", "stats_text", "what_text",
+    "DYN_FIELDS", "PLAIN", "NdjsonSink", "Rendered", "Sink", "TextOptions", "TextSink", "color_wanted", "drop_hint",
+    "duration_text", "flow_json", "flow_text", "nat_json", "nat_text", "numeric_path", "path_json",
+    "path_line", "path_template", "path_text", "stats_json", "stats_text", "text_options", "tui_color", "what_text",
 ]  # fmt: skip

@@ -1,4 +1,4 @@
-"""``hoptrace replay FILE... [--hop NODE/IFACE=FILE]... [--json] [--filter EXPR] [--no-tui]``.
+"""``hoptrace replay FILE... [--hop NODE/IFACE=FILE]... [--json] [--no-tui] [-- EXPR...]``.
 
 The same engine as live, over capture files: FileSource -> Engine -> a sink
 (text, NDJSON) or the TUI. A damaged file still shows every path read before
@@ -18,7 +18,7 @@ from tracer.filter import PathFilter
 from tracer.model import ObsBatch
 from tracer.readers import FileSource, open_files
 
-USAGE_HINT = "hoptrace replay FILE... [--hop NODE/IFACE=FILE]... [--json] [--filter EXPR]"
+USAGE_HINT = "hoptrace replay FILE... [--hop NODE/IFACE=FILE]... [--json] [-- EXPR...]"
 
 
 class HeldErrorSource:
@@ -69,7 +69,7 @@ def build_engine(args: argparse.Namespace) -> tuple[Any, HeldErrorSource]:
         if exc.name != "tracer.engine":
             raise
         raise UsageError("replay needs the correlation engine (tracer.engine), not in this build yet") from exc
-    return Engine(source, path_filter=path_filter), source
+    return Engine(source, path_filter=path_filter, count=getattr(args, "count", None)), source
 
 
 def _want_tui(args: argparse.Namespace) -> bool:
@@ -83,16 +83,19 @@ def _want_tui(args: argparse.Namespace) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tracer.output import NdjsonSink, TextSink, text_options, tui_color
+
     engine, source = build_engine(args)
     if _want_tui(args):
         from tui.app import make_app
 
-        make_app(engine, keep=args.keep).run()
+        tui_color(args)
+        make_app(engine, keep=args.keep, numeric=bool(getattr(args, "numeric", False))).run()
     else:
         from tracer.engine import run as run_engine
-        from tracer.output import NdjsonSink, TextSink
 
-        sink = NdjsonSink(sys.stdout) if args.json else TextSink(sys.stdout)
+        out = sys.stdout
+        sink = NdjsonSink(out) if args.json else TextSink(out, text_options(args, sys.stdout))
         run_engine(engine, [sink])
     sys.stdout.flush()
     if source.error is not None:

@@ -75,8 +75,10 @@ class HoptraceApp(App[None]):
         filter_expr: str | None = None,
         recorder_factory: Callable[[], Any] | None = None,
         topology: Any = None,
+        numeric: bool = False,
     ) -> None:
         super().__init__()
+        self.numeric = numeric  # -n: namespaces by number in the path view
         self.engine = engine
         self.store = PathStore(keep)
         self.feed = Feed(engine, keep, lambda: self.post_message(PathsReady()))
@@ -105,7 +107,7 @@ class HoptraceApp(App[None]):
         # Held, not queried later: query_one() looks at the active screen, which may be a modal.
         self.filter_bar = FilterBar(id="filter-bar")
         self.table = PathTable(self.store, id="paths")
-        self.path_view = PathView(id="path-view")
+        self.path_view = PathView(id="path-view", numeric=self.numeric)
         self.topo_pane = TopologyPane(id="topology")
         self.status_bar = StatusBar(id="status")
         yield self.filter_bar
@@ -433,6 +435,7 @@ def make_app(
     filter_expr: str | None = None,
     recorder_factory: Callable[[], Any] | None = None,
     topology: Any = None,
+    numeric: bool = False,
 ) -> HoptraceApp:
     """The TUI over an engine (live or replay); ``.run()`` it on a terminal, ``.run_test()`` in tests.
 
@@ -441,7 +444,8 @@ def make_app(
     as an engine batch hook and stops it. ``topology`` is a
     ``tracer.topology.Topology``; without it the pane shows the hops seen.
     ``filter_expr`` is the initial display filter (editable with `/`); an engine's
-    ``path_filter`` is taken over as that filter when no ``count`` is set.
+    ``path_filter`` is taken over as that filter when no ``count`` is set. ``numeric`` (-n)
+    shows nodes as ``netns:<inode>`` in the path view.
     """
     engine_filter = getattr(engine, "path_filter", None)
     if (engine_filter is not None and getattr(engine, "count", None) is None
@@ -452,4 +456,4 @@ def make_app(
         if filter_expr is not None:
             engine.path_filter = None  # type: ignore[attr-defined]
     return HoptraceApp(engine, keep=keep, backend_name=backend_name, filter_expr=filter_expr,
-                       recorder_factory=recorder_factory, topology=topology)
+                       recorder_factory=recorder_factory, topology=topology, numeric=numeric)

@@ -42,15 +42,27 @@ def _assert_nothing_raw(screen_e: str) -> None:
 
 def test_text_output_in_tmux_shows_names_escaped(tmux: Tmux) -> None:
     assert FIXTURE.exists(), f"{FIXTURE} is committed (regenerate: python -m tests.hostile)"
-    _start(tmux, [HOPTRACE[0], "replay", "--no-tui", str(FIXTURE)])
+    _start(tmux, [HOPTRACE[0], "replay", "--no-tui", "--color", "never", str(FIXTURE)])
     screen = tmux.wait_for("stats: 2 observations")
     raw = _raw(tmux)
-    # Plain text printed nothing coloured: any escape sequence on screen came from a name.
+    # Text without colour: any escape sequence on screen came from a name.
     assert "\x1b" not in raw and "\x07" not in raw, repr(raw)
     lines = screen.splitlines()
     assert lines[0].startswith("p1  icmp echo-request"), screen  # not cleared by ESC[2J
     assert lines[1].strip() == "\\x1b[31mweb\\x1b[0m/eth0\\x1b]0;PWNED\\x07 tx", screen
     assert lines[2].startswith("   → host/veth\\x1b[2J rx"), screen
+    assert _title(tmux) != "PWNED"
+
+
+def test_coloured_text_in_tmux_colours_only_what_hoptrace_colours(tmux: Tmux) -> None:
+    """On a terminal, text is coloured (the verdict here): the only sequences are those colours."""
+    assert FIXTURE.exists(), f"{FIXTURE} is committed (regenerate: python -m tests.hostile)"
+    _start(tmux, [HOPTRACE[0], "replay", "--no-tui", str(FIXTURE)])
+    screen = tmux.wait_for("stats: 2 observations")
+    raw = _raw(tmux)
+    assert SGR.search(raw) and "incomplete" in raw, repr(raw)  # auto: colour on a terminal
+    _assert_nothing_raw(raw)
+    assert screen.splitlines()[1].strip() == "\\x1b[31mweb\\x1b[0m/eth0\\x1b]0;PWNED\\x07 tx", screen
     assert _title(tmux) != "PWNED"
 
 

@@ -10,6 +10,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from tracer.model import PacketPath
+from tracer.output import numeric_path
 from tui.format import path_view
 
 EMPTY = Text("No path selected. Paths appear above as packets finish; ↑/↓ or the mouse select one.",
@@ -22,13 +23,16 @@ class PathView(VerticalScroll):
     PathView > #path-text { width: auto; }
     """
 
-    def __init__(self, **kw: Any) -> None:
+    def __init__(self, numeric: bool = False, **kw: Any) -> None:
         super().__init__(**kw)
+        self.numeric = numeric  # -n: nodes as netns:<inode>
         self.body = Static(EMPTY, id="path-text")
 
     def compose(self) -> ComposeResult:
         yield self.body
 
     def show(self, path: PacketPath | None, flow_id: str | None = None, role: str | None = None) -> None:
+        if path is not None and self.numeric:
+            path = numeric_path(path)
         self.body.update(EMPTY if path is None else path_view(path, flow_id, role))
         self.border_title = f"path {path.id}" if path is not None else "path"
