@@ -107,6 +107,19 @@ def c_snaplen(snaplen: int) -> int:
     return max(8, (snaplen + 7) // 8 * 8)
 
 
+#: The kernel's limit on one per-CPU map value (PCPU_MIN_UNIT_SIZE): the stage holds a batch.
+PERCPU_VALUE_MAX = 32768
+BATCH_HEADER = 16  # struct hop_batch before its events: count, busy, first_ts
+
+
+def max_snaplen(batch: int = DEFAULT_BATCH) -> int:
+    """The largest snaplen whose staged batch (struct hop_batch) the kernel accepts as a per-CPU
+    map value: 952 bytes with 32 events a batch. Above it the stage map fails with E2BIG."""
+    frame_at = event_type(8).frame.offset  # type: ignore[attr-defined]
+    per_event = (PERCPU_VALUE_MAX - BATCH_HEADER) // batch // 8 * 8  # events are 8-byte aligned
+    return min(1500, (per_event - frame_at) // 8 * 8)
+
+
 def event_type(snaplen: int) -> type[ctypes.Structure]:
     n = c_snaplen(snaplen)
     t = _EVENT_TYPES.get(n)
@@ -433,9 +446,11 @@ class EbpfSource:
         ring_pages: int = DEFAULT_RING_PAGES,
         poll_s: float = POLL_S,
     ) -> None:
-        if not 14 <= snaplen <= 1500:
-            # bad usage (exit 2), not a kernel problem: the event's frame array is at most 1500 bytes
-            raise UsageError(f"--snaplen {snaplen}: the eBPF backend captures 14..1500 bytes")
+        top = max_snaplen(batch)
+        if not 14 <= snaplen <= top:
+            # bad usage (exit 2), not a kernel problem: a batch of events must fit a per-CPU map value
+            raise UsageError(f"--snaplen {snaplen}: the eBPF backend captures 14..{top} bytes",
+                             "-s 0 takes the most the backend can")
         self.snaplen = snaplen
         kf = kernel_filter or KernelFilter()
         if netns is not None:

@@ -55,7 +55,7 @@ COMPLETE: dict[tuple[str, str], str] = {
     ("lab", "scenario"): "scenario",
 }  # fmt: skip
 
-#: tcpdump's -s 0: "the most the backend can take" (65535; the eBPF backend's events hold 1500).
+#: tcpdump's -s 0: "the most the backend can take" (65535; eBPF: probes.skb_hops.max_snaplen()).
 SNAPLEN_MAX = 65535
 
 MORE = """\

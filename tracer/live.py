@@ -28,8 +28,7 @@ from tracer.errors import HoptraceError, KernelFeatureMissing, PrivilegeError, U
 from tracer.model import ObsBatch, PacketPath
 from tracer.safe_text import term_safe
 
-#: -s 0 (tcpdump's "the maximum"): per backend. The eBPF events hold at most 1500 bytes.
-EBPF_SNAPLEN_MAX = 1500
+#: -s 0 (tcpdump's "the maximum"): per backend; eBPF's is probes.skb_hops.max_snaplen().
 SNAPLEN_MAX = 65535
 
 
@@ -77,11 +76,11 @@ def _notice(msg: str) -> None:
 
 
 def make_ebpf_source(args: argparse.Namespace) -> Any:
-    from probes.skb_hops import EbpfSource, kernel_filter_from_pcap
+    from probes.skb_hops import EbpfSource, kernel_filter_from_pcap, max_snaplen
 
     kf = kernel_filter_from_pcap(getattr(args, "filter", None))
     netns = _iface_netns(getattr(args, "iface", []) or [])
-    return EbpfSource(snaplen=args.snaplen or EBPF_SNAPLEN_MAX, netns=netns, kernel_filter=kf)
+    return EbpfSource(snaplen=args.snaplen or max_snaplen(), netns=netns, kernel_filter=kf)
 
 
 def _iface_netns(ifaces: list[str]) -> set[int] | None:
@@ -300,7 +299,10 @@ def run(args: argparse.Namespace) -> int:
         stopper.cleanup = stack.close
         stack.callback(stopper.close)
         if args.ready_file:
-            Path(args.ready_file).write_text(f"{os.getpid()} {source.kind}\n")
+            # whole or not at all: a script that sees the file may read it at once
+            part = Path(f"{args.ready_file}.part")
+            part.write_text(f"{os.getpid()} {source.kind}\n")
+            os.replace(part, args.ready_file)
             stack.callback(_unlink, args.ready_file)
         _notice(_ready_line(source, t0))
 

@@ -213,7 +213,10 @@ def path_view(path: PacketPath, flow_id: str | None = None, role: str | None = N
     out.append("\n")
     out.append(summary(path), style="bold italic")
     out.append("\n\n")
-    out.append(f"  {'#':>2} {'node':<12} {'iface':<12} {'dir':<4} {'time':<16} {'Δ':>9}  addresses\n",
+    # 12 cells hold a container name (cut after that); netns:<inode> (a namespace without a
+    # name, or -n) needs 16 to stay whole
+    nw = 16 if any(h.node.startswith("netns:") for h in path.hops) else 12
+    out.append(f"  {'#':>2} {'node':<{nw}} {'iface':<12} {'dir':<4} {'time':<16} {'Δ':>9}  addresses\n",
                style="bold underline")
     nat_after: dict[int, list[NatEvent]] = {}
     for ev in path.nat:
@@ -225,7 +228,7 @@ def path_view(path: PacketPath, flow_id: str | None = None, role: str | None = N
         delta = "" if prev is None else "+" + duration_text(hop.ts_ns - prev)
         prev = hop.ts_ns
         row = Text(
-            f"  {i:>2} {term_safe(hop.node)[:12]:<12} {term_safe(hop.ifname)[:12]:<12} "
+            f"  {i:>2} {term_safe(hop.node)[:nw]:<{nw}} {term_safe(hop.ifname)[:12]:<12} "
             f"{term_safe(hop.direction or '?'):<4} "
             f"{ts_text(hop.ts_ns):<16} {delta:>9}  ",
             style=style,
