@@ -26,6 +26,7 @@ direction, skb, drop reason and gives the nanosecond timestamp.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Iterator, Sequence
@@ -131,6 +132,7 @@ class _FileReader:
         self._data = b""
         self._pos = 0
         self._eof = False
+        self.bytes_read = 0  # for FileSource.progress()
 
     def error(self, problem: str) -> CaptureFileError:
         return CaptureFileError(f"{self.path}: {problem}")
@@ -148,6 +150,7 @@ class _FileReader:
             if not more:
                 self._eof = True
                 return False
+            self.bytes_read += len(more)
             self._data = self._data[self._pos :] + more
             self._pos = 0
         return True
@@ -550,6 +553,8 @@ class FileSource:
         self.drop_reasons: dict[int, str] = {}
         self._stopped = False
         self.packets = 0
+        self._readers: list[_FileReader] = []
+        self._sizes: int | None = None
 
     # -- Source protocol ----------------------------------------------------
     def start(self) -> None:
@@ -565,6 +570,17 @@ class FileSource:
     def lost_events(self) -> int:
         return 0
 
+    def progress(self) -> tuple[int, int]:
+        """(bytes read so far, bytes in all the inputs), for a progress line; the total counts
+        regular files only (a pipe's size is not known), taken once at the first call."""
+        if self._sizes is None:
+            total = 0
+            for path, _label in self._inputs:
+                with contextlib.suppress(OSError):
+                    total += Path(path).stat().st_size if Path(path).is_file() else 0
+            self._sizes = total
+        return sum(r.bytes_read for r in self._readers), self._sizes
+
     def batches(self) -> Iterator[ObsBatch]:
         streams = [self._file_batches(i, path, label) for i, (path, label) in enumerate(self._inputs)]
         if len(streams) == 1:
@@ -578,6 +594,7 @@ class FileSource:
     # -- per file --------------------------------------------------------------
     def _file_batches(self, fidx: int, path: str, label: tuple[str, str] | None) -> Iterator[ObsBatch]:
         reader = _FileReader(path)
+        self._readers.append(reader)
         dtype = obs_dtype()
         stem = Path(path).stem or "capture"
         for ch in reader.chunks():

@@ -4,6 +4,8 @@ The same engine as live, over capture files: FileSource -> Engine -> a sink
 (text, NDJSON) or the TUI. A damaged file still shows every path read before
 the damage: the source's error is held back until the engine has flushed
 and the sink has printed its stats, then reported as one line (exit 2).
+Reading a file shows a progress line on stderr when stderr is a terminal
+(tracer.progress), not in the TUI.
 """
 
 from __future__ import annotations
@@ -93,10 +95,16 @@ def run(args: argparse.Namespace) -> int:
         make_app(engine, keep=args.keep, numeric=bool(getattr(args, "numeric", False))).run()
     else:
         from tracer.engine import run as run_engine
+        from tracer.progress import FileProgress
 
-        out = sys.stdout
+        progress = FileProgress(source.inner, "replay")
+        engine.batch_hooks.append(progress)
+        out = progress.output(sys.stdout)
         sink = NdjsonSink(out) if args.json else TextSink(out, text_options(args, sys.stdout))
-        run_engine(engine, [sink])
+        try:
+            run_engine(engine, [sink])
+        finally:
+            progress.clear()
     sys.stdout.flush()
     if source.error is not None:
         raise source.error

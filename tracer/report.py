@@ -1,4 +1,4 @@
-"""``hoptrace report FILE... [--hop ...] [--format text|json|markdown] [--filter] [--parquet DIR]``.
+"""``hoptrace report FILE... [--hop ...] [--format text|json|markdown] [--parquet DIR] [-- EXPR...]``.
 
 The same engine as replay, summarised: paths by verdict and protocol, flows,
 NAT events grouped by where and how they rewrote (with packet counts), drops
@@ -255,9 +255,15 @@ def run(args: argparse.Namespace) -> int:
     if path_filter is not None:
         engine.batch_hooks.append(tell)
     from tracer.engine import gc_policy
+    from tracer.progress import FileProgress
 
-    with gc_policy():
-        summary, paths, error = summarize(engine, keep_paths=write_parquet is not None)
+    progress = FileProgress(source, "report")  # on stderr, when it is a terminal
+    engine.batch_hooks.append(progress)
+    try:
+        with gc_policy():
+            summary, paths, error = summarize(engine, keep_paths=write_parquet is not None)
+    finally:
+        progress.clear()
     if error is not None and summary.stats is not None and summary.stats.observations == 0:
         raise error  # nothing was read: an empty report would only hide the one line that matters
     labels = files + [h.split("=", 1)[-1] for h in hop_args]

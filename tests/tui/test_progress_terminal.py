@@ -1,0 +1,67 @@
+"""Progress seen in a real terminal (tmux): report and replay of a big file show records/s,
+% and ETA on one line while they work, and leave nothing of it behind; in a pipe, nothing."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tests.conftest import HOPTRACE
+from tests.tui.conftest import Tmux
+from tests.unit.test_progress import big_pcap
+
+
+def start(tmux: Tmux, command: str) -> None:
+    tmux("-f", "/dev/null", "start-server", ";", "set", "-g", "default-size", "120x40", ";",
+         "new-session", "-d", "-s", "hop", "-x", "120", "-y", "40", "-e", "TERM=xterm-256color",
+         f"env -u COLUMNS -u LINES {command}; echo EXIT=$?; sleep 60")
+
+
+def watch(tmux: Tmux, timeout: float = 240) -> tuple[list[str], str]:
+    """Every screen until the command has ended, and the last one."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while True:
+        screen = tmux.screen()
+        seen.append(screen)
+        if "EXIT=" in screen:
+            return seen, screen
+        assert time.monotonic() < deadline, screen
+        time.sleep(0.1)
+
+
+def test_report_shows_progress_on_a_terminal_and_clears_it(tmux: Tmux, tmp_path: Path) -> None:
+    cap = big_pcap(tmp_path / "big.pcap", 60_000)
+    out = tmp_path / "report.txt"
+    start(tmux, f"{HOPTRACE[0]} report {cap} > {out}")
+    seen, last = watch(tmux)
+    lines = [line for s in seen for line in s.splitlines() if "records/s" in line]
+    assert lines, "no progress line seen"
+    assert any("% of 6.84 MB" in line and "ETA" in line for line in lines), lines
+    assert all(line.startswith("report: ") for line in lines), lines
+    assert "EXIT=0" in last and "records/s" not in last, last
+    assert last.splitlines()[0].startswith("EXIT=0")  # the line was taken back, not left above
+    assert "60000 paths" in out.read_text()
+
+
+def test_replay_text_on_the_same_terminal_keeps_paths_clean(tmux: Tmux, tmp_path: Path) -> None:
+    cap = big_pcap(tmp_path / "big.pcap", 60_000)
+    # -q: one line a path, a filter that keeps a few: most of the time only progress is drawn
+    start(tmux, f"{HOPTRACE[0]} replay --no-tui -q {cap} -- icmp[7] = 0 and ip[5] = 0 and ip[4] = 0")
+    seen, last = watch(tmux)
+    assert any("records/s" in s for s in seen), "no progress line seen"
+    assert "EXIT=0" in last and "records/s" not in last, last
+    body = [line for line in last.splitlines() if line.strip()]
+    paths = [line for line in body if line.startswith("p")]
+    assert paths and all(line.endswith("big/if0") for line in paths), body
+    assert body[-2].startswith("stats: 60000 observations"), body
+
+
+def test_no_progress_when_stderr_is_piped_on_a_terminal(tmux: Tmux, tmp_path: Path) -> None:
+    cap = big_pcap(tmp_path / "big.pcap", 60_000)
+    err = tmp_path / "err.txt"
+    start(tmux, f"{HOPTRACE[0]} report {cap} 2>&1 >/dev/null | cat > {err}")
+    seen, last = watch(tmux)
+    assert "EXIT=0" in last
+    assert not any("records/s" in s for s in seen)
+    assert err.read_text() == ""
