@@ -3,6 +3,7 @@
 
 use pyo3::prelude::*;
 
+mod correlate;
 mod finish;
 
 /// The core's version (a stale extension shows here: compare with the package's).
@@ -24,6 +25,7 @@ fn obs_layout() -> (Vec<(&'static str, &'static str, usize)>, usize) {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(core_version, m)?)?;
     m.add_function(wrap_pyfunction!(obs_layout, m)?)?;
+    correlate::register(m)?;
     finish::register(m)?;
     Ok(())
 }
