@@ -14,7 +14,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
-CORPUS = ROOT.parent / "shared" / "corpus" / "tcpdump-tests"
+# HOPTRACE_CORPUS: where a checkout that is not beside shared/ (a git worktree) finds the corpus.
+CORPUS = Path(os.environ.get("HOPTRACE_CORPUS") or ROOT.parent / "shared" / "corpus" / "tcpdump-tests")
 HOPTRACE = [str(ROOT / ".venv" / "bin" / "hoptrace")]
 
 

@@ -1,0 +1,426 @@
+"""The core's join (``tracer._core.Joiner``) against tracer.correlate.Correlator, the reference.
+
+Both are fed the same rows in the same batches, with the same ticks and flushes.
+Every row carries its index in the stream in ``wire_len`` (a field the join never
+reads), so each hop of a reference ``PacketPath`` names exactly the row it came
+from. Compared per call: the paths handed out (number and sightings, in order)
+and the order the reference finished them in (``_finish`` is called in idle
+order; it hands a step's paths out by number).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tracer.correlate as correlate_mod
+from tests.conftest import CORPUS
+from tests.unit.conftest import MS, US
+from tests.unit.test_lines import flood, hostile
+from tracer import _core
+from tracer.correlate import Correlator, _fingerprint, _hop_signature
+from tracer.errors import HoptraceError
+from tracer.model import HopLabel, ObsBatch, obs_dtype
+from tracer.readers import FileSource
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
+Paths = list[tuple[str, tuple[int, ...]]]
+
+
+class Reference(Correlator):
+    """The Python correlator, noting the numbers of the paths it finishes, in that order."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.finished: list[int] = []
+
+    def _finish(self, p: Any) -> Any:
+        self.finished.append(p.num)
+        return super()._finish(p)
+
+
+@dataclass
+class Config:
+    window_ns: int = correlate_mod.DEFAULT_WINDOW_NS
+    max_open_rows: int = correlate_mod.DEFAULT_MAX_OPEN_ROWS
+    chunk: int = correlate_mod._CHUNK
+    max_same_fp: int = correlate_mod._MAX_SAME_FP
+
+
+# One call: ("feed", batch) | ("advance", now_ns) | ("flush", max_paths)
+Op = tuple[str, Any]
+
+
+def tagged(rows: np.ndarray[Any, Any], start: int) -> np.ndarray[Any, Any]:
+    rows = rows.copy()
+    rows["wire_len"] = np.arange(start, start + len(rows), dtype=np.uint32)
+    return rows
+
+
+def py_run(ops: list[Op], cfg: Config) -> list[tuple[Paths, list[int]]]:
+    out = []
+    with mock.patch.object(correlate_mod, "_CHUNK", cfg.chunk), \
+            mock.patch.object(correlate_mod, "_MAX_SAME_FP", cfg.max_same_fp):  # fmt: skip
+        c = Reference(window_ns=cfg.window_ns, max_open_rows=cfg.max_open_rows)
+        for kind, arg in ops:
+            c.finished = []
+            if kind == "feed":
+                paths = c.feed_batch(arg)
+            elif kind == "advance":
+                paths = c.advance(arg)
+            else:
+                paths = c.flush(arg)
+            out.append(([(p.id, tuple(h.wire_len for h in p.hops)) for p in paths], c.finished))
+        assert c.open_paths == 0
+    return out
+
+
+def core_run(ops: list[Op], cfg: Config) -> list[tuple[Paths, list[int]]]:
+    j = _core.Joiner(window_ns=cfg.window_ns, max_open_rows=cfg.max_open_rows, chunk_rows=cfg.chunk,
+                     max_same_fp=cfg.max_same_fp)
+    out = []
+    for kind, arg in ops:
+        if kind == "feed":
+            got = j.feed(arg.rows, arg.now_ns)
+        elif kind == "advance":
+            got = j.advance(arg)
+        else:
+            got = j.flush(arg)
+        num, step, offsets, sightings, rows = got
+        assert rows is None
+        assert len(offsets) == len(num) + 1 and offsets[-1] == len(sightings)
+        paths = [(f"p{num[k]}", tuple(sightings[offsets[k] : offsets[k + 1]].tolist())) for k in range(len(num))]
+        emitted = sorted(range(len(num)), key=lambda k: (int(step[k]), int(num[k])))
+        out.append(([paths[k] for k in emitted], num.tolist()))
+    assert (j.open_paths, j.open_rows) == (0, 0)
+    return out
+
+
+def check(ops: list[Op], cfg: Config | None = None) -> list[tuple[Paths, list[int]]]:
+    cfg = cfg or Config()
+    ref = py_run(ops, cfg)
+    assert core_run(ops, cfg) == ref
+    return ref
+
+
+def closing(ops: list[Op], flush_slice: int | None = None) -> list[Op]:
+    """``ops`` then the end of input (in slices of ``flush_slice`` paths, then the rest)."""
+    slices: list[Op] = [("flush", flush_slice)] * 3 if flush_slice else []
+    return [*ops, *slices, ("flush", None), ("flush", None)]
+
+
+def all_paths(result: list[tuple[Paths, list[int]]]) -> Paths:
+    return [p for paths, _order in result for p in paths]
+
+
+# ---------------------------------------------------------------- keys
+
+
+def test_join_keys_are_the_references() -> None:
+    rng = np.random.default_rng(7)
+    rows = np.frombuffer(rng.bytes(64 * obs_dtype().itemsize), dtype=obs_dtype()).copy()
+    rows["family"] = rng.choice([0, 4, 6], size=64)
+    rows["dir"] = rng.choice([0, 1, 2, 3], size=64)
+    rows["ifindex"][:8] = -1
+    fp, hop = _core.join_keys(rows)
+    assert (fp.tolist(), hop.tolist()) == (_fingerprint(rows).tolist(), _hop_signature(rows).tolist())
+    assert bool((rows["dir"] == 0).any()) and bool((rows["family"] == 0).any())
+    # bytes are rows too
+    fp2, _ = _core.join_keys(rows.tobytes())
+    assert fp2.tolist() == fp.tolist()
+
+
+def test_bad_rows_are_refused() -> None:
+    with pytest.raises(ValueError, match="obs_dtype"):
+        _core.Joiner().feed(b"\0" * 170)
+    with pytest.raises(ValueError, match="obs_dtype"):
+        _core.Joiner().feed(np.zeros(4, dtype=np.uint64))
+
+
+def test_rows_come_back_with_their_paths() -> None:
+    batch = ObsBatch.from_observations(flood(5, 3))
+    rows = tagged(batch.rows, 0)
+    j = _core.Joiner(rows=True)
+    assert j.feed(rows)[0].tolist() == []
+    num, _step, _offsets, sightings, back = j.flush()
+    assert back is not None
+    assert back.view(obs_dtype()).tobytes() == rows[sightings].tobytes()
+    assert (len(num), j.fed) == (len(set(rows["ip_id"].tolist())), len(rows))
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+def source_batches(path: Path) -> Iterator[ObsBatch]:
+    """A capture's batches as FileSource reads them, up to the first damage; rows tagged."""
+    src = FileSource([str(path)])
+    src.start()
+    n = 0
+    try:
+        for b in src.batches():
+            yield ObsBatch(tagged(b.rows, n), b.hops, b.frames, b.now_ns, b.drop_reasons)
+            n += len(b.rows)
+    except HoptraceError:
+        return
+    finally:
+        src.stop()
+
+
+def rebatched(batches: list[ObsBatch], cuts: list[int], ticks: list[int | None], late_ns: int = 0,
+              seed: int = 0) -> list[Op]:
+    """The same rows cut elsewhere (frames left out: the join never reads them), with ticks; with
+    ``late_ns``, each row arrives up to that late (as from per-CPU rings)."""
+    rows = np.concatenate([b.rows for b in batches]) if batches else np.zeros(0, dtype=obs_dtype())
+    rows["frame_len"] = 0
+    if late_ns:
+        rng = np.random.default_rng(seed)
+        arrival = rows["ts_ns"].astype(np.int64) + rng.integers(0, late_ns, size=len(rows))
+        rows = tagged(rows[np.argsort(arrival, kind="stable")], 0)
+    hops = batches[-1].hops if batches else []
+    bounds = sorted({0, len(rows), *(min(c, len(rows)) for c in cuts)})
+    ops: list[Op] = []
+    for k, (a, b) in enumerate(pairwise(bounds)):
+        tick = ticks[k % len(ticks)] if ticks else None
+        now = None if tick is None else int(rows["ts_ns"][a:b].max()) + tick
+        ops.append(("feed", ObsBatch(rows[a:b], hops, b"", now)))
+    return ops
+
+
+FIXTURE_NAMES = sorted(p.name for p in FIXTURES.glob("*.pcapng"))
+CONFIGS = {
+    "default": Config(),
+    "short-window": Config(window_ns=1 * MS),
+    "tiny-window": Config(window_ns=20 * US),
+    "small-steps": Config(chunk=3, max_same_fp=1, max_open_rows=4),
+    "no-open-rows": Config(chunk=2, max_open_rows=0, window_ns=5 * MS),
+}
+
+
+def test_there_are_fixtures() -> None:
+    assert len(FIXTURE_NAMES) >= 10
+
+
+@pytest.mark.parametrize("cfg", CONFIGS.values(), ids=CONFIGS.keys())
+@pytest.mark.parametrize("fixture", FIXTURE_NAMES)
+def test_every_fixture_joins_as_the_reference(fixture: str, cfg: Config) -> None:
+    batches = list(source_batches(FIXTURES / fixture))
+    assert batches
+    ref = check(closing([("feed", b) for b in batches], 2), cfg)
+    assert sorted(i for _id, hops in all_paths(ref) for i in hops) == list(range(sum(len(b) for b in batches)))
+    rng = random.Random(fixture)
+    n = sum(len(b) for b in batches)
+    for _ in range(6):
+        cuts = [rng.randrange(n + 1) for _ in range(rng.randrange(6))]
+        ticks = [rng.choice([None, 0, 10 * US, 400 * MS, 2_000 * MS]) for _ in range(3)]
+        ops = rebatched(batches, cuts, ticks, rng.choice([0, 20 * US, 5 * MS]), rng.randrange(1000))
+        check(closing(ops, rng.choice([None, 1, 2])), cfg)
+
+
+def test_a_fixture_in_any_batching_gives_the_same_paths() -> None:
+    batches = list(source_batches(FIXTURES / "published-port.pcapng"))
+    whole = all_paths(check(closing(rebatched(batches, [], []))))
+    for cuts in ([1], [5, 6, 7], list(range(0, 70, 3))):
+        assert sorted(all_paths(check(closing(rebatched(batches, cuts, []))))) == sorted(whole)
+
+
+# ---------------------------------------------------------------- the corpus
+
+
+def corpus_files() -> list[str]:
+    if not CORPUS.is_dir():
+        return []
+    return sorted(p.name for p in CORPUS.iterdir() if p.suffix in (".pcap", ".pcapng"))
+
+
+def test_the_corpus_is_there() -> None:
+    assert len(corpus_files()) == 830, f"expected 830 corpus files in {CORPUS}"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", corpus_files())
+def test_corpus_file_joins_as_the_reference(name: str) -> None:
+    batches = list(source_batches(CORPUS / name))
+    check(closing([("feed", b) for b in batches]))
+    if sum(len(b) for b in batches) > 1:
+        check(closing(rebatched(batches, [len(batches[0]) // 2, 3], [None, 0])), Config(window_ns=1 * MS, chunk=5))
+
+
+# ---------------------------------------------------------------- generated streams
+
+# Hops: (netns, hop, ifindex, dir); dir 0 (unknown) and a negative ifindex among them.
+HOPS = [(4026532001, 0, 2, 2), (4026531840, 1, 4, 1), (4026531840, 2, 3, 1), (4026531840, 3, 2, 2),
+        (4026532003, 4, 2, 1), (4026531840, 5, 7, 0), (4026531840, 6, -1, 0), (4026532003, 4, 2, 3)]
+LABELS = [HopLabel(node=f"n{k}", iface="eth0", netns=h[0], ifindex=h[2]) for k, h in enumerate(HOPS)]
+
+
+def raw_stream(n: int, seed: int) -> np.ndarray[Any, Any]:
+    """Rows straight in OBS_DTYPE: few packet identities (fingerprints shared by packets in flight),
+    IPv4, IPv6 and non-IP, reused and missing skbs, hops without direction (where the header
+    tells sightings apart), a hop seen twice, equal times, gaps beyond the window, late and
+    out-of-order arrival."""
+    rng = random.Random(seed)
+    rows = np.zeros(0, dtype=obs_dtype())
+    out = []
+    t = 1_000 * MS
+    for k in range(n):
+        t += rng.choice([0, 1, 3 * US, 40 * US, 2 * MS, 100 * MS, 300 * MS, 500 * MS, 700 * MS])
+        ident = dict(family=rng.choice([4, 4, 6, 0]), ip_id=rng.randrange(3), icmp_seq=rng.randrange(2),
+                     proto=1, length=84, digest=rng.choice([0x5EED, 0xF00D]), has=rng.choice([0, 8]))
+        skb = rng.choice([0, 0xA000, 0xA000 + k, 0xB000 + k])
+        path = rng.sample(range(len(HOPS)), rng.randrange(1, len(HOPS) + 1))
+        if rng.random() < 0.15:
+            path.append(path[-1])  # seen twice
+        ts = t
+        for h in path:
+            ts += rng.choice([0, 0, 1, 2 * US, 5 * US, 10 * US])  # 5 µs: one of the windows
+            r = dict(ident, ts_ns=ts, netns=HOPS[h][0], hop=HOPS[h][1], ifindex=HOPS[h][2], dir=HOPS[h][3],
+                     skb=skb if rng.random() < 0.8 else rng.choice([0, 0xC000]),
+                     ttl=rng.choice([64, 63]), sport=rng.choice([0, 5]),
+                     src=rng.choice([b"\xac\x11\x00\x02", b"\xcb\x00\x71\x02"]), dst=b"\xc6\x33\x64\x08")
+            out.append(r)
+    late = [0, 0, 0, 0, 7 * US, 9 * US, 120 * MS, 600 * MS]
+    order = sorted(range(len(out)), key=lambda i: out[i]["ts_ns"] + rng.choice(late))
+    rows = np.zeros(len(out), dtype=obs_dtype())
+    for j, i in enumerate(order):
+        for name, v in out[i].items():
+            rows[j][name] = v
+    return rows
+
+
+def ops_of(rows: np.ndarray[Any, Any], hops: list[HopLabel], frames: bytes, cuts: list[int],
+           ticks: list[int | None], advances: list[int]) -> list[Op]:
+    bounds = sorted({0, len(rows), *(min(c, len(rows)) for c in cuts)})
+    ops: list[Op] = []
+    for k, (a, b) in enumerate(pairwise(bounds)):
+        tick = ticks[k % len(ticks)] if ticks else None
+        now = None if tick is None or a == b else int(rows["ts_ns"][a:b].max()) + tick
+        ops.append(("feed", ObsBatch(rows[a:b], hops, frames, now)))
+        if k < len(advances):
+            ops.append(("advance", int(rows["ts_ns"][a:b].min()) + advances[k]))
+    return ops
+
+
+CFG = st.builds(Config, window_ns=st.sampled_from([500 * MS, 100 * MS, 1 * MS, 5 * US]),
+                max_open_rows=st.sampled_from([300_000, 30, 3, 0]), chunk=st.sampled_from([16384, 7, 2, 1]),
+                max_same_fp=st.sampled_from([64, 2, 1]))
+TICKS = st.lists(st.sampled_from([None, None, 0, 5 * US, 200 * MS, 900 * MS]), max_size=3)
+ADVANCES = st.lists(st.sampled_from([0, 1 * MS, 600 * MS, 3_000 * MS]), max_size=3)
+
+
+@settings(max_examples=150, deadline=None)
+@given(n=st.integers(1, 30), seed=st.integers(0, 2**32 - 1), cuts=st.lists(st.integers(0, 150), max_size=6),
+       cfg=CFG, ticks=TICKS, advances=ADVANCES, flush_slice=st.sampled_from([None, 1, 3]))
+def test_raw_streams_join_as_the_reference(n: int, seed: int, cuts: list[int], cfg: Config,
+                                           ticks: list[int | None], advances: list[int],
+                                           flush_slice: int | None) -> None:
+    rows = tagged(raw_stream(n, seed), 0)
+    ref = check(closing(ops_of(rows, LABELS, b"", cuts, ticks, advances), flush_slice), cfg)
+    assert sorted(i for _id, hops in all_paths(ref) for i in hops) == list(range(len(rows)))
+
+
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(1, 40), seed=st.integers(0, 2**32 - 1), cuts=st.lists(st.integers(0, 200), max_size=6),
+       cfg=CFG, ticks=TICKS, own_tables=st.booleans())
+def test_hostile_streams_join_as_the_reference(n: int, seed: int, cuts: list[int], cfg: Config,
+                                               ticks: list[int | None], own_tables: bool) -> None:
+    """tests/unit/test_lines.py's hostile streams (shared fingerprints, reused and missing skbs, a hop
+    seen twice, late and out-of-order sightings, gaps beyond the window, drops), as one source
+    (one label table) or as batches with label tables of their own (hop indices differ)."""
+    obs = hostile(n, seed)
+    if own_tables:
+        bounds = sorted({0, len(obs), *(min(c, len(obs)) for c in cuts)})
+        ops: list[Op] = []
+        for a, b in pairwise(bounds):
+            batch = ObsBatch.from_observations(obs[a:b])
+            batch.rows = tagged(batch.rows, a)
+            ops.append(("feed", batch))
+    else:
+        whole = ObsBatch.from_observations(obs)
+        ops = ops_of(tagged(whole.rows, 0), whole.hops, whole.frames, cuts, ticks, [])
+    check(closing(ops, 3), cfg)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 40), seed=st.integers(0, 2**32 - 1), cuts=st.lists(st.integers(0, 300), max_size=5))
+def test_floods_join_as_the_reference(n: int, seed: int, cuts: list[int]) -> None:
+    whole = ObsBatch.from_observations(flood(n, seed))
+    check(closing(ops_of(tagged(whole.rows, 0), whole.hops, whole.frames, cuts, [], [])))
+
+
+def test_identical_packets_in_flight_beyond_the_cap() -> None:
+    # 70 copies of one packet leave web/eth0 before any reaches the next hop: the oldest
+    # lose their candidacy (_MAX_SAME_FP), later hops join the oldest still listed.
+    rows = np.zeros(140, dtype=obs_dtype())
+    rows["family"], rows["proto"], rows["ip_id"], rows["length"] = 4, 1, 1, 84
+    rows["ts_ns"][:70] = 1_000 * MS + np.arange(70) * US
+    rows["ts_ns"][70:] = 1_000 * MS + 100 * US + np.arange(70) * US
+    rows["hop"][:70], rows["dir"][:70] = 0, 2
+    rows["hop"][70:], rows["dir"][70:] = 1, 1
+    rows = tagged(rows, 0)
+    ref = all_paths(check(closing([("feed", ObsBatch(rows, LABELS))])))
+    assert [len(hops) for _id, hops in ref].count(2) == 64
+    assert ref[6] == ("p7", (6, 70))  # the oldest six are no candidates any more
+
+
+def ping_rows(hops_ts: list[tuple[int, int]], **fields: Any) -> np.ndarray[Any, Any]:
+    """One packet identity seen at (hop, ts) after (hop, ts)."""
+    rows = np.zeros(len(hops_ts), dtype=obs_dtype())
+    rows["family"], rows["proto"], rows["ip_id"], rows["length"] = 4, 1, 1, 84
+    for name, v in fields.items():
+        rows[name] = v
+    for r, (h, t) in zip(rows, hops_ts, strict=True):
+        r["netns"], r["hop"], r["ifindex"], r["dir"] = HOPS[h]
+        r["ts_ns"] = t
+    return tagged(rows, 0)
+
+
+def test_the_window_is_inclusive_and_measured_from_the_latest_sighting() -> None:
+    w = 100 * MS
+    t0 = 1_000 * MS
+    # each within the window of the one before: one path, longer than the window
+    rows = ping_rows([(0, t0), (1, t0 + w), (2, t0 + 2 * w), (3, t0 + 3 * w + 1)])
+    ref = all_paths(check(closing([("feed", ObsBatch(rows, LABELS))]), Config(window_ns=w)))
+    assert ref == [("p1", (0, 1, 2)), ("p2", (3,))]
+    # a late sighting: a window before the latest joins, later than that does not
+    rows = ping_rows([(0, t0 + w), (1, t0), (2, t0 - 1)])
+    ref = all_paths(check(closing([("feed", ObsBatch(rows[:1], LABELS)), ("feed", ObsBatch(rows[1:], LABELS))]),
+                          Config(window_ns=w)))
+    assert ref == [("p2", (2,)), ("p1", (1, 0))]
+
+
+def test_a_sighting_after_its_path_finished_starts_a_new_one() -> None:
+    t0 = 1_000 * MS
+    rows = ping_rows([(0, t0), (1, t0 + 10 * US)])
+    ops: list[Op] = [("feed", ObsBatch(rows[:1], LABELS)), ("advance", t0 + 501 * MS),
+                     ("feed", ObsBatch(rows[1:], LABELS))]
+    # already idle when it comes: it finishes in the step after its chunk
+    assert [paths for paths, _order in check(closing(ops))] == [[], [("p1", (0,))], [("p2", (1,))], [], []]
+    # one batch: one path
+    assert all_paths(check(closing([("feed", ObsBatch(rows, LABELS))]))) == [("p1", (0, 1))]
+
+
+def test_a_different_known_skb_is_another_packet() -> None:
+    t0 = 1_000 * MS
+    rows = ping_rows([(0, t0), (1, t0 + 1 * US), (2, t0 + 2 * US), (1, t0 + 3 * US)])
+    rows["skb"] = [0xA, 0xB, 0, 0xA]
+    assert all_paths(check(closing([("feed", ObsBatch(rows, LABELS))]))) == [("p1", (0, 2, 3)), ("p2", (1,))]
+
+
+def test_each_step_hands_out_its_paths_by_number_after_finishing_them_in_idle_order() -> None:
+    t0 = 1_000 * MS
+    # p1 opens first and is seen last; p2 goes idle first
+    a = ping_rows([(0, t0), (1, t0 + 30 * US)])
+    b = ping_rows([(0, t0 + 10 * US), (1, t0 + 20 * US)], ip_id=2)
+    rows = tagged(np.sort(np.concatenate([a, b]), order="ts_ns"), 0)
+    assert check([("feed", ObsBatch(rows, LABELS)), ("flush", None)]) == [
+        ([], []), ([("p1", (0, 3)), ("p2", (1, 2))], [2, 1])]
