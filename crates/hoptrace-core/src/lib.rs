@@ -9,12 +9,20 @@
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub mod correlate;
+pub mod decode;
+pub mod files;
 pub mod finish;
 pub mod flows;
 pub mod labels;
 pub mod learned;
+pub mod meta;
 pub mod nat;
 pub mod obs;
+pub mod pcap;
+pub mod pcapng;
+pub mod pyjson;
+pub mod pytext;
+pub mod reader;
 pub mod render;
 pub mod text;
 pub mod view;

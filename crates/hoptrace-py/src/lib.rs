@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 
 mod correlate;
 mod finish;
+mod reader;
 
 /// The core's version (a stale extension shows here: compare with the package's).
 #[pyfunction]
@@ -27,5 +28,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(obs_layout, m)?)?;
     correlate::register(m)?;
     finish::register(m)?;
+    reader::register(m)?;
     Ok(())
 }
