@@ -102,9 +102,9 @@ def test_filter_keeps_matching_paths(capsys: pytest.CaptureFixture[str]) -> None
 
 def test_vector_decode_equals_scalar_over_the_corpus() -> None:
     """decode's numpy fast path against its per-frame reference on every corpus frame it reads."""
+    from tests.reference.readers import _FileReader
     from tracer.decode import _vector, decode_scalar
     from tracer.errors import CaptureFileError
-    from tracer.readers import _FileReader
 
     frames = 0
     for name in corpus_files():

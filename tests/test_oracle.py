@@ -52,10 +52,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import CORPUS
+from tests.reference.readers import _FileReader
 from tracer.addr import addr_text
 from tracer.decode import decode_one
 from tracer.errors import CaptureFileError
-from tracer.readers import _FileReader
 
 FIELDS = ["frame.protocols", "ip.src", "ip.dst", "ip.proto", "ip.id", "ipv6.src", "ipv6.dst", "ipv6.nxt"]
 # Layers tshark may show before the outermost IP that hoptrace parses too.

@@ -1,4 +1,9 @@
-"""pcap / pcapng files -> ObsBatch, in timestamp order across files.
+"""The reference: pcap / pcapng files -> ObsBatch in Python, as tracer/readers.py did
+before the core (crates/hoptrace-core: reader.rs, pcap.rs, pcapng.rs, files.rs) took
+over. tests/unit/test_core_readers.py holds the core to it, batch for batch and byte for
+byte; tests/test_oracle.py reads the corpus with it. Not used by the product.
+
+pcap / pcapng files -> ObsBatch, in timestamp order across files.
 
 The files are parsed with ``struct`` over chunks read with plain ``read()``
 (DESIGN.md measured scapy's raw readers at 400-800k records/s and struct
@@ -521,6 +526,17 @@ def _options(d: bytes, p: int, end: int, endian: str) -> Iterator[tuple[int, byt
         p += 4 + ((ln + 3) & ~3)
 
 
+def _decimal(v: str) -> int | None:
+    """int(v) of a decimal string; None for anything else. (``v.isdigit()`` and ``int(v)``
+    raised ValueError on digits int() does not take, "²", and on more than 4300 digits.)"""
+    if not v.isdecimal():
+        return None
+    try:
+        return int(v)
+    except ValueError:  # beyond int()'s digit limit
+        return None
+
+
 def _positive_u64(value: Any) -> int:
     return value if isinstance(value, int) and 0 < value <= _U64_MAX else 0
 
@@ -660,10 +676,11 @@ class FileSource:
         declared = False  # netns=0 is real: a drop the kernel saw on no device
         for part in iface.description.replace(",", " ").split():
             k, _, v = part.partition("=")
-            if k == "netns" and v.isdigit() and int(v) <= _U64_MAX:
-                netns, declared = int(v), True
-            elif k == "ifindex" and v.isdigit() and not ifindex and int(v) <= _IFINDEX_MAX:
-                ifindex = int(v)
+            n = _decimal(v)
+            if k == "netns" and n is not None and n <= _U64_MAX:
+                netns, declared = n, True
+            elif k == "ifindex" and n is not None and not ifindex and n <= _IFINDEX_MAX:
+                ifindex = n
         if not netns and not declared:
             netns = self._node_netns.setdefault(node, len(self._node_netns) + 1)
         self.hops.append(HopLabel(node=node, iface=ifname, netns=netns, ifindex=ifindex, linktype=iface.linktype))

@@ -24,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import CORPUS
 from tracer.decode import SUPPORTED_LINKTYPES, decode_frames
 from tracer.errors import CaptureFileError
 from tracer.model import obs_dtype
@@ -31,7 +32,6 @@ from tracer.readers import FileSource
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "fixtures"
-CORPUS = ROOT.parent / "shared" / "corpus" / "tcpdump-tests"
 
 # CI budget: examples per property (bench/fuzz_long.py raises it). No example
 # database: CI must not write into the work tree, and each run explores anew.
