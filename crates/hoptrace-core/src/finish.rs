@@ -57,9 +57,10 @@ pub struct PathFinisher {
     links: Links,
     flows: Flows,
     nat: Vec<NatEvent>,
-    /// Lines of the current step, and (path number, start, end) of each.
-    step: Vec<u8>,
+    /// The current step's lines are `out[step_start..]`: (path number, start, end) of each.
+    step_start: usize,
     step_lines: Vec<(u64, usize, usize)>,
+    scratch: Vec<u8>,
     out: Vec<u8>,
     paths: u64,
 }
@@ -73,8 +74,9 @@ impl PathFinisher {
             links: Links::new(),
             flows: Flows::new(cfg.flow_idle_ns, cfg.max_flow_paths),
             nat: Vec::new(),
-            step: Vec::new(),
+            step_start: 0,
             step_lines: Vec::new(),
+            scratch: Vec::new(),
             out: Vec::new(),
             paths: 0,
         }
@@ -126,28 +128,47 @@ impl PathFinisher {
         let flow = self.flows.assign(num, first, last);
         self.nat.clear();
         infer_nat(hops, labels, &mut self.nat);
-        let start = self.step.len();
-        push_path_line(&mut self.step, num, flow, v, hops, &self.nat, labels);
-        self.step_lines.push((num, start, self.step.len()));
+        if self.step_lines.is_empty() {
+            self.step_start = self.out.len();
+        }
+        let start = self.out.len();
+        push_path_line(&mut self.out, num, flow, v, hops, &self.nat, labels);
+        self.step_lines.push((num, start, self.out.len()));
         self.paths += 1;
     }
 
     /// The step's paths are all in: their lines go out in path-number order (the order
     /// they were first seen).
     pub fn end_step(&mut self) {
-        if self.step_lines.windows(2).all(|w| w[0].0 <= w[1].0) {
-            self.out.append(&mut self.step);
-        } else {
+        if !self.step_lines.windows(2).all(|w| w[0].0 <= w[1].0) {
+            // Written in finishing order: put them in number order (stable for equal numbers),
+            // one copy when the step is all the buffer holds (the binding takes every step).
             self.step_lines.sort_by_key(|&(num, _, _)| num);
-            self.out.reserve(self.step.len());
+            let base = self.step_start;
+            self.scratch.clear();
+            if base == 0 {
+                std::mem::swap(&mut self.scratch, &mut self.out);
+                self.out.reserve(self.scratch.len());
+            } else {
+                self.scratch
+                    .extend_from_slice(self.out.get(base..).unwrap_or_default());
+                self.out.truncate(base);
+            }
             for &(_, a, b) in &self.step_lines {
-                if let Some(line) = self.step.get(a..b) {
+                if let Some(line) = self
+                    .scratch
+                    .get(a.saturating_sub(base)..b.saturating_sub(base))
+                {
                     self.out.extend_from_slice(line);
                 }
             }
-            self.step.clear();
         }
         self.step_lines.clear();
+    }
+
+    /// Room for `bytes` more output (the binding knows a batch's size before it starts).
+    pub fn reserve_output(&mut self, bytes: usize) {
+        self.out.reserve(bytes);
     }
 
     /// The sightings' clock is at `clock_ns`: flows idle since before `clock_ns -
@@ -176,11 +197,43 @@ impl PathFinisher {
         );
     }
 
-    /// The lines written since the last call.
+    /// The lines written since the last call; those of a step not ended yet stay.
     pub fn take_output(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.out)
+        if self.step_lines.is_empty() {
+            return std::mem::take(&mut self.out);
+        }
+        let rest = self.out.split_off(self.step_start);
+        for line in &mut self.step_lines {
+            line.1 -= self.step_start;
+            line.2 -= self.step_start;
+        }
+        self.step_start = 0;
+        std::mem::replace(&mut self.out, rest)
     }
 
+    /// Write the lines of ended steps to `w` and forget them, keeping the buffer (a writer
+    /// to a file or stdout pays no fresh memory per batch, as [`take_output`] does).
+    ///
+    /// [`take_output`]: PathFinisher::take_output
+    pub fn write_output<W: std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        let ended = if self.step_lines.is_empty() {
+            self.out.len()
+        } else {
+            self.step_start
+        };
+        w.write_all(self.out.get(..ended).unwrap_or_default())?;
+        self.out.drain(..ended);
+        if !self.step_lines.is_empty() {
+            for line in &mut self.step_lines {
+                line.1 -= ended;
+                line.2 -= ended;
+            }
+            self.step_start = 0;
+        }
+        Ok(())
+    }
+
+    /// The lines written so far and not taken (a step not ended yet included).
     pub fn output(&self) -> &[u8] {
         &self.out
     }
@@ -297,5 +350,31 @@ mod tests {
         f.finish(3, &[]);
         f.end_step();
         assert_eq!(text(&mut f), "", "an empty path writes nothing");
+    }
+
+    #[test]
+    fn output_is_handed_over_by_whole_steps() {
+        let mut f = PathFinisher::new(FinishConfig::default());
+        let ping = lab(&mut f, 1_000, false);
+        let pong = lab(&mut f, 2_000, true);
+        let id = |l: &str| l.split('"').nth(7).map(str::to_owned);
+        // Out of order, with nothing taken yet (the reorder keeps what came before).
+        f.finish(3, &ping);
+        f.end_step();
+        f.finish(5, &pong);
+        f.finish(4, &ping);
+        f.end_step();
+        f.finish(6, &ping); // its step has not ended
+        let mut w = Vec::new();
+        f.write_output(&mut w).expect("a Vec takes it");
+        let written = String::from_utf8(w).expect("ascii");
+        let ids: Vec<_> = written.lines().filter_map(id).collect();
+        assert_eq!(ids, ["p3", "p4", "p5"]);
+        assert_eq!(text(&mut f), "", "the open step stays");
+        f.finish(2, &pong);
+        f.end_step();
+        let rest = text(&mut f);
+        let ids: Vec<_> = rest.lines().filter_map(id).collect();
+        assert_eq!(ids, ["p2", "p6"]);
     }
 }

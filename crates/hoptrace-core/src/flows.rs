@@ -10,7 +10,10 @@
 //! pieces), or at the end of input; its line is written when it closes.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BinaryHeap};
+
+use crate::hash::FastMap;
 
 use crate::nat::Endpoints;
 use crate::obs::Obs;
@@ -65,7 +68,7 @@ pub struct Flows {
     idle_ns: u64,
     max_paths: usize,
     count: u64,
-    keys: HashMap<FlowKey, u64>,
+    keys: FastMap<FlowKey, u64>,
     open: BTreeMap<u64, FlowState>,
     /// (touched, seq, flow) of open flows, one entry each, re-filed lazily when touched since.
     idle: BinaryHeap<Reverse<(u64, u64, u64)>>,
@@ -79,7 +82,7 @@ impl Flows {
             idle_ns,
             max_paths: max_paths.max(1),
             count: 0,
-            keys: HashMap::new(),
+            keys: FastMap::default(),
             open: BTreeMap::new(),
             idle: BinaryHeap::new(),
             seq: 0,
@@ -152,7 +155,7 @@ impl Flows {
             seq: 0,
         };
         for k in [orig, trans, reverse(&trans), reverse(&orig)] {
-            if let std::collections::hash_map::Entry::Vacant(e) = self.keys.entry(k) {
+            if let Entry::Vacant(e) = self.keys.entry(k) {
                 e.insert(n);
                 fs.keys.push(k);
             }
@@ -166,8 +169,10 @@ impl Flows {
             return;
         };
         for k in &fs.keys {
-            if self.keys.get(k) == Some(&n) {
-                self.keys.remove(k);
+            if let Entry::Occupied(e) = self.keys.entry(*k) {
+                if *e.get() == n {
+                    e.remove();
+                }
             }
         }
         push_flow_line(

@@ -2,7 +2,9 @@
 //! ([`Owners`]), and which tx hops lead to another traced hop ([`Links`]). A
 //! verdict reads both (tracer/correlate.py `owned`, `links`, `_own`, `_learn_links`).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use crate::hash::{FastMap, FastSet};
 
 use crate::labels::Labels;
 use crate::obs::Obs;
@@ -34,7 +36,7 @@ impl OwnerKey {
 /// sighting that taught it; 0 for what topology said).
 #[derive(Debug, Default, Clone)]
 pub struct Owners {
-    map: HashMap<OwnerKey, (u64, u64)>, // key -> (since, insertion number)
+    map: FastMap<OwnerKey, (u64, u64)>, // key -> (since, insertion number)
     order: VecDeque<(OwnerKey, u64)>,   // insertion order, with stale entries skipped lazily
     inserted: u64,
 }
@@ -131,7 +133,7 @@ impl Owners {
 /// and was never seen arriving is incomplete, not gone.
 #[derive(Debug, Default, Clone)]
 pub struct Links {
-    set: HashSet<(u64, u32, u32)>,
+    set: FastSet<(u64, u32, u32)>,
 }
 
 impl Links {

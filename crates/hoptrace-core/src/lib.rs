@@ -13,6 +13,7 @@ pub mod decode;
 pub mod files;
 pub mod finish;
 pub mod flows;
+pub mod hash;
 pub mod labels;
 pub mod learned;
 pub mod meta;

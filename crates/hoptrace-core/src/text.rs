@@ -16,26 +16,65 @@ const DIGITS2: &[u8; 200] = b"\
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// 10^k for k in 0..=19.
+const POW10: [u64; 20] = {
+    let mut t = [1u64; 20];
+    let mut k = 1;
+    while k < 20 {
+        t[k] = t[k - 1] * 10;
+        k += 1;
+    }
+    t
+};
+
+/// How many decimal digits `v` has.
+#[inline]
+fn decimal_len(v: u64) -> usize {
+    // log10 from the bit length (1233/4096 ~ log10(2)), then one correction.
+    let t = (((64 - (v | 1).leading_zeros()) * 1233) >> 12) as usize;
+    let below = POW10.get(t).is_some_and(|&p| v < p);
+    (t + 1 - usize::from(below)).max(1)
+}
+
+/// Append a fixed-size buffer and keep its first `n` bytes: a copy of known size is a
+/// few stores, where a copy of a variable length is a call to `memcpy`.
+#[inline]
+fn push_prefix<const N: usize>(out: &mut Vec<u8>, buf: &[u8; N], n: usize) {
+    let len = out.len();
+    out.extend_from_slice(buf);
+    out.truncate(len + n.min(N));
+}
+
 /// `v` in decimal, as `str(int)`.
 #[inline]
-pub fn push_u64(out: &mut Vec<u8>, mut v: u64) {
+pub fn push_u64(out: &mut Vec<u8>, v: u64) {
+    let n = decimal_len(v);
     let mut tmp = [0u8; 20];
-    let mut i = tmp.len();
-    while v >= 100 {
-        let d = (v % 100) as usize * 2;
+    let mut i = n;
+    let mut v = v;
+    // Four digits per 64-bit division; the two pairs of each from 32-bit arithmetic.
+    while v >= 10_000 {
+        let rem = (v % 10_000) as u32;
+        v /= 10_000;
+        let (hi, lo) = ((rem / 100) as usize * 2, (rem % 100) as usize * 2);
+        i -= 4;
+        tmp[i..i + 2].copy_from_slice(&DIGITS2[hi..hi + 2]);
+        tmp[i + 2..i + 4].copy_from_slice(&DIGITS2[lo..lo + 2]);
+    }
+    let mut v = v as u32;
+    if v >= 100 {
+        let lo = (v % 100) as usize * 2;
         v /= 100;
         i -= 2;
-        tmp[i..i + 2].copy_from_slice(&DIGITS2[d..d + 2]);
+        tmp[i..i + 2].copy_from_slice(&DIGITS2[lo..lo + 2]);
     }
     if v >= 10 {
         let d = v as usize * 2;
-        i -= 2;
-        tmp[i..i + 2].copy_from_slice(&DIGITS2[d..d + 2]);
+        tmp[i - 2..i].copy_from_slice(&DIGITS2[d..d + 2]);
     } else {
-        i -= 1;
-        tmp[i] = b'0' + v as u8;
+        tmp[i - 1] = b'0' + v as u8;
     }
-    out.extend_from_slice(&tmp[i..]);
+    push_prefix(out, &tmp, n);
 }
 
 /// `v` in decimal, or `null`.
@@ -74,20 +113,36 @@ static OCTETS: [(u8, [u8; 3]); 256] = {
     t
 };
 
+/// `"a.b.c.d"` (quoted when `quote`) into `buf`, returning its length.
 #[inline]
-fn push_octet(out: &mut Vec<u8>, b: u8) {
-    let (n, d) = &OCTETS[b as usize];
-    out.extend_from_slice(&d[..*n as usize]);
+fn ipv4_text(a: &[u8; 4], quote: bool, buf: &mut [u8; 20]) -> usize {
+    let mut n = 0;
+    if quote {
+        buf[0] = b'"';
+        n = 1;
+    }
+    for (k, &b) in a.iter().enumerate() {
+        if k > 0 {
+            buf[n] = b'.';
+            n += 1;
+        }
+        let (len, d) = &OCTETS[b as usize];
+        buf[n..n + 3].copy_from_slice(d);
+        n += *len as usize;
+    }
+    if quote {
+        buf[n] = b'"';
+        n += 1;
+    }
+    n
 }
 
 /// An IPv4 address in dotted-quad form.
 #[inline]
 pub fn push_ipv4(out: &mut Vec<u8>, a: &[u8; 4]) {
-    push_octet(out, a[0]);
-    for &b in &a[1..] {
-        out.push(b'.');
-        push_octet(out, b);
-    }
+    let mut buf = [0u8; 20];
+    let n = ipv4_text(a, false, &mut buf);
+    push_prefix(out, &buf, n);
 }
 
 /// An IPv6 address as glibc's `inet_ntop` writes it (what Python's `socket.inet_ntop`
@@ -159,6 +214,12 @@ pub fn push_addr(out: &mut Vec<u8>, family: u8, raw: &[u8; 16]) {
 /// `"addr"`: the address as a JSON string (addresses need no escaping).
 #[inline]
 pub fn push_addr_json(out: &mut Vec<u8>, family: u8, raw: &[u8; 16]) {
+    if family == 4 {
+        let mut buf = [0u8; 20];
+        let n = ipv4_text(&[raw[0], raw[1], raw[2], raw[3]], true, &mut buf);
+        push_prefix(out, &buf, n);
+        return;
+    }
     out.push(b'"');
     push_addr(out, family, raw);
     out.push(b'"');

@@ -98,6 +98,8 @@ impl PathFinisher {
             o.hop = remap.get(o.hop as usize).copied().unwrap_or(u32::MAX);
         }
         let core = &mut self.core;
+        // A hop's line is ~400 bytes: room for the batch at once, not by doubling.
+        core.reserve_output(obs.len().saturating_mul(512));
         py.detach(|| {
             let mut at = 0usize;
             for (&n, &num) in lens.iter().zip(&nums) {
