@@ -1,0 +1,198 @@
+"""Finishing paths and writing their NDJSON: the core's PathFinisher against Python, same run.
+
+    .venv/bin/python bench/finish_bench.py [/tmp/nat-1m.pcapng] [--records 1000000] [--check]
+
+The capture (bench/gen_pcapng.py makes it when missing: NATed ICMP/UDP/TCP, 5 hops
+a packet) is replayed once by the Python engine with its correlator watched
+(tests/unit/test_core_finish.Recorder): its finished paths, step by step in
+finishing order. Then, timed in CPU seconds of this process (the box is shared),
+each writing to /dev/null:
+
+* ``python path_line``: ``NdjsonSink.on_path`` for every path (``path_line``), one
+  write per step — what the engine pays for a path it prints as an object;
+* ``python template``: the product's fast path, each line of a ``render_lines`` run
+  %-formatted from its template and values (engine_bench's floor: formatting only,
+  no NAT, verdict or flow work), per path;
+* ``core PathFinisher``: every step through ``tracer._core.PathFinisher.finish``
+  (rows in, NAT events, verdicts, flows, lines out) and ``take``; the claims the join
+  teaches it between steps are one Python call each here, timed apart.
+
+``--check`` also runs the product (``Engine`` + ``NdjsonSink``) and requires the core's
+lines to be the same (the stats line's elapsed time aside).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from tests.unit.test_core_finish import Recorder  # noqa: E402
+from tracer import correlate  # noqa: E402
+from tracer.engine import Engine, run  # noqa: E402
+from tracer.model import ObsBatch, PacketPath  # noqa: E402
+from tracer.output import NdjsonSink  # noqa: E402
+from tracer.readers import FileSource  # noqa: E402
+
+
+def record(path: str) -> tuple[list[tuple[Any, ...]], Any, correlate.Correlator]:
+    engine = Engine(FileSource([path]))
+    engine.render_lines = lambda: False  # type: ignore[method-assign]
+    rec = Recorder(engine.correlator)
+    run(engine, [NdjsonSink(io.StringIO())])
+    return rec.ops, engine.stats(), engine.correlator
+
+
+def steps_of(ops: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The recorder's ops with each step's paths gathered: ("step", [(num, path), ...])."""
+    out: list[tuple[Any, ...]] = []
+    pending: list[tuple[int, PacketPath]] = []
+    for op in ops:
+        if op[0] == "path":
+            pending.append((op[1], op[2]))
+        elif op[0] == "step":
+            if pending:
+                out.append(("step", pending))
+            pending = []
+        else:
+            out.append(op)
+    return out
+
+
+def python_path_line(steps: list[tuple[Any, ...]]) -> float:
+    with open(os.devnull, "w") as null:
+        sink = NdjsonSink(null)
+        t0 = time.process_time()
+        for op in steps:
+            if op[0] == "step":
+                for _num, p in op[1]:
+                    sink.on_path(p)
+                sink.flush()
+        return time.process_time() - t0
+
+
+def python_template(path: str, paths: int) -> float:
+    """CPU seconds to %-format the template-rendered lines of a lines run, per path times ``paths``."""
+    made: list[tuple[str, tuple[Any, ...]]] = []
+    init = correlate._Template.__init__
+
+    def hooked(self: Any, fmt: str, order: tuple[int, ...], *rest: Any) -> None:
+        init(self, fmt, order, *rest)
+        pick = self.pick
+
+        def keep(values: list[Any]) -> tuple[Any, ...]:
+            vals = pick(values)
+            made.append((fmt, vals))
+            return vals
+
+        self.pick = keep
+
+    correlate._Template.__init__ = hooked  # type: ignore[method-assign,assignment]
+    try:
+        run(Engine(FileSource([path])), [NdjsonSink(io.StringIO())])
+    finally:
+        correlate._Template.__init__ = init  # type: ignore[method-assign]
+    with open(os.devnull, "w") as null:
+        t0 = time.process_time()
+        for k in range(0, len(made), 1000):
+            null.write("".join([fmt % vals for fmt, vals in made[k : k + 1000]]))
+        null.flush()
+        return (time.process_time() - t0) / max(len(made), 1) * paths
+
+
+def core(steps: list[tuple[Any, ...]], stats: Any, corr: correlate.Correlator) -> tuple[float, float, bytes]:
+    """CPU seconds in all, CPU seconds in ``finish`` (the rest: one Python call per claim,
+    which the join makes in Rust), and the bytes written."""
+    from tracer._core import PathFinisher
+
+    # The batches as the join would hand them over (made before the clock starts).
+    ready: list[tuple[Any, ...]] = []
+    for op in steps:
+        if op[0] == "step":
+            batch = ObsBatch.from_observations([h for _n, p in op[1] for h in p.hops])
+            ready.append(("step", batch.rows.view(np.uint8),
+                          np.array([len(p.hops) for _n, p in op[1]], dtype=np.uint32),
+                          np.array([n for n, _p in op[1]], dtype=np.uint64),
+                          [(h.node, h.iface) for h in batch.hops], batch.drop_reasons))
+        else:
+            ready.append(op)
+    fin = PathFinisher(window_ns=corr.window_ns, flow_idle_ns=corr.flow_idle_ns,
+                       max_flow_paths=corr.max_flow_paths)
+    kept: list[Any] = []
+    in_finish = 0.0
+    clock = time.process_time
+    with open(os.devnull, "wb") as null:
+        t0 = clock()
+        for op in ready:
+            kind = op[0]
+            if kind == "step":
+                t1 = clock()
+                fin.finish(*op[1:])
+                out = fin.take()
+                in_finish += clock() - t1
+                null.write(out)
+                kept.append(out)
+            elif kind == "claim":
+                fin.claim(*op[1:5])
+            elif kind == "retract":
+                fin.retract(*op[1:])
+            elif kind == "take_flows":
+                fin.take_flows(op[1])
+            elif kind == "close_flows":
+                fin.close_flows()
+        fin.stats(stats.observations, stats.lost_events, stats.elapsed_s)
+        out = fin.take()
+        null.write(out)
+        kept.append(out)
+        secs = clock() - t0
+    return secs, in_finish, b"".join(x.tobytes() for x in kept)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("path", nargs="?", default="/tmp/nat-1m.pcapng")
+    p.add_argument("--records", type=int, default=1_000_000)
+    p.add_argument("--check", action="store_true", help="the core's lines equal the product's")
+    a = p.parse_args(argv)
+    if not Path(a.path).exists():
+        subprocess.run([sys.executable, str(ROOT / "bench" / "gen_pcapng.py"), a.path, "--records",
+                        str(a.records)], check=True)
+    t0 = time.monotonic()
+    ops, stats, corr = record(a.path)
+    steps = steps_of(ops)
+    paths = sum(len(op[1]) for op in steps if op[0] == "step")
+    hops = sum(len(pp.hops) for op in steps if op[0] == "step" for _n, pp in op[1])
+    print(f"{a.path}: {stats.observations} sightings, {paths} paths, {hops} hops "
+          f"(recorded in {time.monotonic() - t0:.1f} s)")
+    rows = [("python path_line", python_path_line(steps)), ("python template", python_template(a.path, paths))]
+    t_all, t_core, got = core(steps, stats, corr)
+    rows.append(("core PathFinisher", t_core))
+    claims = sum(1 for op in steps if op[0] == "claim")
+    print(f"(core: {t_all:.3f} CPU s with {claims} claims made one Python call each; finish() alone below)")
+    print(f"{'':20} {'CPU s':>8} {'ns/path':>9} {'ns/hop':>8} {'x core':>7}")
+    for name, secs in rows:
+        print(f"{name:20} {secs:8.3f} {secs / paths * 1e9:9.0f} {secs / hops * 1e9:8.0f} {secs / t_core:7.1f}")
+    if a.check:
+        out = io.StringIO()
+        run(Engine(FileSource([a.path])), [NdjsonSink(out)])
+        strip = re.compile(r', "elapsed_s": [0-9.e+-]+\}$')
+        want = [strip.sub("}", x) for x in out.getvalue().splitlines()]
+        have = [strip.sub("}", x) for x in got.decode().splitlines()]
+        print("check:", "same lines" if want == have else "DIFFERENT", f"({len(want)} lines)")
+        return 0 if want == have else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
