@@ -17,6 +17,7 @@ the progress line, which the next update draws again below it.
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import time
@@ -140,6 +141,11 @@ class ClearingStream:
 
     def flush(self) -> None:
         self.stream.flush()
+
+    def fileno(self) -> int:
+        # Writers that go around write() to the descriptor (output.write_all) would skip
+        # the clearing: they fall back to write() here.
+        raise io.UnsupportedOperation("write through ClearingStream.write")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.stream, name)

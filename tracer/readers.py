@@ -31,8 +31,10 @@ direction, skb, drop reason and gives the nanosecond timestamp.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from tracer.errors import CaptureFileError
 from tracer.model import HopLabel, ObsBatch, obs_dtype
@@ -96,6 +98,8 @@ class FileSource:
         self.drop_reasons: dict[int, str] = {}
         self._stopped = False
         self.packets = 0
+        self._reader: Any = None  # the core's FileReader, once batches() started
+        self._sizes: int | None = None
 
     # -- Source protocol ----------------------------------------------------
     def start(self) -> None:
@@ -111,6 +115,17 @@ class FileSource:
     def lost_events(self) -> int:
         return 0
 
+    def progress(self) -> tuple[int, int]:
+        """(bytes read so far, bytes in all the inputs), for a progress line; the total counts
+        regular files only (a pipe's size is not known), taken once at the first call."""
+        if self._sizes is None:
+            total = 0
+            for path, _label in self._inputs:
+                with contextlib.suppress(OSError):
+                    total += Path(path).stat().st_size if Path(path).is_file() else 0
+            self._sizes = total
+        return (0 if self._reader is None else int(self._reader.bytes_read)), self._sizes
+
     def batches(self) -> Iterator[ObsBatch]:
         from tracer import _core  # type: ignore[attr-defined]  # the compiled core, no stub
 
@@ -118,7 +133,7 @@ class FileSource:
             (str(path), _wire(_stem(str(path))), None if label is None else (_wire(label[0]), _wire(label[1])))
             for path, label in self._inputs
         ]
-        reader = _core.FileReader(inputs, CHUNK_BYTES, BATCH_ROWS)
+        reader = self._reader = _core.FileReader(inputs, CHUNK_BYTES, BATCH_ROWS)
         dtype = obs_dtype()
         while not self._stopped:
             try:

@@ -168,6 +168,11 @@ impl FileSet {
         names.get(from..).unwrap_or(&[])
     }
 
+    /// Bytes read so far, over all files (for a progress line).
+    pub fn bytes_read(&self) -> u64 {
+        self.streams.iter().map(|s| s.reader.bytes_read).sum()
+    }
+
     /// Packets read so far, over all files.
     pub fn packets(&self) -> u64 {
         self.streams.iter().map(|s| s.reader.packets).sum()

@@ -287,6 +287,8 @@ pub struct FileReader {
     pub(crate) section_base: usize,
     /// Packets read (of supported link types).
     pub packets: u64,
+    /// Bytes read from the file so far (progress: `FileSet::bytes_read`).
+    pub bytes_read: u64,
     pub(crate) skipped: BTreeSet<u32>,
     pub(crate) format: Format,
     pub(crate) chunk: Chunk,
@@ -322,6 +324,7 @@ impl FileReader {
             ifaces: Vec::new(),
             section_base: 0,
             packets: 0,
+            bytes_read: 0,
             skipped: BTreeSet::new(),
             format: Format::Start,
             pend: Vec::new(),
@@ -475,6 +478,7 @@ impl FileReader {
                 self.eof = true;
                 return Ok(false);
             }
+            self.bytes_read += (fresh.len() - before) as u64;
             self.data = Arc::new(fresh);
             self.pos = 0;
         }

@@ -74,6 +74,12 @@ impl FileReader {
         slf
     }
 
+    /// Bytes read from the files so far (a progress line's numerator).
+    #[getter]
+    fn bytes_read(&self) -> u64 {
+        self.files.bytes_read()
+    }
+
     fn __next__<'py>(mut slf: PyRefMut<'py, Self>) -> PyResult<Option<BatchTuple<'py>>> {
         let py = slf.py();
         let this = &mut *slf;
