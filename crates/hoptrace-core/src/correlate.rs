@@ -23,6 +23,7 @@
 //! finished, starts a new path, as in the Python.
 
 mod finished;
+mod idle;
 pub mod keys;
 mod open;
 #[cfg(test)]
@@ -77,6 +78,8 @@ pub struct Joiner {
     steps: u64,
     open: OpenPaths,
     keys: Vec<Key>,
+    /// A chunk's (ts, row) in time order, when it came out of order.
+    order: Vec<u128>,
 }
 
 impl Joiner {
@@ -140,15 +143,26 @@ impl Joiner {
             skb: keys::join_skb(o),
             i: i as u32,
         }));
+        let order = &mut self.order;
+        order.clear();
         if keys.windows(2).any(|w| w[1].ts < w[0].ts) {
-            // Per-CPU rings and several taps deliver out of order (a stable sort).
-            keys.sort_by_key(|k| k.ts);
+            // Per-CPU rings and several taps deliver out of order: time order, equal
+            // times in arrival order, as (ts, i) packed in one sort key.
+            order.extend(
+                keys.iter()
+                    .map(|k| u128::from(k.ts) << 32 | u128::from(k.i)),
+            );
+            order.sort_unstable();
         }
-        self.clock = self.clock.max(keys.last().map_or(0, |k| k.ts));
-        let window = self.cfg.window_ns;
-        for k in keys.iter() {
+        self.clock = self.clock.max(keys.iter().map(|k| k.ts).max().unwrap_or(0));
+        let (window, keep_obs) = (self.cfg.window_ns, self.cfg.keep_obs);
+        let in_time_order = order.iter().map(|&o| o as u32 as usize);
+        for k in in_time_order
+            .filter_map(|i| keys.get(i))
+            .chain(keys.iter().filter(|_| order.is_empty()))
+        {
             let g = self.fed + u64::from(k.i);
-            let obs = rows.get(k.i as usize).filter(|_| self.cfg.keep_obs);
+            let obs = rows.get(k.i as usize).filter(|_| keep_obs);
             match self.open.candidate(k, window) {
                 Some(slot) => self.open.join(slot, k, g, obs),
                 None => {
@@ -183,5 +197,6 @@ impl Joiner {
             rows += size;
             taken += 1;
         }
+        self.open.end_step();
     }
 }

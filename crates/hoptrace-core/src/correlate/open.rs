@@ -4,10 +4,10 @@
 //! kept for the next one.
 
 use super::finished::Finished;
+use super::idle::{Entry, IdleQueue};
 use super::keys::FpHashBuilder;
 use crate::obs::Obs;
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 
 /// A sighting as the join sees it.
 #[derive(Clone, Copy, Debug)]
@@ -30,6 +30,7 @@ struct Ref {
 
 #[derive(Default)]
 struct Path {
+    /// 0 once finished (numbers start at 1).
     num: u64,
     fp: u64,
     last_ts: u64,
@@ -46,10 +47,13 @@ impl Path {
     }
 }
 
-/// Open paths sharing one fingerprint, oldest first.
+/// Open paths sharing one fingerprint, oldest first, as (slot, number). A path
+/// that finished stays listed until its fingerprint is next seen or the table
+/// is swept (so finishing a path does not look its fingerprint up again): an
+/// entry counts only while its slot still holds that number.
 enum Cands {
-    One(u32),
-    Many(Vec<u32>),
+    One((u32, u64)),
+    Many(Vec<(u32, u64)>),
 }
 
 #[derive(Default)]
@@ -57,9 +61,8 @@ pub struct OpenPaths {
     slab: Vec<Path>,
     free: Vec<u32>,
     by_fp: HashMap<u64, Cands, FpHashBuilder>,
-    /// (last sighting time when filed, number, slot): one entry per open path,
-    /// re-filed lazily when the path was seen again since.
-    idle: BinaryHeap<Reverse<(u64, u64, u32)>>,
+    idle: IdleQueue,
+    count: usize,
     /// Sightings in open paths.
     pub rows: usize,
     perm: Vec<u32>,
@@ -67,7 +70,7 @@ pub struct OpenPaths {
 
 impl OpenPaths {
     pub fn count(&self) -> usize {
-        self.idle.len()
+        self.count
     }
 
     fn path(&self, slot: u32) -> Option<&Path> {
@@ -78,16 +81,20 @@ impl OpenPaths {
     /// the one with its skb, else the oldest one not yet seen at its hop, within the window.
     #[inline]
     pub fn candidate(&self, k: &Key, window: u64) -> Option<u32> {
-        let fits = |c: u32| self.path(c).filter(|p| p.open_to(k, window));
+        let fits = |(c, num): (u32, u64)| {
+            self.path(c)
+                .filter(|p| p.num == num && p.open_to(k, window))
+        };
         match self.by_fp.get(&k.fp)? {
             Cands::One(c) => {
                 let p = fits(*c)?;
-                (k.skb == 0 || p.skb == 0 || p.skb == k.skb).then_some(*c)
+                (k.skb == 0 || p.skb == 0 || p.skb == k.skb).then_some(c.0)
             }
             Cands::Many(cs) => {
                 let mut fallback = None;
                 for &c in cs {
                     let Some(p) = fits(c) else { continue };
+                    let c = c.0;
                     if k.skb != 0 && p.skb != 0 {
                         if p.skb == k.skb {
                             return Some(c);
@@ -123,17 +130,30 @@ impl OpenPaths {
             p.obs.extend(obs.copied());
         }
         self.rows += 1;
-        self.idle.push(Reverse((k.ts, num, slot)));
+        self.count += 1;
+        self.idle.push(Entry {
+            touched: k.ts,
+            num,
+            slot,
+        });
+        let me = (slot, num);
+        let slab = &self.slab;
+        let live = |(s, n): (u32, u64)| slab.get(s as usize).is_some_and(|p| p.num == n);
         match self.by_fp.get_mut(&k.fp) {
             None => {
-                self.by_fp.insert(k.fp, Cands::One(slot));
+                self.by_fp.insert(k.fp, Cands::One(me));
             }
             Some(c) => {
                 if let Cands::One(first) = *c {
-                    *c = Cands::Many(vec![first]);
+                    *c = if live(first) {
+                        Cands::Many(vec![first])
+                    } else {
+                        Cands::Many(Vec::new())
+                    };
                 }
                 if let Cands::Many(cs) = c {
-                    cs.push(slot);
+                    cs.retain(|&e| live(e));
+                    cs.push(me);
                     if cs.len() > max_same_fp {
                         // A flood of identical packets: the oldest gets no more hops.
                         cs.remove(0);
@@ -165,47 +185,42 @@ impl OpenPaths {
 
     /// The longest idle open path: (its last sighting time, its number, its size).
     pub fn idlest(&mut self) -> Option<(u64, u64, usize)> {
-        loop {
-            let Reverse((touched, num, slot)) = *self.idle.peek()?;
-            let p = self.path(slot)?;
-            if p.last_ts == touched {
-                return Some((touched, num, p.refs.len()));
-            }
-            // Seen again since it was filed: re-file it.
-            let last = p.last_ts;
-            if let Some(mut top) = self.idle.peek_mut() {
-                *top = Reverse((last, num, slot));
-            }
+        let slab = &self.slab;
+        let e = self
+            .idle
+            .peek(|slot| slab.get(slot as usize).map_or(0, |p| p.last_ts))?;
+        let p = self.path(e.slot)?;
+        Some((e.touched, e.num, p.refs.len()))
+    }
+
+    /// The end of an expiry step.
+    pub fn end_step(&mut self) {
+        self.idle.end_step();
+        // Fingerprints of finished paths are dropped now and then, all at once.
+        if self.by_fp.len() > 2 * self.count + 4096 {
+            let slab = &self.slab;
+            let live = |(s, n): &(u32, u64)| slab.get(*s as usize).is_some_and(|p| p.num == *n);
+            self.by_fp.retain(|_, c| match c {
+                Cands::One(e) => live(e),
+                Cands::Many(cs) => {
+                    cs.retain(live);
+                    !cs.is_empty()
+                }
+            });
         }
     }
 
     /// Finish the path `idlest` returned: its sightings go to `out` in path order
     /// (time, then arrival), as part of expiry step `step`.
     pub fn finish_idlest(&mut self, step: u64, out: &mut Finished) {
-        let Some(Reverse((_, _, slot))) = self.idle.pop() else {
+        let Some(Entry { slot, .. }) = self.idle.pop() else {
             return;
         };
         let Some(p) = self.slab.get_mut(slot as usize) else {
             return;
         };
-        if let Some(c) = self.by_fp.get_mut(&p.fp) {
-            match c {
-                Cands::One(s) => {
-                    if *s == slot {
-                        self.by_fp.remove(&p.fp);
-                    }
-                }
-                Cands::Many(cs) => {
-                    if let Some(at) = cs.iter().position(|&s| s == slot) {
-                        cs.remove(at);
-                        if cs.is_empty() {
-                            self.by_fp.remove(&p.fp);
-                        }
-                    }
-                }
-            }
-        }
         self.rows -= p.refs.len();
+        self.count -= 1;
         let refs = &p.refs;
         let start = out.sightings.len();
         if refs
@@ -233,6 +248,7 @@ impl OpenPaths {
             }
         }
         out.push_path(p.num, step, start);
+        p.num = 0;
         p.refs.clear();
         p.obs.clear();
         self.free.push(slot);

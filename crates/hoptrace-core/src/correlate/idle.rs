@@ -1,0 +1,161 @@
+//! Open paths in the order they went idle: (time of the last sighting, number).
+//!
+//! A calendar queue: one entry per path in a bucket of ~1 ms of its last
+//! sighting time, filed when the path opens and left there when it is seen
+//! again (lazily re-filed, as tracer/correlate.py's heap does). Expiry takes
+//! the lowest bucket, brings its entries up to date, sorts it and hands them
+//! out in order. Hops of one packet are µs apart and sightings come nearly in
+//! time order, so a bucket is touched in sequence, not at random as a binary
+//! heap of every open path would be.
+
+use std::collections::BTreeMap;
+
+const SHIFT: u32 = 20; // bucket width: 2^20 ns, ~1 ms
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Entry {
+    /// The path's last sighting time when filed (brought up to date in the front bucket).
+    pub touched: u64,
+    pub num: u64,
+    pub slot: u32,
+}
+
+#[derive(Default)]
+pub struct IdleQueue {
+    buckets: BTreeMap<u64, Vec<Entry>>,
+    /// The lowest bucket, up to date and sorted, highest first (what `peek` reads from the end).
+    front: Vec<Entry>,
+    front_id: Option<u64>,
+    spare: Vec<Vec<Entry>>,
+}
+
+impl IdleQueue {
+    pub fn push(&mut self, e: Entry) {
+        // (During a step, only entries re-filed to a later bucket than the front come here.)
+        let id = e.touched >> SHIFT;
+        match self.buckets.get_mut(&id) {
+            Some(b) => b.push(e),
+            None => {
+                let mut b = self.spare.pop().unwrap_or_default();
+                b.push(e);
+                self.buckets.insert(id, b);
+            }
+        }
+    }
+
+    /// The longest idle path; `last_of(slot)` is a path's last sighting time now.
+    pub fn peek(&mut self, last_of: impl Fn(u32) -> u64) -> Option<Entry> {
+        while self.front.is_empty() {
+            let (id, mut b) = self.buckets.pop_first()?;
+            // Seen again since filed: to its later bucket, or up to date here.
+            let mut k = 0;
+            while k < b.len() {
+                let Some(e) = b.get_mut(k) else { break };
+                let now = last_of(e.slot);
+                if now != e.touched {
+                    e.touched = now;
+                    if now >> SHIFT != id {
+                        let moved = b.swap_remove(k);
+                        self.push(moved);
+                        continue;
+                    }
+                }
+                k += 1;
+            }
+            b.sort_unstable_by(|x, y| y.cmp(x));
+            self.front_id = Some(id);
+            if b.is_empty() {
+                self.front_id = None;
+                self.spare.push(b);
+            } else {
+                self.spare.push(std::mem::replace(&mut self.front, b));
+            }
+        }
+        self.front.last().copied()
+    }
+
+    /// Remove what `peek` returned.
+    pub fn pop(&mut self) -> Option<Entry> {
+        let e = self.front.pop();
+        if self.front.is_empty() {
+            self.front_id = None;
+        }
+        e
+    }
+
+    /// End of an expiry step: the front bucket's rest goes back among the buckets,
+    /// where sightings of the next chunk can be filed beside it.
+    pub fn end_step(&mut self) {
+        if let Some(id) = self.front_id.take() {
+            let rest = std::mem::take(&mut self.front);
+            match self.buckets.get_mut(&id) {
+                Some(b) => b.extend_from_slice(&rest),
+                None => {
+                    self.buckets.insert(id, rest);
+                    return;
+                }
+            }
+            self.spare.push(rest);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Against a sorted set: paths opened, seen again later (re-filed lazily), taken
+        /// in steps up to a cutoff, some steps stopping early.
+        #[test]
+        fn hands_out_the_longest_idle_first(
+            ops in prop::collection::vec((0u8..3, 0u64..(40 << SHIFT), 0usize..50), 1..300)
+        ) {
+            let mut q = IdleQueue::default();
+            let mut last: Vec<u64> = Vec::new(); // per slot; u64::MAX when taken
+            let mut model = std::collections::BTreeSet::new();
+            for (op, t, k) in ops {
+                match op {
+                    0 => {
+                        let slot = last.len() as u32;
+                        last.push(t);
+                        let num = u64::from(slot) + 1;
+                        q.push(Entry { touched: t, num, slot });
+                        model.insert((t, num, slot));
+                    }
+                    1 => {
+                        // seen again: later only
+                        let Some(slot) = (!last.is_empty()).then(|| k % last.len()) else { continue };
+                        let was = last[slot];
+                        if was == u64::MAX || t <= was {
+                            continue;
+                        }
+                        last[slot] = t;
+                        let num = slot as u64 + 1;
+                        model.remove(&(was, num, slot as u32));
+                        model.insert((t, num, slot as u32));
+                    }
+                    _ => {
+                        // a step: up to cutoff t, at most k paths
+                        let mut taken = 0;
+                        while let Some(e) = q.peek(|s| last[s as usize]) {
+                            if e.touched >= t || taken == k {
+                                break;
+                            }
+                            let want = model.pop_first();
+                            prop_assert_eq!(Some((e.touched, e.num, e.slot)), want);
+                            prop_assert_eq!(q.pop(), Some(e));
+                            last[e.slot as usize] = u64::MAX;
+                            taken += 1;
+                        }
+                        if let Some(&(t0, _, _)) = model.first() {
+                            prop_assert!(taken == k || t0 >= t);
+                        }
+                        q.end_step();
+                    }
+                }
+            }
+        }
+    }
+}
