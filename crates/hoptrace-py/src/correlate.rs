@@ -3,7 +3,7 @@
 //! GIL released.
 
 use hoptrace_core::correlate::{self, keys, Finished, JoinConfig};
-use hoptrace_core::obs::{read_rows, Obs, ROW_SIZE};
+use hoptrace_core::obs::{Obs, ROW_SIZE};
 use numpy::{PyArray1, PyReadonlyArray1};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -50,8 +50,17 @@ fn joined<'py>(py: Python<'py>, out: &mut Finished, rows: bool) -> Joined<'py> {
     )
 }
 
-/// Rows of `bytes` or of a numpy OBS_DTYPE array (any shape, made contiguous), parsed.
-fn rows_of(obj: &Bound<'_, PyAny>) -> PyResult<Vec<Obs>> {
+/// Rows of `bytes` or of a numpy OBS_DTYPE array (any shape, made contiguous), parsed
+/// into `out` (a buffer kept between batches: no fresh pages per batch).
+fn rows_into(obj: &Bound<'_, PyAny>, out: &mut Vec<Obs>) -> PyResult<()> {
+    let mut parse = |buf: &[u8]| {
+        out.clear();
+        out.extend(
+            buf.chunks_exact(ROW_SIZE)
+                .filter_map(|c| <&[u8; ROW_SIZE]>::try_from(c).ok())
+                .map(Obs::read_row),
+        );
+    };
     let bad = || {
         PyValueError::new_err(format!(
             "rows must be bytes or a numpy array of tracer.model.obs_dtype() ({ROW_SIZE}-byte rows)"
@@ -62,7 +71,8 @@ fn rows_of(obj: &Bound<'_, PyAny>) -> PyResult<Vec<Obs>> {
         if buf.len() % ROW_SIZE != 0 {
             return Err(bad());
         }
-        return Ok(read_rows(buf));
+        parse(buf);
+        return Ok(());
     }
     let np = obj.py().import("numpy")?;
     let arr = np.call_method1("ascontiguousarray", (obj,))?;
@@ -74,8 +84,8 @@ fn rows_of(obj: &Bound<'_, PyAny>) -> PyResult<Vec<Obs>> {
         .call_method1("reshape", (-1,))?
         .call_method1("view", (np.getattr("uint8")?,))?;
     let view: PyReadonlyArray1<u8> = flat.extract().map_err(|_| bad())?;
-    let buf = view.as_slice().map_err(|_| bad())?;
-    Ok(read_rows(buf))
+    parse(view.as_slice().map_err(|_| bad())?);
+    Ok(())
 }
 
 /// The join of tracer.correlate.Correlator: which sightings form one packet's
@@ -87,6 +97,7 @@ pub struct Joiner {
     inner: correlate::Joiner,
     out: Finished,
     rows: bool,
+    obs: Vec<Obs>,
 }
 
 #[pymethods]
@@ -117,6 +128,7 @@ impl Joiner {
             inner: correlate::Joiner::new(cfg),
             out: Finished::default(),
             rows,
+            obs: Vec::new(),
         })
     }
 
@@ -127,9 +139,9 @@ impl Joiner {
         rows: &Bound<'py, PyAny>,
         now_ns: Option<u64>,
     ) -> PyResult<Joined<'py>> {
-        let obs = rows_of(rows)?;
-        let (inner, out) = (&mut self.inner, &mut self.out);
-        py.detach(|| inner.feed(&obs, now_ns, out));
+        rows_into(rows, &mut self.obs)?;
+        let (inner, out, obs) = (&mut self.inner, &mut self.out, &self.obs);
+        py.detach(|| inner.feed(obs, now_ns, out));
         Ok(joined(py, &mut self.out, self.rows))
     }
 
@@ -167,7 +179,8 @@ impl Joiner {
 /// the values tracer.correlate's `_fingerprint` and `_hop_signature` compute.
 #[pyfunction]
 pub fn join_keys<'py>(py: Python<'py>, rows: &Bound<'py, PyAny>) -> PyResult<Columns2<'py>> {
-    let obs = rows_of(rows)?;
+    let mut obs = Vec::new();
+    rows_into(rows, &mut obs)?;
     let (fp, hop) = py.detach(|| {
         (
             obs.iter().map(keys::fingerprint).collect::<Vec<_>>(),
