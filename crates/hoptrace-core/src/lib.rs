@@ -8,6 +8,7 @@
 /// The core's version, which the binding reports so that a stale build is visible.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+pub mod bpf;
 pub mod correlate;
 pub mod decode;
 pub mod files;
