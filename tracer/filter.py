@@ -1,11 +1,14 @@
 """``--filter EXPR``: a pcap-filter expression (tcpdump syntax) matched at any hop.
 
 libpcap itself compiles the expression (``pcap_open_dead`` per link type +
-``pcap_compile``) and runs it (``pcap_offline_filter``), through ctypes on the
-libpcap that tcpdump installs: the very syntax and semantics users know from
-tcpdump, without a capture handle. A path is kept when the frame of any of
-its hops matches, so ``host 198.51.100.8`` keeps the container's packet both
-before and after MASQUERADE rewrote its source.
+``pcap_compile``), through ctypes on the libpcap that tcpdump installs: the very
+syntax and semantics users know from tcpdump, without a capture handle. The
+core (``tracer._core.BpfProgram``, crates/hoptrace-core/src/bpf.rs) runs the
+compiled classic BPF over batches of frames, as libpcap's ``bpf_filter`` would;
+libpcap's own interpreter stays here only as the reference tests compare it
+with (``LibpcapProgram``). A path is kept when the frame of any of its hops
+matches, so ``host 198.51.100.8`` keeps the container's packet both before and
+after MASQUERADE rewrote its source.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import ctypes.util
 import re
 import struct
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +33,8 @@ from tracer.errors import FilterError
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from tracer._core import BpfProgram
 from tracer.model import ObsBatch, Observation, PacketPath
 
 SNAPLEN = 262144
@@ -85,6 +91,7 @@ _LINKTYPE_TO_DLT = {LINKTYPE_RAW: 12, 14: 12}
 
 
 def _compile(expr: str, linktype: int) -> _BpfProgram:
+    """libpcap's program for ``expr`` on ``linktype``; the caller frees it (``pcap_freecode``)."""
     if "\0" in expr:
         # libpcap reads a C string: it would silently compile only the part before the NUL.
         raise FilterError(f"bad --filter {expr[:200]!r}: contains a NUL byte")
@@ -103,6 +110,63 @@ def _compile(expr: str, linktype: int) -> _BpfProgram:
             lib.pcap_close(handle)
 
 
+def compile_insns(expr: str, linktype: int) -> bytes:
+    """``expr`` compiled by libpcap for frames of ``linktype``: its ``struct bpf_insn`` array
+    (8 bytes each, native order), what ``tracer._core.BpfProgram`` takes."""
+    prog = _compile(expr, linktype)
+    try:
+        return ctypes.string_at(prog.bf_insns, prog.bf_len * 8) if prog.bf_len else b""
+    finally:
+        _lib().pcap_freecode(ctypes.byref(prog))
+
+
+class LibpcapProgram:
+    """``expr`` as libpcap compiles and runs it (``pcap_offline_filter``), one frame a call:
+    the reference the tests compare the core with. The product never runs it."""
+
+    def __init__(self, expr: str, linktype: int) -> None:
+        self._prog: _BpfProgram | None = None  # (what __del__ sees if the compile fails)
+        self._prog = _compile(expr, linktype)
+
+    def match(self, frame: bytes, wirelen: int | None = None) -> bool:
+        return self.match_each([frame], [len(frame) if wirelen is None else wirelen])[0]
+
+    def match_each(self, frames: Sequence[bytes], wirelens: Sequence[int]) -> list[bool]:
+        """``match`` per frame (frame i was ``wirelens[i]`` bytes long on the wire)."""
+        assert self._prog is not None
+        run, prog, hdr = _lib().pcap_offline_filter, ctypes.byref(self._prog), _PktHdr()
+        out = []
+        for frame, wirelen in zip(frames, wirelens, strict=True):
+            hdr.caplen, hdr.len = len(frame), wirelen
+            out.append(bool(run(prog, ctypes.byref(hdr), frame)))
+        return out
+
+    def __del__(self) -> None:
+        if self._prog is not None and _LIB is not None:
+            _LIB.pcap_freecode(ctypes.byref(self._prog))
+            self._prog = None
+
+
+def core_program(expr: str, linktype: int) -> BpfProgram:
+    """``expr`` compiled by libpcap for ``linktype``, as the core runs it."""
+    from tracer import _core
+
+    insns = compile_insns(expr, linktype)
+    try:
+        return _core.BpfProgram(insns)
+    except ValueError as exc:  # libpcap's output always validates: a bug on one side or the other
+        raise FilterError(f"--filter {expr[:200]!r}: libpcap's program does not validate: {exc}") from exc
+
+
+def _frames_arg(frames: bytes | bytearray | memoryview) -> Any:
+    """``frames`` as ``BpfProgram.match_frames`` takes it, without a copy."""
+    if type(frames) is bytes:
+        return frames
+    import numpy as np
+
+    return np.frombuffer(frames, dtype=np.uint8)
+
+
 # What a filter may say for its answer to depend only on where a packet is and its addresses,
 # ports and protocols (what a path's shape fixes, see tracer.correlate): no lengths, flags,
 # payload bytes (``proto[...]``), MAC addresses, VLANs or anything else per packet.
@@ -119,6 +183,13 @@ def _by_shape(expr: str) -> bool:
     return all(t in _SHAPE_WORDS or _SHAPE_VALUE.match(t) for t in toks)
 
 
+# Verdict codes of PathFilter._row_verdicts: 1 keep, 0 not, -1 unknown (no frame bytes, or
+# their link type not learnt yet).
+_UNKNOWN = -1
+# Batches (row arrays) whose verdicts PathFilter keeps: the correlator's open chunks.
+_MAX_CACHED = 64
+
+
 class PathFilter:
     """A compiled pcap-filter expression; ``keep(path)`` is True when any hop matches."""
 
@@ -126,29 +197,49 @@ class PathFilter:
         self.expr = expr
         # Paths of one shape (same hops, addresses, ports, protocols) all match or all do not.
         self.by_shape = _by_shape(expr)
-        self._progs: dict[int, _BpfProgram | None] = {}
+        self._progs: dict[int, BpfProgram | None] = {}
         # Compile for Ethernet now: a bad expression fails before any capture starts.
-        self._progs[LINKTYPE_ETHERNET] = _compile(expr, LINKTYPE_ETHERNET)
+        self._progs[LINKTYPE_ETHERNET] = core_program(expr, LINKTYPE_ETHERNET)
         self._linktypes: dict[tuple[str, str], int] = {}
+        # id(rows) -> (weak rows, verdict codes per row, link types known then)
+        self._verdicts: dict[int, tuple[Any, np.ndarray[Any, Any], int]] = {}
 
-    def _prog(self, linktype: int) -> _BpfProgram | None:
+    def _prog(self, linktype: int) -> BpfProgram | None:
         if linktype not in self._progs:
             try:
-                self._progs[linktype] = _compile(self.expr, linktype)
+                self._progs[linktype] = core_program(self.expr, linktype)
             except FilterError:
                 # Valid for Ethernet but meaningless here (e.g. "ether host" on raw IP):
                 # frames of this link type simply never match.
                 self._progs[linktype] = None
         return self._progs[linktype]
 
-    def match(self, frame: bytes | bytearray | memoryview, linktype: int) -> bool:
+    def match_frames(self, frames: bytes | bytearray | memoryview, offsets: np.ndarray[Any, Any],
+                     lengths: np.ndarray[Any, Any], linktype: int) -> np.ndarray[Any, Any]:
+        """One verdict per frame ``frames[offsets[i]:][:lengths[i]]``, all of ``linktype``."""
+        import numpy as np
+
         prog = self._prog(linktype)
         if prog is None:
-            return False
-        data = bytes(frame)
-        # A header per call: the engine's thread and the TUI's may match at the same time.
-        hdr = _PktHdr(0, 0, len(data), len(data))
-        return bool(_lib().pcap_offline_filter(ctypes.byref(prog), ctypes.byref(hdr), data))
+            return np.zeros(len(offsets), dtype=bool)
+        lengths = np.ascontiguousarray(lengths, dtype=np.uint32)
+        # The captured length stands for the wire length too (what `len` reads), as before.
+        return prog.match_frames(_frames_arg(frames), np.ascontiguousarray(offsets, dtype=np.uint64),
+                                 lengths, lengths)  # fmt: skip
+
+    def match(self, frame: bytes | bytearray | memoryview, linktype: int) -> bool:
+        """One frame (tests, small callers; the engine matches batches)."""
+        import numpy as np
+
+        return bool(self.match_frames(frame, np.zeros(1, np.uint64), np.array([len(frame)]), linktype)[0])
+
+    def _match_list(self, frames: list[bytes], linktype: int) -> bool:
+        """Whether any of ``frames`` (all of ``linktype``) matches: one call into the core."""
+        import numpy as np
+
+        lengths = np.fromiter(map(len, frames), dtype=np.uint64, count=len(frames))
+        offsets = np.cumsum(lengths) - lengths
+        return bool(self.match_frames(b"".join(frames), offsets, lengths, linktype).any())
 
     def learn_linktype(self, node: str, iface: str, linktype: int) -> None:
         """Tell the filter a hop's link type (sources know it: ``HopLabel.linktype``)."""
@@ -160,30 +251,47 @@ class PathFilter:
     def keep_row(self, batch: ObsBatch, rows: np.ndarray[Any, Any], i: int) -> bool | None:
         """``keep`` for one sighting still in its batch (``rows[i]``, rows of ``batch``), from its
         frame bytes; None when only the sighting as an ``Observation`` can tell (no frame bytes,
-        or their link type not learnt yet)."""
-        row = rows[i]
-        flen = int(row["frame_len"])
-        if not flen:
-            return None
-        label = batch.hops[int(row["hop"])]
-        lt = self._linktypes.get((label.node, label.iface))
-        if lt is None:
-            return None
-        off = int(row["frame_off"])
-        return self.match(batch.frames[off : off + flen], lt)
+        or their link type not learnt yet). The first call for ``rows`` matches all its frames
+        at once, in the core."""
+        got = self._verdicts.get(id(rows))
+        if got is None or got[0]() is not rows or (got[1][i] == _UNKNOWN and got[2] != len(self._linktypes)):
+            got = self._row_verdicts(batch, rows)
+        v = int(got[1][i])
+        return None if v == _UNKNOWN else bool(v)
+
+    def _row_verdicts(self, batch: ObsBatch, rows: np.ndarray[Any, Any]) -> tuple[Any, np.ndarray[Any, Any], int]:
+        import numpy as np
+
+        known = len(self._linktypes)
+        lt_of_hop = np.array([self._linktypes.get((h.node, h.iface), _UNKNOWN) for h in batch.hops],
+                             dtype=np.int64)  # fmt: skip
+        lens = rows["frame_len"]
+        lts = np.where(lens > 0, lt_of_hop[rows["hop"]], _UNKNOWN) if len(lt_of_hop) else np.full(len(rows), _UNKNOWN)
+        out = np.full(len(rows), _UNKNOWN, dtype=np.int8)
+        for lt in np.unique(lts).tolist():
+            if lt == _UNKNOWN:
+                continue
+            idx = np.flatnonzero(lts == lt)
+            out[idx] = self.match_frames(batch.frames, rows["frame_off"][idx], lens[idx], lt)
+        entry = (weakref.ref(rows), out, known)
+        cache = self._verdicts
+        if len(cache) >= _MAX_CACHED:
+            cache.pop(next(iter(cache)), None)
+        cache[id(rows)] = entry
+        return entry
 
     def keep_hops(self, hops: Sequence[Observation]) -> bool:
+        by_linktype: dict[int, list[bytes]] = {}
         for obs in hops:
             if obs.frame:
                 lt = self._linktype_of(obs)
                 if lt is not None:
-                    if self.match(obs.frame, lt):
-                        return True
+                    by_linktype.setdefault(lt, []).append(bytes(obs.frame))
                     continue
             synth = synth_frame(obs)
-            if synth and self.match(synth, LINKTYPE_RAW):
-                return True
-        return False
+            if synth:
+                by_linktype.setdefault(LINKTYPE_RAW, []).append(synth)
+        return any(self._match_list(frames, lt) for lt, frames in by_linktype.items())
 
     def _linktype_of(self, obs: Observation) -> int | None:
         """The link type of a sighting's frame: told, or the one whose decode gives this sighting."""
@@ -201,14 +309,6 @@ class PathFilter:
                 self._linktypes[key] = cand
                 return cand
         return None
-
-    def __del__(self) -> None:
-        lib = _LIB
-        if lib is None:
-            return
-        for prog in self._progs.values():
-            if prog is not None:
-                lib.pcap_freecode(ctypes.byref(prog))
 
 
 def synth_frame(obs: Observation) -> bytes:

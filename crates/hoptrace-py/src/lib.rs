@@ -3,6 +3,7 @@
 
 use pyo3::prelude::*;
 
+mod bpf;
 mod correlate;
 mod finish;
 mod reader;
@@ -26,6 +27,7 @@ fn obs_layout() -> (Vec<(&'static str, &'static str, usize)>, usize) {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(core_version, m)?)?;
     m.add_function(wrap_pyfunction!(obs_layout, m)?)?;
+    bpf::register(m)?;
     correlate::register(m)?;
     finish::register(m)?;
     reader::register(m)?;
