@@ -262,25 +262,25 @@ fn quoted(f: &[u8], p: usize, qlen: i64, v6: bool) -> Quoted {
     };
     let mut l4: Option<usize> = None;
     if !v6 {
-        if len >= 20 && raw[0] >> 4 == 4 {
-            let ihl = usize::from(raw[0] & 0x0F) * 4;
-            out.proto = raw[9];
+        if len >= 20 && u8_at(raw, 0) >> 4 == 4 {
+            let ihl = usize::from(u8_at(raw, 0) & 0x0F) * 4;
+            out.proto = u8_at(raw, 9);
             out.src = Some((addr(raw, 12, 4), addr(raw, 16, 4)));
-            raw[10..20].fill(0);
-            let frag_off = u16::from_be_bytes([raw[6], raw[7]]) & 0x1FFF;
+            zero(raw, 10, 20);
+            let frag_off = be16(raw, 6) & 0x1FFF;
             if ihl >= 20 && frag_off == 0 {
                 l4 = Some(ihl);
             }
         }
-    } else if len >= 40 && raw[0] >> 4 == 6 {
-        let mut nxt = raw[6];
+    } else if len >= 40 && u8_at(raw, 0) >> 4 == 6 {
+        let mut nxt = u8_at(raw, 6);
         out.src = Some((addr(raw, 8, 16), addr(raw, 24, 16)));
-        raw[8..40].fill(0);
+        zero(raw, 8, 40);
         let mut at = 40usize;
         let mut hops = 0;
         while is_ext_generic(nxt) && at + 2 <= len && hops < MAX_IPV6_EXT {
-            let next_at = at + (usize::from(raw[at + 1]) + 1) * 8;
-            nxt = raw[at];
+            let next_at = at + (usize::from(u8_at(raw, at + 1)) + 1) * 8;
+            nxt = u8_at(raw, at);
             at = next_at;
             hops += 1;
         }
@@ -292,9 +292,9 @@ fn quoted(f: &[u8], p: usize, qlen: i64, v6: bool) -> Quoted {
     if let (Some(_), Some(l4)) = (out.src, l4) {
         let pr = out.proto;
         if is_port_proto(pr) && l4 + 4 <= len {
-            out.sport = u16::from_be_bytes([raw[l4], raw[l4 + 1]]);
-            out.dport = u16::from_be_bytes([raw[l4 + 2], raw[l4 + 3]]);
-            raw[l4..l4 + 4].fill(0);
+            out.sport = be16(raw, l4);
+            out.dport = be16(raw, l4 + 2);
+            zero(raw, l4, l4 + 4);
             let ck = match pr {
                 6 => Some(16),
                 17 | 136 => Some(6),
@@ -302,25 +302,32 @@ fn quoted(f: &[u8], p: usize, qlen: i64, v6: bool) -> Quoted {
             };
             if let Some(ck) = ck {
                 if l4 + ck + 2 <= len {
-                    raw[l4 + ck..l4 + ck + 2].fill(0);
+                    zero(raw, l4 + ck, l4 + ck + 2);
                 }
             }
         } else if (pr == 1 || pr == 58) && l4 + 8 <= len {
             // A quoted ICMP echo: its id is what NAT rewrote; the checksum precedes it.
-            raw[l4 + 2..l4 + 4].fill(0);
+            zero(raw, l4 + 2, l4 + 4);
             let with_id = if pr == 58 {
-                icmp6_with_id(raw[l4])
+                icmp6_with_id(u8_at(raw, l4))
             } else {
-                icmp4_with_id(raw[l4])
+                icmp4_with_id(u8_at(raw, l4))
             };
             if with_id {
-                out.sport = u16::from_be_bytes([raw[l4 + 4], raw[l4 + 5]]);
-                raw[l4 + 4..l4 + 6].fill(0);
+                out.sport = be16(raw, l4 + 4);
+                zero(raw, l4 + 4, l4 + 6);
             }
         }
     }
     out.digest = digest_bytes(qlen.max(0) as u64, raw);
     out
+}
+
+/// Zero `raw[from..to]` (what NAT rewrites in a quoted header).
+fn zero(raw: &mut [u8], from: usize, to: usize) {
+    if let Some(part) = raw.get_mut(from..to) {
+        part.fill(0);
+    }
 }
 
 /// Zero the fields `decode` fills (decode.py's DECODED_FIELDS), leaving the caller's.

@@ -254,9 +254,18 @@ fn apply_fast(rows: &mut [Obs], metas: &[(usize, &[u8])], drops: &mut DropTable)
     // The regex runs over the comments joined by newlines: a line is one match or none.
     let mut found = Vec::with_capacity(metas.len());
     for (_, raw) in metas {
-        for line in raw.split(|&b| b == b'\n') {
+        let mut rest: &[u8] = raw;
+        loop {
+            let (line, next) = match memchr::memchr(b'\n', rest) {
+                Some(at) => (rest.get(..at).unwrap_or(&[]), rest.get(at + 1..)),
+                None => (rest, None),
+            };
             if let Some(m) = match_line(line) {
                 found.push(m);
+            }
+            match next {
+                Some(n) => rest = n,
+                None => break,
             }
         }
     }
