@@ -263,6 +263,8 @@ pub enum Origin {
     Path(PathBuf),
     /// `-`: standard input.
     Stdin,
+    /// Bytes in memory (fuzzing, tests).
+    Memory(Arc<[u8]>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -386,6 +388,7 @@ impl FileReader {
                     .map_err(|e| CaptureError::Open(strerror(&e)))?;
                 Box::new(File::from(fd))
             }
+            Origin::Memory(bytes) => Box::new(std::io::Cursor::new(Arc::clone(bytes))),
             Origin::Path(p) => {
                 // Python's Path("") is ".": a directory.
                 let p = if p.as_os_str().is_empty() {
