@@ -4,7 +4,8 @@ Targets (crates/fuzz/fuzz_targets/): ``pcap`` and ``pcapng`` (the whole file
 reader: chunks, blocks, options, comments, decode, labels, merge; every batch
 checked for consistency), ``decode`` (one frame of any link type: no panic,
 nothing read past the frame's end), ``comments`` (hoptrace's JSON packet
-comments: the recorder's layout and the json.loads-compatible fallback).
+comments: the recorder's layout and the json.loads-compatible fallback), ``bpf``
+(classic BPF programs and frames; unseeded).
 Corpora are seeded from fixtures/ and the tcpdump corpus; findings land in
 crates/fuzz/artifacts/<target>/ (both git-ignored). Installs cargo-fuzz from
 crates.io when it is missing; needs the nightly toolchain. Not part of make test.
@@ -25,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FUZZ = ROOT / "crates" / "fuzz"
-TARGETS = ["pcap", "pcapng", "decode", "comments"]
+TARGETS = ["pcap", "pcapng", "decode", "comments", "bpf"]  # bpf: unseeded (libFuzzer starts empty)
 PCAP_MAGICS = {b"\xd4\xc3\xb2\xa1": 0, b"\xa1\xb2\xc3\xd4": 1, b"\x4d\x3c\xb2\xa1": 2, b"\xa1\xb2\x3c\x4d": 3}
 
 
