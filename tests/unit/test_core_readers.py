@@ -397,3 +397,26 @@ def test_decode_frames_checks_its_arguments() -> None:
     with pytest.raises(ValueError, match="2 frames but 1 link types"):
         _core.decode_frames([b"", b""], [1])
     assert len(core_decode([], 1)) == 0
+
+
+def test_memory_stays_bounded_on_absurd_claims(tmp_path: Path) -> None:
+    """tracemalloc (test_fuzz) does not see the core's allocations: the child's peak RSS does."""
+    from tests.unit.test_fuzz import ABSURD, MEMORY_CAP
+
+    paths = []
+    for i, data in enumerate(ABSURD.values()):
+        p = tmp_path / f"absurd{i}.pcapng"
+        p.write_bytes(data)
+        paths.append(str(p))
+    code = ("import resource, sys; sys.path.insert(0, sys.argv[1]); from tracer.readers import FileSource; "
+            "from tracer.errors import CaptureFileError; import numpy; "
+            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "for p in sys.argv[2:]:\n"
+            "    try:\n"
+            "        for b in FileSource([p]).batches(): pass\n"
+            "    except CaptureFileError: pass\n"
+            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT), *paths], capture_output=True, text=True, timeout=120,
+                         check=True)  # fmt: skip
+    grew = int(out.stdout)
+    assert grew < MEMORY_CAP, f"peak RSS grew {grew >> 20} MiB reading {len(paths)} files of absurd claims"
