@@ -6,9 +6,9 @@ probe/tap is attached, then drives tracer.engine into the TUI or a text /
 NDJSON sink. SIGINT, SIGTERM and SIGHUP stop the engine (exit 0); the source is detached and
 the recording flushed in ``finally``, and the sink's last line is the stats.
 
-On stderr, like tcpdump's "listening on ...": ``compiling probes…`` (or ``opening taps…``)
-before the source starts, and ``ready: N probes on M namespaces in T s`` once everything is
-attached, when the ready file is written. ``-r FILE`` replays FILE instead (tracer.replay).
+On stderr when it is a terminal, like tcpdump's "listening on ...": ``compiling probes…``
+(or ``opening taps…``) before the source starts, and ``ready: N probes on M namespaces in
+T s`` once everything is attached, when the ready file is written. ``-r FILE`` replays FILE instead (tracer.replay).
 """
 
 from __future__ import annotations
@@ -73,6 +73,14 @@ def _optional(module: str) -> Any | None:
 def _notice(msg: str) -> None:
     # Notices name interfaces and namespaces, which any process with the privilege may name.
     print(f"hoptrace: {term_safe(msg)}", file=sys.stderr, flush=True)
+
+
+def _status(msg: str) -> None:
+    """Start-up status for a person watching (compiling, ready): only when stderr is a
+    terminal, so that a script's stderr holds nothing but warnings and the one error line
+    (CONTRACT.md); scripts wait for --ready-file instead."""
+    if sys.stderr.isatty():
+        _notice(msg)
 
 
 def make_ebpf_source(args: argparse.Namespace) -> Any:
@@ -260,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
 
     with contextlib.ExitStack() as stack:
         t0 = time.monotonic()
-        _notice("opening taps…" if args.backend == "pcap" else "compiling probes…")
+        _status("opening taps…" if args.backend == "pcap" else "compiling probes…")
         source = choose_source(args)
         stack.callback(source.stop)
         args.snaplen = int(getattr(source, "snaplen", 0) or args.snaplen or SNAPLEN_MAX)
@@ -304,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
             part.write_text(f"{os.getpid()} {source.kind}\n")
             os.replace(part, args.ready_file)
             stack.callback(_unlink, args.ready_file)
-        _notice(_ready_line(source, t0))
+        _status(_ready_line(source, t0))
 
         annotators, topo = _annotators(source)
         for annotate in annotators:

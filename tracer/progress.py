@@ -94,9 +94,10 @@ class Progress:
 
     def _columns(self) -> int:
         try:
-            return os.get_terminal_size(self.stream.fileno()).columns
+            columns = os.get_terminal_size(self.stream.fileno()).columns
         except (OSError, ValueError, AttributeError):
             return 80
+        return columns or 80  # a pty nobody sized says 0
 
     def draw(self, now: float | None = None) -> None:
         text = self.text(self._clock() if now is None else now)

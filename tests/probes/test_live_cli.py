@@ -187,13 +187,26 @@ def test_auto_backend_picks_ebpf_here(tmp_path: Path, nsname: str) -> None:
     kind = ready.read_text().split()[1]
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
-    # what live says as it starts, and no fallback notice (others, e.g. on conntrack, may follow)
+    # no fallback notice (others, e.g. on conntrack, may follow), and no start-up status in a
+    # pipe: a script's stderr holds warnings and errors only
     assert (kind, proc.returncode) == ("ebpf", 0), err
     lines = err.splitlines()
-    assert lines[0] == "hoptrace: compiling probes…", err
-    assert re.fullmatch(r"hoptrace: ready: \d+ probes on 1 namespace in \d+\.\d\d s", lines[1]), err
     assert not any("AF_PACKET" in line or "eBPF backend" in line for line in lines), err
+    assert not any("compiling probes" in line or "ready:" in line for line in lines), err
     assert json.loads(out.splitlines()[-1])["type"] == "stats"
+
+
+def test_a_terminal_sees_compiling_then_ready(tmp_path: Path, nsname: str) -> None:
+    """On a terminal (script(1) gives live a pty for stderr), what live says as it starts."""
+    ino = os.stat(f"/run/netns/{nsname}").st_ino
+    cmd = " ".join([*HOPTRACE, "live", "--backend", "ebpf", "--json", "--duration", "1",
+                    "--iface", f"netns:{ino}/lo", ">", str(tmp_path / "out.ndjson")])
+    r = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout
+    lines = [line.strip() for line in r.stdout.splitlines() if line.strip()]
+    assert lines[0] == "hoptrace: compiling probes…", lines
+    assert re.fullmatch(r"hoptrace: ready: \d+ probes on 1 namespace in \d+\.\d\d s", lines[1]), lines
+    assert json.loads((tmp_path / "out.ndjson").read_text().splitlines()[-1])["type"] == "stats"
 
 
 def test_recording_replays_into_the_same_paths(traced: dict[str, Any]) -> None:

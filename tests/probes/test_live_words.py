@@ -5,7 +5,6 @@ example with -i, -w and a filter of words, run as written (with the lab's interf
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import time
 from pathlib import Path
@@ -52,14 +51,10 @@ def test_json_is_unchanged_by_n(words_run: dict[str, Any]) -> None:
     assert {h["node"] for h in hops} >= {"client", "host", "inet"}  # names, not netns:<inode>
 
 
-def test_stderr_says_compiling_then_ready(words_run: dict[str, Any]) -> None:
+def test_piped_stderr_has_no_start_up_status(words_run: dict[str, Any]) -> None:
+    # compiling/ready are for a person at a terminal (tests/probes/test_live_cli.py has that)
     lines = words_run["stderr"].splitlines()
-    assert lines[0] == "hoptrace: compiling probes…", lines
-    ready = [line for line in lines if line.startswith("hoptrace: ready:")]
-    assert len(ready) == 1, lines
-    m = re.fullmatch(r"hoptrace: ready: (\d+) probes on (\d+) namespaces in (\d+\.\d\d) s", ready[0])
-    assert m, ready
-    assert int(m.group(1)) >= 3 and int(m.group(2)) == 4 and float(m.group(3)) < 30
+    assert not any("compiling probes" in line or "ready:" in line for line in lines), lines
 
 
 def test_w_recorded_what_it_traced_at_the_maximum_snaplen(words_run: dict[str, Any]) -> None:

@@ -31,21 +31,21 @@ def watch(tmux: Tmux, timeout: float = 240) -> tuple[list[str], str]:
 
 
 def test_report_shows_progress_on_a_terminal_and_clears_it(tmux: Tmux, tmp_path: Path) -> None:
-    cap = big_pcap(tmp_path / "big.pcap", 60_000)
+    cap = big_pcap(tmp_path / "big.pcap", 300_000)
     out = tmp_path / "report.txt"
     start(tmux, f"{HOPTRACE[0]} report {cap} > {out}")
     seen, last = watch(tmux)
     lines = [line for s in seen for line in s.splitlines() if "records/s" in line]
     assert lines, "no progress line seen"
-    assert any("% of 6.84 MB" in line and "ETA" in line for line in lines), lines
+    assert any("% of 34.2 MB" in line and "ETA" in line for line in lines), lines
     assert all(line.startswith("report: ") for line in lines), lines
     assert "EXIT=0" in last and "records/s" not in last, last
     assert last.splitlines()[0].startswith("EXIT=0")  # the line was taken back, not left above
-    assert "60000 paths" in out.read_text()
+    assert "300000 paths" in out.read_text()
 
 
 def test_replay_text_on_the_same_terminal_keeps_paths_clean(tmux: Tmux, tmp_path: Path) -> None:
-    cap = big_pcap(tmp_path / "big.pcap", 60_000)
+    cap = big_pcap(tmp_path / "big.pcap", 300_000)
     # -q: one line a path, a filter that keeps a few: most of the time only progress is drawn
     start(tmux, f"{HOPTRACE[0]} replay --no-tui -q {cap} -- icmp[7] = 0 and ip[5] = 0 and ip[4] = 0")
     seen, last = watch(tmux)
@@ -54,11 +54,11 @@ def test_replay_text_on_the_same_terminal_keeps_paths_clean(tmux: Tmux, tmp_path
     body = [line for line in last.splitlines() if line.strip()]
     paths = [line for line in body if line.startswith("p")]
     assert paths and all(line.endswith("big/if0") for line in paths), body
-    assert body[-2].startswith("stats: 60000 observations"), body
+    assert body[-2].startswith("stats: 300000 observations"), body
 
 
 def test_no_progress_when_stderr_is_piped_on_a_terminal(tmux: Tmux, tmp_path: Path) -> None:
-    cap = big_pcap(tmp_path / "big.pcap", 60_000)
+    cap = big_pcap(tmp_path / "big.pcap", 300_000)
     err = tmp_path / "err.txt"
     start(tmux, f"{HOPTRACE[0]} report {cap} 2>&1 >/dev/null | cat > {err}")
     seen, last = watch(tmux)
