@@ -433,6 +433,14 @@ def main(argv: Sequence[str] | None = None) -> int:
               "(run with --debug for details)",
               file=sys.stderr)
         return EXIT_PROBLEM
+    except BaseException as exc:
+        # A panic in the Rust core arrives as pyo3's PanicException, a BaseException: a bug
+        # of ours, reported as one line like any other internal error.
+        if debug or type(exc).__name__ != "PanicException":
+            raise
+        print(f"hoptrace: internal error in the core: {term_safe(str(exc))} "
+              "(run with --debug for details)", file=sys.stderr)
+        return EXIT_PROBLEM
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -35,3 +37,27 @@ def test_the_core_reads_rows_as_obs_dtype_lays_them_out() -> None:
     assert [(name, t, off) for name, t, off in layout] == [
         (name, dt.fields[name][0].str, dt.fields[name][1]) for name in dt.names
     ]
+
+
+def test_a_panic_in_the_core_is_one_line_and_exit_1(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from tracer import _core, cli, replay
+
+    def boom(_args: object) -> int:
+        _core._panic_for_tests("index out of range\x1b[2J")
+        return 0
+
+    monkeypatch.setattr(replay, "run", boom)
+    assert cli.main(["replay", "--json", "x.pcap"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == ("hoptrace: internal error in the core: index out of range\\x1b[2J "
+                   "(run with --debug for details)\n")
+
+
+def test_a_panic_in_the_core_prints_nothing_else_on_stderr() -> None:
+    # The default panic hook's "thread ... panicked at" lines are off; the exception carries it.
+    code = ("from tracer import _core\ntry:\n    _core._panic_for_tests('x')\n"
+            "except BaseException as e:\n    print(type(e).__name__, e)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert (r.stdout, r.stderr) == ("PanicException x\n", "")

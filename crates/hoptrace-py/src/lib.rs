@@ -23,9 +23,20 @@ fn obs_layout() -> (Vec<(&'static str, &'static str, usize)>, usize) {
     )
 }
 
+/// Panics in the core on purpose: how tests see that a bug in the core reaches the user
+/// as one line and exit 1 (tracer/cli.py), never an abort or a traceback.
+#[pyfunction]
+fn _panic_for_tests(message: &str) {
+    panic!("{message}")
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // A panic becomes pyo3's PanicException, which tracer/cli.py turns into one line; the
+    // default hook would first print the panic and a backtrace hint on stderr.
+    std::panic::set_hook(Box::new(|_| {}));
     m.add_function(wrap_pyfunction!(core_version, m)?)?;
+    m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     m.add_function(wrap_pyfunction!(obs_layout, m)?)?;
     bpf::register(m)?;
     correlate::register(m)?;
