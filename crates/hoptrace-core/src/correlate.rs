@@ -17,6 +17,15 @@
 //!   `max_open_rows` sightings are open, the longest idle finish until that many
 //!   are left. `advance` and `flush` finish the same way.
 //!
+//! Whoever finishes the paths learns, as the join goes, what only the join
+//! sees ([`JoinEvents`]): the first sighting of each path when it is an IP
+//! packet leaving (tx, or no direction), which teaches where its source address
+//! lives (`claim`); a claim taken back when a path's true first sighting turns
+//! up late (`retract`); and the end of each expiry step, with the paths it
+//! finished (`step_ended`). tracer/correlate.py does the same at the same
+//! moments (`_own` while stepping through a chunk, the deletion from `owned`,
+//! `_expire`), so a verdict judged at the end of a step reads the same owners.
+//!
 //! For sightings that come in time order (and ticks no later than the next
 //! sighting), the paths and the order they finish do not depend on batching. A
 //! sighting later than the window, or one that arrives after its path
@@ -31,8 +40,8 @@ mod tests;
 
 pub use finished::{Finished, FinishedPath};
 
-use crate::obs::Obs;
-use open::{Key, OpenPaths};
+use crate::obs::{dir, Obs};
+use open::{Claim, Key, OpenPaths};
 
 /// How late a sighting may be, and how long a path stays open without one (ns).
 pub const DEFAULT_WINDOW_NS: u64 = 500_000_000;
@@ -65,6 +74,31 @@ impl Default for JoinConfig {
     }
 }
 
+/// What the join tells whoever finishes its paths, when it happens (see the module doc
+/// and finish.rs's protocol).
+pub trait JoinEvents {
+    /// A path opened with this sighting of an IP packet leaving `netns` from `src` at
+    /// `ts_ns`. True when that taught something new: the join takes it back with
+    /// [`JoinEvents::retract`] if the path's true first sighting turns up later.
+    fn claim(&mut self, family: u8, src: &[u8; 16], netns: u64, ts_ns: u64) -> bool;
+    /// A claim made at `first_ts` (which returned true) was wrong.
+    fn retract(&mut self, family: u8, src: &[u8; 16], netns: u64, first_ts: u64);
+    /// An expiry step ended: the paths it finished are the last ones in `out` (which
+    /// holds every finished path not taken yet; taking them is the callee's choice).
+    fn step_ended(&mut self, out: &mut Finished);
+}
+
+/// Nobody listens: paths pile up in the caller's [`Finished`].
+pub struct NoEvents;
+
+impl JoinEvents for NoEvents {
+    fn claim(&mut self, _: u8, _: &[u8; 16], _: u64, _: u64) -> bool {
+        false
+    }
+    fn retract(&mut self, _: u8, _: &[u8; 16], _: u64, _: u64) {}
+    fn step_ended(&mut self, _: &mut Finished) {}
+}
+
 /// Groups sightings into packet paths. Pure: time comes from the sightings.
 #[derive(Default)]
 pub struct Joiner {
@@ -92,27 +126,56 @@ impl Joiner {
 
     /// Feed a batch (in arrival order); paths that finish go to `out`.
     pub fn feed(&mut self, rows: &[Obs], now_ns: Option<u64>, out: &mut Finished) {
+        self.feed_with(rows, now_ns, out, &mut NoEvents);
+    }
+
+    /// [`Joiner::feed`], telling `ev` what happens as it happens.
+    pub fn feed_with<E: JoinEvents>(
+        &mut self,
+        rows: &[Obs],
+        now_ns: Option<u64>,
+        out: &mut Finished,
+        ev: &mut E,
+    ) {
         for chunk in rows.chunks(self.cfg.chunk_rows.max(1)) {
-            self.feed_chunk(chunk);
-            self.expire(Some(self.cutoff()), None, None, out);
+            self.feed_chunk(chunk, ev);
+            self.expire(Some(self.cutoff()), None, None, out, ev);
             if self.open.rows > self.cfg.max_open_rows {
-                self.expire(None, Some(self.cfg.max_open_rows), None, out);
+                self.expire(None, Some(self.cfg.max_open_rows), None, out, ev);
             }
         }
         if let Some(now) = now_ns {
-            self.advance(now, out);
+            self.advance_with(now, out, ev);
         }
     }
 
     /// The source's clock says `now_ns`: finish paths idle since before `now_ns - window_ns`.
     pub fn advance(&mut self, now_ns: u64, out: &mut Finished) {
+        self.advance_with(now_ns, out, &mut NoEvents);
+    }
+
+    pub fn advance_with<E: JoinEvents>(&mut self, now_ns: u64, out: &mut Finished, ev: &mut E) {
         self.clock = self.clock.max(now_ns);
-        self.expire(Some(self.cutoff()), None, None, out);
+        self.expire(Some(self.cutoff()), None, None, out, ev);
     }
 
     /// End of input: every open path finishes (with `max_paths`, only that many, the longest idle).
     pub fn flush(&mut self, max_paths: Option<usize>, out: &mut Finished) {
-        self.expire(None, None, max_paths, out);
+        self.flush_with(max_paths, out, &mut NoEvents);
+    }
+
+    pub fn flush_with<E: JoinEvents>(
+        &mut self,
+        max_paths: Option<usize>,
+        out: &mut Finished,
+        ev: &mut E,
+    ) {
+        self.expire(None, None, max_paths, out, ev);
+    }
+
+    /// The latest time seen (a sighting's, or a source's `now_ns`): flows expire by it.
+    pub fn clock(&self) -> u64 {
+        self.clock
     }
 
     pub fn open_paths(&self) -> usize {
@@ -133,7 +196,7 @@ impl Joiner {
         self.clock.saturating_sub(self.cfg.window_ns)
     }
 
-    fn feed_chunk(&mut self, rows: &[Obs]) {
+    fn feed_chunk<E: JoinEvents>(&mut self, rows: &[Obs], ev: &mut E) {
         let keys = &mut self.keys;
         keys.clear();
         keys.extend(rows.iter().enumerate().map(|(i, o)| Key {
@@ -162,12 +225,25 @@ impl Joiner {
             .chain(keys.iter().filter(|_| order.is_empty()))
         {
             let g = self.fed + u64::from(k.i);
-            let obs = rows.get(k.i as usize).filter(|_| keep_obs);
+            let row = rows.get(k.i as usize);
+            let obs = row.filter(|_| keep_obs);
             match self.open.candidate(k, window) {
-                Some(slot) => self.open.join(slot, k, g, obs),
+                Some(slot) => {
+                    if let Some(first) = self.open.join(slot, k, g, obs) {
+                        // Its true first sighting came late (another CPU's ring): what the
+                        // forwarded copy taught was wrong; learn from the real one.
+                        if let Some(c) = first.claim {
+                            ev.retract(c.family, &c.src, c.netns, first.ts);
+                        }
+                        let claim = row.and_then(|o| claim(o, ev));
+                        self.open.set_claim(slot, claim);
+                    }
+                }
                 None => {
                     self.paths += 1;
-                    self.open.start(self.paths, k, g, obs, self.cfg.max_same_fp);
+                    let claim = row.and_then(|o| claim(o, ev));
+                    self.open
+                        .start(self.paths, k, g, obs, claim, self.cfg.max_same_fp);
                 }
             }
         }
@@ -176,12 +252,13 @@ impl Joiner {
 
     /// Finish paths idle since before `cutoff` (all when None), in idle order, until
     /// `keep_rows` sightings are left open, at most `max_paths` of them: one step.
-    fn expire(
+    fn expire<E: JoinEvents>(
         &mut self,
         cutoff: Option<u64>,
         keep_rows: Option<usize>,
         max_paths: Option<usize>,
         out: &mut Finished,
+        ev: &mut E,
     ) {
         self.steps += 1;
         let need_rows = keep_rows.map(|k| self.open.rows.saturating_sub(k));
@@ -198,5 +275,20 @@ impl Joiner {
             taken += 1;
         }
         self.open.end_step();
+        ev.step_ended(out);
     }
+}
+
+/// What a path's first sighting taught: its source address lives where it was seen
+/// leaving (tracer/correlate.py `_own`, for IP packets seen on tx or with no direction).
+fn claim<E: JoinEvents>(o: &Obs, ev: &mut E) -> Option<Claim> {
+    if o.family == 0 || !(o.dir == dir::TX || o.dir == dir::UNKNOWN) {
+        return None;
+    }
+    ev.claim(o.family, &o.src, o.netns, o.ts_ns)
+        .then_some(Claim {
+            family: o.family,
+            src: o.src,
+            netns: o.netns,
+        })
 }

@@ -28,11 +28,29 @@ struct Ref {
     hop: u64,
 }
 
+/// Where a path's first sighting said its source address lives, when that was new
+/// (see `JoinEvents::claim`): taken back if an earlier sighting turns up.
+#[derive(Clone, Copy, Debug)]
+pub struct Claim {
+    pub family: u8,
+    pub src: [u8; 16],
+    pub netns: u64,
+}
+
+/// A path's first sighting as it was before an earlier one turned up.
+#[derive(Clone, Copy, Debug)]
+pub struct First {
+    pub ts: u64,
+    pub claim: Option<Claim>,
+}
+
 #[derive(Default)]
 struct Path {
     /// 0 once finished (numbers start at 1).
     num: u64,
     fp: u64,
+    first_ts: u64,
+    claim: Option<Claim>,
     last_ts: u64,
     skb: u64,
     refs: Vec<Ref>,
@@ -108,8 +126,16 @@ impl OpenPaths {
         }
     }
 
-    /// A new path, number `num`, opened by sighting `k` (stream index `g`).
-    pub fn start(&mut self, num: u64, k: &Key, g: u64, obs: Option<&Obs>, max_same_fp: usize) {
+    /// A new path, number `num`, opened by sighting `k` (stream index `g`), which claimed `claim`.
+    pub fn start(
+        &mut self,
+        num: u64,
+        k: &Key,
+        g: u64,
+        obs: Option<&Obs>,
+        claim: Option<Claim>,
+        max_same_fp: usize,
+    ) {
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -120,6 +146,8 @@ impl OpenPaths {
         if let Some(p) = self.slab.get_mut(slot as usize) {
             p.num = num;
             p.fp = k.fp;
+            p.first_ts = k.ts;
+            p.claim = claim;
             p.last_ts = k.ts;
             p.skb = k.skb;
             p.refs.push(Ref {
@@ -163,9 +191,11 @@ impl OpenPaths {
         }
     }
 
-    /// Sighting `k` (stream index `g`) continues the path in `slot`.
+    /// Sighting `k` (stream index `g`) continues the path in `slot`. When it is earlier
+    /// than the path's first sighting, it becomes the first: what the first was is returned.
     #[inline]
-    pub fn join(&mut self, slot: u32, k: &Key, g: u64, obs: Option<&Obs>) {
+    pub fn join(&mut self, slot: u32, k: &Key, g: u64, obs: Option<&Obs>) -> Option<First> {
+        let mut was = None;
         if let Some(p) = self.slab.get_mut(slot as usize) {
             p.refs.push(Ref {
                 ts: k.ts,
@@ -178,8 +208,22 @@ impl OpenPaths {
             }
             if k.ts > p.last_ts {
                 p.last_ts = k.ts;
+            } else if k.ts < p.first_ts {
+                was = Some(First {
+                    ts: p.first_ts,
+                    claim: p.claim.take(),
+                });
+                p.first_ts = k.ts;
             }
             self.rows += 1;
+        }
+        was
+    }
+
+    /// What the path in `slot`'s (new) first sighting claimed.
+    pub fn set_claim(&mut self, slot: u32, claim: Option<Claim>) {
+        if let Some(p) = self.slab.get_mut(slot as usize) {
+            p.claim = claim;
         }
     }
 
@@ -249,6 +293,7 @@ impl OpenPaths {
         }
         out.push_path(p.num, step, start);
         p.num = 0;
+        p.claim = None;
         p.refs.clear();
         p.obs.clear();
         self.free.push(slot);

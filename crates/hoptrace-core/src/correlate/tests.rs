@@ -235,6 +235,66 @@ fn chunks_of_a_batch_finish_paths_between_them() {
     assert_eq!(one_batch(&rows), vec![(1, vec![0, 2]), (2, vec![1])]);
 }
 
+/// What a join told its listener, in order.
+#[derive(Default)]
+struct Log(Vec<String>);
+
+impl JoinEvents for Log {
+    fn claim(&mut self, family: u8, src: &[u8; 16], netns: u64, ts_ns: u64) -> bool {
+        self.0
+            .push(format!("claim {family} {} {netns} {}", src[3], ts_ns % MS));
+        src[3] != 99 // 99: known already
+    }
+    fn retract(&mut self, family: u8, src: &[u8; 16], netns: u64, first_ts: u64) {
+        self.0.push(format!(
+            "retract {family} {} {netns} {}",
+            src[3],
+            first_ts % MS
+        ));
+    }
+    fn step_ended(&mut self, out: &mut Finished) {
+        let nums: Vec<u64> = out.paths.iter().map(|p| p.num).collect();
+        self.0.push(format!("step {nums:?}"));
+        out.clear();
+    }
+}
+
+#[test]
+fn first_sightings_that_leave_claim_and_a_late_one_takes_the_claim_back() {
+    let t = 1000 * MS;
+    let mut tx = at(0, t + 5, 1); // leaving netns ...001
+    tx.src[3] = 2;
+    let rx = at(1, t + 6, 2); // arriving: teaches nothing
+    let mut l2 = at(0, t + 7, 3); // not IP: nothing
+    l2.family = 0;
+    let mut blind = at(5, t + 8, 4); // no direction: may be leaving
+    blind.src[3] = 99;
+    let mut early = at(3, t + 1, 1); // path 1's true first sighting, a chunk late
+    early.src[3] = 7;
+    let cfg = JoinConfig {
+        chunk_rows: 4,
+        ..JoinConfig::default()
+    };
+    let mut j = Joiner::new(cfg);
+    let mut log = Log::default();
+    let mut out = Finished::default();
+    j.feed_with(&[tx, rx, l2, blind, early], None, &mut out, &mut log);
+    j.flush_with(None, &mut out, &mut log);
+    assert_eq!(
+        log.0,
+        [
+            "claim 4 2 4026532001 5",
+            "claim 4 99 4026531840 8",
+            "step []",
+            "retract 4 2 4026532001 5",
+            "claim 4 7 4026531840 1",
+            "step []",
+            "step [1, 2, 3, 4]",
+        ]
+    );
+    assert!(out.is_empty(), "the listener took them");
+}
+
 // ------------------------------------------------------------------ a naive model
 
 /// The rules as the module doc states them, with no index at all.
