@@ -6,7 +6,27 @@
 
 use std::collections::HashMap;
 
-use crate::text::json_str;
+use crate::pytext::decode_utf8_surrogatepass;
+use crate::text::{json_str, push_json_code_points};
+
+/// A "surrogatepass" UTF-8 name as `json.dumps` writes the `str` Python decodes it to.
+fn json_wtf8(name: &[u8]) -> Vec<u8> {
+    match std::str::from_utf8(name) {
+        Ok(s) => json_str(s),
+        Err(_) => {
+            // Not even surrogatepass UTF-8 (no reader makes such a name): U+FFFD, as lossy decoding.
+            let cps = decode_utf8_surrogatepass(name).unwrap_or_else(|| {
+                String::from_utf8_lossy(name)
+                    .chars()
+                    .map(u32::from)
+                    .collect()
+            });
+            let mut v = Vec::with_capacity(cps.len() + 2);
+            push_json_code_points(&mut v, &cps);
+            v
+        }
+    }
+}
 
 /// One hop label: a (node, interface) pair, its interned ids and JSON literals.
 #[derive(Debug, Clone)]
@@ -26,8 +46,9 @@ pub struct Label {
 #[derive(Debug, Clone)]
 pub struct Labels {
     labels: Vec<Label>,
-    by_pair: HashMap<(String, String), u32>,
-    names: HashMap<String, u32>,
+    /// Keyed by the names' "surrogatepass" UTF-8 bytes (plain UTF-8 for a `str`).
+    by_pair: HashMap<(Vec<u8>, Vec<u8>), u32>,
+    names: HashMap<Vec<u8>, u32>,
     reasons: HashMap<u32, String>,
     /// What an index outside the table reads as.
     missing: Label,
@@ -57,7 +78,7 @@ impl Labels {
         }
     }
 
-    fn name_id(&mut self, name: &str) -> u32 {
+    fn name_id(&mut self, name: &[u8]) -> u32 {
         if let Some(&id) = self.names.get(name) {
             return id;
         }
@@ -68,20 +89,27 @@ impl Labels {
 
     /// The index of the label (`node`, `iface`), added if new: what a row's `hop` holds.
     pub fn intern(&mut self, node: &str, iface: &str) -> u32 {
-        if let Some(&i) = self.by_pair.get(&(node.to_owned(), iface.to_owned())) {
+        self.intern_wtf8(node.as_bytes(), iface.as_bytes())
+    }
+
+    /// [`Labels::intern`] for names as "surrogatepass" UTF-8 bytes (the file readers'
+    /// labels: a capture may name an interface with bytes that are not UTF-8, which
+    /// Python holds as lone surrogates and `json.dumps` writes as `\udcXX`).
+    pub fn intern_wtf8(&mut self, node: &[u8], iface: &[u8]) -> u32 {
+        if let Some(&i) = self.by_pair.get(&(node.to_vec(), iface.to_vec())) {
             return i;
         }
         let label = Label {
-            node: node.to_owned(),
-            iface: iface.to_owned(),
+            node: String::from_utf8_lossy(node).into_owned(),
+            iface: String::from_utf8_lossy(iface).into_owned(),
             node_id: self.name_id(node),
             iface_id: self.name_id(iface),
-            node_json: json_str(node),
-            iface_json: json_str(iface),
+            node_json: json_wtf8(node),
+            iface_json: json_wtf8(iface),
         };
         let i = u32::try_from(self.labels.len()).unwrap_or(u32::MAX);
         self.labels.push(label);
-        self.by_pair.insert((node.to_owned(), iface.to_owned()), i);
+        self.by_pair.insert((node.to_vec(), iface.to_vec()), i);
         i
     }
 
@@ -98,6 +126,22 @@ impl Labels {
 
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
+    }
+
+    /// The name of kernel drop reason `code` (`enum skb_drop_reason`), as "surrogatepass"
+    /// UTF-8 bytes (names are ASCII; anything else is shown as Python would decode it).
+    pub fn set_drop_reason_wtf8(&mut self, code: u32, name: &[u8]) {
+        match std::str::from_utf8(name) {
+            Ok(s) => self.set_drop_reason(code, s),
+            Err(_) => {
+                let text: String = decode_utf8_surrogatepass(name)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|c| char::from_u32(c).unwrap_or('\u{FFFD}'))
+                    .collect();
+                self.set_drop_reason(code, &text);
+            }
+        }
     }
 
     /// The name of kernel drop reason `code` (`enum skb_drop_reason`).
@@ -134,6 +178,21 @@ mod tests {
         assert_ne!(l.get(a).node_id, l.get(b).node_id);
         assert_eq!(l.get(a).node_json, b"\"host\"");
         assert_eq!(l.get(999).node, "");
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_are_written_as_python_escapes_them() {
+        let mut l = Labels::new();
+        // "eth\udcff" as surrogatepass UTF-8, and a non-BMP character.
+        let a = l.intern_wtf8(b"web", b"eth\xed\xb3\xbf");
+        let b = l.intern_wtf8("h\u{1F600}".as_bytes(), b"eth0");
+        assert_eq!(l.get(a).iface_json, br#""eth\udcff""#);
+        assert_eq!(l.get(b).node_json, br#""h\ud83d\ude00""#);
+        assert_eq!(l.intern("web", "eth0"), l.intern_wtf8(b"web", b"eth0"));
+        let plain = l.intern("web", "eth0");
+        assert_ne!(l.get(a).iface_id, l.get(plain).iface_id);
+        l.set_drop_reason_wtf8(3, b"X\xed\xb3\xbf");
+        assert_eq!(l.drop_reason(3), Some("X\u{FFFD}"));
     }
 
     #[test]

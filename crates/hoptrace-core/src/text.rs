@@ -231,27 +231,46 @@ pub fn push_addr_json(out: &mut Vec<u8>, family: u8, raw: &[u8; 16]) {
 pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     for c in s.chars() {
-        match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            '\n' => out.extend_from_slice(b"\\n"),
-            '\r' => out.extend_from_slice(b"\\r"),
-            '\t' => out.extend_from_slice(b"\\t"),
-            '\u{8}' => out.extend_from_slice(b"\\b"),
-            '\u{c}' => out.extend_from_slice(b"\\f"),
-            ' '..='~' => out.push(c as u8),
-            _ => {
-                let mut units = [0u16; 2];
-                for u in c.encode_utf16(&mut units) {
-                    out.extend_from_slice(b"\\u");
-                    for k in (0..4).rev() {
-                        out.push(HEX[usize::from((*u >> (k * 4)) & 0xF)]);
-                    }
-                }
-            }
-        }
+        push_json_char(out, u32::from(c));
     }
     out.push(b'"');
+}
+
+/// Code points (lone surrogates included: a Python `str` may hold them) as a JSON string
+/// literal, quotes included, as [`push_json_str`] writes a `str`.
+pub fn push_json_code_points(out: &mut Vec<u8>, cps: &[u32]) {
+    out.push(b'"');
+    for &c in cps {
+        push_json_char(out, c);
+    }
+    out.push(b'"');
+}
+
+#[inline]
+fn push_json_char(out: &mut Vec<u8>, c: u32) {
+    let unit = |out: &mut Vec<u8>, u: u32| {
+        out.extend_from_slice(b"\\u");
+        for k in (0..4).rev() {
+            out.push(HEX[((u >> (k * 4)) & 0xF) as usize]);
+        }
+    };
+    match c {
+        0x22 => out.extend_from_slice(b"\\\""),
+        0x5C => out.extend_from_slice(b"\\\\"),
+        0x0A => out.extend_from_slice(b"\\n"),
+        0x0D => out.extend_from_slice(b"\\r"),
+        0x09 => out.extend_from_slice(b"\\t"),
+        0x08 => out.extend_from_slice(b"\\b"),
+        0x0C => out.extend_from_slice(b"\\f"),
+        0x20..=0x7E => out.push(c as u8),
+        0x1_0000.. => {
+            // UTF-16 surrogate pair, as Python writes a character above U+FFFF.
+            let v = c - 0x1_0000;
+            unit(out, 0xD800 + (v >> 10));
+            unit(out, 0xDC00 + (v & 0x3FF));
+        }
+        _ => unit(out, c),
+    }
 }
 
 /// `s` as a JSON string literal, as a new byte string (for tables built once).
