@@ -166,7 +166,11 @@ class FileProgress:
         return done, total, self.records
 
     def __call__(self, batch: Any) -> None:
-        self.records += len(batch)
+        self.add(len(batch))
+
+    def add(self, records: int) -> None:
+        """``records`` more were read: the line is redrawn when its interval has passed."""
+        self.records += records
         if self.line is not None:
             self.line.update()
 

@@ -126,21 +126,28 @@ class FileSource:
             self._sizes = total
         return (0 if self._reader is None else int(self._reader.bytes_read)), self._sizes
 
-    def batches(self) -> Iterator[ObsBatch]:
-        from tracer import _core  # type: ignore[attr-defined]  # the compiled core, no stub
-
-        inputs = [
+    def core_inputs(self) -> list[tuple[str, bytes, tuple[bytes, bytes] | None]]:
+        """The inputs as the core takes them: (path, stem, (node, iface) label or None)."""
+        return [
             (str(path), _wire(_stem(str(path))), None if label is None else (_wire(label[0]), _wire(label[1])))
             for path, label in self._inputs
         ]
-        reader = self._reader = _core.FileReader(inputs, CHUNK_BYTES, BATCH_ROWS)
+
+    def input_path(self, index: int) -> str:
+        """The path of input ``index`` (the core names a damaged file by index)."""
+        return self._inputs[index][0]
+
+    def batches(self) -> Iterator[ObsBatch]:
+        from tracer import _core  # type: ignore[attr-defined]  # the compiled core, no stub
+
+        reader = self._reader = _core.FileReader(self.core_inputs(), CHUNK_BYTES, BATCH_ROWS)
         dtype = obs_dtype()
         while not self._stopped:
             try:
                 got = next(reader, None)
             except _core.CaptureError as exc:
                 index, problem = exc.args
-                raise CaptureFileError(f"{self._inputs[index][0]}: {problem}") from exc
+                raise CaptureFileError(f"{self.input_path(index)}: {problem}") from exc
             if got is None:
                 return
             rows, hops, frames, reasons = got

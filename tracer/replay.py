@@ -6,6 +6,11 @@ the damage: the source's error is held back until the engine has flushed
 and the sink has printed its stats, then reported as one line (exit 2).
 Reading a file shows a progress line on stderr when stderr is a terminal
 (tracer.progress), not in the TUI.
+
+``--json`` runs the engine in Rust from file to output (``tracer._core.replay_ndjson``:
+crates/hoptrace-core/src/engine.rs), the same lines as the Python engine
+(tests/unit/test_core_engine.py) tens of times faster; with a filter or ``--count``,
+which the core does not do yet, and for the TUI and text, the Python engine runs.
 """
 
 from __future__ import annotations
@@ -13,12 +18,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tracer.errors import CaptureFileError, UsageError
-from tracer.filter import PathFilter
-from tracer.model import ObsBatch
 from tracer.readers import FileSource, open_files
+
+if TYPE_CHECKING:
+    from tracer.filter import PathFilter
+    from tracer.model import ObsBatch
 
 USAGE_HINT = "hoptrace replay FILE... [--hop NODE/IFACE=FILE]... [--json] [-- EXPR...]"
 
@@ -63,7 +70,11 @@ def build_engine(args: argparse.Namespace) -> tuple[Any, HeldErrorSource]:
     hop_args = list(getattr(args, "hop", []) or [])
     if not files and not hop_args:
         raise UsageError("replay needs at least one capture file", USAGE_HINT)
-    path_filter = PathFilter(args.filter) if getattr(args, "filter", None) else None
+    path_filter = None
+    if getattr(args, "filter", None):
+        from tracer.filter import PathFilter
+
+        path_filter = PathFilter(args.filter)
     source = HeldErrorSource(open_files(files, hop_args), path_filter)
     try:
         from tracer.engine import Engine
@@ -84,7 +95,65 @@ def _want_tui(args: argparse.Namespace) -> bool:
     return hasattr(sys.modules["tui.app"], "make_app")
 
 
+class _CoreRead:
+    """A FileSource's progress as the core reports it: bytes read, of its inputs' size."""
+
+    def __init__(self, source: FileSource) -> None:
+        self.source = source
+        self.bytes_read = 0
+
+    def progress(self) -> tuple[int, int]:
+        return self.bytes_read, self.source.progress()[1]
+
+
+def _core_ndjson(args: argparse.Namespace) -> bool:
+    """NDJSON with nothing the core's engine does not do yet (a filter, --count), to a
+    stream with a file descriptor."""
+    if not args.json or getattr(args, "filter", None) or getattr(args, "count", None) is not None:
+        return False
+    try:
+        sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    return True
+
+
+def run_core_ndjson(args: argparse.Namespace) -> int:
+    """``replay --json`` by the core's engine: files to stdout's descriptor, the GIL released."""
+    from tracer import _core  # type: ignore[attr-defined]  # the compiled core, no stub
+    from tracer.progress import FileProgress
+
+    files = list(getattr(args, "files", []) or [])
+    hop_args = list(getattr(args, "hop", []) or [])
+    if not files and not hop_args:
+        raise UsageError("replay needs at least one capture file", USAGE_HINT)
+    source = open_files(files, hop_args)
+    source.start()
+    read = _CoreRead(source)
+    progress = FileProgress(read, "replay")
+
+    def on_batch(records: int, bytes_read: int) -> None:
+        read.bytes_read = bytes_read
+        progress.add(records)
+
+    line = progress.line
+    same_terminal = line is not None and sys.stdout.isatty()
+    sys.stdout.flush()
+    try:
+        _obs, _paths, error = _core.replay_ndjson(
+            source.core_inputs(), sys.stdout.fileno(), on_batch=None if line is None else on_batch,
+            before_write=line.clear if same_terminal and line is not None else None)
+    finally:
+        progress.clear()
+    if error is not None:
+        index, problem = error
+        raise CaptureFileError(f"{source.input_path(index)}: {problem}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if _core_ndjson(args):
+        return run_core_ndjson(args)
     from tracer.output import NdjsonSink, TextSink, text_options, tui_color
 
     engine, source = build_engine(args)

@@ -11,6 +11,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub mod bpf;
 pub mod correlate;
 pub mod decode;
+pub mod engine;
 pub mod files;
 pub mod finish;
 pub mod flows;

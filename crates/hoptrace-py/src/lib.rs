@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 
 mod bpf;
 mod correlate;
+mod engine;
 mod finish;
 mod reader;
 
@@ -40,6 +41,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(obs_layout, m)?)?;
     bpf::register(m)?;
     correlate::register(m)?;
+    engine::register(m)?;
     finish::register(m)?;
     reader::register(m)?;
     Ok(())

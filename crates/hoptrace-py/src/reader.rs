@@ -24,7 +24,23 @@ create_exception!(
 );
 
 /// (path, stem, (node, iface) label) of one input, as the constructor takes it.
-type InputTuple = (PathBuf, Vec<u8>, Option<(Vec<u8>, Vec<u8>)>);
+pub(crate) type InputTuple = (PathBuf, Vec<u8>, Option<(Vec<u8>, Vec<u8>)>);
+
+/// The inputs as the core takes them (path `"-"` is stdin).
+pub(crate) fn inputs_of(inputs: Vec<InputTuple>) -> Vec<Input> {
+    inputs
+        .into_iter()
+        .map(|(path, stem, label)| Input {
+            origin: if path.as_os_str() == "-" {
+                Origin::Stdin
+            } else {
+                Origin::Path(path)
+            },
+            stem,
+            label,
+        })
+        .collect()
+}
 
 type HopTuple<'py> = (Bound<'py, PyBytes>, Bound<'py, PyBytes>, u64, i32, u32);
 type BatchTuple<'py> = (
@@ -52,20 +68,8 @@ impl FileReader {
     #[new]
     #[pyo3(signature = (inputs, chunk_bytes = hoptrace_core::reader::CHUNK_BYTES, batch_rows = hoptrace_core::reader::BATCH_ROWS))]
     fn new(inputs: Vec<InputTuple>, chunk_bytes: usize, batch_rows: usize) -> FileReader {
-        let inputs = inputs
-            .into_iter()
-            .map(|(path, stem, label)| Input {
-                origin: if path.as_os_str() == "-" {
-                    Origin::Stdin
-                } else {
-                    Origin::Path(path)
-                },
-                stem,
-                label,
-            })
-            .collect();
         FileReader {
-            files: FileSet::with_sizes(inputs, chunk_bytes, batch_rows),
+            files: FileSet::with_sizes(inputs_of(inputs), chunk_bytes, batch_rows),
             frames_cache: None,
         }
     }

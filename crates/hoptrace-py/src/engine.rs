@@ -1,0 +1,101 @@
+//! `tracer._core.replay_ndjson`: `hoptrace replay --json` in one call, files to a file
+//! descriptor (hoptrace_core::engine). The whole run is detached from the interpreter;
+//! between batches it attaches for a moment to let Ctrl-C through (as polars does) and
+//! to draw the progress line.
+
+use std::os::fd::BorrowedFd;
+
+use hoptrace_core::engine::{self, EngineConfig, ReplayError, ReplayHooks};
+use hoptrace_core::files::FileSet;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use crate::reader::{inputs_of, InputTuple};
+
+/// (observations, paths, (file index, problem) of a damaged or unreadable file).
+type Replayed = (u64, u64, Option<(usize, String)>);
+
+struct Hooks {
+    on_batch: Option<Py<PyAny>>,
+    before_write: Option<Py<PyAny>>,
+    /// A `before_write` that raised: the run stops at the next batch with it.
+    failed: Option<PyErr>,
+}
+
+impl ReplayHooks for Hooks {
+    type Stop = PyErr;
+
+    fn between_batches(&mut self, records: usize, bytes_read: u64) -> Result<(), PyErr> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        Python::attach(|py| {
+            py.check_signals()?;
+            if let Some(cb) = &self.on_batch {
+                cb.call1(py, (records, bytes_read))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn before_write(&mut self) {
+        if let (Some(cb), None) = (&self.before_write, &self.failed) {
+            self.failed = Python::attach(|py| cb.call0(py).err());
+        }
+    }
+}
+
+/// Replay capture files into NDJSON on file descriptor `fd`, as ``hoptrace replay --json``
+/// prints it: ``inputs`` as ``FileReader`` takes them. Returns ``(observations, paths,
+/// error)``: error is ``(file index, problem)`` when a file was damaged or unreadable
+/// (the paths read before the damage and the stats line were written), else None.
+/// ``on_batch(records, bytes_read)`` is called between batches, ``before_write()`` before
+/// each write (a progress line on the same terminal takes itself back); Ctrl-C stops
+/// the run after the stats line (KeyboardInterrupt). Writes go through a duplicate of
+/// ``fd``, every byte (short and interrupted writes are retried).
+#[pyfunction]
+#[pyo3(signature = (inputs, fd, *, on_batch=None, before_write=None,
+                    chunk_bytes=hoptrace_core::reader::CHUNK_BYTES, batch_rows=hoptrace_core::reader::BATCH_ROWS))]
+fn replay_ndjson(
+    py: Python<'_>,
+    inputs: Vec<InputTuple>,
+    fd: i32,
+    on_batch: Option<Py<PyAny>>,
+    before_write: Option<Py<PyAny>>,
+    chunk_bytes: usize,
+    batch_rows: usize,
+) -> PyResult<Replayed> {
+    if fd < 0 {
+        return Err(PyValueError::new_err(format!(
+            "not a file descriptor: {fd}"
+        )));
+    }
+    // SAFETY: borrow_raw needs `fd` open for the borrow's lifetime, which ends on this
+    // line: the caller passed a descriptor it holds open (sys.stdout's), and the borrow
+    // is only duplicated (dup(2), close-on-exec). A closed `fd` makes the dup fail, an
+    // OSError. The File owns the duplicate and closes it; the caller's stays open.
+    let dup = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
+    let mut out = std::fs::File::from(dup);
+    let mut files = FileSet::with_sizes(inputs_of(inputs), chunk_bytes, batch_rows);
+    let mut hooks = Hooks {
+        on_batch,
+        before_write,
+        failed: None,
+    };
+    let got = py.detach(|| {
+        engine::replay_ndjson(&mut files, EngineConfig::default(), &mut out, &mut hooks)
+    });
+    match got {
+        Ok(s) => Ok((
+            s.observations,
+            s.paths,
+            s.error.map(|e| (e.file, e.error.to_string())),
+        )),
+        Err(ReplayError::Write(e)) => Err(e.into()),
+        Err(ReplayError::Stopped(e)) => Err(e),
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(replay_ndjson, m)?)
+}
