@@ -69,6 +69,12 @@ def python_engine(files: Sequence[str] = (), hops: Sequence[tuple[str, str]] = (
     return Outcome(out.getvalue().splitlines(), err, status)
 
 
+def python_engine_bytes(tmp_path: Path, data: bytes) -> Outcome:
+    f = tmp_path / "data.pcapng"
+    f.write_bytes(data)
+    return python_engine([str(f)])
+
+
 def command(*args: str, stdin: bytes | None = None, cwd: Path = ROOT) -> Outcome:
     r = subprocess.run([*HOPTRACE, "replay", "--json", *args], input=stdin, capture_output=True, timeout=300,
                        cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -245,6 +251,48 @@ def test_a_reader_that_leaves_is_no_error(tmp_path: Path) -> None:
     assert p.wait(timeout=60) == 0
     assert json.loads(first)["type"] == "path"
     assert p.stderr.read() == b""
+
+
+def test_ctrl_c_stops_after_the_stats_line(tmp_path: Path) -> None:
+    """SIGINT while the core's engine runs (detached from the interpreter): it stops between
+    batches, writes the stats line, and the command exits 130 without a word."""
+    data = nat_stream(3, 20_000)
+    total = json.loads(python_engine_bytes(tmp_path, data).lines[-1])["observations"]
+    fifo = tmp_path / "slow.pcapng"
+    os.mkfifo(fifo)
+    p = subprocess.Popen([*HOPTRACE, "replay", "--json", str(fifo)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, cwd=ROOT)
+    stop = threading.Event()
+
+    def feed() -> None:  # slowly: the run lasts until it is interrupted
+        try:
+            with fifo.open("wb") as w:
+                for k in range(0, len(data), 1 << 14):
+                    if stop.is_set():
+                        return
+                    w.write(data[k : k + (1 << 14)])
+                    w.flush()
+                    stop.wait(0.02)
+        except BrokenPipeError:
+            pass
+
+    t = threading.Thread(target=feed)
+    t.start()
+    try:
+        assert p.stdout is not None and p.stderr is not None
+        first = p.stdout.readline()  # paths are coming out: the engine runs
+        assert json.loads(first)["type"] == "path"
+        p.send_signal(2)
+        rest = p.stdout.read().decode().splitlines()
+        assert p.wait(timeout=60) == 130
+        assert p.stderr.read() == b""
+    finally:
+        stop.set()
+        p.kill()
+        t.join(timeout=60)
+    stats = json.loads(rest[-1])
+    assert stats["type"] == "stats" and 0 < stats["observations"] < total
+    assert all(json.loads(x)["type"] in ("path", "flow") for x in rest[:-1])
 
 
 class _TtyFile:
