@@ -9,8 +9,9 @@ Reading a file shows a progress line on stderr when stderr is a terminal
 
 ``--json`` runs the engine in Rust from file to output (``tracer._core.replay_ndjson``:
 crates/hoptrace-core/src/engine.rs), the same lines as the Python engine
-(tests/unit/test_core_engine.py) tens of times faster; with a filter or ``--count``,
-which the core does not do yet, and for the TUI and text, the Python engine runs.
+(tests/unit/test_core_engine.py) tens of times faster, ``--filter`` included (libpcap
+compiles the expression per link type, the core runs it); with ``--count``, which the
+core does not do yet, and for the TUI and text, the Python engine runs.
 """
 
 from __future__ import annotations
@@ -107,9 +108,9 @@ class _CoreRead:
 
 
 def _core_ndjson(args: argparse.Namespace) -> bool:
-    """NDJSON with nothing the core's engine does not do yet (a filter, --count), to a
-    stream with a file descriptor."""
-    if not args.json or getattr(args, "filter", None) or getattr(args, "count", None) is not None:
+    """NDJSON with nothing the core's engine does not do yet (--count), to a stream with a
+    file descriptor."""
+    if not args.json or getattr(args, "count", None) is not None:
         return False
     try:
         sys.stdout.fileno()
@@ -127,6 +128,20 @@ def run_core_ndjson(args: argparse.Namespace) -> int:
     hop_args = list(getattr(args, "hop", []) or [])
     if not files and not hop_args:
         raise UsageError("replay needs at least one capture file", USAGE_HINT)
+    program = None
+    expr = getattr(args, "filter", None)
+    if expr:
+        from tracer.errors import FilterError
+        from tracer.filter import PathFilter, compile_insns
+
+        PathFilter(expr)  # a bad expression fails here, before any file is opened
+
+        def program(linktype: int) -> bytes | None:
+            try:
+                return compile_insns(expr, linktype)
+            except FilterError:  # valid for Ethernet, meaningless here: never a match
+                return None
+
     source = open_files(files, hop_args)
     source.start()
     read = _CoreRead(source)
@@ -142,7 +157,7 @@ def run_core_ndjson(args: argparse.Namespace) -> int:
     try:
         _obs, _paths, error = _core.replay_ndjson(
             source.core_inputs(), sys.stdout.fileno(), on_batch=None if line is None else on_batch,
-            before_write=line.clear if same_terminal and line is not None else None)
+            before_write=line.clear if same_terminal and line is not None else None, program=program)
     finally:
         progress.clear()
     if error is not None:

@@ -34,6 +34,7 @@ from tests.conftest import CORPUS
 from tests.unit.test_core_finish import Recorder
 from tracer.engine import Engine, run
 from tracer.errors import HoptraceError
+from tracer.filter import PathFilter
 from tracer.output import NdjsonSink
 from tracer.readers import FileSource
 from tracer.replay import HeldErrorSource
@@ -56,11 +57,14 @@ class Outcome:
         return [_ELAPSED.sub("}", x) for x in self.lines], self.stderr, self.status
 
 
-def python_engine(files: Sequence[str] = (), hops: Sequence[tuple[str, str]] = ()) -> Outcome:
-    """What replay --json printed before the core's engine: the Python engine, in-process."""
-    source = HeldErrorSource(FileSource(files, hops))
+def python_engine(files: Sequence[str] = (), hops: Sequence[tuple[str, str]] = (), expr: str | None = None,
+                  ) -> Outcome:
+    """What replay --json printed before the core's engine: the Python engine, in-process
+    (``expr``: --filter, as tracer.replay.build_engine sets it up)."""
+    path_filter = PathFilter(expr) if expr else None
+    source = HeldErrorSource(FileSource(files, hops), path_filter)
     out = io.StringIO()
-    run(Engine(source), [NdjsonSink(out)])
+    run(Engine(source, path_filter=path_filter), [NdjsonSink(out)])
     err, status = "", 0
     exc: HoptraceError | None = source.error
     if exc is not None:  # as cli.main reports it
@@ -106,15 +110,15 @@ def test_replay_json_runs_the_core_engine_and_imports_no_numpy() -> None:
     assert r.stdout.count('"type": "path"') == 2
 
 
-def test_a_filter_or_count_keeps_the_python_engine() -> None:
+def test_count_keeps_the_python_engine_and_a_filter_does_not() -> None:
     """What the core does not do yet goes the old way (and still works)."""
     f = str(FIXTURES / "internet-ping.pcapng")
     code = ("import sys; from tracer.cli import main; rc = main(sys.argv[1:]); sys.stdout.flush(); "
             "sys.stderr.write(repr((rc, 'tracer.engine' in sys.modules)))")
-    for args in (["replay", "--json", f, "--", "icmp"], ["replay", "--json", "-c", "1", f]):
+    for args, python in ((["replay", "--json", f, "--", "icmp"], False), (["replay", "--json", "-c", "1", f], True)):
         r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, timeout=120, cwd=ROOT,
                            text=True)
-        assert r.stderr == "(0, True)", args
+        assert r.stderr == repr((0, python)), args
         assert '"type": "stats"' in r.stdout
 
 
@@ -349,6 +353,85 @@ def test_progress_on_a_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert [_ELAPSED.sub("}", x) for x in out.read_text().splitlines()] == want.comparable()[0]
 
 
+# ------------------------------------------------------------------ --filter
+
+# What people filter paths by, and what only a frame can tell (lengths, flags, payload bytes,
+# MAC addresses, VLANs), and expressions that mean nothing on some link types.
+FILTERS = [
+    "icmp", "host 198.51.100.8", "udp and port 7", "tcp[13] & 2 != 0", "ip6", "arp", "not icmp",
+    "ether host 02:42:ac:11:00:02", "len > 100", "icmp[0] = 8", "ip[8] = 63", "net 172.17.0.0/16",
+    "vlan", "src host 203.0.113.2 or dst port 80",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("expr", FILTERS)
+def test_filter_on_every_fixture(expr: str) -> None:
+    for fixture in fixtures():
+        f = str(FIXTURES / fixture)
+        assert_same(command(f, "--", *expr.split()), python_engine([f], expr=expr))
+
+
+def test_the_filters_keep_some_and_hide_some() -> None:
+    """What the filter test compares is worth comparing: hidden paths keep their numbers, a
+    flow lists only shown paths, and a flow with none shown has no line."""
+    f = str(FIXTURES / "internet-ping.pcapng")
+
+    def shown(expr: str | None) -> tuple[list[str], list[str]]:
+        lines = python_engine([f], expr=expr).lines
+        return ([json.loads(x)["id"] for x in lines if '"type": "path"' in x],
+                [x.split('"paths": ')[1] for x in lines if '"type": "flow"' in x])
+
+    assert shown(None) == (["p1", "p2", "p3", "p4"], ['["p1", "p4"]}'])
+    assert shown("icmp[0] = 8") == (["p1"], ['["p1"]}'])  # the ping, not its pong
+    assert shown("arp") == (["p2", "p3"], [])
+
+
+@pytest.mark.timeout(600)
+def test_filter_on_corpus_files() -> None:
+    names = corpus_files()
+    assert names, CORPUS
+    failed = []
+    for k, name in enumerate(names[::7]):
+        f = str(CORPUS / name)
+        expr = FILTERS[k % len(FILTERS)]
+        if command(f, "--", *expr.split()).comparable() != python_engine([f], expr=expr).comparable():
+            failed.append((name, expr))
+    assert failed == []
+
+
+def test_filter_with_hop_labels_and_merged_link_types(tmp_path: Path) -> None:
+    hops = split_per_hop(FIXTURES / "published-port.pcapng", tmp_path)
+    args = [a for label, path in hops for a in ("--hop", f"{label}={path}")]
+    for expr in ("tcp", "ether src 02:42:ac:11:00:02", "dst port 80"):
+        want = python_engine([], list(hops), expr=expr)
+        assert_same(command(*args, "--", *expr.split()), want)
+    # Linux cooked, raw IP and raw IPv6 beside Ethernet: one program per link type.
+    others = [corpus_with_linktype(lt) for lt in (113, 101, 229)]
+    files = [str(FIXTURES / "udp.pcapng"), *others]
+    for expr in ("udp", "ip", "ether host 02:42:ac:11:00:02"):
+        assert_same(command(*files, "--", *expr.split()), python_engine(files, expr=expr))
+
+
+def corpus_with_linktype(lt: int) -> str:
+    """The first corpus pcap of link type ``lt`` (its global header says so)."""
+    for name in corpus_files():
+        head = (CORPUS / name).read_bytes()[:24]
+        ours = len(head) == 24 and head[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1")
+        if ours and struct.unpack("<I", head[20:24])[0] & 0xFFFF == lt:
+            return str(CORPUS / name)
+    raise AssertionError(f"no corpus file of link type {lt}")
+
+
+def test_a_bad_filter_is_the_same_error() -> None:
+    f = str(FIXTURES / "udp.pcapng")
+    r = command(f, "--", "hosty", "1.2.3.4")
+    assert r.status == 2 and r.lines == []
+    code = ("import sys; from tracer.cli import main; sys.exit(main(sys.argv[1:]))")
+    old = subprocess.run([sys.executable, "-c", code, "replay", "--no-tui", f, "--", "hosty", "1.2.3.4"],
+                         capture_output=True, timeout=60, cwd=ROOT, text=True)
+    assert (r.stderr, r.status) == (old.stderr, old.returncode)
+
+
 # ------------------------------------------------------------------ generated streams
 
 
@@ -470,6 +553,8 @@ def test_generated_nat_streams(tmp_path: Path, seed: int, packets: int) -> None:
     want = python_engine([str(f)])
     assert want.status == 0, want.stderr
     assert_same(command(str(f)), want)
+    expr = FILTERS[seed % len(FILTERS)]
+    assert_same(command(str(f), "--", *expr.split()), python_engine([str(f)], expr=expr))
 
 
 def test_a_first_sighting_a_batch_late_takes_back_what_the_forwarded_copy_taught(tmp_path: Path) -> None:

@@ -126,19 +126,25 @@ impl Joiner {
 
     /// Feed a batch (in arrival order); paths that finish go to `out`.
     pub fn feed(&mut self, rows: &[Obs], now_ns: Option<u64>, out: &mut Finished) {
-        self.feed_with(rows, now_ns, out, &mut NoEvents);
+        self.feed_with(rows, &[], now_ns, out, &mut NoEvents);
     }
 
-    /// [`Joiner::feed`], telling `ev` what happens as it happens.
+    /// [`Joiner::feed`], telling `ev` what happens as it happens. `marks` (one per row, or
+    /// none) mark sightings: a path with a marked sighting finishes marked (a path filter's
+    /// "any hop matches").
     pub fn feed_with<E: JoinEvents>(
         &mut self,
         rows: &[Obs],
+        marks: &[bool],
         now_ns: Option<u64>,
         out: &mut Finished,
         ev: &mut E,
     ) {
-        for chunk in rows.chunks(self.cfg.chunk_rows.max(1)) {
-            self.feed_chunk(chunk, ev);
+        let n = self.cfg.chunk_rows.max(1);
+        for (c, chunk) in rows.chunks(n).enumerate() {
+            let at = c * n;
+            let marks = marks.get(at..at + chunk.len()).unwrap_or_default();
+            self.feed_chunk(chunk, marks, ev);
             self.expire(Some(self.cutoff()), None, None, out, ev);
             if self.open.rows > self.cfg.max_open_rows {
                 self.expire(None, Some(self.cfg.max_open_rows), None, out, ev);
@@ -196,7 +202,7 @@ impl Joiner {
         self.clock.saturating_sub(self.cfg.window_ns)
     }
 
-    fn feed_chunk<E: JoinEvents>(&mut self, rows: &[Obs], ev: &mut E) {
+    fn feed_chunk<E: JoinEvents>(&mut self, rows: &[Obs], marks: &[bool], ev: &mut E) {
         let keys = &mut self.keys;
         keys.clear();
         keys.extend(rows.iter().enumerate().map(|(i, o)| Key {
@@ -205,6 +211,7 @@ impl Joiner {
             hop: keys::hop_signature(o),
             skb: keys::join_skb(o),
             i: i as u32,
+            marked: marks.get(i).copied().unwrap_or(false),
         }));
         let order = &mut self.order;
         order.clear();

@@ -17,12 +17,25 @@
 //! * last, the stats line: sightings, paths, `lost_events` 0 (files lose nothing), and
 //!   the time since the run started.
 //!
+//! With a path filter (`--filter`, tracer/filter.py's `PathFilter`), a path is shown when
+//! the frame of any of its sightings matches the program compiled (by libpcap, in Python)
+//! for its hop's link type, the captured length standing for the wire length; the join
+//! carries each sighting's answer to its path (`feed_with`'s marks). A hidden path keeps
+//! its number and its flow, and teaches what any path does, but writes no line and is not
+//! counted; a flow lists only shown paths, and writes no line without one. A sighting
+//! without frame bytes matches nothing here: Python matches a header rebuilt from its
+//! fields (`synth_frame`), which a capture file never needs (no bytes, nothing decoded).
+//! The link type of a hop is the last one told for its (node, iface) names, as
+//! `PathFilter.learn_linktype` keeps them.
+//!
 //! Output is written once per batch (one large write), every byte even when a write is
 //! cut short or interrupted by a signal ([`Patient`]).
 
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
+use crate::bpf::Program;
 use crate::correlate::{Finished, JoinConfig, JoinEvents, Joiner};
 use crate::files::{FileError, FileSet};
 use crate::finish::{FinishConfig, PathFinisher};
@@ -37,6 +50,9 @@ pub struct EngineConfig {
     pub join: JoinConfig,
     pub finish: FinishConfig,
     pub flush_slice: usize,
+    /// A path filter runs: each link type's program comes from [`Engine::set_program`]
+    /// ([`ReplayHooks::program`] in a replay).
+    pub filter: bool,
 }
 
 impl Default for EngineConfig {
@@ -49,13 +65,62 @@ impl Default for EngineConfig {
                 ..FinishConfig::default()
             },
             flush_slice: FLUSH_SLICE,
+            filter: false,
         }
+    }
+}
+
+/// The path filter's programs, and the link type of each hop by its names.
+#[derive(Default)]
+struct Filter {
+    /// Link type -> its program (None: the expression means nothing there, never a match).
+    programs: HashMap<u32, Option<Program>>,
+    by_name: HashMap<(Vec<u8>, Vec<u8>), u32>,
+    /// Each source hop's names, and (kept up to date) the link type they were last told.
+    names: Vec<(Vec<u8>, Vec<u8>)>,
+    hop_linktype: Vec<u32>,
+    marks: Vec<bool>,
+}
+
+impl Filter {
+    fn add_hop(&mut self, node: &[u8], iface: &[u8], linktype: u32) {
+        let key = (node.to_vec(), iface.to_vec());
+        self.by_name.insert(key.clone(), linktype);
+        self.names.push(key);
+        let by_name = &self.by_name;
+        self.hop_linktype = self
+            .names
+            .iter()
+            .map(|k| by_name.get(k).copied().unwrap_or(u32::MAX))
+            .collect();
+    }
+
+    /// Whether each row's frame matches its hop's program.
+    fn mark(&mut self, rows: &[Obs], frames: &[u8]) {
+        let (programs, hop_linktype) = (&self.programs, &self.hop_linktype);
+        self.marks.clear();
+        self.marks.extend(rows.iter().map(|o| {
+            let program = hop_linktype
+                .get(o.hop as usize)
+                .and_then(|lt| programs.get(lt))
+                .and_then(Option::as_ref);
+            let start = usize::try_from(o.frame_off).unwrap_or(usize::MAX);
+            let frame = frames
+                .get(start..start.saturating_add(o.frame_len as usize))
+                .unwrap_or_default();
+            match program {
+                Some(p) if !frame.is_empty() => p.matches(frame, o.frame_len),
+                _ => false,
+            }
+        }));
     }
 }
 
 /// What the join teaches goes to the finisher; each step's paths are judged when it ends.
 struct Learner {
     finisher: PathFinisher,
+    /// A path filter runs: a path is shown when it is marked.
+    filtered: bool,
     /// Source hop index (what rows' `hop` holds, and the join's hop signature reads) ->
     /// the finisher's label, interned by (node, iface).
     remap: Vec<u32>,
@@ -80,7 +145,8 @@ impl JoinEvents for Learner {
         }
         for p in &out.paths {
             if let Some(hops) = out.obs.get(p.start..p.end) {
-                self.finisher.finish(p.num, hops);
+                self.finisher
+                    .finish_shown(p.num, hops, p.marked || !self.filtered);
             }
         }
         self.finisher.end_step();
@@ -95,6 +161,7 @@ pub struct Engine {
     out: Finished,
     observations: u64,
     flush_slice: usize,
+    filter: Option<Filter>,
 }
 
 impl Engine {
@@ -107,19 +174,47 @@ impl Engine {
             }),
             learner: Learner {
                 finisher: PathFinisher::new(cfg.finish),
+                filtered: cfg.filter,
                 remap: Vec::new(),
             },
             out: Finished::default(),
             observations: 0,
             flush_slice: cfg.flush_slice.max(1),
+            filter: cfg.filter.then(Filter::default),
         }
     }
 
     /// The source's next hop label (rows' `hop` index the labels in the order they are
-    /// added), names as "surrogatepass" UTF-8.
-    pub fn add_hop(&mut self, node: &[u8], iface: &[u8]) {
+    /// added), names as "surrogatepass" UTF-8, and the link type of its frames.
+    pub fn add_hop(&mut self, node: &[u8], iface: &[u8], linktype: u32) {
         let label = self.learner.finisher.labels_mut().intern_wtf8(node, iface);
         self.learner.remap.push(label);
+        if let Some(f) = &mut self.filter {
+            f.add_hop(node, iface, linktype);
+        }
+    }
+
+    /// Link types of the hops so far that the path filter has no program for yet.
+    pub fn linktypes_without_program(&self) -> Vec<u32> {
+        let Some(f) = &self.filter else {
+            return Vec::new();
+        };
+        let mut lts: Vec<u32> = f
+            .by_name
+            .values()
+            .copied()
+            .filter(|lt| !f.programs.contains_key(lt))
+            .collect();
+        lts.sort_unstable();
+        lts.dedup();
+        lts
+    }
+
+    /// The path filter's program for frames of `linktype` (None: they never match).
+    pub fn set_program(&mut self, linktype: u32, program: Option<Program>) {
+        if let Some(f) = &mut self.filter {
+            f.programs.insert(linktype, program);
+        }
     }
 
     /// The name of drop reason `code` in the rows.
@@ -131,15 +226,23 @@ impl Engine {
     }
 
     /// One batch (`now_ns`: a live source's clock): the paths that finish and the flows
-    /// that close are written to the output.
-    pub fn feed(&mut self, rows: &[Obs], now_ns: Option<u64>) {
+    /// that close are written to the output. `frames`: the bytes rows' `frame_off` and
+    /// `frame_len` point into (what a path filter matches).
+    pub fn feed(&mut self, rows: &[Obs], frames: &[u8], now_ns: Option<u64>) {
         self.observations += rows.len() as u64;
         // A hop's line is ~400 bytes: room for the batch at once, not by doubling.
         self.learner
             .finisher
             .reserve_output(rows.len().saturating_mul(512));
+        let marks = match &mut self.filter {
+            Some(f) => {
+                f.mark(rows, frames);
+                f.marks.as_slice()
+            }
+            None => &[],
+        };
         let (joiner, out, learner) = (&mut self.joiner, &mut self.out, &mut self.learner);
-        joiner.feed_with(rows, now_ns, out, learner);
+        joiner.feed_with(rows, marks, now_ns, out, learner);
         learner.finisher.take_flows(joiner.clock());
     }
 
@@ -236,6 +339,11 @@ pub trait ReplayHooks {
     fn between_batches(&mut self, records: usize, bytes_read: u64) -> Result<(), Self::Stop>;
     /// Output is about to be written (a progress line on the same terminal takes itself back).
     fn before_write(&mut self) {}
+    /// The path filter's program for frames of `linktype`, asked once per link type when
+    /// [`EngineConfig::filter`] is set (None: the expression means nothing there).
+    fn program(&mut self, _linktype: u32) -> Option<Program> {
+        None
+    }
 }
 
 /// No hooks: run to the end.
@@ -296,12 +404,16 @@ pub fn replay_ndjson<W: Write, H: ReplayHooks>(
             }
         };
         for h in files.new_hops() {
-            engine.add_hop(&h.node, &h.iface);
+            engine.add_hop(&h.node, &h.iface, h.linktype);
+        }
+        for lt in engine.linktypes_without_program() {
+            let program = hooks.program(lt);
+            engine.set_program(lt, program);
         }
         for (code, name) in files.new_drop_reasons() {
             engine.set_drop_reason(*code, name);
         }
-        engine.feed(&batch.rows, None);
+        engine.feed(&batch.rows, batch.frames.bytes(), None);
         let records = batch.rows.len();
         drop(batch);
         put(&mut engine, w, hooks).map_err(ReplayError::Write)?;
@@ -399,7 +511,7 @@ mod tests {
     fn engine(cfg: EngineConfig) -> Engine {
         let mut e = Engine::new(cfg);
         for (node, iface, _) in HOPS {
-            e.add_hop(node.as_bytes(), iface.as_bytes());
+            e.add_hop(node.as_bytes(), iface.as_bytes(), 1);
         }
         e
     }
@@ -442,13 +554,13 @@ mod tests {
         let mut e = engine(EngineConfig::default());
         // Two pings far apart; the second's batch finishes the first (idle past the window)
         // and, 6 s later, closes its flow (idle past flow_idle_ns).
-        e.feed(&ping(1_000 * MS, 1), None);
+        e.feed(&ping(1_000 * MS, 1), &[], None);
         assert_eq!(
             lines(&mut e),
             Vec::<String>::new(),
             "nothing has finished yet"
         );
-        e.feed(&ping(7_000 * MS, 2), None);
+        e.feed(&ping(7_000 * MS, 2), &[], None);
         // Nothing taught that the server lives at inet: the ping arriving there is incomplete.
         assert_eq!(
             summary(&lines(&mut e)),
@@ -482,7 +594,7 @@ mod tests {
         let mut rows = ping(1_000 * MS, 1).to_vec();
         rows.extend(pong(1_000 * MS + 25_000, 2));
         rows.push(back);
-        e.feed(&rows, None);
+        e.feed(&rows, &[], None);
         e.flush();
         assert_eq!(
             summary(&lines(&mut e)),
@@ -509,7 +621,7 @@ mod tests {
         let answer = pong(1_000 * MS + 40 * MS, 2);
         let run = |rows: &[Obs]| {
             let mut e = engine(cfg);
-            e.feed(rows, None);
+            e.feed(rows, &[], None);
             e.flush();
             summary(&lines(&mut e))
         };
@@ -543,7 +655,7 @@ mod tests {
             at(1, t + 4, dir::TX, PUBLIC, SERVER, 2),
             at(1, t + 5, dir::TX, PUBLIC, SERVER, 1),
         ];
-        e.feed(&rows, None);
+        e.feed(&rows, &[], None);
         assert!(e.flush_slice());
         assert_eq!(summary(&lines(&mut e)), ["path p2 left", "path p3 left"]);
         assert!(e.flush_slice());
@@ -557,14 +669,56 @@ mod tests {
     #[test]
     fn names_come_out_as_python_writes_them() {
         let mut e = Engine::new(EngineConfig::default());
-        e.add_hop(b"w\xed\xb3\xbfb", b"eth\"0");
-        e.feed(&[at(0, MS, dir::TX, WEB_IP, SERVER, 1)], None);
+        e.add_hop(b"w\xed\xb3\xbfb", b"eth\"0", 1);
+        e.feed(&[at(0, MS, dir::TX, WEB_IP, SERVER, 1)], &[], None);
         e.flush();
         let out = lines(&mut e);
         assert!(
             out[0].contains(r#""node": "w\udcffb", "netns": 4026532466, "iface": "eth\"0""#),
             "{}",
             out[0]
+        );
+    }
+
+    #[test]
+    fn a_filter_shows_a_path_when_any_of_its_frames_matches() {
+        use crate::bpf::{Insn, Program};
+        // ldh [18] (the IPv4 ID behind Ethernet); jeq #99; ret #65535; ret #0
+        let ip_id_99 = Program::new(&[
+            Insn::new(0x28, 0, 0, 18),
+            Insn::new(0x15, 0, 1, 99),
+            Insn::new(0x06, 0, 0, 65535),
+            Insn::new(0x06, 0, 0, 0),
+        ])
+        .expect("valid");
+        let cfg = EngineConfig {
+            filter: true,
+            ..EngineConfig::default()
+        };
+        let mut e = engine(cfg);
+        assert_eq!(e.linktypes_without_program(), [1]);
+        e.set_program(1, Some(ip_id_99));
+        assert_eq!(e.linktypes_without_program(), Vec::<u32>::new());
+        let mut rows = ping(1_000 * MS, 1).to_vec();
+        rows.extend(pong(1_000 * MS + 25_000, 2));
+        // Each row's frame: Ethernet + IPv4 with ID 99 for the ping's last sighting only.
+        let mut frames = Vec::new();
+        for (k, o) in rows.iter_mut().enumerate() {
+            let mut f = vec![0u8; 34];
+            f[12] = 0x08;
+            f[14] = 0x45;
+            f[18..20].copy_from_slice(&(if k == 2 { 99u16 } else { 1 }).to_be_bytes());
+            o.frame_off = frames.len() as u64;
+            o.frame_len = f.len() as u32;
+            frames.extend_from_slice(&f);
+        }
+        e.feed(&rows, &frames, None);
+        e.flush();
+        e.push_stats(0, 0.0);
+        // The pong (p2) is hidden: no line, not counted, not in its flow.
+        assert_eq!(
+            summary(&lines(&mut e)),
+            ["path p1 delivered", "flow f1 [p1]}", "stats 5 1"]
         );
     }
 
@@ -596,7 +750,7 @@ mod tests {
     #[test]
     fn every_byte_goes_out_through_short_interrupted_and_blocked_writes() {
         let mut e = engine(EngineConfig::default());
-        e.feed(&ping(1_000 * MS, 1), None);
+        e.feed(&ping(1_000 * MS, 1), &[], None);
         e.flush();
         let want = e.pending_output().to_vec();
         assert!(want.len() > 100);

@@ -108,6 +108,13 @@ impl PathFinisher {
     /// Path `num` finished; `hops` are its sightings in path order (time order). Its line
     /// is written at [`PathFinisher::end_step`]. An empty path is ignored.
     pub fn finish(&mut self, num: u64, hops: &[Obs]) {
+        self.finish_shown(num, hops, true);
+    }
+
+    /// [`PathFinisher::finish`] for a path that a path filter shows or hides: a hidden
+    /// path teaches what any path teaches (links, its flow) but writes no line, is not
+    /// counted, and its flow does not list it.
+    pub fn finish_shown(&mut self, num: u64, hops: &[Obs], shown: bool) {
         let (Some(first), Some(last)) = (hops.first(), hops.last()) else {
             return;
         };
@@ -125,7 +132,10 @@ impl PathFinisher {
                 });
         let linked = self.links.contains(last, labels);
         let v: Verdict = verdict(hops, owned, linked);
-        let flow = self.flows.assign(num, first, last);
+        let flow = self.flows.assign_shown(num, first, last, shown);
+        if !shown {
+            return;
+        }
         self.nat.clear();
         infer_nat(hops, labels, &mut self.nat);
         if self.step_lines.is_empty() {

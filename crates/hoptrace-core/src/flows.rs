@@ -54,7 +54,10 @@ struct FlowState {
     proto: u8,
     original: Endpoints,
     reply: Endpoints,
+    /// The paths it lists: those shown (a path filter may hide some).
     paths: Vec<u64>,
+    /// Every path assigned to it, shown or not (`max_paths` counts these).
+    assigned: usize,
     keys: Vec<FlowKey>,
     /// The last sighting time of its latest path (None until its first path is counted),
     /// and when that was learnt (a counter).
@@ -94,6 +97,13 @@ impl Flows {
     /// order, so `first.ts_ns` and `last.ts_ns` are its first and last sighting times).
     /// None for what is not IP, and for an ICMP error whose quoted packet has no open flow.
     pub fn assign(&mut self, num: u64, first: &Obs, last: &Obs) -> Option<u64> {
+        self.assign_shown(num, first, last, true)
+    }
+
+    /// [`Flows::assign`] for a path that is shown or not (a path filter hid it): a hidden
+    /// path counts towards its flow's `max_paths` but is not listed; a flow that lists no
+    /// path writes no line (tracer/engine.py's `_events`).
+    pub fn assign_shown(&mut self, num: u64, first: &Obs, last: &Obs, shown: bool) -> Option<u64> {
         if first.family == 0 {
             return None; // ARP and other L2: no connection
         }
@@ -107,7 +117,10 @@ impl Flows {
         let Some(fs) = self.open.get_mut(&fnum) else {
             return None; // unreachable: keys name open flows only
         };
-        fs.paths.push(num);
+        if shown {
+            fs.paths.push(num);
+        }
+        fs.assigned += 1;
         if fs.touched.is_none_or(|t| last_ts > t) {
             self.seq += 1;
             if fs.touched.is_none() {
@@ -116,7 +129,7 @@ impl Flows {
             fs.touched = Some(last_ts);
             fs.seq = self.seq;
         }
-        if fs.paths.len() >= max_paths {
+        if fs.assigned >= max_paths {
             self.close(fnum);
         }
         Some(fnum)
@@ -150,6 +163,7 @@ impl Flows {
                 dport: view::sport(last),
             },
             paths: Vec::new(),
+            assigned: 0,
             keys: Vec::with_capacity(4),
             touched: None,
             seq: 0,
@@ -174,6 +188,9 @@ impl Flows {
                     e.remove();
                 }
             }
+        }
+        if fs.paths.is_empty() {
+            return;
         }
         push_flow_line(
             &mut self.done,

@@ -5,6 +5,7 @@
 
 use std::os::fd::BorrowedFd;
 
+use hoptrace_core::bpf::Program;
 use hoptrace_core::engine::{self, EngineConfig, ReplayError, ReplayHooks};
 use hoptrace_core::files::FileSet;
 use pyo3::exceptions::PyValueError;
@@ -18,7 +19,8 @@ type Replayed = (u64, u64, Option<(usize, String)>);
 struct Hooks {
     on_batch: Option<Py<PyAny>>,
     before_write: Option<Py<PyAny>>,
-    /// A `before_write` that raised: the run stops at the next batch with it.
+    program: Option<Py<PyAny>>,
+    /// A `before_write` or `program` that raised: the run stops at the next batch with it.
     failed: Option<PyErr>,
 }
 
@@ -43,6 +45,20 @@ impl ReplayHooks for Hooks {
             self.failed = Python::attach(|py| cb.call0(py).err());
         }
     }
+
+    fn program(&mut self, linktype: u32) -> Option<Program> {
+        let cb = self.program.as_ref()?;
+        let got = Python::attach(|py| -> PyResult<Option<Vec<u8>>> {
+            cb.call1(py, (linktype,))?.extract(py)
+        });
+        match got {
+            Ok(insns) => insns.and_then(|raw| Program::from_bytes(&raw).ok()),
+            Err(e) => {
+                self.failed.get_or_insert(e);
+                None
+            }
+        }
+    }
 }
 
 /// Replay capture files into NDJSON on file descriptor `fd`, as ``hoptrace replay --json``
@@ -52,18 +68,18 @@ impl ReplayHooks for Hooks {
 /// ``on_batch(records, bytes_read)`` is called between batches, ``before_write()`` before
 /// each write (a progress line on the same terminal takes itself back); Ctrl-C stops
 /// the run after the stats line (KeyboardInterrupt). Writes go through a duplicate of
-/// ``fd``, every byte (short and interrupted writes are retried).
+/// ``fd``, every byte (short and interrupted writes are retried). ``program(linktype)``:
+/// a path filter runs; it gives the classic BPF program (``struct bpf_insn`` bytes, as
+/// libpcap compiled the expression) for frames of that link type, or None (never a match).
 #[pyfunction]
-#[pyo3(signature = (inputs, fd, *, on_batch=None, before_write=None,
-                    chunk_bytes=hoptrace_core::reader::CHUNK_BYTES, batch_rows=hoptrace_core::reader::BATCH_ROWS))]
+#[pyo3(signature = (inputs, fd, *, on_batch=None, before_write=None, program=None))]
 fn replay_ndjson(
     py: Python<'_>,
     inputs: Vec<InputTuple>,
     fd: i32,
     on_batch: Option<Py<PyAny>>,
     before_write: Option<Py<PyAny>>,
-    chunk_bytes: usize,
-    batch_rows: usize,
+    program: Option<Py<PyAny>>,
 ) -> PyResult<Replayed> {
     if fd < 0 {
         return Err(PyValueError::new_err(format!(
@@ -76,15 +92,18 @@ fn replay_ndjson(
     // OSError. The File owns the duplicate and closes it; the caller's stays open.
     let dup = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
     let mut out = std::fs::File::from(dup);
-    let mut files = FileSet::with_sizes(inputs_of(inputs), chunk_bytes, batch_rows);
+    let mut files = FileSet::new(inputs_of(inputs));
+    let cfg = EngineConfig {
+        filter: program.is_some(),
+        ..EngineConfig::default()
+    };
     let mut hooks = Hooks {
         on_batch,
         before_write,
+        program,
         failed: None,
     };
-    let got = py.detach(|| {
-        engine::replay_ndjson(&mut files, EngineConfig::default(), &mut out, &mut hooks)
-    });
+    let got = py.detach(|| engine::replay_ndjson(&mut files, cfg, &mut out, &mut hooks));
     match got {
         Ok(s) => Ok((
             s.observations,

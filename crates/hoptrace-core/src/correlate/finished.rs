@@ -10,6 +10,8 @@ pub struct FinishedPath {
     pub step: u64,
     pub start: usize,
     pub end: usize,
+    /// One of its sightings was marked when fed (`Joiner::feed_with`).
+    pub marked: bool,
 }
 
 /// Paths in the order they finished: the order they went idle (time of their
@@ -38,12 +40,13 @@ impl Finished {
         self.paths.is_empty()
     }
 
-    pub(super) fn push_path(&mut self, num: u64, step: u64, start: usize) {
+    pub(super) fn push_path(&mut self, num: u64, step: u64, start: usize, marked: bool) {
         self.paths.push(FinishedPath {
             num,
             step,
             start,
             end: self.sightings.len(),
+            marked,
         });
     }
 

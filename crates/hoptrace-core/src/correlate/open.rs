@@ -18,6 +18,8 @@ pub struct Key {
     pub skb: u64,
     /// Row index in its chunk.
     pub i: u32,
+    /// The caller's mark on the sighting (see `Joiner::feed_with`): its path is marked.
+    pub marked: bool,
 }
 
 /// One sighting of an open path: its time, its index in the stream, its hop signature.
@@ -51,6 +53,8 @@ struct Path {
     fp: u64,
     first_ts: u64,
     claim: Option<Claim>,
+    /// A sighting of it was marked.
+    marked: bool,
     last_ts: u64,
     skb: u64,
     refs: Vec<Ref>,
@@ -148,6 +152,7 @@ impl OpenPaths {
             p.fp = k.fp;
             p.first_ts = k.ts;
             p.claim = claim;
+            p.marked = k.marked;
             p.last_ts = k.ts;
             p.skb = k.skb;
             p.refs.push(Ref {
@@ -203,6 +208,7 @@ impl OpenPaths {
                 hop: k.hop,
             });
             p.obs.extend(obs.copied());
+            p.marked |= k.marked;
             if k.skb != 0 {
                 p.skb = k.skb;
             }
@@ -291,7 +297,7 @@ impl OpenPaths {
                 }
             }
         }
-        out.push_path(p.num, step, start);
+        out.push_path(p.num, step, start, p.marked);
         p.num = 0;
         p.claim = None;
         p.refs.clear();

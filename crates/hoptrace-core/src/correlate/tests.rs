@@ -278,7 +278,7 @@ fn first_sightings_that_leave_claim_and_a_late_one_takes_the_claim_back() {
     let mut j = Joiner::new(cfg);
     let mut log = Log::default();
     let mut out = Finished::default();
-    j.feed_with(&[tx, rx, l2, blind, early], None, &mut out, &mut log);
+    j.feed_with(&[tx, rx, l2, blind, early], &[], None, &mut out, &mut log);
     j.flush_with(None, &mut out, &mut log);
     assert_eq!(
         log.0,
