@@ -143,13 +143,8 @@ impl JoinEvents for Learner {
         for o in &mut out.obs {
             o.hop = self.remap.get(o.hop as usize).copied().unwrap_or(u32::MAX);
         }
-        for p in &out.paths {
-            if let Some(hops) = out.obs.get(p.start..p.end) {
-                self.finisher
-                    .finish_shown(p.num, hops, p.marked || !self.filtered);
-            }
-        }
-        self.finisher.end_step();
+        self.finisher
+            .finish_step(&out.paths, &out.obs, !self.filtered);
         out.clear();
     }
 }

@@ -11,7 +11,8 @@
 //! * per expiry step: [`PathFinisher::finish`] for each path that finished, in the
 //!   order they finished (idle order: what a path learns from earlier ones, links
 //!   and flows, depends on it), then [`PathFinisher::end_step`], which writes the
-//!   step's lines in path-number order;
+//!   step's lines in path-number order; or the step at once, [`PathFinisher::finish_step`]
+//!   (judged in finishing order, then written in number order: no reordering copy);
 //! * after each batch: [`PathFinisher::take_flows`] with the sightings' clock (the
 //!   largest time seen): flows idle for `flow_idle_ns` close and their lines follow;
 //! * at the end: once no path is open, [`PathFinisher::close_flows`], then
@@ -19,6 +20,7 @@
 //!
 //! Everything goes into one growing buffer; [`PathFinisher::take_output`] hands it over.
 
+use crate::correlate::FinishedPath;
 use crate::flows::Flows;
 use crate::labels::Labels;
 use crate::learned::{Links, Owners};
@@ -61,6 +63,8 @@ pub struct PathFinisher {
     step_start: usize,
     step_lines: Vec<(u64, usize, usize)>,
     scratch: Vec<u8>,
+    /// `finish_step`'s shown paths: (number, index in its step, flow, verdict).
+    judged: Vec<(u64, usize, Option<u64>, Verdict)>,
     out: Vec<u8>,
     paths: u64,
 }
@@ -77,6 +81,7 @@ impl PathFinisher {
             step_start: 0,
             step_lines: Vec::new(),
             scratch: Vec::new(),
+            judged: Vec::new(),
             out: Vec::new(),
             paths: 0,
         }
@@ -115,9 +120,62 @@ impl PathFinisher {
     /// path teaches what any path teaches (links, its flow) but writes no line, is not
     /// counted, and its flow does not list it.
     pub fn finish_shown(&mut self, num: u64, hops: &[Obs], shown: bool) {
-        let (Some(first), Some(last)) = (hops.first(), hops.last()) else {
+        let Some((flow, v)) = self.judge(num, hops, shown) else {
             return;
         };
+        if !shown {
+            return;
+        }
+        let labels = &self.labels;
+        self.nat.clear();
+        infer_nat(hops, labels, &mut self.nat);
+        if self.step_lines.is_empty() {
+            self.step_start = self.out.len();
+        }
+        let start = self.out.len();
+        push_path_line(&mut self.out, num, flow, v, hops, &self.nat, labels);
+        self.step_lines.push((num, start, self.out.len()));
+        self.paths += 1;
+    }
+
+    /// One expiry step's paths at once: `paths` in the order they finished, each path's
+    /// sightings `obs[start..end]`, shown when marked or when `all_shown` (see
+    /// [`PathFinisher::finish_shown`]). The same lines as `finish_shown` for each path then
+    /// `end_step`, but every path is judged first (in finishing order: links, verdict,
+    /// flow) and the shown ones are then written straight in number order.
+    pub fn finish_step(&mut self, paths: &[FinishedPath], obs: &[Obs], all_shown: bool) {
+        self.end_step();
+        let mut judged = std::mem::take(&mut self.judged);
+        judged.clear();
+        for (k, p) in paths.iter().enumerate() {
+            let Some(hops) = obs.get(p.start..p.end) else {
+                continue;
+            };
+            let shown = p.marked || all_shown;
+            if let Some((flow, v)) = self.judge(p.num, hops, shown) {
+                if shown {
+                    judged.push((p.num, k, flow, v));
+                }
+            }
+        }
+        if !judged.windows(2).all(|w| w[0].0 <= w[1].0) {
+            judged.sort_by_key(|j| j.0); // stable: equal numbers stay in finishing order
+        }
+        for &(num, k, flow, v) in &judged {
+            let Some(hops) = paths.get(k).and_then(|p| obs.get(p.start..p.end)) else {
+                continue;
+            };
+            self.nat.clear();
+            infer_nat(hops, &self.labels, &mut self.nat);
+            push_path_line(&mut self.out, num, flow, v, hops, &self.nat, &self.labels);
+            self.paths += 1;
+        }
+        self.judged = judged;
+    }
+
+    /// What finishing a path teaches (links, its flow) and its verdict; None for an empty path.
+    fn judge(&mut self, num: u64, hops: &[Obs], shown: bool) -> Option<(Option<u64>, Verdict)> {
+        let (first, last) = (hops.first()?, hops.last()?);
         let labels = &self.labels;
         self.links.learn(hops, labels);
         // What was known when the path went idle: an address learned later than a window
@@ -131,20 +189,9 @@ impl PathFinisher {
                     u128::from(since) <= u128::from(last.ts_ns) + u128::from(self.cfg.window_ns)
                 });
         let linked = self.links.contains(last, labels);
-        let v: Verdict = verdict(hops, owned, linked);
+        let v = verdict(hops, owned, linked);
         let flow = self.flows.assign_shown(num, first, last, shown);
-        if !shown {
-            return;
-        }
-        self.nat.clear();
-        infer_nat(hops, labels, &mut self.nat);
-        if self.step_lines.is_empty() {
-            self.step_start = self.out.len();
-        }
-        let start = self.out.len();
-        push_path_line(&mut self.out, num, flow, v, hops, &self.nat, labels);
-        self.step_lines.push((num, start, self.out.len()));
-        self.paths += 1;
+        Some((flow, v))
     }
 
     /// The step's paths are all in: their lines go out in path-number order (the order
@@ -335,6 +382,47 @@ mod tests {
             r#"{"type": "stats", "observations": 6, "paths": 2, "lost_events": 0, "elapsed_s": 0.25}"#
         );
         assert_eq!(f.paths(), 2);
+    }
+
+    #[test]
+    fn a_step_at_once_writes_what_path_by_path_writes() {
+        let run = |at_once: bool, marked: [bool; 3]| {
+            let mut f = PathFinisher::new(FinishConfig::default());
+            let ping = lab(&mut f, 1_000, false);
+            let pong = lab(&mut f, 2_000, true);
+            f.owners().claim(4, &pong[0].src, 3, 2_000);
+            // Finished pong (3), ping (1), ping again (2): written 1, 2, 3.
+            let obs: Vec<Obs> = [&pong[..], &ping[..], &ping[..]].concat();
+            let paths: Vec<FinishedPath> = [(3, 0), (1, 3), (2, 6)]
+                .iter()
+                .zip(marked)
+                .map(|(&(num, start), marked)| FinishedPath {
+                    num,
+                    step: 1,
+                    start,
+                    end: start + 3,
+                    marked,
+                })
+                .collect();
+            if at_once {
+                f.finish_step(&paths, &obs, false);
+            } else {
+                for p in &paths {
+                    f.finish_shown(p.num, &obs[p.start..p.end], p.marked);
+                }
+                f.end_step();
+            }
+            f.close_flows();
+            f.take_flows(0);
+            f.push_stats(9, 0, 0.5);
+            text(&mut f)
+        };
+        for marked in [[true; 3], [true, false, true], [false; 3]] {
+            assert_eq!(run(true, marked), run(false, marked));
+        }
+        let all = run(true, [true; 3]);
+        let ids: Vec<_> = all.lines().filter_map(|l| l.split('"').nth(7)).collect();
+        assert_eq!(ids, ["p1", "p2", "p3", "f1", "paths"]); // the stats line's 4th key
     }
 
     #[test]
