@@ -76,7 +76,7 @@ typecheck: install
 	$(VENV)/bin/mypy tracer tui
 
 test: install rust-check lint typecheck
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=20 $(PYTEST_ARGS)
 
 unit: install
 	$(VENV)/bin/python -m pytest -q tests/unit $(PYTEST_ARGS)
