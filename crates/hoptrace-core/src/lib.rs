@@ -2,8 +2,9 @@
 //!
 //! Pure Rust with no Python in it (the binding crate `hoptrace-py` exposes it as
 //! `tracer._core`), so it is tested with `cargo test` and fuzzed on its own.
-//! It parses untrusted captures as root: no `unsafe` in readers or decoder,
-//! and no panic on any input (every read is bounds-checked).
+//! It parses untrusted captures as root: no `unsafe` anywhere in this crate (the
+//! compiler holds it to that), and no panic on any input (every read is bounds-checked).
+#![forbid(unsafe_code)]
 
 /// The core's version, which the binding reports so that a stale build is visible.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
