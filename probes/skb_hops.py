@@ -28,6 +28,7 @@ from probes.btf import KernelLayout, load_layout
 from probes.headers import HeaderTree, ensure_bcc_env
 from tracer.errors import KernelFeatureMissing, PrivilegeError, ProbeLoadError, UsageError
 from tracer.model import Dir, HopLabel, ObsBatch, Src, obs_dtype
+from tracer.pcap_expr import PROTO_NUMBERS, kernel_sets
 
 C_SOURCE = Path(__file__).with_suffix(".c")
 IFNAMSIZ = 16
@@ -142,7 +143,6 @@ def event_dtype(snaplen: int) -> Any:
 F_NETNS, F_PROTO, F_ADDR, F_PORT, F_TRACK = 1, 2, 4, 8, 16
 F_READY = 1 << 31
 NETNS_INLINE = 8  # HT_NETNS_INLINE in skb_hops.c
-PROTO_NUMBERS = {"icmp": 1, "tcp": 6, "udp": 17, "icmp6": 58, "sctp": 132}
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,98 +175,18 @@ class KernelFilter:
         return not (self.netns or self.protos or self.addrs or self.ports)
 
 
-def _tokens(expr: str) -> list[str]:
-    return expr.replace("(", " ( ").replace(")", " ) ").split()
-
-
 def kernel_filter_from_pcap(expr: str | None) -> KernelFilter | None:
-    """The part of a pcap-filter expression the kernel filter can express, or None.
-
-    The kernel filter only ever has to be a superset of the expression (the
-    whole expression still applies in userspace). The top level is read as
-    conjuncts (``A and B and ...``); a conjunct made of terms of one kind —
-    ``host A``, ``port N``, ``icmp``/``tcp``/``udp``/``icmp6``/``sctp`` (or
-    ``proto X``) — joined by ``or`` becomes a kernel set; any other conjunct
-    (``not``, ``src``/``dst``, ``net``, ``or`` across kinds, ...) is left out,
-    which keeps a superset. pcap's ``and``/``or`` have equal precedence and
-    associate left: ``A and B or C`` is ``(A and B) or C``, so a top-level
-    ``or`` after an ``and`` gives no kernel filter at all.
+    """The part of a pcap-filter expression the kernel filter can express, or None: the
+    protocols, addresses and ports every match has (``tracer.pcap_expr.kernel_sets``), a
+    superset of the expression, which still applies whole in userspace.
     Example: ``udp and (port 53 or port 5353) and not host 10.0.0.1`` ->
     protos {17}, ports {53, 5353}.
     """
-    if not expr or not expr.strip():
+    sets = kernel_sets(expr)
+    if sets is None:
         return None
-    toks = _tokens(expr.lower())
-    groups: list[list[str]] = [[]]
-    depth = 0
-    seen_and = False
-    for t in toks:
-        if t == "(":
-            depth += 1
-        elif t == ")":
-            depth -= 1
-            if depth < 0:
-                return None
-        elif depth == 0 and t in ("and", "&&"):
-            groups.append([])
-            seen_and = True
-            continue
-        elif depth == 0 and t in ("or", "||") and seen_and:
-            return None
-        groups[-1].append(t)
-    if depth != 0:
-        return None
-    protos: set[int] = set()
-    addrs: set[str] = set()
-    ports: set[int] = set()
-    sets: dict[str, set[Any]] = {"proto": protos, "host": addrs, "port": ports}
-    for g in groups:
-        terms = [x for x in g if x not in ("(", ")")]
-        if any(x in ("and", "&&") for x in terms):
-            continue  # a nested conjunction: left out (superset)
-        parsed = _or_terms(terms)
-        if parsed is None:
-            continue
-        kind, values = parsed
-        if sets[kind]:
-            continue  # a second conjunct of one kind narrows further: the first is a superset
-        sets[kind].update(values)
-    kf = KernelFilter(protos=frozenset(protos), addrs=frozenset(addrs), ports=frozenset(ports))
-    return None if kf.empty else kf
-
-
-def _or_terms(terms: list[str]) -> tuple[str, set[Any]] | None:
-    items: list[list[str]] = [[]]
-    for t in terms:
-        if t in ("or", "||"):
-            items.append([])
-        else:
-            items[-1].append(t)
-    kind = None
-    values: set[Any] = set()
-    v: Any
-    for it in items:
-        if len(it) == 1 and it[0] in PROTO_NUMBERS:
-            k, v = "proto", PROTO_NUMBERS[it[0]]
-        elif len(it) == 2 and it[0] == "proto" and it[1] in PROTO_NUMBERS:
-            k, v = "proto", PROTO_NUMBERS[it[1]]
-        elif len(it) == 2 and it[0] == "host":
-            try:
-                v = str(ip_address(it[1]))
-            except ValueError:
-                return None
-            k = "host"
-        elif len(it) == 2 and it[0] == "port" and it[1].isdigit() and int(it[1]) < 65536:
-            k, v = "port", int(it[1])
-        else:
-            return None
-        if kind not in (None, k):
-            return None
-        kind = k
-        values.add(v)
-    if kind is None:
-        return None
-    return kind, values
+    protos, addrs, ports = sets
+    return KernelFilter(protos=protos, addrs=addrs, ports=ports)
 
 
 def _addr_key(addr: str) -> bytes:
@@ -796,6 +716,7 @@ def _online_cpus() -> list[int]:
 
 
 __all__ = [
+    "PROTO_NUMBERS",
     "Dir",
     "EbpfSource",
     "HopEvent",

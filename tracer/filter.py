@@ -1,23 +1,18 @@
 """``--filter EXPR``: a pcap-filter expression (tcpdump syntax) matched at any hop.
 
-libpcap itself compiles the expression (``pcap_open_dead`` per link type +
-``pcap_compile``), through ctypes on the libpcap that tcpdump installs: the very
-syntax and semantics users know from tcpdump, without a capture handle. The
-core (``tracer._core.BpfProgram``, crates/hoptrace-core/src/bpf.rs) runs the
-compiled classic BPF over batches of frames, as libpcap's ``bpf_filter`` would;
-libpcap's own interpreter stays here only as the reference tests compare it
-with (``LibpcapProgram``). A path is kept when the frame of any of its hops
+libpcap itself compiles the expression (tracer/libpcap.py): the very syntax and
+semantics users know from tcpdump, without a capture handle. The core
+(``tracer._core.BpfProgram``, crates/hoptrace-core/src/bpf.rs) runs the compiled
+classic BPF over batches of frames, as libpcap's ``bpf_filter`` would;
+libpcap's own interpreter stays only as the reference tests compare it with
+(``tracer.libpcap.LibpcapProgram``). A path is kept when the frame of any of its hops
 matches, so ``host 198.51.100.8`` keeps the container's packet both before and
 after MASQUERADE rewrote its source.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import re
 import struct
-import threading
 import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -30,121 +25,17 @@ from tracer.decode import (
     decode_one,
 )
 from tracer.errors import FilterError
+from tracer.libpcap import compile_insns
 
 if TYPE_CHECKING:
     import numpy as np
 
     from tracer._core import BpfProgram
 from tracer.model import ObsBatch, Observation, PacketPath
+from tracer.pcap_expr import by_shape
 
-SNAPLEN = 262144
-PCAP_NETMASK_UNKNOWN = 0xFFFFFFFF
 # Link types a sighting's frame is tried as, when only the frame is known (see _linktype_of).
 _CANDIDATES = (LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, LINKTYPE_LINUX_SLL, LINKTYPE_RAW)
-
-
-class _BpfProgram(ctypes.Structure):
-    _fields_ = [("bf_len", ctypes.c_uint), ("bf_insns", ctypes.c_void_p)]
-
-
-class _PktHdr(ctypes.Structure):
-    _fields_ = [
-        ("tv_sec", ctypes.c_long),
-        ("tv_usec", ctypes.c_long),
-        ("caplen", ctypes.c_uint32),
-        ("len", ctypes.c_uint32),
-    ]
-
-
-_LIB: Any = None
-# Older libpcaps compile through a global parser; one compile at a time.
-_LOCK = threading.Lock()
-
-
-def _lib() -> Any:
-    global _LIB
-    if _LIB is None:
-        name = ctypes.util.find_library("pcap") or "libpcap.so.0.8"
-        try:
-            lib = ctypes.CDLL(name)
-        except OSError as exc:
-            raise FilterError(f"--filter needs libpcap ({name}): {exc}", "apt-get install libpcap0.8") from exc
-        lib.pcap_open_dead.restype = ctypes.c_void_p
-        lib.pcap_open_dead.argtypes = [ctypes.c_int, ctypes.c_int]
-        lib.pcap_compile.restype = ctypes.c_int
-        lib.pcap_compile.argtypes = [ctypes.c_void_p, ctypes.POINTER(_BpfProgram), ctypes.c_char_p,
-                                     ctypes.c_int, ctypes.c_uint32]  # fmt: skip
-        lib.pcap_geterr.restype = ctypes.c_char_p
-        lib.pcap_geterr.argtypes = [ctypes.c_void_p]
-        lib.pcap_offline_filter.restype = ctypes.c_int
-        lib.pcap_offline_filter.argtypes = [ctypes.POINTER(_BpfProgram), ctypes.POINTER(_PktHdr),
-                                            ctypes.c_char_p]  # fmt: skip
-        lib.pcap_freecode.argtypes = [ctypes.POINTER(_BpfProgram)]
-        lib.pcap_close.argtypes = [ctypes.c_void_p]
-        _LIB = lib
-    return _LIB
-
-
-# pcap_open_dead takes a DLT_*, not a LINKTYPE_*: they differ for raw IP (LINKTYPE_RAW 101 is
-# DLT_RAW 12 on Linux; 14 is OpenBSD's DLT_RAW).
-_LINKTYPE_TO_DLT = {LINKTYPE_RAW: 12, 14: 12}
-
-
-def _compile(expr: str, linktype: int) -> _BpfProgram:
-    """libpcap's program for ``expr`` on ``linktype``; the caller frees it (``pcap_freecode``)."""
-    if "\0" in expr:
-        # libpcap reads a C string: it would silently compile only the part before the NUL.
-        raise FilterError(f"bad --filter {expr[:200]!r}: contains a NUL byte")
-    lib = _lib()
-    with _LOCK:
-        handle = lib.pcap_open_dead(_LINKTYPE_TO_DLT.get(linktype, linktype), SNAPLEN)
-        if not handle:
-            raise FilterError(f"libpcap cannot open a handle for link type {linktype}")
-        try:
-            prog = _BpfProgram()
-            if lib.pcap_compile(handle, ctypes.byref(prog), expr.encode(), 1, PCAP_NETMASK_UNKNOWN) != 0:
-                msg = (lib.pcap_geterr(handle) or b"syntax error").decode("utf-8", "replace")
-                raise FilterError(f"bad --filter {expr[:200]!r}: {msg}")
-            return prog
-        finally:
-            lib.pcap_close(handle)
-
-
-def compile_insns(expr: str, linktype: int) -> bytes:
-    """``expr`` compiled by libpcap for frames of ``linktype``: its ``struct bpf_insn`` array
-    (8 bytes each, native order), what ``tracer._core.BpfProgram`` takes."""
-    prog = _compile(expr, linktype)
-    try:
-        return ctypes.string_at(prog.bf_insns, prog.bf_len * 8) if prog.bf_len else b""
-    finally:
-        _lib().pcap_freecode(ctypes.byref(prog))
-
-
-class LibpcapProgram:
-    """``expr`` as libpcap compiles and runs it (``pcap_offline_filter``), one frame a call:
-    the reference the tests compare the core with. The product never runs it."""
-
-    def __init__(self, expr: str, linktype: int) -> None:
-        self._prog: _BpfProgram | None = None  # (what __del__ sees if the compile fails)
-        self._prog = _compile(expr, linktype)
-
-    def match(self, frame: bytes, wirelen: int | None = None) -> bool:
-        return self.match_each([frame], [len(frame) if wirelen is None else wirelen])[0]
-
-    def match_each(self, frames: Sequence[bytes], wirelens: Sequence[int]) -> list[bool]:
-        """``match`` per frame (frame i was ``wirelens[i]`` bytes long on the wire)."""
-        assert self._prog is not None
-        run, prog, hdr = _lib().pcap_offline_filter, ctypes.byref(self._prog), _PktHdr()
-        out = []
-        for frame, wirelen in zip(frames, wirelens, strict=True):
-            hdr.caplen, hdr.len = len(frame), wirelen
-            out.append(bool(run(prog, ctypes.byref(hdr), frame)))
-        return out
-
-    def __del__(self) -> None:
-        if self._prog is not None and _LIB is not None:
-            _LIB.pcap_freecode(ctypes.byref(self._prog))
-            self._prog = None
 
 
 def core_program(expr: str, linktype: int) -> BpfProgram:
@@ -167,22 +58,6 @@ def _frames_arg(frames: bytes | bytearray | memoryview) -> Any:
     return np.frombuffer(frames, dtype=np.uint8)
 
 
-# What a filter may say for its answer to depend only on where a packet is and its addresses,
-# ports and protocols (what a path's shape fixes, see tracer.correlate): no lengths, flags,
-# payload bytes (``proto[...]``), MAC addresses, VLANs or anything else per packet.
-_SHAPE_WORDS = frozenset({
-    "and", "or", "not", "&&", "||", "!", "host", "net", "mask", "port", "portrange", "src", "dst",
-    "proto", "ip", "ip6", "tcp", "udp", "icmp", "icmp6", "sctp", "arp",
-})  # fmt: skip
-_SHAPE_VALUE = re.compile(r"^(\d+(-\d+)?|\d+(\.\d+){1,3}(/\d+)?|[0-9a-f:]*:[0-9a-f:.]*(/\d+)?)$")
-
-
-def _by_shape(expr: str) -> bool:
-    """Whether ``expr`` only reads what a path's shape fixes (then one answer per shape does)."""
-    toks = expr.lower().replace("(", " ").replace(")", " ").replace("!", " ! ").split()
-    return all(t in _SHAPE_WORDS or _SHAPE_VALUE.match(t) for t in toks)
-
-
 # Verdict codes of PathFilter._row_verdicts: 1 keep, 0 not, -1 unknown (no frame bytes, or
 # their link type not learnt yet).
 _UNKNOWN = -1
@@ -196,7 +71,7 @@ class PathFilter:
     def __init__(self, expr: str) -> None:
         self.expr = expr
         # Paths of one shape (same hops, addresses, ports, protocols) all match or all do not.
-        self.by_shape = _by_shape(expr)
+        self.by_shape = by_shape(expr)
         self._progs: dict[int, BpfProgram | None] = {}
         # Compile for Ethernet now: a bad expression fails before any capture starts.
         self._progs[LINKTYPE_ETHERNET] = core_program(expr, LINKTYPE_ETHERNET)

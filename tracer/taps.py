@@ -30,10 +30,8 @@ container's taps close with a notice on stderr.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import mmap
 import queue
-import re
 import select
 import socket
 import struct
@@ -44,10 +42,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tracer.errors import FilterError, HoptraceError, PrivilegeError, UsageError
+from tracer.errors import HoptraceError, PrivilegeError, UsageError
+from tracer.libpcap import compile_insns
 from tracer.model import HopLabel, ObsBatch, Src
 from tracer.names import own_netns
 from tracer.netns import run_in_netns
+from tracer.pcap_expr import protocol_only
 from tracer.safe_text import term_safe
 
 if TYPE_CHECKING:
@@ -79,82 +79,15 @@ PKTTYPE_OFF = 58
 # ARPHRD_* -> pcap LINKTYPE_* of the bytes a SOCK_RAW packet socket gives.
 _LINKTYPES = {1: 1, 772: 1, 0xFFFE: 101, 519: 101, 512: 101, 776: 101, 778: 101}
 
-# A kernel filter can drop a sighting only if the verdict is the same at every hop of
-# that packet: NAT rewrites addresses and ports between hops, and a path is kept when
-# ANY hop matches, so only protocol tests are safe in the kernel.
-_SAFE_FILTER_WORDS = frozenset(
-    ["ip", "ip6", "arp", "rarp", "icmp", "icmp6", "tcp", "udp", "sctp", "igmp", "proto", "and", "or", "not", "&&", "||", "!", "(", ")"]
-)
-_FILTER_TOKEN = re.compile(r"\s*(&&|\|\||[!()]|[^\s!()&|]+)")
-
-
 # --------------------------------------------------------------------------
 # Kernel socket filters (classic BPF compiled by libpcap)
 # --------------------------------------------------------------------------
-
-
-class _BpfProgram(ctypes.Structure):
-    _fields_ = [("bf_len", ctypes.c_uint), ("bf_insns", ctypes.c_void_p)]
-
-
-_pcap_lib: Any = None
-
-
-def _libpcap() -> Any:
-    global _pcap_lib
-    if _pcap_lib is None:
-        name = ctypes.util.find_library("pcap") or "libpcap.so.0.8"
-        try:
-            lib = ctypes.CDLL(name)
-        except OSError as exc:
-            raise HoptraceError(f"libpcap is needed to compile --filter: {exc}",
-                                "apt-get install libpcap0.8") from exc
-        lib.pcap_open_dead.restype = ctypes.c_void_p
-        lib.pcap_open_dead.argtypes = [ctypes.c_int, ctypes.c_int]
-        lib.pcap_compile.restype = ctypes.c_int
-        lib.pcap_compile.argtypes = [ctypes.c_void_p, ctypes.POINTER(_BpfProgram),
-                                     ctypes.c_char_p, ctypes.c_int, ctypes.c_uint32]
-        lib.pcap_geterr.restype = ctypes.c_char_p
-        lib.pcap_geterr.argtypes = [ctypes.c_void_p]
-        lib.pcap_freecode.argtypes = [ctypes.POINTER(_BpfProgram)]
-        lib.pcap_close.argtypes = [ctypes.c_void_p]
-        _pcap_lib = lib
-    return _pcap_lib
-
-
-def compile_bpf(expr: str, linktype: int = 1, snaplen: int = 128) -> bytes:
-    """Classic BPF (``struct sock_filter`` array) for ``expr``; accepted packets are cut to ``snaplen``."""
-    lib = _libpcap()
-    handle = lib.pcap_open_dead(linktype, snaplen)
-    if not handle:
-        raise HoptraceError("libpcap could not open a dead capture handle")
-    prog = _BpfProgram()
-    try:
-        if lib.pcap_compile(handle, ctypes.byref(prog), expr.encode(), 1, 0xFFFFFFFF) != 0:
-            msg = (lib.pcap_geterr(handle) or b"").decode(errors="replace")
-            raise FilterError(f"bad --filter {expr!r}: {msg}")
-        try:
-            return ctypes.string_at(prog.bf_insns, prog.bf_len * 8)
-        finally:
-            lib.pcap_freecode(ctypes.byref(prog))
-    finally:
-        lib.pcap_close(handle)
 
 
 def snaplen_bpf(snaplen: int) -> bytes:
     """Accept everything, cut to ``snaplen``: without it a GSO super-packet (~64 KB) is
     copied into the ring whole although only its headers are kept."""
     return struct.pack("<HBBI", BPF_RET_K, 0, 0, snaplen)
-
-
-def kernel_filter_safe(expr: str | None) -> bool:
-    """True when ``expr`` gives the same verdict at every hop of one packet (protocol tests only)."""
-    if not expr or not expr.strip():
-        return False
-    tokens = _FILTER_TOKEN.findall(expr)
-    if "".join(tokens) != re.sub(r"\s+", "", expr):
-        return False
-    return all(t.lower() in _SAFE_FILTER_WORDS or t.isdigit() for t in tokens)
 
 
 def _attach_filter(sock: socket.socket, insns: bytes) -> None:
@@ -663,7 +596,7 @@ class TapSource:
 
     ``ifaces``: ``--iface`` values; None = the default set, followed as containers come
     and go. ``bpf_filter``: the ``--filter`` expression, attached in the kernel only when
-    protocol-only (see ``kernel_filter_safe``); the engine's PathFilter does the rest.
+    protocol-only (see ``tracer.pcap_expr.protocol_only``); the engine's PathFilter does the rest.
     ``topology``: a callable returning a current Topology (e.g. a shared LiveTopology),
     asked every ``rediscover_s``; by default the source discovers on a thread of its own
     when namespaces come or go (checked every ``rediscover_s``) and every ``full_every_s``.
@@ -707,7 +640,7 @@ class TapSource:
         self.drain_ms = drain_ms
         self._topology = topology
         self._notice = notices or (lambda msg: print(f"hoptrace: {term_safe(msg)}", file=sys.stderr, flush=True))
-        self.kernel_filter = self.bpf_filter if kernel_filter_safe(self.bpf_filter) else None
+        self.kernel_filter = self.bpf_filter if protocol_only(self.bpf_filter) else None
         self._insns: dict[int, bytes] = {}
         self.hops: list[HopLabel] = []
         self._hop_index: dict[tuple[int, str, int], int] = {}
@@ -735,7 +668,7 @@ class TapSource:
             return
         if self.bpf_filter:
             # Compile now even when it stays in userspace: a bad expression is exit 2 at once.
-            compile_bpf(self.bpf_filter, 1, self.snaplen)
+            compile_insns(self.bpf_filter, 1, self.snaplen)
         from tracer.topology import find_namespaces
 
         # Taken before the discovery: a namespace born during it counts as a change.
@@ -875,7 +808,7 @@ class TapSource:
         insns = self._insns.get(linktype)
         if insns is None:
             if self.kernel_filter:
-                insns = compile_bpf(self.kernel_filter, linktype, self.snaplen)
+                insns = compile_insns(self.kernel_filter, linktype, self.snaplen)
             else:
                 insns = snaplen_bpf(self.snaplen)
             self._insns[linktype] = insns
@@ -1034,5 +967,4 @@ def _decode(frames: bytes, offs: Any, lens: Any, lt: int | list[int],
     return rows
 
 
-__all__ = ["Tap", "TapGone", "TapSource", "TapSpec", "compile_bpf", "default_specs",
-           "kernel_filter_safe", "resolve_ifaces", "snaplen_bpf"]
+__all__ = ["Tap", "TapGone", "TapSource", "TapSpec", "default_specs", "resolve_ifaces", "snaplen_bpf"]

@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 
 from tracer.errors import FilterError, UsageError
+from tracer.libpcap import compile_insns
 from tracer.model import HopLabel
-from tracer.taps import TapSource, compile_bpf, kernel_filter_safe, resolve_ifaces, snaplen_bpf
+from tracer.pcap_expr import protocol_only
+from tracer.taps import TapSource, resolve_ifaces, snaplen_bpf
 from tracer.topology import Interface, Namespace, Topology
 
 HOST, WEB, LAB2 = 4026531840, 4026532001, 4026532100
@@ -46,24 +48,35 @@ def _topo(*, second_host: bool = False) -> Topology:
         ("icmp and src 172.17.0.2", False),
         ("tcp[tcpflags] & tcp-syn != 0", False),  # not on the list: kept out of the kernel
         ("len > 100", False),
+        ("tcp&&!udp", True),  # pcap's operators need no blanks
+        ("tcp & udp", False),
+        ("ip[9]==6", False),
         ("", False),
+        ("   ", False),
         (None, False),
     ],
 )
 def test_kernel_filter_only_when_every_hop_agrees(expr: str | None, safe: bool) -> None:
-    assert kernel_filter_safe(expr) is safe
+    assert protocol_only(expr) is safe
 
 
-def test_compile_bpf_returns_sock_filter_cut_to_snaplen() -> None:
-    insns = compile_bpf("icmp", 1, 96)
+def test_compile_insns_returns_sock_filter_cut_to_snaplen() -> None:
+    insns = compile_insns("icmp", 1, 96)
     assert len(insns) % 8 == 0 and len(insns) >= 8 * 4
     returns = {k for code, _jt, _jf, k in struct.iter_unpack("<HBBI", insns) if code == 0x06}
     assert returns == {0, 96}
 
 
-def test_compile_bpf_bad_expression_is_a_filter_error() -> None:
+def test_compile_insns_for_a_raw_ip_interface() -> None:
+    # A tun/wireguard tap is LINKTYPE_RAW (101); libpcap wants its DLT_RAW (12).
+    insns = compile_insns("icmp", 101, 96)
+    returns = {k for code, _jt, _jf, k in struct.iter_unpack("<HBBI", insns) if code == 0x06}
+    assert returns == {0, 96}
+
+
+def test_compile_insns_bad_expression_is_a_filter_error() -> None:
     with pytest.raises(FilterError) as exc:
-        compile_bpf("hots 1.2.3.4")
+        compile_insns("hots 1.2.3.4", 1)
     assert exc.value.exit_code == 2
     assert "hots 1.2.3.4" in exc.value.message
 

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from tests.conftest import CORPUS, FIXTURES
 from tracer import _core
 from tracer.errors import FilterError, HoptraceError
-from tracer.filter import LibpcapProgram, PathFilter, compile_insns, synth_frame
+from tracer.filter import PathFilter, synth_frame
+from tracer.libpcap import LibpcapProgram, compile_insns
 from tracer.model import ObsBatch
 from tracer.readers import FileSource
 
