@@ -9,7 +9,13 @@ the correlator has real work. Each record carries hoptrace's comment
 ``live --record`` writes. Written with struct in big chunks: ~1M records in
 a few seconds.
 
+``--shape udp4`` writes the other shape issue 15 measures: UDP packets only, each
+seen at 4 hops on its way out (web/eth0 tx, host/vethN rx, host/docker0 rx,
+host/eth0 tx), MASQUERADEd at the last, no replies: 1M records are 250k packets,
+250k paths of 4 hops (the default shape, ``mix``: 100k packets, 200k paths of 5).
+
     .venv/bin/python bench/gen_pcapng.py /tmp/nat-1m.pcapng --records 1000000
+    .venv/bin/python bench/gen_pcapng.py /tmp/udp4-1m.pcapng --shape udp4
 """
 
 from __future__ import annotations
@@ -135,13 +141,59 @@ def generate(path: str, records: int, containers: int = 4) -> int:
     return written
 
 
+def generate_udp4(path: str, records: int, containers: int = 4) -> int:
+    """Shape ``udp4``: ``records // 4`` UDP packets out of the containers, 4 hops each,
+    the source rewritten (MASQUERADE) at the last; ``records`` rounded down to a multiple of 4."""
+    containers = max(1, min(containers, 6))
+    nodes = ["web"] + [f"app{c}" for c in range(1, containers)]
+    all_labels = [("host", "docker0"), ("host", "eth0")]
+    all_labels += [(nodes[c], "eth0") for c in range(containers)]
+    all_labels += [("host", f"veth{c}") for c in range(containers)]
+    ifid = {lab: k for k, lab in enumerate(all_labels)}
+    written = 0
+    ts = 1_795_805_084_000_000_000
+    pkt = 0
+    with open(path, "wb") as f:
+        f.write(header(all_labels))
+        buf: list[bytes] = []
+        while written + 4 <= records:
+            c = pkt % containers
+            inside = bytes([172, 17, 0, 2 + c])
+            sport, nat_sport, dport = 40000 + (pkt % 2000), 61000 + (pkt % 2000), 53 + (pkt % 4)
+            payload = struct.pack("!Q", pkt) + b"hoptrace-bench-payload" * 2
+            skb = 0xFFFF888100000000 + (pkt % 50000) * 0x100
+            hops = [  # (label, src, sport, ttl, dir)
+                ((nodes[c], "eth0"), inside, sport, 64, "tx"),
+                (("host", f"veth{c}"), inside, sport, 64, "rx"),
+                (("host", "docker0"), inside, sport, 64, "rx"),
+                (("host", "eth0"), PUBLIC, nat_sport, 63, "tx"),
+            ]
+            for k, (lab, s, sp, ttl, d) in enumerate(hops):
+                fr = frame(17, s, SERVER, sp, dport, pkt, ttl, pkt, payload)
+                buf.append(epb(ifid[lab], ts + k * 9_000, fr, d, skb, NETNS[lab[0]]))
+            written += 4
+            pkt += 1
+            ts += 20_000
+            if len(buf) >= 50_000:
+                f.write(b"".join(buf))
+                buf = []
+        f.write(b"".join(buf))
+    return written
+
+
+SHAPES = {"mix": generate, "udp4": generate_udp4}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("path")
     p.add_argument("--records", type=int, default=1_000_000)
     p.add_argument("--containers", type=int, default=4)
+    p.add_argument("--shape", choices=sorted(SHAPES), default="mix",
+                   help="mix: ICMP/UDP/TCP requests and replies over 5 hops, MASQUERADE at the 4th (default); "
+                        "udp4: UDP packets over 4 hops, MASQUERADE at the last")  # fmt: skip
     a = p.parse_args(argv)
-    n = generate(a.path, a.records, a.containers)
+    n = SHAPES[a.shape](a.path, a.records, a.containers)
     print(f"wrote {n} records to {a.path}", file=sys.stderr)
     return 0
 

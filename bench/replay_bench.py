@@ -1,8 +1,11 @@
 """Replay throughput and start-up: ``hoptrace replay --json F > /dev/null`` against tshark.
 
-Both run in this same invocation, alternating, on one generated multi-interface
-pcapng of NATed traffic (bench/gen_pcapng.py, 1M records by default), so the
-ratio holds on a busy machine where absolute numbers do not:
+Both run in this same invocation, alternating, on each of two generated
+multi-interface pcapngs of NATed traffic (bench/gen_pcapng.py, 1M records each by
+default), so the ratio holds on a busy machine where absolute numbers do not:
+shape ``mix`` (ICMP, UDP and TCP requests and replies over 5 hops, MASQUERADE at
+the 4th: 200k paths) and shape ``udp4`` (issue 15's file: 250k UDP packets x 4
+hops, MASQUERADEd at the last: 250k paths).
 
 * ours: ``hoptrace replay --json F > /dev/null`` (read, decode, correlate, NAT,
   flows, NDJSON);
@@ -14,6 +17,14 @@ cache is warm for both); the best wall time and the best CPU time (user + system
 of the child, from ``wait4``) count, with records/s of each and the peak RSS
 (the child's ``ru_maxrss``, the largest of its runs).
 
+Stages, per shape: where replay's time goes, measured inside the core
+(``_core.replay_stages``, crates/hoptrace-py/src/stages.rs: one whole pass cut
+after each stage, best of ``--runs``, no Python while timed): read (capture
+records), decode (frames, labels, comments), correlate (join, links, verdicts,
+flows; nothing rendered) and render (NAT diffs and NDJSON lines, into a sink);
+each stage's own time is its pass minus the previous one's, as records/s and µs
+per record.
+
 Start-up, medians of ``--startup-runs`` on the same warm cache: ``hoptrace
 --version`` against ``tshark --version``, and ``hoptrace replay --json`` of each
 bundled fixture (fixtures/*.pcapng, a few hundred records each) against tshark's
@@ -24,7 +35,8 @@ hoptrace is this checkout's (``python -c 'from tracer.cli import main ...'`` run
 from the repository root: the same as the installed ``hoptrace`` script, but it
 cannot pick up another checkout's code).
 
-    .venv/bin/python bench/replay_bench.py                  # 1,000,000 records, 3 runs each
+    .venv/bin/python bench/replay_bench.py                  # 1,000,000 records, both shapes, 3 runs each
+    .venv/bin/python bench/replay_bench.py --shapes udp4 --no-startup
     .venv/bin/python bench/replay_bench.py --records 200000 --runs 1 --file /tmp/x.pcapng
     .venv/bin/python bench/replay_bench.py --json           # also one JSON object, last line
 
@@ -53,8 +65,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))  # this checkout's tracer (its _core), as the children run it
 
-from gen_pcapng import generate  # noqa: E402
+from gen_pcapng import SHAPES  # noqa: E402
 
 HOPTRACE = [sys.executable, "-c", "import sys; from tracer.cli import main; sys.exit(main())"]
 # Issue 15 (the engine in Rust); issue 2 asked 3x (goal 6x) and 500 MB (goal 200 MB) of the Python engine.
@@ -115,6 +128,31 @@ def throughput(path: Path, records: int, runs: int) -> dict[str, Any]:
             "ratio_wall": p["wall_s"] / o["wall_s"], "ratio_cpu": p["cpu_s"] / o["cpu_s"]}  # fmt: skip
 
 
+def stages(path: Path, runs: int) -> dict[str, Any] | None:
+    """Each stage's pass, best of ``runs``, and its own share (minus the stage before)."""
+    from tracer import _core
+
+    if not hasattr(_core, "replay_stages"):
+        print("  (stages: this tracer._core has no replay_stages; rebuild it: make install)")
+        return None
+    inputs = [(str(path), path.stem.encode(), None)]
+    names: list[str] = list(_core.replay_stage_names())
+    best: dict[str, float] = {}
+    records = 0
+    for _ in range(runs):
+        for name in names:
+            records, wall = _core.replay_stages(inputs, name)
+            best[name] = min(best.get(name, wall), wall)
+    out: dict[str, Any] = {"records": records, "runs": runs, "stages": {}}
+    before = 0.0
+    for name in names:
+        own = max(best[name] - before, 1e-9)
+        out["stages"][name] = {"pass_s": best[name], "own_s": own, "records_per_s": records / own,
+                               "us_per_record": own * 1e6 / max(records, 1)}  # fmt: skip
+        before = best[name]
+    return out
+
+
 def startup(runs: int) -> dict[str, Any]:
     fixtures = sorted((ROOT / "fixtures").glob("*.pcapng"))
     floor = median_wall([sys.executable, "-c", "pass"], runs)
@@ -131,24 +169,42 @@ def startup(runs: int) -> dict[str, Any]:
             "fixture_median": {"hoptrace_s": ours, "tshark_s": peer}}  # fmt: skip
 
 
-def report(tp: dict[str, Any] | None, su: dict[str, Any] | None) -> None:
-    if tp is not None:
-        o, p = tp["hoptrace"], tp["tshark"]
-        print(f"\nreplay of {tp['records']:,} records, best of {tp['runs']}:")
-        for name, r in (("hoptrace replay --json", o), ("tshark -T fields", p)):
-            print(f"  {name:26} {r['wall_s']:7.2f} s wall {r['records_per_s_wall']:9,.0f} records/s | "
-                  f"{r['cpu_s']:7.2f} s CPU {r['records_per_s_cpu']:9,.0f} records/s | peak RSS {r['rss_mb']:.0f} MB")
-        print(f"  ratio (tshark time / hoptrace time): {tp['ratio_wall']:.2f}x wall, {tp['ratio_cpu']:.2f}x CPU "
-              f"(target >= {TARGET_RATIO:g}x, goal {GOAL_RATIO:g}x; RSS <= {TARGET_RSS_MB} MB, goal {GOAL_RSS_MB} MB)")
+def report(tps: dict[str, dict[str, Any]], sts: dict[str, dict[str, Any]], su: dict[str, Any] | None) -> None:
+    for shape in dict.fromkeys([*tps, *sts]):
+        if (tp := tps.get(shape)) is None:
+            print(f"\nreplay, shape {shape}:")
+        else:
+            print(f"\nreplay of {tp['records']:,} records, shape {shape}, best of {tp['runs']}:")
+            _throughput_lines(tp)
+        st = sts.get(shape)
+        if st is not None:
+            print(f"  stages inside the core, {st['records']:,} records, best of {st['runs']} "
+                  "(own: the pass minus the stage before):")
+            for name, r in st["stages"].items():
+                print(f"    {name:10} pass {r['pass_s']:6.3f} s  own {r['own_s']:6.3f} s "
+                      f"{r['records_per_s']:13,.0f} records/s {r['us_per_record']:7.3f} µs/record")
     if su is not None:
-        ms = 1e3
-        print(f"\nstart-up, median of {su['runs']} on a warm cache (python -c pass: {su['python_floor_s'] * ms:.0f} ms):")
-        v = su["version"]
-        print(f"  {'--version':26} hoptrace {v['hoptrace_s'] * ms:6.0f} ms   tshark {v['tshark_s'] * ms:6.0f} ms")
-        for name, r in su["fixtures"].items():
-            print(f"  {'replay ' + name:26} hoptrace {r['hoptrace_s'] * ms:6.0f} ms   tshark {r['tshark_s'] * ms:6.0f} ms")
-        m = su["fixture_median"]
-        print(f"  {'median over fixtures':26} hoptrace {m['hoptrace_s'] * ms:6.0f} ms   tshark {m['tshark_s'] * ms:6.0f} ms")
+        _startup_lines(su)
+
+
+def _throughput_lines(tp: dict[str, Any]) -> None:
+    o, p = tp["hoptrace"], tp["tshark"]
+    for name, r in (("hoptrace replay --json", o), ("tshark -T fields", p)):
+        print(f"  {name:26} {r['wall_s']:7.2f} s wall {r['records_per_s_wall']:9,.0f} records/s | "
+              f"{r['cpu_s']:7.2f} s CPU {r['records_per_s_cpu']:9,.0f} records/s | peak RSS {r['rss_mb']:.0f} MB")
+    print(f"  ratio (tshark time / hoptrace time): {tp['ratio_wall']:.2f}x wall, {tp['ratio_cpu']:.2f}x CPU "
+          f"(target >= {TARGET_RATIO:g}x, goal {GOAL_RATIO:g}x; RSS <= {TARGET_RSS_MB} MB, goal {GOAL_RSS_MB} MB)")
+
+
+def _startup_lines(su: dict[str, Any]) -> None:
+    ms = 1e3
+    print(f"\nstart-up, median of {su['runs']} on a warm cache (python -c pass: {su['python_floor_s'] * ms:.0f} ms):")
+    v = su["version"]
+    print(f"  {'--version':26} hoptrace {v['hoptrace_s'] * ms:6.0f} ms   tshark {v['tshark_s'] * ms:6.0f} ms")
+    for name, r in su["fixtures"].items():
+        print(f"  {'replay ' + name:26} hoptrace {r['hoptrace_s'] * ms:6.0f} ms   tshark {r['tshark_s'] * ms:6.0f} ms")
+    m = su["fixture_median"]
+    print(f"  {'median over fixtures':26} hoptrace {m['hoptrace_s'] * ms:6.0f} ms   tshark {m['tshark_s'] * ms:6.0f} ms")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,31 +212,45 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--records", type=int, default=1_000_000)
     p.add_argument("--runs", type=int, default=3, help="timed runs of each, the best counts")
     p.add_argument("--startup-runs", type=int, default=7, help="runs per start-up figure, the median counts")
-    p.add_argument("--file", default=None, help="pcapng to use (generated if missing)")
+    p.add_argument("--file", default=None, help="pcapng of shape mix to use (generated if missing)")
+    p.add_argument("--udp4-file", default=None, help="pcapng of shape udp4 to use (generated if missing)")
+    p.add_argument("--shapes", default="mix,udp4", help="comma-separated: mix, udp4 (bench/gen_pcapng.py)")
+    p.add_argument("--no-stages", action="store_true", help="skip the per-stage split")
     p.add_argument("--keep", action="store_true", help="keep the generated file")
     p.add_argument("--no-startup", action="store_true")
     p.add_argument("--no-throughput", action="store_true")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object, last")
     a = p.parse_args(argv)
-    tp = su = None
-    if not a.no_throughput:
-        path = Path(a.file or f"/tmp/hoptrace-bench-{a.records}.pcapng")
+    shapes = [x for x in a.shapes.split(",") if x]
+    if bad := [x for x in shapes if x not in SHAPES]:
+        p.error(f"unknown shape(s) {', '.join(bad)}: one of {', '.join(SHAPES)}")
+    tps: dict[str, dict[str, Any]] = {}
+    sts: dict[str, dict[str, Any]] = {}
+    su = None
+    for shape in shapes if not (a.no_throughput and a.no_stages) else []:
+        given = {"mix": a.file, "udp4": a.udp4_file}[shape]
+        path = Path(given or f"/tmp/hoptrace-bench-{shape}-{a.records}.pcapng")
         made = False
         if not path.exists():
             t0 = time.perf_counter()
-            n = generate(str(path), a.records)
+            n = SHAPES[shape](str(path), a.records)
             made = True
-            print(f"generated {n:,} records ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.1f} s")
+            print(f"generated {n:,} records of shape {shape} ({path.stat().st_size / 1e6:.0f} MB) "
+                  f"in {time.perf_counter() - t0:.1f} s")  # fmt: skip
         try:
-            tp = throughput(path, a.records, a.runs)
+            if not a.no_throughput:
+                print(f"shape {shape}: {path}")
+                tps[shape] = throughput(path, a.records, a.runs)
+            if not a.no_stages and (st := stages(path, a.runs)) is not None:
+                sts[shape] = st
         finally:
             if made and not a.keep:
                 path.unlink()
     if not a.no_startup:
         su = startup(a.startup_runs)
-    report(tp, su)
+    report(tps, sts, su)
     if a.json:
-        print(json.dumps({"throughput": tp, "startup": su}))
+        print(json.dumps({"throughput": tps.get("mix"), "throughputs": tps, "stages": sts, "startup": su}))
     return 0
 
 

@@ -8,6 +8,7 @@ mod correlate;
 mod engine;
 mod finish;
 mod reader;
+mod stages;
 
 /// The core's version (a stale extension shows here: compare with the package's).
 #[pyfunction]
@@ -44,5 +45,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     engine::register(m)?;
     finish::register(m)?;
     reader::register(m)?;
+    stages::register(m)?;
     Ok(())
 }
