@@ -17,7 +17,7 @@ import ctypes.util
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from ipaddress import ip_address
@@ -28,7 +28,9 @@ from probes.btf import KernelLayout, load_layout
 from probes.headers import HeaderTree, ensure_bcc_env
 from tracer.errors import KernelFeatureMissing, PrivilegeError, ProbeLoadError, UsageError
 from tracer.model import Dir, HopLabel, ObsBatch, Src, obs_dtype
+from tracer.names import NodeNamer
 from tracer.pcap_expr import PROTO_NUMBERS, kernel_sets
+from tracer.protocols import Attachments
 
 C_SOURCE = Path(__file__).with_suffix(".c")
 IFNAMSIZ = 16
@@ -389,7 +391,7 @@ class EbpfSource:
         self._dir_of_kind: Any = None
         self._stop = threading.Event()
         self._labels = _Labels()
-        self._namer: Any = None
+        self._namer: NodeNamer | None = None
         self._user_lost = 0
         self._lock = threading.Lock()
         self._ev_type = event_type(snaplen)
@@ -440,8 +442,6 @@ class EbpfSource:
             self.stop()
             raise ProbeLoadError(f"could not set up the probes: {exc}") from exc
         self._cpus = _online_cpus()
-        from tracer.names import NodeNamer
-
         self._namer = NodeNamer()
         self.start_s = time.perf_counter() - t0
 
@@ -481,6 +481,31 @@ class EbpfSource:
 
     def counters(self) -> dict[str, int]:
         return {c.name.lower(): self._kernel_counter(c) for c in Counter}
+
+    # --- tracer.protocols.LiveSource, NamesContainers ----------------------
+
+    def attachments(self) -> Attachments:
+        bpf = self._bpf
+        count = 0
+        if bpf is not None:
+            count = len(bpf.raw_tracepoint_fds or ())
+            count += int(bpf.num_open_kprobes()) + int(bpf.num_open_tracepoints())
+        netns = self.kernel_filter.netns
+        if not netns:
+            from tracer.topology import find_namespaces
+
+            netns = frozenset(find_namespaces())  # every namespace: the probes see them all
+        return Attachments(count, "probes", len(netns))
+
+    @property
+    def traced_netns(self) -> frozenset[int]:
+        return self.kernel_filter.netns
+
+    def name_containers(self, names: Mapping[int, str]) -> None:
+        """Container names for the hop labels (from the topology's Docker API answer); a
+        source not started yet has no namer: nothing to name."""
+        if self._namer is not None:
+            self._namer.containers.update(names)
 
     def batches(self) -> Iterator[ObsBatch]:
         last_yield = time.monotonic()

@@ -20,54 +20,20 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tracer.errors import HoptraceError, KernelFeatureMissing, PrivilegeError, UsageError
-from tracer.model import ObsBatch, PacketPath
+from tracer.protocols import Annotator, LiveSource, Recorder
 from tracer.safe_text import term_safe
+
+if TYPE_CHECKING:
+    from probes.skb_hops import EbpfSource
+    from tracer.taps import TapSource
 
 #: -s 0 (tcpdump's "the maximum"): per backend; eBPF's is probes.skb_hops.max_snaplen().
 SNAPLEN_MAX = 65535
-
-
-class Started:
-    """A source that is already started (attached before traffic may begin: the ready file,
-    a probe, the demo); the engine's start() must not attach it twice."""
-
-    def __init__(self, inner: Any, on_hops: Callable[[ObsBatch], None] | None = None) -> None:
-        self.inner = inner
-        self.kind = inner.kind
-        self._on_hops = on_hops
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        self.inner.stop()
-
-    @property
-    def lost_events(self) -> int:
-        return int(self.inner.lost_events)
-
-    def batches(self) -> Iterator[ObsBatch]:
-        for batch in self.inner.batches():
-            if self._on_hops is not None:
-                self._on_hops(batch)
-            yield batch
-
-
-def _optional(module: str) -> Any | None:
-    """A teammate's module when it is in this build, else None (the feature is then skipped)."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name == module:
-            return None
-        raise
 
 
 def _notice(msg: str) -> None:
@@ -83,7 +49,7 @@ def _status(msg: str) -> None:
         _notice(msg)
 
 
-def make_ebpf_source(args: argparse.Namespace) -> Any:
+def make_ebpf_source(args: argparse.Namespace) -> EbpfSource:
     from probes.skb_hops import EbpfSource, kernel_filter_from_pcap, max_snaplen
 
     kf = kernel_filter_from_pcap(getattr(args, "filter", None))
@@ -101,9 +67,7 @@ def _iface_netns(ifaces: list[str]) -> set[int] | None:
         return None
     from tracer.names import RUN_NETNS, NodeNamer, netns_inode
 
-    namer = NodeNamer()
-    known = dict(namer._names)  # inode -> name
-    known.update(namer.containers)
+    known = NodeNamer().known()  # inode -> name
     out: set[int] = set()
     for spec in ifaces:
         node, iface = spec.split("/", 1) if "/" in spec else ("host", spec)
@@ -130,10 +94,9 @@ def valid_ifname(name: str) -> bool:
             and not any(c == "/" or c == ":" or c.isspace() or c == "\0" for c in name))
 
 
-def _netns_paths(kernel_filter: Any) -> dict[int, str] | None:
-    """inode -> path of the namespaces the eBPF source is limited to (--iface), for --rules;
+def _netns_paths(inodes: frozenset[int]) -> dict[int, str] | None:
+    """inode -> path of the namespaces the source is limited to (eBPF with --iface), for --rules;
     None (RuleTrace's own choice) when it traces every namespace."""
-    inodes = getattr(kernel_filter, "netns", None)
     if not inodes:
         return None
     from tracer.names import RUN_NETNS, netns_inode
@@ -148,16 +111,16 @@ def _netns_paths(kernel_filter: Any) -> dict[int, str] | None:
     return paths
 
 
-def make_pcap_source(args: argparse.Namespace) -> Any:
-    taps = _optional("tracer.taps")
-    if taps is None:
-        raise KernelFeatureMissing("the pcap backend (tracer.taps) is not in this build yet")
-    return taps.TapSource(args.iface or None, bpf_filter=args.filter, snaplen=args.snaplen or SNAPLEN_MAX)
+def make_pcap_source(args: argparse.Namespace) -> TapSource:
+    from tracer.taps import TapSource
+
+    return TapSource(args.iface or None, bpf_filter=args.filter, snaplen=args.snaplen or SNAPLEN_MAX)
 
 
-def choose_source(args: argparse.Namespace) -> Any:
+def choose_source(args: argparse.Namespace) -> LiveSource:
     """The started source for --backend; auto falls back to taps with one line saying why."""
     backend = args.backend
+    src: LiveSource
     if backend == "pcap":
         src = make_pcap_source(args)
         src.start()
@@ -183,54 +146,16 @@ def choose_source(args: argparse.Namespace) -> Any:
     return src
 
 
-def _annotators(source: Any, topo: Any = None) -> tuple[list[Callable[[PacketPath], PacketPath]], Any]:
-    """Attribution (inferred NAT rule, conntrack entry) over the topology (discovered unless
-    the caller has one already), when in this build."""
-    topology = _optional("tracer.topology")
-    if topology is None:
-        return [], None
-    if topo is None:
-        topo = topology.Topology.discover()
-    namer = getattr(source, "_namer", None)
-    if namer is not None:
-        # container names for the hop labels, when the Docker API answered
-        for c in getattr(topo, "containers", ()):
-            if getattr(c, "netns", None) and getattr(c, "name", None):
-                namer.containers[int(c.netns)] = str(c.name)
-    attribution = _optional("tracer.attribution")
-    if attribution is None:
-        return [], topo
-    return [attribution.annotator(topo)], topo
-
-
 def _want_tui(args: argparse.Namespace) -> bool:
-    if args.no_tui or args.json or not sys.stdout.isatty():
-        return False
-    app = _optional("tui.app")
-    return app is not None and hasattr(app, "make_app")
+    return not (args.no_tui or args.json) and sys.stdout.isatty()
 
 
-def attached(source: Any) -> tuple[int, str, int]:
-    """(how many, "probes" or "taps", on how many namespaces) the started source holds."""
-    bpf = getattr(source, "_bpf", None)
-    if bpf is not None:
-        count = len(getattr(bpf, "raw_tracepoint_fds", ()) or ())
-        count += sum(int(getattr(bpf, f"num_open_{k}", lambda: 0)()) for k in ("kprobes", "tracepoints"))
-        netns = getattr(getattr(source, "kernel_filter", None), "netns", None)
-        if not netns:
-            from tracer.topology import find_namespaces
-
-            netns = find_namespaces()  # every namespace: the probes see them all
-        return count, "probes", len(netns)
-    taps = getattr(source, "taps", None) or {}
-    return len(taps), "taps", len({key[0] for key in taps})
-
-
-def _ready_line(source: Any, t0: float) -> str:
+def _ready_line(source: LiveSource, t0: float) -> str:
     try:
-        n, what, namespaces = attached(source)
+        att = source.attachments()
     except Exception:  # a count is a courtesy: never fail a run over it
         return f"ready ({source.kind}) in {time.monotonic() - t0:.2f} s"
+    n, what, namespaces = att.count, att.what, att.namespaces
     return (f"ready: {n} {what if n != 1 else what[:-1]} on {namespaces} "
             f"namespace{'s' if namespaces != 1 else ''} in {time.monotonic() - t0:.2f} s")
 
@@ -257,48 +182,32 @@ def _replay_instead(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "read", None):
         return _replay_instead(args)
-    path_filter = None
-    if args.filter:
-        from tracer.filter import PathFilter
+    from tracer.pipeline import PipelineConfig, attribution, build, compile_filter
 
-        path_filter = PathFilter(args.filter)  # FilterError (exit 2) before anything is attached
-    engine_mod = _optional("tracer.engine")
-    if engine_mod is None:
-        raise UsageError("live needs the correlation engine (tracer.engine), not in this build yet")
+    path_filter = compile_filter(args.filter)  # FilterError (exit 2) before anything is attached
 
     with contextlib.ExitStack() as stack:
         t0 = time.monotonic()
         _status("opening taps…" if args.backend == "pcap" else "compiling probes…")
         source = choose_source(args)
         stack.callback(source.stop)
-        args.snaplen = int(getattr(source, "snaplen", 0) or args.snaplen or SNAPLEN_MAX)
-        told = [0]
-
-        def learn(batch: ObsBatch) -> None:
-            if path_filter is not None and len(batch.hops) > told[0]:
-                for h in batch.hops[told[0]:]:
-                    path_filter.learn_linktype(h.node, h.iface, h.linktype)
-                told[0] = len(batch.hops)
+        args.snaplen = int(source.snaplen or args.snaplen or SNAPLEN_MAX)
 
         rules = None
         if args.rules:
-            nftrace = _optional("tracer.nftrace")
-            if nftrace is None:
-                _notice("--rules needs tracer.nftrace, not in this build yet; NAT rules are inferred")
-            else:
-                # our own SIGINT/SIGTERM handling exits this context, which removes the rules
-                rules = stack.enter_context(nftrace.RuleTrace(
-                    namespaces=_netns_paths(getattr(source, "kernel_filter", None)),
-                    filter_expr=args.filter, handle_signals=False))
-                for msg in getattr(rules, "notices", []):
-                    _notice(msg)
+            from tracer.nftrace import RuleTrace
+
+            # our own SIGINT/SIGTERM handling exits this context, which removes the rules
+            rules = stack.enter_context(RuleTrace(namespaces=_netns_paths(source.traced_netns),
+                                                  filter_expr=args.filter, handle_signals=False))
+            for msg in rules.notices:
+                _notice(msg)
         rec = None
         if args.record:
-            record = _optional("tracer.record")
-            if record is None:
-                raise UsageError("--record needs tracer.record, not in this build yet")
-            rec = record.PcapngRecorder(args.record, snaplen=args.snaplen, max_mb=args.record_max_mb,
-                                        files=args.record_files, on_error=args.record_on_error)
+            from tracer.record import PcapngRecorder
+
+            rec = PcapngRecorder(args.record, snaplen=args.snaplen, max_mb=args.record_max_mb,
+                                 files=args.record_files, on_error=args.record_on_error)
             stack.callback(rec.close)
 
         # Attached: from here on the kernel buffers every sighting, so the
@@ -314,29 +223,23 @@ def run(args: argparse.Namespace) -> int:
             stack.callback(_unlink, args.ready_file)
         _status(_ready_line(source, t0))
 
-        annotators, topo = _annotators(source)
-        for annotate in annotators:
-            for msg in getattr(annotate, "notices", []):
-                _notice(msg)
-        if rules is not None and hasattr(rules, "annotator"):
+        attributor, topo = attribution(source=source)
+        for msg in attributor.notices:
+            _notice(msg)
+        annotators: list[Annotator] = [attributor]
+        if rules is not None:
             annotators.append(rules.annotator)
-        engine = engine_mod.Engine(
-            Started(source, learn),
-            path_filter=path_filter,
-            annotators=tuple(annotators),
-            count=args.count,
-            duration_s=args.duration,
-        )
-        if rec is not None:
-            engine.batch_hooks.append(rec.on_batch)
-        stopper.attach(engine)
+        pipeline = build(PipelineConfig(source, source_started=True, path_filter=path_filter,
+                                        annotators=tuple(annotators), recorder=rec, count=args.count,
+                                        duration_s=args.duration))
+        stopper.attach(pipeline)
         if _want_tui(args):
             from tracer.output import tui_color
             from tui.app import make_app
 
             tui_color(args)
-            app = make_app(engine, keep=args.keep, backend_name=source.kind, filter_expr=args.filter,
-                           topology=topo, recorder_factory=_recorder_factory(args),
+            app = make_app(pipeline.engine, keep=args.keep, backend_name=source.kind, filter_expr=args.filter,
+                           topology=topo, recorder=rec, recorder_factory=_recorder_factory(args),
                            numeric=bool(getattr(args, "numeric", False)))
             stopper.app = app
             app.run()
@@ -344,22 +247,18 @@ def run(args: argparse.Namespace) -> int:
             from tracer.output import NdjsonSink, TextSink, text_options
 
             sink = NdjsonSink(sys.stdout) if args.json else TextSink(sys.stdout, text_options(args, sys.stdout))
-            engine_mod.run(engine, [sink])
+            pipeline.run([sink])
     sys.stdout.flush()
     return 0
 
 
-def _recorder_factory(args: argparse.Namespace) -> Callable[[], Any] | None:
+def _recorder_factory(args: argparse.Namespace) -> Callable[[], Recorder]:
     """`r` in the TUI: record to ./hoptrace-<UTC time>.pcapng (tcpdump-like: where you are)."""
-    record = _optional("tracer.record")
-    if record is None:
-        return None
+    from tracer.record import PcapngRecorder
 
-    def make() -> Any:
-        import time
-
+    def make() -> Recorder:
         name = time.strftime("hoptrace-%Y%m%dT%H%M%SZ.pcapng", time.gmtime())
-        return record.PcapngRecorder(name, snaplen=args.snaplen, on_error="continue")
+        return PcapngRecorder(name, snaplen=args.snaplen, on_error="continue")
 
     return make
 
@@ -446,4 +345,4 @@ class _Stopper:
             timer.cancel()
 
 
-__all__ = ["HoptraceError", "Started", "choose_source", "run"]
+__all__ = ["HoptraceError", "choose_source", "run"]

@@ -61,6 +61,10 @@ class NodeNamer:
     def name(self, netns: int) -> str:
         return self.containers.get(netns) or self._names.get(netns) or f"netns:{netns}"
 
+    def known(self) -> dict[int, str]:
+        """Every namespace with a name (inode -> name), a container's over its namespace's."""
+        return {**self._names, **self.containers}
+
     def load_docker(self, url: str | None = None) -> str | None:
         """Fill ``containers`` from the Docker Engine API (``DOCKER_HOST``, else a lab's dockerd).
 

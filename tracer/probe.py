@@ -32,6 +32,8 @@ from tracer.netns import run_in_netns
 from tracer.safe_text import term_safe
 
 if TYPE_CHECKING:
+    from tracer.pipeline import Pipeline
+    from tracer.protocols import LiveSource
     from tracer.topology import Topology
 
 PAYLOAD_TAG = b"hoptrace-probe:"
@@ -360,23 +362,22 @@ def judge(t: Target, sent: Sent, netns: int, paths: Sequence[PacketPath],
 # --------------------------------------------------------------------------
 
 
-def _make_source(backend: str, target: Target) -> object:
+def _make_source(backend: str, target: Target) -> LiveSource:
     """The same backend choice as `live` (eBPF, else taps with a notice), already attached.
 
     Only the probe's protocol and ICMP (its errors) reach userspace: on a busy
     host the rest would only cost events. ARP is not kept: a missing ARP
     answer shows as EHOSTUNREACH on the socket.
     """
-    from tracer.live import Started, choose_source
+    from tracer.live import choose_source
 
     icmp = "icmp" if target.family == 4 else "icmp6"
     expr = icmp if target.proto == "icmp" else f"{target.proto} or {icmp}"
     spec = argparse.Namespace(backend=backend, snaplen=128, iface=[], filter=expr)
-    return Started(choose_source(spec))
+    return choose_source(spec)
 
 
 def run(args: argparse.Namespace) -> int:
-    from tracer.engine import Engine
     from tracer.output import path_json, path_text
 
     target = parse_target(args.to, args.proto)
@@ -391,11 +392,11 @@ def run(args: argparse.Namespace) -> int:
     # One discovery: it names the node to send from and feeds rule/conntrack attribution.
     topo = Topology.discover()
     netns_path, netns = resolve_node(args.from_node, topo)
-    from tracer.live import _annotators
+    from tracer.pipeline import PipelineConfig, attribution, build
 
     source = _make_source(args.backend, target)
-    annotators, _topo = _annotators(source, topo)
-    engine = Engine(source, annotators=annotators)  # type: ignore[arg-type]
+    attributor, _topo = attribution(topo, source)
+    pipeline = build(PipelineConfig(source, source_started=True, annotators=(attributor,)))
     paths: list[PacketPath] = []
     flows: list[Flow] = []
     sent_box: list[Sent] = []
@@ -414,11 +415,11 @@ def run(args: argparse.Namespace) -> int:
         finally:
             # Let the last sightings arrive and the engine finish the paths, then stop.
             time.sleep(0.3)
-            engine.stop()
+            pipeline.stop()
 
     thread = threading.Thread(target=sender, name="probe-sender", daemon=True)
     started = False
-    for events in engine.events():
+    for events in pipeline.events():
         if not started:
             started = True
             thread.start()
@@ -430,14 +431,11 @@ def run(args: argparse.Namespace) -> int:
     if not started:
         thread.start()
     thread.join()
-    for annotate in annotators:
-        close = getattr(annotate, "close", None)
-        if close is not None:
-            close()
+    attributor.close()
     if errors:
         raise errors[0]
     result = judge(target, sent_box[0], netns, paths, flows)
-    lost = engine.stats().lost_events
+    lost = pipeline.stats().lost_events
     if lost:
         print(f"hoptrace: warning: {lost} events were lost (a busy host): the paths may be "
               "incomplete", file=sys.stderr)
@@ -448,7 +446,7 @@ def run(args: argparse.Namespace) -> int:
         out.write(json.dumps({"type": "verdict", "verdict": result.verdict, "detail": result.detail,
                               "from": args.from_node, "to": target.addr, "port": target.port,
                               "proto": target.proto, "reachable": result.ok}) + "\n")
-        out.write(json.dumps({"type": "stats", **_stats_dict(engine)}) + "\n")
+        out.write(json.dumps({"type": "stats", **_stats_dict(pipeline)}) + "\n")
     else:
         # The detail names nodes and interfaces (untrusted); path_text escapes its own names.
         print(term_safe(f"{args.from_node} -> {args.to} ({target.proto}): {result.verdict.upper()}: "
@@ -459,7 +457,7 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_PROBLEM
 
 
-def _stats_dict(engine: object) -> dict[str, object]:
-    stats = engine.stats()  # type: ignore[attr-defined]
+def _stats_dict(pipeline: Pipeline) -> dict[str, object]:
+    stats = pipeline.stats()
     return {"observations": stats.observations, "paths": stats.paths,
             "lost_events": stats.lost_events, "elapsed_s": round(stats.elapsed_s, 3)}

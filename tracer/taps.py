@@ -48,6 +48,7 @@ from tracer.model import HopLabel, ObsBatch, Src
 from tracer.names import own_netns
 from tracer.netns import run_in_netns
 from tracer.pcap_expr import protocol_only
+from tracer.protocols import Attachments
 from tracer.safe_text import term_safe
 
 if TYPE_CHECKING:
@@ -801,6 +802,18 @@ class TapSource:
     @property
     def lost_events(self) -> int:
         return self._lost
+
+    # -- tracer.protocols.LiveSource ------------------------------------------
+
+    def attachments(self) -> Attachments:
+        taps = dict(self.taps)
+        return Attachments(len(taps), "taps", len({key[0] for key in taps}))
+
+    @property
+    def traced_netns(self) -> frozenset[int]:
+        # Taps are per interface, but the namespaces they sit in change as containers come
+        # and go: for whoever traces rules beside them (--rules), every namespace.
+        return frozenset()
 
     # -- internals ---------------------------------------------------------
 

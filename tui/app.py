@@ -22,6 +22,7 @@ from textual.widgets import Footer, Input, Label, Static
 
 from tracer.errors import HoptraceError
 from tracer.model import PacketPath
+from tracer.protocols import HoldsError, Recorder
 from tracer.safe_text import term_safe
 from tui.feed import EngineLike, Feed, PathFilterLike
 from tui.heap import HeapFreezer
@@ -73,7 +74,8 @@ class HoptraceApp(App[None]):
         keep: int = 10_000,
         backend_name: str | None = None,
         filter_expr: str | None = None,
-        recorder_factory: Callable[[], Any] | None = None,
+        recorder: Recorder | None = None,
+        recorder_factory: Callable[[], Recorder] | None = None,
         topology: Any = None,
         numeric: bool = False,
     ) -> None:
@@ -85,7 +87,7 @@ class HoptraceApp(App[None]):
         self.recorder_factory = recorder_factory
         self.topology = topology
         self.status = Status(backend=backend_name or _backend_of(engine))
-        self._recorder: Any = None
+        self._recorder: Recorder | None = None
         self._record_hook: Callable[[Any], None] | None = None
         self._last_drain = 0.0
         self._drain_timer: Any = None
@@ -95,12 +97,11 @@ class HoptraceApp(App[None]):
         self._interval = DRAIN_INTERVAL_S
         self._view_timer: Any = None
         self._initial_filter = filter_expr
-        # A recorder the CLI already hooked in (--record) shows, and `r` can stop it.
-        for hook in list(getattr(engine, "batch_hooks", [])):
-            owner = getattr(hook, "__self__", None)
-            if owner is not None and hasattr(owner, "path") and hasattr(owner, "close"):
-                self._recorder, self._record_hook = owner, hook
-                self.status.recording = str(owner.path)
+        if recorder is not None:
+            # The CLI's recorder (--record), hooked into the engine already: it shows, and `r`
+            # can stop it.
+            self._recorder, self._record_hook = recorder, recorder.on_batch
+            self.status.recording = str(recorder.path)
 
     # ---- layout ---------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -155,8 +156,9 @@ class HoptraceApp(App[None]):
             self.post_message(SourceFailed(str(exc)))
         except Exception as exc:  # any source failure: shown, and what we have stays usable
             self.post_message(SourceFailed(f"internal error: {type(exc).__name__}: {exc}"))
-        held = getattr(getattr(self.engine, "source", None), "error", None)
-        if isinstance(held, Exception):
+        source = self.engine.source
+        held = source.error if isinstance(source, HoldsError) else None
+        if held is not None:
             # replay's source holds a damaged file's error back until the engine has flushed.
             self.post_message(SourceFailed(str(held)))
         try:
@@ -337,7 +339,7 @@ class HoptraceApp(App[None]):
         self._recorder = recorder
         self._record_hook = recorder.on_batch
         self.engine.batch_hooks.append(self._record_hook)
-        self.status.recording = str(getattr(recorder, "path", "pcapng"))
+        self.status.recording = str(recorder.path)
         self._refresh_status()
 
     def _stop_recording(self) -> None:
@@ -422,9 +424,8 @@ class HoptraceApp(App[None]):
         yield SystemCommand("Keys", "what every key does (?)", self.action_help)
 
 
-def _backend_of(engine: Any) -> str:
-    source = getattr(engine, "source", None)
-    return str(getattr(source, "kind", None) or "?")
+def _backend_of(engine: EngineLike) -> str:
+    return str(engine.source.kind or "?")
 
 
 def make_app(
@@ -433,27 +434,26 @@ def make_app(
     keep: int = 10_000,
     backend_name: str | None = None,
     filter_expr: str | None = None,
-    recorder_factory: Callable[[], Any] | None = None,
+    recorder: Recorder | None = None,
+    recorder_factory: Callable[[], Recorder] | None = None,
     topology: Any = None,
     numeric: bool = False,
 ) -> HoptraceApp:
     """The TUI over an engine (live or replay); ``.run()`` it on a terminal, ``.run_test()`` in tests.
 
-    ``recorder_factory()`` returns an object with ``on_batch(batch)``, ``close()``
-    and ideally ``path`` (e.g. ``tracer.record.PcapngRecorder``): `r` starts it
-    as an engine batch hook and stops it. ``topology`` is a
+    ``recorder`` is one the CLI hooked into the engine already (--record): it shows and `r`
+    stops it. ``recorder_factory()`` returns a ``tracer.protocols.Recorder`` (e.g.
+    ``tracer.record.PcapngRecorder``): `r` starts it as an engine batch hook and stops it. ``topology`` is a
     ``tracer.topology.Topology``; without it the pane shows the hops seen.
     ``filter_expr`` is the initial display filter (editable with `/`); an engine's
     ``path_filter`` is taken over as that filter when no ``count`` is set. ``numeric`` (-n)
     shows nodes as ``netns:<inode>`` in the path view.
     """
-    engine_filter = getattr(engine, "path_filter", None)
-    if (engine_filter is not None and getattr(engine, "count", None) is None
-            and filter_expr in (None, getattr(engine_filter, "expr", None))):
+    engine_filter = engine.path_filter
+    if engine_filter is not None and engine.count is None and filter_expr in (None, engine_filter.expr):
         # --filter given to the engine: the UI takes it over, so `/` can edit or clear it and
         # what it hides stays in the store. (With --count the engine must keep counting kept paths.)
-        filter_expr = getattr(engine_filter, "expr", None)
-        if filter_expr is not None:
-            engine.path_filter = None  # type: ignore[attr-defined]
-    return HoptraceApp(engine, keep=keep, backend_name=backend_name, filter_expr=filter_expr,
+        filter_expr = engine_filter.expr
+        engine.path_filter = None
+    return HoptraceApp(engine, keep=keep, backend_name=backend_name, filter_expr=filter_expr, recorder=recorder,
                        recorder_factory=recorder_factory, topology=topology, numeric=numeric)

@@ -25,10 +25,22 @@ class PathFilterLike(Protocol):
     def keep(self, path: PacketPath) -> bool: ...
 
 
+class SourceLike(Protocol):
+    """A ``tracer.source.Source`` as the UI sees it (maybe a ``tracer.protocols.HoldsError``)."""
+
+    kind: str
+
+
 class EngineLike(Protocol):
     """The part of ``tracer.engine.Engine`` the UI uses."""
 
     batch_hooks: list[Callable[[Any], None]]
+    #: The engine's --filter (a tracer.filter.PathFilter) or None: the UI takes it over.
+    path_filter: Any
+    count: int | None
+
+    @property
+    def source(self) -> SourceLike: ...
 
     def events(self) -> Any: ...  # Iterator[list[PacketPath | Flow]]
 

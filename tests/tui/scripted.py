@@ -134,6 +134,8 @@ class ScriptedEngine:
         self._fail = fail_with
         self._stop = threading.Event()
         self.batch_hooks: list[Any] = []
+        self.path_filter: Any = None
+        self.count: int | None = None
         self.yielded = 0
         self.observations = 0
         self.source = type("Src", (), {"kind": kind})()

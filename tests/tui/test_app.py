@@ -310,7 +310,7 @@ async def test_a_cli_recorder_shows_and_r_stops_it(demo_engine: ScriptedEngine, 
     record = pytest.importorskip("tracer.record", reason="needs tracer.record (RECORDING)")
     rec = record.PcapngRecorder(str(tmp_path / "cli.pcapng"))
     demo_engine.batch_hooks.append(rec.on_batch)  # what `hoptrace live --record` does
-    app = make_app(demo_engine)
+    app = make_app(demo_engine, recorder=rec)
     async with app.run_test(size=SIZE) as pilot:
         assert app.status.recording is not None and app.status.recording.endswith("cli.pcapng")
         await pilot.press("r")

@@ -18,16 +18,16 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
 
 from tracer.errors import EXIT_OK, EXIT_PROBLEM, KernelFeatureMissing
 from tracer.lab.capture import CAPTURE_FILTER, capture_scenario
 from tracer.lab.lab import NODES, Lab, ScenarioResult
 from tracer.lab.scenarios import SCENARIOS
 from tracer.lab.state import progress
+from tracer.protocols import Annotator
 
 DEMO_DIR = Path("/run/hoptrace/demo")
 # The correlator finishes a path after a quiet window; the last replies need that long.
@@ -51,49 +51,27 @@ def live_available() -> tuple[bool, str]:
     return check_ebpf()
 
 
-def _annotators() -> list[Callable[[Any], Any]]:
-    """Rule and conntrack attribution (tracer.attribution) over the lab as it is now."""
-    if find_spec("tracer.attribution") is None or find_spec("tracer.topology") is None:
-        return []
-    from tracer.attribution import annotator
-    from tracer.topology import Topology
-
-    return [annotator(Topology.discover())]
-
-
-def trace_live(lab: Lab, name: str, recording: Path,
-               annotators: Sequence[Callable[[Any], Any]] = ()) -> ScenarioResult:
+def trace_live(lab: Lab, name: str, recording: Path, annotators: Sequence[Annotator] = ()) -> ScenarioResult:
     """Run ``name`` while the kernel probes trace the lab's namespaces; print and record the paths."""
     from probes.skb_hops import EbpfSource
-    from tracer.engine import Engine
-    from tracer.engine import run as run_engine
-    from tracer.filter import PathFilter
-    from tracer.live import Started
     from tracer.output import TextSink
+    from tracer.pipeline import PipelineConfig, build, compile_filter
     from tracer.record import PcapngRecorder
 
     # The same noise the captures leave out: IPv6 link-local chatter (DAD, RS, MLD) of freshly
     # created interfaces and the bridge's IGMP reports are no part of any scenario.
-    path_filter = PathFilter(CAPTURE_FILTER)
+    path_filter = compile_filter(CAPTURE_FILTER)
     source = EbpfSource(netns={lab.netns_inode(n) for n in NODES})
     source.start()
     try:
-        engine = Engine(Started(source), path_filter=path_filter, annotators=tuple(annotators))
         recorder = PcapngRecorder(str(recording))
-        engine.batch_hooks.append(recorder.on_batch)
-        known = [0]
-
-        def learn(batch: Any) -> None:
-            for hop in batch.hops[known[0]:]:
-                path_filter.learn_linktype(hop.node, hop.iface, hop.linktype)
-            known[0] = len(batch.hops)
-
-        engine.batch_hooks.append(learn)
+        pipeline = build(PipelineConfig(source, source_started=True, path_filter=path_filter,
+                                        annotators=tuple(annotators), recorder=recorder))
         failure: list[BaseException] = []
 
         def drive() -> None:
             try:
-                run_engine(engine, [TextSink(sys.stdout)])
+                pipeline.run([TextSink(sys.stdout)])
             except BaseException as exc:  # re-raised in the demo's thread below
                 failure.append(exc)
 
@@ -103,7 +81,7 @@ def trace_live(lab: Lab, name: str, recording: Path,
             result = lab.run(name)
             time.sleep(LIVE_SETTLE_S)
         finally:
-            engine.stop()
+            pipeline.stop()
             thread.join(15)
             recorder.close()
         if failure:
@@ -134,7 +112,11 @@ def demo(engine: str, prefix: str, keep: bool = False, tui: bool = False, out_di
     captures: list[str] = []
     failed: list[str] = []
     try:
-        annotators = _annotators() if mode == "live" else []
+        annotators: list[Annotator] = []
+        if mode == "live":
+            from tracer.pipeline import attribution
+
+            annotators.append(attribution()[0])
         for name in SCENARIOS:
             pcap = out / f"{name}.pcapng"
             if mode == "live":

@@ -1,0 +1,214 @@
+"""tracer.pipeline: the one builder every command uses (config before start -> engine + hooks)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from io import StringIO
+from typing import Any
+
+import pytest
+
+from tests.conftest import FIXTURES
+from tracer.errors import CaptureFileError, FilterError
+from tracer.model import ObsBatch, PacketPath
+from tracer.output import NdjsonSink
+from tracer.pipeline import PipelineConfig, PipelineSource, attribution, build, compile_filter
+from tracer.protocols import HoldsError, LiveSource, NamesContainers, Recorder
+from tracer.readers import open_files
+from tracer.source import BatchListSource
+
+FIXTURE = str(FIXTURES / "internet-ping.pcapng")
+
+
+def fixture_batches(path: str = FIXTURE) -> list[ObsBatch]:
+    src = open_files([path], [])
+    src.start()
+    return list(src.batches())
+
+
+class CountingSource(BatchListSource):
+    def __init__(self, batches: list[ObsBatch], fail_after: BaseException | None = None) -> None:
+        super().__init__(batches)
+        self.starts = 0
+        self.stops = 0
+        self.fail_after = fail_after
+
+    def start(self) -> None:
+        self.starts += 1
+
+    def stop(self) -> None:
+        self.stops += 1
+
+    def batches(self) -> Iterator[ObsBatch]:
+        yield from super().batches()
+        if self.fail_after is not None:
+            raise self.fail_after
+
+
+class TellingFilter:
+    """A path filter that keeps everything and records what it was told, and when."""
+
+    expr = "anything"
+
+    def __init__(self) -> None:
+        self.told: list[tuple[str, str, int]] = []
+        self.judged_after: list[int] = []
+
+    def learn_linktype(self, node: str, iface: str, linktype: int) -> None:
+        self.told.append((node, iface, linktype))
+
+    def keep(self, path: PacketPath) -> bool:
+        self.judged_after.append(len(self.told))
+        return True
+
+
+class ListRecorder:
+    def __init__(self) -> None:
+        self.path = "mem.pcapng"
+        self.batches: list[ObsBatch] = []
+        self.closed = False
+
+    def on_batch(self, batch: ObsBatch) -> None:
+        self.batches.append(batch)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def ndjson(pipeline: Any) -> list[dict[str, Any]]:
+    out = StringIO()
+    pipeline.run([NdjsonSink(out)])
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_a_started_source_is_not_started_again() -> None:
+    batches = fixture_batches()
+    for started, starts in ((False, 1), (True, 0)):
+        src = CountingSource(batches)
+        lines = ndjson(build(PipelineConfig(src, source_started=started)))
+        assert (src.starts, lines[-1]["type"], lines[-1]["observations"]) == (starts, "stats",
+                                                                            sum(map(len, batches)))
+        assert src.stops >= 1
+
+
+def test_the_filter_learns_every_hops_link_type_once_before_any_path_is_judged() -> None:
+    batches = fixture_batches()
+    hops = batches[-1].hops
+    flt = TellingFilter()
+    pipeline = build(PipelineConfig(CountingSource(batches), path_filter=flt))  # type: ignore[arg-type]
+    lines = ndjson(pipeline)
+    assert flt.told == [(h.node, h.iface, h.linktype) for h in hops]
+    assert flt.judged_after and min(flt.judged_after) == len(hops)
+    assert [x["type"] for x in lines].count("path") == len(flt.judged_after)
+
+
+def test_hooks_see_every_batch_recorder_then_progress() -> None:
+    batches = fixture_batches()
+    order: list[str] = []
+    rec = ListRecorder()
+    rec.on_batch = lambda b: (order.append("rec"), rec.batches.append(b))  # type: ignore[method-assign]
+    seen: list[int] = []
+    pipeline = build(PipelineConfig(CountingSource(batches), recorder=rec,
+                                    progress=lambda b: (order.append("progress"), seen.append(len(b)))))  # type: ignore[arg-type,func-returns-value]
+    ndjson(pipeline)
+    assert (rec.batches, seen) == (batches, [len(b) for b in batches])
+    assert order == ["rec", "progress"] * len(batches)
+    assert pipeline.recorder is rec and isinstance(rec, Recorder)
+    assert not rec.closed  # whoever made it closes it
+
+
+def test_count_and_duration_reach_the_engine() -> None:
+    batches = fixture_batches()
+    pipeline = build(PipelineConfig(CountingSource(batches), count=1, duration_s=30.0))
+    assert (pipeline.engine.count, pipeline.engine.duration_s) == (1, 30.0)
+    lines = ndjson(pipeline)
+    assert [x["type"] for x in lines].count("path") == 1
+
+
+def test_a_held_capture_error_comes_after_the_paths() -> None:
+    batches = fixture_batches()
+    boom = CaptureFileError("x.pcapng: truncated record")
+    pipeline = build(PipelineConfig(CountingSource(batches, fail_after=boom), hold_errors=True))
+    lines = ndjson(pipeline)
+    assert [x["type"] for x in lines].count("path") >= 1 and lines[-1]["type"] == "stats"
+    assert pipeline.error is boom and isinstance(pipeline.source, HoldsError)
+
+
+def test_an_unheld_capture_error_is_raised_after_the_paths() -> None:
+    boom = CaptureFileError("x.pcapng: truncated record")
+    pipeline = build(PipelineConfig(CountingSource(fixture_batches(), fail_after=boom)))
+    out = StringIO()
+    with pytest.raises(CaptureFileError):
+        pipeline.run([NdjsonSink(out)])
+    types = [json.loads(line)["type"] for line in out.getvalue().splitlines()]
+    assert "path" in types and types[-1] == "stats" and pipeline.error is None
+
+
+def test_the_same_lines_as_the_engine_built_by_hand() -> None:
+    from tracer.engine import Engine
+    from tracer.engine import run as run_engine
+
+    batches = fixture_batches()
+    expr = "icmp"
+    by_hand = compile_filter(expr)
+    assert by_hand is not None
+    for h in batches[-1].hops:
+        by_hand.learn_linktype(h.node, h.iface, h.linktype)
+    out = StringIO()
+    run_engine(Engine(BatchListSource(batches), path_filter=by_hand), [NdjsonSink(out)])
+    built = ndjson(build(PipelineConfig(CountingSource(batches), path_filter=compile_filter(expr))))
+    want = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [x for x in built if x["type"] != "stats"] == [x for x in want if x["type"] != "stats"]
+    assert sum(x["type"] == "path" for x in built) >= 1
+
+
+def test_compile_filter() -> None:
+    assert compile_filter(None) is None and compile_filter("") is None
+    flt = compile_filter("icmp")
+    assert flt is not None and flt.expr == "icmp"
+    with pytest.raises(FilterError):
+        compile_filter("hots 1.2.3.4")
+
+
+def test_pipeline_source_is_a_source_with_its_capabilities() -> None:
+    src = PipelineSource(CountingSource([]), started=True)
+    assert (src.kind, src.lost_events, src.error) == ("file", 0, None)
+    src.start()
+    src.stop()
+    assert (src.inner.starts, src.inner.stops) == (0, 1)  # type: ignore[attr-defined]
+
+
+class NamingSource(BatchListSource):
+    def __init__(self) -> None:
+        super().__init__([])
+        self.names: dict[int, str] = {}
+
+    def name_containers(self, names: Mapping[int, str]) -> None:
+        self.names.update(names)
+
+
+def test_attribution_names_containers_on_a_source_that_takes_them() -> None:
+    from tracer.topology import Container, Topology
+
+    topo = Topology(namespaces=(), containers=(Container("id1", "web", 4026532001, 1), Container("id2", "gone", None, None)))
+    src = NamingSource()
+    assert isinstance(src, NamesContainers) and not isinstance(BatchListSource([]), NamesContainers)
+    att, got = attribution(topo, src)
+    try:
+        assert got is topo and src.names == {4026532001: "web"}
+        assert isinstance(att.notices, list)
+    finally:
+        att.close()
+
+
+def test_the_live_sources_declare_what_live_asks_of_them() -> None:
+    from probes.skb_hops import EbpfSource
+    from tracer.taps import TapSource
+
+    ebpf = EbpfSource(netns={5, 6})
+    taps = TapSource(["host/eth0"])
+    assert isinstance(ebpf, LiveSource) and isinstance(taps, LiveSource)
+    assert isinstance(ebpf, NamesContainers) and not isinstance(taps, NamesContainers)
+    assert (ebpf.traced_netns, taps.traced_netns) == (frozenset({5, 6}), frozenset())
+    assert (taps.attachments().count, taps.attachments().what) == (0, "taps")
