@@ -3,7 +3,9 @@
 ``write_parquet(paths, directory)`` writes three files (pyarrow, snappy);
 ``load(file_or_dir)`` reads them back as DataFrames, or replays a recording
 (pcap/pcapng) through the engine first. ``to_frames(paths)`` is the in-memory
-form. pandas and pyarrow are imported here only, and only when called: they
+form. ``hoptrace report --parquet DIR`` holds no ``PacketPath``: the core hands it
+the columns (``tracer._core.report(columns=True)``), ``tables_from_core`` makes the
+same tables of them from buffers, and ``write_tables`` writes them. pandas and pyarrow are imported here only, and only when called: they
 cost ~90 MB of RSS and must stay off start-up and per-packet paths.
 
 Schema (one Parquet file per table; ``?`` = nullable; strings are UTF-8,
@@ -440,15 +442,25 @@ def _dictionary_encoded(schema: pa.Schema) -> list[str]:
 
 def write_parquet(paths: Iterable[PacketPath], directory: str | os.PathLike[str]) -> dict[str, Path]:
     """Write observations.parquet, paths.parquet and nat.parquet into ``directory`` (created)."""
-    with _no_gc():
-        import pyarrow.parquet as pq
+    out = _made(directory)
+    return write_tables(to_tables(paths), out)
 
+
+def _made(directory: str | os.PathLike[str]) -> Path:
     out = Path(directory)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create {out}: {exc.strerror or exc}") from exc
-    tables = to_tables(paths)
+    return out
+
+
+def write_tables(tables: dict[str, pa.Table], directory: str | os.PathLike[str]) -> dict[str, Path]:
+    """Write ``to_tables``' (or ``tables_from_core``') tables into ``directory`` (created)."""
+    with _no_gc():
+        import pyarrow.parquet as pq
+
+    out = _made(directory)
     written: dict[str, Path] = {}
     for name, table in tables.items():
         target = out / f"{name}.parquet"
@@ -461,6 +473,107 @@ def write_parquet(paths: Iterable[PacketPath], directory: str | os.PathLike[str]
             raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from exc
         written[name] = target
     return written
+
+
+# ------------------------------------------------------- from the core's columns
+
+
+def _strings(col: tuple[np.ndarray, np.ndarray], valid: np.ndarray | None = None) -> pa.Array:
+    """A string array from (offsets int64, bytes uint8) and, optionally, which are valid."""
+    import numpy as np
+    import pyarrow as pa
+
+    offsets, data = col
+    n = len(offsets) - 1
+    bitmap = None if valid is None else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    arr = pa.Array.from_buffers(pa.large_string(), n, [bitmap, pa.py_buffer(offsets), pa.py_buffer(data)],
+                                null_count=-1 if valid is not None else 0)
+    return arr.cast(pa.string())
+
+
+def _dictionary(col: tuple[np.ndarray, np.ndarray, np.ndarray]) -> pa.Array:
+    """A dictionary array from (codes int32, -1 for null; the values' offsets and bytes)."""
+    import pyarrow as pa
+
+    codes, offsets, data = col
+    values = _strings((offsets, data))
+    values.validate(full=True)  # names come from capture files: UTF-8 or an error, as pa.array
+    return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32(), mask=codes < 0), values)
+
+
+def _masked(values: np.ndarray, typ: pa.DataType, present: np.ndarray) -> pa.Array:
+    import numpy as np
+    import pyarrow as pa
+
+    return pa.array(values, typ, mask=np.logical_not(present))
+
+
+def tables_from_core(columns: dict[str, dict[str, Any]]) -> dict[str, pa.Table]:
+    """The three tables (as ``to_tables`` makes them: same values, types, dictionaries and
+    nulls) from the columns ``tracer._core.report(columns=True)`` returns, built from their
+    buffers (see crates/hoptrace-core/src/columns.rs for what each holds)."""
+    import pyarrow as pa
+
+    from tracer.model import HAS_ICMP, HAS_IP_ID, HAS_L4_PORTS, HAS_TCP
+
+    schemas = _schemas()
+    o, p, n = columns["observations"], columns["paths"], columns["nat"]
+    path_ids = _strings(p["path_id"])
+    flows = _strings(p["flow"], p["flow_valid"])
+    types = {f.name: f.type for f in schemas["observations"]}
+    has = o["has"]
+    present = {"sport": has & HAS_L4_PORTS, "dport": has & HAS_L4_PORTS, "ip_id": has & HAS_IP_ID,
+               "tcp_flags": has & HAS_TCP, "tcp_seq": has & HAS_TCP, "tcp_ack": has & HAS_TCP,
+               "icmp_type": has & HAS_ICMP, "icmp_code": has & HAS_ICMP, "icmp_id": has & HAS_ICMP,
+               "icmp_seq": has & HAS_ICMP, "skb": o["skb"]}  # fmt: skip
+    cols: dict[str, Any] = {}
+    take = pa.array(o["path"])
+    for name, typ in types.items():
+        if name == "path_id":
+            cols[name] = path_ids.take(take)
+        elif name == "flow":
+            cols[name] = flows.take(take)
+        elif pa.types.is_dictionary(typ):
+            cols[name] = _dictionary(o[name])
+        elif name in present:
+            cols[name] = _masked(o[name], typ, present[name] != 0)
+        else:
+            cols[name] = pa.array(o[name], typ)
+    tables = {"observations": _table(cols, schemas["observations"])}
+
+    types = {f.name: f.type for f in schemas["paths"]}
+    ports = (p["has"] & HAS_L4_PORTS) != 0
+    cols = {"path_id": path_ids, "flow": flows}
+    for name, typ in types.items():
+        if name in cols:
+            continue
+        if pa.types.is_dictionary(typ):
+            cols[name] = _dictionary(p[name])
+        elif name in ("sport", "dport"):
+            cols[name] = _masked(p[name], typ, ports)
+        else:
+            cols[name] = pa.array(p[name], typ)
+    tables["paths"] = _table(cols, schemas["paths"])
+
+    types = {f.name: f.type for f in schemas["nat"]}
+    m = len(n["seq"])
+    take = pa.array(n["path"])
+    cols = {"path_id": path_ids.take(take), "flow": flows.take(take),
+            "rule": pa.nulls(m, types["rule"]), "rule_source": pa.nulls(m, types["rule_source"]),
+            "conntrack_id": pa.nulls(m, types["conntrack_id"]),
+            "icmp_id_before": _masked(n["icmp_id_before"], types["icmp_id_before"], n["icmp_id_valid"]),
+            "icmp_id_after": _masked(n["icmp_id_after"], types["icmp_id_after"], n["icmp_id_valid"])}
+    for name, typ in types.items():
+        if name in cols:
+            continue
+        if pa.types.is_dictionary(typ):
+            cols[name] = _dictionary(n[name])
+        elif name.endswith(("_sport", "_dport")):
+            cols[name] = _masked(n[name], typ, n[f"{name}_valid"])
+        else:
+            cols[name] = pa.array(n[name], typ)
+    tables["nat"] = _table(cols, schemas["nat"])
+    return tables
 
 
 def replay_paths(files: Sequence[str | os.PathLike[str]]) -> list[PacketPath]:

@@ -3,8 +3,12 @@
 The same engine as replay, summarised: paths by verdict and protocol, flows,
 NAT events grouped by where and how they rewrote (with packet counts), drops
 by reason, and per-hop latency percentiles (hop-to-hop deltas per hop pair).
-Built from the stream of finished paths, without pandas, so a report stays
-light; ``--parquet DIR`` hands the paths to ``tracer.analysis`` for pandas.
+The command runs in the core (``tracer._core.report``: crates/hoptrace-core/src/report.rs),
+which runs the engine over the files and hands back the aggregates (and, for ``--parquet
+DIR``, the tables' columns as numpy arrays, which ``tracer.analysis`` turns into Parquet):
+no Python object per sighting or path. ``Summary.add_path`` builds the same summary from
+``PacketPath`` objects, for callers that hold them (tests/reference/report.py keeps the
+Python report the core is held to).
 """
 
 from __future__ import annotations
@@ -14,11 +18,10 @@ import json
 import sys
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
-from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 from tracer.errors import CaptureFileError, HoptraceError, UsageError
 from tracer.model import Endpoints, Flow, NatEvent, PacketPath, Stats
@@ -31,11 +34,14 @@ PERCENTILES = (50, 90, 99)
 NatKey = tuple[str, str, str, str, str, str]  # node, kind, hook, before, after, rule
 
 
-def _ep(e: Endpoints, side: str) -> str:
-    addr, port = (e.src, e.sport) if side == "src" else (e.dst, e.dport)
+def _ep_text(addr: str, port: int | None) -> str:
     if port is None:
         return addr
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def _ep(e: Endpoints, side: str) -> str:
+    return _ep_text(e.src, e.sport) if side == "src" else _ep_text(e.dst, e.dport)
 
 
 def _nat_key(ev: NatEvent) -> NatKey:
@@ -43,19 +49,59 @@ def _nat_key(ev: NatEvent) -> NatKey:
     return (ev.node, ev.kind, ev.hook, _ep(ev.before, side), _ep(ev.after, side), ev.rule or "")
 
 
+class FlowRow(NamedTuple):
+    """A flow as a report lists it."""
+
+    id: str
+    proto: str
+    original: Endpoints
+    reply: Endpoints
+    paths: int
+
+
+def _name(raw: bytes) -> str:
+    """A name from the core: "surrogatepass" UTF-8, as the readers' labels hold it."""
+    return raw.decode("utf-8", "surrogatepass")
+
+
 @dataclass
 class Summary:
-    """Everything a report shows, accumulated path by path (no path is kept)."""
+    """Everything a report shows, accumulated path by path (no path is kept), or as the
+    core accumulated it (``from_core``)."""
 
     paths: int = 0
     by_proto_verdict: Counter[tuple[str, str]] = field(default_factory=Counter)
-    flows: list[Flow] = field(default_factory=list)
+    flows: list[FlowRow] = field(default_factory=list)
     nat: Counter[NatKey] = field(default_factory=Counter)
     drops: Counter[tuple[str, str]] = field(default_factory=Counter)
     # (from hop, to hop) -> hop-to-hop deltas in ns, compact (8 bytes each).
     deltas: dict[tuple[str, str], array[int]] = field(default_factory=dict)
     latency: array[int] = field(default_factory=lambda: array("q"))
     stats: Stats | None = None
+    # Percentiles the core computed (hop_latency rows, path_latency), instead of deltas.
+    core_latency: tuple[list[dict[str, Any]], dict[str, int] | None] | None = None
+
+    @classmethod
+    def from_core(cls, r: dict[str, Any]) -> Summary:
+        """The summary ``tracer._core.report`` returned (its lists are small: one entry per
+        group, flow or hop pair)."""
+        s = cls(paths=r["paths"])
+        for proto, verdict, n in r["by_proto_verdict"]:
+            s.by_proto_verdict[(proto, verdict)] += n
+        for node, kind, hook, before, after, n in r["nat"]:
+            s.nat[(_name(node), kind, hook, _ep_text(*before), _ep_text(*after), "")] += n
+        for hop, reason, n in r["drops"]:
+            s.drops[(_name(hop), _name(reason))] += n
+        s.flows = [FlowRow(f"f{num}", proto, Endpoints(*orig), Endpoints(*reply), n)
+                   for num, proto, orig, reply, n in r["flows"]]
+        rows = [{"from": _name(a), "to": _name(b), "count": n,
+                 **{f"p{q}_ns": v for q, v in zip(PERCENTILES, ps, strict=True)}}
+                for a, b, n, ps in r["hop_latency"]]
+        rows.sort(key=lambda row: (-row["count"], (row["from"], row["to"])))
+        pl = r["path_latency"]
+        s.core_latency = (rows, None if pl is None else {
+            "count": pl[0], **{f"p{q}_ns": v for q, v in zip(PERCENTILES, pl[1], strict=True)}})
+        return s
 
     def add_path(self, p: PacketPath) -> None:
         self.paths += 1
@@ -76,11 +122,13 @@ class Summary:
             self.latency.append(p.latency_ns)
 
     def add_flow(self, f: Flow) -> None:
-        self.flows.append(f)
+        self.flows.append(FlowRow(f.id, f.proto, f.original, f.reply, len(f.paths)))
 
     # ---------------------------------------------------------------- views
 
     def percentiles(self) -> list[dict[str, Any]]:
+        if self.core_latency is not None:
+            return self.core_latency[0]
         import numpy as np  # already loaded by the correlator
 
         out = []
@@ -92,6 +140,8 @@ class Summary:
         return out
 
     def path_latency(self) -> dict[str, int] | None:
+        if self.core_latency is not None:
+            return self.core_latency[1]
         if not self.latency:
             return None
         import numpy as np
@@ -110,7 +160,7 @@ class Summary:
             "by_proto": {p: {v: self.by_proto_verdict[(p, v)] for v in VERDICTS
                              if self.by_proto_verdict[(p, v)]} for p in protos},
             "flows": [{"id": f.id, "proto": f.proto, "original": f.original.to_json(),
-                       "reply": f.reply.to_json(), "paths": len(f.paths)} for f in self.flows],
+                       "reply": f.reply.to_json(), "paths": f.paths} for f in self.flows],
             "nat": [{"node": k[0], "kind": k[1], "hook": k[2], "before": k[3], "after": k[4],
                      "rule": k[5] or None, "packets": n} for k, n in self._nat_sorted()],
             "drops": [{"hop": h, "reason": r, "packets": n}
@@ -165,7 +215,7 @@ def render(summary: Summary, fmt: str, files: list[str]) -> str:
     if summary.flows:
         lines += _table(["flow", "proto", "original", "reply", "paths"], [
             [f.id, f.proto, f"{_ep(f.original, 'src')} → {_ep(f.original, 'dst')}",
-             f"{_ep(f.reply, 'src')} → {_ep(f.reply, 'dst')}", str(len(f.paths))]
+             f"{_ep(f.reply, 'src')} → {_ep(f.reply, 'dst')}", str(f.paths)]
             for f in summary.flows], md)
     else:
         lines.append("  (none)")
@@ -199,77 +249,78 @@ def render(summary: Summary, fmt: str, files: list[str]) -> str:
 # --------------------------------------------------------------------- run
 
 
-def summarize(engine: Any, keep_paths: bool = False) -> tuple[Summary, list[PacketPath], BaseException | None]:
-    """Drive ``engine``; a capture error ends the input but the summary of what was read stands."""
-    summary = Summary()
-    kept: list[PacketPath] = []
-    error: BaseException | None = None
-    try:
-        for events in engine.events():
-            for ev in events:
-                if isinstance(ev, PacketPath):
-                    summary.add_path(ev)
-                    if keep_paths:
-                        kept.append(ev)
-                else:
-                    summary.add_flow(ev)
-    except CaptureFileError as exc:
-        error = exc
-    summary.stats = engine.stats()
-    return summary, kept, error
-
-
 def write_report(summary: Summary, fmt: str, files: list[str], stream: TextIO) -> None:
     stream.write(render(summary, fmt, files) + "\n")
     stream.flush()
 
 
+class _CoreRead:
+    """A FileSource's progress as the core reports it: bytes read, of its inputs' size."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+        self.bytes_read = 0
+
+    def progress(self) -> tuple[int, int]:
+        return self.bytes_read, self.source.progress()[1]
+
+
 def run(args: argparse.Namespace) -> int:
-    from tracer.engine import Engine
+    from tracer import _core  # type: ignore[attr-defined]  # the compiled core, no stub
+    from tracer.progress import FileProgress
     from tracer.readers import open_files
 
     files = list(args.files or [])
     hop_args = list(getattr(args, "hop", None) or [])
     if not files and not hop_args:
         raise UsageError("report needs at least one capture file")
-    path_filter = None
-    if getattr(args, "filter", None):
-        from tracer.filter import PathFilter
+    program: Callable[[int], bytes | None] | None = None
+    expr = getattr(args, "filter", None)
+    if expr:
+        from tracer.errors import FilterError
+        from tracer.filter import PathFilter, compile_insns
 
-        path_filter = PathFilter(args.filter)
-    write_parquet: Callable[[Iterable[PacketPath], str], dict[str, Path]] | None = None
-    if getattr(args, "parquet", None):
+        PathFilter(expr)  # a bad expression fails here, before any file is opened
+
+        def program(linktype: int) -> bytes | None:
+            try:
+                return compile_insns(expr, linktype)
+            except FilterError:  # valid for Ethernet, meaningless here: never a match
+                return None
+
+    parquet = getattr(args, "parquet", None)
+    if parquet:
         try:
-            from tracer.analysis import write_parquet as write_parquet
+            from tracer import analysis
         except ImportError as exc:
             raise HoptraceError("--parquet needs tracer.analysis, which is not in this build") from exc
     source = open_files(files, hop_args)
-    if path_filter is not None:
-        # The filter matches frames by link type, which only the source knows: tell it per hop.
-        learn = path_filter.learn_linktype
+    source.start()
+    read = _CoreRead(source)
+    progress = FileProgress(read, "report")  # on stderr, when it is a terminal
 
-        def tell(batch: Any) -> None:
-            for h in batch.hops:
-                learn(h.node, h.iface, h.linktype)
-    engine = Engine(source, path_filter=path_filter)
-    if path_filter is not None:
-        engine.batch_hooks.append(tell)
-    from tracer.engine import gc_policy
-    from tracer.progress import FileProgress
+    def on_batch(records: int, bytes_read: int) -> None:
+        read.bytes_read = bytes_read
+        progress.add(records)
 
-    progress = FileProgress(source, "report")  # on stderr, when it is a terminal
-    engine.batch_hooks.append(progress)
     try:
-        with gc_policy():
-            summary, paths, error = summarize(engine, keep_paths=write_parquet is not None)
+        r = _core.report(source.core_inputs(), columns=bool(parquet),
+                         on_batch=None if progress.line is None else on_batch, program=program)
     finally:
         progress.clear()
-    if error is not None and summary.stats is not None and summary.stats.observations == 0:
-        raise error  # nothing was read: an empty report would only hide the one line that matters
+    summary = Summary.from_core(r)
+    summary.stats = Stats(observations=r["observations"], paths=r["paths"], lost_events=0,
+                          elapsed_s=r["elapsed_s"])
+    error = None
+    if r["error"] is not None:
+        index, problem = r["error"]
+        error = CaptureFileError(f"{source.input_path(index)}: {problem}")
+        if r["observations"] == 0:
+            raise error  # nothing was read: an empty report would only hide the one line that matters
     labels = files + [h.split("=", 1)[-1] for h in hop_args]
     write_report(summary, args.format, labels, sys.stdout)
-    if write_parquet is not None:
-        written = write_parquet(paths, args.parquet)
+    if parquet:
+        written = analysis.write_tables(analysis.tables_from_core(r["columns"]), parquet)
         if args.format != "json":
             print("parquet: " + term_safe(", ".join(str(p) for p in written.values())))
     if error is not None:
@@ -277,4 +328,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["Summary", "render", "run", "summarize"]
+__all__ = ["Summary", "render", "run"]

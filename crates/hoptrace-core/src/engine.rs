@@ -38,7 +38,8 @@ use std::time::{Duration, Instant};
 use crate::bpf::Program;
 use crate::correlate::{Finished, JoinConfig, JoinEvents, Joiner};
 use crate::files::{FileError, FileSet};
-use crate::finish::{FinishConfig, PathFinisher};
+use crate::finish::{FinishConfig, PathFinisher, PathSink};
+use crate::labels::Labels;
 use crate::obs::Obs;
 
 /// Paths finished per step at the end of input (tracer/engine.py `_FLUSH_SLICE`).
@@ -187,6 +188,22 @@ impl Engine {
         if let Some(f) = &mut self.filter {
             f.add_hop(node, iface, linktype);
         }
+    }
+
+    /// Hand each shown path and closed flow to `sink` too (`lines`: keep writing NDJSON;
+    /// see [`PathFinisher::set_sink`]).
+    pub fn set_sink(&mut self, sink: Box<dyn PathSink>, lines: bool) {
+        self.learner.finisher.set_sink(sink, lines);
+    }
+
+    /// The sink, taken back.
+    pub fn take_sink(&mut self) -> Option<Box<dyn PathSink>> {
+        self.learner.finisher.take_sink()
+    }
+
+    /// The names the finished paths' `hop` fields index.
+    pub fn labels(&self) -> &Labels {
+        self.learner.finisher.labels()
     }
 
     /// Link types of the hops so far that the path filter has no program for yet.

@@ -19,9 +19,14 @@
 //!   `take_flows`, then [`PathFinisher::push_stats`].
 //!
 //! Everything goes into one growing buffer; [`PathFinisher::take_output`] hands it over.
+//! A second consumer ([`PathSink`], e.g. the report's aggregates and Parquet columns in
+//! report.rs) hears of each shown path and each closed flow as it would be written, in
+//! the same order, with or without the NDJSON lines ([`PathFinisher::set_sink`]).
+
+use std::any::Any;
 
 use crate::correlate::FinishedPath;
-use crate::flows::Flows;
+use crate::flows::{ClosedFlow, Flows};
 use crate::labels::Labels;
 use crate::learned::{Links, Owners};
 use crate::nat::{infer_nat, verdict, NatEvent, Verdict};
@@ -50,6 +55,25 @@ impl Default for FinishConfig {
     }
 }
 
+/// A shown path as its line would say it.
+#[derive(Debug, Clone, Copy)]
+pub struct ShownPath<'a> {
+    pub num: u64,
+    pub flow: Option<u64>,
+    pub verdict: Verdict,
+    /// Its sightings in path order, never empty; `hop` fields index the finisher's labels.
+    pub hops: &'a [Obs],
+    pub nat: &'a [NatEvent],
+}
+
+/// A consumer of finished paths besides (or instead of) the NDJSON lines: it hears of
+/// each shown path in the order the lines are written, and of each flow that closes with
+/// a path listed. `Any` lets its owner take it back ([`PathFinisher::take_sink`]).
+pub trait PathSink: Any + Send + Sync + std::fmt::Debug {
+    fn path(&mut self, p: &ShownPath<'_>, labels: &Labels);
+    fn flow(&mut self, f: &ClosedFlow);
+}
+
 /// Finished paths in, NDJSON out. See the module documentation for the protocol.
 #[derive(Debug)]
 pub struct PathFinisher {
@@ -67,6 +91,13 @@ pub struct PathFinisher {
     judged: Vec<(u64, usize, Option<u64>, Verdict)>,
     out: Vec<u8>,
     paths: u64,
+    sink: Option<Box<dyn PathSink>>,
+    /// Paths' NDJSON lines are written (false: only the sink hears of them).
+    lines: bool,
+    /// `finish_shown`'s paths for the sink, until their step ends: (number, flow,
+    /// verdict, start, end in `pending_obs`).
+    pending: Vec<(u64, Option<u64>, Verdict, usize, usize)>,
+    pending_obs: Vec<Obs>,
 }
 
 impl PathFinisher {
@@ -84,6 +115,34 @@ impl PathFinisher {
             judged: Vec::new(),
             out: Vec::new(),
             paths: 0,
+            sink: None,
+            lines: true,
+            pending: Vec::new(),
+            pending_obs: Vec::new(),
+        }
+    }
+
+    /// Hand each shown path and each closed flow to `sink` as well; `lines`: keep writing
+    /// their NDJSON lines (false: the sink is the only consumer, nothing is written but
+    /// the stats line).
+    pub fn set_sink(&mut self, sink: Box<dyn PathSink>, lines: bool) {
+        self.sink = Some(sink);
+        self.lines = lines;
+        self.flows.keep_closed(lines);
+    }
+
+    /// The sink, taken back (the steps so far ended, the flows closed so far handed over).
+    pub fn take_sink(&mut self) -> Option<Box<dyn PathSink>> {
+        self.end_step();
+        self.hand_flows();
+        self.sink.take()
+    }
+
+    fn hand_flows(&mut self) {
+        if let Some(sink) = &mut self.sink {
+            for f in self.flows.take_closed() {
+                sink.flow(&f);
+            }
         }
     }
 
@@ -126,6 +185,16 @@ impl PathFinisher {
         if !shown {
             return;
         }
+        self.paths += 1;
+        if self.sink.is_some() {
+            let start = self.pending_obs.len();
+            self.pending_obs.extend_from_slice(hops);
+            self.pending
+                .push((num, flow, v, start, self.pending_obs.len()));
+        }
+        if !self.lines {
+            return;
+        }
         let labels = &self.labels;
         self.nat.clear();
         infer_nat(hops, labels, &mut self.nat);
@@ -135,7 +204,6 @@ impl PathFinisher {
         let start = self.out.len();
         push_path_line(&mut self.out, num, flow, v, hops, &self.nat, labels);
         self.step_lines.push((num, start, self.out.len()));
-        self.paths += 1;
     }
 
     /// One expiry step's paths at once: `paths` in the order they finished, each path's
@@ -167,7 +235,19 @@ impl PathFinisher {
             };
             self.nat.clear();
             infer_nat(hops, &self.labels, &mut self.nat);
-            push_path_line(&mut self.out, num, flow, v, hops, &self.nat, &self.labels);
+            if self.lines {
+                push_path_line(&mut self.out, num, flow, v, hops, &self.nat, &self.labels);
+            }
+            if let Some(sink) = &mut self.sink {
+                let p = ShownPath {
+                    num,
+                    flow,
+                    verdict: v,
+                    hops,
+                    nat: &self.nat,
+                };
+                sink.path(&p, &self.labels);
+            }
             self.paths += 1;
         }
         self.judged = judged;
@@ -197,6 +277,7 @@ impl PathFinisher {
     /// The step's paths are all in: their lines go out in path-number order (the order
     /// they were first seen).
     pub fn end_step(&mut self) {
+        self.hand_pending();
         if !self.step_lines.windows(2).all(|w| w[0].0 <= w[1].0) {
             // Written in finishing order: put them in number order (stable for equal numbers),
             // one copy when the step is all the buffer holds (the binding takes every step).
@@ -223,6 +304,34 @@ impl PathFinisher {
         self.step_lines.clear();
     }
 
+    /// `finish_shown`'s paths of the step to the sink, in number order (stable).
+    fn hand_pending(&mut self) {
+        let Some(sink) = &mut self.sink else {
+            return;
+        };
+        if self.pending.is_empty() {
+            return;
+        }
+        self.pending.sort_by_key(|p| p.0);
+        for &(num, flow, verdict, a, b) in &self.pending {
+            let Some(hops) = self.pending_obs.get(a..b) else {
+                continue;
+            };
+            self.nat.clear();
+            infer_nat(hops, &self.labels, &mut self.nat);
+            let p = ShownPath {
+                num,
+                flow,
+                verdict,
+                hops,
+                nat: &self.nat,
+            };
+            sink.path(&p, &self.labels);
+        }
+        self.pending.clear();
+        self.pending_obs.clear();
+    }
+
     /// Room for `bytes` more output (the binding knows a batch's size before it starts).
     pub fn reserve_output(&mut self, bytes: usize) {
         self.out.reserve(bytes);
@@ -234,6 +343,7 @@ impl PathFinisher {
         self.end_step();
         self.flows.expire(clock_ns);
         self.flows.take(&mut self.out);
+        self.hand_flows();
     }
 
     /// End of input with no path open: every open flow closes (taken by `take_flows`).

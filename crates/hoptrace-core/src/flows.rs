@@ -65,6 +65,19 @@ struct FlowState {
     seq: u64,
 }
 
+/// A flow that closed listing at least one path: what its line says, for a consumer
+/// other than the NDJSON renderer (see [`Flows::keep_closed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosedFlow {
+    pub num: u64,
+    pub family: u8,
+    pub proto: u8,
+    pub original: Endpoints,
+    pub reply: Endpoints,
+    /// How many paths it lists.
+    pub paths: usize,
+}
+
 /// The open flows and what closed since the last [`Flows::take`].
 #[derive(Debug)]
 pub struct Flows {
@@ -77,6 +90,11 @@ pub struct Flows {
     idle: BinaryHeap<Reverse<(u64, u64, u64)>>,
     seq: u64,
     done: Vec<u8>,
+    /// Write each closed flow's line (else only [`Flows::take_closed`] hears of it).
+    lines: bool,
+    /// Closed flows kept for [`Flows::take_closed`] (when [`Flows::keep_closed`] asked).
+    keep: bool,
+    closed: Vec<ClosedFlow>,
 }
 
 impl Flows {
@@ -90,7 +108,22 @@ impl Flows {
             idle: BinaryHeap::new(),
             seq: 0,
             done: Vec::new(),
+            lines: true,
+            keep: false,
+            closed: Vec::new(),
         }
+    }
+
+    /// Keep each flow that closes for [`Flows::take_closed`]; `lines`: write its line too.
+    pub fn keep_closed(&mut self, lines: bool) {
+        self.keep = true;
+        self.lines = lines;
+    }
+
+    /// The flows that closed since the last call (kept when [`Flows::keep_closed`] asked),
+    /// in the order their lines would be written.
+    pub fn take_closed(&mut self) -> std::vec::Drain<'_, ClosedFlow> {
+        self.closed.drain(..)
     }
 
     /// The flow of path `num`, whose first and last hops are `first` and `last` (in path
@@ -190,6 +223,19 @@ impl Flows {
             }
         }
         if fs.paths.is_empty() {
+            return;
+        }
+        if self.keep {
+            self.closed.push(ClosedFlow {
+                num: n,
+                family: fs.family,
+                proto: fs.proto,
+                original: fs.original,
+                reply: fs.reply,
+                paths: fs.paths.len(),
+            });
+        }
+        if !self.lines {
             return;
         }
         push_flow_line(

@@ -33,6 +33,9 @@ fn json_wtf8(name: &[u8]) -> Vec<u8> {
 pub struct Label {
     pub node: String,
     pub iface: String,
+    /// The names as they were given ("surrogatepass" UTF-8: what Python decodes to its `str`).
+    pub node_raw: Vec<u8>,
+    pub iface_raw: Vec<u8>,
     /// Equal for labels with equal node names.
     pub node_id: u32,
     /// Equal for labels with equal interface names.
@@ -70,6 +73,8 @@ impl Labels {
             missing: Label {
                 node: String::new(),
                 iface: String::new(),
+                node_raw: Vec::new(),
+                iface_raw: Vec::new(),
                 node_id: u32::MAX,
                 iface_id: u32::MAX,
                 node_json: json_str(""),
@@ -102,6 +107,8 @@ impl Labels {
         let label = Label {
             node: String::from_utf8_lossy(node).into_owned(),
             iface: String::from_utf8_lossy(iface).into_owned(),
+            node_raw: node.to_vec(),
+            iface_raw: iface.to_vec(),
             node_id: self.name_id(node),
             iface_id: self.name_id(iface),
             node_json: json_wtf8(node),

@@ -10,6 +10,7 @@
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub mod bpf;
+pub mod columns;
 pub mod correlate;
 pub mod decode;
 pub mod engine;
@@ -28,5 +29,6 @@ pub mod pyjson;
 pub mod pytext;
 pub mod reader;
 pub mod render;
+pub mod report;
 pub mod text;
 pub mod view;

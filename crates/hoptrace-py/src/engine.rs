@@ -16,12 +16,13 @@ use crate::reader::{inputs_of, InputTuple};
 /// (observations, paths, (file index, problem) of a damaged or unreadable file).
 type Replayed = (u64, u64, Option<(usize, String)>);
 
-struct Hooks {
-    on_batch: Option<Py<PyAny>>,
-    before_write: Option<Py<PyAny>>,
-    program: Option<Py<PyAny>>,
+/// The Python callbacks between batches (report.rs runs with them too).
+pub(crate) struct Hooks {
+    pub(crate) on_batch: Option<Py<PyAny>>,
+    pub(crate) before_write: Option<Py<PyAny>>,
+    pub(crate) program: Option<Py<PyAny>>,
     /// A `before_write` or `program` that raised: the run stops at the next batch with it.
-    failed: Option<PyErr>,
+    pub(crate) failed: Option<PyErr>,
 }
 
 impl ReplayHooks for Hooks {

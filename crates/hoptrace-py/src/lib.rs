@@ -8,6 +8,7 @@ mod correlate;
 mod engine;
 mod finish;
 mod reader;
+mod report;
 mod stages;
 
 /// The core's version (a stale extension shows here: compare with the package's).
@@ -46,5 +47,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     finish::register(m)?;
     reader::register(m)?;
     stages::register(m)?;
+    report::register(m)?;
     Ok(())
 }

@@ -1,0 +1,580 @@
+//! The Parquet export's three tables (tracer/analysis.py's schema: observations, paths,
+//! nat) as columns, filled path by path from the finished paths: numbers in one `Vec` per
+//! column, strings as Arrow lays them out (offsets and bytes), repeating strings as
+//! dictionary codes and a dictionary. Python builds pyarrow arrays from these buffers
+//! (`pa.Array.from_buffers`, `pa.DictionaryArray.from_arrays`) without a Python object
+//! per row.
+//!
+//! Every dictionary holds its values in order of first appearance down the column, as
+//! pyarrow's dictionary builder (`pa.array(values, dictionary type)`) and
+//! `dictionary_encode` make them; except `proto`, whose dictionary is one name per
+//! (family, protocol, ethertype) present, in that key's numeric order (analysis.py
+//! `_proto_names`). A code of -1 is a null. Optional numbers keep their value slot (0
+//! when absent) and say presence through the row's `has` bits (observations) or a
+//! `valid` column (paths' ports, NAT endpoints).
+
+use std::hash::Hash;
+
+use crate::finish::ShownPath;
+use crate::hash::FastMap;
+use crate::labels::Labels;
+use crate::nat::{Hook, NatKind};
+use crate::obs::Obs;
+use crate::render::push_proto_name;
+use crate::text::{push_addr, push_u64};
+use crate::view;
+
+const ETH_P_ARP: u16 = 0x0806;
+
+/// Strings as Arrow's `large_string` lays them out: n + 1 offsets into the bytes.
+#[derive(Debug, Clone)]
+pub struct StrColumn {
+    pub offsets: Vec<i64>,
+    pub data: Vec<u8>,
+}
+
+impl Default for StrColumn {
+    fn default() -> Self {
+        StrColumn {
+            offsets: vec![0],
+            data: Vec::new(),
+        }
+    }
+}
+
+impl StrColumn {
+    /// The next string, written by `text` at the end of the bytes.
+    #[inline]
+    pub fn push_with(&mut self, text: impl FnOnce(&mut Vec<u8>)) {
+        text(&mut self.data);
+        self.offsets
+            .push(i64::try_from(self.data.len()).unwrap_or(i64::MAX));
+    }
+
+    pub fn push(&mut self, s: &[u8]) {
+        self.push_with(|out| out.extend_from_slice(s));
+    }
+
+    pub fn len(&self) -> usize {
+        self.offsets.len().saturating_sub(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `i`th string.
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        let a = usize::try_from(*self.offsets.get(i)?).ok()?;
+        let b = usize::try_from(*self.offsets.get(i + 1)?).ok()?;
+        self.data.get(a..b)
+    }
+}
+
+/// A dictionary-encoded string column: codes into its distinct values, in order of first
+/// appearance. Rows are pushed by a key that determines the text (a label id, an
+/// address...): the text is made once per key, and equal texts of different keys share
+/// one value.
+#[derive(Debug, Clone)]
+pub struct DictColumn<K> {
+    pub values: StrColumn,
+    pub codes: Vec<i32>,
+    by_value: FastMap<Vec<u8>, i32>,
+    by_key: FastMap<K, i32>,
+    scratch: Vec<u8>,
+}
+
+impl<K> Default for DictColumn<K> {
+    fn default() -> Self {
+        DictColumn {
+            values: StrColumn::default(),
+            codes: Vec::new(),
+            by_value: FastMap::default(),
+            by_key: FastMap::default(),
+            scratch: Vec::new(),
+        }
+    }
+}
+
+impl<K: Hash + Eq> DictColumn<K> {
+    /// A row whose text `text` writes (false: the row is null); called once per new key.
+    #[inline]
+    pub fn push(&mut self, key: K, text: impl FnOnce(&mut Vec<u8>) -> bool) {
+        let code = match self.by_key.get(&key) {
+            Some(&c) => c,
+            None => {
+                self.scratch.clear();
+                let c = if text(&mut self.scratch) {
+                    self.code_of_scratch()
+                } else {
+                    -1
+                };
+                self.by_key.insert(key, c);
+                c
+            }
+        };
+        self.codes.push(code);
+    }
+
+    fn code_of_scratch(&mut self) -> i32 {
+        if let Some(&c) = self.by_value.get(&self.scratch) {
+            return c;
+        }
+        let c = i32::try_from(self.values.len()).unwrap_or(i32::MAX);
+        self.values.push(&self.scratch);
+        self.by_value.insert(self.scratch.clone(), c);
+        c
+    }
+}
+
+/// `proto`'s column: codes into one name per (family, protocol, ethertype) key present,
+/// the keys in numeric order (known once every row is in: [`ProtoColumn::finish`]).
+#[derive(Debug, Clone, Default)]
+pub struct ProtoColumn {
+    keys: Vec<u64>,
+    by_key: FastMap<u64, i32>,
+    pub codes: Vec<i32>,
+}
+
+impl ProtoColumn {
+    #[inline]
+    pub fn push(&mut self, o: &Obs) {
+        let key = (u64::from(o.family) << 32) | (u64::from(o.proto) << 16) | u64::from(o.ethertype);
+        let code = match self.by_key.get(&key) {
+            Some(&c) => c,
+            None => {
+                let c = i32::try_from(self.keys.len()).unwrap_or(i32::MAX);
+                self.keys.push(key);
+                self.by_key.insert(key, c);
+                c
+            }
+        };
+        self.codes.push(code);
+    }
+
+    /// The codes renumbered to the keys' order, and the names.
+    pub fn finish(&mut self) -> StrColumn {
+        let mut order: Vec<usize> = (0..self.keys.len()).collect();
+        order.sort_by_key(|&i| self.keys.get(i).copied().unwrap_or(0));
+        let mut renumber = vec![0i32; self.keys.len()];
+        let mut names = StrColumn::default();
+        for (rank, &i) in order.iter().enumerate() {
+            if let Some(slot) = renumber.get_mut(i) {
+                *slot = i32::try_from(rank).unwrap_or(i32::MAX);
+            }
+            let key = self.keys.get(i).copied().unwrap_or(0);
+            names.push_with(|out| {
+                push_proto_name(out, (key >> 32) as u8, (key >> 16) as u8, key as u16)
+            });
+        }
+        for c in &mut self.codes {
+            *c = usize::try_from(*c)
+                .ok()
+                .and_then(|i| renumber.get(i))
+                .copied()
+                .unwrap_or(-1);
+        }
+        // Sorted once: pushing again would mix numbering schemes.
+        self.keys.clear();
+        self.by_key.clear();
+        names
+    }
+}
+
+/// The family an address is shown in (ARP's protocol addresses are IPv4) and the bytes
+/// that reach its text: the key of an address column.
+#[inline]
+fn addr_key(family: u8, ethertype: u16, raw: &[u8; 16]) -> (u8, [u8; 16]) {
+    let fam = if family == 0 && ethertype == ETH_P_ARP {
+        4
+    } else {
+        family
+    };
+    let bytes = match fam {
+        4 | 6 => view::norm_addr(fam, raw),
+        _ => [0; 16],
+    };
+    (fam, bytes)
+}
+
+fn push_addr_row(col: &mut DictColumn<(u8, [u8; 16])>, key: (u8, [u8; 16])) {
+    col.push(key, |out| {
+        push_addr(out, key.0, &key.1);
+        true
+    });
+}
+
+fn push_drop_reason(col: &mut DictColumn<u32>, code: u32, labels: &Labels) {
+    col.push(code, |out| {
+        if code == 0 {
+            return false;
+        }
+        push_drop_reason_text(out, code, labels);
+        true
+    });
+}
+
+/// A drop reason's name, or `UNKNOWN(code)` (tracer/correlate.py `_materialize`).
+pub fn push_drop_reason_text(out: &mut Vec<u8>, code: u32, labels: &Labels) {
+    match labels.drop_reason(code) {
+        Some(name) => out.extend_from_slice(name.as_bytes()),
+        None => {
+            out.extend_from_slice(b"UNKNOWN(");
+            push_u64(out, u64::from(code));
+            out.push(b')');
+        }
+    }
+}
+
+/// `node/iface` of a label.
+pub fn push_hop_name(out: &mut Vec<u8>, hop: u32, labels: &Labels) {
+    let l = labels.get(hop);
+    out.extend_from_slice(&l.node_raw);
+    out.push(b'/');
+    out.extend_from_slice(&l.iface_raw);
+}
+
+/// observations.parquet's columns, one row per sighting.
+#[derive(Debug, Clone, Default)]
+pub struct ObsColumns {
+    /// The row's path: an index into the paths table (what path_id and flow are taken by).
+    pub path: Vec<u32>,
+    pub hop: Vec<u16>,
+    pub ts_ns: Vec<i64>,
+    pub since_first_ns: Vec<i64>,
+    pub node: DictColumn<u32>,
+    pub iface: DictColumn<u32>,
+    pub netns: Vec<i64>,
+    pub ifindex: Vec<i32>,
+    pub dir: DictColumn<u8>,
+    pub source: DictColumn<u8>,
+    pub family: Vec<u8>,
+    pub proto: ProtoColumn,
+    pub ethertype: Vec<u16>,
+    pub src: DictColumn<(u8, [u8; 16])>,
+    pub dst: DictColumn<(u8, [u8; 16])>,
+    /// `has` bits: which of the optional numbers below a row has.
+    pub has: Vec<u16>,
+    pub sport: Vec<u16>,
+    pub dport: Vec<u16>,
+    pub ip_id: Vec<u32>,
+    pub ttl: Vec<u8>,
+    pub tcp_flags: Vec<u8>,
+    pub tcp_seq: Vec<u32>,
+    pub tcp_ack: Vec<u32>,
+    pub icmp_type: Vec<u8>,
+    pub icmp_code: Vec<u8>,
+    pub icmp_id: Vec<u16>,
+    pub icmp_seq: Vec<u16>,
+    pub length: Vec<u32>,
+    pub wire_len: Vec<u32>,
+    /// 0: unknown (null).
+    pub skb: Vec<u64>,
+    pub digest: Vec<u64>,
+    pub drop_reason: DictColumn<u32>,
+}
+
+/// paths.parquet's columns, one row per path.
+#[derive(Debug, Clone, Default)]
+pub struct PathColumns {
+    pub path_id: StrColumn,
+    pub flow: StrColumn,
+    pub flow_valid: Vec<bool>,
+    pub proto: ProtoColumn,
+    pub verdict: DictColumn<u8>,
+    pub hops: Vec<u16>,
+    pub first_ts_ns: Vec<i64>,
+    pub last_ts_ns: Vec<i64>,
+    pub latency_ns: Vec<i64>,
+    pub first_hop: DictColumn<u32>,
+    pub last_hop: DictColumn<u32>,
+    pub src: DictColumn<(u8, [u8; 16])>,
+    pub dst: DictColumn<(u8, [u8; 16])>,
+    /// The first hop's `has` bits (sport and dport are there when it has ports).
+    pub has: Vec<u16>,
+    pub sport: Vec<u16>,
+    pub dport: Vec<u16>,
+    pub nat: DictColumn<u8>,
+    pub drop_reason: DictColumn<u32>,
+}
+
+/// One side of NAT events' endpoints.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointColumns {
+    pub src: DictColumn<(u8, [u8; 16])>,
+    pub sport: Vec<u16>,
+    pub sport_valid: Vec<bool>,
+    pub dst: DictColumn<(u8, [u8; 16])>,
+    pub dport: Vec<u16>,
+    pub dport_valid: Vec<bool>,
+}
+
+impl EndpointColumns {
+    fn push(&mut self, family: u8, e: &crate::nat::Endpoints) {
+        push_addr_row(&mut self.src, addr_key(family, 0, &e.src));
+        self.sport.push(e.sport.unwrap_or(0));
+        self.sport_valid.push(e.sport.is_some());
+        push_addr_row(&mut self.dst, addr_key(family, 0, &e.dst));
+        self.dport.push(e.dport.unwrap_or(0));
+        self.dport_valid.push(e.dport.is_some());
+    }
+}
+
+/// nat.parquet's columns, one row per NAT event (rule, rule_source and conntrack_id are
+/// always null here: no annotator runs on a capture file).
+#[derive(Debug, Clone, Default)]
+pub struct NatColumns {
+    /// The event's path: an index into the paths table.
+    pub path: Vec<u32>,
+    pub seq: Vec<u8>,
+    pub kind: DictColumn<u8>,
+    pub node: DictColumn<u32>,
+    pub hook: DictColumn<u8>,
+    pub from_hop: Vec<u16>,
+    pub to_hop: Vec<u16>,
+    pub ts_ns: Vec<i64>,
+    pub before: EndpointColumns,
+    pub after: EndpointColumns,
+    pub icmp_id_before: Vec<u16>,
+    pub icmp_id_after: Vec<u16>,
+    pub icmp_id_valid: Vec<bool>,
+}
+
+/// The three tables.
+#[derive(Debug, Clone, Default)]
+pub struct Columns {
+    pub obs: ObsColumns,
+    pub paths: PathColumns,
+    pub nat: NatColumns,
+}
+
+fn kind_key(k: NatKind) -> u8 {
+    match k {
+        NatKind::Snat => 1,
+        NatKind::Dnat => 2,
+    }
+}
+
+fn hook_key(h: Hook) -> u8 {
+    match h {
+        Hook::Prerouting => 0,
+        Hook::Postrouting => 1,
+        Hook::Output => 2,
+    }
+}
+
+impl Columns {
+    /// One shown path's rows, in the order paths are written.
+    pub fn add_path(&mut self, p: &ShownPath<'_>, labels: &Labels) {
+        let (Some(first), Some(last)) = (p.hops.first(), p.hops.last()) else {
+            return;
+        };
+        let index = u32::try_from(self.paths.hops.len()).unwrap_or(u32::MAX);
+        self.add_obs(index, p.hops, labels);
+        self.add_path_row(p, first, last, labels);
+        self.add_nat(index, p, labels);
+    }
+
+    fn add_obs(&mut self, index: u32, hops: &[Obs], labels: &Labels) {
+        let c = &mut self.obs;
+        let t0 = hops.first().map_or(0, |o| o.ts_ns as i64);
+        for (k, o) in hops.iter().enumerate() {
+            let label = labels.get(o.hop);
+            c.path.push(index);
+            c.hop.push(k as u16);
+            c.ts_ns.push(o.ts_ns as i64);
+            c.since_first_ns.push((o.ts_ns as i64).wrapping_sub(t0));
+            c.node.push(label.node_id, |out| {
+                out.extend_from_slice(&label.node_raw);
+                true
+            });
+            c.iface.push(label.iface_id, |out| {
+                out.extend_from_slice(&label.iface_raw);
+                true
+            });
+            c.netns.push(o.netns as i64);
+            c.ifindex.push(o.ifindex);
+            c.dir.push(o.dir, |out| {
+                let name: &[u8] = match o.dir {
+                    1 => b"rx",
+                    2 => b"tx",
+                    3 => b"drop",
+                    _ => return false,
+                };
+                out.extend_from_slice(name);
+                true
+            });
+            c.source.push(o.source, |out| {
+                out.extend_from_slice(match o.source {
+                    1 => b"ebpf".as_slice(),
+                    2 => b"pcap",
+                    _ => b"file",
+                });
+                true
+            });
+            c.family.push(o.family);
+            c.proto.push(o);
+            c.ethertype.push(o.ethertype);
+            push_addr_row(&mut c.src, addr_key(o.family, o.ethertype, &o.src));
+            push_addr_row(&mut c.dst, addr_key(o.family, o.ethertype, &o.dst));
+            c.has.push(o.has);
+            c.sport.push(o.sport);
+            c.dport.push(o.dport);
+            c.ip_id.push(o.ip_id);
+            c.ttl.push(o.ttl);
+            c.tcp_flags.push(o.tcp_flags);
+            c.tcp_seq.push(o.tcp_seq);
+            c.tcp_ack.push(o.tcp_ack);
+            c.icmp_type.push(o.icmp_type);
+            c.icmp_code.push(o.icmp_code);
+            c.icmp_id.push(o.icmp_id);
+            c.icmp_seq.push(o.icmp_seq);
+            c.length.push(o.length);
+            c.wire_len.push(o.wire_len);
+            c.skb.push(o.skb);
+            c.digest.push(o.digest);
+            push_drop_reason(&mut c.drop_reason, o.drop_reason, labels);
+        }
+    }
+
+    fn add_path_row(&mut self, p: &ShownPath<'_>, first: &Obs, last: &Obs, labels: &Labels) {
+        let c = &mut self.paths;
+        c.path_id.push_with(|out| {
+            out.push(b'p');
+            push_u64(out, p.num);
+        });
+        c.flow.push_with(|out| {
+            if let Some(f) = p.flow {
+                out.push(b'f');
+                push_u64(out, f);
+            }
+        });
+        c.flow_valid.push(p.flow.is_some());
+        c.proto.push(first);
+        c.verdict.push(p.verdict as u8, |out| {
+            out.extend_from_slice(p.verdict.name().as_bytes());
+            true
+        });
+        c.hops.push(p.hops.len() as u16);
+        let (t0, t1) = (first.ts_ns as i64, last.ts_ns as i64);
+        c.first_ts_ns.push(t0);
+        c.last_ts_ns.push(t1);
+        c.latency_ns.push(t1.wrapping_sub(t0));
+        c.first_hop.push(first.hop, |out| {
+            push_hop_name(out, first.hop, labels);
+            true
+        });
+        c.last_hop.push(last.hop, |out| {
+            push_hop_name(out, last.hop, labels);
+            true
+        });
+        push_addr_row(
+            &mut c.src,
+            addr_key(first.family, first.ethertype, &first.src),
+        );
+        push_addr_row(
+            &mut c.dst,
+            addr_key(first.family, first.ethertype, &first.dst),
+        );
+        c.has.push(first.has);
+        c.sport.push(first.sport);
+        c.dport.push(first.dport);
+        // "" without NAT, else the kinds it has, sorted and joined with "+".
+        let kinds = p.nat.iter().fold(0u8, |k, ev| k | kind_key(ev.kind));
+        c.nat.push(kinds, |out| {
+            out.extend_from_slice(match kinds {
+                1 => b"snat".as_slice(),
+                2 => b"dnat",
+                3 => b"dnat+snat",
+                _ => b"",
+            });
+            true
+        });
+        push_drop_reason(&mut c.drop_reason, last.drop_reason, labels);
+    }
+
+    fn add_nat(&mut self, index: u32, p: &ShownPath<'_>, labels: &Labels) {
+        let c = &mut self.nat;
+        let last_ts = p.hops.last().map_or(0, |o| o.ts_ns);
+        for (k, ev) in p.nat.iter().enumerate() {
+            c.path.push(index);
+            c.seq.push(k as u8);
+            c.kind.push(kind_key(ev.kind), |out| {
+                out.extend_from_slice(ev.kind.name().as_bytes());
+                true
+            });
+            let label = labels.get(ev.hop);
+            c.node.push(label.node_id, |out| {
+                out.extend_from_slice(&label.node_raw);
+                true
+            });
+            c.hook.push(hook_key(ev.hook), |out| {
+                out.extend_from_slice(ev.hook.name().as_bytes());
+                true
+            });
+            c.from_hop.push(ev.from_hop as u16);
+            c.to_hop.push(ev.to_hop() as u16);
+            // The to_hop's time (the last hop's when to_hop is not on the path).
+            let ts = usize::try_from(ev.to_hop())
+                .ok()
+                .and_then(|i| p.hops.get(i))
+                .map_or(last_ts, |o| o.ts_ns);
+            c.ts_ns.push(ts as i64);
+            c.before.push(ev.family, &ev.before);
+            c.after.push(ev.family, &ev.after);
+            let (b, a) = ev.icmp_ids.unwrap_or((0, 0));
+            c.icmp_id_before.push(b);
+            c.icmp_id_after.push(a);
+            c.icmp_id_valid.push(ev.icmp_ids.is_some());
+        }
+    }
+
+    /// Every row is in: the `proto` columns' dictionaries (see [`ProtoColumn::finish`]).
+    pub fn finish(&mut self) -> (StrColumn, StrColumn) {
+        (self.obs.proto.finish(), self.paths.proto.finish())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dictionaries_keep_first_appearance_and_share_equal_texts() {
+        let mut d: DictColumn<u32> = DictColumn::default();
+        for (key, text) in [(7, "b"), (3, "a"), (7, "b"), (9, "b"), (4, "")] {
+            d.push(key, |out| {
+                out.extend_from_slice(text.as_bytes());
+                key != 4
+            });
+        }
+        assert_eq!(d.codes, [0, 1, 0, 0, -1]);
+        assert_eq!(d.values.len(), 2);
+        assert_eq!(d.values.get(0), Some(b"b".as_slice()));
+        assert_eq!(d.values.get(1), Some(b"a".as_slice()));
+    }
+
+    #[test]
+    fn proto_dictionary_is_in_key_order() {
+        let mut p = ProtoColumn::default();
+        let o = |family, proto, ethertype| Obs {
+            family,
+            proto,
+            ethertype,
+            ..Obs::default()
+        };
+        for r in [
+            o(4, 17, 0x800),
+            o(0, 0, 0x806),
+            o(4, 1, 0x800),
+            o(4, 17, 0x800),
+            o(6, 1, 0x86dd),
+        ] {
+            p.push(&r);
+        }
+        let names = p.finish();
+        let got: Vec<&[u8]> = (0..names.len()).filter_map(|i| names.get(i)).collect();
+        assert_eq!(got, [b"arp".as_slice(), b"icmp", b"udp", b"icmp"]);
+        assert_eq!(p.codes, [2, 0, 1, 2, 3]);
+    }
+}
