@@ -13,7 +13,9 @@
 //! packet, whose addresses, ports, ICMP id and checksums NAT rewrites: those
 //! are zeroed before hashing.
 
-use crate::obs::{has, Obs};
+use std::fmt;
+
+use crate::obs::{has, Obs, ROW_SIZE};
 
 pub const LINKTYPE_ETHERNET: u32 = 1;
 pub const LINKTYPE_LINUX_SLL: u32 = 113;
@@ -577,9 +579,128 @@ pub fn decode(f: &[u8], linktype: u32, o: &mut Obs) {
     o.digest = digest;
 }
 
+/// The link types of a batch of frames: one for all, or one per frame.
+#[derive(Debug, Clone, Copy)]
+pub enum LinkTypes<'a> {
+    One(u32),
+    Each(&'a [u32]),
+}
+
+/// Why a batch of frames cannot be decoded into rows ([`decode_rows`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// offsets, lengths, per-frame link types and rows do not count the same frames.
+    Counts {
+        offsets: usize,
+        lengths: usize,
+        linktypes: Option<usize>,
+        rows: usize,
+    },
+    /// The rows buffer is not whole `OBS_DTYPE` rows.
+    PartialRow { bytes: usize },
+    /// A frame's bytes are not all in the buffer.
+    OutsideBuffer {
+        index: usize,
+        offset: u64,
+        length: u32,
+        buffer: usize,
+    },
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Counts { offsets, lengths, linktypes, rows } => {
+                write!(f, "{offsets} offsets, {lengths} lengths")?;
+                if let Some(n) = linktypes {
+                    write!(f, ", {n} link types")?;
+                }
+                write!(f, " and {rows} rows: one of each per frame")
+            }
+            DecodeError::PartialRow { bytes } => write!(
+                f,
+                "a rows buffer of {bytes} bytes is not whole {ROW_SIZE}-byte OBS_DTYPE rows"
+            ),
+            DecodeError::OutsideBuffer { index, offset, length, buffer } => write!(
+                f,
+                "frame {index} (offset {offset}, length {length}) lies outside the {buffer}-byte frames buffer"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Decode frame `i` (`buf[offsets[i]..][..lengths[i]]`) into row `i` of `rows`
+/// (`OBS_DTYPE` rows back to back): the packet fields [`decode`] fills are written,
+/// every other field of the row (time, skb, hop, ...: the caller's) keeps its bytes.
+/// Every count and frame bound is checked before anything is written, so on an
+/// error `rows` is untouched.
+pub fn decode_rows(
+    buf: &[u8],
+    offsets: &[u64],
+    lengths: &[u32],
+    linktypes: LinkTypes<'_>,
+    rows: &mut [u8],
+) -> Result<(), DecodeError> {
+    let n = offsets.len();
+    let each = match linktypes {
+        LinkTypes::Each(lts) => Some(lts.len()),
+        LinkTypes::One(_) => None,
+    };
+    if rows.len() % ROW_SIZE != 0 {
+        return Err(DecodeError::PartialRow { bytes: rows.len() });
+    }
+    let rows_n = rows.len() / ROW_SIZE;
+    if lengths.len() != n || each.is_some_and(|k| k != n) || rows_n != n {
+        return Err(DecodeError::Counts {
+            offsets: n,
+            lengths: lengths.len(),
+            linktypes: each,
+            rows: rows_n,
+        });
+    }
+    let mut spans = Vec::with_capacity(n);
+    for (index, (&offset, &length)) in offsets.iter().zip(lengths).enumerate() {
+        let span = usize::try_from(offset).ok().and_then(|start| {
+            let end = start.checked_add(usize::try_from(length).ok()?)?;
+            (end <= buf.len()).then_some(start..end)
+        });
+        match span {
+            Some(s) => spans.push(s),
+            None => {
+                return Err(DecodeError::OutsideBuffer {
+                    index,
+                    offset,
+                    length,
+                    buffer: buf.len(),
+                })
+            }
+        }
+    }
+    for (k, (span, chunk)) in spans
+        .into_iter()
+        .zip(rows.chunks_exact_mut(ROW_SIZE))
+        .enumerate()
+    {
+        let lt = match linktypes {
+            LinkTypes::One(lt) => lt,
+            LinkTypes::Each(lts) => lts.get(k).copied().unwrap_or(0),
+        };
+        let (Some(frame), Ok(row)) = (buf.get(span), <&mut [u8; ROW_SIZE]>::try_from(chunk)) else {
+            continue; // both checked above
+        };
+        let mut o = Obs::read_row(row);
+        decode(frame, lt, &mut o);
+        o.write_row(row);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::obs::read_rows;
     use proptest::prelude::*;
 
     fn ipv4_icmp_echo(payload: &[u8]) -> Vec<u8> {
@@ -644,6 +765,117 @@ mod tests {
         assert_eq!((o.family, o.ethertype), (0, 0x8100));
     }
 
+    fn rows_of(n: usize) -> Vec<u8> {
+        let mut rows = vec![0u8; n * ROW_SIZE];
+        for (k, chunk) in rows.chunks_exact_mut(ROW_SIZE).enumerate() {
+            let o = Obs {
+                ts_ns: 1000 + k as u64,
+                skb: 0xFFFF_0000 + k as u64,
+                netns: 4_026_531_840,
+                hop: k as u32,
+                ifindex: 7,
+                dir: 2,
+                source: 1,
+                drop_reason: 77,
+                frame_off: 9,
+                frame_len: 10,
+                wire_len: 11,
+                family: 9,
+                src: [0xEE; 16],
+                digest: 5,
+                inner_dport: 3,
+                ..Obs::default()
+            };
+            o.write_row(chunk.try_into().expect("a whole row"));
+        }
+        rows
+    }
+
+    #[test]
+    fn decode_rows_fills_the_packet_fields_and_keeps_the_rest() {
+        let a = ipv4_icmp_echo(b"first");
+        let b = ipv4_icmp_echo(b"second one");
+        let mut buf = vec![0xAA; 3];
+        buf.extend_from_slice(&a);
+        buf.extend_from_slice(&[0xBB; 5]);
+        buf.extend_from_slice(&b);
+        let offs = [3, (3 + a.len() + 5) as u64, 3];
+        let lens = [a.len() as u32, b.len() as u32, 14];
+        let mut rows = rows_of(3);
+        let before = read_rows(&rows);
+        decode_rows(&buf, &offs, &lens, LinkTypes::Each(&[1, 1, 101]), &mut rows)
+            .expect("in bounds");
+        for (k, (got, was)) in read_rows(&rows).iter().zip(&before).enumerate() {
+            let mut want = *was;
+            let frame = &buf[offs[k] as usize..][..lens[k] as usize];
+            decode(frame, [1, 1, 101][k], &mut want);
+            assert_eq!(*got, want, "row {k}");
+            assert_eq!(
+                (got.ts_ns, got.skb, got.hop, got.drop_reason),
+                (was.ts_ns, was.skb, was.hop, 77)
+            );
+        }
+        // The Ethernet header bytes as raw IP: nothing IP-shaped, every packet field cleared.
+        assert_eq!(
+            (read_rows(&rows)[2].family, read_rows(&rows)[2].digest),
+            (0, 0)
+        );
+    }
+
+    #[test]
+    fn decode_rows_checks_everything_before_writing() {
+        let a = ipv4_icmp_echo(b"x");
+        let mut rows = rows_of(2);
+        let before = rows.clone();
+        let lens = [a.len() as u32, a.len() as u32];
+        let out = decode_rows(&a, &[0, 1], &lens, LinkTypes::One(1), &mut rows);
+        assert_eq!(
+            out,
+            Err(DecodeError::OutsideBuffer {
+                index: 1,
+                offset: 1,
+                length: lens[1],
+                buffer: a.len()
+            })
+        );
+        let huge = decode_rows(&a, &[0, u64::MAX], &[1, 2], LinkTypes::One(1), &mut rows);
+        assert!(matches!(
+            huge,
+            Err(DecodeError::OutsideBuffer { index: 1, .. })
+        ));
+        let counts = decode_rows(&a, &[0, 0], &[1, 1], LinkTypes::Each(&[1]), &mut rows);
+        assert_eq!(
+            counts.map_err(|e| e.to_string()),
+            Err("2 offsets, 2 lengths, 1 link types and 2 rows: one of each per frame".to_string())
+        );
+        let short = decode_rows(
+            &a,
+            &[0, 0],
+            &[1, 1],
+            LinkTypes::One(1),
+            &mut rows[..ROW_SIZE + 1],
+        );
+        assert_eq!(
+            short,
+            Err(DecodeError::PartialRow {
+                bytes: ROW_SIZE + 1
+            })
+        );
+        let fewer = decode_rows(
+            &a,
+            &[0, 0],
+            &[1, 1],
+            LinkTypes::One(1),
+            &mut rows[..ROW_SIZE],
+        );
+        assert!(matches!(fewer, Err(DecodeError::Counts { rows: 1, .. })));
+        assert_eq!(rows, before);
+        assert_eq!(
+            decode_rows(&a, &[], &[], LinkTypes::One(1), &mut []),
+            Ok(())
+        );
+    }
+
     proptest! {
         #[test]
         fn never_panics(f in proptest::collection::vec(any::<u8>(), 0..200),
@@ -652,6 +884,31 @@ mod tests {
             decode(&f, lt, &mut o);
             prop_assert!(matches!(o.family, 0 | 4 | 6));
             let _ = link_meta(&f, lt);
+        }
+
+        #[test]
+        fn decode_rows_is_decode_per_frame(
+            frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..90), 0..8),
+            gap in 0usize..5,
+            lts in proptest::collection::vec(prop::sample::select(vec![1u32, 101, 113, 228, 229, 276, 7]), 8),
+            fill in any::<u8>(),
+        ) {
+            let mut buf = Vec::new();
+            let (mut offs, mut lens) = (Vec::new(), Vec::new());
+            for f in &frames {
+                buf.extend(std::iter::repeat_n(0xC3, gap));
+                offs.push(buf.len() as u64);
+                lens.push(f.len() as u32);
+                buf.extend_from_slice(f);
+            }
+            let lts = &lts[..frames.len()];
+            let mut rows = vec![fill; frames.len() * ROW_SIZE];
+            let mut want = read_rows(&rows);
+            for ((o, f), lt) in want.iter_mut().zip(&frames).zip(lts) {
+                decode(f, *lt, o);
+            }
+            decode_rows(&buf, &offs, &lens, LinkTypes::Each(lts), &mut rows).expect("in bounds");
+            prop_assert_eq!(read_rows(&rows), want);
         }
 
         #[test]

@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 
 mod bpf;
 mod correlate;
+mod decode;
 mod engine;
 mod finish;
 mod reader;
@@ -43,6 +44,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(obs_layout, m)?)?;
     bpf::register(m)?;
     correlate::register(m)?;
+    decode::register(m)?;
     engine::register(m)?;
     finish::register(m)?;
     reader::register(m)?;
