@@ -49,7 +49,8 @@ FRAME = 106  # Ethernet 14 + IPv4 20 + UDP 8 + 64 bytes of payload
 
 def make_batches(n_records: int, size: int, seed: int = 1) -> list[ObsBatch]:
     """Rows and frames that agree (addresses, ports, IP ID, TTL), MASQUERADE from hop 3 on."""
-    from tracer.decode import decode_frames
+    from tracer import _core
+    from tracer.model import obs_dtype
 
     rng = np.random.default_rng(seed)
     n_pk = n_records // len(HOPS)
@@ -84,7 +85,9 @@ def make_batches(n_records: int, size: int, seed: int = 1) -> list[ObsBatch]:
     for i in range(0, n, size):
         j = min(n, i + size)
         frames = f[i:j].tobytes()
-        rows = decode_frames([frames[k * FRAME : (k + 1) * FRAME] for k in range(j - i)], 1)
+        rows = np.zeros(j - i, dtype=obs_dtype())
+        lens = np.full(j - i, FRAME, dtype=np.uint32)
+        _core.decode_into(rows, frames, np.arange(j - i, dtype=np.uint64) * np.uint64(FRAME), lens, 1)
         rows["ts_ns"] = 1_795_805_084_000_000_000 + pk[i:j] * 4_000 + hop[i:j] * 7_000
         rows["hop"] = hop[i:j]
         rows["netns"] = np.array([h.netns for h in HOPS], np.uint64)[hop[i:j]]

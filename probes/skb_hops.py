@@ -5,7 +5,7 @@
 raw tracepoints, and polls the ring buffer on a timer (no wake-up per event:
 the C side reserves with ``BPF_RB_NO_WAKEUP`` and batches events per record).
 Records are decoded in bulk: one numpy view over the event bytes, one
-``tracer.decode.decode_into`` over the frames.
+``tracer._core.decode_into`` over the frames (the core's decoder, GIL released).
 
 This is the only module that imports ``bcc``.
 """
@@ -27,6 +27,7 @@ from typing import Any
 from probes.btf import KernelLayout, load_layout
 from probes.headers import HeaderTree, ensure_bcc_env
 from tracer.errors import KernelFeatureMissing, PrivilegeError, ProbeLoadError, UsageError
+from tracer.linktypes import LINKTYPE_ETHERNET, LINKTYPE_RAW
 from tracer.model import Dir, HopLabel, ObsBatch, Src, obs_dtype
 from tracer.names import NodeNamer
 from tracer.pcap_expr import PROTO_NUMBERS, kernel_sets
@@ -48,8 +49,6 @@ IDLE_YIELD_S = 0.05
 # is held until there are this many events or the oldest is this old.
 HOLD_EVENTS = 2048
 HOLD_S = 0.04
-LINKTYPE_ETHERNET = 1
-LINKTYPE_RAW = 101
 
 
 class HopKind(IntEnum):
@@ -640,7 +639,7 @@ class EbpfSource:
         """Hop events back to back (what RingReader.read returns) -> one batch."""
         import numpy as np
 
-        from tracer.decode import decode_into
+        from tracer import _core
 
         ev_size = self._ev_size
         ev = np.frombuffer(buf, dtype=self._dtype)
@@ -664,8 +663,9 @@ class EbpfSource:
         rows["hop"] = self._hop_indexes(ev)
         # Frames with no mac header (mac_len < 14) start at L3: raw IP (LINKTYPE_RAW).
         eth = ev["mac_len"] >= 14
-        # one link type for the whole batch when it is one (the usual case): fewer numpy calls
-        decode_into(rows, buf, offs, cap, LINKTYPE_ETHERNET if eth.all() else np.where(eth, 1, 101), zeroed=True)
+        # one link type for the whole batch when it is one (the usual case)
+        lts = LINKTYPE_ETHERNET if eth.all() else np.where(eth, np.uint32(LINKTYPE_ETHERNET), np.uint32(LINKTYPE_RAW))
+        _core.decode_into(rows, buf, offs, cap, lts)
         return ObsBatch(
             rows=rows,
             hops=self._labels.hops,

@@ -17,15 +17,14 @@ import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from tracer.decode import (
+from tracer.errors import FilterError
+from tracer.libpcap import compile_insns
+from tracer.linktypes import (
     LINKTYPE_ETHERNET,
     LINKTYPE_LINUX_SLL,
     LINKTYPE_LINUX_SLL2,
     LINKTYPE_RAW,
-    decode_one,
 )
-from tracer.errors import FilterError
-from tracer.libpcap import compile_insns
 
 if TYPE_CHECKING:
     import numpy as np
@@ -174,12 +173,17 @@ class PathFilter:
         lt = self._linktypes.get(key)
         if lt is not None:
             return lt
+        from tracer import _core
         from tracer.addr import addr_text
+        from tracer.model import obs_dtype
 
-        for cand in _CANDIDATES:
-            f = decode_one(obs.frame, 0, len(obs.frame), cand)
-            if f[0] == obs.family and f[2] == obs.ethertype and f[1] == obs.proto and (
-                obs.family == 0 or addr_text(f[0], f[4]) == obs.src
+        # The frame decoded as each candidate, in one call into the core.
+        rows = _core.decode_frames([bytes(obs.frame)] * len(_CANDIDATES), list(_CANDIDATES)).view(obs_dtype())
+        for cand, (family, proto, ethertype, src) in zip(
+            _CANDIDATES, rows[["family", "proto", "ethertype", "src"]].tolist(), strict=True
+        ):
+            if family == obs.family and ethertype == obs.ethertype and proto == obs.proto and (
+                obs.family == 0 or addr_text(family, src) == obs.src
             ):
                 self._linktypes[key] = cand
                 return cand

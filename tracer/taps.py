@@ -7,7 +7,7 @@ nothing is lost while the engine starts) copies the ring blocks of all taps, ~10
 rounds a second while traffic flows, and gives them back at once; ``batches()`` (the
 consumer, ~20 times a second) reads the tpacket headers of all rounds since its last
 batch with one set of numpy calls, releases the sightings in time order across taps
-after a short hold-back and decodes them in bulk with ``tracer.decode``. No Python
+after a short hold-back and decodes them in bulk in the core. No Python
 object per frame: ~4% of a core per 100k sightings/s for reading and ordering, plus
 the decoder's share (scapy's ``sniff`` keeps up with ~5k pps).
 
@@ -572,8 +572,8 @@ class _Reorder:
         order = np.argsort((ts << np.uint64(2)) | rank, kind="stable")
         hop = col("hop")[order]
         offs, lens = offs[order], col("lens")[order]
-        lt_rows = np.array([h.linktype for h in hops], dtype=np.int64)[hop]
-        lt: int | list[int] = int(lt_rows[0]) if (lt_rows == lt_rows[0]).all() else lt_rows.tolist()
+        lt_rows = np.array([h.linktype for h in hops], dtype=np.uint32)[hop]
+        lt: Any = int(lt_rows[0]) if (lt_rows == lt_rows[0]).all() else lt_rows
         rows = _decode(frames, offs, lens, lt, np, self.dtype)
         rows["ts_ns"] = ts[order]
         rows["hop"] = hop
@@ -971,12 +971,14 @@ class TapSource:
             self.taps.clear()
 
 
-def _decode(frames: bytes, offs: Any, lens: Any, lt: int | list[int],
+def _decode(frames: bytes, offs: Any, lens: Any, lt: Any,
             np: Any, dtype: Any) -> np.ndarray[Any, Any]:
-    from tracer.decode import decode_into
+    """Rows with the packet fields of frames ``frames[offs[i]:][:lens[i]]`` (offs int64,
+    lens uint32; ``lt`` one link type or a uint32 array of one per frame), the rest 0."""
+    from tracer import _core
 
     rows = np.zeros(len(offs), dtype=dtype)
-    decode_into(rows, frames, offs, lens, lt, zeroed=True)  # np.zeros: fields a frame lacks stay 0
+    _core.decode_into(rows, frames, offs, lens, lt)
     return rows
 
 

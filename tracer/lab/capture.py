@@ -208,8 +208,8 @@ def write_pcapng(sightings: list[Sighting], path: Path) -> int:
     """One pcapng through hoptrace's own recorder; returns the number of packets written."""
     import numpy as np
 
-    from tracer.decode import decode_frames
-    from tracer.model import Dir, HopLabel, ObsBatch, Src
+    from tracer import _core
+    from tracer.model import Dir, HopLabel, ObsBatch, Src, obs_dtype
     from tracer.record import PcapngRecorder
 
     points: list[CapturePoint] = []
@@ -217,7 +217,7 @@ def write_pcapng(sightings: list[Sighting], path: Path) -> int:
         if s.point not in points:
             points.append(s.point)
     hops = [HopLabel(node=p.node, iface=p.iface, netns=p.netns, ifindex=p.ifindex, linktype=1) for p in points]
-    rows = decode_frames([s.frame for s in sightings], 1)
+    rows = _core.decode_frames([s.frame for s in sightings], 1).view(obs_dtype())
     lengths = np.array([len(s.frame) for s in sightings], dtype=np.int64)
     rows["ts_ns"] = [s.ts_ns for s in sightings]
     rows["hop"] = [points.index(s.point) for s in sightings]
