@@ -15,7 +15,7 @@ forwarding under a tracer it is the rate with the tracer over the rate without
 (at most 1). A benchmark that fails or whose output cannot be read shows as
 such in the table and makes the exit status 1; one that needs root is skipped
 without it (``--no-root`` skips them anyway). One generated 1M-record pcapng
-(bench/gen_pcapng.py) serves replay, finish and join; it is removed at the end
+(bench/gen_pcapng.py) serves replay, report, finish and join; it is removed at the end
 unless ``--keep``.
 
 The lab/kernel benchmarks (ebpf, taps, tui, lab, topology, soak) build network
@@ -241,6 +241,15 @@ def parse_soak(out: str) -> list[Row]:
              f"capacity {rate(cap['delivered_pps'], ' pps')}", None, "0 lost, RSS +<=10%")]  # fmt: skip
 
 
+def parse_report(out: str) -> list[Row]:
+    r = last_json(out)
+    n = f"{r['records'] / 1e6:g}M"
+    p = r["tshark"]
+    return [(f"{name}, {n} records (wall)", rate(r[name]["records_per_s_wall"], " obs/s"),
+             f"tshark fields {rate(p['records_per_s_wall'], ' rec/s')}", r[name]["ratio_wall"],
+             ">= 1M obs/s") for name in ("report", "report --parquet")]  # fmt: skip
+
+
 # --- the benchmarks -----------------------------------------------------------------------
 
 
@@ -259,6 +268,8 @@ BENCHES = [
     Bench("replay", "replay_bench.py", ["--file", "{capture}", "--records", "{records}", "--runs", "3", "--json"],
           ["--file", "{capture}", "--records", "{records}", "--runs", "1", "--startup-runs", "3", "--json"],
           parse_replay, needs=("tshark",)),
+    Bench("report", "report_bench.py", ["--file", "{capture}", "--records", "{records}", "--runs", "3", "--json"],
+          ["--file", "{capture}", "--records", "{records}", "--runs", "1", "--json"], parse_report, needs=("tshark",)),
     Bench("read", "read_bench.py", ["--file", "{capture}", "--records", "{records}"],
           ["--file", "{capture}", "--records", "{records}"], parse_read),
     Bench("correlate", "correlate_bench.py", [], ["--records", "100000"], parse_correlate),
