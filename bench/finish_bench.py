@@ -3,9 +3,9 @@
     .venv/bin/python bench/finish_bench.py [/tmp/nat-1m.pcapng] [--records 1000000] [--check]
 
 The capture (bench/gen_pcapng.py makes it when missing: NATed ICMP/UDP/TCP, 5 hops
-a packet) is replayed once by the Python engine with its correlator watched
-(tests/unit/test_core_finish.Recorder): its finished paths, step by step in
-finishing order. Then, timed in CPU seconds of this process (the box is shared),
+a packet) is replayed once by the reference engine (tests/reference) with its
+correlator watched (tests/unit/test_core_finish.Recorder): its finished paths, step by
+step in finishing order. Then, timed in CPU seconds of this process (the box is shared),
 each writing to /dev/null:
 
 * ``python path_line``: ``NdjsonSink.on_path`` for every path (``path_line``), one
@@ -17,8 +17,8 @@ each writing to /dev/null:
   (rows in, NAT events, verdicts, flows, lines out) and ``take``; the claims the join
   teaches it between steps are one Python call each here, timed apart.
 
-``--check`` also runs the product (``Engine`` + ``NdjsonSink``) and requires the core's
-lines to be the same (the stats line's elapsed time aside).
+``--check`` requires the core's lines to be the reference's (the stats line's elapsed
+time aside).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from tests.reference.replay import Outcome, replay_files  # noqa: E402
 from tests.unit.test_core_finish import Recorder  # noqa: E402
 from tracer import correlate  # noqa: E402
 from tracer.engine import Engine, run  # noqa: E402
@@ -46,12 +47,9 @@ from tracer.output import NdjsonSink  # noqa: E402
 from tracer.readers import FileSource  # noqa: E402
 
 
-def record(path: str) -> tuple[list[tuple[Any, ...]], Any, correlate.Correlator]:
-    engine = Engine(FileSource([path]))
-    engine.render_lines = lambda: False  # type: ignore[method-assign]
-    rec = Recorder(engine.correlator)
-    run(engine, [NdjsonSink(io.StringIO())])
-    return rec.ops, engine.stats(), engine.correlator
+def record(path: str) -> tuple[list[tuple[Any, ...]], Outcome, Recorder]:
+    rec = Recorder()
+    return rec.ops, replay_files([path], correlator=rec), rec
 
 
 def steps_of(ops: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -111,7 +109,7 @@ def python_template(path: str, paths: int) -> float:
         return (time.process_time() - t0) / max(len(made), 1) * paths
 
 
-def core(steps: list[tuple[Any, ...]], stats: Any, corr: correlate.Correlator) -> tuple[float, float, bytes]:
+def core(steps: list[tuple[Any, ...]], stats: Outcome, corr: Recorder) -> tuple[float, float, bytes]:
     """CPU seconds in all, CPU seconds in ``finish`` (the rest: one Python call per claim,
     which the join makes in Rust), and the bytes written."""
     from tracer._core import PathFinisher
@@ -151,7 +149,7 @@ def core(steps: list[tuple[Any, ...]], stats: Any, corr: correlate.Correlator) -
                 fin.take_flows(op[1])
             elif kind == "close_flows":
                 fin.close_flows()
-        fin.stats(stats.observations, stats.lost_events, stats.elapsed_s)
+        fin.stats(stats.observations, 0, 0.0)
         out = fin.take()
         null.write(out)
         kept.append(out)
@@ -163,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("path", nargs="?", default="/tmp/nat-1m.pcapng")
     p.add_argument("--records", type=int, default=1_000_000)
-    p.add_argument("--check", action="store_true", help="the core's lines equal the product's")
+    p.add_argument("--check", action="store_true", help="the core's lines equal the reference's")
     a = p.parse_args(argv)
     if not Path(a.path).exists():
         subprocess.run([sys.executable, str(ROOT / "bench" / "gen_pcapng.py"), a.path, "--records",
@@ -184,10 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, secs in rows:
         print(f"{name:20} {secs:8.3f} {secs / paths * 1e9:9.0f} {secs / hops * 1e9:8.0f} {secs / t_core:7.1f}")
     if a.check:
-        out = io.StringIO()
-        run(Engine(FileSource([a.path])), [NdjsonSink(out)])
         strip = re.compile(r', "elapsed_s": [0-9.e+-]+\}$')
-        want = [strip.sub("}", x) for x in out.getvalue().splitlines()]
+        want = [strip.sub("}", x) for x in stats.lines]
         have = [strip.sub("}", x) for x in got.decode().splitlines()]
         print("check:", "same lines" if want == have else "DIFFERENT", f"({len(want)} lines)")
         return 0 if want == have else 1

@@ -1,5 +1,6 @@
 """The core's join (tracer._core.Joiner) on a big capture: ns per sighting through the binding,
-and with --check the same paths, numbers and order as tracer.correlate.Correlator.
+and with --check the same paths, numbers and order as the reference correlator
+(tests/reference/correlate.py).
 
     .venv/bin/python bench/gen_pcapng.py /tmp/nat-1m.pcapng --records 1000000
     .venv/bin/python bench/join_bench.py /tmp/nat-1m.pcapng --save /tmp/nat-1m-rows.npy --check
@@ -15,14 +16,18 @@ import argparse
 import resource
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-import numpy as np
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-from tracer import _core
-from tracer.correlate import Correlator
-from tracer.model import ObsBatch
-from tracer.readers import FileSource
+import numpy as np  # noqa: E402
+
+from tests.reference.correlate import Correlator  # noqa: E402
+from tracer import _core  # noqa: E402
+from tracer.model import ObsBatch  # noqa: E402
+from tracer.readers import FileSource  # noqa: E402
 
 
 def load(path: str) -> tuple[list[np.ndarray[Any, Any]], list[Any]]:
@@ -73,7 +78,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("capture", help=".pcapng/.pcap (read with FileSource) or .npy of OBS_DTYPE rows")
     ap.add_argument("--save", help="write the rows here as .npy")
-    ap.add_argument("--check", action="store_true", help="compare with tracer.correlate.Correlator (slow)")
+    ap.add_argument("--check", action="store_true", help="compare with the reference correlator (slow)")
     args = ap.parse_args()
     batches, hops = load(args.capture)
     n = sum(len(b) for b in batches)
@@ -89,7 +94,7 @@ def main() -> int:
     if args.check:
         t = time.perf_counter()
         ref = run_python(batches, hops if hops else [])
-        print(f"tracer.correlate.Correlator: {(time.perf_counter() - t) / n * 1e9:.0f} ns/sighting "
+        print(f"tests/reference/correlate.py: {(time.perf_counter() - t) / n * 1e9:.0f} ns/sighting "
               "(classic paths: includes making PacketPaths, NAT, verdicts, flows)")
         if ref != paths:
             bad = next(k for k, (a, b) in enumerate(zip(ref, paths, strict=False)) if a != b)

@@ -48,6 +48,7 @@ hops are in time order; then
 
 from __future__ import annotations
 
+from collections import namedtuple
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -64,6 +65,7 @@ from tracer.model import (
     HAS_IP_ID,
     HAS_L4_PORTS,
     HAS_TCP,
+    OBS_DTYPE_FIELDS,
     Endpoints,
     Flow,
     InnerHeader,
@@ -90,41 +92,50 @@ FlowKey = tuple[int, int, str, "int | None", str, "int | None"]
 
 
 def _addr(family: int, raw: bytes) -> str:
-    return addr_text(family, bytes(raw).ljust(16, b"\0"))
+    return addr_text(family, raw.ljust(16, b"\0"))
+
+
+# A row of OBS_DTYPE as Python values (addresses as bytes without their trailing NULs).
+Row = namedtuple("Row", [name for name, _type in OBS_DTYPE_FIELDS])  # type: ignore[misc]
+
+
+def rows_of(rows: Any) -> list[Any]:
+    """OBS_DTYPE rows as ``Row``s."""
+    return [Row._make(t) for t in rows.tolist()]
 
 
 def observation(batch: ObsBatch, r: Any) -> Observation:
-    """Row ``r`` of ``batch`` as the sighting it describes."""
-    has = int(r["has"])
-    fam = int(r["family"])
-    label = batch.hops[int(r["hop"])]
+    """``Row`` ``r`` of ``batch`` as the sighting it describes."""
+    has = r.has
+    fam = r.family
+    label = batch.hops[r.hop]
     # ARP's sender and target protocol addresses are IPv4 addresses: shown so.
-    afam = 4 if fam == 0 and int(r["ethertype"]) == ETH_P_ARP else fam
+    afam = 4 if fam == 0 and r.ethertype == ETH_P_ARP else fam
     inner = None
     if has & HAS_INNER:
-        inner = InnerHeader(_addr(fam, r["inner_src"]), _addr(fam, r["inner_dst"]), int(r["inner_proto"]),
-                            int(r["inner_sport"]), int(r["inner_dport"]))
-    code = int(r["drop_reason"])
-    off, n = int(r["frame_off"]), int(r["frame_len"])
-    frag = int(r["frag"])
+        inner = InnerHeader(_addr(fam, r.inner_src), _addr(fam, r.inner_dst), r.inner_proto,
+                            r.inner_sport, r.inner_dport)
+    code = r.drop_reason
+    off, n = r.frame_off, r.frame_len
+    frag = r.frag
 
     def opt(name: str, flag: int) -> int | None:
-        return int(r[name]) if has & flag else None
+        return getattr(r, name) if has & flag else None
 
     return Observation(
-        ts_ns=int(r["ts_ns"]), netns=int(r["netns"]), ifindex=int(r["ifindex"]), ifname=label.iface,
-        node=label.node, direction=_DIRS.get(int(r["dir"])),  # type: ignore[arg-type]
-        source=_SOURCES.get(int(r["source"]), "file"),  # type: ignore[arg-type]
-        family=fam, proto=int(r["proto"]), src=_addr(afam, r["src"]), dst=_addr(afam, r["dst"]),
-        length=int(r["length"]), ttl=int(r["ttl"]), skb=int(r["skb"]) or None, ethertype=int(r["ethertype"]),
+        ts_ns=r.ts_ns, netns=r.netns, ifindex=r.ifindex, ifname=label.iface,
+        node=label.node, direction=_DIRS.get(r.dir),  # type: ignore[arg-type]
+        source=_SOURCES.get(r.source, "file"),  # type: ignore[arg-type]
+        family=fam, proto=r.proto, src=_addr(afam, r.src), dst=_addr(afam, r.dst),
+        length=r.length, ttl=r.ttl, skb=r.skb or None, ethertype=r.ethertype,
         sport=opt("sport", HAS_L4_PORTS), dport=opt("dport", HAS_L4_PORTS), ip_id=opt("ip_id", HAS_IP_ID),
         flow_label=opt("flow_label", HAS_FLOW_LABEL), tcp_flags=opt("tcp_flags", HAS_TCP),
         tcp_seq=opt("tcp_seq", HAS_TCP), tcp_ack=opt("tcp_ack", HAS_TCP), icmp_type=opt("icmp_type", HAS_ICMP),
         icmp_code=opt("icmp_code", HAS_ICMP), icmp_id=opt("icmp_id", HAS_ICMP), icmp_seq=opt("icmp_seq", HAS_ICMP),
         frag_offset=(frag & 0x1FFF) * 8, more_fragments=frag >= 0x8000, is_fragment=bool(has & HAS_FRAG),
-        digest=int(r["digest"]), inner=inner,
+        digest=r.digest, inner=inner,
         drop_reason=(batch.drop_reasons.get(code) or f"UNKNOWN({code})") if code else None,
-        frame=bytes(batch.frames[off : off + n]) if n else b"", wire_len=int(r["wire_len"]),
+        frame=bytes(batch.frames[off : off + n]) if n else b"", wire_len=r.wire_len,
     )
 
 
@@ -134,18 +145,18 @@ FINGERPRINT = ("family", "proto", "ethertype", "has", "ip_id", "flow_label", "tc
 
 def fingerprint(r: Any) -> tuple[Any, ...]:
     """What NAT and routing leave alone (addresses too for frames that are not IP)."""
-    fp: tuple[Any, ...] = tuple(int(r[name]) for name in FINGERPRINT)
-    if int(r["family"]) == 0:
-        fp += (bytes(r["src"]), bytes(r["dst"]))
+    fp: tuple[Any, ...] = tuple(getattr(r, name) for name in FINGERPRINT)
+    if r.family == 0:
+        fp += (r.src, r.dst)
     return fp
 
 
 def hop_signature(r: Any) -> tuple[Any, ...]:
     """Where a sighting was (netns, hop label index, ifindex, direction); without a direction,
     also the header as seen there."""
-    sig: tuple[Any, ...] = (int(r["netns"]), int(r["hop"]), int(r["ifindex"]), int(r["dir"]))
-    if int(r["dir"]) == _UNKNOWN_DIR:
-        sig += (bytes(r["src"]), bytes(r["dst"]), int(r["sport"]), int(r["dport"]), int(r["ttl"]))
+    sig: tuple[Any, ...] = (r.netns, r.hop, r.ifindex, r.dir)
+    if r.dir == _UNKNOWN_DIR:
+        sig += (r.src, r.dst, r.sport, r.dport, r.ttl)
     return sig
 
 
@@ -218,7 +229,7 @@ class Correlator:
         self.clock = 0
         self.seq = 0
         self.paths = 0  # path numbers given
-        self.open: list[OpenPath] = []
+        self.open: dict[int, OpenPath] = {}  # by number
         self.candidates: dict[tuple[Any, ...], list[OpenPath]] = {}
         # Learnt from traffic: (address, netns) -> since when it sends from there; tx hops whose
         # packets were seen arriving at another traced hop.
@@ -232,7 +243,7 @@ class Correlator:
 
     @property
     def open_rows(self) -> int:
-        return sum(len(p.sightings) for p in self.open)
+        return sum(len(p.sightings) for p in self.open.values())
 
     # ------------------------------------------------------------------ input
 
@@ -275,7 +286,7 @@ class Correlator:
             return
         first_seq = self.seq
         self.seq += len(rows)
-        arrived = [(int(r["ts_ns"]), first_seq + k, r) for k, r in enumerate(rows)]
+        arrived = [(r.ts_ns, first_seq + k, r) for k, r in enumerate(rows_of(rows))]
         arrived.sort(key=lambda a: (a[0], a[1]))
         self.clock = max(self.clock, arrived[-1][0])
         for t, seq, r in arrived:
@@ -283,20 +294,20 @@ class Correlator:
 
     def _step(self, batch: ObsBatch, t: int, seq: int, r: Any) -> None:
         fp, place = fingerprint(r), hop_signature(r)
-        fam, d = int(r["family"]), int(r["dir"])
-        skb = int(r["skb"]) if fam else 0
+        fam, d = r.family, r.dir
+        skb = r.skb if fam else 0
         sighting = Sighting(t, seq, observation(batch, r))
         p = self._pick(self.candidates.get(fp, []), t, place, skb)
         if p is None:
             self.paths += 1
             p = OpenPath(self.paths, fp, skb, t, t, [sighting], [place])
-            self.open.append(p)
+            self.open[p.num] = p
             cands = self.candidates.setdefault(fp, [])
             cands.append(p)
             if len(cands) > self.max_same_fp:
                 del cands[0]  # a flood of identical packets: the oldest gets no more hops
             if fam and d in (_TX, _UNKNOWN_DIR):
-                p.claim = self._claim(fam, bytes(r["src"]), int(r["netns"]), t)
+                p.claim = self._claim(fam, r.src, r.netns, t)
             return
         p.sightings.append(sighting)
         p.places.append(place)
@@ -307,11 +318,11 @@ class Correlator:
         elif t < p.first_ts:
             # Its true first sighting came late: what the forwarded copy taught was wrong.
             if p.claim is not None and self.owned.get(p.claim) == p.first_ts:
-                del self.owned[p.claim]
+                self._retract(p.claim)
             p.first_ts = t
             p.claim = None
             if fam and d in (_TX, _UNKNOWN_DIR):
-                p.claim = self._claim(fam, bytes(r["src"]), int(r["netns"]), t)
+                p.claim = self._claim(fam, r.src, r.netns, t)
 
     def _pick(self, cands: list[OpenPath], t: int, place: tuple[Any, ...], skb: int) -> OpenPath | None:
         oldest = None
@@ -339,6 +350,9 @@ class Correlator:
         self.owned[key] = min(since, ts)
         return None
 
+    def _retract(self, key: tuple[str, int]) -> None:
+        del self.owned[key]
+
     # ------------------------------------------------------------------ output
 
     def _expire(self, cutoff: int | None, keep_rows: int = 0, max_paths: int | None = None) -> list[PacketPath]:
@@ -347,14 +361,14 @@ class Correlator:
         need_rows = self.open_rows - keep_rows if keep_rows else None
         taken: list[OpenPath] = []
         rows = 0
-        for p in sorted(self.open, key=lambda p: (p.last_ts, p.num)):
+        for p in sorted(self.open.values(), key=lambda p: (p.last_ts, p.num)):
             if ((cutoff is not None and p.last_ts >= cutoff) or (need_rows is not None and rows >= need_rows)
                     or len(taken) == max_paths):
                 break
             taken.append(p)
             rows += len(p.sightings)
         for p in taken:
-            self.open.remove(p)
+            del self.open[p.num]
             cands = self.candidates.get(p.fp)
             if cands is not None and p in cands:
                 cands.remove(p)

@@ -156,11 +156,11 @@ class Run:
 
 
 def replay(batches: Iterable[ObsBatch], *, expr: str | None = None, count: int | None = None,
-           lost_events: int = 0, **correlator: Any) -> Outcome:
+           lost_events: int = 0, correlator: Correlator | None = None) -> Outcome:
     """NDJSON lines (without newlines) of a stream of batches; a ``CaptureFileError`` raised by
     the stream ends it and is held in the outcome."""
     t0 = time.monotonic()
-    run = Run(Correlator(**correlator), expr, count, lost_events)
+    run = Run(correlator, expr, count, lost_events)
     it = iter(batches)
     while not run.done():
         try:
@@ -175,11 +175,11 @@ def replay(batches: Iterable[ObsBatch], *, expr: str | None = None, count: int |
 
 
 def replay_files(files: Sequence[str] = (), hops: Sequence[tuple[str, str]] = (), *, expr: str | None = None,
-                 count: int | None = None) -> Outcome:
+                 count: int | None = None, correlator: Correlator | None = None) -> Outcome:
     """``hoptrace replay --json FILE... [--hop NODE/IFACE=FILE]... [--filter EXPR]``, read by the
     reference reader (tests/reference/readers.py)."""
     from tests.reference.readers import FileSource
 
     source = FileSource(files, hops)
     source.start()
-    return replay(source.batches(), expr=expr, count=count)
+    return replay(source.batches(), expr=expr, count=count, correlator=correlator)

@@ -1,20 +1,19 @@
-"""The core's PathFinisher (NAT events, verdicts, flows, NDJSON) against the Python engine, byte for byte.
+"""The core's PathFinisher (NAT events, verdicts, flows, NDJSON) against the reference, byte for byte.
 
-For each input, the Python engine runs twice: once as ``hoptrace replay --json`` runs it
-(``Engine`` + ``NdjsonSink``: the product's lines), and once with its correlator watched
-(``Recorder``): the paths it finished, in the order it finished them, each expiry step,
-what it learned about who owns an address, when it took flows. The same paths, as
-sightings (``ObsBatch.from_observations``), then go through ``tracer._core.PathFinisher``
-in the same order, and its NDJSON must equal the product's, line for line (the stats
-line but its elapsed time).
+For each input, the reference engine (tests/reference/replay.py) runs with its correlator
+watched (``Recorder``): the paths it finished, in the order it finished them, each expiry
+step, what it learned about who owns an address (claims, and claims a late first sighting
+took back), when it took flows and when it closed them all. The same paths, as sightings
+(``ObsBatch.from_observations``), then go through ``tracer._core.PathFinisher`` in the same
+order, and its NDJSON must equal the reference's, line for line (the stats line but its
+elapsed time).
 """
 
 from __future__ import annotations
 
-import io
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,101 +24,71 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import CORPUS
+from tests.reference.correlate import Correlator
+from tests.reference.readers import FileSource
+from tests.reference.replay import Outcome, replay
 from tests.unit.conftest import MS, US, internet_ping, internet_pong, make_obs
-from tests.unit.test_lines import Batches, batches_of, flood, hostile
+from tests.unit.streams import batches_of, flood, hostile
 from tracer.addr import addr_bytes
-from tracer.correlate import Correlator
-from tracer.engine import Engine, run
 from tracer.model import InnerHeader, ObsBatch, Observation, PacketPath
-from tracer.output import NdjsonSink
-from tracer.readers import FileSource
-from tracer.replay import HeldErrorSource
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 _ELAPSED = re.compile(r', "elapsed_s": [0-9.e+-]+\}$')
 
 
-class _Owned(dict[tuple[str, int], int]):
-    """``Correlator.owned`` that tells its recorder when a claim is taken back."""
+class Recorder(Correlator):
+    """The reference correlator, noting everything finishing depends on, in order (``ops``)."""
 
-    recorder: Recorder
-
-    def __delitem__(self, key: tuple[str, int]) -> None:
-        if not self.recorder.in_own:  # _own's own deletions are its size bound: the core has it too
-            fam, raw = addr_bytes(key[0])
-            self.recorder.ops.append(("retract", fam, raw, key[1], self[key]))
-        super().__delitem__(key)
-
-
-class Recorder:
-    """Everything a ``Correlator`` did that finishing depends on, in order (``ops``)."""
-
-    def __init__(self, corr: Correlator) -> None:
-        self.corr = corr
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
         self.ops: list[tuple[Any, ...]] = []
-        self.in_own = False
-        owned = _Owned(corr.owned)
-        owned.recorder = self
-        corr.owned = owned
-        own, finish, expire = corr._own, corr._finish, corr._expire
-        flush, take_flows = corr.flush, corr.take_flows
 
-        def _own(family: int, raw: bytes, netns: int, ts: int) -> Any:
-            self.in_own = True
-            try:
-                got = own(family, raw, netns, ts)
-            finally:
-                self.in_own = False
-            self.ops.append(("claim", family, raw.ljust(16, b"\0"), netns, ts, got is not None))
-            return got
+    def _claim(self, family: int, raw: bytes, netns: int, ts: int) -> tuple[str, int] | None:
+        got = super()._claim(family, raw, netns, ts)
+        self.ops.append(("claim", family, raw.ljust(16, b"\0"), netns, ts, got is not None))
+        return got
 
-        def _finish(p: Any) -> Any:
-            out = finish(p)
-            assert isinstance(out, PacketPath)  # classic mode: every path has its hops
-            self.ops.append(("path", p.num, out))
-            return out
+    def _retract(self, key: tuple[str, int]) -> None:
+        fam, raw = addr_bytes(key[0])
+        self.ops.append(("retract", fam, raw, key[1], self.owned[key]))
+        super()._retract(key)
 
-        def _expire(*args: Any, **kw: Any) -> Any:
-            out = expire(*args, **kw)
-            self.ops.append(("step",))
-            return out
+    def _finish(self, p: Any) -> PacketPath:
+        out = super()._finish(p)
+        self.ops.append(("path", p.num, out))
+        return out
 
-        def _flush(max_paths: int | None = None) -> Any:
-            out = flush(max_paths)
-            if not corr._open_count:
-                self.ops.append(("close_flows",))
-            return out
+    def _expire(self, *args: Any, **kw: Any) -> list[PacketPath]:
+        out = super()._expire(*args, **kw)
+        self.ops.append(("step",))
+        return out
 
-        def _take_flows() -> Any:
-            self.ops.append(("take_flows", corr._clock))
-            return take_flows()
+    def flush(self, max_paths: int | None = None) -> list[PacketPath]:
+        out = super().flush(max_paths)
+        if not self.open:
+            self.ops.append(("close_flows",))
+        return out
 
-        corr._own = _own  # type: ignore[method-assign]
-        corr._finish = _finish  # type: ignore[method-assign]
-        corr._expire = _expire  # type: ignore[method-assign]
-        corr.flush = _flush  # type: ignore[method-assign]
-        corr.take_flows = _take_flows  # type: ignore[method-assign]
+    def take_flows(self) -> Any:
+        self.ops.append(("take_flows", self.clock))
+        return super().take_flows()
 
 
-def product_lines(source: Any) -> list[str]:
-    """What ``hoptrace replay --json`` prints for ``source``."""
-    out = io.StringIO()
-    run(Engine(source), [NdjsonSink(out)])
-    return out.getvalue().splitlines()
+def recorded(batches: Iterable[ObsBatch]) -> tuple[Outcome, Recorder]:
+    """The reference's run over ``batches`` (a damaged file ends them, as replay reads it)."""
+    rec = Recorder()
+    return replay(batches, correlator=rec), rec
 
 
-def core_lines(source: Any) -> list[str]:
-    """The Python engine's paths, in its finishing order, through the core's PathFinisher."""
+def file_batches(*files: str) -> Iterable[ObsBatch]:
+    return FileSource(list(files)).batches()
+
+
+def core_lines(rec: Recorder, observations: int) -> list[str]:
+    """The reference's paths, in its finishing order, through the core's PathFinisher."""
     from tracer._core import PathFinisher
 
-    engine = Engine(source)
-    engine.render_lines = lambda: False  # type: ignore[method-assign]  # paths as objects
-    corr = engine.correlator
-    rec = Recorder(corr)
-    run(engine, [NdjsonSink(io.StringIO())])
-    stats = engine.stats()
-    fin = PathFinisher(window_ns=corr.window_ns, flow_idle_ns=corr.flow_idle_ns,
-                       max_flow_paths=corr.max_flow_paths)
+    fin = PathFinisher(window_ns=rec.window_ns, flow_idle_ns=rec.flow_idle_ns, max_flow_paths=rec.max_flow_paths)
     pending: list[tuple[int, PacketPath]] = []
     for op in rec.ops:
         kind = op[0]
@@ -140,7 +109,7 @@ def core_lines(source: Any) -> list[str]:
         elif kind == "close_flows":
             fin.close_flows()
     assert not pending
-    fin.stats(stats.observations, stats.lost_events, stats.elapsed_s)
+    fin.stats(observations, 0, 0.0)
     return bytes(fin.take()).decode("ascii").splitlines()
 
 
@@ -152,17 +121,17 @@ def finish_step(fin: Any, paths: list[tuple[int, PacketPath]]) -> None:
                batch.drop_reasons)
 
 
-def assert_same(make_source: Callable[[], Any]) -> list[str]:
-    want = product_lines(make_source())
-    got = core_lines(make_source())
-    assert want and _ELAPSED.search(want[-1]), want[-1:]
-    assert [_ELAPSED.sub("}", x) for x in got] == [_ELAPSED.sub("}", x) for x in want]
-    return want
+def assert_same(make_batches: Callable[[], Iterable[ObsBatch]]) -> list[str]:
+    want, rec = recorded(make_batches())
+    got = core_lines(rec, want.observations)
+    assert want.lines and _ELAPSED.search(want.lines[-1]), want.lines[-1:]
+    assert [_ELAPSED.sub("}", x) for x in got] == [_ELAPSED.sub("}", x) for x in want.lines]
+    return want.lines
 
 
 @pytest.mark.parametrize("fixture", sorted(p.name for p in FIXTURES.glob("*.pcapng")))
-def test_every_fixture_gives_the_products_lines(fixture: str) -> None:
-    lines = assert_same(lambda: FileSource([str(FIXTURES / fixture)]))
+def test_every_fixture_gives_the_references_lines(fixture: str) -> None:
+    lines = assert_same(lambda: file_batches(str(FIXTURES / fixture)))
     assert any(x.startswith('{"type": "path"') for x in lines)
     assert any(x.startswith('{"type": "flow"') for x in lines)
 
@@ -171,7 +140,7 @@ def test_the_fixtures_cover_nat_verdicts_and_flows() -> None:
     """What the fixture test above compares is there to compare: NAT at each hook, every verdict."""
     seen: set[str] = set()
     for f in FIXTURES.glob("*.pcapng"):
-        text = "\n".join(product_lines(FileSource([str(f)])))
+        text = "\n".join(recorded(file_batches(str(f)))[0].lines)
         seen |= set(re.findall(r'"verdict": "(\w+)"', text))
         seen |= {f"{k} {h}" for k, h in re.findall(r'"kind": "(\w+)", "node": "[^"]*", "hook": "(\w+)"', text)}
         seen |= {"drop_reason"} if re.search(r'"drop_reason": "', text) else set()
@@ -186,11 +155,11 @@ def corpus_files() -> list[str]:
 
 @pytest.mark.timeout(120)
 # Every 8th file: tests/unit/test_core_engine.py runs all 830 end to end (reader, join and
-# finishing together) against the Python engine; here, a spread of them per stage.
+# finishing together) against the reference; here, a spread of them per stage.
 @pytest.mark.parametrize("name", corpus_files()[::8])
-def test_corpus_file_gives_the_products_lines(name: str) -> None:
+def test_corpus_file_gives_the_references_lines(name: str) -> None:
     # As replay reads it: a damaged file ends the stream where the damage is.
-    assert_same(lambda: HeldErrorSource(FileSource([str(CORPUS / name)])))
+    assert_same(lambda: file_batches(str(CORPUS / name)))
 
 
 # ------------------------------------------------------------------ generated streams
@@ -200,7 +169,7 @@ def test_corpus_file_gives_the_products_lines(name: str) -> None:
 @given(n=st.integers(1, 40), seed=st.integers(0, 2**32 - 1), cuts=st.lists(st.integers(0, 300), max_size=5))
 def test_random_floods(n: int, seed: int, cuts: list[int]) -> None:
     obs = flood(n, seed)
-    assert_same(lambda: Batches(batches_of(obs, cuts)))
+    assert_same(lambda: batches_of(obs, cuts))
 
 
 @settings(max_examples=60, deadline=None)
@@ -209,7 +178,7 @@ def test_hostile_streams(n: int, seed: int, cuts: list[int]) -> None:
     """Shared fingerprints, reused and missing skbs, late and out-of-order sightings (late
     first sightings take back what they taught), gaps beyond the window, drops."""
     obs = hostile(n, seed)
-    assert_same(lambda: Batches(batches_of(obs, cuts)))
+    assert_same(lambda: batches_of(obs, cuts))
 
 
 V6 = ["2001:db8::2", "2001:db8::1", "::ffff:10.0.0.1", "::1.2.3.4", "fe80::1:0:0:2", "2001:db8:0:0:1::1"]
@@ -295,12 +264,12 @@ def varied(n: int, seed: int) -> list[Observation]:
 @given(n=st.integers(1, 30), seed=st.integers(0, 2**32 - 1), cuts=st.lists(st.integers(0, 150), max_size=4))
 def test_varied_streams(n: int, seed: int, cuts: list[int]) -> None:
     obs = varied(n, seed)
-    assert_same(lambda: Batches(batches_of(obs, cuts)))
+    assert_same(lambda: batches_of(obs, cuts))
 
 
 def test_ping_pong_pairs_into_one_flow() -> None:
     obs = internet_ping(t0=1_000 * MS) + internet_pong(t0=1_001 * MS)
-    lines = assert_same(lambda: Batches([ObsBatch.from_observations(obs)]))
+    lines = assert_same(lambda: [ObsBatch.from_observations(obs)])
     (flow,) = [x for x in lines if '"type": "flow"' in x]
     assert flow.startswith('{"type": "flow", "id": "f1", "proto": "icmp", ') and flow.endswith('"paths": ["p1", "p2"]}')
 

@@ -1,4 +1,4 @@
-"""The core's join (``tracer._core.Joiner``) against tracer.correlate.Correlator, the reference.
+"""The core's join (``tracer._core.Joiner``) against the reference correlator (tests/reference/correlate.py).
 
 Both are fed the same rows in the same batches, with the same ticks and flushes.
 Every row carries its index in the stream in ``wire_len`` (a field the join never
@@ -16,29 +16,28 @@ from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import tracer.correlate as correlate_mod
 from tests.conftest import CORPUS
+from tests.reference import correlate as reference
+from tests.reference.correlate import Correlator, fingerprint, hop_signature, rows_of
+from tests.reference.readers import FileSource
 from tests.unit.conftest import MS, US
-from tests.unit.test_lines import flood, hostile
+from tests.unit.streams import flood, hostile
 from tracer import _core
-from tracer.correlate import Correlator, _fingerprint, _hop_signature
 from tracer.errors import HoptraceError
 from tracer.model import HopLabel, ObsBatch, obs_dtype
-from tracer.readers import FileSource
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 Paths = list[tuple[str, tuple[int, ...]]]
 
 
 class Reference(Correlator):
-    """The Python correlator, noting the numbers of the paths it finishes, in that order."""
+    """The reference correlator, noting the numbers of the paths it finishes, in that order."""
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
@@ -51,10 +50,10 @@ class Reference(Correlator):
 
 @dataclass
 class Config:
-    window_ns: int = correlate_mod.DEFAULT_WINDOW_NS
-    max_open_rows: int = correlate_mod.DEFAULT_MAX_OPEN_ROWS
-    chunk: int = correlate_mod._CHUNK
-    max_same_fp: int = correlate_mod._MAX_SAME_FP
+    window_ns: int = reference.DEFAULT_WINDOW_NS
+    max_open_rows: int = reference.DEFAULT_MAX_OPEN_ROWS
+    chunk: int = reference.CHUNK
+    max_same_fp: int = reference.MAX_SAME_FP
 
 
 # One call: ("feed", batch) | ("advance", now_ns) | ("flush", max_paths)
@@ -69,19 +68,18 @@ def tagged(rows: np.ndarray[Any, Any], start: int) -> np.ndarray[Any, Any]:
 
 def py_run(ops: list[Op], cfg: Config) -> list[tuple[Paths, list[int]]]:
     out = []
-    with mock.patch.object(correlate_mod, "_CHUNK", cfg.chunk), \
-            mock.patch.object(correlate_mod, "_MAX_SAME_FP", cfg.max_same_fp):  # fmt: skip
-        c = Reference(window_ns=cfg.window_ns, max_open_rows=cfg.max_open_rows)
-        for kind, arg in ops:
-            c.finished = []
-            if kind == "feed":
-                paths = c.feed_batch(arg)
-            elif kind == "advance":
-                paths = c.advance(arg)
-            else:
-                paths = c.flush(arg)
-            out.append(([(p.id, tuple(h.wire_len for h in p.hops)) for p in paths], c.finished))
-        assert c.open_paths == 0
+    c = Reference(window_ns=cfg.window_ns, max_open_rows=cfg.max_open_rows, chunk=cfg.chunk,
+                  max_same_fp=cfg.max_same_fp)
+    for kind, arg in ops:
+        c.finished = []
+        if kind == "feed":
+            paths = c.feed_batch(arg)
+        elif kind == "advance":
+            paths = c.advance(arg)
+        else:
+            paths = c.flush(arg)
+        out.append(([(p.id, tuple(h.wire_len for h in p.hops)) for p in paths], c.finished))
+    assert not c.open
     return out
 
 
@@ -127,13 +125,32 @@ def all_paths(result: list[tuple[Paths, list[int]]]) -> Paths:
 
 
 def test_join_keys_are_the_references() -> None:
+    """The core's 64-bit join keys tell rows apart exactly as the reference's keys (the fields
+    themselves) do: fingerprints and hop signatures, over rows that share some fields and not
+    others (IP and not, known direction and not, a negative ifindex)."""
     rng = np.random.default_rng(7)
-    rows = np.frombuffer(rng.bytes(64 * obs_dtype().itemsize), dtype=obs_dtype()).copy()
-    rows["family"] = rng.choice([0, 4, 6], size=64)
-    rows["dir"] = rng.choice([0, 1, 2, 3], size=64)
-    rows["ifindex"][:8] = -1
+    n = 400
+    base = np.frombuffer(rng.bytes(24 * obs_dtype().itemsize), dtype=obs_dtype()).copy()
+    base["family"] = rng.choice([0, 4, 6], size=24)
+    base["dir"] = rng.choice([0, 1, 2, 3], size=24)
+    base["ifindex"][:4] = -1
+    # Each row a copy of a base row, a field or two of it taken from another: shared keys.
+    rows = base[rng.integers(0, 24, size=n)]
+    names = [x for x in obs_dtype().names if x != "family"]
+    for i in range(n):
+        for name in rng.choice(names, size=rng.integers(0, 3)).tolist():
+            rows[name][i] = base[name][rng.integers(0, 24)]
     fp, hop = _core.join_keys(rows)
-    assert (fp.tolist(), hop.tolist()) == (_fingerprint(rows).tolist(), _hop_signature(rows).tolist())
+
+    def partition(keys: list[Any]) -> list[int]:
+        """Each row's class: the index of the first row with its key."""
+        first: dict[Any, int] = {}
+        return [first.setdefault(k, i) for i, k in enumerate(keys)]
+
+    assert partition(fp.tolist()) == partition([fingerprint(r) for r in rows_of(rows)])
+    assert partition(hop.tolist()) == partition([hop_signature(r) for r in rows_of(rows)])
+    # what is compared is worth comparing: rows share keys and differ
+    assert 1 < len(set(fp.tolist())) < n and 1 < len(set(hop.tolist())) < n
     assert bool((rows["dir"] == 0).any()) and bool((rows["family"] == 0).any())
     # bytes are rows too
     fp2, _ = _core.join_keys(rows.tobytes())
