@@ -47,7 +47,7 @@ from tracer.model import obs_dtype  # noqa: E402
 
 def python_decode_into() -> Callable[..., None] | None:
     """The Python reference decoder, wherever it lives now."""
-    for mod in ("tests.reference.decode", "tracer.decode"):
+    for mod in ("tests.reference.decode",):
         try:
             return __import__(mod, fromlist=["decode_into"]).decode_into  # type: ignore[no-any-return]
         except ImportError:

@@ -102,8 +102,8 @@ def test_filter_keeps_matching_paths(capsys: pytest.CaptureFixture[str]) -> None
 
 def test_vector_decode_equals_scalar_over_the_corpus() -> None:
     """decode's numpy fast path against its per-frame reference on every corpus frame it reads."""
+    from tests.reference.decode import _vector, decode_scalar
     from tests.reference.readers import _FileReader
-    from tracer.decode import _vector, decode_scalar
     from tracer.errors import CaptureFileError
 
     frames = 0

@@ -52,9 +52,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import CORPUS
+from tests.reference.decode import decode_one
 from tests.reference.readers import _FileReader
 from tracer.addr import addr_text
-from tracer.decode import decode_one
 from tracer.errors import CaptureFileError
 
 FIELDS = ["frame.protocols", "ip.src", "ip.dst", "ip.proto", "ip.id", "ipv6.src", "ipv6.dst", "ipv6.nxt"]

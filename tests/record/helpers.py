@@ -32,7 +32,7 @@ class Sighting:
 
 def batch_of(sightings: Sequence[Sighting], hops: list[HopLabel] | None = None,
              drop_reasons: dict[int, str] | None = None, source: Src = Src.EBPF) -> ObsBatch:
-    from tracer.decode import decode_frames
+    from tests.reference.decode import decode_frames
 
     hops = HOPS if hops is None else hops
     frames = [s.frame for s in sightings]

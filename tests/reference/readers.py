@@ -42,7 +42,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from tracer.decode import (
+from tests.reference.decode import (
     LINKTYPE_LINUX_SLL,
     LINKTYPE_LINUX_SLL2,
     SUPPORTED_LINKTYPES,

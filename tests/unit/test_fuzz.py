@@ -25,7 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import CORPUS
-from tracer.decode import SUPPORTED_LINKTYPES, decode_frames
+from tests.reference import decode as reference
+from tests.reference.decode import SUPPORTED_LINKTYPES
+from tracer import _core
 from tracer.errors import CaptureFileError
 from tracer.model import obs_dtype
 from tracer.readers import FileSource
@@ -113,6 +115,11 @@ def framed(draw: st.DrawFn) -> tuple[bytes, int]:
     return (frame if draw(st.booleans()) else frame[:cut]), lt
 
 
+def decode_frames(frames: list[Any], linktypes: int | list[int]) -> np.ndarray[Any, Any]:
+    """The product's decoder (the core's; tests/unit/test_core_readers.py holds it to the reference)."""
+    return _core.decode_frames(frames, linktypes).view(obs_dtype())  # type: ignore[no-any-return]
+
+
 def check_rows(rows: np.ndarray[Any, Any], n: int) -> None:
     assert rows.dtype == obs_dtype() and len(rows) == n
     assert set(np.unique(rows["family"]).tolist()) <= {0, 4, 6}
@@ -139,10 +146,11 @@ def test_decode_structured_frames_never_raise_and_batching_does_not_matter(frame
 @CI
 @given(framed(), st.integers(0, 3))
 def test_decode_memoryview_slices_read_only_their_own_bytes(item: tuple[bytes, int], pad: int) -> None:
-    # Frames of a batch share one buffer: nothing may be read past a frame's end.
+    # Frames of a batch share one buffer: nothing may be read past a frame's end. (The reference
+    # decoder's; the core's reads of a shared buffer: tests/unit/test_core_decode_live.py.)
     frame, lt = item
-    alone = decode_frames([frame], lt)
-    with_neighbour = decode_frames([memoryview(frame + b"\xff" * 64)[: len(frame)], b"\xaa" * pad], lt)
+    alone = reference.decode_frames([frame], lt)
+    with_neighbour = reference.decode_frames([memoryview(frame + b"\xff" * 64)[: len(frame)], b"\xaa" * pad], lt)
     assert alone.tobytes() == with_neighbour[:1].tobytes()
 
 

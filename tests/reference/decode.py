@@ -1,6 +1,10 @@
-"""Frame bytes -> packet fields of ``OBS_DTYPE``, for every source (files, eBPF, taps).
+"""The reference decoder: frame bytes -> packet fields of ``OBS_DTYPE``, in Python.
 
-This is the hot path of every source. The common frames of a batch (plain
+The product decodes in the core (crates/hoptrace-core/src/decode.rs: ``_core.decode_frames``,
+``_core.decode_into``); this is the decoder it replaced, moved here as it was, the oracle
+tests/unit/test_core_readers.py and test_core_decode_live.py hold the core to byte for
+byte (and tests/reference/readers.py reads with). It was the hot path of every source,
+which is why it has two ways, each tested against the other: the common frames of a batch (plain
 IPv4/IPv6 with TCP, UDP or ICMP echo) are decoded at once with numpy over the
 batch's shared buffer (``_vector``: one row copy of each frame's headers, read
 as big-endian fields; ~10x the per-frame path); every
