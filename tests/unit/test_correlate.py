@@ -1,4 +1,5 @@
-"""Correlator: one packet recognised at every hop, and never two packets merged."""
+"""The reference correlator (tests/reference/correlate.py): one packet recognised at every hop,
+and never two packets merged."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.reference.correlate import Correlator, correlate
 from tests.unit.conftest import MS, NETNS, US, internet_ping, internet_pong, make_obs
-from tracer.correlate import Correlator, correlate
 from tracer.model import (
     Endpoints,
     Flow,
@@ -333,8 +334,8 @@ def test_flow_bookkeeping_is_per_flow_not_per_path() -> None:
     for k in range(400):
         c.feed_batch(ObsBatch.from_observations(internet_ping(t0=(1 + k) * 1 * MS, ip_id=k, icmp_seq=k)))
     taken = c.take_flows()
-    waiting = [fs for _t, _s, fs in c._flow_idle]
-    assert len(waiting) <= 41 and sum(len(fs.paths) for fs in waiting) <= 10
+    waiting = list(c.flows_open.values())
+    assert len(waiting) <= 1 and sum(len(fs.paths) for fs in waiting) <= 10
     assert sum(len(f.paths) for f in taken) + sum(len(fs.paths) for fs in waiting) <= 400
 
 
@@ -356,7 +357,7 @@ def test_a_batch_larger_than_a_chunk() -> None:
 
 
 def test_no_bcc_or_textual_imported() -> None:
-    code = ("import sys, tracer.correlate, tracer.engine, tracer.output, tracer.nat;"
+    code = ("import sys, tests.reference.correlate, tests.reference.replay, tracer.engine, tracer.output;"
             "print(sorted(m for m in ('bcc', 'textual', 'pandas') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

