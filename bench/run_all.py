@@ -153,8 +153,8 @@ def parse_finish(out: str) -> list[Row]:
 
 def parse_join(out: str) -> list[Row]:
     core = num(r"^_core\.Joiner via the binding: ([\d.]+) ns/sighting wall", out)
-    py = num(r"^tracer\.correlate\.Correlator: ([\d.]+) ns/sighting", out)
-    return [("join sightings: core vs Python correlator", f"{core:.0f} ns/sighting", f"{py:.0f} ns/sighting",
+    py = num(r"^tests/reference/correlate\.py: ([\d.]+) ns/sighting", out)
+    return [("join sightings: core vs the Python reference", f"{core:.0f} ns/sighting", f"{py:.0f} ns/sighting",
              py / core, "tens of ns")]  # fmt: skip
 
 
