@@ -32,6 +32,7 @@ use crate::learned::{Links, Owners};
 use crate::nat::{infer_nat, verdict, NatEvent, Verdict};
 use crate::obs::Obs;
 use crate::render::{push_path_line, push_stats_line};
+use crate::text_render::{push_path_text, push_stats_text, Format, PathHead};
 
 /// The correlator's settings that finishing reads (tracer/correlate.py's defaults).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +44,8 @@ pub struct FinishConfig {
     pub flow_idle_ns: u64,
     /// A flow closes when it has this many paths.
     pub max_flow_paths: usize,
+    /// What the lines are: NDJSON (`--json`) or text for people (`TextSink`'s blocks).
+    pub format: Format,
 }
 
 impl Default for FinishConfig {
@@ -51,6 +54,7 @@ impl Default for FinishConfig {
             window_ns: 500_000_000,
             flow_idle_ns: 5_000_000_000,
             max_flow_paths: 1000,
+            format: Format::Ndjson,
         }
     }
 }
@@ -74,7 +78,25 @@ pub trait PathSink: Any + Send + Sync + std::fmt::Debug {
     fn flow(&mut self, f: &ClosedFlow);
 }
 
-/// Finished paths in, NDJSON out. See the module documentation for the protocol.
+/// One finished path as `format` writes it: its NDJSON line, or its text block and the gap after it.
+fn push_path(
+    out: &mut Vec<u8>,
+    format: Format,
+    (num, flow, verdict): (u64, Option<u64>, Verdict),
+    hops: &[Obs],
+    nat: &[NatEvent],
+    labels: &Labels,
+) {
+    match format {
+        Format::Ndjson => push_path_line(out, num, flow, verdict, hops, nat, labels),
+        Format::Text(opts) => {
+            let head = PathHead { num, flow, verdict };
+            push_path_text(out, head, hops, nat, labels, &opts);
+        }
+    }
+}
+
+/// Finished paths in, NDJSON (or text) out. See the module documentation for the protocol.
 #[derive(Debug)]
 pub struct PathFinisher {
     cfg: FinishConfig,
@@ -107,7 +129,8 @@ impl PathFinisher {
             labels: Labels::new(),
             owners: Owners::new(),
             links: Links::new(),
-            flows: Flows::new(cfg.flow_idle_ns, cfg.max_flow_paths),
+            flows: Flows::new(cfg.flow_idle_ns, cfg.max_flow_paths)
+                .with_text(matches!(cfg.format, Format::Text(_))),
             nat: Vec::new(),
             step_start: 0,
             step_lines: Vec::new(),
@@ -202,7 +225,14 @@ impl PathFinisher {
             self.step_start = self.out.len();
         }
         let start = self.out.len();
-        push_path_line(&mut self.out, num, flow, v, hops, &self.nat, labels);
+        push_path(
+            &mut self.out,
+            self.cfg.format,
+            (num, flow, v),
+            hops,
+            &self.nat,
+            labels,
+        );
         self.step_lines.push((num, start, self.out.len()));
     }
 
@@ -236,7 +266,14 @@ impl PathFinisher {
             self.nat.clear();
             infer_nat(hops, &self.labels, &mut self.nat);
             if self.lines {
-                push_path_line(&mut self.out, num, flow, v, hops, &self.nat, &self.labels);
+                push_path(
+                    &mut self.out,
+                    self.cfg.format,
+                    (num, flow, v),
+                    hops,
+                    &self.nat,
+                    &self.labels,
+                );
             }
             if let Some(sink) = &mut self.sink {
                 let p = ShownPath {
@@ -355,7 +392,11 @@ impl PathFinisher {
     /// The last line of a run.
     pub fn push_stats(&mut self, observations: u64, lost_events: u64, elapsed_s: f64) {
         self.end_step();
-        push_stats_line(
+        let write = match self.cfg.format {
+            Format::Ndjson => push_stats_line,
+            Format::Text(_) => push_stats_text,
+        };
+        write(
             &mut self.out,
             observations,
             self.paths,
@@ -462,6 +503,38 @@ mod tests {
 
     fn text(f: &mut PathFinisher) -> String {
         String::from_utf8(f.take_output()).expect("ascii")
+    }
+
+    #[test]
+    fn text_format_writes_blocks_flows_and_the_stats_line_as_text_sink() {
+        use crate::text_render::TextOptions;
+        for (detail, gap) in [(0i8, "\n\n"), (-1, "\n")] {
+            let cfg = FinishConfig {
+                format: Format::Text(TextOptions {
+                    detail,
+                    ..TextOptions::default()
+                }),
+                ..FinishConfig::default()
+            };
+            let mut f = PathFinisher::new(cfg);
+            let ping = lab(&mut f, 1_000, false);
+            f.finish(1, &ping);
+            f.end_step();
+            f.close_flows();
+            f.take_flows(0);
+            f.push_stats(3, 0, 0.25);
+            let out = text(&mut f);
+            let head = "p1  icmp echo-request id 7 seq 0  172.17.0.2 → 198.51.100.8  incomplete  20 ns  flow f1";
+            let block = if detail < 0 {
+                format!("{head}  web/eth0 → host/eth0 → inet/eth0")
+            } else {
+                format!("{head}\n     web/eth0 tx\n   → host/eth0 tx  +10 ns\n   → inet/eth0 rx  +10 ns")
+            };
+            let flow =
+                "f1  icmp  172.17.0.2 → 198.51.100.8  reply 198.51.100.8 → 203.0.113.2  paths p1\n";
+            let stats = "stats: 3 observations, 1 paths, 0 lost events, 0.250 s\n";
+            assert_eq!(out, format!("{block}{gap}{flow}{stats}"));
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::hash::FastMap;
 use crate::nat::Endpoints;
 use crate::obs::Obs;
 use crate::render::{push_flow_line, FlowLine};
+use crate::text_render::push_flow_text;
 use crate::view;
 
 /// (family, protocol, source, source port or echo id, destination, its port or echo id).
@@ -95,6 +96,8 @@ pub struct Flows {
     /// Closed flows kept for [`Flows::take_closed`] (when [`Flows::keep_closed`] asked).
     keep: bool,
     closed: Vec<ClosedFlow>,
+    /// Lines as text for people (`flow_text`) rather than NDJSON.
+    text: bool,
 }
 
 impl Flows {
@@ -111,6 +114,7 @@ impl Flows {
             lines: true,
             keep: false,
             closed: Vec::new(),
+            text: false,
         }
     }
 
@@ -124,6 +128,12 @@ impl Flows {
     /// in the order their lines would be written.
     pub fn take_closed(&mut self) -> std::vec::Drain<'_, ClosedFlow> {
         self.closed.drain(..)
+    }
+
+    /// Flows written as text for people (`flow_text`) rather than NDJSON lines.
+    pub fn with_text(mut self, text: bool) -> Flows {
+        self.text = text;
+        self
     }
 
     /// The flow of path `num`, whose first and last hops are `first` and `last` (in path
@@ -238,7 +248,12 @@ impl Flows {
         if !self.lines {
             return;
         }
-        push_flow_line(
+        let write = if self.text {
+            push_flow_text
+        } else {
+            push_flow_line
+        };
+        write(
             &mut self.done,
             &FlowLine {
                 num: n,

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 
 use crate::pytext::decode_utf8_surrogatepass;
+use crate::safe_text::{char_count, term_safe_wtf8};
 use crate::text::{json_str, push_json_code_points};
 
 /// A "surrogatepass" UTF-8 name as `json.dumps` writes the `str` Python decodes it to.
@@ -43,6 +44,12 @@ pub struct Label {
     /// `"node"`, escaped as `json.dumps` escapes it.
     pub node_json: Vec<u8>,
     pub iface_json: Vec<u8>,
+    /// The names as the text output shows them: `term_safe`, UTF-8, and their lengths
+    /// in characters (what the text's columns count).
+    pub node_text: Vec<u8>,
+    pub iface_text: Vec<u8>,
+    pub node_chars: usize,
+    pub iface_chars: usize,
 }
 
 /// The hop label table and drop reason names of one source, append-only.
@@ -79,6 +86,10 @@ impl Labels {
                 iface_id: u32::MAX,
                 node_json: json_str(""),
                 iface_json: json_str(""),
+                node_text: Vec::new(),
+                iface_text: Vec::new(),
+                node_chars: 0,
+                iface_chars: 0,
             },
         }
     }
@@ -104,7 +115,12 @@ impl Labels {
         if let Some(&i) = self.by_pair.get(&(node.to_vec(), iface.to_vec())) {
             return i;
         }
+        let (node_text, iface_text) = (term_safe_wtf8(node), term_safe_wtf8(iface));
         let label = Label {
+            node_chars: char_count(&node_text),
+            iface_chars: char_count(&iface_text),
+            node_text,
+            iface_text,
             node: String::from_utf8_lossy(node).into_owned(),
             iface: String::from_utf8_lossy(iface).into_owned(),
             node_raw: node.to_vec(),

@@ -30,5 +30,7 @@ pub mod pytext;
 pub mod reader;
 pub mod render;
 pub mod report;
+pub mod safe_text;
 pub mod text;
+pub mod text_render;
 pub mod view;

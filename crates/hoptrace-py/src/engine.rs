@@ -8,6 +8,7 @@ use std::os::fd::BorrowedFd;
 use hoptrace_core::bpf::Program;
 use hoptrace_core::engine::{self, EngineConfig, ReplayError, ReplayHooks};
 use hoptrace_core::files::FileSet;
+use hoptrace_core::text_render::{Format, TextOptions};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -72,8 +73,10 @@ impl ReplayHooks for Hooks {
 /// ``fd``, every byte (short and interrupted writes are retried). ``program(linktype)``:
 /// a path filter runs; it gives the classic BPF program (``struct bpf_insn`` bytes, as
 /// libpcap compiled the expression) for frames of that link type, or None (never a match).
+/// ``text=(numeric, detail, color)``: text for people instead, as ``hoptrace replay
+/// --no-tui`` prints it (tracer.output ``TextSink`` with those ``TextOptions``).
 #[pyfunction]
-#[pyo3(signature = (inputs, fd, *, on_batch=None, before_write=None, program=None))]
+#[pyo3(signature = (inputs, fd, *, on_batch=None, before_write=None, program=None, text=None))]
 fn replay_ndjson(
     py: Python<'_>,
     inputs: Vec<InputTuple>,
@@ -81,6 +84,7 @@ fn replay_ndjson(
     on_batch: Option<Py<PyAny>>,
     before_write: Option<Py<PyAny>>,
     program: Option<Py<PyAny>>,
+    text: Option<(bool, i8, bool)>,
 ) -> PyResult<Replayed> {
     if fd < 0 {
         return Err(PyValueError::new_err(format!(
@@ -94,10 +98,17 @@ fn replay_ndjson(
     let dup = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
     let mut out = std::fs::File::from(dup);
     let mut files = FileSet::new(inputs_of(inputs));
-    let cfg = EngineConfig {
+    let mut cfg = EngineConfig {
         filter: program.is_some(),
         ..EngineConfig::default()
     };
+    if let Some((numeric, detail, color)) = text {
+        cfg.finish.format = Format::Text(TextOptions {
+            numeric,
+            detail: detail.clamp(-1, 2),
+            color,
+        });
+    }
     let mut hooks = Hooks {
         on_batch,
         before_write,

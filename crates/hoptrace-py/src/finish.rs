@@ -40,6 +40,7 @@ impl PathFinisher {
                 window_ns,
                 flow_idle_ns,
                 max_flow_paths,
+                ..FinishConfig::default()
             }),
         }
     }

@@ -11,6 +11,7 @@ mod finish;
 mod reader;
 mod report;
 mod stages;
+mod text;
 
 /// The core's version (a stale extension shows here: compare with the package's).
 #[pyfunction]
@@ -50,5 +51,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     reader::register(m)?;
     stages::register(m)?;
     report::register(m)?;
+    text::register(m)?;
     Ok(())
 }
