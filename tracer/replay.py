@@ -7,11 +7,12 @@ and the sink has printed its stats, then reported as one line (exit 2).
 Reading a file shows a progress line on stderr when stderr is a terminal
 (tracer.progress), not in the TUI.
 
-``--json`` runs the engine in Rust from file to output (``tracer._core.replay_ndjson``:
-crates/hoptrace-core/src/engine.rs), the same lines as the Python engine
-(tests/unit/test_core_engine.py) tens of times faster, ``--filter`` included (libpcap
-compiles the expression per link type, the core runs it); with ``--count``, which the
-core does not do yet, and for the TUI and text, the Python engine runs.
+``--json`` and text (``--no-tui``, or stdout not a terminal) run the engine in Rust from
+file to output (``tracer._core.replay_ndjson``: crates/hoptrace-core/src/engine.rs, the
+text from crates/hoptrace-core/src/text_render.rs), the same bytes as the Python engine
+(tests/unit/test_core_engine.py, tests/unit/test_core_text.py) tens of times faster,
+``--filter`` included (libpcap compiles the expression per link type, the core runs it);
+with ``--count``, which the core does not do yet, and for the TUI, the Python engine runs.
 """
 
 from __future__ import annotations
@@ -107,10 +108,10 @@ class _CoreRead:
         return self.bytes_read, self.source.progress()[1]
 
 
-def _core_ndjson(args: argparse.Namespace) -> bool:
-    """NDJSON with nothing the core's engine does not do yet (--count), to a stream with a
-    file descriptor."""
-    if not args.json or getattr(args, "count", None) is not None:
+def _core_engine(args: argparse.Namespace) -> bool:
+    """NDJSON or text, with nothing the core's engine does not do yet (--count), to a
+    stream with a file descriptor."""
+    if getattr(args, "count", None) is not None or (not args.json and _want_tui(args)):
         return False
     try:
         sys.stdout.fileno()
@@ -119,8 +120,9 @@ def _core_ndjson(args: argparse.Namespace) -> bool:
     return True
 
 
-def run_core_ndjson(args: argparse.Namespace) -> int:
-    """``replay --json`` by the core's engine: files to stdout's descriptor, the GIL released."""
+def run_core(args: argparse.Namespace) -> int:
+    """``replay --json`` or text by the core's engine: files to stdout's descriptor, the GIL
+    released. Text looks as -n, -q, -v and --color say (tracer.output ``text_options``)."""
     from tracer import _core  # type: ignore[attr-defined]  # the compiled core, no stub
     from tracer.progress import FileProgress
 
@@ -142,6 +144,12 @@ def run_core_ndjson(args: argparse.Namespace) -> int:
             except FilterError:  # valid for Ethernet, meaningless here: never a match
                 return None
 
+    text = None
+    if not args.json:
+        from tracer.output import text_options
+
+        opts = text_options(args, sys.stdout)
+        text = (opts.numeric, opts.detail, opts.color)
     source = open_files(files, hop_args)
     source.start()
     read = _CoreRead(source)
@@ -157,7 +165,8 @@ def run_core_ndjson(args: argparse.Namespace) -> int:
     try:
         _obs, _paths, error = _core.replay_ndjson(
             source.core_inputs(), sys.stdout.fileno(), on_batch=None if line is None else on_batch,
-            before_write=line.clear if same_terminal and line is not None else None, program=program)
+            before_write=line.clear if same_terminal and line is not None else None, program=program,
+            text=text)
     finally:
         progress.clear()
     if error is not None:
@@ -167,8 +176,8 @@ def run_core_ndjson(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if _core_ndjson(args):
-        return run_core_ndjson(args)
+    if _core_engine(args):
+        return run_core(args)
     from tracer.output import NdjsonSink, TextSink, text_options, tui_color
 
     engine, source = build_engine(args)

@@ -332,7 +332,7 @@ def test_progress_on_a_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     import tracer.progress as progress_mod
     from tests.unit.test_progress import Tty
     from tracer.cli import parse_args
-    from tracer.replay import run_core_ndjson
+    from tracer.replay import run_core
 
     err = Tty()
     lines: list[progress_mod.Progress] = []
@@ -350,7 +350,7 @@ def test_progress_on_a_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     with out.open("wb") as f:
         stdout = _TtyFile(f) if same_terminal else f
         monkeypatch.setattr(sys, "stdout", stdout)
-        assert run_core_ndjson(parse_args(["replay", "--json", *files])) == 0
+        assert run_core(parse_args(["replay", "--json", *files])) == 0
     assert len(lines) == 1 and lines[0].draws >= 2  # a draw per batch (no delay here)
     total = sum(Path(x).stat().st_size for x in files)
     want = reference(files)
