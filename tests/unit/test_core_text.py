@@ -1,20 +1,20 @@
 """The text output (``hoptrace replay --no-tui``, and replay to a pipe without ``--json``)
 from the core's renderer (crates/hoptrace-core/src/text_render.rs) against tracer/output.py's
-``TextSink``, the reference, byte for byte; and the core's ``term_safe``
-(crates/hoptrace-core/src/safe_text.rs) against tracer/safe_text.py's.
+text (``path_text``, ``flow_text``, ``stats_text`` as ``TextSink`` writes them), the
+reference, byte for byte; and the core's ``term_safe`` (crates/hoptrace-core/src/safe_text.rs)
+against tracer/safe_text.py's.
 
-The reference is the Python engine driving one ``TextSink`` per ``TextOptions``
-combination (-n on/off, -q/default/-v/-vv, colour on/off) in one run; the core runs once
-per combination (``_core.replay_ndjson(..., text=...)``, in-process into a file, or the
-real command in a subprocess). Only the stats line's elapsed seconds may differ. Every
-fixture (fixtures/hostile-names.pcapng's names come out escaped the same way), every 16th
-corpus file, generated NAT'd streams with drops, filters, damaged files.
+The reference run is tests/reference's (its reader and correlator, as ``replay_files``
+drives them for the NDJSON) with its paths, flows and stats rendered by tracer/output.py in
+every ``TextOptions`` combination at once (-n on/off, -q/default/-v/-vv, colour on/off); the
+core runs once per combination (``_core.replay_ndjson(..., text=...)``, in-process into a
+file, or the real command in a subprocess). Only the stats line's elapsed seconds may
+differ. Every fixture (fixtures/hostile-names.pcapng's names come out escaped the same way),
+every 16th corpus file, generated NAT'd streams with drops, filters, damaged files.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import itertools
 import os
 import re
@@ -23,21 +23,20 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import CORPUS
+from tests.reference.readers import FileSource
+from tests.reference.replay import Run
 from tests.unit.test_core_engine import FILTERS, nat_stream
 from tracer import _core  # type: ignore[attr-defined]
-from tracer.engine import Engine, run
-from tracer.errors import HoptraceError
-from tracer.filter import PathFilter
-from tracer.output import TextOptions, TextSink
-from tracer.readers import FileSource, open_files
-from tracer.replay import HeldErrorSource
+from tracer.errors import CaptureFileError
+from tracer.model import Flow, PacketPath, Stats
+from tracer.output import TextOptions, flow_text, path_text, stats_text
+from tracer.readers import open_files
 from tracer.safe_text import term_safe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,18 +51,55 @@ def _comparable(text: str) -> str:
     return _ELAPSED.sub(r"\1\2", text)
 
 
+class TextRun(Run):
+    """The reference run, each shown path and flow as ``TextSink`` writes them, in every look."""
+
+    def __init__(self, opts: Sequence[TextOptions], expr: str | None) -> None:
+        super().__init__(expr=expr)
+        self.opts = opts
+        self.texts: list[list[str]] = [[] for _ in opts]
+
+    def emit(self, paths: list[PacketPath], flows: list[Flow]) -> None:
+        # Run.emit's choices (the filter, --count, a flow's shown paths), written as text.
+        for p in paths:
+            if self.done():
+                break
+            if self.filter is not None and not self.filter.keep(p):
+                continue
+            self.out.paths += 1
+            if p.flow is not None:
+                self.kept.add(p.id)
+            for o, text in zip(self.opts, self.texts, strict=True):
+                text.append(path_text(p, o) + ("\n" if o.detail < 0 else "\n\n"))
+        for f in flows:
+            shown = tuple(pid for pid in f.paths if pid in self.kept)
+            self.kept.difference_update(f.paths)
+            if shown:
+                line = flow_text(Flow(f.id, f.proto, f.original, f.reply, shown)) + "\n"
+                for text in self.texts:
+                    text.append(line)
+
+
 def python_text(files: Sequence[str], opts: Sequence[TextOptions], expr: str | None = None,
                 ) -> tuple[list[str], str | None]:
-    """What replay printed as text before the core: the Python engine into one TextSink per
-    option set (in one run), and the held capture error's message, if any."""
-    path_filter = PathFilter(expr) if expr else None
-    source = HeldErrorSource(FileSource(files, []), path_filter)
-    sinks = [TextSink(io.StringIO(), o) for o in opts]
-    # Without gc_policy's full collection per run (0.1 s of this test process's heap each).
-    with mock.patch("tracer.engine.gc_policy", contextlib.nullcontext):
-        run(Engine(source, path_filter=path_filter), sinks)
-    err: HoptraceError | None = source.error
-    return [s.stream.getvalue() for s in sinks], None if err is None else err.message  # type: ignore[attr-defined]
+    """What replay must print as text, in each look; and the capture error's message, if any."""
+    source = FileSource(files, [])
+    source.start()
+    run = TextRun(opts, expr)
+    it = iter(source.batches())
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            break
+        except CaptureFileError as exc:
+            run.out.error = exc
+            break
+        run.batch(batch)
+    out = run.end(0.0)
+    stats = stats_text(Stats(out.observations, out.paths, 0, 0.0)) + "\n"
+    err = None if out.error is None else out.error.message
+    return ["".join(t) + stats for t in run.texts], err
 
 
 def core_text(files: Sequence[str], opts: TextOptions, expr: str | None = None) -> tuple[str, str | None]:
@@ -90,12 +126,11 @@ def core_text(files: Sequence[str], opts: TextOptions, expr: str | None = None) 
 
 def assert_same_text(files: Sequence[str], opts: Sequence[TextOptions] = OPTIONS, expr: str | None = None,
                      ) -> tuple[str, str | None]:
-    """Core and Python agree for every option set; returns the first one's text, and the
+    """Core and reference agree for every option set; returns the first one's text, and the
     capture error both reported (None when the files were whole)."""
     want, want_err = python_text(files, opts, expr)
     for o, w in zip(opts, want, strict=True):
         got, err = core_text(files, o, expr)
-        assert w.rstrip("\n").rsplit("\n", 1)[-1].startswith("stats: "), w
         if _comparable(got) != _comparable(w):
             for k, (a, b) in enumerate(zip(got.splitlines(), w.splitlines(), strict=False)):
                 assert a == b, f"{files} {o}: line {k + 1} differs"
