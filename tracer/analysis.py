@@ -478,17 +478,26 @@ def write_tables(tables: dict[str, pa.Table], directory: str | os.PathLike[str])
 # ------------------------------------------------------- from the core's columns
 
 
-def _strings(col: tuple[np.ndarray, np.ndarray], valid: np.ndarray | None = None) -> pa.Array:
-    """A string array from (offsets int64, bytes uint8) and, optionally, which are valid."""
+def _bitmap(valid: np.ndarray) -> pa.Buffer | None:
+    """Arrow's validity bitmap of a bool array; None when every row is valid."""
     import numpy as np
     import pyarrow as pa
 
+    if valid.all():
+        return None
+    return pa.py_buffer(np.packbits(valid, bitorder="little"))
+
+
+def _strings(col: tuple[np.ndarray, np.ndarray], valid: np.ndarray | None = None) -> pa.Array:
+    """A string array from (offsets int32, bytes uint8) and, optionally, which are valid:
+    the core's buffers, not copied."""
+    import pyarrow as pa
+
     offsets, data = col
-    n = len(offsets) - 1
-    bitmap = None if valid is None else pa.py_buffer(np.packbits(valid, bitorder="little"))
-    arr = pa.Array.from_buffers(pa.large_string(), n, [bitmap, pa.py_buffer(offsets), pa.py_buffer(data)],
-                                null_count=-1 if valid is not None else 0)
-    return arr.cast(pa.string())
+    bitmap = None if valid is None else _bitmap(valid)
+    return pa.Array.from_buffers(pa.string(), len(offsets) - 1,
+                                 [bitmap, pa.py_buffer(offsets), pa.py_buffer(data)],
+                                 null_count=-1 if bitmap is not None else 0)  # fmt: skip
 
 
 def _dictionary(col: tuple[np.ndarray, np.ndarray, np.ndarray]) -> pa.Array:
@@ -498,80 +507,77 @@ def _dictionary(col: tuple[np.ndarray, np.ndarray, np.ndarray]) -> pa.Array:
     codes, offsets, data = col
     values = _strings((offsets, data))
     values.validate(full=True)  # names come from capture files: UTF-8 or an error, as pa.array
-    return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32(), mask=codes < 0), values)
+    return pa.DictionaryArray.from_arrays(_numbers(codes, pa.int32(), codes >= 0), values)
 
 
-def _masked(values: np.ndarray, typ: pa.DataType, present: np.ndarray) -> pa.Array:
+def _numbers(values: np.ndarray, typ: pa.DataType, present: np.ndarray | None = None) -> pa.Array:
+    """A number array on the numpy array's buffer (its dtype is ``typ``'s), null where not
+    ``present``."""
     import numpy as np
     import pyarrow as pa
 
-    return pa.array(values, typ, mask=np.logical_not(present))
+    if values.dtype != np.dtype(typ.to_pandas_dtype()) or not values.flags.c_contiguous:
+        raise TypeError(f"{values.dtype} column for {typ}")  # from_buffers would misread it
+    bitmap = None if present is None else _bitmap(present)
+    return pa.Array.from_buffers(typ, len(values), [bitmap, pa.py_buffer(values)],
+                                 null_count=-1 if bitmap is not None else 0)  # fmt: skip
 
 
 def tables_from_core(columns: dict[str, dict[str, Any]]) -> dict[str, pa.Table]:
     """The three tables (as ``to_tables`` makes them: same values, types, dictionaries and
-    nulls) from the columns ``tracer._core.report(columns=True)`` returns, built from their
-    buffers (see crates/hoptrace-core/src/columns.rs for what each holds)."""
+    nulls) from the columns ``tracer._core.report(columns=True)`` returns, built on their
+    buffers without copying them (see crates/hoptrace-core/src/columns.rs for what each
+    holds)."""
     import pyarrow as pa
 
     from tracer.model import HAS_ICMP, HAS_IP_ID, HAS_L4_PORTS, HAS_TCP
 
     schemas = _schemas()
     o, p, n = columns["observations"], columns["paths"], columns["nat"]
-    path_ids = _strings(p["path_id"])
-    flows = _strings(p["flow"], p["flow_valid"])
     types = {f.name: f.type for f in schemas["observations"]}
     has = o["has"]
-    present = {"sport": has & HAS_L4_PORTS, "dport": has & HAS_L4_PORTS, "ip_id": has & HAS_IP_ID,
-               "tcp_flags": has & HAS_TCP, "tcp_seq": has & HAS_TCP, "tcp_ack": has & HAS_TCP,
-               "icmp_type": has & HAS_ICMP, "icmp_code": has & HAS_ICMP, "icmp_id": has & HAS_ICMP,
-               "icmp_seq": has & HAS_ICMP, "skb": o["skb"]}  # fmt: skip
-    cols: dict[str, Any] = {}
-    take = pa.array(o["path"])
+    ports, ip_id, tcp, icmp = (has & HAS_L4_PORTS) != 0, (has & HAS_IP_ID) != 0, (has & HAS_TCP) != 0, (has & HAS_ICMP) != 0
+    present = {"sport": ports, "dport": ports, "ip_id": ip_id, "tcp_flags": tcp, "tcp_seq": tcp, "tcp_ack": tcp,
+               "icmp_type": icmp, "icmp_code": icmp, "icmp_id": icmp, "icmp_seq": icmp,
+               "skb": o["skb"] != 0}  # fmt: skip
+    cols: dict[str, Any] = {"path_id": _strings(o["path_id"]), "flow": _strings(o["flow"], o["flow_valid"])}
     for name, typ in types.items():
-        if name == "path_id":
-            cols[name] = path_ids.take(take)
-        elif name == "flow":
-            cols[name] = flows.take(take)
-        elif pa.types.is_dictionary(typ):
+        if name in cols:
+            continue
+        if pa.types.is_dictionary(typ):
             cols[name] = _dictionary(o[name])
-        elif name in present:
-            cols[name] = _masked(o[name], typ, present[name] != 0)
         else:
-            cols[name] = pa.array(o[name], typ)
+            cols[name] = _numbers(o[name], typ, present.get(name))
     tables = {"observations": _table(cols, schemas["observations"])}
 
     types = {f.name: f.type for f in schemas["paths"]}
     ports = (p["has"] & HAS_L4_PORTS) != 0
-    cols = {"path_id": path_ids, "flow": flows}
+    cols = {"path_id": _strings(p["path_id"]), "flow": _strings(p["flow"], p["flow_valid"])}
     for name, typ in types.items():
         if name in cols:
             continue
         if pa.types.is_dictionary(typ):
             cols[name] = _dictionary(p[name])
-        elif name in ("sport", "dport"):
-            cols[name] = _masked(p[name], typ, ports)
         else:
-            cols[name] = pa.array(p[name], typ)
+            cols[name] = _numbers(p[name], typ, ports if name in ("sport", "dport") else None)
     tables["paths"] = _table(cols, schemas["paths"])
 
     types = {f.name: f.type for f in schemas["nat"]}
     m = len(n["seq"])
-    take = pa.array(n["path"])
-    cols = {"path_id": path_ids.take(take), "flow": flows.take(take),
+    cols = {"path_id": _strings(n["path_id"]), "flow": _strings(n["flow"], n["flow_valid"]),
             "rule": pa.nulls(m, types["rule"]), "rule_source": pa.nulls(m, types["rule_source"]),
-            "conntrack_id": pa.nulls(m, types["conntrack_id"]),
-            "icmp_id_before": _masked(n["icmp_id_before"], types["icmp_id_before"], n["icmp_id_valid"]),
-            "icmp_id_after": _masked(n["icmp_id_after"], types["icmp_id_after"], n["icmp_id_valid"])}
+            "conntrack_id": pa.nulls(m, types["conntrack_id"])}  # fmt: skip
     for name, typ in types.items():
         if name in cols:
             continue
         if pa.types.is_dictionary(typ):
             cols[name] = _dictionary(n[name])
         elif name.endswith(("_sport", "_dport")):
-            cols[name] = _masked(n[name], typ, n[f"{name}_valid"])
+            cols[name] = _numbers(n[name], typ, n[f"{name}_valid"])
+        elif name.startswith("icmp_id_"):
+            cols[name] = _numbers(n[name], typ, n["icmp_id_valid"])
         else:
-            cols[name] = pa.array(n[name], typ)
+            cols[name] = _numbers(n[name], typ)
     tables["nat"] = _table(cols, schemas["nat"])
     return tables
 

@@ -306,6 +306,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         r = _core.report(source.core_inputs(), columns=bool(parquet),
                          on_batch=None if progress.line is None else on_batch, program=program)
+    except ValueError as exc:  # the columns outgrew one Parquet file
+        raise UsageError(str(exc)) from exc
     finally:
         progress.clear()
     summary = Summary.from_core(r)

@@ -26,11 +26,14 @@ use crate::view;
 
 const ETH_P_ARP: u16 = 0x0806;
 
-/// Strings as Arrow's `large_string` lays them out: n + 1 offsets into the bytes.
+/// Strings as Arrow's `string` lays them out: n + 1 offsets into the bytes. Offsets
+/// are 32-bit, as that type's; a column whose bytes outgrow them says so in `overflow`
+/// (its offsets are then wrong, and the column must not be used).
 #[derive(Debug, Clone)]
 pub struct StrColumn {
-    pub offsets: Vec<i64>,
+    pub offsets: Vec<i32>,
     pub data: Vec<u8>,
+    pub overflow: bool,
 }
 
 impl Default for StrColumn {
@@ -38,6 +41,7 @@ impl Default for StrColumn {
         StrColumn {
             offsets: vec![0],
             data: Vec::new(),
+            overflow: false,
         }
     }
 }
@@ -47,12 +51,40 @@ impl StrColumn {
     #[inline]
     pub fn push_with(&mut self, text: impl FnOnce(&mut Vec<u8>)) {
         text(&mut self.data);
-        self.offsets
-            .push(i64::try_from(self.data.len()).unwrap_or(i64::MAX));
+        self.end_string();
+    }
+
+    #[inline]
+    fn end_string(&mut self) {
+        let end = match i32::try_from(self.data.len()) {
+            Ok(end) => end,
+            Err(_) => {
+                self.overflow = true;
+                i32::MAX
+            }
+        };
+        self.offsets.push(end);
     }
 
     pub fn push(&mut self, s: &[u8]) {
         self.push_with(|out| out.extend_from_slice(s));
+    }
+
+    /// The last string of `other` (nothing when it is empty).
+    #[inline]
+    pub fn push_last_of(&mut self, other: &StrColumn) {
+        let n = other.offsets.len();
+        let (Some(&a), Some(&b)) = (other.offsets.get(n.wrapping_sub(2)), other.offsets.last())
+        else {
+            return;
+        };
+        let (Ok(a), Ok(b)) = (usize::try_from(a), usize::try_from(b)) else {
+            return;
+        };
+        if let Some(s) = other.data.get(a..b) {
+            self.data.extend_from_slice(s);
+        }
+        self.end_string();
     }
 
     pub fn len(&self) -> usize {
@@ -71,16 +103,53 @@ impl StrColumn {
     }
 }
 
+/// The key of a dictionary column's row: what determines its text. Small integer keys
+/// (label ids, direction, drop reason codes) have a slot in a dense table, so most rows
+/// cost an index instead of a hash.
+pub trait DictKey: Hash + Eq + Copy {
+    fn slot(&self) -> Option<usize>;
+}
+
+/// Keys below this have a dense slot (a table of at most 256 KiB per column).
+const DENSE_SLOTS: usize = 1 << 16;
+
+impl DictKey for u8 {
+    #[inline]
+    fn slot(&self) -> Option<usize> {
+        Some(usize::from(*self))
+    }
+}
+
+impl DictKey for u32 {
+    #[inline]
+    fn slot(&self) -> Option<usize> {
+        usize::try_from(*self).ok().filter(|&i| i < DENSE_SLOTS)
+    }
+}
+
+impl DictKey for (u8, [u8; 16]) {
+    #[inline]
+    fn slot(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// A dense slot not filled yet (codes are -1 for null, else >= 0).
+const UNSEEN: i32 = i32::MIN;
+
 /// A dictionary-encoded string column: codes into its distinct values, in order of first
 /// appearance. Rows are pushed by a key that determines the text (a label id, an
 /// address...): the text is made once per key, and equal texts of different keys share
-/// one value.
+/// one value. The code of a key is found by: the previous row's key, else its dense slot,
+/// else a hash lookup.
 #[derive(Debug, Clone)]
 pub struct DictColumn<K> {
     pub values: StrColumn,
     pub codes: Vec<i32>,
     by_value: FastMap<Vec<u8>, i32>,
     by_key: FastMap<K, i32>,
+    dense: Vec<i32>,
+    last: Option<(K, i32)>,
     scratch: Vec<u8>,
 }
 
@@ -91,32 +160,61 @@ impl<K> Default for DictColumn<K> {
             codes: Vec::new(),
             by_value: FastMap::default(),
             by_key: FastMap::default(),
+            dense: Vec::new(),
+            last: None,
             scratch: Vec::new(),
         }
     }
 }
 
-impl<K: Hash + Eq> DictColumn<K> {
+impl<K: DictKey> DictColumn<K> {
     /// A row whose text `text` writes (false: the row is null); called once per new key.
     #[inline]
     pub fn push(&mut self, key: K, text: impl FnOnce(&mut Vec<u8>) -> bool) {
-        let code = match self.by_key.get(&key) {
-            Some(&c) => c,
-            None => {
-                self.scratch.clear();
-                let c = if text(&mut self.scratch) {
-                    self.code_of_scratch()
-                } else {
-                    -1
-                };
-                self.by_key.insert(key, c);
+        let code = match self.last {
+            Some((k, c)) if k == key => c,
+            _ => {
+                let c = self.code_of(key, text);
+                self.last = Some((key, c));
                 c
             }
         };
         self.codes.push(code);
     }
 
-    fn code_of_scratch(&mut self) -> i32 {
+    #[inline]
+    fn code_of(&mut self, key: K, text: impl FnOnce(&mut Vec<u8>) -> bool) -> i32 {
+        match key.slot() {
+            Some(i) => match self.dense.get(i) {
+                Some(&c) if c != UNSEEN => c,
+                _ => {
+                    let c = self.new_code(text);
+                    if self.dense.len() <= i {
+                        self.dense.resize(i + 1, UNSEEN);
+                    }
+                    if let Some(slot) = self.dense.get_mut(i) {
+                        *slot = c;
+                    }
+                    c
+                }
+            },
+            None => match self.by_key.get(&key) {
+                Some(&c) => c,
+                None => {
+                    let c = self.new_code(text);
+                    self.by_key.insert(key, c);
+                    c
+                }
+            },
+        }
+    }
+
+    #[cold]
+    fn new_code(&mut self, text: impl FnOnce(&mut Vec<u8>) -> bool) -> i32 {
+        self.scratch.clear();
+        if !text(&mut self.scratch) {
+            return -1;
+        }
         if let Some(&c) = self.by_value.get(&self.scratch) {
             return c;
         }
@@ -133,6 +231,7 @@ impl<K: Hash + Eq> DictColumn<K> {
 pub struct ProtoColumn {
     keys: Vec<u64>,
     by_key: FastMap<u64, i32>,
+    last: Option<(u64, i32)>,
     pub codes: Vec<i32>,
 }
 
@@ -140,12 +239,19 @@ impl ProtoColumn {
     #[inline]
     pub fn push(&mut self, o: &Obs) {
         let key = (u64::from(o.family) << 32) | (u64::from(o.proto) << 16) | u64::from(o.ethertype);
-        let code = match self.by_key.get(&key) {
-            Some(&c) => c,
-            None => {
-                let c = i32::try_from(self.keys.len()).unwrap_or(i32::MAX);
-                self.keys.push(key);
-                self.by_key.insert(key, c);
+        let code = match self.last {
+            Some((k, c)) if k == key => c,
+            _ => {
+                let c = match self.by_key.get(&key) {
+                    Some(&c) => c,
+                    None => {
+                        let c = i32::try_from(self.keys.len()).unwrap_or(i32::MAX);
+                        self.keys.push(key);
+                        self.by_key.insert(key, c);
+                        c
+                    }
+                };
+                self.last = Some((key, c));
                 c
             }
         };
@@ -177,6 +283,7 @@ impl ProtoColumn {
         // Sorted once: pushing again would mix numbering schemes.
         self.keys.clear();
         self.by_key.clear();
+        self.last = None;
         names
     }
 }
@@ -237,8 +344,10 @@ pub fn push_hop_name(out: &mut Vec<u8>, hop: u32, labels: &Labels) {
 /// observations.parquet's columns, one row per sighting.
 #[derive(Debug, Clone, Default)]
 pub struct ObsColumns {
-    /// The row's path: an index into the paths table (what path_id and flow are taken by).
-    pub path: Vec<u32>,
+    /// The row's path's id and flow (null when not `flow_valid`), as the paths table has them.
+    pub path_id: StrColumn,
+    pub flow: StrColumn,
+    pub flow_valid: Vec<bool>,
     pub hop: Vec<u16>,
     pub ts_ns: Vec<i64>,
     pub since_first_ns: Vec<i64>,
@@ -324,8 +433,10 @@ impl EndpointColumns {
 /// always null here: no annotator runs on a capture file).
 #[derive(Debug, Clone, Default)]
 pub struct NatColumns {
-    /// The event's path: an index into the paths table.
-    pub path: Vec<u32>,
+    /// The event's path's id and flow (null when not `flow_valid`), as the paths table has them.
+    pub path_id: StrColumn,
+    pub flow: StrColumn,
+    pub flow_valid: Vec<bool>,
     pub seq: Vec<u8>,
     pub kind: DictColumn<u8>,
     pub node: DictColumn<u32>,
@@ -369,18 +480,32 @@ impl Columns {
         let (Some(first), Some(last)) = (p.hops.first(), p.hops.last()) else {
             return;
         };
-        let index = u32::try_from(self.paths.hops.len()).unwrap_or(u32::MAX);
-        self.add_obs(index, p.hops, labels);
+        // The path's row first: the other tables copy its id and flow.
         self.add_path_row(p, first, last, labels);
-        self.add_nat(index, p, labels);
+        self.add_obs(p.hops, labels);
+        self.add_nat(p, labels);
     }
 
-    fn add_obs(&mut self, index: u32, hops: &[Obs], labels: &Labels) {
+    /// Whether the strings outgrew 32-bit offsets (then the columns must not be used).
+    pub fn overflow(&self) -> bool {
+        let (o, p, n) = (&self.obs, &self.paths, &self.nat);
+        [
+            &o.path_id, &o.flow, &p.path_id, &p.flow, &n.path_id, &n.flow,
+        ]
+        .iter()
+        .any(|c| c.overflow)
+    }
+
+    fn add_obs(&mut self, hops: &[Obs], labels: &Labels) {
         let c = &mut self.obs;
+        let ids = &self.paths;
+        let flow_valid = ids.flow_valid.last().copied().unwrap_or(false);
         let t0 = hops.first().map_or(0, |o| o.ts_ns as i64);
         for (k, o) in hops.iter().enumerate() {
             let label = labels.get(o.hop);
-            c.path.push(index);
+            c.path_id.push_last_of(&ids.path_id);
+            c.flow.push_last_of(&ids.flow);
+            c.flow_valid.push(flow_valid);
             c.hop.push(k as u16);
             c.ts_ns.push(o.ts_ns as i64);
             c.since_first_ns.push((o.ts_ns as i64).wrapping_sub(t0));
@@ -493,11 +618,14 @@ impl Columns {
         push_drop_reason(&mut c.drop_reason, last.drop_reason, labels);
     }
 
-    fn add_nat(&mut self, index: u32, p: &ShownPath<'_>, labels: &Labels) {
+    fn add_nat(&mut self, p: &ShownPath<'_>, labels: &Labels) {
         let c = &mut self.nat;
+        let ids = &self.paths;
         let last_ts = p.hops.last().map_or(0, |o| o.ts_ns);
         for (k, ev) in p.nat.iter().enumerate() {
-            c.path.push(index);
+            c.path_id.push_last_of(&ids.path_id);
+            c.flow.push_last_of(&ids.flow);
+            c.flow_valid.push(p.flow.is_some());
             c.seq.push(k as u8);
             c.kind.push(kind_key(ev.kind), |out| {
                 out.extend_from_slice(ev.kind.name().as_bytes());
@@ -538,6 +666,7 @@ impl Columns {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn dictionaries_keep_first_appearance_and_share_equal_texts() {
@@ -552,6 +681,75 @@ mod tests {
         assert_eq!(d.values.len(), 2);
         assert_eq!(d.values.get(0), Some(b"b".as_slice()));
         assert_eq!(d.values.get(1), Some(b"a".as_slice()));
+    }
+
+    /// Codes into first-appearance values, made the slow way: one text per row.
+    fn naive(texts: &[Option<Vec<u8>>]) -> (Vec<i32>, Vec<Vec<u8>>) {
+        let mut values: Vec<Vec<u8>> = Vec::new();
+        let codes = texts
+            .iter()
+            .map(|t| match t {
+                None => -1,
+                Some(t) => match values.iter().position(|v| v == t) {
+                    Some(i) => i as i32,
+                    None => {
+                        values.push(t.clone());
+                        values.len() as i32 - 1
+                    }
+                },
+            })
+            .collect();
+        (codes, values)
+    }
+
+    proptest! {
+        /// Whichever way a key's code is found (the previous row's, a dense slot, the
+        /// hash map), the codes and values are those of encoding each row's text.
+        #[test]
+        fn dictionary_codes_match_encoding_each_row(keys in proptest::collection::vec(
+            prop_oneof![0u32..8, 65530u32..65542, Just(u32::MAX)], 0..200)) {
+            // Texts shared across keys (key % 5), and a null one.
+            let text = |k: u32| (k % 5 != 4).then(|| format!("t{}", k % 5).into_bytes());
+            let mut d: DictColumn<u32> = DictColumn::default();
+            let mut a: DictColumn<(u8, [u8; 16])> = DictColumn::default();
+            for &k in &keys {
+                d.push(k, |out| match text(k) {
+                    Some(t) => { out.extend_from_slice(&t); true }
+                    None => false,
+                });
+                let mut raw = [0u8; 16];
+                raw[..4].copy_from_slice(&k.to_le_bytes());
+                a.push((4, raw), |out| match text(k) {
+                    Some(t) => { out.extend_from_slice(&t); true }
+                    None => false,
+                });
+            }
+            let texts: Vec<_> = keys.iter().map(|&k| text(k)).collect();
+            let (codes, values) = naive(&texts);
+            for col in [(&d.codes, &d.values), (&a.codes, &a.values)] {
+                prop_assert_eq!(col.0, &codes);
+                let got: Vec<Vec<u8>> = (0..col.1.len()).filter_map(|i| col.1.get(i).map(<[u8]>::to_vec)).collect();
+                prop_assert_eq!(&got, &values);
+            }
+        }
+    }
+
+    #[test]
+    fn rows_copy_the_last_string_of_another_column() {
+        let mut ids = StrColumn::default();
+        let mut rows = StrColumn::default();
+        rows.push_last_of(&ids); // nothing to copy: no row
+        assert_eq!(rows.len(), 0);
+        ids.push(b"p1");
+        rows.push_last_of(&ids);
+        rows.push_last_of(&ids);
+        ids.push(b"");
+        rows.push_last_of(&ids);
+        ids.push(b"p22");
+        rows.push_last_of(&ids);
+        assert_eq!(rows.offsets, [0, 2, 4, 4, 7]);
+        assert_eq!(rows.data, b"p1p1p22");
+        assert!(!rows.overflow);
     }
 
     #[test]

@@ -19,7 +19,7 @@ fn arr<'py, T: numpy::Element>(py: Python<'py>, v: Vec<T>) -> Bound<'py, PyArray
     PyArray1::from_vec(py, v)
 }
 
-/// (offsets int64, bytes uint8): a string column as Arrow's large_string lays it out.
+/// (offsets int32, bytes uint8): a string column as Arrow's string lays it out.
 fn strings<'py>(py: Python<'py>, s: StrColumn) -> PyResult<Bound<'py, PyTuple>> {
     PyTuple::new(
         py,
@@ -75,9 +75,16 @@ fn columns<'py>(
     obs_proto: StrColumn,
     path_proto: StrColumn,
 ) -> PyResult<Bound<'py, PyDict>> {
+    if c.overflow() {
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "too many paths for one Parquet file (over 2 GiB of path ids): export fewer files at once",
+        ));
+    }
     let (o, p, n) = (c.obs, c.paths, c.nat);
     let obs = PyDict::new(py);
-    obs.set_item("path", arr(py, o.path))?;
+    obs.set_item("path_id", strings(py, o.path_id)?)?;
+    obs.set_item("flow", strings(py, o.flow)?)?;
+    obs.set_item("flow_valid", arr(py, o.flow_valid))?;
     obs.set_item("hop", arr(py, o.hop))?;
     obs.set_item("ts_ns", arr(py, o.ts_ns))?;
     obs.set_item("since_first_ns", arr(py, o.since_first_ns))?;
@@ -131,7 +138,9 @@ fn columns<'py>(
     paths.set_item("drop_reason", dict(py, p.drop_reason)?)?;
 
     let nat = PyDict::new(py);
-    nat.set_item("path", arr(py, n.path))?;
+    nat.set_item("path_id", strings(py, n.path_id)?)?;
+    nat.set_item("flow", strings(py, n.flow)?)?;
+    nat.set_item("flow_valid", arr(py, n.flow_valid))?;
     nat.set_item("seq", arr(py, n.seq))?;
     nat.set_item("kind", dict(py, n.kind)?)?;
     nat.set_item("node", dict(py, n.node)?)?;
