@@ -8,11 +8,8 @@ correlator watched (tests/unit/test_core_finish.Recorder): its finished paths, s
 step in finishing order. Then, timed in CPU seconds of this process (the box is shared),
 each writing to /dev/null:
 
-* ``python path_line``: ``NdjsonSink.on_path`` for every path (``path_line``), one
-  write per step — what the engine pays for a path it prints as an object;
-* ``python template``: the product's fast path, each line of a ``render_lines`` run
-  %-formatted from its template and values (engine_bench's floor: formatting only,
-  no NAT, verdict or flow work), per path;
+* ``python json.dumps``: each path as the reference writes it (tests/reference/render.py:
+  ``json.dumps`` of its dict), one write per step — the peer: Python at its plainest;
 * ``core PathFinisher``: every step through ``tracer._core.PathFinisher.finish``
   (rows in, NAT events, verdicts, flows, lines out) and ``take``; the claims the join
   teaches it between steps are one Python call each here, timed apart.
@@ -24,7 +21,6 @@ time aside).
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import re
 import subprocess
@@ -38,13 +34,10 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from tests.reference.render import line, path_json  # noqa: E402
 from tests.reference.replay import Outcome, replay_files  # noqa: E402
 from tests.unit.test_core_finish import Recorder  # noqa: E402
-from tracer import correlate  # noqa: E402
-from tracer.engine import Engine, run  # noqa: E402
 from tracer.model import ObsBatch, PacketPath  # noqa: E402
-from tracer.output import NdjsonSink  # noqa: E402
-from tracer.readers import FileSource  # noqa: E402
 
 
 def record(path: str) -> tuple[list[tuple[Any, ...]], Outcome, Recorder]:
@@ -68,45 +61,14 @@ def steps_of(ops: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return out
 
 
-def python_path_line(steps: list[tuple[Any, ...]]) -> float:
+def python_json(steps: list[tuple[Any, ...]]) -> float:
     with open(os.devnull, "w") as null:
-        sink = NdjsonSink(null)
         t0 = time.process_time()
         for op in steps:
             if op[0] == "step":
-                for _num, p in op[1]:
-                    sink.on_path(p)
-                sink.flush()
+                null.write("".join([line(path_json(p)) + "\n" for _num, p in op[1]]))
+                null.flush()
         return time.process_time() - t0
-
-
-def python_template(path: str, paths: int) -> float:
-    """CPU seconds to %-format the template-rendered lines of a lines run, per path times ``paths``."""
-    made: list[tuple[str, tuple[Any, ...]]] = []
-    init = correlate._Template.__init__
-
-    def hooked(self: Any, fmt: str, order: tuple[int, ...], *rest: Any) -> None:
-        init(self, fmt, order, *rest)
-        pick = self.pick
-
-        def keep(values: list[Any]) -> tuple[Any, ...]:
-            vals = pick(values)
-            made.append((fmt, vals))
-            return vals
-
-        self.pick = keep
-
-    correlate._Template.__init__ = hooked  # type: ignore[method-assign,assignment]
-    try:
-        run(Engine(FileSource([path])), [NdjsonSink(io.StringIO())])
-    finally:
-        correlate._Template.__init__ = init  # type: ignore[method-assign]
-    with open(os.devnull, "w") as null:
-        t0 = time.process_time()
-        for k in range(0, len(made), 1000):
-            null.write("".join([fmt % vals for fmt, vals in made[k : k + 1000]]))
-        null.flush()
-        return (time.process_time() - t0) / max(len(made), 1) * paths
 
 
 def core(steps: list[tuple[Any, ...]], stats: Outcome, corr: Recorder) -> tuple[float, float, bytes]:
@@ -173,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     hops = sum(len(pp.hops) for op in steps if op[0] == "step" for _n, pp in op[1])
     print(f"{a.path}: {stats.observations} sightings, {paths} paths, {hops} hops "
           f"(recorded in {time.monotonic() - t0:.1f} s)")
-    rows = [("python path_line", python_path_line(steps)), ("python template", python_template(a.path, paths))]
+    rows = [("python json.dumps", python_json(steps))]
     t_all, t_core, got = core(steps, stats, corr)
     rows.append(("core PathFinisher", t_core))
     claims = sum(1 for op in steps if op[0] == "claim")

@@ -145,7 +145,7 @@ def parse_record(out: str) -> list[Row]:
 def parse_finish(out: str) -> list[Row]:
     core = num(r"^core PathFinisher\s+[\d.]+\s+\d+\s+(\d+)", out)
     rows: list[Row] = []
-    for name in ("python path_line", "python template"):
+    for name in ("python json.dumps",):
         py = num(rf"^{name}\s+[\d.]+\s+\d+\s+(\d+)", out)
         rows.append((f"finish paths: core vs {name}", f"{core:.0f} ns/hop", f"{py:.0f} ns/hop", py / core, "—"))
     return rows
