@@ -45,7 +45,9 @@ def test_report_shows_progress_on_a_terminal_and_clears_it(tmux: Tmux, tmp_path:
 
 
 def test_replay_text_on_the_same_terminal_keeps_paths_clean(tmux: Tmux, tmp_path: Path) -> None:
-    cap = big_pcap(tmp_path / "big.pcap", 300_000)
+    # Replay's text runs on the core: 300k records take 0.3 s, about the progress line's delay;
+    # 1.2M keep it on screen for a second.
+    cap = big_pcap(tmp_path / "big.pcap", 1_200_000)
     # -q: one line a path, a filter that keeps a few: most of the time only progress is drawn
     start(tmux, f"{HOPTRACE[0]} replay --no-tui -q {cap} -- icmp[7] = 0 and ip[5] = 0 and ip[4] = 0")
     seen, last = watch(tmux)
@@ -54,7 +56,7 @@ def test_replay_text_on_the_same_terminal_keeps_paths_clean(tmux: Tmux, tmp_path
     body = [line for line in last.splitlines() if line.strip()]
     paths = [line for line in body if line.startswith("p")]
     assert paths and all(line.endswith("big/if0") for line in paths), body
-    assert body[-2].startswith("stats: 300000 observations"), body
+    assert body[-2].startswith("stats: 1200000 observations"), body
 
 
 def test_no_progress_when_stderr_is_piped_on_a_terminal(tmux: Tmux, tmp_path: Path) -> None:
