@@ -49,6 +49,8 @@ pub const FLUSH_SLICE: usize = 4096;
 #[derive(Debug, Clone, Copy)]
 pub struct EngineConfig {
     pub join: JoinConfig,
+    /// Finishing's settings; `finish.format` says what is written: NDJSON, or the text
+    /// for people (`Format::Text`, tracer/output.py's `TextSink`).
     pub finish: FinishConfig,
     pub flush_slice: usize,
     /// A path filter runs: each link type's program comes from [`Engine::set_program`]
@@ -394,8 +396,9 @@ fn put<W: Write, H: ReplayHooks>(engine: &mut Engine, w: &mut W, hooks: &mut H) 
     engine.write_output(w)
 }
 
-/// `hoptrace replay --json`: `files` through the engine into `w`, batch by batch (see
-/// the module doc). Returns once the stats line is written.
+/// `hoptrace replay --json` (or its text, as `cfg.finish.format` says): `files` through
+/// the engine into `w`, batch by batch (see the module doc). Returns once the stats line
+/// is written.
 pub fn replay_ndjson<W: Write, H: ReplayHooks>(
     files: &mut FileSet,
     cfg: EngineConfig,
