@@ -14,7 +14,9 @@
 //! name with lone surrogates, and a JSON comment may hold one).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use crate::decode::{self, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2};
 use crate::meta::{self, DropTable};
@@ -102,8 +104,8 @@ struct Tables {
     drops: DropTable,
 }
 
-/// readers.py's `FileSource.batches()`.
-pub struct FileSet {
+/// readers.py's `FileSource.batches()`: the files read and merged here, in this thread.
+struct Merge {
     streams: Vec<Stream>,
     tables: Tables,
     /// Merge state: the batch each live stream has pending.
@@ -112,21 +114,10 @@ pub struct FileSet {
     errors: Vec<FileError>,
     started: bool,
     done: bool,
-    hops_told: usize,
-    reasons_told: usize,
 }
 
-impl FileSet {
-    pub fn new(inputs: Vec<Input>) -> FileSet {
-        FileSet::with_sizes(
-            inputs,
-            crate::reader::CHUNK_BYTES,
-            crate::reader::BATCH_ROWS,
-        )
-    }
-
-    /// With readers.py's CHUNK_BYTES and BATCH_ROWS set (tests make them small).
-    pub fn with_sizes(inputs: Vec<Input>, chunk_bytes: usize, batch_rows: usize) -> FileSet {
+impl Merge {
+    fn new(inputs: Vec<Input>, chunk_bytes: usize, batch_rows: usize) -> Merge {
         let streams: Vec<Stream> = inputs
             .into_iter()
             .map(|input| Stream {
@@ -135,7 +126,7 @@ impl FileSet {
             })
             .collect();
         let n = streams.len();
-        FileSet {
+        Merge {
             streams,
             tables: Tables::default(),
             pending: vec![None; n],
@@ -143,44 +134,27 @@ impl FileSet {
             errors: Vec::new(),
             started: false,
             done: false,
-            hops_told: 0,
-            reasons_told: 0,
         }
     }
 
-    /// Every hop label so far (batches' `hop` index into it).
-    pub fn hops(&self) -> &[HopLabel] {
-        &self.tables.hops
-    }
-
-    /// Labels made since the last call.
-    pub fn new_hops(&mut self) -> &[HopLabel] {
-        let from = self.hops_told.min(self.tables.hops.len());
-        self.hops_told = self.tables.hops.len();
-        self.tables.hops.get(from..).unwrap_or(&[])
-    }
-
-    /// Drop reasons numbered since the last call: (id, name).
-    pub fn new_drop_reasons(&mut self) -> &[(u32, Vec<u8>)] {
-        let names = &self.tables.drops.names;
-        let from = self.reasons_told.min(names.len());
-        self.reasons_told = names.len();
-        names.get(from..).unwrap_or(&[])
-    }
-
-    /// Bytes read so far, over all files (for a progress line).
-    pub fn bytes_read(&self) -> u64 {
+    fn bytes_read(&self) -> u64 {
         self.streams.iter().map(|s| s.reader.bytes_read).sum()
     }
 
-    /// Packets read so far, over all files.
-    pub fn packets(&self) -> u64 {
+    fn packets(&self) -> u64 {
         self.streams.iter().map(|s| s.reader.packets).sum()
     }
 
-    /// The next batch; `Ok(None)` at the end. With several files, a file's error
-    /// comes after every other file's batches (the first error, if several).
-    pub fn next_batch(&mut self) -> Result<Option<Batch>, FileError> {
+    /// Every input is a regular file (not a FIFO, not standard input, not memory).
+    fn regular_files(&self) -> bool {
+        self.streams.iter().all(|s| match &s.input.origin {
+            Origin::Path(p) => std::fs::metadata(p).is_ok_and(|m| m.is_file()),
+            _ => false,
+        })
+    }
+
+    /// See [`FileSet::next_batch`].
+    fn next_batch(&mut self) -> Result<Option<Batch>, FileError> {
         if self.done {
             return Ok(None);
         }
@@ -286,6 +260,230 @@ impl FileSet {
             Err(error) => return Err(FileError { file: k, error }),
         };
         Ok(Some(build(&mut self.tables, k, stream, chunk)))
+    }
+}
+
+/// What the reading thread hands over with each batch: the batch (or the end, or the
+/// error), and what reading it taught (labels, drop reasons, progress).
+struct Step {
+    got: Result<Option<Batch>, FileError>,
+    hops: Vec<HopLabel>,
+    reasons: Vec<(u32, Vec<u8>)>,
+    bytes_read: u64,
+    packets: u64,
+}
+
+/// Batches read and decoded ahead by a thread of their own, [`READ_AHEAD`] at most.
+struct Ahead {
+    rx: Mutex<Receiver<Step>>,
+    thread: Option<JoinHandle<()>>,
+    hops: Vec<HopLabel>,
+    reasons: Vec<(u32, Vec<u8>)>,
+    bytes_read: u64,
+    packets: u64,
+    done: bool,
+}
+
+/// Batches a reading thread may have ready before the consumer takes them.
+pub const READ_AHEAD: usize = 4;
+
+enum Source {
+    Here(Box<Merge>),
+    Ahead(Box<Ahead>),
+}
+
+/// Capture files as one stream of batches (readers.py's `FileSource.batches()`).
+///
+/// Regular files are read and decoded ahead by a thread of their own (unless
+/// [`FileSet::set_read_ahead`] says not to), so reading and decoding the next batches
+/// overlaps whatever the caller does with this one; the batches, labels, drop reasons and
+/// errors are the same, in the same order, as read here. A FIFO, standard input and
+/// memory are read here, when asked.
+pub struct FileSet {
+    source: Source,
+    read_ahead: bool,
+    hops_told: usize,
+    reasons_told: usize,
+}
+
+impl FileSet {
+    pub fn new(inputs: Vec<Input>) -> FileSet {
+        FileSet::with_sizes(
+            inputs,
+            crate::reader::CHUNK_BYTES,
+            crate::reader::BATCH_ROWS,
+        )
+    }
+
+    /// With readers.py's CHUNK_BYTES and BATCH_ROWS set (tests make them small).
+    pub fn with_sizes(inputs: Vec<Input>, chunk_bytes: usize, batch_rows: usize) -> FileSet {
+        FileSet {
+            source: Source::Here(Box::new(Merge::new(inputs, chunk_bytes, batch_rows))),
+            read_ahead: true,
+            hops_told: 0,
+            reasons_told: 0,
+        }
+    }
+
+    /// Whether regular files are read ahead by a thread (the default); only before the
+    /// first batch (a benchmark times the stages one after the other with it off).
+    pub fn set_read_ahead(&mut self, on: bool) {
+        self.read_ahead = on;
+    }
+
+    /// Every hop label so far (batches' `hop` index into it).
+    pub fn hops(&self) -> &[HopLabel] {
+        match &self.source {
+            Source::Here(m) => &m.tables.hops,
+            Source::Ahead(a) => &a.hops,
+        }
+    }
+
+    fn reasons(&self) -> &[(u32, Vec<u8>)] {
+        match &self.source {
+            Source::Here(m) => &m.tables.drops.names,
+            Source::Ahead(a) => &a.reasons,
+        }
+    }
+
+    /// Labels made since the last call.
+    pub fn new_hops(&mut self) -> &[HopLabel] {
+        let told = self.hops_told;
+        self.hops_told = self.hops().len();
+        self.hops().get(told.min(self.hops_told)..).unwrap_or(&[])
+    }
+
+    /// Drop reasons numbered since the last call: (id, name).
+    pub fn new_drop_reasons(&mut self) -> &[(u32, Vec<u8>)] {
+        let told = self.reasons_told;
+        self.reasons_told = self.reasons().len();
+        self.reasons()
+            .get(told.min(self.reasons_told)..)
+            .unwrap_or(&[])
+    }
+
+    /// Bytes read so far, over all files (for a progress line).
+    pub fn bytes_read(&self) -> u64 {
+        match &self.source {
+            Source::Here(m) => m.bytes_read(),
+            Source::Ahead(a) => a.bytes_read,
+        }
+    }
+
+    /// Packets read so far, over all files.
+    pub fn packets(&self) -> u64 {
+        match &self.source {
+            Source::Here(m) => m.packets(),
+            Source::Ahead(a) => a.packets,
+        }
+    }
+
+    /// The next batch; `Ok(None)` at the end. With several files, a file's error
+    /// comes after every other file's batches (the first error, if several).
+    pub fn next_batch(&mut self) -> Result<Option<Batch>, FileError> {
+        if let Source::Here(m) = &mut self.source {
+            // Decided once, at the first batch.
+            if !(std::mem::take(&mut self.read_ahead) && !m.done && m.regular_files()) {
+                return m.next_batch();
+            }
+            let placeholder = Box::new(Merge::new(Vec::new(), 1, 1));
+            let merge = std::mem::replace(m, placeholder);
+            match start_reading(merge) {
+                Ok(a) => self.source = Source::Ahead(a),
+                Err(merge) => self.source = Source::Here(merge),
+            }
+        }
+        match &mut self.source {
+            Source::Here(m) => m.next_batch(),
+            Source::Ahead(a) => a.next_batch(),
+        }
+    }
+}
+
+/// The reading thread over `merge`; `merge` back when no thread can be made.
+fn start_reading(merge: Box<Merge>) -> Result<Box<Ahead>, Box<Merge>> {
+    let (tx, rx) = mpsc::sync_channel::<Step>(READ_AHEAD);
+    // The thread owns the merge, so it comes back only if the thread never ran: a slot.
+    let slot = Arc::new(Mutex::new(Some(merge)));
+    let theirs = Arc::clone(&slot);
+    let spawned = std::thread::Builder::new()
+        .name("hoptrace-read".into())
+        .spawn(move || {
+            let taken = theirs.lock().map(|mut g| g.take()).unwrap_or(None);
+            if let Some(merge) = taken {
+                read_ahead(merge, &tx);
+            }
+        });
+    match spawned {
+        Ok(thread) => Ok(Box::new(Ahead {
+            rx: Mutex::new(rx),
+            thread: Some(thread),
+            hops: Vec::new(),
+            reasons: Vec::new(),
+            bytes_read: 0,
+            packets: 0,
+            done: false,
+        })),
+        Err(_) => {
+            let back = slot.lock().map(|mut g| g.take()).unwrap_or(None);
+            Err(back.unwrap_or_else(|| Box::new(Merge::new(Vec::new(), 1, 1))))
+        }
+    }
+}
+
+/// The reading thread: every batch, with what it taught, until the end, an error, or
+/// nobody takes them any more.
+fn read_ahead(mut merge: Box<Merge>, tx: &SyncSender<Step>) {
+    let (mut hops_sent, mut reasons_sent) = (0, 0);
+    loop {
+        let got = merge.next_batch();
+        let last = !matches!(got, Ok(Some(_)));
+        let hops = merge.tables.hops.get(hops_sent..).unwrap_or(&[]).to_vec();
+        let names = &merge.tables.drops.names;
+        let reasons = names.get(reasons_sent..).unwrap_or(&[]).to_vec();
+        hops_sent += hops.len();
+        reasons_sent += reasons.len();
+        let step = Step {
+            got,
+            hops,
+            reasons,
+            bytes_read: merge.bytes_read(),
+            packets: merge.packets(),
+        };
+        if tx.send(step).is_err() || last {
+            return;
+        }
+    }
+}
+
+impl Ahead {
+    fn next_batch(&mut self) -> Result<Option<Batch>, FileError> {
+        if self.done {
+            return Ok(None);
+        }
+        let got = match self.rx.lock() {
+            Ok(rx) => rx.recv(),
+            Err(poisoned) => poisoned.into_inner().recv(),
+        };
+        match got {
+            Ok(step) => {
+                self.hops.extend(step.hops);
+                self.reasons.extend(step.reasons);
+                self.bytes_read = step.bytes_read;
+                self.packets = step.packets;
+                self.done = !matches!(step.got, Ok(Some(_)));
+                step.got
+            }
+            Err(_) => {
+                // The thread ended without saying so: it panicked. The panic goes on here,
+                // as it would have, had the batch been read in this thread.
+                self.done = true;
+                if let Some(Err(payload)) = self.thread.take().map(JoinHandle::join) {
+                    std::panic::resume_unwind(payload);
+                }
+                Ok(None)
+            }
+        }
     }
 }
 
@@ -492,4 +690,106 @@ fn hop(
     let h = (t.hops.len() - 1) as u32;
     t.hop_index.insert(key, h);
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    /// A pcap file of `n` Ethernet/IPv4/UDP frames, `step_us` apart from `t0_us`, its
+    /// last `cut` bytes cut off.
+    fn pcap(name: &str, n: u32, t0_us: u64, step_us: u64, cut: usize) -> PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("hoptrace-files-{}-{name}", std::process::id()));
+        let mut f = Vec::new();
+        for v in [0xa1b2_c3d4u32, 0x0004_0002, 0, 0, 65535, 1] {
+            f.extend_from_slice(&v.to_le_bytes());
+        }
+        for k in 0..n {
+            let mut fr = vec![0u8; 12];
+            fr.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 28]);
+            fr.extend_from_slice(&(k as u16).to_be_bytes());
+            fr.extend_from_slice(&[0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
+            fr.extend_from_slice(&[0x30, 0x39, 0, 53, 0, 8, 0, 0]);
+            let t = t0_us + u64::from(k) * step_us;
+            for v in [(t / 1_000_000) as u32, (t % 1_000_000) as u32] {
+                f.extend_from_slice(&v.to_le_bytes());
+            }
+            for v in [fr.len() as u32, fr.len() as u32] {
+                f.extend_from_slice(&v.to_le_bytes());
+            }
+            f.extend_from_slice(&fr);
+        }
+        f.truncate(f.len() - cut);
+        std::fs::write(&path, f).expect("temp file");
+        path
+    }
+
+    type Seen = (
+        Vec<(Vec<Obs>, Vec<u8>)>,
+        Vec<HopLabel>,
+        Option<FileError>,
+        u64,
+        u64,
+    );
+
+    fn read_all(paths: &[PathBuf], ahead: bool) -> Seen {
+        let inputs = paths
+            .iter()
+            .enumerate()
+            .map(|(k, p)| Input {
+                origin: Origin::Path(p.clone()),
+                stem: format!("f{k}").into_bytes(),
+                label: None,
+            })
+            .collect();
+        let mut set = FileSet::with_sizes(inputs, 4096, 50);
+        set.set_read_ahead(ahead);
+        let (mut batches, mut hops, mut error) = (Vec::new(), Vec::new(), None);
+        loop {
+            match set.next_batch() {
+                Ok(Some(b)) => {
+                    hops.extend_from_slice(set.new_hops());
+                    batches.push((b.rows.clone(), b.frames.bytes().to_vec()));
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        assert!(
+            matches!(set.next_batch(), Ok(None)),
+            "the end stays the end"
+        );
+        assert_eq!(hops, set.hops());
+        (batches, hops, error, set.bytes_read(), set.packets())
+    }
+
+    #[test]
+    fn read_ahead_gives_what_reading_here_gives() {
+        let a = pcap("a.pcap", 400, 1_000_000, 7, 0);
+        let b = pcap("b.pcap", 300, 1_000_003, 11, 0);
+        let bad = pcap("bad.pcap", 250, 1_000_001, 5, 9);
+        for set in [
+            vec![a.clone()],
+            vec![a.clone(), b.clone()],
+            vec![bad.clone()],
+            vec![a.clone(), bad.clone(), b.clone()],
+        ] {
+            let here = read_all(&set, false);
+            let ahead = read_all(&set, true);
+            assert!(here.0.len() > 3, "several batches");
+            assert_eq!(here.0, ahead.0);
+            assert_eq!(here.1, ahead.1);
+            assert_eq!(here.2, ahead.2);
+            assert_eq!((here.3, here.4), (ahead.3, ahead.4));
+            assert_eq!(here.2.is_some(), set.contains(&bad));
+        }
+        for p in [a, b, bad] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }

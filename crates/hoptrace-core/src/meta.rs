@@ -80,13 +80,42 @@ impl<'a> Cur<'a> {
     fn null(&mut self) -> bool {
         self.lit(b"null").is_some()
     }
-}
-
-fn digits_u64(d: &[u8]) -> u64 {
-    // At most 19 digits: fits.
-    d.iter().fold(0u64, |v, &c| {
-        v.wrapping_mul(10).wrapping_add(u64::from(c - b'0'))
-    })
+    /// A run of 1..=`max` decimal digits (`max` <= 19: the value fits), as a number.
+    #[inline]
+    fn digits(&mut self, max: usize) -> Option<u64> {
+        let rest = self.s.get(self.i..)?;
+        let mut v = 0u64;
+        let mut n = 0;
+        for &c in rest {
+            let d = c.wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            v = v.wrapping_mul(10).wrapping_add(u64::from(d));
+            n += 1;
+        }
+        self.i += n;
+        (1..=max).contains(&n).then_some(v)
+    }
+    /// A run of 1..=16 hex digits, as a number.
+    #[inline]
+    fn hex(&mut self) -> Option<u64> {
+        let rest = self.s.get(self.i..)?;
+        let mut v = 0u64;
+        let mut n = 0;
+        for &c in rest {
+            let d = match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                b'A'..=b'F' => c - b'A' + 10,
+                _ => break,
+            };
+            v = v << 4 | u64::from(d);
+            n += 1;
+        }
+        self.i += n;
+        (1..=16).contains(&n).then_some(v)
+    }
 }
 
 /// readers.py's `_META_RE` over one line, anchored at both ends.
@@ -115,11 +144,9 @@ fn match_line(line: &[u8]) -> Option<Fast<'_>> {
         0
     } else {
         c.lit(b"\"0x")?;
-        let hex = c.run(16, |b| b.is_ascii_hexdigit())?;
+        let hex = c.hex()?;
         c.lit(b"\"")?;
-        hex.iter().fold(0u64, |v, &b| {
-            v << 4 | u64::from(char::from(b).to_digit(16).unwrap_or(0))
-        })
+        hex
     };
     c.lit(b",\"hook\":")?;
     c.spaces();
@@ -132,7 +159,7 @@ fn match_line(line: &[u8]) -> Option<Fast<'_>> {
     }
     c.lit(b",\"netns\":")?;
     c.spaces();
-    let netns = digits_u64(c.run(19, |b| b.is_ascii_digit())?);
+    let netns = c.digits(19)?;
     c.lit(b",\"drop_reason\":")?;
     c.spaces();
     let reason = if c.null() {
@@ -147,7 +174,7 @@ fn match_line(line: &[u8]) -> Option<Fast<'_>> {
     };
     c.lit(b",\"ts_ns\":")?;
     c.spaces();
-    let ts_ns = digits_u64(c.run(19, |b| b.is_ascii_digit())?);
+    let ts_ns = c.digits(19)?;
     c.lit(b"}")?;
     (c.i == line.len()).then_some(Fast {
         dir: d,

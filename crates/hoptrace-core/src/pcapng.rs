@@ -162,21 +162,19 @@ fn drain(r: &mut FileReader, big: bool) -> Result<bool, CaptureError> {
     Ok(r.push_chunk())
 }
 
-/// The pending EPBs (offsets into the chunk's buffer).
+/// The pending EPBs (offsets into the chunk's buffer; each a whole block of at least 32
+/// bytes, its length a multiple of 4, as `step` located it).
 fn bulk_epbs(r: &mut FileReader, big: bool) {
     let pend = std::mem::take(&mut r.pend);
     let buf = std::sync::Arc::clone(&r.chunk.buf);
-    let b = |at: usize| buf.get(at).copied().unwrap_or(0);
-    let u16_at = |at: usize| {
-        let x = [b(at), b(at + 1)];
+    let u16_of = |x: [u8; 2]| {
         if big {
             u16::from_be_bytes(x)
         } else {
             u16::from_le_bytes(x)
         }
     };
-    let u32_at = |at: usize| {
-        let x = [b(at), b(at + 1), b(at + 2), b(at + 3)];
+    let u32_of = |x: [u8; 4]| {
         if big {
             u32::from_be_bytes(x)
         } else {
@@ -186,10 +184,17 @@ fn bulk_epbs(r: &mut FileReader, big: bool) {
     let nif = r.ifaces.len() - r.section_base;
     let mut n = 0u64;
     for (k, &pos) in pend.iter().enumerate() {
-        let blen = u32_at(pos + 4) as usize;
-        let ifid = u32_at(pos + 8);
-        let caplen = u32_at(pos + 20);
-        if pos + 28 + caplen as usize > pos + blen - 4 {
+        // The fixed fields: type, length, interface, timestamp (high, low), captured, wire.
+        let Some(h) = buf.get(pos..pos + 28) else {
+            continue;
+        };
+        let Ok(h) = <[u8; 28]>::try_from(h) else {
+            continue;
+        };
+        let blen = u32_of([h[4], h[5], h[6], h[7]]) as usize;
+        let ifid = u32_of([h[8], h[9], h[10], h[11]]);
+        let caplen = u32_of([h[20], h[21], h[22], h[23]]);
+        if 28 + caplen as usize > blen.saturating_sub(4) {
             r.error = Some(CaptureError::BadPacketLength {
                 len: caplen,
                 after: r.packets + k as u64,
@@ -207,28 +212,31 @@ fn bulk_epbs(r: &mut FileReader, big: bool) {
         if !r.linktype_ok(gid) {
             continue;
         }
-        let ts = u64::from(u32_at(pos + 12)) << 32 | u64::from(u32_at(pos + 16));
+        let ts = u64::from(u32_of([h[12], h[13], h[14], h[15]])) << 32
+            | u64::from(u32_of([h[16], h[17], h[18], h[19]]));
         let ts_ns = r.ifaces.get(gid).map_or(0, |i| i.ts.ns(ts));
-        // Options: the first 8 (flags = 2, comment = 1).
+        // Options: the first 8 (flags = 2, comment = 1), within the block's body.
         let mut fdir = 0u8;
         let mut comment: Option<(usize, usize)> = None;
-        let mut p = pos + 28 + ((caplen as usize + 3) & !3);
-        let oend = pos + blen - 4;
+        let first = 28 + ((caplen as usize + 3) & !3);
+        let opts = buf.get(pos + first..pos + blen - 4).unwrap_or(&[]);
+        let mut p = 0usize;
         for _ in 0..8 {
-            if p + 4 > oend {
+            let Some(oh) = opts.get(p..p + 4) else {
                 break;
-            }
-            let code = u16_at(p);
-            let ln = usize::from(u16_at(p + 2));
-            let good = code != 0 && p + 4 + ln <= oend;
-            if good && code == 2 && ln >= 4 {
-                fdir = flags_dir(b(p + if big { 7 } else { 4 }));
-            }
-            if good && code == 1 && ln > 0 && b(p + 4) == b'{' && comment.is_none() {
-                comment = Some((p + 4, ln));
+            };
+            let code = u16_of([oh[0], oh[1]]);
+            let ln = usize::from(u16_of([oh[2], oh[3]]));
+            let val = opts.get(p + 4..p + 4 + ln).filter(|_| code != 0);
+            if let Some(v) = val {
+                if code == 2 && ln >= 4 {
+                    fdir = flags_dir(v.get(if big { 3 } else { 0 }).copied().unwrap_or(0));
+                } else if code == 1 && v.first() == Some(&b'{') && comment.is_none() {
+                    comment = Some((pos + first + p + 4, ln));
+                }
             }
             p += 4 + ((ln + 3) & !3);
-            if !good {
+            if val.is_none() {
                 break;
             }
         }
@@ -240,7 +248,7 @@ fn bulk_epbs(r: &mut FileReader, big: bool) {
             len: caplen,
             ts_ns,
             iface: gid as u32,
-            wire_len: u32_at(pos + 24),
+            wire_len: u32_of([h[24], h[25], h[26], h[27]]),
             dir: fdir,
         });
         n += 1;

@@ -22,6 +22,8 @@ use crate::decode;
 pub const BATCH_ROWS: usize = 4096;
 /// Bytes per read (readers.py's CHUNK_BYTES).
 pub const CHUNK_BYTES: usize = 1 << 20;
+/// Read buffers kept for reuse (the engine holds a batch or two, a read-ahead a few more).
+const SPARE_BUFFERS: usize = 8;
 /// libpcap refuses records bigger than this (MAXIMUM_SNAPLEN); so do we.
 pub const MAX_RECORD: u32 = 262_144;
 /// The largest pcapng block read.
@@ -160,6 +162,20 @@ pub fn strerror(e: &std::io::Error) -> String {
     }
 }
 
+/// An empty buffer of at least `cap` bytes: a spare one nothing else holds, else new.
+fn reusable(spare: &mut Vec<Arc<Vec<u8>>>, cap: usize) -> Vec<u8> {
+    let free = spare
+        .iter_mut()
+        .position(|b| b.capacity() >= cap && Arc::get_mut(b).is_some());
+    if let Some(k) = free {
+        if let Ok(mut v) = Arc::try_unwrap(spare.swap_remove(k)) {
+            v.clear();
+            return v;
+        }
+    }
+    Vec::with_capacity(cap)
+}
+
 /// Timestamp units of an interface: `ts * num / den + offset` is UTC ns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TsUnit {
@@ -190,7 +206,14 @@ impl TsUnit {
     }
 
     /// `max(0, min(ts * num // den + offset, 2**64 - 1))`.
+    #[inline]
     pub fn ns(&self, ts: u64) -> u64 {
+        // The usual units (ns, µs: no divisor, no offset) without 128-bit division.
+        if self.den_exp == 0 && self.offset_ns == 0 {
+            if let Some(v) = ts.checked_mul(self.num) {
+                return v;
+            }
+        }
         let prod = u128::from(ts) * u128::from(self.num);
         let den: Option<u128> = if self.pow2 {
             1u128.checked_shl(self.den_exp)
@@ -296,6 +319,9 @@ pub struct FileReader {
     pub(crate) chunk: Chunk,
     pub(crate) pend: Vec<usize>,
     ready: VecDeque<Chunk>,
+    /// Read buffers handed out with chunks, kept to be filled again once every batch
+    /// made from them is gone (no fresh pages to fault in per chunk).
+    spare: Vec<Arc<Vec<u8>>>,
     failed: Option<CaptureError>,
     /// A damaged block found while parsing, raised once the good records before it are out.
     pub(crate) error: Option<CaptureError>,
@@ -331,6 +357,7 @@ impl FileReader {
             format: Format::Start,
             pend: Vec::new(),
             ready: VecDeque::new(),
+            spare: Vec::new(),
             failed: None,
             error: None,
         }
@@ -376,6 +403,7 @@ impl FileReader {
         self.format = Format::Done;
         self.src = None;
         self.pend = Vec::new();
+        self.spare = Vec::new();
     }
 
     fn start(&mut self) -> Result<(), CaptureError> {
@@ -430,8 +458,12 @@ impl FileReader {
         self.data.get(at).copied().unwrap_or(0)
     }
 
+    #[inline]
     pub(crate) fn u16_at(&self, at: usize, big: bool) -> u16 {
-        let b = [self.byte(at), self.byte(at + 1)];
+        let b = match self.data.get(at..at.saturating_add(2)) {
+            Some(&[b0, b1]) => [b0, b1],
+            _ => [self.byte(at), self.byte(at + 1)],
+        };
         if big {
             u16::from_be_bytes(b)
         } else {
@@ -439,13 +471,18 @@ impl FileReader {
         }
     }
 
+    #[inline]
     pub(crate) fn u32_at(&self, at: usize, big: bool) -> u32 {
-        let b = [
-            self.byte(at),
-            self.byte(at + 1),
-            self.byte(at + 2),
-            self.byte(at + 3),
-        ];
+        let b = match self.data.get(at..at.saturating_add(4)) {
+            Some(&[b0, b1, b2, b3]) => [b0, b1, b2, b3],
+            // Past the end: the bytes there read as 0.
+            _ => [
+                self.byte(at),
+                self.byte(at + 1),
+                self.byte(at + 2),
+                self.byte(at + 3),
+            ],
+        };
         if big {
             u32::from_be_bytes(b)
         } else {
@@ -468,7 +505,7 @@ impl FileReader {
             }
             let want = self.chunk_bytes.max(need);
             let rest = self.data.get(self.pos..).unwrap_or(&[]);
-            let mut fresh = Vec::with_capacity(rest.len() + want);
+            let mut fresh = reusable(&mut self.spare, rest.len() + want);
             fresh.extend_from_slice(rest);
             let before = fresh.len();
             src.take(want as u64)
@@ -482,7 +519,10 @@ impl FileReader {
                 return Ok(false);
             }
             self.bytes_read += (fresh.len() - before) as u64;
-            self.data = Arc::new(fresh);
+            let old = std::mem::replace(&mut self.data, Arc::new(fresh));
+            if self.spare.len() < SPARE_BUFFERS && old.capacity() >= self.chunk_bytes {
+                self.spare.push(old);
+            }
             self.pos = 0;
         }
         Ok(true)

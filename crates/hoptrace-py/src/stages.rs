@@ -11,6 +11,10 @@
 //!   hidden as a path filter that matches nothing hides it, so no line is rendered;
 //! * `render`: the whole `replay --json` (`engine::replay_ndjson`: + NAT diffs, path,
 //!   flow and stats lines) into a writer that discards them.
+//!
+//! The stages read the files in this thread, one after the other; `replay` is `render`
+//! as `replay --json` runs it, the files read and decoded ahead by a thread of their own
+//! (`FileSet`'s read-ahead), which overlaps reading with the rest.
 
 use std::io;
 use std::time::Instant;
@@ -29,6 +33,11 @@ const STAGES: [&str; 4] = ["read", "decode", "correlate", "render"];
 /// One pass up to and including `stage`: (records, wall seconds) or the file's problem.
 fn run(stage: &str, inputs: Vec<InputTuple>) -> Result<(u64, f64), String> {
     let inputs = inputs_of(inputs);
+    let files = |inputs| {
+        let mut f = FileSet::new(inputs);
+        f.set_read_ahead(stage == "replay");
+        f
+    };
     let t0 = Instant::now();
     let records = match stage {
         "read" => {
@@ -42,7 +51,7 @@ fn run(stage: &str, inputs: Vec<InputTuple>) -> Result<(u64, f64), String> {
             n
         }
         "decode" => {
-            let mut files = FileSet::new(inputs);
+            let mut files = files(inputs);
             let mut n = 0u64;
             while let Some(b) = files.next_batch().map_err(|e| e.error.to_string())? {
                 n += b.rows.len() as u64;
@@ -50,7 +59,7 @@ fn run(stage: &str, inputs: Vec<InputTuple>) -> Result<(u64, f64), String> {
             n
         }
         "correlate" => {
-            let mut files = FileSet::new(inputs);
+            let mut files = files(inputs);
             // A path filter with no program for any link type: every path is joined and
             // judged, none is shown, so nothing is rendered but the stats line.
             let mut eng = engine::Engine::new(EngineConfig {
@@ -69,8 +78,8 @@ fn run(stage: &str, inputs: Vec<InputTuple>) -> Result<(u64, f64), String> {
             }
             eng.observations()
         }
-        "render" => {
-            let mut files = FileSet::new(inputs);
+        "render" | "replay" => {
+            let mut files = files(inputs);
             let cfg = EngineConfig::default();
             let s = engine::replay_ndjson(&mut files, cfg, &mut io::sink(), &mut NoHooks)
                 .map_err(|e| format!("{e:?}"))?;
@@ -81,7 +90,7 @@ fn run(stage: &str, inputs: Vec<InputTuple>) -> Result<(u64, f64), String> {
         }
         _ => {
             return Err(format!(
-                "unknown stage {stage:?}: one of {}",
+                "unknown stage {stage:?}: one of {}, replay",
                 STAGES.join(", ")
             ))
         }
@@ -91,7 +100,8 @@ fn run(stage: &str, inputs: Vec<InputTuple>) -> Result<(u64, f64), String> {
 
 /// One pass of `hoptrace replay --json` over ``inputs`` (as ``FileReader`` takes them) up
 /// to ``stage``: "read", "decode", "correlate" (join and finish, nothing rendered) or
-/// "render" (the whole replay into a sink). Returns ``(records, wall seconds)`` measured
+/// "render" (the whole replay into a sink), or "replay" (render as ``replay --json`` runs
+/// it: the files read ahead by a thread of their own). Returns ``(records, wall seconds)`` measured
 /// in the core, with the GIL released; a damaged file or an unknown stage is a ValueError.
 #[pyfunction]
 fn replay_stages(py: Python<'_>, inputs: Vec<InputTuple>, stage: String) -> PyResult<(u64, f64)> {
