@@ -102,6 +102,10 @@ impl Filter {
     fn mark(&mut self, rows: &[Obs], frames: &[u8]) {
         let (programs, hop_linktype) = (&self.programs, &self.hop_linktype);
         self.marks.clear();
+        if programs.values().all(Option::is_none) {
+            self.marks.resize(rows.len(), false); // no program: nothing matches
+            return;
+        }
         self.marks.extend(rows.iter().map(|o| {
             let program = hop_linktype
                 .get(o.hop as usize)

@@ -7,6 +7,7 @@ use super::finished::Finished;
 use super::idle::{Entry, IdleQueue};
 use super::keys::FpHashBuilder;
 use crate::obs::Obs;
+use std::collections::hash_map::Entry as Slot;
 use std::collections::HashMap;
 
 /// A sighting as the join sees it.
@@ -172,17 +173,19 @@ impl OpenPaths {
         let me = (slot, num);
         let slab = &self.slab;
         let live = |(s, n): (u32, u64)| slab.get(s as usize).is_some_and(|p| p.num == n);
-        match self.by_fp.get_mut(&k.fp) {
-            None => {
-                self.by_fp.insert(k.fp, Cands::One(me));
+        match self.by_fp.entry(k.fp) {
+            Slot::Vacant(v) => {
+                v.insert(Cands::One(me));
             }
-            Some(c) => {
+            Slot::Occupied(mut o) => {
+                let c = o.get_mut();
                 if let Cands::One(first) = *c {
-                    *c = if live(first) {
-                        Cands::Many(vec![first])
-                    } else {
-                        Cands::Many(Vec::new())
-                    };
+                    if !live(first) && max_same_fp > 0 {
+                        // The one listed has finished: this path alone, no list.
+                        *c = Cands::One(me);
+                        return;
+                    }
+                    *c = Cands::Many(vec![first]);
                 }
                 if let Cands::Many(cs) = c {
                     cs.retain(|&e| live(e));
