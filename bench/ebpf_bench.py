@@ -43,8 +43,9 @@ sys.path.insert(0, str(ROOT))
 from tracer.lab import Lab  # noqa: E402
 
 SERVER = "198.51.100.8"
-HOPTRACE = str(ROOT / ".venv" / "bin" / "hoptrace")
-PYTHON = str(ROOT / ".venv" / "bin" / "python")
+# This checkout's hoptrace under this interpreter (make bench runs .venv/bin/python).
+HOPTRACE = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tracer.cli import main; sys.exit(main())"]
+PYTHON = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -99,7 +100,7 @@ class Tracer:
             for ino in lab_netns:
                 argv += ["--netns", str(ino)]
         else:
-            argv = [HOPTRACE, "live", "--backend", "ebpf", "--json", "--ready-file", str(self.ready)]
+            argv = [*HOPTRACE, "live", "--backend", "ebpf", "--json", "--ready-file", str(self.ready)]
             for ino in lab_netns:
                 argv += ["--iface", f"netns:{ino}/eth0"]
             if mode == "filtered":

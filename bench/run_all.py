@@ -1,6 +1,7 @@
 """Every benchmark in bench/ that measures a peer in the same run, then one table of ratios.
 
-    .venv/bin/python bench/run_all.py                 # everything (the lab/kernel ones need root)
+    .venv/bin/python bench/run_all.py                 # everything (the lab/kernel ones need root), long ones short
+    .venv/bin/python bench/run_all.py --full          # the lab, kernel and fuzzing ones' full runs too, and soak
     .venv/bin/python bench/run_all.py --quick         # small inputs, short runs (a few minutes)
     .venv/bin/python bench/run_all.py --only replay,engine
     .venv/bin/python bench/run_all.py --list          # names, scripts, what each needs
@@ -15,11 +16,21 @@ forwarding under a tracer it is the rate with the tracer over the rate without
 (at most 1). A benchmark that fails or whose output cannot be read shows as
 such in the table and makes the exit status 1; one that needs root is skipped
 without it (``--no-root`` skips them anyway). One generated 1M-record pcapng
-(bench/gen_pcapng.py) serves replay, report, finish and join; it is removed at the end
-unless ``--keep``.
+(bench/gen_pcapng.py) serves replay, report, read, finish and join (replay also
+generates issue 15's other shape, ``--shape udp4``, for itself); it is removed at
+the end unless ``--keep``. Nothing but this checkout and what the benchmarks
+generate is read: ``make bench`` works from a clean clone after ``make install``.
 
-The lab/kernel benchmarks (ebpf, taps, tui, lab, topology, soak) build network
-namespaces and push traffic for a while: on a shared machine prefer ``--only``.
+Benchmarks and their peers: replay and start-up against tshark (with the
+per-stage split measured inside the core), report against tshark, read, join,
+finish, correlate, engine and the path filter (bpf) against the Python (or
+libpcap-through-ctypes) implementation they replaced, fuzz (cargo-fuzz over the
+core's parsers: executions and findings) and fuzz_files (random files, scapy's
+readers as the peer), the recorder and Parquet export, and the lab and kernel
+ones (ebpf, taps, tui, lab, topology, soak) which build network namespaces of
+their own (never touching the host's) and push traffic. The lab, kernel and
+fuzzing ones run short unless ``--full`` (soak only with ``--full`` or
+``--only soak``).
 """
 
 from __future__ import annotations
@@ -241,6 +252,26 @@ def parse_soak(out: str) -> list[Row]:
              f"capacity {rate(cap['delivered_pps'], ' pps')}", None, "0 lost, RSS +<=10%")]  # fmt: skip
 
 
+def parse_bpf(out: str) -> list[Row]:
+    ours = num(r"^core BpfProgram\.match_frames: ([\d,]+) frames/s wall", out)
+    peer = num(r"^peer libpcap pcap_offline_filter per frame \(ctypes\): ([\d,]+) frames/s wall", out)
+    same = "verdicts equal" if re.search(r"^verdicts equal on every frame$", out, re.M) else "VERDICTS DIFFER"
+    return [(f"path filter (BPF) over frames ({same})", rate(ours, " frames/s"), f"libpcap per frame {rate(peer, '/s')}",
+             ours / peer, "—")]  # fmt: skip
+
+
+def parse_fuzz_core(out: str) -> list[Row]:
+    rows = re.findall(r"^(\w+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(-?\d+)\s+(.+)$", out, re.M)
+    rows = [r for r in rows if r[0] != "target"]
+    if not rows:
+        raise Unreadable("no per-target lines")
+    execs = sum(int(r[1]) for r in rows)
+    found = [r[0] for r in rows if r[5].strip() != "none" or r[4] != "0"]
+    return [(f"fuzz (cargo-fuzz: {', '.join(r[0] for r in rows)})",
+             f"{execs:,} executions, {len(found)} with findings{': ' + ', '.join(found) if found else ''}", "", None,
+             "no findings")]  # fmt: skip
+
+
 def parse_report(out: str) -> list[Row]:
     r = last_json(out)
     n = f"{r['records'] / 1e6:g}M"
@@ -262,6 +293,8 @@ class Bench:
     parse: Callable[[str], list[Row]]
     root: bool = False
     needs: tuple[str, ...] = field(default=())  # executables it runs
+    # Lab, kernel, fuzzing and other long runs: their short arguments unless --full.
+    long: bool = False
 
 
 BENCHES = [
@@ -277,17 +310,19 @@ BENCHES = [
     Bench("finish", "finish_bench.py", ["{capture}"], ["{capture}"], parse_finish),
     Bench("join", "join_bench.py", ["{capture}", "--check"], ["{capture}", "--check"], parse_join),
     Bench("record", "record_bench.py", [], ["--records", "100000", "--peer-records", "20000", "--reps", "1"],
-          parse_record),
+          parse_record, long=True),
     Bench("live_profile", "live_profile.py", [], ["--records", "50000"], parse_live_profile),
-    Bench("fuzz", "fuzz_long.py", ["--minutes", "3"], ["--minutes", "0.5", "--examples", "50"], parse_fuzz),
+    Bench("bpf", "bpf_bench.py", ["--records", "300000"], ["--records", "100000", "--runs", "1"], parse_bpf),
+    Bench("fuzz", "fuzz_core.py", ["--seconds", "60"], ["--seconds", "10"], parse_fuzz_core, needs=("cargo",), long=True),
+    Bench("fuzz_files", "fuzz_long.py", ["--minutes", "3"], ["--minutes", "0.5", "--examples", "50"], parse_fuzz, long=True),
     Bench("ebpf", "ebpf_bench.py", ["--seconds", "5"], ["--seconds", "2", "--modes", "source"], parse_ebpf,
-          root=True, needs=("iperf3", "bpftool")),
+          root=True, needs=("iperf3", "bpftool"), long=True),
     Bench("taps", "taps_bench.py", ["--reps", "2", "--rates", "50000,0"],
-          ["--reps", "1", "--rates", "0", "--seconds", "2"], parse_taps, root=True, needs=("iperf3", "tcpdump")),
-    Bench("tui", "tui_bench.py", [], ["--seconds", "5", "--peer-seconds", "3"], parse_tui),
-    Bench("lab", "lab_bench.py", ["--runs", "3"], ["--runs", "1", "--engine", "netns"], parse_lab, root=True),
-    Bench("topology", "topology_bench.py", ["--runs", "3"], ["--runs", "1"], parse_topology, root=True),
-    Bench("soak", "soak.py", ["--duration", "120", "--json"], None, parse_soak, root=True, needs=("iperf3",)),
+          ["--reps", "1", "--rates", "0", "--seconds", "2"], parse_taps, root=True, needs=("iperf3", "tcpdump"), long=True),
+    Bench("tui", "tui_bench.py", [], ["--seconds", "5", "--peer-seconds", "3"], parse_tui, long=True),
+    Bench("lab", "lab_bench.py", ["--runs", "3"], ["--runs", "1", "--engine", "netns"], parse_lab, root=True, long=True),
+    Bench("topology", "topology_bench.py", ["--runs", "3"], ["--runs", "1"], parse_topology, root=True, long=True),
+    Bench("soak", "soak.py", ["--duration", "120", "--json"], None, parse_soak, root=True, needs=("iperf3",), long=True),
 ]  # fmt: skip
 BY_NAME = {b.name: b for b in BENCHES}
 
@@ -338,6 +373,8 @@ def table(rows: list[Row]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small inputs and short runs, a few minutes in all")
+    p.add_argument("--full", action="store_true",
+                   help="the lab, kernel and fuzzing benchmarks' full runs (short ones by default; soak only so)")
     p.add_argument("--only", default="", help="comma-separated names (see --list)")
     p.add_argument("--skip", default="", help="comma-separated names not to run")
     p.add_argument("--no-root", action="store_true", help="skip the benchmarks that need root (lab, kernel)")
@@ -351,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             extra = ", ".join(filter(None, ["root" if b.root else "", *b.needs, "" if b.quick is not None else "not in --quick"]))
             print(f"{b.name:13} bench/{b.script:20} {extra}")
         return 0
-    names = [n for n in a.only.split(",") if n] or [b.name for b in BENCHES if b.name != "soak" or not a.quick]
+    names = [n for n in a.only.split(",") if n] or [b.name for b in BENCHES]
     unknown = [n for n in names + a.skip.split(",") if n and n not in BY_NAME]
     if unknown:
         p.error(f"unknown benchmark(s) {', '.join(unknown)}; --list shows them")
@@ -368,12 +405,13 @@ def main(argv: list[str] | None = None) -> int:
             missing = [x for x in b.needs if not any((Path(d) / x).exists() for d in os.get_exec_path())]
             why = ("needs root" if b.root and os.geteuid() != 0 else "--no-root" if b.root and a.no_root
                    else f"needs {', '.join(missing)}" if missing else None)  # fmt: skip
-            if why is None and a.quick and b.quick is None:
-                why = "not in --quick (use --only)" if not a.only else None
+            if why is None and b.quick is None and (a.quick or (b.long and not a.full)):
+                why = None if b.name in a.only.split(",") else "long run: use --full or --only"
             if why:
                 rows.append((b.name, f"skipped: {why}", "", None, ""))
                 continue
-            args = b.quick if a.quick and b.quick is not None else b.args
+            short = a.quick or (b.long and not a.full)
+            args = b.quick if short and b.quick is not None else b.args
             if any("{capture}" in x for x in args) and not capture.exists():
                 from gen_pcapng import generate
 

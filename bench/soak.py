@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 from tracer.lab import Lab  # noqa: E402
 
-HOPTRACE = str(ROOT / ".venv" / "bin" / "hoptrace")
+# This checkout's hoptrace under this interpreter (make bench runs .venv/bin/python).
+HOPTRACE = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tracer.cli import main; sys.exit(main())"]
 SERVER = "198.51.100.8"
 PORT = 5299  # not iperf3's default: nothing else on the machine uses it
 
@@ -88,7 +89,7 @@ def soak(lab: Lab, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     rate_bps = int(pps * args.size * 8)
     ready = work / "ready"
     rec = work / "soak.pcapng"
-    argv = [HOPTRACE, "live", "--backend", "ebpf", "--json", "--ready-file", str(ready),
+    argv = [*HOPTRACE, "live", "--backend", "ebpf", "--json", "--ready-file", str(ready),
             # "udp and port N", not "udp port N": only conjuncts of one kind reach the kernel filter
             "--filter", f"udp and port {PORT}"]
     if not args.no_record:

@@ -64,8 +64,9 @@ sys.path.insert(0, str(ROOT))
 
 SERVER = "198.51.100.8"
 PAYLOAD = 64
-HOPTRACE = str(ROOT / ".venv" / "bin" / "hoptrace")
-PYTHON = str(ROOT / ".venv" / "bin" / "python")
+# This checkout's hoptrace under this interpreter (make bench runs .venv/bin/python).
+HOPTRACE = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tracer.cli import main; sys.exit(main())"]
+PYTHON = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SETTLE_S = 1.3
 
@@ -166,7 +167,7 @@ class Live:
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
-        argv = [*self.pin, HOPTRACE, "live", "--backend", "pcap", "--json", "--ready-file", self.ready]
+        argv = [*self.pin, *HOPTRACE, "live", "--backend", "pcap", "--json", "--ready-file", self.ready]
         for i in self.ifaces:
             argv += ["--iface", i]
         with open(self.out, "w") as f:

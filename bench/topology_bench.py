@@ -27,7 +27,8 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-HOPTRACE = str(ROOT / ".venv" / "bin" / "hoptrace")
+# This checkout's hoptrace under this interpreter (make bench runs .venv/bin/python).
+HOPTRACE = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tracer.cli import main; sys.exit(main())"]
 
 
 def sh(*argv: str, stdin: str | None = None) -> str:
@@ -68,7 +69,7 @@ def time_hoptrace() -> tuple[float, float, dict]:
     """Wall and CPU seconds (the CPU time says what an idle machine's wall time would be:
     the work is one thread; the 2 cores here are shared with other jobs)."""
     c, t = _cpu(), time.perf_counter()
-    out = subprocess.run([HOPTRACE, "topology", "--json"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([*HOPTRACE, "topology", "--json"], capture_output=True, text=True, check=True).stdout
     return time.perf_counter() - t, _cpu() - c, json.loads(out)
 
 

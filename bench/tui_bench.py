@@ -69,6 +69,8 @@ class PacedEngine:
         self.yielded = 0
         self._stop = threading.Event()
         self.source = type("Src", (), {"kind": "synthetic"})()
+        self.path_filter = None  # no --filter for the UI to take over
+        self.count: int | None = None
 
     def events(self) -> Iterator[list[PacketPath | Flow]]:
         per_batch = max(1, int(self.rate * BATCH_S))
