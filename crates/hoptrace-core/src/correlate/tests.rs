@@ -563,3 +563,45 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// The bounded insertion sort sorts when it says so, and a full sort after it gives the
+    /// sorted keys either way (nearly sorted keys, as sightings come, and shuffled ones).
+    #[test]
+    fn insertion_within_a_budget_sorts_or_says_not(
+        keys in proptest::collection::vec(0u64..5_000, 0..400),
+        jitter in proptest::collection::vec(0u64..40, 400),
+        near in any::<bool>(),
+        budget in 0usize..3_000,
+    ) {
+        let mut v: Vec<u128> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| {
+                let ts = if near { i as u64 * 10 + jitter[i] } else { k };
+                u128::from(ts) << 32 | i as u128
+            })
+            .collect();
+        let mut want = v.clone();
+        want.sort_unstable();
+        if !insertion_sort_within(&mut v, budget) {
+            v.sort_unstable();
+        }
+        prop_assert_eq!(v, want);
+    }
+}
+
+#[test]
+fn nearly_sorted_keys_sort_within_a_few_moves_each() {
+    // Four hops 9 µs apart, a packet every 20 µs: each key is a few places early.
+    let mut v: Vec<u128> = (0..4000u64)
+        .map(|i| u128::from((i / 4) * 20_000 + (i % 4) * 9_000) << 32 | u128::from(i))
+        .collect();
+    let mut want = v.clone();
+    want.sort_unstable();
+    assert!(insertion_sort_within(&mut v, 4000 * NEAR_ORDER_MOVES));
+    assert_eq!(v, want);
+    // Reversed: far too many moves.
+    let mut r: Vec<u128> = (0..4000u128).rev().collect();
+    assert!(!insertion_sort_within(&mut r, 4000 * NEAR_ORDER_MOVES));
+}
