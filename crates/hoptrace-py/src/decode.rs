@@ -43,12 +43,14 @@ enum Links<'py> {
 
 /// Fill the packet fields of ``rows`` (a 1-D C-contiguous numpy array of ``OBS_DTYPE``,
 /// one row per frame) from frame ``i`` = ``frames[offsets[i]:offsets[i] + lengths[i]]``,
-/// as tracer/decode.py's ``decode_into`` does; the other fields of each row (ts_ns, skb,
-/// netns, hop, ifindex, dir, source, drop_reason, frame_off, frame_len, wire_len) keep
-/// what the caller put there. ``frames``: bytes or a 1-D uint8 array; ``offsets``: uint64
-/// or int64 array; ``lengths``: uint32 array; ``linktypes``: one pcap ``LINKTYPE_*`` for
-/// all, or a uint32 array of one per frame. Runs without the GIL; a ValueError (nothing
-/// written) when the counts differ or a frame lies outside ``frames``.
+/// as the Python reference decoder's ``decode_into`` does (tracer/decode.py, the tests'
+/// oracle; tests/unit/test_core_decode_live.py holds the two equal). The other fields
+/// of each row (ts_ns, skb, netns, hop, ifindex, dir, source, drop_reason, frame_off,
+/// frame_len, wire_len) keep what the caller put there. ``frames``: bytes or a 1-D
+/// uint8 array; ``offsets``: uint64 or int64 array; ``lengths``: uint32 array;
+/// ``linktypes``: one pcap ``LINKTYPE_*`` for all, or a uint32 array of one per frame.
+/// Runs without the GIL; a ValueError (nothing written) when the counts differ or a
+/// frame lies outside ``frames``.
 #[pyfunction]
 fn decode_into<'py>(
     py: Python<'py>,
