@@ -303,6 +303,7 @@ def run(args: argparse.Namespace) -> int:
         read.bytes_read = bytes_read
         progress.add(records)
 
+    loading = analysis.import_in_background() if parquet else None
     try:
         r = _core.report(source.core_inputs(), columns=bool(parquet),
                          on_batch=None if progress.line is None else on_batch, program=program)
@@ -310,6 +311,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
     finally:
         progress.clear()
+        if loading is not None:
+            loading.join()
     summary = Summary.from_core(r)
     summary.stats = Stats(observations=r["observations"], paths=r["paths"], lost_events=0,
                           elapsed_s=r["elapsed_s"])

@@ -247,10 +247,7 @@ def run(args: argparse.Namespace) -> int:
         path_filter = PathFilter(args.filter)
     write_parquet: Callable[[Iterable[PacketPath], str], dict[str, Path]] | None = None
     if getattr(args, "parquet", None):
-        try:
-            from tracer.analysis import write_parquet as write_parquet
-        except ImportError as exc:
-            raise HoptraceError("--parquet needs tracer.analysis, which is not in this build") from exc
+        write_parquet = _write_parquet
     source = open_files(files, hop_args)
     if path_filter is not None:
         # The filter matches frames by link type, which only the source knows: tell it per hop.
@@ -283,6 +280,43 @@ def run(args: argparse.Namespace) -> int:
     if error is not None:
         raise error
     return 0
+
+
+# Columns written with dictionary pages besides the dictionary-typed ones, as
+# tracer/analysis.py wrote them when the core took the report over.
+_REPEATING = {"hop", "flow", "netns", "ifindex", "family", "ethertype", "ttl", "tcp_flags", "icmp_type",
+              "icmp_code", "icmp_id", "length", "wire_len", "sport", "dport", "hops", "seq", "from_hop", "to_hop",
+              "before_sport", "before_dport", "after_sport", "after_dport", "icmp_id_before", "icmp_id_after"}
+
+
+def _write_parquet(paths: Iterable[PacketPath], directory: str) -> dict[str, Path]:
+    """The three tables of the paths (tracer.analysis.to_tables, the Python column builder),
+    written one after the other with pyarrow's writer and the options the product uses."""
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tracer.analysis import to_tables
+
+    out = Path(directory)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create {out}: {exc.strerror or exc}") from exc
+    written: dict[str, Path] = {}
+    for name, table in to_tables(paths).items():
+        target = out / f"{name}.parquet"
+        tmp = out / f".{name}.parquet.tmp"
+        dictionary = [f.name for f in table.schema if pa.types.is_dictionary(f.type) or f.name in _REPEATING]
+        try:
+            pq.write_table(table, tmp, use_dictionary=dictionary)
+            os.replace(tmp, target)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from exc
+        written[name] = target
+    return written
 
 
 __all__ = ["Summary", "render", "run", "summarize"]
