@@ -536,16 +536,6 @@ def _strings(col: tuple[np.ndarray, np.ndarray], valid: np.ndarray | None = None
                                  null_count=-1 if bitmap is not None else 0)  # fmt: skip
 
 
-def _dictionary(col: tuple[np.ndarray, np.ndarray, np.ndarray]) -> pa.Array:
-    """A dictionary array from (codes int32, -1 for null; the values' offsets and bytes)."""
-    import pyarrow as pa
-
-    codes, offsets, data = col
-    values = _strings((offsets, data))
-    values.validate(full=True)  # names come from capture files: UTF-8 or an error, as pa.array
-    return pa.DictionaryArray.from_arrays(_numbers(codes, pa.int32(), codes >= 0), values)
-
-
 def _numbers(values: np.ndarray, typ: pa.DataType, present: np.ndarray | None = None) -> pa.Array:
     """A number array on the numpy array's buffer (its dtype is ``typ``'s), null where not
     ``present``."""
@@ -559,62 +549,88 @@ def _numbers(values: np.ndarray, typ: pa.DataType, present: np.ndarray | None = 
                                  null_count=-1 if bitmap is not None else 0)  # fmt: skip
 
 
+class _Chunks:
+    """One table's columns as the core hands them over: each column in chunks of the same
+    rows (see columns.rs ``CHUNK_ROWS``), made into pyarrow chunked arrays."""
+
+    def __init__(self, columns: dict[str, Any]) -> None:
+        self.columns = columns
+
+    def numbers(self, name: str, typ: pa.DataType, present: list[np.ndarray] | None = None) -> pa.ChunkedArray:
+        import pyarrow as pa
+
+        parts = self.columns[name]
+        masks = present if present is not None else [None] * len(parts)
+        return pa.chunked_array([_numbers(v, typ, m) for v, m in zip(parts, masks, strict=True)], typ)
+
+    def strings(self, name: str, valid: str | None = None) -> pa.ChunkedArray:
+        import pyarrow as pa
+
+        parts = self.columns[name]
+        masks = self.columns[valid] if valid is not None else [None] * len(parts)
+        return pa.chunked_array([_strings(c, m) for c, m in zip(parts, masks, strict=True)], pa.string())
+
+    def dictionary(self, name: str, typ: pa.DataType) -> pa.ChunkedArray:
+        """(codes chunks int32, -1 for null; the values' offsets and bytes): every chunk on
+        the one dictionary."""
+        import pyarrow as pa
+
+        codes, offsets, data = self.columns[name]
+        values = _strings((offsets, data))
+        values.validate(full=True)  # names come from capture files: UTF-8 or an error, as pa.array
+        return pa.chunked_array(
+            [pa.DictionaryArray.from_arrays(_numbers(c, pa.int32(), c >= 0), values) for c in codes], typ)
+
+    def table(self, schema: pa.Schema, made: dict[str, Any], present: dict[str, list[np.ndarray]]) -> pa.Table:
+        """The table of ``schema``: the columns in ``made`` as they are, the others read."""
+        import pyarrow as pa
+
+        cols = []
+        for f in schema:
+            if f.name in made:
+                cols.append(made[f.name])
+            elif pa.types.is_dictionary(f.type):
+                cols.append(self.dictionary(f.name, f.type))
+            else:
+                cols.append(self.numbers(f.name, f.type, present.get(f.name)))
+        return pa.Table.from_arrays(cols, schema=schema)
+
+
 def tables_from_core(columns: dict[str, dict[str, Any]]) -> dict[str, pa.Table]:
     """The three tables (as ``to_tables`` makes them: same values, types, dictionaries and
-    nulls) from the columns ``tracer._core.report(columns=True)`` returns, built on their
-    buffers without copying them (see crates/hoptrace-core/src/columns.rs for what each
-    holds)."""
+    nulls; in chunks, which Parquet writes as the same bytes) from the columns
+    ``tracer._core.report(columns=True)`` returns, built on their buffers without copying
+    them (see crates/hoptrace-core/src/columns.rs for what each holds)."""
     import pyarrow as pa
 
     from tracer.model import HAS_ICMP, HAS_IP_ID, HAS_L4_PORTS, HAS_TCP
 
     schemas = _schemas()
-    o, p, n = columns["observations"], columns["paths"], columns["nat"]
-    types = {f.name: f.type for f in schemas["observations"]}
-    has = o["has"]
-    ports, ip_id, tcp, icmp = (has & HAS_L4_PORTS) != 0, (has & HAS_IP_ID) != 0, (has & HAS_TCP) != 0, (has & HAS_ICMP) != 0
+    o, p, n = _Chunks(columns["observations"]), _Chunks(columns["paths"]), _Chunks(columns["nat"])
+    has = o.columns["has"]
+
+    def bit(b: int) -> list[np.ndarray]:
+        return [(h & b) != 0 for h in has]
+
+    ports, ip_id, tcp, icmp = bit(HAS_L4_PORTS), bit(HAS_IP_ID), bit(HAS_TCP), bit(HAS_ICMP)
     present = {"sport": ports, "dport": ports, "ip_id": ip_id, "tcp_flags": tcp, "tcp_seq": tcp, "tcp_ack": tcp,
                "icmp_type": icmp, "icmp_code": icmp, "icmp_id": icmp, "icmp_seq": icmp,
-               "skb": o["skb"] != 0}  # fmt: skip
-    cols: dict[str, Any] = {"path_id": _strings(o["path_id"]), "flow": _strings(o["flow"], o["flow_valid"])}
-    for name, typ in types.items():
-        if name in cols:
-            continue
-        if pa.types.is_dictionary(typ):
-            cols[name] = _dictionary(o[name])
-        else:
-            cols[name] = _numbers(o[name], typ, present.get(name))
-    tables = {"observations": _table(cols, schemas["observations"])}
+               "skb": [s != 0 for s in o.columns["skb"]]}  # fmt: skip
+    made = {"path_id": o.strings("path_id"), "flow": o.strings("flow", "flow_valid")}
+    tables = {"observations": o.table(schemas["observations"], made, present)}
 
-    types = {f.name: f.type for f in schemas["paths"]}
-    ports = (p["has"] & HAS_L4_PORTS) != 0
-    cols = {"path_id": _strings(p["path_id"]), "flow": _strings(p["flow"], p["flow_valid"])}
-    for name, typ in types.items():
-        if name in cols:
-            continue
-        if pa.types.is_dictionary(typ):
-            cols[name] = _dictionary(p[name])
-        else:
-            cols[name] = _numbers(p[name], typ, ports if name in ("sport", "dport") else None)
-    tables["paths"] = _table(cols, schemas["paths"])
+    ports = [(h & HAS_L4_PORTS) != 0 for h in p.columns["has"]]
+    made = {"path_id": p.strings("path_id"), "flow": p.strings("flow", "flow_valid")}
+    tables["paths"] = p.table(schemas["paths"], made, {"sport": ports, "dport": ports})
 
     types = {f.name: f.type for f in schemas["nat"]}
-    m = len(n["seq"])
-    cols = {"path_id": _strings(n["path_id"]), "flow": _strings(n["flow"], n["flow_valid"]),
+    m = sum(len(c) for c in n.columns["seq"])
+    made = {"path_id": n.strings("path_id"), "flow": n.strings("flow", "flow_valid"),
             "rule": pa.nulls(m, types["rule"]), "rule_source": pa.nulls(m, types["rule_source"]),
             "conntrack_id": pa.nulls(m, types["conntrack_id"])}  # fmt: skip
-    for name, typ in types.items():
-        if name in cols:
-            continue
-        if pa.types.is_dictionary(typ):
-            cols[name] = _dictionary(n[name])
-        elif name.endswith(("_sport", "_dport")):
-            cols[name] = _numbers(n[name], typ, n[f"{name}_valid"])
-        elif name.startswith("icmp_id_"):
-            cols[name] = _numbers(n[name], typ, n["icmp_id_valid"])
-        else:
-            cols[name] = _numbers(n[name], typ)
-    tables["nat"] = _table(cols, schemas["nat"])
+    present = {name: n.columns[f"{name}_valid"] for name in types if name.endswith(("_sport", "_dport"))}
+    present["icmp_id_before"] = present["icmp_id_after"] = n.columns["icmp_id_valid"]
+    tables["nat"] = n.table(schemas["nat"], made, present)
     return tables
 
 

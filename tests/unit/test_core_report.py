@@ -169,6 +169,60 @@ def test_corpus_sample_filtered() -> None:
         same_report(["--format", "json", str(f), "--", "tcp"])
 
 
+def test_parquet_of_columns_in_several_chunks(tmp_path: Path) -> None:
+    """More rows than one chunk of the core's columns (columns.rs CHUNK_ROWS, 16384) in every
+    table: the chunked tables write the same Parquet bytes as the reference's single arrays."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gen_pcapng", ROOT / "bench" / "gen_pcapng.py")
+    assert spec is not None and spec.loader is not None
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    capture = tmp_path / "mix.pcapng"
+    gen.generate(str(capture), 85_000)  # 85k sightings, 17k paths, 17k NAT events
+
+    from tracer import _core  # type: ignore[attr-defined]
+    from tracer.readers import open_files
+
+    source = open_files([str(capture)], [])
+    source.start()
+    cols = _core.report(source.core_inputs(), columns=True)["columns"]
+    chunks = {name: len(cols[name]["ts_ns" if name != "paths" else "hops"]) for name in TABLES}
+    assert chunks == {"observations": 6, "paths": 2, "nat": 2}
+    same_parquet(tmp_path, [str(capture)])
+
+
+def test_pyarrow_writes_chunked_columns_as_one_array() -> None:
+    """What the chunked columns rely on, at a size where the writer cuts several data pages
+    per column (>1 MB): the same bytes for one array and for chunks of any length."""
+    import numpy as np
+
+    rng = np.random.default_rng(15)
+    n = 300_000
+    ts = rng.integers(0, 2**62, n)
+    small = rng.integers(0, 50, n).astype(np.uint16)
+    codes = rng.integers(-1, 40, n).astype(np.int32)
+    names = pa.array([f"name{i}" for i in range(40)])
+    typ = pa.dictionary(pa.int32(), pa.string())
+
+    def written(chunk: int) -> bytes:
+        cut = range(0, n, chunk)
+        table = pa.table({
+            "ts": pa.chunked_array([pa.array(ts[i:i + chunk]) for i in cut], pa.int64()),
+            "small": pa.chunked_array([pa.array(small[i:i + chunk]) for i in cut], pa.uint16()),
+            "name": pa.chunked_array([pa.DictionaryArray.from_arrays(
+                pa.array(codes[i:i + chunk], mask=codes[i:i + chunk] < 0), names) for i in cut], typ),
+        })  # fmt: skip
+        out = pa.BufferOutputStream()
+        pq.write_table(table, out, use_dictionary=["small", "name"])
+        return bytes(out.getvalue())
+
+    one = written(n)
+    assert pq.ParquetFile(pa.BufferReader(one)).metadata.row_group(0).column(0).total_compressed_size > 2 << 20
+    for chunk in (16384, 1000, 99_999):
+        assert written(chunk) == one, chunk
+
+
 def test_json_report_parses_and_names_the_files() -> None:
     out, err, status = run(product.run, ["--format", "json", str(FIXTURES / "published-port.pcapng")])
     j = json.loads(out)
@@ -202,8 +256,11 @@ def test_no_python_object_per_row() -> None:
     source = open_files([str(FIXTURES / "published-port.pcapng")], [])
     source.start()
     cols = _core.report(source.core_inputs(), columns=True)["columns"]
+
+    def arrays(v: object) -> list[object]:  # a column: an array, or tuples and lists of them
+        return [x for part in v for x in arrays(part)] if isinstance(v, tuple | list) else [v]
+
     for table in cols.values():
         for v in table.values():
-            parts = v if isinstance(v, tuple) else (v,)
-            assert all(isinstance(x, np.ndarray) for x in parts)
-    assert isinstance(pa.array(cols["observations"]["ts_ns"]), pa.Array)
+            assert all(isinstance(x, np.ndarray) for x in arrays(v))
+    assert isinstance(pa.array(cols["observations"]["ts_ns"][0]), pa.Array)

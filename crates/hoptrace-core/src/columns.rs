@@ -103,6 +103,108 @@ impl StrColumn {
     }
 }
 
+/// Rows per chunk of a column. Columns grow chunk by chunk, each allocated once at its
+/// full size: no reallocation copies the rows already in, whatever the row count. pyarrow
+/// writes a chunked column as the same Parquet bytes as one array (tests/unit/
+/// test_core_report.py checks both the core's chunked tables and pyarrow's writer).
+pub const CHUNK_ROWS: usize = 1 << 14;
+
+/// A column of numbers (or flags) in chunks of [`CHUNK_ROWS`] rows.
+#[derive(Debug, Clone)]
+pub struct Chunked<T> {
+    pub chunks: Vec<Vec<T>>,
+}
+
+impl<T> Default for Chunked<T> {
+    fn default() -> Self {
+        Chunked { chunks: Vec::new() }
+    }
+}
+
+impl<T: Copy> Chunked<T> {
+    #[inline]
+    pub fn push(&mut self, v: T) {
+        match self.chunks.last_mut() {
+            Some(c) if c.len() < CHUNK_ROWS => c.push(v),
+            _ => self.push_in_new_chunk(v),
+        }
+    }
+
+    #[cold]
+    fn push_in_new_chunk(&mut self, v: T) {
+        let mut c = Vec::with_capacity(CHUNK_ROWS);
+        c.push(v);
+        self.chunks.push(c);
+    }
+
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.chunks.iter_mut().flatten()
+    }
+
+    /// The rows in one `Vec` (for tests and small tables).
+    pub fn to_vec(&self) -> Vec<T> {
+        self.chunks.iter().flatten().copied().collect()
+    }
+}
+
+/// A string per row, in chunks of [`CHUNK_ROWS`] rows (each with its own offsets).
+#[derive(Debug, Clone, Default)]
+pub struct ChunkedStr {
+    pub chunks: Vec<StrColumn>,
+}
+
+impl ChunkedStr {
+    /// Starts a chunk when the last one is full (or there is none).
+    #[inline]
+    fn make_room(&mut self) {
+        if self.chunks.last().is_none_or(|c| c.len() >= CHUNK_ROWS) {
+            let mut c = StrColumn::default();
+            c.offsets.reserve_exact(CHUNK_ROWS);
+            self.chunks.push(c);
+        }
+    }
+
+    #[inline]
+    pub fn push_with(&mut self, text: impl FnOnce(&mut Vec<u8>)) {
+        self.make_room();
+        if let Some(c) = self.chunks.last_mut() {
+            c.push_with(text);
+        }
+    }
+
+    /// The last row of `other` again, as this column's next row (nothing when it has none).
+    #[inline]
+    pub fn push_last_of(&mut self, other: &ChunkedStr) {
+        if let Some(last) = other.chunks.last() {
+            self.make_room();
+            if let Some(c) = self.chunks.last_mut() {
+                c.push_last_of(last);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(StrColumn::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether a chunk outgrew 32-bit offsets (then the column must not be used).
+    pub fn overflow(&self) -> bool {
+        self.chunks.iter().any(|c| c.overflow)
+    }
+}
+
 /// The key of a dictionary column's row: what determines its text. Small integer keys
 /// (label ids, direction, drop reason codes) have a slot in a dense table, so most rows
 /// cost an index instead of a hash.
@@ -145,7 +247,7 @@ const UNSEEN: i32 = i32::MIN;
 #[derive(Debug, Clone)]
 pub struct DictColumn<K> {
     pub values: StrColumn,
-    pub codes: Vec<i32>,
+    pub codes: Chunked<i32>,
     by_value: FastMap<Vec<u8>, i32>,
     by_key: FastMap<K, i32>,
     dense: Vec<i32>,
@@ -157,7 +259,7 @@ impl<K> Default for DictColumn<K> {
     fn default() -> Self {
         DictColumn {
             values: StrColumn::default(),
-            codes: Vec::new(),
+            codes: Chunked::default(),
             by_value: FastMap::default(),
             by_key: FastMap::default(),
             dense: Vec::new(),
@@ -232,7 +334,7 @@ pub struct ProtoColumn {
     keys: Vec<u64>,
     by_key: FastMap<u64, i32>,
     last: Option<(u64, i32)>,
-    pub codes: Vec<i32>,
+    pub codes: Chunked<i32>,
 }
 
 impl ProtoColumn {
@@ -273,7 +375,7 @@ impl ProtoColumn {
                 push_proto_name(out, (key >> 32) as u8, (key >> 16) as u8, key as u16)
             });
         }
-        for c in &mut self.codes {
+        for c in self.codes.iter_mut() {
             *c = usize::try_from(*c)
                 .ok()
                 .and_then(|i| renumber.get(i))
@@ -345,64 +447,64 @@ pub fn push_hop_name(out: &mut Vec<u8>, hop: u32, labels: &Labels) {
 #[derive(Debug, Clone, Default)]
 pub struct ObsColumns {
     /// The row's path's id and flow (null when not `flow_valid`), as the paths table has them.
-    pub path_id: StrColumn,
-    pub flow: StrColumn,
-    pub flow_valid: Vec<bool>,
-    pub hop: Vec<u16>,
-    pub ts_ns: Vec<i64>,
-    pub since_first_ns: Vec<i64>,
+    pub path_id: ChunkedStr,
+    pub flow: ChunkedStr,
+    pub flow_valid: Chunked<bool>,
+    pub hop: Chunked<u16>,
+    pub ts_ns: Chunked<i64>,
+    pub since_first_ns: Chunked<i64>,
     pub node: DictColumn<u32>,
     pub iface: DictColumn<u32>,
-    pub netns: Vec<i64>,
-    pub ifindex: Vec<i32>,
+    pub netns: Chunked<i64>,
+    pub ifindex: Chunked<i32>,
     pub dir: DictColumn<u8>,
     pub source: DictColumn<u8>,
-    pub family: Vec<u8>,
+    pub family: Chunked<u8>,
     pub proto: ProtoColumn,
-    pub ethertype: Vec<u16>,
+    pub ethertype: Chunked<u16>,
     pub src: DictColumn<(u8, [u8; 16])>,
     pub dst: DictColumn<(u8, [u8; 16])>,
     /// `has` bits: which of the optional numbers below a row has.
-    pub has: Vec<u16>,
-    pub sport: Vec<u16>,
-    pub dport: Vec<u16>,
-    pub ip_id: Vec<u32>,
-    pub ttl: Vec<u8>,
-    pub tcp_flags: Vec<u8>,
-    pub tcp_seq: Vec<u32>,
-    pub tcp_ack: Vec<u32>,
-    pub icmp_type: Vec<u8>,
-    pub icmp_code: Vec<u8>,
-    pub icmp_id: Vec<u16>,
-    pub icmp_seq: Vec<u16>,
-    pub length: Vec<u32>,
-    pub wire_len: Vec<u32>,
+    pub has: Chunked<u16>,
+    pub sport: Chunked<u16>,
+    pub dport: Chunked<u16>,
+    pub ip_id: Chunked<u32>,
+    pub ttl: Chunked<u8>,
+    pub tcp_flags: Chunked<u8>,
+    pub tcp_seq: Chunked<u32>,
+    pub tcp_ack: Chunked<u32>,
+    pub icmp_type: Chunked<u8>,
+    pub icmp_code: Chunked<u8>,
+    pub icmp_id: Chunked<u16>,
+    pub icmp_seq: Chunked<u16>,
+    pub length: Chunked<u32>,
+    pub wire_len: Chunked<u32>,
     /// 0: unknown (null).
-    pub skb: Vec<u64>,
-    pub digest: Vec<u64>,
+    pub skb: Chunked<u64>,
+    pub digest: Chunked<u64>,
     pub drop_reason: DictColumn<u32>,
 }
 
 /// paths.parquet's columns, one row per path.
 #[derive(Debug, Clone, Default)]
 pub struct PathColumns {
-    pub path_id: StrColumn,
-    pub flow: StrColumn,
-    pub flow_valid: Vec<bool>,
+    pub path_id: ChunkedStr,
+    pub flow: ChunkedStr,
+    pub flow_valid: Chunked<bool>,
     pub proto: ProtoColumn,
     pub verdict: DictColumn<u8>,
-    pub hops: Vec<u16>,
-    pub first_ts_ns: Vec<i64>,
-    pub last_ts_ns: Vec<i64>,
-    pub latency_ns: Vec<i64>,
+    pub hops: Chunked<u16>,
+    pub first_ts_ns: Chunked<i64>,
+    pub last_ts_ns: Chunked<i64>,
+    pub latency_ns: Chunked<i64>,
     pub first_hop: DictColumn<u32>,
     pub last_hop: DictColumn<u32>,
     pub src: DictColumn<(u8, [u8; 16])>,
     pub dst: DictColumn<(u8, [u8; 16])>,
     /// The first hop's `has` bits (sport and dport are there when it has ports).
-    pub has: Vec<u16>,
-    pub sport: Vec<u16>,
-    pub dport: Vec<u16>,
+    pub has: Chunked<u16>,
+    pub sport: Chunked<u16>,
+    pub dport: Chunked<u16>,
     pub nat: DictColumn<u8>,
     pub drop_reason: DictColumn<u32>,
 }
@@ -411,11 +513,11 @@ pub struct PathColumns {
 #[derive(Debug, Clone, Default)]
 pub struct EndpointColumns {
     pub src: DictColumn<(u8, [u8; 16])>,
-    pub sport: Vec<u16>,
-    pub sport_valid: Vec<bool>,
+    pub sport: Chunked<u16>,
+    pub sport_valid: Chunked<bool>,
     pub dst: DictColumn<(u8, [u8; 16])>,
-    pub dport: Vec<u16>,
-    pub dport_valid: Vec<bool>,
+    pub dport: Chunked<u16>,
+    pub dport_valid: Chunked<bool>,
 }
 
 impl EndpointColumns {
@@ -434,21 +536,21 @@ impl EndpointColumns {
 #[derive(Debug, Clone, Default)]
 pub struct NatColumns {
     /// The event's path's id and flow (null when not `flow_valid`), as the paths table has them.
-    pub path_id: StrColumn,
-    pub flow: StrColumn,
-    pub flow_valid: Vec<bool>,
-    pub seq: Vec<u8>,
+    pub path_id: ChunkedStr,
+    pub flow: ChunkedStr,
+    pub flow_valid: Chunked<bool>,
+    pub seq: Chunked<u8>,
     pub kind: DictColumn<u8>,
     pub node: DictColumn<u32>,
     pub hook: DictColumn<u8>,
-    pub from_hop: Vec<u16>,
-    pub to_hop: Vec<u16>,
-    pub ts_ns: Vec<i64>,
+    pub from_hop: Chunked<u16>,
+    pub to_hop: Chunked<u16>,
+    pub ts_ns: Chunked<i64>,
     pub before: EndpointColumns,
     pub after: EndpointColumns,
-    pub icmp_id_before: Vec<u16>,
-    pub icmp_id_after: Vec<u16>,
-    pub icmp_id_valid: Vec<bool>,
+    pub icmp_id_before: Chunked<u16>,
+    pub icmp_id_after: Chunked<u16>,
+    pub icmp_id_valid: Chunked<bool>,
 }
 
 /// The three tables.
@@ -482,7 +584,7 @@ impl Columns {
         };
         // The path's row first: the other tables copy its id and flow.
         self.add_path_row(p, first, last, labels);
-        self.add_obs(p.hops, labels);
+        self.add_obs(p.flow.is_some(), p.hops, labels);
         self.add_nat(p, labels);
     }
 
@@ -493,13 +595,12 @@ impl Columns {
             &o.path_id, &o.flow, &p.path_id, &p.flow, &n.path_id, &n.flow,
         ]
         .iter()
-        .any(|c| c.overflow)
+        .any(|c| c.overflow())
     }
 
-    fn add_obs(&mut self, hops: &[Obs], labels: &Labels) {
+    fn add_obs(&mut self, flow_valid: bool, hops: &[Obs], labels: &Labels) {
         let c = &mut self.obs;
         let ids = &self.paths;
-        let flow_valid = ids.flow_valid.last().copied().unwrap_or(false);
         let t0 = hops.first().map_or(0, |o| o.ts_ns as i64);
         for (k, o) in hops.iter().enumerate() {
             let label = labels.get(o.hop);
@@ -677,7 +778,7 @@ mod tests {
                 key != 4
             });
         }
-        assert_eq!(d.codes, [0, 1, 0, 0, -1]);
+        assert_eq!(d.codes.to_vec(), [0, 1, 0, 0, -1]);
         assert_eq!(d.values.len(), 2);
         assert_eq!(d.values.get(0), Some(b"b".as_slice()));
         assert_eq!(d.values.get(1), Some(b"a".as_slice()));
@@ -727,7 +828,7 @@ mod tests {
             let texts: Vec<_> = keys.iter().map(|&k| text(k)).collect();
             let (codes, values) = naive(&texts);
             for col in [(&d.codes, &d.values), (&a.codes, &a.values)] {
-                prop_assert_eq!(col.0, &codes);
+                prop_assert_eq!(&col.0.to_vec(), &codes);
                 let got: Vec<Vec<u8>> = (0..col.1.len()).filter_map(|i| col.1.get(i).map(<[u8]>::to_vec)).collect();
                 prop_assert_eq!(&got, &values);
             }
@@ -753,6 +854,37 @@ mod tests {
     }
 
     #[test]
+    fn columns_grow_in_whole_chunks() {
+        let mut n: Chunked<u32> = Chunked::default();
+        let mut s = ChunkedStr::default();
+        let mut ids = ChunkedStr::default();
+        for i in 0..(2 * CHUNK_ROWS + 3) {
+            n.push(i as u32);
+            ids.push_with(|out| out.extend_from_slice(if i % 2 == 0 { b"ab" } else { b"c" }));
+            s.push_last_of(&ids);
+        }
+        let lens: Vec<usize> = n.chunks.iter().map(Vec::len).collect();
+        assert_eq!(lens, [CHUNK_ROWS, CHUNK_ROWS, 3]);
+        assert!(n.chunks.iter().all(|c| c.capacity() == CHUNK_ROWS));
+        assert_eq!(
+            n.to_vec(),
+            (0..(2 * CHUNK_ROWS as u32 + 3)).collect::<Vec<_>>()
+        );
+        let lens: Vec<usize> = s.chunks.iter().map(StrColumn::len).collect();
+        assert_eq!(lens, [CHUNK_ROWS, CHUNK_ROWS, 3]);
+        // Each chunk's offsets start at 0; the rows are the same across chunks.
+        for c in &s.chunks {
+            assert_eq!(c.offsets.first(), Some(&0));
+            assert_eq!(
+                (c.get(0), c.get(1)),
+                (Some(b"ab".as_slice()), Some(b"c".as_slice()))
+            );
+        }
+        assert_eq!(s.len(), 2 * CHUNK_ROWS + 3);
+        assert!(!s.overflow());
+    }
+
+    #[test]
     fn proto_dictionary_is_in_key_order() {
         let mut p = ProtoColumn::default();
         let o = |family, proto, ethertype| Obs {
@@ -773,6 +905,6 @@ mod tests {
         let names = p.finish();
         let got: Vec<&[u8]> = (0..names.len()).filter_map(|i| names.get(i)).collect();
         assert_eq!(got, [b"arp".as_slice(), b"icmp", b"udp", b"icmp"]);
-        assert_eq!(p.codes, [2, 0, 1, 2, 3]);
+        assert_eq!(p.codes.to_vec(), [2, 0, 1, 2, 3]);
     }
 }

@@ -4,7 +4,9 @@
 //! from the interpreter; between batches it attaches for a moment to let Ctrl-C through
 //! and to feed the progress line.
 
-use hoptrace_core::columns::{Columns, DictColumn, EndpointColumns, ProtoColumn, StrColumn};
+use hoptrace_core::columns::{
+    Chunked, ChunkedStr, Columns, DictColumn, EndpointColumns, ProtoColumn, StrColumn,
+};
 use hoptrace_core::engine::EngineConfig;
 use hoptrace_core::files::FileSet;
 use hoptrace_core::report::{report_files, EndpointTexts, Report};
@@ -19,6 +21,15 @@ fn arr<'py, T: numpy::Element>(py: Python<'py>, v: Vec<T>) -> Bound<'py, PyArray
     PyArray1::from_vec(py, v)
 }
 
+/// A column's chunks as a list of numpy arrays (one empty array for no rows).
+fn chunks<'py, T: numpy::Element>(py: Python<'py>, c: Chunked<T>) -> PyResult<Bound<'py, PyList>> {
+    let mut parts = c.chunks;
+    if parts.is_empty() {
+        parts.push(Vec::new());
+    }
+    PyList::new(py, parts.into_iter().map(|v| arr(py, v)))
+}
+
 /// (offsets int32, bytes uint8): a string column as Arrow's string lays it out.
 fn strings<'py>(py: Python<'py>, s: StrColumn) -> PyResult<Bound<'py, PyTuple>> {
     PyTuple::new(
@@ -27,13 +38,34 @@ fn strings<'py>(py: Python<'py>, s: StrColumn) -> PyResult<Bound<'py, PyTuple>> 
     )
 }
 
-/// (codes int32 with -1 for null, offsets, bytes of the dictionary).
+/// A string per row: a list of (offsets, bytes), one per chunk (one empty for no rows).
+fn chunked_strings<'py>(py: Python<'py>, c: ChunkedStr) -> PyResult<Bound<'py, PyList>> {
+    let mut parts = c.chunks;
+    if parts.is_empty() {
+        parts.push(StrColumn::default());
+    }
+    let list = PyList::empty(py);
+    for s in parts {
+        list.append(strings(py, s)?)?;
+    }
+    Ok(list)
+}
+
+/// (codes chunks int32 with -1 for null, offsets, bytes of the dictionary).
 fn dict<'py, K>(py: Python<'py>, d: DictColumn<K>) -> PyResult<Bound<'py, PyTuple>> {
-    let values = strings(py, d.values)?;
+    coded(py, d.codes, d.values)
+}
+
+fn coded<'py>(
+    py: Python<'py>,
+    codes: Chunked<i32>,
+    values: StrColumn,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let values = strings(py, values)?;
     PyTuple::new(
         py,
         [
-            arr(py, d.codes).into_any(),
+            chunks(py, codes)?.into_any(),
             values.get_item(0)?,
             values.get_item(1)?,
         ],
@@ -41,15 +73,7 @@ fn dict<'py, K>(py: Python<'py>, d: DictColumn<K>) -> PyResult<Bound<'py, PyTupl
 }
 
 fn proto<'py>(py: Python<'py>, p: ProtoColumn, names: StrColumn) -> PyResult<Bound<'py, PyTuple>> {
-    let values = strings(py, names)?;
-    PyTuple::new(
-        py,
-        [
-            arr(py, p.codes).into_any(),
-            values.get_item(0)?,
-            values.get_item(1)?,
-        ],
-    )
+    coded(py, p.codes, names)
 }
 
 fn endpoints<'py>(
@@ -59,11 +83,11 @@ fn endpoints<'py>(
     e: EndpointColumns,
 ) -> PyResult<()> {
     d.set_item(format!("{side}_src"), dict(py, e.src)?)?;
-    d.set_item(format!("{side}_sport"), arr(py, e.sport))?;
-    d.set_item(format!("{side}_sport_valid"), arr(py, e.sport_valid))?;
+    d.set_item(format!("{side}_sport"), chunks(py, e.sport)?)?;
+    d.set_item(format!("{side}_sport_valid"), chunks(py, e.sport_valid)?)?;
     d.set_item(format!("{side}_dst"), dict(py, e.dst)?)?;
-    d.set_item(format!("{side}_dport"), arr(py, e.dport))?;
-    d.set_item(format!("{side}_dport_valid"), arr(py, e.dport_valid))?;
+    d.set_item(format!("{side}_dport"), chunks(py, e.dport)?)?;
+    d.set_item(format!("{side}_dport_valid"), chunks(py, e.dport_valid)?)?;
     Ok(())
 }
 
@@ -82,77 +106,77 @@ fn columns<'py>(
     }
     let (o, p, n) = (c.obs, c.paths, c.nat);
     let obs = PyDict::new(py);
-    obs.set_item("path_id", strings(py, o.path_id)?)?;
-    obs.set_item("flow", strings(py, o.flow)?)?;
-    obs.set_item("flow_valid", arr(py, o.flow_valid))?;
-    obs.set_item("hop", arr(py, o.hop))?;
-    obs.set_item("ts_ns", arr(py, o.ts_ns))?;
-    obs.set_item("since_first_ns", arr(py, o.since_first_ns))?;
+    obs.set_item("path_id", chunked_strings(py, o.path_id)?)?;
+    obs.set_item("flow", chunked_strings(py, o.flow)?)?;
+    obs.set_item("flow_valid", chunks(py, o.flow_valid)?)?;
+    obs.set_item("hop", chunks(py, o.hop)?)?;
+    obs.set_item("ts_ns", chunks(py, o.ts_ns)?)?;
+    obs.set_item("since_first_ns", chunks(py, o.since_first_ns)?)?;
     obs.set_item("node", dict(py, o.node)?)?;
     obs.set_item("iface", dict(py, o.iface)?)?;
-    obs.set_item("netns", arr(py, o.netns))?;
-    obs.set_item("ifindex", arr(py, o.ifindex))?;
+    obs.set_item("netns", chunks(py, o.netns)?)?;
+    obs.set_item("ifindex", chunks(py, o.ifindex)?)?;
     obs.set_item("dir", dict(py, o.dir)?)?;
     obs.set_item("source", dict(py, o.source)?)?;
-    obs.set_item("family", arr(py, o.family))?;
+    obs.set_item("family", chunks(py, o.family)?)?;
     obs.set_item("proto", proto(py, o.proto, obs_proto)?)?;
-    obs.set_item("ethertype", arr(py, o.ethertype))?;
+    obs.set_item("ethertype", chunks(py, o.ethertype)?)?;
     obs.set_item("src", dict(py, o.src)?)?;
     obs.set_item("dst", dict(py, o.dst)?)?;
-    obs.set_item("has", arr(py, o.has))?;
-    obs.set_item("sport", arr(py, o.sport))?;
-    obs.set_item("dport", arr(py, o.dport))?;
-    obs.set_item("ip_id", arr(py, o.ip_id))?;
-    obs.set_item("ttl", arr(py, o.ttl))?;
-    obs.set_item("tcp_flags", arr(py, o.tcp_flags))?;
-    obs.set_item("tcp_seq", arr(py, o.tcp_seq))?;
-    obs.set_item("tcp_ack", arr(py, o.tcp_ack))?;
-    obs.set_item("icmp_type", arr(py, o.icmp_type))?;
-    obs.set_item("icmp_code", arr(py, o.icmp_code))?;
-    obs.set_item("icmp_id", arr(py, o.icmp_id))?;
-    obs.set_item("icmp_seq", arr(py, o.icmp_seq))?;
-    obs.set_item("length", arr(py, o.length))?;
-    obs.set_item("wire_len", arr(py, o.wire_len))?;
-    obs.set_item("skb", arr(py, o.skb))?;
-    obs.set_item("digest", arr(py, o.digest))?;
+    obs.set_item("has", chunks(py, o.has)?)?;
+    obs.set_item("sport", chunks(py, o.sport)?)?;
+    obs.set_item("dport", chunks(py, o.dport)?)?;
+    obs.set_item("ip_id", chunks(py, o.ip_id)?)?;
+    obs.set_item("ttl", chunks(py, o.ttl)?)?;
+    obs.set_item("tcp_flags", chunks(py, o.tcp_flags)?)?;
+    obs.set_item("tcp_seq", chunks(py, o.tcp_seq)?)?;
+    obs.set_item("tcp_ack", chunks(py, o.tcp_ack)?)?;
+    obs.set_item("icmp_type", chunks(py, o.icmp_type)?)?;
+    obs.set_item("icmp_code", chunks(py, o.icmp_code)?)?;
+    obs.set_item("icmp_id", chunks(py, o.icmp_id)?)?;
+    obs.set_item("icmp_seq", chunks(py, o.icmp_seq)?)?;
+    obs.set_item("length", chunks(py, o.length)?)?;
+    obs.set_item("wire_len", chunks(py, o.wire_len)?)?;
+    obs.set_item("skb", chunks(py, o.skb)?)?;
+    obs.set_item("digest", chunks(py, o.digest)?)?;
     obs.set_item("drop_reason", dict(py, o.drop_reason)?)?;
 
     let paths = PyDict::new(py);
-    paths.set_item("path_id", strings(py, p.path_id)?)?;
-    paths.set_item("flow", strings(py, p.flow)?)?;
-    paths.set_item("flow_valid", arr(py, p.flow_valid))?;
+    paths.set_item("path_id", chunked_strings(py, p.path_id)?)?;
+    paths.set_item("flow", chunked_strings(py, p.flow)?)?;
+    paths.set_item("flow_valid", chunks(py, p.flow_valid)?)?;
     paths.set_item("proto", proto(py, p.proto, path_proto)?)?;
     paths.set_item("verdict", dict(py, p.verdict)?)?;
-    paths.set_item("hops", arr(py, p.hops))?;
-    paths.set_item("first_ts_ns", arr(py, p.first_ts_ns))?;
-    paths.set_item("last_ts_ns", arr(py, p.last_ts_ns))?;
-    paths.set_item("latency_ns", arr(py, p.latency_ns))?;
+    paths.set_item("hops", chunks(py, p.hops)?)?;
+    paths.set_item("first_ts_ns", chunks(py, p.first_ts_ns)?)?;
+    paths.set_item("last_ts_ns", chunks(py, p.last_ts_ns)?)?;
+    paths.set_item("latency_ns", chunks(py, p.latency_ns)?)?;
     paths.set_item("first_hop", dict(py, p.first_hop)?)?;
     paths.set_item("last_hop", dict(py, p.last_hop)?)?;
     paths.set_item("src", dict(py, p.src)?)?;
     paths.set_item("dst", dict(py, p.dst)?)?;
-    paths.set_item("has", arr(py, p.has))?;
-    paths.set_item("sport", arr(py, p.sport))?;
-    paths.set_item("dport", arr(py, p.dport))?;
+    paths.set_item("has", chunks(py, p.has)?)?;
+    paths.set_item("sport", chunks(py, p.sport)?)?;
+    paths.set_item("dport", chunks(py, p.dport)?)?;
     paths.set_item("nat", dict(py, p.nat)?)?;
     paths.set_item("drop_reason", dict(py, p.drop_reason)?)?;
 
     let nat = PyDict::new(py);
-    nat.set_item("path_id", strings(py, n.path_id)?)?;
-    nat.set_item("flow", strings(py, n.flow)?)?;
-    nat.set_item("flow_valid", arr(py, n.flow_valid))?;
-    nat.set_item("seq", arr(py, n.seq))?;
+    nat.set_item("path_id", chunked_strings(py, n.path_id)?)?;
+    nat.set_item("flow", chunked_strings(py, n.flow)?)?;
+    nat.set_item("flow_valid", chunks(py, n.flow_valid)?)?;
+    nat.set_item("seq", chunks(py, n.seq)?)?;
     nat.set_item("kind", dict(py, n.kind)?)?;
     nat.set_item("node", dict(py, n.node)?)?;
     nat.set_item("hook", dict(py, n.hook)?)?;
-    nat.set_item("from_hop", arr(py, n.from_hop))?;
-    nat.set_item("to_hop", arr(py, n.to_hop))?;
-    nat.set_item("ts_ns", arr(py, n.ts_ns))?;
+    nat.set_item("from_hop", chunks(py, n.from_hop)?)?;
+    nat.set_item("to_hop", chunks(py, n.to_hop)?)?;
+    nat.set_item("ts_ns", chunks(py, n.ts_ns)?)?;
     endpoints(py, &nat, "before", n.before)?;
     endpoints(py, &nat, "after", n.after)?;
-    nat.set_item("icmp_id_before", arr(py, n.icmp_id_before))?;
-    nat.set_item("icmp_id_after", arr(py, n.icmp_id_after))?;
-    nat.set_item("icmp_id_valid", arr(py, n.icmp_id_valid))?;
+    nat.set_item("icmp_id_before", chunks(py, n.icmp_id_before)?)?;
+    nat.set_item("icmp_id_after", chunks(py, n.icmp_id_after)?)?;
+    nat.set_item("icmp_id_valid", chunks(py, n.icmp_id_valid)?)?;
 
     let out = PyDict::new(py);
     out.set_item("observations", obs)?;
