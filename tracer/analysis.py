@@ -636,21 +636,10 @@ def tables_from_core(columns: dict[str, dict[str, Any]]) -> dict[str, pa.Table]:
 
 def replay_paths(files: Sequence[str | os.PathLike[str]]) -> list[PacketPath]:
     """Every path the engine builds from capture files (recordings or other tools' pcaps)."""
+    from tracer.engine import Engine
     from tracer.readers import FileSource
 
     source = FileSource([os.fspath(f) for f in files])
-    try:
-        from tracer.engine import Engine
-    except ModuleNotFoundError as exc:
-        if exc.name != "tracer.engine":
-            raise
-        from tracer.correlate import Correlator
-
-        # Same correlator the engine drives; used until tracer.engine is in the build.
-        source.start()
-        corr = Correlator()
-        paths = [p for b in source.batches() for p in corr.feed_batch(b)]
-        return paths + corr.flush()
     engine = Engine(source)
     return [e for events in engine.events() for e in events if isinstance(e, PacketPath)]
 

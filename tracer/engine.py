@@ -1,71 +1,121 @@
-"""Source -> correlator -> (annotators, filter) -> events; the one loop live and replay share.
+"""Source -> the core's engine (``tracer._core.Stream``) -> sinks; the one loop every command shares.
 
-Pure Python and single-threaded: the CLI runs it in the main thread, the TUI in
-a worker thread (``stop()`` is the only call made from another thread).
+The core joins sightings into paths, finishes them (NAT events, verdicts, flows), applies
+the path filter and the count, and renders each batch's output as NDJSON lines. An NDJSON
+sink takes those bytes as they are (``NdjsonLines``); the TUI, text output, ``probe``,
+``report`` and ``lab demo`` get row views (``PacketPath.from_json``) built from them.
+
+Single-threaded: the CLI runs it in the main thread, the TUI in a worker thread
+(``stop()`` is the only call made from another thread).
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from tracer.correlate import Correlator
-from tracer.model import Flow, NatEvent, ObsBatch, Observation, PacketPath, Stats
-from tracer.output import Rendered
+from tracer.model import Flow, ObsBatch, PacketPath, SourceKind, Stats
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from tracer.output import Sink
     from tracer.source import Source
 
 Annotator = Callable[[PacketPath], PacketPath]
-_FLUSH_SLICE = 4096
-Event = PacketPath | Flow | Rendered
+Event = PacketPath | Flow
+
+# Line kinds in a step's index (crates/hoptrace-py/src/stream.rs).
+PATH_LINE, FLOW_LINE = 0, 1
+LINKTYPE_RAW = 101  # frames that start at the IP header
 
 
-class _PathFilter(Protocol):
-    def keep(self, path: PacketPath) -> bool: ...
+class FramePrograms(Protocol):
+    """A path filter as the core runs it: per link type, the program its frames are matched by
+    (tracer/filter.py ``PathFilter``). A path is shown when any of its sightings matches."""
+
+    def insns(self, linktype: int) -> bytes | None:
+        """libpcap's ``struct bpf_insn`` bytes for frames of ``linktype``; None: never a match."""
+        ...
+
+
+@runtime_checkable
+class NdjsonLines(Protocol):
+    """A sink that takes the core's NDJSON lines as they are (tracer/output.py ``NdjsonSink``)."""
+
+    def on_ndjson(self, data: bytes) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Lines:
+    """One step's output: NDJSON ``data`` (each line ends with a newline) and its ``index``,
+    one ``(offset, length, kind)`` row per line (kind: ``PATH_LINE`` or ``FLOW_LINE``)."""
+
+    data: bytes
+    index: np.ndarray[Any, Any]
+
+    def then(self, other: Lines) -> Lines:
+        """These lines followed by ``other``'s."""
+        import numpy as np
+
+        moved = other.index.copy()
+        moved[:, 0] += len(self.data)
+        return Lines(self.data + other.data, np.concatenate([self.index, moved]))
+
+    def events(self, source: SourceKind = "file") -> list[Event]:
+        """The row views of the lines (for sinks that need objects)."""
+        data = self.data
+        out: list[Event] = []
+        loads = json.loads
+        for off, length, kind in self.index.tolist():
+            d = loads(data[off:off + length])
+            out.append(PacketPath.from_json(d, source) if kind == PATH_LINE else Flow.from_json(d))
+        return out
+
+
+def _wtf8(name: str) -> bytes:
+    # Names read from captures may carry lone surrogates (surrogateescape): the core takes them
+    # as "surrogatepass" UTF-8 and writes them back as json.dumps writes the str.
+    return name.encode("utf-8", "surrogatepass")
 
 
 class Engine:
-    """Pulls batches from ``source`` and yields, per batch, the paths and flows that finished.
+    """Pulls batches from ``source`` through the core; per batch, what finished.
 
-    ``events()`` ends at the end of input, after ``count`` paths, after
-    ``duration_s`` seconds, or after ``stop()``; it always ends with the paths
-    still open (flushed). If the source fails (an unreadable file), the paths
-    found so far are yielded first and the error is raised after them.
+    ``chunks()`` yields the core's NDJSON per batch, ``events()`` the same as row views. Both
+    end at the end of input, after ``count`` paths were shown, after ``duration_s`` seconds,
+    or after ``stop()``; they always end with the paths still open (flushed, in slices). If
+    the source fails (an unreadable file), the paths found so far come first and the error is
+    raised after them.
     """
 
     def __init__(
         self,
         source: Source,
         *,
-        path_filter: _PathFilter | None = None,
+        path_filter: FramePrograms | None = None,
         annotators: Sequence[Annotator] = (),
         count: int | None = None,
         duration_s: float | None = None,
-        correlator: Correlator | None = None,
     ) -> None:
         self.source = source
         self.path_filter = path_filter
         self.annotators = list(annotators)
         self.count = count
         self.duration_s = duration_s
-        self.correlator = correlator or Correlator()
         self.batch_hooks: list[Callable[[ObsBatch], None]] = []
         self._stop = threading.Event()
         self._observations = 0
-        self._paths = 0
         self._t0: float | None = None
         self._t1: float | None = None
-        # Flows name only the paths that were kept (the filter may drop some).
-        self._kept: set[str] = set()
-        # flow id -> the conntrack entry an annotator found on one of its paths' NAT events.
-        self._flow_ct: dict[str, int] = {}
-        self._annotated = False  # the correlator annotates (render_lines)
+        self._stream: Any = None
+        self._paths_base = 0  # paths shown by earlier runs of events() (a second call)
 
     def stop(self) -> None:
         """Thread-safe: the current batch finishes, open paths are flushed, ``events()`` ends."""
@@ -75,86 +125,35 @@ class Engine:
     def stats(self) -> Stats:
         t0 = self._t0
         elapsed = 0.0 if t0 is None else (self._t1 or time.monotonic()) - t0
-        return Stats(observations=self._observations, paths=self._paths,
+        paths = self._paths_base + (0 if self._stream is None else int(self._stream.paths))
+        return Stats(observations=self._observations, paths=paths,
                      lost_events=int(self.source.lost_events), elapsed_s=elapsed)
 
     def _done(self) -> bool:
-        if self._stop.is_set():
-            return True
-        if self.count is not None and self._paths >= self.count:
+        if self._stop.is_set() or self._stream.done:
             return True
         return (self.duration_s is not None and self._t0 is not None
                 and time.monotonic() - self._t0 >= self.duration_s)
 
-    def render_lines(self) -> bool:
-        """Hand out finished paths as NDJSON lines (``Rendered``) when nothing downstream needs
-        them as objects: the path filter (if any) can judge rows (``keep_row``), and every
-        annotator can tell when its answers may have changed (``generation``). The correlator then renders repeated path shapes from
-        templates. True if turned on; call before ``events()``."""
-        filt = self.path_filter
-        if filt is not None and not hasattr(filt, "keep_row"):
-            return False
-        if not all(hasattr(a, "generation") for a in self.annotators):
-            return False
-        self.correlator.render_lines(_Annotate(self.annotators), filt)  # type: ignore[arg-type]
-        self._annotated = True
-        return True
-
-    def _events(self, paths: list[PacketPath], flows: list[Flow]) -> list[Event]:
-        out: list[Event] = []
-        annotators = () if self._annotated else self.annotators
-        for p in paths:
-            if self.count is not None and self._paths >= self.count:
-                break
-            if p is None:  # filtered out by the correlator (render_lines)
-                continue
-            if type(p) is Rendered:  # filtered and annotated already (render_lines)
-                r: Rendered = p
-                self._paths += 1
-                if r.flow is not None:
-                    self._kept.add(r.id)
-                    if r.conntrack_id is not None:
-                        self._flow_ct.setdefault(r.flow, r.conntrack_id)
-                out.append(r)
-                continue
-            if self.path_filter is not None and not self.path_filter.keep(p):
-                continue
-            for annotate in annotators:
-                p = annotate(p)
-            self._paths += 1
-            if p.flow is not None:
-                self._kept.add(p.id)
-                for ev in p.nat:
-                    if ev.conntrack is not None and ev.conntrack.id is not None:
-                        self._flow_ct.setdefault(p.flow, ev.conntrack.id)
-            out.append(p)
-        kept = self._kept
-        for f in flows:
-            ids = tuple(pid for pid in f.paths if pid in kept)
-            kept.difference_update(f.paths)
-            ct = self._flow_ct.pop(f.id, f.conntrack_id)
-            if not ids:
-                continue
-            if len(ids) != len(f.paths) or ct != f.conntrack_id:
-                f = Flow(id=f.id, proto=f.proto, original=f.original, reply=f.reply, paths=ids,
-                         conntrack_id=ct)
-            out.append(f)
-        return out
-
-    def _flush(self) -> Iterator[list[Event]]:
-        """The paths still open, in slices: the end of a big input is streamed too."""
-        corr = self.correlator
-        paths = corr.flush(_FLUSH_SLICE)
-        while True:
-            more = corr.flush(_FLUSH_SLICE) if paths else []
-            if not more:
-                yield self._events(paths, corr.take_flows())
-                return
-            yield self._events(paths, [])
-            paths = more
+    def _source_kind(self) -> SourceKind:
+        kind = self.source.kind
+        return kind if kind in ("ebpf", "pcap") else "file"  # type: ignore[return-value]
 
     def events(self) -> Iterator[list[Event]]:
-        corr = self.correlator
+        kind = self._source_kind()
+        for lines in self.chunks():
+            yield lines.events(kind)
+
+    def chunks(self) -> Iterator[Lines]:
+        from tracer import _core  # type: ignore[attr-defined]  # the compiled core, no stub
+
+        if self._stream is not None:
+            self._paths_base += int(self._stream.paths)
+        count = self.count
+        stream = self._stream = _core.Stream(count=None if count is None else max(count, 0),
+                                             filter=self.path_filter is not None)
+        feeder = _Feeder(stream, self.path_filter)
+        annotate = _Annotated(self.annotators, self._source_kind()) if self.annotators else None
         self._t0 = time.monotonic()
         self._t1 = None
         self.source.start()
@@ -167,53 +166,115 @@ class Engine:
                     break
                 except BaseException:
                     # Print what was found before the damage, then report it.
-                    yield from self._flush()
+                    yield from self._flush(stream, annotate)
                     raise
                 self._observations += len(batch)
                 for hook in self.batch_hooks:
                     hook(batch)
-                paths = corr.feed_batch(batch) if len(batch) else (
-                    corr.advance(batch.now_ns) if batch.now_ns is not None else [])
-                yield self._events(paths, corr.take_flows())
-            yield from self._flush()
+                lines = feeder.feed(batch)
+                yield lines if annotate is None else annotate(lines)
+            yield from self._flush(stream, annotate)
         finally:
             self._t1 = time.monotonic()
             self.source.stop()
 
+    @staticmethod
+    def _flush(stream: Any, annotate: _Annotated | None) -> Iterator[Lines]:
+        """The paths still open, in slices: the end of a big input is streamed too. The last
+        slice of paths comes with the flows (the core closes them in a step of their own)."""
+        held: Lines | None = None
+        more = True
+        while more:
+            data, index, more = stream.flush_slice()
+            lines = Lines(data, index.reshape(-1, 3))
+            if held is not None:
+                if more or (lines.index[:, 2] == PATH_LINE).any():
+                    yield held if annotate is None else annotate(held)
+                else:
+                    lines = held.then(lines)
+            held = lines
+        if held is not None:
+            yield held if annotate is None else annotate(held)
 
-class _Annotate:
-    """The engine's annotators as the correlator's ``LineRenderer``."""
 
-    def __init__(self, annotators: Sequence[Annotator]) -> None:
+class _Feeder:
+    """Tells the core what a batch adds to the source's tables (hops, drop reasons, the filter's
+    programs for new link types), then feeds it."""
+
+    def __init__(self, stream: Any, path_filter: FramePrograms | None) -> None:
+        self.stream = stream
+        self.path_filter = path_filter
+        self._hops = 0
+        self._reasons: dict[int, str] = {}
+        if path_filter is not None:
+            # A sighting without frame bytes is matched by its header rebuilt from its fields.
+            stream.set_program(LINKTYPE_RAW, path_filter.insns(LINKTYPE_RAW))
+
+    def feed(self, batch: ObsBatch) -> Lines:
+        stream = self.stream
+        hops = batch.hops
+        if len(hops) > self._hops:
+            for h in hops[self._hops:]:
+                stream.add_hop(_wtf8(h.node), _wtf8(h.iface), h.linktype)
+            self._hops = len(hops)
+        if batch.drop_reasons and len(batch.drop_reasons) != len(self._reasons):
+            for code, name in batch.drop_reasons.items():
+                if self._reasons.get(code) != name:
+                    stream.set_drop_reason(code, _wtf8(name))
+                    self._reasons[code] = name
+        frames: bytes = b""
+        if self.path_filter is not None:
+            for lt in stream.linktypes_without_program():
+                stream.set_program(lt, self.path_filter.insns(lt))
+            frames = batch.frames if type(batch.frames) is bytes else bytes(batch.frames)
+        data, index = stream.feed(batch.rows, frames, batch.now_ns)
+        return Lines(data, index.reshape(-1, 3))
+
+
+class _Annotated:
+    """Annotators that are plain functions of a path (tests, notebooks): each step's lines as
+    row views, annotated, rendered again. A flow takes the conntrack entry the first of its
+    paths' NAT events names."""
+
+    def __init__(self, annotators: Sequence[Annotator], source: SourceKind) -> None:
         self.annotators = list(annotators)
-        # Counters an annotator keeps per path (Attributor.without_conntrack): a path rendered
-        # from a template adds what the path it was made from added.
-        self._counted = [a for a in self.annotators if isinstance(getattr(a, "without_conntrack", None), int)]
-        self._volatile = [a for a in self.annotators if hasattr(a, "volatile")]
+        self.source = source
+        self._flow_ct: dict[str, int] = {}
 
-    def annotate(self, path: PacketPath) -> PacketPath:
-        for a in self.annotators:
-            path = a(path)
-        return path
+    def __call__(self, lines: Lines) -> Lines:
+        import numpy as np
 
-    def generation(self) -> object:
-        return tuple(a.generation for a in self.annotators)  # type: ignore[attr-defined]
+        from tracer.output import flow_line, path_line
 
-    def volatile(self, hops: Sequence[Observation], nat: Sequence[NatEvent]) -> object:
-        if not self._volatile:
-            return None
-        return tuple(a.volatile(hops, nat) for a in self._volatile)  # type: ignore[attr-defined]
-
-    def counters(self) -> tuple[int, ...]:
-        return tuple(a.without_conntrack for a in self._counted)  # type: ignore[attr-defined]
-
-    def effects(self, before: tuple[int, ...]) -> tuple[int, ...]:
-        return tuple(n - b for n, b in zip(self.counters(), before, strict=True))
-
-    def replay(self, effects: tuple[int, ...]) -> None:
-        for a, d in zip(self._counted, effects, strict=True):
-            if d:
-                a.without_conntrack += d  # type: ignore[attr-defined]
+        if not len(lines.index):
+            return lines
+        parts: list[str] = []
+        kinds: list[int] = []
+        for ev in lines.events(self.source):
+            if isinstance(ev, PacketPath):
+                p = ev
+                for annotate in self.annotators:
+                    p = annotate(p)
+                if p.flow is not None:
+                    for nat in p.nat:
+                        if nat.conntrack is not None and nat.conntrack.id is not None:
+                            self._flow_ct.setdefault(p.flow, nat.conntrack.id)
+                parts.append(path_line(p))
+                kinds.append(PATH_LINE)
+            else:
+                ct = self._flow_ct.pop(ev.id, ev.conntrack_id)
+                if ct != ev.conntrack_id:
+                    ev = Flow(id=ev.id, proto=ev.proto, original=ev.original, reply=ev.reply,
+                              paths=ev.paths, conntrack_id=ct)
+                parts.append(flow_line(ev))
+                kinds.append(FLOW_LINE)
+        encoded = [(p + "\n").encode("utf-8", "surrogatepass") for p in parts]
+        index = np.zeros((len(encoded), 3), dtype=np.uint64)
+        at = 0
+        for k, (b, kind) in enumerate(zip(encoded, kinds, strict=True)):
+            index[k] = (at, len(b) - 1, kind)
+            at += len(b)
+        return Lines(b"".join(encoded), index)
 
 
 # gen0 threshold for the CLI pipelines (CPython's default: 700). See gc_policy().
@@ -246,29 +307,29 @@ def gc_policy() -> Iterator[None]:
 def run(engine: Engine, sinks: Sequence[Sink]) -> Stats:
     """Drive ``engine`` into ``sinks``; the stats go last, also when the source failed.
 
-    Runs under ``gc_policy()``.
+    NDJSON sinks get the core's lines as bytes; the others row views. Runs under ``gc_policy()``.
     """
-    if sinks and all(hasattr(s, "on_rendered") for s in sinks):
-        engine.render_lines()
     with gc_policy():
         return _run(engine, sinks)
 
 
 def _run(engine: Engine, sinks: Sequence[Sink]) -> Stats:
+    kind = engine._source_kind()
+    raw = [s for s in sinks if isinstance(s, NdjsonLines)]
+    objs = [s for s in sinks if not isinstance(s, NdjsonLines)]
     try:
-        for events in engine.events():
-            if not events:
-                continue
-            for ev in events:
-                if type(ev) is Rendered:
-                    for s in sinks:
-                        s.on_rendered(ev)  # type: ignore[attr-defined]
-                elif isinstance(ev, PacketPath):
-                    for s in sinks:
-                        s.on_path(ev)
-                else:
-                    for s in sinks:
-                        s.on_flow(ev)  # type: ignore[arg-type]
+        for lines in engine.chunks():
+            if lines.data:
+                for r in raw:
+                    r.on_ndjson(lines.data)
+                if objs:
+                    for ev in lines.events(kind):
+                        if isinstance(ev, PacketPath):
+                            for s in objs:
+                                s.on_path(ev)
+                        else:
+                            for s in objs:
+                                s.on_flow(ev)
             for s in sinks:
                 s.flush()  # once per batch: what finished is out within the batch interval
     finally:
@@ -282,4 +343,4 @@ def _run(engine: Engine, sinks: Sequence[Sink]) -> Stats:
     return stats
 
 
-__all__ = ["Annotator", "Engine", "Event", "gc_policy", "run"]
+__all__ = ["Annotator", "Engine", "Event", "FramePrograms", "Lines", "NdjsonLines", "gc_policy", "run"]

@@ -88,6 +88,14 @@ class PathFilter:
                 self._progs[linktype] = None
         return self._progs[linktype]
 
+    def insns(self, linktype: int) -> bytes | None:
+        """The program for frames of ``linktype`` as the core's engine runs it (libpcap's
+        ``struct bpf_insn`` bytes); None when the expression means nothing there."""
+        try:
+            return compile_insns(self.expr, linktype)
+        except FilterError:
+            return None
+
     def match_frames(self, frames: bytes | bytearray | memoryview, offsets: np.ndarray[Any, Any],
                      lengths: np.ndarray[Any, Any], linktype: int) -> np.ndarray[Any, Any]:
         """One verdict per frame ``frames[offsets[i]:][:lengths[i]]``, all of ``linktype``."""

@@ -61,6 +61,9 @@ ETH_P_IPV6 = 0x86DD
 ETH_P_ARP = 0x0806
 
 
+_PROTO_NUMBERS = {name: number for number, name in PROTO_NAMES.items()}
+
+
 def proto_name(family: int, proto: int, ethertype: int = 0) -> str:
     if family == 0:
         return "arp" if ethertype == ETH_P_ARP else f"ether:0x{ethertype:04x}"
@@ -302,6 +305,41 @@ class Observation:
         return proto_name(self.family, self.proto, self.ethertype)
 
     @classmethod
+    def from_json(cls, d: dict[str, Any], source: SourceKind = "file") -> Observation:
+        """The row view of one hop of a path's NDJSON (tracer/output.py ``_hop_json``'s inverse).
+
+        What the line does not carry stays at its default: the frame bytes, the digest, the
+        wire length, the interface index (0) and the source (``source``)."""
+        proto_text: str = d["proto"]
+        src: str = d["src"]
+        if proto_text == "arp" or proto_text.startswith("ether:"):
+            family, proto = 0, 0
+            ethertype = ETH_P_ARP if proto_text == "arp" else int(proto_text[6:], 16)
+        else:
+            family = 6 if ":" in src else 4
+            known = _PROTO_NUMBERS.get(proto_text)
+            proto = int(proto_text) if known is None else known
+            ethertype = ETH_P_IPV6 if family == 6 else ETH_P_IP
+        skb = d["skb"]
+        frag = d.get("frag")
+        inner = d.get("inner")
+        return cls(
+            ts_ns=d["ts_ns"], netns=d["netns"], ifindex=0, ifname=d["iface"], node=d["node"],
+            direction=d["dir"], source=source, family=family, proto=proto, src=src, dst=d["dst"],
+            length=d["length"], ttl=d["ttl"], skb=int(skb, 16) if skb else None, ethertype=ethertype,
+            sport=d["sport"], dport=d["dport"], ip_id=d["ip_id"], flow_label=d.get("flow_label"),
+            tcp_flags=d.get("tcp_flags"), tcp_seq=d.get("tcp_seq"), tcp_ack=d.get("tcp_ack"),
+            icmp_type=d.get("icmp_type"), icmp_code=d.get("icmp_code"), icmp_id=d.get("icmp_id"),
+            icmp_seq=d.get("icmp_seq"),
+            frag_offset=frag["offset"] if frag else 0, more_fragments=bool(frag and frag["more"]),
+            is_fragment=frag is not None,
+            inner=None if inner is None else InnerHeader(
+                src=inner["src"], dst=inner["dst"], proto=inner["proto"], sport=inner["sport"],
+                dport=inner["dport"]),
+            drop_reason=d["drop_reason"],
+        )  # fmt: skip
+
+    @classmethod
     def from_row(cls, r: Any, batch: ObsBatch) -> Observation:
         from tracer.addr import addr_text
 
@@ -376,6 +414,10 @@ class Endpoints:
     def to_json(self) -> dict[str, Any]:
         return {"src": self.src, "sport": self.sport, "dst": self.dst, "dport": self.dport}
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Endpoints:
+        return cls(src=d["src"], sport=d["sport"], dst=d["dst"], dport=d["dport"])
+
 
 @dataclass(frozen=True, slots=True)
 class ConntrackRef:
@@ -386,6 +428,11 @@ class ConntrackRef:
     reply: Endpoints
     status: tuple[str, ...] = ()  # e.g. ("SRC_NAT", "SEEN_REPLY")
     zone: int = 0
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ConntrackRef:
+        return cls(id=d["id"], original=Endpoints.from_json(d["original"]),
+                   reply=Endpoints.from_json(d["reply"]), status=tuple(d["status"]), zone=d["zone"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,6 +452,18 @@ class NatEvent:
     icmp_id_before: int | None = None
     icmp_id_after: int | None = None
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> NatEvent:
+        """tracer/output.py ``nat_json``'s inverse (its ``inner`` is read from the hops)."""
+        ct = d.get("conntrack")
+        return cls(
+            kind=d["kind"], node=d["node"], hook=d["hook"], before=Endpoints.from_json(d["before"]),
+            after=Endpoints.from_json(d["after"]), from_hop=d["from_hop"], to_hop=d["to_hop"],
+            rule=d["rule"], rule_source=d.get("rule_source"),
+            conntrack=None if ct is None else ConntrackRef.from_json(ct),
+            icmp_id_before=d.get("icmp_id_before"), icmp_id_after=d.get("icmp_id_after"),
+        )  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class PacketPath:
@@ -415,6 +474,14 @@ class PacketPath:
     nat: tuple[NatEvent, ...]
     verdict: Verdict
     flow: str | None = None
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], source: SourceKind = "file") -> PacketPath:
+        """The row view of a path's NDJSON object (tracer/output.py ``path_json``'s inverse;
+        see ``Observation.from_json`` for what a line does not carry)."""
+        return cls(id=d["id"], hops=tuple(Observation.from_json(h, source) for h in d["hops"]),
+                   nat=tuple(NatEvent.from_json(e) for e in d["nat"]), verdict=d["verdict"],
+                   flow=d["flow"])
 
     @property
     def first(self) -> Observation:
@@ -443,6 +510,13 @@ class Flow:
     reply: Endpoints
     paths: tuple[str, ...]
     conntrack_id: int | None = None
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Flow:
+        """tracer/output.py ``flow_json``'s inverse."""
+        return cls(id=d["id"], proto=d["proto"], original=Endpoints.from_json(d["original"]),
+                   reply=Endpoints.from_json(d["reply"]), paths=tuple(d["paths"]),
+                   conntrack_id=d.get("conntrack_id"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -341,6 +341,11 @@ def flow_json(flow: Flow) -> dict[str, Any]:
     return d
 
 
+def flow_line(flow: Flow) -> str:
+    """``json.dumps(flow_json(flow))`` as the NDJSON sink writes it."""
+    return _dumps(flow_json(flow))
+
+
 def stats_json(stats: Stats) -> dict[str, Any]:
     return {"type": "stats", "observations": stats.observations, "paths": stats.paths,
             "lost_events": stats.lost_events, "elapsed_s": round(stats.elapsed_s, 3)}
@@ -372,37 +377,54 @@ def write_all(stream: TextIO, text: str) -> None:
         data = data[n:]
 
 
+def write_all_bytes(stream: TextIO, data: bytes) -> None:
+    """``write_all`` for ASCII bytes: straight to the descriptor (after the stream's own buffer)."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        stream.write(data.decode("ascii"))
+        return
+    stream.flush()
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            select.select([], [fd], [])
+            continue
+        view = view[n:]
+
+
 class NdjsonSink:
-    """One JSON object per line: paths as they finish, flows, and the stats line last."""
+    """One JSON object per line: paths as they finish, flows, and the stats line last.
+
+    The engine hands it the core's lines as they are (``on_ndjson``); row views
+    (``on_path``/``on_flow``) are rendered here. Everything is ASCII (JSON escapes the rest)."""
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
-        self._dumps = json.JSONEncoder(separators=(", ", ": ")).encode
         # Lines until flush(): the engine flushes once per batch, and one write of a batch's
         # lines costs one system call instead of one per 8 KiB (a path is ~2 KB of JSON).
-        self._buf: list[str] = []
+        self._buf: list[bytes] = []
 
-    def _write(self, obj: dict[str, Any]) -> None:
-        self._buf.append(self._dumps(obj) + "\n")
+    def on_ndjson(self, data: bytes) -> None:
+        self._buf.append(data)
 
     def on_path(self, path: PacketPath) -> None:
-        self._buf.append(path_line(path) + "\n")
+        self._buf.append((path_line(path) + "\n").encode("ascii"))
 
-    def on_rendered(self, path: Rendered) -> None:
-        self._buf.append(path.line)
+    def on_flow(self, flow: Flow) -> None:
+        self._buf.append((flow_line(flow) + "\n").encode("ascii"))
 
     def flush(self) -> None:
         if self._buf:
-            text = "".join(self._buf)
+            data = b"".join(self._buf)
             self._buf.clear()
-            write_all(self.stream, text)
+            write_all_bytes(self.stream, data)
         self.stream.flush()
 
-    def on_flow(self, flow: Flow) -> None:
-        self._write(flow_json(flow))
-
     def on_stats(self, stats: Stats) -> None:
-        self._write(stats_json(stats))
+        self._buf.append((_dumps(stats_json(stats)) + "\n").encode("ascii"))
         self.flush()
 
     def close(self) -> None:
@@ -686,6 +708,6 @@ class TextSink:
 
 __all__ = [
     "DYN_FIELDS", "PLAIN", "NdjsonSink", "Rendered", "Sink", "TextOptions", "TextSink", "color_wanted", "drop_hint",
-    "duration_text", "flow_json", "flow_text", "nat_json", "nat_text", "numeric_path", "path_json",
-    "path_line", "path_template", "path_text", "stats_json", "stats_text", "text_options", "tui_color", "what_text", "write_all",
+    "duration_text", "flow_json", "flow_line", "flow_text", "nat_json", "nat_text", "numeric_path", "path_json",
+    "path_line", "path_template", "path_text", "stats_json", "stats_text", "text_options", "tui_color", "what_text", "write_all", "write_all_bytes",
 ]  # fmt: skip

@@ -118,8 +118,9 @@ def test_replay_json_runs_the_core_engine_and_imports_no_numpy() -> None:
     assert r.stdout.count('"type": "path"') == 2
 
 
-def test_count_keeps_the_python_engine_and_a_filter_does_not() -> None:
-    """What the core does not do yet goes the old way (and still works)."""
+def test_count_goes_through_the_engine_and_a_filter_does_not() -> None:
+    """--count runs tracer.engine (the core's Stream, fed batch by batch); --filter alone the
+    one-call replay."""
     f = str(FIXTURES / "internet-ping.pcapng")
     code = ("import sys; from tracer.cli import main; rc = main(sys.argv[1:]); sys.stdout.flush(); "
             "sys.stderr.write(repr((rc, 'tracer.engine' in sys.modules)))")

@@ -1,4 +1,4 @@
-"""Engine: source -> correlator -> filter/annotators -> events, and run() into sinks."""
+"""Engine: source -> the core's engine (filter, count) -> annotators -> events, and run() into sinks."""
 
 from __future__ import annotations
 
@@ -91,12 +91,11 @@ def test_count_stops_after_n_paths() -> None:
 
 
 def test_filter_annotators_and_hooks() -> None:
-    class OnlyReplies:
-        def keep(self, path: PacketPath) -> bool:
-            return path.first.icmp_type == 0
+    from tracer.filter import PathFilter
 
     seen: list[int] = []
-    engine = Engine(ListSource(two_pings()), path_filter=OnlyReplies(),
+    only_replies = PathFilter("icmp[0] = 0")
+    engine = Engine(ListSource(two_pings()), path_filter=only_replies,
                     annotators=[lambda p: replace(p, verdict="left")])
     engine.batch_hooks.append(lambda b: seen.append(len(b)))
     # The flow keeps only the paths that passed the filter.

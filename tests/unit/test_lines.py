@@ -18,15 +18,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.reference.engine import Engine, NdjsonSink, _Annotate, run
 from tests.unit.conftest import MS, NETNS, US, internet_ping, internet_pong
 from tests.unit.streams import batches_of, flood, hostile, replicated
 from tracer.attribution import annotator
 from tracer.conntrack import ConntrackTable, CtTuple, Entry
 from tracer.correlate import Correlator
-from tracer.engine import Engine, _Annotate, run
 from tracer.filter import PathFilter
 from tracer.model import ConntrackRef, NatEvent, ObsBatch, Observation, PacketPath
-from tracer.output import NdjsonSink, Rendered, path_line, path_template
+from tracer.output import Rendered, path_line, path_template
 from tracer.readers import FileSource
 from tracer.topology import Interface, Namespace, Topology, parse_iptables_save
 

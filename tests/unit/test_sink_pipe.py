@@ -23,16 +23,18 @@ signal.signal(signal.SIGINT, lambda *_: None)
 print("ready", file=sys.stderr, flush=True)
 sink = {sink}(sys.stdout)
 lines = ["%06d " % i + "x" * 93 + "\n" for i in range(4000)]
-sink._buf.extend(lines[:5])
-sink.flush()
-sink._buf.extend(lines[5:])
-sink.flush()
+for part in (lines[:5], lines[5:]):
+    {add}
+    sink.flush()
 """
 
 
-@pytest.mark.parametrize("sink", ["NdjsonSink", "TextSink"])
-def test_a_signal_during_a_blocked_write_loses_nothing(sink: str) -> None:
-    proc = subprocess.Popen([sys.executable, "-c", _WRITER.format(sink=sink)],
+@pytest.mark.parametrize(("sink", "add"), [
+    ("NdjsonSink", 'sink.on_ndjson("".join(part).encode())'),  # the core's lines, as bytes
+    ("TextSink", "sink._buf.extend(part)"),
+])
+def test_a_signal_during_a_blocked_write_loses_nothing(sink: str, add: str) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER.format(sink=sink, add=add)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stderr is not None
     assert proc.stderr.readline() == b"ready\n"

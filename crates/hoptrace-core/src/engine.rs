@@ -23,8 +23,9 @@
 //! carries each sighting's answer to its path (`feed_with`'s marks). A hidden path keeps
 //! its number and its flow, and teaches what any path does, but writes no line and is not
 //! counted; a flow lists only shown paths, and writes no line without one. A sighting
-//! without frame bytes matches nothing here: Python matches a header rebuilt from its
-//! fields (`synth_frame`), which a capture file never needs (no bytes, nothing decoded).
+//! without frame bytes (a synthetic source's) is matched by a header rebuilt from its
+//! fields (synth.rs) with the program for `LINKTYPE_RAW`, when the caller set one (a
+//! replay never asks for it: a capture file's sightings have bytes).
 //! The link type of a hop is the last one told for its (node, iface) names, as
 //! `PathFilter.learn_linktype` keeps them.
 //!
@@ -41,6 +42,7 @@ use crate::files::{FileError, FileSet};
 use crate::finish::{FinishConfig, PathFinisher, PathSink};
 use crate::labels::Labels;
 use crate::obs::Obs;
+use crate::synth::{synth_frame, LINKTYPE_RAW};
 
 /// Paths finished per step at the end of input (tracer/engine.py `_FLUSH_SLICE`).
 pub const FLUSH_SLICE: usize = 4096;
@@ -56,6 +58,8 @@ pub struct EngineConfig {
     /// A path filter runs: each link type's program comes from [`Engine::set_program`]
     /// ([`ReplayHooks::program`] in a replay).
     pub filter: bool,
+    /// Show at most this many paths (`--count`; see [`PathFinisher::set_limit`]).
+    pub count: Option<u64>,
 }
 
 impl Default for EngineConfig {
@@ -69,6 +73,7 @@ impl Default for EngineConfig {
             },
             flush_slice: FLUSH_SLICE,
             filter: false,
+            count: None,
         }
     }
 }
@@ -83,6 +88,8 @@ struct Filter {
     names: Vec<(Vec<u8>, Vec<u8>)>,
     hop_linktype: Vec<u32>,
     marks: Vec<bool>,
+    /// A frameless sighting's header, rebuilt (see synth.rs).
+    synth: Vec<u8>,
 }
 
 impl Filter {
@@ -98,15 +105,27 @@ impl Filter {
             .collect();
     }
 
-    /// Whether each row's frame matches its hop's program.
+    /// Whether each row's frame matches its hop's program. A sighting without frame bytes
+    /// is matched by its header rebuilt from its fields, with the program for
+    /// [`LINKTYPE_RAW`] when one was set (tracer/filter.py `keep_hops`).
     fn mark(&mut self, rows: &[Obs], frames: &[u8]) {
-        let (programs, hop_linktype) = (&self.programs, &self.hop_linktype);
+        let (programs, hop_linktype, synth) = (&self.programs, &self.hop_linktype, &mut self.synth);
+        let raw = programs.get(&LINKTYPE_RAW).and_then(Option::as_ref);
         self.marks.clear();
         if programs.values().all(Option::is_none) {
             self.marks.resize(rows.len(), false); // no program: nothing matches
             return;
         }
         self.marks.extend(rows.iter().map(|o| {
+            if o.frame_len == 0 {
+                return match raw {
+                    Some(p) => {
+                        synth_frame(o, synth);
+                        !synth.is_empty() && p.matches(synth, synth.len() as u32)
+                    }
+                    None => false,
+                };
+            }
             let program = hop_linktype
                 .get(o.hop as usize)
                 .and_then(|lt| programs.get(lt))
@@ -168,6 +187,8 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(cfg: EngineConfig) -> Engine {
+        let mut finisher = PathFinisher::new(cfg.finish);
+        finisher.set_limit(cfg.count);
         Engine {
             // The finisher reads each path's sightings, so the join keeps them.
             joiner: Joiner::new(JoinConfig {
@@ -175,7 +196,7 @@ impl Engine {
                 ..cfg.join
             }),
             learner: Learner {
-                finisher: PathFinisher::new(cfg.finish),
+                finisher,
                 filtered: cfg.filter,
                 remap: Vec::new(),
             },
@@ -262,6 +283,18 @@ impl Engine {
         let (joiner, out, learner) = (&mut self.joiner, &mut self.out, &mut self.learner);
         joiner.feed_with(rows, marks, now_ns, out, learner);
         learner.finisher.take_flows(joiner.clock());
+    }
+
+    /// A live source's clock says `now_ns` and nothing was seen: paths idle since before
+    /// `now_ns` less the window finish, flows idle long enough close.
+    pub fn advance(&mut self, now_ns: u64) {
+        self.feed(&[], &[], Some(now_ns));
+    }
+
+    /// The count limit is reached: nothing more will be shown (the caller stops feeding
+    /// and flushes; flows still list the paths shown).
+    pub fn done(&self) -> bool {
+        self.learner.finisher.limit_reached()
     }
 
     /// End of input, one slice at a time: the next `flush_slice` open paths (the longest
@@ -683,6 +716,47 @@ mod tests {
         assert_eq!(summary(&lines(&mut e)), ["flow f1 [p3, p2, p1]}"]);
         assert!(!e.flush_slice(), "nothing more");
         assert_eq!(lines(&mut e), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_count_shows_the_first_paths_in_output_order_and_flows_list_only_them() {
+        let cfg = EngineConfig {
+            count: Some(2),
+            ..EngineConfig::default()
+        };
+        let mut e = engine(cfg);
+        // Three pings of one flow in one step, finishing in the reverse of their numbers.
+        let t = 1_000 * MS;
+        let rows = [
+            at(0, t, dir::TX, WEB_IP, SERVER, 1),
+            at(0, t + 1, dir::TX, WEB_IP, SERVER, 2),
+            at(0, t + 2, dir::TX, WEB_IP, SERVER, 3),
+            at(1, t + 3, dir::TX, PUBLIC, SERVER, 3),
+            at(1, t + 4, dir::TX, PUBLIC, SERVER, 2),
+            at(1, t + 5, dir::TX, PUBLIC, SERVER, 1),
+        ];
+        e.feed(&rows, &[], None);
+        assert!(!e.done());
+        e.advance(t + 1_000 * MS);
+        assert_eq!(summary(&lines(&mut e)), ["path p1 left", "path p2 left"]);
+        assert!(e.done());
+        // More traffic: judged (its flow), never shown.
+        e.feed(&ping(2_000 * MS, 4), &[], None);
+        e.flush();
+        assert_eq!(summary(&lines(&mut e)), ["flow f1 [p2, p1]}"]);
+        assert_eq!(e.paths(), 2);
+    }
+
+    #[test]
+    fn an_idle_clock_finishes_paths_and_closes_flows() {
+        let mut e = engine(EngineConfig::default());
+        e.feed(&ping(1_000 * MS, 1), &[], None);
+        e.advance(1_400 * MS);
+        assert_eq!(lines(&mut e), Vec::<String>::new(), "within the window");
+        e.advance(1_600 * MS);
+        assert_eq!(summary(&lines(&mut e)), ["path p1 incomplete"]);
+        e.advance(7_000 * MS);
+        assert_eq!(summary(&lines(&mut e)), ["flow f1 [p1]}"]);
     }
 
     #[test]

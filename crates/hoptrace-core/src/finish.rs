@@ -120,6 +120,10 @@ pub struct PathFinisher {
     /// verdict, start, end in `pending_obs`).
     pending: Vec<(u64, Option<u64>, Verdict, usize, usize)>,
     pending_obs: Vec<Obs>,
+    /// Show at most this many paths (`--count`): the rest are hidden, in output order.
+    limit: Option<u64>,
+    /// `finish_step`'s numbers of the step's paths that would be shown.
+    candidates: Vec<u64>,
 }
 
 impl PathFinisher {
@@ -142,6 +146,8 @@ impl PathFinisher {
             lines: true,
             pending: Vec::new(),
             pending_obs: Vec::new(),
+            limit: None,
+            candidates: Vec::new(),
         }
     }
 
@@ -167,6 +173,20 @@ impl PathFinisher {
                 sink.flow(&f);
             }
         }
+    }
+
+    /// Show at most `limit` paths in all (tracer/engine.py's `count`): [`finish_step`]
+    /// hides the paths past it in the order they are written (a step's in number order),
+    /// which still teach what any hidden path teaches. `finish`/`finish_shown` ignore it.
+    ///
+    /// [`finish_step`]: PathFinisher::finish_step
+    pub fn set_limit(&mut self, limit: Option<u64>) {
+        self.limit = limit;
+    }
+
+    /// The limit is reached: nothing more will be shown.
+    pub fn limit_reached(&self) -> bool {
+        self.limit.is_some_and(|n| self.paths >= n)
     }
 
     pub fn config(&self) -> FinishConfig {
@@ -245,11 +265,14 @@ impl PathFinisher {
         self.end_step();
         let mut judged = std::mem::take(&mut self.judged);
         judged.clear();
+        // With a limit, the shown paths are the first ones by number that fit under it:
+        // those numbered below `cutoff`.
+        let cutoff = self.cutoff(paths, obs, all_shown);
         for (k, p) in paths.iter().enumerate() {
             let Some(hops) = obs.get(p.start..p.end) else {
                 continue;
             };
-            let shown = p.marked || all_shown;
+            let shown = (p.marked || all_shown) && cutoff.is_none_or(|c| p.num < c);
             if let Some((flow, v)) = self.judge(p.num, hops, shown) {
                 if shown {
                     judged.push((p.num, k, flow, v));
@@ -288,6 +311,26 @@ impl PathFinisher {
             self.paths += 1;
         }
         self.judged = judged;
+    }
+
+    /// The smallest path number of the step that the limit hides (None: no limit applies).
+    fn cutoff(&mut self, paths: &[FinishedPath], obs: &[Obs], all_shown: bool) -> Option<u64> {
+        let room = self.limit?.saturating_sub(self.paths);
+        self.candidates.clear();
+        self.candidates.extend(
+            paths
+                .iter()
+                .filter(|p| {
+                    (p.marked || all_shown) && p.end > p.start && obs.get(p.start..p.end).is_some()
+                })
+                .map(|p| p.num),
+        );
+        let room = usize::try_from(room).unwrap_or(usize::MAX);
+        if self.candidates.len() <= room {
+            return None;
+        }
+        self.candidates.sort_unstable();
+        self.candidates.get(room).copied()
     }
 
     /// What finishing a path teaches (links, its flow) and its verdict; None for an empty path.

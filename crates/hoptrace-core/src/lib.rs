@@ -31,6 +31,7 @@ pub mod reader;
 pub mod render;
 pub mod report;
 pub mod safe_text;
+pub mod synth;
 pub mod text;
 pub mod text_render;
 pub mod view;

@@ -52,7 +52,7 @@ fn joined<'py>(py: Python<'py>, out: &mut Finished, rows: bool) -> Joined<'py> {
 
 /// Rows of `bytes` or of a numpy OBS_DTYPE array (any shape, made contiguous), parsed
 /// into `out` (a buffer kept between batches: no fresh pages per batch).
-fn rows_into(obj: &Bound<'_, PyAny>, out: &mut Vec<Obs>) -> PyResult<()> {
+pub(crate) fn rows_into(obj: &Bound<'_, PyAny>, out: &mut Vec<Obs>) -> PyResult<()> {
     let mut parse = |buf: &[u8]| {
         out.clear();
         out.extend(

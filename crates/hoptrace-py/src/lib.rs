@@ -12,6 +12,7 @@ mod reader;
 mod report;
 mod stages;
 mod text;
+mod stream;
 
 /// The core's version (a stale extension shows here: compare with the package's).
 #[pyfunction]
@@ -52,5 +53,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     stages::register(m)?;
     report::register(m)?;
     text::register(m)?;
+    stream::register(m)?;
     Ok(())
 }

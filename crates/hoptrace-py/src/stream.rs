@@ -1,0 +1,220 @@
+//! `tracer._core.Stream`: the engine of every command but `replay --json` (which runs
+//! whole in `replay_ndjson`), fed by Python batch by batch (hoptrace_core::engine).
+//!
+//! A batch's rows (OBS_DTYPE), its frame bytes and the source's clock go in; the NDJSON
+//! lines of the paths that finished and the flows that closed come back as one bytes
+//! object and an index of its lines, so Python writes the bytes straight to an NDJSON
+//! sink and builds row views (`PacketPath.from_json`) only for sinks that need objects.
+//! The work runs with the GIL released.
+
+use hoptrace_core::bpf::Program;
+use hoptrace_core::engine::{Engine, EngineConfig};
+use hoptrace_core::obs::Obs;
+use numpy::PyArray1;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::correlate::rows_into;
+
+/// Kinds of lines in a step's index (the third column).
+const PATH: u64 = 0;
+const FLOW: u64 = 1;
+const STATS: u64 = 2;
+
+/// NDJSON bytes and their index: `(offset, length, kind)` per line, flattened into one
+/// uint64 array (reshape to `(-1, 3)`); `length` leaves the newline out; kind 0 is a path,
+/// 1 a flow, 2 a stats line.
+type Output<'py> = (Bound<'py, PyBytes>, Bound<'py, PyArray1<u64>>);
+
+/// The lines of `data`: every line the finisher writes starts `{"type": "<kind>"`, and
+/// JSON strings escape newlines, so each newline ends one.
+fn index_lines(data: &[u8], index: &mut Vec<u64>) {
+    index.clear();
+    let mut at = 0usize;
+    while let Some(len) = data
+        .get(at..)
+        .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
+    {
+        let kind = match data.get(at + 10) {
+            Some(b'p') => PATH,
+            Some(b'f') => FLOW,
+            _ => STATS,
+        };
+        index.extend([at as u64, len as u64, kind]);
+        at += len + 1;
+    }
+}
+
+/// Batches of sightings in, NDJSON lines of finished paths and closed flows out.
+///
+/// ``count``: show at most that many paths (the rest, past it in output order, are
+/// hidden: they still join flows, which list shown paths only); ``filter``: a path filter
+/// runs, a path is shown when the frame of any of its sightings matches the program of
+/// its hop's link type (``set_program``; a link type without one never matches).
+#[pyclass(module = "tracer._core", name = "Stream")]
+pub struct Stream {
+    core: Engine,
+    rows: Vec<Obs>,
+    index: Vec<u64>,
+}
+
+impl Stream {
+    fn output<'py>(&mut self, py: Python<'py>) -> Output<'py> {
+        let data = self.core.take_output();
+        index_lines(&data, &mut self.index);
+        (
+            PyBytes::new(py, &data),
+            PyArray1::from_slice(py, &self.index),
+        )
+    }
+}
+
+#[pymethods]
+impl Stream {
+    #[new]
+    #[pyo3(signature = (*, count=None, filter=false, window_ns=None, flow_idle_ns=None, max_flow_paths=None))]
+    fn new(
+        count: Option<u64>,
+        filter: bool,
+        window_ns: Option<u64>,
+        flow_idle_ns: Option<u64>,
+        max_flow_paths: Option<usize>,
+    ) -> PyResult<Self> {
+        let mut cfg = EngineConfig {
+            filter,
+            count,
+            ..EngineConfig::default()
+        };
+        if let Some(w) = window_ns {
+            cfg.join.window_ns = w;
+            cfg.finish.window_ns = w;
+        }
+        if let Some(f) = flow_idle_ns {
+            cfg.finish.flow_idle_ns = f;
+        }
+        if let Some(m) = max_flow_paths {
+            if m == 0 {
+                return Err(PyValueError::new_err("max_flow_paths must be at least 1"));
+            }
+            cfg.finish.max_flow_paths = m;
+        }
+        Ok(Stream {
+            core: Engine::new(cfg),
+            rows: Vec::new(),
+            index: Vec::new(),
+        })
+    }
+
+    /// The source's next hop label (rows' ``hop`` indexes labels in the order they are
+    /// added): names as "surrogatepass" UTF-8 bytes, and the link type of its frames.
+    fn add_hop(&mut self, node: &[u8], iface: &[u8], linktype: u32) {
+        self.core.add_hop(node, iface, linktype);
+    }
+
+    /// The name ("surrogatepass" UTF-8 bytes) of drop reason ``code`` in the rows.
+    fn set_drop_reason(&mut self, code: u32, name: &[u8]) {
+        self.core.set_drop_reason(code, name);
+    }
+
+    /// Link types of the hops so far that the path filter has no program for yet.
+    fn linktypes_without_program(&self) -> Vec<u32> {
+        self.core.linktypes_without_program()
+    }
+
+    /// The path filter's program for frames of ``linktype``: libpcap's ``struct bpf_insn``
+    /// bytes, or None (the expression means nothing there: never a match).
+    #[pyo3(signature = (linktype, insns))]
+    fn set_program(&mut self, linktype: u32, insns: Option<&[u8]>) -> PyResult<()> {
+        let program = match insns {
+            Some(raw) => {
+                Some(Program::from_bytes(raw).map_err(|e| PyValueError::new_err(e.to_string()))?)
+            }
+            None => None,
+        };
+        self.core.set_program(linktype, program);
+        Ok(())
+    }
+
+    /// One batch: ``rows`` (an OBS_DTYPE array, or its bytes), ``frames`` (the bytes the
+    /// rows' ``frame_off``/``frame_len`` slice) and, from a live source, its clock
+    /// ``now_ns``. Returns what finished: ``(ndjson, index)``.
+    #[pyo3(signature = (rows, frames, now_ns=None))]
+    fn feed<'py>(
+        &mut self,
+        py: Python<'py>,
+        rows: &Bound<'py, PyAny>,
+        frames: &[u8],
+        now_ns: Option<u64>,
+    ) -> PyResult<Output<'py>> {
+        rows_into(rows, &mut self.rows)?;
+        let (core, rows) = (&mut self.core, &self.rows);
+        py.detach(|| core.feed(rows, frames, now_ns));
+        Ok(self.output(py))
+    }
+
+    /// Nothing was seen until ``now_ns`` (a live source's clock): paths and flows idle
+    /// long enough finish. Returns ``(ndjson, index)``.
+    fn advance<'py>(&mut self, py: Python<'py>, now_ns: u64) -> Output<'py> {
+        let core = &mut self.core;
+        py.detach(|| core.advance(now_ns));
+        self.output(py)
+    }
+
+    /// End of input, one slice at a time (the longest idle paths first): returns
+    /// ``(ndjson, index, more)``; once ``more`` is False every flow has closed and its
+    /// line is in that last output.
+    fn flush_slice<'py>(
+        &mut self,
+        py: Python<'py>,
+    ) -> (Bound<'py, PyBytes>, Bound<'py, PyArray1<u64>>, bool) {
+        let core = &mut self.core;
+        let more = py.detach(|| core.flush_slice());
+        let (data, index) = self.output(py);
+        (data, index, more)
+    }
+
+    /// Sightings fed so far.
+    #[getter]
+    fn observations(&self) -> u64 {
+        self.core.observations()
+    }
+
+    /// Paths shown so far.
+    #[getter]
+    fn paths(&self) -> u64 {
+        self.core.paths()
+    }
+
+    /// Paths still open.
+    #[getter]
+    fn open_paths(&self) -> usize {
+        self.core.open_paths()
+    }
+
+    /// The count is reached: nothing more will be shown.
+    #[getter]
+    fn done(&self) -> bool {
+        self.core.done()
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Stream>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_indexed_by_kind() {
+        let data =
+            b"{\"type\": \"path\", \"id\": \"p1\"}\n{\"type\": \"flow\"}\n{\"type\": \"stats\"}\n";
+        let mut index = Vec::new();
+        index_lines(data, &mut index);
+        assert_eq!(index, [0, 28, PATH, 29, 16, FLOW, 46, 17, STATS]);
+        index_lines(b"", &mut index);
+        assert!(index.is_empty());
+    }
+}
