@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from tracer.model import Flow, ObsBatch, PacketPath, SourceKind, Stats
+from tracer.model import Flow, HopLabel, ObsBatch, PacketPath, SourceKind, Stats
 
 if TYPE_CHECKING:
     import numpy as np
@@ -204,8 +204,15 @@ class _Feeder:
     def __init__(self, stream: Any, path_filter: FramePrograms | None) -> None:
         self.stream = stream
         self.path_filter = path_filter
+        # The source's label table (shared and append-only: ObsBatch), how much of it the core
+        # has, and the core's index of each (position, label) (for batches with tables of their
+        # own: as to the Python engine, a hop is where its label sits in its batch's table).
+        self._table: list[HopLabel] | None = None
         self._hops = 0
-        self._reasons: dict[int, str] = {}
+        self._index: dict[tuple[int, HopLabel], int] = {}
+        self._count = 0  # labels the core has
+        self._reasons: dict[int, str] = {}  # the core's drop reason names by code
+        self._aliases: dict[str, int] = {}  # names the core has under a code of its own
         if path_filter is not None:
             # A sighting without frame bytes is matched by its header rebuilt from its fields.
             stream.set_program(LINKTYPE_RAW, path_filter.insns(LINKTYPE_RAW))
@@ -213,22 +220,73 @@ class _Feeder:
     def feed(self, batch: ObsBatch) -> Lines:
         stream = self.stream
         hops = batch.hops
-        if len(hops) > self._hops:
-            for h in hops[self._hops:]:
-                stream.add_hop(_wtf8(h.node), _wtf8(h.iface), h.linktype)
+        rows = batch.rows
+        if self._table is None:
+            self._table = hops
+        if hops is self._table:
+            for k in range(self._hops, len(hops)):
+                self._add(k, hops[k])
             self._hops = len(hops)
-        if batch.drop_reasons and len(batch.drop_reasons) != len(self._reasons):
-            for code, name in batch.drop_reasons.items():
-                if self._reasons.get(code) != name:
-                    stream.set_drop_reason(code, _wtf8(name))
-                    self._reasons[code] = name
+        elif len(rows):
+            # A batch with a label table of its own (ObsBatch.from_observations): its rows'
+            # hop indices in the core's table.
+            import numpy as np
+
+            remap = np.array([self._add(k, h) for k, h in enumerate(hops)], dtype=np.uint32)
+            rows = rows.copy()
+            rows["hop"] = remap[rows["hop"]]
+        if len(rows) and rows["drop_reason"].any():
+            rows = self._reasons_of(rows, batch.drop_reasons)
         frames: bytes = b""
         if self.path_filter is not None:
             for lt in stream.linktypes_without_program():
                 stream.set_program(lt, self.path_filter.insns(lt))
             frames = batch.frames if type(batch.frames) is bytes else bytes(batch.frames)
-        data, index = stream.feed(batch.rows, frames, batch.now_ns)
+        data, index = stream.feed(rows, frames, batch.now_ns)
         return Lines(data, index.reshape(-1, 3))
+
+    def _reasons_of(self, rows: np.ndarray[Any, Any], names: dict[int, str]) -> np.ndarray[Any, Any]:
+        """``rows`` with drop reason codes the core names as ``names`` does (a code the batch
+        does not name is ``UNKNOWN(code)``); a code that an earlier batch named otherwise gets a
+        code of its own in the core."""
+        import numpy as np
+
+        col = rows["drop_reason"]
+        remap: dict[int, int] = {}
+        for code in np.unique(col).tolist():
+            if not code:
+                continue
+            name = names.get(code, f"UNKNOWN({code})")
+            have = self._reasons.get(code)
+            if have == name:
+                continue
+            if have is None:
+                self._reasons[code] = name
+                self.stream.set_drop_reason(code, _wtf8(name))
+                continue
+            alias = self._aliases.get(name)
+            if alias is None:
+                alias = self._aliases[name] = 0x8000_0000 + len(self._aliases)
+                self._reasons[alias] = name
+                self.stream.set_drop_reason(alias, _wtf8(name))
+            remap[code] = alias
+        if not remap:
+            return rows
+        rows = rows.copy()
+        col = rows["drop_reason"]
+        for code, alias in remap.items():
+            col[col == code] = alias
+        return rows
+
+    def _add(self, position: int, label: HopLabel) -> int:
+        """The core's index of ``label`` at ``position`` of a batch's table, told when new."""
+        key = (position, label)
+        got = self._index.get(key)
+        if got is None:
+            got = self._index[key] = self._count
+            self._count += 1
+            self.stream.add_hop(_wtf8(label.node), _wtf8(label.iface), label.linktype)
+        return got
 
 
 class _Annotated:

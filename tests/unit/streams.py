@@ -40,8 +40,12 @@ def flood(n: int, seed: int) -> list[Observation]:
 
 
 def batches_of(obs: list[Observation], cuts: list[int]) -> list[ObsBatch]:
+    """``obs`` in batches cut at ``cuts``, as a source yields them: one label table, one frames
+    buffer and one drop reason table shared by every batch (ObsBatch's contract)."""
+    whole = ObsBatch.from_observations(obs)
     bounds = sorted({0, len(obs), *(min(c, len(obs)) for c in cuts)})
-    return [ObsBatch.from_observations(obs[a:b]) for a, b in pairwise(bounds)]
+    return [ObsBatch(rows=whole.rows[a:b], hops=whole.hops, frames=whole.frames, drop_reasons=whole.drop_reasons)
+            for a, b in pairwise(bounds)]
 
 
 def hostile(n: int, seed: int) -> list[Observation]:
