@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from tracer.model import Flow, HopLabel, ObsBatch, PacketPath, SourceKind, Stats
+from tracer.model import Flow, HopLabel, ObsBatch, PacketPath, Stats
 
 if TYPE_CHECKING:
     import numpy as np
@@ -59,6 +59,9 @@ class Lines:
 
     data: bytes
     index: np.ndarray[Any, Any]
+    #: Per hop of each path line, in line order: ``(ifindex, source, digest, wire_len)``, what
+    #: the line does not say (row views carry it).
+    hops: np.ndarray[Any, Any] | None = None
 
     def then(self, other: Lines) -> Lines:
         """These lines followed by ``other``'s."""
@@ -66,16 +69,24 @@ class Lines:
 
         moved = other.index.copy()
         moved[:, 0] += len(self.data)
-        return Lines(self.data + other.data, np.concatenate([self.index, moved]))
+        hops = None if self.hops is None or other.hops is None else np.concatenate([self.hops, other.hops])
+        return Lines(self.data + other.data, np.concatenate([self.index, moved]), hops)
 
-    def events(self, source: SourceKind = "file") -> list[Event]:
+    def events(self) -> list[Event]:
         """The row views of the lines (for sinks that need objects)."""
         data = self.data
         out: list[Event] = []
         loads = json.loads
+        extras: list[list[int]] = [] if self.hops is None else self.hops.tolist()
+        at = 0
         for off, length, kind in self.index.tolist():
             d = loads(data[off:off + length])
-            out.append(PacketPath.from_json(d, source) if kind == PATH_LINE else Flow.from_json(d))
+            if kind == PATH_LINE:
+                n = len(d["hops"]) if extras else 0
+                out.append(PacketPath.from_json(d, extras[at:at + n]))
+                at += n
+            else:
+                out.append(Flow.from_json(d))
         return out
 
 
@@ -135,14 +146,9 @@ class Engine:
         return (self.duration_s is not None and self._t0 is not None
                 and time.monotonic() - self._t0 >= self.duration_s)
 
-    def _source_kind(self) -> SourceKind:
-        kind = self.source.kind
-        return kind if kind in ("ebpf", "pcap") else "file"  # type: ignore[return-value]
-
     def events(self) -> Iterator[list[Event]]:
-        kind = self._source_kind()
         for lines in self.chunks():
-            yield lines.events(kind)
+            yield lines.events()
 
     def chunks(self) -> Iterator[Lines]:
         from tracer import _core  # type: ignore[attr-defined]  # the compiled core, no stub
@@ -153,7 +159,7 @@ class Engine:
         stream = self._stream = _core.Stream(count=None if count is None else max(count, 0),
                                              filter=self.path_filter is not None)
         feeder = _Feeder(stream, self.path_filter)
-        annotate = _Annotated(self.annotators, self._source_kind()) if self.annotators else None
+        annotate = _Annotated(self.annotators) if self.annotators else None
         self._t0 = time.monotonic()
         self._t1 = None
         self.source.start()
@@ -185,8 +191,8 @@ class Engine:
         held: Lines | None = None
         more = True
         while more:
-            data, index, more = stream.flush_slice()
-            lines = Lines(data, index.reshape(-1, 3))
+            data, index, hops, more = stream.flush_slice()
+            lines = Lines(data, index.reshape(-1, 3), hops.reshape(-1, 4))
             if held is not None:
                 if more or (lines.index[:, 2] == PATH_LINE).any():
                     yield held if annotate is None else annotate(held)
@@ -242,8 +248,8 @@ class _Feeder:
             for lt in stream.linktypes_without_program():
                 stream.set_program(lt, self.path_filter.insns(lt))
             frames = batch.frames if type(batch.frames) is bytes else bytes(batch.frames)
-        data, index = stream.feed(rows, frames, batch.now_ns)
-        return Lines(data, index.reshape(-1, 3))
+        data, index, hops = stream.feed(rows, frames, batch.now_ns)
+        return Lines(data, index.reshape(-1, 3), hops.reshape(-1, 4))
 
     def _reasons_of(self, rows: np.ndarray[Any, Any], names: dict[int, str]) -> np.ndarray[Any, Any]:
         """``rows`` with drop reason codes the core names as ``names`` does (a code the batch
@@ -294,9 +300,8 @@ class _Annotated:
     row views, annotated, rendered again. A flow takes the conntrack entry the first of its
     paths' NAT events names."""
 
-    def __init__(self, annotators: Sequence[Annotator], source: SourceKind) -> None:
+    def __init__(self, annotators: Sequence[Annotator]) -> None:
         self.annotators = list(annotators)
-        self.source = source
         self._flow_ct: dict[str, int] = {}
 
     def __call__(self, lines: Lines) -> Lines:
@@ -308,7 +313,7 @@ class _Annotated:
             return lines
         parts: list[str] = []
         kinds: list[int] = []
-        for ev in lines.events(self.source):
+        for ev in lines.events():
             if isinstance(ev, PacketPath):
                 p = ev
                 for annotate in self.annotators:
@@ -332,7 +337,7 @@ class _Annotated:
         for k, (b, kind) in enumerate(zip(encoded, kinds, strict=True)):
             index[k] = (at, len(b) - 1, kind)
             at += len(b)
-        return Lines(b"".join(encoded), index)
+        return Lines(b"".join(encoded), index, lines.hops)
 
 
 # gen0 threshold for the CLI pipelines (CPython's default: 700). See gc_policy().
@@ -372,7 +377,6 @@ def run(engine: Engine, sinks: Sequence[Sink]) -> Stats:
 
 
 def _run(engine: Engine, sinks: Sequence[Sink]) -> Stats:
-    kind = engine._source_kind()
     raw = [s for s in sinks if isinstance(s, NdjsonLines)]
     objs = [s for s in sinks if not isinstance(s, NdjsonLines)]
     try:
@@ -381,7 +385,7 @@ def _run(engine: Engine, sinks: Sequence[Sink]) -> Stats:
                 for r in raw:
                     r.on_ndjson(lines.data)
                 if objs:
-                    for ev in lines.events(kind):
+                    for ev in lines.events():
                         if isinstance(ev, PacketPath):
                             for s in objs:
                                 s.on_path(ev)

@@ -16,6 +16,7 @@ numpy is imported lazily: ``tracer.model`` is imported by start-up paths
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Literal
@@ -52,6 +53,9 @@ class Src(IntEnum):
     FILE = 0
     EBPF = 1
     PCAP = 2
+
+
+_SRC_NAMES: dict[int, SourceKind] = {Src.FILE: "file", Src.EBPF: "ebpf", Src.PCAP: "pcap"}
 
 
 # IP protocol numbers hoptrace names; anything else is shown as its number.
@@ -305,11 +309,12 @@ class Observation:
         return proto_name(self.family, self.proto, self.ethertype)
 
     @classmethod
-    def from_json(cls, d: dict[str, Any], source: SourceKind = "file") -> Observation:
+    def from_json(cls, d: dict[str, Any], source: SourceKind = "file", ifindex: int = 0, digest: int = 0,
+                  wire_len: int = 0) -> Observation:
         """The row view of one hop of a path's NDJSON (tracer/output.py ``_hop_json``'s inverse).
 
-        What the line does not carry stays at its default: the frame bytes, the digest, the
-        wire length, the interface index (0) and the source (``source``)."""
+        What the line does not carry is given (``source``, ``ifindex``, ``digest``, ``wire_len``)
+        or stays empty: the frame bytes."""
         proto_text: str = d["proto"]
         src: str = d["src"]
         if proto_text == "arp" or proto_text.startswith("ether:"):
@@ -324,7 +329,7 @@ class Observation:
         frag = d.get("frag")
         inner = d.get("inner")
         return cls(
-            ts_ns=d["ts_ns"], netns=d["netns"], ifindex=0, ifname=d["iface"], node=d["node"],
+            ts_ns=d["ts_ns"], netns=d["netns"], ifindex=ifindex, ifname=d["iface"], node=d["node"],
             direction=d["dir"], source=source, family=family, proto=proto, src=src, dst=d["dst"],
             length=d["length"], ttl=d["ttl"], skb=int(skb, 16) if skb else None, ethertype=ethertype,
             sport=d["sport"], dport=d["dport"], ip_id=d["ip_id"], flow_label=d.get("flow_label"),
@@ -336,7 +341,7 @@ class Observation:
             inner=None if inner is None else InnerHeader(
                 src=inner["src"], dst=inner["dst"], proto=inner["proto"], sport=inner["sport"],
                 dport=inner["dport"]),
-            drop_reason=d["drop_reason"],
+            drop_reason=d["drop_reason"], digest=digest, wire_len=wire_len,
         )  # fmt: skip
 
     @classmethod
@@ -476,10 +481,18 @@ class PacketPath:
     flow: str | None = None
 
     @classmethod
-    def from_json(cls, d: dict[str, Any], source: SourceKind = "file") -> PacketPath:
-        """The row view of a path's NDJSON object (tracer/output.py ``path_json``'s inverse;
-        see ``Observation.from_json`` for what a line does not carry)."""
-        return cls(id=d["id"], hops=tuple(Observation.from_json(h, source) for h in d["hops"]),
+    def from_json(cls, d: dict[str, Any], extras: Sequence[Sequence[int]] = ()) -> PacketPath:
+        """The row view of a path's NDJSON object (tracer/output.py ``path_json``'s inverse).
+        ``extras``: per hop, what the line does not say, ``(ifindex, source, digest, wire_len)``
+        (``source`` as ``Src``); without them those are 0 and the source "file"."""
+        hops = d["hops"]
+        if extras:
+            views = tuple(Observation.from_json(h, _SRC_NAMES.get(e[1], "file"), e[0] - (e[0] >> 31 << 32),
+                                                e[2], e[3])
+                          for h, e in zip(hops, extras, strict=True))
+        else:
+            views = tuple(Observation.from_json(h) for h in hops)
+        return cls(id=d["id"], hops=views,
                    nat=tuple(NatEvent.from_json(e) for e in d["nat"]), verdict=d["verdict"],
                    flow=d["flow"])
 

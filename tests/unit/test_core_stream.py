@@ -222,7 +222,7 @@ def test_plain_function_annotators() -> None:
         assert '"verdict": "left"' in lines[0]
 
 
-@pytest.mark.parametrize("fixture", ["internet-ping.pcapng", "udp.pcapng"])
+@pytest.mark.parametrize("fixture", ["internet-ping.pcapng", "udp.pcapng", "blocked.pcapng", "hairpin.pcapng"])
 def test_row_views_are_the_reference_objects(fixture: str) -> None:
     """events(): the row views built from the core's lines are the Python engine's paths and
     flows (as their NDJSON objects), batch by batch."""
@@ -230,6 +230,15 @@ def test_row_views_are_the_reference_objects(fixture: str) -> None:
     got = [as_json(evs) for evs in Engine(Batches(batches)).events()]
     want = [as_json([e for e in evs if not isinstance(e, str)]) for evs in ref.Engine(Batches(batches)).events()]
     assert [x for x in got if x] == [x for x in want if x]
+
+    def unframed(evs: Sequence[Any]) -> list[Any]:
+        return [replace(e, hops=tuple(replace(h, frame=b"") for h in e.hops)) if isinstance(e, PacketPath) else e
+                for e in evs]
+
+    # As objects too: what a line does not say (interface index, source, digest, wire length)
+    # comes with it; only the frame bytes stay behind.
+    objs = [e for evs in Engine(Batches(batches)).events() for e in evs]
+    assert objs == unframed([e for evs in ref.Engine(Batches(batches)).events() for e in evs])
 
 
 def test_text_output_from_row_views() -> None:

@@ -11,8 +11,8 @@ mod finish;
 mod reader;
 mod report;
 mod stages;
-mod text;
 mod stream;
+mod text;
 
 /// The core's version (a stale extension shows here: compare with the package's).
 #[pyfunction]

@@ -7,8 +7,13 @@
 //! sink and builds row views (`PacketPath.from_json`) only for sinks that need objects.
 //! The work runs with the GIL released.
 
+use std::sync::{Arc, Mutex};
+
 use hoptrace_core::bpf::Program;
 use hoptrace_core::engine::{Engine, EngineConfig};
+use hoptrace_core::finish::{PathSink, ShownPath};
+use hoptrace_core::flows::ClosedFlow;
+use hoptrace_core::labels::Labels;
 use hoptrace_core::obs::Obs;
 use numpy::PyArray1;
 use pyo3::exceptions::PyValueError;
@@ -22,10 +27,37 @@ const PATH: u64 = 0;
 const FLOW: u64 = 1;
 const STATS: u64 = 2;
 
-/// NDJSON bytes and their index: `(offset, length, kind)` per line, flattened into one
+/// NDJSON bytes, their index: `(offset, length, kind)` per line, flattened into one
 /// uint64 array (reshape to `(-1, 3)`); `length` leaves the newline out; kind 0 is a path,
-/// 1 a flow, 2 a stats line.
-type Output<'py> = (Bound<'py, PyBytes>, Bound<'py, PyArray1<u64>>);
+/// 1 a flow, 2 a stats line; and what a path's line does not say of its hops, for row
+/// views: `(ifindex, source, digest, wire_len)` per hop of each path line, in line order,
+/// flattened (reshape to `(-1, 4)`).
+type Output<'py> = (
+    Bound<'py, PyBytes>,
+    Bound<'py, PyArray1<u64>>,
+    Bound<'py, PyArray1<u64>>,
+);
+
+/// Per hop of each shown path, in the order the lines are written: what its line leaves out.
+#[derive(Debug, Default)]
+struct HopExtras(Arc<Mutex<Vec<u64>>>);
+
+impl PathSink for HopExtras {
+    fn path(&mut self, p: &ShownPath<'_>, _labels: &Labels) {
+        // A poisoned lock (a panic elsewhere while held) still holds a whole Vec.
+        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for o in p.hops {
+            v.extend([
+                o.ifindex as u32 as u64,
+                u64::from(o.source),
+                o.digest,
+                u64::from(o.wire_len),
+            ]);
+        }
+    }
+
+    fn flow(&mut self, _f: &ClosedFlow) {}
+}
 
 /// The lines of `data`: every line the finisher writes starts `{"type": "<kind>"`, and
 /// JSON strings escape newlines, so each newline ends one.
@@ -57,15 +89,18 @@ pub struct Stream {
     core: Engine,
     rows: Vec<Obs>,
     index: Vec<u64>,
+    extras: Arc<Mutex<Vec<u64>>>,
 }
 
 impl Stream {
     fn output<'py>(&mut self, py: Python<'py>) -> Output<'py> {
         let data = self.core.take_output();
         index_lines(&data, &mut self.index);
+        let extras = std::mem::take(&mut *self.extras.lock().unwrap_or_else(|e| e.into_inner()));
         (
             PyBytes::new(py, &data),
             PyArray1::from_slice(py, &self.index),
+            PyArray1::from_vec(py, extras),
         )
     }
 }
@@ -99,10 +134,14 @@ impl Stream {
             }
             cfg.finish.max_flow_paths = m;
         }
+        let mut core = Engine::new(cfg);
+        let extras = Arc::new(Mutex::new(Vec::new()));
+        core.set_sink(Box::new(HopExtras(Arc::clone(&extras))), true);
         Ok(Stream {
-            core: Engine::new(cfg),
+            core,
             rows: Vec::new(),
             index: Vec::new(),
+            extras,
         })
     }
 
@@ -138,7 +177,7 @@ impl Stream {
 
     /// One batch: ``rows`` (an OBS_DTYPE array, or its bytes), ``frames`` (the bytes the
     /// rows' ``frame_off``/``frame_len`` slice) and, from a live source, its clock
-    /// ``now_ns``. Returns what finished: ``(ndjson, index)``.
+    /// ``now_ns``. Returns what finished: ``(ndjson, index, hops)``.
     #[pyo3(signature = (rows, frames, now_ns=None))]
     fn feed<'py>(
         &mut self,
@@ -154,7 +193,7 @@ impl Stream {
     }
 
     /// Nothing was seen until ``now_ns`` (a live source's clock): paths and flows idle
-    /// long enough finish. Returns ``(ndjson, index)``.
+    /// long enough finish. Returns ``(ndjson, index, hops)``.
     fn advance<'py>(&mut self, py: Python<'py>, now_ns: u64) -> Output<'py> {
         let core = &mut self.core;
         py.detach(|| core.advance(now_ns));
@@ -162,16 +201,22 @@ impl Stream {
     }
 
     /// End of input, one slice at a time (the longest idle paths first): returns
-    /// ``(ndjson, index, more)``; once ``more`` is False every flow has closed and its
-    /// line is in that last output.
+    /// ``(ndjson, index, hops, more)``; once ``more`` is False every flow has closed and
+    /// its line is in that last output.
+    #[allow(clippy::type_complexity)]
     fn flush_slice<'py>(
         &mut self,
         py: Python<'py>,
-    ) -> (Bound<'py, PyBytes>, Bound<'py, PyArray1<u64>>, bool) {
+    ) -> (
+        Bound<'py, PyBytes>,
+        Bound<'py, PyArray1<u64>>,
+        Bound<'py, PyArray1<u64>>,
+        bool,
+    ) {
         let core = &mut self.core;
         let more = py.detach(|| core.flush_slice());
-        let (data, index) = self.output(py);
-        (data, index, more)
+        let (data, index, extras) = self.output(py);
+        (data, index, extras, more)
     }
 
     /// Sightings fed so far.
