@@ -692,6 +692,9 @@ class Correlator:
                 if cands is None:
                     by_fp[f] = [p]
                 else:
+                    # Idle longer than the window: no candidate, finished yet or not (as
+                    # tests/reference/correlate.py: the join does not depend on batching).
+                    cands[:] = [c for c in cands if t - c.last_ts <= window]
                     cands.append(p)
                     if len(cands) > _MAX_SAME_FP:
                         # A flood of identical packets: the oldest gets no more hops.

@@ -21,6 +21,8 @@ fingerprint, a sighting joins
 and only if it is within the window of that path's latest sighting (addresses are
 reused after free; identical packets — repeated pings, retransmissions — come and go).
 At most ``max_same_fp`` open paths per fingerprint are candidates; the oldest drops out.
+A path idle longer than the window when another with its fingerprint opens is no candidate
+any more, whether or not it has finished yet: so the join does not depend on batching.
 
 Batches are taken ``chunk`` rows at a time; a chunk's sightings are stepped in time
 order (equal times in arrival order). A sighting that starts a path leaving a namespace
@@ -315,6 +317,9 @@ class Correlator:
             p = OpenPath(self.paths, fp, skb, t, t, [sighting], [place])
             self.open[p.num] = p
             cands = self.candidates.setdefault(fp, [])
+            # Idle longer than the window: no candidate, finished yet or not (expiry's timing
+            # depends on batching; the sighting's time does not).
+            cands[:] = [c for c in cands if t - c.last_ts <= self.window_ns]
             cands.append(p)
             if len(cands) > self.max_same_fp:
                 del cands[0]  # a flood of identical packets: the oldest gets no more hops

@@ -10,7 +10,9 @@
 //!   within `window_ns` of that path's latest sighting; a different known skb is
 //!   another packet. Otherwise it opens a path, numbered then (1, 2, ...);
 //!   beyond [`MAX_SAME_FP`] open paths with one fingerprint the oldest gets no
-//!   more sightings;
+//!   more sightings, counting only paths seen within `window_ns` before the new
+//!   one (an idle path counts as little when expiry has not reached it yet as
+//!   when it has: the join does not depend on when expiry runs);
 //! * after each chunk, paths idle since before `clock - window_ns` finish (the
 //!   clock is the latest time seen, or a source's `now_ns`), in the order they
 //!   went idle: (time of the last sighting, number); then, if more than
@@ -254,8 +256,9 @@ impl Joiner {
                 None => {
                     self.paths += 1;
                     let claim = row.and_then(|o| claim(o, ev));
+                    let max_same_fp = self.cfg.max_same_fp;
                     self.open
-                        .start(self.paths, k, g, obs, claim, self.cfg.max_same_fp);
+                        .start(self.paths, k, g, obs, claim, max_same_fp, window);
                 }
             }
         }

@@ -73,7 +73,9 @@ impl Path {
 /// Open paths sharing one fingerprint, oldest first, as (slot, number). A path
 /// that finished stays listed until its fingerprint is next seen or the table
 /// is swept (so finishing a path does not look its fingerprint up again): an
-/// entry counts only while its slot still holds that number.
+/// entry counts only while its slot still holds that number, and against
+/// `max_same_fp` only while seen within the window of the path opening (as if
+/// finished: expiry may not have reached it yet).
 enum Cands {
     One((u32, u64)),
     Many(Vec<(u32, u64)>),
@@ -132,6 +134,10 @@ impl OpenPaths {
     }
 
     /// A new path, number `num`, opened by sighting `k` (stream index `g`), which claimed `claim`.
+    /// It joins its fingerprint's candidates, the oldest of which drops out beyond
+    /// `max_same_fp`; candidates idle longer than `window` before `k` leave first, whether
+    /// or not they have finished yet (when expiry ran depends on batching, `k.ts` does not).
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         &mut self,
         num: u64,
@@ -140,6 +146,7 @@ impl OpenPaths {
         obs: Option<&Obs>,
         claim: Option<Claim>,
         max_same_fp: usize,
+        window: u64,
     ) {
         let slot = match self.free.pop() {
             Some(s) => s,
@@ -172,7 +179,10 @@ impl OpenPaths {
         });
         let me = (slot, num);
         let slab = &self.slab;
-        let live = |(s, n): (u32, u64)| slab.get(s as usize).is_some_and(|p| p.num == n);
+        let live = |(s, n): (u32, u64)| {
+            slab.get(s as usize)
+                .is_some_and(|p| p.num == n && k.ts.saturating_sub(p.last_ts) <= window)
+        };
         match self.by_fp.entry(k.fp) {
             Slot::Vacant(v) => {
                 v.insert(Cands::One(me));
@@ -181,7 +191,8 @@ impl OpenPaths {
                 let c = o.get_mut();
                 if let Cands::One(first) = *c {
                     if !live(first) && max_same_fp > 0 {
-                        // The one listed has finished: this path alone, no list.
+                        // The one listed has finished (or is idle past the window): this path
+                        // alone, no list.
                         *c = Cands::One(me);
                         return;
                     }

@@ -219,6 +219,40 @@ fn beyond_max_same_fp_the_oldest_gets_no_more_sightings() {
 }
 
 #[test]
+fn a_path_idle_past_the_window_counts_against_max_same_fp_in_no_batching() {
+    // (the saved proptest case, smaller) Paths A then B of one packet at one hop; A is seen
+    // again; C opens a window (+ d ns) after B's last sighting, then a sighting only A or C
+    // can take. At d = 1, B is idle past the window whether or not expiry has reached it:
+    // it does not count, so A stays a candidate (the oldest) and takes it. At d = 0, B
+    // counts, so A drops out (max_same_fp 2) and C takes it. In one batch or ticked.
+    let (t, w) = (1000 * MS, 100 * MS);
+    let cfg = JoinConfig {
+        window_ns: w,
+        max_same_fp: 2,
+        ..JoinConfig::default()
+    };
+    for d in [0, 1] {
+        let tc = t + US + w + d;
+        let rows = [
+            at(3, t, 1),           // A
+            at(3, t + US, 1),      // B
+            at(0, t + 50 * MS, 1), // A
+            at(3, tc, 1),          // C (A and B were seen at this hop)
+            at(1, tc + US, 1),     // B is too old for it
+        ];
+        let want = if d == 0 {
+            vec![(2, vec![1]), (1, vec![0, 2]), (3, vec![3, 4])]
+        } else {
+            vec![(2, vec![1]), (3, vec![3]), (1, vec![0, 2, 4])]
+        };
+        assert_eq!(run(cfg, &[(&rows, None)]), want, "d = {d}");
+        // a tick at C's time finishes B first when it is idle past the window
+        let ticked = run(cfg, &[(&rows[..3], Some(tc)), (&rows[3..], None)]);
+        assert_eq!(ticked, want, "d = {d}, ticked");
+    }
+}
+
+#[test]
 fn chunks_of_a_batch_finish_paths_between_them() {
     // a packet idle for longer than the window inside one batch: finished after its chunk,
     // so a late sighting in a later chunk opens a new path
@@ -365,6 +399,13 @@ fn naive(cfg: JoinConfig, batches: &[(Vec<Obs>, Option<u64>)]) -> Vec<(u64, Vec<
                     }
                     None => {
                         nums += 1;
+                        // idle longer than the window before t: no longer a candidate
+                        for &k in &by_num {
+                            if t.saturating_sub(open[k].last) > cfg.window_ns {
+                                open[k].cand = false;
+                            }
+                        }
+                        by_num.retain(|&k| open[k].cand);
                         if by_num.len() >= cfg.max_same_fp {
                             open[by_num[0]].cand = false;
                         }
