@@ -543,7 +543,10 @@ fn paths_of(out: &Finished) -> Vec<(u64, Vec<u64>)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(300))]
+    // 300 cases unless PROPTEST_CASES says (with_cases alone would ignore it)
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(300)
+    ))]
 
     #[test]
     fn the_join_is_the_naive_model(rows in stream(), cfg in config(),
