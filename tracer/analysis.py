@@ -502,6 +502,9 @@ def import_in_background() -> threading.Thread:
     """Start importing pyarrow's Parquet writer (and numpy) on a thread, to overlap the
     ~0.15 s it takes with work that runs without the GIL; ``join`` it before use."""
 
+    # Nothing here multiplies matrices: OpenBLAS's idle threads would only spin (~25 ms CPU).
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
     def load() -> None:
         with contextlib.suppress(ImportError):  # reported where it is used
             import pyarrow.parquet  # noqa: F401

@@ -137,6 +137,19 @@ impl<T: Copy> Chunked<T> {
         self.chunks.push(c);
     }
 
+    /// Rows in order; a path's rows in one go when its chunk has room for them all.
+    #[inline]
+    pub fn extend<I: ExactSizeIterator<Item = T>>(&mut self, rows: I) {
+        match self.chunks.last_mut() {
+            Some(c) if c.len() + rows.len() <= CHUNK_ROWS => c.extend(rows),
+            _ => {
+                for v in rows {
+                    self.push(v);
+                }
+            }
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.chunks.iter().map(Vec::len).sum()
     }
@@ -598,18 +611,22 @@ impl Columns {
         .any(|c| c.overflow())
     }
 
+    /// The path's rows column by column: a column's values of all its hops in one go.
     fn add_obs(&mut self, flow_valid: bool, hops: &[Obs], labels: &Labels) {
         let c = &mut self.obs;
         let ids = &self.paths;
         let t0 = hops.first().map_or(0, |o| o.ts_ns as i64);
-        for (k, o) in hops.iter().enumerate() {
-            let label = labels.get(o.hop);
+        for _ in hops {
             c.path_id.push_last_of(&ids.path_id);
             c.flow.push_last_of(&ids.flow);
-            c.flow_valid.push(flow_valid);
-            c.hop.push(k as u16);
-            c.ts_ns.push(o.ts_ns as i64);
-            c.since_first_ns.push((o.ts_ns as i64).wrapping_sub(t0));
+        }
+        c.flow_valid.extend(hops.iter().map(|_| flow_valid));
+        c.hop.extend((0..hops.len()).map(|k| k as u16));
+        c.ts_ns.extend(hops.iter().map(|o| o.ts_ns as i64));
+        c.since_first_ns
+            .extend(hops.iter().map(|o| (o.ts_ns as i64).wrapping_sub(t0)));
+        for o in hops {
+            let label = labels.get(o.hop);
             c.node.push(label.node_id, |out| {
                 out.extend_from_slice(&label.node_raw);
                 true
@@ -618,8 +635,10 @@ impl Columns {
                 out.extend_from_slice(&label.iface_raw);
                 true
             });
-            c.netns.push(o.netns as i64);
-            c.ifindex.push(o.ifindex);
+        }
+        c.netns.extend(hops.iter().map(|o| o.netns as i64));
+        c.ifindex.extend(hops.iter().map(|o| o.ifindex));
+        for o in hops {
             c.dir.push(o.dir, |out| {
                 let name: &[u8] = match o.dir {
                     1 => b"rx",
@@ -638,27 +657,33 @@ impl Columns {
                 });
                 true
             });
-            c.family.push(o.family);
             c.proto.push(o);
-            c.ethertype.push(o.ethertype);
+        }
+        c.family.extend(hops.iter().map(|o| o.family));
+        c.ethertype.extend(hops.iter().map(|o| o.ethertype));
+        for o in hops {
             push_addr_row(&mut c.src, addr_key(o.family, o.ethertype, &o.src));
+        }
+        for o in hops {
             push_addr_row(&mut c.dst, addr_key(o.family, o.ethertype, &o.dst));
-            c.has.push(o.has);
-            c.sport.push(o.sport);
-            c.dport.push(o.dport);
-            c.ip_id.push(o.ip_id);
-            c.ttl.push(o.ttl);
-            c.tcp_flags.push(o.tcp_flags);
-            c.tcp_seq.push(o.tcp_seq);
-            c.tcp_ack.push(o.tcp_ack);
-            c.icmp_type.push(o.icmp_type);
-            c.icmp_code.push(o.icmp_code);
-            c.icmp_id.push(o.icmp_id);
-            c.icmp_seq.push(o.icmp_seq);
-            c.length.push(o.length);
-            c.wire_len.push(o.wire_len);
-            c.skb.push(o.skb);
-            c.digest.push(o.digest);
+        }
+        c.has.extend(hops.iter().map(|o| o.has));
+        c.sport.extend(hops.iter().map(|o| o.sport));
+        c.dport.extend(hops.iter().map(|o| o.dport));
+        c.ip_id.extend(hops.iter().map(|o| o.ip_id));
+        c.ttl.extend(hops.iter().map(|o| o.ttl));
+        c.tcp_flags.extend(hops.iter().map(|o| o.tcp_flags));
+        c.tcp_seq.extend(hops.iter().map(|o| o.tcp_seq));
+        c.tcp_ack.extend(hops.iter().map(|o| o.tcp_ack));
+        c.icmp_type.extend(hops.iter().map(|o| o.icmp_type));
+        c.icmp_code.extend(hops.iter().map(|o| o.icmp_code));
+        c.icmp_id.extend(hops.iter().map(|o| o.icmp_id));
+        c.icmp_seq.extend(hops.iter().map(|o| o.icmp_seq));
+        c.length.extend(hops.iter().map(|o| o.length));
+        c.wire_len.extend(hops.iter().map(|o| o.wire_len));
+        c.skb.extend(hops.iter().map(|o| o.skb));
+        c.digest.extend(hops.iter().map(|o| o.digest));
+        for o in hops {
             push_drop_reason(&mut c.drop_reason, o.drop_reason, labels);
         }
     }
@@ -859,7 +884,11 @@ mod tests {
         let mut s = ChunkedStr::default();
         let mut ids = ChunkedStr::default();
         for i in 0..(2 * CHUNK_ROWS + 3) {
-            n.push(i as u32);
+            if i % 7 == 1 {
+                n.extend([i as u32].into_iter()); // a path of one row
+            } else {
+                n.push(i as u32);
+            }
             ids.push_with(|out| out.extend_from_slice(if i % 2 == 0 { b"ab" } else { b"c" }));
             s.push_last_of(&ids);
         }
@@ -882,6 +911,22 @@ mod tests {
         }
         assert_eq!(s.len(), 2 * CHUNK_ROWS + 3);
         assert!(!s.overflow());
+    }
+
+    #[test]
+    fn paths_rows_cross_chunk_boundaries() {
+        let mut n: Chunked<u32> = Chunked::default();
+        let mut next = 0u32;
+        while (next as usize) < 3 * CHUNK_ROWS {
+            let len = 1 + next % 13; // paths of 1 to 13 rows, some across a boundary
+            n.extend(next..next + len);
+            next += len;
+        }
+        assert!(n
+            .chunks
+            .iter()
+            .all(|c| c.len() <= CHUNK_ROWS && c.capacity() == CHUNK_ROWS));
+        assert_eq!(n.to_vec(), (0..next).collect::<Vec<_>>());
     }
 
     #[test]
