@@ -52,7 +52,7 @@ import gc
 import itertools
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -457,13 +457,27 @@ def _made(directory: str | os.PathLike[str]) -> Path:
 
 
 def write_tables(tables: dict[str, pa.Table], directory: str | os.PathLike[str]) -> dict[str, Path]:
-    """Write ``to_tables``' (or ``tables_from_core``') tables into ``directory`` (created).
-    pyarrow's writer runs without the GIL: the first (largest) table is written on a thread
-    of its own while this one writes the others."""
+    """Write ``to_tables``' (or ``tables_from_core``') tables into ``directory`` (created)."""
+    return start_writing(tables, directory)()
+
+
+def start_writing(tables: dict[str, pa.Table], directory: str | os.PathLike[str]) -> Callable[[], dict[str, Path]]:
+    """Start writing the tables into ``directory`` (created) on threads, as pyarrow writes
+    without the GIL: the first (largest) table on one, the others on another. Returns the
+    wait: it gives the files written, or raises the error of the first table that failed
+    (or of the directory)."""
     with _no_gc():
         import pyarrow.parquet as pq
 
-    out = _made(directory)
+    try:
+        out = _made(directory)
+    except UsageError as exc:
+        failed = exc
+
+        def fail() -> dict[str, Path]:
+            raise failed
+
+        return fail
 
     def write(name: str, table: pa.Table) -> Path:
         target = out / f"{name}.parquet"
@@ -477,25 +491,32 @@ def write_tables(tables: dict[str, pa.Table], directory: str | os.PathLike[str])
         return target
 
     items = list(tables.items())
-    if len(items) < 2:
-        return {name: write(name, table) for name, table in items}
-    first: list[Path | Exception] = []
+    results: dict[str, Path | Exception] = {}
 
-    def write_first() -> None:
-        try:
-            first.append(write(*items[0]))
-        except Exception as exc:  # re-raised below, in the caller's thread
-            first.append(exc)
+    def write_all(group: list[tuple[str, pa.Table]]) -> None:
+        for name, table in group:
+            try:
+                results[name] = write(name, table)
+            except Exception as exc:  # raised by wait, in the caller's thread
+                results[name] = exc
 
-    worker = threading.Thread(target=write_first, name="parquet-writer")
-    worker.start()
-    try:
-        rest = {name: write(name, table) for name, table in items[1:]}
-    finally:
-        worker.join()
-    if isinstance(first[0], Exception):
-        raise first[0]
-    return {items[0][0]: first[0], **rest}
+    threads = [threading.Thread(target=write_all, args=(g,), name="parquet-writer")
+               for g in (items[:1], items[1:]) if g]  # fmt: skip
+    for t in threads:
+        t.start()
+
+    def wait() -> dict[str, Path]:
+        for t in threads:
+            t.join()
+        written: dict[str, Path] = {}
+        for name, _ in items:
+            got = results[name]
+            if isinstance(got, Exception):
+                raise got
+            written[name] = got
+        return written
+
+    return wait
 
 
 def import_in_background() -> threading.Thread:

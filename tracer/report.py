@@ -186,9 +186,8 @@ def _table(header: list[str], rows: list[list[str]], markdown: bool) -> list[str
         out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         out += ["| " + " | ".join(r) + " |" for r in rows]
         return out
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
-    fmt = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
-    return ["  " + fmt(header), *("  " + fmt(r) for r in rows)]
+    widths = [max(map(len, col)) for col in zip(header, *rows, strict=True)]
+    return ["  " + "  ".join(map(str.ljust, r, widths)).rstrip() for r in (header, *rows)]
 
 
 def render(summary: Summary, fmt: str, files: list[str]) -> str:
@@ -323,9 +322,11 @@ def run(args: argparse.Namespace) -> int:
         if r["observations"] == 0:
             raise error  # nothing was read: an empty report would only hide the one line that matters
     labels = files + [h.split("=", 1)[-1] for h in hop_args]
+    # The Parquet files are written on threads while the report is rendered and printed.
+    writing = analysis.start_writing(analysis.tables_from_core(r["columns"]), parquet) if parquet else None
     write_report(summary, args.format, labels, sys.stdout)
-    if parquet:
-        written = analysis.write_tables(analysis.tables_from_core(r["columns"]), parquet)
+    if writing is not None:
+        written = writing()
         if args.format != "json":
             print("parquet: " + term_safe(", ".join(str(p) for p in written.values())))
     if error is not None:

@@ -192,6 +192,16 @@ def test_parquet_of_columns_in_several_chunks(tmp_path: Path) -> None:
     same_parquet(tmp_path, [str(capture)])
 
 
+def test_parquet_directory_that_cannot_be_made(tmp_path: Path) -> None:
+    """The report is printed, then the one error line (the files are written on threads
+    while the report renders: the order must not change)."""
+    (tmp_path / "file").write_bytes(b"")
+    argv = [str(FIXTURES / "published-port.pcapng"), "--parquet", str(tmp_path / "file" / "out")]
+    want = run(reference.run, argv)
+    assert want[2] == 2 and "cannot create" in want[1] and want[0]
+    assert run(product.run, argv) == want
+
+
 def test_pyarrow_writes_chunked_columns_as_one_array() -> None:
     """What the chunked columns rely on, at a size where the writer cuts several data pages
     per column (>1 MB): the same bytes for one array and for chunks of any length."""
