@@ -1,9 +1,8 @@
-"""The reference ``hoptrace replay --json``: batches -> tests/reference/correlate.py -> NDJSON lines.
+"""The reference ``hoptrace replay --json``: batches -> tests/reference/engine.py -> NDJSON lines.
 
-Drives the reference correlator as the engine drives the core's: each batch fed (an empty
-one only moves the clock, if it carries one), the flows taken after it; at the end of
-input (or at a damaged file: what was read before the damage still comes out) the open
-paths flushed in slices of ``FLUSH_SLICE``, then the flows; the stats line last.
+The reference engine (the reference correlator, driven batch by batch) over batches or
+over files read by the reference reader; a damaged file ends the input, what was read
+before the damage still comes out, the stats line last, and the error is held.
 
 With a filter (``--filter``), a path is shown when the frame of any of its hops matches
 the expression as libpcap itself runs it (``pcap_offline_filter``, the captured length
@@ -13,18 +12,17 @@ does, but is not written or counted, and a flow lists only shown paths (none: no
 
 from __future__ import annotations
 
+import io
 import struct
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from tests.reference.correlate import Correlator
-from tests.reference.render import flow_json, line, path_json, stats_json
+from tests.reference.engine import Engine, NdjsonSink, run
 from tracer.errors import CaptureFileError
-from tracer.model import Flow, ObsBatch, Observation, PacketPath
+from tracer.model import ObsBatch, Observation, PacketPath
 
-FLUSH_SLICE = 4096
 LINKTYPE_RAW = 101
 
 
@@ -101,77 +99,49 @@ class Outcome:
     paths: int = 0
 
 
-class Run:
-    """One run: what it wrote so far (``out.lines``)."""
+class Batches:
+    """A source over batches already made (or being made: a reader's, which may fail)."""
 
-    def __init__(self, correlator: Correlator | None = None, expr: str | None = None, count: int | None = None,
-                 lost_events: int = 0) -> None:
-        self.corr = correlator or Correlator()
-        self.filter = Filter(expr) if expr else None
-        self.count = count
+    kind = "file"
+
+    def __init__(self, batches: Iterable[ObsBatch], lost_events: int = 0) -> None:
+        self._batches = batches
         self.lost_events = lost_events
-        self.out = Outcome()
-        self.kept: set[str] = set()  # shown paths that have a flow, until their flow is written
 
-    def done(self) -> bool:
-        return self.count is not None and self.out.paths >= self.count
+    def start(self) -> None:
+        pass
 
-    def batch(self, batch: ObsBatch) -> None:
-        self.out.observations += len(batch)
-        if self.filter is not None:
-            self.filter.learn(batch)
-        if len(batch):
-            paths = self.corr.feed_batch(batch)
-        else:
-            paths = self.corr.advance(batch.now_ns) if batch.now_ns is not None else []
-        self.emit(paths, self.corr.take_flows())
+    def stop(self) -> None:
+        pass
 
-    def end(self, elapsed_s: float = 0.0) -> Outcome:
-        paths = self.corr.flush(FLUSH_SLICE)
-        while True:
-            more = self.corr.flush(FLUSH_SLICE) if paths else []
-            if not more:
-                self.emit(paths, self.corr.take_flows())
-                break
-            self.emit(paths, [])
-            paths = more
-        self.out.lines.append(line(stats_json(self.out.observations, self.out.paths, self.lost_events, elapsed_s)))
-        return self.out
+    def batches(self) -> Iterable[ObsBatch]:
+        return self._batches
 
-    def emit(self, paths: list[PacketPath], flows: list[Flow]) -> None:
-        for p in paths:
-            if self.done():
-                break
-            if self.filter is not None and not self.filter.keep(p):
-                continue
-            self.out.paths += 1
-            if p.flow is not None:
-                self.kept.add(p.id)
-            self.out.lines.append(line(path_json(p)))
-        for f in flows:
-            shown = tuple(pid for pid in f.paths if pid in self.kept)
-            self.kept.difference_update(f.paths)
-            if shown:
-                self.out.lines.append(line(flow_json(Flow(f.id, f.proto, f.original, f.reply, shown))))
+
+def replay_engine(batches: Iterable[ObsBatch], *, expr: str | None = None, count: int | None = None,
+                  lost_events: int = 0, correlator: Correlator | None = None) -> Engine:
+    """The reference engine over ``batches`` as replay sets it up (``expr``: --filter, ``count``:
+    --count)."""
+    path_filter = Filter(expr) if expr else None
+    engine = Engine(Batches(batches, lost_events), path_filter=path_filter, count=count, correlator=correlator)
+    if path_filter is not None:
+        engine.batch_hooks.append(path_filter.learn)  # each hop's link type, as the pipeline tells it
+    return engine
 
 
 def replay(batches: Iterable[ObsBatch], *, expr: str | None = None, count: int | None = None,
            lost_events: int = 0, correlator: Correlator | None = None) -> Outcome:
-    """NDJSON lines (without newlines) of a stream of batches; a ``CaptureFileError`` raised by
-    the stream ends it and is held in the outcome."""
-    t0 = time.monotonic()
-    run = Run(correlator, expr, count, lost_events)
-    it = iter(batches)
-    while not run.done():
-        try:
-            batch = next(it)
-        except StopIteration:
-            break
-        except CaptureFileError as exc:
-            run.out.error = exc
-            break
-        run.batch(batch)
-    return run.end(time.monotonic() - t0)
+    """NDJSON lines (without newlines) of a stream of batches through the reference engine; a
+    ``CaptureFileError`` raised by the stream ends it (what was read before it still comes
+    out, the stats line last) and is held in the outcome."""
+    engine = replay_engine(batches, expr=expr, count=count, lost_events=lost_events, correlator=correlator)
+    out = io.StringIO()
+    error = None
+    try:
+        run(engine, [NdjsonSink(out)])
+    except CaptureFileError as exc:
+        error = exc
+    return Outcome(out.getvalue().splitlines(), error, engine.observations, engine.paths)
 
 
 def replay_files(files: Sequence[str] = (), hops: Sequence[tuple[str, str]] = (), *, expr: str | None = None,

@@ -1,5 +1,5 @@
 """tracer/engine.py on the core (``tracer._core.Stream``) against the Python engine
-(tests/reference/engine.py over tracer/correlate.py), byte for byte.
+(tests/reference/engine.py over tests/reference/correlate.py), byte for byte.
 
 Both run in-process over the same batches into an NDJSON sink; the lines must be the same
 (the stats line's ``elapsed_s`` aside), and so must the row views ``events()`` hands the TUI,

@@ -4,9 +4,9 @@ text (``path_text``, ``flow_text``, ``stats_text`` as ``TextSink`` writes them),
 reference, byte for byte; and the core's ``term_safe`` (crates/hoptrace-core/src/safe_text.rs)
 against tracer/safe_text.py's.
 
-The reference run is tests/reference's (its reader and correlator, as ``replay_files``
-drives them for the NDJSON) with its paths, flows and stats rendered by tracer/output.py in
-every ``TextOptions`` combination at once (-n on/off, -q/default/-v/-vv, colour on/off); the
+The reference run is tests/reference's (its reader and engine, as ``replay_files`` drives
+them for the NDJSON) with its paths, flows and stats rendered by tracer/output.py's
+``TextSink`` in every ``TextOptions`` combination at once (-n on/off, -q/default/-v/-vv, colour on/off); the
 core runs once per combination (``_core.replay_ndjson(..., text=...)``, in-process into a
 file, or the real command in a subprocess). Only the stats line's elapsed seconds may
 differ. Every fixture (fixtures/hostile-names.pcapng's names come out escaped the same way),
@@ -15,6 +15,7 @@ every 16th corpus file, generated NAT'd streams with drops, filters, damaged fil
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import re
@@ -29,13 +30,13 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import CORPUS
+from tests.reference.engine import run
 from tests.reference.readers import FileSource
-from tests.reference.replay import Run
+from tests.reference.replay import replay_engine
 from tests.unit.test_core_engine import FILTERS, nat_stream
 from tracer import _core  # type: ignore[attr-defined]
 from tracer.errors import CaptureFileError
-from tracer.model import Flow, PacketPath, Stats
-from tracer.output import TextOptions, flow_text, path_text, stats_text
+from tracer.output import TextOptions, TextSink
 from tracer.readers import open_files
 from tracer.safe_text import term_safe
 
@@ -51,55 +52,18 @@ def _comparable(text: str) -> str:
     return _ELAPSED.sub(r"\1\2", text)
 
 
-class TextRun(Run):
-    """The reference run, each shown path and flow as ``TextSink`` writes them, in every look."""
-
-    def __init__(self, opts: Sequence[TextOptions], expr: str | None) -> None:
-        super().__init__(expr=expr)
-        self.opts = opts
-        self.texts: list[list[str]] = [[] for _ in opts]
-
-    def emit(self, paths: list[PacketPath], flows: list[Flow]) -> None:
-        # Run.emit's choices (the filter, --count, a flow's shown paths), written as text.
-        for p in paths:
-            if self.done():
-                break
-            if self.filter is not None and not self.filter.keep(p):
-                continue
-            self.out.paths += 1
-            if p.flow is not None:
-                self.kept.add(p.id)
-            for o, text in zip(self.opts, self.texts, strict=True):
-                text.append(path_text(p, o) + ("\n" if o.detail < 0 else "\n\n"))
-        for f in flows:
-            shown = tuple(pid for pid in f.paths if pid in self.kept)
-            self.kept.difference_update(f.paths)
-            if shown:
-                line = flow_text(Flow(f.id, f.proto, f.original, f.reply, shown)) + "\n"
-                for text in self.texts:
-                    text.append(line)
-
-
 def python_text(files: Sequence[str], opts: Sequence[TextOptions], expr: str | None = None,
                 ) -> tuple[list[str], str | None]:
     """What replay must print as text, in each look; and the capture error's message, if any."""
     source = FileSource(files, [])
     source.start()
-    run = TextRun(opts, expr)
-    it = iter(source.batches())
-    while True:
-        try:
-            batch = next(it)
-        except StopIteration:
-            break
-        except CaptureFileError as exc:
-            run.out.error = exc
-            break
-        run.batch(batch)
-    out = run.end(0.0)
-    stats = stats_text(Stats(out.observations, out.paths, 0, 0.0)) + "\n"
-    err = None if out.error is None else out.error.message
-    return ["".join(t) + stats for t in run.texts], err
+    outs = [io.StringIO() for _ in opts]
+    err = None
+    try:
+        run(replay_engine(source.batches(), expr=expr), [TextSink(o, opt) for o, opt in zip(outs, opts, strict=True)])
+    except CaptureFileError as exc:
+        err = exc.message
+    return [o.getvalue() for o in outs], err
 
 
 def core_text(files: Sequence[str], opts: TextOptions, expr: str | None = None) -> tuple[str, str | None]:
@@ -265,9 +229,9 @@ def test_replay_no_tui_prints_the_core_text(flags: tuple[str, ...], look: TextOp
 
 def test_replay_text_runs_the_core_engine() -> None:
     """Never the Python correlator: text replay runs the core's replay (--count: tracer.engine
-    on the core's Stream, without tracer.correlate)."""
+    on the core's Stream, without the reference correlator)."""
     code = ("import sys; from tracer.cli import main; rc = main(sys.argv[1:]); sys.stdout.flush(); "
-            "sys.stderr.write(repr((rc, 'tracer.engine' in sys.modules, 'tracer.correlate' in sys.modules)))")
+            "sys.stderr.write(repr((rc, 'tracer.engine' in sys.modules, 'tests.reference.correlate' in sys.modules)))")
     f = str(FIXTURES / "udp.pcapng")
     for args, python in ((["replay", "--no-tui", f], False), (["replay", "-q", f, "--", "udp"], False),
                          (["replay", "--no-tui", "-c", "1", f], True)):
