@@ -130,10 +130,10 @@ def parse_correlate(out: str) -> list[Row]:
 
 def parse_engine(out: str) -> list[Row]:
     rows: list[Row] = []
-    for m in re.finditer(r"^\s*(\d+)\s+(yes|no)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$", out, re.M):
-        flows, ann, classic, lines = m.group(1), m.group(2), float(m.group(3)), float(m.group(4))
+    for m in re.finditer(r"^\s*(\d+)\s+(yes|no)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$", out, re.M):
+        flows, ann, peer, ours = m.group(1), m.group(2), float(m.group(3)), float(m.group(4))
         rows.append((f"engine + NDJSON, {flows} flows{', annotated' if ann == 'yes' else ''}",
-                     f"lines {lines:.2f} µs/rec", f"classic {classic:.2f} µs/rec", classic / lines, "—"))  # fmt: skip
+                     f"core {ours:.2f} µs/rec", f"Python reference {peer:.2f} µs/rec", peer / ours, "—"))  # fmt: skip
     if not rows:
         raise Unreadable("no result rows")
     return rows

@@ -424,10 +424,6 @@ class Attributor:
         # snapshot in _memo_topo: every packet of a flow asks the same question.
         self._memo: dict[tuple[object, ...], NatRule | None] = {}
         self._memo_topo: Topology | None = None
-        # generation: the snapshot last seen (held, so its identity cannot be reused) and a
-        # counter bumped whenever the snapshot changes.
-        self._gen_topo: Topology | None = None
-        self._topo_gen = 0
         if conntrack is None:
             self.notices.append("conntrack is not followed: NAT events come from the packet diff only")
         else:
@@ -441,30 +437,6 @@ class Attributor:
 
     def topology(self) -> Topology:
         return self._topo if isinstance(self._topo, Topology) else self._topo()
-
-    @property
-    def generation(self) -> int:
-        """Changes when the topology snapshot does. With ``volatile``, what the engine needs to
-        render repeated path shapes from a template (tracer.correlate): equal generations and
-        equal ``volatile(path)``, equal annotations of paths that differ only per packet."""
-        topo = self.topology()
-        if topo is not self._gen_topo:
-            self._gen_topo = topo
-            self._topo_gen += 1
-        return self._topo_gen
-
-    def volatile(self, hops: Sequence[Observation], nat: Sequence[NatEvent]
-                 ) -> tuple[ConntrackRef | None, ...] | None:
-        """What the annotation of a path with these hops and NAT events reads that changes all
-        the time: the conntrack entries its NAT events would get (one lookup each)."""
-        if self.conntrack is None or not nat:
-            return None
-        topo = self.topology()
-        out: list[ConntrackRef | None] = []
-        for ev in nat:
-            ns = _event_ns(topo, hops, ev)
-            out.append(None if ns is None or ev.conntrack is not None else self._conntrack(ns, hops, ev))
-        return tuple(out)
 
     def __call__(self, path: PacketPath) -> PacketPath:
         topo = self.topology()

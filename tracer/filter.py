@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
     from tracer._core import BpfProgram
 from tracer.model import ObsBatch, Observation, PacketPath
-from tracer.pcap_expr import by_shape
 
 # Link types a sighting's frame is tried as, when only the frame is known (see _linktype_of).
 _CANDIDATES = (LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, LINKTYPE_LINUX_SLL, LINKTYPE_RAW)
@@ -69,8 +68,6 @@ class PathFilter:
 
     def __init__(self, expr: str) -> None:
         self.expr = expr
-        # Paths of one shape (same hops, addresses, ports, protocols) all match or all do not.
-        self.by_shape = by_shape(expr)
         self._progs: dict[int, BpfProgram | None] = {}
         # Compile for Ethernet now: a bad expression fails before any capture starts.
         self._progs[LINKTYPE_ETHERNET] = core_program(expr, LINKTYPE_ETHERNET)

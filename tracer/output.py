@@ -28,11 +28,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
-import secrets
 import select
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol, TextIO
 
 from tracer.model import (
@@ -44,7 +42,6 @@ from tracer.model import (
     PacketPath,
     Stats,
 )
-from tracer.nat import is_inner_event
 from tracer.safe_text import term_safe
 
 
@@ -88,6 +85,16 @@ def _conntrack_json(ct: ConntrackRef) -> dict[str, Any]:
             "status": list(ct.status), "zone": ct.zone}
 
 
+def is_inner_event(hops: Sequence[Observation], ev: NatEvent) -> bool:
+    """True when ``ev`` rewrote the header quoted in an ICMP error, not the outer one."""
+    hop = hops[ev.from_hop]
+    inner = hop.inner
+    if inner is None:
+        return False
+    before = (ev.before.src, ev.before.dst)
+    return before == (inner.src, inner.dst) and before != (hop.src, hop.dst)
+
+
 def nat_json(ev: NatEvent, hops: Sequence[Observation] = ()) -> dict[str, Any]:
     d: dict[str, Any] = {
         "kind": ev.kind, "node": ev.node, "hook": ev.hook,
@@ -115,219 +122,12 @@ def path_json(path: PacketPath) -> dict[str, Any]:
     }  # fmt: skip
 
 
-_esc = json.encoder.encode_basestring_ascii  # what json.dumps uses for str (C, ensure_ascii)
-_dumps = json.JSONEncoder(separators=(", ", ": ")).encode
-
-
-def _int(v: int | None) -> str:
-    return "null" if v is None else str(v)
-
-
-class _Escaped(dict[str, str]):
-    """JSON string literals of the few names and addresses a trace repeats (bounded)."""
-
-    def __missing__(self, key: str) -> str:
-        if len(self) > 65536:
-            self.clear()
-        value = self[key] = _esc(key)
-        return value
-
-
-_lit = _Escaped()
-
-
-_heads: dict[tuple[str, int, str, str | None], str] = {}
-_protos: dict[tuple[int, int, int], str] = {}
-
-
-def _hop_head(where: tuple[str, int, str, str | None]) -> str:
-    """``"node": .., "netns": .., "iface": .., "dir": ..``: the same for every packet at a hop."""
-    node, netns, iface, d = where
-    if len(_heads) > 65536:
-        _heads.clear()
-    head = _heads[where] = (f'"node": {_esc(node)}, "netns": {netns}, "iface": {_esc(iface)}, '
-                            f'"dir": {"null" if d is None else _esc(d)}')
-    return head
-
-
-# The last skb and its JSON text: a packet keeps its skb hop to hop. One tuple, rebound
-# whole, so a reader in another thread never pairs one skb with another's text.
-_skb_memo: tuple[int, str] = (0, "null")
-
-
-def _skb_text(skb: int) -> str:
-    global _skb_memo
-    text = f'"0x{skb:x}"'
-    _skb_memo = (skb, text)
-    return text
-
-
-def _hop_line(h: Observation) -> str:
-    """``json.dumps(_hop_json(h))`` without building the dict: every hop of every path pays this."""
-    lit = _lit
-    r = h.drop_reason
-    sport, dport, ip_id = h.sport, h.dport, h.ip_id
-    where = (h.node, h.netns, h.ifname, h.direction)
-    head = _heads.get(where)
-    if head is None:
-        head = _hop_head(where)
-    skb = h.skb
-    skb_last, skb_text = _skb_memo
-    pkey = (h.family, h.proto, h.ethertype)
-    proto = _protos.get(pkey)
-    if proto is None:
-        proto = _protos[pkey] = lit[h.proto_name]  # a handful of (family, proto, ethertype)
-    text = (
-        f'{{"ts_ns": {h.ts_ns}, {head}, "src": {lit[h.src]}, "dst": {lit[h.dst]}, '
-        f'"sport": {"null" if sport is None else sport}, '
-        f'"dport": {"null" if dport is None else dport}, '
-        f'"ip_id": {"null" if ip_id is None else ip_id}, "ttl": {h.ttl}, '
-        f'"skb": {"null" if not skb else skb_text if skb == skb_last else _skb_text(skb)}, '
-        f'"drop_reason": {"null" if r is None else _esc(r)}, "proto": {proto}, '
-        f'"length": {h.length}'
-    )
-    if h.icmp_type is not None:
-        text += (f', "icmp_type": {h.icmp_type}, "icmp_code": {_int(h.icmp_code)}, '
-                 f'"icmp_id": {_int(h.icmp_id)}, "icmp_seq": {_int(h.icmp_seq)}')
-    if h.tcp_flags is not None:
-        text += f', "tcp_flags": {h.tcp_flags}, "tcp_seq": {_int(h.tcp_seq)}, "tcp_ack": {_int(h.tcp_ack)}'
-    if h.flow_label is not None:
-        text += f', "flow_label": {h.flow_label}'
-    if h.is_fragment:
-        text += f', "frag": {{"offset": {h.frag_offset}, "more": {"true" if h.more_fragments else "false"}}}'
-    if h.inner is not None:
-        i = h.inner
-        text += (f', "inner": {{"src": {_esc(i.src)}, "dst": {_esc(i.dst)}, "proto": {i.proto}, '
-                 f'"sport": {_int(i.sport)}, "dport": {_int(i.dport)}}}')
-    return text + "}"
-
-
-def _value(v: Any) -> str:
-    """A JSON scalar as ``_dumps`` writes it; anything else through ``_dumps`` itself."""
-    t = type(v)
-    if v is None:
-        return "null"
-    if t is str:
-        return _lit[v]
-    if t is int:
-        return int.__repr__(v)
-    return _dumps(v)
-
-
-def _ends_line(e: Endpoints) -> str:
-    return (f'{{"src": {_value(e.src)}, "sport": {_value(e.sport)}, "dst": {_value(e.dst)}, '
-            f'"dport": {_value(e.dport)}}}')
-
-
-def _nat_line(ev: NatEvent, hops: Sequence[Observation]) -> str:
-    """``_dumps(nat_json(ev, hops))`` without the dicts and the encoder's generic walk."""
-    text = (f'{{"kind": {_value(ev.kind)}, "node": {_value(ev.node)}, "hook": {_value(ev.hook)}, '
-            f'"before": {_ends_line(ev.before)}, "after": {_ends_line(ev.after)}, '
-            f'"from_hop": {_value(ev.from_hop)}, "to_hop": {_value(ev.to_hop)}, "rule": {_value(ev.rule)}')
-    if ev.rule_source is not None:
-        text += f', "rule_source": {_value(ev.rule_source)}'
-    if ev.conntrack is not None:
-        text += f', "conntrack": {_dumps(_conntrack_json(ev.conntrack))}'
-    if ev.icmp_id_before is not None:
-        text += f', "icmp_id_before": {_value(ev.icmp_id_before)}, "icmp_id_after": {_value(ev.icmp_id_after)}'
-    if hops and is_inner_event(hops, ev):
-        text += ', "inner": true'
-    return text + "}"
+_dumps = json.JSONEncoder(separators=(", ", ": ")).encode  # what json.dumps writes
 
 
 def path_line(path: PacketPath) -> str:
-    """``json.dumps(path_json(path))``, built directly (the NDJSON sink's hot path)."""
-    flow = "null" if path.flow is None else _esc(path.flow)
-    hops = path.hops
-    nat = f"[{', '.join([_nat_line(ev, hops) for ev in path.nat])}]" if path.nat else "[]"
-    return (f'{{"type": "path", "id": {_esc(path.id)}, "flow": {flow}, "proto": {_esc(path.proto)}, '
-            f'"verdict": {_esc(path.verdict)}, "hops": [{", ".join(map(_hop_line, path.hops))}], '
-            f'"nat": {nat}}}')
-
-
-# --------------------------------------------------------- rendered paths
-#
-# Packets of one flow take the same hops with the same headers: their NDJSON lines
-# differ only in a few per-packet values. The correlator, when the engine's only
-# sinks take lines (``NdjsonSink``), renders a repeated path shape from a template
-# built here instead of building its hops as objects (tracer.correlate).
-
-# The per-packet values of a hop, in the order a template's slots number them.
-DYN_FIELDS = ("ts_ns", "ip_id", "skb", "icmp_seq", "tcp_flags", "tcp_seq", "tcp_ack", "length")
-_NONCE = "hT" + secrets.token_hex(6)  # letters and digits: JSON escaping leaves it alone
-_SLOT = re.compile(f"{_NONCE}([0-9]+)(x?){_NONCE}")
-
-
-class _Slot:
-    """Stands for a per-packet value while a template is rendered: formats as its marker."""
-
-    __slots__ = ("n",)
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __format__(self, spec: str) -> str:
-        return f"{_NONCE}{self.n}{'x' if spec == 'x' else ''}{_NONCE}"
-
-    def __str__(self) -> str:
-        return self.__format__("")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Rendered:
-    """A finished path that is already its NDJSON line (``line`` ends with a newline).
-
-    ``conntrack_id``: the first conntrack entry its NAT events name (for its flow)."""
-
-    id: str
-    flow: str | None
-    line: str
-    conntrack_id: int | None = None
-
-
-def path_template(
-    path: PacketPath,
-    line: str | None = None,
-    with_values: Callable[[Observation, dict[str, Any]], Observation] | None = None,
-) -> tuple[str, tuple[int, ...]] | None:
-    """``path_line(path) + "\\n"`` as a %-format string and the slots it takes, in order.
-
-    Slot 0 is the path id, 1 the flow id, ``2 + 8 * hop + DYN_FIELDS.index(name)`` a
-    hop's per-packet value (a slot exists only where ``path`` has a value: a null
-    stays a literal null). ``line``: that line, if already made; ``with_values``: a
-    faster ``dataclasses.replace`` for hops. None if the template does not give back
-    ``path``'s own line.
-    """
-    hops = []
-    width = len(DYN_FIELDS)
-    for j, h in enumerate(path.hops):
-        upd: dict[str, Any] = {}
-        for f, name in enumerate(DYN_FIELDS):
-            v = getattr(h, name)
-            if v is not None and (v or name != "skb"):
-                upd[name] = _Slot(2 + width * j + f)
-        hops.append(with_values(h, upd) if with_values is not None else dataclasses.replace(h, **upd))
-    marked = dataclasses.replace(
-        path, id=format(_Slot(0)), flow=None if path.flow is None else format(_Slot(1)), hops=tuple(hops))
-    parts = _SLOT.split(path_line(marked) + "\n")
-    fmt = [parts[0].replace("%", "%%")]
-    order: list[int] = []
-    for k in range(1, len(parts), 3):
-        order.append(int(parts[k]))
-        fmt.append("%x" if parts[k + 1] else "%s")
-        fmt.append(parts[k + 2].replace("%", "%%"))
-    text = "".join(fmt)
-    values = [path.id, path.flow]
-    for h in path.hops:
-        values += [getattr(h, name) for name in DYN_FIELDS]
-    if line is None:
-        line = path_line(path) + "\n"
-    try:
-        if text % tuple(values[i] for i in order) != line:
-            return None
-    except (TypeError, ValueError):
-        return None
-    return text, tuple(order)
+    """One path's NDJSON line (without its newline): ``json.dumps(path_json(path))``."""
+    return _dumps(path_json(path))
 
 
 def flow_json(flow: Flow) -> dict[str, Any]:
@@ -707,7 +507,8 @@ class TextSink:
 
 
 __all__ = [
-    "DYN_FIELDS", "PLAIN", "NdjsonSink", "Rendered", "Sink", "TextOptions", "TextSink", "color_wanted", "drop_hint",
-    "duration_text", "flow_json", "flow_line", "flow_text", "nat_json", "nat_text", "numeric_path", "path_json",
-    "path_line", "path_template", "path_text", "stats_json", "stats_text", "text_options", "tui_color", "what_text", "write_all", "write_all_bytes",
+    "PLAIN", "NdjsonSink", "Sink", "TextOptions", "TextSink", "color_wanted", "drop_hint", "duration_text",
+    "flow_json", "flow_line", "flow_text", "is_inner_event", "nat_json", "nat_text", "numeric_path", "path_json",
+    "path_line", "path_text", "stats_json", "stats_text", "text_options", "tui_color", "what_text", "write_all",
+    "write_all_bytes",
 ]  # fmt: skip

@@ -29,7 +29,7 @@ def tokens(expr: str) -> list[str]:
 
 
 # What a filter may say for its answer to depend only on where a packet is and its addresses,
-# ports and protocols (what a path's shape fixes, see tracer.correlate): no lengths, flags,
+# ports and protocols (what a path's shape fixes): no lengths, flags,
 # payload bytes (``proto[...]``), MAC addresses, VLANs or anything else per packet.
 _SHAPE_WORDS = frozenset({
     "and", "or", "not", "&&", "||", "!", "(", ")", "host", "net", "mask", "port", "portrange", "src",

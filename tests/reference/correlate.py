@@ -1,8 +1,10 @@
 """The reference correlator: sightings -> packet paths -> flows, as plainly as it can be said.
 
 The product's engine is the core's (crates/hoptrace-core: correlate.rs, finish.rs); this
-is what it is held to, byte for byte (tests/unit/test_reference.py proves this file
-against the Python engine it replaced; the core's differential tests compare with it).
+is what it is held to, byte for byte (the core's differential tests compare with it;
+tests/unit/test_reference.py proved it against the Python engine it replaced, which gave the
+same lines on every fixture, all 830 corpus files and generated streams, before that engine
+left the product).
 No caches, no templates, no bulk tricks: one sighting at a time, one path at a time.
 
 Joining (DESIGN.md, "Correlation"). A sighting's *fingerprint* is what NAT and routing

@@ -110,7 +110,7 @@ def test_replay_json_runs_the_core_engine_and_imports_no_numpy() -> None:
     """The command under test is the core's engine (never the Python engine against itself),
     and its start-up stays lean: no numpy, no correlator, no scapy."""
     code = ("import sys; from tracer.cli import main; rc = main(['replay', '--json', sys.argv[1]]); "
-            "sys.stdout.flush(); heavy = sorted(m for m in ('numpy', 'tracer.correlate', 'tracer.engine', "
+            "sys.stdout.flush(); heavy = sorted(m for m in ('numpy', 'tests.reference.correlate', 'tracer.engine', "
             "'scapy', 'pandas') if m in sys.modules); sys.stderr.write(repr((rc, heavy)))")
     r = subprocess.run([sys.executable, "-c", code, str(FIXTURES / "udp.pcapng")], capture_output=True,
                        timeout=120, cwd=ROOT, text=True)

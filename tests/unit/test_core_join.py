@@ -352,7 +352,7 @@ def test_raw_streams_join_as_the_reference(n: int, seed: int, cuts: list[int], c
        cfg=CFG, ticks=TICKS, own_tables=st.booleans())
 def test_hostile_streams_join_as_the_reference(n: int, seed: int, cuts: list[int], cfg: Config,
                                                ticks: list[int | None], own_tables: bool) -> None:
-    """tests/unit/test_lines.py's hostile streams (shared fingerprints, reused and missing skbs, a hop
+    """tests/unit/streams.py's hostile streams (shared fingerprints, reused and missing skbs, a hop
     seen twice, late and out-of-order sightings, gaps beyond the window, drops), as one source
     (one label table) or as batches with label tables of their own (hop indices differ)."""
     obs = hostile(n, seed)

@@ -11,8 +11,8 @@ use pyo3::types::PyBytes;
 
 /// Finished paths, in the order they finished:
 /// `(num, step, offsets, sightings, rows)`. Path `k` is number `num[k]`
-/// (`p{num}`), finished in expiry step `step[k]` (tracer.correlate hands a
-/// step's paths out by number), and its sightings in path order are
+/// (`p{num}`), finished in expiry step `step[k]` (a step hands its paths out
+/// by number), and its sightings in path order are
 /// `sightings[offsets[k]:offsets[k + 1]]`, indices into the stream of every
 /// row fed; `rows` holds those sightings as OBS_DTYPE bytes (a uint8 array)
 /// when the joiner keeps rows, else None.
@@ -88,7 +88,7 @@ pub(crate) fn rows_into(obj: &Bound<'_, PyAny>, out: &mut Vec<Obs>) -> PyResult<
     Ok(())
 }
 
-/// The join of tracer.correlate.Correlator: which sightings form one packet's
+/// The join (the rules of tests/reference/correlate.py): which sightings form one packet's
 /// path, and the order paths finish in. `feed(rows, now_ns=None)`,
 /// `advance(now_ns)` and `flush(max_paths=None)` return the paths that
 /// finished (see `Joined` above).
@@ -176,7 +176,8 @@ impl Joiner {
 }
 
 /// The join's keys of each row: (fingerprint, hop signature) as uint64 arrays,
-/// the values tracer.correlate's `_fingerprint` and `_hop_signature` compute.
+/// 64-bit hashes of what tests/reference/correlate.py's `fingerprint` and `hop_signature` compare
+/// (equal rows, equal keys).
 #[pyfunction]
 pub fn join_keys<'py>(py: Python<'py>, rows: &Bound<'py, PyAny>) -> PyResult<Columns2<'py>> {
     let mut obs = Vec::new();

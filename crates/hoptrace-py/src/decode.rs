@@ -43,7 +43,7 @@ enum Links<'py> {
 
 /// Fill the packet fields of ``rows`` (a 1-D C-contiguous numpy array of ``OBS_DTYPE``,
 /// one row per frame) from frame ``i`` = ``frames[offsets[i]:offsets[i] + lengths[i]]``,
-/// as the Python reference decoder's ``decode_into`` does (tracer/decode.py, the tests'
+/// as the Python reference decoder's ``decode_into`` does (tests/reference/decode.py, the tests'
 /// oracle; tests/unit/test_core_decode_live.py holds the two equal). The other fields
 /// of each row (ts_ns, skb, netns, hop, ifindex, dir, source, drop_reason, frame_off,
 /// frame_len, wire_len) keep what the caller put there. ``frames``: bytes or a 1-D

@@ -146,7 +146,8 @@ enum LinkTypes {
 }
 
 /// Rows (a uint8 buffer of `OBS_DTYPE` rows) with the packet fields of each frame
-/// decoded as `tracer.decode.decode_frames` does; every other field is 0.
+/// decoded as the reference decoder's `decode_frames` does (tests/reference/decode.py);
+/// every other field is 0.
 #[pyfunction]
 fn decode_frames<'py>(
     py: Python<'py>,
