@@ -13,7 +13,6 @@ after MASQUERADE rewrote its source.
 from __future__ import annotations
 
 import struct
-import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +29,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from tracer._core import BpfProgram
-from tracer.model import ObsBatch, Observation, PacketPath
+from tracer.model import Observation, PacketPath
 
 # Link types a sighting's frame is tried as, when only the frame is known (see _linktype_of).
 _CANDIDATES = (LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, LINKTYPE_LINUX_SLL, LINKTYPE_RAW)
@@ -56,13 +55,6 @@ def _frames_arg(frames: bytes | bytearray | memoryview) -> Any:
     return np.frombuffer(frames, dtype=np.uint8)
 
 
-# Verdict codes of PathFilter._row_verdicts: 1 keep, 0 not, -1 unknown (no frame bytes, or
-# their link type not learnt yet).
-_UNKNOWN = -1
-# Batches (row arrays) whose verdicts PathFilter keeps: the correlator's open chunks.
-_MAX_CACHED = 64
-
-
 class PathFilter:
     """A compiled pcap-filter expression; ``keep(path)`` is True when any hop matches."""
 
@@ -72,8 +64,6 @@ class PathFilter:
         # Compile for Ethernet now: a bad expression fails before any capture starts.
         self._progs[LINKTYPE_ETHERNET] = core_program(expr, LINKTYPE_ETHERNET)
         self._linktypes: dict[tuple[str, str], int] = {}
-        # id(rows) -> (weak rows, verdict codes per row, link types known then)
-        self._verdicts: dict[int, tuple[Any, np.ndarray[Any, Any], int]] = {}
 
     def _prog(self, linktype: int) -> BpfProgram | None:
         if linktype not in self._progs:
@@ -126,38 +116,6 @@ class PathFilter:
 
     def keep(self, path: PacketPath) -> bool:
         return self.keep_hops(path.hops)
-
-    def keep_row(self, batch: ObsBatch, rows: np.ndarray[Any, Any], i: int) -> bool | None:
-        """``keep`` for one sighting still in its batch (``rows[i]``, rows of ``batch``), from its
-        frame bytes; None when only the sighting as an ``Observation`` can tell (no frame bytes,
-        or their link type not learnt yet). The first call for ``rows`` matches all its frames
-        at once, in the core."""
-        got = self._verdicts.get(id(rows))
-        if got is None or got[0]() is not rows or (got[1][i] == _UNKNOWN and got[2] != len(self._linktypes)):
-            got = self._row_verdicts(batch, rows)
-        v = int(got[1][i])
-        return None if v == _UNKNOWN else bool(v)
-
-    def _row_verdicts(self, batch: ObsBatch, rows: np.ndarray[Any, Any]) -> tuple[Any, np.ndarray[Any, Any], int]:
-        import numpy as np
-
-        known = len(self._linktypes)
-        lt_of_hop = np.array([self._linktypes.get((h.node, h.iface), _UNKNOWN) for h in batch.hops],
-                             dtype=np.int64)  # fmt: skip
-        lens = rows["frame_len"]
-        lts = np.where(lens > 0, lt_of_hop[rows["hop"]], _UNKNOWN) if len(lt_of_hop) else np.full(len(rows), _UNKNOWN)
-        out = np.full(len(rows), _UNKNOWN, dtype=np.int8)
-        for lt in np.unique(lts).tolist():
-            if lt == _UNKNOWN:
-                continue
-            idx = np.flatnonzero(lts == lt)
-            out[idx] = self.match_frames(batch.frames, rows["frame_off"][idx], lens[idx], lt)
-        entry = (weakref.ref(rows), out, known)
-        cache = self._verdicts
-        if len(cache) >= _MAX_CACHED:
-            cache.pop(next(iter(cache)), None)
-        cache[id(rows)] = entry
-        return entry
 
     def keep_hops(self, hops: Sequence[Observation]) -> bool:
         by_linktype: dict[int, list[bytes]] = {}

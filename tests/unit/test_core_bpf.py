@@ -2,8 +2,8 @@
 (``pcap_offline_filter``): for many pcap-filter expressions, compiled by libpcap for Ethernet,
 Linux cooked (SLL, SLL2) and raw IP, the verdicts are equal on every frame of the fixtures and
 of the tcpdump corpus (as captured, and re-wrapped in each of those link types) and on
-generated frames. Then ``PathFilter``'s batch paths (``keep_row``, ``keep_hops``) against
-libpcap frame by frame."""
+generated frames. Then ``PathFilter.keep_hops`` (a path's hops, with frames or rebuilt
+headers) against libpcap frame by frame."""
 
 from __future__ import annotations
 
@@ -343,38 +343,6 @@ class Reference:
                 self.progs[lt] = None
         prog = self.progs[lt]
         return prog is not None and prog.match(frame)  # the captured length as the wire's, as PathFilter
-
-
-@pytest.mark.parametrize("expr", KEEP_EXPRS)
-def test_keep_row_equals_libpcap_frame_by_frame(expr: str) -> None:
-    ref = Reference(expr)
-    kept = rows_seen = 0
-    for path in sorted(FIXTURES.glob("*.pcapng")):
-        f = PathFilter(expr)
-        for b in FileSource([str(path)]).batches():
-            for h in b.hops:
-                f.learn_linktype(h.node, h.iface, h.linktype)
-            # a slice of the batch (as the correlator's chunks are) and the batch itself
-            for rows in (b.rows[1:], b.rows):
-                got = [f.keep_row(b, rows, i) for i in range(len(rows))]
-                want = []
-                for r in rows:
-                    off, n = int(r["frame_off"]), int(r["frame_len"])
-                    lt = b.hops[int(r["hop"])].linktype
-                    want.append(ref.match(lt, bytes(b.frames[off : off + n])) if n else None)
-                assert got == want, path.name
-                kept += sum(bool(g) for g in got)
-                rows_seen += len(rows)
-    assert 0 < kept < rows_seen, (expr, kept, rows_seen)
-
-
-def test_keep_row_knows_nothing_until_the_link_type_is_learnt() -> None:
-    f = PathFilter("icmp")
-    b = next(iter(FileSource([str(FIXTURES / "gateway-ping.pcapng")]).batches()))
-    assert {f.keep_row(b, b.rows, i) for i in range(len(b))} == {None}
-    for h in b.hops:
-        f.learn_linktype(h.node, h.iface, h.linktype)
-    assert {f.keep_row(b, b.rows, i) for i in range(len(b))} == {True, False}
 
 
 @pytest.mark.parametrize("expr", KEEP_EXPRS)
