@@ -424,6 +424,10 @@ class Attributor:
         # snapshot in _memo_topo: every packet of a flow asks the same question.
         self._memo: dict[tuple[object, ...], NatRule | None] = {}
         self._memo_topo: Topology | None = None
+        # generation: the snapshot last seen (held, so its identity cannot be reused) and a
+        # counter bumped whenever the snapshot changes.
+        self._gen_topo: Topology | None = None
+        self._topo_gen = 0
         if conntrack is None:
             self.notices.append("conntrack is not followed: NAT events come from the packet diff only")
         else:
@@ -437,6 +441,28 @@ class Attributor:
 
     def topology(self) -> Topology:
         return self._topo if isinstance(self._topo, Topology) else self._topo()
+
+    # The engine's TableAnnotator (tracer/engine.py): the core keeps the answer per path shape
+    # until ``generation`` changes.
+    per_packet = False
+
+    @property
+    def generation(self) -> int:
+        """Changes when the topology snapshot does, or a conntrack entry changes or goes."""
+        topo = self.topology()
+        if topo is not self._gen_topo:
+            self._gen_topo = topo
+            self._topo_gen += 1
+        # Both counters only grow: their sum changes whenever either does.
+        return self._topo_gen + (0 if self.conntrack is None else self.conntrack.changes)
+
+    def annotate(self, path: PacketPath) -> PacketPath:
+        return self(path)
+
+    def provisional(self, path: PacketPath) -> bool:
+        """The answer may change without a new snapshot: conntrack is followed and some NAT
+        event has no entry yet (the table learns entries as connections start)."""
+        return self.conntrack is not None and any(ev.conntrack is None for ev in path.nat)
 
     def __call__(self, path: PacketPath) -> PacketPath:
         topo = self.topology()

@@ -136,6 +136,9 @@ class _NsTable:
         self.error: str | None = None
         self.events = 0
         self.overruns = 0  # event buffer overflows (each followed by a fresh dump)
+        # Bumped when an entry a lookup could have returned changes or goes (not when one is
+        # added): answers kept from earlier lookups (tracer.engine's tables) are stale then.
+        self.changes = 0
 
     def put(self, entry: Entry, destroyed: bool = False) -> None:
         if destroyed:
@@ -149,6 +152,9 @@ class _NsTable:
                 entry = Entry(replace(entry.ref, status=old.ref.status), entry.original,
                               entry.reply, entry.destroyed_at)
             for k in keys:
+                got = self.by_key.get(k)
+                if got is not None and got.ref != entry.ref:
+                    self.changes += 1
                 self.by_key[k] = entry
 
     def expire(self, now: float) -> None:
@@ -157,6 +163,7 @@ class _NsTable:
                    if e.destroyed_at is not None and now - e.destroyed_at > KEEP_DESTROYED_S]
             for k in old:
                 del self.by_key[k]
+            self.changes += len(old)
 
     def get(self, key: Key) -> Entry | None:
         with self.lock:
@@ -213,6 +220,11 @@ class ConntrackTable:
     @property
     def errors(self) -> dict[int, str]:
         return {ino: t.error for ino, t in self._tables.items() if t.error}
+
+    @property
+    def changes(self) -> int:
+        """A counter that moves when an entry changes or goes (see ``_NsTable.changes``)."""
+        return sum(t.changes for t in self._tables.values())
 
     def available(self, netns: int) -> bool:
         t = self._tables.get(netns)

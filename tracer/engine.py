@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 from tracer.model import Flow, HopLabel, ObsBatch, PacketPath, Stats
 
@@ -43,6 +43,30 @@ class FramePrograms(Protocol):
     def insns(self, linktype: int) -> bytes | None:
         """libpcap's ``struct bpf_insn`` bytes for frames of ``linktype``; None: never a match."""
         ...
+
+
+@runtime_checkable
+class TableAnnotator(Protocol):
+    """An annotator whose answers the core keeps in tables (hoptrace_core::annotate): what it
+    says of a path depends only on the path's shape (per hop its node, interface, namespace,
+    ifindex, direction and ICMP echo id, and its IP ID when ``per_packet``; the NAT events)
+    and on tables that change only when ``generation`` does. The core asks ``annotate`` once
+    per shape not seen (a step's misses at once) and reuses the answer; with
+    ``provisional(path)`` true (a table may still learn what it lacks: a conntrack entry)
+    it asks again at the next step. ``without_conntrack``: NAT events it found no conntrack
+    entry for, counted per path shown."""
+
+    without_conntrack: int
+
+    @property
+    def generation(self) -> int: ...
+
+    @property
+    def per_packet(self) -> bool: ...
+
+    def annotate(self, path: PacketPath) -> PacketPath: ...
+
+    def provisional(self, path: PacketPath) -> bool: ...
 
 
 @runtime_checkable
@@ -159,7 +183,8 @@ class Engine:
         stream = self._stream = _core.Stream(count=None if count is None else max(count, 0),
                                              filter=self.path_filter is not None)
         feeder = _Feeder(stream, self.path_filter)
-        annotate = _Annotated(self.annotators) if self.annotators else None
+        tables = _Tables.of(self.annotators, stream)
+        annotate = _Annotated(self.annotators) if self.annotators and tables is None else None
         self._t0 = time.monotonic()
         self._t1 = None
         self.source.start()
@@ -172,26 +197,34 @@ class Engine:
                     break
                 except BaseException:
                     # Print what was found before the damage, then report it.
-                    yield from self._flush(stream, annotate)
+                    yield from self._flush(stream, annotate, tables)
                     raise
                 self._observations += len(batch)
                 for hook in self.batch_hooks:
                     hook(batch)
+                if tables is not None:
+                    tables.refresh()
                 lines = feeder.feed(batch)
+                if tables is not None:
+                    tables.count()
                 yield lines if annotate is None else annotate(lines)
-            yield from self._flush(stream, annotate)
+            yield from self._flush(stream, annotate, tables)
         finally:
             self._t1 = time.monotonic()
             self.source.stop()
 
     @staticmethod
-    def _flush(stream: Any, annotate: _Annotated | None) -> Iterator[Lines]:
+    def _flush(stream: Any, annotate: _Annotated | None, tables: _Tables | None = None) -> Iterator[Lines]:
         """The paths still open, in slices: the end of a big input is streamed too. The last
         slice of paths comes with the flows (the core closes them in a step of their own)."""
         held: Lines | None = None
         more = True
         while more:
+            if tables is not None:
+                tables.refresh()
             data, index, hops, more = stream.flush_slice()
+            if tables is not None:
+                tables.count()
             lines = Lines(data, index.reshape(-1, 3), hops.reshape(-1, 4))
             if held is not None:
                 if more or (lines.index[:, 2] == PATH_LINE).any():
@@ -293,6 +326,72 @@ class _Feeder:
             self._count += 1
             self.stream.add_hop(_wtf8(label.node), _wtf8(label.iface), label.linktype)
         return got
+
+
+class _Tables:
+    """The provider the core asks about path shapes it has not seen (``Stream.set_notes``):
+    each shape's path as a row view, through every annotator in turn, answered as the
+    fields the annotators changed, rendered as tracer/output.py renders them."""
+
+    def __init__(self, annotators: Sequence[TableAnnotator], stream: Any) -> None:
+        self.annotators = list(annotators)
+        self.stream = stream
+        self._generations = [a.generation for a in self.annotators]
+
+    @classmethod
+    def of(cls, annotators: Sequence[Annotator], stream: Any) -> _Tables | None:
+        """Tables for ``annotators`` when every one implements ``TableAnnotator``."""
+        tabled: list[TableAnnotator] = []
+        for a in annotators:
+            if not isinstance(a, TableAnnotator):
+                return None
+            tabled.append(cast(TableAnnotator, a))
+        if not tabled:
+            return None
+        tables = cls(tabled, stream)
+        stream.set_notes(tables, per_packet=any(a.per_packet for a in tabled))
+        return tables
+
+    def refresh(self) -> None:
+        """Before a step: a table that changed makes the core ask every shape again."""
+        gens = [a.generation for a in self.annotators]
+        if gens != self._generations:
+            self._generations = gens
+            self.stream.forget_notes()
+
+    def count(self) -> None:
+        """After a step: the NAT events its paths showed without a conntrack entry."""
+        for a, n in zip(self.annotators, self.stream.take_note_counts(), strict=False):
+            a.without_conntrack += n
+
+    def __call__(self, data: bytes, extras: np.ndarray[Any, Any]) -> list[tuple[Any, ...]]:
+        from tracer.output import nat_notes_json, nat_notes_text
+
+        hops: list[list[int]] = extras.reshape(-1, 4).tolist()
+        out: list[tuple[Any, ...]] = []
+        at = 0
+        for line in data.split(b"\n")[:-1]:
+            d = json.loads(line)
+            n = len(d["hops"])
+            path = PacketPath.from_json(d, hops[at:at + n])
+            at += n
+            counted = [a.without_conntrack for a in self.annotators]
+            got = path
+            for a in self.annotators:
+                got = a.annotate(got)
+            provisional = any(a.provisional(got) for a in self.annotators)
+            counts = []
+            for a, before in zip(self.annotators, counted, strict=True):
+                # The core counts per path shown; this path is only a shape's example.
+                counts.append(a.without_conntrack - before)
+                a.without_conntrack = before
+            hop_nodes = [None if h.node == o.node else _wtf8(h.node)
+                         for h, o in zip(got.hops, path.hops, strict=True)]
+            nat = [(None if ev.node == was.node else _wtf8(ev.node), _wtf8(nat_notes_json(ev)),
+                    _wtf8(nat_notes_text(ev)), ev.conntrack.id if ev.conntrack is not None else None)
+                   for ev, was in zip(got.nat, path.nat, strict=True)]
+            out.append((hop_nodes, nat, counts, provisional))
+        return out
 
 
 class _Annotated:
@@ -405,4 +504,5 @@ def _run(engine: Engine, sinks: Sequence[Sink]) -> Stats:
     return stats
 
 
-__all__ = ["Annotator", "Engine", "Event", "FramePrograms", "Lines", "NdjsonLines", "gc_policy", "run"]
+__all__ = ["Annotator", "Engine", "Event", "FramePrograms", "Lines", "NdjsonLines", "TableAnnotator", "gc_policy",
+           "run"]

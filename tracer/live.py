@@ -228,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
             _notice(msg)
         annotators: list[Annotator] = [attributor]
         if rules is not None:
-            annotators.append(rules.annotator)
+            annotators.append(rules)
         pipeline = build(PipelineConfig(source, source_started=True, path_filter=path_filter,
                                         annotators=tuple(annotators), recorder=rec, count=args.count,
                                         duration_s=args.duration))

@@ -547,6 +547,18 @@ class RuleTrace:
     def annotator(self) -> Callable[[PacketPath], PacketPath]:
         return self.annotate
 
+    # The engine's TableAnnotator (tracer/engine.py): a trace is one packet's, found by its
+    # IP ID, so each packet is a shape of its own; nothing is remembered across packets.
+    without_conntrack = 0  # never looks conntrack up
+    generation = 0
+    per_packet = True
+
+    def __call__(self, path: PacketPath) -> PacketPath:
+        return self.annotate(path)
+
+    def provisional(self, path: PacketPath) -> bool:
+        return False
+
     def annotate(self, path: PacketPath) -> PacketPath:
         changed = False
         out: list[NatEvent] = []

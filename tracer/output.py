@@ -95,16 +95,30 @@ def is_inner_event(hops: Sequence[Observation], ev: NatEvent) -> bool:
     return before == (inner.src, inner.dst) and before != (hop.src, hop.dst)
 
 
+def _nat_notes(ev: NatEvent) -> dict[str, Any]:
+    """What annotators add to a NAT event: its rule, and when known the rule's source and the
+    conntrack entry."""
+    d: dict[str, Any] = {"rule": ev.rule}
+    if ev.rule_source is not None:
+        d["rule_source"] = ev.rule_source
+    if ev.conntrack is not None:
+        d["conntrack"] = _conntrack_json(ev.conntrack)
+    return d
+
+
+def nat_notes_json(ev: NatEvent) -> str:
+    """``_nat_notes(ev)`` as its fields appear in the event's NDJSON object (``"rule": ...``
+    onwards, no braces): what the core writes as given (tracer.engine's tables)."""
+    return _dumps(_nat_notes(ev))[1:-1]
+
+
 def nat_json(ev: NatEvent, hops: Sequence[Observation] = ()) -> dict[str, Any]:
     d: dict[str, Any] = {
         "kind": ev.kind, "node": ev.node, "hook": ev.hook,
         "before": ev.before.to_json(), "after": ev.after.to_json(),
         "from_hop": ev.from_hop, "to_hop": ev.to_hop, "rule": ev.rule,
     }  # fmt: skip
-    if ev.rule_source is not None:
-        d["rule_source"] = ev.rule_source
-    if ev.conntrack is not None:
-        d["conntrack"] = _conntrack_json(ev.conntrack)
+    d.update(_nat_notes(ev))
     if ev.icmp_id_before is not None:
         d["icmp_id_before"], d["icmp_id_after"] = ev.icmp_id_before, ev.icmp_id_after
     if hops and is_inner_event(hops, ev):
@@ -292,6 +306,12 @@ def nat_text(ev: NatEvent, hops: Sequence[Observation] = (), color: bool = False
     inner = "quoted header " if hops and is_inner_event(hops, ev) else ""
     # The node is a name from the system or a capture file, the rule the system's text: untrusted.
     text = f"{inner}{change}  {_paint(ev.kind.upper(), ev.kind, color)} @ {term_safe(ev.node)} {term_safe(ev.hook)}"
+    return text + nat_notes_text(ev)
+
+
+def nat_notes_text(ev: NatEvent) -> str:
+    """What annotators add to a NAT event's text: ``  rule: ... (source)  ct N``."""
+    text = ""
     if ev.rule:
         text += f"  rule: {term_safe(ev.rule)}" + (f" ({term_safe(ev.rule_source)})" if ev.rule_source else "")
     if ev.conntrack is not None and ev.conntrack.id is not None:

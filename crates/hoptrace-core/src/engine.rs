@@ -217,6 +217,16 @@ impl Engine {
         }
     }
 
+    /// Annotate shown paths from `notes` (crate::annotate).
+    pub fn set_notes(&mut self, notes: crate::annotate::Notes) {
+        self.learner.finisher.set_notes(notes);
+    }
+
+    /// The annotation tables, when set.
+    pub fn notes_mut(&mut self) -> Option<&mut crate::annotate::Notes> {
+        self.learner.finisher.notes_mut()
+    }
+
     /// Hand each shown path and closed flow to `sink` too (`lines`: keep writing NDJSON;
     /// see [`PathFinisher::set_sink`]).
     pub fn set_sink(&mut self, sink: Box<dyn PathSink>, lines: bool) {

@@ -25,13 +25,14 @@
 
 use std::any::Any;
 
+use crate::annotate::Notes;
 use crate::correlate::FinishedPath;
 use crate::flows::{ClosedFlow, Flows};
 use crate::labels::Labels;
 use crate::learned::{Links, Owners};
 use crate::nat::{infer_nat, verdict, NatEvent, Verdict};
 use crate::obs::Obs;
-use crate::render::{push_path_line, push_stats_line};
+use crate::render::{push_path_line, push_path_line_noted, push_stats_line};
 use crate::text_render::{push_path_text, push_stats_text, Format, PathHead};
 
 /// The correlator's settings that finishing reads (tracer/correlate.py's defaults).
@@ -124,6 +125,12 @@ pub struct PathFinisher {
     limit: Option<u64>,
     /// `finish_step`'s numbers of the step's paths that would be shown.
     candidates: Vec<u64>,
+    /// Annotation tables (live's annotators), when set: `finish_step` applies them.
+    notes: Option<Notes>,
+    /// Per shown path of a step, its note; scratch for annotated hops and NAT events.
+    step_notes: Vec<Option<u32>>,
+    noted_hops: Vec<Obs>,
+    noted_nat: Vec<NatEvent>,
 }
 
 impl PathFinisher {
@@ -148,6 +155,46 @@ impl PathFinisher {
             pending_obs: Vec::new(),
             limit: None,
             candidates: Vec::new(),
+            notes: None,
+            step_notes: Vec::new(),
+            noted_hops: Vec::new(),
+            noted_nat: Vec::new(),
+        }
+    }
+
+    /// Annotate the paths of each step ([`PathFinisher::finish_step`]) from `notes`.
+    pub fn set_notes(&mut self, notes: Notes) {
+        self.notes = Some(notes);
+    }
+
+    pub fn notes_mut(&mut self) -> Option<&mut Notes> {
+        self.notes.as_mut()
+    }
+
+    /// The step's shown paths looked up in the tables; the misses asked at once.
+    fn look_up_notes(
+        &mut self,
+        judged: &[(u64, usize, Option<u64>, Verdict)],
+        paths: &[FinishedPath],
+        obs: &[Obs],
+    ) {
+        self.step_notes.clear();
+        let Some(notes) = &mut self.notes else {
+            return;
+        };
+        for &(_, k, _, _) in judged {
+            let Some(hops) = paths.get(k).and_then(|p| obs.get(p.start..p.end)) else {
+                self.step_notes.push(None);
+                continue;
+            };
+            self.nat.clear();
+            infer_nat(hops, &self.labels, &mut self.nat);
+            self.step_notes.push(notes.lookup(hops, &self.nat));
+        }
+        if notes.pending() {
+            notes.resolve(&mut self.labels, |out, hops, nat, labels| {
+                push_path_line(out, 0, None, Verdict::Incomplete, hops, nat, labels);
+            });
         }
     }
 
@@ -282,13 +329,59 @@ impl PathFinisher {
         if !judged.windows(2).all(|w| w[0].0 <= w[1].0) {
             judged.sort_by_key(|j| j.0); // stable: equal numbers stay in finishing order
         }
-        for &(num, k, flow, v) in &judged {
+        // Text blocks are not annotated here yet: with notes, the stream writes NDJSON.
+        if self.notes.is_some() && self.lines && matches!(self.cfg.format, Format::Ndjson) {
+            self.look_up_notes(&judged, paths, obs);
+        }
+        for (at, &(num, k, flow, v)) in judged.iter().enumerate() {
             let Some(hops) = paths.get(k).and_then(|p| obs.get(p.start..p.end)) else {
                 continue;
             };
             self.nat.clear();
             infer_nat(hops, &self.labels, &mut self.nat);
-            if self.lines {
+            let note = self.step_notes.get(at).copied().flatten();
+            let mut written = false;
+            if let (Some(i), Some(notes), true) = (note, self.notes.as_mut(), self.lines) {
+                if let Some(nn) = notes.apply(
+                    i,
+                    hops,
+                    &self.nat,
+                    &mut self.noted_hops,
+                    &mut self.noted_nat,
+                ) {
+                    if let Some(f) = flow {
+                        if let Some(ct) = nn.iter().find_map(|n| n.conntrack_id) {
+                            self.flows.note_conntrack(f, ct);
+                        }
+                    }
+                    match self.cfg.format {
+                        Format::Ndjson => push_path_line_noted(
+                            &mut self.out,
+                            num,
+                            flow,
+                            v,
+                            &self.noted_hops,
+                            &self.noted_nat,
+                            nn,
+                            &self.labels,
+                        ),
+                        Format::Text(opts) => push_path_text(
+                            &mut self.out,
+                            PathHead {
+                                num,
+                                flow,
+                                verdict: v,
+                            },
+                            &self.noted_hops,
+                            &self.noted_nat,
+                            &self.labels,
+                            &opts,
+                        ),
+                    }
+                    written = true;
+                }
+            }
+            if self.lines && !written {
                 push_path(
                     &mut self.out,
                     self.cfg.format,

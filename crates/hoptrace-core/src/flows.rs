@@ -60,6 +60,8 @@ struct FlowState {
     /// Every path assigned to it, shown or not (`max_paths` counts these).
     assigned: usize,
     keys: Vec<FlowKey>,
+    /// The conntrack entry an annotator named first for one of its paths' NAT events.
+    conntrack_id: Option<u64>,
     /// The last sighting time of its latest path (None until its first path is counted),
     /// and when that was learnt (a counter).
     touched: Option<u64>,
@@ -196,6 +198,7 @@ impl Flows {
         let n = self.count;
         let trans = flow_key(last);
         let mut fs = FlowState {
+            conntrack_id: None,
             family: first.family,
             proto: first.proto,
             original: Endpoints::of(first),
@@ -262,8 +265,16 @@ impl Flows {
                 original: &fs.original,
                 reply: &fs.reply,
                 paths: &fs.paths,
+                conntrack_id: fs.conntrack_id,
             },
         );
+    }
+
+    /// Flow `flow` is conntrack entry `id`, unless a path named another before.
+    pub fn note_conntrack(&mut self, flow: u64, id: u64) {
+        if let Some(fs) = self.open.get_mut(&flow) {
+            fs.conntrack_id.get_or_insert(id);
+        }
     }
 
     /// Close the flows idle since before `clock_ns - idle_ns` (the sightings' clock).

@@ -9,6 +9,7 @@
 /// The core's version, which the binding reports so that a stale build is visible.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+pub mod annotate;
 pub mod bpf;
 pub mod columns;
 pub mod correlate;

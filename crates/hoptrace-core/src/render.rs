@@ -172,6 +172,17 @@ pub fn push_endpoints(out: &mut Vec<u8>, family: u8, e: &Endpoints) {
 /// One NAT event as `_nat_line` writes it (no rule, conntrack entry or rule source: what
 /// annotators add, and a replay has none).
 pub fn push_nat(out: &mut Vec<u8>, ev: &NatEvent, hops: &[Obs], labels: &Labels) {
+    push_nat_noted(out, ev, hops, labels, None);
+}
+
+/// [`push_nat`] with what annotators add (`"rule": ...` onwards: crate::annotate).
+pub fn push_nat_noted(
+    out: &mut Vec<u8>,
+    ev: &NatEvent,
+    hops: &[Obs],
+    labels: &Labels,
+    note: Option<&[u8]>,
+) {
     out.extend_from_slice(b"{\"kind\": \"");
     out.extend_from_slice(ev.kind.name().as_bytes());
     out.extend_from_slice(b"\", \"node\": ");
@@ -186,7 +197,13 @@ pub fn push_nat(out: &mut Vec<u8>, ev: &NatEvent, hops: &[Obs], labels: &Labels)
     push_u64(out, u64::from(ev.from_hop));
     out.extend_from_slice(b", \"to_hop\": ");
     push_u64(out, u64::from(ev.to_hop()));
-    out.extend_from_slice(b", \"rule\": null");
+    match note {
+        Some(n) => {
+            out.extend_from_slice(b", ");
+            out.extend_from_slice(n);
+        }
+        None => out.extend_from_slice(b", \"rule\": null"),
+    }
     if let Some((before, after)) = ev.icmp_ids {
         out.extend_from_slice(b", \"icmp_id_before\": ");
         push_u64(out, u64::from(before));
@@ -207,6 +224,21 @@ pub fn push_path_line(
     verdict: Verdict,
     hops: &[Obs],
     nat: &[NatEvent],
+    labels: &Labels,
+) {
+    push_path_line_noted(out, num, flow, verdict, hops, nat, &[], labels);
+}
+
+/// [`push_path_line`] with the NAT events' annotations (`notes`: one per event, or none).
+#[allow(clippy::too_many_arguments)]
+pub fn push_path_line_noted(
+    out: &mut Vec<u8>,
+    num: u64,
+    flow: Option<u64>,
+    verdict: Verdict,
+    hops: &[Obs],
+    nat: &[NatEvent],
+    notes: &[crate::annotate::NatNote],
     labels: &Labels,
 ) {
     out.extend_from_slice(b"{\"type\": \"path\", \"id\": \"p");
@@ -237,7 +269,13 @@ pub fn push_path_line(
         if i > 0 {
             out.extend_from_slice(b", ");
         }
-        push_nat(out, ev, hops, labels);
+        push_nat_noted(
+            out,
+            ev,
+            hops,
+            labels,
+            notes.get(i).map(|n| n.json.as_slice()),
+        );
     }
     out.extend_from_slice(b"]}\n");
 }
@@ -251,6 +289,8 @@ pub struct FlowLine<'a> {
     pub original: &'a Endpoints,
     pub reply: &'a Endpoints,
     pub paths: &'a [u64],
+    /// The conntrack entry an annotator found for one of its paths' NAT events.
+    pub conntrack_id: Option<u64>,
 }
 
 /// One flow as `json.dumps(flow_json(flow))` writes it, newline included.
@@ -272,7 +312,12 @@ pub fn push_flow_line(out: &mut Vec<u8>, f: &FlowLine<'_>) {
         push_u64(out, *p);
         out.push(b'"');
     }
-    out.extend_from_slice(b"]}\n");
+    out.push(b']');
+    if let Some(ct) = f.conntrack_id {
+        out.extend_from_slice(b", \"conntrack_id\": ");
+        push_u64(out, ct);
+    }
+    out.extend_from_slice(b"}\n");
 }
 
 /// The stats line (`stats_json`), newline included. `elapsed_s` as Python's
@@ -419,6 +464,7 @@ mod tests {
                     original: &e,
                     reply: &e,
                     paths: &[17, 18],
+                    conntrack_id: None,
                 },
             )
         });

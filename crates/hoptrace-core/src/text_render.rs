@@ -974,6 +974,7 @@ mod tests {
                     original: &e,
                     reply: &r,
                     paths: &[1, 4],
+                    conntrack_id: None,
                 },
             )
         });

@@ -9,6 +9,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use hoptrace_core::annotate::{NoteProvider, Notes, RawNatNote, RawNote};
 use hoptrace_core::bpf::Program;
 use hoptrace_core::engine::{Engine, EngineConfig};
 use hoptrace_core::finish::{PathSink, ShownPath};
@@ -59,6 +60,65 @@ impl PathSink for HopExtras {
     fn flow(&mut self, _f: &ClosedFlow) {}
 }
 
+/// One answer as Python gives it: per hop its node ("surrogatepass" UTF-8 bytes or None),
+/// per NAT event (node, NDJSON fields from `"rule"` on, text, conntrack id), per annotator
+/// its NAT events without conntrack, provisional.
+type PyNote = (
+    Vec<Option<Vec<u8>>>,
+    Vec<(Option<Vec<u8>>, Vec<u8>, Vec<u8>, Option<u64>)>,
+    Vec<u64>,
+    bool,
+);
+
+/// The Python provider of annotation answers: called (with the GIL, from the detached
+/// step) once per step with the step's unseen path shapes. An exception is kept and
+/// raised when the step returns; meanwhile the paths are written unannotated.
+#[derive(Debug)]
+struct PyNotes {
+    provider: Py<PyAny>,
+    error: Arc<Mutex<Option<PyErr>>>,
+}
+
+impl NoteProvider for PyNotes {
+    fn resolve(&mut self, lines: &[u8], extras: &[u64]) -> Option<Vec<RawNote>> {
+        Python::attach(|py| {
+            let got = self
+                .provider
+                .call1(
+                    py,
+                    (PyBytes::new(py, lines), PyArray1::from_slice(py, extras)),
+                )
+                .and_then(|r| r.extract::<Vec<PyNote>>(py));
+            match got {
+                Ok(notes) => Some(
+                    notes
+                        .into_iter()
+                        .map(|(hop_nodes, nat, counts, provisional)| RawNote {
+                            hop_nodes,
+                            nat: nat
+                                .into_iter()
+                                .map(|(node, json, text, conntrack_id)| RawNatNote {
+                                    node,
+                                    json,
+                                    text,
+                                    conntrack_id,
+                                })
+                                .collect(),
+                            counts,
+                            provisional,
+                        })
+                        .collect(),
+                ),
+                Err(e) => {
+                    let mut slot = self.error.lock().unwrap_or_else(|e| e.into_inner());
+                    slot.get_or_insert(e);
+                    None
+                }
+            }
+        })
+    }
+}
+
 /// The lines of `data`: every line the finisher writes starts `{"type": "<kind>"`, and
 /// JSON strings escape newlines, so each newline ends one.
 fn index_lines(data: &[u8], index: &mut Vec<u64>) {
@@ -90,9 +150,18 @@ pub struct Stream {
     rows: Vec<Obs>,
     index: Vec<u64>,
     extras: Arc<Mutex<Vec<u64>>>,
+    /// The annotation provider's exception, raised when the step returns.
+    error: Arc<Mutex<Option<PyErr>>>,
 }
 
 impl Stream {
+    fn raise(&self) -> PyResult<()> {
+        match self.error.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     fn output<'py>(&mut self, py: Python<'py>) -> Output<'py> {
         let data = self.core.take_output();
         index_lines(&data, &mut self.index);
@@ -142,6 +211,7 @@ impl Stream {
             rows: Vec::new(),
             index: Vec::new(),
             extras,
+            error: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -189,15 +259,19 @@ impl Stream {
         rows_into(rows, &mut self.rows)?;
         let (core, rows) = (&mut self.core, &self.rows);
         py.detach(|| core.feed(rows, frames, now_ns));
-        Ok(self.output(py))
+        let out = self.output(py);
+        self.raise()?;
+        Ok(out)
     }
 
     /// Nothing was seen until ``now_ns`` (a live source's clock): paths and flows idle
     /// long enough finish. Returns ``(ndjson, index, hops)``.
-    fn advance<'py>(&mut self, py: Python<'py>, now_ns: u64) -> Output<'py> {
+    fn advance<'py>(&mut self, py: Python<'py>, now_ns: u64) -> PyResult<Output<'py>> {
         let core = &mut self.core;
         py.detach(|| core.advance(now_ns));
-        self.output(py)
+        let out = self.output(py);
+        self.raise()?;
+        Ok(out)
     }
 
     /// End of input, one slice at a time (the longest idle paths first): returns
@@ -207,16 +281,49 @@ impl Stream {
     fn flush_slice<'py>(
         &mut self,
         py: Python<'py>,
-    ) -> (
+    ) -> PyResult<(
         Bound<'py, PyBytes>,
         Bound<'py, PyArray1<u64>>,
         Bound<'py, PyArray1<u64>>,
         bool,
-    ) {
+    )> {
         let core = &mut self.core;
         let more = py.detach(|| core.flush_slice());
         let (data, index, extras) = self.output(py);
-        (data, index, extras, more)
+        self.raise()?;
+        Ok((data, index, extras, more))
+    }
+
+    /// Annotate shown paths through tables (hoptrace_core::annotate): ``provider(lines,
+    /// hops)`` is called once per step with the NDJSON lines of the path shapes not seen
+    /// yet (and their hops' ``(ifindex, source, digest, wire_len)``, flattened), and
+    /// returns one answer per line: ``(hop_nodes, nat, counts, provisional)`` with
+    /// ``hop_nodes`` a list of bytes or None per hop, ``nat`` a list of ``(node, json,
+    /// text, conntrack_id)`` per NAT event, ``counts`` per annotator the NAT events
+    /// without a conntrack entry, ``provisional`` to be asked again next step.
+    /// ``per_packet``: the answers read each packet's IP ID.
+    #[pyo3(signature = (provider, *, per_packet=false))]
+    fn set_notes(&mut self, provider: Py<PyAny>, per_packet: bool) {
+        let p = PyNotes {
+            provider,
+            error: Arc::clone(&self.error),
+        };
+        self.core.set_notes(Notes::new(Box::new(p), per_packet));
+    }
+
+    /// The provider's tables changed: every path shape is asked again.
+    fn forget_notes(&mut self) {
+        if let Some(n) = self.core.notes_mut() {
+            n.forget();
+        }
+    }
+
+    /// Per annotator, NAT events written without a conntrack entry since the last call.
+    fn take_note_counts(&mut self) -> Vec<u64> {
+        self.core
+            .notes_mut()
+            .map(|n| n.take_counts())
+            .unwrap_or_default()
     }
 
     /// Sightings fed so far.

@@ -1,0 +1,219 @@
+"""Live's annotators through the core's tables (hoptrace_core::annotate) against the reference
+engine running the same annotators on every path, byte for byte.
+
+The real ``Attributor`` over a fixed ``Topology`` (NAT rules, renamed namespaces) and a
+conntrack table filled by hand, and a ``RuleTrace`` whose log is a dict; NAT fixtures and
+generated eBPF-shaped NAT streams in random batchings, with the topology and conntrack
+entries changing mid-stream; and the provider asked once per path shape.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import re
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tests.reference.engine as ref
+from tests.unit.test_core_stream import FIXTURES, read, recut
+from tracer.attribution import Attributor
+from tracer.conntrack import ConntrackTable, CtTuple, Entry
+from tracer.engine import Engine, TableAnnotator, run
+from tracer.model import ConntrackRef, ObsBatch, PacketPath
+from tracer.nftrace import RuleTrace
+from tracer.output import NdjsonSink
+from tracer.topology import Interface, Namespace, Topology, parse_iptables_save
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import record_bench
+
+WEB, HOST, INET = (h.netns for h in (record_bench.HOPS[0], record_bench.HOPS[1], record_bench.HOPS[4]))
+_ELAPSED = re.compile(r', "elapsed_s": [0-9.e-]+}$')
+
+
+def topology(host_name: str = "dockerhost", rules: bool = True) -> Topology:
+    save = ["*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+            ":POSTROUTING ACCEPT [0:0]", ":DOCKER - [0:0]",
+            "-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER"]
+    if rules:
+        save.append("-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE")
+    save += ["-A DOCKER -i docker0 -j RETURN",
+             "-A DOCKER ! -i docker0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80",
+             "COMMIT"]
+    host = Namespace(HOST, host_name, "/nonexistent", (
+        Interface(HOST, 1, "lo", None, None, "UNKNOWN", 65536, ("127.0.0.1/8",)),
+        Interface(HOST, 2, "eth0", "veth", None, "UP", 1500, ("203.0.113.2/24",)),
+        Interface(HOST, 3, "docker0", "bridge", None, "UP", 1500, ("172.17.0.1/16",)),
+        Interface(HOST, 4, "veth1a2b3c", "veth", None, "UP", 1500, (), master=3),
+    ), (), tuple(parse_iptables_save("\n".join(save) + "\n")), True)
+    web = Namespace(WEB, "web-1", "/nonexistent", (
+        Interface(WEB, 2, "eth0", "veth", None, "UP", 1500, ("172.17.0.2/16",)),), (), (), False)
+    # A fixture's "host" node is found by name (its netns is not this one).
+    return Topology((host, web))
+
+
+def entry(flow: int, ct_id: int, status: tuple[str, ...] = ("SRC_NAT",)) -> Entry:
+    """The conntrack entry of generated flow ``flow`` (UDP 172.17.x.y:30000+flow -> 198.51.100.8:53)."""
+    src = f"172.17.{(flow >> 8) & 0xFF}.{flow & 0xFF}"
+    orig = CtTuple(17, src, "198.51.100.8", 30000 + flow, 53)
+    reply = CtTuple(17, "198.51.100.8", "203.0.113.2", 53, 30000 + flow)
+    return Entry(ConntrackRef(ct_id, orig.endpoints(), reply.endpoints(), status), orig, reply)
+
+
+def conntrack() -> ConntrackTable:
+    table = ConntrackTable({HOST: "/nonexistent"})  # filled by hand: no threads
+    for flow in range(0, 2000, 3):
+        table._tables[HOST].put(entry(flow, 1000 + flow))
+    return table
+
+
+class Trace(RuleTrace):
+    """A RuleTrace whose log is a dict: every fifth IP ID was traced."""
+
+    def __init__(self) -> None:
+        self.logs = {}
+
+    def find(self, netns: int, kind: str, src: str, dst: str, sport: int | None, dport: int | None,
+             ip_id: int | None) -> Any:
+        if ip_id is None or ip_id % 5:
+            return None
+        return type("T", (), {"label": f"-t nat -A POSTROUTING (trace of {ip_id}, {src} -> {dst})"})()
+
+
+class Counting(Attributor):
+    """Counts what the core asks: a path shape at most once (while nothing changes)."""
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.shapes: list[tuple[Any, ...]] = []
+
+    def annotate(self, path: PacketPath) -> PacketPath:
+        self.shapes.append((tuple((h.node, h.ifname, h.netns, h.ifindex, h.direction, h.icmp_id, h.proto)
+                                  for h in path.hops),
+                            tuple((e.kind, e.hook, e.before, e.after, e.from_hop) for e in path.nat)))
+        return super().annotate(path)
+
+
+class Source:
+    """Batches, with ``before(k)`` called as batch k is handed out (a table changing mid-stream)."""
+
+    lost_events = 0
+    kind = "ebpf"
+
+    def __init__(self, batches: Sequence[ObsBatch], before: Callable[[int], None] | None = None) -> None:
+        self._batches = list(batches)
+        self._before = before
+
+    def start(self) -> None:
+        pass
+
+    def batches(self) -> Iterator[ObsBatch]:
+        for k, b in enumerate(self._batches):
+            if self._before is not None:
+                self._before(k)
+            yield b
+
+    def stop(self) -> None:
+        pass
+
+
+Make = Callable[[], tuple[list[Any], Callable[[int], None] | None]]
+
+
+def both(batches: Sequence[ObsBatch], make: Make) -> tuple[tuple[list[str], list[int]], tuple[list[str], list[int]]]:
+    """(core, reference): NDJSON lines and the annotators' without_conntrack counts."""
+    outs = []
+    for engine, runner, sink in ((Engine, run, NdjsonSink), (ref.Engine, ref.run, ref.NdjsonSink)):
+        anns, before = make()
+        buf = io.StringIO()
+        # The reference applies each annotator to every path as a plain function (not its own
+        # shape templates, which would take RuleTrace's per-packet answers for a shape's).
+        plain = anns if engine is Engine else [(lambda p, a=a: a(p)) for a in anns]
+        runner(engine(Source(batches, before), annotators=plain), [sink(buf)])
+        lines = [_ELAPSED.sub("}", x) for x in buf.getvalue().splitlines()]
+        outs.append((lines, [getattr(a, "without_conntrack", 0) for a in anns]))
+    return outs[0], outs[1]
+
+
+def assert_same(batches: Sequence[ObsBatch], make: Make) -> list[str]:
+    got, want = both(batches, make)
+    assert got == want
+    return got[0]
+
+
+def test_the_annotators_are_table_annotators() -> None:
+    assert isinstance(Attributor(topology()), TableAnnotator)
+    assert isinstance(Trace(), TableAnnotator)
+    assert not isinstance(lambda p: p, TableAnnotator)
+
+
+@pytest.mark.parametrize("fixture", ["internet-ping-ebpf", "published-port", "hairpin", "internet-ping",
+                                     "udp", "blocked-ebpf"])
+def test_nat_fixtures(fixture: str) -> None:
+    batches, _ = read([str(FIXTURES / f"{fixture}.pcapng")])
+    lines = assert_same(batches, lambda: ([Attributor(topology()), Trace()], None))
+    assert lines and lines[-1].startswith('{"type": "stats"')
+    assert_same(batches, lambda: ([Attributor(topology(), conntrack())], None))
+
+
+def generated(n: int = 24_000, size: int = 1500, seed: int = 1) -> list[ObsBatch]:
+    return record_bench.make_batches(n, size, seed)
+
+
+def test_generated_nat_stream_names_rules_and_conntrack_entries() -> None:
+    lines = assert_same(generated(), lambda: ([Attributor(topology(), conntrack())], None))
+    paths = [x for x in lines if x.startswith('{"type": "path"')]
+    assert len(paths) == 24_000 // 5
+    assert all('"node": "dockerhost"' in x and '"node": "web-1"' in x for x in paths)
+    assert all('"rule_source": "inferred"' in x for x in paths)
+    assert 0 < sum('"conntrack": {"id": ' in x for x in paths) < len(paths)
+    assert any('"conntrack_id": ' in x for x in lines if x.startswith('{"type": "flow"'))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_batchings_with_tables_changing_mid_stream(seed: int) -> None:
+    rng = random.Random(seed)
+    batches = recut(generated(8_000, 4096, seed), rng, idle=True)
+    switch = rng.randrange(1, max(2, len(batches)))
+
+    def make() -> tuple[list[Any], Callable[[int], None]]:
+        table = conntrack()
+        snapshots = [topology(), topology("host-renamed", rules=False)]
+        att = Attributor(lambda: snapshots[0], table)
+
+        def before(k: int) -> None:
+            if k == switch:
+                snapshots.reverse()  # a new snapshot: a new generation
+            if k == switch // 2:
+                table._tables[HOST].put(entry(3, 1003, ("SRC_NAT", "SEEN_REPLY")))  # an entry changes
+                table._tables[HOST].put(entry(1, 7001))  # an entry appears
+
+        anns: list[Any] = [att, Trace()] if seed % 2 else [att]
+        return anns, before
+
+    lines = assert_same(batches, make)
+    assert any("host-renamed" in x for x in lines)
+
+
+def test_the_provider_is_asked_once_per_shape() -> None:
+    att = Counting(topology())
+    buf = io.StringIO()
+    run(Engine(Source(recut(generated(), random.Random(7), idle=True)), annotators=[att]), [NdjsonSink(buf)])
+    assert 2 <= len(att.shapes) < 4_000  # 2000 flows (some share a shape only per flow)
+    assert len(att.shapes) == len(set(att.shapes))
+    # The answers reached the lines.
+    assert buf.getvalue().count('"rule_source": "inferred"') == 24_000 // 5
+
+
+def test_a_provider_error_is_raised_from_the_step() -> None:
+    class Broken(Attributor):
+        def annotate(self, path: PacketPath) -> PacketPath:
+            raise RuntimeError("provider failed")
+
+    with pytest.raises(RuntimeError, match="provider failed"):
+        run(Engine(Source(generated(2_000, 500)), annotators=[Broken(topology())]), [NdjsonSink(io.StringIO())])
