@@ -25,7 +25,7 @@ from tracer.model import Flow, HopLabel, ObsBatch, PacketPath, Stats
 if TYPE_CHECKING:
     import numpy as np
 
-    from tracer.output import Sink
+    from tracer.output import Sink, TextOptions
     from tracer.source import Source
 
 Annotator = Callable[[PacketPath], PacketPath]
@@ -67,6 +67,17 @@ class TableAnnotator(Protocol):
     def annotate(self, path: PacketPath) -> PacketPath: ...
 
     def provisional(self, path: PacketPath) -> bool: ...
+
+
+@runtime_checkable
+class TextLines(Protocol):
+    """A sink that takes the core's text (blocks and flow lines, tracer/output.py ``TextSink``)
+    as it is, rendered with its ``text_options``."""
+
+    @property
+    def text_options(self) -> TextOptions: ...
+
+    def on_text(self, data: bytes) -> None: ...
 
 
 @runtime_checkable
@@ -151,6 +162,16 @@ class Engine:
         self._t1: float | None = None
         self._stream: Any = None
         self._paths_base = 0  # paths shown by earlier runs of events() (a second call)
+        # The core writes text for people with these options rather than NDJSON (render_text).
+        self.text: TextOptions | None = None
+
+    def render_text(self, opts: TextOptions) -> bool:
+        """Have the core write ``opts``' text instead of NDJSON lines (``chunks()``' data; no
+        row views then). False when an annotator needs row views (a plain function)."""
+        if self.annotators and not all(isinstance(a, TableAnnotator) for a in self.annotators):
+            return False
+        self.text = opts
+        return True
 
     def stop(self) -> None:
         """Thread-safe: the current batch finishes, open paths are flushed, ``events()`` ends."""
@@ -180,8 +201,9 @@ class Engine:
         if self._stream is not None:
             self._paths_base += int(self._stream.paths)
         count = self.count
+        text = None if self.text is None else (self.text.numeric, self.text.detail, self.text.color)
         stream = self._stream = _core.Stream(count=None if count is None else max(count, 0),
-                                             filter=self.path_filter is not None)
+                                             filter=self.path_filter is not None, text=text)
         feeder = _Feeder(stream, self.path_filter)
         tables = _Tables.of(self.annotators, stream)
         annotate = _Annotated(self.annotators) if self.annotators and tables is None else None
@@ -469,18 +491,26 @@ def gc_policy() -> Iterator[None]:
 def run(engine: Engine, sinks: Sequence[Sink]) -> Stats:
     """Drive ``engine`` into ``sinks``; the stats go last, also when the source failed.
 
-    NDJSON sinks get the core's lines as bytes; the others row views. Runs under ``gc_policy()``.
+    NDJSON sinks get the core's lines as bytes; text sinks (all of one look, and no other sink)
+    the core's text; the others row views. Runs under ``gc_policy()``.
     """
     with gc_policy():
         return _run(engine, sinks)
 
 
 def _run(engine: Engine, sinks: Sequence[Sink]) -> Stats:
+    texts = [s for s in sinks if isinstance(s, TextLines)]
+    text = (bool(texts) and len(texts) == len(sinks) and len({s.text_options for s in texts}) == 1
+            and engine.render_text(texts[0].text_options))
     raw = [s for s in sinks if isinstance(s, NdjsonLines)]
     objs = [s for s in sinks if not isinstance(s, NdjsonLines)]
     try:
         for lines in engine.chunks():
-            if lines.data:
+            if text:
+                if lines.data:
+                    for t in texts:
+                        t.on_text(lines.data)
+            elif lines.data:
                 for r in raw:
                     r.on_ndjson(lines.data)
                 if objs:
@@ -504,5 +534,5 @@ def _run(engine: Engine, sinks: Sequence[Sink]) -> Stats:
     return stats
 
 
-__all__ = ["Annotator", "Engine", "Event", "FramePrograms", "Lines", "NdjsonLines", "TableAnnotator", "gc_policy",
-           "run"]
+__all__ = ["Annotator", "Engine", "Event", "FramePrograms", "Lines", "NdjsonLines", "TableAnnotator", "TextLines",
+           "gc_policy", "run"]

@@ -505,6 +505,14 @@ class TextSink:
         self._gap = "\n" if opts.detail < 0 else "\n\n"
         self._buf: list[str] = []  # until flush(), written by write_all (see there why)
 
+    @property
+    def text_options(self) -> TextOptions:
+        return self.opts
+
+    def on_text(self, data: bytes) -> None:
+        """Blocks and flow lines the core rendered as this sink would (tracer.engine.TextLines)."""
+        self._buf.append(data.decode("utf-8", "surrogateescape"))
+
     def on_path(self, path: PacketPath) -> None:
         self._buf.append(path_text(path, self.opts) + self._gap)
 

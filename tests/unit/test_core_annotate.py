@@ -26,7 +26,7 @@ from tracer.conntrack import ConntrackTable, CtTuple, Entry
 from tracer.engine import Engine, TableAnnotator, run
 from tracer.model import ConntrackRef, ObsBatch, PacketPath
 from tracer.nftrace import RuleTrace
-from tracer.output import NdjsonSink
+from tracer.output import NdjsonSink, TextOptions, TextSink
 from tracer.topology import Interface, Namespace, Topology, parse_iptables_save
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
@@ -217,3 +217,36 @@ def test_a_provider_error_is_raised_from_the_step() -> None:
 
     with pytest.raises(RuntimeError, match="provider failed"):
         run(Engine(Source(generated(2_000, 500)), annotators=[Broken(topology())]), [NdjsonSink(io.StringIO())])
+
+
+_SECONDS = re.compile(r"[0-9.]+ s$")
+
+
+@pytest.mark.parametrize("opts", [TextOptions(), TextOptions(numeric=True, detail=1, color=True),
+                                  TextOptions(detail=-1), TextOptions(detail=2)])
+def test_text_rendered_by_the_core_with_annotations(opts: TextOptions) -> None:
+    """live's text (TextSink): the core writes it, annotations included, as the reference's
+    TextSink writes the reference engine's annotated paths."""
+    batches = [*generated(6_000, 1000), *read([str(FIXTURES / "published-port.pcapng")])[0]]
+    outs = []
+    for engine, runner in ((Engine, run), (ref.Engine, ref.run)):
+        anns: list[Any] = [Attributor(topology(), conntrack()), Trace()]
+        plain = anns if engine is Engine else [(lambda p, a=a: a(p)) for a in anns]
+        e = engine(Source(batches), annotators=plain)
+        buf = io.StringIO()
+        runner(e, [TextSink(buf, opts)])
+        outs.append(([_SECONDS.sub("s", x) for x in buf.getvalue().splitlines()], anns[0].without_conntrack))
+        if engine is Engine:
+            assert e.text == opts  # the core rendered it
+    assert outs[0] == outs[1]
+    assert any("  ct 10" in x for x in outs[0][0])  # flows name their conntrack entry
+    if opts.detail >= 0:  # -q shows no NAT event lines
+        assert any("rule: " in x and "(inferred)" in x for x in outs[0][0])
+        assert any("(trace)" in x for x in outs[0][0])
+    assert any("dockerhost" in x for x in outs[0][0]) or opts.numeric
+
+
+def test_text_from_row_views_with_plain_function_annotators() -> None:
+    e = Engine(Source(generated(2_000, 500)), annotators=[lambda p: p])
+    run(e, [TextSink(io.StringIO())])
+    assert e.text is None

@@ -33,7 +33,7 @@ use crate::learned::{Links, Owners};
 use crate::nat::{infer_nat, verdict, NatEvent, Verdict};
 use crate::obs::Obs;
 use crate::render::{push_path_line, push_path_line_noted, push_stats_line};
-use crate::text_render::{push_path_text, push_stats_text, Format, PathHead};
+use crate::text_render::{push_path_text, push_path_text_noted, push_stats_text, Format, PathHead};
 
 /// The correlator's settings that finishing reads (tracer/correlate.py's defaults).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -329,8 +329,7 @@ impl PathFinisher {
         if !judged.windows(2).all(|w| w[0].0 <= w[1].0) {
             judged.sort_by_key(|j| j.0); // stable: equal numbers stay in finishing order
         }
-        // Text blocks are not annotated here yet: with notes, the stream writes NDJSON.
-        if self.notes.is_some() && self.lines && matches!(self.cfg.format, Format::Ndjson) {
+        if self.notes.is_some() && self.lines {
             self.look_up_notes(&judged, paths, obs);
         }
         for (at, &(num, k, flow, v)) in judged.iter().enumerate() {
@@ -365,7 +364,7 @@ impl PathFinisher {
                             nn,
                             &self.labels,
                         ),
-                        Format::Text(opts) => push_path_text(
+                        Format::Text(opts) => push_path_text_noted(
                             &mut self.out,
                             PathHead {
                                 num,
@@ -374,6 +373,7 @@ impl PathFinisher {
                             },
                             &self.noted_hops,
                             &self.noted_nat,
+                            nn,
                             &self.labels,
                             &opts,
                         ),

@@ -519,6 +519,20 @@ pub fn push_path_text(
     labels: &Labels,
     opts: &TextOptions,
 ) {
+    push_path_text_noted(out, head, hops, nat, &[], labels, opts);
+}
+
+/// [`push_path_text`] with the NAT events' annotations (`notes`: one per event, or none):
+/// each event's line ends with what `nat_text` adds (`  rule: ...  ct N`).
+pub fn push_path_text_noted(
+    out: &mut Vec<u8>,
+    head: PathHead,
+    hops: &[Obs],
+    nat: &[NatEvent],
+    notes: &[crate::annotate::NatNote],
+    labels: &Labels,
+    opts: &TextOptions,
+) {
     let (Some(first), Some(last)) = (hops.first(), hops.last()) else {
         return;
     };
@@ -597,9 +611,15 @@ pub fn push_path_text(
                 out.push(b')');
             }
         }
-        for ev in nat.iter().filter(|ev| ev.to_hop() as usize == i) {
+        for (k, ev) in nat.iter().enumerate() {
+            if ev.to_hop() as usize != i {
+                continue;
+            }
             out.extend_from_slice(b"\n        ");
             push_nat_text(out, ev, hops, labels, opts);
+            if let Some(n) = notes.get(k) {
+                out.extend_from_slice(&n.text);
+            }
         }
         rstrip_from(out, start);
     }
@@ -620,6 +640,10 @@ pub fn push_flow_text(out: &mut Vec<u8>, f: &FlowLine<'_>) {
     for p in f.paths {
         out.extend_from_slice(b" p");
         push_u64(out, *p);
+    }
+    if let Some(ct) = f.conntrack_id {
+        out.extend_from_slice(b"  ct ");
+        push_u64(out, ct);
     }
     out.push(b'\n');
 }

@@ -16,6 +16,7 @@ use hoptrace_core::finish::{PathSink, ShownPath};
 use hoptrace_core::flows::ClosedFlow;
 use hoptrace_core::labels::Labels;
 use hoptrace_core::obs::Obs;
+use hoptrace_core::text_render::{Format, TextOptions};
 use numpy::PyArray1;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -143,7 +144,9 @@ fn index_lines(data: &[u8], index: &mut Vec<u64>) {
 /// ``count``: show at most that many paths (the rest, past it in output order, are
 /// hidden: they still join flows, which list shown paths only); ``filter``: a path filter
 /// runs, a path is shown when the frame of any of its sightings matches the program of
-/// its hop's link type (``set_program``; a link type without one never matches).
+/// its hop's link type (``set_program``; a link type without one never matches);
+/// ``text=(numeric, detail, color)``: text for people (``TextSink``'s blocks and flow
+/// lines) instead of NDJSON, whose index is then empty.
 #[pyclass(module = "tracer._core", name = "Stream")]
 pub struct Stream {
     core: Engine,
@@ -152,6 +155,8 @@ pub struct Stream {
     extras: Arc<Mutex<Vec<u64>>>,
     /// The annotation provider's exception, raised when the step returns.
     error: Arc<Mutex<Option<PyErr>>>,
+    /// Text for people rather than NDJSON: the output is not indexed by line.
+    text: bool,
 }
 
 impl Stream {
@@ -164,7 +169,11 @@ impl Stream {
 
     fn output<'py>(&mut self, py: Python<'py>) -> Output<'py> {
         let data = self.core.take_output();
-        index_lines(&data, &mut self.index);
+        if self.text {
+            self.index.clear();
+        } else {
+            index_lines(&data, &mut self.index);
+        }
         let extras = std::mem::take(&mut *self.extras.lock().unwrap_or_else(|e| e.into_inner()));
         (
             PyBytes::new(py, &data),
@@ -177,19 +186,27 @@ impl Stream {
 #[pymethods]
 impl Stream {
     #[new]
-    #[pyo3(signature = (*, count=None, filter=false, window_ns=None, flow_idle_ns=None, max_flow_paths=None))]
+    #[pyo3(signature = (*, count=None, filter=false, window_ns=None, flow_idle_ns=None, max_flow_paths=None, text=None))]
     fn new(
         count: Option<u64>,
         filter: bool,
         window_ns: Option<u64>,
         flow_idle_ns: Option<u64>,
         max_flow_paths: Option<usize>,
+        text: Option<(bool, i8, bool)>,
     ) -> PyResult<Self> {
         let mut cfg = EngineConfig {
             filter,
             count,
             ..EngineConfig::default()
         };
+        if let Some((numeric, detail, color)) = text {
+            cfg.finish.format = Format::Text(TextOptions {
+                numeric,
+                detail: detail.clamp(-1, 2),
+                color,
+            });
+        }
         if let Some(w) = window_ns {
             cfg.join.window_ns = w;
             cfg.finish.window_ns = w;
@@ -212,6 +229,7 @@ impl Stream {
             index: Vec::new(),
             extras,
             error: Arc::new(Mutex::new(None)),
+            text: text.is_some(),
         })
     }
 
