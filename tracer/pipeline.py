@@ -19,11 +19,12 @@ runs: ``replay --json`` (the core's engine) goes without them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from tracer.errors import CaptureFileError, HoptraceError
+from tracer.protocols import ReportsProgress
 
 if TYPE_CHECKING:
     from tracer.attribution import Attributor
@@ -31,7 +32,8 @@ if TYPE_CHECKING:
     from tracer.filter import PathFilter
     from tracer.model import ObsBatch, Stats
     from tracer.output import Sink
-    from tracer.protocols import Annotator, BatchHook, Recorder
+    from tracer.progress import FileProgress
+    from tracer.protocols import Annotator, Recorder
     from tracer.source import Source
     from tracer.topology import Topology
 
@@ -62,6 +64,78 @@ def attribution(topo: Topology | None = None, source: object = None) -> tuple[At
     return annotator(topo), topo
 
 
+def core_filter(expr: str | None) -> Callable[[int], bytes | None] | None:
+    """``--filter EXPR`` as the core's engine asks for it: libpcap's program for a link type
+    (asked once per new link type, between batches), None where the expression means nothing
+    (valid for Ethernet, not for raw IP: never a match). A bad expression fails here, before
+    any file is opened; None without a filter."""
+    if not expr:
+        return None
+    from tracer.errors import FilterError
+    from tracer.libpcap import compile_insns
+
+    compile_filter(expr)
+
+    def program(linktype: int) -> bytes | None:
+        try:
+            return compile_insns(expr, linktype)
+        except FilterError:
+            return None
+
+    return program
+
+
+class CoreRun:
+    """A run of the core's engine over capture files (``tracer._core.replay_ndjson``,
+    ``tracer._core.report``), set up as every such command does: the files opened (bad
+    names fail here), ``--filter`` as ``core_filter`` gives it, a progress line on stderr
+    (a terminal) fed by the core's batches, the core's capture error as a CaptureFileError.
+    ``with`` it: the progress line is cleared at the end."""
+
+    def __init__(self, files: Sequence[str], hop_args: Sequence[str], filter_expr: str | None,
+                 label: str) -> None:
+        from tracer.progress import FileProgress
+        from tracer.readers import open_files
+
+        self.program = core_filter(filter_expr)
+        self.source = open_files(files, hop_args)
+        self.source.start()
+        self._bytes_read = 0
+        self._meter = FileProgress(self, label)
+
+    def progress(self) -> tuple[int, int]:
+        """Bytes read (as the core reports them), of the inputs' size (``ReportsProgress``)."""
+        return self._bytes_read, self.source.progress()[1]
+
+    @property
+    def on_batch(self) -> Callable[[int, int], None] | None:
+        """What the core calls after each batch (records, bytes read); None without a line."""
+        return None if self._meter.line is None else self._on_batch
+
+    def _on_batch(self, records: int, bytes_read: int) -> None:
+        self._bytes_read = bytes_read
+        self._meter.add(records)
+
+    def before_write(self, stream: TextIO) -> Callable[[], None] | None:
+        """What the core calls before it writes to ``stream``: the progress line taken back
+        when both are the same terminal."""
+        line = self._meter.line
+        return line.clear if line is not None and stream.isatty() else None
+
+    def error(self, got: tuple[int, str] | None) -> CaptureFileError | None:
+        """The core's (input index, problem) as the one line a user sees."""
+        if got is None:
+            return None
+        index, problem = got
+        return CaptureFileError(f"{self.source.input_path(index)}: {problem}")
+
+    def __enter__(self) -> CoreRun:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._meter.clear()
+
+
 @dataclass(frozen=True, slots=True)
 class PipelineConfig:
     """Everything a pipeline runs with, fixed before it starts."""
@@ -73,8 +147,9 @@ class PipelineConfig:
     annotators: tuple[Annotator, ...] = ()
     #: Every batch to a capture file (``--record``); closed by whoever made it.
     recorder: Recorder | None = None
-    #: Called with each batch (a progress line over files).
-    progress: BatchHook | None = None
+    #: A progress line on stderr (when it is a terminal) labelled so, over a source that knows
+    #: how far it is (``ReportsProgress``: files); cleared when the run ends.
+    progress_label: str | None = None
     count: int | None = None
     duration_s: float | None = None
     #: A capture file's error ends the input; it waits in ``Pipeline.error`` (files only).
@@ -132,10 +207,12 @@ class Pipeline:
     batches of finished paths and flows to a caller (the TUI, report, probe), ``stop()``
     from any thread ends it with every open path flushed."""
 
-    def __init__(self, config: PipelineConfig, source: PipelineSource, engine: Engine) -> None:
+    def __init__(self, config: PipelineConfig, source: PipelineSource, engine: Engine,
+                 progress: FileProgress | None = None) -> None:
         self.config = config
         self.source = source
         self.engine = engine
+        self.progress = progress
 
     @property
     def recorder(self) -> Recorder | None:
@@ -146,14 +223,29 @@ class Pipeline:
         """The capture error held back (``hold_errors``), to raise once the output is out."""
         return self.source.error
 
+    def output(self, stream: TextIO) -> TextIO:
+        """``stream`` for a sink: one that takes the progress line back before each write when
+        both go to the same terminal."""
+        return stream if self.progress is None else self.progress.output(stream)
+
     def events(self) -> Iterator[list[Event]]:
-        return self.engine.events()
+        try:
+            yield from self.engine.events()
+        finally:
+            self._clear()
 
     def run(self, sinks: Sequence[Sink]) -> Stats:
         """The engine into ``sinks``, stats last (tracer.engine.run)."""
         from tracer.engine import run
 
-        return run(self.engine, sinks)
+        try:
+            return run(self.engine, sinks)
+        finally:
+            self._clear()
+
+    def _clear(self) -> None:
+        if self.progress is not None:
+            self.progress.clear()
 
     def stats(self) -> Stats:
         return self.engine.stats()
@@ -170,13 +262,16 @@ def build(config: PipelineConfig) -> Pipeline:
                             hold_errors=config.hold_errors)
     engine = Engine(source, path_filter=config.path_filter, annotators=config.annotators, count=config.count,
                     duration_s=config.duration_s)
-    hooks: list[BatchHook] = []
     if config.recorder is not None:
-        hooks.append(config.recorder.on_batch)
-    if config.progress is not None:
-        hooks.append(config.progress)
-    engine.batch_hooks.extend(hooks)
-    return Pipeline(config, source, engine)
+        engine.batch_hooks.append(config.recorder.on_batch)
+    progress = None
+    if config.progress_label is not None and isinstance(config.source, ReportsProgress):
+        from tracer.progress import FileProgress
+
+        progress = FileProgress(config.source, config.progress_label)
+        engine.batch_hooks.append(progress)
+    return Pipeline(config, source, engine, progress)
 
 
-__all__ = ["Pipeline", "PipelineConfig", "PipelineSource", "attribution", "build", "compile_filter"]
+__all__ = ["CoreRun", "Pipeline", "PipelineConfig", "PipelineSource", "attribution", "build", "compile_filter",
+           "core_filter"]

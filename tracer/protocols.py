@@ -8,6 +8,7 @@ ask for a capability by its Protocol:
 - a live source (eBPF probes, AF_PACKET taps): ``LiveSource`` — its snaplen, what it
   attached and the namespaces it is limited to;
 - a source that labels hops with node names and takes container names: ``NamesContainers``;
+- a source that knows how far through its input it is: ``ReportsProgress``;
 - a source that holds a capture file's error back until the paths are out: ``HoldsError``;
 - an annotator or helper with start-up notices for stderr: ``HasNotices``; with
   threads or tables to release at the end: ``Closable``;
@@ -67,6 +68,13 @@ class NamesContainers(Protocol):
 
 
 @runtime_checkable
+class ReportsProgress(Protocol):
+    """A source that knows how far it is (tracer.readers.FileSource): bytes read, bytes in all."""
+
+    def progress(self) -> tuple[int, int]: ...
+
+
+@runtime_checkable
 class HoldsError(Protocol):
     """A source that ends its batches at a capture error and keeps it to be reported after the
     paths read before it."""
@@ -102,4 +110,4 @@ class Recorder(Protocol):
 
 
 __all__ = ["Annotator", "Attachments", "BatchHook", "Closable", "HasNotices", "HoldsError", "LiveSource",
-           "NamesContainers", "Recorder"]
+           "NamesContainers", "Recorder", "ReportsProgress"]

@@ -19,93 +19,34 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from tracer.errors import CaptureFileError, UsageError
-from tracer.readers import FileSource, open_files
+from tracer.errors import UsageError
+from tracer.readers import open_files
 
 if TYPE_CHECKING:
-    from tracer.filter import PathFilter
-    from tracer.model import ObsBatch
+    from tracer.pipeline import Pipeline
 
 USAGE_HINT = "hoptrace replay FILE... [--hop NODE/IFACE=FILE]... [--json] [-- EXPR...]"
 
 
-class HeldErrorSource:
-    """Wraps a FileSource: ends the stream cleanly at a capture error and keeps the error.
-
-    Also tells the path filter each hop's link type, which only the source knows.
-    """
-
-    def __init__(self, inner: FileSource, path_filter: PathFilter | None = None) -> None:
-        self.inner = inner
-        self.kind = inner.kind
-        self.error: CaptureFileError | None = None
-        self._filter = path_filter
-        self._told = 0
-
-    def start(self) -> None:
-        self.inner.start()
-
-    def stop(self) -> None:
-        self.inner.stop()
-
-    @property
-    def lost_events(self) -> int:
-        return self.inner.lost_events
-
-    def batches(self) -> Iterator[ObsBatch]:
-        try:
-            for batch in self.inner.batches():
-                if self._filter is not None and len(batch.hops) > self._told:
-                    for h in batch.hops[self._told :]:
-                        self._filter.learn_linktype(h.node, h.iface, h.linktype)
-                    self._told = len(batch.hops)
-                yield batch
-        except CaptureFileError as exc:
-            self.error = exc
-
-
-def build_engine(args: argparse.Namespace) -> tuple[Any, HeldErrorSource]:
+def build_pipeline(args: argparse.Namespace, progress_label: str | None = None) -> Pipeline:
+    """replay's pipeline on the Python engine (the TUI, text, --count): the files, --filter,
+    --count, a damaged file's error held back."""
     files = list(getattr(args, "files", []) or [])
     hop_args = list(getattr(args, "hop", []) or [])
     if not files and not hop_args:
         raise UsageError("replay needs at least one capture file", USAGE_HINT)
-    path_filter = None
-    if getattr(args, "filter", None):
-        from tracer.filter import PathFilter
+    from tracer.pipeline import PipelineConfig, build, compile_filter
 
-        path_filter = PathFilter(args.filter)
-    source = HeldErrorSource(open_files(files, hop_args), path_filter)
-    try:
-        from tracer.engine import Engine
-    except ModuleNotFoundError as exc:
-        if exc.name != "tracer.engine":
-            raise
-        raise UsageError("replay needs the correlation engine (tracer.engine), not in this build yet") from exc
-    return Engine(source, path_filter=path_filter, count=getattr(args, "count", None)), source
+    path_filter = compile_filter(getattr(args, "filter", None))
+    return build(PipelineConfig(open_files(files, hop_args), path_filter=path_filter,
+                                progress_label=progress_label, count=getattr(args, "count", None),
+                                hold_errors=True))
 
 
 def _want_tui(args: argparse.Namespace) -> bool:
-    if args.no_tui or args.json or not sys.stdout.isatty():
-        return False
-    try:
-        import tui.app  # noqa: F401
-    except ModuleNotFoundError:
-        return False
-    return hasattr(sys.modules["tui.app"], "make_app")
-
-
-class _CoreRead:
-    """A FileSource's progress as the core reports it: bytes read, of its inputs' size."""
-
-    def __init__(self, source: FileSource) -> None:
-        self.source = source
-        self.bytes_read = 0
-
-    def progress(self) -> tuple[int, int]:
-        return self.bytes_read, self.source.progress()[1]
+    return not (args.no_tui or args.json) and sys.stdout.isatty()
 
 
 def _core_engine(args: argparse.Namespace) -> bool:
@@ -124,54 +65,26 @@ def run_core(args: argparse.Namespace) -> int:
     """``replay --json`` or text by the core's engine: files to stdout's descriptor, the GIL
     released. Text looks as -n, -q, -v and --color say (tracer.output ``text_options``)."""
     from tracer import _core  # type: ignore[attr-defined]  # the compiled core, no stub
-    from tracer.progress import FileProgress
+    from tracer.pipeline import CoreRun
 
     files = list(getattr(args, "files", []) or [])
     hop_args = list(getattr(args, "hop", []) or [])
     if not files and not hop_args:
         raise UsageError("replay needs at least one capture file", USAGE_HINT)
-    program = None
-    expr = getattr(args, "filter", None)
-    if expr:
-        from tracer.errors import FilterError
-        from tracer.filter import PathFilter, compile_insns
-
-        PathFilter(expr)  # a bad expression fails here, before any file is opened
-
-        def program(linktype: int) -> bytes | None:
-            try:
-                return compile_insns(expr, linktype)
-            except FilterError:  # valid for Ethernet, meaningless here: never a match
-                return None
-
     text = None
     if not args.json:
         from tracer.output import text_options
 
         opts = text_options(args, sys.stdout)
         text = (opts.numeric, opts.detail, opts.color)
-    source = open_files(files, hop_args)
-    source.start()
-    read = _CoreRead(source)
-    progress = FileProgress(read, "replay")
-
-    def on_batch(records: int, bytes_read: int) -> None:
-        read.bytes_read = bytes_read
-        progress.add(records)
-
-    line = progress.line
-    same_terminal = line is not None and sys.stdout.isatty()
-    sys.stdout.flush()
-    try:
+    with CoreRun(files, hop_args, getattr(args, "filter", None), "replay") as run:
+        sys.stdout.flush()
         _obs, _paths, error = _core.replay_ndjson(
-            source.core_inputs(), sys.stdout.fileno(), on_batch=None if line is None else on_batch,
-            before_write=line.clear if same_terminal and line is not None else None, program=program,
-            text=text)
-    finally:
-        progress.clear()
-    if error is not None:
-        index, problem = error
-        raise CaptureFileError(f"{source.input_path(index)}: {problem}")
+            run.source.core_inputs(), sys.stdout.fileno(), on_batch=run.on_batch,
+            before_write=run.before_write(sys.stdout), program=run.program, text=text)
+    held = run.error(error)
+    if held is not None:
+        raise held
     return 0
 
 
@@ -180,25 +93,18 @@ def run(args: argparse.Namespace) -> int:
         return run_core(args)
     from tracer.output import NdjsonSink, TextSink, text_options, tui_color
 
-    engine, source = build_engine(args)
     if _want_tui(args):
         from tui.app import make_app
 
+        pipeline = build_pipeline(args)
         tui_color(args)
-        make_app(engine, keep=args.keep, numeric=bool(getattr(args, "numeric", False))).run()
+        make_app(pipeline.engine, keep=args.keep, numeric=bool(getattr(args, "numeric", False))).run()
     else:
-        from tracer.engine import run as run_engine
-        from tracer.progress import FileProgress
-
-        progress = FileProgress(source.inner, "replay")
-        engine.batch_hooks.append(progress)
-        out = progress.output(sys.stdout)
+        pipeline = build_pipeline(args, "replay")
+        out = pipeline.output(sys.stdout)
         sink = NdjsonSink(out) if args.json else TextSink(out, text_options(args, sys.stdout))
-        try:
-            run_engine(engine, [sink])
-        finally:
-            progress.clear()
+        pipeline.run([sink])
     sys.stdout.flush()
-    if source.error is not None:
-        raise source.error
+    if pipeline.error is not None:
+        raise pipeline.error
     return 0

@@ -18,12 +18,11 @@ import json
 import sys
 from array import array
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any, NamedTuple, TextIO
 
-from tracer.errors import CaptureFileError, HoptraceError, UsageError
+from tracer.errors import HoptraceError, UsageError
 from tracer.model import Endpoints, Flow, NatEvent, PacketPath, Stats
 from tracer.output import duration_text
 from tracer.safe_text import md_cell, term_safe
@@ -253,74 +252,38 @@ def write_report(summary: Summary, fmt: str, files: list[str], stream: TextIO) -
     stream.flush()
 
 
-class _CoreRead:
-    """A FileSource's progress as the core reports it: bytes read, of its inputs' size."""
-
-    def __init__(self, source: Any) -> None:
-        self.source = source
-        self.bytes_read = 0
-
-    def progress(self) -> tuple[int, int]:
-        return self.bytes_read, self.source.progress()[1]
-
-
 def run(args: argparse.Namespace) -> int:
     from tracer import _core  # type: ignore[attr-defined]  # the compiled core, no stub
-    from tracer.progress import FileProgress
-    from tracer.readers import open_files
+    from tracer.pipeline import CoreRun
 
     files = list(args.files or [])
     hop_args = list(getattr(args, "hop", None) or [])
     if not files and not hop_args:
         raise UsageError("report needs at least one capture file")
-    program: Callable[[int], bytes | None] | None = None
     expr = getattr(args, "filter", None)
-    if expr:
-        from tracer.errors import FilterError
-        from tracer.filter import PathFilter, compile_insns
-
-        PathFilter(expr)  # a bad expression fails here, before any file is opened
-
-        def program(linktype: int) -> bytes | None:
-            try:
-                return compile_insns(expr, linktype)
-            except FilterError:  # valid for Ethernet, meaningless here: never a match
-                return None
-
     parquet = getattr(args, "parquet", None)
     if parquet:
         try:
             from tracer import analysis
         except ImportError as exc:
             raise HoptraceError("--parquet needs tracer.analysis, which is not in this build") from exc
-    source = open_files(files, hop_args)
-    source.start()
-    read = _CoreRead(source)
-    progress = FileProgress(read, "report")  # on stderr, when it is a terminal
-
-    def on_batch(records: int, bytes_read: int) -> None:
-        read.bytes_read = bytes_read
-        progress.add(records)
-
+    run = CoreRun(files, hop_args, expr, "report")  # a progress line on stderr, on a terminal
     loading = analysis.import_in_background() if parquet else None
     try:
-        r = _core.report(source.core_inputs(), columns=bool(parquet),
-                         on_batch=None if progress.line is None else on_batch, program=program)
+        with run:
+            r = _core.report(run.source.core_inputs(), columns=bool(parquet), on_batch=run.on_batch,
+                             program=run.program)
     except ValueError as exc:  # the columns outgrew one Parquet file
         raise UsageError(str(exc)) from exc
     finally:
-        progress.clear()
         if loading is not None:
             loading.join()
     summary = Summary.from_core(r)
     summary.stats = Stats(observations=r["observations"], paths=r["paths"], lost_events=0,
                           elapsed_s=r["elapsed_s"])
-    error = None
-    if r["error"] is not None:
-        index, problem = r["error"]
-        error = CaptureFileError(f"{source.input_path(index)}: {problem}")
-        if r["observations"] == 0:
-            raise error  # nothing was read: an empty report would only hide the one line that matters
+    error = run.error(r["error"])
+    if error is not None and r["observations"] == 0:
+        raise error  # nothing was read: an empty report would only hide the one line that matters
     labels = files + [h.split("=", 1)[-1] for h in hop_args]
     # The Parquet files are written on threads while the report is rendered and printed.
     writing = analysis.start_writing(analysis.tables_from_core(r["columns"]), parquet) if parquet else None

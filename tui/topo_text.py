@@ -7,16 +7,19 @@ any process with the privilege chooses them, and Rich passes controls through.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 
 from tracer.model import PacketPath
 from tracer.safe_text import term_safe as _s
 
+if TYPE_CHECKING:
+    from tracer.topology import Interface, Topology
 
-def topology_text(topo: Any, seen_netns: set[int] | None = None) -> Text:
-    """``topo`` is a tracer.topology.Topology (typed loosely: the UI only reads it).
+
+def topology_text(topo: Topology, seen_netns: set[int] | None = None) -> Text:
+    """``topo`` as the topology pane shows it.
 
     With ``seen_netns``, only the namespaces packets were seen in (a busy host has many).
     """
@@ -26,7 +29,7 @@ def topology_text(topo: Any, seen_netns: set[int] | None = None) -> Text:
         out.append(f"{len(spaces)} of {len(topo.namespaces)} namespaces: those in the paths shown\n",
                    style="dim italic")
     ports: dict[str, list[str]] = {}
-    for c in getattr(topo, "containers", ()):
+    for c in topo.containers:
         ports[c.name] = [_s(f"{p.host_ip or '*'}:{p.host_port}→{p.container_port}/{p.proto}") for p in c.ports]
     for ns in spaces:
         out.append(_s(ns.name), style="bold")
@@ -59,7 +62,7 @@ def _global(addresses: Iterable[str]) -> list[str]:
     return [a for a in addresses if not a.lower().startswith("fe80:")]
 
 
-def _iface_line(topo: Any, iface: Any, indent: str) -> Text:
+def _iface_line(topo: Topology, iface: Interface, indent: str) -> Text:
     line = Text(indent)
     line.append(_s(iface.name), style="bold cyan" if iface.kind == "bridge" else "cyan")
     if iface.kind:

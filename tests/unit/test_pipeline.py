@@ -113,19 +113,24 @@ def test_the_filter_learns_every_hops_link_type_once_before_any_path_is_judged()
     assert [x["type"] for x in lines].count("path") == [x["type"] for x in unfiltered].count("path") > 0
 
 
-def test_hooks_see_every_batch_recorder_then_progress() -> None:
+def test_the_recorder_sees_every_batch_and_stays_open() -> None:
     batches = fixture_batches()
-    order: list[str] = []
     rec = ListRecorder()
-    rec.on_batch = lambda b: (order.append("rec"), rec.batches.append(b))  # type: ignore[method-assign]
-    seen: list[int] = []
-    pipeline = build(PipelineConfig(CountingSource(batches), recorder=rec,
-                                    progress=lambda b: (order.append("progress"), seen.append(len(b)))))  # type: ignore[arg-type,func-returns-value]
+    pipeline = build(PipelineConfig(CountingSource(batches), recorder=rec))
     ndjson(pipeline)
-    assert (rec.batches, seen) == (batches, [len(b) for b in batches])
-    assert order == ["rec", "progress"] * len(batches)
+    assert rec.batches == batches
     assert pipeline.recorder is rec and isinstance(rec, Recorder)
     assert not rec.closed  # whoever made it closes it
+
+
+def test_progress_over_a_source_that_knows_how_far_it_is() -> None:
+    src = open_files([FIXTURE], [])
+    pipeline = build(PipelineConfig(src, progress_label="replay"))
+    ndjson(pipeline)
+    assert pipeline.progress is not None
+    assert (pipeline.progress.records, src.progress()[0]) == (pipeline.stats().observations, src.progress()[1])
+    # batches in memory know no position: no progress line
+    assert build(PipelineConfig(CountingSource([]), progress_label="replay")).progress is None
 
 
 def test_count_and_duration_reach_the_engine() -> None:
@@ -222,3 +227,29 @@ def test_the_live_sources_declare_what_live_asks_of_them() -> None:
     assert isinstance(ebpf, NamesContainers) and not isinstance(taps, NamesContainers)
     assert (ebpf.traced_netns, taps.traced_netns) == (frozenset({5, 6}), frozenset())
     assert (taps.attachments().count, taps.attachments().what) == (0, "taps")
+
+
+def test_core_filter_asks_libpcap_per_link_type() -> None:
+    from tracer.libpcap import compile_insns
+    from tracer.pipeline import core_filter
+
+    assert core_filter(None) is None and core_filter("") is None
+    with pytest.raises(FilterError):
+        core_filter("hots 1.2.3.4")  # before any file is opened
+    program = core_filter("ether host 02:42:ac:11:00:02")
+    assert program is not None
+    assert program(1) == compile_insns("ether host 02:42:ac:11:00:02", 1)
+    assert program(101) is None  # raw IP has no MAC addresses: never a match
+
+
+def test_a_core_run_opens_the_files_and_names_the_cores_errors() -> None:
+    from tracer.pipeline import CoreRun
+
+    with CoreRun([FIXTURE], [], "icmp", "replay") as run:
+        assert run.program is not None and len(run.source.core_inputs()) == 1
+        assert run.on_batch is None  # stderr is no terminal here: no progress line to feed
+        assert run.before_write(StringIO()) is None
+        assert run.progress() == (0, run.source.progress()[1])
+    assert run.error(None) is None
+    err = run.error((0, "truncated record"))
+    assert isinstance(err, CaptureFileError) and err.message == f"{FIXTURE}: truncated record"
