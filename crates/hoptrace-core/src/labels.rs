@@ -5,6 +5,7 @@
 //! by ids, and the renderer copies each name's JSON literal, escaped once here.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::pytext::decode_utf8_surrogatepass;
 use crate::safe_text::{char_count, term_safe_wtf8};
@@ -62,6 +63,16 @@ pub struct Labels {
     reasons: HashMap<u32, String>,
     /// What an index outside the table reads as.
     missing: Label,
+    /// Changes with every change of the table (process-wide unique values, so two tables
+    /// have the same one only when one is a clone of the other, unchanged since).
+    generation: u64,
+}
+
+/// The next [`Labels::generation`] value.
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
+fn next_generation() -> u64 {
+    GENERATIONS.fetch_add(1, Ordering::Relaxed)
 }
 
 impl Default for Labels {
@@ -91,7 +102,14 @@ impl Labels {
                 node_chars: 0,
                 iface_chars: 0,
             },
+            generation: next_generation(),
         }
+    }
+
+    /// Equal for two looks at the table only if nothing changed in between (a copy
+    /// taken at the first look is still the table).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     fn name_id(&mut self, name: &[u8]) -> u32 {
@@ -133,6 +151,7 @@ impl Labels {
         let i = u32::try_from(self.labels.len()).unwrap_or(u32::MAX);
         self.labels.push(label);
         self.by_pair.insert((node.to_vec(), iface.to_vec()), i);
+        self.generation = next_generation();
         i
     }
 
@@ -170,11 +189,13 @@ impl Labels {
     /// The name of kernel drop reason `code` (`enum skb_drop_reason`).
     pub fn set_drop_reason(&mut self, code: u32, name: &str) {
         self.reasons.insert(code, name.to_owned());
+        self.generation = next_generation();
     }
 
     /// Forget every drop reason name (a batch that brings its own table).
     pub fn clear_drop_reasons(&mut self) {
         self.reasons.clear();
+        self.generation = next_generation();
     }
 
     /// The name of `code`, when known and not empty.
@@ -226,5 +247,25 @@ mod tests {
         assert_eq!(l.drop_reason(6), Some("NETFILTER_DROP"));
         assert_eq!(l.drop_reason(7), None);
         assert_eq!(l.drop_reason(8), None);
+    }
+
+    #[test]
+    fn generation_changes_with_the_table_only() {
+        let mut l = Labels::new();
+        let g0 = l.generation();
+        assert_ne!(Labels::new().generation(), g0); // another table
+        l.intern("host", "eth0");
+        let g1 = l.generation();
+        assert_ne!(g1, g0);
+        l.intern("host", "eth0"); // known: no change
+        assert_eq!(l.generation(), g1);
+        let copy = l.clone();
+        assert_eq!(copy.generation(), g1);
+        l.set_drop_reason(2, "X");
+        let g2 = l.generation();
+        assert_ne!(g2, g1);
+        l.clear_drop_reasons();
+        assert_ne!(l.generation(), g2);
+        assert_eq!(copy.generation(), g1);
     }
 }

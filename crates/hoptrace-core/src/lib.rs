@@ -11,6 +11,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub mod annotate;
 pub mod bpf;
+pub mod column_worker;
 pub mod columns;
 pub mod correlate;
 pub mod decode;

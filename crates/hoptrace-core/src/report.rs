@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use crate::column_worker::ColumnBuilder;
 use crate::columns::{push_drop_reason_text, push_hop_name, Columns, StrColumn};
 use crate::engine::{Engine, EngineConfig, ReplayHooks};
 use crate::files::{FileError, FileSet};
@@ -52,14 +53,15 @@ pub struct ReportSink {
     deltas: FastMap<(u32, u8, u32, u8), Vec<i64>>,
     latency: Vec<i64>,
     flows: Vec<ClosedFlow>,
-    columns: Option<Columns>,
+    columns: Option<ColumnBuilder>,
 }
 
 impl ReportSink {
-    /// `columns`: build the Parquet tables' columns too.
+    /// `columns`: build the Parquet tables' columns too (on a thread of their own: see
+    /// column_worker.rs).
     pub fn new(columns: bool) -> ReportSink {
         ReportSink {
-            columns: columns.then(Columns::default),
+            columns: columns.then(ColumnBuilder::start),
             ..ReportSink::default()
         }
     }
@@ -69,9 +71,10 @@ impl ReportSink {
         self.paths
     }
 
-    /// The columns (None unless asked for), finished: see [`Columns::finish`].
+    /// The columns (None unless asked for, or if their thread failed), finished: see
+    /// [`Columns::finish`].
     pub fn take_columns(&mut self) -> Option<(Columns, StrColumn, StrColumn)> {
-        let mut c = self.columns.take()?;
+        let mut c = self.columns.take()?.finish()?;
         let (obs_proto, path_proto) = c.finish();
         Some((c, obs_proto, path_proto))
     }

@@ -201,7 +201,7 @@ fn endpoint_tuple<'py>(py: Python<'py>, e: &EndpointTexts) -> PyResult<Bound<'py
 
 /// The report as a dict of small lists (names as "surrogatepass" UTF-8 bytes), and the
 /// columns when asked.
-fn report_dict<'py>(py: Python<'py>, r: Report) -> PyResult<Bound<'py, PyDict>> {
+fn report_dict<'py>(py: Python<'py>, r: Report, wanted: bool) -> PyResult<Bound<'py, PyDict>> {
     let s = r.summary;
     let d = PyDict::new(py);
     d.set_item("observations", r.observations)?;
@@ -257,6 +257,11 @@ fn report_dict<'py>(py: Python<'py>, r: Report) -> PyResult<Bound<'py, PyDict>> 
     d.set_item("flows", rows)?;
     match r.columns {
         Some((c, op, pp)) => d.set_item("columns", columns(py, c, op, pp)?)?,
+        None if wanted => {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "internal error: the Parquet columns' thread failed",
+            ))
+        }
         None => d.set_item("columns", py.None())?,
     }
     Ok(d)
@@ -297,7 +302,7 @@ fn report<'py>(
     if let Some(e) = hooks.failed.take() {
         return Err(e);
     }
-    report_dict(py, got)
+    report_dict(py, got, columns)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
