@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import tests.reference.engine as ref
@@ -250,3 +251,18 @@ def test_text_from_row_views_with_plain_function_annotators() -> None:
     e = Engine(Source(generated(2_000, 500)), annotators=[lambda p: p])
     run(e, [TextSink(io.StringIO())])
     assert e.text is None
+
+
+def test_a_flow_closed_by_its_path_count_names_its_conntrack_entry() -> None:
+    """One flow of 1200 paths finishing together: it closes at its 1000th path, while its
+    paths are judged, and still names the entry its paths' NAT events got."""
+    batches = generated(6_000, 6_000)
+    for b in batches:
+        rows = b.rows
+        # every packet from 172.17.0.0 (S16 drops trailing zero bytes: IPv4 is the first four) ...
+        rows["src"] = np.array([v[:2] + b"\0\0" if v[:1] == b"\xac" else v for v in rows["src"].tolist()],
+                               dtype="S16")
+        rows["sport"][:] = 30000  # ... port 30000: flow 0's
+    lines = assert_same(batches, lambda: ([Attributor(topology(), conntrack())], None))
+    flows = [x for x in lines if x.startswith('{"type": "flow"')]
+    assert len(flows) == 2 and all('"conntrack_id": 1000' in x for x in flows)

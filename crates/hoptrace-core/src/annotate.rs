@@ -285,6 +285,12 @@ impl Notes {
         self.miss_nat.clear();
     }
 
+    /// The conntrack entry note `i` names first (its path's flow's), when answered.
+    pub fn conntrack_of(&self, i: u32) -> Option<u64> {
+        let note = self.notes.get(i as usize).filter(|n| n.ready)?;
+        note.nat.iter().find_map(|n| n.conntrack_id)
+    }
+
     /// Note `i` applied to a path: its hops relabelled into `hops_out`, its NAT events'
     /// labels into `nat_out`; its counts added. None when `i` has no answer.
     pub fn apply<'a>(

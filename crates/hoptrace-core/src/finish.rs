@@ -129,6 +129,7 @@ pub struct PathFinisher {
     notes: Option<Notes>,
     /// Per shown path of a step, its note; scratch for annotated hops and NAT events.
     step_notes: Vec<Option<u32>>,
+    step_shown: Vec<bool>,
     noted_hops: Vec<Obs>,
     noted_nat: Vec<NatEvent>,
 }
@@ -157,6 +158,7 @@ impl PathFinisher {
             candidates: Vec::new(),
             notes: None,
             step_notes: Vec::new(),
+            step_shown: Vec::new(),
             noted_hops: Vec::new(),
             noted_nat: Vec::new(),
         }
@@ -172,18 +174,14 @@ impl PathFinisher {
     }
 
     /// The step's shown paths looked up in the tables; the misses asked at once.
-    fn look_up_notes(
-        &mut self,
-        judged: &[(u64, usize, Option<u64>, Verdict)],
-        paths: &[FinishedPath],
-        obs: &[Obs],
-    ) {
+    fn look_up_notes(&mut self, shown: &[bool], paths: &[FinishedPath], obs: &[Obs]) {
         self.step_notes.clear();
         let Some(notes) = &mut self.notes else {
             return;
         };
-        for &(_, k, _, _) in judged {
-            let Some(hops) = paths.get(k).and_then(|p| obs.get(p.start..p.end)) else {
+        for (p, &show) in paths.iter().zip(shown) {
+            let hops = obs.get(p.start..p.end).filter(|h| show && !h.is_empty());
+            let Some(hops) = hops else {
                 self.step_notes.push(None);
                 continue;
             };
@@ -269,7 +267,7 @@ impl PathFinisher {
     /// path teaches what any path teaches (links, its flow) but writes no line, is not
     /// counted, and its flow does not list it.
     pub fn finish_shown(&mut self, num: u64, hops: &[Obs], shown: bool) {
-        let Some((flow, v)) = self.judge(num, hops, shown) else {
+        let Some((flow, v)) = self.judge(num, hops, shown, None) else {
             return;
         };
         if !shown {
@@ -315,12 +313,32 @@ impl PathFinisher {
         // With a limit, the shown paths are the first ones by number that fit under it:
         // those numbered below `cutoff`.
         let cutoff = self.cutoff(paths, obs, all_shown);
+        let noted = self.notes.is_some() && self.lines;
+        if noted {
+            // Annotations first: a flow that closes while its paths are judged names the
+            // conntrack entry its paths' NAT events got.
+            let mut shown = std::mem::take(&mut self.step_shown);
+            shown.clear();
+            shown.extend(
+                paths
+                    .iter()
+                    .map(|p| (p.marked || all_shown) && cutoff.is_none_or(|c| p.num < c)),
+            );
+            self.look_up_notes(&shown, paths, obs);
+            self.step_shown = shown;
+        } else {
+            self.step_notes.clear();
+        }
         for (k, p) in paths.iter().enumerate() {
             let Some(hops) = obs.get(p.start..p.end) else {
                 continue;
             };
             let shown = (p.marked || all_shown) && cutoff.is_none_or(|c| p.num < c);
-            if let Some((flow, v)) = self.judge(p.num, hops, shown) {
+            let ct = match (self.step_notes.get(k).copied().flatten(), &self.notes) {
+                (Some(i), Some(notes)) => notes.conntrack_of(i),
+                _ => None,
+            };
+            if let Some((flow, v)) = self.judge(p.num, hops, shown, ct) {
                 if shown {
                     judged.push((p.num, k, flow, v));
                 }
@@ -329,16 +347,13 @@ impl PathFinisher {
         if !judged.windows(2).all(|w| w[0].0 <= w[1].0) {
             judged.sort_by_key(|j| j.0); // stable: equal numbers stay in finishing order
         }
-        if self.notes.is_some() && self.lines {
-            self.look_up_notes(&judged, paths, obs);
-        }
-        for (at, &(num, k, flow, v)) in judged.iter().enumerate() {
+        for &(num, k, flow, v) in &judged {
             let Some(hops) = paths.get(k).and_then(|p| obs.get(p.start..p.end)) else {
                 continue;
             };
             self.nat.clear();
             infer_nat(hops, &self.labels, &mut self.nat);
-            let note = self.step_notes.get(at).copied().flatten();
+            let note = self.step_notes.get(k).copied().flatten();
             let mut written = false;
             if let (Some(i), Some(notes), true) = (note, self.notes.as_mut(), self.lines) {
                 if let Some(nn) = notes.apply(
@@ -348,11 +363,6 @@ impl PathFinisher {
                     &mut self.noted_hops,
                     &mut self.noted_nat,
                 ) {
-                    if let Some(f) = flow {
-                        if let Some(ct) = nn.iter().find_map(|n| n.conntrack_id) {
-                            self.flows.note_conntrack(f, ct);
-                        }
-                    }
                     match self.cfg.format {
                         Format::Ndjson => push_path_line_noted(
                             &mut self.out,
@@ -427,7 +437,14 @@ impl PathFinisher {
     }
 
     /// What finishing a path teaches (links, its flow) and its verdict; None for an empty path.
-    fn judge(&mut self, num: u64, hops: &[Obs], shown: bool) -> Option<(Option<u64>, Verdict)> {
+    /// `conntrack`: the entry an annotator found for the path's NAT events (its flow's).
+    fn judge(
+        &mut self,
+        num: u64,
+        hops: &[Obs],
+        shown: bool,
+        conntrack: Option<u64>,
+    ) -> Option<(Option<u64>, Verdict)> {
         let (first, last) = (hops.first()?, hops.last()?);
         let labels = &self.labels;
         self.links.learn(hops, labels);
@@ -443,7 +460,7 @@ impl PathFinisher {
                 });
         let linked = self.links.contains(last, labels);
         let v = verdict(hops, owned, linked);
-        let flow = self.flows.assign_shown(num, first, last, shown);
+        let flow = self.flows.assign_noted(num, first, last, shown, conntrack);
         Some((flow, v))
     }
 

@@ -149,6 +149,19 @@ impl Flows {
     /// path counts towards its flow's `max_paths` but is not listed; a flow that lists no
     /// path writes no line (tracer/engine.py's `_events`).
     pub fn assign_shown(&mut self, num: u64, first: &Obs, last: &Obs, shown: bool) -> Option<u64> {
+        self.assign_noted(num, first, last, shown, None)
+    }
+
+    /// [`Flows::assign_shown`] for a path whose NAT events an annotator found conntrack
+    /// entry `conntrack` for: the flow names the first such entry of its shown paths.
+    pub fn assign_noted(
+        &mut self,
+        num: u64,
+        first: &Obs,
+        last: &Obs,
+        shown: bool,
+        conntrack: Option<u64>,
+    ) -> Option<u64> {
         if first.family == 0 {
             return None; // ARP and other L2: no connection
         }
@@ -164,6 +177,9 @@ impl Flows {
         };
         if shown {
             fs.paths.push(num);
+            if let Some(ct) = conntrack {
+                fs.conntrack_id.get_or_insert(ct);
+            }
         }
         fs.assigned += 1;
         if fs.touched.is_none_or(|t| last_ts > t) {
@@ -268,13 +284,6 @@ impl Flows {
                 conntrack_id: fs.conntrack_id,
             },
         );
-    }
-
-    /// Flow `flow` is conntrack entry `id`, unless a path named another before.
-    pub fn note_conntrack(&mut self, flow: u64, id: u64) {
-        if let Some(fs) = self.open.get_mut(&flow) {
-            fs.conntrack_id.get_or_insert(id);
-        }
     }
 
     /// Close the flows idle since before `clock_ns - idle_ns` (the sightings' clock).
