@@ -104,7 +104,7 @@ def run_correlator(bs: list[ObsBatch]) -> tuple[int, int]:
     """The product's correlation: tracer.engine on the core's Stream (join, NAT events, verdicts,
     flows; lines rendered, not written)."""
     from tracer.engine import Engine, run
-    from tracer.source import BatchListSource
+    from tracer.sources.base import BatchListSource
 
     count = _Count()
     run(Engine(BatchListSource(bs, kind="ebpf")), [count])

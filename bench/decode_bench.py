@@ -3,7 +3,7 @@ with the Python decoder (the reference, tests' oracle) as the peer.
 
 The live sources decode each batch of frames into ``OBS_DTYPE`` rows: the eBPF source
 (``EbpfSource._decode_events``: ring events -> rows, then the frames decoded) and the
-AF_PACKET taps (``tracer.taps._decode``: frames scattered in the copied ring blocks).
+AF_PACKET taps (``tracer.sources.taps._decode``: frames scattered in the copied ring blocks).
 This builds realistic batches offline from the NATed Docker traffic of
 bench/gen_pcapng.py (ICMP echo, UDP and TCP, Ethernet; ``--raw-every K`` makes every
 K-th eBPF event one without a mac header, as tx hooks before L2 see), at the batch
@@ -12,7 +12,7 @@ nanoseconds per sighting (best of ``--repeat`` timings of ``--loops`` calls, wal
 
 * ``ebpf source``:   ``EbpfSource._decode_events`` as the product runs it (core), and the
                      same with the Python decoder it called before (python: the peer);
-* ``taps source``:   ``tracer.taps._decode``, likewise;
+* ``taps source``:   ``tracer.sources.taps._decode``, likewise;
 * ``decoder alone``: ``tracer._core.decode_into`` and the Python reference ``decode_into``
                      on the same frames.
 

@@ -11,11 +11,11 @@ NDJSON sink on /dev/null, timed in CPU seconds of this process (the box is share
 time is noisy):
 
 * ``core``:      tracer.engine (the core's Stream: join, finishing, NDJSON in Rust) into
-                 tracer.output.NdjsonSink — the product;
+                 tracer.sinks.output.NdjsonSink — the product;
 * ``reference``: tests/reference/engine.py (the plain Python correlator, paths as objects,
                  ``json.dumps``) into its NdjsonSink — the peer, the same lines;
 
-each bare and with the live annotator (``tracer.attribution``, a Docker host's ruleset,
+each bare and with the live annotator (``tracer.annotate.attribution``, a Docker host's ruleset,
 no conntrack; it runs on the core's paths as row views). Prints µs per sighting and the
 reference/core CPU ratio. The source's read + decode and the kernel are not in these
 figures (bench/ebpf_bench.py measures the whole).
@@ -42,11 +42,11 @@ import numpy as np  # noqa: E402
 import record_bench  # noqa: E402
 
 import tests.reference.engine as reference  # noqa: E402
-from tracer.attribution import annotator  # noqa: E402
+from tracer.annotate.attribution import annotator  # noqa: E402
 from tracer.engine import Engine, run  # noqa: E402
 from tracer.model import ObsBatch  # noqa: E402
-from tracer.output import NdjsonSink  # noqa: E402
-from tracer.source import BatchListSource  # noqa: E402
+from tracer.sinks.output import NdjsonSink  # noqa: E402
+from tracer.sources.base import BatchListSource  # noqa: E402
 
 
 def batches(records: int, flows: int) -> list[ObsBatch]:

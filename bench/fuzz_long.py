@@ -56,7 +56,7 @@ def _peer(n: int, tmp: str) -> tuple[float, float]:
     from scapy.utils import RawPcapNgReader, RawPcapReader
 
     from tracer.errors import CaptureFileError
-    from tracer.readers import FileSource
+    from tracer.sources.files import FileSource
 
     logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
     rng = random.Random(1)

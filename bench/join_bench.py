@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 from tests.reference.correlate import Correlator  # noqa: E402
 from tracer import _core  # noqa: E402
 from tracer.model import ObsBatch  # noqa: E402
-from tracer.readers import FileSource  # noqa: E402
+from tracer.sources.files import FileSource  # noqa: E402
 
 
 def load(path: str) -> tuple[list[np.ndarray[Any, Any]], list[Any]]:

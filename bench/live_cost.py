@@ -26,9 +26,9 @@ import record_bench  # noqa: E402
 
 import tests.reference.engine as old  # noqa: E402
 import tracer.engine as new  # noqa: E402
-from tracer.attribution import annotator  # noqa: E402
-from tracer.output import NdjsonSink  # noqa: E402
-from tracer.source import BatchListSource  # noqa: E402
+from tracer.annotate.attribution import annotator  # noqa: E402
+from tracer.sinks.output import NdjsonSink  # noqa: E402
+from tracer.sources.base import BatchListSource  # noqa: E402
 
 
 def one(mod: ModuleType, sink: Any, batches: list[Any], annotated: bool) -> float:

@@ -1,4 +1,4 @@
-"""CPU cost of the live annotator (tracer.attribution) per path, against the engine without it.
+"""CPU cost of the live annotator (tracer.annotate.attribution) per path, against the engine without it.
 
 The live pipeline is source -> correlator -> annotators -> NDJSON. The eBPF
 source is not deterministic, so this replays a generated pcapng of NATed Docker
@@ -31,10 +31,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from gen_pcapng import generate  # noqa: E402
 
-from tracer.attribution import annotator  # noqa: E402
+from tracer.annotate.attribution import annotator  # noqa: E402
 from tracer.engine import Engine, run  # noqa: E402
-from tracer.output import NdjsonSink  # noqa: E402
-from tracer.readers import FileSource  # noqa: E402
+from tracer.sinks.output import NdjsonSink  # noqa: E402
+from tracer.sources.files import FileSource  # noqa: E402
 from tracer.topology import Interface, Namespace, Topology, parse_iptables_save  # noqa: E402
 
 HOST = 4026532001

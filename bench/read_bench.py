@@ -39,7 +39,7 @@ for b in FileSource([{path!r}]).batches():
 print(n)
 """
 
-VARIANTS = {"python (tests/reference/readers.py)": "tests.reference.readers", "core (tracer/readers.py)": "tracer.readers"}
+VARIANTS = {"python (tests/reference/readers.py)": "tests.reference.readers", "core (tracer/sources/files.py)": "tracer.sources.files"}
 
 
 def timed(code: str) -> tuple[float, float, int, str]:

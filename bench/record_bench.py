@@ -36,7 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tracer.model import HopLabel, ObsBatch, PacketPath
-from tracer.source import BatchListSource
+from tracer.sources.base import BatchListSource
 
 HOPS = [
     HopLabel("web", "eth0", 4026532001, 2), HopLabel("host", "veth1a2b3c", 4026531840, 4),
@@ -106,7 +106,7 @@ def make_batches(n_records: int, size: int, seed: int = 1) -> list[ObsBatch]:
 
 def run_engine(bs: list[ObsBatch], record: str | None) -> tuple[float, list[PacketPath]]:
     from tracer.engine import Engine
-    from tracer.record import PcapngRecorder
+    from tracer.sinks.record import PcapngRecorder
 
     engine = Engine(BatchListSource(bs, kind="ebpf"))
     if record:
@@ -131,7 +131,7 @@ def fresh(path: str) -> None:
 
 
 def run_recorder(bs: list[ObsBatch], path: str) -> float:
-    from tracer.record import PcapngRecorder
+    from tracer.sinks.record import PcapngRecorder
 
     fresh(path)
     cpu = time.process_time()
@@ -181,13 +181,13 @@ def import_parquet_libraries() -> float:
     import pyarrow.compute
     import pyarrow.parquet  # noqa: F401
 
-    import tracer.analysis  # noqa: F401
+    import tracer.sinks.analysis  # noqa: F401
 
     return time.process_time() - cpu
 
 
 def run_export(paths: list[PacketPath], directory: str) -> tuple[float, int]:
-    from tracer.analysis import write_parquet
+    from tracer.sinks.analysis import write_parquet
 
     n = sum(len(p.hops) for p in paths)
     cpu = time.process_time()

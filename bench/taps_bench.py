@@ -197,7 +197,7 @@ def child(mode: str, ready: str, ifaces: list[str]) -> int:
     to tell the capture loop's cost from the decoder's."""
     import select
 
-    from tracer.taps import TapSource
+    from tracer.sources.taps import TapSource
 
     src = TapSource(ifaces, notices=lambda _m: None)
     n = 0
@@ -213,7 +213,7 @@ def child(mode: str, ready: str, ifaces: list[str]) -> int:
         # the source's start() does (~70 ms that are start-up, not capture work).
         import numpy  # noqa: F401
 
-        from tracer.taps import parse_rounds, take_round
+        from tracer.sources.taps import parse_rounds, take_round
         from tracer.topology import Topology
 
         taps = [src._open(spec) for spec in src._wanted(Topology.discover(nat=False), strict=True)]
@@ -344,7 +344,7 @@ def main() -> int:
         return child(args.child[0], args.child[1], args.child[2:])
 
     from tracer.lab import Lab
-    from tracer.taps import default_specs
+    from tracer.sources.taps import default_specs
     from tracer.topology import Topology
 
     split = args.cpus == "split" and (os.cpu_count() or 1) >= 2

@@ -29,9 +29,9 @@ from probes.headers import HeaderTree, ensure_bcc_env
 from tracer.errors import KernelFeatureMissing, PrivilegeError, ProbeLoadError, UsageError
 from tracer.linktypes import LINKTYPE_ETHERNET, LINKTYPE_RAW
 from tracer.model import Dir, HopLabel, ObsBatch, Src, obs_dtype
-from tracer.names import NodeNamer
 from tracer.pcap_expr import PROTO_NUMBERS, kernel_sets
 from tracer.protocols import Attachments
+from tracer.sources.names import NodeNamer
 
 C_SOURCE = Path(__file__).with_suffix(".c")
 IFNAMSIZ = 16
@@ -353,7 +353,7 @@ class _Labels:
 
 
 class EbpfSource:
-    """A tracer.source.Source over the skb_hops raw tracepoints (kind "ebpf")."""
+    """A tracer.sources.base.Source over the skb_hops raw tracepoints (kind "ebpf")."""
 
     kind = "ebpf"
 

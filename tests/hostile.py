@@ -103,7 +103,7 @@ def capture(names: Sequence[str | bytes], drop_reason: str | None = None) -> byt
 def replay_events(data: bytes) -> list[Any]:
     """The paths and flows hoptrace's engine makes of a capture (given as its bytes)."""
     from tracer.engine import Engine
-    from tracer.readers import open_files
+    from tracer.sources.files import open_files
 
     with tempfile.TemporaryDirectory() as tmp:
         f = Path(tmp) / "capture.pcapng"

@@ -183,7 +183,7 @@ def test_oracle(name: str, oracle: OracleData) -> None:
     if name not in oracle.ours:
         # Nothing to compare (a link type hoptrace does not read, or no packet at all):
         # hoptrace must then say so itself, never read nothing in silence.
-        from tracer.readers import FileSource
+        from tracer.sources.files import FileSource
 
         src = FileSource([str(CORPUS / name)])
         src.start()

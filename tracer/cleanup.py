@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from tracer.annotate.nftrace import cleanup_leftovers
 from tracer.errors import PrivilegeError
-from tracer.nftrace import cleanup_leftovers
 
 
 def run(args: argparse.Namespace) -> int:

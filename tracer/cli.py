@@ -1,6 +1,6 @@
 """The command line: flags per CONTRACT.md, and the one place errors become exit codes.
 
-Each command's work lives in its own module (``tracer.replay``,
+Each command's work lives in its own module (``tracer.commands.replay``,
 ``tracer.lab.cli``, ...), imported only when that command runs, so
 ``hoptrace --help`` and ``doctor`` stay fast and small.
 
@@ -31,12 +31,12 @@ from tracer.safe_text import term_safe
 # In the order a person meets them: `hoptrace --help` lists them so.
 COMMANDS: dict[str, str] = {
     "lab": "tracer.lab.cli:run",
-    "live": "tracer.live:run",
-    "probe": "tracer.probe:run",
-    "replay": "tracer.replay:run",
-    "report": "tracer.report:run",
-    "topology": "tracer.topology_cmd:run",
-    "doctor": "tracer.doctor:run",
+    "live": "tracer.commands.live:run",
+    "probe": "tracer.commands.reach:run",
+    "replay": "tracer.commands.replay:run",
+    "report": "tracer.commands.report:run",
+    "topology": "tracer.commands.topology:run",
+    "doctor": "tracer.commands.doctor:run",
     "cleanup": "tracer.cleanup:run",
 }
 

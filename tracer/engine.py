@@ -25,8 +25,8 @@ from tracer.model import Flow, HopLabel, ObsBatch, PacketPath, Stats
 if TYPE_CHECKING:
     import numpy as np
 
-    from tracer.output import Sink, TextOptions
-    from tracer.source import Source
+    from tracer.sinks.output import Sink, TextOptions
+    from tracer.sources.base import Source
 
 Annotator = Callable[[PacketPath], PacketPath]
 Event = PacketPath | Flow
@@ -71,7 +71,7 @@ class TableAnnotator(Protocol):
 
 @runtime_checkable
 class TextLines(Protocol):
-    """A sink that takes the core's text (blocks and flow lines, tracer/output.py ``TextSink``)
+    """A sink that takes the core's text (blocks and flow lines, tracer/sinks/output.py ``TextSink``)
     as it is, rendered with its ``text_options``."""
 
     @property
@@ -82,7 +82,7 @@ class TextLines(Protocol):
 
 @runtime_checkable
 class NdjsonLines(Protocol):
-    """A sink that takes the core's NDJSON lines as they are (tracer/output.py ``NdjsonSink``)."""
+    """A sink that takes the core's NDJSON lines as they are (tracer/sinks/output.py ``NdjsonSink``)."""
 
     def on_ndjson(self, data: bytes) -> None: ...
 
@@ -353,7 +353,7 @@ class _Feeder:
 class _Tables:
     """The provider the core asks about path shapes it has not seen (``Stream.set_notes``):
     each shape's path as a row view, through every annotator in turn, answered as the
-    fields the annotators changed, rendered as tracer/output.py renders them."""
+    fields the annotators changed, rendered as tracer/sinks/output.py renders them."""
 
     def __init__(self, annotators: Sequence[TableAnnotator], stream: Any) -> None:
         self.annotators = list(annotators)
@@ -387,7 +387,7 @@ class _Tables:
             a.without_conntrack += n
 
     def __call__(self, data: bytes, extras: np.ndarray[Any, Any]) -> list[tuple[Any, ...]]:
-        from tracer.output import nat_notes_json, nat_notes_text
+        from tracer.sinks.output import nat_notes_json, nat_notes_text
 
         hops: list[list[int]] = extras.reshape(-1, 4).tolist()
         out: list[tuple[Any, ...]] = []
@@ -428,7 +428,7 @@ class _Annotated:
     def __call__(self, lines: Lines) -> Lines:
         import numpy as np
 
-        from tracer.output import flow_line, path_line
+        from tracer.sinks.output import flow_line, path_line
 
         if not len(lines.index):
             return lines

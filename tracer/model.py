@@ -311,7 +311,7 @@ class Observation:
     @classmethod
     def from_json(cls, d: dict[str, Any], source: SourceKind = "file", ifindex: int = 0, digest: int = 0,
                   wire_len: int = 0) -> Observation:
-        """The row view of one hop of a path's NDJSON (tracer/output.py ``_hop_json``'s inverse).
+        """The row view of one hop of a path's NDJSON (tracer/sinks/output.py ``_hop_json``'s inverse).
 
         What the line does not carry is given (``source``, ``ifindex``, ``digest``, ``wire_len``)
         or stays empty: the frame bytes."""
@@ -459,7 +459,7 @@ class NatEvent:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> NatEvent:
-        """tracer/output.py ``nat_json``'s inverse (its ``inner`` is read from the hops)."""
+        """tracer/sinks/output.py ``nat_json``'s inverse (its ``inner`` is read from the hops)."""
         ct = d.get("conntrack")
         return cls(
             kind=d["kind"], node=d["node"], hook=d["hook"], before=Endpoints.from_json(d["before"]),
@@ -482,7 +482,7 @@ class PacketPath:
 
     @classmethod
     def from_json(cls, d: dict[str, Any], extras: Sequence[Sequence[int]] = ()) -> PacketPath:
-        """The row view of a path's NDJSON object (tracer/output.py ``path_json``'s inverse).
+        """The row view of a path's NDJSON object (tracer/sinks/output.py ``path_json``'s inverse).
         ``extras``: per hop, what the line does not say, ``(ifindex, source, digest, wire_len)``
         (``source`` as ``Src``); without them those are 0 and the source "file"."""
         hops = d["hops"]
@@ -526,7 +526,7 @@ class Flow:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Flow:
-        """tracer/output.py ``flow_json``'s inverse."""
+        """tracer/sinks/output.py ``flow_json``'s inverse."""
         return cls(id=d["id"], proto=d["proto"], original=Endpoints.from_json(d["original"]),
                    reply=Endpoints.from_json(d["reply"]), paths=tuple(d["paths"]),
                    conntrack_id=d.get("conntrack_id"))

@@ -27,14 +27,14 @@ from tracer.errors import CaptureFileError, HoptraceError
 from tracer.protocols import ReportsProgress
 
 if TYPE_CHECKING:
-    from tracer.attribution import Attributor
+    from tracer.annotate.attribution import Attributor
     from tracer.engine import Engine, Event
     from tracer.filter import PathFilter
     from tracer.model import ObsBatch, Stats
-    from tracer.output import Sink
-    from tracer.progress import FileProgress
     from tracer.protocols import Annotator, Recorder
-    from tracer.source import Source
+    from tracer.sinks.output import Sink
+    from tracer.sinks.progress import FileProgress
+    from tracer.sources.base import Source
     from tracer.topology import Topology
 
 
@@ -49,10 +49,10 @@ def compile_filter(expr: str | None) -> PathFilter | None:
 
 
 def attribution(topo: Topology | None = None, source: object = None) -> tuple[Attributor, Topology]:
-    """The attribution annotator (inferred NAT rules, conntrack entries: tracer.attribution)
+    """The attribution annotator (inferred NAT rules, conntrack entries: tracer.annotate.attribution)
     over ``topo``, discovered when None, and that topology. A started ``source`` that names
     hops itself (``NamesContainers``) gets the topology's container names."""
-    from tracer.attribution import annotator
+    from tracer.annotate.attribution import annotator
     from tracer.protocols import NamesContainers
     from tracer.topology import Topology
 
@@ -94,8 +94,8 @@ class CoreRun:
 
     def __init__(self, files: Sequence[str], hop_args: Sequence[str], filter_expr: str | None,
                  label: str) -> None:
-        from tracer.progress import FileProgress
-        from tracer.readers import open_files
+        from tracer.sinks.progress import FileProgress
+        from tracer.sources.files import open_files
 
         self.program = core_filter(filter_expr)
         self.source = open_files(files, hop_args)
@@ -158,7 +158,7 @@ class PipelineConfig:
 
 class PipelineSource:
     """The config's source as the engine sees it: started once, teaching the path filter each
-    new hop's link type, holding a capture error back when asked. A ``tracer.source.Source``
+    new hop's link type, holding a capture error back when asked. A ``tracer.sources.base.Source``
     and a ``tracer.protocols.HoldsError``."""
 
     def __init__(self, inner: Source, *, started: bool = False, path_filter: PathFilter | None = None,
@@ -266,7 +266,7 @@ def build(config: PipelineConfig) -> Pipeline:
         engine.batch_hooks.append(config.recorder.on_batch)
     progress = None
     if config.progress_label is not None and isinstance(config.source, ReportsProgress):
-        from tracer.progress import FileProgress
+        from tracer.sinks.progress import FileProgress
 
         progress = FileProgress(config.source, config.progress_label)
         engine.batch_hooks.append(progress)

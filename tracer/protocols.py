@@ -1,6 +1,6 @@
 """The optional capabilities the pipeline's parts declare, as Protocols.
 
-Every source is a ``tracer.source.Source``; some can do more, and say so by having
+Every source is a ``tracer.sources.base.Source``; some can do more, and say so by having
 these members (checked with ``isinstance``, never by probing attributes or reading
 another object's private ones). The pipeline (tracer/pipeline.py) and the commands
 ask for a capability by its Protocol:
@@ -12,7 +12,7 @@ ask for a capability by its Protocol:
 - a source that holds a capture file's error back until the paths are out: ``HoldsError``;
 - an annotator or helper with start-up notices for stderr: ``HasNotices``; with
   threads or tables to release at the end: ``Closable``;
-- a recorder (``tracer.record.PcapngRecorder``): ``Recorder``, passed in, never found.
+- a recorder (``tracer.sinks.record.PcapngRecorder``): ``Recorder``, passed in, never found.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from tracer.source import Source
+from tracer.sources.base import Source
 
 if TYPE_CHECKING:
     from tracer.errors import HoptraceError
@@ -44,7 +44,7 @@ class Attachments:
 
 @runtime_checkable
 class LiveSource(Source, Protocol):
-    """A source over the running kernel (probes.skb_hops.EbpfSource, tracer.taps.TapSource)."""
+    """A source over the running kernel (probes.skb_hops.EbpfSource, tracer.sources.taps.TapSource)."""
 
     #: Bytes kept of each frame.
     snaplen: int
@@ -69,7 +69,7 @@ class NamesContainers(Protocol):
 
 @runtime_checkable
 class ReportsProgress(Protocol):
-    """A source that knows how far it is (tracer.readers.FileSource): bytes read, bytes in all."""
+    """A source that knows how far it is (tracer.sources.files.FileSource): bytes read, bytes in all."""
 
     def progress(self) -> tuple[int, int]: ...
 
@@ -100,7 +100,7 @@ class Closable(Protocol):
 
 @runtime_checkable
 class Recorder(Protocol):
-    """Writes every batch of sightings to a capture file (tracer.record.PcapngRecorder)."""
+    """Writes every batch of sightings to a capture file (tracer.sinks.record.PcapngRecorder)."""
 
     path: str
 

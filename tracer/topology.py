@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from tracer.errors import HoptraceError, PrivilegeError
-from tracer.names import LAB_STATE, RUN_NETNS, NodeNamer, own_netns
 from tracer.netns import setns_fd
 from tracer.safe_text import source_text
+from tracer.sources.names import LAB_STATE, RUN_NETNS, NodeNamer, own_netns
 
 DOCKER_NETNS_DIRS = ("/run/docker/netns", "/var/run/docker/netns")
 # A lab's dockerd keeps its exec-root (and so its netns dir) under its state dir.

@@ -443,7 +443,7 @@ def make_app(
 
     ``recorder`` is one the CLI hooked into the engine already (--record): it shows and `r`
     stops it. ``recorder_factory()`` returns a ``tracer.protocols.Recorder`` (e.g.
-    ``tracer.record.PcapngRecorder``): `r` starts it as an engine batch hook and stops it. ``topology`` is a
+    ``tracer.sinks.record.PcapngRecorder``): `r` starts it as an engine batch hook and stops it. ``topology`` is a
     ``tracer.topology.Topology``; without it the pane shows the hops seen.
     ``filter_expr`` is the initial display filter (editable with `/`); an engine's
     ``path_filter`` is taken over as that filter when no ``count`` is set. ``numeric`` (-n)

@@ -26,7 +26,7 @@ class PathFilterLike(Protocol):
 
 
 class SourceLike(Protocol):
-    """A ``tracer.source.Source`` as the UI sees it (maybe a ``tracer.protocols.HoldsError``)."""
+    """A ``tracer.sources.base.Source`` as the UI sees it (maybe a ``tracer.protocols.HoldsError``)."""
 
     kind: str
 

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from rich.text import Text
 
 from tracer.model import Endpoints, NatEvent, Observation, PacketPath
-from tracer.output import addr_port, drop_hint, endpoints_text
 from tracer.safe_text import term_safe
+from tracer.sinks.output import addr_port, drop_hint, endpoints_text
 
 VERDICT_STYLE = {
     "delivered": "bold green",

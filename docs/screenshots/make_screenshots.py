@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tracer.engine import Engine  # noqa: E402
-from tracer.readers import FileSource  # noqa: E402
+from tracer.sources.files import FileSource  # noqa: E402
 from tui.app import make_app  # noqa: E402
 
 FIXTURES = ["internet-ping", "published-port", "hairpin", "container-ping", "udp"]
@@ -51,7 +51,7 @@ async def main() -> None:
 async def live() -> None:
     import uuid
 
-    from tracer import live as live_cmd
+    from tracer.commands import live as live_cmd
     from tracer.cli import build_parser
     from tracer.lab import Lab
 
@@ -59,7 +59,7 @@ async def live() -> None:
     lab.up()
     try:
         # Only this lab's namespaces (in-kernel netns filter): other labs on the box stay out.
-        from tracer.names import netns_inode
+        from tracer.sources.names import netns_inode
 
         ifaces = [f"--iface=netns:{netns_inode(lab.netns_path(n))}/eth0" for n in ("host", "inet", "client", "web")]
         args = build_parser().parse_args(["live", "--backend", "ebpf", "--filter", "not arp and not icmp6", *ifaces])

@@ -11,7 +11,7 @@ import pytest
 
 from tracer.lab import NODES, SCENARIOS, Lab
 from tracer.lab import addresses as A
-from tracer.lab.netns_engine import RULES
+from tracer.lab.netns_builder import RULES
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.slow]
 
@@ -94,12 +94,12 @@ def test_up_after_a_crashed_docker_lab(fresh_lab_prefix: str) -> None:
 
 def test_a_failing_docker_up_stops_its_dockerd(fresh_lab_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from tracer.errors import LabError
-    from tracer.lab import docker_engine
+    from tracer.lab import docker_builder
 
     def no_image() -> bytes:
         raise LabError("injected failure after dockerd started")
 
-    monkeypatch.setattr(docker_engine, "_image_tar", no_image)
+    monkeypatch.setattr(docker_builder, "_image_tar", no_image)
     lab = Lab("docker", fresh_lab_prefix)
     with pytest.raises(LabError, match="injected failure"):
         lab.up()
@@ -111,10 +111,10 @@ def test_dockerd_that_will_not_start_is_one_clear_error(fresh_lab_prefix: str,
     import shutil
 
     from tracer.errors import LabError
-    from tracer.lab import docker_engine
+    from tracer.lab import docker_builder
 
-    real_argv = docker_engine.dockerd_argv
-    monkeypatch.setattr(docker_engine, "dockerd_argv", lambda lab: [*real_argv(lab), "--no-such-flag"])
+    real_argv = docker_builder.dockerd_argv
+    monkeypatch.setattr(docker_builder, "dockerd_argv", lambda lab: [*real_argv(lab), "--no-such-flag"])
     lab = Lab("docker", fresh_lab_prefix)
     try:
         with pytest.raises(LabError, match="dockerd exited during start-up") as err:

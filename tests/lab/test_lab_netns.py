@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import need_root
 from tracer.lab import NODES, SCENARIOS, Lab
 from tracer.lab import addresses as A
-from tracer.lab.netns_engine import veth_name
+from tracer.lab.netns_builder import veth_name
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
@@ -69,7 +69,7 @@ def test_nodes_json_names_every_namespace(lab_netns: Lab) -> None:
     nodes = json.loads((lab_netns.state.dir / "nodes.json").read_text())
     expected = {str(os.stat(lab_netns.netns_path(n)).st_ino): n for n in NODES}
     assert nodes == expected
-    from tracer.names import NodeNamer
+    from tracer.sources.names import NodeNamer
 
     namer = NodeNamer()
     assert {n: namer.name(lab_netns.netns_inode(n)) for n in NODES} == {n: n for n in NODES}
@@ -107,15 +107,15 @@ def test_up_twice_and_crash_leftovers(fresh_lab_prefix: str) -> None:
 
 def test_a_failing_up_removes_the_half_built_lab(fresh_lab_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from tracer.errors import LabError
-    from tracer.lab import netns_engine
+    from tracer.lab import netns_builder
 
-    real_build = netns_engine.build
+    real_build = netns_builder.build
 
     def build_then_fail(lab: Lab) -> None:
         real_build(lab)  # bridge, veths, rules and web's httpd exist now
         raise LabError("injected failure")
 
-    monkeypatch.setattr(netns_engine, "build", build_then_fail)
+    monkeypatch.setattr(netns_builder, "build", build_then_fail)
     lab = Lab("netns", fresh_lab_prefix)
     with pytest.raises(LabError, match="injected failure"):
         lab.up()

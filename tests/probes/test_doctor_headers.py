@@ -50,7 +50,7 @@ def test_missing_btf_is_a_clear_exit_3(tmp_path: Path) -> None:
 
 def test_raw_tracepoint_test_load() -> None:
     need_root()
-    from tracer.doctor import test_load_raw_tracepoint
+    from tracer.commands.doctor import test_load_raw_tracepoint
 
     assert test_load_raw_tracepoint() == (True, "loaded and attached a raw tracepoint program to netif_receive_skb")
     ok, why = test_load_raw_tracepoint("no_such_tracepoint_hoptrace")

@@ -1,4 +1,4 @@
-"""tracer.live's backend choice, without a kernel: auto falls back to the taps with one line saying why."""
+"""tracer.commands.live's backend choice, without a kernel: auto falls back to the taps with one line saying why."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tracer import doctor, live
+from tracer.commands import doctor, live
 from tracer.errors import KernelFeatureMissing
 
 

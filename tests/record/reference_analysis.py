@@ -1,4 +1,4 @@
-"""tracer.analysis's table builders as they were before the column rewrite (commit 917d3cc), kept
+"""tracer.sinks.analysis's table builders as they were before the column rewrite (commit 917d3cc), kept
 verbatim as the reference the new ones must match value for value, dictionary for dictionary
 (test_analysis_equivalence.py)."""
 
@@ -252,7 +252,7 @@ def write_parquet(paths: Iterable[PacketPath], directory: str | os.PathLike[str]
 
 def replay_paths(files: Sequence[str | os.PathLike[str]]) -> list[PacketPath]:
     """Every path the engine builds from capture files (recordings or other tools' pcaps)."""
-    from tracer.readers import FileSource
+    from tracer.sources.files import FileSource
 
     from tracer.engine import Engine
 

@@ -1,5 +1,5 @@
 """The EPB encoder as it was before the template rewrite (commit 73d3a67), kept verbatim as the
-reference that tracer.record's encoder must match byte for byte (test_encoder_equivalence.py)."""
+reference that tracer.sinks.record's encoder must match byte for byte (test_encoder_equivalence.py)."""
 
 # ruff: noqa
 # mypy: ignore-errors
@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from tracer.record import BT_EPB, COMMENT_VERSION, EPB_FLAGS, EPB_PACKETID, OPT_COMMENT, OPT_ENDOFOPT
+from tracer.sinks.record import BT_EPB, COMMENT_VERSION, EPB_FLAGS, EPB_PACKETID, OPT_COMMENT, OPT_ENDOFOPT
 
 
 # Index = Dir value. JSON values are right-aligned in a slot as wide as the

@@ -1,4 +1,4 @@
-"""Paths -> DataFrames and Parquet (tracer.analysis), checked value by value."""
+"""Paths -> DataFrames and Parquet (tracer.sinks.analysis), checked value by value."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.record.helpers import batch_of, masquerade_pings
-from tracer.analysis import load, to_frames, write_parquet
 from tracer.errors import UsageError
 from tracer.model import ConntrackRef, Endpoints, NatEvent, PacketPath
+from tracer.sinks.analysis import load, to_frames, write_parquet
 
 
 def plain(record: dict[str, object]) -> dict[str, object]:
@@ -89,7 +89,7 @@ def test_empty_and_bad_inputs(tmp_path: Path) -> None:
 
 
 def test_pandas_and_pyarrow_stay_out_of_tracer_imports() -> None:
-    code = ("import sys, tracer.record, tracer.analysis, tracer.model; "
+    code = ("import sys, tracer.sinks.record, tracer.sinks.analysis, tracer.model; "
             "print(sorted(m for m in ('pandas', 'pyarrow') if m in sys.modules))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -97,7 +97,7 @@ def test_pandas_and_pyarrow_stay_out_of_tracer_imports() -> None:
 
 def test_report_parquet_cli_and_load_of_a_recording(tmp_path: Path) -> None:
     from tests.conftest import FIXTURES, run_hoptrace
-    from tracer.analysis import replay_paths
+    from tracer.sinks.analysis import replay_paths
 
     fx = FIXTURES / "internet-ping.pcapng"
     if not fx.is_file():

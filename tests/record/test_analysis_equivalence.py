@@ -1,4 +1,4 @@
-"""tracer.analysis builds exactly the tables it built before its column rewrite.
+"""tracer.sinks.analysis builds exactly the tables it built before its column rewrite.
 
 The reference is the previous implementation, kept verbatim in reference_analysis.py:
 same schema, same values, same nulls, same dictionaries in the same order.
@@ -14,8 +14,8 @@ import pytest
 
 from tests.record import reference_analysis as ref
 from tests.record.test_analysis import sample_paths
-from tracer.analysis import to_tables
 from tracer.model import ConntrackRef, Endpoints, NatEvent, Observation, PacketPath
+from tracer.sinks.analysis import to_tables
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -114,7 +114,7 @@ def test_uniform_paths_make_the_same_tables() -> None:
 
 @pytest.mark.parametrize("fixture", ["internet-ping", "published-port", "blocked-ebpf", "udp", "hairpin"])
 def test_fixture_replays_make_the_same_tables(fixture: str) -> None:
-    from tracer.analysis import replay_paths
+    from tracer.sinks.analysis import replay_paths
 
     f = ROOT / "fixtures" / f"{fixture}.pcapng"
     if not f.exists():
@@ -126,7 +126,7 @@ def test_parquet_files_read_back_as_the_reference_files(tmp_path: Path) -> None:
     # (Not as the in-memory tables: the reader rebuilds dictionaries in its own order.)
     import pyarrow.parquet as pq
 
-    from tracer.analysis import write_parquet
+    from tracer.sinks.analysis import write_parquet
 
     paths = random_paths(300, 11)
     want = ref.write_parquet(paths, tmp_path / "ref")
@@ -140,7 +140,7 @@ def test_spelled_out_attribute_reads_match_the_column_lists() -> None:
     # read exactly _GROUPED and the nullable _SINGLE attributes.
     from operator import attrgetter
 
-    from tracer.analysis import _DENSE, _GROUPED, _SINGLE, _hop_rows, _single_lists
+    from tracer.sinks.analysis import _DENSE, _GROUPED, _SINGLE, _hop_rows, _single_lists
 
     obs = [o for p in random_paths(20, 3) for o in p.hops]
     assert list(_hop_rows(obs)) == list(map(attrgetter(*_GROUPED), obs))

@@ -1,4 +1,4 @@
-"""tracer.record's EPB encoder writes exactly the bytes of the encoder it replaced.
+"""tracer.sinks.record's EPB encoder writes exactly the bytes of the encoder it replaced.
 
 The reference is the previous encoder, kept verbatim in reference_encoder.py: for the
 same rows a recording must be byte-identical, whichever fast or fallback path a batch takes.
@@ -12,7 +12,7 @@ import pytest
 from tests.record import reference_encoder as ref
 from tests.record.helpers import HOPS, Sighting, batch_of, masquerade_pings, ping_frames
 from tracer.model import Dir, ObsBatch, obs_dtype
-from tracer.record import encode_epbs, packet_ids
+from tracer.sinks.record import encode_epbs, packet_ids
 
 REASONS = {6: "NETFILTER_DROP", 2: "NOT_SPECIFIED", 77: "A_LONGER_REASON_NAME"}
 

@@ -21,8 +21,14 @@ import pytest
 from tests.record.helpers import HOPS, NS_HOST, Sighting, batch_of, masquerade_pings, ping_frames
 from tracer.errors import CaptureFileError, HoptraceError
 from tracer.model import Dir, HopLabel, ObsBatch
-from tracer.readers import FileSource
-from tracer.record import PcapngRecorder, RecordingError, encode_epbs, packet_ids, rotated_name
+from tracer.sinks.record import (
+    PcapngRecorder,
+    RecordingError,
+    encode_epbs,
+    packet_ids,
+    rotated_name,
+)
+from tracer.sources.files import FileSource
 
 ROOT = Path(__file__).resolve().parents[2]
 REASONS = {6: "NETFILTER_DROP"}
@@ -178,7 +184,7 @@ _WRITER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {root!r})
     from tests.record.helpers import batch_of, masquerade_pings
-    from tracer.record import PcapngRecorder
+    from tracer.sinks.record import PcapngRecorder
     rec = PcapngRecorder({path!r}, on_error={on_error!r})
     k = 0
     while True:
@@ -195,7 +201,7 @@ _WRITER = textwrap.dedent("""
 
 
 def complete_epbs(path: Path) -> int:
-    """EPBs in the file up to the last complete block, walked independently of tracer.readers."""
+    """EPBs in the file up to the last complete block, walked independently of tracer.sources.files."""
     data = path.read_bytes()
     pos = count = 0
     while pos + 12 <= len(data):
@@ -345,7 +351,7 @@ def test_frames_in_fixed_size_slots_like_ebpf_records(tmp_path: Path) -> None:
     [10**9 - 1, 10**9, 10**9 + 4095],
 ])  # fmt: skip
 def test_comment_numbers_are_exact_decimal(values: list[int]) -> None:
-    from tracer.record import _decimal
+    from tracer.sinks.record import _decimal
 
     got = [bytes(r).decode() for r in _decimal(np.array(values, np.uint64))]
     assert [g.strip() for g in got] == [str(v) for v in values] and len({len(g) for g in got}) == 1

@@ -1,8 +1,8 @@
 """A recording replays into exactly the paths the engine built from the original batches.
 
 The engine runs once with the recorder as a batch hook; the recording is then
-replayed through a second engine (tracer.readers.FileSource); both sets of
-paths and flows must be equal as JSON (tracer.output, CONTRACT.md's shape).
+replayed through a second engine (tracer.sources.files.FileSource); both sets of
+paths and flows must be equal as JSON (tracer.sinks.output, CONTRACT.md's shape).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from tests.record.helpers import batch_of, masquerade_pings
 from tests.record.test_record import tshark
 from tracer.engine import Engine
 from tracer.model import Flow, PacketPath
-from tracer.output import flow_json, path_json
-from tracer.readers import FileSource
-from tracer.record import PcapngRecorder
-from tracer.source import BatchListSource
+from tracer.sinks.output import flow_json, path_json
+from tracer.sinks.record import PcapngRecorder
+from tracer.sources.base import BatchListSource
+from tracer.sources.files import FileSource
 
 
 def run_engine(source: Any, record: Path | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

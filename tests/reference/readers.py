@@ -1,4 +1,4 @@
-"""The reference: pcap / pcapng files -> ObsBatch in Python, as tracer/readers.py did
+"""The reference: pcap / pcapng files -> ObsBatch in Python, as tracer/sources/files.py did
 before the core (crates/hoptrace-core: reader.rs, pcap.rs, pcapng.rs, files.rs) took
 over. tests/unit/test_core_readers.py holds the core to it, batch for batch and byte for
 byte; tests/test_oracle.py reads the corpus with it. Not used by the product.
@@ -73,7 +73,7 @@ LINKTYPE_NAMES = {
 _U64_MAX = (1 << 64) - 1
 _IFINDEX_MAX = (1 << 31) - 1
 _DIRS_B = {b"rx": Dir.RX, b"tx": Dir.TX, b"drop": Dir.DROP}
-# tracer.record's comment, exactly (one per line of the joined batch); the recorder pads
+# tracer.sinks.record's comment, exactly (one per line of the joined batch); the recorder pads
 # values with spaces to a fixed width per batch.
 _META_RE = re.compile(
     rb'^\{"v": *1,"dir": *(?:"(rx|tx|drop)"|null),"skb": *(?:"0x([0-9a-fA-F]{1,16})"|null),'

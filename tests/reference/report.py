@@ -1,4 +1,4 @@
-"""The reference: ``hoptrace report`` as tracer/report.py did it before the core
+"""The reference: ``hoptrace report`` as tracer/commands/report.py did it before the core
 (crates/hoptrace-core/src/report.rs) took the aggregations over: a ``Summary`` built path
 by path from ``PacketPath`` objects of the Python engine, rendered as text, markdown or
 JSON. tests/unit/test_core_report.py holds the product to it byte for byte. Kept as it
@@ -10,7 +10,7 @@ The same engine as replay, summarised: paths by verdict and protocol, flows,
 NAT events grouped by where and how they rewrote (with packet counts), drops
 by reason, and per-hop latency percentiles (hop-to-hop deltas per hop pair).
 Built from the stream of finished paths, without pandas, so a report stays
-light; ``--parquet DIR`` hands the paths to ``tracer.analysis`` for pandas.
+light; ``--parquet DIR`` hands the paths to ``tracer.sinks.analysis`` for pandas.
 """
 
 # ruff: noqa
@@ -30,7 +30,7 @@ from typing import Any, TextIO
 
 from tracer.errors import CaptureFileError, HoptraceError, UsageError
 from tracer.model import Endpoints, Flow, NatEvent, PacketPath, Stats
-from tracer.output import duration_text
+from tracer.sinks.output import duration_text
 from tracer.safe_text import md_cell, term_safe
 
 VERDICTS = ("delivered", "dropped", "left", "incomplete")
@@ -234,7 +234,7 @@ def write_report(summary: Summary, fmt: str, files: list[str], stream: TextIO) -
 
 def run(args: argparse.Namespace) -> int:
     from tracer.engine import Engine
-    from tracer.readers import open_files
+    from tracer.sources.files import open_files
 
     files = list(args.files or [])
     hop_args = list(getattr(args, "hop", None) or [])
@@ -260,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
     if path_filter is not None:
         engine.batch_hooks.append(tell)
     from tracer.engine import gc_policy
-    from tracer.progress import FileProgress
+    from tracer.sinks.progress import FileProgress
 
     progress = FileProgress(source, "report")  # on stderr, when it is a terminal
     engine.batch_hooks.append(progress)
@@ -283,21 +283,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 # Columns written with dictionary pages besides the dictionary-typed ones, as
-# tracer/analysis.py wrote them when the core took the report over.
+# tracer/sinks/analysis.py wrote them when the core took the report over.
 _REPEATING = {"hop", "flow", "netns", "ifindex", "family", "ethertype", "ttl", "tcp_flags", "icmp_type",
               "icmp_code", "icmp_id", "length", "wire_len", "sport", "dport", "hops", "seq", "from_hop", "to_hop",
               "before_sport", "before_dport", "after_sport", "after_dport", "icmp_id_before", "icmp_id_after"}
 
 
 def _write_parquet(paths: Iterable[PacketPath], directory: str) -> dict[str, Path]:
-    """The three tables of the paths (tracer.analysis.to_tables, the Python column builder),
+    """The three tables of the paths (tracer.sinks.analysis.to_tables, the Python column builder),
     written one after the other with pyarrow's writer and the options the product uses."""
     import os
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tracer.analysis import to_tables
+    from tracer.sinks.analysis import to_tables
 
     out = Path(directory)
     try:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.reliability.helpers import Live
-from tracer.names import netns_inode
+from tracer.sources.names import netns_inode
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.slow]
 
@@ -28,10 +28,10 @@ s.sendto(sys.argv[1].encode(), ("198.51.100.8", 7))
 
 
 def start_live(lab: Any, tmp: Path) -> Live:
-    from tracer.lab import docker_engine
+    from tracer.lab import docker_builder
 
     # the default set (no --iface): re-read as containers come and go; only the echo traffic
-    return Live(tmp, "pcap", "--filter", "udp and port 7", env={"DOCKER_HOST": docker_engine.docker_host(lab)})
+    return Live(tmp, "pcap", "--filter", "udp and port 7", env={"DOCKER_HOST": docker_builder.docker_host(lab)})
 
 
 def send_every(pid: int, seconds: float, every_s: float = 0.2) -> list[tuple[int, str]]:
@@ -56,9 +56,9 @@ def traced_from(records: list[dict[str, Any]], inode: int) -> list[dict[str, Any
 
 def client_pid(lab: Any) -> int:
     """The pid of container client (started again if a dockerd restart stopped it)."""
-    from tracer.lab import docker_engine
+    from tracer.lab import docker_builder
 
-    dc = docker_engine.client(lab)
+    dc = docker_builder.client(lab)
     try:
         c = dc.containers.get("client")
         if c.status != "running":
@@ -97,10 +97,10 @@ def restart_and_check(lab: Any, live: Live, restart: Any) -> None:
 
 
 def test_container_stop_start_while_tracing(lab_docker: Any, tmp_path: Path) -> None:
-    from tracer.lab import docker_engine
+    from tracer.lab import docker_builder
 
     def restart() -> None:
-        dc = docker_engine.client(lab_docker)
+        dc = docker_builder.client(lab_docker)
         try:
             c = dc.containers.get("client")
             c.stop(timeout=1)
@@ -113,15 +113,15 @@ def test_container_stop_start_while_tracing(lab_docker: Any, tmp_path: Path) -> 
 
 
 def test_dockerd_restart_while_tracing(lab_docker: Any, tmp_path: Path) -> None:
-    from tracer.lab import docker_engine
+    from tracer.lab import docker_builder
     from tracer.lab.state import alive, stop_procs
 
     def restart() -> None:
         dockerds = [p for p in lab_docker.state.procs() if p.what == "dockerd" and alive(p)]
         assert dockerds, "no dockerd of this lab is running"
         stop_procs(dockerds, timeout_s=20)
-        proc = lab_docker.spawn("host", docker_engine.dockerd_argv(lab_docker), "dockerd")
-        docker_engine._wait_for_api(lab_docker, proc).close()
+        proc = lab_docker.spawn("host", docker_builder.dockerd_argv(lab_docker), "dockerd")
+        docker_builder._wait_for_api(lab_docker, proc).close()
 
     with start_live(lab_docker, tmp_path) as live:
         restart_and_check(lab_docker, live, restart)

@@ -103,7 +103,7 @@ def test_nul_in_filter_is_refused_not_truncated() -> None:
 
 
 def test_nul_in_probe_target_and_node() -> None:
-    from tracer.probe import parse_target, resolve_node
+    from tracer.commands.reach import parse_target, resolve_node
     from tracer.topology import Namespace, Topology
 
     # a node really named "client" exists: only the NUL can make these fail
@@ -118,7 +118,7 @@ def test_nul_in_probe_target_and_node() -> None:
 
 
 def test_nul_in_record_path(tmp_path: Path) -> None:
-    from tracer.record import PcapngRecorder
+    from tracer.sinks.record import PcapngRecorder
 
     with pytest.raises(HoptraceError, match="cannot create recording"):
         PcapngRecorder(str(tmp_path / "a\0b.pcapng"))
@@ -127,7 +127,7 @@ def test_nul_in_record_path(tmp_path: Path) -> None:
 
 def test_record_refuses_a_planted_symlink(tmp_path: Path) -> None:
     """Root writing --record /tmp/x must not truncate the file a symlink there points to."""
-    from tracer.record import PcapngRecorder
+    from tracer.sinks.record import PcapngRecorder
 
     victim = tmp_path / "victim"
     victim.write_text("precious")
@@ -139,8 +139,8 @@ def test_record_refuses_a_planted_symlink(tmp_path: Path) -> None:
 
 def test_nul_in_iface_names() -> None:
     need_root()
-    from tracer.live import _iface_netns, valid_ifname
-    from tracer.taps import TapSource
+    from tracer.commands.live import _iface_netns, valid_ifname
+    from tracer.sources.taps import TapSource
 
     assert [valid_ifname(n) for n in ("eth0", "veth1a2b3c4", "x" * 15)] == [True, True, True]
     assert [valid_ifname(n) for n in ("", "x" * 16, "a/b", "a b", "a\nb", "a\0b", "..", "a:b")] == [False] * 8

@@ -29,7 +29,7 @@ from tests.reliability.helpers import (
     ruleset,
     tshark_fields,
 )
-from tracer.nftrace import tagged_rules
+from tracer.annotate.nftrace import tagged_rules
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 

@@ -49,7 +49,7 @@ def host_veths(lab: Any) -> dict[str, str]:
 def lab_ifaces(lab: Any) -> list[str]:
     """The lab's default tap set as ``--iface`` values (``netns:<inode>/IFACE``): other labs
     that are up at the same time (other tests, other engineers) stay out."""
-    from tracer.taps import default_specs
+    from tracer.sources.taps import default_specs
     from tracer.topology import Topology
 
     mine = lab_inodes(lab)

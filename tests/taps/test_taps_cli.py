@@ -26,7 +26,7 @@ from tests.taps.helpers import (
 )
 from tracer.lab import addresses as A
 from tracer.model import Observation, PacketPath
-from tracer.taps import TapSource
+from tracer.sources.taps import TapSource
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 

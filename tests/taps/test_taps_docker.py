@@ -22,7 +22,7 @@ from tests.taps.helpers import (
 )
 from tracer.lab import addresses as A
 from tracer.model import PacketPath
-from tracer.taps import TapSource
+from tracer.sources.taps import TapSource
 
 # The target is 2 s (typically ~0.2-0.6 s here); the bound is looser so that a loaded
 # machine does not fail a functional test on timing.
@@ -40,9 +40,9 @@ def _seq(p: PacketPath, inodes: dict[int, str]) -> list[tuple[str, str, str | No
 def docker_host(lab_docker: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Names come from this lab's dockerd even when other docker labs are up (topology
     only guesses the Docker endpoint when there is exactly one)."""
-    from tracer.lab import docker_engine
+    from tracer.lab import docker_builder
 
-    monkeypatch.setenv("DOCKER_HOST", docker_engine.docker_host(lab_docker))
+    monkeypatch.setenv("DOCKER_HOST", docker_builder.docker_host(lab_docker))
 
 
 def test_docker_default_set_and_scenarios(lab_docker: Any, docker_host: None) -> None:
@@ -74,19 +74,19 @@ def test_docker_default_set_and_scenarios(lab_docker: Any, docker_host: None) ->
 def test_docker_container_started_and_stopped_while_tracing(lab_docker: Any, docker_host: None) -> None:
     """`docker run` while tracing: the new container's eth0 and its host veth get taps within
     2 s (the default set is re-read); `docker rm -f`: they close with a notice, tracing goes on."""
-    from tracer.lab import docker_engine
+    from tracer.lab import docker_builder
 
-    dc = docker_engine.client(lab_docker)
+    dc = docker_builder.client(lab_docker)
     notices: list[str] = []
     mine = lab_inodes(lab_docker)
     # full_every_s=60: only the namespace-change detection can pick the new one up in time.
     src = TapSource(None, full_every_s=60, notices=notices.append)
     with Capture(src) as cap:
-        extra = dc.containers.run(docker_engine.IMAGE, ["/bin/sleep", "600"], detach=True,
+        extra = dc.containers.run(docker_builder.IMAGE, ["/bin/sleep", "600"], detach=True,
                                   name=f"hoptest-extra-{lab_docker.prefix[-8:]}")
         try:
             pid = dc.api.inspect_container(extra.id)["State"]["Pid"]
-            from tracer.names import netns_inode
+            from tracer.sources.names import netns_inode
 
             netns = netns_inode(f"/proc/{pid}/ns/net")
             t0 = time.monotonic()

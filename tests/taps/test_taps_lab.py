@@ -27,7 +27,7 @@ from tests.taps.helpers import (
     nat_tuples,
 )
 from tracer.lab import addresses as A
-from tracer.taps import TapSource
+from tracer.sources.taps import TapSource
 
 # The target is 2 s (typically ~0.2-0.6 s here); the bound is looser so that a loaded
 # machine does not fail a functional test on timing.

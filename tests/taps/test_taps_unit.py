@@ -1,4 +1,4 @@
-"""Pure parts of tracer.taps: which filters may go into the kernel, libpcap compilation,
+"""Pure parts of tracer.sources.taps: which filters may go into the kernel, libpcap compilation,
 ``--iface`` resolution. No root, no sockets."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from tracer.errors import FilterError, UsageError
 from tracer.libpcap import compile_insns
 from tracer.model import HopLabel
 from tracer.pcap_expr import protocol_only
-from tracer.taps import TapSource, resolve_ifaces, snaplen_bpf
+from tracer.sources.taps import TapSource, resolve_ifaces, snaplen_bpf
 from tracer.topology import Interface, Namespace, Topology
 
 HOST, WEB, LAB2 = 4026531840, 4026532001, 4026532100
@@ -131,7 +131,7 @@ def test_resolve_ambiguous_node_asks_for_the_inode() -> None:
 def _chunk(hop: int, ts: list[int], frames: list[bytes], rank: list[int] | None = None) -> Any:
     import numpy as np
 
-    from tracer.taps import _Chunk
+    from tracer.sources.taps import _Chunk
 
     lens = np.array([len(f) for f in frames], dtype=np.uint32)
     return _Chunk(hop=np.full(len(ts), hop, dtype=np.uint32), ts=np.array(ts, dtype=np.uint64),
@@ -145,7 +145,7 @@ def test_reorder_releases_in_time_order_with_their_frames() -> None:
     import numpy as np
 
     from tracer.model import obs_dtype
-    from tracer.taps import _Reorder
+    from tracer.sources.taps import _Reorder
 
     hops = [HopLabel("host", "eth0", 1, 2), HopLabel("host", "docker0", 1, 3)]
     ro = _Reorder(np, obs_dtype(), delay_ns=10)
@@ -170,7 +170,7 @@ def test_reorder_breaks_timestamp_ties_by_rank() -> None:
     import numpy as np
 
     from tracer.model import obs_dtype
-    from tracer.taps import _Reorder
+    from tracer.sources.taps import _Reorder
 
     hops = [HopLabel("host", "docker0"), HopLabel("host", "veth1")]
     ro = _Reorder(np, obs_dtype(), delay_ns=0)
@@ -224,7 +224,7 @@ def _reference_walk(blocks: list[bytes]) -> list[tuple[int, int, bytes, int, int
     [[], [60] * 5, [], [128]],  # a retired block may hold nothing
 ])
 def test_frames_of_blocks_match_a_frame_by_frame_walk(sizes: list[list[int]]) -> None:
-    from tracer.taps import _frames_of
+    from tracer.sources.taps import _frames_of
 
     blocks, ns = [], 1_700_000_000_999_999_000
     for b, block_sizes in enumerate(sizes):
@@ -245,7 +245,7 @@ def test_frames_of_blocks_match_a_frame_by_frame_walk(sizes: list[list[int]]) ->
 
 
 def test_frames_of_empty_blocks_is_nothing() -> None:
-    from tracer.taps import _frames_of
+    from tracer.sources.taps import _frames_of
 
     blk = _tp_block([])
     assert _frames_of(blk + blk, [len(blk)] * 2, [(0, 0, 2)] * 2) is None
@@ -260,7 +260,7 @@ def test_rounds_through_the_reorder_come_out_in_time_order_with_their_bytes(via:
     import numpy as np
 
     from tracer.model import obs_dtype
-    from tracer.taps import _Reorder, _Round, parse_rounds
+    from tracer.sources.taps import _Reorder, _Round, parse_rounds
 
     hops = [HopLabel("host", "veth1", 1, 4), HopLabel("host", "docker0", 1, 3)]
     ranks = {0: (0, 2), 1: (2, 0)}  # (rx, tx): a port receives before its bridge

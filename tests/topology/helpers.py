@@ -53,7 +53,7 @@ def replay_paths(lab: Any, files: dict[str, Path]) -> list[PacketPath]:
     """Replay the captures (FileSource + the reference correlator); hops get the real netns
     inodes and neutral node labels ("n-<node>"), so naming is left to the annotator."""
     from tests.reference.correlate import Correlator
-    from tracer.readers import FileSource
+    from tracer.sources.files import FileSource
 
     files = {node: f for node, f in files.items() if f.stat().st_size > 24}  # not just a header
     inode = {f"n-{node}": lab.netns_inode(node) for node in files}

@@ -16,8 +16,8 @@ import pytest
 
 from tests.conftest import ROOT, need_tool, run_hoptrace
 from tests.topology.helpers import capture, replay_paths, ruleset
+from tracer.annotate.nftrace import RuleTrace, filter_matches, tagged_rules
 from tracer.lab import addresses as A
-from tracer.nftrace import RuleTrace, filter_matches, tagged_rules
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
@@ -38,7 +38,7 @@ def test_filter_translation() -> None:
 
 
 def test_trace_names_the_rule_and_leaves_the_ruleset_as_found(lab: Any, tmp_path: Path) -> None:
-    from tracer.attribution import annotator
+    from tracer.annotate.attribution import annotator
     from tracer.topology import Topology
 
     before = ruleset(lab)
@@ -69,7 +69,7 @@ def test_trace_names_the_rule_and_leaves_the_ruleset_as_found(lab: Any, tmp_path
 
 HOLDER = """
 import sys, time
-from tracer.nftrace import RuleTrace
+from tracer.annotate.nftrace import RuleTrace
 with RuleTrace({%(inode)d: %(path)r}, filter_expr="icmp"):
     open(%(ready)r, "w").close()
     while True:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tracer.attribution import Attributor, Pkt, annotator, infer_rule, walk
+from tracer.annotate.attribution import Attributor, Pkt, annotator, infer_rule, walk
 from tracer.model import Endpoints, NatEvent, Observation, PacketPath
 from tracer.topology import Interface, Namespace, Topology, parse_iptables_save
 
@@ -208,7 +208,7 @@ PACKET: 2 3baee05c IN=eth0 MACSRC=ee:85:c7:b2:15:15 MACDST=da:3:ff:5:5c:97 MACPR
 
 
 def test_trace_log_keeps_nat_rules_keyed_by_the_packet_before_nat() -> None:
-    from tracer.nftrace import TraceLog
+    from tracer.annotate.nftrace import TraceLog
 
     log = TraceLog(HOST)
     got = [t for line in TRACE_LINES.splitlines() if (t := log.feed(line)) is not None]

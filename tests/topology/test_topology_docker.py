@@ -61,8 +61,8 @@ def test_container_names_and_veths_match_docker(lab: Any, topo: Topology) -> Non
 
 
 def test_docker_nat_rules_inferred_with_conntrack(lab: Any, topo: Topology, tmp_path: Path) -> None:
-    from tracer.attribution import annotator
-    from tracer.conntrack import ConntrackTable
+    from tracer.annotate.attribution import annotator
+    from tracer.annotate.conntrack import ConntrackTable
 
     files = capture(lab, ("internet-ping", "published-port"), tmp_path)
     with ConntrackTable({lab.netns_inode("host"): lab.netns_path("host")}) as table:
@@ -83,8 +83,8 @@ def test_docker_nat_rules_inferred_with_conntrack(lab: Any, topo: Topology, tmp_
 
 
 def test_docker_rules_traced_exactly_and_ruleset_left_as_found(lab: Any, topo: Topology, tmp_path: Path) -> None:
-    from tracer.attribution import annotator
-    from tracer.nftrace import RuleTrace
+    from tracer.annotate.attribution import annotator
+    from tracer.annotate.nftrace import RuleTrace
 
     before = ruleset(lab)
     with RuleTrace({lab.netns_inode("host"): lab.netns_path("host")}, filter_expr="icmp") as rt:
@@ -100,7 +100,7 @@ def test_docker_rules_traced_exactly_and_ruleset_left_as_found(lab: Any, topo: T
 
 
 def test_node_namer_loads_container_names(lab: Any, tmp_path: Path) -> None:
-    from tracer.names import NodeNamer
+    from tracer.sources.names import NodeNamer
 
     namer = NodeNamer()
     assert namer.load_docker(lab.status().docker_host) is None

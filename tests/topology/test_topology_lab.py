@@ -19,7 +19,7 @@ import pytest
 from tests.conftest import run_hoptrace
 from tests.topology.helpers import capture, replay_paths
 from tracer.lab import addresses as A
-from tracer.lab.netns_engine import veth_name
+from tracer.lab.netns_builder import veth_name
 from tracer.topology import Topology, default_ifaces
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
@@ -108,8 +108,8 @@ def captured(lab: object, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
 
 
 def test_nat_events_get_rule_and_conntrack_of_flows_begun_before(lab: object, captured: dict[str, Path]) -> None:
-    from tracer.attribution import annotator
-    from tracer.conntrack import ConntrackTable
+    from tracer.annotate.attribution import annotator
+    from tracer.annotate.conntrack import ConntrackTable
 
     host_inode = lab.netns_inode("host")  # type: ignore[attr-defined]
     topo = Topology.discover()
@@ -159,7 +159,7 @@ def test_nat_events_get_rule_and_conntrack_of_flows_begun_before(lab: object, ca
 
 
 def test_without_conntrack_nat_still_comes_from_the_packets(lab: object, captured: dict[str, Path]) -> None:
-    from tracer.attribution import annotator
+    from tracer.annotate.attribution import annotator
 
     ann = annotator(Topology.discover(), conntrack=False, refresh_s=None)
     paths = [ann(p) for p in replay_paths(lab, captured)]
@@ -192,8 +192,8 @@ def test_no_docker_api_names_fall_back_with_one_notice(lab: object, monkeypatch:
 
 
 def test_conntrack_unavailable_is_flagged(lab: object, captured: dict[str, Path], tmp_path: Path) -> None:
-    from tracer.attribution import annotator
-    from tracer.conntrack import ConntrackTable
+    from tracer.annotate.attribution import annotator
+    from tracer.annotate.conntrack import ConntrackTable
 
     host_inode = lab.netns_inode("host")  # type: ignore[attr-defined]
     with ConntrackTable({host_inode: str(tmp_path / "not-a-netns")}) as table:

@@ -16,7 +16,7 @@ from tests.conftest import FIXTURES
 from tests.tui.scripted import MASQ_RULE, masquerade_reply, masquerade_request, sync
 from tests.tui.test_app import SIZE, shown_ids, view_text, wait_for
 from tracer.model import ObsBatch
-from tracer.source import BatchListSource
+from tracer.sources.base import BatchListSource
 
 engine_mod = pytest.importorskip("tracer.engine", reason="needs tracer.engine (CORRELATOR)")
 
@@ -68,7 +68,7 @@ def masquerade_batch() -> ObsBatch:
 
 @sync
 async def test_engine_with_attribution_shows_the_masquerade_rule() -> None:
-    from tracer.attribution import annotator
+    from tracer.annotate.attribution import annotator
     from tui.app import make_app
 
     topo = lab_topology()
@@ -92,7 +92,7 @@ async def test_engine_with_attribution_shows_the_masquerade_rule() -> None:
 
 
 def _replay_app(*files: Path, **opts):  # type: ignore[no-untyped-def]
-    from tracer.readers import FileSource
+    from tracer.sources.files import FileSource
     from tui.app import make_app
 
     for f in files:
@@ -116,7 +116,7 @@ async def test_replay_fixture_published_port_dnat() -> None:
 @sync
 async def test_engine_filter_moves_into_the_ui() -> None:
     from tracer.filter import PathFilter
-    from tracer.readers import FileSource
+    from tracer.sources.files import FileSource
     from tui.app import make_app
 
     fx = FIXTURES / "internet-ping.pcapng"

@@ -91,7 +91,7 @@ def test_bad_short_flags_exit_2(argv: list[str]) -> None:
 
 def test_snaplen_zero_is_the_backends_maximum() -> None:
     from probes.skb_hops import max_snaplen
-    from tracer.live import SNAPLEN_MAX
+    from tracer.commands.live import SNAPLEN_MAX
 
     # a batch of 32 events must fit one per-CPU map value (32 KiB): 952 loads, 960 does not
     assert (max_snaplen(), SNAPLEN_MAX) == (952, 65535)
@@ -206,7 +206,7 @@ def test_colour_only_when_asked_or_on_a_terminal() -> None:
 def test_colour_rule() -> None:
     import io
 
-    from tracer.output import color_wanted
+    from tracer.sinks.output import color_wanted
 
     class Tty(io.StringIO):
         def isatty(self) -> bool:

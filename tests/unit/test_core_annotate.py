@@ -22,12 +22,12 @@ import pytest
 
 import tests.reference.engine as ref
 from tests.unit.test_core_stream import FIXTURES, read, recut
-from tracer.attribution import Attributor
-from tracer.conntrack import ConntrackTable, CtTuple, Entry
+from tracer.annotate.attribution import Attributor
+from tracer.annotate.conntrack import ConntrackTable, CtTuple, Entry
+from tracer.annotate.nftrace import RuleTrace
 from tracer.engine import Engine, TableAnnotator, run
 from tracer.model import ConntrackRef, ObsBatch, PacketPath
-from tracer.nftrace import RuleTrace
-from tracer.output import NdjsonSink, TextOptions, TextSink
+from tracer.sinks.output import NdjsonSink, TextOptions, TextSink
 from tracer.topology import Interface, Namespace, Topology, parse_iptables_save
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))

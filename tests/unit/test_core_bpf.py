@@ -23,7 +23,7 @@ from tracer.errors import FilterError, HoptraceError
 from tracer.filter import PathFilter, synth_frame
 from tracer.libpcap import LibpcapProgram, compile_insns
 from tracer.model import ObsBatch
-from tracer.readers import FileSource
+from tracer.sources.files import FileSource
 
 ETHERNET, SLL, SLL2, RAW = 1, 113, 276, 101
 LINKTYPES = (ETHERNET, SLL, SLL2, RAW)

@@ -193,7 +193,7 @@ def test_ebpf_source_rows_are_the_reference_decode() -> None:
 
 
 def test_taps_decode_is_the_reference_decode() -> None:
-    """tracer.taps._decode on the taps' layout (int64 offsets into copied ring blocks, one
+    """tracer.sources.taps._decode on the taps' layout (int64 offsets into copied ring blocks, one
     link type or one per frame)."""
     (buf, offs, lens, lts), *_ = file_chunks(str(FIXTURES / FIXTURE_FILES[-1]))
     o64, l32 = np.array(offs, dtype=np.int64), np.array(lens, dtype=np.uint32)

@@ -330,10 +330,10 @@ class _TtyFile:
 def test_progress_on_a_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, same_terminal: bool) -> None:
     """The core's engine tells the progress line how far it read, between batches; output
     to the same terminal takes the line back before each write."""
-    import tracer.progress as progress_mod
+    import tracer.sinks.progress as progress_mod
     from tests.unit.test_progress import Tty
     from tracer.cli import parse_args
-    from tracer.replay import run_core
+    from tracer.commands.replay import run_core
 
     err = Tty()
     lines: list[progress_mod.Progress] = []

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tests.reference.readers as reference
-import tracer.readers as readers
+import tracer.sources.files as readers
 from tests.conftest import CORPUS, FIXTURES, ROOT
 from tests.reference.decode import decode_frames, decode_one, decode_scalar
 from tests.unit.test_fuzz import LINKTYPES, SEEDS, framed, mutated_file
@@ -333,7 +333,7 @@ def test_fifo_streams_batches_before_the_writer_is_done(tmp_path: Path, monkeypa
 
 def test_stdin_dash(tmp_path: Path) -> None:
     data = (FIXTURES / "udp.pcapng").read_bytes()
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from tracer.readers import FileSource; "
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from tracer.sources.files import FileSource; "
             "s = FileSource(['-']); n = sum(len(b) for b in s.batches()); "
             "print(n, sorted({h.name for h in s.hops}))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code, str(ROOT)], input=data, capture_output=True, timeout=60,
@@ -408,7 +408,7 @@ def test_memory_stays_bounded_on_absurd_claims(tmp_path: Path) -> None:
         p = tmp_path / f"absurd{i}.pcapng"
         p.write_bytes(data)
         paths.append(str(p))
-    code = ("import resource, sys; sys.path.insert(0, sys.argv[1]); from tracer.readers import FileSource; "
+    code = ("import resource, sys; sys.path.insert(0, sys.argv[1]); from tracer.sources.files import FileSource; "
             "from tracer.errors import CaptureFileError; import numpy; "
             "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
             "for p in sys.argv[2:]:\n"

@@ -3,7 +3,7 @@ Python report, byte for byte.
 
 The reference is tests/reference/report.py: the report as it was before the core took the
 aggregations over (the Python engine's ``PacketPath`` objects into ``Summary``, then
-``tracer.analysis.write_parquet`` of those paths). Both run in-process on the same
+``tracer.sinks.analysis.write_parquet`` of those paths). Both run in-process on the same
 arguments; they must print the same text, markdown and JSON (``elapsed_s`` aside), the same
 error line with the same status, and write Parquet files that read back as equal tables
 (schema, values, nulls, dictionaries in the same order: ``pa.Table.equals``) and are the
@@ -26,8 +26,8 @@ import pytest
 
 from tests.conftest import CORPUS
 from tests.reference import report as reference
-from tracer import report as product
 from tracer.cli import parse_args
+from tracer.commands import report as product
 from tracer.errors import HoptraceError
 from tracer.safe_text import term_safe
 
@@ -79,8 +79,8 @@ def same_parquet(tmp_path: Path, argv: list[str]) -> None:
 def tables_equal(argv_files: list[str]) -> None:
     """The in-memory tables too (the Parquet round trip could hide a difference in types)."""
     from tracer import _core  # type: ignore[attr-defined]
-    from tracer.analysis import tables_from_core, to_tables
-    from tracer.readers import open_files
+    from tracer.sinks.analysis import tables_from_core, to_tables
+    from tracer.sources.files import open_files
 
     ref_paths = []
     from tracer.engine import Engine
@@ -182,7 +182,7 @@ def test_parquet_of_columns_in_several_chunks(tmp_path: Path) -> None:
     gen.generate(str(capture), 85_000)  # 85k sightings, 17k paths, 17k NAT events
 
     from tracer import _core  # type: ignore[attr-defined]
-    from tracer.readers import open_files
+    from tracer.sources.files import open_files
 
     source = open_files([str(capture)], [])
     source.start()
@@ -243,8 +243,8 @@ def test_json_report_parses_and_names_the_files() -> None:
 def test_empty_tables_from_the_core_equal_the_python_ones() -> None:
     """No path: three empty tables of the schema (a filter that matches nothing)."""
     from tracer import _core  # type: ignore[attr-defined]
-    from tracer.analysis import tables_from_core, to_tables
-    from tracer.readers import open_files
+    from tracer.sinks.analysis import tables_from_core, to_tables
+    from tracer.sources.files import open_files
 
     source = open_files([str(FIXTURES / "udp.pcapng")], [])
     source.start()
@@ -261,7 +261,7 @@ def test_no_python_object_per_row() -> None:
     import numpy as np
 
     from tracer import _core  # type: ignore[attr-defined]
-    from tracer.readers import open_files
+    from tracer.sources.files import open_files
 
     source = open_files([str(FIXTURES / "published-port.pcapng")], [])
     source.start()

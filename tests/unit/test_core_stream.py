@@ -29,8 +29,8 @@ from tracer.engine import Engine, Lines, run
 from tracer.errors import HoptraceError
 from tracer.filter import PathFilter
 from tracer.model import Flow, ObsBatch, PacketPath
-from tracer.output import NdjsonSink, TextSink, flow_json, path_json
-from tracer.readers import FileSource
+from tracer.sinks.output import NdjsonSink, TextSink, flow_json, path_json
+from tracer.sources.files import FileSource
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "fixtures"

@@ -1,11 +1,11 @@
 """The text output (``hoptrace replay --no-tui``, and replay to a pipe without ``--json``)
-from the core's renderer (crates/hoptrace-core/src/text_render.rs) against tracer/output.py's
+from the core's renderer (crates/hoptrace-core/src/text_render.rs) against tracer/sinks/output.py's
 text (``path_text``, ``flow_text``, ``stats_text`` as ``TextSink`` writes them), the
 reference, byte for byte; and the core's ``term_safe`` (crates/hoptrace-core/src/safe_text.rs)
 against tracer/safe_text.py's.
 
 The reference run is tests/reference's (its reader and engine, as ``replay_files`` drives
-them for the NDJSON) with its paths, flows and stats rendered by tracer/output.py's
+them for the NDJSON) with its paths, flows and stats rendered by tracer/sinks/output.py's
 ``TextSink`` in every ``TextOptions`` combination at once (-n on/off, -q/default/-v/-vv, colour on/off); the
 core runs once per combination (``_core.replay_ndjson(..., text=...)``, in-process into a
 file, or the real command in a subprocess). Only the stats line's elapsed seconds may
@@ -36,9 +36,9 @@ from tests.reference.replay import replay_engine
 from tests.unit.test_core_engine import FILTERS, nat_stream
 from tracer import _core  # type: ignore[attr-defined]
 from tracer.errors import CaptureFileError
-from tracer.output import TextOptions, TextSink
-from tracer.readers import open_files
 from tracer.safe_text import term_safe
+from tracer.sinks.output import TextOptions, TextSink
+from tracer.sources.files import open_files
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "fixtures"

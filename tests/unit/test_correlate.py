@@ -357,7 +357,7 @@ def test_a_batch_larger_than_a_chunk() -> None:
 
 
 def test_no_bcc_or_textual_imported() -> None:
-    code = ("import sys, tests.reference.correlate, tests.reference.replay, tracer.engine, tracer.output;"
+    code = ("import sys, tests.reference.correlate, tests.reference.replay, tracer.engine, tracer.sinks.output;"
             "print(sorted(m for m in ('bcc', 'textual', 'pandas') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -16,7 +16,7 @@ from tests.unit.conftest import MS, internet_ping, internet_pong
 from tracer.engine import Engine, run
 from tracer.errors import CaptureFileError
 from tracer.model import Flow, ObsBatch, PacketPath
-from tracer.output import NdjsonSink
+from tracer.sinks.output import NdjsonSink
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 
@@ -143,7 +143,7 @@ def test_duration_ends_a_live_source() -> None:
 
 @pytest.mark.skipif(not (FIXTURES / "internet-ping.pcapng").exists(), reason="needs fixtures/internet-ping.pcapng")
 def test_replay_of_a_lab_recording() -> None:
-    from tracer.readers import FileSource
+    from tracer.sources.files import FileSource
 
     events = flatten(Engine(FileSource([str(FIXTURES / "internet-ping.pcapng")])))
     icmp = [ev for ev in events if isinstance(ev, PacketPath) and ev.proto == "icmp"]

@@ -30,7 +30,7 @@ from tests.reference.decode import SUPPORTED_LINKTYPES
 from tracer import _core
 from tracer.errors import CaptureFileError
 from tracer.model import obs_dtype
-from tracer.readers import FileSource
+from tracer.sources.files import FileSource
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "fixtures"
@@ -161,7 +161,7 @@ def test_decode_memoryview_slices_read_only_their_own_bytes(item: tuple[bytes, i
 
 def _seeds() -> list[bytes]:
     from tests.record.helpers import batch_of, masquerade_pings
-    from tracer.record import PcapngRecorder
+    from tracer.sinks.record import PcapngRecorder
 
     out: list[bytes] = []
     buf = io.BytesIO()
@@ -314,7 +314,7 @@ def test_readers_bounded_on_absurd_lengths_and_counts(name: str, tmp_path: Path)
 
 
 # --------------------------------------------------------------------------
-# Bugs found by fuzzing (tracer/readers.py), fixed: regression tests.
+# Bugs found by fuzzing (tracer/sources/files.py), fixed: regression tests.
 # --------------------------------------------------------------------------
 
 
@@ -330,7 +330,7 @@ def test_readers_are_linear_in_pcapng_sections(tmp_path: Path) -> None:
 
     path = tmp_path / "sections.pcapng"
     path.write_bytes((_shb() + _idb() + _epb(ETH_UDP)) * 24_000)  # 1.8 MB
-    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tracer.readers import FileSource; "
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tracer.sources.files import FileSource; "
             f"s = FileSource([{str(path)!r}]); s.start(); print(sum(len(b) for b in s.batches()))")  # fmt: skip
     # Linear reading takes about a second here; quadratic, 10-25 s (16k sections: 4.7 s, 4k: 0.56 s).
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=6, check=True)

@@ -9,7 +9,7 @@ from dataclasses import replace
 from tests.reference.correlate import correlate
 from tests.unit.conftest import NETNS, internet_ping, internet_pong
 from tracer.model import ConntrackRef, Endpoints, Flow, PacketPath, Stats
-from tracer.output import (
+from tracer.sinks.output import (
     NdjsonSink,
     TextSink,
     flow_json,

@@ -13,11 +13,11 @@ import pytest
 from tests.conftest import FIXTURES
 from tracer.errors import CaptureFileError, FilterError
 from tracer.model import ObsBatch, PacketPath
-from tracer.output import NdjsonSink
 from tracer.pipeline import PipelineConfig, PipelineSource, attribution, build, compile_filter
 from tracer.protocols import HoldsError, LiveSource, NamesContainers, Recorder
-from tracer.readers import open_files
-from tracer.source import BatchListSource
+from tracer.sinks.output import NdjsonSink
+from tracer.sources.base import BatchListSource
+from tracer.sources.files import open_files
 
 FIXTURE = str(FIXTURES / "internet-ping.pcapng")
 
@@ -219,7 +219,7 @@ def test_attribution_names_containers_on_a_source_that_takes_them() -> None:
 
 def test_the_live_sources_declare_what_live_asks_of_them() -> None:
     from probes.skb_hops import EbpfSource
-    from tracer.taps import TapSource
+    from tracer.sources.taps import TapSource
 
     ebpf = EbpfSource(netns={5, 6})
     taps = TapSource(["host/eth0"])

@@ -6,9 +6,9 @@ import errno
 
 import pytest
 
+from tracer.commands.reach import Sent, Target, judge, parse_target
 from tracer.errors import UsageError
 from tracer.model import InnerHeader, Observation, PacketPath
-from tracer.probe import Sent, Target, judge, parse_target
 
 CLIENT_NS, HOST_NS, INET_NS = 11, 22, 33
 

@@ -9,8 +9,8 @@ import subprocess
 from pathlib import Path
 
 from tests.conftest import FIXTURES, HOPTRACE, ROOT
-from tracer.progress import ClearingStream, FileProgress, Progress, for_terminal
-from tracer.readers import FileSource
+from tracer.sinks.progress import ClearingStream, FileProgress, Progress, for_terminal
+from tracer.sources.files import FileSource
 
 
 class Clock:

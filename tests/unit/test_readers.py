@@ -14,10 +14,10 @@ from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Ether
 from scapy.utils import PcapNgWriter, PcapWriter
 
 import tests.reference.readers as reference
-import tracer.readers as readers
+import tracer.sources.files as readers
 from tracer.errors import CaptureFileError, UsageError
 from tracer.model import Dir, HopLabel, ObsBatch, Observation
-from tracer.readers import FileSource, parse_hop_arg
+from tracer.sources.files import FileSource, parse_hop_arg
 
 ETH = Ether(src="02:42:ac:11:00:02", dst="02:42:ac:11:00:01")
 
@@ -211,7 +211,7 @@ def test_many_packets_small_chunks_batches_and_frames_intact(tmp_path: Path, mon
 
 
 def test_recorder_round_trip(tmp_path: Path) -> None:
-    record = pytest.importorskip("tracer.record")
+    record = pytest.importorskip("tracer.sinks.record")
     from tests.reference.decode import decode_frames
 
     frames = [bytes(ETH / ping("172.17.0.2", "198.51.100.8", 1)), bytes(ETH / ping("203.0.113.2", "198.51.100.8", 1))]
@@ -377,8 +377,8 @@ def test_a_recorded_netns_0_replays_as_0(tmp_path: Path) -> None:
     """A drop the kernel saw on no device has netns 0; a recording must not turn it into a synthetic id."""
     from tests.unit.conftest import make_obs
     from tracer.model import ObsBatch
-    from tracer.readers import FileSource
-    from tracer.record import PcapngRecorder
+    from tracer.sinks.record import PcapngRecorder
+    from tracer.sources.files import FileSource
 
     frame = bytes(14) + bytes([0x45]) + bytes(19)
     drop = make_obs(node="?", ifname="?", netns=0, ifindex=0, direction="drop", frame=frame)

@@ -10,8 +10,8 @@ import pytest
 
 from tests.reference.correlate import correlate
 from tests.unit.conftest import MS, US, internet_ping, internet_pong, make_obs
+from tracer.commands.report import Summary, render
 from tracer.model import Stats
-from tracer.report import Summary, render
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 

@@ -77,7 +77,7 @@ def test_replay_ndjson_keeps_names_exact() -> None:
     assert (rc, hops) == (0, [("\x1b[31mweb\x1b[0m", "eth0\x1b]0;PWNED\x07"), ("host", "veth\x1b[2J")])
     # JSON's own escapes, as before issue 19: \u001b, never a raw byte and never our \x1b.
     assert raw_controls(out) == [] and "\\u001b[31mweb" in out and "\\x1b" not in out
-    from tracer.output import path_json, path_line
+    from tracer.sinks.output import path_json, path_line
 
     for p in (ev for ev in replay_events(FIXTURE.read_bytes()) if isinstance(ev, PacketPath)):
         assert path_line(p) == json.dumps(path_json(p))
@@ -145,8 +145,8 @@ def _hostile_path(node: str, iface: str, reason: str, rule: str) -> tuple[Packet
 def test_every_writer_with_any_name(node: str, iface: str, reason: str, rule: str) -> None:
     from rich.console import Console
 
-    from tracer.output import TextSink, nat_text
-    from tracer.report import Summary, render
+    from tracer.commands.report import Summary, render
+    from tracer.sinks.output import TextSink, nat_text
     from tui.format import path_view, summary
     from tui.topo_text import seen_text
     from tui.widgets.status_bar import Status, status_text
@@ -183,6 +183,7 @@ def test_tui_texts_are_not_markup() -> None:
 
 
 def test_topology_render_escapes_every_name() -> None:
+    from tracer.commands.topology import render
     from tracer.topology import (
         Container,
         ContainerNet,
@@ -192,7 +193,6 @@ def test_topology_render_escapes_every_name() -> None:
         Route,
         Topology,
     )
-    from tracer.topology_cmd import render
     from tui.topo_text import topology_text
 
     bad = "x\x1b]0;PWNED\x07\n\u202e"
@@ -225,7 +225,7 @@ def test_topology_render_escapes_every_name() -> None:
 def test_doctor_escapes_details(monkeypatch: pytest.MonkeyPatch) -> None:
     import argparse
 
-    from tracer import doctor
+    from tracer.commands import doctor
 
     bad = "tcpdump 4.99\x1b[2J\x1b]0;PWNED\x07"
     monkeypatch.setattr(doctor, "collect", lambda: {
@@ -247,7 +247,7 @@ def test_run_netns_names_are_checked_where_read(tmp_path: Path, monkeypatch: pyt
     """/run/netns/<name> with undecodable bytes: U+FFFD (encodable), controls kept for the writers."""
     import os
 
-    from tracer import names
+    from tracer.sources import names
 
     run = tmp_path / "netns"
     run.mkdir()

@@ -18,7 +18,7 @@ import pytest
 
 _WRITER = r"""
 import signal, sys
-from tracer.output import {sink}
+from tracer.sinks.output import {sink}
 signal.signal(signal.SIGINT, lambda *_: None)
 print("ready", file=sys.stderr, flush=True)
 sink = {sink}(sys.stdout)

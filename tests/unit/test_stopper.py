@@ -7,7 +7,7 @@ import signal
 import threading
 import time
 
-from tracer.live import _Stopper
+from tracer.commands.live import _Stopper
 
 
 class _Part:

@@ -11,7 +11,7 @@ stack, which then routes copies of bridged packets a second time — the
 capture would change the traffic it records. Traffic starts only after every
 tcpdump said it is listening.
 
-The pcapng is written by ``tracer.record.PcapngRecorder`` — exactly what
+The pcapng is written by ``tracer.sinks.record.PcapngRecorder`` — exactly what
 ``hoptrace live --record`` writes: an interface block per hop named
 ``node/iface`` with ``netns=<inode> ifindex=<n>`` in its description,
 nanosecond timestamps, the direction in the EPB flags and the hop metadata
@@ -210,7 +210,7 @@ def write_pcapng(sightings: list[Sighting], path: Path) -> int:
 
     from tracer import _core
     from tracer.model import Dir, HopLabel, ObsBatch, Src, obs_dtype
-    from tracer.record import PcapngRecorder
+    from tracer.sinks.record import PcapngRecorder
 
     points: list[CapturePoint] = []
     for s in sightings:

@@ -3,7 +3,7 @@
 
 Two ways to trace, chosen automatically:
 
-* ``live`` (when ``tracer.doctor.check_ebpf()`` says eBPF works): the kernel probes
+* ``live`` (when ``tracer.commands.doctor.check_ebpf()`` says eBPF works): the kernel probes
   (``probes.skb_hops.EbpfSource``), limited to the lab's namespaces, are attached
   *before* each scenario's traffic; the engine prints each path as it finishes
   (with drops and their kernel reason) and records it to pcapng;
@@ -46,7 +46,7 @@ def _hoptrace(*argv: str) -> int:
 def live_available() -> tuple[bool, str]:
     if find_spec("probes.skb_hops") is None or find_spec("tracer.engine") is None:
         return False, "this build has no eBPF source or engine"
-    from tracer.doctor import check_ebpf
+    from tracer.commands.doctor import check_ebpf
 
     return check_ebpf()
 
@@ -54,9 +54,9 @@ def live_available() -> tuple[bool, str]:
 def trace_live(lab: Lab, name: str, recording: Path, annotators: Sequence[Annotator] = ()) -> ScenarioResult:
     """Run ``name`` while the kernel probes trace the lab's namespaces; print and record the paths."""
     from probes.skb_hops import EbpfSource
-    from tracer.output import TextSink
     from tracer.pipeline import PipelineConfig, build, compile_filter
-    from tracer.record import PcapngRecorder
+    from tracer.sinks.output import TextSink
+    from tracer.sinks.record import PcapngRecorder
 
     # The same noise the captures leave out: IPv6 link-local chatter (DAD, RS, MLD) of freshly
     # created interfaces and the bridge's IGMP reports are no part of any scenario.
@@ -97,7 +97,7 @@ def demo(engine: str, prefix: str, keep: bool = False, tui: bool = False, out_di
     out = out_dir or DEMO_DIR / prefix
     out.mkdir(parents=True, exist_ok=True)
     can_replay = find_spec("tracer.engine") is not None
-    can_report = find_spec("tracer.report") is not None
+    can_report = find_spec("tracer.commands.report") is not None
     if mode in ("auto", "live"):
         ok, why = live_available()
         if not ok and mode == "live":

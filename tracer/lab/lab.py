@@ -86,9 +86,9 @@ class Lab:
     def up(self) -> None:
         require_root()
         if self.engine == "docker":
-            from tracer.lab import docker_engine
+            from tracer.lab import docker_builder
 
-            docker_engine.check_installed()
+            docker_builder.check_installed()
         for tool in ("ip", "iptables-restore", "nsenter", "busybox"):
             if shutil.which(tool) is None:
                 package = {"ip": "iproute2", "iptables-restore": "iptables", "nsenter": "util-linux",
@@ -132,9 +132,9 @@ class Lab:
         require_root()
         data = self.state.load()
         if data.get("engine") == "docker" or (self.state.dir / "docker.sock").exists():
-            from tracer.lab import docker_engine
+            from tracer.lab import docker_builder
 
-            docker_engine.teardown(self)
+            docker_builder.teardown(self)
         return self.state.remove_everything()
 
     def status(self) -> LabStatus:
@@ -152,10 +152,10 @@ class Lab:
         containers: dict[str, str] = {}
         docker_host = None
         if engine == "docker":
-            from tracer.lab import docker_engine
+            from tracer.lab import docker_builder
 
-            docker_host = docker_engine.docker_host(self)
-            containers = docker_engine.container_status(self)
+            docker_host = docker_builder.docker_host(self)
+            containers = docker_builder.container_status(self)
         return LabStatus(self.prefix, exists, engine, namespaces, procs, containers, docker_host,
                          str(self.state.dir))
 
@@ -285,7 +285,7 @@ class Lab:
             raise LabError(f"the UDP echo does not answer on {addr}:{port} after {timeout_s:.0f} s")
 
     def write_nodes(self) -> None:
-        """nodes.json for tracer.names: netns inode -> node label."""
+        """nodes.json for tracer.sources.names: netns inode -> node label."""
         self.state.write_nodes({self.netns_inode(n): n for n in NODES})
 
     # ------------------------------------------------------------------
@@ -300,13 +300,13 @@ class Lab:
                 raise LabError(f"cannot create network namespace {name}: {r.stderr.strip()}")
         self._build_uplink()
         if self.engine == "netns":
-            from tracer.lab import netns_engine
+            from tracer.lab import netns_builder
 
-            netns_engine.build(self)
+            netns_builder.build(self)
         else:
-            from tracer.lab import docker_engine
+            from tracer.lab import docker_builder
 
-            docker_engine.build(self)
+            docker_builder.build(self)
         for node in NODES:
             # Ping sockets for root (scenarios.ping): the per-namespace default allows no group.
             self.sysctls(node, {"net/ipv4/ping_group_range": "0 0"})

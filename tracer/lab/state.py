@@ -5,7 +5,7 @@ Everything a lab creates is recorded or derivable from its prefix, so that
 
 * ``/run/netns/<prefix>-<node>``: the lab's named network namespaces;
 * ``/run/hoptrace/lab-<prefix>/``: ``state.json`` (engine, pids we started),
-  ``nodes.json`` (netns inode -> node label, read by ``tracer.names``), logs,
+  ``nodes.json`` (netns inode -> node label, read by ``tracer.sources.names``), logs,
   dockerd's data/exec roots and the bind mounts of container namespaces.
 """
 

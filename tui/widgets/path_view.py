@@ -10,7 +10,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from tracer.model import PacketPath
-from tracer.output import numeric_path
+from tracer.sinks.output import numeric_path
 from tui.format import path_view
 
 EMPTY = Text("No path selected. Paths appear above as packets finish; ↑/↓ or the mouse select one.",

@@ -404,7 +404,7 @@ class RuleTrace:
         if removed:
             self.notices.append(f"removed {len(removed)} trace rule(s) left by an earlier run")
         if self._namespaces is None:
-            from tracer.attribution import nat_namespaces
+            from tracer.annotate.attribution import nat_namespaces
             from tracer.topology import Topology
 
             self._namespaces = lab_scope(nat_namespaces(Topology.discover(docker=False))) or {
@@ -611,7 +611,7 @@ def cleanup_leftovers(namespaces: Mapping[int, str] | None = None) -> list[str]:
     removed: list[str] = []
     if shutil.which("iptables-save") is None or shutil.which("nsenter") is None:
         return removed
-    from tracer.names import NodeNamer
+    from tracer.sources.names import NodeNamer
 
     namer = NodeNamer()
     for (inode, path, family), lines in _scan_tagged(namespaces).items():

@@ -45,11 +45,11 @@ from typing import TYPE_CHECKING, Any
 from tracer.errors import HoptraceError, PrivilegeError, UsageError
 from tracer.libpcap import compile_insns
 from tracer.model import HopLabel, ObsBatch, Src
-from tracer.names import own_netns
 from tracer.netns import run_in_netns
 from tracer.pcap_expr import protocol_only
 from tracer.protocols import Attachments
 from tracer.safe_text import term_safe
+from tracer.sources.names import own_netns
 
 if TYPE_CHECKING:
     import numpy as np
@@ -593,7 +593,7 @@ class _Reorder:
 
 
 class TapSource:
-    """A ``tracer.source.Source`` (kind "pcap") over AF_PACKET taps.
+    """A ``tracer.sources.base.Source`` (kind "pcap") over AF_PACKET taps.
 
     ``ifaces``: ``--iface`` values; None = the default set, followed as containers come
     and go. ``bpf_filter``: the ``--filter`` expression, attached in the kernel only when

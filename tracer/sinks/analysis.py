@@ -661,7 +661,7 @@ def tables_from_core(columns: dict[str, dict[str, Any]]) -> dict[str, pa.Table]:
 def replay_paths(files: Sequence[str | os.PathLike[str]]) -> list[PacketPath]:
     """Every path the engine builds from capture files (recordings or other tools' pcaps)."""
     from tracer.engine import Engine
-    from tracer.readers import FileSource
+    from tracer.sources.files import FileSource
 
     source = FileSource([os.fspath(f) for f in files])
     engine = Engine(source)

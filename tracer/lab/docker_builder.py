@@ -97,7 +97,7 @@ def build(lab: Lab) -> None:
                 raise LabError(f"container {node} is {container.status}: {container.logs()[-300:]!r}")
             if net["IPAddress"] != A.CONTAINER_IP[node]:
                 raise LabError(f"container {node} got {net['IPAddress']}, expected {A.CONTAINER_IP[node]}")
-            # A stable name for the container's namespace; tracer.probe and tests look here.
+            # A stable name for the container's namespace; tracer.commands.reach and tests look here.
             (lab.state.netns_dir / node).symlink_to(net["SandboxKey"])
     finally:
         dc.close()

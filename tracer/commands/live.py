@@ -1,6 +1,6 @@
 """``hoptrace live``: trace live from the kernel (eBPF) or AF_PACKET taps.
 
-Builds a source (probes.skb_hops.EbpfSource or tracer.taps.TapSource), starts
+Builds a source (probes.skb_hops.EbpfSource or tracer.sources.taps.TapSource), starts
 it *before* the engine so that ``--ready-file`` is written only once every
 probe/tap is attached, then drives tracer.engine into the TUI or a text /
 NDJSON sink. SIGINT, SIGTERM and SIGHUP stop the engine (exit 0); the source is detached and
@@ -8,7 +8,7 @@ the recording flushed in ``finally``, and the sink's last line is the stats.
 
 On stderr when it is a terminal, like tcpdump's "listening on ...": ``compiling probes…``
 (or ``opening taps…``) before the source starts, and ``ready: N probes on M namespaces in
-T s`` once everything is attached, when the ready file is written. ``-r FILE`` replays FILE instead (tracer.replay).
+T s`` once everything is attached, when the ready file is written. ``-r FILE`` replays FILE instead (tracer.commands.replay).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from tracer.safe_text import term_safe
 
 if TYPE_CHECKING:
     from probes.skb_hops import EbpfSource
-    from tracer.taps import TapSource
+    from tracer.sources.taps import TapSource
 
 #: -s 0 (tcpdump's "the maximum"): per backend; eBPF's is probes.skb_hops.max_snaplen().
 SNAPLEN_MAX = 65535
@@ -65,7 +65,7 @@ def _iface_netns(ifaces: list[str]) -> set[int] | None:
     """
     if not ifaces:
         return None
-    from tracer.names import RUN_NETNS, NodeNamer, netns_inode
+    from tracer.sources.names import RUN_NETNS, NodeNamer, netns_inode
 
     known = NodeNamer().known()  # inode -> name
     out: set[int] = set()
@@ -99,7 +99,7 @@ def _netns_paths(inodes: frozenset[int]) -> dict[int, str] | None:
     None (RuleTrace's own choice) when it traces every namespace."""
     if not inodes:
         return None
-    from tracer.names import RUN_NETNS, netns_inode
+    from tracer.sources.names import RUN_NETNS, netns_inode
 
     paths: dict[int, str] = {}
     candidates = [Path("/proc/self/ns/net"), *(sorted(RUN_NETNS.iterdir()) if RUN_NETNS.is_dir() else [])]
@@ -112,7 +112,7 @@ def _netns_paths(inodes: frozenset[int]) -> dict[int, str] | None:
 
 
 def make_pcap_source(args: argparse.Namespace) -> TapSource:
-    from tracer.taps import TapSource
+    from tracer.sources.taps import TapSource
 
     return TapSource(args.iface or None, bpf_filter=args.filter, snaplen=args.snaplen or SNAPLEN_MAX)
 
@@ -126,7 +126,7 @@ def choose_source(args: argparse.Namespace) -> LiveSource:
         src.start()
         return src
     if backend == "auto":
-        from tracer.doctor import check_ebpf
+        from tracer.commands.doctor import check_ebpf
 
         ok, reason = check_ebpf()
         if not ok:
@@ -166,14 +166,14 @@ _LIVE_ONLY = (("iface", "-i/--iface"), ("record", "-w/--record"), ("rules", "--r
 
 
 def _replay_instead(args: argparse.Namespace) -> int:
-    """``live -r FILE``: tcpdump's -r, the recording instead of the kernel (tracer.replay)."""
+    """``live -r FILE``: tcpdump's -r, the recording instead of the kernel (tracer.commands.replay)."""
     for dest, flag in _LIVE_ONLY:
         if getattr(args, dest, None):
             raise UsageError(f"-r replays a file: {flag} means nothing there",
                              "drop it, or trace live without -r")
     if args.backend != "auto" or args.snaplen != 128:
         raise UsageError("-r replays a file: --backend and -s/--snaplen mean nothing there")
-    from tracer import replay
+    from tracer.commands import replay
 
     args.files, args.hop = list(args.read), []
     return replay.run(args)
@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
 
         rules = None
         if args.rules:
-            from tracer.nftrace import RuleTrace
+            from tracer.annotate.nftrace import RuleTrace
 
             # our own SIGINT/SIGTERM handling exits this context, which removes the rules
             rules = stack.enter_context(RuleTrace(namespaces=_netns_paths(source.traced_netns),
@@ -204,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
                 _notice(msg)
         rec = None
         if args.record:
-            from tracer.record import PcapngRecorder
+            from tracer.sinks.record import PcapngRecorder
 
             rec = PcapngRecorder(args.record, snaplen=args.snaplen, max_mb=args.record_max_mb,
                                  files=args.record_files, on_error=args.record_on_error)
@@ -234,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
                                         duration_s=args.duration))
         stopper.attach(pipeline)
         if _want_tui(args):
-            from tracer.output import tui_color
+            from tracer.sinks.output import tui_color
             from tui.app import make_app
 
             tui_color(args)
@@ -244,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
             stopper.app = app
             app.run()
         else:
-            from tracer.output import NdjsonSink, TextSink, text_options
+            from tracer.sinks.output import NdjsonSink, TextSink, text_options
 
             sink = NdjsonSink(sys.stdout) if args.json else TextSink(sys.stdout, text_options(args, sys.stdout))
             pipeline.run([sink])
@@ -254,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _recorder_factory(args: argparse.Namespace) -> Callable[[], Recorder]:
     """`r` in the TUI: record to ./hoptrace-<UTC time>.pcapng (tcpdump-like: where you are)."""
-    from tracer.record import PcapngRecorder
+    from tracer.sinks.record import PcapngRecorder
 
     def make() -> Recorder:
         name = time.strftime("hoptrace-%Y%m%dT%H%M%SZ.pcapng", time.gmtime())

@@ -5,7 +5,7 @@ NAT events grouped by where and how they rewrote (with packet counts), drops
 by reason, and per-hop latency percentiles (hop-to-hop deltas per hop pair).
 The command runs in the core (``tracer._core.report``: crates/hoptrace-core/src/report.rs),
 which runs the engine over the files and hands back the aggregates (and, for ``--parquet
-DIR``, the tables' columns as numpy arrays, which ``tracer.analysis`` turns into Parquet):
+DIR``, the tables' columns as numpy arrays, which ``tracer.sinks.analysis`` turns into Parquet):
 no Python object per sighting or path. ``Summary.add_path`` builds the same summary from
 ``PacketPath`` objects, for callers that hold them (tests/reference/report.py keeps the
 Python report the core is held to).
@@ -24,8 +24,8 @@ from typing import Any, NamedTuple, TextIO
 
 from tracer.errors import HoptraceError, UsageError
 from tracer.model import Endpoints, Flow, NatEvent, PacketPath, Stats
-from tracer.output import duration_text
 from tracer.safe_text import md_cell, term_safe
+from tracer.sinks.output import duration_text
 
 VERDICTS = ("delivered", "dropped", "left", "incomplete")
 PERCENTILES = (50, 90, 99)
@@ -264,9 +264,9 @@ def run(args: argparse.Namespace) -> int:
     parquet = getattr(args, "parquet", None)
     if parquet:
         try:
-            from tracer import analysis
+            from tracer.sinks import analysis
         except ImportError as exc:
-            raise HoptraceError("--parquet needs tracer.analysis, which is not in this build") from exc
+            raise HoptraceError("--parquet needs tracer.sinks.analysis, which is not in this build") from exc
     run = CoreRun(files, hop_args, expr, "report")  # a progress line on stderr, on a terminal
     loading = analysis.import_in_background() if parquet else None
     try:

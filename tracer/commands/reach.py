@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING
 
 from tracer.errors import EXIT_OK, EXIT_PROBLEM, PrivilegeError, UsageError
 from tracer.model import Flow, Observation, PacketPath
-from tracer.names import LAB_STATE
 from tracer.netns import run_in_netns
 from tracer.safe_text import term_safe
+from tracer.sources.names import LAB_STATE
 
 if TYPE_CHECKING:
     from tracer.pipeline import Pipeline
@@ -369,7 +369,7 @@ def _make_source(backend: str, target: Target) -> LiveSource:
     host the rest would only cost events. ARP is not kept: a missing ARP
     answer shows as EHOSTUNREACH on the socket.
     """
-    from tracer.live import choose_source
+    from tracer.commands.live import choose_source
 
     icmp = "icmp" if target.family == 4 else "icmp6"
     expr = icmp if target.proto == "icmp" else f"{target.proto} or {icmp}"
@@ -378,10 +378,10 @@ def _make_source(backend: str, target: Target) -> LiveSource:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tracer.output import path_json, path_text
+    from tracer.sinks.output import path_json, path_text
 
     target = parse_target(args.to, args.proto)
-    from tracer.doctor import effective_caps
+    from tracer.commands.doctor import effective_caps
 
     if not {"CAP_SYS_ADMIN", "CAP_NET_RAW"} <= effective_caps():
         # Checked before the node lookup: an unprivileged user gets this, not a confusing name error.

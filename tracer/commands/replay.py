@@ -5,7 +5,7 @@ The same engine as live, over capture files: FileSource -> Engine -> a sink
 the damage: the source's error is held back until the engine has flushed
 and the sink has printed its stats, then reported as one line (exit 2).
 Reading a file shows a progress line on stderr when stderr is a terminal
-(tracer.progress), not in the TUI.
+(tracer.sinks.progress), not in the TUI.
 
 ``--json`` and text (``--no-tui``, or stdout not a terminal) run the engine in Rust from
 file to output (``tracer._core.replay_ndjson``: crates/hoptrace-core/src/engine.rs, the
@@ -22,7 +22,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from tracer.errors import UsageError
-from tracer.readers import open_files
+from tracer.sources.files import open_files
 
 if TYPE_CHECKING:
     from tracer.pipeline import Pipeline
@@ -63,7 +63,7 @@ def _core_engine(args: argparse.Namespace) -> bool:
 
 def run_core(args: argparse.Namespace) -> int:
     """``replay --json`` or text by the core's engine: files to stdout's descriptor, the GIL
-    released. Text looks as -n, -q, -v and --color say (tracer.output ``text_options``)."""
+    released. Text looks as -n, -q, -v and --color say (tracer.sinks.output ``text_options``)."""
     from tracer import _core  # type: ignore[attr-defined]  # the compiled core, no stub
     from tracer.pipeline import CoreRun
 
@@ -73,7 +73,7 @@ def run_core(args: argparse.Namespace) -> int:
         raise UsageError("replay needs at least one capture file", USAGE_HINT)
     text = None
     if not args.json:
-        from tracer.output import text_options
+        from tracer.sinks.output import text_options
 
         opts = text_options(args, sys.stdout)
         text = (opts.numeric, opts.detail, opts.color)
@@ -91,7 +91,7 @@ def run_core(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if _core_engine(args):
         return run_core(args)
-    from tracer.output import NdjsonSink, TextSink, text_options, tui_color
+    from tracer.sinks.output import NdjsonSink, TextSink, text_options, tui_color
 
     if _want_tui(args):
         from tui.app import make_app

@@ -12,7 +12,7 @@ is the rule — provided its target agrees with what the packet diff showed
 matches the rewritten address). Replies have no rule of their own (conntrack
 translates them back): for a reply the rule reported is the one that set up the
 mapping, found by walking the reversed tuple as the original packet.
-``--rules`` (tracer.nftrace) replaces this with what netfilter itself traced.
+``--rules`` (tracer.annotate.nftrace) replaces this with what netfilter itself traced.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Literal
 
-from tracer.conntrack import ConntrackTable
+from tracer.annotate.conntrack import ConntrackTable
 from tracer.model import ConntrackRef, Endpoints, NatEvent, Observation, PacketPath
 from tracer.topology import Interface, LiveTopology, Namespace, NatRule, Topology
 

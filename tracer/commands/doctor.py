@@ -223,7 +223,7 @@ def check_leftovers() -> Check:
     """Trace rules (--rules) that a killed hoptrace left behind; only root can read every ruleset."""
     if os.geteuid() != 0:
         return Check("leftovers", True, "not checked (needs root to read every namespace's rules)")
-    from tracer.nftrace import find_leftovers
+    from tracer.annotate.nftrace import find_leftovers
 
     left = find_leftovers()
     if not left:
@@ -245,8 +245,8 @@ def check_ebpf() -> tuple[bool, str]:
 
 
 def check_pcap() -> tuple[bool, str]:
-    if importlib.util.find_spec("tracer.taps") is None:
-        return False, "tracer.taps is not in this build"
+    if importlib.util.find_spec("tracer.sources.taps") is None:
+        return False, "tracer.sources.taps is not in this build"
     if "CAP_NET_RAW" not in effective_caps():
         return False, "needs CAP_NET_RAW (root)"
     if "CAP_SYS_ADMIN" not in effective_caps():
