@@ -1,5 +1,5 @@
-//! Annotation tables: what live's annotators (tracer/attribution.py `Attributor`,
-//! tracer/nftrace.py `RuleTrace`) say of a path, kept per path shape so Python is asked
+//! Annotation tables: what live's annotators (tracer/annotate/attribution.py `Attributor`,
+//! tracer/annotate/nftrace.py `RuleTrace`) say of a path, kept per path shape so Python is asked
 //! once per shape, not once per path.
 //!
 //! A path's shape is everything an annotator reads of it: per hop its label (node,
@@ -28,7 +28,7 @@ pub struct RawNatNote {
     /// The node the event happened at ("surrogatepass" UTF-8); None: the label's.
     pub node: Option<Vec<u8>>,
     /// `"rule": ...` and what follows it in the event's NDJSON object (without the
-    /// leading `, `), as tracer/output.py writes it.
+    /// leading `, `), as tracer/sinks/output.py writes it.
     pub json: Vec<u8>,
     /// What `nat_text` appends after the hook (`  rule: ...  ct N`).
     pub text: Vec<u8>,

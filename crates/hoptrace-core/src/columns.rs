@@ -1,4 +1,4 @@
-//! The Parquet export's three tables (tracer/analysis.py's schema: observations, paths,
+//! The Parquet export's three tables (tracer/sinks/analysis.py's schema: observations, paths,
 //! nat) as columns, filled path by path from the finished paths: numbers in one `Vec` per
 //! column, strings as Arrow lays them out (offsets and bytes), repeating strings as
 //! dictionary codes and a dictionary. Python builds pyarrow arrays from these buffers

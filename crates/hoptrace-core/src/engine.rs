@@ -52,7 +52,7 @@ pub const FLUSH_SLICE: usize = 4096;
 pub struct EngineConfig {
     pub join: JoinConfig,
     /// Finishing's settings; `finish.format` says what is written: NDJSON, or the text
-    /// for people (`Format::Text`, tracer/output.py's `TextSink`).
+    /// for people (`Format::Text`, tracer/sinks/output.py's `TextSink`).
     pub finish: FinishConfig,
     pub flush_slice: usize,
     /// A path filter runs: each link type's program comes from [`Engine::set_program`]
@@ -369,7 +369,7 @@ impl Engine {
 
 /// A writer whose writes wait when the descriptor is non-blocking and full, so that
 /// `write_all` (which retries a short write and an interrupted one) puts every byte out.
-/// tracer/output.py `write_all` says why it matters: a slow reader and a signal while a
+/// tracer/sinks/output.py `write_all` says why it matters: a slow reader and a signal while a
 /// write is blocked once cost whole pages of NDJSON.
 pub struct Patient<W>(pub W);
 

@@ -1,5 +1,5 @@
 //! Several capture files as one stream of sighting batches, merged by
-//! timestamp: tracer/readers.py's `FileSource` (`_file_batches`, `_hop`,
+//! timestamp: tracer/sources/files.py's `FileSource` (`_file_batches`, `_hop`,
 //! `_merge`, `_combine`), step for step, so that its batches, hop labels and
 //! drop reason ids are the ones Python made.
 //!

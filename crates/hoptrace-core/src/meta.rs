@@ -1,5 +1,5 @@
 //! hoptrace's per-packet comment in its own recordings, read as
-//! tracer/readers.py reads it (`_apply_meta`, `_apply_meta_fast`):
+//! tracer/sources/files.py reads it (`_apply_meta`, `_apply_meta_fast`):
 //!
 //! `{"v":1,"dir":"tx","skb":"0x..","hook":..,"netns":N,"drop_reason":"..","ts_ns":N}`
 //!

@@ -1,6 +1,6 @@
 //! The few pieces of Python's text semantics that the file reader's labels and
 //! comment metadata depend on, so that the core reads a capture exactly as
-//! tracer/readers.py (the reference) does: `str.isspace`, decimal digits
+//! tracer/sources/files.py (the reference) does: `str.isspace`, decimal digits
 //! (`str.isdecimal`, `int()` of non-ASCII digits), `int(text, 0)` with its
 //! underscores and 4300-digit limit, `str.split()`, and the codecs `json.loads`
 //! picks for bytes.

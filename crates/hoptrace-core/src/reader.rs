@@ -1,6 +1,6 @@
 //! One capture file (pcap or pcapng), read in chunks with bounded memory and
 //! handed out as [`Chunk`]s: the records of one read buffer, at most
-//! `batch_rows` of them. This is tracer/readers.py's `_FileReader`, step for
+//! `batch_rows` of them. This is tracer/sources/files.py's `_FileReader`, step for
 //! step (same buffer sizes, same cuts between chunks, same errors), so a
 //! batch of the core is the batch Python made.
 //!

@@ -1,5 +1,5 @@
 //! Paths, flows and stats as NDJSON lines (CONTRACT.md), byte for byte what
-//! tracer/output.py writes: `path_line` (`_hop_line`, `_nat_line`), `flow_json` and
+//! tracer/sinks/output.py writes: `path_line` (`_hop_line`, `_nat_line`), `flow_json` and
 //! `stats_json` through `json.dumps` with `(", ", ": ")` separators, keys in their
 //! order, `null` for what a packet does not have, names escaped as `json.dumps`
 //! escapes them. Everything is appended to the caller's buffer; nothing allocates.

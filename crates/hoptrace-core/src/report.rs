@@ -1,6 +1,6 @@
 //! `hoptrace report`: capture files through the engine (engine.rs: FileSet -> Joiner ->
 //! PathFinisher), the finished paths handed to a [`ReportSink`] instead of NDJSON lines.
-//! The sink accumulates what tracer/report.py's `Summary` shows, as `Summary.add_path`
+//! The sink accumulates what tracer/commands/report.py's `Summary` shows, as `Summary.add_path`
 //! and `add_flow` compute it: paths by (protocol, verdict), the flows, NAT rewrites
 //! grouped by (node, kind, hook, before, after), drops by (hop, reason), hop-to-hop time
 //! deltas per (hop and direction, next hop and direction) and whole-path latencies, with
@@ -26,7 +26,7 @@ use crate::obs::{dir, Obs};
 use crate::render::push_proto_name;
 use crate::text::push_addr;
 
-/// The percentiles a report shows (tracer/report.py `PERCENTILES`).
+/// The percentiles a report shows (tracer/commands/report.py `PERCENTILES`).
 pub const PERCENTILES: [u32; 3] = [50, 90, 99];
 
 /// (node label, kind, hook, family, before side, after side) of a NAT event: the side

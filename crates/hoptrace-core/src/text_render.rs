@@ -1,4 +1,4 @@
-//! Paths, flows and stats as text a person reads: byte for byte what tracer/output.py's
+//! Paths, flows and stats as text a person reads: byte for byte what tracer/sinks/output.py's
 //! `TextSink` writes (`path_text`, `_route_text`, `_hop_detail`, `nat_text`, `flow_text`,
 //! `stats_text`, `duration_text`, `what_text`, `drop_hint`, `numeric_path`), from the same
 //! data the NDJSON renderer (render.rs) gets.
@@ -18,7 +18,7 @@ use crate::text::{push_addr, push_hex, push_u64};
 
 const ETH_P_ARP: u16 = 0x0806;
 
-/// How the text output looks: tcpdump's -n, -q / -v, and colour (tracer/output.py
+/// How the text output looks: tcpdump's -n, -q / -v, and colour (tracer/sinks/output.py
 /// `TextOptions`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TextOptions {

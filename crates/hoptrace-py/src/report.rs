@@ -91,7 +91,7 @@ fn endpoints<'py>(
     Ok(())
 }
 
-/// The three tables' columns by table and column name (see tracer/analysis.py
+/// The three tables' columns by table and column name (see tracer/sinks/analysis.py
 /// `tables_from_core`, which reads them).
 fn columns<'py>(
     py: Python<'py>,
