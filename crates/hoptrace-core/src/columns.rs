@@ -436,7 +436,7 @@ fn push_drop_reason(col: &mut DictColumn<u32>, code: u32, labels: &Labels) {
     });
 }
 
-/// A drop reason's name, or `UNKNOWN(code)` (tracer/correlate.py `_materialize`).
+/// A drop reason's name, or `UNKNOWN(code)` (tests/reference/correlate.py `observation`).
 pub fn push_drop_reason_text(out: &mut Vec<u8>, code: u32, labels: &Labels) {
     match labels.drop_reason(code) {
         Some(name) => out.extend_from_slice(name.as_bytes()),

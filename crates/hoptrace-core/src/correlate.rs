@@ -1,5 +1,5 @@
 //! The join: which sightings are one packet's path, and in which order paths
-//! finish. The rules of tracer/correlate.py's `Correlator`, which stays the
+//! finish. The rules of tests/reference/correlate.py's `Correlator`, which stays the
 //! reference (tests/unit/test_core_join.py compares the two):
 //!
 //! * sightings are taken in chunks of [`CHUNK_ROWS`] of a batch, each chunk in
@@ -24,7 +24,7 @@
 //! packet leaving (tx, or no direction), which teaches where its source address
 //! lives (`claim`); a claim taken back when a path's true first sighting turns
 //! up late (`retract`); and the end of each expiry step, with the paths it
-//! finished (`step_ended`). tracer/correlate.py does the same at the same
+//! finished (`step_ended`). tests/reference/correlate.py does the same at the same
 //! moments (`_own` while stepping through a chunk, the deletion from `owned`,
 //! `_expire`), so a verdict judged at the end of a step reads the same owners.
 //!
@@ -315,7 +315,7 @@ fn insertion_sort_within(v: &mut [u128], mut budget: usize) -> bool {
 }
 
 /// What a path's first sighting taught: its source address lives where it was seen
-/// leaving (tracer/correlate.py `_own`, for IP packets seen on tx or with no direction).
+/// leaving (tests/reference/correlate.py `_claim`, for IP packets seen on tx or with no direction).
 fn claim<E: JoinEvents>(o: &Obs, ev: &mut E) -> Option<Claim> {
     if o.family == 0 || !(o.dir == dir::TX || o.dir == dir::UNKNOWN) {
         return None;

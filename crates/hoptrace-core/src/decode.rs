@@ -1,4 +1,4 @@
-//! Frame bytes -> the packet fields of a sighting ([`Obs`]), as tracer/decode.py's
+//! Frame bytes -> the packet fields of a sighting ([`Obs`]), as tests/reference/decode.py's
 //! `decode_one` does, bit for bit (the Python decoder is the reference the
 //! differential tests hold this one to).
 //!
@@ -729,7 +729,7 @@ mod tests {
 
     #[test]
     fn mix64_matches_python() {
-        // tracer.decode's mix64(5, 1, 2), digest_bytes(3, b"abc"), digest_bytes(100, bytes(range(40))).
+        // tests/reference/decode.py's mix64(5, 1, 2), digest_bytes(3, b"abc"), digest_bytes(100, bytes(range(40))).
         assert_eq!(mix64(5, 1, 2), 0x6e60_eaaa_bbdc_46e0);
         assert_eq!(digest_bytes(3, b"abc"), 0x9e50_991c_b0ae_566d);
         let data: Vec<u8> = (0..40).collect();

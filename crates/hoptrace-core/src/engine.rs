@@ -1,6 +1,6 @@
 //! The engine from sightings to NDJSON: the join ([`Joiner`]) drives the finisher
-//! ([`PathFinisher`]) batch by batch, as tracer/engine.py's `Engine.events()` and `run()`
-//! drive tracer/correlate.py's `Correlator` into an `NdjsonSink`; and [`replay_ndjson`],
+//! ([`PathFinisher`]) batch by batch, as tests/reference/engine.py's `Engine.events()` and `run()`
+//! drive tests/reference/correlate.py's `Correlator` into an `NdjsonSink`; and [`replay_ndjson`],
 //! capture files ([`FileSet`]) through it into a writer, which is `hoptrace replay --json`.
 //!
 //! The contract, which tests/unit/test_core_engine.py holds byte for byte against the
@@ -47,7 +47,7 @@ use crate::synth::{synth_frame, LINKTYPE_RAW};
 /// Paths finished per step at the end of input (tracer/engine.py `_FLUSH_SLICE`).
 pub const FLUSH_SLICE: usize = 4096;
 
-/// The correlator's settings (tracer/correlate.py's defaults unless a test changes them).
+/// The correlator's settings (tests/reference/correlate.py's defaults unless a test changes them).
 #[derive(Debug, Clone, Copy)]
 pub struct EngineConfig {
     pub join: JoinConfig,

@@ -1,6 +1,6 @@
 //! What happens to a path once the join says it is finished: its NAT events, its
 //! verdict, its flow, and its NDJSON line, with the state that carries from path to
-//! path (tracer/correlate.py `_finish`, `_verdict`, `_assign_flow`, `take_flows`).
+//! path (tests/reference/correlate.py `_finish`, `_assign_flow`, `take_flows`; tests/reference/nat.py `verdict`).
 //!
 //! How the join drives a [`PathFinisher`] (the protocol of the Python correlator,
 //! whose output this reproduces byte for byte):
@@ -35,7 +35,7 @@ use crate::obs::Obs;
 use crate::render::{push_path_line, push_path_line_noted, push_stats_line};
 use crate::text_render::{push_path_text, push_path_text_noted, push_stats_text, Format, PathHead};
 
-/// The correlator's settings that finishing reads (tracer/correlate.py's defaults).
+/// The correlator's settings that finishing reads (tests/reference/correlate.py's defaults).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FinishConfig {
     /// How long a path may stay idle before it finishes: what a verdict may know about

@@ -1,5 +1,5 @@
 //! Request and reply paths of one connection, paired through the reversed NAT
-//! mapping (tracer/correlate.py `_assign_flow`, `_FlowState`, `take_flows`).
+//! mapping (tests/reference/correlate.py `_assign_flow`, `OpenFlow`, `take_flows`).
 //!
 //! A path's flow is found by its first hop's 5-tuple (the original direction) and
 //! its last hop's (as translated). A new flow files four keys: original,

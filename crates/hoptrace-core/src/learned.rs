@@ -1,6 +1,6 @@
 //! What traffic taught, across paths: which namespace sends from an address
 //! ([`Owners`]), and which tx hops lead to another traced hop ([`Links`]). A
-//! verdict reads both (tracer/correlate.py `owned`, `links`, `_own`, `_learn_links`).
+//! verdict reads both (tests/reference/correlate.py `owned`, `links`).
 
 use std::collections::VecDeque;
 

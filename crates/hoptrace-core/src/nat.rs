@@ -1,4 +1,4 @@
-//! NAT events and verdicts from the hops of one path (tracer/nat.py).
+//! NAT events and verdicts from the hops of one path (tests/reference/nat.py).
 //!
 //! Between two consecutive sightings of one packet in the same network namespace
 //! the header may have been rewritten: a changed source is SNAT, a changed

@@ -45,7 +45,7 @@ fn push_proto_json(out: &mut Vec<u8>, o: &Obs) {
 }
 
 /// The family a hop's addresses are shown in: ARP's sender and target protocol
-/// addresses are IPv4 addresses (tracer/correlate.py `_materialize`).
+/// addresses are IPv4 addresses (tests/reference/correlate.py `observation`).
 #[inline]
 fn shown_family(o: &Obs) -> u8 {
     if o.family == 0 && o.ethertype == ETH_P_ARP {

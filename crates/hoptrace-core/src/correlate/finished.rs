@@ -17,7 +17,7 @@ pub struct FinishedPath {
 /// Paths in the order they finished: the order they went idle (time of their
 /// last sighting, then number) within one expiry step, steps in order. That is
 /// the order in which what a path teaches (owned addresses, links, flows) must
-/// be learnt. tracer/correlate.py hands out each step's paths sorted by number
+/// be learnt. tests/reference/correlate.py hands out each step's paths sorted by number
 /// ([`Finished::emission_order`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Finished {
@@ -55,7 +55,7 @@ impl Finished {
         self.sightings.get(p.start..p.end).unwrap_or_default()
     }
 
-    /// Indices into `paths` in the order tracer/correlate.py emits them: step by
+    /// Indices into `paths` in the order tests/reference/correlate.py emits them: step by
     /// step, each step's paths by number.
     pub fn emission_order(&self) -> Vec<usize> {
         let mut o: Vec<usize> = (0..self.paths.len()).collect();

@@ -1,5 +1,5 @@
 //! What the join compares: a sighting's NAT-invariant fingerprint and its hop
-//! signature, bit for bit the values tracer/correlate.py's `_fingerprint` and
+//! signature, bit for bit the values tests/reference/correlate.py's `fingerprint` and
 //! `_hop_signature` compute with numpy (same fields, same mixing), so that even
 //! a 64-bit collision joins the same sightings in both.
 
@@ -25,7 +25,7 @@ fn words(a: &[u8; 16]) -> (u64, u64) {
     (u64::from_le_bytes(lo), u64::from_le_bytes(hi))
 }
 
-/// A 64-bit hash of the fields NAT and routing leave alone (`_fingerprint`):
+/// A 64-bit hash of the fields NAT and routing leave alone (tests/reference/correlate.py `fingerprint`):
 /// protocol, IP ID, flow label, TCP seq/ack/flags, length, ICMP type/code/seq,
 /// fragment, payload digest; for non-IP frames also the addresses.
 #[inline]

@@ -1,7 +1,7 @@
 //! The join's rules on hand-made sightings, its invariants on generated
 //! streams, and a naive model of the rules (a scan over every open path, a
 //! sort to finish) that the slab, candidate lists and idle queue must agree
-//! with. The reference is tracer/correlate.py: tests/unit/test_core_join.py.
+//! with. The reference is tests/reference/correlate.py: tests/unit/test_core_join.py.
 
 use super::keys::{fingerprint, hop_signature, join_skb};
 use super::*;
