@@ -2,7 +2,7 @@
 //!
 //! A calendar queue: one entry per path in a bucket of ~1 ms of its last
 //! sighting time, filed when the path opens and left there when it is seen
-//! again (lazily re-filed, as tests/reference/correlate.py's heap does). Expiry takes
+//! again (lazily re-filed). Expiry takes
 //! the lowest bucket, brings its entries up to date, sorts it and hands them
 //! out in order. Hops of one packet are µs apart and sightings come nearly in
 //! time order, so a bucket is touched in sequence, not at random as a binary
