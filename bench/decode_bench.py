@@ -47,8 +47,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 from gen_pcapng import generate  # noqa: E402
 
 from probes.skb_hops import EbpfSource, HopEvent, HopKind  # noqa: E402
-from tracer import _core, taps  # noqa: E402
+from tracer import _core  # noqa: E402
 from tracer.model import obs_dtype  # noqa: E402
+from tracer.sources import taps  # noqa: E402
 
 
 def python_decode_into() -> Callable[..., None] | None:

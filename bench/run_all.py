@@ -139,6 +139,31 @@ def parse_engine(out: str) -> list[Row]:
     return rows
 
 
+def parse_live_cost(out: str) -> list[Row]:
+    """bench/live_cost.py: the live consumer (engine + NDJSON) on eBPF-shaped batches, bare and
+    with live's annotator, the Python reference engine in the same run."""
+    rows: list[Row] = []
+    for annotated in ("False", "True"):
+        peer = num(rf"^python engine \(before\)\s+annotated={annotated}\s+([\d.]+) ns/sighting", out)
+        ours = num(rf"^core Stream \(after\)\s+annotated={annotated}\s+([\d.]+) ns/sighting", out)
+        rows.append((f"live consumer{', annotated' if annotated == 'True' else ''}", f"core {ours:.0f} ns/sighting",
+                     f"Python reference {peer:.0f} ns/sighting", peer / ours, "<= 250 ns (issue 16)"))
+    return rows
+
+
+def parse_decode(out: str) -> list[Row]:
+    """bench/decode_bench.py: the live sources' decode step per batch size, core vs the Python
+    decoder they used before."""
+    rows: list[Row] = []
+    for m in re.finditer(r"^\s*(\d+) \|\s+([\d.]+)\s+([\d.]+) \|\s+([\d.]+)\s+([\d.]+) \|", out, re.M):
+        n, ec, ep, tc, tp = m.group(1), *(float(m.group(k)) for k in range(2, 6))
+        rows.append((f"eBPF source decode, batch {n}", f"{ec:.0f} ns/sighting", f"Python {ep:.0f} ns", ep / ec, "—"))
+        rows.append((f"taps source decode, batch {n}", f"{tc:.0f} ns/sighting", f"Python {tp:.0f} ns", tp / tc, "—"))
+    if not rows:
+        raise Unreadable("no result rows")
+    return rows
+
+
 def parse_record(out: str) -> list[Row]:
     alone = num(r"^recorder alone:\s+([\d,]+) records/s", out)
     share = num(r"= ([\d.]+)% of the engine's CPU time", out)
@@ -307,6 +332,8 @@ BENCHES = [
           ["--file", "{capture}", "--records", "{records}"], parse_read),
     Bench("correlate", "correlate_bench.py", [], ["--records", "100000"], parse_correlate),
     Bench("engine", "engine_bench.py", [], ["--records", "50000", "--flows", "20"], parse_engine),
+    Bench("live_cost", "live_cost.py", ["--runs", "3"], ["--records", "50000", "--runs", "1"], parse_live_cost),
+    Bench("decode", "decode_bench.py", [], ["--sizes", "64,2048", "--repeat", "3"], parse_decode),
     Bench("finish", "finish_bench.py", ["{capture}"], ["{capture}"], parse_finish),
     Bench("join", "join_bench.py", ["{capture}", "--check"], ["{capture}", "--check"], parse_join),
     Bench("record", "record_bench.py", [], ["--records", "100000", "--peer-records", "20000", "--reps", "1"],

@@ -41,7 +41,8 @@ def test_the_core_reads_rows_as_obs_dtype_lays_them_out() -> None:
 
 def test_a_panic_in_the_core_is_one_line_and_exit_1(monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    from tracer import _core, cli, replay
+    from tracer import _core, cli
+    from tracer.commands import replay
 
     def boom(_args: object) -> int:
         _core._panic_for_tests("index out of range\x1b[2J")

@@ -29,9 +29,10 @@ from probes.skb_hops import EbpfSource, HopEvent, HopKind
 from tests.conftest import CORPUS, FIXTURES
 from tests.reference.decode import DECODED_FIELDS, decode_into
 from tests.unit.test_fuzz import LINKTYPES, framed
-from tracer import _core, taps
+from tracer import _core
 from tracer.errors import CaptureFileError
 from tracer.model import obs_dtype
+from tracer.sources import taps
 
 CI = settings(max_examples=int(os.environ.get("HOPTRACE_FUZZ_EXAMPLES", "100")), deadline=timedelta(seconds=20),
               database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])  # fmt: skip

@@ -382,7 +382,7 @@ mod tests {
 
     #[test]
     fn a_path_line_as_python_writes_it() {
-        // tracer.output.path_line of the same path, on this machine.
+        // tracer.sinks.output.path_line of the same path, on this machine.
         let mut labels = Labels::new();
         let web = labels.intern("web", "eth0");
         let host = labels.intern("host", "eth0");

@@ -698,7 +698,7 @@ mod tests {
 
     #[test]
     fn durations_as_python_writes_them() {
-        // tracer.output.duration_text on this machine: ties of the decimal text are not
+        // tracer.sinks.output.duration_text on this machine: ties of the decimal text are not
         // ties of the double (1.05 is above, 9.95 below), and above 2^53 ns the quotient
         // is the correctly rounded one, not (n as f64) / 1e9 (the last four cases here).
         for (ns, want) in [
@@ -816,7 +816,7 @@ mod tests {
 
     #[test]
     fn a_path_block_as_python_writes_it() {
-        // tracer.output.path_text of the same path, on this machine.
+        // tracer.sinks.output.path_text of the same path, on this machine.
         let (l, [web, docker, eth1]) = labels();
         let a = Obs {
             ts_ns: 1795805084432385000,
@@ -902,7 +902,7 @@ mod tests {
 
     #[test]
     fn drops_hints_and_what_is_not_ip() {
-        // tracer.output.path_text on this machine; a line ends as str.rstrip() ends it.
+        // tracer.sinks.output.path_text on this machine; a line ends as str.rstrip() ends it.
         let (l, [web, ..]) = labels();
         let reply = Obs {
             ts_ns: 5,

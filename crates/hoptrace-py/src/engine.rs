@@ -74,7 +74,7 @@ impl ReplayHooks for Hooks {
 /// a path filter runs; it gives the classic BPF program (``struct bpf_insn`` bytes, as
 /// libpcap compiled the expression) for frames of that link type, or None (never a match).
 /// ``text=(numeric, detail, color)``: text for people instead, as ``hoptrace replay
-/// --no-tui`` prints it (tracer.output ``TextSink`` with those ``TextOptions``).
+/// --no-tui`` prints it (tracer.sinks.output ``TextSink`` with those ``TextOptions``).
 #[pyfunction]
 #[pyo3(signature = (inputs, fd, *, on_batch=None, before_write=None, program=None, text=None))]
 fn replay_ndjson(
