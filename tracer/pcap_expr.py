@@ -1,9 +1,8 @@
-"""What a pcap-filter expression says, read without compiling it: one tokenizer, three readings.
+"""What a pcap-filter expression says, read without compiling it: one tokenizer, two readings.
 
 libpcap (tracer/libpcap.py) compiles and judges; these readings only decide where a
 filter may run besides the engine's own ``PathFilter``, each keeping a superset:
 
-- ``by_shape``: the answer depends only on what a path's shape fixes (one answer per shape);
 - ``protocol_only``: the same verdict at every hop of one packet (a tap's kernel filter);
 - ``kernel_sets``: the protocols, addresses and ports every match must have (the eBPF
   probe's in-kernel filter).
@@ -26,21 +25,6 @@ def tokens(expr: str) -> list[str]:
     """``expr``'s tokens, lower-cased (pcap keywords are case-blind); every non-blank
     character is in one of them."""
     return _TOKEN.findall(expr.lower())
-
-
-# What a filter may say for its answer to depend only on where a packet is and its addresses,
-# ports and protocols (what a path's shape fixes): no lengths, flags,
-# payload bytes (``proto[...]``), MAC addresses, VLANs or anything else per packet.
-_SHAPE_WORDS = frozenset({
-    "and", "or", "not", "&&", "||", "!", "(", ")", "host", "net", "mask", "port", "portrange", "src",
-    "dst", "proto", "ip", "ip6", "tcp", "udp", "icmp", "icmp6", "sctp", "arp",
-})  # fmt: skip
-_SHAPE_VALUE = re.compile(r"^(\d+(-\d+)?|\d+(\.\d+){1,3}(/\d+)?|[0-9a-f:]*:[0-9a-f:.]*(/\d+)?)$")
-
-
-def by_shape(expr: str) -> bool:
-    """Whether ``expr`` only reads what a path's shape fixes (then one answer per shape does)."""
-    return all(t in _SHAPE_WORDS or _SHAPE_VALUE.match(t) for t in tokens(expr))
 
 
 # A kernel filter can drop a sighting only if the verdict is the same at every hop of
@@ -148,4 +132,4 @@ def _or_terms(terms: list[str]) -> tuple[str, set[Any]] | None:
     return kind, values
 
 
-__all__ = ["PROTO_NUMBERS", "by_shape", "kernel_sets", "protocol_only", "tokens"]
+__all__ = ["PROTO_NUMBERS", "kernel_sets", "protocol_only", "tokens"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tracer.pcap_expr import by_shape, kernel_sets, protocol_only, tokens
+from tracer.pcap_expr import kernel_sets, protocol_only, tokens
 
 
 @pytest.mark.parametrize(("expr", "expected"), [
@@ -22,14 +22,6 @@ def test_tokens_as_pcaps_lexer_splits_operators(expr: str, expected: list[str]) 
 @pytest.mark.parametrize("expr", ["tcp[13] & 2 != 0", "a&b|c", "!!(x)  y", "ip[9]==6|ip6", "host\t1.2.3.4\n"])
 def test_every_non_blank_character_is_in_a_token(expr: str) -> None:
     assert "".join(tokens(expr)) == "".join(expr.lower().split())
-
-
-@pytest.mark.parametrize(("expr", "expected"), [
-    ("tcp&&!udp", True), ("(tcp||udp)&&!(src net 10.0.0.0/8)", True),
-    ("tcp&2", False), ("len!=100", False), ("ip[9]==6", False),
-])  # fmt: skip
-def test_by_shape_reads_operators_without_blanks(expr: str, expected: bool) -> None:
-    assert by_shape(expr) is expected
 
 
 def test_protocol_only_and_kernel_sets_share_the_tokens() -> None:
