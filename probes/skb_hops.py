@@ -26,6 +26,7 @@ from typing import Any
 
 from probes.btf import KernelLayout, load_layout
 from probes.headers import HeaderTree, ensure_bcc_env
+from probes.utc_clock import MonoToUtc
 from tracer.errors import KernelFeatureMissing, PrivilegeError, ProbeLoadError, UsageError
 from tracer.linktypes import LINKTYPE_ETHERNET, LINKTYPE_RAW
 from tracer.model import Dir, HopLabel, ObsBatch, Src, obs_dtype
@@ -401,6 +402,7 @@ class EbpfSource:
         self._cpus: list[int] = []
         self._ctx = (ctypes.c_uint64 * 4)()
         self._final_counters: dict[Counter, int] = {}
+        self.clock: MonoToUtc | None = None  # kernel monotonic -> UTC ns, from start()
 
     # --- Source protocol -------------------------------------------------
 
@@ -442,6 +444,7 @@ class EbpfSource:
             raise ProbeLoadError(f"could not set up the probes: {exc}") from exc
         self._cpus = _online_cpus()
         self._namer = NodeNamer()
+        self.clock = MonoToUtc()
         self.start_s = time.perf_counter() - t0
 
     def stop(self) -> None:
@@ -525,6 +528,8 @@ class EbpfSource:
                                 next_flush = now + 0.005
                             self._consume()
                     detached = self._bpf is None
+                # between batches: no sighting stamped after `now` was converted yet
+                self._utc().maybe_resample(time.clock_gettime_ns(time.CLOCK_MONOTONIC))
                 if self._chunks and not detached:
                     if not held_since:
                         held_since = now
@@ -618,11 +623,16 @@ class EbpfSource:
             return 0
         return int(sum(vals))
 
+    def _utc(self) -> MonoToUtc:
+        if self.clock is None:
+            self.clock = MonoToUtc()
+        return self.clock
+
     def _empty(self) -> ObsBatch:
         return ObsBatch(
             rows=__import__("numpy").zeros(0, dtype=self._obs_dtype),
             hops=self._labels.hops,
-            now_ns=time.clock_gettime_ns(time.CLOCK_MONOTONIC),
+            now_ns=self._utc().now_utc(),  # UTC, as the sightings
             drop_reasons=self.layout.drop_reasons if self.layout else {},
         )
 
@@ -645,7 +655,7 @@ class EbpfSource:
         ev = np.frombuffer(buf, dtype=self._dtype)
         n = len(ev)
         rows = np.zeros(n, dtype=self._obs_dtype)
-        rows["ts_ns"] = ev["ts_ns"]
+        rows["ts_ns"] = self._utc().to_utc(ev["ts_ns"])  # bpf_ktime_get_ns is CLOCK_MONOTONIC
         rows["skb"] = ev["skb"]
         rows["netns"] = ev["netns"]
         rows["ifindex"] = ev["ifindex"]

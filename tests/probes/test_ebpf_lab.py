@@ -185,10 +185,10 @@ def test_kernel_filter_changes_while_running(lab_netns: Any) -> None:
     try:
         host = lab_netns.netns_inode("host")
         src.set_filter(KernelFilter(protos=frozenset({6})))  # TCP only: the ping is filtered out
-        t1 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        t1 = time.time_ns()
         assert lab_netns.run("internet-ping").ok
         src.set_filter(KernelFilter(netns=frozenset({host})))  # every protocol, host namespace only
-        t2 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        t2 = time.time_ns()
         assert lab_netns.run("internet-ping").ok
         time.sleep(0.3)
     finally:

@@ -19,7 +19,10 @@ from probes.skb_hops import (
     event_type,
     kernel_filter_from_pcap,
 )
+from probes.utc_clock import MonoToUtc
 from tracer.model import Dir, obs_dtype
+
+UTC0 = 1_765_000_000_000_000_000  # a December 2025 instant, in ns
 
 C_FILE = Path(__file__).resolve().parents[2] / "probes" / "skb_hops.c"
 
@@ -81,13 +84,14 @@ def test_records_decode_in_bulk_into_rows_and_hops() -> None:
     src._dtype = __import__("numpy").dtype(HopEvent)
     src._obs_dtype = obs_dtype()
     src.layout = None
+    src.clock = MonoToUtc(mono=lambda: 0, real=lambda: UTC0)  # kernel time 0 is UTC0
     batch = src._decode([_record(e1, e2), _record(e3)])
     obs = batch.observations()
     assert [(o.ts_ns, o.direction, o.netns, o.ifname, o.skb, o.src, o.dst, o.proto, o.ip_id, o.icmp_seq)
             for o in obs] == [
-        (100, "tx", 4026532526, "eth0", 0xFFFF1, "172.17.0.2", "198.51.100.8", 1, 777, 5),
-        (200, "rx", 22, "veth1", 0xFFFF1, "172.17.0.2", "198.51.100.8", 1, 777, 5),
-        (300, "drop", 22, "docker0", 0xFFFF1, "172.17.0.2", "198.51.100.8", 1, 777, 5),
+        (UTC0 + 100, "tx", 4026532526, "eth0", 0xFFFF1, "172.17.0.2", "198.51.100.8", 1, 777, 5),
+        (UTC0 + 200, "rx", 22, "veth1", 0xFFFF1, "172.17.0.2", "198.51.100.8", 1, 777, 5),
+        (UTC0 + 300, "drop", 22, "docker0", 0xFFFF1, "172.17.0.2", "198.51.100.8", 1, 777, 5),
     ]
     assert [o.drop_reason for o in obs] == [None, None, "UNKNOWN(77)"]
     assert (obs[0].frame, obs[2].frame) == (frame, frame[14:])

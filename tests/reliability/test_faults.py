@@ -101,7 +101,7 @@ def test_ring_overflow_is_counted_and_tracing_catches_up(lab_netns: Any) -> None
         time.sleep(1.0)
         lost = src.lost_events
         assert lost > 0, "the burst did not overflow a 16 KiB ring"
-        mark = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        mark = time.time_ns()
         for scenario in ("internet-ping", "udp"):
             result = lab.run(scenario)
             assert result.ok, result.detail

@@ -15,7 +15,7 @@ GROUP BY ALL``.
 
 ``observations.parquet`` — one row per sighting of a packet (a path's hop):
   path_id string, hop uint16 (position in the path, 0 = first), flow string?,
-  ts_ns int64 (ns; capture time or kernel monotonic time, as the source gave),
+  ts_ns int64 (UTC ns: capture time, or kernel time converted by the eBPF source),
   since_first_ns int64 (ts_ns - the path's first ts_ns), node string,
   iface string, netns int64 (inode), ifindex int32, dir string? (rx|tx|drop),
   source string (ebpf|pcap|file), family uint8 (4, 6, 0 = not IP),
