@@ -51,26 +51,24 @@ pub fn packet_id(o: &Obs) -> u64 {
     fields.iter().fold(FP_SEED, |h, &f| mix64(h ^ f))
 }
 
-/// A string as Python's `json.dumps` writes it (`ensure_ascii`): quoted, `"` `\` and
-/// controls escaped, everything past ASCII as `\uXXXX` (UTF-16 surrogate pairs).
-pub fn json_str(s: &str, out: &mut Vec<u8>) {
+/// A string, as UTF-16 code units, as Python's `json.dumps` writes it (`ensure_ascii`):
+/// quoted, `"` `\` and controls escaped, every unit past ASCII as `\uXXXX` (so a
+/// surrogate pair stays a pair and a lone surrogate, which a Python name can hold, too).
+pub fn json_str(units: &[u16], out: &mut Vec<u8>) {
     out.push(b'"');
-    for c in s.chars() {
-        match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            '\n' => out.extend_from_slice(b"\\n"),
-            '\r' => out.extend_from_slice(b"\\r"),
-            '\t' => out.extend_from_slice(b"\\t"),
-            '\u{8}' => out.extend_from_slice(b"\\b"),
-            '\u{c}' => out.extend_from_slice(b"\\f"),
-            c if (c as u32) < 0x20 || (c as u32) > 0x7e => {
-                let mut units = [0u16; 2];
-                for u in c.encode_utf16(&mut units) {
-                    let _ = write!(out, "\\u{u:04x}");
-                }
+    for &u in units {
+        match u {
+            0x22 => out.extend_from_slice(b"\\\""),
+            0x5c => out.extend_from_slice(b"\\\\"),
+            0x0a => out.extend_from_slice(b"\\n"),
+            0x0d => out.extend_from_slice(b"\\r"),
+            0x09 => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            0x20..=0x7e => out.push(u as u8),
+            _ => {
+                let _ = write!(out, "\\u{u:04x}");
             }
-            c => out.push(c as u8),
         }
     }
     out.push(b'"');
@@ -118,14 +116,14 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 /// EPBs for `rows` (a numpy `OBS_DTYPE` buffer; one EPB a row, in row order) appended
 /// to `out`, and the byte offset (from where this call began) where each ends into `ends`.
 /// `ifids[hop]` is each hop label's interface id in the file; `reasons` names drop
-/// reason codes (`UNKNOWN(n)` otherwise). A frame is what `frames` holds of
+/// reason codes (UTF-16 units) (`UNKNOWN(n)` otherwise). A frame is what `frames` holds of
 /// `[frame_off, frame_off + frame_len)`, cut to `snaplen`.
 pub fn encode_epbs(
     rows: &[u8],
     frames: &[u8],
     ifids: &[u32],
     snaplen: u32,
-    reasons: &HashMap<u32, String>,
+    reasons: &HashMap<u32, Vec<u16>>,
     out: &mut Vec<u8>,
     ends: &mut Vec<u64>,
 ) -> Result<(), String> {
@@ -159,7 +157,10 @@ pub fn encode_epbs(
             } else if let Some(name) = reasons.get(&o.drop_reason) {
                 json_str(name, &mut v);
             } else {
-                json_str(&format!("UNKNOWN({})", o.drop_reason), &mut v);
+                let name: Vec<u16> = format!("UNKNOWN({})", o.drop_reason)
+                    .encode_utf16()
+                    .collect();
+                json_str(&name, &mut v);
             }
             dr_w = dr_w.max(v.len());
             e.insert(v);
@@ -277,7 +278,7 @@ mod tests {
     fn one(o: Obs, frames: &[u8], snaplen: u32) -> Vec<u8> {
         let mut out = Vec::new();
         let mut ends = Vec::new();
-        let reasons = HashMap::from([(6, "NETFILTER_DROP".to_string())]);
+        let reasons = HashMap::from([(6, "NETFILTER_DROP".encode_utf16().collect())]);
         let r = encode_epbs(
             &write_rows(&[o]),
             frames,
@@ -358,7 +359,11 @@ mod tests {
     #[test]
     fn json_strings_escape_like_python() {
         let mut v = Vec::new();
-        json_str("a\"b\\\u{1}é\u{1F600}\u{7f}", &mut v);
+        let units: Vec<u16> = "a\"b\\\u{1}é\u{1F600}\u{7f}".encode_utf16().collect();
+        json_str(&units, &mut v);
+        let mut lone = Vec::new();
+        json_str(&[0x61, 0xd800], &mut lone);
+        assert_eq!(lone, b"\"a\\ud800\"");
         assert_eq!(v, b"\"a\\\"b\\\\\\u0001\\u00e9\\ud83d\\ude00\\u007f\"");
     }
 }

@@ -28,10 +28,22 @@ fn encode_epbs<'py>(
     drop_reasons: &Bound<'py, PyDict>,
 ) -> PyResult<Blocks<'py>> {
     // A code no row can hold (negative, past u32: a kernel enum's masks) names nothing.
-    let mut reasons: HashMap<u32, String> = HashMap::with_capacity(drop_reasons.len());
+    // Names as UTF-16 units: a name may hold lone surrogates (surrogateescape'd bytes),
+    // which json.dumps escapes one by one and a Rust String cannot hold.
+    let mut reasons: HashMap<u32, Vec<u16>> = HashMap::with_capacity(drop_reasons.len());
     for (k, v) in drop_reasons.iter() {
         if let Ok(code) = k.extract::<u32>() {
-            reasons.insert(code, v.extract()?);
+            let units = match v.extract::<String>() {
+                Ok(name) => name.encode_utf16().collect(),
+                Err(_) => {
+                    let raw = v.call_method1("encode", ("utf-16-le", "surrogatepass"))?;
+                    raw.extract::<Vec<u8>>()?
+                        .chunks_exact(2)
+                        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                        .collect()
+                }
+            };
+            reasons.insert(code, units);
         }
     }
     let snaplen = u32::try_from(snaplen).unwrap_or(u32::MAX); // frames are shorter anyway
