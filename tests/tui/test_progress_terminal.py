@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -48,11 +49,20 @@ def test_report_shows_progress_on_a_terminal_and_clears_it(tmux: Tmux, tmp_path:
 
 
 def test_replay_text_on_the_same_terminal_keeps_paths_clean(tmux: Tmux, tmp_path: Path) -> None:
-    # Replay's text runs on the core: 300k records take 0.3 s, about the progress line's delay;
-    # 1.2M keep it on screen for a second.
-    cap = big_pcap(tmp_path / "big.pcap", 1_200_000)
-    # -q: one line a path, a filter that keeps a few: most of the time only progress is drawn
-    start(tmux, f"{HOPTRACE[0]} replay --no-tui -q {cap} -- icmp[7] = 0 and ip[5] = 0 and ip[4] = 0")
+    # Replay's text runs on the core, faster than the progress line's 0.25 s delay on any file
+    # size worth writing here: the capture comes through a FIFO, slowly.
+    src = big_pcap(tmp_path / "src.pcap", 1_200_000)
+    cap = tmp_path / "big.pcap"
+    os.mkfifo(cap)
+    script = tmp_path / "run.sh"
+    script.write_text(
+        # 10 MB every 0.3 s: the reader's batches (a few hundred thousand records) keep coming
+        # for some 4 s, so the line is drawn after its delay and stays until the end
+        f"python3 -c 'import sys, time\nwith open(sys.argv[1], \"rb\") as f, open(sys.argv[2], \"wb\") as o:\n"
+        f"    while b := f.read(10_000_000):\n        o.write(b); o.flush(); time.sleep(0.3)' {src} {cap} &\n"
+        # -q: one line a path, a filter that keeps a few: most of the time only progress is drawn
+        f"exec {HOPTRACE[0]} replay --no-tui -q {cap} -- icmp[7] = 0 and ip[5] = 0 and ip[4] = 0\n")
+    start(tmux, f"sh {script}")
     seen, last = watch(tmux)
     assert any("records/s" in s for s in seen), "no progress line seen"
     assert "EXIT=0" in last and "records/s" not in last, last

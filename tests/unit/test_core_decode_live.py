@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 import tests.reference.readers as reference
 from probes.skb_hops import EbpfSource, HopEvent, HopKind
+from probes.utc_clock import MonoToUtc
 from tests.conftest import CORPUS, FIXTURES
 from tests.reference.decode import DECODED_FIELDS, decode_into
 from tests.unit.test_fuzz import LINKTYPES, framed
@@ -166,6 +167,7 @@ def test_ebpf_source_rows_are_the_reference_decode() -> None:
            for o, n, lt in zip(offs, lens, lts, strict=True) if lt == 1]  # fmt: skip
     src = EbpfSource()
     src._dtype, src._obs_dtype, src.layout = np.dtype(src._ev_type), DT, None
+    src.clock = MonoToUtc(mono=lambda: 0, real=lambda: 0)  # kernel time is UTC: ts_ns kept as given
     events, frames = [], []
     for k, whole in enumerate(eth):
         raw = k % 3 == 2
