@@ -64,14 +64,14 @@ def assert_lab_gone(prefix: str) -> None:
     assert left == [], f"lab {prefix} left: {left}"
 
 
-def _lab(engine: str) -> Iterator[object]:
+def _lab(engine: str, userland_proxy: bool | None = None) -> Iterator[object]:
     need_root()
     need_tool("busybox")
     if engine == "docker":
         need_tool("dockerd")
     from tracer.lab import Lab
 
-    lab = Lab(engine, lab_prefix())
+    lab = Lab(engine, lab_prefix(), userland_proxy)
     try:
         lab.up()
         yield lab
@@ -90,8 +90,15 @@ def lab_netns() -> Iterator[object]:
 
 @pytest.fixture(scope="module")
 def lab_docker() -> Iterator[object]:
-    """An up ``tracer.lab.Lab`` (docker engine: a real dockerd) for the test module."""
+    """An up ``tracer.lab.Lab`` (docker engine: a real dockerd, with Docker's default
+    ``--userland-proxy=true``) for the test module."""
     yield from _lab("docker")
+
+
+@pytest.fixture(scope="module")
+def lab_docker_noproxy() -> Iterator[object]:
+    """The docker engine with ``--userland-proxy=false`` (hairpin DNAT), for the test module."""
+    yield from _lab("docker", userland_proxy=False)
 
 
 @pytest.fixture

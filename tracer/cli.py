@@ -254,6 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scenario", nargs="?", help="with 'run': the scenario to run (e.g. internet-ping)")
     p.add_argument("--engine", choices=("docker", "netns"), default=None,
                    help="docker: a real dockerd; netns: plain namespaces (default: docker if installed)")
+    p.add_argument("--userland-proxy", choices=("on", "off"), default=None,
+                   help="with 'up'/'demo', docker engine: dockerd's --userland-proxy (default on, like "
+                        "Docker: docker-proxy relays connections to published ports from the host and "
+                        "from containers; off: hairpin DNAT). The netns engine has no docker-proxy")
     p.add_argument("--no-tui", action="store_true", help="with 'demo': text instead of the TUI")
     p.add_argument("--keep", action="store_true", help="with 'demo': leave the lab up afterwards")
     p.add_argument("--json", action="store_true", help="status and run results as JSON")

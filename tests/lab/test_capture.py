@@ -70,6 +70,9 @@ FIXTURE_HOPS = {
     "container-ping": {"client/eth0", "host/veth", "web/eth0"},
     "published-port": {"inet/eth0", "host/eth0", "host/docker0", "host/veth", "web/eth0"},
     "hairpin": {"client/eth0", "host/veth", "web/eth0"},
+    # 127.0.0.1:8080 from the host, --userland-proxy=false: OUTPUT DNAT before any device, so
+    # it is first seen leaving docker0 (MASQUERADEd to 172.17.0.1); lo never sees it.
+    "localhost-port": {"host/docker0", "host/veth", "web/eth0"},
     "udp": {"client/eth0", "host/veth", "host/docker0", "host/eth0", "inet/eth0"},
     "blocked": {"client/eth0", "host/veth", "host/docker0"},
 }

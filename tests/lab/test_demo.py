@@ -51,3 +51,26 @@ def test_demo_keep_leaves_the_lab_up(fresh_lab_prefix: str, tmp_path: Path) -> N
     lab = Lab("netns", fresh_lab_prefix)
     assert lab.status().exists and lab.run("gateway-ping").ok
     # fresh_lab_prefix takes it down and checks nothing is left.
+
+
+def test_docker_demo_shows_the_published_port_both_ways(fresh_lab_prefix: str, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The docker engine's demo: Docker's default (userland proxy on), then the port-publishing
+    scenarios again with it off. One scenario keeps the test short."""
+    need_tool("dockerd")
+    need_tool("tcpdump")
+    from tracer.lab import demo as demo_module
+
+    monkeypatch.setattr(demo_module, "SCENARIOS", {"hairpin": SCENARIOS["hairpin"]})
+    monkeypatch.setattr(demo_module, "PUBLISHED_PORT_SCENARIOS", ("hairpin",))
+    assert demo("docker", fresh_lab_prefix, out_dir=tmp_path, mode="capture") == 0
+    out = capsys.readouterr().out
+    on, off = out.index("=== userland proxy on"), out.index("=== userland proxy off")
+    assert on < out.index("=== hairpin: ok:") < off < out.index("=== hairpin.proxy-off: ok:")
+    # Relayed: the client's connection ends in the host, docker-proxy's own goes 172.17.0.1 -> web:80;
+    # NATed: the client's connection is DNATed to web.
+    assert "172.17.0.1:" in out[on:off] and "DNAT" not in out[on:off]
+    assert "DNAT @ host PREROUTING" in out[off:]
+    assert (tmp_path / "hairpin.pcapng").exists() and (tmp_path / "hairpin.proxy-off.pcapng").exists()
+    assert_lab_gone(fresh_lab_prefix)

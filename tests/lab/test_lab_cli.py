@@ -34,6 +34,16 @@ def test_unknown_engine_exit_2_with_names(fresh_lab_prefix: str) -> None:
     assert "docker" in r.stderr and "netns" in r.stderr
 
 
+def test_userland_proxy_is_for_the_docker_engine_at_up(fresh_lab_prefix: str) -> None:
+    r = run_hoptrace("lab", "up", "--engine", "netns", "--userland-proxy", "on", env=_env(fresh_lab_prefix))
+    assert r.returncode == 2, r.stderr
+    assert "the netns engine has no docker-proxy" in r.stderr and "Traceback" not in r.stderr
+    r = run_hoptrace("lab", "run", "hairpin", "--userland-proxy", "off", env=_env(fresh_lab_prefix))
+    assert r.returncode == 2, r.stderr
+    assert "keeps the mode it was built with" in r.stderr
+    assert_lab_gone(fresh_lab_prefix)
+
+
 def test_run_needs_a_scenario(fresh_lab_prefix: str) -> None:
     r = run_hoptrace("lab", "run", env=_env(fresh_lab_prefix))
     assert (r.returncode, r.stderr.count("\n") <= 2) == (2, True), r.stderr

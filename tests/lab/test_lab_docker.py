@@ -6,20 +6,66 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from tracer.lab import NODES, SCENARIOS, Lab
 from tracer.lab import addresses as A
 from tracer.lab.netns_builder import RULES
+from tracer.lab.scenarios import PUBLISHED_PORT_SCENARIOS
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.slow]
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_scenario(lab_docker: Lab, scenario: str) -> None:
+    """Docker's default, --userland-proxy=true."""
+    assert lab_docker.userland_proxy
     result = lab_docker.run(scenario)
     assert (result.ok, scenario) == (True, scenario), result.detail
+
+
+@pytest.mark.parametrize("scenario", PUBLISHED_PORT_SCENARIOS)
+def test_published_port_scenario_without_the_proxy(lab_docker_noproxy: Lab, scenario: str) -> None:
+    assert not lab_docker_noproxy.userland_proxy
+    result = lab_docker_noproxy.run(scenario)
+    assert (result.ok, scenario) == (True, scenario), result.detail
+
+
+def _docker_proxies(lab: Lab) -> list[str]:
+    """The command lines of docker-proxy processes in the lab's host namespace."""
+    host = lab.netns_inode("host")
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")
+            if os.stat(f"/proc/{d}/ns/net").st_ino != host:
+                continue
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"docker-proxy"):
+            found.append(b" ".join(argv[1:]).decode().strip())
+    return sorted(found)
+
+
+def test_userland_proxy_modes_are_dockerds(lab_docker: Lab, lab_docker_noproxy: Lab) -> None:
+    """On: docker-proxy listens for 8080 (IPv4 and IPv6) and the DNAT skips docker0; off: none,
+    and the DNAT takes every interface (hairpin)."""
+    assert _docker_proxies(lab_docker) == [
+        f"-proto tcp -host-ip {ip} -host-port {A.PUBLISHED_PORT} -container-ip {A.WEB} "
+        f"-container-port {A.WEB_PORT}" for ip in ("0.0.0.0", "::")]
+    assert _docker_proxies(lab_docker_noproxy) == []
+    on = lab_docker.iptables("host", "-t", "nat", "-S", "DOCKER")
+    off = lab_docker_noproxy.iptables("host", "-t", "nat", "-S", "DOCKER")
+    assert "-A DOCKER -i docker0 -j RETURN" in on and f"! -i docker0 -p tcp -m tcp --dport {A.PUBLISHED_PORT}" in on
+    assert "-i docker0" not in off
+    st = lab_docker.status()
+    assert (st.userland_proxy, lab_docker_noproxy.status().userland_proxy) == (True, False)
+    assert Lab.existing(lab_docker.prefix).userland_proxy
+    assert not Lab.existing(lab_docker_noproxy.prefix).userland_proxy
 
 
 def _rules(save: str) -> list[str]:
@@ -33,8 +79,9 @@ def _rules(save: str) -> list[str]:
     return sorted(out)
 
 
-def test_netns_engine_writes_exactly_dockers_rules(lab_docker: Lab) -> None:
-    save = lab_docker.exec("host", ["iptables-save"])
+def test_netns_engine_writes_exactly_dockers_rules(lab_docker_noproxy: Lab) -> None:
+    """The netns engine has no docker-proxy: it builds what --userland-proxy=false writes."""
+    save = lab_docker_noproxy.exec("host", ["iptables-save"])
     assert save.returncode == 0, save.stderr
     assert _rules(save.stdout) == _rules(RULES)
 
@@ -73,6 +120,7 @@ def test_status_cli_prints_docker_host(lab_docker: Lab) -> None:
     assert r.returncode == 0, r.stderr
     assert f"export DOCKER_HOST=unix://{lab_docker.state.dir}/docker.sock" in r.stdout
     assert "container  web: running" in r.stdout
+    assert "(docker engine, userland proxy on)" in r.stdout
 
 
 def test_up_after_a_crashed_docker_lab(fresh_lab_prefix: str) -> None:

@@ -49,6 +49,26 @@ def test_published_port_is_dnat(lab_netns: Lab) -> None:
     assert any(f"src={A.WEB} dst={A.INET_UPLINK} sport=80" in ln for ln in ct.stdout.splitlines()), ct.stdout
 
 
+def test_localhost_port_is_dnat_in_output(lab_netns: Lab) -> None:
+    """A client on the host at 127.0.0.1:8080: OUTPUT DNAT (route_localnet), as dockerd
+    --userland-proxy=false does it (the netns engine has no docker-proxy)."""
+    assert lab_netns.run("localhost-port").ok
+    ct = lab_netns.exec("host", ["conntrack", "-L", "-p", "tcp", "--orig-dst", "127.0.0.1"])
+    assert ct.returncode == 0, ct.stderr
+    assert any(f"src={A.WEB} dst={A.GATEWAY} sport=80" in ln for ln in ct.stdout.splitlines()), ct.stdout
+
+
+def test_the_netns_engine_has_no_userland_proxy() -> None:
+    from tracer.errors import UsageError
+
+    assert not Lab("netns", "hoptest-none").userland_proxy
+    assert not Lab("netns", "hoptest-none", "off").userland_proxy
+    with pytest.raises(UsageError, match="the netns engine has no docker-proxy"):
+        Lab("netns", "hoptest-none", userland_proxy=True)
+    assert Lab("docker", "hoptest-none").userland_proxy  # Docker's default
+    assert not Lab("docker", "hoptest-none", "off").userland_proxy
+
+
 def test_topology_is_dockers(lab_netns: Lab) -> None:
     links = json.loads(lab_netns.exec("host", ["ip", "-j", "-d", "link", "show"]).stdout)
     by_name = {link["ifname"]: link for link in links}

@@ -77,7 +77,8 @@ def _links(lab: Lab, node: str) -> list[dict[str, object]]:
 
 
 def capture_points(lab: Lab) -> list[CapturePoint]:
-    """Every hop of the lab in path order: container eth0, host veth, docker0, host eth0, inet eth0."""
+    """Every hop of the lab in path order: container eth0, host veth, host lo, docker0, host eth0,
+    inet eth0."""
     host_links = {int(str(link["ifindex"])): str(link["ifname"]) for link in _links(lab, "host")}
     host_ns = lab.netns_path("host")
     points = []
@@ -89,7 +90,9 @@ def capture_points(lab: Lab) -> list[CapturePoint]:
         peer = int(str(eth0["link_index"]))
         points.append(CapturePoint("host", host_links[peer], host_ns, os.stat(host_ns).st_ino, peer))
     by_name = {v: k for k, v in host_links.items()}
-    for name in ("docker0", "eth0"):
+    # lo: a client on the host itself reaching the published port at 127.0.0.1 (docker-proxy
+    # accepts it there when the userland proxy is on).
+    for name in ("lo", "docker0", "eth0"):
         points.append(CapturePoint("host", name, host_ns, os.stat(host_ns).st_ino, by_name[name]))
     inet = lab.netns_path("inet")
     inet_eth0 = next(link for link in _links(lab, "inet") if link["ifname"] == "eth0")

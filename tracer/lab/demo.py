@@ -10,6 +10,11 @@ Two ways to trace, chosen automatically:
 * ``capture``: tcpdump on every hop (tracer.lab.capture), then the capture is
   replayed through ``hoptrace replay`` — no eBPF needed, but drops are invisible.
 
+With the docker engine the demo runs two labs one after the other: Docker's default
+``--userland-proxy=true`` (every scenario; hairpin and localhost-port are relayed by
+docker-proxy), then ``=false`` (the scenarios of the published port again, recorded as
+``<scenario>.proxy-off.pcapng``: hairpin DNAT).
+
 The report goes through ``hoptrace report`` over the recordings, as a user would run it.
 """
 
@@ -25,7 +30,7 @@ from pathlib import Path
 from tracer.errors import EXIT_OK, EXIT_PROBLEM, KernelFeatureMissing
 from tracer.lab.capture import CAPTURE_FILTER, capture_scenario
 from tracer.lab.lab import NODES, Lab, ScenarioResult
-from tracer.lab.scenarios import SCENARIOS
+from tracer.lab.scenarios import PUBLISHED_PORT_SCENARIOS, SCENARIOS
 from tracer.lab.state import progress
 from tracer.protocols import Annotator
 
@@ -92,8 +97,14 @@ def trace_live(lab: Lab, name: str, recording: Path, annotators: Sequence[Annota
 
 
 def demo(engine: str, prefix: str, keep: bool = False, tui: bool = False, out_dir: Path | None = None,
-         mode: str = "auto") -> int:
-    """``mode``: "live", "capture", or "auto" (live when eBPF works here)."""
+         mode: str = "auto", proxy_modes: Sequence[bool] | None = None) -> int:
+    """``mode``: "live", "capture", or "auto" (live when eBPF works here).
+
+    ``proxy_modes``: the docker engine's ``--userland-proxy`` settings to show, one lab each
+    (default: on, Docker's default, with every scenario; then off with the scenarios that touch
+    the published port, so the port-publishing experiment is seen both ways: relayed by
+    docker-proxy, and NATed). The netns engine has no docker-proxy: off only.
+    """
     out = out_dir or DEMO_DIR / prefix
     out.mkdir(parents=True, exist_ok=True)
     can_replay = find_spec("tracer.engine") is not None
@@ -107,36 +118,29 @@ def demo(engine: str, prefix: str, keep: bool = False, tui: bool = False, out_di
         mode = "live" if ok else "capture"
     if mode == "capture" and not can_replay:
         progress("this build has no correlation engine yet: capturing only, no replay")
-    lab = Lab(engine, prefix)
-    lab.up()
+    if proxy_modes is None:
+        proxy_modes = (True, False) if engine == "docker" else (False,)
     captures: list[str] = []
     failed: list[str] = []
-    try:
-        annotators: list[Annotator] = []
-        if mode == "live":
-            from tracer.pipeline import attribution
-
-            annotators.append(attribution()[0])
-        for name in SCENARIOS:
-            pcap = out / f"{name}.pcapng"
-            if mode == "live":
-                print(f"\n=== {name}: tracing live", flush=True)
-                result = trace_live(lab, name, pcap, annotators)
-                print(f"=== {name}: {'ok' if result.ok else 'FAILED'}: {result.detail}; recorded to {pcap}")
+    for k, proxy in enumerate(proxy_modes):
+        last = k == len(proxy_modes) - 1
+        # The first lab shows every scenario; the next ones only what their proxy mode changes.
+        names = list(SCENARIOS) if k == 0 else list(PUBLISHED_PORT_SCENARIOS)
+        suffix = "" if k == 0 else f".proxy-{'on' if proxy else 'off'}"
+        lab = Lab(engine, prefix, proxy)
+        if engine == "docker":
+            print(f"\n=== userland proxy {'on' if proxy else 'off'}: "
+                  + ("docker-proxy relays connections to the published port from the host and from "
+                     "containers" if proxy else "connections to the published port are NATed (hairpin "
+                     "DNAT)"), flush=True)
+        lab.up()
+        try:
+            _run_scenarios(lab, names, out, suffix, mode, can_replay, captures, failed)
+        finally:
+            if keep and last:
+                progress(f"lab '{prefix}' left up (--keep); remove it with: hoptrace lab down")
             else:
-                result, packets = capture_scenario(lab, name, pcap)
-                print(f"\n=== {name}: {'ok' if result.ok else 'FAILED'}: {result.detail}")
-                print(f"    {packets} sightings on every hop -> {pcap}")
-                if can_replay and _hoptrace("replay", "--no-tui", str(pcap)) != 0:
-                    progress(f"replay of {pcap} failed (see above); the capture is kept")
-            captures.append(str(pcap))
-            if not result.ok:
-                failed.append(name)
-    finally:
-        if keep:
-            progress(f"lab '{prefix}' left up (--keep); remove it with: hoptrace lab down")
-        else:
-            lab.down()
+                lab.down()
     if can_report:
         print("\n=== report")
         if _hoptrace("report", *captures) != 0:
@@ -149,3 +153,28 @@ def demo(engine: str, prefix: str, keep: bool = False, tui: bool = False, out_di
         return EXIT_PROBLEM
     progress(f"captures in {out}")
     return EXIT_OK
+
+
+def _run_scenarios(lab: Lab, names: Sequence[str], out: Path, suffix: str, mode: str, can_replay: bool,
+                   captures: list[str], failed: list[str]) -> None:
+    annotators: list[Annotator] = []
+    if mode == "live":
+        from tracer.pipeline import attribution
+
+        annotators.append(attribution()[0])
+    for name in names:
+        label = name + suffix
+        pcap = out / f"{label}.pcapng"
+        if mode == "live":
+            print(f"\n=== {label}: tracing live", flush=True)
+            result = trace_live(lab, name, pcap, annotators)
+            print(f"=== {label}: {'ok' if result.ok else 'FAILED'}: {result.detail}; recorded to {pcap}")
+        else:
+            result, packets = capture_scenario(lab, name, pcap)
+            print(f"\n=== {label}: {'ok' if result.ok else 'FAILED'}: {result.detail}")
+            print(f"    {packets} sightings on every hop -> {pcap}")
+            if can_replay and _hoptrace("replay", "--no-tui", str(pcap)) != 0:
+                progress(f"replay of {pcap} failed (see above); the capture is kept")
+        captures.append(str(pcap))
+        if not result.ok:
+            failed.append(label)

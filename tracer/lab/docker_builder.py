@@ -5,9 +5,12 @@ dockerd is started with ``nsenter --net=`` only (``ip netns exec`` would remount
 data root, exec root (its managed containerd's state and socket live there),
 pidfile, socket, config file — under the lab's state directory, so several
 labs' dockerds coexist. Docker itself then creates docker0, the veths and the
-NAT rules. ``--userland-proxy=false`` makes Docker NAT hairpin traffic (and
-mark veths hairpin) instead of relaying it through docker-proxy, which is the
-NAT the lab exists to show.
+NAT rules. ``--userland-proxy`` is the lab's (``Lab.userland_proxy``): on, as
+Docker's default, a connection to the published port from a container or from
+the host's 127.0.0.1 is accepted by ``docker-proxy`` in the host namespace, which
+opens a second connection to web:80 from 172.17.0.1 (no DNAT on either leg);
+off, Docker NATs it instead (hairpin DNAT, veths in hairpin mode). A connection
+from outside (inet) is DNATed in both modes.
 
 No registry is reachable: the image is ``docker import``ed from a tar holding
 Debian's busybox-static and its applet links.
@@ -73,7 +76,7 @@ def dockerd_argv(lab: Lab) -> list[str]:
         "--bip", f"{A.GATEWAY}/{A.PREFIXLEN}",
         # The lab's containers under a cgroup of its own, so `down` can remove exactly those.
         "--cgroup-parent", lab.state.cgroup_name,
-        "--userland-proxy=false",
+        f"--userland-proxy={'true' if lab.userland_proxy else 'false'}",
     ]
 
 

@@ -8,6 +8,12 @@ objects (one per NDJSON line: paths, flows, stats without its wall-clock
 right hops and NAT. Where eBPF works, ``<scenario>-ebpf.pcapng`` (+ JSON) are
 also recorded live by the kernel probes for EBPF_SCENARIOS. ``--json-only`` regenerates just the JSON from the committed
 captures (after a deliberate change of the engine's output).
+
+The plain fixtures are recorded with ``--userland-proxy=false`` (hairpin DNAT: the NAT the
+golden tests check); the scenarios docker-proxy relays under Docker's default
+(``RELAYED_WITH_PROXY``) are recorded again in a second lab with it on, as
+``<scenario>-proxy.pcapng`` (and ``<scenario>-proxy-ebpf.pcapng`` where eBPF works: the
+kernel probes also see the host's lo both ways).
 """
 
 from __future__ import annotations
@@ -22,13 +28,23 @@ from pathlib import Path
 from tracer.errors import HoptraceError, LabError
 from tracer.lab.capture import capture_scenario
 from tracer.lab.lab import ENGINES, Lab
-from tracer.lab.scenarios import SCENARIOS
+from tracer.lab.scenarios import RELAYED_WITH_PROXY, SCENARIOS
 from tracer.lab.state import progress
 
 FIXTURES = Path(__file__).resolve().parent.parent.parent / "fixtures"
 # Also recorded by the kernel probes (``<scenario>-ebpf.pcapng``): only they see a drop and its
 # reason, and they carry skb ids, so the correlator's skb join has golden data too.
 EBPF_SCENARIOS = ("internet-ping", "blocked")
+PROXY_SUFFIX = "-proxy"
+
+
+def stems(scenarios: list[str]) -> list[str]:
+    """Every fixture stem ``scenarios`` have: plain, ``-proxy`` (relayed ones), ``-ebpf`` of each."""
+    out = []
+    for name in scenarios:
+        for stem in (name, name + PROXY_SUFFIX) if name in RELAYED_WITH_PROXY else (name,):
+            out += [stem, f"{stem}-ebpf"]
+    return out
 
 
 def expected_json(pcap: Path) -> list[object] | None:
@@ -52,11 +68,20 @@ def stable(obj: dict[str, object]) -> dict[str, object]:
 
 def record(engine: str, out: Path, scenarios: list[str], prefix: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    lab = Lab(engine, prefix)
+    modes = [(False, list(scenarios), "")]
+    if engine == "docker":
+        modes.append((True, [s for s in scenarios if s in RELAYED_WITH_PROXY], PROXY_SUFFIX))
+    for proxy, names, suffix in modes:
+        if names:
+            _record_lab(Lab(engine, prefix, proxy), out, names, suffix)
+    regenerate_json(out, scenarios)
+
+
+def _record_lab(lab: Lab, out: Path, scenarios: list[str], suffix: str) -> None:
     lab.up()
     try:
         for name in scenarios:
-            pcap = out / f"{name}.pcapng"
+            pcap = out / f"{name}{suffix}.pcapng"
             result, packets = capture_scenario(lab, name, pcap)
             if not result.ok:
                 raise LabError(f"scenario {name} did not do what it should: {result.detail}")
@@ -64,11 +89,12 @@ def record(engine: str, out: Path, scenarios: list[str], prefix: str) -> None:
         from tracer.lab.demo import live_available, trace_live
 
         ok, why = live_available()
-        for name in [s for s in EBPF_SCENARIOS if s in scenarios]:
+        live = [s for s in scenarios if s in EBPF_SCENARIOS or (suffix and s in RELAYED_WITH_PROXY)]
+        for name in live:
             if not ok:
-                progress(f"no {name}-ebpf fixture: eBPF is unavailable here ({why})")
+                progress(f"no {name}{suffix}-ebpf fixture: eBPF is unavailable here ({why})")
                 continue
-            pcap = out / f"{name}-ebpf.pcapng"
+            pcap = out / f"{name}{suffix}-ebpf.pcapng"
             pcap.unlink(missing_ok=True)
             result = trace_live(lab, name, pcap)
             if not result.ok:
@@ -77,19 +103,17 @@ def record(engine: str, out: Path, scenarios: list[str], prefix: str) -> None:
             progress(f"{name}: recorded by the eBPF source -> {pcap}")
     finally:
         lab.down()
-    regenerate_json(out, scenarios)
 
 
 def regenerate_json(out: Path, scenarios: list[str]) -> None:
-    for name in scenarios:
-        for stem in (name, f"{name}-ebpf"):
-            pcap = out / f"{stem}.pcapng"
-            if not pcap.exists():
-                continue
-            paths = expected_json(pcap)
-            if paths is not None:
-                (out / f"{stem}.json").write_text(json.dumps(paths, indent=1) + "\n")
-                progress(f"{stem}: {len(paths)} expected objects -> {out / (stem + '.json')}")
+    for stem in stems(scenarios):
+        pcap = out / f"{stem}.pcapng"
+        if not pcap.exists():
+            continue
+        paths = expected_json(pcap)
+        if paths is not None:
+            (out / f"{stem}.json").write_text(json.dumps(paths, indent=1) + "\n")
+            progress(f"{stem}: {len(paths)} expected objects -> {out / (stem + '.json')}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,10 @@ from tracer.netns import run_in_netns
 ENGINES = ("docker", "netns")
 NODES = ("host", "inet", "client", "web")
 DEFAULT_PREFIX = "hop"
+# dockerd's --userland-proxy: "on" (Docker's default) relays a connection to a published port
+# from the host itself or from a container through docker-proxy; "off" NATs it (hairpin DNAT).
+PROXY_MODES = ("on", "off")
+NO_PROXY_IN_NETNS = "the netns engine has no docker-proxy (it builds what --userland-proxy=off writes)"
 
 
 def default_prefix() -> str:
@@ -38,6 +42,20 @@ def default_engine(notice: bool = True) -> str:
     if notice:
         progress("dockerd is not installed (Debian package docker.io): using the netns engine")
     return "netns"
+
+
+def userland_proxy_of(engine: str, mode: str | bool | None) -> bool:
+    """``--userland-proxy on|off`` for ``engine``: the docker engine's default is on, like
+    Docker's; the netns engine can only be off."""
+    if mode is None:
+        return engine == "docker"
+    if isinstance(mode, str):
+        if mode not in PROXY_MODES:
+            raise UsageError(f"bad --userland-proxy {mode!r}", "on or off")
+        mode = mode == "on"
+    if mode and engine != "docker":
+        raise UsageError(NO_PROXY_IN_NETNS, "use --engine docker, or --userland-proxy off")
+    return mode
 
 
 def require_root() -> None:
@@ -62,22 +80,38 @@ class LabStatus:
     containers: dict[str, str] = field(default_factory=dict)  # name -> status (docker engine)
     docker_host: str | None = None
     state_dir: str = ""
+    userland_proxy: bool = False  # dockerd runs docker-proxy for published ports
 
 
 class Lab:
     """One lab; several can exist at once when their prefixes differ."""
 
-    def __init__(self, engine: str | None = "docker", prefix: str | None = None) -> None:
+    def __init__(self, engine: str | None = "docker", prefix: str | None = None,
+                 userland_proxy: str | bool | None = None) -> None:
+        """``userland_proxy``: True/"on" (the docker engine's default, like Docker's) or
+        False/"off"; the netns engine has no docker-proxy and is always off."""
         if engine is None:
             engine = default_engine()
         if engine not in ENGINES:
             raise UsageError(f"unknown lab engine {engine!r}", f"valid engines: {', '.join(ENGINES)}")
         self.engine = engine
+        self.userland_proxy = userland_proxy_of(engine, userland_proxy)
         self.prefix = prefix or default_prefix()
         self.state = LabState(self.prefix)
 
+    @classmethod
+    def existing(cls, prefix: str, engine: str | None = None) -> Lab:
+        """The lab ``prefix`` as it was built (engine and proxy mode from its state), else
+        ``engine``'s (netns when none is given: ``down`` of a lab that left only namespaces)."""
+        data = LabState(prefix).load()
+        built = data.get("engine")
+        if built in ENGINES:
+            return cls(built, prefix, bool(data.get("userland_proxy", False)))
+        return cls(engine or "netns", prefix, False)
+
     def __repr__(self) -> str:
-        return f"Lab(engine={self.engine!r}, prefix={self.prefix!r})"
+        proxy = ", userland_proxy=True" if self.userland_proxy else ""
+        return f"Lab(engine={self.engine!r}, prefix={self.prefix!r}{proxy})"
 
     # ------------------------------------------------------------------
     # life cycle
@@ -100,7 +134,7 @@ class Lab:
         t0 = time.monotonic()
         try:
             self.state.save({"engine": self.engine, "prefix": self.prefix, "procs": [],
-                             "created": time.time()})
+                             "userland_proxy": self.userland_proxy, "created": time.time()})
             self._build()
         except BaseException:
             # Half a lab is worse than none: take down what was built, then report the cause.
@@ -113,7 +147,8 @@ class Lab:
             except HoptraceError as cleanup:
                 progress(f"removing the half-built lab failed too: {cleanup}")
             raise
-        progress(f"'{self.prefix}' is up ({self.engine} engine, {time.monotonic() - t0:.1f} s)")
+        mode = f", userland proxy {'on' if self.userland_proxy else 'off'}" if self.engine == "docker" else ""
+        progress(f"'{self.prefix}' is up ({self.engine} engine{mode}, {time.monotonic() - t0:.1f} s)")
 
     def failed_logs_dir(self) -> Path:
         return Path(tempfile.gettempdir()) / f"hoptrace-lab-{self.prefix}-failed"
@@ -157,7 +192,7 @@ class Lab:
             docker_host = docker_builder.docker_host(self)
             containers = docker_builder.container_status(self)
         return LabStatus(self.prefix, exists, engine, namespaces, procs, containers, docker_host,
-                         str(self.state.dir))
+                         str(self.state.dir), bool(data.get("userland_proxy", False)))
 
     def run(self, scenario: str) -> ScenarioResult:
         from tracer.lab.scenarios import SCENARIOS

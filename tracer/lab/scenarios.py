@@ -117,9 +117,21 @@ def hairpin(lab: Lab) -> ScenarioResult:
     return http_get(lab, "client", A.HOST_UPLINK, A.PUBLISHED_PORT, A.WEB_BODY)
 
 
+def localhost_port(lab: Lab) -> ScenarioResult:
+    """A client on the host itself: 127.0.0.1:8080. With the userland proxy on, docker-proxy
+    accepts it on lo and connects to web:80 from 172.17.0.1; off, OUTPUT DNATs it (route_localnet)
+    and MASQUERADE gives it 172.17.0.1 as its source."""
+    return http_get(lab, "host", "127.0.0.1", A.PUBLISHED_PORT, A.WEB_BODY)
+
+
 def udp(lab: Lab) -> ScenarioResult:
     return udp_echo(lab, "client", A.SERVER, A.UDP_ECHO_PORT)
 
+
+# The scenarios that touch the published port: each runs under both userland-proxy modes. With
+# the proxy on, docker-proxy relays those from the host and from containers; inet's is DNATed.
+PUBLISHED_PORT_SCENARIOS = ("published-port", "hairpin", "localhost-port")
+RELAYED_WITH_PROXY = ("hairpin", "localhost-port")
 
 # The rule `blocked` inserts, as iptables arguments after the chain name.
 BLOCK_RULE = ["-s", A.CLIENT, "-d", A.SERVER, "-p", "icmp", "-j", "DROP"]
@@ -147,6 +159,7 @@ SCENARIOS: dict[str, Callable[[Lab], ScenarioResult]] = {
     "container-ping": container_ping,
     "published-port": published_port,
     "hairpin": hairpin,
+    "localhost-port": localhost_port,
     "udp": udp,
     "blocked": blocked,
 }
