@@ -100,7 +100,9 @@ class Tracer:
             for ino in lab_netns:
                 argv += ["--netns", str(ino)]
         else:
-            argv = [*HOPTRACE, "live", "--backend", "ebpf", "--json", "--ready-file", str(self.ready)]
+            # no CPU budget: the bench measures what the tracer keeps up with, not what it samples
+            argv = [*HOPTRACE, "live", "--backend", "ebpf", "--json", "--ready-file", str(self.ready),
+                    "--max-cpu", "0"]
             for ino in lab_netns:
                 argv += ["--iface", f"netns:{ino}/eth0"]
             if mode == "filtered":

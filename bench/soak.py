@@ -91,7 +91,9 @@ def soak(lab: Lab, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     rec = work / "soak.pcapng"
     argv = [*HOPTRACE, "live", "--backend", "ebpf", "--json", "--ready-file", str(ready),
             # "udp and port N", not "udp port N": only conjuncts of one kind reach the kernel filter
-            "--filter", f"udp and port {PORT}"]
+            "--filter", f"udp and port {PORT}",
+            # every datagram is to be traced: no CPU budget (it would sample rather than fall behind)
+            "--max-cpu", "0"]
     if not args.no_record:
         argv += ["--record", str(rec), "--record-max-mb", str(args.record_mb), "--record-files", "2"]
     err_path = work / "live.err"

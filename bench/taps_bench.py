@@ -167,7 +167,8 @@ class Live:
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
-        argv = [*self.pin, *HOPTRACE, "live", "--backend", "pcap", "--json", "--ready-file", self.ready]
+        argv = [*self.pin, *HOPTRACE, "live", "--backend", "pcap", "--json", "--ready-file", self.ready,
+                "--max-cpu", "0"]  # no CPU budget: what it keeps up with, not what it samples
         for i in self.ifaces:
             argv += ["--iface", i]
         with open(self.out, "w") as f:

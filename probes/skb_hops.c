@@ -57,6 +57,9 @@
 #ifndef HT_RING_PAGES
 #define HT_RING_PAGES 4096
 #endif
+#ifndef HT_SAMPLE_HEAD
+#define HT_SAMPLE_HEAD 4 // ICMP echoes with a sequence below this are always kept (F_SAMPLE)
+#endif
 #ifndef HT_REASON_MAX_IGNORED
 #define HT_REASON_MAX_IGNORED 1 // SKB_DROP_REASON_NOT_DROPPED_YET=0, SKB_CONSUMED=1
 #endif
@@ -111,6 +114,7 @@ struct hop_single {
 #define F_ADDR 4
 #define F_PORT 8
 #define F_TRACK 16 // an skb that matched once passes at every later hop
+#define F_SAMPLE 32 // one packet in N: see sample_keep()
 // Set by the loader once the sets are filled: bcc attaches the programs as it
 // loads them, before any map can be written, and while a filter changes.
 #define F_READY (1u << 31)
@@ -124,6 +128,7 @@ struct ht_config {
     u32 n_netns;                 // F_NETNS: inodes in netns[], 0 = look them up in netns_set
     u32 netns[HT_NETNS_INLINE];
     u32 protos[8];               // F_PROTO: bit p of this 256-bit set = IP protocol p passes
+    u32 sample_thresh;           // F_SAMPLE: a packet whose hash is below this is kept (2^32 / N)
 };
 
 struct addr_key {
@@ -135,10 +140,11 @@ struct addr_key {
 #define C_EMITTED 1  // events written to the ring
 #define C_FILTERED 2 // events the in-kernel filter rejected
 #define C_NESTED 3   // events written alone because the stage was busy
+#define C_SAMPLED 4  // events that passed the filter but sampling (F_SAMPLE) skipped
 
 BPF_RINGBUF_OUTPUT(events, HT_RING_PAGES);
 BPF_PERCPU_ARRAY(stage, struct hop_batch, 1);
-BPF_PERCPU_ARRAY(counters, u64, 4);
+BPF_PERCPU_ARRAY(counters, u64, 5);
 BPF_ARRAY(config, struct ht_config, 1);
 BPF_HASH(netns_set, u32, u8, 1024);
 BPF_HASH(addr_set, struct addr_key, u8, 1024);
@@ -189,6 +195,75 @@ static __always_inline int netns_ok(struct ht_config *cfg, u32 netns) {
     return 0;
 }
 
+static __always_inline u64 ht_mix(u64 h, u64 v) {
+    h = (h ^ v) * 0x9E3779B97F4A7C15ULL;
+    return h ^ (h >> 31);
+}
+
+// Sampling (F_SAMPLE): the same decision at every hop of one packet, so a kept packet keeps
+// its whole path. Only fields NAT leaves alone go into the hash (never addresses, ports,
+// the ICMP echo id, TTL or checksums): protocol, IPv4 id, length and fragment field, TCP
+// seq/ack/flags, ICMP echo type/code/seq, UDP length, up to 16 payload bytes (UDP, ICMP
+// echo). Always kept, so that a flow of few packets is never silenced: non-IP frames, TCP
+// SYN/FIN/RST (every connection's start and end), ICMP other than echo (errors), ICMP
+// echoes with a sequence below HT_SAMPLE_HEAD (a ping's first packets). The Python twin for
+// the pcap backend is tracer/sampling.py keep_mask(). Returns 1 to keep.
+static __always_inline int sample_keep(u8 *hdr, u8 ver, u32 proto, u32 l4off, unsigned char *l3,
+                                       u32 thresh) {
+    u64 h = 0x243F6A8885A308D3ULL ^ proto;
+    u32 l4len = 0;
+    if (ver == 4) {
+        u32 tot = ((u32)hdr[2] << 8) | hdr[3];
+        h = ht_mix(h, ((u64)tot << 32) | ((u32)hdr[4] << 24) | ((u32)hdr[5] << 16) |
+                          ((u32)hdr[6] << 8) | hdr[7]);
+        if (tot > l4off)
+            l4len = tot - l4off;
+    } else if (ver == 6) {
+        l4len = ((u32)hdr[4] << 8) | hdr[5];
+        h = ht_mix(h, l4len);
+    } else {
+        return 1;
+    }
+    if (l4off) { // 0 for a later fragment: no L4 header
+        u8 l4[24] = {};
+        bpf_probe_read_kernel(l4, sizeof(l4), l3 + l4off);
+        int payload = 0;
+        if (proto == 6) {
+            if (l4[13] & 0x07) // FIN, SYN, RST
+                return 1;
+            u64 sa;
+            __builtin_memcpy(&sa, &l4[4], 8);
+            h = ht_mix(h, sa);
+            h = ht_mix(h, l4[13]);
+        } else if (proto == 1 || proto == 58) {
+            u8 type = l4[0];
+            int echo = proto == 1 ? (type == 0 || type == 8) : (type == 128 || type == 129);
+            u32 seq = ((u32)l4[6] << 8) | l4[7];
+            if (!echo || seq < HT_SAMPLE_HEAD)
+                return 1;
+            h = ht_mix(h, ((u32)type << 24) | ((u32)l4[1] << 16) | seq);
+            payload = 1;
+        } else if (proto == 17) {
+            h = ht_mix(h, ((u32)l4[4] << 8) | l4[5]);
+            payload = 1;
+        }
+        if (payload) {
+#pragma unroll
+            for (int off = 8; off < 24; off += 8) {
+                if (l4len > off) {
+                    u64 w;
+                    __builtin_memcpy(&w, &l4[off], 8);
+                    // bytes past the packet's end (padding, stale buffer) are no part of it
+                    if (l4len < off + 8)
+                        w &= (1ULL << ((l4len - off) * 8)) - 1;
+                    h = ht_mix(h, w);
+                }
+            }
+        }
+    }
+    return (u32)(h >> 32) < thresh;
+}
+
 // What look() learnt about one hop, before anything is staged or reserved.
 struct hop_meta {
     u64 ts_ns;
@@ -204,7 +279,7 @@ struct hop_meta {
 };
 
 // Read the skb and its device and apply the in-kernel filter; returns 0 when
-// the filter rejects the hop. Runs before the stage or the ring is touched,
+// the filter rejects the hop, 2 when sampling skips it, 1 to keep it. Runs before the stage or the ring is touched,
 // so a rejected hop costs no atomics and no ring space.
 static __always_inline int look(struct hop_meta *m, void *skb, void *dev, u8 kind,
                                 struct ht_config *cfg, u32 flags) {
@@ -250,7 +325,8 @@ static __always_inline int look(struct hop_meta *m, void *skb, void *dev, u8 kin
     // two bpf_probe_read_kernel calls into the hop instead of four.
     u32 proto = 0, ident = 0, l4off = 0;
     struct addr_key s = {}, d = {};
-    if (flags & (F_PROTO | F_ADDR | F_PORT)) {
+    int skip = 0; // sampling skips this hop, once the filter has passed it (counted apart)
+    if (flags & (F_PROTO | F_ADDR | F_PORT | F_SAMPLE)) {
         u8 hdr[40] = {};
         bpf_probe_read_kernel(hdr, sizeof(hdr), l3);
         u8 ver = hdr[0] >> 4;
@@ -268,7 +344,7 @@ static __always_inline int look(struct hop_meta *m, void *skb, void *dev, u8 kin
             __builtin_memcpy(s.a, &hdr[8], 16);
             __builtin_memcpy(d.a, &hdr[24], 16);
             l4off = 40;
-        } else {
+        } else if (flags & (F_PROTO | F_ADDR | F_PORT)) {
             return 0;
         }
         // The protocol is NAT-invariant and a tracked skb passed this same
@@ -277,6 +353,9 @@ static __always_inline int look(struct hop_meta *m, void *skb, void *dev, u8 kin
             if (!(cfg->protos[(proto >> 5) & 7] & (1u << (proto & 31))))
                 return 0;
         }
+        // decided here, while the header is at hand (the stack holds it or the device's bytes)
+        if (flags & F_SAMPLE)
+            skip = !sample_keep(hdr, ver, proto, l4off, l3, cfg->sample_thresh);
     }
 
     if (!dev) {
@@ -336,6 +415,9 @@ static __always_inline int look(struct hop_meta *m, void *skb, void *dev, u8 kin
             tracked.delete(&key);
         }
     }
+
+    if (skip)
+        return 2;
 
     m->ts_ns = now ? now : bpf_ktime_get_ns();
     m->start = start;
@@ -403,8 +485,9 @@ static __always_inline int hop(void *skb, void *dev, u8 kind, u32 reason) {
     if (!(flags & F_READY))
         return 0;
     struct hop_meta m;
-    if (!look(&m, skb, dev, kind, cfg, flags)) {
-        count(C_FILTERED, 1);
+    int seen = look(&m, skb, dev, kind, cfg, flags);
+    if (seen != 1) {
+        count(seen ? C_SAMPLED : C_FILTERED, 1);
         return 0;
     }
     struct hop_batch *b = stage.lookup(&zero);

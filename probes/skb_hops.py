@@ -74,6 +74,7 @@ class Counter(IntEnum):
     EMITTED = 1
     FILTERED = 2
     NESTED = 3
+    SAMPLED = 4
 
 
 def _event_fields(snaplen: int) -> list[tuple[str, Any]]:
@@ -142,7 +143,7 @@ def event_dtype(snaplen: int) -> Any:
 # In-kernel filter
 # --------------------------------------------------------------------------
 
-F_NETNS, F_PROTO, F_ADDR, F_PORT, F_TRACK = 1, 2, 4, 8, 16
+F_NETNS, F_PROTO, F_ADDR, F_PORT, F_TRACK, F_SAMPLE = 1, 2, 4, 8, 16, 32
 F_READY = 1 << 31
 NETNS_INLINE = 8  # HT_NETNS_INLINE in skb_hops.c
 
@@ -403,6 +404,8 @@ class EbpfSource:
         self._ctx = (ctypes.c_uint64 * 4)()
         self._final_counters: dict[Counter, int] = {}
         self.clock: MonoToUtc | None = None  # kernel monotonic -> UTC ns, from start()
+        self._sample_n = 1  # one packet in N (F_SAMPLE), tracer/sampling.py
+        self._leaf: Any = None  # the config value last written, for set_sample()
 
     # --- Source protocol -------------------------------------------------
 
@@ -562,6 +565,28 @@ class EbpfSource:
 
     # --- runtime control -----------------------------------------------------
 
+    def set_sample(self, n: int) -> None:
+        """Keep one packet in ``n`` (1: all), every hop of a kept packet (skb_hops.c sample_keep);
+        ``sampled_out`` counts the hops skipped. One config write: the filter stays as it is."""
+        from tracer.sampling import threshold
+
+        with self._lock:
+            self._sample_n = max(1, int(n))
+            leaf = self._leaf
+            if self._bpf is None or leaf is None:
+                return
+            leaf.sample_thresh = threshold(self._sample_n)
+            if self._sample_n > 1:
+                leaf.flags |= F_SAMPLE
+            else:
+                leaf.flags &= ~F_SAMPLE
+            self._bpf[b"config"][ctypes.c_int(0)] = leaf
+
+    @property
+    def sampled_out(self) -> int:
+        """Hops that passed the filter but sampling skipped (the kernel's C_SAMPLED)."""
+        return self._kernel_counter(Counter.SAMPLED)
+
     def set_filter(self, kf: KernelFilter) -> None:
         """Replace the in-kernel filter while running (maps first, then the switch)."""
         with self._lock:
@@ -596,9 +621,13 @@ class EbpfSource:
                 leaf.netns[i] = ino
         for proto in kf.protos:
             leaf.protos[proto >> 5] |= 1 << (proto & 31)
+        from tracer.sampling import threshold
+
+        leaf.sample_thresh = threshold(self._sample_n)
         cfg[ct.c_int(0)] = leaf
-        leaf.flags = kf.flags | F_READY
+        leaf.flags = kf.flags | F_READY | (F_SAMPLE if self._sample_n > 1 else 0)
         cfg[ct.c_int(0)] = leaf
+        self._leaf = leaf
         self.kernel_filter = kf
 
     # --- internals -------------------------------------------------------------

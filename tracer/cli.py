@@ -26,6 +26,7 @@ from pathlib import Path
 from tracer import __version__
 from tracer.errors import EXIT_PROBLEM, EXIT_USAGE, HoptraceError, UsageError
 from tracer.safe_text import term_safe
+from tracer.sampling import DEFAULT_MAX_CPU
 
 # command -> "module:function"; the function takes the parsed args and returns an exit code.
 # In the order a person meets them: `hoptrace --help` lists them so.
@@ -187,6 +188,17 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _cpu_pct(text: str) -> float:
+    """--max-cpu: percent of one core, 0 for no budget; a number of cores' worth at most."""
+    try:
+        value = float(text.rstrip("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value <= 100 * (os.cpu_count() or 1):
+        raise argparse.ArgumentTypeError(f"must be 0 (no budget) .. {100 * (os.cpu_count() or 1)}: {text!r}")
+    return value
+
+
 def _snaplen(text: str) -> int:
     """14..65535 bytes, or 0 (tcpdump's -s 0): the backend's maximum, chosen when it is known."""
     try:
@@ -286,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="create F once every probe/tap is attached (scripts wait for it)")
     p.add_argument("-s", "--snaplen", type=_snaplen, default=128, metavar="N",
                    help="bytes of each packet kept (default 128; 0: the most the backend can)")
+    p.add_argument("--sample", type=_positive_int, default=1, metavar="N",
+                   help="trace one packet in N, every hop of it (TCP SYN/FIN/RST, ICMP errors and a "
+                        "ping's first echoes always); what is skipped is counted in the stats")
+    p.add_argument("--max-cpu", type=_cpu_pct, default=DEFAULT_MAX_CPU, metavar="PCT",
+                   help=f"CPU budget, in %% of one core (default {DEFAULT_MAX_CPU:g}; 0: none): over it "
+                        "while packets flood in, sample more rather than fall behind")
     p.add_argument("-r", dest="read", action="append", default=[], metavar="FILE",
                    help="replay this capture file instead of tracing live (as `hoptrace replay`)")
     _add_display_flags(p)

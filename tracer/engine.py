@@ -182,8 +182,11 @@ class Engine:
         t0 = self._t0
         elapsed = 0.0 if t0 is None else (self._t1 or time.monotonic()) - t0
         paths = self._paths_base + (0 if self._stream is None else int(self._stream.paths))
+        from tracer.protocols import ReportsSampling
+
+        sampling = self.source.sampling() if isinstance(self.source, ReportsSampling) else None
         return Stats(observations=self._observations, paths=paths,
-                     lost_events=int(self.source.lost_events), elapsed_s=elapsed)
+                     lost_events=int(self.source.lost_events), elapsed_s=elapsed, sampling=sampling)
 
     def _done(self) -> bool:
         if self._stop.is_set() or self._stream.done:

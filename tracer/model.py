@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     import numpy as np
 
+    from tracer.sampling import SamplingState
+
 Direction = Literal["rx", "tx", "drop"]
 SourceKind = Literal["ebpf", "pcap", "file"]
 Verdict = Literal["delivered", "dropped", "left", "incomplete"]
@@ -538,3 +540,5 @@ class Stats:
     paths: int
     lost_events: int
     elapsed_s: float
+    #: ``live --sample`` / ``--max-cpu``: None while sampling never was on.
+    sampling: SamplingState | None = None

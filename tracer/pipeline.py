@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from tracer.filter import PathFilter
     from tracer.model import ObsBatch, Stats
     from tracer.protocols import Annotator, Recorder
+    from tracer.sampling import Sampler, SamplingState
     from tracer.sinks.output import Sink
     from tracer.sinks.progress import FileProgress
     from tracer.sources.base import Source
@@ -154,16 +155,22 @@ class PipelineConfig:
     duration_s: float | None = None
     #: A capture file's error ends the input; it waits in ``Pipeline.error`` (files only).
     hold_errors: bool = False
+    #: ``live --sample``: one packet path in N (tracer.sampling), in the source when it can.
+    sampler: Sampler | None = None
+    #: ``live --max-cpu``: percent of one core; over it the sampler's rate goes up (None: no budget).
+    max_cpu_pct: float | None = None
 
 
 class PipelineSource:
     """The config's source as the engine sees it: started once, teaching the path filter each
     new hop's link type, holding a capture error back when asked. A ``tracer.sources.base.Source``
-    and a ``tracer.protocols.HoldsError``."""
+    and a ``tracer.protocols.HoldsError``. With a ``sampler`` that the source cannot take itself,
+    each batch is sampled here, before the engine, the recorder or the filter see it."""
 
     def __init__(self, inner: Source, *, started: bool = False, path_filter: PathFilter | None = None,
-                 hold_errors: bool = False) -> None:
+                 hold_errors: bool = False, sampler: Sampler | None = None) -> None:
         self.inner = inner
+        self.sampler = sampler
         self.kind = inner.kind
         self.error: CaptureFileError | None = None
         self._started = started
@@ -183,6 +190,9 @@ class PipelineSource:
     def lost_events(self) -> int:
         return int(self.inner.lost_events)
 
+    def sampling(self) -> SamplingState | None:
+        return None if self.sampler is None else self.sampler.state()
+
     def batches(self) -> Iterator[ObsBatch]:
         if not self._hold:
             yield from self._taught(self.inner.batches())
@@ -194,7 +204,10 @@ class PipelineSource:
 
     def _taught(self, batches: Iterator[ObsBatch]) -> Iterator[ObsBatch]:
         flt = self._filter
+        sampler = self.sampler
         for batch in batches:
+            if sampler is not None:
+                batch = sampler.apply(batch)
             if flt is not None and len(batch.hops) > self._told:
                 for h in batch.hops[self._told:]:
                     flt.learn_linktype(h.node, h.iface, h.linktype)
@@ -258,10 +271,21 @@ def build(config: PipelineConfig) -> Pipeline:
     """The pipeline ``config`` describes; nothing starts until it runs."""
     from tracer.engine import Engine
 
+    sampler = config.sampler
+    if sampler is None and config.max_cpu_pct:
+        from tracer.sampling import Sampler
+
+        sampler = Sampler()
+    if sampler is not None:
+        sampler.attach(config.source)
     source = PipelineSource(config.source, started=config.source_started, path_filter=config.path_filter,
-                            hold_errors=config.hold_errors)
+                            hold_errors=config.hold_errors, sampler=sampler)
     engine = Engine(source, path_filter=config.path_filter, annotators=config.annotators, count=config.count,
                     duration_s=config.duration_s)
+    if sampler is not None and config.max_cpu_pct:
+        from tracer.sampling import CpuBudget
+
+        engine.batch_hooks.append(CpuBudget(sampler, config.max_cpu_pct))
     if config.recorder is not None:
         engine.batch_hooks.append(config.recorder.on_batch)
     progress = None

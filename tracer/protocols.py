@@ -26,6 +26,7 @@ from tracer.sources.base import Source
 if TYPE_CHECKING:
     from tracer.errors import HoptraceError
     from tracer.model import ObsBatch, PacketPath
+    from tracer.sampling import SamplingState
 
 #: What the engine runs over each finished path (attribution, --rules).
 Annotator = Callable[["PacketPath"], "PacketPath"]
@@ -72,6 +73,13 @@ class ReportsProgress(Protocol):
     """A source that knows how far it is (tracer.sources.files.FileSource): bytes read, bytes in all."""
 
     def progress(self) -> tuple[int, int]: ...
+
+
+@runtime_checkable
+class ReportsSampling(Protocol):
+    """A source whose sightings may be sampled (live --sample / --max-cpu: tracer.sampling)."""
+
+    def sampling(self) -> SamplingState | None: ...
 
 
 @runtime_checkable

@@ -205,6 +205,7 @@ class HoptraceApp(App[None]):
         self.status.finished = True
         if msg.stats is not None:
             self.status.lost = msg.stats.lost_events
+            self.status.sampling = msg.stats.sampling
         self._refresh_status()
 
     # ---- rows and the path view ------------------------------------------
@@ -250,6 +251,7 @@ class HoptraceApp(App[None]):
             self.status.events_per_s = (stats.observations - n0) / max(now - t0, 1e-6)
         self._last_stats = (now, stats.observations)
         self.status.lost = stats.lost_events + self.feed.dropped_by_ui
+        self.status.sampling = stats.sampling
         self._refresh_status()
 
     def _refresh_status(self) -> None:

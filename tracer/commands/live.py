@@ -173,6 +173,8 @@ def _replay_instead(args: argparse.Namespace) -> int:
                              "drop it, or trace live without -r")
     if args.backend != "auto" or args.snaplen != 128:
         raise UsageError("-r replays a file: --backend and -s/--snaplen mean nothing there")
+    if args.sample != 1:
+        raise UsageError("-r replays a file: --sample means nothing there", "drop it, or trace live without -r")
     from tracer.commands import replay
 
     args.files, args.hop = list(args.read), []
@@ -191,6 +193,11 @@ def run(args: argparse.Namespace) -> int:
         _status("opening taps…" if args.backend == "pcap" else "compiling probes…")
         source = choose_source(args)
         stack.callback(source.stop)
+        from tracer.sampling import Sampler
+
+        # before the ready file: what a script sends once it sees the file is sampled already
+        sampler = Sampler(args.sample)
+        sampler.attach(source)
         args.snaplen = int(source.snaplen or args.snaplen or SNAPLEN_MAX)
 
         rules = None
@@ -231,7 +238,8 @@ def run(args: argparse.Namespace) -> int:
             annotators.append(rules)
         pipeline = build(PipelineConfig(source, source_started=True, path_filter=path_filter,
                                         annotators=tuple(annotators), recorder=rec, count=args.count,
-                                        duration_s=args.duration))
+                                        duration_s=args.duration, sampler=sampler,
+                                        max_cpu_pct=args.max_cpu or None))
         stopper.attach(pipeline)
         if _want_tui(args):
             from tracer.sinks.output import tui_color

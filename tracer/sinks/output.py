@@ -161,8 +161,14 @@ def flow_line(flow: Flow) -> str:
 
 
 def stats_json(stats: Stats) -> dict[str, Any]:
-    return {"type": "stats", "observations": stats.observations, "paths": stats.paths,
-            "lost_events": stats.lost_events, "elapsed_s": round(stats.elapsed_s, 3)}
+    d: dict[str, Any] = {"type": "stats", "observations": stats.observations, "paths": stats.paths,
+                         "lost_events": stats.lost_events}
+    if stats.sampling is not None:
+        # sightings sampling skipped (live --sample / --max-cpu), and the rate at the end
+        d["sampled_out"] = stats.sampling.sampled_out
+        d["sample_rate"] = stats.sampling.rate
+    d["elapsed_s"] = round(stats.elapsed_s, 3)
+    return d
 
 
 def write_all(stream: TextIO, text: str) -> None:
@@ -492,8 +498,10 @@ def flow_text(flow: Flow) -> str:
 
 
 def stats_text(stats: Stats) -> str:
+    s = stats.sampling
+    sampled = "" if s is None else f"{s.sampled_out} sampled out ({s.label()}), "
     return (f"stats: {stats.observations} observations, {stats.paths} paths, "
-            f"{stats.lost_events} lost events, {stats.elapsed_s:.3f} s")
+            f"{stats.lost_events} lost events, {sampled}{stats.elapsed_s:.3f} s")
 
 
 class TextSink:

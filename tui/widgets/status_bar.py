@@ -1,4 +1,5 @@
-"""One line: backend, events/s, lost events (red when > 0), paths, recording, filter, pause/follow."""
+"""One line: backend, events/s, lost events (red when > 0), sampling (live --sample / --max-cpu: the
+rate and what it skipped), paths, recording, filter, pause/follow."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from tracer.safe_text import term_safe
+from tracer.sampling import SamplingState
 
 
 @dataclass(slots=True)
@@ -15,6 +17,7 @@ class Status:
     backend: str = "?"
     events_per_s: float = 0.0
     lost: int = 0
+    sampling: SamplingState | None = None
     kept: int = 0
     shown: int = 0
     recording: str | None = None
@@ -32,6 +35,10 @@ def status_text(s: Status) -> Text:
                       (f"{s.events_per_s:,.0f}", "bold"), (" ev/s", "dim"), sep)
     t.append("lost ", style="dim")
     t.append(f"{s.lost:,}", style="bold white on red" if s.lost > 0 else "bold")
+    if s.sampling is not None:
+        sampled = s.sampling
+        t.append_text(Text.assemble(sep, (sampled.label(), "bold yellow" if sampled.rate > 1 else "dim"),
+                                    (f" ({sampled.sampled_out:,} skipped)", "dim")))
     t.append_text(Text.assemble(sep, (f"{s.shown:,}", "bold"), (f"/{s.kept:,} paths", "dim")))
     if s.recording:
         t.append_text(Text.assemble(sep, ("● REC ", "bold red"), (term_safe(s.recording), "")))
