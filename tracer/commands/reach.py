@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from tracer.annotate.relay import ProxyTable, Relay, far_node, link_relays, relay_phrase
 from tracer.errors import EXIT_OK, EXIT_PROBLEM, PrivilegeError, UsageError
 from tracer.model import Flow, Observation, PacketPath
 from tracer.netns import run_in_netns
@@ -128,6 +129,9 @@ class Sent:
     seqs: list[int] = field(default_factory=list)
     socket_error: int | None = None  # errno from the socket layer (ENETUNREACH, ECONNREFUSED, ...)
     answered: bool = False  # the socket itself saw an answer (echo reply, SYN-ACK, datagram)
+    #: TCP: the accepting end closed the connection while it was held (a userland proxy does
+    #: when the far end refused or did not answer).
+    peer_closed: bool = False
 
 
 def _icmp_checksum(data: bytes) -> int:
@@ -225,7 +229,9 @@ def _send_udp(t: Target, count: int, interval: float, timeout: float) -> Sent:
     return sent
 
 
-def _send_tcp(t: Target, count: int, interval: float, timeout: float) -> Sent:
+def _send_tcp(t: Target, count: int, interval: float, timeout: float, hold: float = 0.0) -> Sent:
+    """``hold``: after an accepted connection, how long to keep it open for a userland proxy to
+    connect on to the far end (and close ours when that failed) before the probe's reset."""
     fam = socket.AF_INET if t.family == 4 else socket.AF_INET6
     sent = Sent(ident=0)
     for seq in range(1, count + 1):
@@ -240,6 +246,8 @@ def _send_tcp(t: Target, count: int, interval: float, timeout: float) -> Sent:
             try:
                 sock.connect((t.addr, t.port))
                 sent.answered = True
+                if hold > 0:
+                    _hold(sock, hold, sent)
             except TimeoutError:
                 sent.socket_error = errno.ETIMEDOUT
             except OSError as exc:
@@ -249,7 +257,24 @@ def _send_tcp(t: Target, count: int, interval: float, timeout: float) -> Sent:
     return sent
 
 
+def _hold(sock: socket.socket, hold: float, sent: Sent) -> None:
+    """Wait up to ``hold`` s for the accepting end to close (or reset) the connection."""
+    sock.settimeout(hold)
+    try:
+        while sock.recv(4096):
+            pass
+        sent.peer_closed = True
+    except TimeoutError:
+        pass
+    except OSError:
+        sent.peer_closed = True
+
+
 SENDERS = {"icmp": _send_icmp, "udp": _send_udp, "tcp": _send_tcp}
+#: How long a TCP probe holds a connection a docker-proxy may have accepted (it dials the
+#: container right after accepting; a container's answer takes microseconds, a lost SYN's
+#: first retransmission one second).
+RELAY_HOLD_S = 1.0
 
 
 # --------------------------------------------------------------------------
@@ -264,6 +289,8 @@ class ProbeResult:
     requests: tuple[PacketPath, ...]
     replies: tuple[PacketPath, ...]
     ok: bool
+    #: The userland proxy that accepted the probe's connection, and what came of its own.
+    relay: Relay | None = None
 
 
 def _is_request(p: PacketPath, t: Target, sent: Sent, netns: int) -> bool:
@@ -300,8 +327,21 @@ def _hop(h: Observation) -> str:
     return f"{h.node}/{h.ifname}"
 
 
+def _relayed(relay: Relay, requests: tuple[PacketPath, ...], replies: tuple[PacketPath, ...]) -> ProbeResult:
+    """The verdict of a connection a userland proxy accepted: the far end's, not the proxy's
+    (docker-proxy accepts even when nothing listens behind it, then closes)."""
+    detail = relay_phrase(relay, far_node(relay))
+    answer = relay.answer()
+    verdict, ok = {"answered": ("reachable", True), "refused": ("rejected", False)}.get(answer, ("no reply", False))
+    shown = {p.id for p in (*requests, *replies)}
+    more = tuple(p for p in relay.outbound_paths if p.id not in shown)
+    return ProbeResult(verdict, detail, requests, replies + more, ok, relay)
+
+
 def judge(t: Target, sent: Sent, netns: int, paths: Sequence[PacketPath],
-          flows: Sequence[Flow] = ()) -> ProbeResult:
+          flows: Sequence[Flow] = (), relays: Sequence[Relay] = ()) -> ProbeResult:
+    """``relays``: the connections a userland proxy relayed among ``paths``
+    (tracer/annotate/relay.py ``link_relays``); the probe's own is followed to the far end."""
     requests = tuple(p for p in paths if _is_request(p, t, sent, netns))
     req_flows = {p.flow for p in requests if p.flow}
     replies = tuple(
@@ -329,6 +369,11 @@ def judge(t: Target, sent: Sent, netns: int, paths: Sequence[PacketPath],
             return ProbeResult("rejected", f"TCP RST from {origin.src}:{origin.sport} (first seen "
                                f"at {_hop(origin)}): nothing listens on {t.addr}:{t.port}",
                                requests, replies, False)
+    # A connection a userland proxy accepted: its verdict is the far end's (the proxy's closing
+    # of ours frees segments of it, which are no losses).
+    relay = next((r for r in relays if r.inbound in requests), None)
+    if relay is not None and t.proto == "tcp":
+        return _relayed(relay, requests, replies)
     # After the answers: a SYN to a closed port is freed with NO_SOCKET *and* answered by a
     # RST; the RST is the answer the user wants ("rejected"), the drop is how the kernel did it.
     for p in requests:
@@ -403,11 +448,24 @@ def run(args: argparse.Namespace) -> int:
     errors: list[BaseException] = []
     interval = 0.2
 
+    # A docker-proxy that may accept the connection: hold it open so the proxy's own connection
+    # to the container is made (and seen) before the probe resets ours.
+    proxies = ProxyTable()
+    hold = 0.0
+    if target.proto == "tcp" and any(p.args.accepts("tcp", target.addr, target.port) or p.args.host_port
+                                     == target.port for p in proxies.refresh()):
+        hold = min(args.timeout, RELAY_HOLD_S)
+
+    def send() -> Sent:
+        if target.proto == "tcp":
+            return _send_tcp(target, args.count, interval, args.timeout, hold)
+        return SENDERS[target.proto](target, args.count, interval, args.timeout)
+
     def sender() -> None:
         try:
             sent_box.append(run_in_netns(
                 netns_path,
-                lambda: SENDERS[target.proto](target, args.count, interval, args.timeout),
+                send,
                 timeout=args.timeout + args.count * (interval + args.timeout) + 5,
             ))
         except BaseException as exc:
@@ -434,7 +492,8 @@ def run(args: argparse.Namespace) -> int:
     attributor.close()
     if errors:
         raise errors[0]
-    result = judge(target, sent_box[0], netns, paths, flows)
+    relays = link_relays(paths, proxies) if hold else []
+    result = judge(target, sent_box[0], netns, paths, flows, relays)
     lost = pipeline.stats().lost_events
     if lost:
         print(f"hoptrace: warning: {lost} events were lost (a busy host): the paths may be "
@@ -443,9 +502,12 @@ def run(args: argparse.Namespace) -> int:
         out = sys.stdout
         for p in (*result.requests, *result.replies):
             out.write(json.dumps(path_json(p)) + "\n")
-        out.write(json.dumps({"type": "verdict", "verdict": result.verdict, "detail": result.detail,
-                              "from": args.from_node, "to": target.addr, "port": target.port,
-                              "proto": target.proto, "reachable": result.ok}) + "\n")
+        verdict: dict[str, object] = {
+            "type": "verdict", "verdict": result.verdict, "detail": result.detail, "from": args.from_node,
+            "to": target.addr, "port": target.port, "proto": target.proto, "reachable": result.ok}
+        if result.relay is not None:
+            verdict["relay"] = _relay_json(result.relay)
+        out.write(json.dumps(verdict) + "\n")
         out.write(json.dumps({"type": "stats", **_stats_dict(pipeline)}) + "\n")
     else:
         # The detail names nodes and interfaces (untrusted); path_text escapes its own names.
@@ -455,6 +517,15 @@ def run(args: argparse.Namespace) -> int:
             print()
             print(path_text(p))
     return EXIT_OK if result.ok else EXIT_PROBLEM
+
+
+def _relay_json(r: Relay) -> dict[str, object]:
+    """The probe's verdict line names the proxy and both legs (CONTRACT.md's ``relay`` fields,
+    plus the far end and what it did)."""
+    src = r.source
+    return {**r.as_json(inbound_side=True), "to": {"addr": r.by.args.container_ip, "port": r.by.args.container_port,
+                                                   "node": far_node(r)},
+            "from": None if src is None else {"addr": src[0], "port": src[1]}, "answer": r.answer()}
 
 
 def _stats_dict(pipeline: Pipeline) -> dict[str, object]:

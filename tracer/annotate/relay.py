@@ -1,0 +1,379 @@
+"""Docker's userland proxy: the connection docker-proxy accepted and the one it opened to carry
+it on (CONTRACT.md's ``"relay"``).
+
+With ``--userland-proxy=true`` (Docker's default) a connection to a published port from the
+host itself or from a container is not NATed: ``docker-proxy`` (one process per published
+port and address family, in the namespace that publishes it) accepts it, and opens a second
+connection of its own, from the bridge's address, to the container. A tracer sees two
+unrelated connections; this module links them.
+
+* **Recognition**: docker-proxy is recognised by its command line, the five flags Docker
+  gives it (``-proto tcp -host-ip 0.0.0.0 -host-port 8080 -container-ip 172.17.0.2
+  -container-port 80``), read from ``/proc/PID/cmdline`` (untrusted text:
+  ``tracer.safe_text.source_text``), never by its name: a renamed binary is still one, and
+  a process merely called docker-proxy is not.
+* **The inbound leg**: a connection whose SYN was delivered to a namespace's own stack at an
+  address and port one of its docker-proxies accepts (a DNATed one never ends there: it goes
+  on to the container). Who took it can also be confirmed by the socket's owner
+  (``OwnerLookup``: sock_diag in that namespace, inode -> pid through /proc).
+* **The outbound leg**: the next connection that leaves that namespace for the proxy's
+  container address and port after the inbound leg's SYN (docker-proxy dials right after
+  accept, one connection per accepted one; in order, so several at once pair first with first).
+
+``ProxyTable`` keeps the machine's docker-proxies (a /proc scan at most every ``refresh_s``,
+off the engine's thread); ``link_relays`` pairs the legs among finished paths (the probe's,
+a recording's). ``hoptrace probe`` follows the relay with them (tracer/commands/reach.py).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tracer.model import PacketPath
+from tracer.safe_text import source_text
+
+#: The flags that make a command line docker-proxy's (Docker's portmapper gives all five).
+PROXY_FLAGS = ("proto", "host-ip", "host-port", "container-ip", "container-port")
+PROTOS = ("tcp", "udp", "sctp")
+TCP_SYN, TCP_RST, TCP_ACK = 0x02, 0x04, 0x10
+#: The longest an outbound leg's SYN may follow its inbound leg's (docker-proxy dials at once).
+PAIR_WINDOW_NS = 2_000_000_000
+#: A /proc/PID/cmdline read: docker-proxy's is ~120 bytes; more is not a docker-proxy's.
+CMDLINE_MAX = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyArgs:
+    """What a docker-proxy relays: ``proto`` connections to ``host_ip:host_port`` (an unspecified
+    address: any of its family) go on to ``container_ip:container_port``."""
+
+    proto: str
+    host_ip: str
+    host_port: int
+    container_ip: str
+    container_port: int
+
+    def accepts(self, proto: str, dst: str, dport: int | None) -> bool:
+        if proto != self.proto or dport != self.host_port:
+            return False
+        host = ipaddress.ip_address(self.host_ip)
+        try:
+            addr = ipaddress.ip_address(dst)
+        except ValueError:
+            return False
+        # Go listens on "tcp6" with IPV6_V6ONLY: "::" takes IPv6 only, "0.0.0.0" IPv4 only.
+        return addr.version == host.version and (host.is_unspecified or addr == host)
+
+    def dials(self, proto: str, dst: str, dport: int | None) -> bool:
+        return proto == self.proto and dport == self.container_port and dst == self.container_ip
+
+
+def proxy_args(cmdline: Sequence[str]) -> ProxyArgs | None:
+    """docker-proxy's relay from its command line (Go's flag syntax: ``-f v``, ``-f=v``,
+    ``--f v``), or None when it is not one: a flag missing, a value that is no protocol, address
+    or port."""
+    values: dict[str, str] = {}
+    args = list(cmdline[1:])
+    k = 0
+    while k < len(args):
+        arg = args[k]
+        k += 1
+        if not arg.startswith("-") or arg in ("-", "--"):
+            continue
+        name, sep, value = arg.lstrip("-").partition("=")
+        if name not in PROXY_FLAGS:
+            continue
+        if not sep:
+            if k >= len(args):
+                return None
+            value = args[k]
+            k += 1
+        values[name] = value
+    if len(values) != len(PROXY_FLAGS) or values["proto"] not in PROTOS:
+        return None
+    try:
+        host_ip = ipaddress.ip_address(values["host-ip"])
+        container_ip = ipaddress.ip_address(values["container-ip"])
+        host_port, container_port = int(values["host-port"]), int(values["container-port"])
+    except ValueError:
+        return None
+    if not (0 < host_port < 65536 and 0 < container_port < 65536):
+        return None
+    return ProxyArgs(values["proto"], str(host_ip), host_port, str(container_ip), container_port)
+
+
+@dataclass(frozen=True, slots=True)
+class DockerProxy:
+    """One docker-proxy process: its pid, ``comm``, network namespace (inode) and relay."""
+
+    pid: int
+    comm: str
+    netns: int
+    args: ProxyArgs
+
+
+def read_cmdline(proc: str, pid: int) -> tuple[str, ...] | None:
+    """``/proc/PID/cmdline`` as text (surrogates replaced); None when it cannot be read."""
+    try:
+        with open(f"{proc}/{pid}/cmdline", "rb") as f:
+            raw = f.read(CMDLINE_MAX + 1)
+    except OSError:
+        return None
+    if len(raw) > CMDLINE_MAX:
+        return None
+    return tuple(source_text(a.decode("utf-8", "surrogateescape")) for a in raw.split(b"\0") if a)
+
+
+def docker_proxy(proc: str, pid: int) -> DockerProxy | None:
+    """Process ``pid`` as a docker-proxy, or None: not one, gone, or unreadable."""
+    cmdline = read_cmdline(proc, pid)
+    args = None if cmdline is None else proxy_args(cmdline)
+    if args is None:
+        return None
+    try:
+        with open(f"{proc}/{pid}/comm", "rb") as f:
+            comm = source_text(f.read(256).rstrip(b"\n").decode("utf-8", "surrogateescape"))
+        netns = os.stat(f"{proc}/{pid}/ns/net").st_ino
+    except OSError:
+        return None  # it exited meanwhile, or its namespace cannot be read: not usable
+    return DockerProxy(pid=pid, comm=comm, netns=netns, args=args)
+
+
+def scan_proxies(proc: str = "/proc") -> list[DockerProxy]:
+    """Every docker-proxy process visible in ``proc``, by pid."""
+    try:
+        pids = sorted(int(n) for n in os.listdir(proc) if n.isdigit())
+    except OSError:
+        return []
+    found = []
+    for pid in pids:
+        got = docker_proxy(proc, pid)
+        if got is not None:
+            found.append(got)
+    return found
+
+
+class ProxyTable:
+    """The machine's docker-proxies, read again when older than ``refresh_s``.
+
+    ``start()`` keeps it fresh on a thread of its own (live: the engine never waits for a
+    /proc scan); without it, ``proxies()`` scans when asked and the table is stale."""
+
+    def __init__(self, proc: str = "/proc", refresh_s: float = 2.0,
+                 scan: Callable[[str], list[DockerProxy]] = scan_proxies) -> None:
+        self.proc = proc
+        self.refresh_s = refresh_s
+        self._scan = scan
+        self._proxies: list[DockerProxy] = []
+        self._at = -1e18
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def refresh(self) -> list[DockerProxy]:
+        found = self._scan(self.proc)
+        with self._lock:
+            self._proxies = found
+            self._at = time.monotonic()
+        return found
+
+    def proxies(self) -> list[DockerProxy]:
+        with self._lock:
+            fresh = time.monotonic() - self._at < self.refresh_s or self._thread is not None
+            found = self._proxies
+        return found if fresh else self.refresh()
+
+    def accepting(self, netns: int, proto: str, dst: str, dport: int | None) -> DockerProxy | None:
+        """The docker-proxy of ``netns`` that accepts ``proto`` connections to ``dst:dport``."""
+        return next((p for p in self.proxies() if p.netns == netns and p.args.accepts(proto, dst, dport)), None)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self.refresh()
+
+        def loop() -> None:
+            while not self._stop.wait(self.refresh_s):
+                self.refresh()
+
+        self._thread = threading.Thread(target=loop, name="docker-proxy-table", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+
+class OwnerLookup(Protocol):
+    """The socket that took a packet in a namespace (tracer/annotate/local.py ``LocalLookup``:
+    sock_diag inside the namespace by the 5-tuple, the inode's owner through /proc)."""
+
+    def owner(self, netns: int, proto: str | int, src: tuple[str, int], dst: tuple[str, int], *,
+              tcp_flags: int = 0, icmp_type: int | None = None) -> Any:
+        """An object with ``pid``, ``comm`` and ``cmdline`` (None/empty when not found)."""
+        ...
+
+
+def owner_proxy(lookup: OwnerLookup, proc: str, netns: int, proto: str, src: tuple[str, int],
+                dst: tuple[str, int]) -> DockerProxy | None:
+    """The docker-proxy whose socket took ``src -> dst`` in ``netns`` (by the owner's command line),
+    or None: another process, no socket, or the lookup could not tell."""
+    try:
+        got = lookup.owner(netns, proto, src, dst, tcp_flags=TCP_SYN)
+    except OSError:
+        return None
+    pid = getattr(got, "pid", None)
+    if pid is None:
+        return None
+    cmdline = tuple(getattr(got, "cmdline", ()) or ())
+    args = proxy_args(cmdline) if cmdline else None
+    if args is None:
+        return docker_proxy(proc, pid)
+    return DockerProxy(pid=pid, comm=str(getattr(got, "comm", None) or "docker-proxy"), netns=netns, args=args)
+
+
+# --------------------------------------------------------------------------
+# Linking the legs among finished paths
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """One relayed connection: ``by`` accepted ``inbound`` (the client's SYN, delivered to its
+    namespace) and opened ``outbound`` (its own SYN to the container), or none was seen."""
+
+    by: DockerProxy
+    inbound: PacketPath
+    outbound: PacketPath | None
+    #: Every path of the outbound leg's flow (SYN, the container's answer, ...), in time order.
+    outbound_paths: tuple[PacketPath, ...] = ()
+    #: Every path of the inbound leg's flow.
+    inbound_paths: tuple[PacketPath, ...] = ()
+
+    @property
+    def source(self) -> tuple[str, int | None] | None:
+        """The outbound leg's source: the bridge's address and docker-proxy's port."""
+        return None if self.outbound is None else (self.outbound.first.src, self.outbound.first.sport)
+
+    def answer(self) -> str:
+        """What the far end did: "answered" (SYN-ACK), "refused" (RST), "no answer", or
+        "not relayed" (no outbound connection seen)."""
+        if self.outbound is None:
+            return "not relayed"
+        out = self.outbound.first
+        for p in self.outbound_paths:
+            h = p.first
+            if p is self.outbound or h.src != out.dst or h.sport != out.dport or h.tcp_flags is None:
+                continue
+            if h.tcp_flags & TCP_SYN and h.tcp_flags & TCP_ACK:
+                return "answered"
+            if h.tcp_flags & TCP_RST:
+                return "refused"
+        return "no answer"
+
+    def as_json(self, inbound_side: bool) -> dict[str, object]:
+        """The ``"relay"`` object on the ``inbound_side`` leg's paths and flow (else the outbound's)."""
+        peer = self.outbound_paths if inbound_side else self.inbound_paths
+        lead = self.outbound if inbound_side else self.inbound
+        return {"by": {"pid": self.by.pid, "comm": self.by.comm},
+                "peer_flow": None if lead is None else lead.flow,
+                "peer_paths": [p.id for p in peer]}
+
+
+def is_syn(p: PacketPath) -> bool:
+    flags = p.first.tcp_flags
+    return p.first.proto == 6 and flags is not None and bool(flags & TCP_SYN) and not flags & TCP_ACK
+
+
+def delivered_here(p: PacketPath) -> bool:
+    """The path ended in its last namespace's own stack: an rx there, nothing rewritten."""
+    return p.verdict == "delivered" and p.last.direction == "rx" and not p.nat
+
+
+def link_relays(paths: Sequence[PacketPath], table: ProxyTable, lookup: OwnerLookup | None = None,
+                window_ns: int = PAIR_WINDOW_NS) -> list[Relay]:
+    """The relayed connections among ``paths`` (see the module documentation), in time order.
+
+    With ``lookup``, an inbound leg's docker-proxy is the owner of the socket that took it
+    (confirmed by sock_diag; the lookup must run while the socket exists); else the docker-proxy
+    of that namespace whose command line accepts its address and port."""
+    syns = sorted((p for p in paths if is_syn(p)), key=lambda p: p.first.ts_ns)
+    by_flow: dict[str, list[PacketPath]] = {}
+    for p in paths:
+        if p.flow is not None:
+            by_flow.setdefault(p.flow, []).append(p)
+    relays: list[Relay] = []
+    taken: set[str] = set()
+    for p in syns:
+        if p.id in taken or not delivered_here(p):
+            continue
+        h = p.last
+        proto = "tcp"
+        proxy = table.accepting(h.netns, proto, h.dst, h.dport)
+        if lookup is not None and h.sport is not None and h.dport is not None:
+            owned = owner_proxy(lookup, table.proc, h.netns, proto, (h.src, h.sport), (h.dst, h.dport))
+            proxy = owned if owned is not None and owned.args.accepts(proto, h.dst, h.dport) else None
+        if proxy is None:
+            continue
+        t0 = p.first.ts_ns
+        out = next((q for q in syns
+                    if q.id not in taken and q is not p and q.first.netns == proxy.netns
+                    and q.first.direction == "tx" and t0 <= q.first.ts_ns <= t0 + window_ns
+                    and proxy.args.dials(proto, q.first.dst, q.first.dport)), None)
+        if out is not None:
+            taken.add(out.id)
+        flow_paths = tuple(sorted(by_flow.get(out.flow, [out]) if out is not None and out.flow else
+                                  ([out] if out is not None else []), key=lambda q: q.first.ts_ns))
+        inbound_paths = tuple(sorted(by_flow.get(p.flow, [p]) if p.flow else [p], key=lambda q: q.first.ts_ns))
+        relays.append(Relay(by=proxy, inbound=p, outbound=out, outbound_paths=flow_paths,
+                            inbound_paths=inbound_paths))
+    return relays
+
+
+def relay_phrase(r: Relay, far_name: str | None = None) -> str:
+    """``accepted by docker-proxy on host, relayed to api:80 from 172.30.0.1:35216: api answered``
+    (not escaped: the caller's ``term_safe`` does)."""
+    a = r.by.args
+    node = r.inbound.last.node
+    far = far_name or a.container_ip
+    head = f"accepted by {r.by.comm} (pid {r.by.pid}) on {node}"
+    src = r.source
+    if src is None:
+        return f"{head}, which opened no connection to {far}:{a.container_port}"
+    relayed = f"{head}, relayed to {far}:{a.container_port} from {_endpoint(src[0], src[1])}"
+    answer = r.answer()
+    if answer == "answered":
+        return f"{relayed}: {far} answered"
+    if answer == "refused":
+        return f"{relayed}: {far} refused: RST"
+    return f"{relayed}: no answer from {far}"
+
+
+def _endpoint(addr: str, port: int | None) -> str:
+    text = f"[{addr}]" if ":" in addr else addr
+    return text if port is None else f"{text}:{port}"
+
+
+def far_node(r: Relay) -> str | None:
+    """The container's node name: where the outbound leg last was outside the proxy's namespace,
+    or where the container's answer started."""
+    for p in r.outbound_paths:
+        if p.first.src == r.by.args.container_ip and p.first.netns != r.by.netns:
+            return p.first.node
+    if r.outbound is not None:
+        outside = [h for h in r.outbound.hops if h.netns != r.by.netns]
+        if outside:
+            return outside[-1].node
+    return None
+
+
+__all__ = ["PROXY_FLAGS", "DockerProxy", "OwnerLookup", "ProxyArgs", "ProxyTable", "Relay", "docker_proxy",
+           "far_node", "link_relays", "owner_proxy", "proxy_args", "relay_phrase", "scan_proxies"]
