@@ -10,8 +10,10 @@ K-th eBPF event one without a mac header, as tx hooks before L2 see), at the bat
 sizes live sees (HOLD_EVENTS = 2048 for eBPF), and prints per batch size the
 nanoseconds per sighting (best of ``--repeat`` timings of ``--loops`` calls, wall) of:
 
-* ``ebpf source``:   ``EbpfSource._decode_events`` as the product runs it (core), and the
-                     same with the Python decoder it called before (python: the peer);
+* ``ebpf source``:   ``EbpfSource._decode_events`` as the product runs it (core:
+                     ``_core.EbpfRing``, events -> rows, labels and frames in one pass), and
+                     the source's decode before the core took it (python: numpy over the
+                     events, then the Python decoder; tests/reference/ebpf.py);
 * ``taps source``:   ``tracer.sources.taps._decode``, likewise;
 * ``decoder alone``: ``tracer._core.decode_into`` and the Python reference ``decode_into``
                      on the same frames.
@@ -47,6 +49,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from gen_pcapng import generate  # noqa: E402
 
 from probes.skb_hops import EbpfSource, HopEvent, HopKind  # noqa: E402
+from tests.reference import ebpf as reference_ebpf  # noqa: E402
 from tracer import _core  # noqa: E402
 from tracer.model import obs_dtype  # noqa: E402
 from tracer.sources import taps  # noqa: E402
@@ -164,8 +167,12 @@ def main(argv: list[str] | None = None) -> int:
         tbuf, toffs, tlens = taps_buffer(batch)
         offs = np.array(toffs, dtype=np.uint64)
         cells = []
-        for fn in (partial(src._decode_events, evbuf), partial(taps._decode, tbuf, toffs, tlens, 1, np, dtype)):
-            cells += [timed(fn, loops, False) if core is not None else float("nan"), timed(fn, loops, True)]
+        # the eBPF source before the core read its ring: numpy over the events, then the decoder
+        before = partial(reference_ebpf.decode_events, evbuf, src._dtype, src._frame_off, src._utc(), {})
+        for fn, old in ((partial(src._decode_events, evbuf), before),
+                        (partial(taps._decode, tbuf, toffs, tlens, 1, np, dtype), None)):
+            fn_old = old or fn
+            cells += [timed(fn, loops, False) if core is not None else float("nan"), timed(fn_old, loops, True)]
         for dec, kw in ((core, {}), (ref, {"zeroed": True})):  # zeroed=True: as the sources called it
             call = partial(dec, np.zeros(n, dtype=dtype), tbuf, offs, tlens, 1, **kw) if dec else None
             cells.append(best_ns(call, loops, args.repeat) if call else float("nan"))

@@ -4,8 +4,9 @@
 ``-DHT_OFF_*`` from the running kernel's BTF (probes/btf.py), attaches the
 raw tracepoints, and polls the ring buffer on a timer (no wake-up per event:
 the C side reserves with ``BPF_RB_NO_WAKEUP`` and batches events per record).
-Records are decoded in bulk: one numpy view over the event bytes, one
-``tracer._core.decode_into`` over the frames (the core's decoder, GIL released).
+The core reads the ring from its mmap and decodes the records in bulk
+(``tracer._core.EbpfRing``: hop events -> rows in UTC, hop labels, the frames
+decoded; GIL released); Python names the hop labels it reports as new.
 
 This is the only module that imports ``bcc``.
 """
@@ -28,8 +29,7 @@ from probes.btf import KernelLayout, load_layout
 from probes.headers import HeaderTree, ensure_bcc_env
 from probes.utc_clock import MonoToUtc
 from tracer.errors import KernelFeatureMissing, PrivilegeError, ProbeLoadError, UsageError
-from tracer.linktypes import LINKTYPE_ETHERNET, LINKTYPE_RAW
-from tracer.model import Dir, HopLabel, ObsBatch, Src, obs_dtype
+from tracer.model import Dir, HopLabel, ObsBatch, obs_dtype
 from tracer.pcap_expr import PROTO_NUMBERS, kernel_sets
 from tracer.protocols import Attachments
 from tracer.sources.names import NodeNamer
@@ -241,85 +241,16 @@ def _test_run_on_cpu(prog_fd: int, cpu: int, ctx_buf: ctypes.Array[ctypes.c_uint
 
 
 # --------------------------------------------------------------------------
-# The ring buffer, read from its mmap
+# The ring buffer: read and decoded by the core
 # --------------------------------------------------------------------------
 
-_RINGBUF_BUSY = 1 << 31
-_RINGBUF_DISCARD = 1 << 30
-_RINGBUF_HDR = 8  # struct bpf_ringbuf_hdr: u32 len, u32 pg_off
 
-
-class RingReader:
-    """The consumer side of a BPF ring buffer map, read straight from its mmap.
-
-    What libbpf's ``ring_buffer__consume`` does (kernel/bpf/ringbuf.c's layout:
-    a consumer page, a producer page, then the data pages mapped twice so no
-    record wraps), without bcc's ctypes callback and ``string_at`` copy per
-    record: ``read()`` joins the hop events of every finished record into one
-    ``bytes`` (the only copy) and then hands the space back to the kernel.
-    x86-64 only, like the rest of the loader (loads are not reordered with
-    other loads there, so the producer position, a record's length word and
-    its data are read in that order without fences).
-    """
-
-    def __init__(self, map_fd: int, data_size: int, ev_size: int) -> None:
-        import mmap
-
-        if data_size <= 0 or data_size & (data_size - 1):
-            raise ProbeLoadError(f"ring buffer size {data_size} is not a power of two")
-        page = mmap.PAGESIZE
-        self._cons_map = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        self._data_map = mmap.mmap(map_fd, page + 2 * data_size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
-        # Aligned native words, each read or written as one load/store (the kernel must
-        # never see a torn consumer position: DESIGN.md, "Measured on this box"); memoryview
-        # casts index faster than numpy scalars.
-        self._cons: Any = ctypes.c_uint64.from_buffer(self._cons_map)
-        self._mv: Any = memoryview(self._data_map)
-        self._prod: Any = self._mv[:8].cast("Q")
-        self._words: Any = self._mv[page:].cast("I")
-        self._mask = data_size - 1
-        self._page = page
-        self._ev_size = ev_size
-
-    def read(self) -> bytes:
-        """The events of every record finished so far, back to back (b"" if none)."""
-        cons = self._cons.value
-        prod = self._prod[0]
-        words, mask, base, ev_size, mv = self._words, self._mask, self._page + _RINGBUF_HDR + HEADER_LEN, \
-            self._ev_size, self._mv
-        parts = []
-        while cons < prod:
-            off = cons & mask
-            ln = words[off >> 2]
-            if ln & _RINGBUF_BUSY:
-                break  # reserved, not yet submitted: records after it wait for it
-            size = ln & ~(_RINGBUF_BUSY | _RINGBUF_DISCARD)
-            cons += (size + _RINGBUF_HDR + 7) & ~7
-            if not ln & _RINGBUF_DISCARD:
-                # struct hop_batch: u32 count first, then the events
-                n = min(words[(off + _RINGBUF_HDR) >> 2], (size - HEADER_LEN) // ev_size)
-                if n > 0:
-                    start = base + off
-                    parts.append(mv[start : start + n * ev_size])
-        if not parts:
-            self._cons.value = cons
-            return b""
-        data = b"".join(parts)
-        for part in parts:
-            part.release()
-        self._cons.value = cons  # only now may the kernel overwrite what was copied
-        return data
-
-    def close(self) -> None:
-        """Unmap (after the programs are detached; the mappings keep the map itself alive)."""
-        if self._mv is None:
-            return
-        self._prod.release()
-        self._words.release()
-        self._mv.release()
-        self._cons = self._prod = self._words = self._mv = None
-        self._cons_map.close()
-        self._data_map.close()
+def event_layout(snaplen: int) -> dict[str, int]:
+    """``struct hop_event``'s field offsets and its size, as ``_core.EbpfRing`` takes them."""
+    t = event_type(snaplen)
+    out = {f[0]: getattr(t, f[0]).offset for f in t._fields_}
+    out["size"] = ctypes.sizeof(t)
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -348,10 +279,10 @@ def import_bcc() -> Any:
 
 @dataclass(slots=True)
 class _Labels:
-    """(netns, ifindex) -> index into the hop table, shared by all batches."""
+    """The hop table, shared by all batches; the core keeps the index of its keys
+    ((netns, ifindex, ifname, link type) -> position) and says which are new."""
 
     hops: list[HopLabel] = field(default_factory=list)
-    index: dict[tuple[int, int, bytes, int], int] = field(default_factory=dict)
 
 
 class EbpfSource:
@@ -387,9 +318,9 @@ class EbpfSource:
         self.start_s: float = 0.0
         self._bpf: Any = None
         self._flush_fd = -1
-        self._chunks: list[bytes] = []  # hop events read from the ring, back to back
-        self._ring: RingReader | None = None
-        self._dir_of_kind: Any = None
+        self._ring: Any = None  # tracer._core.EbpfRing: the ring's mmap, the events read, the decoder
+        self._mapped = False
+        self._clock_knots: Any = None  # the clock function the core converts with
         self._stop = threading.Event()
         self._labels = _Labels()
         self._namer: NodeNamer | None = None
@@ -441,7 +372,8 @@ class EbpfSource:
             self._flush_fd = self._bpf.load_func(b"flush_stage", bcc.BPF.RAW_TRACEPOINT).fd
             self.set_filter(self.kernel_filter)
             events = self._bpf[b"events"]
-            self._ring = RingReader(events.map_fd, events.max_entries, self._ev_size)
+            self._core_ring().open(events.map_fd, events.max_entries)
+            self._mapped = True
         except Exception as exc:
             self.stop()
             raise ProbeLoadError(f"could not set up the probes: {exc}") from exc
@@ -465,7 +397,7 @@ class EbpfSource:
                 self._lock.release()
 
     def _detach(self) -> None:
-        """Drain the stages and the ring into self._chunks, then detach (caller holds the lock)."""
+        """Drain the stages and the ring into the held events, then detach (caller holds the lock)."""
         bpf = self._bpf
         if bpf is None:
             return
@@ -473,12 +405,12 @@ class EbpfSource:
         self._consume()
         self._final_counters = {c: self._kernel_counter(c) for c in Counter}
         self._bpf = None
-        ring, self._ring = self._ring, None
+        mapped, self._mapped = self._mapped, False
         try:
             bpf.cleanup()  # detaches the programs first: nothing below may keep them attached
         finally:
-            if ring is not None:
-                ring.close()
+            if mapped:
+                self._ring.close()  # unmapped; what was read stays held
 
     @property
     def lost_events(self) -> int:
@@ -533,17 +465,18 @@ class EbpfSource:
                     detached = self._bpf is None
                 # between batches: no sighting stamped after `now` was converted yet
                 self._utc().maybe_resample(time.clock_gettime_ns(time.CLOCK_MONOTONIC))
-                if self._chunks and not detached:
+                held = self._ring.held if self._ring is not None else 0
+                if held and not detached:
                     if not held_since:
                         held_since = now
-                    if (now - held_since < HOLD_S
-                            and sum(map(len, self._chunks)) < HOLD_EVENTS * self._ev_size):
+                    if now - held_since < HOLD_S and held < HOLD_EVENTS:
                         self._stop.wait(self.poll_s)
                         continue
                 held_since = 0.0
-                chunks, self._chunks = self._chunks, []
-                if chunks:
-                    yield self._decode_events(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+                if held:
+                    with self._lock:
+                        batch = self._take()
+                    yield batch
                     last_yield = time.monotonic()
                     # A fixed cadence, also when busy: fewer, larger batches cost less
                     # per event in numpy than a loop spinning on small ones.
@@ -633,10 +566,15 @@ class EbpfSource:
     # --- internals -------------------------------------------------------------
 
     def _consume(self) -> None:
-        if self._ring is not None:
-            data = self._ring.read()
-            if data:
-                self._chunks.append(data)
+        if self._mapped:
+            self._ring.poll()  # the core copies what the kernel finished, then frees its space
+
+    def _core_ring(self) -> Any:
+        if self._ring is None:
+            from tracer import _core  # type: ignore[attr-defined]  # the compiled core, no stub
+
+            self._ring = _core.EbpfRing(event_layout(self.snaplen), HEADER_LEN, len(self._labels.hops))
+        return self._ring
 
     def _flush_cpus(self) -> None:
         for cpu in self._cpus:
@@ -675,68 +613,32 @@ class EbpfSource:
         return self._decode_events(b"".join(parts))
 
     def _decode_events(self, buf: bytes) -> ObsBatch:
-        """Hop events back to back (what RingReader.read returns) -> one batch."""
-        import numpy as np
+        """Hop events back to back (a ring's records' contents) -> one batch."""
+        self._core_ring().push(buf)
+        return self._take()
 
-        from tracer import _core
+    def _take(self) -> ObsBatch:
+        """The events the core holds, decoded (caller holds the lock or is the only user).
 
-        ev_size = self._ev_size
-        ev = np.frombuffer(buf, dtype=self._dtype)
-        n = len(ev)
-        rows = np.zeros(n, dtype=self._obs_dtype)
-        rows["ts_ns"] = self._utc().to_utc(ev["ts_ns"])  # bpf_ktime_get_ns is CLOCK_MONOTONIC
-        rows["skb"] = ev["skb"]
-        rows["netns"] = ev["netns"]
-        rows["ifindex"] = ev["ifindex"]
-        if self._dir_of_kind is None:
-            self._dir_of_kind = _dir_lut()
-        # one table gather; a kind that is no HopKind (a C/Python mismatch) is Dir.UNKNOWN
-        rows["dir"] = self._dir_of_kind[ev["kind"]]
-        rows["source"] = int(Src.EBPF)
-        rows["drop_reason"] = ev["drop_reason"]
-        rows["wire_len"] = ev["wire_len"]
-        cap = ev["cap_len"].astype(np.uint32)
-        offs = np.arange(n, dtype=np.uint64) * np.uint64(ev_size) + np.uint64(self._frame_off)
-        rows["frame_off"] = offs
-        rows["frame_len"] = cap
-        rows["hop"] = self._hop_indexes(ev)
-        # Frames with no mac header (mac_len < 14) start at L3: raw IP (LINKTYPE_RAW).
-        eth = ev["mac_len"] >= 14
-        # one link type for the whole batch when it is one (the usual case)
-        lts = LINKTYPE_ETHERNET if eth.all() else np.where(eth, np.uint32(LINKTYPE_ETHERNET), np.uint32(LINKTYPE_RAW))
-        _core.decode_into(rows, buf, offs, cap, lts)
+        The core stamps them in UTC with the clock's current function, and gives each
+        (netns, ifindex, ifname, link type) it had not seen the next hop index at once:
+        those labels are named here, before the batch leaves (no row waits for a name)."""
+        ring = self._core_ring()
+        knots = self._utc().knots()  # bpf_ktime_get_ns is CLOCK_MONOTONIC
+        if knots != self._clock_knots:
+            ring.set_clock(*knots)
+            self._clock_knots = knots
+        rows, frames, misses = ring.take()
+        for index, netns, ifindex, ifname, linktype in misses:
+            if self._new_label(netns, ifindex, ifname, linktype) != index:
+                raise RuntimeError(f"hop label {index} out of step with the core's table")
         return ObsBatch(
             rows=rows,
             hops=self._labels.hops,
-            frames=buf,
+            frames=frames,
             now_ns=None,
             drop_reasons=self.layout.drop_reasons if self.layout else {},
         )
-
-    def _hop_indexes(self, ev: Any) -> Any:
-        """Row -> index into the hop table, one dict lookup per distinct (netns, ifindex, link type)."""
-        import numpy as np
-
-        raw = (ev["mac_len"] < 14).astype(np.uint64)  # frames that start at L3 (no mac header)
-        # ifindex is a positive int (< 2**31), so it and the raw bit share the low 32 bits
-        key = ((ev["netns"].astype(np.uint64) << np.uint64(32))
-               | ((ev["ifindex"].astype(np.uint64) & np.uint64(0x7FFFFFFF)) << np.uint64(1)) | raw)
-        uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-        labels = self._labels
-        hops = []
-        # one name per distinct key, from its first row (S16 drops trailing NULs)
-        names = np.ascontiguousarray(ev["ifname"][first]).view("S16").ravel().tolist()
-        for k, name in zip(uniq.tolist(), names, strict=True):
-            netns, ifindex = k >> 32, (k >> 1) & 0x7FFFFFFF
-            linktype = LINKTYPE_RAW if k & 1 else LINKTYPE_ETHERNET
-            # the kernel keeps stale bytes after the NUL of a renamed device (veth -> eth0)
-            ifname = name.split(b"\0", 1)[0]
-            lk = (netns, ifindex, ifname, linktype)
-            hop = labels.index.get(lk)
-            if hop is None:
-                hop = self._new_label(netns, ifindex, ifname, linktype)
-            hops.append(hop)
-        return np.array(hops, dtype=np.uint32)[inverse]
 
     def _new_label(self, netns: int, ifindex: int, ifname: bytes, linktype: int) -> int:
         namer = self._namer
@@ -749,19 +651,7 @@ class EbpfSource:
         iface = ifname.decode("ascii", "replace") or (f"if{ifindex}" if ifindex else "?")
         labels = self._labels
         labels.hops.append(HopLabel(node=node, iface=iface, netns=netns, ifindex=ifindex, linktype=linktype))
-        hop = len(labels.hops) - 1
-        labels.index[(netns, ifindex, ifname, linktype)] = hop
-        return hop
-
-
-def _dir_lut() -> Any:
-    """kind byte -> Dir value (HopKind values are Dir values; anything else is Dir.UNKNOWN)."""
-    import numpy as np
-
-    lut = np.zeros(256, dtype=np.uint8)
-    for k in HopKind:
-        lut[int(k)] = int(k)
-    return lut
+        return len(labels.hops) - 1
 
 
 def _online_cpus() -> list[int]:

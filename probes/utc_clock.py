@@ -106,6 +106,11 @@ class MonoToUtc:
             del self._km[: len(self._km) - KEEP_KNOTS]
             del self._ko[: len(self._ko) - KEEP_KNOTS]
 
+    def knots(self) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+        """The function as ``(base, knot times, knot offsets)``: what the core converts with
+        (``tracer._core.EbpfRing.set_clock``), equal to ``to_utc`` to the nanosecond."""
+        return self._base, tuple(self._km), tuple(self._ko)
+
     def maybe_resample(self, now_mono: int) -> None:
         """Re-sample once a ``resample_ns`` has passed since the last one."""
         if now_mono >= self._next:

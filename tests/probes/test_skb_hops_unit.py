@@ -166,7 +166,8 @@ def _fake_ring(tmp_path: Path, data_size: int, records: list[tuple[int, bytes]],
 
 
 def test_ring_reader_joins_events_skips_discarded_and_stops_at_busy(tmp_path: Path) -> None:
-    from probes.skb_hops import RingReader
+    from probes.skb_hops import event_layout
+    from tracer import _core
 
     size = ctypes.sizeof(HopEvent)
     evs = [bytes([i]) * size for i in range(5)]
@@ -178,15 +179,18 @@ def test_ring_reader_joins_events_skips_discarded_and_stops_at_busy(tmp_path: Pa
         (busy, _record_raw(evs[4])),  # reserved, not submitted: it and what follows wait
     ]
     f, prod = _fake_ring(tmp_path, 1 << 16, records, cons=4096)
-    ring = RingReader(f.fileno(), 1 << 16, size)
+    ring = _core.EbpfRing(event_layout(128), HEADER_LEN)
+    ring.open(f.fileno(), 1 << 16)
     try:
-        assert ring.read() == evs[0] + evs[1] + evs[3]
+        assert ring.poll() == 3
+        assert ring.take()[1] == evs[0] + evs[1] + evs[3]
         # the consumer position now points at the busy record; nothing more until it is submitted
         f.seek(0)
         consumed = struct.unpack("<Q", f.read(8))[0]
         busy_at = 4096 + sum((len(p) + 8 + 7) & ~7 for _, p in records[:3])
         assert (consumed, busy_at < prod) == (busy_at, True)
-        assert ring.read() == b""
+        assert ring.poll() == 0
+        assert ring.take()[1] == b""
     finally:
         ring.close()
         f.close()

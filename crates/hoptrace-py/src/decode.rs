@@ -17,7 +17,7 @@ use pyo3::types::{PyBytes, PyDict};
 /// `OBS_DTYPE` as numpy describes it, built once from the core's layout.
 static OBS_DESCR: PyOnceLock<Py<PyArrayDescr>> = PyOnceLock::new();
 
-fn obs_descr(py: Python<'_>) -> PyResult<&Bound<'_, PyArrayDescr>> {
+pub(crate) fn obs_descr(py: Python<'_>) -> PyResult<&Bound<'_, PyArrayDescr>> {
     let descr = OBS_DESCR.get_or_try_init(py, || -> PyResult<_> {
         let spec = PyDict::new(py);
         spec.set_item("names", LAYOUT.iter().map(|f| f.0).collect::<Vec<_>>())?;
