@@ -14,9 +14,8 @@ does not favour one of them):
 * ``tcpdump``: the peer — one ``tcpdump -p -n -s 128 -B 32768 -w /dev/null`` per
   interface (entered with nsenter); captured and dropped from its exit summary;
 * ``taps``:    ``TapSource`` in a child process, every frame decoded into rows
-  (what the engine receives); drops from PACKET_STATISTICS (lost_events);
-* ``taps-raw``: the same taps, ring reads only (no reordering, no decoding): the
-  capture loop's own cost (``--peers tcpdump,taps,taps-raw,live`` to include it);
+  (what the engine receives: the core's reader maps the rings, reorders and decodes
+  in a thread of its own); drops from PACKET_STATISTICS (lost_events);
 * ``live``:    ``hoptrace live --backend pcap --json`` (taps + correlator + NDJSON);
   observations and lost_events from its stats line.
 
@@ -28,8 +27,8 @@ limit shows). ``--cpus shared``: nothing pinned; the capturer's CPU is taken fro
 the sender, so at "max" a costlier capturer sees a slower sender. Other processes on
 the box are not pinned: under background load a busy capturer on CPU 1 pushes them to
 CPU 0, so even split, the sender's rate falls with the capturer's CPU (measured with a
-load average of ~4: taps-raw 6% of a core -> 0.90-0.94 of tcpdump's rate, taps 14% ->
-0.75-0.77, live 76% -> 0.46-0.51, nobody dropping).
+load average of ~4, before the core read the rings: taps 14% of a core -> 0.75-0.77 of
+tcpdump's rate, live 76% -> 0.46-0.51, nobody dropping).
 
 Per run: the sender's own rate (sent/s, and its CPU from iperf3) and whether it
 reached the offered rate, sightings/s captured and the share of the 4 per packet,
@@ -129,17 +128,14 @@ class Tcpdump:
 class Taps:
     name = "taps"
 
-    def __init__(self, ifaces: list[str], workdir: str, pin: list[str], raw: bool = False) -> None:
+    def __init__(self, ifaces: list[str], workdir: str, pin: list[str]) -> None:
         self.ifaces = ifaces
         self.pin = pin
-        self.raw = raw
-        self.name = "taps-raw" if raw else "taps"
         self.ready = os.path.join(workdir, f"taps-{uuid.uuid4().hex[:6]}")
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
-        mode = "raw" if self.raw else "rows"
-        self.proc = subprocess.Popen([*self.pin, PYTHON, __file__, "--child", mode, self.ready, *self.ifaces],
+        self.proc = subprocess.Popen([*self.pin, PYTHON, __file__, "--child", "rows", self.ready, *self.ifaces],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_file(self.ready, self.proc)
         time.sleep(0.2)  # the capture loop is running (imports done)
@@ -192,55 +188,19 @@ class Live:
 def child(mode: str, ready: str, ifaces: list[str]) -> int:
     """The taps peer: count sightings until SIGINT, then print one JSON line.
 
-    ``rows``: TapSource.batches(), every frame decoded (what the engine gets);
-    ``raw``: only the ring reads (the same taps, poll + copy, the tpacket headers parsed
-    every batch_ms as the source's consumer does; no reordering or decoding),
-    to tell the capture loop's cost from the decoder's."""
-    import select
-
+    ``rows``: TapSource.batches(), every frame decoded (what the engine gets)."""
     from tracer.sources.taps import TapSource
 
+    if mode != "rows":
+        raise SystemExit(f"unknown child mode {mode!r}")
     src = TapSource(ifaces, notices=lambda _m: None)
     n = 0
-    if mode == "rows":
-        src.start()
-        signal.signal(signal.SIGINT, lambda *_: src.stop())
-        Path(ready).write_text("ready\n")
-        for batch in src.batches():
-            n += len(batch)
-        lost = src.lost_events
-    else:
-        # The same taps, opened without the source's reader thread; numpy imported now, as
-        # the source's start() does (~70 ms that are start-up, not capture work).
-        import numpy  # noqa: F401
-
-        from tracer.sources.taps import parse_rounds, take_round
-        from tracer.topology import Topology
-
-        taps = [src._open(spec) for spec in src._wanted(Topology.discover(nat=False), strict=True)]
-        stop: list[bool] = []
-        signal.signal(signal.SIGINT, lambda *_: stop.append(True))
-        Path(ready).write_text("ready\n")
-        poller = select.poll()
-        for tap in taps:
-            poller.register(tap.fd, select.POLLIN)
-        rounds: list[Any] = []
-        last_parse = time.monotonic()
-        while not stop:
-            if poller.poll(src.poll_ms):
-                time.sleep(src.drain_ms / 1000)
-                r = take_round(taps)
-                if r is not None:
-                    rounds.append(r)
-            if time.monotonic() - last_parse >= src.batch_ms / 1000:
-                # What the source's consumer does with the rounds before reordering.
-                chunk = parse_rounds(rounds)
-                n += len(chunk.ts) if chunk is not None else 0
-                rounds, last_parse = [], time.monotonic()
-        chunk = parse_rounds(rounds)
-        n += len(chunk.ts) if chunk is not None else 0
-        lost = sum(t.close() for t in taps)
-    print(json.dumps({"captured": n, "lost": lost}))
+    src.start()
+    signal.signal(signal.SIGINT, lambda *_: src.stop())
+    Path(ready).write_text("ready\n")
+    for batch in src.batches():
+        n += len(batch)
+    print(json.dumps({"captured": n, "lost": src.lost_events}))
     return 0
 
 
@@ -311,7 +271,7 @@ def summarize(results: list[dict[str, Any]], peers: list[str], rates: list[int])
             print(f"{name:8} lossless rate {med['rate']:9.0f} sightings/s (offered {pps or 'max'}, sender "
                   f"{med['sent_rate']:.0f} pkt/s), cpu {med['cpu_per_100k']:.1f}% of a core per 100k/s")
     base = best.get("tcpdump")
-    for name in ("taps", "taps-raw", "live"):
+    for name in ("taps", "live"):
         b = best.get(name)
         if base is None or b is None:
             continue
@@ -353,6 +313,7 @@ def main() -> int:
     cap_pin = ["taskset", "-c", "1"] if split else []
     peers = args.peers.split(",")
     rates = [int(r) for r in args.rates.split(",")]
+    load0 = os.getloadavg()
     lab = Lab("netns", f"hoptest-tb{uuid.uuid4().hex[:6]}")
     lab.up()
     results: list[dict[str, Any]] = []
@@ -370,7 +331,6 @@ def main() -> int:
                         cap: Any = {
                             "tcpdump": lambda: Tcpdump([(s.netns_path, s.ifname) for s in specs], cap_pin),
                             "taps": lambda: Taps(ifaces, workdir, cap_pin),
-                            "taps-raw": lambda: Taps(ifaces, workdir, cap_pin, raw=True),
                             "live": lambda: Live(ifaces, workdir, cap_pin)}[name]()
                         cap.start()
                         t0 = time.monotonic()
@@ -394,10 +354,14 @@ def main() -> int:
                         print(f"{name:8} offered {pps or 'max':>6} pps  sent {res['sent_rate']:7.0f} pps"
                               f"{short} (sender cpu {sender_cpu:3.0f}%)  captured {res['rate']:7.0f}/s "
                               f"({res['captured'] / max(4 * sent, 1):.3f} of 4/pkt)  drops {res['dropped']:6d}  "
-                              f"cpu {res['cpu_pct']:5.1f}% ({res['cpu_per_100k']:5.1f}% per 100k/s)", flush=True)
+                              f"cpu {res['cpu_pct']:5.1f}% ({res['cpu_per_100k']:5.1f}% per 100k/s)  "
+                              f"load {os.getloadavg()[0]:.1f}", flush=True)
     finally:
         lab.down()
     summarize(results, peers, rates)
+    load1 = os.getloadavg()
+    print(f"load average (1/5/15 min) at start {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, "
+          f"at end {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f} on {os.cpu_count()} CPUs")
     return 0
 
 

@@ -1,5 +1,7 @@
 """Pure parts of tracer.sources.taps: which filters may go into the kernel, libpcap compilation,
-``--iface`` resolution. No root, no sockets."""
+``--iface`` resolution; and the core's ring-block reading and reorder window
+(``_core.TapReorder``, what ``_core.TapReader`` runs on every ring) against the Python oracle
+(tests/reference/taps.py), row for row and byte for byte. No root, no sockets."""
 
 from __future__ import annotations
 
@@ -131,7 +133,7 @@ def test_resolve_ambiguous_node_asks_for_the_inode() -> None:
 def _chunk(hop: int, ts: list[int], frames: list[bytes], rank: list[int] | None = None) -> Any:
     import numpy as np
 
-    from tracer.sources.taps import _Chunk
+    from tests.reference.taps import _Chunk
 
     lens = np.array([len(f) for f in frames], dtype=np.uint32)
     return _Chunk(hop=np.full(len(ts), hop, dtype=np.uint32), ts=np.array(ts, dtype=np.uint64),
@@ -144,8 +146,8 @@ def _chunk(hop: int, ts: list[int], frames: list[bytes], rank: list[int] | None 
 def test_reorder_releases_in_time_order_with_their_frames() -> None:
     import numpy as np
 
+    from tests.reference.taps import _Reorder
     from tracer.model import obs_dtype
-    from tracer.sources.taps import _Reorder
 
     hops = [HopLabel("host", "eth0", 1, 2), HopLabel("host", "docker0", 1, 3)]
     ro = _Reorder(np, obs_dtype(), delay_ns=10)
@@ -169,8 +171,8 @@ def test_reorder_breaks_timestamp_ties_by_rank() -> None:
     (port before bridge on rx) decides, whatever order the taps were drained in."""
     import numpy as np
 
+    from tests.reference.taps import _Reorder
     from tracer.model import obs_dtype
-    from tracer.sources.taps import _Reorder
 
     hops = [HopLabel("host", "docker0"), HopLabel("host", "veth1")]
     ro = _Reorder(np, obs_dtype(), delay_ns=0)
@@ -224,7 +226,7 @@ def _reference_walk(blocks: list[bytes]) -> list[tuple[int, int, bytes, int, int
     [[], [60] * 5, [], [128]],  # a retired block may hold nothing
 ])
 def test_frames_of_blocks_match_a_frame_by_frame_walk(sizes: list[list[int]]) -> None:
-    from tracer.sources.taps import _frames_of
+    from tests.reference.taps import _frames_of
 
     blocks, ns = [], 1_700_000_000_999_999_000
     for b, block_sizes in enumerate(sizes):
@@ -245,7 +247,7 @@ def test_frames_of_blocks_match_a_frame_by_frame_walk(sizes: list[list[int]]) ->
 
 
 def test_frames_of_empty_blocks_is_nothing() -> None:
-    from tracer.sources.taps import _frames_of
+    from tests.reference.taps import _frames_of
 
     blk = _tp_block([])
     assert _frames_of(blk + blk, [len(blk)] * 2, [(0, 0, 2)] * 2) is None
@@ -259,8 +261,8 @@ def test_rounds_through_the_reorder_come_out_in_time_order_with_their_bytes(via:
     rounds' buffer; chunks added one by one are joined from their spans at release."""
     import numpy as np
 
+    from tests.reference.taps import _Reorder, _Round, parse_rounds
     from tracer.model import obs_dtype
-    from tracer.sources.taps import _Reorder, _Round, parse_rounds
 
     hops = [HopLabel("host", "veth1", 1, 4), HopLabel("host", "docker0", 1, 3)]
     ranks = {0: (0, 2), 1: (2, 0)}  # (rx, tx): a port receives before its bridge
@@ -293,3 +295,168 @@ def test_rounds_through_the_reorder_come_out_in_time_order_with_their_bytes(via:
         got += [(o.ts_ns, o.ifname, o.frame) for o in batch.observations()]
     want = [(ts, hops[hop].iface, data) for ts, _, _, hop, data in sorted(expect)]
     assert got == want
+
+
+# --------------------------------------------------------------------------
+# The core's ring reading (_core.TapReorder) against the oracle (tests/reference/taps.py)
+# --------------------------------------------------------------------------
+
+
+def _fixture_frames() -> list[bytes]:
+    """Every frame of the committed fixtures (Ethernet): real packets for the decoder."""
+    from scapy.utils import RawPcapNgReader
+
+    from tests.conftest import FIXTURES
+
+    names = sorted(FIXTURES.glob("*.pcapng"))
+    assert len(names) >= 10
+    out = []
+    for path in names:
+        with RawPcapNgReader(str(path)) as r:
+            out += [bytes(data) for data, _meta in r]
+    return out
+
+
+def _strip_off(rows: Any) -> Any:
+    rows = rows.copy()
+    rows["frame_off"] = 0
+    return rows
+
+
+def _core_vs_oracle(rounds: list[list[tuple[bytes, tuple[int, int, int]]]], marks: list[int | None],
+                    hops: list[HopLabel], delay_ns: int) -> int:
+    """Feed the same ring blocks (per round: (block bytes, (hop, rx rank, tx rank)))
+    to the core's TapReorder and the oracle's _Reorder, release at ``marks[i]`` after round
+    ``i`` (None: everything) and compare every batch: rows byte for byte (frame_off apart:
+    the two lay their frame buffers out differently) and each row's frame bytes. Returns
+    how many rows came out."""
+    import numpy as np
+
+    from tests.reference.taps import _Reorder, _Round
+    from tracer import _core
+    from tracer.model import obs_dtype
+
+    dt = obs_dtype()
+    ro = _Reorder(np, dt, delay_ns)
+    core = _core.TapReorder(delay_ns)
+    table = [(h.netns, h.ifindex, h.linktype) for h in hops]
+    n = 0
+    for blocks, now in zip(rounds, marks, strict=True):
+        buf = b"".join(b for b, _ in blocks)
+        used, meta = [len(b) for b, _ in blocks], [m for _, m in blocks]
+        if blocks:
+            ro.add_rounds([_Round(buf, used, meta, 0)])
+            core.add_blocks(buf, used, meta)
+        assert len(core) == len(ro)
+        want = ro.take(hops, now)
+        rows, frames, mark = core.release(now, table, want.now_ns or 0)
+        got = rows.view(dt)
+        assert mark == want.now_ns
+        assert _strip_off(got).tobytes() == _strip_off(want.rows).tobytes()
+        assert [frames[o : o + k] for o, k in zip(got["frame_off"].tolist(), got["frame_len"].tolist(), strict=True)] \
+            == [bytes(want.frames[o : o + k])
+                for o, k in zip(want.rows["frame_off"].tolist(), want.rows["frame_len"].tolist(), strict=True)]
+        n += len(got)
+    assert len(core) == len(ro)
+    return n
+
+
+def _rounds_of(frames: list[bytes], taps: int, seed: int) -> tuple[list[list[tuple[bytes, tuple[int, int, int]]]], list[int | None]]:
+    """``frames`` spread over ``taps`` taps and several rounds of blocks of 1-40 frames,
+    timestamps rising per tap with ties across taps, both directions; a watermark per round."""
+    import random
+
+    rnd = random.Random(seed)
+    ranks = [((0, 2), (1, 1), (2, 0))[t % 3] for t in range(taps)]
+    clock = [1_700_000_000_000_000_000] * taps
+    rounds, marks, i = [], [], 0
+    while i < len(frames):
+        blocks = []
+        for _ in range(rnd.randint(0, 2 * taps)):
+            t = rnd.randrange(taps)
+            tp = []
+            for _ in range(rnd.randint(0, 40)):
+                if i == len(frames):
+                    break
+                clock[t] += rnd.choice([0, 1, 5, 1000, 3_000_000])
+                tp.append(_tp_frame(clock[t], frames[i], rnd.choice([0, 0, 4, 1, 3]), len(frames[i]) + rnd.randint(0, 9)))
+                i += 1
+            blocks.append((_tp_block(tp), (t, *ranks[t])))
+        rounds.append(blocks)
+        marks.append(max(clock) - rnd.randint(0, 6_000_000))
+    rounds.append([])
+    marks.append(None)
+    return rounds, marks
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_core_reorder_is_the_oracle_on_the_fixtures_frames(seed: int) -> None:
+    """Every fixture frame through synthetic ring blocks of three taps: the core's rows and
+    frames are the oracle's (the reference decoder's fields, time order, ranks on ties)."""
+    frames = _fixture_frames()
+    hops = [HopLabel("host", "veth1", 11, 4, 1), HopLabel("host", "docker0", 11, 3, 1),
+            HopLabel("web", "eth0", 12, 2, 1)]
+    rounds, marks = _rounds_of(frames, 3, seed)
+    assert _core_vs_oracle(rounds, marks, hops, delay_ns=2_000_000) == len(frames)
+
+
+def test_core_reorder_keeps_the_oracles_order_on_equal_keys() -> None:
+    """Equal timestamps and ranks on two taps: arrival order (tap, block, frame) decides."""
+    frames = [bytes([k]) * 60 for k in range(12)]
+    hops = [HopLabel("host", "a", 1, 1, 1), HopLabel("host", "b", 1, 2, 1)]
+    blocks = [(_tp_block([_tp_frame(500, f, 0, 60) for f in frames[6 * h : 6 * h + 6]]), (h, 1, 1)) for h in (1, 0)]
+    assert _core_vs_oracle([blocks, []], [500, None], hops, delay_ns=0) == 12
+
+
+def test_core_release_with_hops_outside_the_table_and_an_empty_window() -> None:
+    from tracer import _core
+
+    core = _core.TapReorder(0)
+    rows, frames, mark = core.release(None, [], 1234)
+    assert (len(rows), frames, mark) == (0, b"", 1234)
+    core.add_blocks(_tp_block([_tp_frame(7, b"\x00" * 60, 0, 60)]), [48 + 144], [(5, 0, 0)])
+    rows, frames, mark = core.release(None, [])
+    assert (len(rows) // 171, frames, mark) == (1, b"\x00" * 60, 7)
+
+
+def test_core_add_blocks_checks_its_arguments() -> None:
+    from tracer import _core
+
+    core = _core.TapReorder(0)
+    with pytest.raises(ValueError, match="exceed the buffer"):
+        core.add_blocks(b"\0" * 10, [11], [(0, 0, 0)])
+    with pytest.raises(ValueError, match="block metas"):
+        core.add_blocks(b"\0" * 10, [10], [])
+
+
+def _malformed(seed: int) -> bytes:
+    import random
+
+    rnd = random.Random(seed)
+    blk = bytearray(_tp_block([_tp_frame(100 + k, bytes([k]) * rnd.randint(0, 150), rnd.choice([0, 4]), 9)
+                               for k in range(rnd.randint(0, 6))]))
+    for _ in range(rnd.randint(1, 4)):
+        at = rnd.randrange(max(len(blk) - 4, 1))
+        blk[at : at + 4] = rnd.choice([0, 1, 8, 47, 48, 0xFFFF, 0xFFFFFFFF, rnd.getrandbits(32)]).to_bytes(4, "little")
+    return bytes(blk[: rnd.randint(0, len(blk))]) if rnd.random() < 0.3 else bytes(blk)
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_core_walks_a_damaged_block_as_the_oracle_does(seed: int) -> None:
+    """Block headers and frame headers overwritten with edge values, blocks cut short: the
+    core hands over exactly the frames the bounded walk (tests/reference/taps.py
+    ``walk_block``) finds, with their bytes, and never reads past the block."""
+    from tests.reference.taps import walk_block
+    from tracer import _core
+    from tracer.model import obs_dtype
+
+    blk = _malformed(seed)
+    want = walk_block(blk)
+    core = _core.TapReorder(0)
+    assert core.add_blocks(blk, [len(blk)], [(0, 1, 1)]) == len(want)
+    rows, frames, _ = core.release(None, [(1, 2, 1)], 0)
+    got = rows.view(obs_dtype())
+    key = [(t, d, f, w) for t, d, f, w in want]
+    order = sorted(range(len(key)), key=lambda k: key[k][0])  # stable: the core's release order
+    assert [(int(r["ts_ns"]), int(r["dir"]), frames[int(r["frame_off"]):][: int(r["frame_len"])], int(r["wire_len"]))
+            for r in got] == [key[k] for k in order]

@@ -33,7 +33,6 @@ from tests.unit.test_fuzz import LINKTYPES, framed
 from tracer import _core
 from tracer.errors import CaptureFileError
 from tracer.model import obs_dtype
-from tracer.sources import taps
 
 CI = settings(max_examples=int(os.environ.get("HOPTRACE_FUZZ_EXAMPLES", "100")), deadline=timedelta(seconds=20),
               database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])  # fmt: skip
@@ -193,21 +192,6 @@ def test_ebpf_source_rows_are_the_reference_decode() -> None:
     assert (rows["family"] != 0).any()
     assert [bytes(batch.frames[o : o + n]) for o, n in zip(rows["frame_off"].tolist(), rows["frame_len"].tolist(),
                                                             strict=True)] == [f for f, _ in frames]  # fmt: skip
-
-
-def test_taps_decode_is_the_reference_decode() -> None:
-    """tracer.sources.taps._decode on the taps' layout (int64 offsets into copied ring blocks, one
-    link type or one per frame)."""
-    (buf, offs, lens, lts), *_ = file_chunks(str(FIXTURES / FIXTURE_FILES[-1]))
-    o64, l32 = np.array(offs, dtype=np.int64), np.array(lens, dtype=np.uint32)
-    want = np.zeros(len(offs), DT)
-    decode_into(want, buf, offs, lens, lts)
-    got = taps._decode(buf, o64, l32, lts[0], np, DT)
-    assert got.tobytes() == want.tobytes(), first_difference(got, want)
-    mixed = [1 if k % 2 else 113 for k in range(len(offs))]
-    decode_into(want, buf, offs, lens, mixed)
-    got = taps._decode(buf, o64, l32, np.array(mixed, dtype=np.uint32), np, DT)
-    assert got.tobytes() == want.tobytes(), first_difference(got, want)
 
 
 def test_arguments_are_checked_and_nothing_is_written_on_error() -> None:

@@ -38,4 +38,5 @@ pub mod safe_text;
 pub mod synth;
 pub mod text;
 pub mod text_render;
+pub mod tpacket;
 pub mod view;

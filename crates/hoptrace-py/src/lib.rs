@@ -15,6 +15,7 @@ mod report;
 mod stages;
 mod stream;
 mod text;
+mod tpacket;
 
 /// The core's version (a stale extension shows here: compare with the package's).
 #[pyfunction]
@@ -58,5 +59,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     report::register(m)?;
     text::register(m)?;
     stream::register(m)?;
+    tpacket::register(m)?;
     Ok(())
 }
