@@ -69,6 +69,27 @@ class TableAnnotator(Protocol):
     def provisional(self, path: PacketPath) -> bool: ...
 
 
+class LocalAnswers(Protocol):
+    """Who took the packets of paths that ended locally (tracer/annotate/local.py ``LocalWorker``):
+    the core reports each key it has not seen as a miss record; ``submit`` takes a step's,
+    ``take`` hands back the answers found since, ``(slot, epoch, json, text, record)`` each,
+    off the hot path; ``settle`` waits (bounded) for what is pending, at the end of input."""
+
+    def submit(self, misses: bytes) -> None: ...
+
+    def take(self) -> list[tuple[int, int, bytes, bytes, bytes]]: ...
+
+    def settle(self, timeout_s: float) -> None: ...
+
+
+@runtime_checkable
+class RecordsLocal(Protocol):
+    """A batch hook's owner (a recorder) that keeps what ``LocalAnswers`` found: one call per
+    step that had answers, ``(record, json, text)`` each (``record``: the miss, i.e. the key)."""
+
+    def on_local(self, answers: list[tuple[bytes, bytes, bytes]]) -> None: ...
+
+
 @runtime_checkable
 class TextLines(Protocol):
     """A sink that takes the core's text (blocks and flow lines, tracer/sinks/output.py ``TextSink``)
@@ -149,8 +170,12 @@ class Engine:
         annotators: Sequence[Annotator] = (),
         count: int | None = None,
         duration_s: float | None = None,
+        local: LocalAnswers | None = None,
     ) -> None:
         self.source = source
+        self.local = local
+        #: What hears of each step's local answers besides the core (a recorder).
+        self.local_hooks: list[RecordsLocal] = []
         self.path_filter = path_filter
         self.annotators = list(annotators)
         self.count = count
@@ -208,6 +233,7 @@ class Engine:
         stream = self._stream = _core.Stream(count=None if count is None else max(count, 0),
                                              filter=self.path_filter is not None, text=text)
         feeder = _Feeder(stream, self.path_filter)
+        locals_ = _Locals(self.local, stream, self.local_hooks) if self.local is not None else None
         tables = _Tables.of(self.annotators, stream)
         annotate = _Annotated(self.annotators) if self.annotators and tables is None else None
         self._t0 = time.monotonic()
@@ -222,34 +248,45 @@ class Engine:
                     break
                 except BaseException:
                     # Print what was found before the damage, then report it.
-                    yield from self._flush(stream, annotate, tables)
+                    yield from self._flush(stream, annotate, tables, locals_)
                     raise
                 self._observations += len(batch)
                 for hook in self.batch_hooks:
                     hook(batch)
                 if tables is not None:
                     tables.refresh()
+                if locals_ is not None:
+                    locals_.answer()
                 lines = feeder.feed(batch)
                 if tables is not None:
                     tables.count()
+                if locals_ is not None:
+                    locals_.ask()
                 yield lines if annotate is None else annotate(lines)
-            yield from self._flush(stream, annotate, tables)
+            yield from self._flush(stream, annotate, tables, locals_)
         finally:
             self._t1 = time.monotonic()
             self.source.stop()
 
     @staticmethod
-    def _flush(stream: Any, annotate: _Annotated | None, tables: _Tables | None = None) -> Iterator[Lines]:
+    def _flush(stream: Any, annotate: _Annotated | None, tables: _Tables | None = None,
+               locals_: _Locals | None = None) -> Iterator[Lines]:
         """The paths still open, in slices: the end of a big input is streamed too. The last
-        slice of paths comes with the flows (the core closes them in a step of their own)."""
+        slice of paths comes with the flows (the core closes them in a step of their own).
+        Local answers still pending get a bounded wait before each slice, so the flow lines
+        carry them."""
         held: Lines | None = None
         more = True
         while more:
             if tables is not None:
                 tables.refresh()
+            if locals_ is not None:
+                locals_.answer(settle=True)
             data, index, hops, more = stream.flush_slice()
             if tables is not None:
                 tables.count()
+            if locals_ is not None:
+                locals_.ask()
             lines = Lines(data, index.reshape(-1, 3), hops.reshape(-1, 4))
             if held is not None:
                 if more or (lines.index[:, 2] == PATH_LINE).any():
@@ -259,6 +296,43 @@ class Engine:
             held = lines
         if held is not None:
             yield held if annotate is None else annotate(held)
+
+
+class _Locals:
+    """The core's local table (hoptrace_core::local) and who fills it: misses out after each
+    step, answers in before the next (never a wait on the hot path; at the end of input a
+    bounded one, ``SETTLE_S`` in all)."""
+
+    SETTLE_S = 1.0
+
+    def __init__(self, local: LocalAnswers, stream: Any, hooks: Sequence[RecordsLocal]) -> None:
+        self.local = local
+        self.stream = stream
+        self.hooks = list(hooks)
+        self._settle_left = self.SETTLE_S
+        self._asked = False
+        stream.enable_locals()
+
+    def ask(self) -> None:
+        misses = self.stream.take_local_misses()
+        if misses:
+            self._asked = True
+            self.local.submit(misses)
+
+    def answer(self, settle: bool = False) -> None:
+        if settle and self._asked and self._settle_left > 0:
+            t0 = time.monotonic()
+            self.local.settle(self._settle_left)
+            self._settle_left -= time.monotonic() - t0
+            self._asked = False
+        got = self.local.take()
+        if not got:
+            return
+        self.stream.set_locals([a[:4] for a in got])
+        if self.hooks:
+            keyed = [(a[4], a[2], a[3]) for a in got]
+            for h in self.hooks:
+                h.on_local(keyed)
 
 
 class _Feeder:
@@ -452,7 +526,7 @@ class _Annotated:
                 ct = self._flow_ct.pop(ev.id, ev.conntrack_id)
                 if ct != ev.conntrack_id:
                     ev = Flow(id=ev.id, proto=ev.proto, original=ev.original, reply=ev.reply,
-                              paths=ev.paths, conntrack_id=ct)
+                              paths=ev.paths, conntrack_id=ct, local=ev.local)
                 parts.append(flow_line(ev))
                 kinds.append(FLOW_LINE)
         encoded = [(p + "\n").encode("utf-8", "surrogatepass") for p in parts]
@@ -537,5 +611,5 @@ def _run(engine: Engine, sinks: Sequence[Sink]) -> Stats:
     return stats
 
 
-__all__ = ["Annotator", "Engine", "Event", "FramePrograms", "Lines", "NdjsonLines", "TableAnnotator", "TextLines",
-           "gc_policy", "run"]
+__all__ = ["Annotator", "Engine", "Event", "FramePrograms", "Lines", "LocalAnswers", "NdjsonLines", "RecordsLocal",
+           "TableAnnotator", "TextLines", "gc_policy", "run"]

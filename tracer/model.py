@@ -481,6 +481,9 @@ class PacketPath:
     nat: tuple[NatEvent, ...]
     verdict: Verdict
     flow: str | None = None
+    #: Who took it, when it ended in a namespace's own stack and that was known when it was
+    #: written (CONTRACT.md's ``"local"``; tracer/annotate/local.py).
+    local: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
     @classmethod
     def from_json(cls, d: dict[str, Any], extras: Sequence[Sequence[int]] = ()) -> PacketPath:
@@ -496,7 +499,7 @@ class PacketPath:
             views = tuple(Observation.from_json(h) for h in hops)
         return cls(id=d["id"], hops=views,
                    nat=tuple(NatEvent.from_json(e) for e in d["nat"]), verdict=d["verdict"],
-                   flow=d["flow"])
+                   flow=d["flow"], local=d.get("local"))
 
     @property
     def first(self) -> Observation:
@@ -525,13 +528,15 @@ class Flow:
     reply: Endpoints
     paths: tuple[str, ...]
     conntrack_id: int | None = None
+    #: Who took its packets (its original direction's, when known; CONTRACT.md's ``"local"``).
+    local: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Flow:
         """tracer/sinks/output.py ``flow_json``'s inverse."""
         return cls(id=d["id"], proto=d["proto"], original=Endpoints.from_json(d["original"]),
                    reply=Endpoints.from_json(d["reply"]), paths=tuple(d["paths"]),
-                   conntrack_id=d.get("conntrack_id"))
+                   conntrack_id=d.get("conntrack_id"), local=d.get("local"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from tracer.protocols import ReportsProgress
 
 if TYPE_CHECKING:
     from tracer.annotate.attribution import Attributor
-    from tracer.engine import Engine, Event
+    from tracer.engine import Engine, Event, LocalAnswers
     from tracer.filter import PathFilter
     from tracer.model import ObsBatch, Stats
     from tracer.protocols import Annotator, Recorder
@@ -159,6 +159,8 @@ class PipelineConfig:
     sampler: Sampler | None = None
     #: ``live --max-cpu``: percent of one core; over it the sampler's rate goes up (None: no budget).
     max_cpu_pct: float | None = None
+    #: Who took the packets of paths that ended locally (live: tracer.annotate.local.LocalWorker).
+    local: LocalAnswers | None = None
 
 
 class PipelineSource:
@@ -269,7 +271,7 @@ class Pipeline:
 
 def build(config: PipelineConfig) -> Pipeline:
     """The pipeline ``config`` describes; nothing starts until it runs."""
-    from tracer.engine import Engine
+    from tracer.engine import Engine, RecordsLocal
 
     sampler = config.sampler
     if sampler is None and config.max_cpu_pct:
@@ -281,13 +283,15 @@ def build(config: PipelineConfig) -> Pipeline:
     source = PipelineSource(config.source, started=config.source_started, path_filter=config.path_filter,
                             hold_errors=config.hold_errors, sampler=sampler)
     engine = Engine(source, path_filter=config.path_filter, annotators=config.annotators, count=config.count,
-                    duration_s=config.duration_s)
+                    duration_s=config.duration_s, local=config.local)
     if sampler is not None and config.max_cpu_pct:
         from tracer.sampling import CpuBudget
 
         engine.batch_hooks.append(CpuBudget(sampler, config.max_cpu_pct))
     if config.recorder is not None:
         engine.batch_hooks.append(config.recorder.on_batch)
+        if isinstance(config.recorder, RecordsLocal):
+            engine.local_hooks.append(config.recorder)
     progress = None
     if config.progress_label is not None and isinstance(config.source, ReportsProgress):
         from tracer.sinks.progress import FileProgress

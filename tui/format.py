@@ -11,10 +11,12 @@ other controls through to the terminal, and a ``Text`` is never parsed as markup
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from rich.text import Text
 
+from tracer.annotate.local import local_text
 from tracer.model import Endpoints, NatEvent, Observation, PacketPath
 from tracer.safe_text import term_safe
 from tracer.sinks.output import addr_port, drop_hint, endpoints_text
@@ -198,8 +200,10 @@ def _nat_lines(ev: NatEvent) -> Text:
     return line
 
 
-def path_view(path: PacketPath, flow_id: str | None = None, role: str | None = None) -> Text:
-    """The hops top to bottom; NAT between the hops it happened, drops in red."""
+def path_view(path: PacketPath, flow_id: str | None = None, role: str | None = None,
+              local: Mapping[str, Any] | None = None) -> Text:
+    """The hops top to bottom; NAT between the hops it happened, drops in red. ``local``: who
+    took it (the path's own ``"local"``, else its flow's when it is the request)."""
     out = Text()
     out.append(f"{path.id}  ", style="bold")
     out.append(f"{term_safe(path.proto)}  ")
@@ -212,6 +216,10 @@ def path_view(path: PacketPath, flow_id: str | None = None, role: str | None = N
             out.append(f" ({role})", style=flow_style(flow_id))
     out.append("\n")
     out.append(summary(path), style="bold italic")
+    local = path.local if path.local is not None else local
+    if local is not None:
+        out.append("\n→ ", style="bold")
+        out.append(local_text(local), style="bold green")
     out.append("\n\n")
     # 12 cells hold a container name (cut after that); netns:<inode> (a namespace without a
     # name, or -n) needs 16 to stay whole

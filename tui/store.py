@@ -11,6 +11,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from tracer.model import Flow, PacketPath
 from tui.format import role_of
@@ -113,6 +114,15 @@ class PathStore:
             role = role_of(path, flow.original)
             self._role[path.id] = role
         return fid, role
+
+    def local_of(self, path: PacketPath) -> dict[str, Any] | None:
+        """Who took ``path``: its own ``"local"``, else its flow's when it delivered the flow's
+        request (the flow line came later and knew)."""
+        if path.local is not None or path.verdict != "delivered":
+            return path.local
+        fid, role = self.flow_of(path)
+        flow = self.flows.get(fid) if fid is not None else None
+        return flow.local if flow is not None and role == "request" else None
 
     def find(self, start_row: int, pred: Callable[[PacketPath], bool], *, older: bool = True) -> int | None:
         """The next row after ``start_row`` whose path matches (older = down the table)."""

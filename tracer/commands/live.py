@@ -30,7 +30,9 @@ from tracer.safe_text import term_safe
 
 if TYPE_CHECKING:
     from probes.skb_hops import EbpfSource
+    from tracer.annotate.local import LocalWorker
     from tracer.sources.taps import TapSource
+    from tracer.topology import Topology
 
 #: -s 0 (tcpdump's "the maximum"): per backend; eBPF's is probes.skb_hops.max_snaplen().
 SNAPLEN_MAX = 65535
@@ -236,10 +238,12 @@ def run(args: argparse.Namespace) -> int:
         annotators: list[Annotator] = [attributor]
         if rules is not None:
             annotators.append(rules)
+        local = _local_worker(topo)
+        stack.callback(local.close)
         pipeline = build(PipelineConfig(source, source_started=True, path_filter=path_filter,
                                         annotators=tuple(annotators), recorder=rec, count=args.count,
                                         duration_s=args.duration, sampler=sampler,
-                                        max_cpu_pct=args.max_cpu or None))
+                                        max_cpu_pct=args.max_cpu or None, local=local))
         stopper.attach(pipeline)
         if _want_tui(args):
             from tracer.sinks.output import tui_color
@@ -258,6 +262,17 @@ def run(args: argparse.Namespace) -> int:
             pipeline.run([sink])
     sys.stdout.flush()
     return 0
+
+
+def _local_worker(topo: Topology) -> LocalWorker:
+    """Who took the packets that ended locally (tracer.annotate.local), looked up off the hot
+    path; container names from the topology's Docker API, lab node names otherwise."""
+    from tracer.annotate.local import LocalLookup, LocalWorker
+    from tracer.sources.names import NodeNamer
+
+    namer = NodeNamer()
+    containers = {c.netns: c.name for c in topo.containers if c.netns and c.name}
+    return LocalWorker(LocalLookup(containers=lambda: containers, names=namer.known))
 
 
 def _recorder_factory(args: argparse.Namespace) -> Callable[[], Recorder]:

@@ -33,6 +33,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol, TextIO
 
+from tracer.annotate.local import local_text
 from tracer.model import (
     ConntrackRef,
     Endpoints,
@@ -128,12 +129,15 @@ def nat_json(ev: NatEvent, hops: Sequence[Observation] = ()) -> dict[str, Any]:
 
 def path_json(path: PacketPath) -> dict[str, Any]:
     """One path as CONTRACT.md's NDJSON object."""
-    return {
+    d: dict[str, Any] = {
         "type": "path", "id": path.id, "flow": path.flow, "proto": path.proto,
         "verdict": path.verdict,
         "hops": [_hop_json(h) for h in path.hops],
         "nat": [nat_json(ev, path.hops) for ev in path.nat],
     }  # fmt: skip
+    if path.local is not None:
+        d["local"] = path.local
+    return d
 
 
 _dumps = json.JSONEncoder(separators=(", ", ": ")).encode  # what json.dumps writes
@@ -152,6 +156,8 @@ def flow_json(flow: Flow) -> dict[str, Any]:
     }  # fmt: skip
     if flow.conntrack_id is not None:
         d["conntrack_id"] = flow.conntrack_id
+    if flow.local is not None:
+        d["local"] = flow.local
     return d
 
 
@@ -446,7 +452,8 @@ def path_text(path: PacketPath, opts: TextOptions = PLAIN) -> str:
     if path.flow:
         head += f"  flow {term_safe(path.flow)}"
     if opts.detail < 0:
-        return head + "  " + _route_text(path, color)
+        route = head + "  " + _route_text(path, color)
+        return route if path.local is None else f"{route}  {local_text(path.local)}"
     by_hop: dict[int, list[NatEvent]] = {}
     for ev in path.nat:
         by_hop.setdefault(ev.to_hop, []).append(ev)
@@ -472,6 +479,8 @@ def path_text(path: PacketPath, opts: TextOptions = PLAIN) -> str:
         for ev in by_hop.get(i, ()):
             line += f"\n        {nat_text(ev, path.hops, color)}"
         lines.append(line.rstrip())
+    if path.local is not None:
+        lines.append(f"     {local_text(path.local)}")
     return "\n".join(lines)
 
 
@@ -493,8 +502,9 @@ def _route_text(path: PacketPath, color: bool) -> str:
 
 def flow_text(flow: Flow) -> str:
     ct = f"  ct {flow.conntrack_id}" if flow.conntrack_id is not None else ""
+    local = "" if flow.local is None else f"  {local_text(flow.local)}"
     return term_safe(f"{flow.id}  {flow.proto}  {endpoints_text(flow.original)}  "
-                     f"reply {endpoints_text(flow.reply)}  paths {' '.join(flow.paths)}") + ct
+                     f"reply {endpoints_text(flow.reply)}  paths {' '.join(flow.paths)}") + ct + local
 
 
 def stats_text(stats: Stats) -> str:

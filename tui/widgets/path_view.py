@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from rich.text import Text
@@ -31,8 +32,9 @@ class PathView(VerticalScroll):
     def compose(self) -> ComposeResult:
         yield self.body
 
-    def show(self, path: PacketPath | None, flow_id: str | None = None, role: str | None = None) -> None:
+    def show(self, path: PacketPath | None, flow_id: str | None = None, role: str | None = None,
+             local: Mapping[str, Any] | None = None) -> None:
         if path is not None and self.numeric:
             path = numeric_path(path)
-        self.body.update(EMPTY if path is None else path_view(path, flow_id, role))
+        self.body.update(EMPTY if path is None else path_view(path, flow_id, role, local))
         self.border_title = f"path {path.id}" if path is not None else "path"

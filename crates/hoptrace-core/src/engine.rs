@@ -227,6 +227,16 @@ impl Engine {
         self.learner.finisher.notes_mut()
     }
 
+    /// Say who took the packets of paths that ended locally (crate::local).
+    pub fn enable_locals(&mut self) {
+        self.learner.finisher.enable_locals();
+    }
+
+    /// The table of who took what (crate::local), when enabled.
+    pub fn locals_mut(&mut self) -> Option<&mut crate::local::Locals> {
+        self.learner.finisher.locals_mut()
+    }
+
     /// Hand each shown path and closed flow to `sink` too (`lines`: keep writing NDJSON;
     /// see [`PathFinisher::set_sink`]).
     pub fn set_sink(&mut self, sink: Box<dyn PathSink>, lines: bool) {
@@ -314,10 +324,14 @@ impl Engine {
         let before = self.learner.finisher.paths();
         let (joiner, out, learner) = (&mut self.joiner, &mut self.out, &mut self.learner);
         joiner.flush_with(Some(self.flush_slice), out, learner);
-        if joiner.open_paths() == 0 {
+        let finished = learner.finisher.paths() != before;
+        // Who took the last paths' packets (crate::local) is asked after this slice: their
+        // flows close at the next one, so that their lines can say it.
+        let wait_locals = finished && learner.finisher.locals_mut().is_some();
+        if joiner.open_paths() == 0 && !wait_locals {
             learner.finisher.close_flows();
         }
-        let more = learner.finisher.paths() != before;
+        let more = finished;
         if !more {
             learner.finisher.take_flows(joiner.clock());
         }

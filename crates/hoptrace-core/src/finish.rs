@@ -30,6 +30,7 @@ use crate::correlate::FinishedPath;
 use crate::flows::{ClosedFlow, Flows};
 use crate::labels::Labels;
 use crate::learned::{Links, Owners};
+use crate::local::{ends_locally, Locals};
 use crate::nat::{infer_nat, verdict, NatEvent, Verdict};
 use crate::obs::Obs;
 use crate::render::{push_path_line, push_path_line_noted, push_stats_line};
@@ -97,6 +98,10 @@ fn push_path(
     }
 }
 
+/// A step's shown path as judged: (number, index in its step, flow, verdict, the key of
+/// who took its packet when it ended locally: crate::local).
+type Judged = (u64, usize, Option<u64>, Verdict, Option<u64>);
+
 /// Finished paths in, NDJSON (or text) out. See the module documentation for the protocol.
 #[derive(Debug)]
 pub struct PathFinisher {
@@ -111,7 +116,7 @@ pub struct PathFinisher {
     step_lines: Vec<(u64, usize, usize)>,
     scratch: Vec<u8>,
     /// `finish_step`'s shown paths: (number, index in its step, flow, verdict).
-    judged: Vec<(u64, usize, Option<u64>, Verdict)>,
+    judged: Vec<Judged>,
     out: Vec<u8>,
     paths: u64,
     sink: Option<Box<dyn PathSink>>,
@@ -267,7 +272,7 @@ impl PathFinisher {
     /// path teaches what any path teaches (links, its flow) but writes no line, is not
     /// counted, and its flow does not list it.
     pub fn finish_shown(&mut self, num: u64, hops: &[Obs], shown: bool) {
-        let Some((flow, v)) = self.judge(num, hops, shown, None) else {
+        let Some((flow, v, local)) = self.judge(num, hops, shown, None) else {
             return;
         };
         if !shown {
@@ -298,6 +303,9 @@ impl PathFinisher {
             &self.nat,
             labels,
         );
+        if let Some(handle) = local {
+            self.patch_local(start, handle, None);
+        }
         self.step_lines.push((num, start, self.out.len()));
     }
 
@@ -338,16 +346,16 @@ impl PathFinisher {
                 (Some(i), Some(notes)) => notes.conntrack_of(i),
                 _ => None,
             };
-            if let Some((flow, v)) = self.judge(p.num, hops, shown, ct) {
+            if let Some((flow, v, local)) = self.judge(p.num, hops, shown, ct) {
                 if shown {
-                    judged.push((p.num, k, flow, v));
+                    judged.push((p.num, k, flow, v, local));
                 }
             }
         }
         if !judged.windows(2).all(|w| w[0].0 <= w[1].0) {
             judged.sort_by_key(|j| j.0); // stable: equal numbers stay in finishing order
         }
-        for &(num, k, flow, v) in &judged {
+        for &(num, k, flow, v, local) in &judged {
             let Some(hops) = paths.get(k).and_then(|p| obs.get(p.start..p.end)) else {
                 continue;
             };
@@ -355,6 +363,8 @@ impl PathFinisher {
             infer_nat(hops, &self.labels, &mut self.nat);
             let note = self.step_notes.get(k).copied().flatten();
             let mut written = false;
+            let line_start = self.out.len();
+            let mut local_label = None;
             if let (Some(i), Some(notes), true) = (note, self.notes.as_mut(), self.lines) {
                 if let Some(nn) = notes.apply(
                     i,
@@ -388,6 +398,7 @@ impl PathFinisher {
                             &opts,
                         ),
                     }
+                    local_label = self.noted_hops.last().map(|h| h.hop);
                     written = true;
                 }
             }
@@ -400,6 +411,10 @@ impl PathFinisher {
                     &self.nat,
                     &self.labels,
                 );
+                written = true;
+            }
+            if let (Some(handle), true) = (local, written) {
+                self.patch_local(line_start, handle, local_label);
             }
             if let Some(sink) = &mut self.sink {
                 let p = ShownPath {
@@ -414,6 +429,43 @@ impl PathFinisher {
             self.paths += 1;
         }
         self.judged = judged;
+    }
+
+    /// The path line or block just written at `out[start..]` with who took its packet,
+    /// when the answer is in (crate::local); `label` names the node (None: the key's).
+    fn patch_local(&mut self, start: usize, handle: u64, label: Option<u32>) {
+        let Some(locals) = self.flows.locals() else {
+            return;
+        };
+        match self.cfg.format {
+            Format::Ndjson => locals.patch_json(start, &mut self.out, handle, label, &self.labels),
+            Format::Text(opts) => {
+                let (gap, own_line) = if opts.detail < 0 {
+                    (b"\n".as_slice(), false)
+                } else {
+                    (b"\n\n".as_slice(), true)
+                };
+                locals.patch_text(
+                    start,
+                    &mut self.out,
+                    handle,
+                    label,
+                    &self.labels,
+                    gap,
+                    own_line,
+                );
+            }
+        }
+    }
+
+    /// Say who took the packets of paths that ended locally (crate::local): Python
+    /// answers the misses ([`PathFinisher::locals_mut`]).
+    pub fn enable_locals(&mut self) {
+        self.flows.enable_locals();
+    }
+
+    pub fn locals_mut(&mut self) -> Option<&mut Locals> {
+        self.flows.locals_mut()
     }
 
     /// The smallest path number of the step that the limit hides (None: no limit applies).
@@ -444,7 +496,7 @@ impl PathFinisher {
         hops: &[Obs],
         shown: bool,
         conntrack: Option<u64>,
-    ) -> Option<(Option<u64>, Verdict)> {
+    ) -> Option<(Option<u64>, Verdict, Option<u64>)> {
         let (first, last) = (hops.first()?, hops.last()?);
         let labels = &self.labels;
         self.links.learn(hops, labels);
@@ -460,8 +512,17 @@ impl PathFinisher {
                 });
         let linked = self.links.contains(last, labels);
         let v = verdict(hops, owned, linked);
-        let flow = self.flows.assign_noted(num, first, last, shown, conntrack);
-        Some((flow, v))
+        let local = match self.flows.locals_mut() {
+            Some(locals) if shown && ends_locally(v == Verdict::Delivered, last) => {
+                locals.note(last, last.hop)
+            }
+            _ => None,
+        };
+        self.flows.set_labels(&self.labels);
+        let flow = self
+            .flows
+            .assign_local(num, first, last, shown, conntrack, local);
+        Some((flow, v, local))
     }
 
     /// The step's paths are all in: their lines go out in path-number order (the order
@@ -531,6 +592,7 @@ impl PathFinisher {
     /// flow_idle_ns` close; the lines of every flow closed since the last call follow.
     pub fn take_flows(&mut self, clock_ns: u64) {
         self.end_step();
+        self.flows.set_labels(&self.labels);
         self.flows.expire(clock_ns);
         self.flows.take(&mut self.out);
         self.hand_flows();
@@ -539,6 +601,7 @@ impl PathFinisher {
     /// End of input with no path open: every open flow closes (taken by `take_flows`).
     pub fn close_flows(&mut self) {
         self.end_step();
+        self.flows.set_labels(&self.labels);
         self.flows.close_all();
     }
 

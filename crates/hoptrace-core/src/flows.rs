@@ -15,6 +15,8 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use crate::hash::FastMap;
 
+use crate::labels::Labels;
+use crate::local::Locals;
 use crate::nat::Endpoints;
 use crate::obs::Obs;
 use crate::render::{push_flow_line, FlowLine};
@@ -62,6 +64,10 @@ struct FlowState {
     keys: Vec<FlowKey>,
     /// The conntrack entry an annotator named first for one of its paths' NAT events.
     conntrack_id: Option<u64>,
+    /// Who took its packets (crate::local): the key of the first of its shown paths that
+    /// ended locally, one of the original direction preferred; and whether it is one.
+    local: Option<u64>,
+    local_original: bool,
     /// The last sighting time of its latest path (None until its first path is counted),
     /// and when that was learnt (a counter).
     touched: Option<u64>,
@@ -100,6 +106,10 @@ pub struct Flows {
     closed: Vec<ClosedFlow>,
     /// Lines as text for people (`flow_text`) rather than NDJSON.
     text: bool,
+    /// Who took the packets that ended locally (crate::local), when asked for, and the
+    /// labels its node names come from (a copy, refreshed when they change).
+    locals: Option<Locals>,
+    labels: Labels,
 }
 
 impl Flows {
@@ -117,6 +127,28 @@ impl Flows {
             keep: false,
             closed: Vec::new(),
             text: false,
+            locals: None,
+            labels: Labels::new(),
+        }
+    }
+
+    /// Say who took the packets of paths that ended locally (crate::local).
+    pub fn enable_locals(&mut self) {
+        self.locals.get_or_insert_with(Locals::new);
+    }
+
+    pub fn locals(&self) -> Option<&Locals> {
+        self.locals.as_ref()
+    }
+
+    pub fn locals_mut(&mut self) -> Option<&mut Locals> {
+        self.locals.as_mut()
+    }
+
+    /// The labels a closing flow's `"local"` names its node from (the finisher's).
+    pub fn set_labels(&mut self, labels: &Labels) {
+        if self.locals.is_some() && self.labels.generation() != labels.generation() {
+            self.labels = labels.clone();
         }
     }
 
@@ -162,6 +194,20 @@ impl Flows {
         shown: bool,
         conntrack: Option<u64>,
     ) -> Option<u64> {
+        self.assign_local(num, first, last, shown, conntrack, None)
+    }
+
+    /// [`Flows::assign_noted`] for a path that ended locally with key `local`
+    /// ([`Locals::note`]): the flow says who took its packets.
+    pub fn assign_local(
+        &mut self,
+        num: u64,
+        first: &Obs,
+        last: &Obs,
+        shown: bool,
+        conntrack: Option<u64>,
+        local: Option<u64>,
+    ) -> Option<u64> {
         if first.family == 0 {
             return None; // ARP and other L2: no connection
         }
@@ -179,6 +225,15 @@ impl Flows {
             fs.paths.push(num);
             if let Some(ct) = conntrack {
                 fs.conntrack_id.get_or_insert(ct);
+            }
+            if let Some(l) = local {
+                if !fs.local_original {
+                    let original = Endpoints::of(first) == fs.original;
+                    if fs.local.is_none() || original {
+                        fs.local = Some(l);
+                        fs.local_original = original;
+                    }
+                }
             }
         }
         fs.assigned += 1;
@@ -215,6 +270,8 @@ impl Flows {
         let trans = flow_key(last);
         let mut fs = FlowState {
             conntrack_id: None,
+            local: None,
+            local_original: false,
             family: first.family,
             proto: first.proto,
             original: Endpoints::of(first),
@@ -272,6 +329,7 @@ impl Flows {
         } else {
             push_flow_line
         };
+        let start = self.done.len();
         write(
             &mut self.done,
             &FlowLine {
@@ -284,6 +342,21 @@ impl Flows {
                 conntrack_id: fs.conntrack_id,
             },
         );
+        if let (Some(locals), Some(handle)) = (&self.locals, fs.local) {
+            if self.text {
+                locals.patch_text(
+                    start,
+                    &mut self.done,
+                    handle,
+                    None,
+                    &self.labels,
+                    b"\n",
+                    false,
+                );
+            } else {
+                locals.patch_json(start, &mut self.done, handle, None, &self.labels);
+            }
+        }
     }
 
     /// Close the flows idle since before `clock_ns - idle_ns` (the sightings' clock).

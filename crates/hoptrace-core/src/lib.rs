@@ -23,6 +23,7 @@ pub mod flows;
 pub mod hash;
 pub mod labels;
 pub mod learned;
+pub mod local;
 pub mod meta;
 pub mod nat;
 pub mod obs;

@@ -344,6 +344,35 @@ impl Stream {
             .unwrap_or_default()
     }
 
+    /// Say who took the packets of paths that ended locally (hoptrace_core::local; the
+    /// answers come from tracer/annotate/local.py through ``take_local_misses`` and
+    /// ``set_locals``).
+    fn enable_locals(&mut self) {
+        self.core.enable_locals();
+    }
+
+    /// The keys of paths that ended locally first seen since the last call: records of
+    /// ``hoptrace_core::local::MISS_SIZE`` bytes (tracer/annotate/local.py ``MISS_DTYPE``).
+    fn take_local_misses<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        let misses = self
+            .core
+            .locals_mut()
+            .map(|l| l.take_misses())
+            .unwrap_or_default();
+        PyBytes::new(py, &misses)
+    }
+
+    /// Answers for misses: ``(slot, epoch, json, text)`` each, ``json`` the ``"local"``
+    /// object's fields after ``"node"`` and ``text`` what the text says before ``on NODE``
+    /// (UTF-8 bytes).
+    fn set_locals(&mut self, answers: Vec<(u32, u32, Vec<u8>, Vec<u8>)>) {
+        if let Some(l) = self.core.locals_mut() {
+            for (slot, epoch, json, text) in &answers {
+                l.set(*slot, *epoch, json, text);
+            }
+        }
+    }
+
     /// Sightings fed so far.
     #[getter]
     fn observations(&self) -> u64 {
