@@ -513,7 +513,7 @@ impl PathFinisher {
         let linked = self.links.contains(last, labels);
         let v = verdict(hops, owned, linked);
         let local = match self.flows.locals_mut() {
-            Some(locals) if shown && ends_locally(v == Verdict::Delivered, last) => {
+            Some(locals) if shown && ends_locally(v == Verdict::Delivered, last, &self.labels) => {
                 locals.note(last, last.hop)
             }
             _ => None,

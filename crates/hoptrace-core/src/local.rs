@@ -69,9 +69,18 @@ struct Slot {
     text: Vec<u8>,
 }
 
-/// Whether a path with this verdict and last hop ended in its namespace's own stack.
-pub fn ends_locally(delivered: bool, last: &Obs) -> bool {
-    delivered && last.family != 0 && matches!(last.dir, dir::RX | dir::DROP)
+/// Whether a path with this verdict and last hop ended in its namespace's own stack:
+/// delivered there (its last hop an rx, or a drop after it), or freed there because no
+/// socket wanted it (`NO_SOCKET`: the kernel answers a RST or a port unreachable, or a
+/// raw socket had a clone).
+pub fn ends_locally(delivered: bool, last: &Obs, labels: &Labels) -> bool {
+    if last.family == 0 {
+        return false;
+    }
+    if delivered {
+        return matches!(last.dir, dir::RX | dir::DROP);
+    }
+    last.dir == dir::DROP && labels.drop_reason(last.drop_reason) == Some("NO_SOCKET")
 }
 
 /// The table of answers and the misses Python has not been told of.
@@ -322,17 +331,23 @@ mod tests {
     }
 
     #[test]
-    fn only_delivered_paths_ending_in_rx_or_drop_end_locally() {
+    fn delivered_paths_ending_in_rx_or_drop_and_no_socket_drops_end_locally() {
         let mut labels = Labels::new();
+        labels.set_drop_reason(2, "NO_SOCKET");
+        labels.set_drop_reason(3, "NETFILTER_DROP");
         let (mut o, _) = rx(&mut labels, 1, 1);
-        assert!(ends_locally(true, &o));
-        assert!(!ends_locally(false, &o));
+        assert!(ends_locally(true, &o, &labels));
+        assert!(!ends_locally(false, &o, &labels));
         o.dir = dir::TX;
-        assert!(!ends_locally(true, &o));
+        assert!(!ends_locally(true, &o, &labels));
         o.dir = dir::DROP;
-        assert!(ends_locally(true, &o));
+        assert!(ends_locally(true, &o, &labels));
+        o.drop_reason = 3;
+        assert!(!ends_locally(false, &o, &labels));
+        o.drop_reason = 2;
+        assert!(ends_locally(false, &o, &labels));
         o.family = 0;
-        assert!(!ends_locally(true, &o));
+        assert!(!ends_locally(true, &o, &labels));
     }
 
     #[test]
