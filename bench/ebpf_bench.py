@@ -12,11 +12,18 @@ receiver's rate with no tracer (the peer) and with each tracer mode:
 * ``source``:    ``python -m probes.skb_hops`` (probes + ring + bulk decode, no correlator)
 * ``record``:    ``live`` plus ``--record`` to a file in /dev/shm (issue 8: events/s with and
                  without recording; not in the default modes)
+* ``sampled``:   ``live --sample 4`` (one packet path in 4, decided in the kernel; not default)
+* ``budget``:    ``live`` with its default CPU budget (--max-cpu 50): how far it samples under
+                 the flood rather than fall behind (not default)
 
-and prints per mode: rate, ratio to the no-tracer run, events/s, lost events,
-tracer CPU (% of one core, from /proc/<pid>/stat, and per event), start-to-ready time, and the
-kernel time per program run (BPF_ENABLE_STATS; the part of the cost that does
-not depend on how loaded the machine is).
+Every mode but ``budget`` runs with ``--max-cpu 0``: what the tracer keeps up with.
+Prints per mode: rate, ratio to the no-tracer run, events/s, lost events, sampled-out
+sightings and the final sampling rate, tracer CPU (% of one core, from /proc/<pid>/stat,
+and per event), start-to-ready time, and the kernel time per program run
+(BPF_ENABLE_STATS; the part of the cost paid on the packet path, apart from the tracer's own
+CPU): over all programs, then per program (runs/s and ns per run, read from bpf_prog_info by
+fd: probes/bpf_stats.py). The load average is printed before and after: on a shared
+machine it says how much to trust the ratios.
 Targets (issue 4): 0 lost; UDP >= 0.75, TCP >= 0.90; CPU <= 25 %; ready <= 3 s.
 """
 
@@ -24,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -40,6 +46,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from probes.bpf_stats import ProgStats, enable_stats, per_run  # noqa: E402
 from tracer.lab import Lab  # noqa: E402
 
 SERVER = "198.51.100.8"
@@ -47,38 +54,6 @@ SERVER = "198.51.100.8"
 HOPTRACE = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tracer.cli import main; sys.exit(main())"]
 PYTHON = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_SYS_BPF, _BPF_ENABLE_STATS, _BPF_STATS_RUN_TIME = 321, 32, 0
-
-
-def enable_bpf_stats() -> int:
-    """BPF_ENABLE_STATS: run_time_ns/run_cnt per program while the fd is open (refcounted, so
-    concurrent users do not disturb each other); -1 when the kernel refuses."""
-    attr = ctypes.c_uint32(_BPF_STATS_RUN_TIME)
-    fd = _libc.syscall(_SYS_BPF, _BPF_ENABLE_STATS, ctypes.byref(attr), 4)
-    return int(fd)
-
-
-def prog_ids(pid: int) -> set[int]:
-    ids = set()
-    for fd in Path(f"/proc/{pid}/fdinfo").iterdir():
-        with contextlib.suppress(OSError):
-            for line in fd.read_text().splitlines():
-                if line.startswith("prog_id:"):
-                    ids.add(int(line.split()[1]))
-    return ids
-
-
-def prog_stats(ids: set[int]) -> dict[str, tuple[int, int]]:
-    """name -> (run_time_ns, run_cnt) of the given programs."""
-    out = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True).stdout
-    stats = {}
-    for p in json.loads(out or "[]"):
-        if int(p["id"]) in ids:
-            stats[p.get("name", str(p["id"]))] = (int(p.get("run_time_ns", 0)), int(p.get("run_cnt", 0)))
-    return stats
 
 
 def cpu_s(pid: int) -> float:
@@ -100,15 +75,19 @@ class Tracer:
             for ino in lab_netns:
                 argv += ["--netns", str(ino)]
         else:
-            # no CPU budget: the bench measures what the tracer keeps up with, not what it samples
-            argv = [*HOPTRACE, "live", "--backend", "ebpf", "--json", "--ready-file", str(self.ready),
-                    "--max-cpu", "0"]
+            argv = [*HOPTRACE, "live", "--backend", "ebpf", "--json", "--ready-file", str(self.ready)]
+            if mode != "budget":
+                # no CPU budget: what the tracer keeps up with, not what it samples
+                argv += ["--max-cpu", "0"]
             for ino in lab_netns:
                 argv += ["--iface", f"netns:{ino}/eth0"]
             if mode == "filtered":
                 argv += ["--filter", f"icmp and host {SERVER}"]
             if mode == "record":
                 argv += ["--record", str(workdir / f"rec-{uuid.uuid4().hex[:6]}.pcapng")]
+            if mode == "sampled":
+                argv += ["--sample", "4"]
+
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(argv, stdout=self.out.open("wb"), stderr=subprocess.PIPE, cwd=ROOT)
         while not self.ready.exists():
@@ -117,14 +96,17 @@ class Tracer:
             time.sleep(0.01)
         self.ready_s = time.perf_counter() - t0
         self.cpu0 = cpu_s(self.proc.pid)
-        self.progs = prog_ids(self.proc.pid)
-        self.bpf0 = prog_stats(self.progs)
+        self.progs = ProgStats(self.proc.pid)
+        self.bpf0 = self.progs.read()
 
     def stop(self, window_s: float) -> dict[str, Any]:
         cpu = cpu_s(self.proc.pid) - self.cpu0
-        bpf1 = prog_stats(self.progs)
-        ns = sum(t for t, _ in bpf1.values()) - sum(t for t, _ in self.bpf0.values())
-        runs = sum(c for _, c in bpf1.values()) - sum(c for _, c in self.bpf0.values())
+        bpf1 = self.progs.read()
+        self.progs.close()
+        ns = sum(r.run_time_ns for r in bpf1.values()) - sum(r.run_time_ns for r in self.bpf0.values())
+        runs = sum(r.run_cnt for r in bpf1.values()) - sum(r.run_cnt for r in self.bpf0.values())
+        programs = {name: {"runs": n, "runs_per_s": n / window_s, "ns_per_run": per}
+                    for name, (n, per) in sorted(per_run(self.bpf0, bpf1).items())}
         self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(timeout=60)
@@ -144,8 +126,9 @@ class Tracer:
         self.out.unlink(missing_ok=True)
         events = last.get("events", last.get("observations", 0))
         return {"ready_s": self.ready_s, "cpu_pct": 100 * cpu / window_s, "cpu_s": cpu, "events": events,
-                "bpf_ns_per_run": ns / runs if runs else None, "bpf_runs": runs,
-                "lost": last.get("lost_events"), "rc": self.proc.returncode}
+                "bpf_ns_per_run": ns / runs if runs else None, "bpf_runs": runs, "bpf_programs": programs,
+                "lost": last.get("lost_events"), "sampled_out": last.get("sampled_out"),
+                "sample_rate": last.get("sample_rate"), "rc": self.proc.returncode}
 
 
 def iperf(lab: Lab, udp: bool, seconds: float) -> float:
@@ -174,7 +157,8 @@ def main() -> int:
     p.add_argument("--modes", default="live,filtered,source")
     args = p.parse_args()
     modes = args.modes.split(",")
-    stats_fd = enable_bpf_stats()
+    load0 = os.getloadavg()
+    stats_fd = enable_stats()
     lab = Lab("netns", f"hoptest-eb{uuid.uuid4().hex[:6]}")
     lab.up()
     lab_ns = [lab.netns_inode(n) for n in ("host", "inet", "client", "web")]
@@ -199,11 +183,13 @@ def main() -> int:
                 results[f"{test}/none"] = {"rate": statistics.median(bases), "runs": bases}
     finally:
         lab.down()
-        if stats_fd >= 0:
-            os.close(stats_fd)
+        os.close(stats_fd)
     unit = {"udp": ("pps", 1.0), "tcp": ("Gbit/s", 1e9)}
-    print(f"{'run':<14}{'rate':>14}{'ratio':>7}{'events/s':>11}{'lost':>7}{'cpu%':>7}{'us/ev':>7}{'ready_s':>8}"
-          f"{'bpf ns/run':>11}")
+    load1 = os.getloadavg()
+    print(f"load average: {' '.join(f'{x:.2f}' for x in load0)} before, {' '.join(f'{x:.2f}' for x in load1)} after"
+          f" ({os.cpu_count()} CPUs)")
+    print(f"{'run':<14}{'rate':>14}{'ratio':>7}{'events/s':>11}{'lost':>7}{'sampled':>10}{'1/N':>5}{'cpu%':>7}"
+          f"{'us/ev':>7}{'ready_s':>8}{'bpf ns/run':>11}")
     for key, r in sorted(results.items(), key=lambda kv: (kv[0].split("/")[0] == "tcp", "/none" not in kv[0])):
         name, scale = unit[key.split("/")[0]]
         rate = f"{r['rate'] / scale:,.{0 if scale == 1 else 2}f} {name}"
@@ -212,10 +198,17 @@ def main() -> int:
             # tracer CPU per event (includes softirq time charged to the tracer while it ran:
             # this kernel has no IRQ time accounting)
             us_ev = f"{1e6 * r['cpu_s'] / r['events']:.2f}" if r["events"] else "-"
+            sampled = "-" if r["sampled_out"] is None else f"{r['sampled_out']:,}"
             print(f"{key:<14}{rate:>14}{r['ratio']:>7.2f}{r['events_per_s']:>11,.0f}{r['lost']!s:>7}"
-                  f"{r['cpu_pct']:>7.1f}{us_ev:>7}{r['ready_s']:>8.2f}{bpf_ns:>11}")
+                  f"{sampled:>10}{r['sample_rate'] or 1!s:>5}{r['cpu_pct']:>7.1f}{us_ev:>7}{r['ready_s']:>8.2f}"
+                  f"{bpf_ns:>11}")
         else:
             print(f"{key:<14}{rate:>14}{1.0:>7.2f}")
+    print(f"\n{'run':<14}{'program':<20}{'runs/s':>12}{'ns/run':>8}   (kernel time per program run)")
+    for key, r in results.items():
+        for name, prog in r.get("bpf_programs", {}).items():
+            per = "-" if prog["ns_per_run"] is None else f"{prog['ns_per_run']:.0f}"
+            print(f"{key:<14}{name:<20}{prog['runs_per_s']:>12,.0f}{per:>8}")
     print(json.dumps(results))
     return 0
 

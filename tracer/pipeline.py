@@ -287,7 +287,7 @@ def build(config: PipelineConfig) -> Pipeline:
     if sampler is not None and config.max_cpu_pct:
         from tracer.sampling import CpuBudget
 
-        engine.batch_hooks.append(CpuBudget(sampler, config.max_cpu_pct))
+        engine.batch_hooks.append(CpuBudget(sampler, config.max_cpu_pct, lost=lambda: source.lost_events))
     if config.recorder is not None:
         engine.batch_hooks.append(config.recorder.on_batch)
         if isinstance(config.recorder, RecordsLocal):

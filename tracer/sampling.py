@@ -19,8 +19,10 @@ the stats line's ``sampled_out``, the text stats and the TUI's status bar.
 
 ``CpuBudget`` is the controller: each second it measures this process's CPU (user + system,
 every thread: ``os.times``) and, over budget while sightings arrive, doubles N (more when far
-over); well under budget for a few seconds, it halves N again, never below the ``--sample``
-the user asked for. Under budget it never changes anything.
+over); likewise when events were lost that second (the tracer fell behind: on a busy machine
+the CPU it would need may not be there even under budget). Well under budget for a few
+seconds without loss, it halves N again, never below the ``--sample`` the user asked for.
+Under budget and without loss it never changes anything.
 """
 
 from __future__ import annotations
@@ -185,18 +187,22 @@ class CpuBudget:
     """Keeps the tracer's CPU under ``max_pct`` percent of one core by sampling.
 
     Called with each batch (an engine batch hook); once per ``interval_s`` it compares the CPU
-    used since the last look with the wall time. Over budget for ``raise_after`` looks in a
-    row, while at least ``min_rate`` sightings a second arrive (sampling cannot help a process
-    busy with something else), it multiplies the sampler's rate by the next power of two of
-    used / budget (at least 2). Under ``low`` x budget for ``lower_after`` looks in a row, it
-    halves the rate, not below what was asked. Linear cost assumed, halving after doubling
+    used since the last look with the wall time. Over budget (or with events lost since the
+    last look: ``lost`` counts them) for ``raise_after`` looks in a row, while at least
+    ``min_rate`` sightings a second arrive (sampling cannot help a process busy with
+    something else), it multiplies the sampler's rate by the next power of two of used /
+    budget (at least 2). Under ``low`` x budget without loss for ``lower_after`` looks in a
+    row, it halves the rate, not below what was asked. Linear cost assumed, halving after doubling
     lands at most at ``2 * low`` x budget: with ``low`` < 0.5 it does not oscillate.
     """
 
     def __init__(self, sampler: Sampler, max_pct: float, *, interval_s: float = 1.0,
                  cpu_clock: Callable[[], float] = process_cpu_s, wall_clock: Callable[[], float] = time.monotonic,
-                 min_rate: float = 2000.0, raise_after: int = 2, low: float = 0.4, lower_after: int = 3) -> None:
+                 min_rate: float = 2000.0, raise_after: int = 2, low: float = 0.4, lower_after: int = 3,
+                 lost: Callable[[], int] | None = None) -> None:
         self.sampler = sampler
+        self._lost = lost
+        self._lost0 = 0
         self.max_pct = max_pct
         self.interval_s = interval_s
         self._cpu = cpu_clock
@@ -220,6 +226,7 @@ class CpuBudget:
         self._seen += sightings
         if self._t0 is None:
             self._t0, self._c0, self._seen = now, self._cpu(), 0
+            self._lost0 = self._lost() if self._lost is not None else 0
             return
         dt = now - self._t0
         if dt < self.interval_s:
@@ -227,14 +234,19 @@ class CpuBudget:
         cpu = self._cpu()
         pct = 100.0 * (cpu - self._c0) / dt
         per_s = self._seen / dt
+        lost = 0
+        if self._lost is not None:
+            total = self._lost()
+            lost, self._lost0 = total - self._lost0, total
         self._t0, self._c0, self._seen = now, cpu, 0
         self.last_pct = pct
-        self.judge(pct, per_s)
+        self.judge(pct, per_s, lost)
 
-    def judge(self, pct: float, per_s: float) -> None:
-        """One look's verdict: ``pct`` of a core used while ``per_s`` sightings a second came."""
+    def judge(self, pct: float, per_s: float, lost: int = 0) -> None:
+        """One look's verdict: ``pct`` of a core used while ``per_s`` sightings a second came and
+        ``lost`` events were lost."""
         s = self.sampler
-        if pct > self.max_pct:
+        if pct > self.max_pct or lost > 0:
             self._under = 0
             if per_s < self.min_rate:
                 self._over = 0

@@ -277,3 +277,25 @@ def test_looks_once_per_interval_however_many_batches() -> None:
     clocks.wall += 0.2
     budget.tick(0)
     assert 80 <= budget.last_pct <= 100
+
+
+def test_losing_events_under_budget_samples_too() -> None:
+    """Falling behind (a ring overflowing) while the CPU looks fine: the machine's CPUs are busy
+    with something else, and sampling is what keeps the tracer's paths whole."""
+    clocks = Clocks()
+    sampler = Sampler()
+    lost = [0]
+    budget = CpuBudget(sampler, 50.0, cpu_clock=lambda: clocks.cpu, wall_clock=lambda: clocks.wall,
+                       lost=lambda: lost[0])
+    lost[0] = 500  # lost before the first look: not this run's business
+    budget.tick(0)
+    _run(budget, clocks, 5, 20.0)
+    assert sampler.rate == 1
+    for _ in range(2):
+        lost[0] += 1000
+        _run(budget, clocks, 1, 20.0)
+    assert sampler.rate == 2
+    _run(budget, clocks, 2, 10.0)  # no more loss, but not long enough to lower
+    assert sampler.rate == 2
+    _run(budget, clocks, 1, 10.0)
+    assert sampler.rate == 1
