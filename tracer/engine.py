@@ -25,6 +25,7 @@ from tracer.model import Flow, HopLabel, ObsBatch, PacketPath, Stats
 if TYPE_CHECKING:
     import numpy as np
 
+    from tracer.flow_view import FlowTable
     from tracer.sinks.output import Sink, TextOptions
     from tracer.sources.base import Source
 
@@ -108,6 +109,19 @@ class NdjsonLines(Protocol):
     def on_ndjson(self, data: bytes) -> None: ...
 
 
+@runtime_checkable
+class FlowViewLines(Protocol):
+    """A sink for people that shows the flow view (tracer/flow_view.py) while paths arrive
+    faster than anyone reads, when ``wants_flow_view`` (text on a terminal): meanwhile it
+    gets no lines, and ``on_flow_view(table, reason)`` at each refresh, then once with
+    ``table`` None when single paths return."""
+
+    @property
+    def wants_flow_view(self) -> bool: ...
+
+    def on_flow_view(self, table: FlowTable | None, reason: str) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Lines:
     """One step's output: NDJSON ``data`` (each line ends with a newline) and its ``index``,
@@ -189,6 +203,11 @@ class Engine:
         self._paths_base = 0  # paths shown by earlier runs of events() (a second call)
         # The core writes text for people with these options rather than NDJSON (render_text).
         self.text: TextOptions | None = None
+        #: Aggregate every shown path per flow in the core too (tracer/flow_view.py), for
+        #: ``flow_table()``; set before ``chunks()``.
+        self.watch_flows = False
+        self.flow_clock: Callable[[], float] = time.monotonic
+        self._flow_view: Any = None
 
     def render_text(self, opts: TextOptions) -> bool:
         """Have the core write ``opts``' text instead of NDJSON lines (``chunks()``' data; no
@@ -213,6 +232,21 @@ class Engine:
         return Stats(observations=self._observations, paths=paths,
                      lost_events=int(self.source.lost_events), elapsed_s=elapsed, sampling=sampling)
 
+    def shown_paths(self) -> int:
+        """Paths shown so far (cheap: for a rate)."""
+        return self._paths_base + (0 if self._stream is None else int(self._stream.paths))
+
+    def flow_table(self, now: float, limit: int) -> FlowTable | None:
+        """The busiest ``limit`` flows over the flow view's window as of ``now`` (seconds of
+        the clock ``chunks()`` started the view with: ``time.monotonic`` unless
+        ``flow_clock`` says otherwise); None before ``chunks()`` or without ``watch_flows``.
+        From the thread that runs ``chunks()``."""
+        if self._flow_view is None:
+            return None
+        from tracer.flow_view import decode_table
+
+        return decode_table(self._flow_view.snapshot(self._stream, int(now * 1e9), limit))
+
     def _done(self) -> bool:
         if self._stop.is_set() or self._stream.done:
             return True
@@ -232,6 +266,10 @@ class Engine:
         text = None if self.text is None else (self.text.numeric, self.text.detail, self.text.color)
         stream = self._stream = _core.Stream(count=None if count is None else max(count, 0),
                                              filter=self.path_filter is not None, text=text)
+        if self.watch_flows:
+            from tracer.flow_view import WINDOW_NS
+
+            self._flow_view = _core.FlowView(stream, window_ns=WINDOW_NS, now_ns=int(self.flow_clock() * 1e9))
         feeder = _Feeder(stream, self.path_filter)
         locals_ = _Locals(self.local, stream, self.local_hooks) if self.local is not None else None
         tables = _Tables.of(self.annotators, stream)
@@ -581,8 +619,29 @@ def _run(engine: Engine, sinks: Sequence[Sink]) -> Stats:
             and engine.render_text(texts[0].text_options))
     raw = [s for s in sinks if isinstance(s, NdjsonLines)]
     objs = [s for s in sinks if not isinstance(s, NdjsonLines)]
+    flood = [s for s in sinks if isinstance(s, FlowViewLines) and s.wants_flow_view]
+    watch = None
+    if flood:
+        from tracer.flow_view import FlowWatch
+
+        watch = FlowWatch(engine, clock=engine.flow_clock)
     try:
         for lines in engine.chunks():
+            if watch is not None:
+                changed, table = watch.step()
+                if table is not None or changed:
+                    reason = watch.switch.reason()
+                    if not watch.on:
+                        reason += f"; the flow view summarised {watch.summarised:,} paths"
+                    for f in flood:
+                        f.on_flow_view(table, reason)
+                if watch.on:
+                    # The flow view's sinks get no lines meanwhile (every other sink does).
+                    texts = [t for t in texts if t not in flood]
+                    objs = [o for o in objs if o not in flood]
+                elif changed:
+                    texts = [s for s in sinks if isinstance(s, TextLines)]
+                    objs = [s for s in sinks if not isinstance(s, NdjsonLines)]
             if text:
                 if lines.data:
                     for t in texts:
@@ -611,5 +670,5 @@ def _run(engine: Engine, sinks: Sequence[Sink]) -> Stats:
     return stats
 
 
-__all__ = ["Annotator", "Engine", "Event", "FramePrograms", "Lines", "LocalAnswers", "NdjsonLines", "RecordsLocal",
-           "TableAnnotator", "TextLines", "gc_policy", "run"]
+__all__ = ["Annotator", "Engine", "Event", "FlowViewLines", "FramePrograms", "Lines", "LocalAnswers", "NdjsonLines",
+           "RecordsLocal", "TableAnnotator", "TextLines", "gc_policy", "run"]

@@ -24,13 +24,14 @@ from tracer.errors import HoptraceError
 from tracer.model import PacketPath
 from tracer.protocols import HoldsError, Recorder
 from tracer.safe_text import term_safe
-from tui.feed import EngineLike, Feed, PathFilterLike
+from tui.feed import EngineLike, Feed, FlowViewState, PathFilterLike
 from tui.heap import HeapFreezer
 from tui.messages import EngineFinished, PathsReady, SourceFailed
 from tui.screens.help import HelpScreen
 from tui.store import PathStore
 from tui.topo_text import seen_text, topology_text
 from tui.widgets.filter_bar import FilterBar
+from tui.widgets.flow_table import FlowPane
 from tui.widgets.path_table import PathHeader, PathTable
 from tui.widgets.path_view import PathView
 from tui.widgets.status_bar import Status, StatusBar
@@ -78,12 +79,19 @@ class HoptraceApp(App[None]):
         recorder_factory: Callable[[], Recorder] | None = None,
         topology: Any = None,
         numeric: bool = False,
+        flow_view: bool = False,
+        flow_clock: Callable[[], float] | None = None,
     ) -> None:
         super().__init__()
         self.numeric = numeric  # -n: namespaces by number in the path view
         self.engine = engine
         self.store = PathStore(keep)
-        self.feed = Feed(engine, keep, lambda: self.post_message(PathsReady()))
+        watch = None
+        if flow_view and hasattr(engine, "chunks"):
+            from tracer.flow_view import FlowWatch
+
+            watch = FlowWatch(engine, clock=flow_clock or time.monotonic)
+        self.feed = Feed(engine, keep, lambda: self.post_message(PathsReady()), flow_watch=watch)
         self.recorder_factory = recorder_factory
         self.topology = topology
         self.status = Status(backend=backend_name or _backend_of(engine))
@@ -111,12 +119,14 @@ class HoptraceApp(App[None]):
         self.path_view = PathView(id="path-view", numeric=self.numeric)
         self.topo_pane = TopologyPane(id="topology")
         self.status_bar = StatusBar(id="status")
+        self.flow_pane = FlowPane(id="flows")
         yield self.filter_bar
         with Horizontal(id="main"):
-            with Vertical(id="left"):
+            with Vertical(id="left") as self.left:
                 yield PathHeader(id="path-header")
                 yield self.table
                 yield self.path_view
+                yield self.flow_pane
             yield self.topo_pane
         yield Static(id="too-small")
         yield self.status_bar
@@ -188,7 +198,23 @@ class HoptraceApp(App[None]):
             self.heap.after_drain()
         if not self.status.paused:
             self._rows_changed()
+        view = self.feed.take_view()
+        if view is not None:
+            self._show_flow_view(view)
         self._refresh_status()
+
+    def _show_flow_view(self, view: FlowViewState) -> None:
+        """The worker's flow view state: the flow table instead of the paths, or back."""
+        if view.on != self.status.flow_view:
+            self.status.flow_view = view.on
+            self.left.set_class(view.on, "-flows")
+            if not view.on:
+                self.flow_pane.clear_flows()
+                self.notify(f"single paths again ({view.rate:,.0f} paths/s)", timeout=4)
+        self.status.flow_rate = view.rate
+        self.status.flow_reason = view.reason
+        if view.on and view.table is not None and not self.status.paused:
+            self.flow_pane.show(view.table, view.reason)
 
     def on_source_failed(self, msg: SourceFailed) -> None:
         self.status.error = msg.error
@@ -440,6 +466,8 @@ def make_app(
     recorder_factory: Callable[[], Recorder] | None = None,
     topology: Any = None,
     numeric: bool = False,
+    flow_view: bool = False,
+    flow_clock: Callable[[], float] | None = None,
 ) -> HoptraceApp:
     """The TUI over an engine (live or replay); ``.run()`` it on a terminal, ``.run_test()`` in tests.
 
@@ -449,7 +477,9 @@ def make_app(
     ``tracer.topology.Topology``; without it the pane shows the hops seen.
     ``filter_expr`` is the initial display filter (editable with `/`); an engine's
     ``path_filter`` is taken over as that filter when no ``count`` is set. ``numeric`` (-n)
-    shows nodes as ``netns:<inode>`` in the path view.
+    shows nodes as ``netns:<inode>`` in the path view. ``flow_view`` (live): while paths arrive
+    faster than anyone reads, the per-flow table (tracer/flow_view.py) instead of single paths;
+    ``flow_clock`` is its clock (tests drive it).
     """
     engine_filter = engine.path_filter
     if engine_filter is not None and engine.count is None and filter_expr in (None, engine_filter.expr):
@@ -458,4 +488,5 @@ def make_app(
         filter_expr = engine_filter.expr
         engine.path_filter = None
     return HoptraceApp(engine, keep=keep, backend_name=backend_name, filter_expr=filter_expr, recorder=recorder,
-                       recorder_factory=recorder_factory, topology=topology, numeric=numeric)
+                       recorder_factory=recorder_factory, topology=topology, numeric=numeric,
+                       flow_view=flow_view, flow_clock=flow_clock)

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from tracer.flow_view import FlowTable, FlowWatch
 from tracer.model import Flow, PacketPath, Stats
 
 
@@ -49,9 +50,28 @@ class EngineLike(Protocol):
     def stop(self) -> None: ...
 
 
+class FlowViewState:
+    """What the worker says of the flow view: on or off, why, and its latest table."""
+
+    __slots__ = ("on", "rate", "reason", "table")
+
+    def __init__(self, on: bool, rate: float, reason: str, table: FlowTable | None) -> None:
+        self.on = on
+        self.rate = rate
+        self.reason = reason
+        self.table = table
+
+
 class Feed:
-    def __init__(self, engine: EngineLike, keep: int, wake: Callable[[], object]) -> None:
+    """``flow_watch`` (a ``tracer.flow_view.FlowWatch`` over an engine with ``chunks()``): while
+    paths arrive faster than anyone reads, the worker builds no row views (the core's per-flow
+    table comes instead, ``take_view()``); else every path is a row view, as without it."""
+
+    def __init__(self, engine: EngineLike, keep: int, wake: Callable[[], object],
+                 flow_watch: FlowWatch | None = None) -> None:
         self.engine = engine
+        self.flow_watch = flow_watch
+        self._view: FlowViewState | None = None
         self._wake = wake
         self._lock = threading.Lock()
         self._paths: deque[tuple[PacketPath, PathFilterLike | None, bool]] = deque(maxlen=keep)
@@ -62,9 +82,40 @@ class Feed:
 
     def run(self) -> None:
         """The worker thread's body; returns when the engine ends or is stopped."""
+        if self.flow_watch is not None:
+            self._run_watched(self.flow_watch)
+            return
         for events in self.engine.events():
-            if not events:
-                continue
+            self._events(events)
+
+    def _run_watched(self, watch: FlowWatch) -> None:
+        chunks: Any = self.engine.chunks()  # type: ignore[attr-defined]
+        for lines in chunks:
+            changed, table = watch.step()
+            if changed or table is not None:
+                self._push_view(FlowViewState(watch.on, watch.switch.rate, watch.switch.reason(), table))
+            if watch.on or not len(lines.index):
+                continue  # summarised by the core's table: no row view per path
+            self._events(lines.events())
+
+    def _push_view(self, state: FlowViewState) -> None:
+        with self._lock:
+            if state.table is None and self._view is not None and self._view.on == state.on:
+                state.table = self._view.table  # a change of reason only: keep the table not yet shown
+            self._view = state
+            if self._pending:
+                return
+            self._pending = True
+        self._wake()
+
+    def take_view(self) -> FlowViewState | None:
+        """The flow view's latest state since the last call, if any."""
+        with self._lock:
+            view, self._view = self._view, None
+        return view
+
+    def _events(self, events: list[PacketPath | Flow]) -> None:
+        if events:
             flt = self.path_filter
             paths: list[tuple[PacketPath, PathFilterLike | None, bool]] = []
             flows: list[Flow] = []

@@ -252,13 +252,15 @@ def run(args: argparse.Namespace) -> int:
             tui_color(args)
             app = make_app(pipeline.engine, keep=args.keep, backend_name=source.kind, filter_expr=args.filter,
                            topology=topo, recorder=rec, recorder_factory=_recorder_factory(args),
-                           numeric=bool(getattr(args, "numeric", False)))
+                           numeric=bool(getattr(args, "numeric", False)), flow_view=True)
             stopper.app = app
             app.run()
         else:
             from tracer.sinks.output import NdjsonSink, TextSink, text_options
 
-            sink = NdjsonSink(sys.stdout) if args.json else TextSink(sys.stdout, text_options(args, sys.stdout))
+            # On a terminal a flood shows as the flow view (tracer/flow_view.py); piped, every path.
+            sink = (NdjsonSink(sys.stdout) if args.json
+                    else TextSink(sys.stdout, text_options(args, sys.stdout), flow_view=sys.stdout.isatty()))
             pipeline.run([sink])
     sys.stdout.flush()
     return 0

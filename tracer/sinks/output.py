@@ -31,7 +31,7 @@ import os
 import select
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from tracer.annotate.local import local_text
 from tracer.model import (
@@ -44,6 +44,9 @@ from tracer.model import (
     Stats,
 )
 from tracer.safe_text import term_safe
+
+if TYPE_CHECKING:
+    from tracer.flow_view import FlowTable
 
 
 class Sink(Protocol):
@@ -515,13 +518,41 @@ def stats_text(stats: Stats) -> str:
 
 
 class TextSink:
-    """A block per path as it finishes (a line with -q), a line per flow, the stats line last."""
+    """A block per path as it finishes (a line with -q), a line per flow, the stats line last.
 
-    def __init__(self, stream: TextIO, opts: TextOptions = PLAIN) -> None:
+    ``flow_view`` (``live`` on a terminal): while paths arrive faster than anyone reads, a
+    table per flow redrawn in place on the terminal's alternate screen, like ``top``
+    (tracer/flow_view.py), then single paths again below a line that says so."""
+
+    def __init__(self, stream: TextIO, opts: TextOptions = PLAIN, *, flow_view: bool = False) -> None:
         self.stream = stream
         self.opts = opts
         self._gap = "\n" if opts.detail < 0 else "\n\n"
         self._buf: list[str] = []  # until flush(), written by write_all (see there why)
+        self.wants_flow_view = flow_view
+        self._alt = False  # the flow view is on the alternate screen
+
+    def on_flow_view(self, table: FlowTable | None, reason: str) -> None:
+        """The flow view's next table, or None: single paths again (tracer.engine.FlowViewLines)."""
+        if table is None:
+            self._leave_flow_view()
+            self._buf.append(term_safe(f"hoptrace: single paths again — {reason}") + "\n")
+            return
+        import shutil
+
+        from tracer.flow_view import table_lines
+
+        size = shutil.get_terminal_size()
+        body = "\x1b[K\n".join(table_lines(table, reason, size.columns, size.lines))
+        enter = "" if self._alt else "\x1b[?1049h"
+        self._alt = True
+        write_all(self.stream, f"{enter}\x1b[H{body}\x1b[K\x1b[J")
+        self.stream.flush()
+
+    def _leave_flow_view(self) -> None:
+        if self._alt:
+            self._alt = False
+            write_all(self.stream, "\x1b[?1049l")
 
     @property
     def text_options(self) -> TextOptions:
@@ -545,10 +576,12 @@ class TextSink:
         self.stream.flush()
 
     def on_stats(self, stats: Stats) -> None:
+        self._leave_flow_view()
         self._buf.append(stats_text(stats) + "\n")
         self.flush()
 
     def close(self) -> None:
+        self._leave_flow_view()
         self.flush()
 
 

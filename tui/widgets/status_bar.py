@@ -26,6 +26,9 @@ class Status:
     follow: bool = True
     finished: bool = False
     error: str | None = None
+    flow_view: bool = False  # the flow table instead of single paths (tracer/flow_view.py)
+    flow_rate: float = 0.0
+    flow_reason: str = ""
 
 
 def status_text(s: Status) -> Text:
@@ -44,6 +47,11 @@ def status_text(s: Status) -> Text:
         t.append_text(Text.assemble(sep, ("● REC ", "bold red"), (term_safe(s.recording), "")))
     if s.filter_expr:
         t.append_text(Text.assemble(sep, ("filter ", "dim"), (term_safe(s.filter_expr), "bold yellow")))
+    if s.flow_view:
+        t.append_text(Text.assemble(sep, ("flow view", "bold black on magenta"),
+                                    (f" ({s.flow_rate:,.0f} paths/s)", "bold")))
+        if s.filter_expr:
+            t.append(" all paths, not filtered", style="yellow")
     t.append_text(Text.assemble(sep, ("⏸ PAUSED", "bold black on yellow") if s.paused
                                 else ("▶ live", "green") if not s.finished else ("■ end of input", "cyan")))
     if not s.follow:

@@ -19,6 +19,7 @@ pub mod ebpf;
 pub mod engine;
 pub mod files;
 pub mod finish;
+pub mod flow_view;
 pub mod flows;
 pub mod hash;
 pub mod labels;

@@ -137,7 +137,7 @@ pub fn push_duration(out: &mut Vec<u8>, ns: i128) {
 }
 
 /// `addr_port(addr, port)`: `a.b.c.d:port`, `[v6]:port`, or the address alone.
-fn push_addr_port(out: &mut Vec<u8>, family: u8, addr: &[u8; 16], port: Option<u16>) {
+pub(crate) fn push_addr_port(out: &mut Vec<u8>, family: u8, addr: &[u8; 16], port: Option<u16>) {
     match port {
         Some(p) if family == 6 => {
             out.push(b'[');
@@ -165,7 +165,7 @@ fn push_endpoints(out: &mut Vec<u8>, family: u8, e: &Endpoints) {
 
 /// The family a hop's addresses are shown in: ARP's are IPv4 (as render.rs).
 #[inline]
-fn shown_family(o: &Obs) -> u8 {
+pub(crate) fn shown_family(o: &Obs) -> u8 {
     if o.family == 0 && o.ethertype == ETH_P_ARP {
         4
     } else {

@@ -9,6 +9,7 @@ mod decode;
 mod ebpf_ring;
 mod engine;
 mod finish;
+mod flow_view;
 mod reader;
 mod record;
 mod report;
@@ -60,5 +61,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     text::register(m)?;
     stream::register(m)?;
     tpacket::register(m)?;
+    flow_view::register(m)?;
     Ok(())
 }

@@ -13,6 +13,7 @@ use hoptrace_core::annotate::{NoteProvider, Notes, RawNatNote, RawNote};
 use hoptrace_core::bpf::Program;
 use hoptrace_core::engine::{Engine, EngineConfig};
 use hoptrace_core::finish::{PathSink, ShownPath};
+use hoptrace_core::flow_view::FlowViewSink;
 use hoptrace_core::flows::ClosedFlow;
 use hoptrace_core::labels::Labels;
 use hoptrace_core::obs::Obs;
@@ -40,12 +41,16 @@ type Output<'py> = (
     Bound<'py, PyArray1<u64>>,
 );
 
-/// Per hop of each shown path, in the order the lines are written: what its line leaves out.
+/// Per hop of each shown path, in the order the lines are written: what its line leaves out;
+/// and the flow view (flow_view.rs), when one is attached.
 #[derive(Debug, Default)]
-struct HopExtras(Arc<Mutex<Vec<u64>>>);
+struct HopExtras(Arc<Mutex<Vec<u64>>>, Option<FlowViewSink>);
 
 impl PathSink for HopExtras {
-    fn path(&mut self, p: &ShownPath<'_>, _labels: &Labels) {
+    fn path(&mut self, p: &ShownPath<'_>, labels: &Labels) {
+        if let Some(view) = &mut self.1 {
+            view.path(p, labels);
+        }
         // A poisoned lock (a panic elsewhere while held) still holds a whole Vec.
         let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
         for o in p.hops {
@@ -160,6 +165,17 @@ pub struct Stream {
 }
 
 impl Stream {
+    /// Every shown path to `view` too (crates/hoptrace-py/src/flow_view.rs).
+    pub(crate) fn attach_view(&mut self, view: FlowViewSink) {
+        let extras = HopExtras(Arc::clone(&self.extras), Some(view));
+        self.core.set_sink(Box::new(extras), true);
+    }
+
+    /// The names the paths' hops index.
+    pub(crate) fn labels(&self) -> &Labels {
+        self.core.labels()
+    }
+
     fn raise(&self) -> PyResult<()> {
         match self.error.lock().unwrap_or_else(|e| e.into_inner()).take() {
             Some(e) => Err(e),
@@ -222,7 +238,7 @@ impl Stream {
         }
         let mut core = Engine::new(cfg);
         let extras = Arc::new(Mutex::new(Vec::new()));
-        core.set_sink(Box::new(HopExtras(Arc::clone(&extras))), true);
+        core.set_sink(Box::new(HopExtras(Arc::clone(&extras), None)), true);
         Ok(Stream {
             core,
             rows: Vec::new(),
