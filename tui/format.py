@@ -17,9 +17,10 @@ from typing import Any
 from rich.text import Text
 
 from tracer.annotate.local import local_text
+from tracer.drops import drop_note
 from tracer.model import Endpoints, NatEvent, Observation, PacketPath
 from tracer.safe_text import term_safe
-from tracer.sinks.output import addr_port, drop_hint, endpoints_text
+from tracer.sinks.output import addr_port, endpoints_text
 
 VERDICT_STYLE = {
     "delivered": "bold green",
@@ -232,7 +233,8 @@ def path_view(path: PacketPath, flow_id: str | None = None, role: str | None = N
     prev: int | None = None
     for i, hop in enumerate(path.hops):
         dropped = hop.direction == "drop" or hop.drop_reason is not None
-        style = "bold red" if dropped else ""
+        lost = dropped and (hop.direction != "drop" or drop_note(path.hops, i, path.verdict)[0])
+        style = "bold red" if lost else ""
         delta = "" if prev is None else "+" + duration_text(hop.ts_ns - prev)
         prev = hop.ts_ns
         row = Text(
@@ -244,12 +246,18 @@ def path_view(path: PacketPath, flow_id: str | None = None, role: str | None = N
         row.append(original_text_of(hop), style=style or None)
         if hop.ttl:
             row.append(f"  ttl {hop.ttl}", style="dim")
-        if dropped:
+        if hop.direction == "drop":
+            lost, note = drop_note(path.hops, i, path.verdict)
+            reason = term_safe(hop.drop_reason or "unknown reason")
+            if lost:
+                row.append(f"  ✖ dropped: {reason}", style="bold white on red")
+            else:
+                row.append(f"  freed: {reason}", style="green")
+            if note:
+                row.append(f"  {note}", style="dim")
+        elif dropped:
             row.append(f"  ✖ dropped: {term_safe(hop.drop_reason or 'unknown reason')}",
                        style="bold white on red")
-            hint = drop_hint(hop)
-            if hint:
-                row.append(f"  {hint}", style="dim")
         out.append_text(row)
         out.append("\n")
         for ev in nat_after.get(i, []):

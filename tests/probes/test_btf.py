@@ -163,3 +163,18 @@ def test_sk_buff_span_takes_in_dev_only_when_one_read_stays_within_256_bytes() -
 
     assert span(_layout(16)) == ("-DHT_SKB_LO=16", "-DHT_SKB_HI=208")  # this kernel's layout
     assert span(_layout(2000)) == ("-DHT_SKB_LO=112", "-DHT_SKB_HI=208")  # too far: read on its own
+
+
+def test_the_drop_reason_table_has_every_reason_of_the_running_kernel() -> None:
+    """crates/hoptrace-core/data/drop_reasons.tsv (shipped, with a meaning per reason) knows
+    every name of this kernel's enum skb_drop_reason, and names nothing the kernel lacks but
+    what older or newer kernels have."""
+    from tracer import _core
+
+    if not btf.VMLINUX_BTF.exists():
+        pytest.fail(f"{btf.VMLINUX_BTF} is missing: this kernel has no BTF")
+    kernel = set(parse_layout(btf.VMLINUX_BTF.read_bytes()).drop_reasons.values()) - {"SUBSYS_MASK", "MAX"}
+    table = {line.split("\t")[0] for line in _core.drop_reason_table().splitlines()
+             if line and not line.startswith("#")}
+    assert kernel - table == set()
+    assert len(kernel) > 100 and "QUEUE_PURGE" in table

@@ -42,7 +42,7 @@ hops are in time order; then
 
 * its NAT events (tests/reference/nat.py),
 * links: a tx hop followed by an rx hop in another namespace is a traced link,
-* its verdict, knowing who owns the destination only if that was learnt no later than
+* its unnamed hops named and its verdict (tests/reference/drops.py), knowing who owns the destination only if that was learnt no later than
   the window after the path's latest sighting,
 * its flow: keyed by (family, proto, src, sport, dst, dport) (ICMP echo by its id) as
   first and last seen, both ways; an ICMP error belongs to the flow of the packet it
@@ -58,7 +58,8 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
 
-from tests.reference.nat import endpoints, infer_nat, verdict
+from tests.reference.drops import name_hops, path_verdict
+from tests.reference.nat import endpoints, infer_nat
 from tracer.addr import addr_text
 from tracer.model import (
     ETH_P_ARP,
@@ -239,6 +240,8 @@ class Correlator:
         # packets were seen arriving at another traced hop.
         self.owned: dict[tuple[str, int], int] = {}
         self.links: set[tuple[int, str, str]] = set()
+        # netns -> [(from_ns, to_ns)] a raw ICMP socket was open there (tests/reference/drops.py).
+        self.raw_sockets: dict[int, list[tuple[int, int]]] = {}
         self.flows = 0
         self.flow_keys: dict[FlowKey, OpenFlow] = {}
         self.flows_open: dict[int, OpenFlow] = {}
@@ -397,7 +400,7 @@ class Correlator:
         return sorted(done, key=lambda path: int(path.id[1:]))
 
     def _finish(self, p: OpenPath) -> PacketPath:
-        hops = tuple(s.obs for s in sorted(p.sightings, key=lambda s: (s.ts, s.seq)))
+        hops = name_hops(tuple(s.obs for s in sorted(p.sightings, key=lambda s: (s.ts, s.seq))))
         nat = infer_nat(hops)
         for a, b in pairwise(hops):
             if a.direction in ("tx", None) and b.direction in ("rx", None) and (a.netns, a.node) != (b.netns, b.node):
@@ -406,7 +409,7 @@ class Correlator:
         # Only what was known when the path went idle: the same verdict in any batching.
         since = self.owned.get((last.dst, last.netns))
         known = since is not None and since <= last.ts_ns + self.window_ns
-        v = verdict(hops, {last.dst: last.netns} if known else {}, self.links)
+        v = path_verdict(hops, {last.dst: last.netns} if known else {}, self.links, self.raw_sockets)
         pid = f"p{p.num}"
         return PacketPath(id=pid, hops=hops, nat=nat, verdict=v, flow=self._assign_flow(pid, hops))
 

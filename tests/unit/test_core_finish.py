@@ -74,9 +74,12 @@ class Recorder(Correlator):
         return super().take_flows()
 
 
-def recorded(batches: Iterable[ObsBatch]) -> tuple[Outcome, Recorder]:
-    """The reference's run over ``batches`` (a damaged file ends them, as replay reads it)."""
+def recorded(batches: Iterable[ObsBatch], raw: dict[int, list[tuple[int, int]]] | None = None,
+             ) -> tuple[Outcome, Recorder]:
+    """The reference's run over ``batches`` (a damaged file ends them, as replay reads it);
+    ``raw``: where and when raw ICMP sockets were open (tests/reference/drops.py)."""
     rec = Recorder()
+    rec.raw_sockets = raw or {}
     return replay(batches, correlator=rec), rec
 
 
@@ -89,6 +92,7 @@ def core_lines(rec: Recorder, observations: int) -> list[str]:
     from tracer._core import PathFinisher
 
     fin = PathFinisher(window_ns=rec.window_ns, flow_idle_ns=rec.flow_idle_ns, max_flow_paths=rec.max_flow_paths)
+    fin.set_raw_sockets([(ns, a, b) for ns, spans in rec.raw_sockets.items() for a, b in spans])
     pending: list[tuple[int, PacketPath]] = []
     for op in rec.ops:
         kind = op[0]
@@ -121,8 +125,9 @@ def finish_step(fin: Any, paths: list[tuple[int, PacketPath]]) -> None:
                batch.drop_reasons)
 
 
-def assert_same(make_batches: Callable[[], Iterable[ObsBatch]]) -> list[str]:
-    want, rec = recorded(make_batches())
+def assert_same(make_batches: Callable[[], Iterable[ObsBatch]],
+                raw: dict[int, list[tuple[int, int]]] | None = None) -> list[str]:
+    want, rec = recorded(make_batches(), raw)
     got = core_lines(rec, want.observations)
     assert want.lines and _ELAPSED.search(want.lines[-1]), want.lines[-1:]
     assert [_ELAPSED.sub("}", x) for x in got] == [_ELAPSED.sub("}", x) for x in want.lines]
@@ -227,12 +232,12 @@ def varied(n: int, seed: int) -> list[Observation]:
             base.update(proto=icmp, icmp_type=rng.choice([8, 0] if not v6 else [128, 129]), icmp_code=0,
                         icmp_id=rng.choice([77, 78]), icmp_seq=k)
         hops = []
-        node = rng.choice(NAMES)
+        node = rng.choice([*NAMES, "?"])  # "?": no device, no namespace (named by a neighbour)
         netns = rng.choice([4026531840, 4026532001, 0])
         cur = dict(base)
         for j in range(rng.randrange(1, 6)):
             if rng.random() < 0.4:  # another namespace (a veth pair, a link)
-                node, netns = rng.choice(NAMES), rng.choice([4026531840, 4026532001, 4026532003, 0])
+                node, netns = rng.choice([*NAMES, "?"]), rng.choice([4026531840, 4026532001, 4026532003, 0])
             elif j and rng.random() < 0.6 and cur["family"]:  # a rewrite within this namespace
                 what = rng.choice(["src", "dst", "sport", "dport", "icmp_id", "inner", "ttl"])
                 if what in ("src", "dst"):
@@ -248,8 +253,13 @@ def varied(n: int, seed: int) -> list[Observation]:
             d = rng.choice(["tx", "rx", None]) if j < 4 else "drop"
             reason = None
             if d == "drop" or rng.random() < 0.05:
-                d, reason = "drop", rng.choice(["NETFILTER_DROP", "NO_SOCKET", "UNKNOWN(99)"])
-            hops.append(make_obs(ts_ns=t + j * 7 * US, node=node, ifname=rng.choice(["eth0", "veth1", "dockér0"]),
+                d, reason = "drop", rng.choice(["NETFILTER_DROP", "NO_SOCKET", "UNKNOWN(99)", "QUEUE_PURGE",
+                                                "TCP_CLOSE"])
+                if rng.random() < 0.5 and hops and hops[-1].direction == "rx":  # freed where it arrived
+                    node, netns = hops[-1].node, hops[-1].netns
+            iface = rng.choice(["eth0", "veth1", "dockér0", "(no device)", "?"] if d == "drop" else
+                               ["eth0", "veth1", "dockér0"])
+            hops.append(make_obs(ts_ns=t + j * 7 * US, node=node, ifname=iface,
                                  netns=netns, direction=d, drop_reason=reason, **cur))
         obs += hops
         if rng.random() < 0.4:  # the reply, the mapping reversed
@@ -264,7 +274,29 @@ def varied(n: int, seed: int) -> list[Observation]:
 @given(n=st.integers(1, 30), seed=st.integers(0, 2**32 - 1), cuts=st.lists(st.integers(0, 150), max_size=4))
 def test_varied_streams(n: int, seed: int, cuts: list[int]) -> None:
     obs = varied(n, seed)
-    assert_same(lambda: batches_of(obs, cuts))
+    # Raw ICMP sockets open in one namespace for part of the stream, in another for all of it.
+    t0 = obs[0].ts_ns if obs else 0
+    raw = {4026532001: [(t0, t0 + (seed % 7) * 3 * MS)], 4026531840: [(0, 2**63)]} if seed % 3 else None
+    assert_same(lambda: batches_of(obs, cuts), raw)
+
+
+def test_the_varied_streams_cover_every_kind_of_free() -> None:
+    """What test_varied_streams compares is there: losses, frees after delivery, raw copies, unnamed hops."""
+    seen: set[str] = set()
+    for seed in range(60):
+        obs = varied(30, seed)
+        lines = recorded([ObsBatch.from_observations(obs)], {4026531840: [(0, 2**63)]})[0].lines
+        text = "\n".join(lines)
+        seen |= {"unnamed"} if any(o.node == "?" for o in obs) else set()
+        seen |= {"no device"} if '"iface": "(no device)"' in text else set()
+        assert '"node": "?"' not in text
+        for line in lines:
+            if '"direction": "drop"' in line or '"dir": "drop"' in line:
+                v = re.search(r'"verdict": "(\w+)"', line)
+                reasons = set(re.findall(r'"drop_reason": "(\w+)"', line))
+                seen |= {f"{v.group(1) if v else ''} {r}" for r in reasons}
+    assert {"unnamed", "no device", "dropped NETFILTER_DROP", "delivered QUEUE_PURGE", "delivered TCP_CLOSE",
+            "delivered NO_SOCKET", "dropped NO_SOCKET", "dropped QUEUE_PURGE"} <= seen, seen
 
 
 def test_ping_pong_pairs_into_one_flow() -> None:

@@ -10,6 +10,7 @@ from tests.reference.correlate import correlate
 from tests.unit.conftest import NETNS, internet_ping, internet_pong
 from tracer.model import ConntrackRef, Endpoints, Flow, PacketPath, Stats
 from tracer.sinks.output import (
+    PLAIN,
     NdjsonSink,
     TextSink,
     flow_json,
@@ -122,7 +123,7 @@ def test_drop_and_ports_in_text() -> None:
     assert path_text(p).splitlines() == [
         "p1  tcp [S]  [fd00::2]:41000 → [fd00:1::8]:80  dropped  1.5 µs  flow f1",
         "     web/eth0 tx",
-        "   → host/veth1 drop  +1.5 µs  DROPPED: NETFILTER_DROP",
+        "   → host/veth1 drop  +1.5 µs  DROPPED: NETFILTER_DROP — dropped by a netfilter rule (iptables/nftables DROP)",
     ]
     assert path_json(p)["hops"][1]["drop_reason"] == "NETFILTER_DROP"
 
@@ -149,21 +150,57 @@ def test_path_line_is_json_dumps_of_path_json() -> None:
         assert path_line(p) == json.dumps(path_json(p))
 
 
-def test_echo_reply_freed_with_no_socket_says_why() -> None:
+def test_echo_reply_freed_with_no_socket_is_delivered_where_a_raw_socket_was_open() -> None:
     """busybox ping (a raw socket) gets a copy of each reply; the original is freed with
-    NO_SOCKET. The drop stays (it is the kernel's), with what it means for the ping."""
+    NO_SOCKET. Where the source saw a raw ICMP socket open then, that free lost nothing."""
+    from tests.reference.correlate import Correlator
     from tests.unit.conftest import make_obs
+    from tracer.model import ObsBatch
     from tui.format import path_view
 
     pong = internet_pong()
     last = pong[-1]
-    (p,) = correlate([*pong, replace(last, direction="drop", drop_reason="NO_SOCKET", ts_ns=last.ts_ns + 700)])
+    free = replace(last, direction="drop", drop_reason="NO_SOCKET", ts_ns=last.ts_ns + 700)
+    (dropped,) = correlate([*pong, free])
+    assert dropped.verdict == "dropped"
+    assert path_text(dropped).splitlines()[-1].endswith(
+        "DROPPED: NO_SOCKET — no socket listens for it (closed port, or no ping socket for an echo reply)")
+    c = Correlator()
+    c.raw_sockets = {NETNS["web"]: [(free.ts_ns - 10, free.ts_ns)]}
+    (p,) = [*c.feed_batch(ObsBatch.from_observations([*pong, free])), *c.flush()]
+    assert p.verdict == "delivered"
     text = path_text(p)
     assert text.splitlines()[-1].endswith(
-        "DROPPED: NO_SOCKET (no ping socket: a raw socket (busybox ping) gets a copy before this)")
-    assert "a raw socket (busybox ping) gets a copy" in path_view(p).plain
-    # Any other drop, and NO_SOCKET of other packets (a UDP datagram to a closed port), say nothing more.
-    udp = make_obs(at="web/eth0", proto=17, icmp_type=None, icmp_code=None, icmp_id=None, icmp_seq=None,
-                   sport=5000, dport=53)
-    (q,) = correlate([udp, replace(udp, direction="drop", drop_reason="NO_SOCKET", ts_ns=udp.ts_ns + 5)])
-    assert path_text(q).splitlines()[-1].endswith("DROPPED: NO_SOCKET")
+        "freed: NO_SOCKET — a raw socket (ping) got a copy; the original found no ping socket")
+    assert "a raw socket (ping) got a copy" in path_view(p).plain
+    assert "web/eth0 freed NO_SOCKET" in path_text(p, replace(PLAIN, detail=-1))
+    # NO_SOCKET of other packets (a UDP datagram to a closed port) stays a loss, raw socket or not.
+    udp = make_obs(at="web/eth0", direction="rx", proto=17, icmp_type=None, icmp_code=None, icmp_id=None,
+                   icmp_seq=None, sport=5000, dport=53)
+    c = Correlator()
+    c.raw_sockets = {NETNS["web"]: [(0, 2**63)]}
+    (q,) = [*c.feed_batch(ObsBatch.from_observations(
+        [udp, replace(udp, direction="drop", drop_reason="NO_SOCKET", ts_ns=udp.ts_ns + 5)])), *c.flush()]
+    assert q.verdict == "dropped"
+    assert "DROPPED: NO_SOCKET" in path_text(q).splitlines()[-1]
+
+
+def test_frees_after_delivery_keep_the_path_delivered_and_say_what_happened() -> None:
+    """A TCP segment that reached its socket, freed unread when the socket closed."""
+    from tests.unit.conftest import make_obs
+
+    tcp = dict(proto=6, icmp_type=None, icmp_code=None, icmp_id=None, icmp_seq=None, tcp_flags=0x18,
+               tcp_seq=1, tcp_ack=1, sport=41000, dport=80)
+    seg = [make_obs(at="host/veth1", direction="tx", **tcp),
+           make_obs(at="web/eth0", direction="rx", ts_ns=1_000_000_000 + 1000, **tcp)]
+    purge = make_obs(node="?", ifname="?", netns=0, ifindex=0, direction="drop", drop_reason="QUEUE_PURGE",
+                     ts_ns=1_000_000_000 + 9000, **tcp)
+    (p,) = correlate([*seg, purge])
+    assert p.verdict == "delivered"
+    assert [(h.node, h.ifname, h.netns) for h in p.hops][2] == ("web", "(no device)", NETNS["web"])
+    assert path_text(p).splitlines()[-1].endswith(
+        "web/(no device) drop  +8.0 µs  freed: QUEUE_PURGE — discarded unread when its socket's queue was purged (socket closed)")
+    # The same reason where the packet never arrived (a neighbour queue on the way) is a loss.
+    (q,) = correlate([seg[0], replace(purge, ts_ns=seg[0].ts_ns + 5)])
+    assert q.verdict == "dropped"
+    assert [(h.node, h.ifname) for h in q.hops][1] == ("host", "(no device)")

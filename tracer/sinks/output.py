@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from tracer.annotate.local import local_text
+from tracer.drops import drop_note
 from tracer.model import (
     ConntrackRef,
     Endpoints,
@@ -334,21 +335,6 @@ def nat_notes_text(ev: NatEvent) -> str:
     return text
 
 
-_ECHO_REPLY = {(4, 0), (6, 129)}
-
-
-def drop_hint(hop: Observation) -> str | None:
-    """What a drop means when the kernel's reason alone misleads, else None.
-
-    An echo reply that reaches a raw socket (busybox ping, iputils ping without ping
-    sockets) is handed to it as a copy; the original then finds no ping socket and is freed
-    with NO_SOCKET. The ping got its reply: the drop is real, but only of the original.
-    """
-    if hop.drop_reason == "NO_SOCKET" and (hop.family, hop.icmp_type) in _ECHO_REPLY:
-        return "no ping socket: a raw socket (busybox ping) gets a copy before this"
-    return None
-
-
 def _where(h: Observation) -> str:
     """``node/iface dir``: names from a capture file or the system, escaped for the terminal."""
     return term_safe(f"{h.hop_name} {h.direction or '?'}")
@@ -475,10 +461,11 @@ def path_text(path: PacketPath, opts: TextOptions = PLAIN) -> str:
         elif i:
             line += f"  {deltas[i]}"
         if h.direction == "drop":
-            line += "  " + _paint(f"DROPPED: {term_safe(h.drop_reason or 'unknown reason')}", "drop", color)
-            hint = drop_hint(h)
-            if hint:
-                line += f" ({hint})"
+            lost, note = drop_note(path.hops, i, path.verdict)
+            reason = term_safe(h.drop_reason or "unknown reason")
+            line += "  " + (_paint(f"DROPPED: {reason}", "drop", color) if lost else f"freed: {reason}")
+            if note:
+                line += f" — {note}"
         for ev in by_hop.get(i, ()):
             line += f"\n        {nat_text(ev, path.hops, color)}"
         lines.append(line.rstrip())
@@ -498,7 +485,9 @@ def _route_text(path: PacketPath, color: bool) -> str:
         if i in nat_at:
             part += " " + " ".join(nat_at[i])
         if h.direction == "drop":
-            part += " " + _paint(f"✖ {term_safe(h.drop_reason or 'dropped')}", "drop", color)
+            reason = term_safe(h.drop_reason or "dropped")
+            lost = drop_note(path.hops, i, path.verdict)[0]
+            part += " " + (_paint(f"✖ {reason}", "drop", color) if lost else f"freed {reason}")
         parts.append(part)
     return " → ".join(parts)
 
@@ -586,7 +575,7 @@ class TextSink:
 
 
 __all__ = [
-    "PLAIN", "NdjsonSink", "Sink", "TextOptions", "TextSink", "color_wanted", "drop_hint", "duration_text",
+    "PLAIN", "NdjsonSink", "Sink", "TextOptions", "TextSink", "color_wanted", "duration_text",
     "flow_json", "flow_line", "flow_text", "is_inner_event", "nat_json", "nat_text", "numeric_path", "path_json",
     "path_line", "path_text", "stats_json", "stats_text", "text_options", "tui_color", "what_text", "write_all",
     "write_all_bytes",

@@ -284,6 +284,12 @@ impl Engine {
             .set_drop_reason_wtf8(code, name);
     }
 
+    /// Where and when raw ICMP sockets were open: (netns, from_ns, to_ns), replacing the
+    /// table (drops.rs: the original of a raw socket's copy is no loss).
+    pub fn set_raw_sockets(&mut self, spans: &[(u64, u64, u64)]) {
+        self.learner.finisher.set_raw_sockets(spans);
+    }
+
     /// One batch (`now_ns`: a live source's clock): the paths that finish and the flows
     /// that close are written to the output. `frames`: the bytes rows' `frame_off` and
     /// `frame_len` point into (what a path filter matches).

@@ -27,11 +27,12 @@ use std::any::Any;
 
 use crate::annotate::Notes;
 use crate::correlate::FinishedPath;
+use crate::drops;
 use crate::flows::{ClosedFlow, Flows};
 use crate::labels::Labels;
 use crate::learned::{Links, Owners};
 use crate::local::{ends_locally, Locals};
-use crate::nat::{infer_nat, verdict, NatEvent, Verdict};
+use crate::nat::{infer_nat, NatEvent, Verdict};
 use crate::obs::Obs;
 use crate::render::{push_path_line, push_path_line_noted, push_stats_line};
 use crate::text_render::{push_path_text, push_path_text_noted, push_stats_text, Format, PathHead};
@@ -137,6 +138,9 @@ pub struct PathFinisher {
     step_shown: Vec<bool>,
     noted_hops: Vec<Obs>,
     noted_nat: Vec<NatEvent>,
+    /// Scratch: sightings with their unnamed hops named (drops.rs `name_hops`).
+    named: Vec<Obs>,
+    named_paths: Vec<FinishedPath>,
 }
 
 impl PathFinisher {
@@ -166,7 +170,15 @@ impl PathFinisher {
             step_shown: Vec::new(),
             noted_hops: Vec::new(),
             noted_nat: Vec::new(),
+            named: Vec::new(),
+            named_paths: Vec::new(),
         }
+    }
+
+    /// Where and when raw ICMP sockets were open: (netns, from_ns, to_ns), replacing the
+    /// table (a path judged later sees it).
+    pub fn set_raw_sockets(&mut self, spans: &[(u64, u64, u64)]) {
+        self.labels.set_raw_sockets(spans);
     }
 
     /// Annotate the paths of each step ([`PathFinisher::finish_step`]) from `notes`.
@@ -272,6 +284,19 @@ impl PathFinisher {
     /// path teaches what any path teaches (links, its flow) but writes no line, is not
     /// counted, and its flow does not list it.
     pub fn finish_shown(&mut self, num: u64, hops: &[Obs], shown: bool) {
+        if hops.iter().any(|o| drops::unnamed(o, &self.labels)) {
+            let mut named = std::mem::take(&mut self.named);
+            named.clear();
+            named.extend_from_slice(hops);
+            drops::name_hops(&mut named, &mut self.labels);
+            self.finish_shown_named(num, &named, shown);
+            self.named = named;
+            return;
+        }
+        self.finish_shown_named(num, hops, shown);
+    }
+
+    fn finish_shown_named(&mut self, num: u64, hops: &[Obs], shown: bool) {
         let Some((flow, v, local)) = self.judge(num, hops, shown, None) else {
             return;
         };
@@ -315,6 +340,37 @@ impl PathFinisher {
     /// `end_step`, but every path is judged first (in finishing order: links, verdict,
     /// flow) and the shown ones are then written straight in number order.
     pub fn finish_step(&mut self, paths: &[FinishedPath], obs: &[Obs], all_shown: bool) {
+        if obs.iter().any(|o| drops::unnamed(o, &self.labels)) {
+            // Each path's unnamed hops named, in a copy of the paths' sightings.
+            let (mut named, mut named_paths) = (
+                std::mem::take(&mut self.named),
+                std::mem::take(&mut self.named_paths),
+            );
+            named.clear();
+            named_paths.clear();
+            for p in paths {
+                let Some(hops) = obs.get(p.start..p.end) else {
+                    continue;
+                };
+                let start = named.len();
+                named.extend_from_slice(hops);
+                if let Some(copy) = named.get_mut(start..) {
+                    drops::name_hops(copy, &mut self.labels);
+                }
+                named_paths.push(FinishedPath {
+                    start,
+                    end: named.len(),
+                    ..*p
+                });
+            }
+            self.finish_step_named(&named_paths, &named, all_shown);
+            (self.named, self.named_paths) = (named, named_paths);
+            return;
+        }
+        self.finish_step_named(paths, obs, all_shown);
+    }
+
+    fn finish_step_named(&mut self, paths: &[FinishedPath], obs: &[Obs], all_shown: bool) {
         self.end_step();
         let mut judged = std::mem::take(&mut self.judged);
         judged.clear();
@@ -511,7 +567,7 @@ impl PathFinisher {
                     u128::from(since) <= u128::from(last.ts_ns) + u128::from(self.cfg.window_ns)
                 });
         let linked = self.links.contains(last, labels);
-        let v = verdict(hops, owned, linked);
+        let v = drops::path_verdict(hops, labels, owned, linked);
         let local = match self.flows.locals_mut() {
             Some(locals) if shown && ends_locally(v == Verdict::Delivered, last, &self.labels) => {
                 locals.note(last, last.hop)

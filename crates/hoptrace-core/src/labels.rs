@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::drops::RawSockets;
 use crate::pytext::decode_utf8_surrogatepass;
 use crate::safe_text::{char_count, term_safe_wtf8};
 use crate::text::{json_str, push_json_code_points};
@@ -51,6 +52,9 @@ pub struct Label {
     pub iface_text: Vec<u8>,
     pub node_chars: usize,
     pub iface_chars: usize,
+    /// The source could not name the node (`?`: no device and no namespace); finishing
+    /// names such hops from their neighbours (drops.rs `name_hops`).
+    pub unnamed: bool,
 }
 
 /// The hop label table and drop reason names of one source, append-only.
@@ -61,6 +65,8 @@ pub struct Labels {
     by_pair: HashMap<(Vec<u8>, Vec<u8>), u32>,
     names: HashMap<Vec<u8>, u32>,
     reasons: HashMap<u32, String>,
+    /// Where and when raw ICMP sockets were open (what the source saw; drops.rs).
+    raw: RawSockets,
     /// What an index outside the table reads as.
     missing: Label,
     /// Changes with every change of the table (process-wide unique values, so two tables
@@ -88,6 +94,7 @@ impl Labels {
             by_pair: HashMap::new(),
             names: HashMap::new(),
             reasons: HashMap::new(),
+            raw: RawSockets::new(),
             missing: Label {
                 node: String::new(),
                 iface: String::new(),
@@ -101,6 +108,7 @@ impl Labels {
                 iface_text: Vec::new(),
                 node_chars: 0,
                 iface_chars: 0,
+                unnamed: false,
             },
             generation: next_generation(),
         }
@@ -135,6 +143,7 @@ impl Labels {
         }
         let (node_text, iface_text) = (term_safe_wtf8(node), term_safe_wtf8(iface));
         let label = Label {
+            unnamed: node == b"?",
             node_chars: char_count(&node_text),
             iface_chars: char_count(&iface_text),
             node_text,
@@ -196,6 +205,17 @@ impl Labels {
     pub fn clear_drop_reasons(&mut self) {
         self.reasons.clear();
         self.generation = next_generation();
+    }
+
+    /// Where and when raw ICMP sockets were open: (netns, from_ns, to_ns), replacing the
+    /// table (paths judged later see it).
+    pub fn set_raw_sockets(&mut self, spans: &[(u64, u64, u64)]) {
+        self.raw.set(spans);
+        self.generation = next_generation();
+    }
+
+    pub fn raw_sockets(&self) -> &RawSockets {
+        &self.raw
     }
 
     /// The name of `code`, when known and not empty.

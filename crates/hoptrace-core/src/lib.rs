@@ -15,6 +15,7 @@ pub mod column_worker;
 pub mod columns;
 pub mod correlate;
 pub mod decode;
+pub mod drops;
 pub mod ebpf;
 pub mod engine;
 pub mod files;

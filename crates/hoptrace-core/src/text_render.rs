@@ -8,6 +8,7 @@
 //! where they are written. Columns are counted in characters, as Python's `ljust` counts
 //! them. Everything is appended to the caller's buffer; nothing allocates.
 
+use crate::drops::{self, Free};
 use crate::labels::{Label, Labels};
 use crate::nat::{is_inner_event, Endpoints, NatEvent, NatKind, Verdict};
 use crate::obs::{dir, has, Obs};
@@ -325,13 +326,27 @@ fn push_drop_reason(out: &mut Vec<u8>, o: &Obs, labels: &Labels, fallback: &[u8]
     }
 }
 
-/// `drop_hint`: an echo reply's original freed with NO_SOCKET after a raw socket got a copy.
-fn drop_hint(o: &Obs, labels: &Labels) -> Option<&'static [u8]> {
-    let echo_reply = o.has & has::ICMP != 0 && matches!((o.family, o.icmp_type), (4, 0) | (6, 129));
-    (echo_reply && o.drop_reason != 0 && labels.drop_reason(o.drop_reason) == Some("NO_SOCKET"))
-        .then_some(
-            b"no ping socket: a raw socket (busybox ping) gets a copy before this".as_slice(),
-        )
+/// Whether drop hop `i` of a path with `verdict` lost the packet, and what the text says
+/// after its reason: the reason's meaning (drops.rs), or for the original of a raw socket's
+/// copy what happened (tracer/drops.py `drop_note`). In a path that is not `dropped` no free
+/// lost anything.
+fn drop_note(
+    hops: &[Obs],
+    i: usize,
+    labels: &Labels,
+    verdict: Verdict,
+) -> (bool, Option<&'static str>) {
+    let Some(h) = hops.get(i) else {
+        return (false, None);
+    };
+    let lost =
+        verdict == Verdict::Dropped && drops::free_kind(hops, i, labels) != Free::AfterDelivery;
+    let name = labels.drop_reason(h.drop_reason);
+    let delivered_kind = name.is_some_and(|n| drops::kind(n) == drops::Kind::Delivered);
+    if !lost && !delivered_kind {
+        return (false, Some(drops::RAW_COPY_NOTE));
+    }
+    (lost, name.and_then(drops::meaning))
 }
 
 /// Python's `str.rstrip()` of `out[start..]` (UTF-8): trailing whitespace as `str.isspace`
@@ -472,7 +487,7 @@ fn push_delta(out: &mut Vec<u8>, hops: &[Obs], i: usize) -> usize {
 /// `_route_text`: `client/eth0 → host/docker0 → host/eth0 SNAT → inet/eth0`, a drop as `✖ REASON`.
 fn push_route(
     out: &mut Vec<u8>,
-    hops: &[Obs],
+    (hops, verdict): (&[Obs], Verdict),
     nat: &[NatEvent],
     labels: &Labels,
     opts: &TextOptions,
@@ -493,10 +508,15 @@ fn push_route(
         }
         if h.dir == dir::DROP {
             out.push(b' ');
-            paint_open(out, SGR_DROP, opts.color);
-            out.extend_from_slice("✖ ".as_bytes());
-            push_drop_reason(out, h, labels, b"dropped");
-            paint_close(out, opts.color);
+            if drop_note(hops, i, labels, verdict).0 {
+                paint_open(out, SGR_DROP, opts.color);
+                out.extend_from_slice("✖ ".as_bytes());
+                push_drop_reason(out, h, labels, b"dropped");
+                paint_close(out, opts.color);
+            } else {
+                out.extend_from_slice(b"freed ");
+                push_drop_reason(out, h, labels, b"dropped");
+            }
         }
     }
 }
@@ -555,7 +575,7 @@ pub fn push_path_text_noted(
     }
     if opts.detail < 0 {
         out.extend_from_slice(b"  ");
-        push_route(out, hops, nat, labels, opts);
+        push_route(out, (hops, head.verdict), nat, labels, opts);
         out.push(b'\n');
         return;
     }
@@ -601,14 +621,19 @@ pub fn push_path_text_noted(
         }
         if h.dir == dir::DROP {
             out.extend_from_slice(b"  ");
-            paint_open(out, SGR_DROP, color);
-            out.extend_from_slice(b"DROPPED: ");
-            push_drop_reason(out, h, labels, b"unknown reason");
-            paint_close(out, color);
-            if let Some(hint) = drop_hint(h, labels) {
-                out.extend_from_slice(b" (");
-                out.extend_from_slice(hint);
-                out.push(b')');
+            let (lost, note) = drop_note(hops, i, labels, head.verdict);
+            if lost {
+                paint_open(out, SGR_DROP, color);
+                out.extend_from_slice(b"DROPPED: ");
+                push_drop_reason(out, h, labels, b"unknown reason");
+                paint_close(out, color);
+            } else {
+                out.extend_from_slice(b"freed: ");
+                push_drop_reason(out, h, labels, b"unknown reason");
+            }
+            if let Some(note) = note {
+                out.extend_from_slice(" — ".as_bytes());
+                out.extend_from_slice(note.as_bytes());
             }
         }
         for (k, ev) in nat.iter().enumerate() {
@@ -948,7 +973,7 @@ mod tests {
         };
         let plain = TextOptions::default();
         let v = TextOptions { detail: 1, ..plain };
-        let hint = "DROPPED: NO_SOCKET (no ping socket: a raw socket (busybox ping) gets a copy before this)";
+        let hint = "DROPPED: NO_SOCKET — no socket listens for it (closed port, or no ping socket for an echo reply)";
         let top = "p1  icmp echo-reply id 9 seq 3  10.0.0.1 → 10.0.0.2  dropped  0 ns\n     w\\x1beb/eth0 drop";
         let t = |h, o: &Obs, opts| text(h, std::slice::from_ref(o), &[], &l, opts);
         let dropped = head(1, Verdict::Dropped);

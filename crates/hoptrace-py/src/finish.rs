@@ -115,6 +115,11 @@ impl PathFinisher {
         Ok(())
     }
 
+    /// Where and when raw ICMP sockets were open: (netns, from_ns, to_ns) spans.
+    fn set_raw_sockets(&mut self, spans: Vec<(u64, u64, u64)>) {
+        self.core.set_raw_sockets(&spans);
+    }
+
     /// A packet from ``addr`` (raw bytes) was first seen leaving ``netns`` at ``ts_ns``.
     /// True when the address was new.
     fn claim(&mut self, family: u8, addr: &[u8], netns: u64, ts_ns: u64) -> PyResult<bool> {

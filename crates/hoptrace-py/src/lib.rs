@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 mod bpf;
 mod correlate;
 mod decode;
+mod drops;
 mod ebpf_ring;
 mod engine;
 mod finish;
@@ -51,6 +52,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     bpf::register(m)?;
     correlate::register(m)?;
     decode::register(m)?;
+    drops::register(m)?;
     ebpf_ring::register(m)?;
     engine::register(m)?;
     finish::register(m)?;

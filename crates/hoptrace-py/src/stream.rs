@@ -260,6 +260,12 @@ impl Stream {
         self.core.set_drop_reason(code, name);
     }
 
+    /// Where and when raw ICMP sockets were open: (netns, from_ns, to_ns) spans, replacing
+    /// the table (paths judged later see it).
+    fn set_raw_sockets(&mut self, spans: Vec<(u64, u64, u64)>) {
+        self.core.set_raw_sockets(&spans);
+    }
+
     /// Link types of the hops so far that the path filter has no program for yet.
     fn linktypes_without_program(&self) -> Vec<u32> {
         self.core.linktypes_without_program()
