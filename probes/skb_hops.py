@@ -647,8 +647,8 @@ class EbpfSource:
             namer.refresh()  # a namespace created after start
             node = namer.name(netns)
         if netns == 0:
-            node = "?"
-        iface = ifname.decode("ascii", "replace") or (f"if{ifindex}" if ifindex else "?")
+            node = "?"  # no device: the core names the hop by its neighbour (drops.rs name_hops)
+        iface = ifname.decode("ascii", "replace") or (f"if{ifindex}" if ifindex else "(no device)")
         labels = self._labels
         labels.hops.append(HopLabel(node=node, iface=iface, netns=netns, ifindex=ifindex, linktype=linktype))
         return len(labels.hops) - 1

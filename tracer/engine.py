@@ -83,6 +83,31 @@ class LocalAnswers(Protocol):
     def settle(self, timeout_s: float) -> None: ...
 
 
+class RawSocketTable(Protocol):
+    """Where and when raw ICMP sockets were open (tracer/annotate/raw_sockets.py ``RawSocketWatch``):
+    ``spans()`` gives ``(netns, from_ns, to_ns)`` rows, ``generation`` changes when they do."""
+
+    @property
+    def generation(self) -> int: ...
+
+    def spans(self) -> list[tuple[int, int, int]]: ...
+
+
+class _RawSockets:
+    """The core's raw socket table, told only when the watch's spans changed."""
+
+    def __init__(self, table: RawSocketTable, stream: Any) -> None:
+        self.table = table
+        self.stream = stream
+        self.seen: int | None = None
+
+    def refresh(self) -> None:
+        gen = self.table.generation
+        if gen != self.seen:
+            self.seen = gen
+            self.stream.set_raw_sockets(self.table.spans())
+
+
 @runtime_checkable
 class RecordsLocal(Protocol):
     """A batch hook's owner (a recorder) that keeps what ``LocalAnswers`` found: one call per
@@ -185,9 +210,12 @@ class Engine:
         count: int | None = None,
         duration_s: float | None = None,
         local: LocalAnswers | None = None,
+        raw_sockets: RawSocketTable | None = None,
     ) -> None:
         self.source = source
         self.local = local
+        #: Where raw ICMP sockets were open (live): their replies' NO_SOCKET frees lost nothing.
+        self.raw_sockets = raw_sockets
         #: What hears of each step's local answers besides the core (a recorder).
         self.local_hooks: list[RecordsLocal] = []
         self.path_filter = path_filter
@@ -273,6 +301,7 @@ class Engine:
         feeder = _Feeder(stream, self.path_filter)
         locals_ = _Locals(self.local, stream, self.local_hooks) if self.local is not None else None
         tables = _Tables.of(self.annotators, stream)
+        raw = _RawSockets(self.raw_sockets, stream) if self.raw_sockets is not None else None
         annotate = _Annotated(self.annotators) if self.annotators and tables is None else None
         self._t0 = time.monotonic()
         self._t1 = None
@@ -286,7 +315,7 @@ class Engine:
                     break
                 except BaseException:
                     # Print what was found before the damage, then report it.
-                    yield from self._flush(stream, annotate, tables, locals_)
+                    yield from self._flush(stream, annotate, tables, locals_, raw)
                     raise
                 self._observations += len(batch)
                 for hook in self.batch_hooks:
@@ -295,20 +324,22 @@ class Engine:
                     tables.refresh()
                 if locals_ is not None:
                     locals_.answer()
+                if raw is not None:
+                    raw.refresh()
                 lines = feeder.feed(batch)
                 if tables is not None:
                     tables.count()
                 if locals_ is not None:
                     locals_.ask()
                 yield lines if annotate is None else annotate(lines)
-            yield from self._flush(stream, annotate, tables, locals_)
+            yield from self._flush(stream, annotate, tables, locals_, raw)
         finally:
             self._t1 = time.monotonic()
             self.source.stop()
 
     @staticmethod
     def _flush(stream: Any, annotate: _Annotated | None, tables: _Tables | None = None,
-               locals_: _Locals | None = None) -> Iterator[Lines]:
+               locals_: _Locals | None = None, raw: _RawSockets | None = None) -> Iterator[Lines]:
         """The paths still open, in slices: the end of a big input is streamed too. The last
         slice of paths comes with the flows (the core closes them in a step of their own).
         Local answers still pending get a bounded wait before each slice, so the flow lines
@@ -320,6 +351,8 @@ class Engine:
                 tables.refresh()
             if locals_ is not None:
                 locals_.answer(settle=True)
+            if raw is not None:
+                raw.refresh()
             data, index, hops, more = stream.flush_slice()
             if tables is not None:
                 tables.count()

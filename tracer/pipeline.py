@@ -28,7 +28,7 @@ from tracer.protocols import ReportsProgress
 
 if TYPE_CHECKING:
     from tracer.annotate.attribution import Attributor
-    from tracer.engine import Engine, Event, LocalAnswers
+    from tracer.engine import Engine, Event, LocalAnswers, RawSocketTable
     from tracer.filter import PathFilter
     from tracer.model import ObsBatch, Stats
     from tracer.protocols import Annotator, Recorder
@@ -161,6 +161,8 @@ class PipelineConfig:
     max_cpu_pct: float | None = None
     #: Who took the packets of paths that ended locally (live: tracer.annotate.local.LocalWorker).
     local: LocalAnswers | None = None
+    #: Where and when raw ICMP sockets were open (live: tracer.annotate.raw_sockets.RawSocketWatch).
+    raw_sockets: RawSocketTable | None = None
 
 
 class PipelineSource:
@@ -283,7 +285,7 @@ def build(config: PipelineConfig) -> Pipeline:
     source = PipelineSource(config.source, started=config.source_started, path_filter=config.path_filter,
                             hold_errors=config.hold_errors, sampler=sampler)
     engine = Engine(source, path_filter=config.path_filter, annotators=config.annotators, count=config.count,
-                    duration_s=config.duration_s, local=config.local)
+                    duration_s=config.duration_s, local=config.local, raw_sockets=config.raw_sockets)
     if sampler is not None and config.max_cpu_pct:
         from tracer.sampling import CpuBudget
 

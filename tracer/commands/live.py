@@ -31,6 +31,7 @@ from tracer.safe_text import term_safe
 if TYPE_CHECKING:
     from probes.skb_hops import EbpfSource
     from tracer.annotate.local import LocalWorker
+    from tracer.annotate.raw_sockets import RawSocketWatch
     from tracer.sources.taps import TapSource
     from tracer.topology import Topology
 
@@ -240,10 +241,14 @@ def run(args: argparse.Namespace) -> int:
             annotators.append(rules)
         local = _local_worker(topo)
         stack.callback(local.close)
+        raw_sockets = _raw_socket_watch(source.kind)
+        if raw_sockets is not None:
+            stack.callback(raw_sockets.close)
         pipeline = build(PipelineConfig(source, source_started=True, path_filter=path_filter,
                                         annotators=tuple(annotators), recorder=rec, count=args.count,
                                         duration_s=args.duration, sampler=sampler,
-                                        max_cpu_pct=args.max_cpu or None, local=local))
+                                        max_cpu_pct=args.max_cpu or None, local=local,
+                                        raw_sockets=raw_sockets))
         stopper.attach(pipeline)
         if _want_tui(args):
             from tracer.sinks.output import tui_color
@@ -275,6 +280,16 @@ def _local_worker(topo: Topology) -> LocalWorker:
     namer = NodeNamer()
     containers = {c.netns: c.name for c in topo.containers if c.netns and c.name}
     return LocalWorker(LocalLookup(containers=lambda: containers, names=namer.known))
+
+
+def _raw_socket_watch(kind: str) -> RawSocketWatch | None:
+    """Where raw ICMP sockets are open (tracer.annotate.raw_sockets), polled off the hot path:
+    only the eBPF backend sees the NO_SOCKET frees it explains."""
+    if kind != "ebpf":
+        return None
+    from tracer.annotate.raw_sockets import RawSocketWatch
+
+    return RawSocketWatch()
 
 
 def _recorder_factory(args: argparse.Namespace) -> Callable[[], Recorder]:

@@ -1,0 +1,128 @@
+"""Where and when raw ICMP sockets were open, per network namespace (docs/drop-reasons.md).
+
+busybox ping (and iputils ping without ping sockets) reads echo replies on a raw ICMP
+socket: the kernel hands that socket a clone and frees the original with NO_SOCKET. The core
+calls such a free no loss when a raw ICMP (or ICMPv6) socket was open in that namespace at
+that time (crates/hoptrace-core/src/drops.rs); this module tells it when.
+
+Every ``period_s`` a thread lists the namespaces (``/proc/<pid>/ns/net`` of every process,
+one pid each) and reads ``/proc/<pid>/net/raw`` and ``raw6`` there: a socket bound to
+protocol 1 (ICMP) or 58 (ICMPv6) is one. A namespace seen with one gets a span from the poll
+before (it opened after that one) to the poll that no longer sees it (it closed before
+that one); one open now ends a period after the latest poll. Nothing here is on the packet path: the
+engine asks for the spans once per batch and hands them to the core only when they changed.
+A process that exits or a namespace that goes away between the listing and the read is
+skipped (the next poll sees what is left).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+PROTOS = {"raw": 1, "raw6": 58}  # file -> protocol of the raw ICMP sockets in it
+PERIOD_S = 0.2
+
+
+def raw_icmp_in(net_dir: Path) -> bool:
+    """Whether ``net_dir`` (``/proc/<pid>/net``) lists a raw ICMP or ICMPv6 socket."""
+    for name, proto in PROTOS.items():
+        try:
+            lines = (net_dir / name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # "sl local_address rem_address st ...": a raw socket's local port is its protocol
+            port = fields[1].rpartition(":")[2] if len(fields) > 1 else ""
+            if port and int(port, 16) == proto:
+                return True
+    return False
+
+
+def namespaces(proc: Path = Path("/proc")) -> dict[int, int]:
+    """netns inode -> one pid in it, for every process whose namespace can be read."""
+    out: dict[int, int] = {}
+    try:
+        entries = os.listdir(proc)
+    except OSError:
+        return out
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            link = os.readlink(proc / name / "ns" / "net")  # "net:[4026531840]"
+        except OSError:
+            continue
+        inode = link[link.find("[") + 1:-1]
+        if inode.isdigit():
+            out.setdefault(int(inode), int(name))
+    return out
+
+
+class RawSocketSpans:
+    """The spans so far: ``poll(now_ns)`` once per period, ``spans()`` for the core."""
+
+    def __init__(self, list_namespaces: Callable[[], dict[int, int]] = namespaces,
+                 has_raw: Callable[[int], bool] = lambda pid: raw_icmp_in(Path(f"/proc/{pid}/net")),
+                 period_s: float = PERIOD_S) -> None:
+        self._period_ns = int(period_s * 1e9)
+        self._list = list_namespaces
+        self._has_raw = has_raw
+        self._lock = threading.Lock()
+        self._closed: list[tuple[int, int, int]] = []  # (netns, from, to) of sockets gone
+        self._open: dict[int, int] = {}  # netns -> from, seen at the latest poll
+        self._last_ns: int | None = None
+        self.generation = 0
+
+    def poll(self, now_ns: int) -> None:
+        seen = {ns for ns, pid in self._list().items() if self._has_raw(pid)}
+        with self._lock:
+            before = self._last_ns
+            for ns in set(self._open) - seen:
+                self._closed.append((ns, self._open.pop(ns), now_ns))
+            for ns in seen - set(self._open):
+                # Open since before hoptrace looked, or since after the poll before this one.
+                self._open[ns] = 0 if before is None else before
+            self._last_ns = now_ns
+            self.generation += 1
+
+    def spans(self) -> list[tuple[int, int, int]]:
+        """(netns, from_ns, to_ns) of every span; one still open ends a period after the latest
+        poll (the next poll would see whether it closed before then)."""
+        with self._lock:
+            end = (self._last_ns or 0) + self._period_ns
+            return [*self._closed, *((ns, t, end) for ns, t in self._open.items())]
+
+
+class RawSocketWatch:
+    """``RawSocketSpans`` polled by a daemon thread until ``close``."""
+
+    def __init__(self, period_s: float = PERIOD_S, spans: RawSocketSpans | None = None) -> None:
+        self.table = spans or RawSocketSpans(period_s=period_s)
+        self._period = period_s
+        self._stop = threading.Event()
+        self.table.poll(time.time_ns())  # what is open at the start counts from the start
+        self._thread = threading.Thread(target=self._run, name="hoptrace-raw-sockets", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._period):
+            self.table.poll(time.time_ns())
+
+    @property
+    def generation(self) -> int:
+        return self.table.generation
+
+    def spans(self) -> list[tuple[int, int, int]]:
+        return self.table.spans()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+
+__all__ = ["PERIOD_S", "RawSocketSpans", "RawSocketWatch", "namespaces", "raw_icmp_in"]
