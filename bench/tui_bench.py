@@ -13,6 +13,15 @@ the widget one would reach for first:
 
     .venv/bin/python bench/tui_bench.py                  # 20 s each (hoptrace, then DataTable peer)
     .venv/bin/python bench/tui_bench.py --seconds 5 --rate 20000 --no-peer
+    .venv/bin/python bench/tui_bench.py --core           # 100k paths/s through the core, 20 s
+
+``--core`` (issue 16, "the TUI bench, fed through the core"): eBPF-shaped rows (five hops a
+packet, MASQUERADE; bench/record_bench.make_batches) offered at ``--rate`` (default then
+100,000) paths/s in 10 ms batches to the real engine (tracer.engine.Engine: the core joins,
+finishes, renders and aggregates per flow) under ``hoptrace live``'s TUI, flow view on.
+Reports the same frame lag and RSS, the paths the core finished per second, how long the
+flow view was on and how many tables it drew, and the process's CPU; targets: frame p99
+< 100 ms, RSS flat.
 """
 
 from __future__ import annotations
@@ -251,6 +260,118 @@ async def run_datatable(pool: list[PacketPath], rate: int, seconds: float, keep:
     return summarize("peer: Textual DataTable", probe, elapsed, state["delivered"], shed, drains)
 
 
+class CoreFlood:
+    """A live-like Source: eBPF-shaped rows offered at ``rate`` paths/s for ``seconds``, in
+    10 ms batches cut from a pool built up front (not measured), times 10 us a packet apart."""
+
+    kind = "synthetic"
+    lost_events = 0
+
+    def __init__(self, rate: int, seconds: float, pool_paths: int = 20_000) -> None:
+        import numpy as np
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from record_bench import HOPS, make_batches
+
+        self.rate = rate
+        self.seconds = seconds
+        per = max(1, int(rate * BATCH_S))
+        hops = len(HOPS)
+        self.pool = make_batches(pool_paths * hops, per * hops)
+        self.pool_paths = pool_paths
+        self.base_ts: list[Any] = []
+        at = 0
+        for b in self.pool:
+            k = np.arange(at, at + len(b.rows))
+            self.base_ts.append((k // hops) * 10_000 + (k % hops) * 7_000)
+            at += len(b.rows)
+        self.offered = 0
+        self._stop = threading.Event()
+        self.t0_ns = time.time_ns()
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def batches(self) -> Iterator[Any]:
+        from dataclasses import replace as dc_replace
+
+        start = time.monotonic()
+        i = cycle = 0
+        while not self._stop.is_set():
+            elapsed = time.monotonic() - start
+            if elapsed >= self.seconds:
+                return
+            if self.offered >= elapsed * self.rate:
+                time.sleep(BATCH_S / 2)
+                continue
+            b = self.pool[i]
+            rows = b.rows.copy()
+            rows["ts_ns"] = self.t0_ns + cycle * self.pool_paths * 10_000 + self.base_ts[i]
+            self.offered += len(rows) // 5
+            i += 1
+            if i == len(self.pool):
+                i, cycle = 0, cycle + 1
+            yield dc_replace(b, rows=rows, now_ns=int(rows["ts_ns"].max()))
+
+
+async def run_core(rate: int, seconds: float, keep: int) -> dict[str, float]:
+    from tracer.engine import Engine
+    from tui.app import make_app
+
+    src = CoreFlood(rate, seconds)
+    engine = Engine(src)
+    app = make_app(engine, keep=keep, flow_view=True)
+    probe = Probe()
+    drains: list[float] = []
+    orig = app._drain
+    on_samples: list[bool] = []
+    tables: list[int] = [0]
+
+    def timed_drain() -> None:
+        t = time.perf_counter()
+        orig()
+        drains.append((time.perf_counter() - t) * 1000)
+        on_samples.append(app.status.flow_view)
+
+    app._drain = timed_drain  # type: ignore[method-assign]
+    cpu0 = os.times()
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = app.flow_pane
+        orig_show = pane.show
+
+        def counted_show(*a: Any) -> None:
+            tables[0] += 1
+            orig_show(*a)
+
+        pane.show = counted_show  # type: ignore[method-assign]
+        probe.start(app)
+        t0 = time.monotonic()
+        while not app.status.finished:
+            await pilot.pause(0.2)
+        elapsed = time.monotonic() - t0
+        finished = engine.stats().paths
+        in_store = app.store.total_seen
+    cpu1 = os.times()
+    res = summarize("hoptrace TUI fed through the core (flow view)", probe, elapsed, in_store,
+                    app.feed.dropped_by_ui, drains)
+    cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+    extra = {
+        "offered_paths_per_s": src.offered / seconds,
+        "core_paths_per_s": finished / elapsed,
+        "flow_view_on_share": sum(on_samples) / max(len(on_samples), 1),
+        "flow_tables_drawn": tables[0],
+        "tables_per_s": tables[0] / elapsed,
+        "cpu_s_per_s": cpu / elapsed,
+    }
+    for k, v in extra.items():
+        print(f"  {k:22} {v:12,.2f}")
+    res.update(extra)
+    return res
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", type=int, default=20_000, help="paths per second (default 20000)")
@@ -258,7 +379,15 @@ def main() -> int:
     ap.add_argument("--peer-seconds", type=float, default=10.0)
     ap.add_argument("--keep", type=int, default=10_000)
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--core", action="store_true", help="feed the TUI through the core (default rate 100000)")
     args = ap.parse_args()
+    if args.core:
+        rate = args.rate if "--rate" in sys.argv else 100_000
+        print(f"core: offered {rate:,} paths/s for {args.seconds:.0f} s, keep {args.keep:,}, 120x40 headless, "
+              f"load {os.getloadavg()[0]:.1f}")
+        asyncio.run(run_core(rate, args.seconds, args.keep))
+        print(f"  {'load_after':22} {os.getloadavg()[0]:12,.1f}")
+        return 0
     # As many distinct paths as the app keeps: the heap the collector scans is what a real
     # engine's fresh paths would make it (a bigger pool would inflate every gen-2 pass).
     pool = path_pool(args.keep)

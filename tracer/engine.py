@@ -275,6 +275,13 @@ class Engine:
 
         return decode_table(self._flow_view.snapshot(self._stream, int(now * 1e9), limit))
 
+    def quiet_lines(self, quiet: bool) -> None:
+        """While the flow view is all anyone reads: the core writes no line (so renders and
+        annotates nothing) for the paths it still aggregates; False: lines again. From the
+        thread that runs ``chunks()``; no effect without ``watch_flows``."""
+        if self._flow_view is not None:
+            self._flow_view.set_lines(self._stream, not quiet)
+
     def _done(self) -> bool:
         if self._stop.is_set() or self._stream.done:
             return True
@@ -657,7 +664,8 @@ def _run(engine: Engine, sinks: Sequence[Sink]) -> Stats:
     if flood:
         from tracer.flow_view import FlowWatch
 
-        watch = FlowWatch(engine, clock=engine.flow_clock)
+        # Lines are not written while the view is on when no other sink reads them.
+        watch = FlowWatch(engine, clock=engine.flow_clock, quiet=len(flood) == len(sinks))
     try:
         for lines in engine.chunks():
             if watch is not None:

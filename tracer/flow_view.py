@@ -141,8 +141,11 @@ class FlowWatch:
     between its chunks, from the thread that runs it."""
 
     def __init__(self, engine: Any, *, clock: Callable[[], float] = time.monotonic,
-                 switch: RateSwitch | None = None, refresh_s: float = REFRESH_S, rows: int = ROWS) -> None:
+                 switch: RateSwitch | None = None, refresh_s: float = REFRESH_S, rows: int = ROWS,
+                 quiet: bool = True) -> None:
         self.engine = engine
+        #: The flow view is all anyone reads while it is on: the core writes no line meanwhile.
+        self.quiet = quiet
         self.clock = clock
         engine.watch_flows = True
         engine.flow_clock = clock
@@ -164,6 +167,8 @@ class FlowWatch:
         shown = self.engine.shown_paths()
         changed = self.switch.update(now, shown)
         if changed:
+            if self.quiet:
+                self.engine.quiet_lines(self.switch.on)
             if self.switch.on:
                 self._on_at = shown
                 self._last = -math.inf

@@ -160,6 +160,10 @@ class _FakeEngine:
         self.tables = 0
         self.watch_flows = False
         self.flow_clock: Any = None
+        self.quiet: list[bool] = []
+
+    def quiet_lines(self, quiet: bool) -> None:
+        self.quiet.append(quiet)
 
     def shown_paths(self) -> int:
         return self.shown
@@ -185,6 +189,7 @@ def test_flow_watch_refreshes_at_most_every_refresh_s() -> None:
         clock[0] += 0.05
         w.step()
     assert not w.on and w.summarised > 0
+    assert eng.quiet == [True, False], "no lines while the view is on, lines again after"
 
 
 def test_terminal_lines_escape_names_and_fit() -> None:

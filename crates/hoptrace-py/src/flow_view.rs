@@ -100,6 +100,12 @@ impl PyFlowView {
         )
     }
 
+    /// ``stream`` writes its paths' lines (``True``, as it starts) or not (``False``: while
+    /// the view is all anyone reads, the core neither renders nor annotates them).
+    fn set_lines(&self, mut stream: PyRefMut<'_, Stream>, lines: bool) {
+        stream.set_lines(lines);
+    }
+
     /// Paths the view heard of since it was attached.
     #[getter]
     fn total_paths(&self) -> u64 {

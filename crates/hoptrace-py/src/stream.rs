@@ -171,6 +171,14 @@ impl Stream {
         self.core.set_sink(Box::new(extras), true);
     }
 
+    /// Paths' lines written (true) or not: while the flow view is shown only it hears of
+    /// them (flow_view.rs), and the core neither renders nor annotates them.
+    pub(crate) fn set_lines(&mut self, lines: bool) {
+        if let Some(sink) = self.core.take_sink() {
+            self.core.set_sink(sink, lines);
+        }
+    }
+
     /// The names the paths' hops index.
     pub(crate) fn labels(&self) -> &Labels {
         self.core.labels()
