@@ -188,7 +188,7 @@ def rate_text(v: float) -> str:
     for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if v >= div:
             return f"{v / div:.1f}{unit}"
-    return f"{v:.0f}"
+    return f"{v:.0f}" if v >= 10 or v == 0 else f"{v:.1f}"
 
 
 def bytes_rate_text(v: float) -> str:

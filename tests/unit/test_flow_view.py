@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import CORPUS, FIXTURES
 from tracer.engine import Engine
-from tracer.flow_view import FlowRow, FlowTable, FlowWatch, RateSwitch, table_lines
+from tracer.flow_view import FlowRow, FlowTable, FlowWatch, RateSwitch, rate_text, table_lines
 from tracer.model import PacketPath
 from tracer.sinks.output import addr_port
 from tracer.sources.files import open_files
@@ -204,4 +204,6 @@ def test_terminal_lines_escape_names_and_fit() -> None:
     assert all(len(line) <= 60 for line in table_lines(table, "x", width=60, height=20))
     assert lines[0].startswith("hoptrace: flow view — 12,345 paths/s")
     assert lines[-1] == "… and 470 quieter flows"
+    assert [rate_text(v) for v in (0, 0.45, 9.96, 12, 999.4, 1000, 2.5e6)] == \
+        ["0", "0.5", "10.0", "12", "999", "1.0k", "2.5M"]
     assert "12.3k" in text and "3.0 MiB" in text and "1.5 µs" in text and "2.5 ms" in text
