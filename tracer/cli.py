@@ -304,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-cpu", type=_cpu_pct, default=DEFAULT_MAX_CPU, metavar="PCT",
                    help=f"CPU budget, in %% of one core (default {DEFAULT_MAX_CPU:g}; 0: none): over it "
                         "while packets flood in, sample more rather than fall behind")
+    p.add_argument("--no-local", dest="local", action="store_false",
+                   help="do not look up which process or socket took the packets that ended in a "
+                        "namespace (sock_diag, /proc): no \"local\" in the output")
     p.add_argument("-r", dest="read", action="append", default=[], metavar="FILE",
                    help="replay this capture file instead of tracing live (as `hoptrace replay`)")
     _add_display_flags(p)

@@ -453,6 +453,8 @@ class _Feeder:
             rows["hop"] = remap[rows["hop"]]
         if len(rows) and rows["drop_reason"].any():
             rows = self._reasons_of(rows, batch.drop_reasons)
+        if batch.local_notes:
+            stream.preset_locals(batch.local_notes)
         frames: bytes = b""
         if self.path_filter is not None:
             for lt in stream.linktypes_without_program():

@@ -173,6 +173,9 @@ class ObsBatch:
     frames: bytes | bytearray | memoryview = b""
     now_ns: int | None = None
     drop_reasons: dict[int, str] = field(default_factory=dict)
+    #: A recording's answers of who took packets, read with this batch (tracer/annotate/local.py):
+    #: ``(record, json, text)`` each, as the core checked them.
+    local_notes: list[tuple[bytes, bytes, bytes]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.rows)

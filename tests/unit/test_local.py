@@ -108,9 +108,10 @@ def test_paths_after_the_answer_carry_it_and_python_renders_them_byte_for_byte()
     assert core == py
 
 
-def split_run(fixture: str, local: Any) -> tuple[list[Any], bytes]:
+def split_run(fixture: str, local: Any, recorder: Any = None) -> tuple[list[Any], bytes]:
     """The fixture in two halves 2 s apart (cut at the widest gap in its middle), a clock
-    between them: the first half's paths finish, and their answers come, before the second's."""
+    between them: the first half's paths finish, and their answers come, before the second's.
+    ``recorder``: records the run as live does (its batches and the answers)."""
     batches, _ = read([str(FIXTURES / fixture)])
     assert len(batches) == 1
     b = batches[0]
@@ -126,7 +127,11 @@ def split_run(fixture: str, local: Any) -> tuple[list[Any], bytes]:
              ObsBatch(second, b.hops, b.frames, drop_reasons=b.drop_reasons)]
     data = b""
     merged: Lines | None = None
-    for lines in Engine(Batches(parts), local=local).chunks():
+    engine = Engine(Batches(parts), local=local)
+    if recorder is not None:
+        engine.batch_hooks.append(recorder.on_batch)
+        engine.local_hooks.append(recorder)
+    for lines in engine.chunks():
         merged = lines if merged is None else merged.then(lines)
         data += lines.data
     assert merged is not None

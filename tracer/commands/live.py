@@ -239,8 +239,9 @@ def run(args: argparse.Namespace) -> int:
         annotators: list[Annotator] = [attributor]
         if rules is not None:
             annotators.append(rules)
-        local = _local_worker(topo)
-        stack.callback(local.close)
+        local = _local_worker(topo) if getattr(args, "local", True) else None
+        if local is not None:
+            stack.callback(local.close)
         raw_sockets = _raw_socket_watch(source.kind)
         if raw_sockets is not None:
             stack.callback(raw_sockets.close)

@@ -22,6 +22,16 @@ What a recording looks like (CONTRACT.md, "Recordings"):
     ``{"v":1,"dir":"rx"|"tx"|"drop"|null,"skb":"0x.."|null,"hook":null,
     "netns":N,"drop_reason":NAME|null,"ts_ns":N}``.
 
+What the lookups of who took a packet found (``"local"``, tracer/annotate/local.py) goes in as
+it comes, so ``hoptrace replay`` shows what live showed: one Custom Block (type 0x00000BAD,
+copiable) per answer, its Private Enterprise Number 0 (hoptrace has none: readers match the
+magic), then ``b"hoptrace"``, kind (u16 LE: 1 = local; 2 is kept for ``relay``), version
+(u16 LE, 1), and three length-prefixed (u32 LE) fields: the core's miss record (the key: the
+namespace and the 5-tuple as the packet arrived, crates/hoptrace-core/src/local.rs), the
+``"local"`` object's JSON fields, their text. Wireshark and tshark skip blocks they do not
+know (Wireshark lists each as a record of its own, "PCAPNG Custom Block"); the core reads them back as untrusted input (``local::parse_block``). A rotated file
+starts with every answer so far (at most ``MAX_LOCAL_BLOCKS``).
+
 Why blocks are not written with scapy's ``RawPcapNgWriter``: that writer stores
 microsecond timestamps only (no ``if_tsresol``; hops are 7-20 µs apart), a fixed 262144
 snaplen, no ``if_description``, no packet id, and costs a few Python calls per packet.
@@ -79,6 +89,14 @@ EPB_FLAGS = 2
 EPB_PACKETID = 5
 BYTE_ORDER_MAGIC = 0x1A2B3C4D
 
+BT_CUSTOM_COPY = 0x00000BAD  # copiable (0x40000BAD: not)
+#: hoptrace has no IANA Private Enterprise Number: 0, and the magic after it says whose.
+CUSTOM_PEN = 0
+CUSTOM_MAGIC = b"hoptrace"
+KIND_LOCAL = 1
+KIND_RELAY = 2  # engineer "proxy"'s relay links (not written yet)
+MAX_LOCAL_BLOCKS = 100_000
+
 FLUSH_INTERVAL_S = 0.2
 FLUSH_BYTES = 1 << 20
 # Rows encoded at once: bounds the temporary byte matrix (~450 B a row).
@@ -120,6 +138,17 @@ def idb_block(label: HopLabel, snaplen: int) -> bytes:
         + _option(OPT_ENDOFOPT, b"")
     )
     return _block(BT_IDB, struct.pack("<HHI", label.linktype & 0xFFFF, 0, snaplen) + opts)
+
+def custom_block(kind: int, fields: tuple[bytes, ...]) -> bytes:
+    """A hoptrace Custom Block: PEN, magic, kind, version 1, length-prefixed fields."""
+    body = struct.pack("<I", CUSTOM_PEN) + CUSTOM_MAGIC + struct.pack("<HH", kind, 1)
+    body += b"".join(struct.pack("<I", len(f)) + f for f in fields)
+    return _block(BT_CUSTOM_COPY, _pad4(body))
+
+
+def local_block(record: bytes, json_fields: bytes, text: bytes) -> bytes:
+    """Who took the packets of one key (see the module documentation)."""
+    return custom_block(KIND_LOCAL, (record, json_fields, text))
 
 # --------------------------------------------------------------------------
 # EPB encoding (the core: crates/hoptrace-core/src/pcapng_writer.rs)
@@ -208,6 +237,7 @@ class PcapngRecorder:
         self._buf_len = 0
         self._last_flush = time.monotonic()
         self._ifids: dict[HopLabel, int] = {}
+        self._locals: list[bytes] = []  # every local block so far, for each rotated file
         self._closed = False
         self._open(0)
 
@@ -241,6 +271,8 @@ class PcapngRecorder:
         if name not in self.paths_written:
             self.paths_written.append(name)
         self._queue(shb_block())
+        for block in self._locals:
+            self._queue(block)
 
     def _queue(self, data: bytes | memoryview, packets: int = 0) -> None:
         self._buf.append((data, packets))
@@ -308,6 +340,16 @@ class PcapngRecorder:
                 return
         if self._buf_len >= FLUSH_BYTES or time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S:
             self._flush()
+
+    def on_local(self, answers: list[tuple[bytes, bytes, bytes]]) -> None:
+        """What the lookups found (tracer/engine.py ``RecordsLocal``): ``(record, json, text)`` each."""
+        if self._fd is None or self._closed:
+            return
+        for record, json_fields, text in answers:
+            block = local_block(record, json_fields, text)
+            if len(self._locals) < MAX_LOCAL_BLOCKS:
+                self._locals.append(block)
+            self._queue(block)
 
     def _ifid_table(self, batch: ObsBatch, hops: np.ndarray) -> np.ndarray:
         import numpy as np

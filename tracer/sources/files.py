@@ -156,7 +156,8 @@ class FileSource:
                                           linktype=linktype))  # fmt: skip
             for rid, name in reasons:
                 self.drop_reasons[rid] = _text(name)
-            batch = ObsBatch(rows=rows.view(dtype), hops=self.hops, frames=frames, drop_reasons=self.drop_reasons)
+            batch = ObsBatch(rows=rows.view(dtype), hops=self.hops, frames=frames, drop_reasons=self.drop_reasons,
+                             local_notes=reader.take_locals())
             self.packets += len(batch)
             yield batch
 

@@ -232,6 +232,11 @@ impl Engine {
         self.learner.finisher.enable_locals();
     }
 
+    /// A recorded answer (a replay; crate::local).
+    pub fn preset_local(&mut self, note: &crate::local::LocalNote) {
+        self.learner.finisher.preset_local(note);
+    }
+
     /// The table of who took what (crate::local), when enabled.
     pub fn locals_mut(&mut self) -> Option<&mut crate::local::Locals> {
         self.learner.finisher.locals_mut()
@@ -494,6 +499,9 @@ pub fn replay_ndjson<W: Write, H: ReplayHooks>(
         }
         for (code, name) in files.new_drop_reasons() {
             engine.set_drop_reason(*code, name);
+        }
+        for note in files.new_locals() {
+            engine.preset_local(note);
         }
         engine.feed(&batch.rows, batch.frames.bytes(), None);
         let records = batch.rows.len();

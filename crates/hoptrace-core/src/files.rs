@@ -98,6 +98,8 @@ struct Stream {
 /// Labels and tables shared by every file of one source.
 #[derive(Default)]
 struct Tables {
+    /// Recorded answers (crate::local), in the order read.
+    locals: Vec<crate::local::LocalNote>,
     hops: Vec<HopLabel>,
     hop_index: HashMap<(usize, usize, u32), u32>,
     node_netns: HashMap<Vec<u8>, u64>,
@@ -254,7 +256,9 @@ impl Merge {
         let Some(stream) = self.streams.get_mut(k) else {
             return Ok(None);
         };
-        let chunk = match stream.reader.next_chunk() {
+        let chunk = stream.reader.next_chunk();
+        self.tables.locals.append(&mut stream.reader.locals);
+        let chunk = match chunk {
             Ok(Some(c)) => c,
             Ok(None) => return Ok(None),
             Err(error) => return Err(FileError { file: k, error }),
@@ -267,6 +271,7 @@ impl Merge {
 /// error), and what reading it taught (labels, drop reasons, progress).
 struct Step {
     got: Result<Option<Batch>, FileError>,
+    locals: Vec<crate::local::LocalNote>,
     hops: Vec<HopLabel>,
     reasons: Vec<(u32, Vec<u8>)>,
     bytes_read: u64,
@@ -277,6 +282,7 @@ struct Step {
 struct Ahead {
     rx: Mutex<Receiver<Step>>,
     thread: Option<JoinHandle<()>>,
+    locals: Vec<crate::local::LocalNote>,
     hops: Vec<HopLabel>,
     reasons: Vec<(u32, Vec<u8>)>,
     bytes_read: u64,
@@ -304,6 +310,7 @@ pub struct FileSet {
     read_ahead: bool,
     hops_told: usize,
     reasons_told: usize,
+    locals_told: usize,
 }
 
 impl FileSet {
@@ -322,6 +329,7 @@ impl FileSet {
             read_ahead: true,
             hops_told: 0,
             reasons_told: 0,
+            locals_told: 0,
         }
     }
 
@@ -344,6 +352,22 @@ impl FileSet {
             Source::Here(m) => &m.tables.drops.names,
             Source::Ahead(a) => &a.reasons,
         }
+    }
+
+    fn locals(&self) -> &[crate::local::LocalNote] {
+        match &self.source {
+            Source::Here(m) => &m.tables.locals,
+            Source::Ahead(a) => &a.locals,
+        }
+    }
+
+    /// hoptrace's recorded answers (crate::local) read since the last call.
+    pub fn new_locals(&mut self) -> &[crate::local::LocalNote] {
+        let told = self.locals_told;
+        self.locals_told = self.locals().len();
+        self.locals()
+            .get(told.min(self.locals_told)..)
+            .unwrap_or(&[])
     }
 
     /// Labels made since the last call.
@@ -418,6 +442,7 @@ fn start_reading(merge: Box<Merge>) -> Result<Box<Ahead>, Box<Merge>> {
         Ok(thread) => Ok(Box::new(Ahead {
             rx: Mutex::new(rx),
             thread: Some(thread),
+            locals: Vec::new(),
             hops: Vec::new(),
             reasons: Vec::new(),
             bytes_read: 0,
@@ -434,10 +459,17 @@ fn start_reading(merge: Box<Merge>) -> Result<Box<Ahead>, Box<Merge>> {
 /// The reading thread: every batch, with what it taught, until the end, an error, or
 /// nobody takes them any more.
 fn read_ahead(mut merge: Box<Merge>, tx: &SyncSender<Step>) {
-    let (mut hops_sent, mut reasons_sent) = (0, 0);
+    let (mut hops_sent, mut reasons_sent, mut locals_sent) = (0, 0, 0);
     loop {
         let got = merge.next_batch();
         let last = !matches!(got, Ok(Some(_)));
+        let locals = merge
+            .tables
+            .locals
+            .get(locals_sent..)
+            .unwrap_or(&[])
+            .to_vec();
+        locals_sent += locals.len();
         let hops = merge.tables.hops.get(hops_sent..).unwrap_or(&[]).to_vec();
         let names = &merge.tables.drops.names;
         let reasons = names.get(reasons_sent..).unwrap_or(&[]).to_vec();
@@ -445,6 +477,7 @@ fn read_ahead(mut merge: Box<Merge>, tx: &SyncSender<Step>) {
         reasons_sent += reasons.len();
         let step = Step {
             got,
+            locals,
             hops,
             reasons,
             bytes_read: merge.bytes_read(),
@@ -469,6 +502,7 @@ impl Ahead {
             Ok(step) => {
                 self.hops.extend(step.hops);
                 self.reasons.extend(step.reasons);
+                self.locals.extend(step.locals);
                 self.bytes_read = step.bytes_read;
                 self.packets = step.packets;
                 self.done = !matches!(step.got, Ok(Some(_)));

@@ -524,6 +524,12 @@ impl PathFinisher {
         self.flows.locals_mut()
     }
 
+    /// A recorded answer (a replay; crate::local): paths that end at its key from now on,
+    /// and their flows, say it.
+    pub fn preset_local(&mut self, note: &crate::local::LocalNote) {
+        self.flows.preset_local(note);
+    }
+
     /// The smallest path number of the step that the limit hides (None: no limit applies).
     fn cutoff(&mut self, paths: &[FinishedPath], obs: &[Obs], all_shown: bool) -> Option<u64> {
         let room = self.limit?.saturating_sub(self.paths);

@@ -137,6 +137,11 @@ impl Flows {
         self.locals.get_or_insert_with(Locals::new);
     }
 
+    /// A recorded answer (a replay): the table, when there was none, asks nobody.
+    pub fn preset_local(&mut self, note: &crate::local::LocalNote) {
+        self.locals.get_or_insert_with(Locals::quiet).preset(note);
+    }
+
     pub fn locals(&self) -> Option<&Locals> {
         self.locals.as_ref()
     }

@@ -18,10 +18,86 @@
 use crate::hash::FastMap;
 use crate::labels::Labels;
 use crate::obs::{dir, Obs};
+use crate::safe_text::term_safe_wtf8;
 use crate::view;
 
 /// Bytes of one miss record (see [`Locals::take_misses`]).
 pub const MISS_SIZE: usize = 64;
+
+/// A slot preset from a recording, whose node is named by the first path that finds it.
+const NO_LABEL: u32 = u32::MAX;
+
+/// pcapng Custom Block types (copiable and not) that may carry hoptrace's annotations.
+pub const CUSTOM_BLOCK_TYPES: [u32; 2] = [0x4000_0BAD, 0x0000_0BAD];
+/// What a hoptrace custom block's data starts with (after its Private Enterprise Number):
+/// the magic, then a kind (u16 LE) and a version (u16 LE). tracer/sinks/record.py writes them.
+pub const BLOCK_MAGIC: &[u8; 8] = b"hoptrace";
+/// Kinds of hoptrace custom blocks: who took a packet (this module); 2 is kept for `relay`.
+pub const KIND_LOCAL: u16 = 1;
+pub const KIND_RELAY: u16 = 2;
+
+/// One recorded answer: the miss record (the key), the JSON fields, the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalNote {
+    pub record: Vec<u8>,
+    pub json: Vec<u8>,
+    pub text: Vec<u8>,
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    let w: [u8; 4] = b.get(at..at.checked_add(4)?)?.try_into().ok()?;
+    Some(u32::from_le_bytes(w))
+}
+
+/// The `local` answer a custom block's data (after the PEN) carries, checked as untrusted
+/// input: `magic, kind 1, version 1, u32 record length (64), record, u32 json length, json,
+/// u32 text length, text`. The JSON fields must be printable ASCII and read as a JSON
+/// object's members (so a line stays one valid object); the text is made `term_safe`. None: not a local block, or damaged.
+pub fn parse_block(data: &[u8]) -> Option<LocalNote> {
+    if data.get(..8)? != BLOCK_MAGIC {
+        return None;
+    }
+    let kind = u16::from_le_bytes(data.get(8..10)?.try_into().ok()?);
+    let version = u16::from_le_bytes(data.get(10..12)?.try_into().ok()?);
+    if kind != KIND_LOCAL || version != 1 {
+        return None;
+    }
+    let mut at = 12usize;
+    let field = |at: &mut usize| -> Option<&[u8]> {
+        let n = u32_at(data, *at)? as usize;
+        let start = at.checked_add(4)?;
+        let v = data.get(start..start.checked_add(n)?)?;
+        *at = start + n;
+        Some(v)
+    };
+    let record = field(&mut at)?;
+    let json = field(&mut at)?;
+    let text = field(&mut at)?;
+    if record.len() != MISS_SIZE {
+        return None;
+    }
+    // As json.dumps writes them (ensure_ascii): printable ASCII, so no newline ends the line.
+    if !json.iter().all(|b| (0x20..0x7f).contains(b)) {
+        return None;
+    }
+    let fields = std::str::from_utf8(json).ok()?;
+    let object: Vec<u32> = std::iter::once('{')
+        .chain(fields.chars())
+        .chain(std::iter::once('}'))
+        .map(u32::from)
+        .collect();
+    if !matches!(
+        crate::pyjson::loads(&object),
+        Some(crate::pyjson::Val::Object(_))
+    ) {
+        return None;
+    }
+    Some(LocalNote {
+        record: record.to_vec(),
+        json: json.to_vec(),
+        text: term_safe_wtf8(text),
+    })
+}
 
 /// Past this many keys, start over (a flood of distinct flows must not grow it forever).
 const MAX_KEYS: usize = 200_000;
@@ -39,6 +115,22 @@ struct Key {
 }
 
 impl Key {
+    /// The key a miss record names (see `push_miss`).
+    fn from_record(r: &[u8]) -> Option<Key> {
+        let b8 = |a: usize| -> Option<[u8; 8]> { r.get(a..a + 8)?.try_into().ok() };
+        let b2 = |a: usize| -> Option<[u8; 2]> { r.get(a..a + 2)?.try_into().ok() };
+        let b16 = |a: usize| -> Option<[u8; 16]> { r.get(a..a + 16)?.try_into().ok() };
+        Some(Key {
+            netns: u64::from_le_bytes(b8(8)?),
+            family: *r.get(16)?,
+            proto: *r.get(17)?,
+            sport: u16::from_le_bytes(b2(20)?),
+            dport: u16::from_le_bytes(b2(22)?),
+            src: b16(32)?,
+            dst: b16(48)?,
+        })
+    }
+
     fn of(o: &Obs) -> Key {
         let (sport, dport) = match (view::sport(o), view::dport(o)) {
             (Some(s), Some(d)) => (s, d),
@@ -91,11 +183,49 @@ pub struct Locals {
     misses: Vec<u8>,
     /// Bumped when the table starts over: a slot number from before names nothing.
     epoch: u32,
+    /// Keys not seen are queued as misses (live); a replay has nobody to ask.
+    quiet: bool,
 }
 
 impl Locals {
     pub fn new() -> Locals {
         Locals::default()
+    }
+
+    /// A table filled from a recording's answers only ([`Locals::preset`]): no misses.
+    pub fn quiet() -> Locals {
+        Locals {
+            quiet: true,
+            ..Locals::default()
+        }
+    }
+
+    /// A recorded answer (a replay): the key its record names takes it, now and from then on.
+    pub fn preset(&mut self, note: &LocalNote) {
+        let Some(key) = Key::from_record(&note.record) else {
+            return;
+        };
+        let i = match self.map.get(&key) {
+            Some(&i) => i,
+            None => {
+                if self.slots.len() >= MAX_KEYS {
+                    return;
+                }
+                let Ok(i) = u32::try_from(self.slots.len()) else {
+                    return;
+                };
+                self.slots.push(Slot {
+                    label: NO_LABEL,
+                    ..Slot::default()
+                });
+                self.map.insert(key, i);
+                i
+            }
+        };
+        if let Some(s) = self.slots.get_mut(i as usize) {
+            s.json = Some(note.json.clone());
+            s.text.clone_from(&note.text);
+        }
     }
 
     /// The handle (epoch and slot) of the key of a path that ended locally at `last`
@@ -104,6 +234,11 @@ impl Locals {
     pub fn note(&mut self, last: &Obs, label: u32) -> Option<u64> {
         let key = Key::of(last);
         if let Some(&i) = self.map.get(&key) {
+            if let Some(s) = self.slots.get_mut(i as usize) {
+                if s.label == NO_LABEL {
+                    s.label = label;
+                }
+            }
             return Some(self.handle(i));
         }
         if self.slots.len() >= MAX_KEYS {
@@ -119,7 +254,9 @@ impl Locals {
             ..Slot::default()
         });
         self.map.insert(key, i);
-        self.push_miss(i, &key, last);
+        if !self.quiet {
+            self.push_miss(i, &key, last);
+        }
         Some(self.handle(i))
     }
 
@@ -348,6 +485,56 @@ mod tests {
         assert!(ends_locally(false, &o, &labels));
         o.family = 0;
         assert!(!ends_locally(true, &o, &labels));
+    }
+
+    fn block(record: &[u8], json: &[u8], text: &[u8]) -> Vec<u8> {
+        let mut b = BLOCK_MAGIC.to_vec();
+        b.extend_from_slice(&KIND_LOCAL.to_le_bytes());
+        b.extend_from_slice(&1u16.to_le_bytes());
+        for f in [record, json, text] {
+            b.extend_from_slice(&(f.len() as u32).to_le_bytes());
+            b.extend_from_slice(f);
+        }
+        b.extend_from_slice(&[0, 0, 0]); // padding
+        b
+    }
+
+    #[test]
+    fn recorded_blocks_are_checked_and_preset_the_table() {
+        let mut labels = Labels::new();
+        let (o, hop) = rx(&mut labels, 10, 40000);
+        let mut asker = Locals::new();
+        asker.note(&o, hop);
+        let record = asker.take_misses();
+        let good = parse_block(&block(&record, b"\"kernel\": \"tcp rst\"", b"a\x1bb"));
+        let good = good.expect("a good block");
+        assert_eq!(good.text, b"a\\x1bb");
+        for bad in [
+            block(&record, b"\"pid\": 1}, {\"x\": 2", b"t"),
+            block(&record, b"\"pid\": 1\n", b"t"),
+            block(&record, b"\"pid\": \"\xc3\xa9\"", b"t"),
+            block(&record[..10], b"\"pid\": 1", b"t"),
+            block(&record, b"", b"t")[..20].to_vec(),
+            b"hoptrace".to_vec(),
+            Vec::new(),
+        ] {
+            assert_eq!(parse_block(&bad), None, "{bad:?}");
+        }
+        let mut empty = block(&record, b"\"pid\": 1", b"t");
+        empty[8] = 2; // a relay block: not this module's
+        assert_eq!(parse_block(&empty), None);
+
+        let mut replay = Locals::quiet();
+        replay.preset(&good);
+        let h = replay.note(&o, hop).expect("room");
+        assert!(replay.known(h));
+        assert!(replay.take_misses().is_empty(), "a replay asks nobody");
+        let mut out = b"{\"type\": \"flow\"}\n".to_vec();
+        replay.patch_json(0, &mut out, h, None, &labels);
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            "{\"type\": \"flow\", \"local\": {\"node\": \"web\", \"kernel\": \"tcp rst\"}}\n"
+        );
     }
 
     #[test]

@@ -120,6 +120,14 @@ pub(crate) fn step(r: &mut FileReader, big: bool) -> Result<Flow, CaptureError> 
             let caplen = wire.min(blen as u32 - 16);
             packet(r, pos + 12, caplen, wire, 0, 0, (0, 0), big);
         }
+        t if crate::local::CUSTOM_BLOCK_TYPES.contains(&t) && blen >= 16 => {
+            // A Custom Block: its Private Enterprise Number, then data (hoptrace's, or not).
+            if let Some(data) = r.data.get(pos + 12..pos + blen - 4) {
+                if let Some(note) = crate::local::parse_block(data) {
+                    r.locals.push(note);
+                }
+            }
+        }
         PB if blen >= 32 => {
             let ifid = u32::from(r.u16_at(pos + 8, big));
             let ts = u64::from(r.u32_at(pos + 12, big)) << 32 | u64::from(r.u32_at(pos + 16, big));

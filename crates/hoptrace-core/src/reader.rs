@@ -325,6 +325,8 @@ pub struct FileReader {
     failed: Option<CaptureError>,
     /// A damaged block found while parsing, raised once the good records before it are out.
     pub(crate) error: Option<CaptureError>,
+    /// hoptrace's recorded answers read so far and not taken (crate::local: custom blocks).
+    pub locals: Vec<crate::local::LocalNote>,
 }
 
 /// What one step of a format's loop did.
@@ -360,6 +362,7 @@ impl FileReader {
             spare: Vec::new(),
             failed: None,
             error: None,
+            locals: Vec::new(),
         }
     }
 

@@ -132,6 +132,29 @@ impl FileReader {
         Ok(Some((PyArray1::from_vec(py, rows), hops, frames, reasons)))
     }
 
+    /// hoptrace's recorded answers of who took packets (hoptrace_core::local) read since the
+    /// last call: ``(record, json, text)`` each, checked (a damaged one is left out).
+    fn take_locals<'py>(
+        &mut self,
+        py: Python<'py>,
+    ) -> Vec<(
+        Bound<'py, PyBytes>,
+        Bound<'py, PyBytes>,
+        Bound<'py, PyBytes>,
+    )> {
+        self.files
+            .new_locals()
+            .iter()
+            .map(|n| {
+                (
+                    PyBytes::new(py, &n.record),
+                    PyBytes::new(py, &n.json),
+                    PyBytes::new(py, &n.text),
+                )
+            })
+            .collect()
+    }
+
     /// Packets read so far, over all files.
     #[getter]
     fn packets(&self) -> u64 {

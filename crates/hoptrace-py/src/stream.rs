@@ -403,6 +403,15 @@ impl Stream {
         }
     }
 
+    /// Recorded answers (a replay: ``FileReader.take_locals``): ``(record, json, text)``
+    /// each; paths that end at a record's key from now on, and their flows, say it.
+    fn preset_locals(&mut self, notes: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>) {
+        for (record, json, text) in notes {
+            let note = hoptrace_core::local::LocalNote { record, json, text };
+            self.core.preset_local(&note);
+        }
+    }
+
     /// Sightings fed so far.
     #[getter]
     fn observations(&self) -> u64 {
