@@ -17,6 +17,8 @@ receiver's rate with no tracer (the peer) and with each tracer mode:
                  the flood rather than fall behind (not default)
 
 Every mode but ``budget`` runs with ``--max-cpu 0``: what the tracer keeps up with.
+``--repeat N`` runs each mode N times, each run between two no-tracer runs, and adds medians
+[min-max] of the ratio, the CPU per event, the lost events and the kernel time per run.
 Prints per mode: rate, ratio to the no-tracer run, events/s, lost events, sampled-out
 sightings and the final sampling rate, tracer CPU (% of one core, from /proc/<pid>/stat,
 and per event), start-to-ready time, and the kernel time per program run
@@ -155,6 +157,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--modes", default="live,filtered,source")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="runs of each mode, each between two no-tracer runs: the table shows the run of "
+                        "median ratio, then medians [min-max] over the runs")
+    p.add_argument("--tests", default="udp,tcp", help="udp, tcp or both")
     args = p.parse_args()
     modes = args.modes.split(",")
     load0 = os.getloadavg()
@@ -163,23 +169,29 @@ def main() -> int:
     lab.up()
     lab_ns = [lab.netns_inode(n) for n in ("host", "inet", "client", "web")]
     results: dict[str, dict[str, Any]] = {}
+    runs: dict[str, list[dict[str, Any]]] = {}
     try:
         with tempfile.TemporaryDirectory(dir="/dev/shm") as tmp:
             work = Path(tmp)
-            for test, udp in (("udp", True), ("tcp", False)):
+            for test in args.tests.split(","):
+                udp = test == "udp"
                 # Baselines interleaved with the traced runs (none, m1, none, m2, ..., none): on a
                 # shared machine the load drifts, so each ratio uses the two runs around it.
                 bases = [iperf(lab, udp, args.seconds)]
+                for _ in range(max(1, args.repeat)):
+                    for mode in modes:
+                        tr = Tracer(mode, work, lab_ns)
+                        t0 = time.perf_counter()
+                        rate = iperf(lab, udp, args.seconds)
+                        window = time.perf_counter() - t0
+                        info = tr.stop(window)
+                        bases.append(iperf(lab, udp, args.seconds))
+                        info.update(rate=rate, events_per_s=(info["events"] or 0) / window,
+                                    ratio=rate / statistics.mean(bases[-2:]))
+                        runs.setdefault(f"{test}/{mode}", []).append(info)
                 for mode in modes:
-                    tr = Tracer(mode, work, lab_ns)
-                    t0 = time.perf_counter()
-                    rate = iperf(lab, udp, args.seconds)
-                    window = time.perf_counter() - t0
-                    info = tr.stop(window)
-                    bases.append(iperf(lab, udp, args.seconds))
-                    info.update(rate=rate, events_per_s=(info["events"] or 0) / window,
-                                ratio=rate / statistics.mean(bases[-2:]))
-                    results[f"{test}/{mode}"] = info
+                    rs = sorted(runs[f"{test}/{mode}"], key=lambda r: r["ratio"])
+                    results[f"{test}/{mode}"] = rs[(len(rs) - 1) // 2]  # the run of median ratio
                 results[f"{test}/none"] = {"rate": statistics.median(bases), "runs": bases}
     finally:
         lab.down()
@@ -209,7 +221,20 @@ def main() -> int:
         for name, prog in r.get("bpf_programs", {}).items():
             per = "-" if prog["ns_per_run"] is None else f"{prog['ns_per_run']:.0f}"
             print(f"{key:<14}{name:<20}{prog['runs_per_s']:>12,.0f}{per:>8}")
-    print(json.dumps(results))
+    if args.repeat > 1:
+        def spread(values: list[float], fmt: str = ".2f") -> str:
+            if not values:
+                return "-"
+            return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}]"
+
+        print(f"\n{'run':<14}{'ratio':>20}{'us/ev':>20}{'lost':>26}{'bpf ns/run':>18}"
+              f"   (median [min-max] of {args.repeat} runs)")
+        for key, rs in runs.items():
+            us = [1e6 * r["cpu_s"] / r["events"] for r in rs if r["events"]]
+            bpf = [r["bpf_ns_per_run"] for r in rs if r["bpf_ns_per_run"] is not None]
+            print(f"{key:<14}{spread([r['ratio'] for r in rs]):>20}{spread(us):>20}"
+                  f"{spread([float(r['lost'] or 0) for r in rs], '.0f'):>26}{spread(bpf, '.0f'):>18}")
+    print(json.dumps({"results": results, "runs": runs, "load": [load0, load1]}))
     return 0
 
 

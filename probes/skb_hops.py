@@ -50,6 +50,9 @@ IDLE_YIELD_S = 0.05
 # is held until there are this many events or the oldest is this old.
 HOLD_EVENTS = 2048
 HOLD_S = 0.04
+# Decoded events the core's reader thread keeps for a consumer that is behind (~24 MB);
+# past it the reader waits and the kernel's ring takes the rest (its overflow counted).
+MAX_QUEUED = 65536
 
 
 class HopKind(IntEnum):
@@ -320,7 +323,6 @@ class EbpfSource:
         self._flush_fd = -1
         self._ring: Any = None  # tracer._core.EbpfRing: the ring's mmap, the events read, the decoder
         self._mapped = False
-        self._clock_knots: Any = None  # the clock function the core converts with
         self._stop = threading.Event()
         self._labels = _Labels()
         self._namer: NodeNamer | None = None
@@ -372,14 +374,16 @@ class EbpfSource:
             self._flush_fd = self._bpf.load_func(b"flush_stage", bcc.BPF.RAW_TRACEPOINT).fd
             self.set_filter(self.kernel_filter)
             events = self._bpf[b"events"]
-            self._core_ring().open(events.map_fd, events.max_entries)
+            ring = self._core_ring()
+            ring.open(events.map_fd, events.max_entries)
             self._mapped = True
+            self._cpus = _online_cpus()
+            self._namer = NodeNamer()
+            self.clock = MonoToUtc()
+            ring.set_clock(*self.clock.knots())  # before the reader thread converts anything
         except Exception as exc:
             self.stop()
             raise ProbeLoadError(f"could not set up the probes: {exc}") from exc
-        self._cpus = _online_cpus()
-        self._namer = NodeNamer()
-        self.clock = MonoToUtc()
         self.start_s = time.perf_counter() - t0
 
     def stop(self) -> None:
@@ -402,15 +406,17 @@ class EbpfSource:
         if bpf is None:
             return
         self._flush_cpus()
-        self._consume()
+        mapped, self._mapped = self._mapped, False
+        if mapped:
+            self._ring.stop()  # the reader thread (if it ran) reads the ring a last time, then ends
+            self._ring.poll()  # what is left (all of it when no consumer started the thread)
         self._final_counters = {c: self._kernel_counter(c) for c in Counter}
         self._bpf = None
-        mapped, self._mapped = self._mapped, False
         try:
             bpf.cleanup()  # detaches the programs first: nothing below may keep them attached
         finally:
             if mapped:
-                self._ring.close()  # unmapped; what was read stays held
+                self._ring.close()  # unmapped; what was read stays queued
 
     @property
     def lost_events(self) -> int:
@@ -445,53 +451,48 @@ class EbpfSource:
             self._namer.containers.update(names)
 
     def batches(self) -> Iterator[ObsBatch]:
+        """The decoded batches, in order. The core's reader thread polls the ring every
+        ``poll_s`` and decodes what it read once ``HOLD_EVENTS`` are held or the oldest is
+        ``HOLD_S`` old (``_core.EbpfRing.start``); this thread flushes quiet CPUs' stages
+        every 5 ms, re-samples the clock, names new hop labels and waits for batches
+        without the GIL. Ends after stop(): the stages and the ring drained, probes detached."""
+        ring = self._core_ring()
         last_yield = time.monotonic()
         next_flush = 0.0
-        held_since = 0.0  # when the events not yet yielded were first read
         try:
+            with self._lock:
+                if self._mapped:
+                    # reading starts with the consumer: until then the kernel's ring holds the events
+                    ring.start(self.poll_s, HOLD_EVENTS, HOLD_S, MAX_QUEUED)
             while True:
                 with self._lock:
-                    bpf = self._bpf
                     now = time.monotonic()
-                    if bpf is not None:
+                    if self._bpf is not None:
                         if self._stop.is_set():
-                            self._detach()  # drains what is left
-                        else:
-                            if now >= next_flush:
-                                # events staged on a quiet CPU would otherwise wait for its next packet
-                                self._flush_cpus()
-                                next_flush = now + 0.005
-                            self._consume()
+                            self._detach()  # drains what is left into the queue
+                        elif now >= next_flush:
+                            # events staged on a quiet CPU would otherwise wait for its next packet
+                            self._flush_cpus()
+                            next_flush = now + 0.005
                     detached = self._bpf is None
-                # between batches: no sighting stamped after `now` was converted yet
-                self._utc().maybe_resample(time.clock_gettime_ns(time.CLOCK_MONOTONIC))
-                held = self._ring.held if self._ring is not None else 0
-                if held and not detached:
-                    if not held_since:
-                        held_since = now
-                    if now - held_since < HOLD_S and held < HOLD_EVENTS:
-                        self._stop.wait(self.poll_s)
-                        continue
-                held_since = 0.0
-                if held:
-                    with self._lock:
-                        batch = self._take()
-                    yield batch
+                if not detached:
+                    # no event is converted meanwhile: the new function applies after now only
+                    ring.resample_clock(self._utc())
+                got = ring.next_batch(0.0 if detached else max(0.0, min(self.poll_s, next_flush - time.monotonic())))
+                if got is not None:
+                    yield self._batch(*got)
                     last_yield = time.monotonic()
-                    # A fixed cadence, also when busy: fewer, larger batches cost less
-                    # per event in numpy than a loop spinning on small ones.
-                    rest = self.poll_s - (last_yield - now)
-                    if rest > 0 and not detached:
-                        self._stop.wait(rest)
-                elif detached:
+                elif detached and ring.held:
+                    with self._lock:
+                        batch = self._take()  # what the last poll read
+                    yield batch
+                elif detached and ring.finished:
                     # the source's clock at the end: paths idle since before it can finish normally
                     yield self._empty()
                     break
                 elif now - last_yield >= IDLE_YIELD_S:
                     yield self._empty()
                     last_yield = now
-                else:
-                    self._stop.wait(self.poll_s)
         finally:
             with self._lock:
                 self._detach()
@@ -565,10 +566,6 @@ class EbpfSource:
 
     # --- internals -------------------------------------------------------------
 
-    def _consume(self) -> None:
-        if self._mapped:
-            self._ring.poll()  # the core copies what the kernel finished, then frees its space
-
     def _core_ring(self) -> Any:
         if self._ring is None:
             from tracer import _core  # type: ignore[attr-defined]  # the compiled core, no stub
@@ -618,17 +615,16 @@ class EbpfSource:
         return self._take()
 
     def _take(self) -> ObsBatch:
-        """The events the core holds, decoded (caller holds the lock or is the only user).
-
-        The core stamps them in UTC with the clock's current function, and gives each
-        (netns, ifindex, ifname, link type) it had not seen the next hop index at once:
-        those labels are named here, before the batch leaves (no row waits for a name)."""
+        """The events pushed to the core (no reader thread), decoded with the clock's current
+        function."""
         ring = self._core_ring()
-        knots = self._utc().knots()  # bpf_ktime_get_ns is CLOCK_MONOTONIC
-        if knots != self._clock_knots:
-            ring.set_clock(*knots)
-            self._clock_knots = knots
-        rows, frames, misses = ring.take()
+        ring.set_clock(*self._utc().knots())  # bpf_ktime_get_ns is CLOCK_MONOTONIC
+        return self._batch(*ring.take())
+
+    def _batch(self, rows: Any, frames: bytes, misses: list[tuple[int, int, int, bytes, int]]) -> ObsBatch:
+        """A decoded batch. The core stamped it in UTC and gave each (netns, ifindex, ifname,
+        link type) it had not seen the next hop index at once: those labels are named here,
+        before the batch leaves (no row waits for a name)."""
         for index, netns, ifindex, ifname, linktype in misses:
             if self._new_label(netns, ifindex, ifname, linktype) != index:
                 raise RuntimeError(f"hop label {index} out of step with the core's table")

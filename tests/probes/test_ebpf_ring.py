@@ -260,3 +260,91 @@ def test_bad_layouts_and_clocks_are_refused() -> None:
         ring.set_clock(0, [5, 5], [0, 1])
     with pytest.raises(OSError, match="not a power of two"):
         ring.open(0, 3000)
+
+
+def _append(f: Any, pos: int, records: list[tuple[int, list[bytes]]]) -> int:
+    """Records written at producer position ``pos`` of a ring file (both copies of the data),
+    then the producer position moved past them: what the kernel does while the reader runs."""
+    for bits, events in records:
+        payload = struct.pack("<IIQ", len(events), 0, 0) + b"".join(events)
+        rec = struct.pack("<II", len(payload) | bits, 0) + payload
+        for k, b in enumerate(rec):
+            at = (pos + k) & (DATA - 1)
+            for copy in (0, DATA):
+                f.seek(2 * PAGE + copy + at)
+                f.write(bytes([b]))
+        pos += (len(payload) + 8 + 7) & ~7
+    f.seek(PAGE)
+    f.write(struct.pack("<Q", pos))
+    f.flush()
+    return pos
+
+
+def test_the_reader_thread_hands_over_what_the_reference_reads(tmp_path: Path) -> None:
+    both = Both(128, MonoToUtc(mono=lambda: 0, real=lambda: UTC0))
+    t = both.t
+    evs = [_event(t, fr, raw=k % 4 == 3, ts=5000 + k, netns=9, ifindex=1 + k % 2, name=b"v%d" % (k % 2),
+                  kind=2, reason=0, skb=k) for k, fr in enumerate(FRAMES[:30])]  # fmt: skip
+    first = [(0, evs[0:8]), (BUSY, evs[8:10])]
+    f1, prod = _ring_file(tmp_path / "core", first, DATA - 1000)
+    f2, _ = _ring_file(tmp_path / "ref", first, DATA - 1000)
+    ref = reference.RingReader(f2.fileno(), DATA, ctypes.sizeof(t))
+    try:
+        both.ring.open(f1.fileno(), DATA)
+        both.ring.set_clock(*both.clock.knots())
+        both.ring.start(0.001, 4, 10.0)  # a batch once 4 events are held
+        with pytest.raises(RuntimeError, match="reader thread"):
+            both.ring.poll()
+        got = both.ring.next_batch(5.0)
+        assert got is not None
+        buf = ref.read()
+        rows, frames, misses = got
+        both.core_labels += [(n, i, name, lt) for _, n, i, name, lt in misses]
+        both.check(rows, frames, both.reference(buf), buf)
+        assert both.ring.next_batch(0.05) is None  # the busy record holds the rest back
+        # the kernel submits the busy record and writes more; the thread reads on
+        busy_at = _consumer(f1)
+        for f in (f1, f2):
+            f.seek(2 * PAGE + (busy_at & (DATA - 1)))
+            f.write(struct.pack("<I", 16 + 2 * ctypes.sizeof(t)))
+            f.seek(2 * PAGE + DATA + (busy_at & (DATA - 1)))
+            f.write(struct.pack("<I", 16 + 2 * ctypes.sizeof(t)))
+            _append(f, prod, [(0, evs[10:20]), (DISCARD, evs[20:22]), (0, evs[22:30])])
+        seen: list[Any] = []
+        while sum(len(r) for r, _, _ in seen) < 20:  # the 2 once busy, 10, 8 (2 discarded)
+            nxt = both.ring.next_batch(5.0)
+            assert nxt is not None
+            seen.append(nxt)
+        both.ring.stop()
+        assert both.ring.next_batch(0.0) is None and both.ring.finished
+        buf = ref.read()
+        assert len(buf) == 20 * ctypes.sizeof(t)
+        at = 0
+        for rows, frames, misses in seen:
+            both.core_labels += [(n, i, name, lt) for _, n, i, name, lt in misses]
+            part = buf[at:at + len(rows) * ctypes.sizeof(t)]
+            at += len(part)
+            both.check(rows, frames, both.reference(part), part)
+        assert _consumer(f1) == _consumer(f2)
+    finally:
+        both.ring.close()
+        ref.close()
+        f1.close()
+        f2.close()
+
+
+def test_a_panic_in_the_reader_thread_reaches_python(tmp_path: Path) -> None:
+    f, _ = _ring_file(tmp_path / "ring", [], 0)
+    ring = _core.EbpfRing(event_layout(128), HEADER_LEN)
+    try:
+        ring.open(f.fileno(), DATA)
+        ring.start(0.001, 16, 0.01)
+        assert ring.next_batch(0.01) is None and not ring.finished
+        ring._panic_for_tests()
+        with pytest.raises(BaseException, match="as the test asked") as info:
+            ring.next_batch(5.0)
+        assert type(info.value).__name__ == "PanicException"
+        assert ring.next_batch(0.0) is None and ring.finished
+    finally:
+        ring.close()
+        f.close()
