@@ -153,7 +153,7 @@ def _flood(lab: Any) -> None:
 
 def test_kernel_drops_are_counted_never_silent(lab_netns: Any) -> None:
     """A tiny ring read too rarely: the kernel drops, lost_events says how many."""
-    src = TapSource([lab_iface(lab_netns, "web", "eth0")], ring_mb=1, drain_ms=400)
+    src = TapSource([lab_iface(lab_netns, "web", "eth0")], ring_mb=1, drain_ms=400, batch_ms=400)
     with Capture(src) as cap:
         _flood(lab_netns)
         time.sleep(1.5)  # socket statistics are read once a second

@@ -4,14 +4,14 @@ One socket per (namespace, interface), opened by a short-lived thread that enter
 the interface's namespace (``setns`` is per thread); the socket stays bound to that
 namespace's device after the thread ends. Python opens it, attaches the filter, sets
 TPACKET_V3 and the ring, and hands the fd to the core's reader (``_core.TapReader``,
-crates/hoptrace-py/src/tpacket.rs), which maps the ring and, in a Rust thread that
-never holds the GIL (from ``start()`` on, so nothing is lost while the engine starts),
-copies the frames of every block the kernel retires, ~100 rounds a second while
-traffic flows, and gives the blocks back at once. ``batches()`` (the consumer, ~20
-times a second) takes the sightings of all taps in time order after a short
-hold-back, decoded into rows by the core: nothing per frame in Python. A Python
-thread follows the machine (new and gone interfaces), another applies the changes
-to the reader and reads the sockets' drop counters once a second.
+crates/hoptrace-py/src/tpacket.rs), which maps the ring. ``batches()`` (the consumer,
+~20 times a second) has the core copy the frames of every block the kernel retired
+(giving the blocks back at once) and take the sightings of all taps in time order
+after a short hold-back, decoded into rows: nothing per frame in Python, the GIL
+released. A Rust thread of the reader's (from ``start()`` on, so nothing is lost while
+the engine starts) drains the rings whenever the consumer has not for ``drain_ms``.
+A Python thread follows the machine (new and gone interfaces), another applies the
+changes to the reader and reads the sockets' drop counters once a second.
 
 Known differences from a pcap file: TPACKET_V3 hands a VLAN tag that the device
 stripped (offload) as metadata, not in the frame, so such frames read untagged; and a
@@ -285,6 +285,10 @@ class TapSource:
     ``lost_events``: kernel ring drops (PACKET_STATISTICS, read every second) plus
     sightings the core's reader shed when more than ``max_pending`` waited for a consumer
     that cannot keep up.
+    ``batch_ms``: how often the consumer drains the rings and takes a batch; ``drain_ms``:
+    the reader thread drains them when nobody has for that long (the rings, ~1 s of a
+    flood, must not fill meanwhile); ``reorder_ms``: the hold-back (> retire_ms, the
+    longest a frame waits in a ring block the kernel still fills).
     ``stop()`` only sets a flag; ``join()`` waits until the taps are closed.
     """
 
@@ -305,7 +309,7 @@ class TapSource:
         poll_ms: int = 50,
         reorder_ms: int = 20,
         batch_ms: int = 50,
-        drain_ms: int = 10,
+        drain_ms: int = 60,
         max_pending: int = 2_000_000,
         notices: Callable[[str], None] | None = None,
     ) -> None:
@@ -405,7 +409,7 @@ class TapSource:
         ring = self._ring
         last_stats = time.monotonic()
         try:
-            while not self._stop.wait(0.1):
+            while not self._stop.wait(0.25):
                 self._apply_changes()
                 errored = set(ring.errored())
                 if errored:
