@@ -91,10 +91,11 @@ async def test_a_flood_switches_to_the_flow_view_and_calm_switches_back() -> Non
         assert not app.query_one("#paths").display and pane.display
         status = str(app.status_bar.render())
         assert "flow view (" in status and "paths/s)" in status, status
-        await wait_for(pilot, lambda: pane.table.row_count == 2, timeout=30)
+        await wait_for(pilot, lambda: pane.shown is not None and len(pane.shown.rows) == 2, timeout=30)
         rows = "\n".join(pane.rows_text())
         # The request (MASQUERADEd on host) and its reply (un-NATed back), each its own flow.
-        assert "icmp 172.17.0.2 → 198.51.100.8" in rows and "snat 172.17.0.2 → 203.0.113.2 @ host" in rows, rows
+        assert "icmp 172.17.0.2 → 198.51.100.8" in rows and "NAT snat 172.17.0.2 → 203.0.113.2 @ host" in rows, rows
+        assert rows.splitlines()[0].split() == ["paths/s", "bytes/s", "p50", "p99", "drops", "flow"], rows
         assert "icmp 198.51.100.8 → 203.0.113.2" in rows, rows
         shown_before = len(app.store)
         src.calm.set()

@@ -56,7 +56,8 @@ impl PyFlowView {
     /// (all of them), and per row (busiest first) ``figures`` (float64, reshape to ``(-1,
     /// 8)``: paths, bytes, paths/s, bytes/s, timed paths, p50 ns, p99 ns, drops; NaN for a
     /// percentile without a timed path) and three texts (flow, NAT, drops; "surrogatepass"
-    /// UTF-8), text ``k`` of row ``r`` being ``texts[offsets[3r+k]:offsets[3r+k+1]]``.
+    /// UTF-8), text ``k`` of row ``r`` being ``texts[offsets[3r+k]:offsets[3r+k+1]]``. The work
+    /// runs without the GIL.
     fn snapshot<'py>(
         &self,
         py: Python<'py>,
@@ -65,10 +66,13 @@ impl PyFlowView {
         limit: usize,
     ) -> Snapshot<'py> {
         let labels = stream.labels();
-        let table: FlowTable = {
-            let mut v = self.view.lock().unwrap_or_else(|e| e.into_inner());
+        let view = &self.view;
+        // Merging the window's buckets and ranking latencies take milliseconds: not with the
+        // GIL, which the UI's event loop needs meanwhile.
+        let table: FlowTable = py.detach(|| {
+            let mut v = view.lock().unwrap_or_else(|e| e.into_inner());
             v.snapshot(now_ns, limit, labels)
-        };
+        });
         let mut figures = Vec::with_capacity(table.rows.len() * COLUMNS);
         let mut texts = Vec::new();
         let mut offsets = Vec::with_capacity(table.rows.len() * TEXTS + 1);
