@@ -93,6 +93,9 @@ The filter is a pcap-filter expression (tcpdump syntax), given as trailing words
 --filter, matched against the packet as seen at ANY hop: "host 198.51.100.8" also keeps
 the MASQUERADEd copy whose source is the host's address. NODE is a container name,
 "host", a /run/netns name or netns:<inode>, as `hoptrace topology` prints them.
+Faster than anyone reads (over ~1,000 paths/s), the TUI and text on a terminal show the
+flow view instead: per flow paths and bytes/s, p50/p99 latency, its NAT, drops per reason
+and hop; single paths again once it calms down. --json, -w and piped output get every path.
 
 examples:
   hoptrace live                                          # the TUI: every path as it finishes
