@@ -37,16 +37,32 @@ def kinds() -> dict[str, str]:
     return out
 
 
+def arrived(hops: Sequence[Observation], i: int) -> bool:
+    """The packet arrived where hop ``i`` freed it (an rx before it there, the free by its socket
+    or at that rx's interface)."""
+    h = hops[i]
+    if i == 0:
+        return False
+    p = hops[i - 1]
+    return (p.direction == "rx" and p.netns == h.netns
+            and (h.ifname in (NO_DEVICE, "?") or (p.node, p.ifname) == (h.node, h.ifname)))
+
+
+def after_delivery(hops: Sequence[Observation], i: int) -> bool:
+    return arrived(hops, i) and kinds().get(hops[i].drop_reason or "") == "delivered"
+
+
+def counts_as_drop(hops: Sequence[Observation], i: int, verdict: Verdict) -> bool:
+    """What the text, the TUI and the report count as a drop: a free in a ``dropped`` path that
+    did not come after delivery (a path that is not ``dropped`` lost nothing)."""
+    return hops[i].direction == "drop" and verdict == "dropped" and not after_delivery(hops, i)
+
+
 def is_loss(hops: Sequence[Observation], i: int, raw: Raw) -> bool:
     h = hops[i]
-    if i == 0 or h.drop_reason is None:
+    if h.drop_reason is None or not arrived(hops, i):
         return True
-    p = hops[i - 1]
-    arrived = (p.direction == "rx" and p.netns == h.netns
-               and (h.ifname in (NO_DEVICE, "?") or (p.node, p.ifname) == (h.node, h.ifname)))
-    if not arrived:
-        return True
-    if kinds().get(h.drop_reason) == "delivered":
+    if after_delivery(hops, i):
         return False
     icmp = (h.family, h.proto) in ((4, 1), (6, 58))
     open_then = any(min(a, b) <= h.ts_ns <= max(a, b) for a, b in raw.get(h.netns, ()))

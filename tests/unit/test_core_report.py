@@ -274,3 +274,50 @@ def test_no_python_object_per_row() -> None:
         for v in table.values():
             assert all(isinstance(x, np.ndarray) for x in arrays(v))
     assert isinstance(pa.array(cols["observations"]["ts_ns"][0]), pa.Array)
+
+
+def test_frees_that_lost_nothing_are_no_drops_in_the_report(tmp_path: Path) -> None:
+    """A recording with a TCP segment freed unread after delivery (QUEUE_PURGE, no device, no
+    namespace: a `?` hop from the eBPF source), a UDP datagram to a closed port (NO_SOCKET) and
+    a NETFILTER_DROP: the core's report equals the reference's, and only the two losses are drops."""
+    from typing import Any
+
+    from scapy.layers.inet import IP, TCP, UDP
+    from scapy.layers.l2 import Ether
+
+    from tests.unit.conftest import make_obs
+    from tracer.model import ObsBatch
+    from tracer.sinks.record import PcapngRecorder
+
+    def l4(pkt: Any, **kw: Any) -> dict[str, Any]:
+        return dict(frame=bytes(Ether() / pkt), wire_len=len(Ether() / pkt), length=len(pkt),
+                    icmp_type=None, icmp_code=None, icmp_id=None, icmp_seq=None, **kw)
+
+    seg = l4(IP(src="172.17.0.3", dst="172.17.0.2", id=7) / TCP(sport=41000, dport=80, flags="PA") / (b"x" * 100),
+             proto=6, src="172.17.0.3", dst="172.17.0.2", sport=41000, dport=80, ip_id=7, tcp_flags=0x18)
+    dgram = l4(IP(src="172.17.0.3", dst="172.17.0.2", id=8) / UDP(sport=5000, dport=47124) / b"hi",
+               proto=17, src="172.17.0.3", dst="172.17.0.2", sport=5000, dport=47124, ip_id=8)
+    t = 1_000_000_000
+    obs = [
+        make_obs(at="host/veth1", direction="tx", ts_ns=t, skb=0xA0, **seg),
+        make_obs(at="web/eth0", direction="rx", ts_ns=t + 1000, skb=0xA0, **seg),
+        make_obs(node="?", ifname="(no device)", netns=0, ifindex=0, direction="drop", ts_ns=t + 9000, skb=0xA0,
+                 drop_reason="QUEUE_PURGE", **seg),
+        make_obs(at="host/veth1", direction="tx", ts_ns=t + 10**9, skb=0xB0, **dgram),
+        make_obs(at="web/eth0", direction="rx", ts_ns=t + 10**9 + 1000, skb=0xB0, **dgram),
+        make_obs(at="web/eth0", direction="drop", ts_ns=t + 10**9 + 2000, skb=0xB0, drop_reason="NO_SOCKET",
+                 **dgram),
+        make_obs(at="host/veth1", direction="tx", ts_ns=t + 2 * 10**9, skb=0xC0, **{**dgram, "ip_id": 9}),
+        make_obs(at="web/eth0", direction="drop", ts_ns=t + 2 * 10**9 + 500, skb=0xC0,
+                 drop_reason="NETFILTER_DROP", **{**dgram, "ip_id": 9}),
+    ]
+    path = tmp_path / "frees.pcapng"
+    rec = PcapngRecorder(path)
+    rec.on_batch(ObsBatch.from_observations(obs))
+    rec.close()
+    for fmt in ("text", "json", "markdown"):
+        same_report(["--format", fmt, str(path)])
+    report = json.loads(run(product.run, ["--format", "json", str(path)])[0])
+    assert report["by_verdict"]["delivered"] >= 1 and report["by_verdict"]["dropped"] == 2, report["by_verdict"]
+    assert sorted((d["hop"], d["reason"]) for d in report["drops"]) == [
+        ("web/eth0", "NETFILTER_DROP"), ("web/eth0", "NO_SOCKET")]

@@ -377,7 +377,8 @@ def judge(t: Target, sent: Sent, netns: int, paths: Sequence[PacketPath],
     # After the answers: a SYN to a closed port is freed with NO_SOCKET *and* answered by a
     # RST; the RST is the answer the user wants ("rejected"), the drop is how the kernel did it.
     for p in requests:
-        drop = next((h for h in p.hops if h.direction == "drop"), None)
+        # Only a loss: a free after delivery or of a raw socket's copy leaves the path delivered.
+        drop = next((h for h in p.hops if h.direction == "drop"), None) if p.verdict == "dropped" else None
         if drop is not None:
             return ProbeResult("dropped", f"dropped at {_hop(drop)} ({drop.node}), reason "
                                f"{drop.drop_reason or 'unknown'}", requests, replies, False)

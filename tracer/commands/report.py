@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any, NamedTuple, TextIO
 
+from tracer.drops import drop_note
 from tracer.errors import HoptraceError, UsageError
 from tracer.model import Endpoints, Flow, NatEvent, PacketPath, Stats
 from tracer.safe_text import md_cell, term_safe
@@ -107,8 +108,9 @@ class Summary:
         self.by_proto_verdict[(p.proto, p.verdict)] += 1
         for ev in p.nat:
             self.nat[_nat_key(ev)] += 1
-        for h in p.hops:
-            if h.direction == "drop":
+        for i, h in enumerate(p.hops):
+            # Frees that lost nothing (after delivery, a raw socket's copy) are no drops.
+            if h.direction == "drop" and drop_note(p.hops, i, p.verdict)[0]:
                 self.drops[(h.hop_name, h.drop_reason or "unknown")] += 1
         hops = p.hops
         for a, b in pairwise(hops):

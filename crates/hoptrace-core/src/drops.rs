@@ -175,6 +175,13 @@ pub fn path_verdict(hops: &[Obs], labels: &Labels, dst_owned: bool, linked: bool
     verdict(hops, dst_owned, linked)
 }
 
+/// Whether drop hop `i` of a path with `verdict` lost the packet, as the text, the TUI and the
+/// report count it: in a path that is not `dropped` no free lost anything; in one that is,
+/// every free but those after delivery did.
+pub fn lost(hops: &[Obs], i: usize, labels: &Labels, verdict: Verdict) -> bool {
+    verdict == Verdict::Dropped && free_kind(hops, i, labels) != Free::AfterDelivery
+}
+
 /// The hop's node is unknown (the source had neither device nor namespace).
 #[inline]
 pub fn unnamed(o: &Obs, labels: &Labels) -> bool {

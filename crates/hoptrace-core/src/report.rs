@@ -328,8 +328,9 @@ impl PathSink for ReportSink {
                 .entry((ev.hop, kind, hook, ev.family, before, after))
                 .or_default() += 1;
         }
-        for h in p.hops {
-            if h.dir == dir::DROP {
+        for (i, h) in p.hops.iter().enumerate() {
+            // Frees that lost nothing (after delivery, a raw socket's copy) are no drops.
+            if h.dir == dir::DROP && crate::drops::lost(p.hops, i, labels, p.verdict) {
                 *self.drops.entry((h.hop, h.drop_reason)).or_default() += 1;
             }
         }

@@ -8,7 +8,7 @@
 //! where they are written. Columns are counted in characters, as Python's `ljust` counts
 //! them. Everything is appended to the caller's buffer; nothing allocates.
 
-use crate::drops::{self, Free};
+use crate::drops;
 use crate::labels::{Label, Labels};
 use crate::nat::{is_inner_event, Endpoints, NatEvent, NatKind, Verdict};
 use crate::obs::{dir, has, Obs};
@@ -339,8 +339,7 @@ fn drop_note(
     let Some(h) = hops.get(i) else {
         return (false, None);
     };
-    let lost =
-        verdict == Verdict::Dropped && drops::free_kind(hops, i, labels) != Free::AfterDelivery;
+    let lost = drops::lost(hops, i, labels, verdict);
     let name = labels.drop_reason(h.drop_reason);
     let delivered_kind = name.is_some_and(|n| drops::kind(n) == drops::Kind::Delivered);
     if !lost && !delivered_kind {
