@@ -13,6 +13,8 @@ import ctypes
 import mmap
 import os
 import struct
+import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -345,6 +347,44 @@ def test_a_panic_in_the_reader_thread_reaches_python(tmp_path: Path) -> None:
             ring.next_batch(5.0)
         assert type(info.value).__name__ == "PanicException"
         assert ring.next_batch(0.0) is None and ring.finished
+    finally:
+        ring.close()
+        f.close()
+
+
+def test_stop_poll_and_close_from_another_thread_while_one_waits(tmp_path: Path) -> None:
+    """The TUI stops its engine's thread from the main thread: the ring is drained and closed
+    while a consumer waits in next_batch (no "Already borrowed")."""
+    t = event_type(128)
+    evs = [_event(t, FRAMES[0], raw=False, ts=k, netns=1, ifindex=1, name=b"e", kind=1, reason=0, skb=k)
+           for k in range(3)]  # fmt: skip
+    f, _ = _ring_file(tmp_path / "ring", [], 0)
+    ring = _core.EbpfRing(event_layout(128), HEADER_LEN)
+    got: list[Any] = []
+    errors: list[BaseException] = []
+    try:
+        ring.open(f.fileno(), DATA)
+        ring.start(0.001, 1000, 10.0)  # holds everything: only stop() hands it over
+
+        def consumer() -> None:
+            try:
+                while not ring.finished:
+                    b = ring.next_batch(0.2)
+                    if b is not None:
+                        got.append(b)
+            except BaseException as exc:
+                errors.append(exc)
+
+        c = threading.Thread(target=consumer)
+        c.start()
+        _append(f, 0, [(0, evs)])
+        time.sleep(0.1)
+        ring.stop()
+        assert ring.poll() == 0  # the thread read it all
+        ring.close()
+        c.join(5)
+        assert not c.is_alive() and not errors, errors
+        assert [len(r) for r, _, _ in got] == [3]
     finally:
         ring.close()
         f.close()

@@ -273,7 +273,7 @@ pub struct EbpfRing {
     /// Behind locks so that ``stop``/``close`` may come from another Python thread while
     /// one waits in ``next_batch`` (the TUI stops its engine's thread so).
     map: Mutex<Option<Arc<RingMap>>>,
-    held: Vec<u8>,
+    held: Mutex<Vec<u8>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -365,7 +365,7 @@ impl EbpfRing {
             layout: l,
             header_len,
             map: Mutex::new(None),
-            held: Vec::new(),
+            held: Mutex::new(Vec::new()),
             thread: Mutex::new(None),
         })
     }
@@ -382,7 +382,7 @@ impl EbpfRing {
     /// Copy the events of every record the kernel has finished since the last call to the
     /// held events, then hand the space back to the kernel. Returns the events held.
     /// Not while the reader thread runs (it is the ring's only consumer).
-    fn poll(&mut self, py: Python<'_>) -> PyResult<usize> {
+    fn poll(&self, py: Python<'_>) -> PyResult<usize> {
         if lock(&self.thread).is_some() {
             return Err(PyRuntimeError::new_err(
                 "the reader thread consumes this ring",
@@ -390,7 +390,9 @@ impl EbpfRing {
         }
         let (header_len, size) = (self.header_len, self.layout.size);
         let map = lock(&self.map).clone();
-        if let (Some(map), held) = (map.as_deref(), &mut self.held) {
+        let mut held = std::mem::take(&mut *lock(&self.held));
+        if let Some(map) = map.as_deref() {
+            let held = &mut held;
             py.detach(|| {
                 let cons = map.cons_word().load(Ordering::Relaxed); // written only by us
                 let got = ebpf::consume(
@@ -406,18 +408,21 @@ impl EbpfRing {
                 map.cons_word().store(got.cons, Ordering::Release);
             });
         }
-        Ok(self.held.len() / size)
+        let mut slot = lock(&self.held);
+        held.extend_from_slice(&slot); // pushed meanwhile (never, in the product)
+        *slot = held;
+        Ok(slot.len() / size)
     }
 
     /// Append hop events back to back (tests, benchmarks: a ring's contents without a ring).
-    fn push(&mut self, events: &[u8]) {
-        self.held.extend_from_slice(events);
+    fn push(&self, events: &[u8]) {
+        lock(&self.held).extend_from_slice(events);
     }
 
     /// Events held by ``poll``/``push``, not yet taken.
     #[getter]
     fn held(&self) -> usize {
-        self.held.len() / self.layout.size
+        lock(&self.held).len() / self.layout.size
     }
 
     /// Labels indexed so far (the next new key's index).
@@ -465,8 +470,8 @@ impl EbpfRing {
     /// the hop keys first seen in them as ``(index, netns, ifindex, ifname bytes, linktype)``
     /// in index order (the caller's label table grows by exactly these). Decodes without
     /// the GIL.
-    fn take<'py>(&mut self, py: Python<'py>) -> PyResult<PyBatch<'py>> {
-        let held = std::mem::take(&mut self.held);
+    fn take<'py>(&self, py: Python<'py>) -> PyResult<PyBatch<'py>> {
+        let held = std::mem::take(&mut *lock(&self.held));
         let shared = Arc::clone(&self.shared);
         let b = py.detach(|| {
             let mut rows = Vec::new();
