@@ -275,6 +275,12 @@ class Engine:
 
         return decode_table(self._flow_view.snapshot(self._stream, int(now * 1e9), limit))
 
+    def flow_reset(self, now: float) -> None:
+        """The flow view forgets what it has: its window starts again at ``now`` (see
+        ``flow_table``). From the thread that runs ``chunks()``."""
+        if self._flow_view is not None:
+            self._flow_view.reset(int(now * 1e9))
+
     def quiet_lines(self, quiet: bool) -> None:
         """While the flow view is all anyone reads: the core writes no line (so renders and
         annotates nothing) for the paths it still aggregates; False: lines again. From the

@@ -89,7 +89,8 @@ def decode_table(snapshot: tuple[Any, ...]) -> FlowTable:
 
 class RateSwitch:
     """On above ``enter`` paths/s, off after ``calm_s`` below ``leave``; ``update`` with a
-    clock (seconds) and the paths shown so far, as often as convenient."""
+    clock (seconds) and the paths shown so far, as often as convenient. The rate is measured
+    over ``window_s``; on as soon as more than a window's worth at ``enter`` arrived."""
 
     def __init__(self, enter: float = ENTER_RATE, leave: float = LEAVE_RATE, calm_s: float = CALM_S,
                  window_s: float = RATE_WINDOW_S) -> None:
@@ -109,7 +110,11 @@ class RateSwitch:
             return False
         t0, n0 = self._mark
         if now - t0 < self.window_s:
-            return False
+            if self.on or paths - n0 <= self.enter * self.window_s:
+                return False
+            # More paths already than the threshold allows a whole window: on now, not after
+            # the window (a live source's batch can hold thousands: no row view for them).
+            now = t0 + self.window_s
         self.rate = (paths - n0) / (now - t0)
         self._mark = (now, paths)
         if not self.on:
@@ -153,6 +158,7 @@ class FlowWatch:
         self.refresh_s = refresh_s
         self.rows = rows
         self._last = -math.inf
+        self._reset = clock()
         #: Paths shown while the view was on (summarised, not shown one by one).
         self.summarised = 0
         self._on_at = 0
@@ -174,7 +180,14 @@ class FlowWatch:
                 self._last = -math.inf
             else:
                 self.summarised += shown - self._on_at
-        if not self.switch.on or now - self._last < self.refresh_s:
+        if not self.switch.on:
+            if now - self._reset >= WINDOW_NS / 1e9:
+                # Nobody reads the view: it keeps only the last window or so (bounded memory;
+                # when it turns on, its figures are those of the last seconds).
+                self._reset = now
+                self.engine.flow_reset(now)
+            return changed, None
+        if now - self._last < self.refresh_s:
             return changed, None
         self._last = now
         return changed, self.engine.flow_table(now, self.rows)

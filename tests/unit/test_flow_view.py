@@ -154,6 +154,16 @@ def test_rate_switch_hysteresis() -> None:
     assert "paths/s" in s.reason()
 
 
+def test_rate_switch_turns_on_at_once_when_a_batch_holds_a_window_s_worth() -> None:
+    s = RateSwitch(enter=1000, leave=500, calm_s=2.0, window_s=0.5)
+    s.update(0.0, 0)
+    assert not s.update(0.01, 500) and not s.on  # 500 in 10 ms: not more than a window's worth
+    assert s.update(0.02, 501) and s.on and s.rate == pytest.approx(1002)  # over the whole window
+    s2 = RateSwitch(enter=1000, leave=500, calm_s=2.0, window_s=0.5)
+    s2.update(0.0, 0)
+    assert s2.update(0.04, 20_000) and s2.rate == pytest.approx(40_000)
+
+
 class _FakeEngine:
     def __init__(self) -> None:
         self.shown = 0
@@ -162,8 +172,13 @@ class _FakeEngine:
         self.flow_clock: Any = None
         self.quiet: list[bool] = []
 
+        self.resets: list[float] = []
+
     def quiet_lines(self, quiet: bool) -> None:
         self.quiet.append(quiet)
+
+    def flow_reset(self, now: float) -> None:
+        self.resets.append(now)
 
     def shown_paths(self) -> int:
         return self.shown
@@ -183,13 +198,17 @@ def test_flow_watch_refreshes_at_most_every_refresh_s() -> None:
         eng.shown += 1000
         w.step()
     assert w.on
-    # on after 0.5 s; then 1.5 s at one table per 0.25 s: 6 or 7 tables, never one per step
-    assert 6 <= eng.tables <= 7, eng.tables
+    # on at the second step (1,000 paths in 0.05 s: more than a window's worth at 1,000/s);
+    # then 1.9 s at one table per 0.25 s: 7 or 8 tables, never one per step
+    assert 7 <= eng.tables <= 8, eng.tables
     for _ in range(100):  # calm
         clock[0] += 0.05
         w.step()
     assert not w.on and w.summarised > 0
     assert eng.quiet == [True, False], "no lines while the view is on, lines again after"
+    # While off, the view is reset every window (2 s) and never while on (from 0.1 s to ~4 s).
+    assert eng.resets and all(t > 4.0 for t in eng.resets), eng.resets
+    assert all(b - a >= 2.0 - 1e-9 for a, b in zip(eng.resets, eng.resets[1:], strict=False))
 
 
 def test_terminal_lines_escape_names_and_fit() -> None:

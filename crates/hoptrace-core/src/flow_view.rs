@@ -251,6 +251,19 @@ impl FlowView {
         acc.nat_seq = seq;
     }
 
+    /// Forget every bucket: the view starts again at `now_ns` (its owner does this now and
+    /// then while nobody reads it, so the flows of hours do not pile up).
+    pub fn reset(&mut self, now_ns: u64) {
+        self.current.flows.clear();
+        self.current.start_ns = now_ns;
+        while let Some(mut old) = self.past.pop_front() {
+            old.flows.clear();
+            if self.spare.len() < 4 {
+                self.spare.push(old);
+            }
+        }
+    }
+
     /// The window as of `now_ns` (the clock [`FlowView::new`] started): the busiest `limit`
     /// flows, named with `labels`. What was added since the last snapshot becomes a bucket.
     pub fn snapshot(&mut self, now_ns: u64, limit: usize, labels: &Labels) -> FlowTable {
@@ -546,6 +559,21 @@ mod tests {
         let t = v.snapshot(5_000_000_000, 10, &labels);
         assert_eq!(t.paths, 0);
         assert!(t.rows.is_empty());
+    }
+
+    #[test]
+    fn reset_forgets_everything_before() {
+        let labels = labels();
+        let mut v = FlowView::new(10_000_000_000, 0);
+        let h = [hop(0, 0, dir::TX, 1, 10)];
+        v.add(&h, &[]);
+        v.snapshot(1_000_000_000, 10, &labels);
+        v.add(&h, &[]);
+        v.reset(5_000_000_000);
+        v.add(&h, &[]);
+        let t = v.snapshot(6_000_000_000, 10, &labels);
+        assert_eq!((t.span_ns, t.paths, t.flows), (1_000_000_000, 1, 1));
+        assert_eq!(v.total_paths, 3);
     }
 
     #[test]

@@ -110,6 +110,15 @@ impl PyFlowView {
         stream.set_lines(lines);
     }
 
+    /// Forget every bucket: the window starts again at ``now_ns`` (while nobody reads the
+    /// view, now and then, so that its flows do not pile up).
+    fn reset(&self, now_ns: u64) {
+        self.view
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reset(now_ns);
+    }
+
     /// Paths the view heard of since it was attached.
     #[getter]
     fn total_paths(&self) -> u64 {
