@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from tracer.flow_view import FlowTable
+    from tracer.protocols import NatScope
     from tracer.sinks.output import Sink, TextOptions
     from tracer.sources.base import Source
 
@@ -211,6 +212,7 @@ class Engine:
         duration_s: float | None = None,
         local: LocalAnswers | None = None,
         raw_sockets: RawSocketTable | None = None,
+        nat_scope: NatScope | None = None,
     ) -> None:
         self.source = source
         self.local = local
@@ -218,6 +220,8 @@ class Engine:
         self.raw_sockets = raw_sockets
         #: What hears of each step's local answers besides the core (a recorder).
         self.local_hooks: list[RecordsLocal] = []
+        # Live: where NAT can rewrite a header, told to the core when it changes (None: anywhere).
+        self.nat_scope = nat_scope
         self.path_filter = path_filter
         self.annotators = list(annotators)
         self.count = count
@@ -313,6 +317,7 @@ class Engine:
             self._flow_view = _core.FlowView(stream, window_ns=WINDOW_NS, now_ns=int(self.flow_clock() * 1e9))
         feeder = _Feeder(stream, self.path_filter)
         locals_ = _Locals(self.local, stream, self.local_hooks) if self.local is not None else None
+        nat_told: frozenset[int] | None = None
         tables = _Tables.of(self.annotators, stream)
         raw = _RawSockets(self.raw_sockets, stream) if self.raw_sockets is not None else None
         annotate = _Annotated(self.annotators) if self.annotators and tables is None else None
@@ -339,6 +344,11 @@ class Engine:
                     locals_.answer()
                 if raw is not None:
                     raw.refresh()
+                if self.nat_scope is not None:
+                    nat = self.nat_scope.nat_netns()
+                    if nat != nat_told:
+                        stream.set_nat_namespaces(sorted(nat))
+                        nat_told = nat
                 lines = feeder.feed(batch)
                 if tables is not None:
                     tables.count()

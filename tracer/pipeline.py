@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from tracer.engine import Engine, Event, LocalAnswers, RawSocketTable
     from tracer.filter import PathFilter
     from tracer.model import ObsBatch, Stats
-    from tracer.protocols import Annotator, Recorder
+    from tracer.protocols import Annotator, NatScope, Recorder
     from tracer.sampling import Sampler, SamplingState
     from tracer.sinks.output import Sink
     from tracer.sinks.progress import FileProgress
@@ -163,6 +163,9 @@ class PipelineConfig:
     local: LocalAnswers | None = None
     #: Where and when raw ICMP sockets were open (live: tracer.annotate.raw_sockets.RawSocketWatch).
     raw_sockets: RawSocketTable | None = None
+    #: Live: where NAT can rewrite a header (the join accepts a rewrite only there); None: in
+    #: any namespace, as in replay.
+    nat_scope: NatScope | None = None
 
 
 class PipelineSource:
@@ -285,7 +288,8 @@ def build(config: PipelineConfig) -> Pipeline:
     source = PipelineSource(config.source, started=config.source_started, path_filter=config.path_filter,
                             hold_errors=config.hold_errors, sampler=sampler)
     engine = Engine(source, path_filter=config.path_filter, annotators=config.annotators, count=config.count,
-                    duration_s=config.duration_s, local=config.local, raw_sockets=config.raw_sockets)
+                    duration_s=config.duration_s, local=config.local, raw_sockets=config.raw_sockets,
+                    nat_scope=config.nat_scope)
     if sampler is not None and config.max_cpu_pct:
         from tracer.sampling import CpuBudget
 

@@ -10,6 +10,7 @@ ask for a capability by its Protocol:
 - a source that labels hops with node names and takes container names: ``NamesContainers``;
 - a source that knows how far through its input it is: ``ReportsProgress``;
 - a source that holds a capture file's error back until the paths are out: ``HoldsError``;
+- an annotator that knows where NAT can happen live (rules, conntrack): ``NatScope``;
 - an annotator or helper with start-up notices for stderr: ``HasNotices``; with
   threads or tables to release at the end: ``Closable``;
 - a recorder (``tracer.sinks.record.PcapngRecorder``): ``Recorder``, passed in, never found.
@@ -100,6 +101,17 @@ class HasNotices(Protocol):
 
 
 @runtime_checkable
+class NatScope(Protocol):
+    """Knows where NAT can rewrite a packet's header while tracing live
+    (tracer.annotate.attribution.Attributor): the join accepts a changed source or destination
+    between two sightings only in those namespaces (docs/correlation.md). Asked between batches."""
+
+    def nat_netns(self) -> frozenset[int]:
+        """Inodes of the namespaces with NAT rules or conntrack entries."""
+        ...
+
+
+@runtime_checkable
 class Closable(Protocol):
     """Something that started threads or tables of its own and releases them on ``close()``."""
 
@@ -118,4 +130,4 @@ class Recorder(Protocol):
 
 
 __all__ = ["Annotator", "Attachments", "BatchHook", "Closable", "HasNotices", "HoldsError", "LiveSource",
-           "NamesContainers", "Recorder", "ReportsProgress"]
+           "NamesContainers", "NatScope", "Recorder", "ReportsProgress"]

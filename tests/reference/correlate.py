@@ -20,11 +20,25 @@ fingerprint, a sighting joins
   where the capture does not say the direction, the header as seen there (addresses,
   ports, TTL) tells the two sightings at one interface apart,
 
-and only if it is within the window of that path's latest sighting (addresses are
-reused after free; identical packets — repeated pings, retransmissions — come and go).
+and only if it is within the *join window* (``join_window_ns``) of that path's latest
+sighting (addresses are reused after free; identical packets — repeated pings,
+retransmissions — come and go). Two more rules keep look-alikes apart
+(docs/correlation.md), in path order (time, then arrival; the new sighting arrived last):
+
+* a free ends an skb: after a drop only a clone's sightings join — frames that are not IP,
+  which the join follows by fingerprint across a bridge's clones, with another skb than the
+  one freed (and a late drop does not join a path that went on after it);
+* the header (addresses, ports, ICMP echo id, the quote of an ICMP error: ``header``) of
+  the sightings just before and just after it in path order is its own, or it changed
+  where NAT happens: received (or no direction) then sent or freed (or no direction), in
+  one namespace (``same_namespace``), neither address link-local nor multicast, in a
+  namespace ``nat_netns`` holds (None: any, as in replay; live: those with NAT rules or
+  conntrack entries). Frames that are not IP have no header to rewrite.
+
 At most ``max_same_fp`` open paths per fingerprint are candidates; the oldest drops out.
-A path idle longer than the window when another with its fingerprint opens is no candidate
-any more, whether or not it has finished yet: so the join does not depend on batching.
+A path idle longer than the join window when another with its fingerprint opens is no
+candidate any more, whether or not it has finished yet: so the join does not depend on
+batching.
 
 Batches are taken ``chunk`` rows at a time; a chunk's sightings are stepped in time
 order (equal times in arrival order). A sighting that starts a path leaving a namespace
@@ -32,7 +46,8 @@ order (equal times in arrival order). A sighting that starts a path leaving a na
 *claim*); if the path's true first sighting turns up later, the claim is taken back
 and the true one claims.
 
-Finishing. After each chunk, paths idle for the window (their latest sighting before
+Finishing. After each chunk, paths idle for the window (``window_ns``, how long a path
+waits for late sightings; their latest sighting before
 the clock, the latest time seen, minus the window) finish; beyond ``max_open_rows``
 sightings in open paths, the longest idle finish too. ``advance`` moves the clock,
 ``flush`` finishes all (or the ``max_paths`` longest idle). Paths finish in the order
@@ -53,13 +68,13 @@ hops are in time order; then
 from __future__ import annotations
 
 from collections import namedtuple
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
 
 from tests.reference.drops import name_hops, path_verdict
-from tests.reference.nat import endpoints, infer_nat
+from tests.reference.nat import endpoints, infer_nat, same_namespace
 from tracer.addr import addr_text
 from tracer.model import (
     ETH_P_ARP,
@@ -79,7 +94,8 @@ from tracer.model import (
     PacketPath,
 )
 
-DEFAULT_WINDOW_NS = 500_000_000
+DEFAULT_WINDOW_NS = 500_000_000  # how long a path waits for late sightings
+DEFAULT_JOIN_WINDOW_NS = 50_000_000  # the most packet time between two sightings of one packet
 DEFAULT_FLOW_IDLE_NS = 5_000_000_000
 DEFAULT_MAX_FLOW_PATHS = 1000
 DEFAULT_MAX_OPEN_ROWS = 300_000
@@ -91,6 +107,7 @@ _DIRS = {1: "rx", 2: "tx", 3: "drop"}
 _SOURCES = {0: "file", 1: "ebpf", 2: "pcap"}
 _UNKNOWN_DIR = 0
 _TX = 2
+_DROP = 3
 ECHO_TYPES = {(1, 8), (1, 0), (58, 128), (58, 129)}
 
 FlowKey = tuple[int, int, str, "int | None", str, "int | None"]
@@ -165,11 +182,31 @@ def hop_signature(r: Any) -> tuple[Any, ...]:
     return sig
 
 
+def header(o: Observation) -> tuple[Any, ...]:
+    """What NAT may rewrite (tests/reference/nat.py ``rewritten`` compares the same)."""
+    return (o.src, o.dst, o.sport, o.dport, o.icmp_id, o.inner)
+
+
+def scoped_addr(family: int, raw: bytes) -> bool:
+    """Link-local (169.254/16, fe80::/10) or multicast (224/4, ff00::/8)."""
+    b = raw.ljust(2, b"\0")
+    if family == 4:
+        return (b[0] == 169 and b[1] == 254) or b[0] & 0xF0 == 0xE0
+    if family == 6:
+        return (b[0] == 0xFE and b[1] & 0xC0 == 0x80) or b[0] == 0xFF
+    return False
+
+
+def scoped(r: Any) -> bool:
+    return scoped_addr(r.family, r.src) or scoped_addr(r.family, r.dst)
+
+
 @dataclass
 class Sighting:
     ts: int
     seq: int  # arrival order in the whole stream
     obs: Observation
+    scoped: bool = False  # link-local or multicast
 
 
 @dataclass(eq=False)
@@ -224,8 +261,11 @@ class Correlator:
 
     def __init__(self, *, window_ns: int = DEFAULT_WINDOW_NS, flow_idle_ns: int = DEFAULT_FLOW_IDLE_NS,
                  max_flow_paths: int = DEFAULT_MAX_FLOW_PATHS, max_open_rows: int = DEFAULT_MAX_OPEN_ROWS,
-                 chunk: int = CHUNK, max_same_fp: int = MAX_SAME_FP) -> None:
+                 chunk: int = CHUNK, max_same_fp: int = MAX_SAME_FP,
+                 join_window_ns: int = DEFAULT_JOIN_WINDOW_NS, nat_netns: Set[int] | None = None) -> None:
         self.window_ns = window_ns
+        self.join_window_ns = min(join_window_ns, window_ns)  # never longer than the wait
+        self.nat_netns = None if nat_netns is None else frozenset(nat_netns)
         self.flow_idle_ns = flow_idle_ns
         self.max_flow_paths = max_flow_paths
         self.max_open_rows = max_open_rows
@@ -255,6 +295,10 @@ class Correlator:
     @property
     def open_paths(self) -> int:
         return len(self.open)
+
+    def set_nat_namespaces(self, netns: Set[int] | None) -> None:
+        """Where NAT may change a header: any namespace (None), or only these netns inodes."""
+        self.nat_netns = None if netns is None else frozenset(netns)
 
     def learn_address(self, netns: int, addr: str) -> None:
         """``addr`` lives in ``netns`` (as topology would say): packets to it arriving there are delivered."""
@@ -315,8 +359,8 @@ class Correlator:
         fp, place = fingerprint(r), hop_signature(r)
         fam, d = r.family, r.dir
         skb = r.skb if fam else 0
-        sighting = Sighting(t, seq, observation(batch, r))
-        p = self._pick(self.candidates.get(fp, []), t, place, skb)
+        sighting = Sighting(t, seq, observation(batch, r), scoped(r))
+        p = self._pick(self.candidates.get(fp, []), sighting, place, skb)
         if p is None:
             self.paths += 1
             p = OpenPath(self.paths, fp, skb, t, t, [sighting], [place])
@@ -324,7 +368,7 @@ class Correlator:
             cands = self.candidates.setdefault(fp, [])
             # Idle longer than the window: no candidate, finished yet or not (expiry's timing
             # depends on batching; the sighting's time does not).
-            cands[:] = [c for c in cands if t - c.last_ts <= self.window_ns]
+            cands[:] = [c for c in cands if t - c.last_ts <= self.join_window_ns]
             cands.append(p)
             if len(cands) > self.max_same_fp:
                 del cands[0]  # a flood of identical packets: the oldest gets no more hops
@@ -346,10 +390,10 @@ class Correlator:
             if fam and d in (_TX, _UNKNOWN_DIR):
                 p.claim = self._claim(fam, r.src, r.netns, t)
 
-    def _pick(self, cands: list[OpenPath], t: int, place: tuple[Any, ...], skb: int) -> OpenPath | None:
+    def _pick(self, cands: list[OpenPath], s: Sighting, place: tuple[Any, ...], skb: int) -> OpenPath | None:
         oldest = None
         for c in cands:
-            if place in c.places or abs(t - c.last_ts) > self.window_ns:
+            if place in c.places or abs(s.ts - c.last_ts) > self.join_window_ns or not self._open_to(c, s):
                 continue
             if skb and c.skb:
                 if c.skb == skb:
@@ -358,6 +402,32 @@ class Correlator:
             if oldest is None:
                 oldest = c
         return oldest
+
+    def _open_to(self, p: OpenPath, s: Sighting) -> bool:
+        """The drop and header rules (module doc) for ``s`` joining ``p``."""
+        before = [x for x in p.sightings if x.ts <= s.ts]
+        after = [x for x in p.sightings if x.ts > s.ts]
+        if any(x.obs.direction == "drop" and not self._outlives(x, s) for x in before):
+            return False
+        if s.obs.direction == "drop" and not all(self._outlives(s, x) for x in after):
+            return False
+        pred = max(before, key=lambda x: (x.ts, x.seq), default=None)
+        succ = min(after, key=lambda x: (x.ts, x.seq), default=None)
+        return (pred is None or self._accepts(pred, s)) and (succ is None or self._accepts(s, succ))
+
+    @staticmethod
+    def _outlives(freed: Sighting, later: Sighting) -> bool:
+        """``later`` may follow the drop ``freed``: a clone's sighting (not IP, another skb)."""
+        return later.obs.family == 0 and later.obs.skb != freed.obs.skb
+
+    def _accepts(self, a: Sighting, b: Sighting) -> bool:
+        """``a`` then ``b`` may be one packet: the same header, or a rewrite where NAT happens."""
+        x, y = a.obs, b.obs
+        if x.family == 0 or header(x) == header(y):
+            return True
+        ns = x.netns or y.netns
+        return (same_namespace(x, y) and x.direction in ("rx", None) and y.direction in ("tx", "drop", None)
+                and not a.scoped and not b.scoped and (self.nat_netns is None or ns in self.nat_netns))
 
     def _claim(self, family: int, raw: bytes, netns: int, ts: int) -> tuple[str, int] | None:
         """The source address of a packet first seen leaving ``netns`` lives there; the key if

@@ -572,25 +572,51 @@ def test_generated_nat_streams(tmp_path: Path, seed: int, packets: int) -> None:
 
 def test_a_first_sighting_a_batch_late_takes_back_what_the_forwarded_copy_taught(tmp_path: Path) -> None:
     """A ping's MASQUERADEd copy (host/eth0 tx, from 203.0.113.2) is read first and teaches
-    that 203.0.113.2 sends from the host; its true first sighting (web/eth0 tx, from
-    172.17.0.2) comes a reader batch later, and takes that back: the pong that ends at
-    host/eth0 rx (to 203.0.113.2) is then not known delivered. The claims and the
-    retraction happen in the join, the verdict in the finisher: both engines agree."""
+    that 203.0.113.2 sends from the host; the host's rx before the rewrite (host/docker0,
+    from 172.17.0.2) comes a reader batch later, and takes that back; its true first
+    sighting (web/eth0 tx) a batch later still: the pong that ends at host/eth0 rx (to
+    203.0.113.2) is then not known delivered. The claims and the retraction happen in the
+    join, the verdict in the finisher: both engines agree. (The rx comes before web's tx:
+    a rewrite joins only between the hops where it happened.)"""
     web, public, server = ADDRS[4][0], ADDRS[4][2], ADDRS[4][3]
     t = 1_795_805_084_000_000_000
     ping = [_frame(4, 1, src, server, 7, 0, 99, ttl, 1, b"ping") for src, ttl in ((web, 64), (public, 63))]
     pong = _frame(4, 1, server, public, 7, 0, 98, 64, 1, b"pong")
     # Filler that claims nothing: pings seen arriving at inet, one packet each.
     filler = [epb(4, t + 20_000 + k * 1_000, _frame(4, 1, web, server, 7, 0, 1000 + k, 60, k, b"f"), "rx")
-              for k in range(4200)]
-    blocks = [epb(3, t + 10_000, ping[1], "tx"), *filler, epb(0, t, ping[0], "tx"),
-              epb(3, t + 40_000_000, pong, "rx")]
+              for k in range(8400)]
+    blocks = [epb(3, t + 10_000, ping[1], "tx"), *filler[:4200], epb(2, t + 5_000, ping[0], "rx"), *filler[4200:],
+              epb(0, t, ping[0], "tx"), epb(3, t + 40_000_000, pong, "rx")]
     f = tmp_path / "late.pcapng"
     f.write_bytes(pcapng_header() + b"".join(blocks))
     want = reference([str(f)])
     paths = [json.loads(x) for x in want.lines if x.startswith('{"type": "path"')]
-    assert [(len(p["hops"]), p["verdict"]) for p in paths if len(p["hops"]) > 1] == [(2, "left")]
+    assert [(len(p["hops"]), p["verdict"]) for p in paths if len(p["hops"]) > 1] == [(3, "left")]
     assert paths[-1]["hops"][0]["src"] == "198.51.100.8" and paths[-1]["verdict"] == "incomplete"
+    assert_same(command(str(f)), want)
+
+
+def test_two_multicast_reports_on_a_recycled_skb_are_two_paths(tmp_path: Path) -> None:
+    """Issue #17's `lab demo` internet-ping recording: two identical ICMPv6 packets to ff02::16
+    from two link-local sources, 96 ms apart, the second on the skb address the first was
+    freed from (web/eth0 drop). Once one path (the join window was the 500 ms wait); now the
+    free ends the skb, and a link-local source never changes between two hops: two paths,
+    each ending in its drop, in both engines."""
+    a, b, mld = (bytes.fromhex(x) for x in ("fe800000000000000000000000000001", "fe800000000000000000000000000002",
+                                            "ff020000000000000000000000000016"))
+    t, skb = 1_795_805_084_000_000_000, 0xFFFF88813D713800
+    report = [_frame(6, 1, src, mld, 0, 0, 0, 1, 0, b"report") for src in (a, b)]
+    blocks = [epb(1, t, report[0], "tx", skb), epb(0, t + 5_000, report[0], "rx", skb),
+              epb(0, t + 9_000, report[0], "drop", skb, "NO_SOCKET"),
+              epb(6, t + 96_000_000, report[1], "tx", skb), epb(5, t + 96_005_000, report[1], "rx", skb),
+              epb(5, t + 96_009_000, report[1], "drop", skb, "NO_SOCKET")]
+    f = tmp_path / "mld.pcapng"
+    f.write_bytes(pcapng_header() + b"".join(blocks))
+    want = reference([str(f)])
+    paths = [json.loads(x) for x in want.lines if x.startswith('{"type": "path"')]
+    assert [([f"{h['node']}/{h['iface']} {h['dir']}" for h in p["hops"]], p["verdict"]) for p in paths] == [
+        (["host/veth0 tx", "web/eth0 rx", "web/eth0 drop"], "dropped"),
+        (["host/veth1 tx", "app/eth0 rx", "app/eth0 drop"], "dropped")]
     assert_same(command(str(f)), want)
 
 

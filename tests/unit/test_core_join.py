@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import CORPUS
 from tests.reference import correlate as reference
-from tests.reference.correlate import Correlator, fingerprint, hop_signature, rows_of
+from tests.reference.correlate import Correlator, fingerprint, hop_signature, observation, rows_of
 from tests.reference.readers import FileSource
 from tests.unit.conftest import MS, US
 from tests.unit.streams import flood, hostile
@@ -54,6 +54,9 @@ class Config:
     max_open_rows: int = reference.DEFAULT_MAX_OPEN_ROWS
     chunk: int = reference.CHUNK
     max_same_fp: int = reference.MAX_SAME_FP
+    join_window_ns: int = reference.DEFAULT_JOIN_WINDOW_NS
+    #: Where NAT may change a header (None: anywhere, as in replay).
+    nat_netns: frozenset[int] | None = None
 
 
 # One call: ("feed", batch) | ("advance", now_ns) | ("flush", max_paths)
@@ -69,7 +72,7 @@ def tagged(rows: np.ndarray[Any, Any], start: int) -> np.ndarray[Any, Any]:
 def py_run(ops: list[Op], cfg: Config) -> list[tuple[Paths, list[int]]]:
     out = []
     c = Reference(window_ns=cfg.window_ns, max_open_rows=cfg.max_open_rows, chunk=cfg.chunk,
-                  max_same_fp=cfg.max_same_fp)
+                  max_same_fp=cfg.max_same_fp, join_window_ns=cfg.join_window_ns, nat_netns=cfg.nat_netns)
     for kind, arg in ops:
         c.finished = []
         if kind == "feed":
@@ -85,10 +88,12 @@ def py_run(ops: list[Op], cfg: Config) -> list[tuple[Paths, list[int]]]:
 
 def core_run(ops: list[Op], cfg: Config) -> list[tuple[Paths, list[int]]]:
     j = _core.Joiner(window_ns=cfg.window_ns, max_open_rows=cfg.max_open_rows, chunk_rows=cfg.chunk,
-                     max_same_fp=cfg.max_same_fp)
+                     max_same_fp=cfg.max_same_fp, join_window_ns=cfg.join_window_ns)
+    j.set_nat_namespaces(None if cfg.nat_netns is None else sorted(cfg.nat_netns))
     out = []
     for kind, arg in ops:
         if kind == "feed":
+            j.set_hops([h.node.encode("utf-8", "surrogatepass") for h in arg.hops])
             got = j.feed(arg.rows, arg.now_ns)
         elif kind == "advance":
             got = j.advance(arg)
@@ -140,7 +145,7 @@ def test_join_keys_are_the_references() -> None:
     for i in range(n):
         for name in rng.choice(names, size=rng.integers(0, 3)).tolist():
             rows[name][i] = base[name][rng.integers(0, 24)]
-    fp, hop = _core.join_keys(rows)
+    fp, hop, hdr, scoped = _core.join_keys(rows)
 
     def partition(keys: list[Any]) -> list[int]:
         """Each row's class: the index of the first row with its key."""
@@ -149,11 +154,20 @@ def test_join_keys_are_the_references() -> None:
 
     assert partition(fp.tolist()) == partition([fingerprint(r) for r in rows_of(rows)])
     assert partition(hop.tolist()) == partition([hop_signature(r) for r in rows_of(rows)])
+    # the header NAT may rewrite, as the reference compares it (IP rows: the join reads it only there)
+    one_hop = rows.copy()
+    one_hop["hop"] = 0
+    batch = ObsBatch(one_hop, [HopLabel(node="n", iface="i")])
+    ip = [i for i, r in enumerate(rows_of(rows)) if r.family]
+    assert partition([hdr[i] for i in ip]) == partition([reference.header(observation(batch, r))
+                                                        for r in rows_of(one_hop[ip])])
+    assert scoped.tolist() == [reference.scoped(r) for r in rows_of(rows)]
+    assert 1 < len({hdr[i] for i in ip}) < len(ip)
     # what is compared is worth comparing: rows share keys and differ
     assert 1 < len(set(fp.tolist())) < n and 1 < len(set(hop.tolist())) < n
     assert bool((rows["dir"] == 0).any()) and bool((rows["family"] == 0).any())
     # bytes are rows too
-    fp2, _ = _core.join_keys(rows.tobytes())
+    fp2, *_ = _core.join_keys(rows.tobytes())
     assert fp2.tolist() == fp.tolist()
 
 
@@ -216,10 +230,11 @@ def rebatched(batches: list[ObsBatch], cuts: list[int], ticks: list[int | None],
 FIXTURE_NAMES = sorted(p.name for p in FIXTURES.glob("*.pcapng"))
 CONFIGS = {
     "default": Config(),
-    "short-window": Config(window_ns=1 * MS),
-    "tiny-window": Config(window_ns=20 * US),
+    "short-window": Config(window_ns=1 * MS, join_window_ns=1 * MS),
+    "tiny-window": Config(window_ns=20 * US, join_window_ns=20 * US),
     "small-steps": Config(chunk=3, max_same_fp=1, max_open_rows=4),
     "no-open-rows": Config(chunk=2, max_open_rows=0, window_ns=5 * MS),
+    "no-nat-anywhere": Config(nat_netns=frozenset(), join_window_ns=500 * MS),
 }
 
 
@@ -276,10 +291,16 @@ def test_corpus_file_joins_as_the_reference(name: str) -> None:
 
 # ---------------------------------------------------------------- generated streams
 
-# Hops: (netns, hop, ifindex, dir); dir 0 (unknown) and a negative ifindex among them.
+# Hops: (netns, hop, ifindex, dir); dir 0 (unknown) and a negative ifindex among them; a hop
+# with no netns (a file's) on the node of netns 4026531840.
 HOPS = [(4026532001, 0, 2, 2), (4026531840, 1, 4, 1), (4026531840, 2, 3, 1), (4026531840, 3, 2, 2),
-        (4026532003, 4, 2, 1), (4026531840, 5, 7, 0), (4026531840, 6, -1, 0), (4026532003, 4, 2, 3)]
-LABELS = [HopLabel(node=f"n{k}", iface="eth0", netns=h[0], ifindex=h[2]) for k, h in enumerate(HOPS)]
+        (4026532003, 4, 2, 1), (4026531840, 5, 7, 0), (4026531840, 6, -1, 0), (4026532003, 4, 2, 3),
+        (0, 8, 9, 2)]
+NODES = {4026532001: "web", 4026531840: "host", 4026532003: "inet", 0: "host"}
+LABELS = [HopLabel(node=NODES[h[0]], iface=f"eth{k}", netns=h[0], ifindex=h[2]) for k, h in enumerate(HOPS)]
+# A few source and destination addresses: rewrites (NAT or not), link-local, multicast.
+SRCS = [b"\xac\x11\x00\x02", b"\xcb\x00\x71\x02", b"\xa9\xfe\x01\x01"]
+DSTS = [b"\xc6\x33\x64\x08", b"\xc6\x33\x64\x08", b"\xac\x11\x00\x03", b"\xe0\x00\x00\x16"]
 
 
 def raw_stream(n: int, seed: int) -> np.ndarray[Any, Any]:
@@ -305,7 +326,7 @@ def raw_stream(n: int, seed: int) -> np.ndarray[Any, Any]:
             r = dict(ident, ts_ns=ts, netns=HOPS[h][0], hop=HOPS[h][1], ifindex=HOPS[h][2], dir=HOPS[h][3],
                      skb=skb if rng.random() < 0.8 else rng.choice([0, 0xC000]),
                      ttl=rng.choice([64, 63]), sport=rng.choice([0, 5]),
-                     src=rng.choice([b"\xac\x11\x00\x02", b"\xcb\x00\x71\x02"]), dst=b"\xc6\x33\x64\x08")
+                     src=rng.choice(SRCS), dst=rng.choice(DSTS))
             out.append(r)
     late = [0, 0, 0, 0, 7 * US, 9 * US, 120 * MS, 600 * MS]
     order = sorted(range(len(out)), key=lambda i: out[i]["ts_ns"] + rng.choice(late))
@@ -331,7 +352,10 @@ def ops_of(rows: np.ndarray[Any, Any], hops: list[HopLabel], frames: bytes, cuts
 
 CFG = st.builds(Config, window_ns=st.sampled_from([500 * MS, 100 * MS, 1 * MS, 5 * US]),
                 max_open_rows=st.sampled_from([300_000, 30, 3, 0]), chunk=st.sampled_from([16384, 7, 2, 1]),
-                max_same_fp=st.sampled_from([64, 2, 1]))
+                max_same_fp=st.sampled_from([64, 2, 1]),
+                join_window_ns=st.sampled_from([50 * MS, 500 * MS, 1 * MS, 5 * US]),
+                nat_netns=st.sampled_from([None, None, frozenset(), frozenset({4026531840}),
+                                           frozenset({4026532003, 4026532001})]))
 TICKS = st.lists(st.sampled_from([None, None, 0, 5 * US, 200 * MS, 900 * MS]), max_size=3)
 ADVANCES = st.lists(st.sampled_from([0, 1 * MS, 600 * MS, 3_000 * MS]), max_size=3)
 
@@ -408,13 +432,85 @@ def test_the_window_is_inclusive_and_measured_from_the_latest_sighting() -> None
     t0 = 1_000 * MS
     # each within the window of the one before: one path, longer than the window
     rows = ping_rows([(0, t0), (1, t0 + w), (2, t0 + 2 * w), (3, t0 + 3 * w + 1)])
-    ref = all_paths(check(closing([("feed", ObsBatch(rows, LABELS))]), Config(window_ns=w)))
+    ref = all_paths(check(closing([("feed", ObsBatch(rows, LABELS))]), Config(window_ns=w, join_window_ns=w)))
     assert ref == [("p1", (0, 1, 2)), ("p2", (3,))]
     # a late sighting: a window before the latest joins, later than that does not
     rows = ping_rows([(0, t0 + w), (1, t0), (2, t0 - 1)])
     ref = all_paths(check(closing([("feed", ObsBatch(rows[:1], LABELS)), ("feed", ObsBatch(rows[1:], LABELS))]),
-                          Config(window_ns=w)))
+                          Config(window_ns=w, join_window_ns=w)))
     assert ref == [("p2", (2,)), ("p1", (1, 0))]
+
+
+def test_the_join_window_is_not_the_wait_for_late_sightings() -> None:
+    """Two sightings 96 ms apart are two packets (join window 50 ms), though the first path
+    still waits 500 ms for late sightings: one that is 10 ms late still joins it."""
+    t0 = 1_000 * MS
+    rows = ping_rows([(0, t0), (2, t0 + 10 * MS), (1, t0 + 96 * MS)])
+    ops: list[Op] = [("feed", ObsBatch(rows[:1], LABELS)), ("advance", t0 + 300 * MS),
+                     ("feed", ObsBatch(rows[1:2], LABELS)), ("feed", ObsBatch(rows[2:], LABELS))]
+    assert all_paths(check(closing(ops))) == [("p1", (0, 1)), ("p2", (2,))]
+    # with a join window as long as the wait, the old rule: one path
+    assert all_paths(check(closing(ops), Config(join_window_ns=500 * MS))) == [("p1", (0, 1, 2))]
+
+
+def test_a_free_ends_the_skb() -> None:
+    """After a drop (hop 7: inet, dir drop) nothing joins but a clone's sightings: not IP, another skb."""
+    t0 = 1_000 * MS
+    # the drop's skb recycled for a look-alike at later hops: another packet
+    rows = ping_rows([(4, t0), (7, t0 + 5 * US), (0, t0 + 9 * US), (1, t0 + 12 * US)], skb=0xA000)
+    assert all_paths(check(closing([("feed", ObsBatch(rows, LABELS))]))) == [("p1", (0, 1)), ("p2", (2, 3))]
+    # no skb known: the same
+    rows["skb"] = 0
+    assert all_paths(check(closing([("feed", ObsBatch(rows, LABELS))]))) == [("p1", (0, 1)), ("p2", (2, 3))]
+    # the drop arrives late (another CPU's ring), after the look-alike joined: it does not join
+    late = tagged(rows[[0, 2, 3, 1]], 0)
+    ops: list[Op] = [("feed", ObsBatch(late[:3], LABELS)), ("feed", ObsBatch(late[3:], LABELS))]
+    assert all_paths(check(closing(ops))) == [("p1", (0, 1, 2)), ("p2", (3,))]
+    # ARP (not IP): a clone (another skb) goes on after a drop, the freed skb does not
+    arp = ping_rows([(4, t0), (7, t0 + 5 * US), (0, t0 + 9 * US), (1, t0 + 12 * US)], family=0, proto=0)
+    arp["skb"] = [0xA, 0xA, 0xB, 0xA]
+    assert all_paths(check(closing([("feed", ObsBatch(arp, LABELS))]))) == [("p1", (0, 1, 2)), ("p2", (3,))]
+
+
+def addr_rows(hops_ts: list[tuple[int, int, bytes, bytes]], **fields: Any) -> np.ndarray[Any, Any]:
+    """``ping_rows`` with each sighting's (source, destination)."""
+    rows = ping_rows([(h, t) for h, t, _s, _d in hops_ts], **fields)
+    for r, (_h, _t, src, dst) in zip(rows, hops_ts, strict=True):
+        r["src"], r["dst"] = src, dst
+    return tagged(rows, 0)
+
+
+WEB, PUB, INET, MCAST = b"\xac\x11\x00\x02", b"\xcb\x00\x71\x02", b"\xc6\x33\x64\x08", b"\xe0\x00\x00\x16"
+
+
+def test_a_rewrite_joins_only_where_nat_happens() -> None:
+    """Hops 1, 2 (rx) and 3 (tx) are host's; 0 is web's, 4 inet's."""
+    t0 = 1_000 * MS
+    masq = [(0, t0, WEB, INET), (1, t0 + 2 * US, WEB, INET), (3, t0 + 4 * US, PUB, INET), (4, t0 + 6 * US, PUB, INET)]
+    one = [("p1", (0, 1, 2, 3))]
+    rows = addr_rows(masq)
+    assert all_paths(check(closing([("feed", ObsBatch(rows, LABELS))]))) == one
+    # live: only in a namespace with NAT rules or conntrack entries
+    assert all_paths(check(closing([("feed", ObsBatch(rows, LABELS))]),
+                           Config(nat_netns=frozenset({4026531840})))) == one
+    split = [("p1", (0, 1)), ("p2", (2, 3))]
+    assert all_paths(check(closing([("feed", ObsBatch(rows, LABELS))]),
+                           Config(nat_netns=frozenset({4026532001})))) == split
+    # never between namespaces: web's tx, then host's tx with another source
+    rows = addr_rows([masq[0], masq[2]])
+    assert all_paths(check(closing([("feed", ObsBatch(rows, LABELS))]))) == [("p1", (0,)), ("p2", (1,))]
+    # never from tx to rx, nor tx to tx
+    rows = addr_rows([(3, t0, WEB, INET), (2, t0 + 2 * US, PUB, INET)])
+    assert all_paths(check(closing([("feed", ObsBatch(rows, LABELS))]))) == [("p1", (0,)), ("p2", (1,))]
+    # never for multicast: the same path with 224.0.0.22 as destination splits
+    rows = addr_rows([(h, t, s, MCAST) for h, t, s, _d in masq])
+    assert all_paths(check(closing([("feed", ObsBatch(rows, LABELS))]))) == split
+    # a file's hop (no netns) on host's node is in host's namespace
+    rows = addr_rows([masq[1], (8, t0 + 4 * US, PUB, INET)])
+    assert all_paths(check(closing([("feed", ObsBatch(rows, LABELS))]))) == [("p1", (0, 1))]
+    # arriving late, checked against the sightings on both sides of it
+    rows = addr_rows([masq[0], masq[3], masq[2], masq[1]])
+    assert all_paths(check(closing([("feed", ObsBatch(rows, LABELS))]))) == [("p1", (0, 3, 2, 1))]
 
 
 def test_a_sighting_after_its_path_finished_starts_a_new_one() -> None:

@@ -165,3 +165,32 @@ def test_flow_takes_the_conntrack_id_an_annotator_found() -> None:
     events = flatten(Engine(ListSource(two_pings()), annotators=[with_ct]))
     assert [(f.id, f.paths, f.conntrack_id) for f in events if isinstance(f, Flow)] == [
         ("f1", ("p1", "p2", "p3"), 4242)]
+
+
+class Scope:
+    """A NatScope (tracer.protocols): NAT rules or conntrack entries in these namespaces, as
+    the attributor would say; changes between batches."""
+
+    def __init__(self, *answers: frozenset[int]) -> None:
+        self.answers = list(answers)
+        self.asked = 0
+
+    def nat_netns(self) -> frozenset[int]:
+        self.asked += 1
+        return self.answers[min(self.asked, len(self.answers)) - 1]
+
+
+def test_live_a_rewrite_joins_only_where_nat_rules_or_conntrack_are() -> None:
+    """The internet ping's MASQUERADE (host/docker0 rx -> host/eth0 tx): one path while host
+    has NAT rules, two when only web has; told again when the answer changes."""
+    host, web = frozenset({4026531840}), frozenset({4026532001})
+    batches = [ObsBatch.from_observations(internet_ping(t0=1_000 * MS)),
+               ObsBatch.from_observations(internet_ping(t0=3_000 * MS, ip_id=2, icmp_seq=2))]
+    scope = Scope(host, web)
+    paths = [ev for ev in flatten(Engine(ListSource(batches), nat_scope=scope)) if isinstance(ev, PacketPath)]
+    assert [len(p.hops) for p in paths] == [5, 3, 2]
+    assert [(e.kind, e.node) for e in paths[0].nat] == [("snat", "host")]
+    assert scope.asked == 2
+    # replay (no scope): any namespace
+    paths = [ev for ev in flatten(Engine(ListSource(batches))) if isinstance(ev, PacketPath)]
+    assert [len(p.hops) for p in paths] == [5, 5]

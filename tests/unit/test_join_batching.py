@@ -85,12 +85,12 @@ def test_sightings_in_time_order_join_alike_in_any_batching(n: int, window: int,
                                                             ticks: list[int | None], advances: list[int | None],
                                                             chunk: int, max_same_fp: int) -> None:
     rows = grid_stream(n, window, seed)
-    whole = Config(window_ns=window, max_same_fp=max_same_fp)
+    whole = Config(window_ns=window, max_same_fp=max_same_fp, join_window_ns=window)
     # check(): the core and the reference hand out the same paths, call by call
     want = in_finish_order(check(closing([("feed", ObsBatch(rows, LABELS))]), whole))
     assert sorted(i for _pid, hops in want for i in hops) == list(range(n))
     cut = check(closing(batched(rows, cuts, ticks, advances)), Config(window_ns=window, chunk=chunk,
-                                                                       max_same_fp=max_same_fp))
+                                                                       max_same_fp=max_same_fp, join_window_ns=window))
     assert in_finish_order(cut) == want
 
 
@@ -109,7 +109,7 @@ def test_the_saved_core_case_joins_alike_whole_and_ticked() -> None:
         r["netns"], r["hop"], r["ifindex"], r["dir"] = HOPS[h]
         r["ts_ns"] = ts
     rows = tagged(rows, 0)
-    cfg = Config(window_ns=w, max_same_fp=2)
+    cfg = Config(window_ns=w, max_same_fp=2, join_window_ns=w)
     want = [("p2", (1,)), ("p3", (5,)), ("p1", (0, 2, 3, 4, 6))]
     assert in_finish_order(check(closing([("feed", ObsBatch(rows, LABELS))]), cfg)) == want
     ticked = [("feed", ObsBatch(rows[:4], LABELS, b"", int(rows["ts_ns"][4]))), ("feed", ObsBatch(rows[4:], LABELS))]

@@ -459,6 +459,14 @@ class Attributor:
     def annotate(self, path: PacketPath) -> PacketPath:
         return self(path)
 
+    def nat_netns(self) -> frozenset[int]:
+        """Where NAT can rewrite a header (``NatScope``): namespaces with NAT rules in the current
+        topology snapshot, or with conntrack entries."""
+        spaces = {ns.inode for ns in self.topology().namespaces if ns.nat_rules}
+        if self.conntrack is not None:
+            spaces.update(ino for ino in self.conntrack.paths if self.conntrack.has_entries(ino))
+        return frozenset(spaces)
+
     def provisional(self, path: PacketPath) -> bool:
         """The answer may change without a new snapshot: conntrack is followed and some NAT
         event has no entry yet (the table learns entries as connections start)."""

@@ -230,6 +230,10 @@ class ConntrackTable:
         t = self._tables.get(netns)
         return t is not None and t.error is None and t.ready.is_set()
 
+    def has_entries(self, netns: int) -> bool:
+        t = self._tables.get(netns)
+        return t is not None and bool(t.by_key)
+
     def entries(self, netns: int) -> list[ConntrackRef]:
         t = self._tables.get(netns)
         if t is None:

@@ -249,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
                                         annotators=tuple(annotators), recorder=rec, count=args.count,
                                         duration_s=args.duration, sampler=sampler,
                                         max_cpu_pct=args.max_cpu or None, local=local,
-                                        raw_sockets=raw_sockets))
+                                        raw_sockets=raw_sockets, nat_scope=attributor))
         stopper.attach(pipeline)
         if _want_tui(args):
             from tracer.sinks.output import tui_color

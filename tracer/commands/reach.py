@@ -442,7 +442,7 @@ def run(args: argparse.Namespace) -> int:
 
     source = _make_source(args.backend, target)
     attributor, _topo = attribution(topo, source)
-    pipeline = build(PipelineConfig(source, source_started=True, annotators=(attributor,)))
+    pipeline = build(PipelineConfig(source, source_started=True, annotators=(attributor,), nat_scope=attributor))
     paths: list[PacketPath] = []
     flows: list[Flow] = []
     sent_box: list[Sent] = []

@@ -60,6 +60,7 @@ def trace_live(lab: Lab, name: str, recording: Path, annotators: Sequence[Annota
     """Run ``name`` while the kernel probes trace the lab's namespaces; print and record the paths."""
     from probes.skb_hops import EbpfSource
     from tracer.pipeline import PipelineConfig, build, compile_filter
+    from tracer.protocols import NatScope
     from tracer.sinks.output import TextSink
     from tracer.sinks.record import PcapngRecorder
 
@@ -70,8 +71,13 @@ def trace_live(lab: Lab, name: str, recording: Path, annotators: Sequence[Annota
     source.start()
     try:
         recorder = PcapngRecorder(str(recording))
+        # Live: a rewrite joins only where NAT can happen (the attributor knows the rules).
+        scope: NatScope | None = None
+        for a in annotators:
+            if isinstance(a, NatScope):
+                scope = a
         pipeline = build(PipelineConfig(source, source_started=True, path_filter=path_filter,
-                                        annotators=tuple(annotators), recorder=recorder))
+                                        annotators=tuple(annotators), recorder=recorder, nat_scope=scope))
         failure: list[BaseException] = []
 
         def drive() -> None:

@@ -5,12 +5,23 @@
 //! * sightings are taken in chunks of [`CHUNK_ROWS`] of a batch, each chunk in
 //!   time order (equal times in arrival order);
 //! * a sighting continues an open path with its NAT-invariant fingerprint
-//!   ([`keys::fingerprint`]): the one with its skb address, else the oldest one
-//!   not yet seen at its hop ([`keys::hop_signature`]), and only if its time is
-//!   within `window_ns` of that path's latest sighting; a different known skb is
-//!   another packet. Otherwise it opens a path, numbered then (1, 2, ...);
+//!   ([`keys::fingerprint`]): the one with its skb address, else the oldest one,
+//!   among those open to it; a different known skb is another packet. A path is
+//!   open to a sighting when (open.rs `open_to`, docs/correlation.md):
+//!   - its time is within `join_window_ns` of the path's latest sighting;
+//!   - the path was not seen at its hop yet ([`keys::hop_signature`]);
+//!   - a free ends an skb: after a drop (in path order: time, then arrival) only a
+//!     clone's sightings join — frames that are not IP (followed by fingerprint
+//!     across a bridge's clones) with another skb than the one freed;
+//!   - its header ([`keys::header`]) is that of the sightings before and after it in
+//!     path order, or changed where NAT happens: received (or no direction) then sent
+//!     or freed (or no direction), in one namespace, neither address link-local nor
+//!     multicast ([`keys::scoped`]), in a namespace [`Joiner::set_nat_namespaces`]
+//!     allows (any, unless set).
+//!
+//!   Otherwise it opens a path, numbered then (1, 2, ...);
 //!   beyond [`MAX_SAME_FP`] open paths with one fingerprint the oldest gets no
-//!   more sightings, counting only paths seen within `window_ns` before the new
+//!   more sightings, counting only paths seen within `join_window_ns` before the new
 //!   one (an idle path counts as little when expiry has not reached it yet as
 //!   when it has: the join does not depend on when expiry runs);
 //! * after each chunk, paths idle since before `clock - window_ns` finish (the
@@ -30,7 +41,7 @@
 //!
 //! For sightings that come in time order (and ticks no later than the next
 //! sighting), the paths and the order they finish do not depend on batching. A
-//! sighting later than the window, or one that arrives after its path
+//! sighting later than the join window, or one that arrives after its path
 //! finished, starts a new path, as in the Python.
 
 mod finished;
@@ -43,10 +54,15 @@ mod tests;
 pub use finished::{Finished, FinishedPath};
 
 use crate::obs::{dir, Obs};
-use open::{Claim, Key, OpenPaths};
+use open::{Claim, Key, NatScope, OpenPaths, Sight};
+use std::collections::HashSet;
 
-/// How late a sighting may be, and how long a path stays open without one (ns).
+/// How long a path waits for late sightings before it finishes (ns): the expiry window.
 pub const DEFAULT_WINDOW_NS: u64 = 500_000_000;
+/// The join window (ns): the most packet time between two sightings of one packet. Hops of
+/// a packet are µs apart (the lab's hop-to-hop p99 is 160 µs, docs/correlation.md); 50 ms
+/// leaves room for a loaded machine and keeps identical packets sent later apart.
+pub const DEFAULT_JOIN_WINDOW_NS: u64 = 50_000_000;
 /// Beyond this many sightings in open paths, the longest idle finish early.
 pub const DEFAULT_MAX_OPEN_ROWS: usize = 300_000;
 /// Rows per step: expiry runs between chunks, so a huge batch stays bounded.
@@ -56,7 +72,10 @@ pub const MAX_SAME_FP: usize = 64;
 
 #[derive(Clone, Copy, Debug)]
 pub struct JoinConfig {
+    /// How long a path waits for late sightings (expiry).
     pub window_ns: u64,
+    /// The join window: a sighting continues a path only this close to its latest sighting.
+    pub join_window_ns: u64,
     pub max_open_rows: usize,
     pub chunk_rows: usize,
     pub max_same_fp: usize,
@@ -68,6 +87,7 @@ impl Default for JoinConfig {
     fn default() -> Self {
         JoinConfig {
             window_ns: DEFAULT_WINDOW_NS,
+            join_window_ns: DEFAULT_JOIN_WINDOW_NS,
             max_open_rows: DEFAULT_MAX_OPEN_ROWS,
             chunk_rows: CHUNK_ROWS,
             max_same_fp: MAX_SAME_FP,
@@ -116,12 +136,22 @@ pub struct Joiner {
     keys: Vec<Key>,
     /// A chunk's (ts, row) in time order, when it came out of order.
     order: Vec<u128>,
+    /// Source hop index -> the node of its label (which namespace a file hop is in).
+    hop_nodes: Vec<u32>,
+    /// Where NAT may change a header: None anywhere (replay), else these namespaces.
+    nat_netns: Option<HashSet<u64>>,
 }
 
 impl Joiner {
+    /// The join window is never longer than the wait (else whether a late sighting joins
+    /// would depend on when expiry ran).
     pub fn new(cfg: JoinConfig) -> Joiner {
+        let join_window_ns = cfg.join_window_ns.min(cfg.window_ns);
         Joiner {
-            cfg,
+            cfg: JoinConfig {
+                join_window_ns,
+                ..cfg
+            },
             ..Joiner::default()
         }
     }
@@ -181,6 +211,26 @@ impl Joiner {
         self.expire(None, None, max_paths, out, ev);
     }
 
+    /// The next source hop (rows' `hop` index them in the order they are added) belongs to
+    /// node `node` (a label's `node_id`): with the netns, the namespace a sighting is in.
+    pub fn add_hop_node(&mut self, node: u32) {
+        self.hop_nodes.push(node);
+    }
+
+    /// Source hop index -> node, all at once (a batch with a label table of its own); the
+    /// sightings fed so far keep theirs.
+    pub fn set_hop_nodes(&mut self, nodes: &[u32]) {
+        self.hop_nodes.clear();
+        self.hop_nodes.extend_from_slice(nodes);
+    }
+
+    /// Where a header may change between two sightings of a packet (NAT): `None`, in any
+    /// namespace (replay: rules and conntrack are not known); else only in these network
+    /// namespaces (live: those with NAT rules or conntrack entries; refreshed by the caller).
+    pub fn set_nat_namespaces(&mut self, netns: Option<&[u64]>) {
+        self.nat_netns = netns.map(|n| n.iter().copied().collect());
+    }
+
     /// The latest time seen (a sighting's, or a source's `now_ns`): flows expire by it.
     pub fn clock(&self) -> u64 {
         self.clock
@@ -206,6 +256,7 @@ impl Joiner {
 
     fn feed_chunk<E: JoinEvents>(&mut self, rows: &[Obs], marks: &[bool], ev: &mut E) {
         let keys = &mut self.keys;
+        let hop_nodes = &self.hop_nodes;
         keys.clear();
         keys.extend(rows.iter().enumerate().map(|(i, o)| Key {
             ts: o.ts_ns,
@@ -214,6 +265,18 @@ impl Joiner {
             skb: keys::join_skb(o),
             i: i as u32,
             marked: marks.get(i).copied().unwrap_or(false),
+            family: o.family,
+            at: Sight {
+                hdr: keys::header(o),
+                netns: o.netns,
+                node: hop_nodes.get(o.hop as usize).copied().unwrap_or(u32::MAX),
+                dir: match o.dir {
+                    dir::RX | dir::TX | dir::DROP => o.dir,
+                    _ => dir::UNKNOWN,
+                },
+                skb: o.skb,
+                scoped: keys::scoped(o),
+            },
         }));
         let order = &mut self.order;
         order.clear();
@@ -232,7 +295,8 @@ impl Joiner {
             }
         }
         self.clock = self.clock.max(keys.iter().map(|k| k.ts).max().unwrap_or(0));
-        let (window, keep_obs) = (self.cfg.window_ns, self.cfg.keep_obs);
+        let (join, keep_obs) = (self.cfg.join_window_ns, self.cfg.keep_obs);
+        let scope = NatScope(self.nat_netns.as_ref());
         let in_time_order = order.iter().map(|&o| o as u32 as usize);
         for k in in_time_order
             .filter_map(|i| keys.get(i))
@@ -241,7 +305,7 @@ impl Joiner {
             let g = self.fed + u64::from(k.i);
             let row = rows.get(k.i as usize);
             let obs = row.filter(|_| keep_obs);
-            match self.open.candidate(k, window) {
+            match self.open.candidate(k, join, scope) {
                 Some(slot) => {
                     if let Some(first) = self.open.join(slot, k, g, obs) {
                         // Its true first sighting came late (another CPU's ring): what the
@@ -258,7 +322,7 @@ impl Joiner {
                     let claim = row.and_then(|o| claim(o, ev));
                     let max_same_fp = self.cfg.max_same_fp;
                     self.open
-                        .start(self.paths, k, g, obs, claim, max_same_fp, window);
+                        .start(self.paths, k, g, obs, claim, max_same_fp, join);
                 }
             }
         }

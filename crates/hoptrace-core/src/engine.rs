@@ -212,9 +212,17 @@ impl Engine {
     pub fn add_hop(&mut self, node: &[u8], iface: &[u8], linktype: u32) {
         let label = self.learner.finisher.labels_mut().intern_wtf8(node, iface);
         self.learner.remap.push(label);
+        let node_id = self.learner.finisher.labels().get(label).node_id;
+        self.joiner.add_hop_node(node_id);
         if let Some(f) = &mut self.filter {
             f.add_hop(node, iface, linktype);
         }
+    }
+
+    /// Where a header may change between two sightings of one packet: any namespace
+    /// (`None`, replay), or only these (live: NAT rules or conntrack; see [`Joiner::set_nat_namespaces`]).
+    pub fn set_nat_namespaces(&mut self, netns: Option<&[u64]>) {
+        self.joiner.set_nat_namespaces(netns);
     }
 
     /// Annotate shown paths from `notes` (crate::annotate).
@@ -540,10 +548,11 @@ mod tests {
     const HOST: u64 = 4026531840;
     const INET: u64 = 4026532300;
     /// (node, iface, netns) of the source's hops, in the order the rows' `hop` indexes them.
-    const HOPS: [(&str, &str, u64); 3] = [
+    const HOPS: [(&str, &str, u64); 4] = [
         ("web", "eth0", WEB),
         ("host", "eth0", HOST),
         ("inet", "eth0", INET),
+        ("host", "veth1", HOST),
     ];
 
     fn v4(a: [u8; 4]) -> [u8; 16] {
@@ -577,10 +586,12 @@ mod tests {
         }
     }
 
-    /// web pings the server through MASQUERADE at `t` (3 sightings).
-    fn ping(t: u64, ip_id: u32) -> [Obs; 3] {
+    /// web pings the server through MASQUERADE at `t` (4 sightings; the rewrite between
+    /// the host's rx and tx).
+    fn ping(t: u64, ip_id: u32) -> [Obs; 4] {
         [
             at(0, t, dir::TX, WEB_IP, SERVER, ip_id),
+            at(3, t + 5_000, dir::RX, WEB_IP, SERVER, ip_id),
             at(1, t + 10_000, dir::TX, PUBLIC, SERVER, ip_id),
             at(2, t + 20_000, dir::RX, PUBLIC, SERVER, ip_id),
         ]
@@ -661,14 +672,14 @@ mod tests {
         let end = lines(&mut e);
         assert_eq!(
             summary(&end),
-            ["path p2 incomplete", "flow f2 [p2]}", "stats 6 2"]
+            ["path p2 incomplete", "flow f2 [p2]}", "stats 8 2"]
         );
         assert!(
             end[2].ends_with(r#""lost_events": 0, "elapsed_s": 0.5}"#),
             "{}",
             end[2]
         );
-        assert_eq!((e.observations(), e.paths(), e.open_paths()), (6, 2, 0));
+        assert_eq!((e.observations(), e.paths(), e.open_paths()), (8, 2, 0));
     }
 
     #[test]
@@ -707,7 +718,7 @@ mod tests {
             },
             ..EngineConfig::default()
         };
-        let [first, copy, arrival] = ping(1_000 * MS, 1);
+        let [first, inner, copy, arrival] = ping(1_000 * MS, 1);
         let answer = pong(1_000 * MS + 40 * MS, 2);
         let run = |rows: &[Obs]| {
             let mut e = engine(cfg);
@@ -716,11 +727,14 @@ mod tests {
             summary(&lines(&mut e))
         };
         // In order, the copy teaches nothing (it is not a first sighting): incomplete.
-        let in_order = run(&[first, copy, arrival, answer[0], answer[1]]);
+        let in_order = run(&[first, inner, copy, arrival, answer[0], answer[1]]);
         assert_eq!(in_order[1], "path p2 incomplete");
-        // The copy first: it teaches the host sends from 203.0.113.2, then the true first
+        // The copy first: it teaches the host sends from 203.0.113.2, then an earlier
         // sighting takes that back, and the pong is judged as above.
-        assert_eq!(run(&[copy, first, arrival, answer[0], answer[1]]), in_order);
+        assert_eq!(
+            run(&[copy, inner, first, arrival, answer[0], answer[1]]),
+            in_order
+        );
         // Without the true first sighting the claim stands: the pong is delivered.
         assert_eq!(
             run(&[copy, arrival, answer[0], answer[1]])[1],
@@ -738,9 +752,9 @@ mod tests {
         // Numbered in order of their first sighting, idle in the reverse order.
         let t = 1_000 * MS;
         let rows = [
-            at(0, t, dir::TX, WEB_IP, SERVER, 1),
-            at(0, t + 1, dir::TX, WEB_IP, SERVER, 2),
-            at(0, t + 2, dir::TX, WEB_IP, SERVER, 3),
+            at(3, t, dir::RX, WEB_IP, SERVER, 1),
+            at(3, t + 1, dir::RX, WEB_IP, SERVER, 2),
+            at(3, t + 2, dir::RX, WEB_IP, SERVER, 3),
             at(1, t + 3, dir::TX, PUBLIC, SERVER, 3),
             at(1, t + 4, dir::TX, PUBLIC, SERVER, 2),
             at(1, t + 5, dir::TX, PUBLIC, SERVER, 1),
@@ -766,9 +780,9 @@ mod tests {
         // Three pings of one flow in one step, finishing in the reverse of their numbers.
         let t = 1_000 * MS;
         let rows = [
-            at(0, t, dir::TX, WEB_IP, SERVER, 1),
-            at(0, t + 1, dir::TX, WEB_IP, SERVER, 2),
-            at(0, t + 2, dir::TX, WEB_IP, SERVER, 3),
+            at(3, t, dir::RX, WEB_IP, SERVER, 1),
+            at(3, t + 1, dir::RX, WEB_IP, SERVER, 2),
+            at(3, t + 2, dir::RX, WEB_IP, SERVER, 3),
             at(1, t + 3, dir::TX, PUBLIC, SERVER, 3),
             at(1, t + 4, dir::TX, PUBLIC, SERVER, 2),
             at(1, t + 5, dir::TX, PUBLIC, SERVER, 1),
@@ -838,7 +852,7 @@ mod tests {
             let mut f = vec![0u8; 34];
             f[12] = 0x08;
             f[14] = 0x45;
-            f[18..20].copy_from_slice(&(if k == 2 { 99u16 } else { 1 }).to_be_bytes());
+            f[18..20].copy_from_slice(&(if k == 3 { 99u16 } else { 1 }).to_be_bytes());
             o.frame_off = frames.len() as u64;
             o.frame_len = f.len() as u32;
             frames.extend_from_slice(&f);
@@ -849,7 +863,7 @@ mod tests {
         // The pong (p2) is hidden: no line, not counted, not in its flow.
         assert_eq!(
             summary(&lines(&mut e)),
-            ["path p1 delivered", "flow f1 [p1]}", "stats 5 1"]
+            ["path p1 delivered", "flow f1 [p1]}", "stats 6 1"]
         );
     }
 

@@ -8,6 +8,7 @@ use numpy::{PyArray1, PyReadonlyArray1};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+use std::collections::HashMap;
 
 /// Finished paths, in the order they finished:
 /// `(num, step, offsets, sightings, rows)`. Path `k` is number `num[k]`
@@ -24,8 +25,13 @@ type Joined<'py> = (
     Option<Bound<'py, PyArray1<u8>>>,
 );
 
-/// Two uint64 columns.
-type Columns2<'py> = (Bound<'py, PyArray1<u64>>, Bound<'py, PyArray1<u64>>);
+/// Three uint64 columns and a bool one.
+type Columns4<'py> = (
+    Bound<'py, PyArray1<u64>>,
+    Bound<'py, PyArray1<u64>>,
+    Bound<'py, PyArray1<u64>>,
+    Bound<'py, PyArray1<bool>>,
+);
 
 fn joined<'py>(py: Python<'py>, out: &mut Finished, rows: bool) -> Joined<'py> {
     let n = out.paths.len();
@@ -98,19 +104,23 @@ pub struct Joiner {
     out: Finished,
     rows: bool,
     obs: Vec<Obs>,
+    /// Node names -> ids, for `set_hops`.
+    nodes: HashMap<Vec<u8>, u32>,
 }
 
 #[pymethods]
 impl Joiner {
     #[new]
     #[pyo3(signature = (*, window_ns=correlate::DEFAULT_WINDOW_NS, max_open_rows=correlate::DEFAULT_MAX_OPEN_ROWS,
-                        chunk_rows=correlate::CHUNK_ROWS, max_same_fp=correlate::MAX_SAME_FP, rows=false))]
+                        chunk_rows=correlate::CHUNK_ROWS, max_same_fp=correlate::MAX_SAME_FP, rows=false,
+                        join_window_ns=correlate::DEFAULT_JOIN_WINDOW_NS))]
     fn new(
         window_ns: u64,
         max_open_rows: usize,
         chunk_rows: usize,
         max_same_fp: usize,
         rows: bool,
+        join_window_ns: u64,
     ) -> PyResult<Self> {
         if chunk_rows == 0 || max_same_fp == 0 {
             return Err(PyValueError::new_err(
@@ -119,6 +129,7 @@ impl Joiner {
         }
         let cfg = JoinConfig {
             window_ns,
+            join_window_ns,
             max_open_rows,
             chunk_rows,
             max_same_fp,
@@ -129,7 +140,27 @@ impl Joiner {
             out: Finished::default(),
             rows,
             obs: Vec::new(),
+            nodes: HashMap::new(),
         })
+    }
+
+    /// The node of each hop, as "surrogatepass" UTF-8 bytes (rows' ``hop`` index this list;
+    /// the rows fed so far keep theirs): which namespace a sighting without a netns is in.
+    fn set_hops(&mut self, nodes: Vec<Vec<u8>>) {
+        let ids: Vec<u32> = nodes
+            .into_iter()
+            .map(|n| {
+                let next = self.nodes.len() as u32;
+                *self.nodes.entry(n).or_insert(next)
+            })
+            .collect();
+        self.inner.set_hop_nodes(&ids);
+    }
+
+    /// Where NAT may change a header: any namespace (None), or only these netns inodes.
+    #[pyo3(signature = (netns))]
+    fn set_nat_namespaces(&mut self, netns: Option<Vec<u64>>) {
+        self.inner.set_nat_namespaces(netns.as_deref());
     }
 
     #[pyo3(signature = (rows, now_ns=None))]
@@ -175,20 +206,28 @@ impl Joiner {
     }
 }
 
-/// The join's keys of each row: (fingerprint, hop signature) as uint64 arrays,
-/// 64-bit hashes of what tests/reference/correlate.py's `fingerprint` and `hop_signature` compare
-/// (equal rows, equal keys).
+/// The join's keys of each row: (fingerprint, hop signature, header) as uint64 arrays,
+/// 64-bit hashes of what tests/reference/correlate.py's `fingerprint`, `hop_signature` and
+/// `header` compare (equal rows, equal keys), and whether each row is link-local or
+/// multicast (`scoped`, a bool array).
 #[pyfunction]
-pub fn join_keys<'py>(py: Python<'py>, rows: &Bound<'py, PyAny>) -> PyResult<Columns2<'py>> {
+pub fn join_keys<'py>(py: Python<'py>, rows: &Bound<'py, PyAny>) -> PyResult<Columns4<'py>> {
     let mut obs = Vec::new();
     rows_into(rows, &mut obs)?;
-    let (fp, hop) = py.detach(|| {
+    let (fp, hop, hdr, scoped) = py.detach(|| {
         (
             obs.iter().map(keys::fingerprint).collect::<Vec<_>>(),
             obs.iter().map(keys::hop_signature).collect::<Vec<_>>(),
+            obs.iter().map(keys::header).collect::<Vec<_>>(),
+            obs.iter().map(keys::scoped).collect::<Vec<_>>(),
         )
     });
-    Ok((PyArray1::from_vec(py, fp), PyArray1::from_vec(py, hop)))
+    Ok((
+        PyArray1::from_vec(py, fp),
+        PyArray1::from_vec(py, hop),
+        PyArray1::from_vec(py, hdr),
+        PyArray1::from_vec(py, scoped),
+    ))
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

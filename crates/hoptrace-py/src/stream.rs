@@ -210,7 +210,9 @@ impl Stream {
 #[pymethods]
 impl Stream {
     #[new]
-    #[pyo3(signature = (*, count=None, filter=false, window_ns=None, flow_idle_ns=None, max_flow_paths=None, text=None))]
+    #[pyo3(signature = (*, count=None, filter=false, window_ns=None, flow_idle_ns=None, max_flow_paths=None, text=None,
+                        join_window_ns=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         count: Option<u64>,
         filter: bool,
@@ -218,6 +220,7 @@ impl Stream {
         flow_idle_ns: Option<u64>,
         max_flow_paths: Option<usize>,
         text: Option<(bool, i8, bool)>,
+        join_window_ns: Option<u64>,
     ) -> PyResult<Self> {
         let mut cfg = EngineConfig {
             filter,
@@ -234,6 +237,9 @@ impl Stream {
         if let Some(w) = window_ns {
             cfg.join.window_ns = w;
             cfg.finish.window_ns = w;
+        }
+        if let Some(j) = join_window_ns {
+            cfg.join.join_window_ns = j;
         }
         if let Some(f) = flow_idle_ns {
             cfg.finish.flow_idle_ns = f;
@@ -261,6 +267,14 @@ impl Stream {
     /// added): names as "surrogatepass" UTF-8 bytes, and the link type of its frames.
     fn add_hop(&mut self, node: &[u8], iface: &[u8], linktype: u32) {
         self.core.add_hop(node, iface, linktype);
+    }
+
+    /// Where NAT may change a packet's header between two of its sightings: in any network
+    /// namespace (None: replay, which knows no rules), or only in these (netns inodes: live,
+    /// those with NAT rules or conntrack entries; set again when they change).
+    #[pyo3(signature = (netns))]
+    fn set_nat_namespaces(&mut self, netns: Option<Vec<u64>>) {
+        self.core.set_nat_namespaces(netns.as_deref());
     }
 
     /// The name ("surrogatepass" UTF-8 bytes) of drop reason ``code`` in the rows.

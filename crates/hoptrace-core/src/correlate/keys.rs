@@ -4,6 +4,7 @@
 //! a 64-bit collision joins the same sightings in both.
 
 use crate::obs::{dir, Obs};
+use crate::view;
 use std::hash::{BuildHasher, Hasher};
 
 const M1: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -102,6 +103,57 @@ pub fn join_skb(o: &Obs) -> u64 {
     } else {
         o.skb
     }
+}
+
+/// The part of a header NAT may rewrite, as nat.rs's `infer_nat` compares it (tests/reference/correlate.py
+/// `header`): addresses, ports, the ICMP echo id and an ICMP error's quoted header, each
+/// as its text compares ([`view`]). Equal headers, equal values; a 64-bit hash, so
+/// two different ones collide once in 2^64.
+#[inline]
+pub fn header(o: &Obs) -> u64 {
+    let opt = |v: Option<u16>| v.map_or(1 << 32, u64::from);
+    // Python shows an address of no known family as "": all such addresses compare equal.
+    let ip = matches!(o.family, 4 | 6);
+    let addr = |a: [u8; 16]| if ip { a } else { [0; 16] };
+    let (s0, s1) = words(&addr(view::src(o)));
+    let (d0, d1) = words(&addr(view::dst(o)));
+    let mut h = mix(M2, s0);
+    for w in [
+        s1,
+        d0,
+        d1,
+        opt(view::sport(o)),
+        opt(view::dport(o)),
+        opt(view::icmp_id(o)),
+    ] {
+        h = mix(h, w);
+    }
+    if let Some(q) = view::inner(o) {
+        let (s0, s1) = words(&addr(q.src));
+        let (d0, d1) = words(&addr(q.dst));
+        let ports = u64::from(q.proto) << 32 | u64::from(q.sport) << 16 | u64::from(q.dport);
+        for w in [1, s0, s1, d0, d1, ports] {
+            h = mix(h, w);
+        }
+    }
+    h
+}
+
+/// Link-local (169.254/16, fe80::/10) or multicast (224/4, ff00::/8): an address no NAT
+/// rewrites, so a packet from or to one never changes its header between hops.
+#[inline]
+pub fn scoped_addr(family: u8, a: &[u8; 16]) -> bool {
+    match family {
+        4 => (a[0] == 169 && a[1] == 254) || a[0] & 0xF0 == 0xE0,
+        6 => (a[0] == 0xFE && a[1] & 0xC0 == 0x80) || a[0] == 0xFF,
+        _ => false,
+    }
+}
+
+/// The sighting's source or destination is [`scoped_addr`].
+#[inline]
+pub fn scoped(o: &Obs) -> bool {
+    scoped_addr(o.family, &o.src) || scoped_addr(o.family, &o.dst)
 }
 
 /// Hashes fingerprints for the open-path table: they are hashes already, but

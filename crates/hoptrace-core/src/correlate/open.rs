@@ -6,9 +6,10 @@
 use super::finished::Finished;
 use super::idle::{Entry, IdleQueue};
 use super::keys::FpHashBuilder;
+use crate::obs::dir;
 use crate::obs::Obs;
 use std::collections::hash_map::Entry as Slot;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// A sighting as the join sees it.
 #[derive(Clone, Copy, Debug)]
@@ -21,6 +22,64 @@ pub struct Key {
     pub i: u32,
     /// The caller's mark on the sighting (see `Joiner::feed_with`): its path is marked.
     pub marked: bool,
+    /// Its address family (a path's sightings share it: it is in the fingerprint).
+    pub family: u8,
+    pub at: Sight,
+}
+
+/// What the join's acceptance rules read of a sighting (see [`Sight::accepts`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sight {
+    /// [`super::keys::header`].
+    pub hdr: u64,
+    pub netns: u64,
+    /// The node of its hop (labels' `node_id`): with `netns`, which namespace it is in.
+    pub node: u32,
+    /// `dir::RX`, `TX`, `DROP`, or `UNKNOWN` (any other value too, as Python reads it).
+    pub dir: u8,
+    /// The kernel skb address as seen (also for frames whose skb the join ignores).
+    pub skb: u64,
+    /// [`super::keys::scoped`]: link-local or multicast.
+    pub scoped: bool,
+}
+
+/// Where a header may change between two sightings of one packet: `None` anywhere
+/// (replay: no rules known), else only in these namespaces (live: NAT rules or conntrack).
+#[derive(Clone, Copy)]
+pub struct NatScope<'a>(pub Option<&'a HashSet<u64>>);
+
+impl Sight {
+    /// Both in one namespace, as nat.rs's `same_namespace` says (netns 0: the node decides).
+    #[inline]
+    fn same_namespace(&self, b: &Sight) -> bool {
+        self.node == b.node && (self.netns == b.netns || self.netns == 0 || b.netns == 0)
+    }
+
+    /// May `self` and `b` (the sighting after it, in path order) be one packet's? The same
+    /// header, or a rewrite where NAT can happen: received (or no direction) and then sent
+    /// or freed (or no direction) in one namespace that may NAT, neither link-local nor
+    /// multicast. Frames that are not IP have no header to rewrite.
+    #[inline]
+    fn accepts(&self, b: &Sight, family: u8, scope: NatScope<'_>) -> bool {
+        if family == 0 || self.hdr == b.hdr {
+            return true;
+        }
+        let ns = if self.netns != 0 { self.netns } else { b.netns };
+        self.same_namespace(b)
+            && matches!(self.dir, dir::RX | dir::UNKNOWN)
+            && matches!(b.dir, dir::TX | dir::DROP | dir::UNKNOWN)
+            && !self.scoped
+            && !b.scoped
+            && scope.0.is_none_or(|s| s.contains(&ns))
+    }
+
+    /// After `self`, a drop (a free), may `later` still join? Only a clone's sighting: a frame
+    /// that is not IP (the join follows those by fingerprint across the bridge's clones)
+    /// with another skb than the one freed.
+    #[inline]
+    fn outlived_by(&self, later: &Sight, family: u8) -> bool {
+        family == 0 && later.skb != self.skb
+    }
 }
 
 /// One sighting of an open path: its time, its index in the stream, its hop signature.
@@ -29,6 +88,7 @@ struct Ref {
     ts: u64,
     g: u64,
     hop: u64,
+    at: Sight,
 }
 
 /// Where a path's first sighting said its source address lives, when that was new
@@ -63,10 +123,38 @@ struct Path {
 }
 
 impl Path {
-    /// May the sighting `k` continue this path (hop, window; the skb rule is the caller's)?
+    /// May the sighting `k` continue this path (the skb rule is the caller's)? Within the
+    /// join window of its latest sighting; not seen at `k`'s hop yet; nothing after a drop
+    /// but a clone's sightings, in path order (time, then arrival: `k` arrived last); and
+    /// the sightings before and after `k` accept it ([`Sight::accepts`]).
     #[inline]
-    fn open_to(&self, k: &Key, window: u64) -> bool {
-        self.last_ts.abs_diff(k.ts) <= window && !self.refs.iter().any(|r| r.hop == k.hop)
+    fn open_to(&self, k: &Key, join: u64, scope: NatScope<'_>) -> bool {
+        if self.last_ts.abs_diff(k.ts) > join {
+            return false;
+        }
+        let (mut pred, mut succ): (Option<&Ref>, Option<&Ref>) = (None, None);
+        for r in &self.refs {
+            if r.hop == k.hop {
+                return false;
+            }
+            if r.ts <= k.ts {
+                if r.at.dir == dir::DROP && !r.at.outlived_by(&k.at, k.family) {
+                    return false;
+                }
+                if pred.is_none_or(|p| (r.ts, r.g) > (p.ts, p.g)) {
+                    pred = Some(r);
+                }
+            } else {
+                if k.at.dir == dir::DROP && !k.at.outlived_by(&r.at, k.family) {
+                    return false;
+                }
+                if succ.is_none_or(|q| (r.ts, r.g) < (q.ts, q.g)) {
+                    succ = Some(r);
+                }
+            }
+        }
+        pred.is_none_or(|a| a.at.accepts(&k.at, k.family, scope))
+            && succ.is_none_or(|b| k.at.accepts(&b.at, k.family, scope))
     }
 }
 
@@ -74,7 +162,7 @@ impl Path {
 /// that finished stays listed until its fingerprint is next seen or the table
 /// is swept (so finishing a path does not look its fingerprint up again): an
 /// entry counts only while its slot still holds that number, and against
-/// `max_same_fp` only while seen within the window of the path opening (as if
+/// `max_same_fp` only while seen within the join window of the path opening (as if
 /// finished: expiry may not have reached it yet).
 enum Cands {
     One((u32, u64)),
@@ -103,12 +191,12 @@ impl OpenPaths {
     }
 
     /// The open path sighting `k` continues, among those with its fingerprint:
-    /// the one with its skb, else the oldest one not yet seen at its hop, within the window.
+    /// the one with its skb, else the oldest one, among those open to it.
     #[inline]
-    pub fn candidate(&self, k: &Key, window: u64) -> Option<u32> {
+    pub fn candidate(&self, k: &Key, join: u64, scope: NatScope<'_>) -> Option<u32> {
         let fits = |(c, num): (u32, u64)| {
             self.path(c)
-                .filter(|p| p.num == num && p.open_to(k, window))
+                .filter(|p| p.num == num && p.open_to(k, join, scope))
         };
         match self.by_fp.get(&k.fp)? {
             Cands::One(c) => {
@@ -135,7 +223,7 @@ impl OpenPaths {
 
     /// A new path, number `num`, opened by sighting `k` (stream index `g`), which claimed `claim`.
     /// It joins its fingerprint's candidates, the oldest of which drops out beyond
-    /// `max_same_fp`; candidates idle longer than `window` before `k` leave first, whether
+    /// `max_same_fp`; candidates idle longer than the join window before `k` leave first, whether
     /// or not they have finished yet (when expiry ran depends on batching, `k.ts` does not).
     #[allow(clippy::too_many_arguments)]
     pub fn start(
@@ -146,7 +234,7 @@ impl OpenPaths {
         obs: Option<&Obs>,
         claim: Option<Claim>,
         max_same_fp: usize,
-        window: u64,
+        join: u64,
     ) {
         let slot = match self.free.pop() {
             Some(s) => s,
@@ -167,6 +255,7 @@ impl OpenPaths {
                 ts: k.ts,
                 g,
                 hop: k.hop,
+                at: k.at,
             });
             p.obs.extend(obs.copied());
         }
@@ -181,7 +270,7 @@ impl OpenPaths {
         let slab = &self.slab;
         let live = |(s, n): (u32, u64)| {
             slab.get(s as usize)
-                .is_some_and(|p| p.num == n && k.ts.saturating_sub(p.last_ts) <= window)
+                .is_some_and(|p| p.num == n && k.ts.saturating_sub(p.last_ts) <= join)
         };
         match self.by_fp.entry(k.fp) {
             Slot::Vacant(v) => {
@@ -191,7 +280,7 @@ impl OpenPaths {
                 let c = o.get_mut();
                 if let Cands::One(first) = *c {
                     if !live(first) && max_same_fp > 0 {
-                        // The one listed has finished (or is idle past the window): this path
+                        // The one listed has finished (or is idle past the join window): this path
                         // alone, no list.
                         *c = Cands::One(me);
                         return;
@@ -220,6 +309,7 @@ impl OpenPaths {
                 ts: k.ts,
                 g,
                 hop: k.hop,
+                at: k.at,
             });
             p.obs.extend(obs.copied());
             p.marked |= k.marked;

@@ -3,7 +3,7 @@
 //! sort to finish) that the slab, candidate lists and idle queue must agree
 //! with. The reference is tests/reference/correlate.py: tests/unit/test_core_join.py.
 
-use super::keys::{fingerprint, hop_signature, join_skb};
+use super::keys::{fingerprint, header, hop_signature, join_skb, scoped};
 use super::*;
 use crate::obs::dir;
 use proptest::prelude::*;
@@ -11,8 +11,8 @@ use proptest::prelude::*;
 const MS: u64 = 1_000_000;
 const US: u64 = 1_000;
 
-/// (netns, hop, ifindex, dir) of a few hops; two without a direction.
-const HOPS: [(u64, u32, i32, u8); 7] = [
+/// (netns, hop, ifindex, dir) of a few hops; two without a direction, one a drop.
+const HOPS: [(u64, u32, i32, u8); 8] = [
     (4026532001, 0, 2, dir::TX),
     (4026531840, 1, 4, dir::RX),
     (4026531840, 2, 3, dir::RX),
@@ -20,6 +20,7 @@ const HOPS: [(u64, u32, i32, u8); 7] = [
     (4026532003, 4, 2, dir::RX),
     (4026531840, 5, 7, dir::UNKNOWN),
     (4026531840, 6, -1, dir::UNKNOWN),
+    (4026532003, 4, 2, dir::DROP),
 ];
 
 fn at(h: usize, ts: u64, ip_id: u32) -> Obs {
@@ -70,14 +71,26 @@ fn a_packet_through_nat_is_one_path_in_time_order() {
     }
     let arrival = [ping[3], ping[0], ping[4], ping[2], ping[1]];
     assert_eq!(one_batch(&arrival), vec![(1, vec![1, 4, 3, 0, 2])]);
-    // one row per batch: the same
+    // one row per batch: the same, when the two sides of the rewrite come first
+    let arrival = [ping[2], ping[3], ping[0], ping[4], ping[1]];
     let singles: Vec<(&[Obs], Option<u64>)> = arrival
         .iter()
         .map(|o| (std::slice::from_ref(o), None))
         .collect();
     assert_eq!(
         run(JoinConfig::default(), &singles),
-        vec![(1, vec![1, 4, 3, 0, 2])]
+        vec![(1, vec![2, 4, 0, 1, 3])]
+    );
+    // web's tx and host's tx after the rewrite, before the hops between them: two
+    // namespaces, two sources, adjacent when they meet: two paths (docs/correlation.md)
+    let arrival = [ping[3], ping[0], ping[4], ping[2], ping[1]];
+    let singles: Vec<(&[Obs], Option<u64>)> = arrival
+        .iter()
+        .map(|o| (std::slice::from_ref(o), None))
+        .collect();
+    assert_eq!(
+        run(JoinConfig::default(), &singles),
+        vec![(2, vec![1]), (1, vec![4, 3, 0, 2])]
     );
 }
 
@@ -228,6 +241,7 @@ fn a_path_idle_past_the_window_counts_against_max_same_fp_in_no_batching() {
     let (t, w) = (1000 * MS, 100 * MS);
     let cfg = JoinConfig {
         window_ns: w,
+        join_window_ns: w,
         max_same_fp: 2,
         ..JoinConfig::default()
     };
@@ -303,7 +317,10 @@ fn first_sightings_that_leave_claim_and_a_late_one_takes_the_claim_back() {
     l2.family = 0;
     let mut blind = at(5, t + 8, 4); // no direction: may be leaving
     blind.src[3] = 99;
-    let mut early = at(3, t + 1, 1); // path 1's true first sighting, a chunk late
+    // path 1's true first sighting, a chunk late (no direction, in tx's namespace: what it
+    // sent may have been rewritten there)
+    let mut early = at(5, t + 1, 1);
+    early.netns = 4026532001;
     early.src[3] = 7;
     let cfg = JoinConfig {
         chunk_rows: 4,
@@ -321,7 +338,7 @@ fn first_sightings_that_leave_claim_and_a_late_one_takes_the_claim_back() {
             "claim 4 99 4026531840 8",
             "step []",
             "retract 4 2 4026532001 5",
-            "claim 4 7 4026531840 1",
+            "claim 4 7 4026532001 1",
             "step []",
             "step [1, 2, 3, 4]",
         ]
@@ -339,7 +356,7 @@ fn naive(cfg: JoinConfig, batches: &[(Vec<Obs>, Option<u64>)]) -> Vec<(u64, Vec<
         last: u64,
         skb: u64,
         cand: bool,
-        rows: Vec<(u64, u64, u64)>, // ts, index, hop signature
+        rows: Vec<(u64, u64, u64, Obs)>, // ts, index, hop signature, the sighting
     }
     let mut open: Vec<P> = Vec::new();
     let (mut clock, mut nums, mut fed) = (0u64, 0u64, 0u64);
@@ -359,7 +376,7 @@ fn naive(cfg: JoinConfig, batches: &[(Vec<Obs>, Option<u64>)]) -> Vec<(u64, Vec<
                 n += 1;
             }
             for mut p in open.drain(..n) {
-                p.rows.sort();
+                p.rows.sort_by_key(|r| (r.0, r.1));
                 done.push((p.num, p.rows.iter().map(|r| r.1).collect::<Vec<_>>()));
             }
         };
@@ -375,8 +392,11 @@ fn naive(cfg: JoinConfig, batches: &[(Vec<Obs>, Option<u64>)]) -> Vec<(u64, Vec<
                     .filter(|&k| open[k].fp == f && open[k].cand)
                     .collect();
                 by_num.sort_by_key(|&k| open[k].num);
-                let ok =
-                    |p: &P| p.last.abs_diff(t) <= cfg.window_ns && p.rows.iter().all(|r| r.2 != h);
+                let ok = |p: &P| {
+                    p.last.abs_diff(t) <= cfg.join_window_ns
+                        && p.rows.iter().all(|r| r.2 != h)
+                        && keeps_the_rules(p.rows.iter().map(|r| (r.0, r.1, &r.3)), o)
+                };
                 let pick = by_num
                     .iter()
                     .copied()
@@ -391,7 +411,7 @@ fn naive(cfg: JoinConfig, batches: &[(Vec<Obs>, Option<u64>)]) -> Vec<(u64, Vec<
                 match pick {
                     Some(k) => {
                         let p = &mut open[k];
-                        p.rows.push((t, g, h));
+                        p.rows.push((t, g, h, *o));
                         p.last = p.last.max(t);
                         if s != 0 {
                             p.skb = s;
@@ -401,7 +421,7 @@ fn naive(cfg: JoinConfig, batches: &[(Vec<Obs>, Option<u64>)]) -> Vec<(u64, Vec<
                         nums += 1;
                         // idle longer than the window before t: no longer a candidate
                         for &k in &by_num {
-                            if t.saturating_sub(open[k].last) > cfg.window_ns {
+                            if t.saturating_sub(open[k].last) > cfg.join_window_ns {
                                 open[k].cand = false;
                             }
                         }
@@ -415,7 +435,7 @@ fn naive(cfg: JoinConfig, batches: &[(Vec<Obs>, Option<u64>)]) -> Vec<(u64, Vec<
                             last: t,
                             skb: s,
                             cand: true,
-                            rows: vec![(t, g, h)],
+                            rows: vec![(t, g, h, *o)],
                         });
                     }
                 }
@@ -446,11 +466,46 @@ fn naive(cfg: JoinConfig, batches: &[(Vec<Obs>, Option<u64>)]) -> Vec<(u64, Vec<
     done
 }
 
+/// A path's sightings (ts, stream index, row) with `o` arriving last: in path order (time,
+/// then arrival), nothing follows a drop but a clone's sighting (not IP, another skb), and
+/// each two neighbours have one header or a rewrite where NAT happens (rx or none, then tx,
+/// drop or none, in one netns, neither link-local nor multicast). NAT anywhere; no nodes.
+fn keeps_the_rules<'a>(rows: impl Iterator<Item = (u64, u64, &'a Obs)>, o: &'a Obs) -> bool {
+    let mut seq: Vec<(u64, u64, &Obs)> = rows.collect();
+    seq.push((o.ts_ns, u64::MAX, o));
+    seq.sort_by_key(|x| (x.0, x.1));
+    let ip = o.family != 0;
+    let d = |o: &Obs| {
+        if o.dir <= dir::DROP {
+            o.dir
+        } else {
+            dir::UNKNOWN
+        }
+    };
+    for (i, a) in seq.iter().enumerate() {
+        if d(a.2) == dir::DROP && seq[i + 1..].iter().any(|b| ip || b.2.skb == a.2.skb) {
+            return false;
+        }
+    }
+    seq.windows(2).all(|w| {
+        let (a, b) = (w[0].2, w[1].2);
+        !ip || header(a) == header(b)
+            || (a.netns == b.netns
+                && matches!(d(a), dir::RX | dir::UNKNOWN)
+                && matches!(d(b), dir::TX | dir::DROP | dir::UNKNOWN)
+                && !scoped(a)
+                && !scoped(b))
+    })
+}
+
 // ------------------------------------------------------------------ generated streams
 
 prop_compose! {
-    /// A packet: identity, skb, hops in order (maybe one twice), start time gap, hop spacing.
+    /// A packet: identity, skb, hops in order (maybe one twice), start time gap, hop spacing,
+    /// its source (link-local or multicast among them) and where it is rewritten, if it is.
     fn packet()(ip_id in 0u32..3, family in prop::sample::select(vec![4u8, 6, 0]),
+                src in prop::sample::select(vec![[172u8, 17, 0, 2], [169, 254, 0, 9], [224, 0, 0, 22], [254, 128, 0, 1]]),
+                nat_at in prop::option::of(1usize..5),
                 skb in prop::sample::select(vec![0u64, 0xA000, 0xB000, 0xC000]),
                 hops in prop::collection::vec(0usize..HOPS.len(), 1..6),
                 gap in prop::sample::select(vec![0u64, 1, 3 * US, 40 * US, 2 * MS, 100 * MS, 700 * MS]),
@@ -462,7 +517,9 @@ prop_compose! {
         for (k, &h) in hops.iter().enumerate() {
             t += step;
             let skb = if lose_skb && k % 2 == 1 { 0 } else { skb };
-            rows.push(Obs { family, skb, ttl, ..at(h, t, ip_id) });
+            let mut a = [0u8; 16];
+            a[..4].copy_from_slice(if nat_at.is_some_and(|n| k >= n) { &[203, 0, 113, 2] } else { &src });
+            rows.push(Obs { family, skb, ttl, src: a, ..at(h, t, ip_id) });
         }
         (rows, gap)
     }
@@ -492,10 +549,13 @@ fn config() -> impl Strategy<Value = JoinConfig> {
         prop::sample::select(vec![300_000usize, 7, 0]),
         prop::sample::select(vec![CHUNK_ROWS, 3, 1]),
         prop::sample::select(vec![MAX_SAME_FP, 2, 1]),
+        prop::sample::select(vec![DEFAULT_JOIN_WINDOW_NS, 100 * MS, 5 * US, 1]),
     )
         .prop_map(
-            |(window_ns, max_open_rows, chunk_rows, max_same_fp)| JoinConfig {
+            |(window_ns, max_open_rows, chunk_rows, max_same_fp, join)| JoinConfig {
                 window_ns,
+                // never longer than the wait (the join must not depend on when expiry runs)
+                join_window_ns: join.min(window_ns),
                 max_open_rows,
                 chunk_rows,
                 max_same_fp,
@@ -601,9 +661,14 @@ proptest! {
             let mut hops: Vec<u64> = s.iter().map(|o| hop_signature(o)).collect();
             hops.sort_unstable();
             prop_assert!(hops.windows(2).all(|w| w[0] != w[1]));
-            // in time order, and no two consecutive sightings further apart than the window
+            // in time order, and no two consecutive sightings further apart than the join window
             prop_assert!(s.windows(2).all(|w| w[0].ts_ns <= w[1].ts_ns
-                && w[1].ts_ns - w[0].ts_ns <= cfg.window_ns));
+                && w[1].ts_ns - w[0].ts_ns <= cfg.join_window_ns));
+            // nothing after a drop but a clone's; a header changes only where NAT happens
+            if let Some((last, rest)) = s.split_last() {
+                let before = rest.iter().enumerate().map(|(i, o)| (o.ts_ns, i as u64, *o));
+                prop_assert!(keeps_the_rules(before, last));
+            }
         }
     }
 }
