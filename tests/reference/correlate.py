@@ -30,8 +30,9 @@ retransmissions — come and go). Two more rules keep look-alikes apart
   one freed (and a late drop does not join a path that went on after it);
 * the header (addresses, ports, ICMP echo id, the quote of an ICMP error: ``header``) of
   the sightings just before and just after it in path order is its own, or it changed
-  where NAT happens: received (or no direction) then sent or freed (or no direction), in
-  one namespace (``same_namespace``), neither address link-local nor multicast, in a
+  where NAT happens: after a receive (or no direction), before the next sighting in the
+  same namespace (``same_namespace``: sent, freed, or received by a bridge after
+  br_netfilter's PREROUTING at its port), neither address link-local nor multicast, in a
   namespace ``nat_netns`` holds (None: any, as in replay; live: those with NAT rules or
   conntrack entries). Frames that are not IP have no header to rewrite.
 
@@ -426,8 +427,8 @@ class Correlator:
         if x.family == 0 or header(x) == header(y):
             return True
         ns = x.netns or y.netns
-        return (same_namespace(x, y) and x.direction in ("rx", None) and y.direction in ("tx", "drop", None)
-                and not a.scoped and not b.scoped and (self.nat_netns is None or ns in self.nat_netns))
+        return (same_namespace(x, y) and x.direction in ("rx", None) and not a.scoped and not b.scoped
+                and (self.nat_netns is None or ns in self.nat_netns))
 
     def _claim(self, family: int, raw: bytes, netns: int, ts: int) -> tuple[str, int] | None:
         """The source address of a packet first seen leaving ``netns`` lives there; the key if

@@ -499,9 +499,13 @@ def test_a_rewrite_joins_only_where_nat_happens() -> None:
     # never between namespaces: web's tx, then host's tx with another source
     rows = addr_rows([masq[0], masq[2]])
     assert all_paths(check(closing([("feed", ObsBatch(rows, LABELS))]))) == [("p1", (0,)), ("p2", (1,))]
-    # never from tx to rx, nor tx to tx
+    # never after a tx (to an rx or another tx: OUTPUT rewrites before the first tx)
     rows = addr_rows([(3, t0, WEB, INET), (2, t0 + 2 * US, PUB, INET)])
     assert all_paths(check(closing([("feed", ObsBatch(rows, LABELS))]))) == [("p1", (0,)), ("p2", (1,))]
+    # rx then rx: a bridge port, then the bridge after br_netfilter's PREROUTING (the
+    # localhost-port fixture's replies: conntrack takes 172.17.0.1 back to 127.0.0.1 there)
+    rows = addr_rows([(1, t0, WEB, PUB), (2, t0 + 2 * US, WEB, b"\x7f\x00\x00\x01")])
+    assert all_paths(check(closing([("feed", ObsBatch(rows, LABELS))]))) == [("p1", (0, 1))]
     # never for multicast: the same path with 224.0.0.22 as destination splits
     rows = addr_rows([(h, t, s, MCAST) for h, t, s, _d in masq])
     assert all_paths(check(closing([("feed", ObsBatch(rows, LABELS))]))) == split

@@ -14,10 +14,9 @@
 //!     clone's sightings join — frames that are not IP (followed by fingerprint
 //!     across a bridge's clones) with another skb than the one freed;
 //!   - its header ([`keys::header`]) is that of the sightings before and after it in
-//!     path order, or changed where NAT happens: received (or no direction) then sent
-//!     or freed (or no direction), in one namespace, neither address link-local nor
-//!     multicast ([`keys::scoped`]), in a namespace [`Joiner::set_nat_namespaces`]
-//!     allows (any, unless set).
+//!     path order, or changed where NAT happens: after a receive (or no direction), in
+//!     one namespace, neither address link-local nor multicast ([`keys::scoped`]), in a
+//!     namespace [`Joiner::set_nat_namespaces`] allows (any, unless set).
 //!
 //!   Otherwise it opens a path, numbered then (1, 2, ...);
 //!   beyond [`MAX_SAME_FP`] open paths with one fingerprint the oldest gets no

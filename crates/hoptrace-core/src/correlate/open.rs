@@ -56,9 +56,10 @@ impl Sight {
     }
 
     /// May `self` and `b` (the sighting after it, in path order) be one packet's? The same
-    /// header, or a rewrite where NAT can happen: received (or no direction) and then sent
-    /// or freed (or no direction) in one namespace that may NAT, neither link-local nor
-    /// multicast. Frames that are not IP have no header to rewrite.
+    /// header, or a rewrite where NAT can happen: after a receive (or no direction), before
+    /// the next sighting in the same namespace (sent, freed, or received again by a bridge
+    /// after br_netfilter's PREROUTING at its port), in a namespace that may NAT, neither
+    /// link-local nor multicast. Frames that are not IP have no header to rewrite.
     #[inline]
     fn accepts(&self, b: &Sight, family: u8, scope: NatScope<'_>) -> bool {
         if family == 0 || self.hdr == b.hdr {
@@ -67,7 +68,6 @@ impl Sight {
         let ns = if self.netns != 0 { self.netns } else { b.netns };
         self.same_namespace(b)
             && matches!(self.dir, dir::RX | dir::UNKNOWN)
-            && matches!(b.dir, dir::TX | dir::DROP | dir::UNKNOWN)
             && !self.scoped
             && !b.scoped
             && scope.0.is_none_or(|s| s.contains(&ns))

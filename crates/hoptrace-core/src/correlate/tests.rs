@@ -468,8 +468,8 @@ fn naive(cfg: JoinConfig, batches: &[(Vec<Obs>, Option<u64>)]) -> Vec<(u64, Vec<
 
 /// A path's sightings (ts, stream index, row) with `o` arriving last: in path order (time,
 /// then arrival), nothing follows a drop but a clone's sighting (not IP, another skb), and
-/// each two neighbours have one header or a rewrite where NAT happens (rx or none, then tx,
-/// drop or none, in one netns, neither link-local nor multicast). NAT anywhere; no nodes.
+/// each two neighbours have one header or a rewrite where NAT happens (after an rx or no
+/// direction, in one netns, neither link-local nor multicast). NAT anywhere; no nodes.
 fn keeps_the_rules<'a>(rows: impl Iterator<Item = (u64, u64, &'a Obs)>, o: &'a Obs) -> bool {
     let mut seq: Vec<(u64, u64, &Obs)> = rows.collect();
     seq.push((o.ts_ns, u64::MAX, o));
@@ -492,7 +492,6 @@ fn keeps_the_rules<'a>(rows: impl Iterator<Item = (u64, u64, &'a Obs)>, o: &'a O
         !ip || header(a) == header(b)
             || (a.netns == b.netns
                 && matches!(d(a), dir::RX | dir::UNKNOWN)
-                && matches!(d(b), dir::TX | dir::DROP | dir::UNKNOWN)
                 && !scoped(a)
                 && !scoped(b))
     })
