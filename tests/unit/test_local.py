@@ -290,13 +290,14 @@ def test_a_time_wait_socket_is_named_with_its_listener(tmp_path: Path, monkeypat
 
 def test_what_the_kernel_did(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     proc = fake_proc(tmp_path, {})
-    lk = lookup_with(proc, [(None, None, [])] * 4, monkeypatch)
     udp = Query(4, 17, "172.17.0.3", 5000, "172.17.0.2", 53)
     echo = Query(4, 1, "172.17.0.3", 7, "172.17.0.2", 7)
-    got = lk.lookup_many(1, [(TCP_Q, 0x02, None), (TCP_Q, 0x14, None), (udp, 0, None), (echo, 0, 8),
-                             (echo, 0, 3)])
-    assert [g.kernel for g in got] == ["tcp rst", None, "icmp port unreachable", "icmp echo", "icmp"]
-    assert got[1].note == "no socket: the connection is gone"
+    lk = lookup_with(proc, [(None, None, [])] * 5, monkeypatch)
+    got = lk.lookup_many(1, [(TCP_Q, 0x02, None), (TCP_Q, 0x14, None), (TCP_Q, 0x12, None), (udp, 0, None),
+                             (echo, 0, 8), (echo, 0, 3)])
+    assert [g.kernel for g in got] == ["tcp rst", None, None, "icmp port unreachable", "icmp echo", "icmp"]
+    # A segment other than a SYN with no socket: its connection ended since; no RST is claimed.
+    assert [g.note for g in got[1:3]] == ["no socket: the connection is gone"] * 2
 
 
 def test_a_namespace_that_is_gone(tmp_path: Path) -> None:
@@ -325,6 +326,24 @@ def test_misses_are_answered_with_their_records(tmp_path: Path, monkeypatch: pyt
          b"delivered to nc (pid 55)"),
         (4, b'"kernel": "icmp echo"', b"answered by the kernel (icmp echo)")]
     assert [a[4] for a in got] == [rec[:1].tobytes(), rec[1:].tobytes()]
+
+
+def test_the_worker_keeps_to_its_lookup_budget() -> None:
+    """A flood of misses: at most ``max_per_s`` a second are looked up, a second's worth waits,
+    the rest is skipped (counted)."""
+    asked: list[int] = []
+
+    class Counting(LocalLookup):
+        def answer_misses(self, misses: bytes) -> Any:
+            asked.append(len(misses) // MISS_SIZE)
+            return []
+
+    w = LocalWorker(Counting(), max_per_s=20)
+    w.submit(bytes(MISS_SIZE * 100))
+    time.sleep(0.3)
+    w.close()
+    assert sum(asked) <= 20 + 0.3 * 20 + 1, asked
+    assert w.skipped == 100 - 20 - 20, w.skipped
 
 
 def test_the_worker_survives_a_failing_lookup() -> None:
@@ -462,3 +481,28 @@ def test_the_worker_answers_off_the_calling_thread(server: Any) -> None:
     w.close()
     assert names == ["hoptrace-local"]
     assert [json.loads("{" + a[2].decode() + "}")["pid"] for a in got] == [os.getpid()]
+
+
+def test_many_lookups_at_once(nsname: str) -> None:
+    """More lookups than one batch holds, found, not accepted yet (the listener's) and absent."""
+    subprocess.run(["ip", "-n", nsname, "link", "set", "lo", "up"], check=True)
+    from tracer.annotate.local import DIAG_BATCH, diag_in_netns
+
+    def run() -> list[Any]:
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1024)
+        port = srv.getsockname()[1]
+        cs = [socket.create_connection(("127.0.0.1", port)) for _ in range(2 * DIAG_BATCH)]
+        acc = [srv.accept()[0] for _ in range(DIAG_BATCH)]
+        qs = [Query(4, 6, "127.0.0.1", c.getsockname()[1], "127.0.0.1", port) for c in cs]
+        qs += [Query(4, 6, "127.0.0.1", p, "127.0.0.1", 1) for p in range(1, DIAG_BATCH + 2)]
+        try:
+            return [(f is not None, bool(f and f.inode), bool(li and li.inode)) for f, li, _ in diag_in_netns(qs)]
+        finally:
+            for s in [srv, *cs, *acc]:
+                s.close()
+
+    got = in_netns(nsname, run)
+    n = DIAG_BATCH
+    assert got == [(True, True, False)] * n + [(True, False, True)] * n + [(False, False, False)] * (n + 1)
