@@ -506,3 +506,27 @@ def test_many_lookups_at_once(nsname: str) -> None:
     got = in_netns(nsname, run)
     n = DIAG_BATCH
     assert got == [(True, True, False)] * n + [(True, False, True)] * n + [(False, False, False)] * (n + 1)
+
+
+def test_the_tui_says_who_took_it() -> None:
+    """The path view: the path's own "local", else its flow's when the path is the request."""
+    from tui.format import path_view
+    from tui.store import PathStore
+
+    batches, _ = read([str(FIXTURES / "host-ping.pcapng")])
+    nd = io.StringIO()
+    run(Engine(Batches(batches), local=Answers(
+        '"pid": 7, "comm": "evil\\u001b]0;x\\u0007", "container": "client", "proto": "icmp", "state": null',
+        "delivered to evil\\x1b]0;x\\x07 (pid 7)")), [NdjsonSink(nd)])
+    events = [PacketPath.from_json(d) if d["type"] == "path" else Flow.from_json(d)
+              for d in map(json.loads, nd.getvalue().splitlines()) if d["type"] in ("path", "flow")]
+    store = PathStore()
+    store.add([(e, True) for e in events if isinstance(e, PacketPath)])
+    store.add_flows([e for e in events if isinstance(e, Flow)])
+    request = next(e for e in events if isinstance(e, PacketPath) and e.first.icmp_type == 8)
+    assert request.local is None  # written before the answer came: its flow has it
+    local = store.local_of(request)
+    assert local is not None
+    text = path_view(request, *store.flow_of(request), local=local).plain
+    assert "→ delivered to evil\\x1b]0;x\\x07 (pid 7) on client" in text
+    assert "\x1b" not in text
