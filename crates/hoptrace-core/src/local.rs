@@ -567,4 +567,38 @@ mod tests {
         let m = l.take_misses();
         assert_eq!(&m[4..8], &1u32.to_le_bytes());
     }
+
+    proptest::proptest! {
+        /// Any bytes: no panic; what is accepted keeps a line one JSON object and its text safe.
+        #[test]
+        fn any_block_is_refused_or_renders_one_safe_line(
+            json in r#"("[a-z\\]{1,3}": ("[a-z\\\n]{0,3}"|[0-9]{1,3}|null|\{\}|\[)(, |\}, |,)?){0,3}"#,
+            text in proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+            junk in proptest::collection::vec(proptest::num::u8::ANY, 0..120),
+            cut in 0usize..200,
+        ) {
+            let _ = parse_block(&junk);
+            let mut labels = Labels::new();
+            let (o, hop) = rx(&mut labels, 10, 40000);
+            let mut asker = Locals::new();
+            asker.note(&o, hop);
+            let record = asker.take_misses();
+            let whole = block(&record, json.as_bytes(), &text);
+            let _ = parse_block(whole.get(..cut.min(whole.len())).unwrap_or(&[]));
+            if let Some(note) = parse_block(&whole) {
+                let mut replay = Locals::quiet();
+                replay.preset(&note);
+                let h = replay.note(&o, hop).expect("room");
+                let mut out = b"{\"type\": \"flow\"}\n".to_vec();
+                replay.patch_json(0, &mut out, h, None, &labels);
+                let line = String::from_utf8(out).expect("ascii");
+                proptest::prop_assert_eq!(line.matches('\n').count(), 1);
+                let cps: Vec<u32> = line.trim_end().chars().map(u32::from).collect();
+                proptest::prop_assert!(matches!(crate::pyjson::loads(&cps), Some(crate::pyjson::Val::Object(_))));
+                let mut t = b"f1  tcp\n".to_vec();
+                replay.patch_text(0, &mut t, h, None, &labels, b"\n", false);
+                proptest::prop_assert!(!t.iter().any(|&b| b == 0x1b || b == b'\r'));
+            }
+        }
+    }
 }
