@@ -25,7 +25,7 @@ from tracer.errors import KernelFeatureMissing
 
 VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
 KERNEL_NOTES = Path("/sys/kernel/notes")
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 
 BTF_MAGIC = 0xEB9F
 # BTF kinds (include/uapi/linux/btf.h)
@@ -45,11 +45,13 @@ FIELDS: dict[str, tuple[str, str]] = {
     "SKB_TRANSPORT_HEADER": ("sk_buff", "transport_header"),
     "SKB_PROTOCOL": ("sk_buff", "protocol"),
     "SKB_DEV": ("sk_buff", "dev"),
+    "SKB_SK": ("sk_buff", "sk"),
     "DEV_IFINDEX": ("net_device", "ifindex"),
     "DEV_NAME": ("net_device", "name"),
     "DEV_ND_NET": ("net_device", "nd_net.net"),
     "NET_NS": ("net", "ns"),
     "NS_INUM": ("ns_common", "inum"),
+    "SK_NET": ("sock_common", "skc_net.net"),
 }
 # raw tracepoint -> argument names whose index (in ctx->args) the program needs
 TRACEPOINT_ARGS: dict[str, tuple[str, ...]] = {
@@ -74,7 +76,8 @@ class KernelLayout:
     def span(self, prefix: str, extra: dict[str, int] | None = None) -> tuple[int, int]:
         """[lo, hi) covering every field named prefix*, lo rounded down to 8 (keeps alignment)."""
         sizes = {**self.sizes, **(extra or {})}
-        keys = [k for k in self.offsets if k.startswith(prefix) and k != "SKB_DEV"]
+        # skb->dev and skb->sk are read apart (dev only when close enough, sk only without a device)
+        keys = [k for k in self.offsets if k.startswith(prefix) and k not in ("SKB_DEV", "SKB_SK")]
         lo = min(self.offsets[k] for k in keys) // 8 * 8
         hi = max(self.offsets[k] + sizes[k] for k in keys)
         return lo, (hi + 7) // 8 * 8

@@ -32,6 +32,10 @@
 #define HT_OFF_NET_NS 152
 #define HT_OFF_NS_INUM 24
 #endif
+#ifndef HT_OFF_SKB_SK
+#define HT_OFF_SKB_SK 24
+#define HT_OFF_SK_NET 48
+#endif
 #ifndef HT_SKB_LO
 #define HT_SKB_LO 112 // [LO, HI): the sk_buff bytes that hold every field above
 #define HT_SKB_HI 208
@@ -78,7 +82,7 @@ enum hop_kind {
 struct hop_event {
     u64 ts_ns;         // bpf_ktime_get_ns()
     u64 skb;           // struct sk_buff address: the same skb crosses veth/bridge/netns
-    u32 netns;         // dev->nd_net.net->ns.inum, 0 if no device
+    u32 netns;         // dev->nd_net.net->ns.inum, else skb->sk's namespace, else 0
     u32 ifindex;       // dev->ifindex, 0 if no device
     u32 len;           // skb->len
     u32 drop_reason;   // enum skb_drop_reason (kfree_skb only)
@@ -377,6 +381,17 @@ static __always_inline int look(struct hop_meta *m, void *skb, void *dev, u8 kin
         // a namespace its index is not trustworthy
         if (netns)
             __builtin_memcpy(&ifindex, &dv[HT_OFF_DEV_IFINDEX - HT_DEV_LO], 4);
+    }
+    if (!netns) {
+        // No device (a socket's queue, a local packet before routing, e.g. an OUTPUT drop):
+        // the namespace of the socket that owns it, so the hop is named and the netns
+        // filter sees it. ifindex stays 0: the hop says "(no device)".
+        void *skp = (void *)rd64(skb, HT_OFF_SKB_SK);
+        if (skp) {
+            void *netp = (void *)rd64(skp, HT_OFF_SK_NET);
+            if (netp)
+                netns = rd32(netp, HT_OFF_NET_NS + HT_OFF_NS_INUM);
+        }
     }
     if (flags & F_NETNS) {
         if (!netns_ok(cfg, netns))

@@ -27,7 +27,7 @@ from tests.conftest import ROOT
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
 WEB, CLIENT = "172.17.0.2", "172.17.0.3"
-TCP_PORT, UDP_PORT = 47123, 47124
+TCP_PORT, UDP_PORT, BLOCKED_PORT = 47123, 47124, 47125
 CLI = [sys.executable, "-c", "import sys; from tracer.cli import main; sys.exit(main())"]
 
 SERVER = f"""
@@ -52,7 +52,12 @@ s.close()
 """
 CLIENT_UDP = f"""
 import socket
-socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"hi", ("{WEB}", {UDP_PORT}))
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.sendto(b"hi", ("{WEB}", {UDP_PORT}))
+try:
+    s.sendto(b"no", ("{WEB}", {BLOCKED_PORT}))  # dropped in client's OUTPUT chain
+except PermissionError:
+    pass
 """
 
 
@@ -61,7 +66,7 @@ def traced(lab: Any, tmp: Path) -> list[dict[str, Any]]:
     # No --iface: a free with no device has no namespace in the probe (a namespace filter drops
     # it); the filter keeps this test's traffic and the paths are picked by namespace below.
     proc = subprocess.Popen([*CLI, "live", "--backend", "ebpf", "--json", "--ready-file", str(ready),
-                             "--filter", f"icmp or port {TCP_PORT} or port {UDP_PORT}"],
+                             "--filter", f"icmp or port {TCP_PORT} or port {UDP_PORT} or port {BLOCKED_PORT}"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         t0 = time.monotonic()
@@ -80,7 +85,13 @@ def traced(lab: Any, tmp: Path) -> list[dict[str, Any]]:
         server.wait(timeout=10)
         r = lab.exec("client", ["busybox", "ping", "-c", "3", "-i", "0.3", WEB])
         assert r.returncode == 0, r.stdout + r.stderr
-        assert lab.exec("client", [sys.executable, "-c", CLIENT_UDP]).returncode == 0
+        block = ["OUTPUT", "-p", "udp", "--dport", str(BLOCKED_PORT), "-j", "DROP"]
+        lab.iptables("client", "-I", *block)
+        try:
+            r = lab.exec("client", [sys.executable, "-c", CLIENT_UDP])
+        finally:
+            lab.iptables("client", "-D", *block)
+        assert r.returncode == 0, r.stderr
         time.sleep(1.0)  # past the correlator's window, the raw socket table's next poll
     finally:
         proc.send_signal(signal.SIGINT)
@@ -95,7 +106,7 @@ def records(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     recs = traced(lab, tmp_path_factory.mktemp("drops"))
     ours = {lab.netns_inode(n) for n in ("host", "inet", "client", "web")}
     paths = [r for r in recs if r["type"] == "path" and all(h["netns"] in ours for h in r["hops"])]
-    return {"all": recs, "paths": paths}
+    return {"all": recs, "paths": paths, "client": lab.netns_inode("client")}
 
 
 def test_the_server_closing_with_data_unread_leaves_the_exchange_delivered(records: dict[str, Any]) -> None:
@@ -122,6 +133,15 @@ def test_a_datagram_to_a_closed_port_stays_dropped(records: dict[str, Any]) -> N
     assert p["verdict"] == "dropped"
     last = p["hops"][-1]
     assert (last["node"], last["iface"], last["dir"], last["drop_reason"]) == ("web", "eth0", "drop", "NO_SOCKET")
+
+
+def test_a_drop_before_any_device_is_named_by_its_sockets_namespace(records: dict[str, Any]) -> None:
+    """A datagram dropped in the sender's OUTPUT chain has no device yet: the probe takes the
+    namespace of its socket, and the hop says "(no device)"."""
+    (p,) = [p for p in records["paths"] if p["hops"][0]["dport"] == BLOCKED_PORT]
+    assert p["verdict"] == "dropped"
+    assert [(h["node"], h["netns"], h["iface"], h["dir"], h["drop_reason"]) for h in p["hops"]] == [
+        ("client", records["client"], "(no device)", "drop", "NETFILTER_DROP")]
 
 
 def test_no_hop_is_named_question_mark(records: dict[str, Any]) -> None:

@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from tests.unit.conftest import NETNS, internet_pong
-from tracer.annotate.raw_sockets import RawSocketSpans, RawSocketWatch, namespaces, raw_icmp_in
+from tracer.annotate.raw_sockets import (
+    OPEN_NS,
+    RawSocketSpans,
+    RawSocketWatch,
+    namespaces,
+    raw_icmp_in,
+)
 
 RAW = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
  1: 00000000:0001 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 123 2 0000000000000000 0
@@ -45,18 +51,17 @@ def test_the_running_kernel_lists_a_raw_icmp_socket_of_ours() -> None:
 
 def test_spans_run_from_the_poll_before_to_the_poll_that_no_longer_sees_it() -> None:
     seen: dict[int, bool] = {}
-    spans = RawSocketSpans(list_namespaces=lambda: {7: 70, 8: 80}, has_raw=lambda pid: seen.get(pid, False),
-                           period_s=0.001)
+    spans = RawSocketSpans(list_namespaces=lambda: {7: 70, 8: 80}, has_raw=lambda pid: seen.get(pid, False))
     seen[80] = True
     spans.poll(100)  # open before hoptrace looked: from 0
     seen[70] = True
     spans.poll(200)
     g = spans.generation
-    assert sorted(spans.spans()) == [(7, 100, 200 + 1_000_000), (8, 0, 200 + 1_000_000)]
+    assert sorted(spans.spans()) == [(7, 100, OPEN_NS), (8, 0, OPEN_NS)]  # open: no end yet
     seen[70] = False
     spans.poll(300)
     assert spans.generation > g
-    assert sorted(spans.spans()) == [(7, 100, 300), (8, 0, 300 + 1_000_000)]
+    assert sorted(spans.spans()) == [(7, 100, 300), (8, 0, OPEN_NS)]
 
 
 def test_the_watch_polls_until_closed() -> None:

@@ -9,7 +9,7 @@ Every ``period_s`` a thread lists the namespaces (``/proc/<pid>/ns/net`` of ever
 one pid each) and reads ``/proc/<pid>/net/raw`` and ``raw6`` there: a socket bound to
 protocol 1 (ICMP) or 58 (ICMPv6) is one. A namespace seen with one gets a span from the poll
 before (it opened after that one) to the poll that no longer sees it (it closed before
-that one); one open now ends a period after the latest poll. Nothing here is on the packet path: the
+that one); one open now has no end yet. Nothing here is on the packet path: the
 engine asks for the spans once per batch and hands them to the core only when they changed.
 A process that exits or a namespace that goes away between the listing and the read is
 skipped (the next poll sees what is left).
@@ -25,6 +25,7 @@ from pathlib import Path
 
 PROTOS = {"raw": 1, "raw6": 58}  # file -> protocol of the raw ICMP sockets in it
 PERIOD_S = 0.2
+OPEN_NS = 2**64 - 1  # the end of a span still open
 
 
 def raw_icmp_in(net_dir: Path) -> bool:
@@ -68,8 +69,7 @@ class RawSocketSpans:
 
     def __init__(self, list_namespaces: Callable[[], dict[int, int]] = namespaces,
                  has_raw: Callable[[int], bool] = lambda pid: raw_icmp_in(Path(f"/proc/{pid}/net")),
-                 period_s: float = PERIOD_S) -> None:
-        self._period_ns = int(period_s * 1e9)
+                 ) -> None:
         self._list = list_namespaces
         self._has_raw = has_raw
         self._lock = threading.Lock()
@@ -91,18 +91,18 @@ class RawSocketSpans:
             self.generation += 1
 
     def spans(self) -> list[tuple[int, int, int]]:
-        """(netns, from_ns, to_ns) of every span; one still open ends a period after the latest
-        poll (the next poll would see whether it closed before then)."""
+        """(netns, from_ns, to_ns) of every span; one still open has no end yet (a poll that
+        comes late on a busy machine must not end it early: a socket open at the latest poll
+        is taken to be open until a poll no longer sees it)."""
         with self._lock:
-            end = (self._last_ns or 0) + self._period_ns
-            return [*self._closed, *((ns, t, end) for ns, t in self._open.items())]
+            return [*self._closed, *((ns, t, OPEN_NS) for ns, t in self._open.items())]
 
 
 class RawSocketWatch:
     """``RawSocketSpans`` polled by a daemon thread until ``close``."""
 
     def __init__(self, period_s: float = PERIOD_S, spans: RawSocketSpans | None = None) -> None:
-        self.table = spans or RawSocketSpans(period_s=period_s)
+        self.table = spans or RawSocketSpans()
         self._period = period_s
         self._stop = threading.Event()
         self.table.poll(time.time_ns())  # what is open at the start counts from the start
@@ -125,4 +125,4 @@ class RawSocketWatch:
         self._thread.join(timeout=2)
 
 
-__all__ = ["PERIOD_S", "RawSocketSpans", "RawSocketWatch", "namespaces", "raw_icmp_in"]
+__all__ = ["OPEN_NS", "PERIOD_S", "RawSocketSpans", "RawSocketWatch", "namespaces", "raw_icmp_in"]
