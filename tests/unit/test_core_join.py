@@ -543,3 +543,64 @@ def test_each_step_hands_out_its_paths_by_number_after_finishing_them_in_idle_or
     rows = tagged(np.sort(np.concatenate([a, b]), order="ts_ns"), 0)
     assert check([("feed", ObsBatch(rows, LABELS)), ("flush", None)]) == [
         ([], []), ([("p1", (0, 3)), ("p2", (1, 2))], [2, 1])]
+
+
+# ---------------------------------------------------------------- look-alikes
+
+# Senders c0..c3 (netns 5000 + s, hop s, tx), each into host through its own veth (hop 10 + s,
+# rx); host sends on (hop 20, tx) or frees (hop 21, drop); inet receives (hop 22).
+HOST_NS, INET_NS = 4026531840, 4026532300
+LOOK = {s: (5000 + s, s, 2, 2) for s in range(4)} | {10 + s: (HOST_NS, 10 + s, 4 + s, 1) for s in range(4)} | {
+    20: (HOST_NS, 20, 2, 2), 21: (HOST_NS, 21, 3, 3), 22: (INET_NS, 22, 2, 1)}
+LOOK_LABELS = [HopLabel(node=("host" if h[0] == HOST_NS else "inet" if h[0] == INET_NS else f"c{h[1]}"),
+                        iface=f"if{k}", netns=h[0], ifindex=h[2]) if (h := LOOK.get(k)) else
+               HopLabel(node="unused", iface=f"if{k}") for k in range(23)]
+
+
+def look_alikes(n: int, seed: int, scoped: bool) -> tuple[np.ndarray[Any, Any], list[int]]:
+    """``n`` identical packets (one fingerprint) from a few senders, each with its own source
+    (link-local or multicast when ``scoped``), sent microseconds to tens of milliseconds apart,
+    on skbs from a pool of three (recycled), some freed at the host; rows in time order, and
+    each row's sender."""
+    rng = random.Random(seed)
+    out: list[tuple[dict[str, Any], int]] = []
+    t = 1_000 * MS
+    for _k in range(n):
+        s = rng.randrange(4)
+        t += rng.choice([0, 1, 3 * US, 40 * US, 2 * MS, 30 * MS, 60 * MS])
+        src = (bytes([169, 254, 0, 10 + s]) if s % 2 else bytes([224, 0, 0, 10 + s])) if scoped \
+            else bytes([172, 17, 0, 10 + s])
+        skb = rng.choice([0, 0xA000, 0xB000, 0xC000])
+        route = [s, 10 + s] + rng.choice([[20, 22], [21], [20], []])
+        ts = t
+        for h in route:
+            ts += rng.choice([1, 2 * US, 5 * US])
+            netns, hop, ifindex, d = LOOK[h]
+            out.append((dict(ts_ns=ts, netns=netns, hop=hop, ifindex=ifindex, dir=d, skb=skb, src=src,
+                             dst=b"\xe0\x00\x00\x16", family=4, proto=2, ip_id=1, length=40, digest=0x3D,
+                             has=8, ttl=1), s))
+    out.sort(key=lambda r: r[0]["ts_ns"])
+    rows = np.zeros(len(out), dtype=obs_dtype())
+    for j, (r, _s) in enumerate(out):
+        for name, v in r.items():
+            rows[j][name] = v
+    return tagged(rows, 0), [s for _r, s in out]
+
+
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(2, 30), seed=st.integers(0, 2**32 - 1), cuts=st.lists(st.integers(0, 90), max_size=4),
+       scoped=st.booleans(), join=st.sampled_from([50 * MS, 500 * MS]))
+def test_identical_packets_from_different_hosts_are_never_one_path(n: int, seed: int, cuts: list[int],
+                                                                   scoped: bool, join: int) -> None:
+    """Identical packets from different senders, recycled skbs, frees followed by look-alikes:
+    no path holds two senders' sightings — link-local and multicast sources anywhere, other
+    sources live where no namespace may NAT (with NAT allowed, a rewrite between host's rx and
+    tx is what NAT looks like: only the skb tells them apart). The core and the reference agree."""
+    rows, sender = look_alikes(n, seed, scoped)
+    cfg = Config(join_window_ns=join, nat_netns=None if scoped else frozenset())
+    ops = ops_of(rows, LOOK_LABELS, b"", cuts, [], [])
+    paths = all_paths(check(closing(ops), cfg))
+    assert all(len({sender[i] for i in hops}) == 1 for _pid, hops in paths)
+    # and nothing follows a drop in a path
+    dirs = rows["dir"].tolist()
+    assert all(dirs[i] != 3 for _pid, hops in paths for i in hops[:-1])

@@ -713,3 +713,86 @@ fn nearly_sorted_keys_sort_within_a_few_moves_each() {
     let mut r: Vec<u128> = (0..4000u128).rev().collect();
     assert!(!insertion_sort_within(&mut r, 4000 * NEAR_ORDER_MOVES));
 }
+
+// ------------------------------------------------------------------ look-alikes
+
+/// One of `n` identical packets (one fingerprint): its sender (0..4, each with its own source,
+/// link-local or multicast when `scoped`), the gap before it, its skb (a pool of three:
+/// recycled) and how far it goes: sender tx, host rx, then host tx and inet rx, a free at
+/// the host, host tx only, or nothing more.
+fn look_alike_rows(pkts: &[(u8, u64, u64, usize)], scoped: bool) -> (Vec<Obs>, Vec<u8>) {
+    const HOST: u64 = 4026531840;
+    let mut rows = Vec::new();
+    let mut t = 1000 * MS;
+    for &(s, gap, skb, tail) in pkts {
+        t += gap;
+        let mut src = [0u8; 16];
+        src[..4].copy_from_slice(&match (scoped, s % 2) {
+            (true, 1) => [169, 254, 0, 10 + s],
+            (true, _) => [224, 0, 0, 10 + s],
+            _ => [172, 17, 0, 10 + s],
+        });
+        let mut route = vec![
+            (5000 + u64::from(s), u32::from(s), dir::TX),
+            (HOST, 10 + u32::from(s), dir::RX),
+        ];
+        route.extend_from_slice(match tail {
+            0 => &[(HOST, 20, dir::TX), (4026532300, 22, dir::RX)][..],
+            1 => &[(HOST, 21, dir::DROP)][..],
+            2 => &[(HOST, 20, dir::TX)][..],
+            _ => &[][..],
+        });
+        for (k, &(netns, hop, d)) in route.iter().enumerate() {
+            rows.push((
+                Obs {
+                    ts_ns: t + k as u64 * 2 * US,
+                    netns,
+                    hop,
+                    ifindex: hop as i32 + 2,
+                    dir: d,
+                    family: 4,
+                    proto: 2,
+                    ip_id: 1,
+                    length: 40,
+                    ttl: 1,
+                    skb,
+                    src,
+                    ..Obs::default()
+                },
+                s,
+            ));
+        }
+    }
+    rows.sort_by_key(|(o, _)| o.ts_ns);
+    rows.into_iter().unzip()
+}
+
+proptest! {
+    /// Identical packets from different senders, recycled skbs, frees followed by look-alikes:
+    /// no path holds two senders' sightings, nor anything after a drop — link-local and
+    /// multicast sources with NAT allowed anywhere, other sources where no namespace may NAT.
+    #[test]
+    fn identical_packets_from_different_hosts_are_never_one_path(
+        pkts in prop::collection::vec((0u8..4,
+            prop::sample::select(vec![0u64, 1, 3 * US, 40 * US, 2 * MS, 30 * MS, 60 * MS]),
+            prop::sample::select(vec![0u64, 0xA000, 0xB000, 0xC000]), 0usize..4), 2..30),
+        scoped in any::<bool>(),
+        cuts in prop::collection::vec(0usize..90, 0..4),
+    ) {
+        let (rows, sender) = look_alike_rows(&pkts, scoped);
+        let mut j = Joiner::new(JoinConfig::default());
+        if !scoped {
+            j.set_nat_namespaces(Some(&[]));
+        }
+        let mut out = Finished::default();
+        for (b, now) in batches(&rows, &cuts, &[]) {
+            j.feed(&b, now, &mut out);
+        }
+        j.flush(None, &mut out);
+        for p in &out.paths {
+            let s = out.sightings_of(p);
+            prop_assert!(s.iter().all(|&g| sender[g as usize] == sender[s[0] as usize]));
+            prop_assert!(s[..s.len() - 1].iter().all(|&g| rows[g as usize].dir != dir::DROP));
+        }
+    }
+}
