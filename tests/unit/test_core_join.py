@@ -571,7 +571,7 @@ def look_alikes(n: int, seed: int, scoped: bool) -> tuple[np.ndarray[Any, Any], 
         src = (bytes([169, 254, 0, 10 + s]) if s % 2 else bytes([224, 0, 0, 10 + s])) if scoped \
             else bytes([172, 17, 0, 10 + s])
         skb = rng.choice([0, 0xA000, 0xB000, 0xC000])
-        route = [s, 10 + s] + rng.choice([[20, 22], [21], [20], []])
+        route = [s, 10 + s, *rng.choice([[20, 22], [21], [20], []])]
         ts = t
         for h in route:
             ts += rng.choice([1, 2 * US, 5 * US])
