@@ -2,11 +2,12 @@
 
 ``EbpfSource`` compiles skb_hops.c with bcc, with each kernel offset passed as
 ``-DHT_OFF_*`` from the running kernel's BTF (probes/btf.py), attaches the
-raw tracepoints, and polls the ring buffer on a timer (no wake-up per event:
-the C side reserves with ``BPF_RB_NO_WAKEUP`` and batches events per record).
-The core reads the ring from its mmap and decodes the records in bulk
-(``tracer._core.EbpfRing``: hop events -> rows in UTC, hop labels, the frames
-decoded; GIL released); Python names the hop labels it reports as new.
+raw tracepoints. A reader thread of the core (``tracer._core.EbpfRing``, no GIL)
+polls the ring buffer's mmap on a timer (no wake-up per event: the C side
+reserves with ``BPF_RB_NO_WAKEUP`` and batches events per record) and decodes
+the records in bulk (hop events -> rows in UTC, hop labels, the frames decoded);
+``batches()`` hands its batches on, naming the hop labels it reports as new,
+and flushes quiet CPUs' stages and re-samples the clock meanwhile.
 
 This is the only module that imports ``bcc``.
 """
@@ -40,14 +41,12 @@ HEADER_LEN = 16  # struct hop_batch: count, busy, first_ts
 DEFAULT_BATCH = 32
 DEFAULT_RING_PAGES = 4096  # 16 MiB: ~90 ms of 600k events/s at 184 B
 # Poll period (the issue's 1-5 ms timer): the ring is read this often, so it never holds
-# more than a few ms of events. Decoding is per batch with a fixed numpy cost, so larger
-# batches cost less per event (lab UDP flood, ~330k events/s: 0.72-1.07 us/event in 4 ms
-# batches, 0.51-0.59 in 10 ms ones): what was read is held, see HOLD_EVENTS.
+# more than a few ms of events.
 POLL_S = 0.005
 IDLE_YIELD_S = 0.05
-# At moderate rates (a TCP stream: ~60k events/s) a 10 ms poll gives batches of a few
-# hundred events, where the fixed per-batch numpy cost (~170 us) dominates: what was read
-# is held until there are this many events or the oldest is this old.
+# What was read is held until there are this many events or the oldest is this old: each
+# batch costs the engine a fixed amount in Python (a TCP stream, ~60k events/s, would
+# otherwise come in batches of a few hundred).
 HOLD_EVENTS = 2048
 HOLD_S = 0.04
 # Decoded events the core's reader thread keeps for a consumer that is behind (~24 MB);

@@ -15,10 +15,10 @@
 //!
 //! The Python decoder this replaced is the tests' oracle (tests/reference/ebpf.py).
 
-use std::collections::HashMap;
 use std::fmt;
 
 use crate::decode::decode;
+use crate::hash::FastMap;
 use crate::obs::{dir, src_kind, Obs, ROW_SIZE};
 
 /// `struct bpf_ringbuf_hdr`'s length bit: reserved, not yet submitted.
@@ -329,7 +329,7 @@ struct HopKey {
 /// (netns, ifindex, ifname, link type) -> index into the source's hop label table.
 #[derive(Debug, Default, Clone)]
 pub struct HopKeys {
-    index: HashMap<HopKey, u32>,
+    index: FastMap<HopKey, u32>,
     next: u32,
     last: Option<(HopKey, u32)>,
 }
