@@ -6,6 +6,7 @@ address, without the correlator, so a failure here is a probe failure.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -232,3 +233,23 @@ def test_proto_set_bits_above_31(lab_netns: Any) -> None:
         assert {o.proto for o in obs} <= protos
         counts.append(sum(1 for o in obs if o.proto == 1))
     assert counts[0] == 0 and counts[1] >= 8  # request and reply, 4+ hops each
+
+
+def test_a_panic_in_the_core_reader_ends_the_source_with_its_probes_detached(lab_netns: Any) -> None:
+    """A panic in the core's ring reader thread reaches the consumer of batches() as pyo3's
+    PanicException (tracer/cli.py: one line, exit 1), after the source drained and detached:
+    the process holds none of its BPF programs any more."""
+    from probes.skb_hops import EbpfSource
+    from tests.probes.test_live_cli import prog_ids
+
+    src = EbpfSource(netns={lab_netns.netns_inode(n) for n in ("host", "inet", "client", "web")})
+    src.start()
+    mine = prog_ids(os.getpid())
+    batches = src.batches()
+    assert next(batches) is not None  # the reader runs (an idle batch at least)
+    src._ring._panic_for_tests()
+    with pytest.raises(BaseException, match="as the test asked") as info:
+        for _ in batches:
+            pass
+    assert type(info.value).__name__ == "PanicException"
+    assert src._bpf is None and mine and not (mine & prog_ids(os.getpid()))
