@@ -31,7 +31,7 @@ import ipaddress
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -375,5 +375,154 @@ def far_node(r: Relay) -> str | None:
     return None
 
 
-__all__ = ["PROXY_FLAGS", "DockerProxy", "OwnerLookup", "ProxyArgs", "ProxyTable", "Relay", "docker_proxy",
-           "far_node", "link_relays", "owner_proxy", "proxy_args", "relay_phrase", "scan_proxies"]
+# --------------------------------------------------------------------------
+# Live: linking the legs from who took the packets (tracer/annotate/local.py's answers)
+# --------------------------------------------------------------------------
+
+#: A flow key as the core files it (crates/hoptrace-core/src/flows.rs ``FlowKey``), original
+#: direction: (family, proto, src, sport, dst, dport), addresses as text.
+Key = tuple[int, int, str, int, str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """One relayed connection, for the core's table (crates/hoptrace-core/src/relay.rs)."""
+
+    inbound: Key
+    outbound: Key
+    by: DockerProxy
+    #: Whether the outbound leg's socket was seen owned by ``by`` (else: by its command line).
+    confirmed: bool
+
+    def by_json(self) -> bytes:
+        import json
+
+        return json.dumps({"pid": self.by.pid, "comm": self.by.comm}).encode("utf-8", "surrogatepass")
+
+    def texts(self, names: Callable[[str], str | None]) -> tuple[bytes, bytes]:
+        """What each leg's text says: ``→ docker-proxy relays to web:80 from 172.17.0.1:35216``
+        on the inbound leg, ``← docker-proxy (pid 4242) relays 172.17.0.3:40000 → 203.0.113.2:8080``
+        on the outbound one (escaped for a terminal)."""
+        from tracer.safe_text import term_safe
+
+        a = self.by.args
+        far = names(a.container_ip) or a.container_ip
+        _, _, isrc, isport, idst, idport = self.inbound
+        _, _, osrc, osport, _, _ = self.outbound
+        text_in = (f"\u2192 {self.by.comm} relays to {far}:{a.container_port} from "
+                   f"{_endpoint(osrc, osport)}")
+        text_out = (f"\u2190 {self.by.comm} (pid {self.by.pid}) relays {_endpoint(isrc, isport)} "
+                    f"\u2192 {_endpoint(idst, idport)}")
+        return (term_safe(text_in).encode("utf-8", "surrogatepass"),
+                term_safe(text_out).encode("utf-8", "surrogatepass"))
+
+
+@dataclass(slots=True)
+class _Leg:
+    key: Key
+    ts_ns: int
+    confirmed: bool
+
+
+class RelayLinker:
+    """Pairs docker-proxy's two legs from the keys of paths that ended locally and who took them
+    (one call per key: ``observe``), off the engine's thread.
+
+    * an inbound leg: a packet delivered in the namespace of a docker-proxy that accepts its
+      address and port, taken by that docker-proxy's socket (or by no socket any more: the
+      connection is gone; the ``ProxyTable``'s command lines then say whose port it is);
+    * an outbound leg: a packet from the proxy's container address and port delivered in the
+      proxy's namespace (the container's answer to docker-proxy's own connection), taken by
+      that docker-proxy's socket or by none any more (a short connection ends before paths
+      finish); one taken by another process is not one.
+
+    Per docker-proxy, legs pair in time order: the first outbound leg at or after an inbound
+    leg's time, within ``window_ns``."""
+
+    def __init__(self, table: ProxyTable | None = None, window_ns: int = PAIR_WINDOW_NS) -> None:
+        self.table = table or ProxyTable()
+        self.window_ns = window_ns
+        self._by_pid: dict[int, DockerProxy | None] = {}
+        self._in: dict[int, list[_Leg]] = {}
+        self._out: dict[int, list[_Leg]] = {}
+        self._pairs: list[Pair] = []
+        self._lock = threading.Lock()
+
+    def _proxy(self, pid: int) -> DockerProxy | None:
+        if pid not in self._by_pid:
+            if len(self._by_pid) > 4096:
+                self._by_pid.clear()
+            self._by_pid[pid] = docker_proxy(self.table.proc, pid)
+        return self._by_pid[pid]
+
+    def observe(self, netns: int, key: Key, ts_ns: int, owner_pid: int | None) -> None:
+        """A path ``key`` (as it arrived: src, sport -> dst, dport) ended locally in ``netns`` at
+        ``ts_ns``; ``owner_pid``: who took it (None: no socket or its owner unknown)."""
+        family, proto_num, src, sport, dst, dport = key
+        proto = {6: "tcp", 17: "udp", 132: "sctp"}.get(proto_num)
+        if proto is None:
+            return
+        owner = self._proxy(owner_pid) if owner_pid is not None else None
+        if owner_pid is not None and owner is None:
+            return  # another process took it
+        candidates = [owner] if owner is not None else [p for p in self.table.proxies() if p.netns == netns]
+        for proxy in candidates:
+            if proxy is None:
+                continue
+            a = proxy.args
+            if a.accepts(proto, dst, dport):
+                self._add(self._in, proxy, _Leg(key, ts_ns, owner is not None))
+            elif a.proto == proto and src == a.container_ip and sport == a.container_port:
+                original = (family, proto_num, dst, dport, src, sport)
+                self._add(self._out, proxy, _Leg(original, ts_ns, owner is not None))
+            else:
+                continue
+            self._pair(proxy)
+            return
+
+    def _add(self, legs: dict[int, list[_Leg]], proxy: DockerProxy, leg: _Leg) -> None:
+        self._by_pid.setdefault(proxy.pid, proxy)
+        got = legs.setdefault(proxy.pid, [])
+        if any(g.key == leg.key for g in got):
+            return
+        got.append(leg)
+        got.sort(key=lambda g: g.ts_ns)
+        del got[:-256]  # a proxy whose other legs never show: keep the recent ones
+
+    def _pair(self, proxy: DockerProxy) -> None:
+        ins, outs = self._in.get(proxy.pid, []), self._out.get(proxy.pid, [])
+        while ins and outs:
+            i, o = ins[0], outs[0]
+            if o.ts_ns < i.ts_ns:
+                outs.pop(0)  # its inbound leg was never seen (or came before tracing began)
+                continue
+            if o.ts_ns - i.ts_ns > self.window_ns:
+                ins.pop(0)  # this inbound leg's outbound was never seen
+                continue
+            ins.pop(0)
+            outs.pop(0)
+            with self._lock:
+                self._pairs.append(Pair(i.key, o.key, proxy, o.confirmed))
+
+    def take(self) -> list[Pair]:
+        """The pairs found since the last call (thread-safe)."""
+        with self._lock:
+            got, self._pairs = self._pairs, []
+        return got
+
+
+def address_names(namespaces: Iterable[Any]) -> dict[str, str]:
+    """IP address -> node name (a container's), from a topology's namespaces (those named)."""
+    out: dict[str, str] = {}
+    for ns in namespaces:
+        if ns.name.startswith("netns:"):
+            continue
+        for iface in ns.interfaces:
+            for ip in iface.ips:
+                out.setdefault(ip, ns.name)
+    return out
+
+
+__all__ = ["PROXY_FLAGS", "DockerProxy", "Key", "OwnerLookup", "Pair", "ProxyArgs", "ProxyTable", "Relay",
+           "RelayLinker", "address_names", "docker_proxy", "far_node", "link_relays", "owner_proxy", "proxy_args",
+           "relay_phrase", "scan_proxies"]

@@ -35,6 +35,7 @@ pub mod pcapng_writer;
 pub mod pyjson;
 pub mod pytext;
 pub mod reader;
+pub mod relay;
 pub mod render;
 pub mod report;
 pub mod safe_text;
