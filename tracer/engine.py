@@ -110,6 +110,15 @@ class _RawSockets:
 
 
 @runtime_checkable
+class RelayAnswers(Protocol):
+    """A ``LocalAnswers`` that also links the two legs of connections a userland proxy relayed
+    (tracer/annotate/relay.py ``RelayWorker``): ``take_relays`` hands back the pairs found
+    since, ``(inbound, outbound, by, text_in, text_out)`` each (``Stream.add_relays``)."""
+
+    def take_relays(self) -> list[tuple[Any, ...]]: ...
+
+
+@runtime_checkable
 class RecordsLocal(Protocol):
     """A batch hook's owner (a recorder) that keeps what ``LocalAnswers`` found: one call per
     step that had answers, ``(record, json, text)`` each (``record``: the miss, i.e. the key)."""
@@ -406,6 +415,9 @@ class _Locals:
         self._settle_left = self.SETTLE_S
         self._asked = False
         stream.enable_locals()
+        self.relays = local if isinstance(local, RelayAnswers) else None
+        if self.relays is not None:
+            stream.enable_relays()
 
     def ask(self) -> None:
         misses = self.stream.take_local_misses()
@@ -420,6 +432,10 @@ class _Locals:
             self._settle_left -= time.monotonic() - t0
             self._asked = False
         got = self.local.take()
+        if self.relays is not None:
+            pairs = self.relays.take_relays()
+            if pairs:
+                self.stream.add_relays(pairs)
         if not got:
             return
         self.stream.set_locals([a[:4] for a in got])
@@ -730,4 +746,4 @@ def _run(engine: Engine, sinks: Sequence[Sink]) -> Stats:
 
 
 __all__ = ["Annotator", "Engine", "Event", "FlowViewLines", "FramePrograms", "Lines", "LocalAnswers", "NdjsonLines",
-           "RecordsLocal", "TableAnnotator", "TextLines", "gc_policy", "run"]
+           "RecordsLocal", "RelayAnswers", "TableAnnotator", "TextLines", "gc_policy", "run"]

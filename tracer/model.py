@@ -487,6 +487,9 @@ class PacketPath:
     #: Who took it, when it ended in a namespace's own stack and that was known when it was
     #: written (CONTRACT.md's ``"local"``; tracer/annotate/local.py).
     local: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+    #: The other leg, when a userland proxy relayed its connection and that was known when it
+    #: was written (CONTRACT.md's ``"relay"``; tracer/annotate/relay.py).
+    relay: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
     @classmethod
     def from_json(cls, d: dict[str, Any], extras: Sequence[Sequence[int]] = ()) -> PacketPath:
@@ -502,7 +505,7 @@ class PacketPath:
             views = tuple(Observation.from_json(h) for h in hops)
         return cls(id=d["id"], hops=views,
                    nat=tuple(NatEvent.from_json(e) for e in d["nat"]), verdict=d["verdict"],
-                   flow=d["flow"], local=d.get("local"))
+                   flow=d["flow"], local=d.get("local"), relay=d.get("relay"))
 
     @property
     def first(self) -> Observation:
@@ -533,13 +536,15 @@ class Flow:
     conntrack_id: int | None = None
     #: Who took its packets (its original direction's, when known; CONTRACT.md's ``"local"``).
     local: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+    #: The other leg, when a userland proxy relayed it (CONTRACT.md's ``"relay"``).
+    relay: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Flow:
         """tracer/sinks/output.py ``flow_json``'s inverse."""
         return cls(id=d["id"], proto=d["proto"], original=Endpoints.from_json(d["original"]),
                    reply=Endpoints.from_json(d["reply"]), paths=tuple(d["paths"]),
-                   conntrack_id=d.get("conntrack_id"), local=d.get("local"))
+                   conntrack_id=d.get("conntrack_id"), local=d.get("local"), relay=d.get("relay"))
 
 
 @dataclass(frozen=True, slots=True)

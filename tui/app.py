@@ -257,7 +257,8 @@ class HoptraceApp(App[None]):
         if entry is None:
             self.path_view.show(None)
         else:
-            self.path_view.show(entry.path, *self.store.flow_of(entry.path), local=self.store.local_of(entry.path))
+            self.path_view.show(entry.path, *self.store.flow_of(entry.path), local=self.store.local_of(entry.path),
+                                relay=self.store.relay_of(entry.path))
 
     def on_path_table_user_moved(self, _msg: PathTable.UserMoved) -> None:
         if self.status.follow:

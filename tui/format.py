@@ -17,6 +17,7 @@ from typing import Any
 from rich.text import Text
 
 from tracer.annotate.local import local_text
+from tracer.annotate.relay import relay_text
 from tracer.drops import drop_note
 from tracer.model import Endpoints, NatEvent, Observation, PacketPath
 from tracer.safe_text import term_safe
@@ -202,7 +203,7 @@ def _nat_lines(ev: NatEvent) -> Text:
 
 
 def path_view(path: PacketPath, flow_id: str | None = None, role: str | None = None,
-              local: Mapping[str, Any] | None = None) -> Text:
+              local: Mapping[str, Any] | None = None, relay: Mapping[str, Any] | None = None) -> Text:
     """The hops top to bottom; NAT between the hops it happened, drops in red. ``local``: who
     took it (the path's own ``"local"``, else its flow's when it is the request)."""
     out = Text()
@@ -221,6 +222,11 @@ def path_view(path: PacketPath, flow_id: str | None = None, role: str | None = N
     if local is not None:
         out.append("\n→ ", style="bold")
         out.append(local_text(local), style="bold green")
+    # A userland proxy's relay: the connection it accepted and the one it opened, one story.
+    relay = path.relay if path.relay is not None else relay
+    if relay is not None:
+        out.append("\n")
+        out.append(relay_text(relay), style="bold cyan")
     out.append("\n\n")
     # 12 cells hold a container name (cut after that); netns:<inode> (a namespace without a
     # name, or -n) needs 16 to stay whole

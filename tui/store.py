@@ -124,6 +124,15 @@ class PathStore:
         flow = self.flows.get(fid) if fid is not None else None
         return flow.local if flow is not None and role == "request" else None
 
+    def relay_of(self, path: PacketPath) -> dict[str, Any] | None:
+        """The relay ``path``'s connection is a leg of: its own ``"relay"``, else its flow's (the
+        flow line came later and knew)."""
+        if path.relay is not None:
+            return path.relay
+        fid, _role = self.flow_of(path)
+        flow = self.flows.get(fid) if fid is not None else None
+        return flow.relay if flow is not None else None
+
     def find(self, start_row: int, pred: Callable[[PacketPath], bool], *, older: bool = True) -> int | None:
         """The next row after ``start_row`` whose path matches (older = down the table)."""
         n = len(self.view)

@@ -15,12 +15,14 @@ from tracer.annotate.relay import (
     DockerProxy,
     ProxyArgs,
     ProxyTable,
+    RelayLinker,
     docker_proxy,
     far_node,
     link_relays,
     owner_proxy,
     proxy_args,
     relay_phrase,
+    relay_text,
     scan_proxies,
 )
 from tracer.engine import Engine
@@ -211,3 +213,204 @@ def test_the_probe_gives_the_far_ends_verdict() -> None:
     assert got.detail.endswith(f"relayed to web:80 from {A.GATEWAY}:{r.outbound.first.sport}: no answer from web")
     # No relay known (no docker-proxy here): docker-proxy's SYN-ACK reads as the answer, as before.
     assert judge(target, sent, netns, paths, (), []).detail == f"{A.HOST_UPLINK}:{A.PUBLISHED_PORT} answered"
+
+
+# --------------------------------------------------------------------------
+# Live: the linker, the lookup that feeds it, and the core's table
+# --------------------------------------------------------------------------
+
+IN_KEY = (4, 6, A.CLIENT, 40000, A.HOST_UPLINK, 8080)
+OUT_KEY = (4, 6, A.GATEWAY, 35216, A.WEB, 80)
+
+
+def reply_of(key: tuple[int, int, str, int, str, int]) -> tuple[int, int, str, int, str, int]:
+    return (key[0], key[1], key[4], key[5], key[2], key[3])
+
+
+def linker_with(tmp_path: Path) -> tuple[RelayLinker, int]:
+    fake_proc(tmp_path, 4242, [a.encode() for a in ARGV])
+    fake_proc(tmp_path, 5, [b"/usr/sbin/nginx"], comm=b"nginx")
+    netns = os.stat(tmp_path / "4242" / "ns" / "net").st_ino
+    table = ProxyTable(str(tmp_path), refresh_s=3600)
+    return RelayLinker(table, window_ns=1_000_000_000), netns
+
+
+def test_the_linker_pairs_what_the_proxy_took_with_its_own_connection(tmp_path: Path) -> None:
+    linker, netns = linker_with(tmp_path)
+    linker.observe(netns, IN_KEY, 100, 4242)  # docker-proxy's socket took the client's SYN
+    assert linker.take() == []
+    # The container's SYN-ACK to docker-proxy's own connection; its socket gone already.
+    linker.observe(netns, reply_of(OUT_KEY), 150, None)
+    (pair,) = linker.take()
+    assert (pair.inbound, pair.outbound, pair.by.pid, pair.by.comm, pair.confirmed) == (
+        IN_KEY, OUT_KEY, 4242, "docker-proxy", False)
+    assert linker.take() == []
+
+
+def test_the_linker_pairs_in_time_order_and_ignores_what_is_not_the_proxys(tmp_path: Path) -> None:
+    linker, netns = linker_with(tmp_path)
+    late = (4, 6, A.GATEWAY, 1, A.WEB, 80)
+    linker.observe(netns, reply_of(late), 50, None)  # before any inbound leg: dropped
+    linker.observe(netns, IN_KEY, 100, 4242)
+    second = (4, 6, A.CLIENT, 40001, A.HOST_UPLINK, 8080)
+    linker.observe(netns, second, 110, None)  # no owner any more: the proxy table says whose port
+    linker.observe(netns, reply_of((4, 6, A.GATEWAY, 2, A.WEB, 80)), 120, 5)  # nginx's: not a leg
+    linker.observe(netns + 1, reply_of((4, 6, A.GATEWAY, 3, A.WEB, 80)), 120, None)  # another namespace
+    linker.observe(netns, reply_of(OUT_KEY), 130, 4242)
+    linker.observe(netns, reply_of((4, 6, A.GATEWAY, 4, A.WEB, 80)), 140, None)
+    assert [(p.inbound, p.outbound[3], p.confirmed) for p in linker.take()] == [
+        (IN_KEY, 35216, True), (second, 4, False)]
+    # An inbound leg whose outbound comes past the window pairs with nothing.
+    linker.observe(netns, (4, 6, A.CLIENT, 40002, A.HOST_UPLINK, 8080), 200, 4242)
+    linker.observe(netns, reply_of((4, 6, A.GATEWAY, 5, A.WEB, 80)), 200 + 2_000_000_000, None)
+    assert linker.take() == []
+    # Not TCP/UDP, or nothing of the proxy's: nothing.
+    linker.observe(netns, (4, 1, A.CLIENT, 1, A.HOST_UPLINK, 1), 300, None)
+    linker.observe(netns, (4, 6, A.CLIENT, 1, A.HOST_UPLINK, 9999), 300, 4242)
+    assert linker.take() == []
+
+
+def test_a_pair_for_the_core_and_its_story() -> None:
+    from tracer.annotate.relay import Pair
+
+    pair = Pair(IN_KEY, OUT_KEY, DockerProxy(4242, "docker-proxy", 1, WEB_80), True)
+    names = {A.WEB: "web", A.CLIENT: "client"}.get
+    legs_in, legs_out, by, texts, fields = pair.for_core(names)  # type: ignore[misc]
+    assert legs_in[:2] == (4, 6) and legs_in[2][:4] == bytes([172, 17, 0, 3]) and len(legs_in[2]) == 16
+    assert (legs_in[3], legs_in[5], legs_out[3], legs_out[5]) == (40000, 8080, 35216, 80)
+    assert by == b'{"pid": 4242, "comm": "docker-proxy"}'
+    assert texts == ("\u2192 docker-proxy relays to web:80 from 172.17.0.1:35216".encode(),
+                     "\u2190 docker-proxy (pid 4242) relays 172.17.0.3:40000 \u2192 203.0.113.2:8080".encode())
+    assert fields[0] == (b'"leg": "accepted", "peer": {"src": "172.17.0.1", "sport": 35216, "dst": "172.17.0.2", '
+                         b'"dport": 80}, "peer_node": "web"')
+    assert fields[1].startswith(b'"leg": "opened"') and fields[1].endswith(b'"peer_node": "client"')
+    # From the JSON alone (as a recording or another program has it), the same words.
+    by_d = {"pid": 4242, "comm": "docker-proxy"}
+    assert relay_text({"by": by_d, **pair.leg_fields(True, names)}).encode() == texts[0]
+    assert relay_text({"by": by_d, "peer_flow": "f2", "peer_paths": []}) == \
+        "relayed by docker-proxy (pid 4242) with flow f2"
+    hostile = {"by": {"pid": 1, "comm": "dp\x1b[2J"}, "leg": "accepted", "peer_node": "w\x07",
+               "peer": {"src": "a", "sport": 1, "dst": "b", "dport": 2}}
+    assert "\x1b" not in relay_text(hostile) and "\x07" not in relay_text(hostile)
+
+
+def test_the_lookup_feeds_the_linker_with_every_miss_and_its_owner(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import struct
+
+    from tracer.addr import addr_bytes
+    from tracer.annotate.local import MISS_SIZE, LocalLookup
+    from tracer.annotate.relay import RelayLookup, RelayWorker
+
+    linker, netns = linker_with(tmp_path)
+
+    def record(key: tuple[int, int, str, int, str, int], ts: int, slot: int) -> bytes:
+        fam, proto, src, sport, dst, dport = key
+        return struct.pack("<IIQBBBBHHQ16s16s", slot, 0, netns, fam, proto, 2, 0, sport, dport, ts,
+                           addr_bytes(src)[1], addr_bytes(dst)[1])
+
+    misses = record(IN_KEY, 100, 0) + record(reply_of(OUT_KEY), 150, 1)
+    assert len(misses) == 2 * MISS_SIZE
+    # The inbound key was answered (docker-proxy took it); the reply's was not (its socket gone).
+    answered = [(0, 0, b'"pid": 4242, "comm": "docker-proxy"', b"delivered to docker-proxy (pid 4242)",
+                 misses[:MISS_SIZE])]
+    monkeypatch.setattr(LocalLookup, "answer_misses", lambda self, m: list(answered))
+    lookup = RelayLookup(proc=str(tmp_path), linker=linker, addresses={A.WEB: "web"})
+    assert lookup.answer_misses(misses) == answered
+    worker = RelayWorker(lookup)
+    (got,) = worker.take_relays()
+    assert got[3][0] == "\u2192 docker-proxy relays to web:80 from 172.17.0.1:35216".encode()
+    assert worker.take_relays() == []
+
+
+class FakeLocal:
+    """tracer/engine.py's LocalAnswers + RelayAnswers: no local answers, one relay pair."""
+
+    def __init__(self, pair: tuple[object, ...]) -> None:
+        self.pair: tuple[object, ...] | None = pair
+
+    def submit(self, misses: bytes) -> None:
+        pass
+
+    def take(self) -> list[tuple[int, int, bytes, bytes, bytes]]:
+        return []
+
+    def settle(self, timeout_s: float) -> None:
+        pass
+
+    def take_relays(self) -> list[tuple[object, ...]]:
+        got, self.pair = ([] if self.pair is None else [self.pair]), None
+        return got
+
+
+def relayed_replay(text: bool) -> tuple[list[bytes], dict[str, str]]:
+    """hairpin-proxy-ebpf through the core with its relay known from the start: the lines, and
+    the flow ids of the client's connection and the proxy's."""
+    from tracer.annotate.relay import Pair
+    from tracer.sinks.output import PLAIN
+
+    paths = replay("hairpin-proxy-ebpf")
+    r = link_relays(paths, FixedTable([DockerProxy(4242, "docker-proxy", host_netns(paths), WEB_80)]))[0]
+    assert r.outbound is not None
+    i, o = r.inbound.first, r.outbound.first
+    pair = Pair((4, 6, i.src, i.sport or 0, i.dst, i.dport or 0), (4, 6, o.src, o.sport or 0, o.dst, o.dport or 0),
+                r.by, True)
+    core = pair.for_core({A.WEB: "web", A.CLIENT: "client"}.get)
+    assert core is not None
+    engine = Engine(open_files([str(FIXTURES / "hairpin-proxy-ebpf.pcapng")], []), local=FakeLocal(core))
+    if text:
+        assert engine.render_text(PLAIN)
+    data = b"".join(lines.data for lines in engine.chunks())
+    return data.split(b"\n"), {"in": str(r.inbound.flow), "out": str(r.outbound.flow)}
+
+
+def test_the_core_writes_relay_on_both_legs_paths_and_flows() -> None:
+    import json
+
+    from tracer.model import Flow
+    from tracer.sinks.output import flow_json, path_json
+
+    lines, flows = relayed_replay(text=False)
+    objs = [json.loads(line) for line in lines if line.strip()]
+    by_flow: dict[str, list[str]] = {}
+    for o in objs:
+        if o["type"] == "path" and o["flow"]:
+            by_flow.setdefault(o["flow"], []).append(o["id"])
+    flow_objs = {o["id"]: o for o in objs if o["type"] == "flow"}
+    for side, peer, leg in (("in", "out", "accepted"), ("out", "in", "opened")):
+        relay = flow_objs[flows[side]]["relay"]
+        assert (relay["by"], relay["peer_flow"], relay["peer_paths"], relay["leg"]) == (
+            {"pid": 4242, "comm": "docker-proxy"}, flows[peer], by_flow[flows[peer]], leg)
+        # Every path of the leg names the other leg (the pair was known from the start here).
+        legs = [o for o in objs if o["type"] == "path" and o["flow"] == flows[side]]
+        assert legs and all(o["relay"]["peer_flow"] == flows[peer] for o in legs)
+        # Growing: a path's peer_paths are those the peer listed when it was written.
+        assert all(set(o["relay"]["peer_paths"]) <= set(by_flow[flows[peer]]) for o in legs)
+    others = [o for o in objs if (o["type"] == "path" and o["flow"] not in flows.values())
+              or (o["type"] == "flow" and o["id"] not in flows.values())]
+    assert all("relay" not in o for o in others)
+    # The Python writers say the same as the core, byte for byte.
+    for line, o in zip(lines, objs, strict=False):
+        if o["type"] == "flow":
+            assert json.dumps(flow_json(Flow.from_json(o))).encode() == line
+        elif o["type"] == "path":
+            assert json.dumps(path_json(PacketPath.from_json(o))).encode() == line
+
+
+def test_the_core_text_tells_the_story_as_the_python_writer_does() -> None:
+    import json
+
+    from tracer.model import Flow
+    from tracer.sinks.output import flow_text, path_text
+
+    text, _ = relayed_replay(text=True)
+    joined = b"\n".join(text).decode()
+    assert "     \u2192 docker-proxy relays to web:80 from 172.17.0.1:" in joined
+    assert "     \u2190 docker-proxy (pid 4242) relays 172.17.0.3:" in joined
+    nd, _ = relayed_replay(text=False)
+    objs = [json.loads(line) for line in nd if line.strip()]
+    want = "\n\n".join(path_text(PacketPath.from_json(o)) for o in objs if o["type"] == "path")
+    assert want in joined
+    for o in objs:
+        if o["type"] == "flow":
+            assert flow_text(Flow.from_json(o)) in joined

@@ -28,13 +28,17 @@ a recording's). ``hoptrace probe`` follows the relay with them (tracer/commands/
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
+import struct
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from tracer.addr import addr_bytes, addr_text
+from tracer.annotate.local import MISS_SIZE, Answer, LocalLookup, LocalWorker
 from tracer.model import PacketPath
 from tracer.safe_text import source_text
 
@@ -395,26 +399,54 @@ class Pair:
     confirmed: bool
 
     def by_json(self) -> bytes:
-        import json
-
         return json.dumps({"pid": self.by.pid, "comm": self.by.comm}).encode("utf-8", "surrogatepass")
 
-    def texts(self, names: Callable[[str], str | None]) -> tuple[bytes, bytes]:
-        """What each leg's text says: ``→ docker-proxy relays to web:80 from 172.17.0.1:35216``
-        on the inbound leg, ``← docker-proxy (pid 4242) relays 172.17.0.3:40000 → 203.0.113.2:8080``
-        on the outbound one (escaped for a terminal)."""
-        from tracer.safe_text import term_safe
+    def leg_fields(self, inbound: bool, names: Callable[[str], str | None]) -> dict[str, object]:
+        """What a leg's ``"relay"`` says after the core's ``by``/``peer_flow``/``peer_paths``:
+        which leg it is (``"accepted"`` by the proxy, or ``"opened"`` by it), the peer leg's
+        endpoints in its original direction, and the peer's far node when known."""
+        _, _, src, sport, dst, dport = self.outbound if inbound else self.inbound
+        far = dst if inbound else src
+        return {"leg": "accepted" if inbound else "opened",
+                "peer": {"src": src, "sport": sport, "dst": dst, "dport": dport},
+                "peer_node": names(far)}
 
-        a = self.by.args
-        far = names(a.container_ip) or a.container_ip
-        _, _, isrc, isport, idst, idport = self.inbound
-        _, _, osrc, osport, _, _ = self.outbound
-        text_in = (f"\u2192 {self.by.comm} relays to {far}:{a.container_port} from "
-                   f"{_endpoint(osrc, osport)}")
-        text_out = (f"\u2190 {self.by.comm} (pid {self.by.pid}) relays {_endpoint(isrc, isport)} "
-                    f"\u2192 {_endpoint(idst, idport)}")
-        return (term_safe(text_in).encode("utf-8", "surrogatepass"),
-                term_safe(text_out).encode("utf-8", "surrogatepass"))
+    def for_core(self, names: Callable[[str], str | None]) -> tuple[Any, ...] | None:
+        """The pair as ``Stream.add_relays`` takes it (None: an address the core cannot file)."""
+        legs = _core_leg(self.inbound), _core_leg(self.outbound)
+        if legs[0] is None or legs[1] is None:
+            return None
+        by = {"pid": self.by.pid, "comm": self.by.comm}
+        fields = [self.leg_fields(inbound, names) for inbound in (True, False)]
+        texts = tuple(relay_text({"by": by, **f}).encode("utf-8", "surrogatepass") for f in fields)
+        encoded = tuple(json.dumps(f)[1:-1].encode("utf-8", "surrogatepass") for f in fields)
+        return (legs[0], legs[1], self.by_json(), texts, encoded)
+
+
+def relay_text(d: Mapping[str, Any]) -> str:
+    """What a ``"relay"`` object says, for people (``term_safe``): on the accepted leg
+    ``→ docker-proxy relays to web:80 from 172.17.0.1:35216``, on the proxy's own
+    ``← docker-proxy (pid 4242) relays 172.17.0.3:40000 → 203.0.113.2:8080``."""
+    from tracer.safe_text import term_safe
+
+    by = d.get("by") or {}
+    comm, pid = by.get("comm") or "a proxy", by.get("pid")
+    peer = d.get("peer") or {}
+    leg = d.get("leg")
+    try:
+        src = _endpoint(str(peer["src"]), peer.get("sport"))
+        dst_addr, dport = str(peer["dst"]), peer.get("dport")
+    except (KeyError, TypeError):
+        leg = None
+    if leg == "accepted":
+        far = d.get("peer_node") or dst_addr
+        text = f"\u2192 {comm} relays to {_endpoint(str(far), dport)} from {src}"
+    elif leg == "opened":
+        text = f"\u2190 {comm} (pid {pid}) relays {src} \u2192 {_endpoint(dst_addr, dport)}"
+    else:
+        peer_flow = d.get("peer_flow")
+        text = f"relayed by {comm} (pid {pid})" + (f" with flow {peer_flow}" if peer_flow else "")
+    return term_safe(text)
 
 
 @dataclass(slots=True)
@@ -511,18 +543,100 @@ class RelayLinker:
         return got
 
 
+class RelayLookup(LocalLookup):
+    """tracer/annotate/local.py's ``LocalLookup`` that also links docker-proxy's legs: each miss
+    it answers (a key of a path that ended locally, and who took it) goes to a ``RelayLinker``.
+    ``addresses``: IP address -> node name (``address_names``), for the text's container name."""
+
+    def __init__(self, *args: Any, addresses: Mapping[str, str] | None = None,
+                 linker: RelayLinker | None = None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.linker = linker or RelayLinker(ProxyTable(self.proc))
+        self.addresses = dict(addresses or {})
+
+    def answer_misses(self, misses: bytes) -> list[Answer]:
+        answers = super().answer_misses(misses)
+        owners: dict[bytes, int] = {}
+        for a in answers:
+            pid = _pid_of(a[2])
+            if pid is not None:
+                owners[a[4]] = pid
+        for k in range(0, len(misses) - MISS_SIZE + 1, MISS_SIZE):
+            record = misses[k:k + MISS_SIZE]
+            key = _miss_key(record)
+            if key is not None:
+                netns, ts_ns, flow_key = key
+                self.linker.observe(netns, flow_key, ts_ns, owners.get(record))
+        return answers
+
+    def take_relays(self) -> list[tuple[Any, ...]]:
+        """The pairs linked since the last call, as ``Stream.add_relays`` takes them."""
+        out = []
+        for pair in self.linker.take():
+            got = pair.for_core(self.addresses.get)
+            if got is not None:
+                out.append(got)
+        return out
+
+
+@dataclass
+class RelayWorker(LocalWorker):
+    """``LocalWorker`` over a ``RelayLookup``: also hands the engine the relays it linked
+    (tracer/engine.py ``RelayAnswers``)."""
+
+    def take_relays(self) -> list[tuple[Any, ...]]:
+        return self.lookup.take_relays() if isinstance(self.lookup, RelayLookup) else []
+
+
+_MISS = struct.Struct("<IIQBBBBHHQ16s16s")  # tracer/annotate/local.py MISS_FIELDS
+
+
+def _miss_key(record: bytes) -> tuple[int, int, Key] | None:
+    """(netns, ts_ns, the key as the packet arrived) of one miss record."""
+    if len(record) != _MISS.size:
+        return None
+    _slot, _epoch, netns, family, proto, _flags, _icmp, sport, dport, ts_ns, src, dst = _MISS.unpack(record)
+    if family not in (4, 6):
+        return None
+    return netns, ts_ns, (family, proto, addr_text(family, src), sport, addr_text(family, dst), dport)
+
+
+def _core_leg(key: Key) -> tuple[int, int, bytes, int, bytes, int] | None:
+    family, proto, src, sport, dst, dport = key
+    try:
+        return (family, proto, addr_bytes(src)[1], sport, addr_bytes(dst)[1], dport)
+    except OSError:
+        return None
+
+
+def _pid_of(fields: bytes) -> int | None:
+    """The pid in a ``"local"`` answer's JSON fields (``"pid": 12, "comm": ...``)."""
+    try:
+        got = json.loads(b"{" + fields + b"}")
+    except ValueError:
+        return None
+    pid = got.get("pid") if isinstance(got, dict) else None
+    return pid if isinstance(pid, int) else None
+
+
 def address_names(namespaces: Iterable[Any]) -> dict[str, str]:
-    """IP address -> node name (a container's), from a topology's namespaces (those named)."""
+    """IP address -> node name (a container's), from a topology's namespaces (those named);
+    loopback and link-local addresses, which every namespace has, name none."""
     out: dict[str, str] = {}
     for ns in namespaces:
         if ns.name.startswith("netns:"):
             continue
         for iface in ns.interfaces:
             for ip in iface.ips:
-                out.setdefault(ip, ns.name)
+                try:
+                    a = ipaddress.ip_address(ip.split("%")[0])
+                except ValueError:
+                    continue
+                if not (a.is_loopback or a.is_link_local):
+                    out.setdefault(ip, ns.name)
     return out
 
 
 __all__ = ["PROXY_FLAGS", "DockerProxy", "Key", "OwnerLookup", "Pair", "ProxyArgs", "ProxyTable", "Relay",
-           "RelayLinker", "address_names", "docker_proxy", "far_node", "link_relays", "owner_proxy", "proxy_args",
-           "relay_phrase", "scan_proxies"]
+           "RelayLinker", "RelayLookup", "RelayWorker", "address_names", "docker_proxy", "far_node", "link_relays", "owner_proxy", "proxy_args",
+           "relay_phrase", "relay_text", "scan_proxies"]

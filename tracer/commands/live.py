@@ -275,12 +275,14 @@ def run(args: argparse.Namespace) -> int:
 def _local_worker(topo: Topology) -> LocalWorker:
     """Who took the packets that ended locally (tracer.annotate.local), looked up off the hot
     path; container names from the topology's Docker API, lab node names otherwise."""
-    from tracer.annotate.local import LocalLookup, LocalWorker
+    from tracer.annotate.relay import RelayLookup, RelayWorker, address_names
     from tracer.sources.names import NodeNamer
 
     namer = NodeNamer()
     containers = {c.netns: c.name for c in topo.containers if c.netns and c.name}
-    return LocalWorker(LocalLookup(containers=lambda: containers, names=namer.known))
+    # RelayLookup: also links the two legs of connections docker-proxy relayed (tracer.annotate.relay).
+    return RelayWorker(RelayLookup(containers=lambda: containers, names=namer.known,
+                                   addresses=address_names(topo.namespaces)))
 
 
 def _raw_socket_watch(kind: str) -> RawSocketWatch | None:

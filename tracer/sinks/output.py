@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from tracer.annotate.local import local_text
+from tracer.annotate.relay import relay_text
 from tracer.drops import drop_note
 from tracer.model import (
     ConntrackRef,
@@ -141,6 +142,8 @@ def path_json(path: PacketPath) -> dict[str, Any]:
     }  # fmt: skip
     if path.local is not None:
         d["local"] = path.local
+    if path.relay is not None:
+        d["relay"] = path.relay
     return d
 
 
@@ -162,6 +165,8 @@ def flow_json(flow: Flow) -> dict[str, Any]:
         d["conntrack_id"] = flow.conntrack_id
     if flow.local is not None:
         d["local"] = flow.local
+    if flow.relay is not None:
+        d["relay"] = flow.relay
     return d
 
 
@@ -442,7 +447,8 @@ def path_text(path: PacketPath, opts: TextOptions = PLAIN) -> str:
         head += f"  flow {term_safe(path.flow)}"
     if opts.detail < 0:
         route = head + "  " + _route_text(path, color)
-        return route if path.local is None else f"{route}  {local_text(path.local)}"
+        route = route if path.local is None else f"{route}  {local_text(path.local)}"
+        return route if path.relay is None else f"{route}  {relay_text(path.relay)}"
     by_hop: dict[int, list[NatEvent]] = {}
     for ev in path.nat:
         by_hop.setdefault(ev.to_hop, []).append(ev)
@@ -471,6 +477,8 @@ def path_text(path: PacketPath, opts: TextOptions = PLAIN) -> str:
         lines.append(line.rstrip())
     if path.local is not None:
         lines.append(f"     {local_text(path.local)}")
+    if path.relay is not None:
+        lines.append(f"     {relay_text(path.relay)}")
     return "\n".join(lines)
 
 
@@ -495,8 +503,9 @@ def _route_text(path: PacketPath, color: bool) -> str:
 def flow_text(flow: Flow) -> str:
     ct = f"  ct {flow.conntrack_id}" if flow.conntrack_id is not None else ""
     local = "" if flow.local is None else f"  {local_text(flow.local)}"
+    relay = "" if flow.relay is None else f"  {relay_text(flow.relay)}"
     return term_safe(f"{flow.id}  {flow.proto}  {endpoints_text(flow.original)}  "
-                     f"reply {endpoints_text(flow.reply)}  paths {' '.join(flow.paths)}") + ct + local
+                     f"reply {endpoints_text(flow.reply)}  paths {' '.join(flow.paths)}") + ct + local + relay
 
 
 def stats_text(stats: Stats) -> str:

@@ -33,8 +33,8 @@ class PathView(VerticalScroll):
         yield self.body
 
     def show(self, path: PacketPath | None, flow_id: str | None = None, role: str | None = None,
-             local: Mapping[str, Any] | None = None) -> None:
+             local: Mapping[str, Any] | None = None, relay: Mapping[str, Any] | None = None) -> None:
         if path is not None and self.numeric:
             path = numeric_path(path)
-        self.body.update(EMPTY if path is None else path_view(path, flow_id, role, local))
+        self.body.update(EMPTY if path is None else path_view(path, flow_id, role, local, relay))
         self.border_title = f"path {path.id}" if path is not None else "path"

@@ -250,6 +250,16 @@ impl Engine {
         self.learner.finisher.locals_mut()
     }
 
+    /// Say which connections a userland proxy relayed (crate::relay).
+    pub fn enable_relays(&mut self) {
+        self.learner.finisher.enable_relays();
+    }
+
+    /// The table of relayed connections (crate::relay), when enabled.
+    pub fn relays_mut(&mut self) -> Option<&mut crate::relay::Relays> {
+        self.learner.finisher.relays_mut()
+    }
+
     /// Hand each shown path and closed flow to `sink` too (`lines`: keep writing NDJSON;
     /// see [`PathFinisher::set_sink`]).
     pub fn set_sink(&mut self, sink: Box<dyn PathSink>, lines: bool) {

@@ -331,6 +331,9 @@ impl PathFinisher {
         if let Some(handle) = local {
             self.patch_local(start, handle, None);
         }
+        if let Some(first) = hops.first() {
+            self.patch_relay(start, first);
+        }
         self.step_lines.push((num, start, self.out.len()));
     }
 
@@ -472,6 +475,9 @@ impl PathFinisher {
             if let (Some(handle), true) = (local, written) {
                 self.patch_local(line_start, handle, local_label);
             }
+            if let (Some(first), true) = (hops.first(), written) {
+                self.patch_relay(line_start, first);
+            }
             if let Some(sink) = &mut self.sink {
                 let p = ShownPath {
                     num,
@@ -512,6 +518,26 @@ impl PathFinisher {
                 );
             }
         }
+    }
+
+    /// The path line or block just written at `out[start..]` with the relay its flow is a
+    /// leg of (crate::relay), when Python has linked it.
+    fn patch_relay(&mut self, start: usize, first: &Obs) {
+        let text = match self.cfg.format {
+            Format::Ndjson => None,
+            Format::Text(opts) if opts.detail < 0 => Some((b"\n".as_slice(), false)),
+            Format::Text(_) => Some((b"\n\n".as_slice(), true)),
+        };
+        self.flows.patch_relay(start, &mut self.out, first, text);
+    }
+
+    /// Say which connections a userland proxy relayed (crate::relay).
+    pub fn enable_relays(&mut self) {
+        self.flows.enable_relays();
+    }
+
+    pub fn relays_mut(&mut self) -> Option<&mut crate::relay::Relays> {
+        self.flows.relays_mut()
     }
 
     /// Say who took the packets of paths that ended locally (crate::local): Python

@@ -19,6 +19,7 @@ use crate::labels::Labels;
 use crate::local::Locals;
 use crate::nat::Endpoints;
 use crate::obs::Obs;
+use crate::relay::Relays;
 use crate::render::{push_flow_line, FlowLine};
 use crate::text_render::push_flow_text;
 use crate::view;
@@ -109,6 +110,8 @@ pub struct Flows {
     /// Who took the packets that ended locally (crate::local), when asked for, and the
     /// labels its node names come from (a copy, refreshed when they change).
     locals: Option<Locals>,
+    /// The connections a userland proxy relayed (crate::relay), when asked for.
+    relays: Option<Relays>,
     labels: Labels,
 }
 
@@ -128,6 +131,7 @@ impl Flows {
             closed: Vec::new(),
             text: false,
             locals: None,
+            relays: None,
             labels: Labels::new(),
         }
     }
@@ -148,6 +152,55 @@ impl Flows {
 
     pub fn locals_mut(&mut self) -> Option<&mut Locals> {
         self.locals.as_mut()
+    }
+
+    /// Say which connections a userland proxy relayed (crate::relay; Python adds the pairs).
+    pub fn enable_relays(&mut self) {
+        self.relays.get_or_insert_with(Relays::new);
+    }
+
+    pub fn relays_mut(&mut self) -> Option<&mut Relays> {
+        self.relays.as_mut()
+    }
+
+    /// The peer leg's flow of relay leg `leg`: open (its number and the paths it lists so
+    /// far) or closed (as it closed).
+    fn relay_peer<'a>(
+        keys: &FastMap<FlowKey, u64>,
+        open: &'a BTreeMap<u64, FlowState>,
+        relays: &'a Relays,
+        leg: u32,
+    ) -> Option<(u64, &'a [u64])> {
+        relays
+            .peer_key(leg)
+            .and_then(|k| keys.get(&k))
+            .and_then(|n| open.get(n).map(|fs| (*n, fs.paths.as_slice())))
+            .or_else(|| relays.peer_closed(leg))
+    }
+
+    /// The path line (or text block: `text` = its gap and whether the story goes on a line of
+    /// its own) just written at `out[start..]` with `"relay"` when its flow, found by its
+    /// first hop `first`, is a leg of a relayed connection.
+    pub fn patch_relay(
+        &self,
+        start: usize,
+        out: &mut Vec<u8>,
+        first: &Obs,
+        text: Option<(&[u8], bool)>,
+    ) {
+        let Some(relays) = &self.relays else {
+            return;
+        };
+        let Some(leg) = relays.leg(&flow_key(first)) else {
+            return;
+        };
+        match text {
+            Some((gap, own_line)) => relays.patch_text(start, out, leg, gap, own_line),
+            None => {
+                let peer = Self::relay_peer(&self.keys, &self.open, relays, leg);
+                relays.patch_json(start, out, leg, peer);
+            }
+        }
     }
 
     /// The labels a closing flow's `"local"` names its node from (the finisher's).
@@ -316,6 +369,11 @@ impl Flows {
         if fs.paths.is_empty() {
             return;
         }
+        let relay_leg = self.relays.as_mut().and_then(|r| {
+            let leg = r.leg_of_any(&fs.keys)?;
+            r.close(leg, n, &fs.paths);
+            Some(leg)
+        });
         if self.keep {
             self.closed.push(ClosedFlow {
                 num: n,
@@ -360,6 +418,14 @@ impl Flows {
                 );
             } else {
                 locals.patch_json(start, &mut self.done, handle, None, &self.labels);
+            }
+        }
+        if let (Some(relays), Some(leg)) = (&self.relays, relay_leg) {
+            if self.text {
+                relays.patch_text(start, &mut self.done, leg, b"\n", false);
+            } else {
+                let peer = Self::relay_peer(&self.keys, &self.open, relays, leg);
+                relays.patch_json(start, &mut self.done, leg, peer);
             }
         }
     }

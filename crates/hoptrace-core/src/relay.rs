@@ -8,8 +8,9 @@
 //! both legs' flow keys (as their first packet has them), who relayed them (`{"pid": ...,
 //! "comm": ...}`) and what the text says on each leg. The table files each leg under its
 //! key and its reverse, so the replies find it too. Lines of either leg then carry
-//! `"relay": {"by": {...}, "peer_flow": "f9", "peer_paths": ["p31", "p32"]}`: the other
-//! leg's flow and the paths it lists so far (a flow line, written when its flow closes,
+//! `"relay": {"by": {...}, "peer_flow": "f9", "peer_paths": ["p31", "p32"], <fields>}`: the
+//! other leg's flow and the paths it lists so far, then what Python says of the leg (`"leg":
+//! "accepted"`, the peer's endpoints) (a flow line, written when its flow closes,
 //! names all of the peer's paths shown by then). A line written before the pair was
 //! learnt has no `"relay"`; nothing waits for it.
 
@@ -27,6 +28,8 @@ struct Leg {
     by: Vec<u8>,
     /// What the text says on this leg's lines (`docker-proxy relays to web:80 from ...`).
     text: Vec<u8>,
+    /// JSON fields written after `"peer_paths"` (`"leg": "accepted", "peer": {...}`), or empty.
+    fields: Vec<u8>,
     /// This leg's flow once it closed: its number and the paths it listed.
     closed: Option<(u64, Vec<u64>)>,
 }
@@ -49,14 +52,15 @@ impl Relays {
     }
 
     /// `inbound` was relayed by `by` as `outbound` (both keys in their original direction);
-    /// `text_in`/`text_out`: what each leg's text says. A key learnt again names the new pair.
+    /// per leg (inbound first) what its text says and the JSON fields its object ends with.
+    /// A key learnt again names the new pair.
     pub fn add(
         &mut self,
         inbound: FlowKey,
         outbound: FlowKey,
         by: &[u8],
-        text_in: &[u8],
-        text_out: &[u8],
+        texts: [&[u8]; 2],
+        fields: [&[u8]; 2],
     ) {
         if inbound == outbound || inbound == reverse(&outbound) {
             return; // not two legs
@@ -68,15 +72,13 @@ impl Relays {
         let Ok(first) = u32::try_from(self.legs.len()) else {
             return;
         };
-        for (k, (key, text)) in [(inbound, text_in), (outbound, text_out)]
-            .into_iter()
-            .enumerate()
-        {
+        for (k, key) in [inbound, outbound].into_iter().enumerate() {
             let leg = first + k as u32;
             self.legs.push(Leg {
                 key,
                 by: by.to_vec(),
-                text: text.to_vec(),
+                text: texts.get(k).copied().unwrap_or_default().to_vec(),
+                fields: fields.get(k).copied().unwrap_or_default().to_vec(),
                 closed: None,
             });
             self.keys.insert(key, leg);
@@ -158,7 +160,12 @@ impl Relays {
             out.extend_from_slice(fmt_u64(&mut buf, *p));
             out.push(b'"');
         }
-        out.extend_from_slice(b"]}}\n");
+        out.push(b']');
+        if !l.fields.is_empty() {
+            out.extend_from_slice(b", ");
+            out.extend_from_slice(&l.fields);
+        }
+        out.extend_from_slice(b"}}\n");
     }
 
     /// The text block or line at `out[line_start..]` (ending with `gap`) with `leg`'s text
@@ -243,8 +250,11 @@ mod tests {
             a,
             b,
             b"{\"pid\": 4242, \"comm\": \"docker-proxy\"}",
-            b"\xe2\x86\x92 docker-proxy relays to web:80 from 172.17.0.1:35216",
-            b"\xe2\x86\x90 docker-proxy relays 172.17.0.3:40000 \xe2\x86\x92 203.0.113.2:8080",
+            [
+                b"\xe2\x86\x92 docker-proxy relays to web:80 from 172.17.0.1:35216",
+                b"\xe2\x86\x90 docker-proxy relays 172.17.0.3:40000 \xe2\x86\x92 203.0.113.2:8080",
+            ],
+            [b"\"leg\": \"accepted\"", b""],
         );
         r
     }
@@ -273,7 +283,8 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).expect("utf-8"),
             "earlier\n{\"type\": \"path\", \"id\": \"p3\", \"relay\": {\"by\": {\"pid\": 4242, \
-             \"comm\": \"docker-proxy\"}, \"peer_flow\": \"f12\", \"peer_paths\": [\"p4\", \"p6\", \"p10\"]}}\n"
+             \"comm\": \"docker-proxy\"}, \"peer_flow\": \"f12\", \"peer_paths\": [\"p4\", \"p6\", \"p10\"], \
+             \"leg\": \"accepted\"}}\n"
         );
         let mut out = line.to_vec();
         r.patch_json(0, &mut out, 1, None);
@@ -311,13 +322,13 @@ mod tests {
         assert_eq!(r.peer_closed(0), None);
         r.close(1, 9, &[4, 5]);
         assert_eq!(r.peer_closed(0), Some((9, &[4u64, 5][..])));
-        r.add(a, a, b"{}", b"", b""); // one flow is not two legs
-        r.add(a, reverse(&a), b"{}", b"", b"");
+        r.add(a, a, b"{}", [b"", b""], [b"", b""]); // one flow is not two legs
+        r.add(a, reverse(&a), b"{}", [b"", b""], [b"", b""]);
         assert_eq!(r.len(), 1);
         for k in 0..MAX_PAIRS as u32 {
             let mut x = a;
             x.2 = v4(k.to_be_bytes());
-            r.add(x, b, b"{}", b"", b"");
+            r.add(x, b, b"{}", [b"", b""], [b"", b""]);
         }
         assert!(r.len() <= MAX_PAIRS);
         assert_eq!(r.leg(&keys().0), None, "started over");

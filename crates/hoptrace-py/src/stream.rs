@@ -207,6 +207,23 @@ impl Stream {
     }
 }
 
+/// A relay leg as Python gives it: (family, proto, src, sport, dst, dport).
+type RelayLeg = (u8, u8, Vec<u8>, u16, Vec<u8>, u16);
+/// A relayed connection as Python gives it (``Stream.add_relays``).
+type RelayPair = (
+    RelayLeg,
+    RelayLeg,
+    Vec<u8>,
+    (Vec<u8>, Vec<u8>),
+    (Vec<u8>, Vec<u8>),
+);
+
+fn relay_key(l: &RelayLeg) -> Option<hoptrace_core::flows::FlowKey> {
+    let src: [u8; 16] = l.2.as_slice().try_into().ok()?;
+    let dst: [u8; 16] = l.4.as_slice().try_into().ok()?;
+    Some((l.0, l.1, src, Some(l.3), dst, Some(l.5)))
+}
+
 #[pymethods]
 impl Stream {
     #[new]
@@ -423,6 +440,28 @@ impl Stream {
         for (record, json, text) in notes {
             let note = hoptrace_core::local::LocalNote { record, json, text };
             self.core.preset_local(&note);
+        }
+    }
+
+    /// Say which connections a userland proxy relayed (hoptrace_core::relay; the pairs come
+    /// from tracer/annotate/relay.py ``RelayLinker`` through ``add_relays``).
+    fn enable_relays(&mut self) {
+        self.core.enable_relays();
+    }
+
+    /// Relayed connections: ``(inbound, outbound, by, texts, fields)`` each, a leg as
+    /// ``(family, proto, src, sport, dst, dport)`` in its original direction (addresses as 16
+    /// bytes, IPv4 in the first 4), ``by`` the ``{"pid": ..., "comm": ...}`` JSON, ``texts``
+    /// what each leg's text says and ``fields`` the JSON fields its ``"relay"`` ends with
+    /// (inbound first; UTF-8 bytes). A pair with a leg that is not one (a bad address) is skipped.
+    #[allow(clippy::type_complexity)]
+    fn add_relays(&mut self, pairs: Vec<RelayPair>) {
+        if let Some(r) = self.core.relays_mut() {
+            for (a, b, by, texts, fields) in &pairs {
+                if let (Some(a), Some(b)) = (relay_key(a), relay_key(b)) {
+                    r.add(a, b, by, [&texts.0, &texts.1], [&fields.0, &fields.1]);
+                }
+            }
         }
     }
 
