@@ -70,3 +70,24 @@ def test_store_flow_roles_and_find() -> None:
     assert store.find(-1, lambda p: p.verdict == "left") == 2
     assert store.find(0, lambda p: bool(p.nat)) == 1
     assert store.find(2, lambda p: True) is None
+
+
+def test_a_relayed_connection_is_one_story_in_the_path_view() -> None:
+    """The relay a path's flow is a leg of: its own ``"relay"``, else its flow's (the flow line came
+    later and knew), shown under the path's summary."""
+    from tui.format import path_view
+
+    relay = {"by": {"pid": 4242, "comm": "docker-proxy"}, "peer_flow": "f2", "peer_paths": ["p4"],
+             "leg": "accepted", "peer": {"src": "172.17.0.1", "sport": 35216, "dst": "172.17.0.2", "dport": 80},
+             "peer_node": "web"}
+    p = replace(bridged_path("p1", 1_000), flow="f1")
+    store = PathStore(keep=10)
+    store.add([(p, True)])
+    assert store.relay_of(p) is None
+    store.add_flows([Flow(id="f1", proto="tcp", original=Endpoints("172.17.0.3", 40000, "203.0.113.2", 8080),
+                          reply=Endpoints("203.0.113.2", 8080, "172.17.0.3", 40000), paths=(p.id,), relay=relay)])
+    assert store.relay_of(p) == relay
+    shown = path_view(p, "f1", "request", None, store.relay_of(p)).plain
+    assert "\u2192 docker-proxy relays to web:80 from 172.17.0.1:35216" in shown
+    own = replace(p, relay={**relay, "peer_node": "api"})
+    assert "relays to api:80" in path_view(own, "f1", "request", None, relay).plain
