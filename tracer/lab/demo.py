@@ -57,12 +57,17 @@ def live_available() -> tuple[bool, str]:
 
 
 def trace_live(lab: Lab, name: str, recording: Path, annotators: Sequence[Annotator] = ()) -> ScenarioResult:
-    """Run ``name`` while the kernel probes trace the lab's namespaces; print and record the paths."""
+    """Run ``name`` while the kernel probes trace the lab's namespaces; print and record the paths,
+    with who took each packet that ended in a node and, with the userland proxy on, the two legs
+    of each connection docker-proxy relayed (tracer.annotate.local, tracer.annotate.relay)."""
     from probes.skb_hops import EbpfSource
+    from tracer.annotate.relay import RelayLookup, RelayWorker
+    from tracer.lab import addresses as A
     from tracer.pipeline import PipelineConfig, build, compile_filter
     from tracer.protocols import NatScope
     from tracer.sinks.output import TextSink
     from tracer.sinks.record import PcapngRecorder
+    from tracer.sources.names import NodeNamer
 
     # The same noise the captures leave out: IPv6 link-local chatter (DAD, RS, MLD) of freshly
     # created interfaces and the bridge's IGMP reports are no part of any scenario.
@@ -76,8 +81,11 @@ def trace_live(lab: Lab, name: str, recording: Path, annotators: Sequence[Annota
         for a in annotators:
             if isinstance(a, NatScope):
                 scope = a
+        namer = NodeNamer()
+        local = RelayWorker(RelayLookup(names=namer.known, addresses={ip: n for n, ip in A.CONTAINER_IP.items()}))
         pipeline = build(PipelineConfig(source, source_started=True, path_filter=path_filter,
-                                        annotators=tuple(annotators), recorder=recorder, nat_scope=scope))
+                                        annotators=tuple(annotators), recorder=recorder, nat_scope=scope,
+                                        local=local))
         failure: list[BaseException] = []
 
         def drive() -> None:
@@ -95,6 +103,7 @@ def trace_live(lab: Lab, name: str, recording: Path, annotators: Sequence[Annota
             pipeline.stop()
             thread.join(15)
             recorder.close()
+            local.close()
         if failure:
             raise failure[0]
     finally:
