@@ -245,6 +245,10 @@ def test_the_linker_pairs_what_the_proxy_took_with_its_own_connection(tmp_path: 
     assert (pair.inbound, pair.outbound, pair.by.pid, pair.by.comm, pair.confirmed) == (
         IN_KEY, OUT_KEY, 4242, "docker-proxy", False)
     assert linker.take() == []
+    # Its own connection's socket still there: confirmed by the owner.
+    linker.observe(netns, (4, 6, A.CLIENT, 40009, A.HOST_UPLINK, 8080), 200, 4242)
+    linker.observe(netns, reply_of((4, 6, A.GATEWAY, 9, A.WEB, 80)), 210, 4242)
+    assert [(p.outbound[3], p.confirmed) for p in linker.take()] == [(9, True)]
 
 
 def test_the_linker_pairs_in_time_order_and_ignores_what_is_not_the_proxys(tmp_path: Path) -> None:
@@ -256,10 +260,10 @@ def test_the_linker_pairs_in_time_order_and_ignores_what_is_not_the_proxys(tmp_p
     linker.observe(netns, second, 110, None)  # no owner any more: the proxy table says whose port
     linker.observe(netns, reply_of((4, 6, A.GATEWAY, 2, A.WEB, 80)), 120, 5)  # nginx's: not a leg
     linker.observe(netns + 1, reply_of((4, 6, A.GATEWAY, 3, A.WEB, 80)), 120, None)  # another namespace
-    linker.observe(netns, reply_of(OUT_KEY), 130, 4242)
+    linker.observe(netns, reply_of(OUT_KEY), 130, 99999)  # its owner exited since: the table decides
     linker.observe(netns, reply_of((4, 6, A.GATEWAY, 4, A.WEB, 80)), 140, None)
     assert [(p.inbound, p.outbound[3], p.confirmed) for p in linker.take()] == [
-        (IN_KEY, 35216, True), (second, 4, False)]
+        (IN_KEY, 35216, False), (second, 4, False)]
     # An inbound leg whose outbound comes past the window pairs with nothing.
     linker.observe(netns, (4, 6, A.CLIENT, 40002, A.HOST_UPLINK, 8080), 200, 4242)
     linker.observe(netns, reply_of((4, 6, A.GATEWAY, 5, A.WEB, 80)), 200 + 2_000_000_000, None)

@@ -495,8 +495,8 @@ class RelayLinker:
         if proto is None:
             return
         owner = self._proxy(owner_pid) if owner_pid is not None else None
-        if owner_pid is not None and owner is None:
-            return  # another process took it
+        if owner_pid is not None and owner is None and os.path.exists(f"{self.table.proc}/{owner_pid}"):
+            return  # another process took it (one that exited since says nothing: the table decides)
         candidates = [owner] if owner is not None else [p for p in self.table.proxies() if p.netns == netns]
         for proxy in candidates:
             if proxy is None:

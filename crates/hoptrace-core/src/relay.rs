@@ -16,6 +16,112 @@
 
 use crate::flows::FlowKey;
 use crate::hash::FastMap;
+use crate::safe_text::term_safe_wtf8;
+
+/// What a hoptrace pcapng Custom Block's data starts with (after its Private Enterprise
+/// Number), then a kind and a version (u16 LE each); tracer/sinks/record.py writes them, and
+/// crate::local reads kind 1 (who took a packet).
+pub const BLOCK_MAGIC: &[u8; 8] = b"hoptrace";
+/// The kind of block that carries one relayed connection.
+pub const KIND_RELAY: u16 = 2;
+/// Bytes of a leg in a block: family, proto, sport (u16 LE), dport (u16 LE), src, dst.
+pub const LEG_SIZE: usize = 38;
+
+/// One recorded relayed connection (a replay presets the table with it, [`Relays::preset`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayNote {
+    pub inbound: FlowKey,
+    pub outbound: FlowKey,
+    pub by: Vec<u8>,
+    pub texts: [Vec<u8>; 2],
+    pub fields: [Vec<u8>; 2],
+}
+
+fn leg_of(b: &[u8]) -> Option<FlowKey> {
+    if b.len() != LEG_SIZE {
+        return None;
+    }
+    let family = *b.first()?;
+    if !matches!(family, 4 | 6) {
+        return None;
+    }
+    let port =
+        |a: usize| -> Option<u16> { Some(u16::from_le_bytes(b.get(a..a + 2)?.try_into().ok()?)) };
+    let addr = |a: usize| -> Option<[u8; 16]> { b.get(a..a + 16)?.try_into().ok() };
+    Some((
+        family,
+        *b.get(1)?,
+        addr(6)?,
+        Some(port(2)?),
+        addr(22)?,
+        Some(port(4)?),
+    ))
+}
+
+/// Whether `json` is what a JSON object holds between its braces (`object`: it is a whole
+/// object) as json.dumps writes it with ensure_ascii: printable ASCII, so a line stays one
+/// valid line and one valid object.
+fn json_members(json: &[u8], object: bool) -> bool {
+    if !json.iter().all(|b| (0x20..0x7f).contains(b)) {
+        return false;
+    }
+    let Ok(text) = std::str::from_utf8(json) else {
+        return false;
+    };
+    let chars: Vec<u32> = if object {
+        text.chars().map(u32::from).collect()
+    } else {
+        std::iter::once('{')
+            .chain(text.chars())
+            .chain(std::iter::once('}'))
+            .map(u32::from)
+            .collect()
+    };
+    matches!(
+        crate::pyjson::loads(&chars),
+        Some(crate::pyjson::Val::Object(_))
+    )
+}
+
+/// The relayed connection a custom block's data (after the PEN) carries, checked as
+/// untrusted input: `magic, kind 2, version 1`, then seven u32-length-prefixed fields: the
+/// inbound and outbound legs ([`LEG_SIZE`] bytes each), `by` (a JSON object), the inbound
+/// and outbound legs' texts (made `term_safe`) and their JSON fields (object members). None:
+/// not a relay block, or damaged.
+pub fn parse_block(data: &[u8]) -> Option<RelayNote> {
+    if data.get(..8)? != BLOCK_MAGIC {
+        return None;
+    }
+    let kind = u16::from_le_bytes(data.get(8..10)?.try_into().ok()?);
+    let version = u16::from_le_bytes(data.get(10..12)?.try_into().ok()?);
+    if kind != KIND_RELAY || version != 1 {
+        return None;
+    }
+    let mut at = 12usize;
+    let mut field = || -> Option<&[u8]> {
+        let n = u32::from_le_bytes(data.get(at..at.checked_add(4)?)?.try_into().ok()?) as usize;
+        let start = at.checked_add(4)?;
+        let v = data.get(start..start.checked_add(n)?)?;
+        at = start + n;
+        Some(v)
+    };
+    let (a, b, by) = (field()?, field()?, field()?);
+    let (text_in, text_out, fields_in, fields_out) = (field()?, field()?, field()?, field()?);
+    let (inbound, outbound) = (leg_of(a)?, leg_of(b)?);
+    if !json_members(by, true)
+        || !(fields_in.is_empty() || json_members(fields_in, false))
+        || !(fields_out.is_empty() || json_members(fields_out, false))
+    {
+        return None;
+    }
+    Some(RelayNote {
+        inbound,
+        outbound,
+        by: by.to_vec(),
+        texts: [term_safe_wtf8(text_in), term_safe_wtf8(text_out)],
+        fields: [fields_in.to_vec(), fields_out.to_vec()],
+    })
+}
 
 /// Past this many pairs, start over (a flood of proxied connections must not grow it forever).
 const MAX_PAIRS: usize = 100_000;
@@ -84,6 +190,17 @@ impl Relays {
             self.keys.insert(key, leg);
             self.keys.insert(reverse(&key), leg);
         }
+    }
+
+    /// A recorded pair (a replay: [`parse_block`]).
+    pub fn preset(&mut self, note: &RelayNote) {
+        self.add(
+            note.inbound,
+            note.outbound,
+            &note.by,
+            [&note.texts[0], &note.texts[1]],
+            [&note.fields[0], &note.fields[1]],
+        );
     }
 
     /// The leg a flow key (either direction) belongs to.
@@ -332,6 +449,70 @@ mod tests {
         }
         assert!(r.len() <= MAX_PAIRS);
         assert_eq!(r.leg(&keys().0), None, "started over");
+    }
+
+    fn block(legs: [&[u8]; 2], by: &[u8], texts: [&[u8]; 2], fields: [&[u8]; 2]) -> Vec<u8> {
+        let mut b = BLOCK_MAGIC.to_vec();
+        b.extend_from_slice(&KIND_RELAY.to_le_bytes());
+        b.extend_from_slice(&1u16.to_le_bytes());
+        for f in [
+            legs[0], legs[1], by, texts[0], texts[1], fields[0], fields[1],
+        ] {
+            b.extend_from_slice(&(f.len() as u32).to_le_bytes());
+            b.extend_from_slice(f);
+        }
+        b.extend_from_slice(&[0, 0]); // padding
+        b
+    }
+
+    fn leg_bytes(k: &FlowKey) -> Vec<u8> {
+        let mut b = vec![k.0, k.1];
+        b.extend_from_slice(&k.3.unwrap_or(0).to_le_bytes());
+        b.extend_from_slice(&k.5.unwrap_or(0).to_le_bytes());
+        b.extend_from_slice(&k.2);
+        b.extend_from_slice(&k.4);
+        b
+    }
+
+    #[test]
+    fn a_recorded_pair_is_read_back_and_checked() {
+        let (a, b) = keys();
+        let (la, lb) = (leg_bytes(&a), leg_bytes(&b));
+        let by = b"{\"pid\": 4242, \"comm\": \"docker-proxy\"}".as_slice();
+        let good = block(
+            [&la, &lb],
+            by,
+            [b"to web\x1b[2J", b"back"],
+            [b"\"leg\": \"accepted\"", b""],
+        );
+        let note = parse_block(&good).expect("a relay block");
+        assert_eq!((note.inbound, note.outbound), (a, b));
+        assert_eq!(
+            note.texts[0], b"to web\\x1b[2J",
+            "the text is made terminal-safe"
+        );
+        let mut r = Relays::new();
+        r.preset(&note);
+        assert_eq!((r.leg(&a), r.leg(&reverse(&b))), (Some(0), Some(1)));
+        // Damaged or hostile: refused whole.
+        let bad_json = block([&la, &lb], b"{\"pid\": 1", [b"", b""], [b"", b""]);
+        let newline = block([&la, &lb], by, [b"", b""], [b"\"leg\": \"a\nb\"", b""]);
+        let not_members = block([&la, &lb], by, [b"", b""], [b"\"leg\"}, {\"x\": 1", b""]);
+        let short_leg = block([&la[..37], &lb], by, [b"", b""], [b"", b""]);
+        let mut other_kind = good.clone();
+        other_kind[8] = 1;
+        for (what, data) in [
+            ("bad by", &bad_json),
+            ("newline", &newline),
+            ("not members", &not_members),
+            ("short leg", &short_leg),
+            ("kind 1", &other_kind),
+        ] {
+            assert_eq!(parse_block(data), None, "{what}");
+        }
+        for cut in 0..good.len() - 2 {
+            assert_eq!(parse_block(&good[..cut]), None, "cut at {cut}");
+        }
     }
 
     #[test]
