@@ -588,6 +588,19 @@ class RelayWorker(LocalWorker):
         return self.lookup.take_relays() if isinstance(self.lookup, RelayLookup) else []
 
 
+#: A leg in a recording's relay block (crates/hoptrace-core/src/relay.rs ``LEG_SIZE``).
+_LEG = struct.Struct("<BBHH16s16s")
+
+
+def relay_block_fields(pair: tuple[Any, ...]) -> tuple[bytes, ...]:
+    """A pair as ``Stream.add_relays`` takes it, as the fields of a recording's relay block
+    (tracer/sinks/record.py, kind 2; read back by crates/hoptrace-core/src/relay.rs
+    ``parse_block``): both legs, ``by``, the two texts, the two legs' JSON fields."""
+    (fi, pi, si, spi, di, dpi), (fo, po, so, spo, do, dpo), by, texts, fields = pair
+    return (_LEG.pack(fi, pi, spi, dpi, si, di), _LEG.pack(fo, po, spo, dpo, so, do), by, texts[0], texts[1],
+            fields[0], fields[1])
+
+
 _MISS = struct.Struct("<IIQBBBBHHQ16s16s")  # tracer/annotate/local.py MISS_FIELDS
 
 
@@ -639,4 +652,4 @@ def address_names(namespaces: Iterable[Any]) -> dict[str, str]:
 
 __all__ = ["PROXY_FLAGS", "DockerProxy", "Key", "OwnerLookup", "Pair", "ProxyArgs", "ProxyTable", "Relay",
            "RelayLinker", "RelayLookup", "RelayWorker", "address_names", "docker_proxy", "far_node", "link_relays", "owner_proxy", "proxy_args",
-           "relay_phrase", "relay_text", "scan_proxies"]
+           "relay_block_fields", "relay_phrase", "relay_text", "scan_proxies"]
