@@ -127,6 +127,14 @@ class RecordsLocal(Protocol):
 
 
 @runtime_checkable
+class RecordsRelays(Protocol):
+    """A recorder that keeps the relayed connections ``RelayAnswers`` linked (one call per step
+    that linked any, as ``Stream.add_relays`` takes them)."""
+
+    def on_relays(self, pairs: list[tuple[Any, ...]]) -> None: ...
+
+
+@runtime_checkable
 class TextLines(Protocol):
     """A sink that takes the core's text (blocks and flow lines, tracer/sinks/output.py ``TextSink``)
     as it is, rendered with its ``text_options``."""
@@ -436,6 +444,9 @@ class _Locals:
             pairs = self.relays.take_relays()
             if pairs:
                 self.stream.add_relays(pairs)
+                for h in self.hooks:
+                    if isinstance(h, RecordsRelays):
+                        h.on_relays(pairs)
         if not got:
             return
         self.stream.set_locals([a[:4] for a in got])
@@ -487,6 +498,9 @@ class _Feeder:
             rows = self._reasons_of(rows, batch.drop_reasons)
         if batch.local_notes:
             stream.preset_locals(batch.local_notes)
+        if batch.relay_notes:
+            stream.enable_relays()
+            stream.add_relays(batch.relay_notes)
         frames: bytes = b""
         if self.path_filter is not None:
             for lt in stream.linktypes_without_program():
@@ -746,4 +760,4 @@ def _run(engine: Engine, sinks: Sequence[Sink]) -> Stats:
 
 
 __all__ = ["Annotator", "Engine", "Event", "FlowViewLines", "FramePrograms", "Lines", "LocalAnswers", "NdjsonLines",
-           "RecordsLocal", "RelayAnswers", "TableAnnotator", "TextLines", "gc_policy", "run"]
+           "RecordsLocal", "RecordsRelays", "RelayAnswers", "TableAnnotator", "TextLines", "gc_policy", "run"]

@@ -176,6 +176,9 @@ class ObsBatch:
     #: A recording's answers of who took packets, read with this batch (tracer/annotate/local.py):
     #: ``(record, json, text)`` each, as the core checked them.
     local_notes: list[tuple[bytes, bytes, bytes]] = field(default_factory=list)
+    #: A recording's relayed connections read with this batch (tracer/annotate/relay.py; as
+    #: ``Stream.add_relays`` takes them).
+    relay_notes: list[tuple[Any, ...]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -17,11 +17,13 @@ pytestmark = [pytest.mark.root, pytest.mark.lab]
 
 
 @pytest.fixture(scope="module", params=["proxy-on", "proxy-off"])
-def traced(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, list[dict[str, Any]]]:
-    """One traced run of the scenarios that reach the published port from the lab itself."""
+def traced(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, list[dict[str, Any]], Path]:
+    """One traced (and recorded) run of the scenarios that reach the published port from the lab."""
     lab = request.getfixturevalue("lab_docker" if request.param == "proxy-on" else "lab_docker_noproxy")
     tmp: Path = tmp_path_factory.mktemp("relay")
-    live = Traced(tmp, "tcp and (port 8080 or port 80)")
+    rec = tmp / "relay.pcapng"
+    live = Traced(tmp, "-w", str(rec), "tcp and (port 8080 or port 80)")
     try:
         for scenario in ("hairpin", "localhost-port"):
             result = lab.run(scenario)
@@ -30,15 +32,15 @@ def traced(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         rc, out, err = live.stop()
     assert rc == 0, err
     assert "Traceback" not in err
-    return lab, out
+    return lab, out, rec
 
 
 def flows(out: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {o["id"]: o for o in out if o["type"] == "flow"}
 
 
-def test_both_legs_name_each_other_only_with_the_proxy(traced: tuple[Any, list[dict[str, Any]]]) -> None:
-    lab, out = traced
+def test_both_legs_name_each_other_only_with_the_proxy(traced: tuple[Any, list[dict[str, Any]], Path]) -> None:
+    lab, out, _ = traced
     fl = flows(out)
     accepted = [f for f in fl.values() if f["original"]["dport"] == A.PUBLISHED_PORT
                 and f["original"]["src"] in (A.CLIENT, "127.0.0.1")]
@@ -62,3 +64,24 @@ def test_both_legs_name_each_other_only_with_the_proxy(traced: tuple[Any, list[d
         assert f.get("local", {}).get("comm") == "docker-proxy"
     # No NAT on either leg: the proxy relays, the kernel does not rewrite.
     assert [n for o in out if o["type"] == "path" for n in o["nat"]] == []
+
+
+def _legs(out: list[dict[str, Any]]) -> set[tuple[Any, ...]]:
+    """Each relayed flow as (its endpoints, the peer's endpoints, its leg, who relayed it)."""
+    fl = flows(out)
+    ends = {fid: tuple(f["original"].values()) for fid, f in fl.items()}
+    return {(ends[fid], ends.get(f["relay"]["peer_flow"]), f["relay"]["leg"], f["relay"]["by"]["pid"])
+            for fid, f in fl.items() if "relay" in f}
+
+
+def test_a_recording_replays_with_the_same_relays(traced: tuple[Any, list[dict[str, Any]], Path]) -> None:
+    import json
+
+    from tests.conftest import run_hoptrace
+
+    lab, out, rec = traced
+    r = run_hoptrace("replay", "--json", str(rec))
+    assert r.returncode == 0, r.stderr
+    replayed = [json.loads(line) for line in r.stdout.splitlines()]
+    assert _legs(replayed) == _legs(out)
+    assert len(_legs(out)) == (4 if lab.userland_proxy else 0)

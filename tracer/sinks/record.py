@@ -94,7 +94,7 @@ BT_CUSTOM_COPY = 0x00000BAD  # copiable (0x40000BAD: not)
 CUSTOM_PEN = 0
 CUSTOM_MAGIC = b"hoptrace"
 KIND_LOCAL = 1
-KIND_RELAY = 2  # engineer "proxy"'s relay links (not written yet)
+KIND_RELAY = 2  # a relayed connection (tracer/annotate/relay.py relay_block_fields)
 MAX_LOCAL_BLOCKS = 100_000
 
 FLUSH_INTERVAL_S = 0.2
@@ -340,6 +340,20 @@ class PcapngRecorder:
                 return
         if self._buf_len >= FLUSH_BYTES or time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S:
             self._flush()
+
+    def on_relays(self, pairs: list[tuple[Any, ...]]) -> None:
+        """Relayed connections linked live (tracer/engine.py ``RecordsRelays``), as
+        ``Stream.add_relays`` takes them: one Custom Block each (kind 2: both legs, who relayed,
+        each leg's text and JSON fields; crates/hoptrace-core/src/relay.rs ``parse_block``)."""
+        from tracer.annotate.relay import relay_block_fields
+
+        if self._fd is None or self._closed:
+            return
+        for pair in pairs:
+            block = custom_block(KIND_RELAY, relay_block_fields(pair))
+            if len(self._locals) < MAX_LOCAL_BLOCKS:
+                self._locals.append(block)
+            self._queue(block)
 
     def on_local(self, answers: list[tuple[bytes, bytes, bytes]]) -> None:
         """What the lookups found (tracer/engine.py ``RecordsLocal``): ``(record, json, text)`` each."""

@@ -255,6 +255,14 @@ impl Engine {
         self.learner.finisher.enable_relays();
     }
 
+    /// A recorded relayed connection (a replay; crate::relay).
+    pub fn preset_relay(&mut self, note: &crate::relay::RelayNote) {
+        self.learner.finisher.enable_relays();
+        if let Some(r) = self.learner.finisher.relays_mut() {
+            r.preset(note);
+        }
+    }
+
     /// The table of relayed connections (crate::relay), when enabled.
     pub fn relays_mut(&mut self) -> Option<&mut crate::relay::Relays> {
         self.learner.finisher.relays_mut()
@@ -520,6 +528,9 @@ pub fn replay_ndjson<W: Write, H: ReplayHooks>(
         }
         for note in files.new_locals() {
             engine.preset_local(note);
+        }
+        for note in files.new_relays() {
+            engine.preset_relay(note);
         }
         engine.feed(&batch.rows, batch.frames.bytes(), None);
         let records = batch.rows.len();

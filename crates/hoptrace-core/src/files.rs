@@ -100,6 +100,8 @@ struct Stream {
 struct Tables {
     /// Recorded answers (crate::local), in the order read.
     locals: Vec<crate::local::LocalNote>,
+    /// Recorded relayed connections (crate::relay), in the order read.
+    relays: Vec<crate::relay::RelayNote>,
     hops: Vec<HopLabel>,
     hop_index: HashMap<(usize, usize, u32), u32>,
     node_netns: HashMap<Vec<u8>, u64>,
@@ -258,6 +260,7 @@ impl Merge {
         };
         let chunk = stream.reader.next_chunk();
         self.tables.locals.append(&mut stream.reader.locals);
+        self.tables.relays.append(&mut stream.reader.relays);
         let chunk = match chunk {
             Ok(Some(c)) => c,
             Ok(None) => return Ok(None),
@@ -272,6 +275,8 @@ impl Merge {
 struct Step {
     got: Result<Option<Batch>, FileError>,
     locals: Vec<crate::local::LocalNote>,
+    /// Recorded relayed connections (crate::relay), in the order read.
+    relays: Vec<crate::relay::RelayNote>,
     hops: Vec<HopLabel>,
     reasons: Vec<(u32, Vec<u8>)>,
     bytes_read: u64,
@@ -283,6 +288,8 @@ struct Ahead {
     rx: Mutex<Receiver<Step>>,
     thread: Option<JoinHandle<()>>,
     locals: Vec<crate::local::LocalNote>,
+    /// Recorded relayed connections (crate::relay), in the order read.
+    relays: Vec<crate::relay::RelayNote>,
     hops: Vec<HopLabel>,
     reasons: Vec<(u32, Vec<u8>)>,
     bytes_read: u64,
@@ -311,6 +318,7 @@ pub struct FileSet {
     hops_told: usize,
     reasons_told: usize,
     locals_told: usize,
+    relays_told: usize,
 }
 
 impl FileSet {
@@ -330,6 +338,7 @@ impl FileSet {
             hops_told: 0,
             reasons_told: 0,
             locals_told: 0,
+            relays_told: 0,
         }
     }
 
@@ -367,6 +376,22 @@ impl FileSet {
         self.locals_told = self.locals().len();
         self.locals()
             .get(told.min(self.locals_told)..)
+            .unwrap_or(&[])
+    }
+
+    fn relays(&self) -> &[crate::relay::RelayNote] {
+        match &self.source {
+            Source::Here(m) => &m.tables.relays,
+            Source::Ahead(a) => &a.relays,
+        }
+    }
+
+    /// hoptrace's recorded relayed connections (crate::relay) read since the last call.
+    pub fn new_relays(&mut self) -> &[crate::relay::RelayNote] {
+        let told = self.relays_told;
+        self.relays_told = self.relays().len();
+        self.relays()
+            .get(told.min(self.relays_told)..)
             .unwrap_or(&[])
     }
 
@@ -443,6 +468,7 @@ fn start_reading(merge: Box<Merge>) -> Result<Box<Ahead>, Box<Merge>> {
             rx: Mutex::new(rx),
             thread: Some(thread),
             locals: Vec::new(),
+            relays: Vec::new(),
             hops: Vec::new(),
             reasons: Vec::new(),
             bytes_read: 0,
@@ -459,7 +485,7 @@ fn start_reading(merge: Box<Merge>) -> Result<Box<Ahead>, Box<Merge>> {
 /// The reading thread: every batch, with what it taught, until the end, an error, or
 /// nobody takes them any more.
 fn read_ahead(mut merge: Box<Merge>, tx: &SyncSender<Step>) {
-    let (mut hops_sent, mut reasons_sent, mut locals_sent) = (0, 0, 0);
+    let (mut hops_sent, mut reasons_sent, mut locals_sent, mut relays_sent) = (0, 0, 0, 0);
     loop {
         let got = merge.next_batch();
         let last = !matches!(got, Ok(Some(_)));
@@ -470,6 +496,13 @@ fn read_ahead(mut merge: Box<Merge>, tx: &SyncSender<Step>) {
             .unwrap_or(&[])
             .to_vec();
         locals_sent += locals.len();
+        let relays = merge
+            .tables
+            .relays
+            .get(relays_sent..)
+            .unwrap_or(&[])
+            .to_vec();
+        relays_sent += relays.len();
         let hops = merge.tables.hops.get(hops_sent..).unwrap_or(&[]).to_vec();
         let names = &merge.tables.drops.names;
         let reasons = names.get(reasons_sent..).unwrap_or(&[]).to_vec();
@@ -478,6 +511,7 @@ fn read_ahead(mut merge: Box<Merge>, tx: &SyncSender<Step>) {
         let step = Step {
             got,
             locals,
+            relays,
             hops,
             reasons,
             bytes_read: merge.bytes_read(),
@@ -503,6 +537,7 @@ impl Ahead {
                 self.hops.extend(step.hops);
                 self.reasons.extend(step.reasons);
                 self.locals.extend(step.locals);
+                self.relays.extend(step.relays);
                 self.bytes_read = step.bytes_read;
                 self.packets = step.packets;
                 self.done = !matches!(step.got, Ok(Some(_)));

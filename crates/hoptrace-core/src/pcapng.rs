@@ -125,6 +125,8 @@ pub(crate) fn step(r: &mut FileReader, big: bool) -> Result<Flow, CaptureError> 
             if let Some(data) = r.data.get(pos + 12..pos + blen - 4) {
                 if let Some(note) = crate::local::parse_block(data) {
                     r.locals.push(note);
+                } else if let Some(note) = crate::relay::parse_block(data) {
+                    r.relays.push(note);
                 }
             }
         }

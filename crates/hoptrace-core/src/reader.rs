@@ -327,6 +327,8 @@ pub struct FileReader {
     pub(crate) error: Option<CaptureError>,
     /// hoptrace's recorded answers read so far and not taken (crate::local: custom blocks).
     pub locals: Vec<crate::local::LocalNote>,
+    /// hoptrace's recorded relayed connections read so far and not taken (crate::relay).
+    pub relays: Vec<crate::relay::RelayNote>,
 }
 
 /// What one step of a format's loop did.
@@ -363,6 +365,7 @@ impl FileReader {
             failed: None,
             error: None,
             locals: Vec::new(),
+            relays: Vec::new(),
         }
     }
 

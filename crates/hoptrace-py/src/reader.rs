@@ -155,6 +155,43 @@ impl FileReader {
             .collect()
     }
 
+    /// hoptrace's recorded relayed connections (hoptrace_core::relay) read since the last
+    /// call, as ``Stream.add_relays`` takes them; checked (a damaged one is left out).
+    #[allow(clippy::type_complexity)]
+    fn take_relays(
+        &mut self,
+    ) -> Vec<(
+        (u8, u8, Vec<u8>, u16, Vec<u8>, u16),
+        (u8, u8, Vec<u8>, u16, Vec<u8>, u16),
+        Vec<u8>,
+        (Vec<u8>, Vec<u8>),
+        (Vec<u8>, Vec<u8>),
+    )> {
+        let leg = |k: &hoptrace_core::flows::FlowKey| {
+            (
+                k.0,
+                k.1,
+                k.2.to_vec(),
+                k.3.unwrap_or(0),
+                k.4.to_vec(),
+                k.5.unwrap_or(0),
+            )
+        };
+        self.files
+            .new_relays()
+            .iter()
+            .map(|n| {
+                (
+                    leg(&n.inbound),
+                    leg(&n.outbound),
+                    n.by.clone(),
+                    (n.texts[0].clone(), n.texts[1].clone()),
+                    (n.fields[0].clone(), n.fields[1].clone()),
+                )
+            })
+            .collect()
+    }
+
     /// Packets read so far, over all files.
     #[getter]
     fn packets(&self) -> u64 {
