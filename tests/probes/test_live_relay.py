@@ -5,6 +5,7 @@ engine has no docker-proxy: it is the "off" case, tested by the NAT tests of tes
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,9 @@ def traced(request: pytest.FixtureRequest,
         for scenario in ("hairpin", "localhost-port"):
             result = lab.run(scenario)
             assert result.ok, result.detail
+        # Who took the packets is looked up off the hot path, after each path finishes (500 ms
+        # quiet): on a loaded machine give the lookups time to land before the flows close.
+        time.sleep(2)
     finally:
         rc, out, err = live.stop()
     assert rc == 0, err
