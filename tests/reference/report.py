@@ -120,6 +120,7 @@ class Summary:
                              if self.by_proto_verdict[(p, v)]} for p in protos},
             "flows": [{"id": f.id, "proto": f.proto, "original": f.original.to_json(),
                        "reply": f.reply.to_json(), "paths": len(f.paths)} for f in self.flows],
+            "relayed_flows": sum(1 for f in self.flows if f.relay is not None),
             "nat": [{"node": k[0], "kind": k[1], "hook": k[2], "before": k[3], "after": k[4],
                      "rule": k[5] or None, "packets": n} for k, n in self._nat_sorted()],
             "drops": [{"hop": h, "reason": r, "packets": n}
@@ -185,6 +186,9 @@ def render(summary: Summary, fmt: str, files: list[str]) -> str:
             for k, n in summary._nat_sorted()], md)
     else:
         lines.append("  (no rewrites seen)")
+    if j["relayed_flows"]:
+        lines.append(f"  {j['relayed_flows']} flows relayed by a userland proxy (docker-proxy: the "
+                     "connection it accepted and the one it opened), not rewritten")
     lines.append(title("Drops"))
     if summary.drops:
         lines += _table(["hop", "reason", "packets"],

@@ -474,3 +474,37 @@ def test_a_damaged_relay_block_is_left_out(tmp_path: Path) -> None:
             recorder.close()
         out = b"".join(lines.data for lines in Engine(open_files([str(rec)], [])).chunks())
         assert b'"relay"' not in out and out.count(b'"type": "path"') == len(paths)
+
+
+def test_report_counts_relayed_flows_beside_the_nat(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``hoptrace report`` of a recording that carries a relay: both legs counted, said in the
+    NAT section (a plain capture: 0, and nothing said)."""
+    import json
+
+    from tracer.annotate.relay import Pair
+    from tracer.cli import main
+    from tracer.sinks.record import PcapngRecorder
+
+    paths = replay("hairpin-proxy-ebpf")
+    r = link_relays(paths, FixedTable([DockerProxy(4242, "docker-proxy", host_netns(paths), WEB_80)]))[0]
+    assert r.outbound is not None
+    i, o = r.inbound.first, r.outbound.first
+    pair = Pair((4, 6, i.src, i.sport or 0, i.dst, i.dport or 0), (4, 6, o.src, o.sport or 0, o.dst, o.dport or 0),
+                r.by, True).for_core(lambda _ip: None)
+    rec = tmp_path / "relayed.pcapng"
+    recorder = PcapngRecorder(str(rec))
+    try:
+        recorder.on_relays([pair])
+        for batch in open_files([str(FIXTURES / "hairpin-proxy-ebpf.pcapng")], []).batches():
+            recorder.on_batch(batch)
+    finally:
+        recorder.close()
+    assert main(["report", "--format", "json", str(rec)]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert (got["relayed_flows"], len(got["flows"]), got["nat"]) == (2, 2, [])
+    assert main(["report", str(rec)]) == 0
+    assert "  2 flows relayed by a userland proxy (docker-proxy" in capsys.readouterr().out
+    assert main(["report", "--format", "json", str(FIXTURES / "hairpin-proxy-ebpf.pcapng")]) == 0
+    assert json.loads(capsys.readouterr().out)["relayed_flows"] == 0
+    assert main(["report", str(FIXTURES / "hairpin-proxy-ebpf.pcapng")]) == 0
+    assert "relayed" not in capsys.readouterr().out

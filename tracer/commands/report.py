@@ -57,6 +57,8 @@ class FlowRow(NamedTuple):
     original: Endpoints
     reply: Endpoints
     paths: int
+    #: A leg of a connection a userland proxy relayed (``"relay"``: tracer/annotate/relay.py).
+    relayed: bool = False
 
 
 def _name(raw: bytes) -> str:
@@ -92,8 +94,8 @@ class Summary:
             s.nat[(_name(node), kind, hook, _ep_text(*before), _ep_text(*after), "")] += n
         for hop, reason, n in r["drops"]:
             s.drops[(_name(hop), _name(reason))] += n
-        s.flows = [FlowRow(f"f{num}", proto, Endpoints(*orig), Endpoints(*reply), n)
-                   for num, proto, orig, reply, n in r["flows"]]
+        s.flows = [FlowRow(f"f{num}", proto, Endpoints(*orig), Endpoints(*reply), n, relayed)
+                   for num, proto, orig, reply, n, relayed in r["flows"]]
         rows = [{"from": _name(a), "to": _name(b), "count": n,
                  **{f"p{q}_ns": v for q, v in zip(PERCENTILES, ps, strict=True)}}
                 for a, b, n, ps in r["hop_latency"]]
@@ -123,7 +125,7 @@ class Summary:
             self.latency.append(p.latency_ns)
 
     def add_flow(self, f: Flow) -> None:
-        self.flows.append(FlowRow(f.id, f.proto, f.original, f.reply, len(f.paths)))
+        self.flows.append(FlowRow(f.id, f.proto, f.original, f.reply, len(f.paths), f.relay is not None))
 
     # ---------------------------------------------------------------- views
 
@@ -162,6 +164,8 @@ class Summary:
                              if self.by_proto_verdict[(p, v)]} for p in protos},
             "flows": [{"id": f.id, "proto": f.proto, "original": f.original.to_json(),
                        "reply": f.reply.to_json(), "paths": f.paths} for f in self.flows],
+            # Beside the NAT rewrites: connections a userland proxy relayed (both legs counted).
+            "relayed_flows": sum(1 for f in self.flows if f.relayed),
             "nat": [{"node": k[0], "kind": k[1], "hook": k[2], "before": k[3], "after": k[4],
                      "rule": k[5] or None, "packets": n} for k, n in self._nat_sorted()],
             "drops": [{"hop": h, "reason": r, "packets": n}
@@ -226,6 +230,10 @@ def render(summary: Summary, fmt: str, files: list[str]) -> str:
             for k, n in summary._nat_sorted()], md)
     else:
         lines.append("  (no rewrites seen)")
+    if j["relayed_flows"]:
+        # A userland proxy's connections are not NATed: said beside the rewrites, counted per leg.
+        lines.append(f"  {j['relayed_flows']} flows relayed by a userland proxy (docker-proxy: the "
+                     "connection it accepted and the one it opened), not rewritten")
     lines.append(title("Drops"))
     if summary.drops:
         lines += _table(["hop", "reason", "packets"],

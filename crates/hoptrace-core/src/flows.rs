@@ -86,6 +86,8 @@ pub struct ClosedFlow {
     pub reply: Endpoints,
     /// How many paths it lists.
     pub paths: usize,
+    /// A leg of a connection a userland proxy relayed (crate::relay).
+    pub relayed: bool,
 }
 
 /// The open flows and what closed since the last [`Flows::take`].
@@ -382,6 +384,7 @@ impl Flows {
                 original: fs.original,
                 reply: fs.reply,
                 paths: fs.paths.len(),
+                relayed: relay_leg.is_some(),
             });
         }
         if !self.lines {

@@ -152,6 +152,7 @@ impl ReportSink {
                     original: endpoint_texts(f.family, &f.original),
                     reply: endpoint_texts(f.family, &f.reply),
                     paths: f.paths as u64,
+                    relayed: f.relayed,
                 }
             })
             .collect();
@@ -249,6 +250,8 @@ pub struct FlowRow {
     pub original: EndpointTexts,
     pub reply: EndpointTexts,
     pub paths: u64,
+    /// A leg of a connection a userland proxy relayed (crate::relay).
+    pub relayed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -392,6 +395,10 @@ pub fn report_files<H: ReplayHooks>(
         }
         for (code, name) in files.new_drop_reasons() {
             engine.set_drop_reason(*code, name);
+        }
+        // A recording's relayed connections: their flows are counted beside the NAT.
+        for note in files.new_relays() {
+            engine.preset_relay(note);
         }
         engine.feed(&batch.rows, batch.frames.bytes(), None);
         let records = batch.rows.len();

@@ -252,6 +252,7 @@ fn report_dict<'py>(py: Python<'py>, r: Report, wanted: bool) -> PyResult<Bound<
             endpoint_tuple(py, &f.original)?,
             endpoint_tuple(py, &f.reply)?,
             f.paths,
+            f.relayed,
         ))?;
     }
     d.set_item("flows", rows)?;
