@@ -635,3 +635,22 @@ def test_a_generated_stream_teaches_and_takes_back_owners(tmp_path: Path) -> Non
     assert '"kind": "snat"' in text and '"kind": "dnat"' in text
     assert sum(x.startswith('{"type": "flow"') for x in want.lines) > 100
     assert_same(command(str(f)), want)
+
+
+def test_the_demo_internet_ping_recording_has_no_path_after_a_drop() -> None:
+    """fixtures/demo-internet-ping-ebpf.pcapng: `lab demo`'s internet-ping scenario traced live by
+    the kernel probes on the netns engine (tracer.lab.demo.trace_live, every sighting recorded,
+    IPv6 chatter of fresh interfaces included; its `local` Custom Blocks taken out, so that the
+    reference engine, which has no `local`, compares). Before the join's rules (docs/correlation.md)
+    its replay held one ICMPv6 path of two packets, `inet/eth0 tx :: → host/eth0 rx → host/eth0
+    drop → host/eth0 tx fe80::… → inet/eth0 rx → inet/eth0 drop`; now nothing follows a drop,
+    no path has two sources, and both engines agree."""
+    f = FIXTURES / "demo-internet-ping-ebpf.pcapng"
+    want = reference([str(f)])
+    paths = [json.loads(x) for x in want.lines if x.startswith('{"type": "path"')]
+    assert [p["id"] for p in paths if p["proto"] == "icmp6"]  # the chatter is there
+    assert all(h["dir"] != "drop" for p in paths for h in p["hops"][:-1])
+    assert all(len({h["src"] for h in p["hops"]}) == 1 for p in paths if p["proto"] == "icmp6")
+    assert [(p["proto"], [e["kind"] for e in p["nat"]]) for p in paths if p["nat"]] == [
+        ("icmp", ["snat"]), ("icmp", ["dnat"])]
+    assert_same(command(str(f)), want)
