@@ -153,6 +153,15 @@ class NdjsonLines(Protocol):
 
 
 @runtime_checkable
+class NdjsonFd(Protocol):
+    """An NDJSON sink on a descriptor (a file or a pipe) that the core may write its lines to
+    itself, without the GIL: ``output_fd()`` writes what the sink holds and gives the fd
+    (None: it has none)."""
+
+    def output_fd(self) -> int | None: ...
+
+
+@runtime_checkable
 class FlowViewLines(Protocol):
     """A sink for people that shows the flow view (tracer/flow_view.py) while paths arrive
     faster than anyone reads, when ``wants_flow_view`` (text on a terminal): meanwhile it
@@ -257,6 +266,10 @@ class Engine:
         self.watch_flows = False
         self.flow_clock: Callable[[], float] = time.monotonic
         self._flow_view: Any = None
+        #: The core writes every step's NDJSON to this descriptor itself (``run`` sets it for a
+        #: lone NDJSON sink on a file or pipe): ``chunks()`` then yields empty lines. Not with
+        #: annotators that are plain functions (they need the lines), text or a flow view.
+        self.output_fd: int | None = None
 
     def render_text(self, opts: TextOptions) -> bool:
         """Have the core write ``opts``' text instead of NDJSON lines (``chunks()``' data; no
@@ -338,6 +351,9 @@ class Engine:
         tables = _Tables.of(self.annotators, stream)
         raw = _RawSockets(self.raw_sockets, stream) if self.raw_sockets is not None else None
         annotate = _Annotated(self.annotators) if self.annotators and tables is None else None
+        direct = self.output_fd is not None and annotate is None and text is None and self._flow_view is None
+        if direct:
+            stream.set_output_fd(self.output_fd)
         self._t0 = time.monotonic()
         self._t1 = None
         self.source.start()
@@ -375,6 +391,8 @@ class Engine:
             yield from self._flush(stream, annotate, tables, locals_, raw)
         finally:
             self._t1 = time.monotonic()
+            if direct:
+                stream.set_output_fd(None)  # the core's duplicate of the descriptor closed
             self.source.stop()
 
     @staticmethod
@@ -714,6 +732,9 @@ def _run(engine: Engine, sinks: Sequence[Sink]) -> Stats:
 
         # Lines are not written while the view is on when no other sink reads them.
         watch = FlowWatch(engine, clock=engine.flow_clock, quiet=len(flood) == len(sinks))
+    elif not text and len(sinks) == 1 and raw and isinstance(raw[0], NdjsonFd):
+        # A lone NDJSON sink on a descriptor: the core writes the lines there itself.
+        engine.output_fd = raw[0].output_fd()
     try:
         for lines in engine.chunks():
             if watch is not None:
@@ -759,5 +780,6 @@ def _run(engine: Engine, sinks: Sequence[Sink]) -> Stats:
     return stats
 
 
-__all__ = ["Annotator", "Engine", "Event", "FlowViewLines", "FramePrograms", "Lines", "LocalAnswers", "NdjsonLines",
-           "RecordsLocal", "RecordsRelays", "RelayAnswers", "TableAnnotator", "TextLines", "gc_policy", "run"]
+__all__ = ["Annotator", "Engine", "Event", "FlowViewLines", "FramePrograms", "Lines", "LocalAnswers", "NdjsonFd",
+           "NdjsonLines", "RecordsLocal", "RecordsRelays", "RelayAnswers", "TableAnnotator", "TextLines", "gc_policy",
+           "run"]

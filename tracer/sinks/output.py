@@ -245,6 +245,17 @@ class NdjsonSink:
     def on_ndjson(self, data: bytes) -> None:
         self._buf.append(data)
 
+    def output_fd(self) -> int | None:
+        """The descriptor the lines go to, everything buffered so far written first (the core
+        then writes the lines there itself: ``Stream.set_output_fd``); None for a stream
+        without one (a StringIO)."""
+        try:
+            fd = self.stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            return None
+        self.flush()
+        return fd
+
     def on_path(self, path: PacketPath) -> None:
         self._buf.append((path_line(path) + "\n").encode("ascii"))
 

@@ -7,6 +7,9 @@
 //! sink and builds row views (`PacketPath.from_json`) only for sinks that need objects.
 //! The work runs with the GIL released.
 
+use std::fs::File;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hoptrace_core::annotate::{NoteProvider, Notes, RawNatNote, RawNote};
@@ -42,14 +45,18 @@ type Output<'py> = (
 );
 
 /// Per hop of each shown path, in the order the lines are written: what its line leaves out;
-/// and the flow view (flow_view.rs), when one is attached.
+/// and the flow view (flow_view.rs), when one is attached; the third field false: no one
+/// reads the extras (the lines go straight to a descriptor), so none are kept.
 #[derive(Debug, Default)]
-struct HopExtras(Arc<Mutex<Vec<u64>>>, Option<FlowViewSink>);
+struct HopExtras(Arc<Mutex<Vec<u64>>>, Option<FlowViewSink>, Arc<AtomicBool>);
 
 impl PathSink for HopExtras {
     fn path(&mut self, p: &ShownPath<'_>, labels: &Labels) {
         if let Some(view) = &mut self.1 {
             view.path(p, labels);
+        }
+        if !self.2.load(Ordering::Relaxed) {
+            return;
         }
         // A poisoned lock (a panic elsewhere while held) still holds a whole Vec.
         let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -162,12 +169,21 @@ pub struct Stream {
     error: Arc<Mutex<Option<PyErr>>>,
     /// Text for people rather than NDJSON: the output is not indexed by line.
     text: bool,
+    /// Whether the sink keeps hop extras (false once the output goes to `out`).
+    want_extras: Arc<AtomicBool>,
+    /// Where each step's output goes when set (``set_output_fd``): a duplicate of the
+    /// caller's descriptor, written without the GIL; the steps then return nothing.
+    out: Option<File>,
 }
 
 impl Stream {
     /// Every shown path to `view` too (crates/hoptrace-py/src/flow_view.rs).
     pub(crate) fn attach_view(&mut self, view: FlowViewSink) {
-        let extras = HopExtras(Arc::clone(&self.extras), Some(view));
+        let extras = HopExtras(
+            Arc::clone(&self.extras),
+            Some(view),
+            Arc::clone(&self.want_extras),
+        );
         self.core.set_sink(Box::new(extras), true);
     }
 
@@ -187,6 +203,15 @@ impl Stream {
     fn raise(&self) -> PyResult<()> {
         match self.error.lock().unwrap_or_else(|e| e.into_inner()).take() {
             Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Write what the step finished to the output descriptor, when there is one (called
+    /// detached). An error (EPIPE: the reader went away) leaves the lines for the next step.
+    fn write_out(core: &mut Engine, out: Option<&mut File>) -> std::io::Result<()> {
+        match out {
+            Some(f) => core.write_output(f),
             None => Ok(()),
         }
     }
@@ -269,7 +294,15 @@ impl Stream {
         }
         let mut core = Engine::new(cfg);
         let extras = Arc::new(Mutex::new(Vec::new()));
-        core.set_sink(Box::new(HopExtras(Arc::clone(&extras), None)), true);
+        let want_extras = Arc::new(AtomicBool::new(true));
+        core.set_sink(
+            Box::new(HopExtras(
+                Arc::clone(&extras),
+                None,
+                Arc::clone(&want_extras),
+            )),
+            true,
+        );
         Ok(Stream {
             core,
             rows: Vec::new(),
@@ -277,7 +310,35 @@ impl Stream {
             extras,
             error: Arc::new(Mutex::new(None)),
             text: text.is_some(),
+            want_extras,
+            out: None,
         })
+    }
+
+    /// From now on each step writes its output to descriptor ``fd`` (a file or pipe, which
+    /// stays the caller's: a duplicate is written, closed by ``set_output_fd(None)``) without
+    /// the GIL, and returns empty output: no bytes object, line index or hop extras per batch.
+    /// Whatever the caller buffered for ``fd`` must be flushed first; a write error
+    /// (BrokenPipeError, ...) is raised by the step, its lines kept for the next. For a sink
+    /// that takes the lines as they are. None: the output is returned again.
+    #[pyo3(signature = (fd))]
+    fn set_output_fd(&mut self, fd: Option<RawFd>) -> PyResult<()> {
+        let Some(fd) = fd else {
+            self.out = None;
+            self.want_extras.store(true, Ordering::Relaxed);
+            return Ok(());
+        };
+        if fd < 0 {
+            return Err(PyValueError::new_err(
+                "set_output_fd: not a file descriptor",
+            ));
+        }
+        // SAFETY: the caller's descriptor is open for the duration of this call (Python holds
+        // the file object); it is only duplicated here, the duplicate owned by the File.
+        let dup = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
+        self.out = Some(File::from(dup));
+        self.want_extras.store(false, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The source's next hop label (rows' ``hop`` indexes labels in the order they are
@@ -336,20 +397,28 @@ impl Stream {
         now_ns: Option<u64>,
     ) -> PyResult<Output<'py>> {
         rows_into(rows, &mut self.rows)?;
-        let (core, rows) = (&mut self.core, &self.rows);
-        py.detach(|| core.feed(rows, frames, now_ns));
+        let (core, rows, fd) = (&mut self.core, &self.rows, self.out.as_mut());
+        let written = py.detach(|| {
+            core.feed(rows, frames, now_ns);
+            Self::write_out(core, fd)
+        });
         let out = self.output(py);
         self.raise()?;
+        written?;
         Ok(out)
     }
 
     /// Nothing was seen until ``now_ns`` (a live source's clock): paths and flows idle
     /// long enough finish. Returns ``(ndjson, index, hops)``.
     fn advance<'py>(&mut self, py: Python<'py>, now_ns: u64) -> PyResult<Output<'py>> {
-        let core = &mut self.core;
-        py.detach(|| core.advance(now_ns));
+        let (core, fd) = (&mut self.core, self.out.as_mut());
+        let written = py.detach(|| {
+            core.advance(now_ns);
+            Self::write_out(core, fd)
+        });
         let out = self.output(py);
         self.raise()?;
+        written?;
         Ok(out)
     }
 
@@ -366,10 +435,14 @@ impl Stream {
         Bound<'py, PyArray1<u64>>,
         bool,
     )> {
-        let core = &mut self.core;
-        let more = py.detach(|| core.flush_slice());
+        let (core, fd) = (&mut self.core, self.out.as_mut());
+        let (more, written) = py.detach(|| {
+            let more = core.flush_slice();
+            (more, Self::write_out(core, fd))
+        });
         let (data, index, extras) = self.output(py);
         self.raise()?;
+        written?;
         Ok((data, index, extras, more))
     }
 
