@@ -37,6 +37,21 @@ def background(path: dict[str, Any]) -> bool:
                                          or first["src"].startswith("fe80:"))  # fmt: skip
 
 
+ANSWERS = ("local", "relay")
+
+
+def answers(lines: list[dict[str, Any]], inodes: Container[int]) -> set[str]:
+    """Each lab path's answers (`local`, `relay`) with the path they are on, as JSON text."""
+    out = set()
+    for d in lines:
+        if d["type"] == "path" and all(h["netns"] in inodes for h in d["hops"]) and not background(d):
+            got = {k: d[k] for k in ANSWERS if k in d}
+            if got:
+                hops = [{k: v for k, v in h.items()} for h in d["hops"]]
+                out.add(json.dumps([hops, {k: v for k, v in got.items() if k != "relay"}], sort_keys=True))
+    return out
+
+
 def comparable(lines: list[dict[str, Any]], inodes: Container[int]) -> list[str]:
     """The lab's paths as JSON text, ids and flow ids aside (numbering follows arrival), sorted.
 
@@ -46,7 +61,10 @@ def comparable(lines: list[dict[str, Any]], inodes: Container[int]) -> list[str]
     out = []
     for d in lines:
         if d["type"] == "path" and all(h["netns"] in inodes for h in d["hops"]) and not background(d):
-            p = {k: v for k, v in d.items() if k not in ("id", "flow")}
+            # who took it (`local`, `relay`) comes from lookups off the packet path: a live path
+            # written before the answer lacks it (its flow line carries it) and the recording,
+            # which holds the answer, replays it onto every path of the flow: compared apart
+            p = {k: v for k, v in d.items() if k not in ("id", "flow", *ANSWERS)}
             p["nat"] = [{k: v for k, v in n.items() if k not in LIVE_ONLY_NAT_KEYS} for n in p["nat"]]
             out.append(json.dumps(p, sort_keys=True))
     return sorted(out)
@@ -79,6 +97,8 @@ def test_live_recording_replays_into_the_paths_shown_live(backend: str, lab_netn
     only_live = sorted(set(live_paths) - set(replayed_paths))[:2]
     only_replay = sorted(set(replayed_paths) - set(live_paths))[:2]
     assert replayed_paths == live_paths, f"live only: {only_live}\nreplay only: {only_replay}"
+    # every answer live printed on a path, replay prints on the same path
+    assert answers(live, inodes) <= answers(replayed, inodes)
     # NAT (and, where the backend sees them, drops) made it through: not a comparison of empty shells.
     lab_paths = [json.loads(p) for p in live_paths]
     assert {n["kind"] for p in lab_paths for n in p["nat"]} >= {"snat", "dnat"}

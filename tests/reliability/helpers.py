@@ -132,8 +132,11 @@ def owned_by(lines: Sequence[str], pids: set[int]) -> list[str]:
 
 
 def tshark_fields(pcapng: Path, *fields: str) -> list[list[str]]:
-    """tshark -T fields over a recording; asserts tshark read it without an error."""
-    argv = ["tshark", "-n", "-r", str(pcapng), "-T", "fields"]
+    """tshark -T fields over a recording's packets; asserts tshark read it without an error.
+
+    Only records with an interface: tshark also lists hoptrace's Custom Blocks (who took a
+    packet, relays: tracer/sinks/record.py) as records of their own, with no interface."""
+    argv = ["tshark", "-n", "-r", str(pcapng), "-Y", "frame.interface_id", "-T", "fields"]
     for f in fields:
         argv += ["-e", f]
     r = subprocess.run(argv, capture_output=True, text=True, timeout=120)
