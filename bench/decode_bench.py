@@ -3,7 +3,7 @@ with the Python decoder (the reference, tests' oracle) as the peer.
 
 The live sources decode each batch of frames into ``OBS_DTYPE`` rows: the eBPF source
 (``EbpfSource._decode_events``: ring events -> rows, then the frames decoded) and the
-AF_PACKET taps (``tracer.sources.taps._decode``: frames scattered in the copied ring blocks).
+AF_PACKET taps (frames scattered in ring blocks, as the core's TapReader releases them).
 This builds realistic batches offline from the NATed Docker traffic of
 bench/gen_pcapng.py (ICMP echo, UDP and TCP, Ethernet; ``--raw-every K`` makes every
 K-th eBPF event one without a mac header, as tx hooks before L2 see), at the batch
@@ -14,7 +14,8 @@ nanoseconds per sighting (best of ``--repeat`` timings of ``--loops`` calls, wal
                      ``_core.EbpfRing``, events -> rows, labels and frames in one pass), and
                      the source's decode before the core took it (python: numpy over the
                      events, then the Python decoder; tests/reference/ebpf.py);
-* ``taps source``:   ``tracer.sources.taps._decode``, likewise;
+* ``taps source``:   ``taps_decode`` below (what the taps did per batch before the core read
+                     their rings: rows, then the decoder over the scattered frames), likewise;
 * ``decoder alone``: ``tracer._core.decode_into`` and the Python reference ``decode_into``
                      on the same frames.
 
@@ -52,7 +53,6 @@ from probes.skb_hops import EbpfSource, HopEvent, HopKind  # noqa: E402
 from tests.reference import ebpf as reference_ebpf  # noqa: E402
 from tracer import _core  # noqa: E402
 from tracer.model import obs_dtype  # noqa: E402
-from tracer.sources import taps  # noqa: E402
 
 
 def python_decode_into() -> Callable[..., None] | None:
@@ -94,6 +94,14 @@ def ebpf_events(frames: list[bytes], src: EbpfSource, raw_every: int) -> bytes:
         ctypes.memmove(ctypes.addressof(ev) + HopEvent.frame.offset, body, ev.cap_len)
         out.append(bytes(ev))
     return b"".join(out)
+
+
+def taps_decode(frames: bytes, offs: Any, lens: Any, lt: int, dtype: Any) -> Any:
+    """Rows for frames scattered in ring blocks; ``_core.decode_into`` is swapped for the
+    reference when timed as python."""
+    rows = np.zeros(len(offs), dtype=dtype)
+    _core.decode_into(rows, frames, offs.astype(np.uint64), lens, lt)
+    return rows
 
 
 def taps_buffer(frames: list[bytes]) -> tuple[bytes, Any, Any]:
@@ -170,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         # the eBPF source before the core read its ring: numpy over the events, then the decoder
         before = partial(reference_ebpf.decode_events, evbuf, src._dtype, src._frame_off, src._utc(), {})
         for fn, old in ((partial(src._decode_events, evbuf), before),
-                        (partial(taps._decode, tbuf, toffs, tlens, 1, np, dtype), None)):
+                        (partial(taps_decode, tbuf, toffs, tlens, 1, dtype), None)):
             fn_old = old or fn
             cells += [timed(fn, loops, False) if core is not None else float("nan"), timed(fn_old, loops, True)]
         for dec, kw in ((core, {}), (ref, {"zeroed": True})):  # zeroed=True: as the sources called it
