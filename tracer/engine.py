@@ -94,19 +94,35 @@ class RawSocketTable(Protocol):
     def spans(self) -> list[tuple[int, int, int]]: ...
 
 
-class _RawSockets:
-    """The core's raw socket table, told only when the watch's spans changed."""
+@runtime_checkable
+class RecordsRawSockets(Protocol):
+    """A batch hook's owner (a recorder) that keeps the raw socket spans: called with every
+    span (``RawSocketTable.spans``) each time they changed."""
 
-    def __init__(self, table: RawSocketTable, stream: Any) -> None:
+    def on_raw_sockets(self, spans: list[tuple[int, int, int]]) -> None: ...
+
+
+class _RawSockets:
+    """The core's raw socket table, told only when the watch's spans changed (and the
+    recorder among ``hooks``, when they differ from what it was told last)."""
+
+    def __init__(self, table: RawSocketTable, stream: Any, hooks: list[Any] | None = None) -> None:
         self.table = table
         self.stream = stream
         self.seen: int | None = None
+        self.hooks = [h for h in hooks or [] if isinstance(h, RecordsRawSockets)]
+        self.told: list[tuple[int, int, int]] | None = None
 
     def refresh(self) -> None:
         gen = self.table.generation
         if gen != self.seen:
             self.seen = gen
-            self.stream.set_raw_sockets(self.table.spans())
+            spans = self.table.spans()
+            self.stream.set_raw_sockets(spans)
+            if self.hooks and spans != self.told:
+                self.told = spans
+                for h in self.hooks:
+                    h.on_raw_sockets(spans)
 
 
 @runtime_checkable
@@ -349,7 +365,7 @@ class Engine:
         locals_ = _Locals(self.local, stream, self.local_hooks) if self.local is not None else None
         nat_told: frozenset[int] | None = None
         tables = _Tables.of(self.annotators, stream)
-        raw = _RawSockets(self.raw_sockets, stream) if self.raw_sockets is not None else None
+        raw = _RawSockets(self.raw_sockets, stream, self.local_hooks) if self.raw_sockets is not None else None
         annotate = _Annotated(self.annotators) if self.annotators and tables is None else None
         direct = self.output_fd is not None and annotate is None and text is None and self._flow_view is None
         if direct:
@@ -519,6 +535,8 @@ class _Feeder:
         if batch.relay_notes:
             stream.enable_relays()
             stream.add_relays(batch.relay_notes)
+        if batch.raw_sockets is not None:
+            stream.set_raw_sockets(batch.raw_sockets)
         frames: bytes = b""
         if self.path_filter is not None:
             for lt in stream.linktypes_without_program():
@@ -781,5 +799,5 @@ def _run(engine: Engine, sinks: Sequence[Sink]) -> Stats:
 
 
 __all__ = ["Annotator", "Engine", "Event", "FlowViewLines", "FramePrograms", "Lines", "LocalAnswers", "NdjsonFd",
-           "NdjsonLines", "RecordsLocal", "RecordsRelays", "RelayAnswers", "TableAnnotator", "TextLines", "gc_policy",
+           "NdjsonLines", "RecordsLocal", "RecordsRawSockets", "RecordsRelays", "RelayAnswers", "TableAnnotator", "TextLines", "gc_policy",
            "run"]

@@ -179,6 +179,10 @@ class ObsBatch:
     #: A recording's relayed connections read with this batch (tracer/annotate/relay.py; as
     #: ``Stream.add_relays`` takes them).
     relay_notes: list[tuple[Any, ...]] = field(default_factory=list)
+    #: A recording's raw ICMP socket spans, when a block of them was read with this batch
+    #: (tracer/sinks/record.py ``on_raw_sockets``): every span read so far, ``(netns, from_ns,
+    #: to_ns)`` each, as ``Stream.set_raw_sockets`` takes them.
+    raw_sockets: list[tuple[int, int, int]] | None = None
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -95,6 +95,7 @@ CUSTOM_PEN = 0
 CUSTOM_MAGIC = b"hoptrace"
 KIND_LOCAL = 1
 KIND_RELAY = 2  # a relayed connection (tracer/annotate/relay.py relay_block_fields)
+KIND_RAW_SOCKETS = 3  # raw ICMP socket spans (crates/hoptrace-core/src/raw_block.rs)
 MAX_LOCAL_BLOCKS = 100_000
 
 FLUSH_INTERVAL_S = 0.2
@@ -149,6 +150,13 @@ def custom_block(kind: int, fields: tuple[bytes, ...]) -> bytes:
 def local_block(record: bytes, json_fields: bytes, text: bytes) -> bytes:
     """Who took the packets of one key (see the module documentation)."""
     return custom_block(KIND_LOCAL, (record, json_fields, text))
+
+
+def raw_sockets_block(spans: list[tuple[int, int, int]]) -> bytes:
+    """Where and when raw ICMP sockets were open: every ``(netns, from_ns, to_ns)`` span so far
+    (tracer/annotate/raw_sockets.py), as u64 LE triples in one field. A later block supersedes
+    an earlier one's span of the same ``(netns, from_ns)``."""
+    return custom_block(KIND_RAW_SOCKETS, (b"".join(struct.pack("<QQQ", *s) for s in spans),))
 
 # --------------------------------------------------------------------------
 # EPB encoding (the core: crates/hoptrace-core/src/pcapng_writer.rs)
@@ -238,6 +246,7 @@ class PcapngRecorder:
         self._last_flush = time.monotonic()
         self._ifids: dict[HopLabel, int] = {}
         self._locals: list[bytes] = []  # every local block so far, for each rotated file
+        self._raw_block: bytes | None = None  # the latest raw socket spans, for each rotated file
         self._closed = False
         self._open(0)
 
@@ -273,6 +282,8 @@ class PcapngRecorder:
         self._queue(shb_block())
         for block in self._locals:
             self._queue(block)
+        if self._raw_block is not None:
+            self._queue(self._raw_block)
 
     def _queue(self, data: bytes | memoryview, packets: int = 0) -> None:
         self._buf.append((data, packets))
@@ -354,6 +365,15 @@ class PcapngRecorder:
             if len(self._locals) < MAX_LOCAL_BLOCKS:
                 self._locals.append(block)
             self._queue(block)
+
+    def on_raw_sockets(self, spans: list[tuple[int, int, int]]) -> None:
+        """The raw ICMP socket spans changed (tracer/engine.py ``RecordsRawSockets``): one Custom
+        Block (kind 3) with every span, so a replay judges a NO_SOCKET free of ICMP as live did
+        (crates/hoptrace-core/src/raw_block.rs ``parse_block``)."""
+        if self._fd is None or self._closed:
+            return
+        self._raw_block = raw_sockets_block(spans)
+        self._queue(self._raw_block)
 
     def on_local(self, answers: list[tuple[bytes, bytes, bytes]]) -> None:
         """What the lookups found (tracer/engine.py ``RecordsLocal``): ``(record, json, text)`` each."""

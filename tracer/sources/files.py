@@ -157,7 +157,8 @@ class FileSource:
             for rid, name in reasons:
                 self.drop_reasons[rid] = _text(name)
             batch = ObsBatch(rows=rows.view(dtype), hops=self.hops, frames=frames, drop_reasons=self.drop_reasons,
-                             local_notes=reader.take_locals(), relay_notes=reader.take_relays())
+                             local_notes=reader.take_locals(), relay_notes=reader.take_relays(),
+                             raw_sockets=reader.take_raw_sockets())
             self.packets += len(batch)
             yield batch
 

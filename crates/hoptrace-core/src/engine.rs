@@ -507,6 +507,7 @@ pub fn replay_ndjson<W: Write, H: ReplayHooks>(
     let mut engine = Engine::new(cfg);
     let mut error = None;
     let mut stopped = None;
+    let mut raws = crate::raw_block::RawSpans::new();
     loop {
         let batch = match files.next_batch() {
             Ok(Some(b)) => b,
@@ -531,6 +532,10 @@ pub fn replay_ndjson<W: Write, H: ReplayHooks>(
         }
         for note in files.new_relays() {
             engine.preset_relay(note);
+        }
+        // A recording's raw socket spans: a NO_SOCKET free of ICMP is judged as live did.
+        if raws.take_in(files.new_raw_sockets()) {
+            engine.set_raw_sockets(&raws.spans());
         }
         engine.feed(&batch.rows, batch.frames.bytes(), None);
         let records = batch.rows.len();

@@ -102,6 +102,8 @@ struct Tables {
     locals: Vec<crate::local::LocalNote>,
     /// Recorded relayed connections (crate::relay), in the order read.
     relays: Vec<crate::relay::RelayNote>,
+    /// Recorded raw socket spans (crate::raw_block), one table per block, in the order read.
+    raws: Vec<Vec<crate::raw_block::RawSpan>>,
     hops: Vec<HopLabel>,
     hop_index: HashMap<(usize, usize, u32), u32>,
     node_netns: HashMap<Vec<u8>, u64>,
@@ -261,6 +263,7 @@ impl Merge {
         let chunk = stream.reader.next_chunk();
         self.tables.locals.append(&mut stream.reader.locals);
         self.tables.relays.append(&mut stream.reader.relays);
+        self.tables.raws.append(&mut stream.reader.raws);
         let chunk = match chunk {
             Ok(Some(c)) => c,
             Ok(None) => return Ok(None),
@@ -277,6 +280,8 @@ struct Step {
     locals: Vec<crate::local::LocalNote>,
     /// Recorded relayed connections (crate::relay), in the order read.
     relays: Vec<crate::relay::RelayNote>,
+    /// Recorded raw socket spans (crate::raw_block), one table per block, in the order read.
+    raws: Vec<Vec<crate::raw_block::RawSpan>>,
     hops: Vec<HopLabel>,
     reasons: Vec<(u32, Vec<u8>)>,
     bytes_read: u64,
@@ -290,6 +295,8 @@ struct Ahead {
     locals: Vec<crate::local::LocalNote>,
     /// Recorded relayed connections (crate::relay), in the order read.
     relays: Vec<crate::relay::RelayNote>,
+    /// Recorded raw socket spans (crate::raw_block), one table per block, in the order read.
+    raws: Vec<Vec<crate::raw_block::RawSpan>>,
     hops: Vec<HopLabel>,
     reasons: Vec<(u32, Vec<u8>)>,
     bytes_read: u64,
@@ -319,6 +326,7 @@ pub struct FileSet {
     reasons_told: usize,
     locals_told: usize,
     relays_told: usize,
+    raws_told: usize,
 }
 
 impl FileSet {
@@ -339,6 +347,7 @@ impl FileSet {
             reasons_told: 0,
             locals_told: 0,
             relays_told: 0,
+            raws_told: 0,
         }
     }
 
@@ -393,6 +402,21 @@ impl FileSet {
         self.relays()
             .get(told.min(self.relays_told)..)
             .unwrap_or(&[])
+    }
+
+    fn raws(&self) -> &[Vec<crate::raw_block::RawSpan>] {
+        match &self.source {
+            Source::Here(m) => &m.tables.raws,
+            Source::Ahead(a) => &a.raws,
+        }
+    }
+
+    /// hoptrace's recorded raw socket spans (crate::raw_block) read since the last call:
+    /// one table per block, in the order read.
+    pub fn new_raw_sockets(&mut self) -> &[Vec<crate::raw_block::RawSpan>] {
+        let told = self.raws_told;
+        self.raws_told = self.raws().len();
+        self.raws().get(told.min(self.raws_told)..).unwrap_or(&[])
     }
 
     /// Labels made since the last call.
@@ -469,6 +493,7 @@ fn start_reading(merge: Box<Merge>) -> Result<Box<Ahead>, Box<Merge>> {
             thread: Some(thread),
             locals: Vec::new(),
             relays: Vec::new(),
+            raws: Vec::new(),
             hops: Vec::new(),
             reasons: Vec::new(),
             bytes_read: 0,
@@ -486,6 +511,7 @@ fn start_reading(merge: Box<Merge>) -> Result<Box<Ahead>, Box<Merge>> {
 /// nobody takes them any more.
 fn read_ahead(mut merge: Box<Merge>, tx: &SyncSender<Step>) {
     let (mut hops_sent, mut reasons_sent, mut locals_sent, mut relays_sent) = (0, 0, 0, 0);
+    let mut raws_sent = 0;
     loop {
         let got = merge.next_batch();
         let last = !matches!(got, Ok(Some(_)));
@@ -503,6 +529,8 @@ fn read_ahead(mut merge: Box<Merge>, tx: &SyncSender<Step>) {
             .unwrap_or(&[])
             .to_vec();
         relays_sent += relays.len();
+        let raws = merge.tables.raws.get(raws_sent..).unwrap_or(&[]).to_vec();
+        raws_sent += raws.len();
         let hops = merge.tables.hops.get(hops_sent..).unwrap_or(&[]).to_vec();
         let names = &merge.tables.drops.names;
         let reasons = names.get(reasons_sent..).unwrap_or(&[]).to_vec();
@@ -512,6 +540,7 @@ fn read_ahead(mut merge: Box<Merge>, tx: &SyncSender<Step>) {
             got,
             locals,
             relays,
+            raws,
             hops,
             reasons,
             bytes_read: merge.bytes_read(),
@@ -538,6 +567,7 @@ impl Ahead {
                 self.reasons.extend(step.reasons);
                 self.locals.extend(step.locals);
                 self.relays.extend(step.relays);
+                self.raws.extend(step.raws);
                 self.bytes_read = step.bytes_read;
                 self.packets = step.packets;
                 self.done = !matches!(step.got, Ok(Some(_)));

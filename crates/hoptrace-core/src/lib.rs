@@ -34,6 +34,7 @@ pub mod pcapng;
 pub mod pcapng_writer;
 pub mod pyjson;
 pub mod pytext;
+pub mod raw_block;
 pub mod reader;
 pub mod relay;
 pub mod render;

@@ -127,6 +127,8 @@ pub(crate) fn step(r: &mut FileReader, big: bool) -> Result<Flow, CaptureError> 
                     r.locals.push(note);
                 } else if let Some(note) = crate::relay::parse_block(data) {
                     r.relays.push(note);
+                } else if let Some(spans) = crate::raw_block::parse_block(data) {
+                    r.raws.push(spans);
                 }
             }
         }

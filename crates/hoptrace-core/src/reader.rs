@@ -329,6 +329,9 @@ pub struct FileReader {
     pub locals: Vec<crate::local::LocalNote>,
     /// hoptrace's recorded relayed connections read so far and not taken (crate::relay).
     pub relays: Vec<crate::relay::RelayNote>,
+    /// hoptrace's recorded raw socket spans read so far and not taken (crate::raw_block):
+    /// one table per block.
+    pub raws: Vec<Vec<crate::raw_block::RawSpan>>,
 }
 
 /// What one step of a format's loop did.
@@ -366,6 +369,7 @@ impl FileReader {
             error: None,
             locals: Vec::new(),
             relays: Vec::new(),
+            raws: Vec::new(),
         }
     }
 

@@ -377,6 +377,7 @@ pub fn report_files<H: ReplayHooks>(
     let mut engine = Engine::new(cfg);
     engine.set_sink(Box::new(ReportSink::new(columns)), false);
     let mut error = None;
+    let mut raws = crate::raw_block::RawSpans::new();
     loop {
         let batch = match files.next_batch() {
             Ok(Some(b)) => b,
@@ -399,6 +400,10 @@ pub fn report_files<H: ReplayHooks>(
         // A recording's relayed connections: their flows are counted beside the NAT.
         for note in files.new_relays() {
             engine.preset_relay(note);
+        }
+        // A recording's raw socket spans: a NO_SOCKET free of ICMP is judged as live did.
+        if raws.take_in(files.new_raw_sockets()) {
+            engine.set_raw_sockets(&raws.spans());
         }
         engine.feed(&batch.rows, batch.frames.bytes(), None);
         let records = batch.rows.len();

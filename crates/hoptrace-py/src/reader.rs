@@ -61,6 +61,8 @@ pub struct FileReader {
     files: FileSet,
     /// The last shared read buffer handed out, and its bytes object (one copy per buffer).
     frames_cache: Option<(Arc<Vec<u8>>, Py<PyBytes>)>,
+    /// The recorded raw socket spans read so far (hoptrace_core::raw_block).
+    raws: hoptrace_core::raw_block::RawSpans,
 }
 
 #[pymethods]
@@ -71,6 +73,7 @@ impl FileReader {
         FileReader {
             files: FileSet::with_sizes(inputs_of(inputs), chunk_bytes, batch_rows),
             frames_cache: None,
+            raws: hoptrace_core::raw_block::RawSpans::new(),
         }
     }
 
@@ -190,6 +193,15 @@ impl FileReader {
                 )
             })
             .collect()
+    }
+
+    /// hoptrace's recorded raw socket spans (hoptrace_core::raw_block): None when no block
+    /// was read since the last call, else every span read so far, ``(netns, from_ns,
+    /// to_ns)`` each, as ``Stream.set_raw_sockets`` takes them (a damaged block is left out).
+    fn take_raw_sockets(&mut self) -> Option<Vec<(u64, u64, u64)>> {
+        self.raws
+            .take_in(self.files.new_raw_sockets())
+            .then(|| self.raws.spans())
     }
 
     /// Packets read so far, over all files.
