@@ -56,10 +56,11 @@ def test_replay_text_on_the_same_terminal_keeps_paths_clean(tmux: Tmux, tmp_path
     os.mkfifo(cap)
     script = tmp_path / "run.sh"
     script.write_text(
-        # 10 MB every 0.3 s: the reader's batches (a few hundred thousand records) keep coming
-        # for some 4 s, so the line is drawn after its delay and stays until the end
+        # 4 MB every 0.3 s: the reader's batches keep coming for some 8 s (at 10 MB, 4 s, one
+        # run in four drew no line: a batch of the reader can hold most of a second's input),
+        # so the line is drawn after its delay, redrawn, and stays until the end
         f"python3 -c 'import sys, time\nwith open(sys.argv[1], \"rb\") as f, open(sys.argv[2], \"wb\") as o:\n"
-        f"    while b := f.read(10_000_000):\n        o.write(b); o.flush(); time.sleep(0.3)' {src} {cap} &\n"
+        f"    while b := f.read(4_000_000):\n        o.write(b); o.flush(); time.sleep(0.3)' {src} {cap} &\n"
         # -q: one line a path, a filter that keeps a few: most of the time only progress is drawn
         f"exec {HOPTRACE[0]} replay --no-tui -q {cap} -- icmp[7] = 0 and ip[5] = 0 and ip[4] = 0\n")
     start(tmux, f"sh {script}")
