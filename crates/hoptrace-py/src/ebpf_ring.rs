@@ -111,6 +111,23 @@ impl RingMap {
         // atomic load of a natively sized word is sound on read-only memory.
         unsafe { AtomicU64::from_ptr(self.prod.as_ptr().cast()) }.load(Ordering::Acquire)
     }
+
+    /// Append the events of every finished record to `held` and hand the space back to the
+    /// kernel. Only one thread at a time consumes (the reader thread, or `poll` when none runs).
+    fn consume_into(&self, header_len: usize, ev_size: usize, held: &mut Vec<u8>) {
+        let cons = self.cons_word().load(Ordering::Relaxed); // written only by the consumer
+        let got = ebpf::consume(
+            self,
+            (self.size - 1) as u64,
+            cons,
+            self.producer(),
+            header_len,
+            ev_size,
+            held,
+        );
+        // Release: the copies above happen before the kernel may reuse the space.
+        self.cons_word().store(got.cons, Ordering::Release);
+    }
 }
 
 impl RingMemory for RingMap {
@@ -217,18 +234,7 @@ fn reader(shared: &Shared, map: &RingMap, header_len: usize, size: usize, pace: 
         }
         let room = shared.lock().queued < pace.max_queued;
         if room || stopping {
-            let cons = map.cons_word().load(Ordering::Relaxed); // written only here
-            let got = ebpf::consume(
-                map,
-                (map.size - 1) as u64,
-                cons,
-                map.producer(),
-                header_len,
-                size,
-                &mut held,
-            );
-            // Release: the copies above happen before the kernel may reuse the space.
-            map.cons_word().store(got.cons, Ordering::Release);
+            map.consume_into(header_len, size, &mut held);
         }
         let n = held.len() / size;
         if n > 0 && held_since.is_none() {
@@ -394,18 +400,7 @@ impl EbpfRing {
         if let Some(map) = map.as_deref() {
             let held = &mut held;
             py.detach(|| {
-                let cons = map.cons_word().load(Ordering::Relaxed); // written only by us
-                let got = ebpf::consume(
-                    map,
-                    (map.size - 1) as u64,
-                    cons,
-                    map.producer(),
-                    header_len,
-                    size,
-                    held,
-                );
-                // Release: the copies above happen before the kernel may reuse the space.
-                map.cons_word().store(got.cons, Ordering::Release);
+                map.consume_into(header_len, size, held);
             });
         }
         let mut slot = lock(&self.held);
