@@ -23,7 +23,7 @@ use crate::finish::{PathSink, ShownPath};
 use crate::flows::ClosedFlow;
 use crate::hash::FastMap;
 use crate::labels::Labels;
-use crate::nat::{NatEvent, NatKind};
+use crate::nat::{Endpoint, NatEvent, NatKind};
 use crate::obs::{dir, Obs};
 use crate::render::push_proto_name;
 use crate::report::percentiles_nearest;
@@ -54,25 +54,10 @@ fn view_key(o: &Obs) -> ViewKey {
 
 /// One NAT rewrite as the view names it: (node label, kind, family, rewritten side before,
 /// after).
-type NatSig = (
-    u32,
-    NatKind,
-    u8,
-    ([u8; 16], Option<u16>),
-    ([u8; 16], Option<u16>),
-);
+type NatSig = (u32, NatKind, u8, Endpoint, Endpoint);
 
 fn nat_sig(ev: &NatEvent) -> NatSig {
-    let (before, after) = match ev.kind {
-        NatKind::Snat => (
-            (ev.before.src, ev.before.sport),
-            (ev.after.src, ev.after.sport),
-        ),
-        NatKind::Dnat => (
-            (ev.before.dst, ev.before.dport),
-            (ev.after.dst, ev.after.dport),
-        ),
-    };
+    let (before, after) = ev.rewritten();
     (ev.hop, ev.kind, ev.family, before, after)
 }
 

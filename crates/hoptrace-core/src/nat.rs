@@ -76,6 +76,9 @@ impl Hook {
     }
 }
 
+/// One side of a connection: the address (16 bytes, as the rows hold it) and the port.
+pub type Endpoint = ([u8; 16], Option<u16>);
+
 /// A rewrite seen between hops `from_hop` and `from_hop + 1` of a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NatEvent {
@@ -95,6 +98,20 @@ pub struct NatEvent {
 impl NatEvent {
     pub fn to_hop(&self) -> u32 {
         self.from_hop + 1
+    }
+
+    /// The rewritten endpoint before and after: the source for SNAT, the destination for DNAT.
+    pub fn rewritten(&self) -> (Endpoint, Endpoint) {
+        match self.kind {
+            NatKind::Snat => (
+                (self.before.src, self.before.sport),
+                (self.after.src, self.after.sport),
+            ),
+            NatKind::Dnat => (
+                (self.before.dst, self.before.dport),
+                (self.after.dst, self.after.dport),
+            ),
+        }
     }
 }
 

@@ -307,16 +307,7 @@ impl PathSink for ReportSink {
             .entry((first.family, first.proto, first.ethertype, p.verdict as u8))
             .or_default() += 1;
         for ev in p.nat {
-            let (before, after) = match ev.kind {
-                crate::nat::NatKind::Snat => (
-                    (ev.before.src, ev.before.sport),
-                    (ev.after.src, ev.after.sport),
-                ),
-                crate::nat::NatKind::Dnat => (
-                    (ev.before.dst, ev.before.dport),
-                    (ev.after.dst, ev.after.dport),
-                ),
-            };
+            let (before, after) = ev.rewritten();
             let kind = match ev.kind {
                 crate::nat::NatKind::Snat => 1,
                 crate::nat::NatKind::Dnat => 2,

@@ -387,16 +387,7 @@ pub fn push_nat_text(
     if is_inner_event(hops, ev) {
         out.extend_from_slice(b"quoted header ");
     }
-    let (before, after) = match ev.kind {
-        NatKind::Snat => (
-            (ev.before.src, ev.before.sport),
-            (ev.after.src, ev.after.sport),
-        ),
-        NatKind::Dnat => (
-            (ev.before.dst, ev.before.dport),
-            (ev.after.dst, ev.after.dport),
-        ),
-    };
+    let (before, after) = ev.rewritten();
     push_addr_port(out, ev.family, &before.0, before.1);
     out.extend_from_slice(ARROW);
     push_addr_port(out, ev.family, &after.0, after.1);
