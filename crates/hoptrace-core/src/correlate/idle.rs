@@ -11,6 +11,9 @@
 use std::collections::BTreeMap;
 
 const SHIFT: u32 = 20; // bucket width: 2^20 ns, ~1 ms
+/// Emptied bucket vectors kept for reuse, at most (and none bigger than MAX_SPARE_CAP).
+const MAX_SPARE: usize = 64;
+const MAX_SPARE_CAP: usize = 1 << 14;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Entry {
@@ -66,9 +69,10 @@ impl IdleQueue {
             self.front_id = Some(id);
             if b.is_empty() {
                 self.front_id = None;
-                self.spare.push(b);
+                self.recycle(b);
             } else {
-                self.spare.push(std::mem::replace(&mut self.front, b));
+                let old = std::mem::replace(&mut self.front, b);
+                self.recycle(old);
             }
         }
         self.front.last().copied()
@@ -95,7 +99,16 @@ impl IdleQueue {
                     return;
                 }
             }
-            self.spare.push(rest);
+            self.recycle(rest);
+        }
+    }
+
+    /// Keep an emptied bucket's vector for the next bucket, unless enough are kept (or it
+    /// grew big in a burst): the pool must not grow a vector a step.
+    fn recycle(&mut self, mut v: Vec<Entry>) {
+        if v.capacity() > 0 && v.capacity() <= MAX_SPARE_CAP && self.spare.len() < MAX_SPARE {
+            v.clear();
+            self.spare.push(v);
         }
     }
 }
@@ -104,6 +117,43 @@ impl IdleQueue {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A steady flood: paths open, are taken a step later, for many steps. The pool of
+    /// spare bucket vectors stays small (it once grew by a vector a step: the soak's RSS
+    /// rose 24 % in 10 minutes).
+    #[test]
+    fn spare_buckets_stay_bounded() {
+        let mut q = IdleQueue::default();
+        let mut last: Vec<u64> = Vec::new();
+        let mut t = 0u64;
+        for _step in 0..20_000 {
+            for _ in 0..50 {
+                t += 20_000; // 50 paths a ms
+                let slot = last.len() as u32;
+                last.push(t);
+                q.push(Entry {
+                    touched: t,
+                    num: u64::from(slot) + 1,
+                    slot,
+                });
+            }
+            // expire what is older than 3 ms, some of a bucket left for the next step
+            let cutoff = t.saturating_sub(3 << SHIFT);
+            while let Some(e) = q.peek(|s| last.get(s as usize).copied().unwrap_or(0)) {
+                if e.touched >= cutoff {
+                    break;
+                }
+                q.pop();
+            }
+            q.end_step();
+        }
+        assert!(
+            q.spare.len() <= MAX_SPARE,
+            "{} spare vectors",
+            q.spare.len()
+        );
+        assert!(q.buckets.len() < 16, "{} buckets", q.buckets.len());
+    }
 
     proptest! {
         /// Against a sorted set: paths opened, seen again later (re-filed lazily), taken
