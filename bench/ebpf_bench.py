@@ -25,7 +25,10 @@ and per event), start-to-ready time, and the kernel time per program run
 (BPF_ENABLE_STATS; the part of the cost paid on the packet path, apart from the tracer's own
 CPU): over all programs, then per program (runs/s and ns per run, read from bpf_prog_info by
 fd: probes/bpf_stats.py). The load average is printed before and after: on a shared
-machine it says how much to trust the ratios.
+machine it says how much to trust the ratios. With ``--repeat``, the summary adds the NDJSON
+bytes per sighting and the write floor: the CPU this process spends writing the same number of
+bytes to the same tmpfs (1 MB writes) per sighting — what the output alone costs, under the
+tracer's us/ev.
 Targets (issue 4): 0 lost; UDP >= 0.75, TCP >= 0.90; CPU <= 25 %; ready <= 3 s.
 """
 
@@ -125,12 +128,35 @@ class Tracer:
                 last = json.loads(lines[-1])
             except ValueError:
                 last = {}
+        out_bytes = self.out.stat().st_size
         self.out.unlink(missing_ok=True)
         events = last.get("events", last.get("observations", 0))
         return {"ready_s": self.ready_s, "cpu_pct": 100 * cpu / window_s, "cpu_s": cpu, "events": events,
+                "out_bytes": out_bytes, "write_s": write_floor(self.out.parent, out_bytes),
                 "bpf_ns_per_run": ns / runs if runs else None, "bpf_runs": runs, "bpf_programs": programs,
                 "lost": last.get("lost_events"), "sampled_out": last.get("sampled_out"),
                 "sample_rate": last.get("sample_rate"), "rc": self.proc.returncode}
+
+
+def write_floor(where: Path, size: int) -> float:
+    """CPU seconds (user + system) this process spends writing ``size`` bytes to a new file in
+    ``where`` (the tracer's output directory, tmpfs) in 1 MB writes: what the kernel charges
+    for the NDJSON bytes alone, the floor under the tracer's CPU per sighting."""
+    if size <= 0:
+        return 0.0
+    block = b"x" * (1 << 20)
+    path = where / f"floor-{uuid.uuid4().hex[:6]}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        t0 = os.times()
+        left = size
+        while left > 0:
+            left -= os.write(fd, block[: min(left, len(block))])
+        t1 = os.times()
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+    return (t1.user - t0.user) + (t1.system - t0.system)
 
 
 def iperf(lab: Lab, udp: bool, seconds: float) -> float:
@@ -227,13 +253,17 @@ def main() -> int:
                 return "-"
             return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}]"
 
-        print(f"\n{'run':<14}{'ratio':>20}{'us/ev':>20}{'lost':>26}{'bpf ns/run':>18}"
-              f"   (median [min-max] of {args.repeat} runs)")
+        print(f"\n{'run':<14}{'ratio':>20}{'us/ev':>20}{'lost':>26}{'bpf ns/run':>18}{'B/ev':>7}"
+              f"{'write us/ev':>20}   (median [min-max] of {args.repeat} runs; write us/ev: the same bytes"
+              f" written to the same tmpfs by this process, the floor under us/ev)")
         for key, rs in runs.items():
             us = [1e6 * r["cpu_s"] / r["events"] for r in rs if r["events"]]
             bpf = [r["bpf_ns_per_run"] for r in rs if r["bpf_ns_per_run"] is not None]
+            per_ev = [r["out_bytes"] / r["events"] for r in rs if r["events"]]
+            floor = [1e6 * r["write_s"] / r["events"] for r in rs if r["events"]]
             print(f"{key:<14}{spread([r['ratio'] for r in rs]):>20}{spread(us):>20}"
-                  f"{spread([float(r['lost'] or 0) for r in rs], '.0f'):>26}{spread(bpf, '.0f'):>18}")
+                  f"{spread([float(r['lost'] or 0) for r in rs], '.0f'):>26}{spread(bpf, '.0f'):>18}"
+                  f"{statistics.median(per_ev) if per_ev else 0:>7.0f}{spread(floor):>20}")
     print(json.dumps({"results": results, "runs": runs, "load": [load0, load1]}))
     return 0
 
