@@ -2,7 +2,17 @@
 //! tracer/sinks/output.py writes: `path_line` (`_hop_line`, `_nat_line`), `flow_json` and
 //! `stats_json` through `json.dumps` with `(", ", ": ")` separators, keys in their
 //! order, `null` for what a packet does not have, names escaped as `json.dumps`
-//! escapes them. Everything is appended to the caller's buffer; nothing allocates.
+//! escapes them. Everything is appended to the caller's buffer.
+//!
+//! A flood writes the same few hops and NAT events over and over: per (label, namespace,
+//! direction, addresses, ports) a hop's middle part is the same bytes every time, and a
+//! NAT event's whole object is the same bytes for each packet of a flow. A small cache per
+//! thread ([`Cache`]) keeps those bytes, keyed by everything they are written from
+//! (the labels' [`Labels::generation`] included), and copies them rather than writing
+//! them again; what differs per packet (times, IP id, TTL, skb, ...) is always written.
+//! Nothing allocates once the cache's slots have their buffers.
+
+use std::cell::RefCell;
 
 use crate::labels::Labels;
 use crate::nat::{is_inner_event, Endpoints, NatEvent, Verdict};
@@ -57,34 +67,17 @@ fn shown_family(o: &Obs) -> u8 {
 
 /// One hop as `_hop_line` writes it.
 pub fn push_hop(out: &mut Vec<u8>, o: &Obs, labels: &Labels) {
-    let label = labels.get(o.hop);
+    with_cache(|cache| push_hop_in(out, o, labels, cache));
+}
+
+/// [`push_hop`], its constant part from `cache` when there is one.
+fn push_hop_in(out: &mut Vec<u8>, o: &Obs, labels: &Labels, cache: Option<&mut Cache>) {
     out.extend_from_slice(b"{\"ts_ns\": ");
     push_u64(out, o.ts_ns);
-    out.extend_from_slice(b", \"node\": ");
-    out.extend_from_slice(&label.node_json);
-    out.extend_from_slice(b", \"netns\": ");
-    push_u64(out, o.netns);
-    out.extend_from_slice(b", \"iface\": ");
-    out.extend_from_slice(&label.iface_json);
-    out.extend_from_slice(match o.dir {
-        1 => b", \"dir\": \"rx\", \"src\": ".as_slice(),
-        2 => b", \"dir\": \"tx\", \"src\": ",
-        3 => b", \"dir\": \"drop\", \"src\": ",
-        _ => b", \"dir\": null, \"src\": ",
-    });
-    let fam = shown_family(o);
-    push_addr_json(out, fam, &o.src);
-    out.extend_from_slice(b", \"dst\": ");
-    push_addr_json(out, fam, &o.dst);
-    if o.has & has::L4_PORTS != 0 {
-        out.extend_from_slice(b", \"sport\": ");
-        push_u64(out, u64::from(o.sport));
-        out.extend_from_slice(b", \"dport\": ");
-        push_u64(out, u64::from(o.dport));
-    } else {
-        out.extend_from_slice(b", \"sport\": null, \"dport\": null");
+    match cache {
+        Some(c) => c.hop_part(out, o, labels),
+        None => push_hop_part(out, o, labels),
     }
-    out.extend_from_slice(b", \"ip_id\": ");
     push_opt(out, (o.has & has::IP_ID != 0).then_some(u64::from(o.ip_id)));
     out.extend_from_slice(b", \"ttl\": ");
     push_u64(out, u64::from(o.ttl));
@@ -95,18 +88,23 @@ pub fn push_hop(out: &mut Vec<u8>, o: &Obs, labels: &Labels) {
     } else {
         out.extend_from_slice(b", \"skb\": null, \"drop_reason\": ");
     }
-    if o.drop_reason == 0 {
-        out.extend_from_slice(b"null");
-    } else if let Some(name) = labels.drop_reason(o.drop_reason) {
-        push_json_str(out, name);
-    } else {
-        out.extend_from_slice(b"\"UNKNOWN(");
-        push_u64(out, u64::from(o.drop_reason));
-        out.extend_from_slice(b")\"");
+    match (o.drop_reason, proto_length_literal(o)) {
+        (0, Some(lit)) => out.extend_from_slice(lit),
+        _ => {
+            if o.drop_reason == 0 {
+                out.extend_from_slice(b"null");
+            } else if let Some(name) = labels.drop_reason(o.drop_reason) {
+                push_json_str(out, name);
+            } else {
+                out.extend_from_slice(b"\"UNKNOWN(");
+                push_u64(out, u64::from(o.drop_reason));
+                out.extend_from_slice(b")\"");
+            }
+            out.extend_from_slice(b", \"proto\": ");
+            push_proto_json(out, o);
+            out.extend_from_slice(b", \"length\": ");
+        }
     }
-    out.extend_from_slice(b", \"proto\": ");
-    push_proto_json(out, o);
-    out.extend_from_slice(b", \"length\": ");
     push_u64(out, u64::from(o.length));
     if o.has & has::ICMP != 0 {
         out.extend_from_slice(b", \"icmp_type\": ");
@@ -156,6 +154,62 @@ pub fn push_hop(out: &mut Vec<u8>, o: &Obs, labels: &Labels) {
     out.push(b'}');
 }
 
+/// `null, "proto": "<name>", "length": ` of a hop without a drop reason, for the protocols
+/// with a name (what [`push_proto_name`] writes for an IP packet), in one copy.
+#[inline]
+fn proto_length_literal(o: &Obs) -> Option<&'static [u8]> {
+    if o.family == 0 {
+        return None;
+    }
+    macro_rules! lit {
+        ($name:literal) => {
+            concat!("null, \"proto\": \"", $name, "\", \"length\": ").as_bytes()
+        };
+    }
+    Some(match o.proto {
+        1 => lit!("icmp"),
+        6 => lit!("tcp"),
+        17 => lit!("udp"),
+        58 => lit!("icmp6"),
+        132 => lit!("sctp"),
+        47 => lit!("gre"),
+        50 => lit!("esp"),
+        _ => return None,
+    })
+}
+
+/// A hop's part that depends on its label, namespace, direction, addresses and ports:
+/// `, "node": ..., "netns": ..., "iface": ..., "dir": ..., "src": ..., "dst": ...,
+/// "sport": ..., "dport": ..., "ip_id": ` (up to the IP id's value).
+fn push_hop_part(out: &mut Vec<u8>, o: &Obs, labels: &Labels) {
+    let label = labels.get(o.hop);
+    out.extend_from_slice(b", \"node\": ");
+    out.extend_from_slice(&label.node_json);
+    out.extend_from_slice(b", \"netns\": ");
+    push_u64(out, o.netns);
+    out.extend_from_slice(b", \"iface\": ");
+    out.extend_from_slice(&label.iface_json);
+    out.extend_from_slice(match o.dir {
+        1 => b", \"dir\": \"rx\", \"src\": ".as_slice(),
+        2 => b", \"dir\": \"tx\", \"src\": ",
+        3 => b", \"dir\": \"drop\", \"src\": ",
+        _ => b", \"dir\": null, \"src\": ",
+    });
+    let fam = shown_family(o);
+    push_addr_json(out, fam, &o.src);
+    out.extend_from_slice(b", \"dst\": ");
+    push_addr_json(out, fam, &o.dst);
+    if o.has & has::L4_PORTS != 0 {
+        out.extend_from_slice(b", \"sport\": ");
+        push_u64(out, u64::from(o.sport));
+        out.extend_from_slice(b", \"dport\": ");
+        push_u64(out, u64::from(o.dport));
+        out.extend_from_slice(b", \"ip_id\": ");
+    } else {
+        out.extend_from_slice(b", \"sport\": null, \"dport\": null, \"ip_id\": ");
+    }
+}
+
 /// `{"src": .., "sport": .., "dst": .., "dport": ..}` (`Endpoints.to_json`).
 pub fn push_endpoints(out: &mut Vec<u8>, family: u8, e: &Endpoints) {
     out.extend_from_slice(b"{\"src\": ");
@@ -180,6 +234,21 @@ pub fn push_nat_noted(
     out: &mut Vec<u8>,
     ev: &NatEvent,
     hops: &[Obs],
+    labels: &Labels,
+    note: Option<&[u8]>,
+) {
+    let inner = is_inner_event(hops, ev);
+    with_cache(|cache| match cache {
+        Some(c) => c.nat(out, ev, inner, labels, note),
+        None => push_nat_object(out, ev, inner, labels, note),
+    });
+}
+
+/// The event's object; `inner`: it rewrote the quoted header of an ICMP error.
+fn push_nat_object(
+    out: &mut Vec<u8>,
+    ev: &NatEvent,
+    inner: bool,
     labels: &Labels,
     note: Option<&[u8]>,
 ) {
@@ -210,7 +279,7 @@ pub fn push_nat_noted(
         out.extend_from_slice(b", \"icmp_id_after\": ");
         push_u64(out, u64::from(after));
     }
-    if is_inner_event(hops, ev) {
+    if inner {
         out.extend_from_slice(b", \"inner\": true");
     }
     out.push(b'}');
@@ -258,26 +327,210 @@ pub fn push_path_line_noted(
     out.extend_from_slice(b", \"verdict\": \"");
     out.extend_from_slice(verdict.name().as_bytes());
     out.extend_from_slice(b"\", \"hops\": [");
-    for (i, h) in hops.iter().enumerate() {
-        if i > 0 {
-            out.extend_from_slice(b", ");
+    with_cache(|mut cache| {
+        for (i, h) in hops.iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b", ");
+            }
+            push_hop_in(out, h, labels, cache.as_deref_mut());
         }
-        push_hop(out, h, labels);
-    }
-    out.extend_from_slice(b"], \"nat\": [");
-    for (i, ev) in nat.iter().enumerate() {
-        if i > 0 {
-            out.extend_from_slice(b", ");
+        out.extend_from_slice(b"], \"nat\": [");
+        for (i, ev) in nat.iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b", ");
+            }
+            let note = notes.get(i).map(|n| n.json.as_slice());
+            let inner = is_inner_event(hops, ev);
+            match cache.as_deref_mut() {
+                Some(c) => c.nat(out, ev, inner, labels, note),
+                None => push_nat_object(out, ev, inner, labels, note),
+            }
         }
-        push_nat_noted(
-            out,
-            ev,
-            hops,
-            labels,
-            notes.get(i).map(|n| n.json.as_slice()),
-        );
-    }
+    });
     out.extend_from_slice(b"]}\n");
+}
+
+// ------------------------------------------------------------------ the cache
+
+/// Slots for hops' constant parts (a power of two): a flood's few flows times their hops
+/// fit; many flows share slots and take turns.
+const HOP_SLOTS: usize = 256;
+/// Slots for NAT events' objects (a power of two).
+const NAT_SLOTS: usize = 64;
+
+/// Everything a hop's [`push_hop_part`] is written from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct HopKey {
+    /// The labels table's [`Labels::generation`]: names are looked up there.
+    generation: u64,
+    netns: u64,
+    hop: u32,
+    /// 0 when the hop has no ports (they are not written).
+    sport: u16,
+    dport: u16,
+    dir: u8,
+    /// The family the addresses are written in.
+    family: u8,
+    ports: bool,
+    src: [u8; 16],
+    dst: [u8; 16],
+}
+
+impl HopKey {
+    #[inline]
+    fn of(o: &Obs, labels: &Labels) -> HopKey {
+        let ports = o.has & has::L4_PORTS != 0;
+        HopKey {
+            generation: labels.generation(),
+            netns: o.netns,
+            hop: o.hop,
+            sport: if ports { o.sport } else { 0 },
+            dport: if ports { o.dport } else { 0 },
+            dir: o.dir,
+            family: shown_family(o),
+            ports,
+            src: o.src,
+            dst: o.dst,
+        }
+    }
+
+    /// Its slot: a multiplicative hash of the fields, top bits.
+    #[inline]
+    fn slot(&self) -> usize {
+        let (s, d) = (u128::from_le_bytes(self.src), u128::from_le_bytes(self.dst));
+        let h = (s as u64)
+            ^ ((s >> 64) as u64).rotate_left(13)
+            ^ (d as u64).rotate_left(29)
+            ^ ((d >> 64) as u64).rotate_left(43)
+            ^ self.netns.rotate_left(7)
+            ^ (u64::from(self.hop) << 48)
+            ^ (u64::from(self.sport) << 16 | u64::from(self.dport)).rotate_left(37)
+            ^ u64::from(self.dir) << 60;
+        (mix(h) as usize) & (HOP_SLOTS - 1)
+    }
+}
+
+/// Bits of `h` spread to the top, then the top bits down.
+#[inline]
+fn mix(h: u64) -> u64 {
+    let h = h.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    h ^ (h >> 32)
+}
+
+#[derive(Debug, Default)]
+struct HopSlot {
+    key: HopKey,
+    /// The part's bytes; empty while the slot holds nothing.
+    text: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct NatSlot {
+    /// (labels' generation, the event, whether it is an inner one); `None` while empty.
+    key: Option<(u64, NatEvent, bool)>,
+    /// The annotator's note the object was written with (`noted` false: none).
+    noted: bool,
+    note: Vec<u8>,
+    text: Vec<u8>,
+}
+
+/// What was written lately, per thread (see the module documentation).
+#[derive(Debug)]
+struct Cache {
+    hops: Vec<HopSlot>,
+    nat: Vec<NatSlot>,
+}
+
+thread_local! {
+    static CACHE: RefCell<Cache> = const {
+        RefCell::new(Cache {
+            hops: Vec::new(),
+            nat: Vec::new(),
+        })
+    };
+}
+
+/// `f` with this thread's cache, or without one (while the thread ends, or re-entered).
+#[inline]
+fn with_cache(f: impl FnOnce(Option<&mut Cache>)) {
+    let mut f = Some(f);
+    let _ = CACHE.try_with(|c| {
+        if let (Ok(mut c), Some(f)) = (c.try_borrow_mut(), f.take()) {
+            f(Some(&mut c));
+        }
+    });
+    if let Some(f) = f {
+        f(None);
+    }
+}
+
+impl Cache {
+    /// [`push_hop_part`], copied when written before.
+    #[inline]
+    fn hop_part(&mut self, out: &mut Vec<u8>, o: &Obs, labels: &Labels) {
+        if self.hops.is_empty() {
+            self.hops.resize_with(HOP_SLOTS, HopSlot::default);
+        }
+        let key = HopKey::of(o, labels);
+        let Some(slot) = self.hops.get_mut(key.slot()) else {
+            return push_hop_part(out, o, labels);
+        };
+        if slot.key == key && !slot.text.is_empty() {
+            out.extend_from_slice(&slot.text);
+            return;
+        }
+        let start = out.len();
+        push_hop_part(out, o, labels);
+        slot.key = key;
+        slot.text.clear();
+        slot.text
+            .extend_from_slice(out.get(start..).unwrap_or_default());
+    }
+
+    /// [`push_nat_object`], copied when written before.
+    #[inline]
+    fn nat(
+        &mut self,
+        out: &mut Vec<u8>,
+        ev: &NatEvent,
+        inner: bool,
+        labels: &Labels,
+        note: Option<&[u8]>,
+    ) {
+        if self.nat.is_empty() {
+            self.nat.resize_with(NAT_SLOTS, NatSlot::default);
+        }
+        let key = (labels.generation(), *ev, inner);
+        let (b, a) = (&ev.before, &ev.after);
+        let h = u128::from_le_bytes(b.src) as u64
+            ^ (u128::from_le_bytes(b.dst) as u64).rotate_left(17)
+            ^ (u128::from_le_bytes(a.src) as u64).rotate_left(31)
+            ^ (u128::from_le_bytes(a.dst) as u64).rotate_left(47)
+            ^ u64::from(b.sport.unwrap_or(0)) << 8
+            ^ u64::from(a.sport.unwrap_or(0)) << 24
+            ^ u64::from(ev.hop) << 40
+            ^ u64::from(ev.from_hop) << 56;
+        let Some(slot) = self.nat.get_mut((mix(h) as usize) & (NAT_SLOTS - 1)) else {
+            return push_nat_object(out, ev, inner, labels, note);
+        };
+        let same_note = match note {
+            Some(n) => slot.noted && slot.note == n,
+            None => !slot.noted,
+        };
+        if same_note && slot.key == Some(key) {
+            out.extend_from_slice(&slot.text);
+            return;
+        }
+        let start = out.len();
+        push_nat_object(out, ev, inner, labels, note);
+        slot.key = Some(key);
+        slot.noted = note.is_some();
+        slot.note.clear();
+        slot.note.extend_from_slice(note.unwrap_or_default());
+        slot.text.clear();
+        slot.text
+            .extend_from_slice(out.get(start..).unwrap_or_default());
+    }
 }
 
 /// What a flow line says (`Flow`).
@@ -496,6 +749,176 @@ mod tests {
                     "{{\"type\": \"stats\", \"observations\": 14, \"paths\": 4, \"lost_events\": 0, \"elapsed_s\": {want}}}\n"
                 )
             );
+        }
+    }
+
+    /// Hops unlike each other in what the cached part is written from.
+    fn template(t: usize) -> Obs {
+        let base = Obs {
+            netns: 4026531840,
+            dir: 1,
+            family: 4,
+            proto: 17,
+            ethertype: 0x800,
+            has: has::L4_PORTS | has::IP_ID,
+            src: v4([172, 17, 0, 2]),
+            dst: v4([198, 51, 100, 8]),
+            sport: 40000,
+            dport: 53,
+            ttl: 64,
+            length: 92,
+            ..Obs::default()
+        };
+        let v6 = |last: u8| {
+            let mut a = [0u8; 16];
+            a[0] = 0x20;
+            a[1] = 0x01;
+            a[15] = last;
+            a
+        };
+        match t % 8 {
+            0 => base,
+            1 => Obs {
+                hop: 1,
+                dir: 2,
+                netns: 4026532001,
+                ..base
+            },
+            2 => Obs {
+                has: has::IP_ID,
+                proto: 1,
+                ..base
+            }, // no ports: not written
+            3 => Obs {
+                family: 6,
+                ethertype: 0x86dd,
+                src: v6(1),
+                dst: v6(2),
+                proto: 58,
+                has: 0,
+                ..base
+            },
+            4 => Obs {
+                family: 0,
+                ethertype: 0x0806,
+                proto: 0,
+                has: 0,
+                ..base
+            }, // ARP: IPv4 shown
+            5 => Obs {
+                family: 0,
+                ethertype: 0x88cc,
+                proto: 0,
+                has: 0,
+                hop: 2,
+                ..base
+            },
+            6 => Obs {
+                hop: 5,
+                dir: 3,
+                drop_reason: 2,
+                ..base
+            }, // outside the table until names come
+            _ => Obs {
+                dir: 0,
+                proto: 200,
+                drop_reason: 77,
+                hop: 2,
+                ..base
+            },
+        }
+    }
+
+    fn fresh_hop(o: &Obs, labels: &Labels) -> Vec<u8> {
+        let mut v = Vec::new();
+        push_hop_in(&mut v, o, labels, None);
+        v
+    }
+
+    #[test]
+    fn a_cached_hop_part_follows_its_labels() {
+        // Index 5 is outside the table (empty names), then named: the copy must not stay.
+        let mut labels = Labels::new();
+        for (n, i) in [("web", "eth0"), ("host", "eth0"), ("host", "docker0")] {
+            labels.intern(n, i);
+        }
+        let o = template(6);
+        let before = s(|v| push_hop(v, &o, &labels));
+        assert!(before.contains(r#""node": "", "#), "{before}");
+        labels.intern("a", "b");
+        labels.intern("a", "c");
+        labels.intern("late\"node", "veth\u{e9}");
+        let after = s(|v| push_hop(v, &o, &labels));
+        assert!(after.contains(r#""node": "late\"node", "#), "{after}");
+        assert!(after.contains(r#""iface": "veth\u00e9", "#), "{after}");
+        assert_eq!(after.as_bytes(), fresh_hop(&o, &labels));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn cached_parts_are_what_is_written_afresh(
+            picks in proptest::collection::vec(
+                (0usize..8, proptest::prelude::any::<u64>(), 0u16..3, 0u8..8),
+                1..80,
+            ),
+        ) {
+            // Two tables with the same indices and other names, and one that grows.
+            let mut a = Labels::new();
+            let mut b = Labels::new();
+            for (n, i) in [("web", "eth0"), ("host", "eth0"), ("host", "docker0")] {
+                a.intern(n, i);
+            }
+            for (n, i) in [("w\u{1F600}", "e"), ("h", "x\ty"), ("h", "")] {
+                b.intern(n, i);
+            }
+            a.set_drop_reason(2, "NETFILTER_DROP");
+            b.set_drop_reason(77, "OTHER");
+            let mut events = Vec::new();
+            for (k, &(t, r, port, what)) in picks.iter().enumerate() {
+                if what == 7 {
+                    // A new name: the table's generation changes, index 3.. appears.
+                    a.intern("grown", &format!("if{k}"));
+                }
+                let labels = if what & 1 == 0 { &a } else { &b };
+                let o = Obs {
+                    ts_ns: r,
+                    ip_id: (r >> 8) as u32 & 0xffff,
+                    skb: if r & 4 == 0 { 0 } else { r | 1 << 63 },
+                    sport: template(t).sport + port,
+                    ..template(t)
+                };
+                let cached = s(|v| push_hop(v, &o, labels));
+                let fresh = fresh_hop(&o, labels);
+                proptest::prop_assert_eq!(cached.as_bytes(), fresh.as_slice());
+                // NAT events of a pool, now and then with a note or as an inner one.
+                let prev = template(t + 1);
+                let ev = NatEvent {
+                    kind: if port == 0 { NatKind::Snat } else { NatKind::Dnat },
+                    hop: o.hop,
+                    hook: Hook::Postrouting,
+                    family: o.family,
+                    before: Endpoints::of(&prev),
+                    after: Endpoints::of(&o),
+                    from_hop: u32::from(what & 1),
+                    icmp_ids: (what == 3).then_some((7, 9)),
+                };
+                events.push(ev);
+                let ev = events[(r % events.len() as u64) as usize];
+                let note: Option<&[u8]> = match what % 3 {
+                    0 => None,
+                    1 => Some(br#""rule": "MASQUERADE""#),
+                    _ => Some(br#""rule": "DNAT", "conntrack": {"id": 5}"#),
+                };
+                let inner = r & 8 != 0;
+                let mut cached = Vec::new();
+                with_cache(|c| match c {
+                    Some(c) => c.nat(&mut cached, &ev, inner, labels, note),
+                    None => push_nat_object(&mut cached, &ev, inner, labels, note),
+                });
+                let mut fresh = Vec::new();
+                push_nat_object(&mut fresh, &ev, inner, labels, note);
+                proptest::prop_assert_eq!(cached, fresh);
+            }
         }
     }
 }

@@ -6,79 +6,78 @@
 //! product prints byte for byte: `str(int)`, `f"0x{skb:x}"`, `socket.inet_ntop`
 //! (glibc's, tracer/addr.py) and `json.encoder.encode_basestring_ascii`.
 
-/// "00".."99": two decimal digits per lookup.
-const DIGITS2: &[u8; 200] = b"\
-0001020304050607080910111213141516171819\
-2021222324252627282930313233343536373839\
-4041424344454647484950515253545556575859\
-6061626364656667686970717273747576777879\
-8081828384858687888990919293949596979899";
-
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// 10^k for k in 0..=19.
-const POW10: [u64; 20] = {
-    let mut t = [1u64; 20];
-    let mut k = 1;
-    while k < 20 {
-        t[k] = t[k - 1] * 10;
-        k += 1;
-    }
-    t
-};
+// Digits are put together in a register, several per arithmetic step, and stored to the
+// buffer whole: writing them byte by byte into a scratch array and copying that out costs
+// a failed store-to-load forwarding (the copy's wide load waits for the narrow stores to
+// retire) on every number, which was most of what a number cost.
 
-/// How many decimal digits `v` has.
-#[inline]
-fn decimal_len(v: u64) -> usize {
-    // log10 from the bit length (1233/4096 ~ log10(2)), then one correction.
-    let t = (((64 - (v | 1).leading_zeros()) * 1233) >> 12) as usize;
-    let below = POW10.get(t).is_some_and(|&p| v < p);
-    (t + 1 - usize::from(below)).max(1)
+/// Append the first `n` (at most 8) bytes of `w` in memory order (`w`'s lowest byte first):
+/// one 8-byte store, then the length.
+#[inline(always)]
+fn push_word(out: &mut Vec<u8>, w: u64, n: usize) {
+    let len = out.len();
+    out.extend_from_slice(&w.to_le_bytes());
+    out.truncate(len + n.min(8));
 }
 
-/// Append a fixed-size buffer and keep its first `n` bytes: a copy of known size is a
-/// few stores, where a copy of a variable length is a call to `memcpy`.
-#[inline]
-fn push_prefix<const N: usize>(out: &mut Vec<u8>, buf: &[u8; N], n: usize) {
+/// [`push_word`] for up to 16 bytes.
+#[inline(always)]
+fn push_word16(out: &mut Vec<u8>, w: u128, n: usize) {
     let len = out.len();
-    out.extend_from_slice(buf);
-    out.truncate(len + n.min(N));
+    out.extend_from_slice(&w.to_le_bytes());
+    out.truncate(len + n.min(16));
+}
+
+/// The decimal digits (values 0-9, not yet ASCII) of `x` below 10^8, zero-padded to 8, the
+/// first in the lowest byte: 10^4, 10^2 and 10 split in all lanes at once (multiplications
+/// by reciprocals, exact for these ranges; no lane overflows into the next).
+#[inline(always)]
+fn digits8(x: u32) -> u64 {
+    let v = u64::from(x / 10_000) | u64::from(x % 10_000) << 32;
+    let q = ((v * 10_486) >> 20) & 0x0000_007F_0000_007F; // /100 per 32-bit lane
+    let v = q | (v - q * 100) << 16;
+    let t = ((v * 103) >> 10) & 0x000F_000F_000F_000F; // /10 per 16-bit lane
+    t | (v - t * 10) << 8
+}
+
+const ASCII_ZEROS: u64 = 0x3030_3030_3030_3030;
+
+/// `x` below 10^8 as its digits without leading zeros (one at least): the ASCII word
+/// shifted down to its first digit, and the digit count.
+#[inline(always)]
+fn head8(x: u32) -> (u64, usize) {
+    let d = digits8(x);
+    // Leading zero digits are the low zero bytes.
+    let zeros = ((d.trailing_zeros() / 8) as usize).min(7);
+    ((d | ASCII_ZEROS) >> (8 * zeros), 8 - zeros)
 }
 
 /// `v` in decimal, as `str(int)`.
-#[inline]
+#[inline(always)]
 pub fn push_u64(out: &mut Vec<u8>, v: u64) {
-    let n = decimal_len(v);
-    let mut tmp = [0u8; 20];
-    let mut i = n;
-    let mut v = v;
-    // Four digits per 64-bit division; the two pairs of each from 32-bit arithmetic.
-    while v >= 10_000 {
-        let rem = (v % 10_000) as u32;
-        v /= 10_000;
-        let (hi, lo) = ((rem / 100) as usize * 2, (rem % 100) as usize * 2);
-        i -= 4;
-        tmp[i..i + 2].copy_from_slice(&DIGITS2[hi..hi + 2]);
-        tmp[i + 2..i + 4].copy_from_slice(&DIGITS2[lo..lo + 2]);
-    }
-    let mut v = v as u32;
-    if v >= 100 {
-        let lo = (v % 100) as usize * 2;
-        v /= 100;
-        i -= 2;
-        tmp[i..i + 2].copy_from_slice(&DIGITS2[lo..lo + 2]);
-    }
-    if v >= 10 {
-        let d = v as usize * 2;
-        tmp[i - 2..i].copy_from_slice(&DIGITS2[d..d + 2]);
+    const E8: u64 = 100_000_000;
+    const E16: u64 = E8 * E8;
+    if v < E8 {
+        let (w, n) = head8(v as u32);
+        push_word(out, w, n);
+    } else if v < E16 {
+        let (w, n) = head8((v / E8) as u32);
+        let lo = digits8((v % E8) as u32) | ASCII_ZEROS;
+        push_word16(out, u128::from(w) | u128::from(lo) << (8 * n), n + 8);
     } else {
-        tmp[i - 1] = b'0' + v as u8;
+        let (w, n) = head8((v / E16) as u32); // at most 1844
+        let rest = v % E16;
+        push_word(out, w, n);
+        let mid = digits8((rest / E8) as u32) | ASCII_ZEROS;
+        let lo = digits8((rest % E8) as u32) | ASCII_ZEROS;
+        push_word16(out, u128::from(mid) | u128::from(lo) << 64, 16);
     }
-    push_prefix(out, &tmp, n);
 }
 
 /// `v` in decimal, or `null`.
-#[inline]
+#[inline(always)]
 pub fn push_opt(out: &mut Vec<u8>, v: Option<u64>) {
     match v {
         Some(v) => push_u64(out, v),
@@ -86,63 +85,71 @@ pub fn push_opt(out: &mut Vec<u8>, v: Option<u64>) {
     }
 }
 
+/// `x`'s 8 hex digits in ASCII (lowercase), the first in the lowest byte.
+#[inline]
+fn hex8(x: u32) -> u64 {
+    // Nibble k (from the lowest) to byte k, then reversed: the first digit lowest.
+    let v = u64::from(x);
+    let v = (v | v << 16) & 0x0000_FFFF_0000_FFFF;
+    let v = (v | v << 8) & 0x00FF_00FF_00FF_00FF;
+    let v = ((v | v << 4) & 0x0F0F_0F0F_0F0F_0F0F).swap_bytes();
+    // Digits 10-15 carry into bit 4 when 6 is added: those get 'a' - '0' - 10 more.
+    let letters = ((v + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    v + ASCII_ZEROS + letters * (b'a' - b'0' - 10) as u64
+}
+
 /// `v` in lowercase hex without leading zeros (`format(v, "x")`).
 #[inline]
 pub fn push_hex(out: &mut Vec<u8>, v: u64) {
-    let nibbles = (64 - (v | 1).leading_zeros()).div_ceil(4);
-    for k in (0..nibbles).rev() {
-        out.push(HEX[((v >> (k * 4)) & 0xF) as usize]);
+    let n = (64 - (v | 1).leading_zeros()).div_ceil(4) as usize; // 1..=16
+    if n <= 8 {
+        push_word(out, hex8(v as u32) >> (8 * (8 - n)), n);
+    } else {
+        let hi = hex8((v >> 32) as u32) >> (8 * (16 - n));
+        let lo = hex8(v as u32);
+        push_word16(out, u128::from(hi) | u128::from(lo) << (8 * (n - 8)), n);
     }
 }
 
-/// Dotted quad: each octet's digits, (length, up to three digits).
-static OCTETS: [(u8, [u8; 3]); 256] = {
-    let mut t = [(0u8, [0u8; 3]); 256];
+/// Dotted quad: each octet's digits (the first in the lowest byte) and their count.
+static OCTETS: [(u32, u8); 256] = {
+    let mut t = [(0u32, 0u8); 256];
     let mut i = 0;
     while i < 256 {
-        let (h, d, u) = ((i / 100) as u8, ((i / 10) % 10) as u8, (i % 10) as u8);
+        let (h, d, u) = ((i / 100) as u32, ((i / 10) % 10) as u32, (i % 10) as u32);
         t[i] = if i >= 100 {
-            (3, [b'0' + h, b'0' + d, b'0' + u])
+            (0x30_30_30 | h | d << 8 | u << 16, 3)
         } else if i >= 10 {
-            (2, [b'0' + d, b'0' + u, 0])
+            (0x30_30 | d | u << 8, 2)
         } else {
-            (1, [b'0' + u, 0, 0])
+            (0x30 | u, 1)
         };
         i += 1;
     }
     t
 };
 
-/// `"a.b.c.d"` (quoted when `quote`) into `buf`, returning its length.
+/// `a.b.c.d` as a word (the first character in the lowest byte) and its length (at most 15).
 #[inline]
-fn ipv4_text(a: &[u8; 4], quote: bool, buf: &mut [u8; 20]) -> usize {
-    let mut n = 0;
-    if quote {
-        buf[0] = b'"';
-        n = 1;
-    }
+fn ipv4_word(a: &[u8; 4]) -> (u128, usize) {
+    let (mut w, mut n) = (0u128, 0usize);
     for (k, &b) in a.iter().enumerate() {
         if k > 0 {
-            buf[n] = b'.';
+            w |= u128::from(b'.') << (8 * n);
             n += 1;
         }
-        let (len, d) = &OCTETS[b as usize];
-        buf[n..n + 3].copy_from_slice(d);
-        n += *len as usize;
+        let (d, len) = OCTETS[usize::from(b)];
+        w |= u128::from(d) << (8 * n);
+        n += usize::from(len);
     }
-    if quote {
-        buf[n] = b'"';
-        n += 1;
-    }
-    n
+    (w, n)
 }
 
 /// An IPv4 address in dotted-quad form.
 #[inline]
 pub fn push_ipv4(out: &mut Vec<u8>, a: &[u8; 4]) {
-    let mut buf = [0u8; 20];
-    let n = ipv4_text(a, false, &mut buf);
-    push_prefix(out, &buf, n);
+    let (w, n) = ipv4_word(a);
+    push_word16(out, w, n);
 }
 
 /// An IPv6 address as glibc's `inet_ntop` writes it (what Python's `socket.inet_ntop`
@@ -215,9 +222,10 @@ pub fn push_addr(out: &mut Vec<u8>, family: u8, raw: &[u8; 16]) {
 #[inline]
 pub fn push_addr_json(out: &mut Vec<u8>, family: u8, raw: &[u8; 16]) {
     if family == 4 {
-        let mut buf = [0u8; 20];
-        let n = ipv4_text(&[raw[0], raw[1], raw[2], raw[3]], true, &mut buf);
-        push_prefix(out, &buf, n);
+        // The closing quote fits in the word: 15 characters at most before it.
+        let (w, n) = ipv4_word(&[raw[0], raw[1], raw[2], raw[3]]);
+        out.push(b'"');
+        push_word16(out, w | u128::from(b'"') << (8 * n), n + 1);
         return;
     }
     out.push(b'"');
@@ -315,6 +323,20 @@ mod tests {
             assert_eq!(text(|o| push_hex(o, v)), format!("{v:x}"));
         }
         assert_eq!(text(|o| push_opt(o, None)), "null");
+        // Every digit count and the 8-digit groups' edges: 10^k and 2^k, each +-1.
+        let mut edges = vec![u64::MAX - 1];
+        for k in 0..20 {
+            let p = 10u64.pow(k);
+            edges.extend([p - 1, p, p + 1, p.saturating_mul(10) - 1]);
+        }
+        for k in 0..64 {
+            let p = 1u64 << k;
+            edges.extend([p - 1, p, p + 1]);
+        }
+        for v in edges {
+            assert_eq!(text(|o| push_u64(o, v)), v.to_string());
+            assert_eq!(text(|o| push_hex(o, v)), format!("{v:x}"));
+        }
     }
 
     #[test]
@@ -360,6 +382,19 @@ mod tests {
         fn decimal_as_std(v in any::<u64>()) {
             prop_assert_eq!(text(|o| push_u64(o, v)), v.to_string());
             prop_assert_eq!(text(|o| push_hex(o, v)), format!("{v:x}"));
+        }
+
+        #[test]
+        fn decimal_as_std_at_every_size(v in any::<u64>(), shift in 0u32..64) {
+            // Uniform u64s are nearly all 19-20 digits: shift to reach every length.
+            let v = v >> shift;
+            prop_assert_eq!(text(|o| push_u64(o, v)), v.to_string());
+            prop_assert_eq!(text(|o| push_hex(o, v)), format!("{v:x}"));
+            // Appended after what the buffer holds, nothing else touched.
+            let mut buf = b"x".to_vec();
+            push_u64(&mut buf, v);
+            push_hex(&mut buf, v);
+            prop_assert_eq!(buf, format!("x{v}{v:x}").into_bytes());
         }
 
         #[test]
