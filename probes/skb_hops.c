@@ -432,7 +432,12 @@ static __always_inline int look(struct hop_meta *m, void *skb, void *dev, u8 kin
         // No device (a socket's queue, a local packet before routing, e.g. an OUTPUT drop):
         // the namespace of the socket that owns it, so the hop is named and the netns
         // filter sees it. ifindex stays 0: the hop says "(no device)".
-        void *skp = (void *)rd64(skb, HT_OFF_SKB_SK);
+        void *skp;
+#if HT_SKB_LO <= HT_OFF_SKB_SK && HT_OFF_SKB_SK + 8 <= HT_SKB_HI
+        __builtin_memcpy(&skp, &sk[HT_OFF_SKB_SK - HT_SKB_LO], 8);
+#else
+        skp = (void *)rd64(skb, HT_OFF_SKB_SK);
+#endif
         if (skp) {
             void *netp = (void *)rd64(skp, HT_OFF_SK_NET);
             if (netp)
