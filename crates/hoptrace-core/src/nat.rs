@@ -137,11 +137,35 @@ fn originated(hops: &[Obs], upto: usize, labels: &Labels) -> bool {
         .all(|h| same_namespace(h, here, labels) && view::direction(h) == Some(Direction::Tx))
 }
 
+/// `a` and `b` hold the same raw header fields that [`Endpoints::of`], [`view::icmp_id`]
+/// and [`view::inner`] read (family, `has`, addresses, ports, echo id, quoted header):
+/// those views of the two are equal, so no rewrite happened between them. Most
+/// consecutive hops of a path are such a pair; comparing the fields costs less than
+/// building the views.
+#[inline]
+fn same_header_fields(a: &Obs, b: &Obs) -> bool {
+    a.family == b.family
+        && a.has == b.has
+        && a.src == b.src
+        && a.dst == b.dst
+        && a.sport == b.sport
+        && a.dport == b.dport
+        && a.icmp_id == b.icmp_id
+        && a.inner_src == b.inner_src
+        && a.inner_dst == b.inner_dst
+        && a.inner_proto == b.inner_proto
+        && a.inner_sport == b.inner_sport
+        && a.inner_dport == b.inner_dport
+}
+
 /// Every rewrite between consecutive sightings in one namespace, in path order,
 /// appended to `out`.
 pub fn infer_nat(hops: &[Obs], labels: &Labels, out: &mut Vec<NatEvent>) {
     for (i, pair) in hops.windows(2).enumerate() {
         let (a, b) = (&pair[0], &pair[1]);
+        if same_header_fields(a, b) {
+            continue; // nothing to compare: the views below would be equal too
+        }
         if !same_namespace(a, b, labels)
             || a.family == 0
             || a.family != b.family
