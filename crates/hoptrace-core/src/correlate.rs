@@ -137,6 +137,9 @@ pub struct Joiner {
     order: Vec<u128>,
     /// Source hop index -> the node of its label (which namespace a file hop is in).
     hop_nodes: Vec<u32>,
+    /// Source hop index -> (the caller's label, whether it is unnamed), when the caller
+    /// added its hops with [`Joiner::add_hop_label`]: finished sightings carry the label.
+    relabel: Option<Vec<(u32, bool)>>,
     /// Where NAT may change a header: None anywhere (replay), else these namespaces.
     nat_netns: Option<HashSet<u64>>,
 }
@@ -214,6 +217,16 @@ impl Joiner {
     /// node `node` (a label's `node_id`): with the netns, the namespace a sighting is in.
     pub fn add_hop_node(&mut self, node: u32) {
         self.hop_nodes.push(node);
+    }
+
+    /// [`Joiner::add_hop_node`], and the label finished sightings of the hop carry in their
+    /// `hop` (an index the join never reads), with whether it is unnamed
+    /// ([`Finished::unnamed`]). A caller adds every hop this way or none.
+    pub fn add_hop_label(&mut self, node: u32, label: u32, unnamed: bool) {
+        self.hop_nodes.push(node);
+        self.relabel
+            .get_or_insert_with(Vec::new)
+            .push((label, unnamed));
     }
 
     /// Source hop index -> node, all at once (a batch with a label table of its own); the
@@ -348,7 +361,8 @@ impl Joiner {
             {
                 break;
             }
-            self.open.finish_idlest(self.steps, out);
+            self.open
+                .finish_idlest(self.steps, self.relabel.as_deref(), out);
             rows += size;
             taken += 1;
         }

@@ -147,9 +147,6 @@ struct Learner {
     finisher: PathFinisher,
     /// A path filter runs: a path is shown when it is marked.
     filtered: bool,
-    /// Source hop index (what rows' `hop` holds, and the join's hop signature reads) ->
-    /// the finisher's label, interned by (node, iface).
-    remap: Vec<u32>,
 }
 
 impl JoinEvents for Learner {
@@ -166,11 +163,10 @@ impl JoinEvents for Learner {
         if out.paths.is_empty() {
             return;
         }
-        for o in &mut out.obs {
-            o.hop = self.remap.get(o.hop as usize).copied().unwrap_or(u32::MAX);
-        }
+        // The join handed the sightings out with the finisher's labels in `hop` (source
+        // hop index -> the label interned by (node, iface): `Engine::add_hop`).
         self.finisher
-            .finish_step(&out.paths, &out.obs, !self.filtered);
+            .finish_step_labelled(&out.paths, &out.obs, !self.filtered, out.unnamed);
         out.clear();
     }
 }
@@ -198,7 +194,6 @@ impl Engine {
             learner: Learner {
                 finisher,
                 filtered: cfg.filter,
-                remap: Vec::new(),
             },
             out: Finished::default(),
             observations: 0,
@@ -211,9 +206,8 @@ impl Engine {
     /// added), names as "surrogatepass" UTF-8, and the link type of its frames.
     pub fn add_hop(&mut self, node: &[u8], iface: &[u8], linktype: u32) {
         let label = self.learner.finisher.labels_mut().intern_wtf8(node, iface);
-        self.learner.remap.push(label);
-        let node_id = self.learner.finisher.labels().get(label).node_id;
-        self.joiner.add_hop_node(node_id);
+        let l = self.learner.finisher.labels().get(label);
+        self.joiner.add_hop_label(l.node_id, label, l.unnamed);
         if let Some(f) = &mut self.filter {
             f.add_hop(node, iface, linktype);
         }

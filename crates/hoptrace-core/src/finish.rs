@@ -136,6 +136,9 @@ pub struct PathFinisher {
     /// Per shown path of a step, its note; scratch for annotated hops and NAT events.
     step_notes: Vec<Option<u32>>,
     step_shown: Vec<bool>,
+    /// Per path of a step whose notes were looked up, its NAT events: `step_nat[a..b]`.
+    step_nat: Vec<NatEvent>,
+    step_nat_at: Vec<(usize, usize)>,
     noted_hops: Vec<Obs>,
     noted_nat: Vec<NatEvent>,
     /// Scratch: sightings with their unnamed hops named (drops.rs `name_hops`).
@@ -168,6 +171,8 @@ impl PathFinisher {
             notes: None,
             step_notes: Vec::new(),
             step_shown: Vec::new(),
+            step_nat: Vec::new(),
+            step_nat_at: Vec::new(),
             noted_hops: Vec::new(),
             noted_nat: Vec::new(),
             named: Vec::new(),
@@ -190,21 +195,27 @@ impl PathFinisher {
         self.notes.as_mut()
     }
 
-    /// The step's shown paths looked up in the tables; the misses asked at once.
+    /// The step's shown paths looked up in the tables; the misses asked at once. Each
+    /// shown path's NAT events stay in `step_nat` for its line.
     fn look_up_notes(&mut self, shown: &[bool], paths: &[FinishedPath], obs: &[Obs]) {
         self.step_notes.clear();
+        self.step_nat.clear();
+        self.step_nat_at.clear();
         let Some(notes) = &mut self.notes else {
             return;
         };
         for (p, &show) in paths.iter().zip(shown) {
             let hops = obs.get(p.start..p.end).filter(|h| show && !h.is_empty());
+            let start = self.step_nat.len();
             let Some(hops) = hops else {
                 self.step_notes.push(None);
+                self.step_nat_at.push((start, start));
                 continue;
             };
-            self.nat.clear();
-            infer_nat(hops, &self.labels, &mut self.nat);
-            self.step_notes.push(notes.lookup(hops, &self.nat));
+            infer_nat(hops, &self.labels, &mut self.step_nat);
+            let nat = self.step_nat.get(start..).unwrap_or_default();
+            self.step_notes.push(notes.lookup(hops, nat));
+            self.step_nat_at.push((start, self.step_nat.len()));
         }
         if notes.pending() {
             notes.resolve(&mut self.labels, |out, hops, nat, labels| {
@@ -343,7 +354,20 @@ impl PathFinisher {
     /// `end_step`, but every path is judged first (in finishing order: links, verdict,
     /// flow) and the shown ones are then written straight in number order.
     pub fn finish_step(&mut self, paths: &[FinishedPath], obs: &[Obs], all_shown: bool) {
-        if obs.iter().any(|o| drops::unnamed(o, &self.labels)) {
+        let unnamed = obs.iter().any(|o| drops::unnamed(o, &self.labels));
+        self.finish_step_labelled(paths, obs, all_shown, unnamed);
+    }
+
+    /// [`PathFinisher::finish_step`] when the caller knows whether a hop of `obs` is
+    /// unnamed (`drops::unnamed`; the join can tell as it hands sightings out).
+    pub fn finish_step_labelled(
+        &mut self,
+        paths: &[FinishedPath],
+        obs: &[Obs],
+        all_shown: bool,
+        unnamed: bool,
+    ) {
+        if unnamed {
             // Each path's unnamed hops named, in a copy of the paths' sightings.
             let (mut named, mut named_paths) = (
                 std::mem::take(&mut self.named),
@@ -395,6 +419,7 @@ impl PathFinisher {
             self.step_shown = shown;
         } else {
             self.step_notes.clear();
+            self.step_nat_at.clear();
         }
         for (k, p) in paths.iter().enumerate() {
             let Some(hops) = obs.get(p.start..p.end) else {
@@ -419,7 +444,16 @@ impl PathFinisher {
                 continue;
             };
             self.nat.clear();
-            infer_nat(hops, &self.labels, &mut self.nat);
+            // Found when the notes were looked up (the labels it reads have not changed
+            // since: interning only adds labels), else inferred now.
+            match self
+                .step_nat_at
+                .get(k)
+                .and_then(|&(a, b)| self.step_nat.get(a..b))
+            {
+                Some(nat) if noted => self.nat.extend_from_slice(nat),
+                _ => infer_nat(hops, &self.labels, &mut self.nat),
+            }
             let note = self.step_notes.get(k).copied().flatten();
             let mut written = false;
             let line_start = self.out.len();

@@ -27,6 +27,9 @@ pub struct Finished {
     pub sightings: Vec<u64>,
     /// The sightings themselves, parallel to `sightings` (only when the joiner keeps them).
     pub obs: Vec<Obs>,
+    /// One of `obs` has a hop whose label is unnamed (known only when the joiner relabels
+    /// them: `Joiner::add_hop_label`).
+    pub unnamed: bool,
 }
 
 impl Finished {
@@ -34,6 +37,7 @@ impl Finished {
         self.paths.clear();
         self.sightings.clear();
         self.obs.clear();
+        self.unnamed = false;
     }
 
     pub fn is_empty(&self) -> bool {

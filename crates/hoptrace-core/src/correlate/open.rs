@@ -365,8 +365,15 @@ impl OpenPaths {
     }
 
     /// Finish the path `idlest` returned: its sightings go to `out` in path order
-    /// (time, then arrival), as part of expiry step `step`.
-    pub fn finish_idlest(&mut self, step: u64, out: &mut Finished) {
+    /// (time, then arrival), as part of expiry step `step`, with their `hop` rewritten by
+    /// `relabel` when given (source hop -> (label, unnamed); an unknown hop gets
+    /// `u32::MAX`, which is not unnamed).
+    pub fn finish_idlest(
+        &mut self,
+        step: u64,
+        relabel: Option<&[(u32, bool)]>,
+        out: &mut Finished,
+    ) {
         let Some(Entry { slot, .. }) = self.idle.pop() else {
             return;
         };
@@ -382,7 +389,15 @@ impl OpenPaths {
             .all(|w| (w[0].ts, w[0].g) <= (w[1].ts, w[1].g))
         {
             out.sightings.extend(refs.iter().map(|r| r.g));
-            out.obs.extend_from_slice(&p.obs);
+            match relabel {
+                None => out.obs.extend_from_slice(&p.obs),
+                Some(t) => {
+                    let mut unnamed = false;
+                    out.obs
+                        .extend(p.obs.iter().map(|o| relabelled(o, t, &mut unnamed)));
+                    out.unnamed |= unnamed;
+                }
+            }
         } else {
             // A late sighting (another CPU's ring): hops in time order, equal times in arrival order.
             self.perm.clear();
@@ -397,7 +412,10 @@ impl OpenPaths {
                     out.sightings.push(r.g);
                 }
                 if let Some(o) = p.obs.get(j as usize) {
-                    out.obs.push(*o);
+                    match relabel {
+                        None => out.obs.push(*o),
+                        Some(t) => out.obs.push(relabelled(o, t, &mut out.unnamed)),
+                    }
                 }
             }
         }
@@ -408,4 +426,15 @@ impl OpenPaths {
         p.obs.clear();
         self.free.push(slot);
     }
+}
+
+/// `o` with its source hop's label from `table`; `unnamed` set when that label is.
+#[inline]
+fn relabelled(o: &Obs, table: &[(u32, bool)], unnamed: &mut bool) -> Obs {
+    let (hop, u) = table
+        .get(o.hop as usize)
+        .copied()
+        .unwrap_or((u32::MAX, false));
+    *unnamed |= u;
+    Obs { hop, ..*o }
 }
