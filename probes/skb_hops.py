@@ -4,10 +4,12 @@
 ``-DHT_OFF_*`` from the running kernel's BTF (probes/btf.py), attaches the
 raw tracepoints. A reader thread of the core (``tracer._core.EbpfRing``, no GIL)
 polls the ring buffer's mmap on a timer (no wake-up per event: the C side
-reserves with ``BPF_RB_NO_WAKEUP`` and batches events per record) and decodes
-the records in bulk (hop events -> rows in UTC, hop labels, the frames decoded);
-``batches()`` hands its batches on, naming the hop labels it reports as new,
-and flushes quiet CPUs' stages and re-samples the clock meanwhile.
+reserves with ``BPF_RB_NO_WAKEUP`` and batches events per record), flushes quiet
+CPUs' stages, and decodes the records in bulk (hop events -> rows in UTC, hop
+labels, the frames decoded). ``batches()`` hands its batches on as ObsBatch,
+naming the hop labels it reports as new, and re-samples the clock meanwhile;
+``stream_steps()`` has the core feed them to the engine's ``Stream`` itself
+(``Stream.feed_ring``: no numpy array, no Python per batch but the step).
 
 This is the only module that imports ``bcc``.
 """
@@ -19,12 +21,12 @@ import ctypes.util
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from ipaddress import ip_address
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from probes.btf import KernelLayout, load_layout
 from probes.headers import HeaderTree, ensure_bcc_env
@@ -35,6 +37,9 @@ from tracer.pcap_expr import PROTO_NUMBERS, kernel_sets
 from tracer.protocols import Attachments
 from tracer.sources.names import NodeNamer
 
+if TYPE_CHECKING:
+    from tracer.engine import RingStep, StreamTables
+
 C_SOURCE = Path(__file__).with_suffix(".c")
 IFNAMSIZ = 16
 HEADER_LEN = 16  # struct hop_batch: count, busy, first_ts
@@ -43,11 +48,17 @@ DEFAULT_RING_PAGES = 4096  # 16 MiB: ~90 ms of 600k events/s at 184 B
 # Poll period (the issue's 1-5 ms timer): the ring is read this often, so it never holds
 # more than a few ms of events.
 POLL_S = 0.005
+# Quiet CPUs' stages are flushed this often (by the core's reader thread).
+FLUSH_S = 0.005
+# With nothing read for this long, a step says the source's clock (paths idle finish); the
+# consumer waits for a batch this long at most.
 IDLE_YIELD_S = 0.05
+# The clock is re-sampled at most this often (MonoToUtc re-samples once a second).
+CLOCK_S = 0.1
 # What was read is held until there are this many events or the oldest is this old: each
-# batch costs the engine a fixed amount in Python (a TCP stream, ~60k events/s, would
-# otherwise come in batches of a few hundred).
-HOLD_EVENTS = 2048
+# batch costs the consumer a fixed amount (a wake-up, a step in Python), so a flood comes in
+# few large batches (400k events/s: ~50 a second) and a trickle within HOLD_S.
+HOLD_EVENTS = 8192
 HOLD_S = 0.04
 # Decoded events the core's reader thread keeps for a consumer that is behind (~24 MB);
 # past it the reader waits and the kernel's ring takes the rest (its overflow counted).
@@ -451,50 +462,102 @@ class EbpfSource:
 
     def batches(self) -> Iterator[ObsBatch]:
         """The decoded batches, in order. The core's reader thread polls the ring every
-        ``poll_s`` and decodes what it read once ``HOLD_EVENTS`` are held or the oldest is
-        ``HOLD_S`` old (``_core.EbpfRing.start``); this thread flushes quiet CPUs' stages
-        every 5 ms, re-samples the clock, names new hop labels and waits for batches
-        without the GIL. Ends after stop(): the stages and the ring drained, probes detached."""
+        ``poll_s``, flushes quiet CPUs' stages every ``FLUSH_S``, and decodes what it read
+        once ``HOLD_EVENTS`` are held or the oldest is ``HOLD_S`` old
+        (``_core.EbpfRing.start``); this thread re-samples the clock, names new hop labels
+        and waits for batches without the GIL. Ends after stop(): the stages and the ring
+        drained, probes detached."""
+        for step in self._steps(None, None, None):
+            if isinstance(step, ObsBatch):
+                yield step
+
+    def stream_steps(self, stream: Any, tables: StreamTables,
+                     batch_mode: Callable[[], bool]) -> Iterator[ObsBatch | RingStep]:
+        """``batches()`` for the engine's core ``stream`` (``tracer._core.Stream``): the core
+        feeds each batch the reader thread decoded to it (``Stream.feed_ring``), and a step is
+        ``(sightings, ndjson, index, hops)`` as the stream returns its output. ``tables``
+        hears of the hop labels (in order, all of them so far: new ones named here before
+        any row that points to them is fed) and the drop reasons. While ``batch_mode()``
+        (a consumer needs the rows: a recorder) a step is an ObsBatch, as from ``batches()``;
+        the two mix, in order. Ends as ``batches()`` does."""
+        return self._steps(stream, tables, batch_mode)
+
+    def _steps(self, stream: Any, tables: StreamTables | None,
+               batch_mode: Callable[[], bool] | None) -> Iterator[ObsBatch | RingStep]:
         ring = self._core_ring()
+        if tables is not None:
+            tables.name_reasons(self.layout.drop_reasons if self.layout else {})
+            tables.learn(self._labels.hops)
         last_yield = time.monotonic()
-        next_flush = 0.0
+        next_clock = 0.0
         try:
             with self._lock:
                 if self._mapped:
                     # reading starts with the consumer: until then the kernel's ring holds the events
-                    ring.start(self.poll_s, HOLD_EVENTS, HOLD_S, MAX_QUEUED)
+                    ring.start(self.poll_s, HOLD_EVENTS, HOLD_S, MAX_QUEUED,
+                               self._flush_fd if self._flush_fd >= 0 else None, self._cpus, FLUSH_S)
             while True:
                 with self._lock:
-                    now = time.monotonic()
-                    if self._bpf is not None:
-                        if self._stop.is_set():
-                            self._detach()  # drains what is left into the queue
-                        elif now >= next_flush:
-                            # events staged on a quiet CPU would otherwise wait for its next packet
-                            self._flush_cpus()
-                            next_flush = now + 0.005
+                    if self._bpf is not None and self._stop.is_set():
+                        self._detach()  # drains what is left into the queue
                     detached = self._bpf is None
-                if not detached:
+                now = time.monotonic()
+                if not detached and now >= next_clock:
                     # no event is converted meanwhile: the new function applies after now only
                     ring.resample_clock(self._utc())
-                got = ring.next_batch(0.0 if detached else max(0.0, min(self.poll_s, next_flush - time.monotonic())))
-                if got is not None:
-                    yield self._batch(*got)
+                    next_clock = now + CLOCK_S
+                wait = 0.0 if detached else IDLE_YIELD_S
+                direct = stream is not None and tables is not None and not (batch_mode and batch_mode())
+                step: ObsBatch | RingStep | None
+                if direct:
+                    step = self._fed(stream, tables, ring, wait, detached)  # type: ignore[arg-type]
+                else:
+                    step = self._next_batch(ring, wait, detached)
+                if step is not None:
+                    yield step
                     last_yield = time.monotonic()
-                elif detached and ring.held:
-                    with self._lock:
-                        batch = self._take()  # what the last poll read
-                    yield batch
-                elif detached and ring.finished:
+                elif detached and ring.finished and not ring.held:
                     # the source's clock at the end: paths idle since before it can finish normally
-                    yield self._empty()
+                    yield self._idle(stream if direct else None)
                     break
-                elif now - last_yield >= IDLE_YIELD_S:
-                    yield self._empty()
-                    last_yield = now
+                elif time.monotonic() - last_yield >= IDLE_YIELD_S:
+                    yield self._idle(stream if direct else None)
+                    last_yield = time.monotonic()
         finally:
             with self._lock:
                 self._detach()
+
+    def _next_batch(self, ring: Any, wait: float, detached: bool) -> ObsBatch | None:
+        got = ring.next_batch(wait)
+        if got is not None:
+            return self._batch(*got)
+        if detached and ring.held:
+            with self._lock:
+                return self._take()  # what the last poll read
+        return None
+
+    def _fed(self, stream: Any, tables: StreamTables, ring: Any, wait: float, detached: bool) -> RingStep | None:
+        """One ``Stream.feed_ring``: the batches ready fed to ``stream``, their new hop labels
+        named first."""
+        if detached and ring.held:
+            ring.set_clock(*self._utc().knots())  # what the last poll read decodes with the clock now
+        n, misses, data, index, hops = stream.feed_ring(ring, wait)
+        if misses:
+            self._name(misses)
+            tables.learn(self._labels.hops)
+            n, misses, data, index, hops = stream.feed_ring(ring, 0.0)
+            if misses:
+                raise RuntimeError(f"hop label {misses[0][0]} out of step with the core's table")
+        if not (n or len(data) or len(index)):
+            return None
+        return n, data, index, hops
+
+    def _idle(self, stream: Any) -> ObsBatch | RingStep:
+        """Nothing read: the source's clock (UTC, as the sightings), as an empty batch or fed."""
+        if stream is None:
+            return self._empty()
+        data, index, hops = stream.advance(self._utc().now_utc())
+        return 0, data, index, hops
 
     # --- runtime control -----------------------------------------------------
 
@@ -593,7 +656,7 @@ class EbpfSource:
 
     def _empty(self) -> ObsBatch:
         return ObsBatch(
-            rows=__import__("numpy").zeros(0, dtype=self._obs_dtype),
+            rows=__import__("numpy").zeros(0, dtype=self._obs_dtype if self._obs_dtype is not None else obs_dtype()),
             hops=self._labels.hops,
             now_ns=self._utc().now_utc(),  # UTC, as the sightings
             drop_reasons=self.layout.drop_reasons if self.layout else {},
@@ -624,9 +687,7 @@ class EbpfSource:
         """A decoded batch. The core stamped it in UTC and gave each (netns, ifindex, ifname,
         link type) it had not seen the next hop index at once: those labels are named here,
         before the batch leaves (no row waits for a name)."""
-        for index, netns, ifindex, ifname, linktype in misses:
-            if self._new_label(netns, ifindex, ifname, linktype) != index:
-                raise RuntimeError(f"hop label {index} out of step with the core's table")
+        self._name(misses)
         return ObsBatch(
             rows=rows,
             hops=self._labels.hops,
@@ -634,6 +695,12 @@ class EbpfSource:
             now_ns=None,
             drop_reasons=self.layout.drop_reasons if self.layout else {},
         )
+
+    def _name(self, misses: list[tuple[int, int, int, bytes, int]]) -> None:
+        """Labels for the hop keys the core reports as new, at the indexes it gave them."""
+        for index, netns, ifindex, ifname, linktype in misses:
+            if self._new_label(netns, ifindex, ifname, linktype) != index:
+                raise RuntimeError(f"hop label {index} out of step with the core's table")
 
     def _new_label(self, netns: int, ifindex: int, ifname: bytes, linktype: int) -> int:
         namer = self._namer

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 Annotator = Callable[[PacketPath], PacketPath]
 Event = PacketPath | Flow
+#: A step a source fed the core's stream itself (``FeedsStream``): the sightings fed, then the
+#: stream's output as ``Stream.feed`` returns it (NDJSON, its line index, the hops' extras).
+RingStep = tuple[int, bytes, "np.ndarray[Any, Any]", "np.ndarray[Any, Any]"]
 
 # Line kinds in a step's index (crates/hoptrace-py/src/stream.rs).
 PATH_LINE, FLOW_LINE = 0, 1
@@ -148,6 +151,38 @@ class RecordsRelays(Protocol):
     that linked any, as ``Stream.add_relays`` takes them)."""
 
     def on_relays(self, pairs: list[tuple[Any, ...]]) -> None: ...
+
+
+class StreamTables(Protocol):
+    """What a source that feeds the core itself tells it through the engine (``_Feeder``)."""
+
+    def learn(self, hops: list[HopLabel]) -> None:
+        """The source's label table (one list, append-only): labels not told yet are added, in
+        order, before any row that points to them is fed."""
+        ...
+
+    def name_reasons(self, reasons: dict[int, str]) -> None:
+        """Drop reason names by code, for the rows' ``drop_reason``."""
+        ...
+
+
+@runtime_checkable
+class FeedsStream(Protocol):
+    """A source whose batches the core can take without Python (probes/skb_hops.py: the eBPF
+    ring's, ``Stream.feed_ring``). ``stream_steps`` yields per step either a ``RingStep``
+    (fed already) or, while ``batch_mode()``, an ObsBatch for the engine to feed; None: not
+    now (tracer/pipeline.py: a sampler that works on rows), ``batches()`` then."""
+
+    def stream_steps(self, stream: Any, tables: StreamTables,
+                     batch_mode: Callable[[], bool]) -> Iterator[ObsBatch | RingStep] | None: ...
+
+
+@runtime_checkable
+class CountsSightings(Protocol):
+    """A batch hook that needs only how many sightings a step had (tracer/sampling.py
+    ``CpuBudget``): while every hook is one, a ``FeedsStream`` source feeds the core itself."""
+
+    def tick(self, sightings: int = 0) -> None: ...
 
 
 @runtime_checkable
@@ -373,8 +408,36 @@ class Engine:
         self._t0 = time.monotonic()
         self._t1 = None
         self.source.start()
+
+        def before() -> None:
+            # what the tables, the local answers, the raw sockets and the NAT scope add
+            nonlocal nat_told
+            if tables is not None:
+                tables.refresh()
+            if locals_ is not None:
+                locals_.answer()
+            if raw is not None:
+                raw.refresh()
+            if self.nat_scope is not None:
+                nat = self.nat_scope.nat_netns()
+                if nat != nat_told:
+                    stream.set_nat_namespaces(sorted(nat))
+                    nat_told = nat
+
+        def after() -> None:
+            if tables is not None:
+                tables.count()
+            if locals_ is not None:
+                locals_.ask()
+
         try:
-            batches = iter(self.source.batches())
+            steps = None
+            if isinstance(self.source, FeedsStream):
+                steps = self.source.stream_steps(stream, feeder, self._batch_mode)
+            fed = steps is not None
+            batches: Iterator[ObsBatch | RingStep] = iter(steps if steps is not None else self.source.batches())
+            if fed:
+                before()  # a step is fed while the engine waits for it: its tables go first
             while not self._done():
                 try:
                     batch = next(batches)
@@ -384,25 +447,25 @@ class Engine:
                     # Print what was found before the damage, then report it.
                     yield from self._flush(stream, annotate, tables, locals_, raw)
                     raise
+                if isinstance(batch, tuple):
+                    n, data, index, hops = batch
+                    self._observations += n
+                    for hook in self.batch_hooks:
+                        if isinstance(hook, CountsSightings):
+                            hook.tick(n)  # a hook added since the step was taken sees the next
+                    lines = Lines(data, index.reshape(-1, 3), hops.reshape(-1, 4))
+                    after()
+                    before()
+                    yield lines if annotate is None else annotate(lines)
+                    continue
                 self._observations += len(batch)
                 for hook in self.batch_hooks:
                     hook(batch)
-                if tables is not None:
-                    tables.refresh()
-                if locals_ is not None:
-                    locals_.answer()
-                if raw is not None:
-                    raw.refresh()
-                if self.nat_scope is not None:
-                    nat = self.nat_scope.nat_netns()
-                    if nat != nat_told:
-                        stream.set_nat_namespaces(sorted(nat))
-                        nat_told = nat
+                before()
                 lines = feeder.feed(batch)
-                if tables is not None:
-                    tables.count()
-                if locals_ is not None:
-                    locals_.ask()
+                after()
+                if fed:
+                    before()
                 yield lines if annotate is None else annotate(lines)
             yield from self._flush(stream, annotate, tables, locals_, raw)
         finally:
@@ -410,6 +473,10 @@ class Engine:
             if direct:
                 stream.set_output_fd(None)  # the core's duplicate of the descriptor closed
             self.source.stop()
+
+    def _batch_mode(self) -> bool:
+        """A batch hook needs the rows (a recorder: the TUI may start one at any step)."""
+        return not all(isinstance(h, CountsSightings) for h in self.batch_hooks)
 
     @staticmethod
     def _flush(stream: Any, annotate: _Annotated | None, tables: _Tables | None = None,
@@ -509,6 +576,29 @@ class _Feeder:
         if path_filter is not None:
             # A sighting without frame bytes is matched by its header rebuilt from its fields.
             stream.set_program(LINKTYPE_RAW, path_filter.insns(LINKTYPE_RAW))
+
+    def learn(self, hops: list[HopLabel]) -> None:
+        """``StreamTables.learn``: the labels of ``hops`` (the source's one table) not told yet."""
+        if self._table is None:
+            self._table = hops
+        if hops is not self._table:
+            raise RuntimeError("a source that feeds the core itself keeps one label table")
+        for k in range(self._hops, len(hops)):
+            self._add(k, hops[k])
+        self._hops = len(hops)
+        if self._count != len(hops):
+            raise RuntimeError("the core's hop labels are out of step with the source's")
+        if self.path_filter is not None:
+            for lt in self.stream.linktypes_without_program():
+                self.stream.set_program(lt, self.path_filter.insns(lt))
+
+    def name_reasons(self, reasons: dict[int, str]) -> None:
+        """``StreamTables.name_reasons``: codes the core does not name yet. A code no row can
+        carry (a mask the kernel's enum has, negative) names nothing, as in ``feed``."""
+        for code, name in reasons.items():
+            if 0 < code <= 0xFFFF_FFFF and code not in self._reasons:
+                self._reasons[code] = name
+                self.stream.set_drop_reason(code, _wtf8(name))
 
     def feed(self, batch: ObsBatch) -> Lines:
         stream = self.stream
@@ -798,6 +888,6 @@ def _run(engine: Engine, sinks: Sequence[Sink]) -> Stats:
     return stats
 
 
-__all__ = ["Annotator", "Engine", "Event", "FlowViewLines", "FramePrograms", "Lines", "LocalAnswers", "NdjsonFd",
-           "NdjsonLines", "RecordsLocal", "RecordsRawSockets", "RecordsRelays", "RelayAnswers", "TableAnnotator", "TextLines", "gc_policy",
+__all__ = ["Annotator", "CountsSightings", "Engine", "Event", "FeedsStream", "FlowViewLines", "FramePrograms", "Lines", "LocalAnswers", "NdjsonFd",
+           "NdjsonLines", "RecordsLocal", "RecordsRawSockets", "RecordsRelays", "RelayAnswers", "RingStep", "StreamTables", "TableAnnotator", "TextLines", "gc_policy",
            "run"]

@@ -21,16 +21,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from tracer.errors import CaptureFileError, HoptraceError
 from tracer.protocols import ReportsProgress
 
 if TYPE_CHECKING:
     from tracer.annotate.attribution import Attributor
-    from tracer.engine import Engine, Event, LocalAnswers, RawSocketTable
+    from tracer.engine import Engine, Event, LocalAnswers, RawSocketTable, RingStep, StreamTables
     from tracer.filter import PathFilter
-    from tracer.model import ObsBatch, Stats
+    from tracer.model import HopLabel, ObsBatch, Stats
     from tracer.protocols import Annotator, NatScope, Recorder
     from tracer.sampling import Sampler, SamplingState
     from tracer.sinks.output import Sink
@@ -209,17 +209,54 @@ class PipelineSource:
         except CaptureFileError as exc:
             self.error = exc
 
+    def stream_steps(self, stream: Any, tables: StreamTables,
+                     batch_mode: Callable[[], bool]) -> Iterator[ObsBatch | RingStep] | None:
+        """The source's own ``stream_steps`` (tracer.engine ``FeedsStream``) when it has them and
+        no sampler here works on rows (the source samples itself); None otherwise. The path
+        filter learns each new hop's link type before the core asks for its program."""
+        inner = getattr(self.inner, "stream_steps", None)
+        if inner is None or self._hold or (self.sampler is not None and not self.sampler.attach(self.inner)):
+            return None
+        steps = inner(stream, _Teaching(self, tables), batch_mode)
+        return None if steps is None else self._taught_steps(steps)
+
+    def _taught_steps(self, steps: Iterator[ObsBatch | RingStep]) -> Iterator[ObsBatch | RingStep]:
+        for step in steps:
+            if not isinstance(step, tuple):
+                if self.sampler is not None:
+                    step = self.sampler.apply(step)
+                self._teach(step.hops)
+            yield step
+
     def _taught(self, batches: Iterator[ObsBatch]) -> Iterator[ObsBatch]:
-        flt = self._filter
         sampler = self.sampler
         for batch in batches:
             if sampler is not None:
                 batch = sampler.apply(batch)
-            if flt is not None and len(batch.hops) > self._told:
-                for h in batch.hops[self._told:]:
-                    flt.learn_linktype(h.node, h.iface, h.linktype)
-                self._told = len(batch.hops)
+            self._teach(batch.hops)
             yield batch
+
+    def _teach(self, hops: list[HopLabel]) -> None:
+        flt = self._filter
+        if flt is not None and len(hops) > self._told:
+            for h in hops[self._told:]:
+                flt.learn_linktype(h.node, h.iface, h.linktype)
+            self._told = len(hops)
+
+
+class _Teaching:
+    """The engine's ``StreamTables`` with the path filter taught each new hop's link type first."""
+
+    def __init__(self, source: PipelineSource, tables: StreamTables) -> None:
+        self.source = source
+        self.tables = tables
+
+    def learn(self, hops: list[HopLabel]) -> None:
+        self.source._teach(hops)
+        self.tables.learn(hops)
+
+    def name_reasons(self, reasons: dict[int, str]) -> None:
+        self.tables.name_reasons(reasons)
 
 
 class Pipeline:

@@ -419,7 +419,6 @@ impl Decoder {
         let n = events.len() / l.size;
         rows.clear();
         rows.resize(n * ROW_SIZE, 0);
-        let snap = l.snaplen();
         for (k, (ev, row)) in events
             .chunks_exact(l.size)
             .zip(rows.chunks_exact_mut(ROW_SIZE))
@@ -428,44 +427,72 @@ impl Decoder {
             let Ok(row) = <&mut [u8; ROW_SIZE]>::try_from(row) else {
                 continue;
             };
-            let netns = u32::from_le_bytes(rd(ev, l.netns));
-            let ifindex = u32::from_le_bytes(rd(ev, l.ifindex));
-            let mac_len = u16::from_le_bytes(rd(ev, l.mac_len));
-            let kind = rd::<1>(ev, l.kind)[0];
-            let cap = usize::from(u16::from_le_bytes(rd(ev, l.cap_len))).min(snap);
-            let raw = mac_len < 14;
-            let key = HopKey {
-                netns,
-                ifindex: ifindex & 0x7FFF_FFFF,
-                raw,
-                name: rd(ev, l.ifname),
-            };
-            let mut o = Obs {
-                ts_ns: self.clock.to_utc(u64::from_le_bytes(rd(ev, l.ts_ns))),
-                skb: u64::from_le_bytes(rd(ev, l.skb)),
-                netns: u64::from(netns),
-                hop: self.keys.get(key, misses),
-                ifindex: ifindex as i32,
-                dir: match kind {
-                    dir::RX | dir::TX | dir::DROP => kind,
-                    _ => dir::UNKNOWN,
-                },
-                source: src_kind::EBPF,
-                drop_reason: u32::from_le_bytes(rd(ev, l.drop_reason)),
-                wire_len: u32::from_le_bytes(rd(ev, l.wire_len)),
-                frame_off: (k * l.size + l.frame) as u64,
-                frame_len: cap as u32,
-                ..Obs::default()
-            };
-            let frame = ev.get(l.frame..l.frame + cap).unwrap_or_default();
-            decode(
-                frame,
-                if raw { LINKTYPE_RAW } else { LINKTYPE_ETHERNET },
-                &mut o,
-            );
-            o.write_row(row);
+            self.event(k, ev, misses).write_row(row);
         }
         n
+    }
+
+    /// `decode` into sightings rather than row bytes (`out` replaced): what an engine fed
+    /// straight from the ring takes, no row written and read back.
+    pub fn decode_obs(
+        &mut self,
+        events: &[u8],
+        out: &mut Vec<Obs>,
+        misses: &mut Vec<Miss>,
+    ) -> usize {
+        out.clear();
+        let l = self.layout;
+        if l.size == 0 {
+            return 0;
+        }
+        out.reserve(events.len() / l.size);
+        for (k, ev) in events.chunks_exact(l.size).enumerate() {
+            let o = self.event(k, ev, misses);
+            out.push(o);
+        }
+        out.len()
+    }
+
+    /// Event `k` of a batch (`ev`: its bytes) as a sighting.
+    fn event(&mut self, k: usize, ev: &[u8], misses: &mut Vec<Miss>) -> Obs {
+        let l = self.layout;
+        let snap = l.snaplen();
+        let netns = u32::from_le_bytes(rd(ev, l.netns));
+        let ifindex = u32::from_le_bytes(rd(ev, l.ifindex));
+        let mac_len = u16::from_le_bytes(rd(ev, l.mac_len));
+        let kind = rd::<1>(ev, l.kind)[0];
+        let cap = usize::from(u16::from_le_bytes(rd(ev, l.cap_len))).min(snap);
+        let raw = mac_len < 14;
+        let key = HopKey {
+            netns,
+            ifindex: ifindex & 0x7FFF_FFFF,
+            raw,
+            name: rd(ev, l.ifname),
+        };
+        let mut o = Obs {
+            ts_ns: self.clock.to_utc(u64::from_le_bytes(rd(ev, l.ts_ns))),
+            skb: u64::from_le_bytes(rd(ev, l.skb)),
+            netns: u64::from(netns),
+            hop: self.keys.get(key, misses),
+            ifindex: ifindex as i32,
+            dir: match kind {
+                dir::RX | dir::TX | dir::DROP => kind,
+                _ => dir::UNKNOWN,
+            },
+            source: src_kind::EBPF,
+            drop_reason: u32::from_le_bytes(rd(ev, l.drop_reason)),
+            wire_len: u32::from_le_bytes(rd(ev, l.wire_len)),
+            frame_off: (k * l.size + l.frame) as u64,
+            frame_len: cap as u32,
+            ..Obs::default()
+        };
+        let frame = ev.get(l.frame..l.frame + cap).unwrap_or_default();
+        decode(
+            frame,
+            if raw { LINKTYPE_RAW } else { LINKTYPE_ETHERNET },
+            &mut o,
+        );
+        o
     }
 }
 

@@ -1,11 +1,14 @@
 //! `tracer._core.EbpfRing`: the eBPF source's consumer (probes/skb_hops.py). The BPF ring
-//! buffer map read straight from its mmap, its hop events held, then decoded into numpy
+//! buffer map read straight from its mmap, its hop events held, then decoded into
 //! `OBS_DTYPE` rows by hoptrace_core::ebpf (record walking, UTC stamps, hop labels, the
-//! frames). Both steps run without the GIL. The only `unsafe` of the eBPF path is here:
-//! the mappings and the loads and stores of the ring's positions.
+//! frames). Both steps run without the GIL, in a reader thread of the core's, which also
+//! flushes quiet CPUs' stages; the batches go to numpy (``next_batch``) or straight into a
+//! `Stream` (``Stream.feed_ring``, stream.rs). The only `unsafe` of the eBPF path is here:
+//! the mappings, the loads and stores of the ring's positions, and the bpf(2) call.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -14,6 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use hoptrace_core::ebpf::{self, Decoder, EventLayout, Miss, RingMemory, UtcClock};
+use hoptrace_core::obs::{write_rows, Obs};
 use numpy::PyArray1;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::panic::PanicException;
@@ -178,29 +182,36 @@ impl Drop for RingMap {
     }
 }
 
-/// A decoded batch on its way to Python.
-struct Batch {
-    rows: Vec<u8>,
-    frames: Vec<u8>,
-    misses: Vec<Miss>,
+/// A decoded batch on its way to a `Stream` (stream.rs `feed_ring`) or to Python (as
+/// `OBS_DTYPE` rows): the sightings, the events' bytes their frames point into, the hop keys
+/// first seen in them.
+pub(crate) struct Batch {
+    pub(crate) obs: Vec<Obs>,
+    pub(crate) frames: Vec<u8>,
+    pub(crate) misses: Vec<Miss>,
 }
 
-/// What the reader thread and Python share (one lock: the decoder's clock and labels, the
-/// batches decoded and not yet taken).
+/// What the reader thread and Python share under the queue's lock: the batches decoded and
+/// not yet taken.
 struct State {
-    dec: Decoder,
     queue: VecDeque<Batch>,
     queued: usize,
-    /// The thread ended; its panic message when it panicked.
+    /// The reader thread's limit on `queued` (it waits for room past it).
+    max_queued: usize,
+    /// The thread was started; it ended (its panic message when it panicked).
+    started: bool,
     ended: bool,
     panic: Option<String>,
 }
 
 struct Shared {
     state: Mutex<State>,
+    /// The decoder (the clock, the hop keys): a lock of its own, held while a batch decodes,
+    /// so that taking batches never waits for a decode.
+    dec: Mutex<Decoder>,
     /// A batch was queued or the thread ended.
     ready: Condvar,
-    /// Python took a batch or asked the thread to stop.
+    /// Python made room in a full queue or asked the thread to stop.
     wake: Condvar,
     stop: AtomicBool,
     panic_for_tests: AtomicBool,
@@ -210,6 +221,102 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while the lock was held (caught: the thread's) leaves whole values behind.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn decoder(&self) -> MutexGuard<'_, Decoder> {
+        self.dec.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every queued batch (waiting up to `wait` for one), or the thread's panic. Wakes the
+    /// thread when it waited for room.
+    fn take_all(&self, wait: Duration) -> Result<Vec<Batch>, String> {
+        let deadline = Instant::now() + wait;
+        let mut st = self.lock();
+        loop {
+            if !st.queue.is_empty() {
+                let full = st.queued >= st.max_queued;
+                st.queued = 0;
+                let out = st.queue.drain(..).collect();
+                if full {
+                    self.wake.notify_all();
+                }
+                return Ok(out);
+            }
+            if let Some(msg) = st.panic.take() {
+                return Err(msg);
+            }
+            let now = Instant::now();
+            if !st.started || st.ended || now >= deadline {
+                return Ok(Vec::new());
+            }
+            st = self
+                .ready
+                .wait_timeout(st, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+}
+
+/// `union bpf_attr` for BPF_PROG_TEST_RUN (include/uapi/linux/bpf.h), to the field this
+/// needs, padded by hand: no byte of it is left uninitialised (the kernel wants zeros).
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    pad: u32,
+}
+
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_F_TEST_RUN_ON_CPU: u32 = 1;
+
+/// skb_hops.c's `flush_stage` program run on each CPU every `every` (BPF_PROG_TEST_RUN on
+/// that CPU): events staged on a quiet CPU would otherwise wait for its next packet.
+struct Flush {
+    prog: OwnedFd,
+    cpus: Vec<u32>,
+    every: Duration,
+}
+
+impl Flush {
+    fn run(&self) {
+        let ctx = [0u64; 4]; // the raw tracepoint's arguments: unused
+        for &cpu in &self.cpus {
+            let attr = TestRunAttr {
+                prog_fd: self.prog.as_raw_fd() as u32,
+                ctx_size_in: std::mem::size_of_val(&ctx) as u32,
+                ctx_in: ctx.as_ptr() as u64,
+                flags: BPF_F_TEST_RUN_ON_CPU,
+                cpu,
+                ..TestRunAttr::default()
+            };
+            // SAFETY: bpf(2) reads `size_of::<TestRunAttr>()` bytes of `attr` (initialised,
+            // live for the call) and `ctx_size_in` bytes at `ctx_in` (the array above); it
+            // writes nothing back for this command (no data_out, no ctx_out). A failure (the
+            // program gone, a CPU offline) changes nothing: the stage waits for a packet.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_PROG_TEST_RUN,
+                    &attr as *const TestRunAttr,
+                    std::mem::size_of::<TestRunAttr>(),
+                );
+            }
+        }
     }
 }
 
@@ -224,13 +331,28 @@ struct Pace {
     max_queued: usize,
 }
 
-fn reader(shared: &Shared, map: &RingMap, header_len: usize, size: usize, pace: Pace) {
+fn reader(
+    shared: &Shared,
+    map: &RingMap,
+    header_len: usize,
+    size: usize,
+    pace: Pace,
+    flush: Option<&Flush>,
+) {
     let mut held: Vec<u8> = Vec::new();
     let mut held_since: Option<Instant> = None;
+    let mut next_flush = Instant::now();
     loop {
         let stopping = shared.stop.load(Ordering::Acquire);
         if shared.panic_for_tests.load(Ordering::Relaxed) {
             panic!("the eBPF reader panicked (as the test asked)");
+        }
+        if let Some(f) = flush.filter(|_| !stopping) {
+            let now = Instant::now();
+            if now >= next_flush {
+                f.run(); // what it submits is read just below
+                next_flush = now + f.every;
+            }
         }
         let room = shared.lock().queued < pace.max_queued;
         if room || stopping {
@@ -243,14 +365,15 @@ fn reader(shared: &Shared, map: &RingMap, header_len: usize, size: usize, pace: 
         let due = stopping
             || n >= pace.hold_events
             || held_since.is_some_and(|t| t.elapsed() >= pace.hold);
-        let mut st = shared.lock();
         if n > 0 && due {
-            let mut rows = Vec::new();
+            let mut obs = Vec::with_capacity(n);
             let mut misses = Vec::new();
-            let n = st.dec.decode(&held, &mut rows, &mut misses);
+            // decoded under the decoder's lock only: a consumer takes batches meanwhile
+            let n = shared.decoder().decode_obs(&held, &mut obs, &mut misses);
             let frames = std::mem::replace(&mut held, Vec::with_capacity(pace.hold_events * size));
+            let mut st = shared.lock();
             st.queue.push_back(Batch {
-                rows,
+                obs,
                 frames,
                 misses,
             });
@@ -260,6 +383,10 @@ fn reader(shared: &Shared, map: &RingMap, header_len: usize, size: usize, pace: 
         }
         if stopping {
             return;
+        }
+        let st = shared.lock();
+        if shared.stop.load(Ordering::Acquire) {
+            continue; // asked meanwhile: no wait
         }
         let _unused = shared.wake.wait_timeout(st, pace.poll);
     }
@@ -298,9 +425,18 @@ type PyBatch<'py> = (Bound<'py, PyAny>, Bound<'py, PyBytes>, Bound<'py, PyList>)
 
 fn to_python<'py>(py: Python<'py>, b: Batch) -> PyResult<PyBatch<'py>> {
     let frames = PyBytes::new(py, &b.frames);
-    let arr = PyArray1::from_vec(py, b.rows).call_method1("view", (obs_descr(py)?,))?;
+    let arr = PyArray1::from_vec(py, write_rows(&b.obs)).call_method1("view", (obs_descr(py)?,))?;
+    Ok((arr, frames, misses_list(py, b.misses.iter())?))
+}
+
+/// Hop keys first seen, as Python names them: ``(index, netns, ifindex, ifname bytes,
+/// linktype)`` each, in index order.
+pub(crate) fn misses_list<'py, 'a>(
+    py: Python<'py>,
+    misses: impl Iterator<Item = &'a Miss>,
+) -> PyResult<Bound<'py, PyList>> {
     let list = PyList::empty(py);
-    for m in b.misses {
+    for m in misses {
         list.append((
             m.index,
             m.netns,
@@ -309,7 +445,7 @@ fn to_python<'py>(py: Python<'py>, b: Batch) -> PyResult<PyBatch<'py>> {
             m.linktype,
         ))?;
     }
-    Ok((arr, frames, list))
+    Ok(list)
 }
 
 fn monotonic_ns() -> i64 {
@@ -353,14 +489,16 @@ impl EbpfRing {
         let mut dec = Decoder::new(l);
         dec.keys = ebpf::HopKeys::starting_at(hops);
         let state = State {
-            dec,
             queue: VecDeque::new(),
             queued: 0,
+            max_queued: usize::MAX,
+            started: false,
             ended: false,
             panic: None,
         };
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
+            dec: Mutex::new(dec),
             ready: Condvar::new(),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -423,7 +561,7 @@ impl EbpfRing {
     /// Labels indexed so far (the next new key's index).
     #[getter]
     fn hops(&self) -> u32 {
-        self.shared.lock().dec.keys.len()
+        self.shared.decoder().keys.len()
     }
 
     /// The monotonic -> UTC function (probes/utc_clock.py ``MonoToUtc.knots()``): UTC =
@@ -433,7 +571,7 @@ impl EbpfRing {
         let clock = UtcClock::new(base, km, ko).ok_or_else(|| {
             PyValueError::new_err("clock knots must be increasing, one offset each")
         })?;
-        self.shared.lock().dec.clock = clock;
+        self.shared.decoder().clock = clock;
         Ok(())
     }
 
@@ -445,17 +583,17 @@ impl EbpfRing {
         let shared = &*self.shared;
         // The guard cannot leave a detached closure (not Send): wait for the lock to be free
         // without the GIL, then take it with the GIL (the thread never takes the GIL).
-        let mut st = loop {
-            match shared.state.try_lock() {
+        let mut dec = loop {
+            match shared.dec.try_lock() {
                 Ok(g) => break g,
                 Err(std::sync::TryLockError::Poisoned(e)) => break e.into_inner(),
-                Err(std::sync::TryLockError::WouldBlock) => py.detach(|| drop(shared.lock())),
+                Err(std::sync::TryLockError::WouldBlock) => py.detach(|| drop(shared.decoder())),
             }
         };
         clock.call_method1("maybe_resample", (monotonic_ns(),))?;
         let (base, km, ko): (i64, Vec<i64>, Vec<i64>) = clock.call_method0("knots")?.extract()?;
         if let Some(c) = UtcClock::new(base, km, ko) {
-            st.dec.clock = c;
+            dec.clock = c;
         }
         Ok(())
     }
@@ -469,13 +607,13 @@ impl EbpfRing {
         let held = std::mem::take(&mut *lock(&self.held));
         let shared = Arc::clone(&self.shared);
         let b = py.detach(|| {
-            let mut rows = Vec::new();
+            let mut obs = Vec::new();
             let mut misses = Vec::new();
-            let n = shared.lock().dec.decode(&held, &mut rows, &mut misses);
+            let n = shared.decoder().decode_obs(&held, &mut obs, &mut misses);
             let mut frames = held;
             frames.truncate(n * self.layout.size);
             Batch {
-                rows,
+                obs,
                 frames,
                 misses,
             }
@@ -485,15 +623,22 @@ impl EbpfRing {
 
     /// Start the reader thread (after ``open``): it polls the ring every ``poll_s``, and
     /// decodes what it read into a batch once ``hold_events`` are held or the oldest was
-    /// read ``hold_s`` ago; ``next_batch`` hands them over in order. It stops reading while
-    /// ``max_queued`` events wait (the kernel's ring holds the rest, its overflow counted).
-    #[pyo3(signature = (poll_s, hold_events, hold_s, max_queued=1 << 17))]
+    /// read ``hold_s`` ago; ``next_batch`` (or ``Stream.feed_ring``) hands them over in order.
+    /// It stops reading while ``max_queued`` events wait (the kernel's ring holds the rest,
+    /// its overflow counted). With ``flush_fd`` (skb_hops.c's ``flush_stage`` program, a
+    /// duplicate kept while the thread runs) it also runs that program on each of ``cpus``
+    /// every ``flush_s``, before reading: quiet CPUs' staged events come out.
+    #[pyo3(signature = (poll_s, hold_events, hold_s, max_queued=1 << 17, flush_fd=None, cpus=Vec::new(), flush_s=0.005))]
+    #[allow(clippy::too_many_arguments)]
     fn start(
         &self,
         poll_s: f64,
         hold_events: usize,
         hold_s: f64,
         max_queued: usize,
+        flush_fd: Option<i32>,
+        cpus: Vec<u32>,
+        flush_s: f64,
     ) -> PyResult<()> {
         let Some(map) = lock(&self.map).clone() else {
             return Err(PyRuntimeError::new_err("start: the ring is not open"));
@@ -504,19 +649,38 @@ impl EbpfRing {
         }
         let secs =
             |s: f64| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::from_millis(5));
+        let flush = match flush_fd {
+            Some(fd) if fd >= 0 => {
+                // SAFETY: the caller's descriptor is open for the duration of this call (bcc
+                // holds it); it is only duplicated here, the duplicate owned by the thread.
+                let prog = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
+                Some(Flush {
+                    prog,
+                    cpus,
+                    every: secs(flush_s).max(Duration::from_micros(100)),
+                })
+            }
+            Some(_) => return Err(PyValueError::new_err("start: flush_fd is not a descriptor")),
+            None => None,
+        };
         let pace = Pace {
             poll: secs(poll_s).max(Duration::from_micros(100)),
             hold: secs(hold_s),
             hold_events: hold_events.max(1),
             max_queued: max_queued.max(1),
         };
+        {
+            let mut st = self.shared.lock();
+            st.started = true;
+            st.max_queued = pace.max_queued;
+        }
         let shared = Arc::clone(&self.shared);
         let (header_len, size) = (self.header_len, self.layout.size);
         let handle = std::thread::Builder::new()
             .name("hoptrace-ebpf".into())
             .spawn(move || {
                 let run = catch_unwind(AssertUnwindSafe(|| {
-                    reader(&shared, &map, header_len, size, pace)
+                    reader(&shared, &map, header_len, size, pace, flush.as_ref())
                 }));
                 let mut st = shared.lock();
                 st.ended = true;
@@ -530,7 +694,10 @@ impl EbpfRing {
                 }
                 shared.ready.notify_all();
             })
-            .map_err(|e| PyOSError::new_err(format!("cannot start the eBPF reader thread: {e}")))?;
+            .map_err(|e| {
+                self.shared.lock().ended = true;
+                PyOSError::new_err(format!("cannot start the eBPF reader thread: {e}"))
+            })?;
         *slot = Some(handle);
         Ok(())
     }
@@ -546,10 +713,11 @@ impl EbpfRing {
             let mut st = shared.lock();
             loop {
                 if let Some(b) = st.queue.pop_front() {
-                    st.queued = st
-                        .queued
-                        .saturating_sub(b.rows.len() / hoptrace_core::obs::ROW_SIZE);
-                    shared.wake.notify_all();
+                    let full = st.queued >= st.max_queued;
+                    st.queued = st.queued.saturating_sub(b.obs.len());
+                    if full {
+                        shared.wake.notify_all(); // it waits for room: no need to wait its poll
+                    }
                     return Ok(Some(b));
                 }
                 if let Some(msg) = st.panic.take() {
@@ -603,6 +771,45 @@ impl EbpfRing {
     fn close(&self, py: Python<'_>) {
         self.stop(py);
         *lock(&self.map) = None;
+    }
+}
+
+impl EbpfRing {
+    /// For `Stream.feed_ring`: every batch the reader thread queued, waiting up to `wait` for
+    /// one without the GIL; when no reader thread runs (never started, or ended and drained),
+    /// the events ``poll``/``push`` held, decoded. A panic in the thread is raised here.
+    pub(crate) fn take_ready(&self, py: Python<'_>, wait: Duration) -> PyResult<Vec<Batch>> {
+        let shared = &*self.shared;
+        let size = self.layout.size;
+        let got = py.detach(|| {
+            let out = shared.take_all(wait)?;
+            if !out.is_empty() {
+                return Ok(out);
+            }
+            let idle = {
+                let st = shared.lock();
+                (!st.started || st.ended) && st.queue.is_empty()
+            };
+            let held = if idle {
+                std::mem::take(&mut *lock(&self.held))
+            } else {
+                Vec::new()
+            };
+            if held.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut obs = Vec::new();
+            let mut misses = Vec::new();
+            let n = shared.decoder().decode_obs(&held, &mut obs, &mut misses);
+            let mut frames = held;
+            frames.truncate(n * size);
+            Ok(vec![Batch {
+                obs,
+                frames,
+                misses,
+            }])
+        });
+        got.map_err(|msg: String| PanicException::new_err(msg))
     }
 }
 

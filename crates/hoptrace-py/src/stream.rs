@@ -11,6 +11,7 @@ use std::fs::File;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use hoptrace_core::annotate::{NoteProvider, Notes, RawNatNote, RawNote};
 use hoptrace_core::bpf::Program;
@@ -22,11 +23,12 @@ use hoptrace_core::labels::Labels;
 use hoptrace_core::obs::Obs;
 use hoptrace_core::text_render::{Format, TextOptions};
 use numpy::PyArray1;
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyList};
 
 use crate::correlate::rows_into;
+use crate::ebpf_ring::{misses_list, Batch, EbpfRing};
 
 /// Kinds of lines in a step's index (the third column).
 const PATH: u64 = 0;
@@ -39,6 +41,16 @@ const STATS: u64 = 2;
 /// views: `(ifindex, source, digest, wire_len)` per hop of each path line, in line order,
 /// flattened (reshape to `(-1, 4)`).
 type Output<'py> = (
+    Bound<'py, PyBytes>,
+    Bound<'py, PyArray1<u64>>,
+    Bound<'py, PyArray1<u64>>,
+);
+
+/// One `feed_ring` step: the sightings fed, the hop keys to name first (nothing was fed
+/// then), and the output as `feed` returns it.
+type RingStep<'py> = (
+    u64,
+    Bound<'py, PyList>,
     Bound<'py, PyBytes>,
     Bound<'py, PyArray1<u64>>,
     Bound<'py, PyArray1<u64>>,
@@ -174,6 +186,12 @@ pub struct Stream {
     /// Where each step's output goes when set (``set_output_fd``): a duplicate of the
     /// caller's descriptor, written without the GIL; the steps then return nothing.
     out: Option<File>,
+    /// Hop labels added so far (``add_hop``): rows' ``hop`` index them.
+    hops: u32,
+    /// Batches taken from an eBPF ring whose new hop keys Python names first (``feed_ring``),
+    /// and whether their keys were handed out.
+    pending: Vec<Batch>,
+    asked: bool,
 }
 
 impl Stream {
@@ -312,6 +330,9 @@ impl Stream {
             text: text.is_some(),
             want_extras,
             out: None,
+            hops: 0,
+            pending: Vec::new(),
+            asked: false,
         })
     }
 
@@ -345,6 +366,7 @@ impl Stream {
     /// added): names as "surrogatepass" UTF-8 bytes, and the link type of its frames.
     fn add_hop(&mut self, node: &[u8], iface: &[u8], linktype: u32) {
         self.core.add_hop(node, iface, linktype);
+        self.hops = self.hops.saturating_add(1);
     }
 
     /// Where NAT may change a packet's header between two of its sightings: in any network
@@ -406,6 +428,66 @@ impl Stream {
         self.raise()?;
         written?;
         Ok(out)
+    }
+
+    /// The batches ``ring`` (an ``EbpfRing`` whose reader thread runs, or with events held by
+    /// ``poll``/``push``) decoded, fed in order straight from the core: no numpy array, no
+    /// bytes object per batch. Waits up to ``timeout_s`` for one without the GIL. Returns
+    /// ``(sightings, misses, ndjson, index, hops)``: when the batches hold hop keys seen
+    /// first, nothing is fed and ``misses`` lists them as ``EbpfRing.take`` does; the caller
+    /// adds their labels (``add_hop``, in index order), then calls again: the batches wait
+    /// here and go first, or, if a key's index still has no label, RuntimeError (a row is
+    /// never fed with another hop's name). A panic in the ring's reader thread is raised here.
+    #[pyo3(signature = (ring, timeout_s))]
+    fn feed_ring<'py>(
+        &mut self,
+        py: Python<'py>,
+        ring: &Bound<'py, EbpfRing>,
+        timeout_s: f64,
+    ) -> PyResult<RingStep<'py>> {
+        if self.pending.is_empty() {
+            let wait = Duration::try_from_secs_f64(timeout_s.max(0.0)).unwrap_or_default();
+            self.pending = ring.borrow().take_ready(py, wait)?;
+            self.asked = false;
+        }
+        let mut new = self.pending.iter().flat_map(|b| &b.misses).peekable();
+        if new.peek().is_some() && !self.asked {
+            self.asked = true;
+            let misses = misses_list(py, new)?;
+            return Ok((
+                0,
+                misses,
+                PyBytes::new(py, b""),
+                PyArray1::from_slice(py, &[]),
+                PyArray1::from_slice(py, &[]),
+            ));
+        }
+        let have = self.hops;
+        if let Some(m) = self
+            .pending
+            .iter()
+            .flat_map(|b| &b.misses)
+            .find(|m| m.index >= have)
+        {
+            return Err(PyRuntimeError::new_err(format!(
+                "hop label {} out of step with the ring's hop keys: {have} labels added",
+                m.index
+            )));
+        }
+        let batches = std::mem::take(&mut self.pending);
+        let (core, fd) = (&mut self.core, self.out.as_mut());
+        let (fed, written) = py.detach(|| {
+            let mut fed = 0u64;
+            for b in &batches {
+                fed += b.obs.len() as u64;
+                core.feed(&b.obs, &b.frames, None);
+            }
+            (fed, Self::write_out(core, fd))
+        });
+        let (data, index, extras) = self.output(py);
+        self.raise()?;
+        written?;
+        Ok((fed, PyList::empty(py), data, index, extras))
     }
 
     /// Nothing was seen until ``now_ns`` (a live source's clock): paths and flows idle

@@ -228,8 +228,13 @@ fn events_decode_into_rows_with_labels_utc_time_and_the_frame() {
     let mut d = Decoder::new(layout().checked().expect("the probes' layout"));
     d.clock = UtcClock::new(1_000_000, vec![0], vec![5]).expect("one knot");
     let (mut rows, mut misses) = (Vec::new(), Vec::new());
+    let mut fresh = Decoder::new(d.layout);
+    fresh.clock = d.clock.clone();
     assert_eq!(d.decode(&buf, &mut rows, &mut misses), 4);
     let obs = read_rows(&rows);
+    let (mut direct, mut direct_misses) = (Vec::new(), Vec::new());
+    assert_eq!(fresh.decode_obs(&buf, &mut direct, &mut direct_misses), 4);
+    assert_eq!((&direct, &direct_misses), (&obs, &misses));
     assert_eq!(
         obs.iter()
             .map(|o| (o.ts_ns, o.hop, o.dir, o.netns, o.ifindex))
@@ -340,5 +345,11 @@ proptest! {
         let (mut rows, mut misses) = (Vec::new(), Vec::new());
         let n = d.decode(&bytes, &mut rows, &mut misses);
         prop_assert_eq!(rows.len(), n * ROW_SIZE);
+        // the same events as sightings: the rows' sightings, the same keys reported
+        let mut d2 = Decoder::new(layout());
+        let (mut obs, mut misses2) = (Vec::new(), Vec::new());
+        prop_assert_eq!(d2.decode_obs(&bytes, &mut obs, &mut misses2), n);
+        prop_assert_eq!(crate::obs::write_rows(&obs), rows);
+        prop_assert_eq!(misses2, misses);
     }
 }
