@@ -36,6 +36,14 @@ impl IdleQueue {
     pub fn push(&mut self, e: Entry) {
         // (During a step, only entries re-filed to a later bucket than the front come here.)
         let id = e.touched >> SHIFT;
+        // Sightings come nearly in time order: most go to the latest bucket, the map's
+        // last, reached down its right edge without comparing keys.
+        if let Some(mut last) = self.buckets.last_entry() {
+            if *last.key() == id {
+                last.get_mut().push(e);
+                return;
+            }
+        }
         match self.buckets.get_mut(&id) {
             Some(b) => b.push(e),
             None => {
