@@ -127,12 +127,18 @@ struct hop_single {
 // lookup is inlined by the verifier, a hash lookup is a helper call that
 // costs more than the compares (measured with BPF_ENABLE_STATS).
 #define HT_NETNS_INLINE 8
+#define HT_SET_INLINE 8 // ports and addresses, likewise
 struct ht_config {
     u32 flags;
     u32 n_netns;                 // F_NETNS: inodes in netns[], 0 = look them up in netns_set
     u32 netns[HT_NETNS_INLINE];
     u32 protos[8];               // F_PROTO: bit p of this 256-bit set = IP protocol p passes
     u32 sample_thresh;           // F_SAMPLE: a packet whose hash is below this is kept (2^32 / N)
+    u32 n_ports;                 // F_PORT: ports in ports[], 0 = look them up in port_set
+    u32 ports[HT_SET_INLINE];
+    u32 n_addrs;                 // F_ADDR: keys in addrs[] (struct addr_key as two u64 each), 0 = addr_set
+    u32 pad;
+    u64 addrs[2 * HT_SET_INLINE];
 };
 
 struct addr_key {
@@ -241,6 +247,39 @@ static __always_inline int netns_ok(struct ht_config *cfg, u32 netns) {
     for (int i = 0; i < HT_NETNS_INLINE; i++) {
         if (i < n && cfg->netns[i] == netns)
             return 1;
+    }
+    return 0;
+}
+
+static __always_inline int ports_ok(struct ht_config *cfg, u32 sp, u32 dp) {
+    u32 n = cfg->n_ports;
+    if (n == 0)
+        return port_set.lookup(&sp) || port_set.lookup(&dp);
+#pragma unroll
+    for (int i = 0; i < HT_SET_INLINE; i++) {
+        if (i < n && (cfg->ports[i] == sp || cfg->ports[i] == dp))
+            return 1;
+    }
+    return 0;
+}
+
+// The same key equality as addr_set's (16 bytes, IPv4 in the first 4).
+static __always_inline int addrs_ok(struct ht_config *cfg, struct addr_key *s, struct addr_key *d) {
+    u32 n = cfg->n_addrs;
+    if (n == 0)
+        return addr_set.lookup(s) || addr_set.lookup(d);
+    u64 s0, s1, d0, d1;
+    __builtin_memcpy(&s0, &s->a[0], 8);
+    __builtin_memcpy(&s1, &s->a[8], 8);
+    __builtin_memcpy(&d0, &d->a[0], 8);
+    __builtin_memcpy(&d1, &d->a[8], 8);
+#pragma unroll
+    for (int i = 0; i < HT_SET_INLINE; i++) {
+        if (i < n) {
+            u64 a0 = cfg->addrs[2 * i], a1 = cfg->addrs[2 * i + 1];
+            if ((a0 == s0 && a1 == s1) || (a0 == d0 && a1 == d1))
+                return 1;
+        }
     }
     return 0;
 }
@@ -432,7 +471,7 @@ static __always_inline int look(struct hop_meta *m, void *skb, void *dev, u8 kin
         }
         if (!hit) {
             if (flags & F_ADDR) {
-                if (!addr_set.lookup(&s) && !addr_set.lookup(&d))
+                if (!addrs_ok(cfg, &s, &d))
                     return 0;
             }
             if (flags & F_PORT) {
@@ -444,7 +483,7 @@ static __always_inline int look(struct hop_meta *m, void *skb, void *dev, u8 kin
                     sp = bpf_ntohs(ports[0]);
                     dp = bpf_ntohs(ports[1]);
                 }
-                if (!port_set.lookup(&sp) && !port_set.lookup(&dp))
+                if (!ports_ok(cfg, sp, dp))
                     return 0;
             }
             track = flags & F_TRACK;

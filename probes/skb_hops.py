@@ -159,6 +159,7 @@ def event_dtype(snaplen: int) -> Any:
 F_NETNS, F_PROTO, F_ADDR, F_PORT, F_TRACK, F_SAMPLE = 1, 2, 4, 8, 16, 32
 F_READY = 1 << 31
 NETNS_INLINE = 8  # HT_NETNS_INLINE in skb_hops.c
+SET_INLINE = 8  # HT_SET_INLINE: ports and addresses compared in the config value
 
 
 @dataclass(frozen=True, slots=True)
@@ -608,13 +609,22 @@ class EbpfSource:
             key = addrs.Key()
             ct.memmove(ct.addressof(key), _addr_key(a), 16)
             addrs[key] = addrs.Leaf(1)
-        # Small netns sets and the protocol set go inline in the config value (see struct
-        # ht_config). Written twice, first not ready: a map update is a plain copy that a
-        # program on another CPU may read half-done, and the second copy changes only flags.
+        # Small netns, port and address sets and the protocol set go inline in the config value
+        # (see struct ht_config). Written twice, first not ready: a map update is a plain copy
+        # that a program on another CPU may read half-done, and the second copy changes only flags.
         if 0 < len(kf.netns) <= NETNS_INLINE:
             leaf.n_netns = len(kf.netns)
             for i, ino in enumerate(sorted(kf.netns)):
                 leaf.netns[i] = ino
+        if 0 < len(kf.ports) <= SET_INLINE:
+            leaf.n_ports = len(kf.ports)
+            for i, port in enumerate(sorted(kf.ports)):
+                leaf.ports[i] = port
+        if 0 < len(kf.addrs) <= SET_INLINE:
+            leaf.n_addrs = len(kf.addrs)
+            for i, key in enumerate(sorted(_addr_key(a) for a in kf.addrs)):
+                leaf.addrs[2 * i] = int.from_bytes(key[:8], "little")
+                leaf.addrs[2 * i + 1] = int.from_bytes(key[8:], "little")
         for proto in kf.protos:
             leaf.protos[proto >> 5] |= 1 << (proto & 31)
         from tracer.sampling import threshold

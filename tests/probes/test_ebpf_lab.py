@@ -219,6 +219,48 @@ def test_netns_set_inline_and_beyond_it(lab_netns: Any) -> None:
         assert src.lost_events == 0
 
 
+def _fixed(port: int | None) -> int | None:
+    return None if port is None or port >= 32768 else port
+
+
+def test_port_and_address_sets_inline_and_beyond_them(lab_netns: Any) -> None:
+    """Up to SET_INLINE ports and addresses are compared inline in the config value, more go to
+    the port_set / addr_set hashes: both keep the same sightings, what matches and what the
+    tracked skb carries through NAT, and nothing else (an IPv6 key among the inline addresses)."""
+    from probes.skb_hops import SET_INLINE, EbpfSource, KernelFilter
+
+    lab_ns = frozenset(lab_netns.netns_inode(n) for n in ("host", "inet", "client", "web"))
+    fill_ports = frozenset(range(9000, 9000 + SET_INLINE))
+    fill_addrs = frozenset(f"192.0.2.{i}" for i in range(1, SET_INLINE + 1))
+    got = {}
+    for name, kf, scenario in (
+            ("ports inline", KernelFilter(netns=lab_ns, protos=frozenset({6}), ports=frozenset({8080})),
+             "published-port"),
+            ("ports hashed", KernelFilter(netns=lab_ns, protos=frozenset({6}), ports=frozenset({8080}) | fill_ports),
+             "published-port"),
+            ("addrs inline", KernelFilter(netns=lab_ns, protos=frozenset({1}),
+                                          addrs=frozenset({SERVER, "2001:db8::8"})), "internet-ping"),
+            ("addrs hashed", KernelFilter(netns=lab_ns, protos=frozenset({1}), addrs=frozenset({SERVER}) | fill_addrs),
+             "internet-ping")):
+        src = EbpfSource(kernel_filter=kf)
+        # container-ping: ICMP to no address in the sets, which both must leave out
+        result, obs = sightings(lab_netns, src, scenario, also=("container-ping",))
+        assert result.ok, (name, result.detail)
+        assert src.lost_events == 0
+        # each run has its own ephemeral port: the set of hops, as the fixed ports see them
+        got[name] = {(o.hop_name, o.direction, o.proto, o.src, o.dst, _fixed(o.sport), _fixed(o.dport), o.icmp_type)
+                     for o in obs}
+    assert got["ports inline"] == got["ports hashed"]
+    assert got["addrs inline"] == got["addrs hashed"]
+    syn = [g for g in got["ports inline"] if g[6] == 8080]
+    assert syn, got["ports inline"]
+    # the DNATed hops (dport 80) are there only through the tracked skb
+    assert any(g[6] == 80 for g in got["ports inline"])
+    pings = got["addrs inline"]
+    assert len(pings) >= 8 and all(SERVER in (g[3], g[4]) or g[3] == HOST_UPLINK or g[4] == HOST_UPLINK
+                                   for g in pings), pings
+
+
 def test_proto_set_bits_above_31(lab_netns: Any) -> None:
     """The protocol set is a 256-bit map in the config value: sctp (132) and icmp6 (58) live in
     other words than icmp (1); a set of only those keeps no ICMPv4 ping, adding icmp keeps it."""
