@@ -215,7 +215,13 @@ struct Shared {
     wake: Condvar,
     stop: AtomicBool,
     panic_for_tests: AtomicBool,
+    /// Buffers of batches fed and done with (`EbpfRing::recycle`), for the reader's next
+    /// batches: no fresh pages (page faults) per batch.
+    spare: Mutex<Vec<(Vec<Obs>, Vec<u8>)>>,
 }
+
+/// Buffers kept for reuse at most (a batch's are ~4 MB at 8192 events).
+const SPARE: usize = 4;
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -366,11 +372,13 @@ fn reader(
             || n >= pace.hold_events
             || held_since.is_some_and(|t| t.elapsed() >= pace.hold);
         if n > 0 && due {
-            let mut obs = Vec::with_capacity(n);
+            let (mut obs, mut next) = lock(&shared.spare).pop().unwrap_or_default();
             let mut misses = Vec::new();
             // decoded under the decoder's lock only: a consumer takes batches meanwhile
             let n = shared.decoder().decode_obs(&held, &mut obs, &mut misses);
-            let frames = std::mem::replace(&mut held, Vec::with_capacity(pace.hold_events * size));
+            next.clear();
+            next.reserve(pace.hold_events * size);
+            let frames = std::mem::replace(&mut held, next);
             let mut st = shared.lock();
             st.queue.push_back(Batch {
                 obs,
@@ -503,6 +511,7 @@ impl EbpfRing {
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
             panic_for_tests: AtomicBool::new(false),
+            spare: Mutex::new(Vec::new()),
         });
         Ok(EbpfRing {
             shared,
@@ -778,6 +787,17 @@ impl EbpfRing {
     /// For `Stream.feed_ring`: every batch the reader thread queued, waiting up to `wait` for
     /// one without the GIL; when no reader thread runs (never started, or ended and drained),
     /// the events ``poll``/``push`` held, decoded. A panic in the thread is raised here.
+    /// For `Stream.feed_ring`: batches fed, their buffers back for the reader thread's next.
+    pub(crate) fn recycle(&self, batches: Vec<Batch>) {
+        let mut spare = lock(&self.shared.spare);
+        for b in batches {
+            if spare.len() >= SPARE {
+                break;
+            }
+            spare.push((b.obs, b.frames));
+        }
+    }
+
     pub(crate) fn take_ready(&self, py: Python<'_>, wait: Duration) -> PyResult<Vec<Batch>> {
         let shared = &*self.shared;
         let size = self.layout.size;

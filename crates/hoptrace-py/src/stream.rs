@@ -484,6 +484,7 @@ impl Stream {
             }
             (fed, Self::write_out(core, fd))
         });
+        ring.borrow().recycle(batches);
         let (data, index, extras) = self.output(py);
         self.raise()?;
         written?;
