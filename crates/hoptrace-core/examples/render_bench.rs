@@ -1,12 +1,15 @@
 //! The renderers' speed on flood-shaped paths (bench/record_bench.py's: NATed UDP, 5 hops,
 //! MASQUERADE at host/eth0, a quarter without skb), alone, without the join:
 //!
-//!     cargo run --release -p hoptrace-core --example render_bench -- [PATHS] [FLOWS]
+//!     cargo run --release -p hoptrace-core --example render_bench -- [PATHS] [FLOWS] [DISTINCT] [ONLY]
 //!
+//! DISTINCT paths (default 2000: they stay in the CPU's caches, as a finishing step's do)
+//! are rendered over and over to PATHS in all. ONLY (ndjson, ndjson+note or text) runs one.
 //! Prints ns per sighting (this thread's CPU time, median and best of 7 runs) for the
 //! NDJSON line, the NDJSON line with an annotator's note per NAT event, and the text
 //! block; and a digest of the bytes written, the same before and after a change to the
-//! renderers that must not change a byte.
+//! renderers that must not change a byte (the first run, written whole, is hashed: that
+//! run is the slowest; the median leaves it out).
 
 use hoptrace_core::annotate::NatNote;
 use hoptrace_core::labels::Labels;
@@ -135,7 +138,9 @@ fn main() {
     let flows: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(20);
     let mut labels = Labels::new();
     labels.set_drop_reason(2, "NETFILTER_DROP");
-    let ps = paths(&mut labels, n, flows);
+    let distinct: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2000);
+    let only = args.next();
+    let ps = paths(&mut labels, distinct.clamp(1, n), flows);
     let note = NatNote {
         label: 2,
         json: br#""rule": "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE", "rule_source": "nft", "conntrack": {"id": 3735928559, "state": "ASSURED"}"#.to_vec(),
@@ -196,12 +201,15 @@ fn main() {
     ];
     println!("{n} paths of {HOPS} hops, {flows} flows: ns per sighting, median (best) of {RUNS}");
     for (name, render) in &kinds {
+        if only.as_deref().is_some_and(|o| o != *name) {
+            continue;
+        }
         let mut times = Vec::new();
         let mut h = 0xcbf2_9ce4_8422_2325u64;
         let mut bytes = 0usize;
         for run in 0..RUNS {
             let c = cpu_ns();
-            for p in &ps {
+            for p in ps.iter().cycle().take(n) {
                 render(&mut out, p);
                 if out.len() > 1 << 20 {
                     if run == 0 {

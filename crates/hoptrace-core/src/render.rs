@@ -352,10 +352,10 @@ pub fn push_path_line_noted(
 
 // ------------------------------------------------------------------ the cache
 
-/// Slots for hops' constant parts (a power of two): a flood's few flows times their hops
-/// fit; many flows share slots and take turns.
+/// Slots for hops' constant parts (a power of two; two-way sets): a flood's few flows times
+/// their hops fit; many flows share slots and take turns.
 const HOP_SLOTS: usize = 256;
-/// Slots for NAT events' objects (a power of two).
+/// Slots for NAT events' objects (a power of two; two-way sets).
 const NAT_SLOTS: usize = 64;
 
 /// Everything a hop's [`push_hop_part`] is written from.
@@ -394,9 +394,9 @@ impl HopKey {
         }
     }
 
-    /// Its slot: a multiplicative hash of the fields, top bits.
+    /// Its set: a multiplicative hash of the fields, top bits.
     #[inline]
-    fn slot(&self) -> usize {
+    fn set(&self) -> usize {
         let (s, d) = (u128::from_le_bytes(self.src), u128::from_le_bytes(self.dst));
         let h = (s as u64)
             ^ ((s >> 64) as u64).rotate_left(13)
@@ -406,15 +406,32 @@ impl HopKey {
             ^ (u64::from(self.hop) << 48)
             ^ (u64::from(self.sport) << 16 | u64::from(self.dport)).rotate_left(37)
             ^ u64::from(self.dir) << 60;
-        (mix(h) as usize) & (HOP_SLOTS - 1)
+        set_of(h, HOP_SLOTS / 2)
     }
 }
 
-/// Bits of `h` spread to the top, then the top bits down.
+/// Which of `sets` (a power of two) `h` goes to: the top bits of a multiplicative hash
+/// (they depend on every bit of `h`; the low ones only on its low bits).
 #[inline]
-fn mix(h: u64) -> u64 {
-    let h = h.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    h ^ (h >> 32)
+fn set_of(h: u64, sets: usize) -> usize {
+    let bits = sets.trailing_zeros();
+    (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits).min(63)) as usize
+}
+
+/// The slot of two-way set `set` for what `hit` looks for: (the set's first slot, whether
+/// it holds it). A hit in the second slot moves to the first; on a miss the first slot is
+/// the least recently used one's, to be written (the other moves to the second).
+#[inline]
+fn lookup<T>(slots: &mut [T], set: usize, hit: impl Fn(&T) -> bool) -> Option<(&mut T, bool)> {
+    let Some([a, b]) = slots.get_mut(2 * set..2 * set + 2) else {
+        return None;
+    };
+    if hit(a) {
+        return Some((a, true));
+    }
+    let second = hit(b);
+    std::mem::swap(a, b);
+    Some((a, second))
 }
 
 #[derive(Debug, Default)]
@@ -439,6 +456,53 @@ struct NatSlot {
 struct Cache {
     hops: Vec<HopSlot>,
     nat: Vec<NatSlot>,
+    hops_use: Usefulness,
+    nat_use: Usefulness,
+}
+
+/// Looks that find nothing cost more than writing afresh: with many flows (more hops than
+/// slots) the cache is left alone for a while when fewer than a third of a window's looks hit.
+#[derive(Debug, Clone, Copy)]
+struct Usefulness {
+    looks: u32,
+    hits: u32,
+    /// Writes left to do without the cache.
+    skip: u32,
+}
+
+/// Looks per verdict, and writes without the cache after a bad one.
+const WINDOW: u32 = 1024;
+const SKIP: u32 = 15 * WINDOW;
+
+impl Usefulness {
+    const NEW: Usefulness = Usefulness {
+        looks: 0,
+        hits: 0,
+        skip: 0,
+    };
+
+    /// Whether to look this time.
+    #[inline]
+    fn look(&mut self) -> bool {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return false;
+        }
+        true
+    }
+
+    #[inline]
+    fn record(&mut self, hit: bool) {
+        self.looks += 1;
+        self.hits += u32::from(hit);
+        if self.looks >= WINDOW {
+            if self.hits * 3 < self.looks {
+                self.skip = SKIP;
+            }
+            self.looks = 0;
+            self.hits = 0;
+        }
+    }
 }
 
 thread_local! {
@@ -446,6 +510,8 @@ thread_local! {
         RefCell::new(Cache {
             hops: Vec::new(),
             nat: Vec::new(),
+            hops_use: Usefulness::NEW,
+            nat_use: Usefulness::NEW,
         })
     };
 }
@@ -468,14 +534,19 @@ impl Cache {
     /// [`push_hop_part`], copied when written before.
     #[inline]
     fn hop_part(&mut self, out: &mut Vec<u8>, o: &Obs, labels: &Labels) {
+        if !self.hops_use.look() {
+            return push_hop_part(out, o, labels);
+        }
         if self.hops.is_empty() {
             self.hops.resize_with(HOP_SLOTS, HopSlot::default);
         }
         let key = HopKey::of(o, labels);
-        let Some(slot) = self.hops.get_mut(key.slot()) else {
+        let hit = |s: &HopSlot| s.key == key && !s.text.is_empty();
+        let Some((slot, true_hit)) = lookup(&mut self.hops, key.set(), hit) else {
             return push_hop_part(out, o, labels);
         };
-        if slot.key == key && !slot.text.is_empty() {
+        self.hops_use.record(true_hit);
+        if true_hit {
             out.extend_from_slice(&slot.text);
             return;
         }
@@ -497,6 +568,9 @@ impl Cache {
         labels: &Labels,
         note: Option<&[u8]>,
     ) {
+        if !self.nat_use.look() {
+            return push_nat_object(out, ev, inner, labels, note);
+        }
         if self.nat.is_empty() {
             self.nat.resize_with(NAT_SLOTS, NatSlot::default);
         }
@@ -510,14 +584,18 @@ impl Cache {
             ^ u64::from(a.sport.unwrap_or(0)) << 24
             ^ u64::from(ev.hop) << 40
             ^ u64::from(ev.from_hop) << 56;
-        let Some(slot) = self.nat.get_mut((mix(h) as usize) & (NAT_SLOTS - 1)) else {
+        let hit = |s: &NatSlot| {
+            let same_note = match note {
+                Some(n) => s.noted && s.note == n,
+                None => !s.noted,
+            };
+            same_note && s.key == Some(key)
+        };
+        let Some((slot, true_hit)) = lookup(&mut self.nat, set_of(h, NAT_SLOTS / 2), hit) else {
             return push_nat_object(out, ev, inner, labels, note);
         };
-        let same_note = match note {
-            Some(n) => slot.noted && slot.note == n,
-            None => !slot.noted,
-        };
-        if same_note && slot.key == Some(key) {
+        self.nat_use.record(true_hit);
+        if true_hit {
             out.extend_from_slice(&slot.text);
             return;
         }
@@ -920,5 +998,48 @@ mod tests {
                 proptest::prop_assert_eq!(cached, fresh);
             }
         }
+    }
+
+    #[test]
+    fn a_cache_that_misses_is_left_alone_for_a_while() {
+        let mut u = Usefulness::NEW;
+        for k in 0..WINDOW {
+            assert!(u.look());
+            u.record(k % 3 == 0); // a third hit: kept
+        }
+        assert!(u.look());
+        for _ in 0..WINDOW {
+            assert!(u.look());
+            u.record(false);
+        }
+        for _ in 0..SKIP {
+            assert!(!u.look());
+        }
+        assert!(u.look());
+    }
+
+    #[test]
+    fn many_flows_written_as_afresh_with_and_without_the_cache() {
+        // More distinct hops than slots, then a few over and over: the cache is skipped,
+        // then used again; every hop as written afresh throughout.
+        let mut labels = Labels::new();
+        for (n, i) in [("web", "eth0"), ("host", "eth0"), ("host", "docker0")] {
+            labels.intern(n, i);
+        }
+        let n = 3 * (WINDOW + SKIP) as usize;
+        for k in 0..n {
+            let distinct = k < n / 2;
+            let f = if distinct { k } else { k % 3 };
+            let o = Obs {
+                ts_ns: k as u64,
+                sport: (f % 60_000) as u16,
+                dport: (f / 60_000) as u16,
+                ..template(k % 2)
+            };
+            let cached = s(|v| push_hop(v, &o, &labels));
+            assert_eq!(cached.as_bytes(), fresh_hop(&o, &labels), "{k}");
+        }
+        let used = CACHE.with_borrow(|c| c.hops_use);
+        assert_eq!(used.skip, 0, "used again once the flows are few");
     }
 }
