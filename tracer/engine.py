@@ -11,6 +11,7 @@ Single-threaded: the CLI runs it in the main thread, the TUI in a worker thread
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import threading
@@ -310,6 +311,9 @@ class Engine:
         self._t1: float | None = None
         self._stream: Any = None
         self._paths_base = 0  # paths shown by earlier runs of events() (a second call)
+        # The stream's path count as the engine's thread last read it: another thread (the
+        # TUI's stats tick) cannot read the stream while that thread feeds it (GIL released).
+        self._paths_seen = 0
         # The core writes text for people with these options rather than NDJSON (render_text).
         self.text: TextOptions | None = None
         #: Aggregate every shown path per flow in the core too (tracer/flow_view.py), for
@@ -338,7 +342,7 @@ class Engine:
     def stats(self) -> Stats:
         t0 = self._t0
         elapsed = 0.0 if t0 is None else (self._t1 or time.monotonic()) - t0
-        paths = self._paths_base + (0 if self._stream is None else int(self._stream.paths))
+        paths = self.shown_paths()
         from tracer.protocols import ReportsSampling
 
         sampling = self.source.sampling() if isinstance(self.source, ReportsSampling) else None
@@ -346,8 +350,13 @@ class Engine:
                      lost_events=int(self.source.lost_events), elapsed_s=elapsed, sampling=sampling)
 
     def shown_paths(self) -> int:
-        """Paths shown so far (cheap: for a rate)."""
-        return self._paths_base + (0 if self._stream is None else int(self._stream.paths))
+        """Paths shown so far (cheap: for a rate). From another thread while the engine's
+        thread feeds the stream: the count it read after its last step."""
+        stream = self._stream
+        if stream is not None:
+            with contextlib.suppress(RuntimeError):  # borrowed by the feeding thread
+                self._paths_seen = int(stream.paths)
+        return self._paths_base + self._paths_seen
 
     def flow_table(self, now: float, limit: int) -> FlowTable | None:
         """The busiest ``limit`` flows over the flow view's window as of ``now`` (seconds of
@@ -388,6 +397,7 @@ class Engine:
 
         if self._stream is not None:
             self._paths_base += int(self._stream.paths)
+        self._paths_seen = 0
         count = self.count
         text = None if self.text is None else (self.text.numeric, self.text.detail, self.text.color)
         stream = self._stream = _core.Stream(count=None if count is None else max(count, 0),
@@ -454,6 +464,7 @@ class Engine:
                         if isinstance(hook, CountsSightings):
                             hook.tick(n)  # a hook added since the step was taken sees the next
                     lines = Lines(data, index.reshape(-1, 3), hops.reshape(-1, 4))
+                    self._paths_seen = int(stream.paths)
                     after()
                     before()
                     yield lines if annotate is None else annotate(lines)
@@ -463,6 +474,7 @@ class Engine:
                     hook(batch)
                 before()
                 lines = feeder.feed(batch)
+                self._paths_seen = int(stream.paths)
                 after()
                 if fed:
                     before()

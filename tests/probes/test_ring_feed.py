@@ -339,3 +339,48 @@ def test_a_source_whose_labels_the_core_does_not_have_in_step_is_refused() -> No
     with pytest.raises(RuntimeError, match="out of step"):
         for _ in engine.chunks():
             pass
+
+
+def test_stats_are_read_from_another_thread_while_the_core_feeds(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TUI's stats tick reads the engine's figures from its own thread while the engine's
+    thread is inside feed_ring (the stream borrowed, the GIL released): the figures come, they
+    do not raise (which froze the status bar at '0 ev/s' through a flood), and they count."""
+    monkeypatch.setattr(skb_hops, "HOLD_S", 0.0)
+    events, reasons = events_of("internet-ping-ebpf.pcapng")
+    chunks = [[events[k] for k in part.tolist()] for part in np.array_split(np.arange(len(events)), 4)]
+    ring_file = RingFile(tmp_path / "ring")
+    src = source(reasons)
+    ring = src._core_ring()
+    ring.open(ring_file.f.fileno(), DATA)
+    ring.set_clock(*src.clock.knots())  # type: ignore[union-attr]
+    src._mapped, src._bpf = True, FakeBpf()
+    engine = Engine(PipelineSource(src, started=True))
+    seen: list[tuple[int, int]] = []
+    errors: list[BaseException] = []
+
+    def kernel() -> None:
+        try:
+            for chunk in chunks:
+                ring_file.append(chunk)
+                ring_file.consumed()
+                for _ in range(25):  # while the engine's thread waits in feed_ring for more
+                    st = engine.stats()
+                    seen.append((st.observations, st.paths))
+                    time.sleep(0.002)
+        except BaseException as exc:  # raised in this thread: the test's to see
+            errors.append(exc)
+        finally:
+            src.stop()
+
+    writer = threading.Thread(target=kernel)
+    writer.start()
+    try:
+        got = output(tmp_path, engine, True)
+    finally:
+        writer.join(10)
+        ring_file.f.close()
+    assert not errors, errors
+    assert len(seen) == 25 * len(chunks)
+    assert seen[-1][0] > 0  # sightings counted while running
+    assert engine.stats().paths == sum('"type": "path"' in line for line in got)
