@@ -472,7 +472,7 @@ struct Usefulness {
 
 /// Looks per verdict, and writes without the cache after a bad one.
 const WINDOW: u32 = 1024;
-const SKIP: u32 = 15 * WINDOW;
+const SKIP: u32 = 63 * WINDOW;
 
 impl Usefulness {
     const NEW: Usefulness = Usefulness {
