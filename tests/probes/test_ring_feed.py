@@ -243,6 +243,17 @@ class FakeBpf:
         pass
 
 
+def ring_source(tmp_path: Path, reasons: dict[int, str]) -> tuple[RingFile, EbpfSource, Any]:
+    """An EbpfSource reading a ring file (as if attached: the kernel is the test), its core ring."""
+    ring_file = RingFile(tmp_path / "ring")
+    src = source(reasons)
+    ring = src._core_ring()
+    ring.open(ring_file.f.fileno(), DATA)
+    ring.set_clock(*src.clock.knots())  # type: ignore[union-attr]
+    src._mapped, src._bpf = True, FakeBpf()
+    return ring_file, src, ring
+
+
 @pytest.mark.parametrize("fixture,start,stop", [("internet-ping-ebpf.pcapng", None, None),
                                                 ("hairpin-proxy-ebpf.pcapng", 2, 4),
                                                 ("localhost-port-proxy-ebpf.pcapng", 1, None)])
@@ -255,12 +266,7 @@ def test_the_reader_threads_batches_fed_by_the_core_print_what_the_reference_pri
     monkeypatch.setattr(skb_hops, "HOLD_S", 0.0)  # a batch per poll that read anything
     events, reasons = events_of(fixture)
     chunks = [[events[k] for k in part.tolist()] for part in np.array_split(np.arange(len(events)), 6)]
-    ring_file = RingFile(tmp_path / "ring")
-    src = source(reasons)
-    ring = src._core_ring()
-    ring.open(ring_file.f.fileno(), DATA)
-    ring.set_clock(*src.clock.knots())  # type: ignore[union-attr]
-    src._mapped, src._bpf = True, FakeBpf()
+    ring_file, src, ring = ring_source(tmp_path, reasons)
     engine = Spy(PipelineSource(src, started=True))
     ticks = Ticks(engine, start, stop)
     engine.batch_hooks.append(ticks)
@@ -349,12 +355,7 @@ def test_stats_are_read_from_another_thread_while_the_core_feeds(tmp_path: Path,
     monkeypatch.setattr(skb_hops, "HOLD_S", 0.0)
     events, reasons = events_of("internet-ping-ebpf.pcapng")
     chunks = [[events[k] for k in part.tolist()] for part in np.array_split(np.arange(len(events)), 4)]
-    ring_file = RingFile(tmp_path / "ring")
-    src = source(reasons)
-    ring = src._core_ring()
-    ring.open(ring_file.f.fileno(), DATA)
-    ring.set_clock(*src.clock.knots())  # type: ignore[union-attr]
-    src._mapped, src._bpf = True, FakeBpf()
+    ring_file, src, _ = ring_source(tmp_path, reasons)
     engine = Engine(PipelineSource(src, started=True))
     seen: list[tuple[int, int]] = []
     errors: list[BaseException] = []

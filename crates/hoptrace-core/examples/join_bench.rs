@@ -30,19 +30,9 @@ fn rows_of(data: &[u8]) -> Result<&[u8], String> {
     data.get(at + len..).ok_or_else(|| "short .npy".to_string())
 }
 
-/// This thread's CPU time (ns), which other work on a shared machine does not inflate.
-fn cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// "median (best)" of some runs.
-fn median(mut v: Vec<f64>) -> String {
-    v.sort_by(f64::total_cmp);
-    format!("{:.1} ({:.1})", v[v.len() / 2], v[0])
-}
+#[path = "common/timing.rs"]
+mod timing;
+use timing::{cpu_ns, median};
 
 fn main() -> Result<(), String> {
     let mut args = std::env::args().skip(1);

@@ -21,19 +21,9 @@ use hoptrace_core::text_render::{push_path_text, PathHead, TextOptions};
 const RUNS: usize = 7;
 const HOPS: usize = 5;
 
-/// This thread's CPU time (ns), which other work on a shared machine does not inflate.
-fn cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// "median (best)" of some runs.
-fn median(mut v: Vec<f64>) -> String {
-    v.sort_by(f64::total_cmp);
-    format!("{:.1} ({:.1})", v[v.len() / 2], v[0])
-}
+#[path = "common/timing.rs"]
+mod timing;
+use timing::{cpu_ns, median};
 
 fn v4(a: [u8; 4]) -> [u8; 16] {
     let mut r = [0u8; 16];
