@@ -100,8 +100,6 @@ def test_report_parquet_cli_and_load_of_a_recording(tmp_path: Path) -> None:
     from tracer.sinks.analysis import replay_paths
 
     fx = FIXTURES / "internet-ping.pcapng"
-    if not fx.is_file():
-        pytest.skip("needs fixtures/internet-ping.pcapng (make fixtures)")
     out = tmp_path / "pq"
     proc = run_hoptrace("report", str(fx), "--parquet", str(out))
     assert proc.returncode == 0, proc.stderr

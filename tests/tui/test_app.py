@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import pytest
 from textual.pilot import Pilot
 from textual.widgets import Input, Label, Static
 
@@ -227,7 +226,7 @@ async def test_record_unavailable_without_factory(demo_engine: ScriptedEngine) -
 
 @sync
 async def test_record_starts_and_stops_a_recorder(demo_engine: ScriptedEngine, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    record = pytest.importorskip("tracer.sinks.record", reason="needs tracer.sinks.record (RECORDING)")
+    from tracer.sinks import record
     out = tmp_path / "ui.pcapng"
     made = []
 
@@ -307,7 +306,7 @@ async def test_command_palette_offers_the_actions(demo_engine: ScriptedEngine) -
 
 @sync
 async def test_a_cli_recorder_shows_and_r_stops_it(demo_engine: ScriptedEngine, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    record = pytest.importorskip("tracer.sinks.record", reason="needs tracer.sinks.record (RECORDING)")
+    from tracer.sinks import record
     rec = record.PcapngRecorder(str(tmp_path / "cli.pcapng"))
     demo_engine.batch_hooks.append(rec.on_batch)  # what `hoptrace live --record` does
     app = make_app(demo_engine, recorder=rec)

@@ -9,16 +9,14 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import pytest
 from textual.widgets import Static
 
+import tracer.engine as engine_mod
 from tests.conftest import FIXTURES
 from tests.tui.scripted import MASQ_RULE, masquerade_reply, masquerade_request, sync
 from tests.tui.test_app import SIZE, shown_ids, view_text, wait_for
 from tracer.model import ObsBatch
 from tracer.sources.base import BatchListSource
-
-engine_mod = pytest.importorskip("tracer.engine", reason="needs tracer.engine (CORRELATOR)")
 
 HOST_NS, WEB_NS = 4026531840, 4026532466
 IPTABLES_SAVE = f"""*nat
@@ -95,9 +93,6 @@ def _replay_app(*files: Path, **opts):  # type: ignore[no-untyped-def]
     from tracer.sources.files import FileSource
     from tui.app import make_app
 
-    for f in files:
-        if not f.exists():
-            pytest.skip(f"needs the lab fixture {f.name} (make fixtures)")
     return make_app(engine_mod.Engine(FileSource([str(f) for f in files])), **opts)
 
 
@@ -120,8 +115,6 @@ async def test_engine_filter_moves_into_the_ui() -> None:
     from tui.app import make_app
 
     fx = FIXTURES / "internet-ping.pcapng"
-    if not fx.exists():
-        pytest.skip(f"needs the lab fixture {fx.name} (make fixtures)")
     engine = engine_mod.Engine(FileSource([str(fx)]), path_filter=PathFilter("icmp"))
     app = make_app(engine)
     async with app.run_test(size=SIZE) as pilot:
@@ -137,8 +130,6 @@ async def test_engine_filter_moves_into_the_ui() -> None:
 @sync
 async def test_damaged_file_shows_error_and_keeps_paths(tmp_path: Path) -> None:
     fx = FIXTURES / "internet-ping.pcapng"
-    if not fx.exists():
-        pytest.skip(f"needs the lab fixture {fx.name} (make fixtures)")
     damaged = tmp_path / "damaged.pcapng"
     data = fx.read_bytes()
     damaged.write_bytes(data[: len(data) - 37])  # cut inside the last block

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import time
-
-import pytest
 
 from tests.conftest import FIXTURES, HOPTRACE
 from tests.tui.conftest import Tmux
@@ -15,10 +12,7 @@ FIXTURE = FIXTURES / "internet-ping.pcapng"
 
 
 def test_replay_in_tmux_shows_the_path_and_its_nat(tmux: Tmux) -> None:
-    if importlib.util.find_spec("tracer.engine") is None:
-        pytest.skip("needs tracer.engine (the correlation engine) for hoptrace replay")
-    if not FIXTURE.exists():
-        pytest.skip(f"needs the lab fixture {FIXTURE.name} (make fixtures)")
+    assert FIXTURE.exists(), f"the committed fixture {FIXTURE} is missing"
     # A detached session takes default-size (80x24) whatever -x/-y say on tmux 3.3: set it first;
     # and COLUMNS/LINES inherited from the test runner would override the pane size.
     tmux("-f", "/dev/null", "start-server", ";", "set", "-g", "default-size", "120x40", ";",

@@ -152,7 +152,6 @@ def test_damaged_files(tmp_path: Path) -> None:
     assert run(product.run, bad_expr) == run(reference.run, bad_expr)
 
 
-@pytest.mark.skipif(not CORPUS.is_dir(), reason="the tcpdump corpus is not beside this checkout")
 def test_corpus_sample(tmp_path: Path) -> None:
     assert len(CORPUS_SAMPLE) > 40
     for k, f in enumerate(CORPUS_SAMPLE):
@@ -163,7 +162,6 @@ def test_corpus_sample(tmp_path: Path) -> None:
             same_parquet(tmp_path / str(k), [str(f)])
 
 
-@pytest.mark.skipif(not CORPUS.is_dir(), reason="the tcpdump corpus is not beside this checkout")
 def test_corpus_sample_filtered() -> None:
     for f in CORPUS_SAMPLE[::3]:
         same_report(["--format", "json", str(f), "--", "tcp"])

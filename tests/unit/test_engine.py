@@ -141,7 +141,6 @@ def test_duration_ends_a_live_source() -> None:
     assert flatten(engine) == []
 
 
-@pytest.mark.skipif(not (FIXTURES / "internet-ping.pcapng").exists(), reason="needs fixtures/internet-ping.pcapng")
 def test_replay_of_a_lab_recording() -> None:
     from tracer.sources.files import FileSource
 

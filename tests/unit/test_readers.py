@@ -211,8 +211,8 @@ def test_many_packets_small_chunks_batches_and_frames_intact(tmp_path: Path, mon
 
 
 def test_recorder_round_trip(tmp_path: Path) -> None:
-    record = pytest.importorskip("tracer.sinks.record")
     from tests.reference.decode import decode_frames
+    from tracer.sinks import record
 
     frames = [bytes(ETH / ping("172.17.0.2", "198.51.100.8", 1)), bytes(ETH / ping("203.0.113.2", "198.51.100.8", 1))]
     rows = decode_frames(frames, 1)

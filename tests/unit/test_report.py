@@ -64,7 +64,6 @@ def test_render_text_and_markdown() -> None:
     assert (j["type"], j["files"], j["stats"]["observations"]) == ("report", ["a.pcapng"], 17)
 
 
-@pytest.mark.skipif(not (FIXTURES / "published-port.pcapng").exists(), reason="needs fixtures/published-port.pcapng")
 def test_report_command_on_a_recording(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     from tracer.cli import main
 
