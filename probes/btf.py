@@ -25,7 +25,7 @@ from tracer.errors import KernelFeatureMissing
 
 VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
 KERNEL_NOTES = Path("/sys/kernel/notes")
-CACHE_VERSION = 4
+CACHE_VERSION = 5
 
 BTF_MAGIC = 0xEB9F
 # BTF kinds (include/uapi/linux/btf.h)
@@ -69,6 +69,9 @@ class KernelLayout:
     sizes: dict[str, int]  # HT_OFF_<name> -> size in bytes of that member
     tp_args: dict[str, dict[str, int]]  # tracepoint -> {arg name: index into ctx->args}
     drop_reasons: dict[int, str] = field(default_factory=dict)  # value -> name without prefix
+    # tracepoint -> BTF type id of its btf_trace_<tp> typedef (what a tp_btf program is loaded
+    # against: probes/tp_btf.py); empty when the kernel's BTF has none
+    tp_btf_ids: dict[str, int] = field(default_factory=dict)
     build_id: str = ""
     parse_s: float = 0.0  # time the BTF parse took (0 when read from the cache)
     cached: bool = False
@@ -341,7 +344,8 @@ def parse_layout(data: bytes, build_id: str = "") -> KernelLayout:
             raise BtfError(f"BTF: raw tracepoint {tp} has no argument(s) {missing} (has {names})")
         tp_args[tp] = {w: names.index(w) for w in wanted}
     reasons = {v: _reason_name(n) for v, n in btf.enum_values("skb_drop_reason").items()}
-    return KernelLayout(offsets, sizes, tp_args, reasons, build_id, time.perf_counter() - t0)
+    tp_ids = {tp: tid for tp in TRACEPOINT_ARGS if (tid := btf.by_name.get((TYPEDEF, f"btf_trace_{tp}")))}
+    return KernelLayout(offsets, sizes, tp_args, reasons, tp_ids, build_id, time.perf_counter() - t0)
 
 
 def _cache_file(build_id: str) -> Path | None:
@@ -370,6 +374,7 @@ def load_layout(btf_path: Path = VMLINUX_BTF, use_cache: bool = True) -> KernelL
                 sizes=d["sizes"],
                 tp_args=d["tp_args"],
                 drop_reasons={int(k): v for k, v in d["drop_reasons"].items()},
+                tp_btf_ids=d["tp_btf_ids"],
                 build_id=build_id,
                 cached=True,
             )
@@ -389,6 +394,7 @@ def load_layout(btf_path: Path = VMLINUX_BTF, use_cache: bool = True) -> KernelL
                     "sizes": layout.sizes,
                     "tp_args": layout.tp_args,
                     "drop_reasons": {str(k): v for k, v in layout.drop_reasons.items()},
+                    "tp_btf_ids": layout.tp_btf_ids,
                 }
             )
         )

@@ -28,6 +28,7 @@ from ipaddress import ip_address
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from probes import tp_btf
 from probes.btf import KernelLayout, load_layout
 from probes.headers import HeaderTree, ensure_bcc_env
 from probes.utc_clock import MonoToUtc
@@ -41,6 +42,11 @@ if TYPE_CHECKING:
     from tracer.engine import RingStep, StreamTables
 
 C_SOURCE = Path(__file__).with_suffix(".c")
+# skb_hops.c's HT_PROBE functions and the tracepoints they attach to (as tp_btf)
+PROBES = {"ht_rx": "netif_receive_skb", "ht_tx": "net_dev_start_xmit", "ht_drop": "kfree_skb"}
+# "raw_tp" forces bcc's raw tracepoints (the fallback where the kernel refuses tp_btf): tests
+# compare the two kinds, the bench times them
+ATTACH_ENV = "HOPTRACE_EBPF_ATTACH"
 IFNAMSIZ = 16
 HEADER_LEN = 16  # struct hop_batch: count, busy, first_ts
 DEFAULT_BATCH = 32
@@ -332,6 +338,10 @@ class EbpfSource:
         self.start_s: float = 0.0
         self._bpf: Any = None
         self._flush_fd = -1
+        self._tp_btf: list[tp_btf.TpBtfProgram] = []
+        #: "tp_btf" or "raw_tp": how the programs were attached (and why not tp_btf, if not)
+        self.attach_kind = ""
+        self.attach_note = ""
         self._ring: Any = None  # tracer._core.EbpfRing: the ring's mmap, the events read, the decoder
         self._mapped = False
         self._stop = threading.Event()
@@ -374,8 +384,7 @@ class EbpfSource:
             "-Wno-unused-function",
         ]
         try:
-            # RAW_TRACEPOINT_PROBE functions are attached by bcc when it loads.
-            self._bpf = bcc.BPF(src_file=str(C_SOURCE).encode(), cflags=cflags)
+            self._bpf = self._load(bcc, cflags)
         except Exception as exc:  # bcc raises bare Exception for compile/load/attach failures
             raise ProbeLoadError(
                 f"bcc could not load {C_SOURCE.name}: {str(exc).splitlines()[0] if str(exc) else exc!r}",
@@ -396,6 +405,38 @@ class EbpfSource:
             self.stop()
             raise ProbeLoadError(f"could not set up the probes: {exc}") from exc
         self.start_s = time.perf_counter() - t0
+
+    def _load(self, bcc: Any, cflags: list[str]) -> Any:
+        """skb_hops.c compiled, loaded and attached: as tp_btf programs when the kernel takes
+        them (the sk_buff and net_device fields read without a helper call), else as bcc's raw
+        tracepoints (bcc attaches RAW_TRACEPOINT_PROBE functions when it loads them)."""
+        assert self.layout is not None
+        ids = self.layout.tp_btf_ids
+        forced = os.environ.get(ATTACH_ENV, "")
+        if forced != "raw_tp" and all(tp in ids for tp in PROBES.values()):
+            bpf = None
+            try:
+                bpf = bcc.BPF(src_file=str(C_SOURCE).encode(), cflags=[*cflags, "-DHT_TP_BTF"])
+                for fn, tp in PROBES.items():
+                    self._tp_btf.append(tp_btf.load_and_attach(bpf.dump_func(fn.encode()), ids[tp], tp, tp))
+            except Exception as exc:  # bcc's compile errors are bare Exceptions; the kernel's, TpBtfError
+                self._close_tp_btf()
+                if bpf is not None:
+                    bpf.cleanup()
+                why = exc.strerror if isinstance(exc, OSError) else str(exc).splitlines()[0] if str(exc) else repr(exc)
+                self.attach_note = f"tp_btf not taken ({why}): raw tracepoints instead"
+            else:
+                self.attach_kind = "tp_btf"
+                return bpf
+        elif forced != "raw_tp":
+            self.attach_note = "the kernel's BTF has no btf_trace_* types: raw tracepoints"
+        self.attach_kind = "raw_tp"
+        return bcc.BPF(src_file=str(C_SOURCE).encode(), cflags=cflags)
+
+    def _close_tp_btf(self) -> None:
+        progs, self._tp_btf = self._tp_btf, []
+        for prog in progs:
+            prog.close()
 
     def stop(self) -> None:
         """Detach now if no poll is running, else the polling loop detaches when it sees the flag.
@@ -424,6 +465,7 @@ class EbpfSource:
         self._final_counters = {c: self._kernel_counter(c) for c in Counter}
         self._bpf = None
         try:
+            self._close_tp_btf()  # detached (the links closed) before bcc's maps go
             bpf.cleanup()  # detaches the programs first: nothing below may keep them attached
         finally:
             if mapped:
@@ -442,7 +484,7 @@ class EbpfSource:
         bpf = self._bpf
         count = 0
         if bpf is not None:
-            count = len(bpf.raw_tracepoint_fds or ())
+            count = len(bpf.raw_tracepoint_fds or ()) + len(self._tp_btf)
             count += int(bpf.num_open_kprobes()) + int(bpf.num_open_tracepoints())
         netns = self.kernel_filter.netns
         if not netns:

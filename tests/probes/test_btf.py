@@ -132,6 +132,10 @@ def test_running_kernel_layout_matches_bpftool() -> None:
     assert lay.tp_args["kfree_skb"]["skb"] == 0 and lay.tp_args["kfree_skb"]["reason"] == 2
     names = set(lay.drop_reasons.values())
     assert {"NETFILTER_DROP", "NO_SOCKET", "NOT_DROPPED_YET", "CONSUMED"} <= names
+    # what the tp_btf programs load against (probes/tp_btf.py): bpftool names the same typedefs
+    raw = _bpftool_raw()
+    for tp in ("netif_receive_skb", "net_dev_start_xmit", "kfree_skb"):
+        assert any(ln.startswith(f"[{lay.tp_btf_ids[tp]}] TYPEDEF 'btf_trace_{tp}' ") for ln in raw)
 
 
 def test_cache_round_trip(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -141,7 +145,9 @@ def test_cache_round_trip(tmp_path, monkeypatch) -> None:  # type: ignore[no-unt
     first = btf.load_layout()
     second = btf.load_layout()
     assert (first.cached, second.cached) == (False, True)
-    assert (first.offsets, first.tp_args, first.drop_reasons) == (second.offsets, second.tp_args, second.drop_reasons)
+    assert (first.offsets, first.tp_args, first.drop_reasons, first.tp_btf_ids) == (
+        second.offsets, second.tp_args, second.drop_reasons, second.tp_btf_ids)
+    assert len(second.tp_btf_ids) == 3
 
 
 def _layout(dev_off: int) -> KernelLayout:
