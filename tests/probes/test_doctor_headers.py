@@ -57,15 +57,28 @@ def test_raw_tracepoint_test_load() -> None:
     assert (ok, why.split(":")[0]) == (False, "attaching to raw tracepoint no_such_tracepoint_hoptrace")
 
 
+def test_tp_btf_test_load_and_a_refusal() -> None:
+    need_root()
+    from probes import tp_btf
+    from tracer.commands.doctor import check_tp_btf
+
+    assert check_tp_btf().ok, check_tp_btf().detail
+    nop = bytes.fromhex("b700000000000000" "9500000000000000")
+    sk_buff = btf.Btf(btf.VMLINUX_BTF.read_bytes()).by_name[(btf.STRUCT, "sk_buff")]
+    with pytest.raises(tp_btf.TpBtfError) as exc:
+        tp_btf.load(nop, sk_buff, "ht_test", "sk_buff")  # a struct, no tracepoint's type: refused
+    assert str(exc.value).startswith("[Errno") and "sk_buff: tp_btf load refused" in str(exc.value)
+
+
 def test_doctor_json_reports_every_check_and_backend() -> None:
     need_root()
     r = run_hoptrace("doctor", "--json", timeout=60)
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     names = [c["name"] for c in report["checks"]]
-    assert names[:6] == ["privileges", "btf", "tracefs", "bcc", "headers", "raw_tracepoint"]
+    assert names[:7] == ["privileges", "btf", "tracefs", "bcc", "headers", "raw_tracepoint", "tp_btf"]
     assert {"iptables", "conntrack", "dockerd", "tcpdump", "tshark"} <= set(names)
-    assert all(c["ok"] for c in report["checks"][:6]), report["checks"][:6]
+    assert all(c["ok"] for c in report["checks"][:7]), report["checks"][:7]
     assert report["backends"]["ebpf"]["ok"] and report["backends"]["pcap"]["ok"]
 
 

@@ -192,6 +192,29 @@ def check_raw_tracepoint() -> Check:
     return Check("raw_tracepoint", ok, detail, None if ok else "run as root; kernel needs CONFIG_BPF_EVENTS")
 
 
+def check_tp_btf() -> Check:
+    """Load `r0 = 0; exit` as a BTF-typed raw tracepoint (tp_btf) on netif_receive_skb and
+    attach it for a moment: how the probes run here (probes/tp_btf.py)."""
+    from probes import tp_btf
+    from probes.btf import load_layout
+    from tracer.errors import HoptraceError
+
+    fallback = "none needed: the probes use raw tracepoints instead (each field a helper call, slower)"
+    try:
+        tid = load_layout().tp_btf_ids.get("netif_receive_skb")
+    except HoptraceError as exc:
+        return Check("tp_btf", False, exc.message, fallback)
+    if not tid:
+        return Check("tp_btf", False, "the kernel's BTF has no btf_trace_netif_receive_skb", fallback)
+    try:
+        tp_btf.load_and_attach(bytes.fromhex("b700000000000000" "9500000000000000"), tid, "ht_doctor",
+                               "netif_receive_skb").close()
+    except tp_btf.TpBtfError as exc:
+        return Check("tp_btf", False, str(exc.strerror), fallback)
+    return Check("tp_btf", True, "loaded and attached a tp_btf program to netif_receive_skb: the probes read"
+                 " kernel fields as plain loads")
+
+
 def _tool(name: str, *version_args: str, package: str | None = None) -> Check:
     path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
     if path is None:
@@ -265,6 +288,7 @@ def collect() -> dict[str, object]:
         check_bcc(),
         check_headers(),
         check_raw_tracepoint(),
+        check_tp_btf(),
         _tool("iptables", "--version"),
         _tool("nft", "--version", package="nftables"),
         _tool("conntrack", "--version"),
