@@ -187,6 +187,27 @@ class CountsSightings(Protocol):
 
 
 @runtime_checkable
+class RecordsRing(Protocol):
+    """A recorder whose blocks the core can make itself as it feeds a ``FeedsStream`` source's
+    steps (tracer/sinks/record.py ``PcapngRecorder``): while its ``on_batch`` is the only batch
+    hook that needs rows, the steps stay fed by the core (``Stream.set_recorder`` with its
+    ``ring_recorder``), ``ring_sync`` before each step and ``ring_take`` after it."""
+
+    @property
+    def ring_active(self) -> bool: ...
+
+    def on_batch(self, batch: ObsBatch) -> None: ...
+
+    def ring_recorder(self, reasons: dict[int, str]) -> Any: ...
+
+    def ring_learn(self, labels: list[HopLabel]) -> None: ...
+
+    def ring_sync(self, labels: list[HopLabel]) -> None: ...
+
+    def ring_take(self) -> None: ...
+
+
+@runtime_checkable
 class TextLines(Protocol):
     """A sink that takes the core's text (blocks and flow lines, tracer/sinks/output.py ``TextSink``)
     as it is, rendered with its ``text_options``."""
@@ -325,6 +346,10 @@ class Engine:
         #: lone NDJSON sink on a file or pipe): ``chunks()`` then yields empty lines. Not with
         #: annotators that are plain functions (they need the lines), text or a flow view.
         self.output_fd: int | None = None
+        # The recorder the core records for as it feeds the steps (``_batch_mode``), and the
+        # feeder of the current ``chunks()``.
+        self._ring_rec: RecordsRing | None = None
+        self._feeder: _Feeder | None = None
 
     def render_text(self, opts: TextOptions) -> bool:
         """Have the core write ``opts``' text instead of NDJSON lines (``chunks()``' data; no
@@ -406,7 +431,8 @@ class Engine:
             from tracer.flow_view import WINDOW_NS
 
             self._flow_view = _core.FlowView(stream, window_ns=WINDOW_NS, now_ns=int(self.flow_clock() * 1e9))
-        feeder = _Feeder(stream, self.path_filter)
+        feeder = self._feeder = _Feeder(stream, self.path_filter)
+        self._ring_rec = None
         locals_ = _Locals(self.local, stream, self.local_hooks) if self.local is not None else None
         nat_told: frozenset[int] | None = None
         tables = _Tables.of(self.annotators, stream)
@@ -460,6 +486,8 @@ class Engine:
                 if isinstance(batch, tuple):
                     n, data, index, hops = batch
                     self._observations += n
+                    if self._ring_rec is not None:
+                        self._ring_rec.ring_take()  # what the core recorded of the step
                     for hook in self.batch_hooks:
                         if isinstance(hook, CountsSightings):
                             hook.tick(n)  # a hook added since the step was taken sees the next
@@ -484,11 +512,45 @@ class Engine:
             self._t1 = time.monotonic()
             if direct:
                 stream.set_output_fd(None)  # the core's duplicate of the descriptor closed
+            if self._ring_rec is not None:
+                stream.set_recorder(None)
+                self._ring_rec = feeder.ring = None
             self.source.stop()
 
     def _batch_mode(self) -> bool:
-        """A batch hook needs the rows (a recorder: the TUI may start one at any step)."""
-        return not all(isinstance(h, CountsSightings) for h in self.batch_hooks)
+        """A batch hook needs the rows (a recorder the core cannot record for, a second one, a
+        plain function). Asked by a ``FeedsStream`` source before each step, so at a step
+        boundary: a ``RecordsRing`` recorder (the TUI may start one at any step) is handed to
+        the stream here when the core feeds the step, and taken back when rows are wanted."""
+        ring: RecordsRing | None = None
+        rows = False
+        for hook in self.batch_hooks:
+            if isinstance(hook, CountsSightings):
+                continue
+            owner = getattr(hook, "__self__", None)
+            if isinstance(owner, RecordsRing) and hook == owner.on_batch and not owner.ring_active:
+                continue  # stopped (an error, closed): it takes nothing more
+            if ring is None and isinstance(owner, RecordsRing) and hook == owner.on_batch:
+                ring = owner
+            else:
+                rows = True
+        self._record_ring(None if rows else ring)
+        return rows
+
+    def _record_ring(self, rec: RecordsRing | None) -> None:
+        """The core records the next step for ``rec`` (None: for nobody)."""
+        stream, feeder = self._stream, self._feeder
+        if stream is None or feeder is None:
+            return
+        if rec is not self._ring_rec:
+            if self._ring_rec is not None:
+                stream.set_recorder(None)
+                self._ring_rec = feeder.ring = None
+            if rec is not None:
+                stream.set_recorder(rec.ring_recorder(dict(feeder.reasons)))
+                self._ring_rec = feeder.ring = rec
+        if rec is not None:
+            rec.ring_sync(feeder.table)
 
     @staticmethod
     def _flush(stream: Any, annotate: _Annotated | None, tables: _Tables | None = None,
@@ -585,6 +647,8 @@ class _Feeder:
         self._count = 0  # labels the core has
         self._reasons: dict[int, str] = {}  # the core's drop reason names by code
         self._aliases: dict[str, int] = {}  # names the core has under a code of its own
+        #: The recorder the core records for as it feeds (Engine._batch_mode): told new labels.
+        self.ring: RecordsRing | None = None
         if path_filter is not None:
             # A sighting without frame bytes is matched by its header rebuilt from its fields.
             stream.set_program(LINKTYPE_RAW, path_filter.insns(LINKTYPE_RAW))
@@ -600,9 +664,21 @@ class _Feeder:
         self._hops = len(hops)
         if self._count != len(hops):
             raise RuntimeError("the core's hop labels are out of step with the source's")
+        if self.ring is not None:
+            self.ring.ring_learn(hops)
         if self.path_filter is not None:
             for lt in self.stream.linktypes_without_program():
                 self.stream.set_program(lt, self.path_filter.insns(lt))
+
+    @property
+    def table(self) -> list[HopLabel]:
+        """The source's label table (empty before the first ``learn``)."""
+        return self._table if self._table is not None else []
+
+    @property
+    def reasons(self) -> dict[int, str]:
+        """The drop reason names told to the core, by code."""
+        return self._reasons
 
     def name_reasons(self, reasons: dict[int, str]) -> None:
         """``StreamTables.name_reasons``: codes the core does not name yet. A code no row can

@@ -247,7 +247,15 @@ class PcapngRecorder:
         self._ifids: dict[HopLabel, int] = {}
         self._locals: list[bytes] = []  # every local block so far, for each rotated file
         self._raw_block: bytes | None = None  # the latest raw socket spans, for each rotated file
+        self._header_len = len(shb_block())  # what a new file starts with (SHB, locals, raw spans)
         self._closed = False
+        # The core's part when it records the eBPF ring's steps itself (``ring_recorder``): the
+        # labels its rows point to, the first index of each label, and (file index, interface
+        # ids) as last told.
+        self._ring: Any = None
+        self._ring_labels: list[HopLabel] = []
+        self._ring_keys: dict[HopLabel, int] = {}
+        self._ring_told: tuple[int, int] | None = None
         self._open(0)
 
     # -- files -------------------------------------------------------------
@@ -364,6 +372,7 @@ class PcapngRecorder:
             block = custom_block(KIND_RELAY, relay_block_fields(pair))
             if len(self._locals) < MAX_LOCAL_BLOCKS:
                 self._locals.append(block)
+                self._header_len += len(block)
             self._queue(block)
 
     def on_raw_sockets(self, spans: list[tuple[int, int, int]]) -> None:
@@ -372,7 +381,9 @@ class PcapngRecorder:
         (crates/hoptrace-core/src/raw_block.rs ``parse_block``)."""
         if self._fd is None or self._closed:
             return
+        self._header_len -= len(self._raw_block or b"")
         self._raw_block = raw_sockets_block(spans)
+        self._header_len += len(self._raw_block)
         self._queue(self._raw_block)
 
     def on_local(self, answers: list[tuple[bytes, bytes, bytes]]) -> None:
@@ -383,6 +394,7 @@ class PcapngRecorder:
             block = local_block(record, json_fields, text)
             if len(self._locals) < MAX_LOCAL_BLOCKS:
                 self._locals.append(block)
+                self._header_len += len(block)
             self._queue(block)
 
     def _ifid_table(self, batch: ObsBatch, hops: np.ndarray) -> np.ndarray:
@@ -420,6 +432,77 @@ class PcapngRecorder:
                 if self._fd is None:
                     return
             rows = rows[take:]
+
+    # -- the eBPF ring's steps, recorded by the core (tracer/engine.py RecordsRing) ----
+
+    @property
+    def ring_active(self) -> bool:
+        """Still recording (no error stopped it, not closed)."""
+        return self._fd is not None and not self._closed
+
+    def ring_recorder(self, reasons: dict[int, str]) -> Any:
+        """A ``tracer._core.RingRecorder`` for this recording (``Stream.set_recorder``): the core
+        makes the IDBs and EPBs of each step's sightings as ``on_batch`` would for the same
+        batches (crates/hoptrace-core/src/record_step.rs); ``ring_take`` queues them here.
+        ``reasons``: the drop reason names the rows' codes have."""
+        from tracer import _core  # type: ignore[attr-defined]  # the compiled core, no stub
+
+        self._ring = _core.RingRecorder(self.snaplen, self.max_bytes, reasons)
+        self._ring_labels, self._ring_keys, self._ring_told = [], {}, None
+        return self._ring
+
+    def ring_learn(self, labels: list[HopLabel]) -> None:
+        """The labels the ring's rows point to (the source's one table, append-only): each one
+        not told yet, with the first index of an equal label (one interface for both)."""
+        self._ring_labels = labels
+        ring = self._ring
+        for k in range(ring.hops, len(labels)):
+            label = labels[k]
+            ring.add_hop(self._ring_keys.setdefault(label, k), idb_block(label, self.snaplen))
+
+    def ring_sync(self, labels: list[HopLabel]) -> None:
+        """Before a step: the labels, what the file holds (blocks queued here meanwhile) and,
+        when rows recorded here or a rotation changed them, the file's interface ids."""
+        import numpy as np
+
+        self.ring_learn(labels)
+        ring = self._ring
+        ring.set_file(self._file_bytes, self._file_packets, self._header_len)
+        told = (self._index, len(self._ifids))
+        if told != self._ring_told:
+            ifids = np.full(len(labels), ring.NO_IFID, np.uint32)
+            for k, label in enumerate(labels):
+                ifid = self._ifids.get(label)
+                if ifid is not None:
+                    ifids[k] = ifid
+            ring.set_ifids(ifids, len(self._ifids))
+            self._ring_told = told
+
+    def ring_take(self) -> None:
+        """After a step: the blocks the core made, queued (whole blocks per segment), the file
+        rotated where the core found it full; then flushed as ``on_batch`` does."""
+        data, segments, new_hops = self._ring.take()
+        if self._fd is None or self._closed or not len(segments):
+            return
+        labels = self._ring_labels
+        new = new_hops.tolist()
+        view = memoryview(data)
+        at = h = 0
+        for end, packets, hops_end, rotate in segments.reshape(-1, 4).tolist():
+            for k in new[h:hops_end]:
+                self._ifids[labels[k]] = len(self._ifids)  # as the core numbered them
+            h = hops_end
+            if end > at:
+                self._queue(view[at:end], packets)
+            self._file_packets += packets
+            at = end
+            if rotate:
+                self._rotate()
+                if self._fd is None:
+                    return
+        self._ring_told = (self._index, len(self._ifids))
+        if self._buf_len >= FLUSH_BYTES or time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S:
+            self._flush()
 
     # -- end ---------------------------------------------------------------
 

@@ -36,6 +36,7 @@ pub mod pyjson;
 pub mod pytext;
 pub mod raw_block;
 pub mod reader;
+pub mod record_step;
 pub mod relay;
 pub mod render;
 pub mod report;

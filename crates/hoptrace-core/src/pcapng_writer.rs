@@ -132,6 +132,19 @@ pub fn encode_epbs(
         .filter_map(|c| <&[u8; ROW_SIZE]>::try_from(c).ok())
         .map(Obs::read_row)
         .collect();
+    encode_obs(&obs, frames, ifids, snaplen, reasons, out, ends)
+}
+
+/// `encode_epbs` for sightings already decoded (the eBPF ring's batches: record_step.rs).
+pub fn encode_obs(
+    obs: &[Obs],
+    frames: &[u8],
+    ifids: &[u32],
+    snaplen: u32,
+    reasons: &HashMap<u32, Vec<u16>>,
+    out: &mut Vec<u8>,
+    ends: &mut Vec<u64>,
+) -> Result<(), String> {
     let Some(first) = obs.first() else {
         return Ok(());
     };
@@ -139,7 +152,7 @@ pub fn encode_epbs(
     let (mut ns_hi, mut t_max) = (first.netns, first.ts_ns);
     let mut reason_json: HashMap<u32, Vec<u8>> = HashMap::new();
     let mut dr_w = 0usize;
-    for o in &obs {
+    for o in obs {
         skb_max = skb_max.max(o.skb);
         ns_hi = ns_hi.max(o.netns);
         t_max = t_max.max(o.ts_ns);
@@ -194,7 +207,7 @@ pub fn encode_epbs(
     let clen = u32::try_from(clen).map_err(|_| "comment too long".to_string())?;
 
     let start = out.len();
-    for o in &obs {
+    for o in obs {
         let avail = usize::try_from(o.frame_off)
             .ok()
             .map_or(0, |off| frames.len().saturating_sub(off));

@@ -14,6 +14,7 @@ mod flow_view;
 mod reader;
 mod record;
 mod report;
+mod ring_record;
 mod stages;
 mod stream;
 mod text;
@@ -60,6 +61,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     record::register(m)?;
     stages::register(m)?;
     report::register(m)?;
+    ring_record::register(m)?;
     text::register(m)?;
     stream::register(m)?;
     tpacket::register(m)?;

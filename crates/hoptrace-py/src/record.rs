@@ -27,25 +27,7 @@ fn encode_epbs<'py>(
     snaplen: u64,
     drop_reasons: &Bound<'py, PyDict>,
 ) -> PyResult<Blocks<'py>> {
-    // A code no row can hold (negative, past u32: a kernel enum's masks) names nothing.
-    // Names as UTF-16 units: a name may hold lone surrogates (surrogateescape'd bytes),
-    // which json.dumps escapes one by one and a Rust String cannot hold.
-    let mut reasons: HashMap<u32, Vec<u16>> = HashMap::with_capacity(drop_reasons.len());
-    for (k, v) in drop_reasons.iter() {
-        if let Ok(code) = k.extract::<u32>() {
-            let units = match v.extract::<String>() {
-                Ok(name) => name.encode_utf16().collect(),
-                Err(_) => {
-                    let raw = v.call_method1("encode", ("utf-16-le", "surrogatepass"))?;
-                    raw.extract::<Vec<u8>>()?
-                        .chunks_exact(2)
-                        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                        .collect()
-                }
-            };
-            reasons.insert(code, units);
-        }
-    }
+    let reasons = reason_units(drop_reasons)?;
     let snaplen = u32::try_from(snaplen).unwrap_or(u32::MAX); // frames are shorter anyway
     let bad = || PyTypeError::new_err("rows must be a numpy array of tracer.model.obs_dtype()");
     let np = py.import("numpy")?;
@@ -71,6 +53,30 @@ fn encode_epbs<'py>(
         .map_err(PyValueError::new_err)?;
     let ends: Vec<i64> = ends.into_iter().map(|e| e as i64).collect();
     Ok((PyArray1::from_vec(py, out), PyArray1::from_vec(py, ends)))
+}
+
+/// Drop reason names by code as the encoder takes them.
+pub(crate) fn reason_units(drop_reasons: &Bound<'_, PyDict>) -> PyResult<HashMap<u32, Vec<u16>>> {
+    // A code no row can hold (negative, past u32: a kernel enum's masks) names nothing.
+    // Names as UTF-16 units: a name may hold lone surrogates (surrogateescape'd bytes),
+    // which json.dumps escapes one by one and a Rust String cannot hold.
+    let mut reasons: HashMap<u32, Vec<u16>> = HashMap::with_capacity(drop_reasons.len());
+    for (k, v) in drop_reasons.iter() {
+        if let Ok(code) = k.extract::<u32>() {
+            let units = match v.extract::<String>() {
+                Ok(name) => name.encode_utf16().collect(),
+                Err(_) => {
+                    let raw = v.call_method1("encode", ("utf-16-le", "surrogatepass"))?;
+                    raw.extract::<Vec<u8>>()?
+                        .chunks_exact(2)
+                        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                        .collect()
+                }
+            };
+            reasons.insert(code, units);
+        }
+    }
+    Ok(reasons)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

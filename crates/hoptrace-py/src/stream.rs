@@ -29,6 +29,7 @@ use pyo3::types::{PyBytes, PyList};
 
 use crate::correlate::rows_into;
 use crate::ebpf_ring::{misses_list, Batch, EbpfRing};
+use crate::ring_record::{self, RingRecorder};
 
 /// Kinds of lines in a step's index (the third column).
 const PATH: u64 = 0;
@@ -192,6 +193,8 @@ pub struct Stream {
     /// and whether their keys were handed out.
     pending: Vec<Batch>,
     asked: bool,
+    /// Records every batch ``feed_ring`` feeds (``set_recorder``: ring_record.rs).
+    recorder: Option<Py<RingRecorder>>,
 }
 
 impl Stream {
@@ -333,7 +336,15 @@ impl Stream {
             hops: 0,
             pending: Vec::new(),
             asked: false,
+            recorder: None,
         })
+    }
+
+    /// From the next ``feed_ring`` on, its batches are recorded by ``recorder`` too (a
+    /// ``RingRecorder``: its blocks taken once a step, ``RingRecorder.take``); None: no more.
+    #[pyo3(signature = (recorder))]
+    fn set_recorder(&mut self, recorder: Option<Py<RingRecorder>>) {
+        self.recorder = recorder;
     }
 
     /// From now on each step writes its output to descriptor ``fd`` (a file or pipe, which
@@ -474,16 +485,21 @@ impl Stream {
                 m.index
             )));
         }
+        let mut rec = ring_record::take_state(py, self.recorder.as_ref())?;
         let batches = std::mem::take(&mut self.pending);
         let (core, fd) = (&mut self.core, self.out.as_mut());
         let (fed, written) = py.detach(|| {
             let mut fed = 0u64;
             for b in &batches {
                 fed += b.obs.len() as u64;
+                if let Some(r) = rec.as_mut() {
+                    r.record(&b.obs, &b.frames);
+                }
                 core.feed(&b.obs, &b.frames, None);
             }
             (fed, Self::write_out(core, fd))
         });
+        ring_record::put_state(py, self.recorder.as_ref(), rec);
         ring.borrow().recycle(batches);
         let (data, index, extras) = self.output(py);
         self.raise()?;
