@@ -1,8 +1,10 @@
 //! The renderers' speed on flood-shaped paths (bench/record_bench.py's: NATed UDP, 5 hops,
 //! MASQUERADE at host/eth0, a quarter without skb), alone, without the join:
 //!
-//!     cargo run --release -p hoptrace-core --example render_bench -- [PATHS] [FLOWS] [DISTINCT] [ONLY]
+//!     cargo run --release -p hoptrace-core --example render_bench -- [PATHS] [FLOWS] [DISTINCT] [ONLY] [tcp]
 //!
+//! `tcp`: the paths are a TCP flood's (flags, sequence and acknowledgement numbers per packet)
+//! rather than UDP datagrams.
 //! DISTINCT paths (default 2000: they stay in the CPU's caches, as a finishing step's do)
 //! are rendered over and over to PATHS in all. ONLY (ndjson, ndjson+note or text) runs one.
 //! Prints ns per sighting (this thread's CPU time, median and best of 7 runs) for the
@@ -38,7 +40,7 @@ struct Path {
     nat: NatEvent,
 }
 
-fn paths(labels: &mut Labels, n: usize, flows: u64) -> Vec<Path> {
+fn paths(labels: &mut Labels, n: usize, flows: u64, tcp: bool) -> Vec<Path> {
     let names = [
         ("web", "eth0", 4026532001u64, 2u8),
         ("host", "veth1a2b3c", 4026531840, 1),
@@ -68,6 +70,7 @@ fn paths(labels: &mut Labels, n: usize, flows: u64) -> Vec<Path> {
                 0xffff_8881_0000_0000 | (rnd() & 0xffff_ff00)
             };
             let ip_id = (rnd() & 0xffff) as u32;
+            let (seq, ack) = (rnd() as u32, rnd() as u32);
             let mut hops = [Obs::default(); HOPS];
             for (i, h) in hops.iter_mut().enumerate() {
                 ts += 700 + rnd() % 3000;
@@ -95,6 +98,14 @@ fn paths(labels: &mut Labels, n: usize, flows: u64) -> Vec<Path> {
                     length: 92,
                     ..Obs::default()
                 };
+                if tcp {
+                    h.proto = 6;
+                    h.has |= has::TCP;
+                    h.tcp_flags = 0x10;
+                    h.tcp_seq = seq;
+                    h.tcp_ack = ack;
+                    h.length = if k % 2 == 0 { 52 } else { 65_226 };
+                }
             }
             let nat = NatEvent {
                 kind: NatKind::Snat,
@@ -129,8 +140,9 @@ fn main() {
     let mut labels = Labels::new();
     labels.set_drop_reason(2, "NETFILTER_DROP");
     let distinct: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2000);
-    let only = args.next();
-    let ps = paths(&mut labels, distinct.clamp(1, n), flows);
+    let only = args.next().filter(|o| o != "all");
+    let tcp = args.next().is_some_and(|p| p == "tcp");
+    let ps = paths(&mut labels, distinct.clamp(1, n), flows, tcp);
     let note = NatNote {
         label: 2,
         json: br#""rule": "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE", "rule_source": "nft", "conntrack": {"id": 3735928559, "state": "ASSURED"}"#.to_vec(),
@@ -189,7 +201,10 @@ fn main() {
             }),
         ),
     ];
-    println!("{n} paths of {HOPS} hops, {flows} flows: ns per sighting, median (best) of {RUNS}");
+    let proto = if tcp { "TCP" } else { "UDP" };
+    println!(
+        "{n} {proto} paths of {HOPS} hops, {flows} flows: ns per sighting, median (best) of {RUNS}"
+    );
     for (name, render) in &kinds {
         if only.as_deref().is_some_and(|o| o != *name) {
             continue;

@@ -72,6 +72,13 @@ pub fn push_hop(out: &mut Vec<u8>, o: &Obs, labels: &Labels) {
 
 /// [`push_hop`], its constant part from `cache` when there is one.
 fn push_hop_in(out: &mut Vec<u8>, o: &Obs, labels: &Labels, cache: Option<&mut Cache>) {
+    push_hop_head(out, o, labels, cache);
+    push_hop_tail(out, o, labels);
+}
+
+/// A hop up to its TTL's value: `{"ts_ns": ..., "node": ..., ..., "ip_id": ..., "ttl": N`.
+#[inline]
+fn push_hop_head(out: &mut Vec<u8>, o: &Obs, labels: &Labels, cache: Option<&mut Cache>) {
     out.extend_from_slice(b"{\"ts_ns\": ");
     push_u64(out, o.ts_ns);
     match cache {
@@ -81,6 +88,41 @@ fn push_hop_in(out: &mut Vec<u8>, o: &Obs, labels: &Labels, cache: Option<&mut C
     push_opt(out, (o.has & has::IP_ID != 0).then_some(u64::from(o.ip_id)));
     out.extend_from_slice(b", \"ttl\": ");
     push_u64(out, u64::from(o.ttl));
+}
+
+/// Whether two hops' tails ([`push_hop_tail`]) are the same bytes under the same labels:
+/// every field a tail is written from is equal. The hops of one packet's path mostly are
+/// (same skb, length, TCP sequence numbers, ...): the next hop copies the previous one's.
+#[inline]
+fn same_tail(a: &Obs, b: &Obs) -> bool {
+    a.skb == b.skb
+        && a.drop_reason == b.drop_reason
+        && a.length == b.length
+        && a.has == b.has
+        && a.family == b.family
+        && a.proto == b.proto
+        && a.ethertype == b.ethertype
+        && a.tcp_flags == b.tcp_flags
+        && a.tcp_seq == b.tcp_seq
+        && a.tcp_ack == b.tcp_ack
+        && a.icmp_type == b.icmp_type
+        && a.icmp_code == b.icmp_code
+        && a.icmp_id == b.icmp_id
+        && a.icmp_seq == b.icmp_seq
+        && a.flow_label == b.flow_label
+        && a.frag == b.frag
+        && (a.has & has::INNER == 0
+            || (a.inner_src == b.inner_src
+                && a.inner_dst == b.inner_dst
+                && a.inner_proto == b.inner_proto
+                && a.inner_sport == b.inner_sport
+                && a.inner_dport == b.inner_dport))
+}
+
+/// A hop after its TTL's value: `, "skb": ..., "drop_reason": ..., ..., "length": N, ...}`,
+/// written from the fields [`same_tail`] compares (and the labels' drop reason names).
+#[inline]
+fn push_hop_tail(out: &mut Vec<u8>, o: &Obs, labels: &Labels) {
     if o.skb != 0 {
         out.extend_from_slice(b", \"skb\": \"0x");
         push_hex(out, o.skb);
@@ -328,11 +370,19 @@ pub fn push_path_line_noted(
     out.extend_from_slice(verdict.name().as_bytes());
     out.extend_from_slice(b"\", \"hops\": [");
     with_cache(|mut cache| {
+        // The previous hop and where its tail is in `out`.
+        let mut prev: Option<(&Obs, std::ops::Range<usize>)> = None;
         for (i, h) in hops.iter().enumerate() {
             if i > 0 {
                 out.extend_from_slice(b", ");
             }
-            push_hop_in(out, h, labels, cache.as_deref_mut());
+            push_hop_head(out, h, labels, cache.as_deref_mut());
+            let start = out.len();
+            match prev {
+                Some((p, ref tail)) if same_tail(p, h) => out.extend_from_within(tail.clone()),
+                _ => push_hop_tail(out, h, labels),
+            }
+            prev = Some((h, start..out.len()));
         }
         out.extend_from_slice(b"], \"nat\": [");
         for (i, ev) in nat.iter().enumerate() {
@@ -997,6 +1047,65 @@ mod tests {
                 push_nat_object(&mut fresh, &ev, inner, labels, note);
                 proptest::prop_assert_eq!(cached, fresh);
             }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_path_line_is_its_hops_written_afresh(
+            picks in proptest::collection::vec(
+                (0usize..8, proptest::prelude::any::<u64>(), 0u8..4),
+                1..12,
+            ),
+        ) {
+            // Hops that mostly repeat the previous one's tail (one packet's path), now and
+            // then differing in one field it is written from.
+            let mut labels = Labels::new();
+            for (n, i) in [("web", "eth0"), ("host", "eth0"), ("host", "docker0")] {
+                labels.intern(n, i);
+            }
+            labels.set_drop_reason(2, "NETFILTER_DROP");
+            let mut hops: Vec<Obs> = Vec::new();
+            for &(t, r, how) in &picks {
+                let base = match (how, hops.last()) {
+                    (0 | 1, Some(p)) => *p,
+                    _ => template(t),
+                };
+                let mut o = Obs { ts_ns: r >> 3, ttl: (r >> 20) as u8, hop: (t % 3) as u32, ..base };
+                if how == 1 {
+                    match r % 12 {
+                        0 => o.skb = r | 1,
+                        1 => o.drop_reason = [0, 2, 77][(r >> 8) as usize % 3],
+                        2 => o.length = (r >> 8) as u32,
+                        3 => o.has ^= [has::TCP, has::ICMP, has::FLOW_LABEL, has::FRAG, has::INNER][(r >> 8) as usize % 5],
+                        4 => o.tcp_seq = (r >> 8) as u32,
+                        5 => o.tcp_ack = (r >> 8) as u32,
+                        6 => o.tcp_flags = (r >> 8) as u8,
+                        7 => o.icmp_seq = (r >> 8) as u16,
+                        8 => o.frag = (r >> 8) as u16,
+                        9 => o.flow_label = (r >> 8) as u32,
+                        10 => o.inner_dport = (r >> 8) as u16,
+                        _ => o.proto = (r >> 8) as u8,
+                    }
+                }
+                if how == 2 {
+                    o.has |= has::TCP | has::INNER | has::FRAG | has::FLOW_LABEL;
+                    o.tcp_seq = (r >> 16) as u32;
+                    o.inner_src = v4([10, 0, 0, (r >> 40) as u8]);
+                }
+                hops.push(o);
+            }
+            let line = s(|v| push_path_line(v, 7, Some(3), Verdict::Delivered, &hops, &[], &labels));
+            let start = line.find("\"hops\": [").map(|i| i + "\"hops\": [".len()).unwrap_or(0);
+            let mut want = line.as_bytes()[..start].to_vec();
+            for (i, h) in hops.iter().enumerate() {
+                if i > 0 {
+                    want.extend_from_slice(b", ");
+                }
+                want.extend_from_slice(&fresh_hop(h, &labels));
+            }
+            want.extend_from_slice(b"], \"nat\": []}\n");
+            proptest::prop_assert_eq!(line.as_bytes(), want.as_slice());
         }
     }
 
