@@ -200,6 +200,9 @@ struct Done {
 struct State {
     rings: Vec<Ring>,
     window: Reorder,
+    /// The window `take` left behind last time, emptied, its buffers kept: the reader
+    /// fills it while `take` releases (no fresh buffers per batch).
+    spare: Reorder,
     last_drain: Instant,
 }
 
@@ -223,6 +226,9 @@ struct Shared {
     done: Mutex<Done>,
     done_cv: Condvar,
     max_pending: usize,
+    /// The frame bytes of the batch `take` releases, reused from batch to batch (copied
+    /// into the batch's bytes object).
+    frames: Mutex<Vec<u8>>,
 }
 
 struct Loop {
@@ -340,6 +346,7 @@ impl TapReader {
                 state: Mutex::new(State {
                     rings: Vec::new(),
                     window: Reorder::new(delay_ns),
+                    spare: Reorder::new(delay_ns),
                     last_drain: Instant::now(),
                 }),
                 cmds: Mutex::new(Vec::new()),
@@ -348,6 +355,7 @@ impl TapReader {
                 done: Mutex::new(Done::default()),
                 done_cv: Condvar::new(),
                 max_pending,
+                frames: Mutex::new(Vec::new()),
             }),
             poll_ms,
             drain_ms,
@@ -502,9 +510,10 @@ impl TapReader {
         let shared = Arc::clone(&self.shared);
         let out = py.detach(move || {
             let hops = hop_table(&hops);
-            // The window is taken out, released and decoded without the lock (the reader
-            // only waits for the swap), then what it kept goes back before what the
-            // reader added meanwhile: arrival order holds.
+            // The window is taken out (the emptied one of the last call takes its place),
+            // released and decoded without the lock (the reader only waits for the swap),
+            // then what it kept goes back before what the reader added meanwhile: arrival
+            // order holds.
             // Everything retired by now comes in first, so the watermark below leaves out
             // only frames in blocks the kernel still fills (retire_ms at most).
             let mut mine = {
@@ -513,16 +522,32 @@ impl TapReader {
                 if !(r#final || force || st.window.due(now_ns)) {
                     return None;
                 }
-                let delay = st.window.delay_ns();
-                std::mem::replace(&mut st.window, Reorder::new(delay))
+                let spare = std::mem::take(&mut st.spare);
+                std::mem::replace(&mut st.window, spare)
             };
-            let out = mine.release((!r#final).then_some(now_ns), now_ns, &hops);
+            let mut frames = std::mem::take(&mut *lock(&shared.frames));
+            let out = mine.release_into((!r#final).then_some(now_ns), now_ns, &hops, &mut frames);
             let mut st = lock(&shared.state);
             mine.append(&mut st.window);
-            std::mem::swap(&mut st.window, &mut mine);
-            Some(out)
+            st.spare = std::mem::replace(&mut st.window, mine);
+            drop(st);
+            Some((out, frames))
         });
-        Ok(out.map(|r| to_py(py, r)))
+        let Some((out, frames)) = out else {
+            return Ok(None);
+        };
+        let batch = out.map(|(rows, mark)| {
+            (
+                PyArray1::from_vec(py, rows),
+                PyBytes::new(py, &frames),
+                mark,
+            )
+        });
+        // The buffer back for the next batch (emptied; its capacity is what is reused).
+        *lock(&self.shared.frames) = frames;
+        Ok(Some(
+            batch.unwrap_or_else(|| to_py(py, Released::default())),
+        ))
     }
 
     /// Ids of the rings whose socket reported an error (ENETDOWN: the device went down
