@@ -219,3 +219,32 @@ def test_interfaces_come_and_go_while_tracing(lab_netns: Any) -> None:
     # Tracing went on: the ping after the removal was seen in the lab.
     assert any(o.netns in mine and o.proto == 1 and o.icmp_type == 8 and o.dst == A.WEB
                for o in cap.observations())
+
+
+def test_an_interface_added_to_a_known_namespace_is_tapped(lab_netns: Any) -> None:
+    """A new port on docker0 in the host namespace (what `docker network connect` does:
+    no namespace comes or goes) gets a tap within 2 s from the link notifications, not
+    from the periodic full discovery (60 s here); removed, its tap closes."""
+    host_ns = lab_netns.state.ns_name("host")
+    veth = f"vl{uuid.uuid4().hex[:6]}"
+    notices: list[str] = []
+    src = TapSource(None, rediscover_s=0.5, full_every_s=60, notices=notices.append)
+    with Capture(src) as cap:
+        try:
+            subprocess.run(["ip", "-n", host_ns, "link", "add", veth, "type", "veth", "peer", "name",
+                            f"{veth}p"], check=True)
+            subprocess.run(["ip", "-n", host_ns, "link", "set", veth, "master", "docker0", "up"], check=True)
+            t0 = time.monotonic()
+            while f"host/{veth}" not in {t.spec.label for t in list(src.taps.values())}:
+                assert time.monotonic() - t0 < HOTPLUG_S, f"not tapped; notices: {notices}"
+                time.sleep(0.05)
+            subprocess.run(["ip", "-n", host_ns, "link", "del", veth], check=True)
+            t0 = time.monotonic()
+            while any(t.spec.ifname == veth for t in list(src.taps.values())):
+                assert time.monotonic() - t0 < HOTPLUG_S, f"tap not closed; notices: {notices}"
+                time.sleep(0.05)
+        finally:
+            cap.stop()
+            subprocess.run(["ip", "-n", host_ns, "link", "del", veth], check=False, capture_output=True)
+    assert f"tap host/{veth} opened" in notices
+    assert f"tap host/{veth} closed: the interface went away" in notices

@@ -64,6 +64,8 @@ TPACKET_V3 = 2
 ETH_P_ALL = 0x0003
 SO_ATTACH_FILTER = 26
 BPF_RET_K = 0x06
+# linux/rtnetlink.h: the multicast group of link changes (interfaces added, removed, moved)
+RTMGRP_LINK = 1
 
 # ARPHRD_* -> pcap LINKTYPE_* of the bytes a SOCK_RAW packet socket gives.
 _LINKTYPES = {1: 1, 772: 1, 0xFFFE: 101, 519: 101, 512: 101, 776: 101, 778: 101}
@@ -199,6 +201,69 @@ class Tap:
 
 
 # --------------------------------------------------------------------------
+# Link changes
+# --------------------------------------------------------------------------
+
+
+def _link_socket() -> socket.socket:
+    """A non-blocking rtnetlink socket, in the calling thread's namespace, that receives
+    its link changes (RTMGRP_LINK)."""
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, socket.NETLINK_ROUTE)
+    try:
+        s.bind((0, RTMGRP_LINK))
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+class LinkWatch:
+    """One rtnetlink socket per namespace, subscribed to its link changes: an interface
+    that appears in (or leaves) a namespace already known shows here, where otherwise only
+    a full discovery (~50 ms of CPU with a few labs up) would find it.
+
+    A socket keeps its namespace alive, so ``follow`` closes those of namespaces that are
+    no longer listed (e.g. after ``ip netns del``) at once."""
+
+    def __init__(self) -> None:
+        self.socks: dict[int, socket.socket] = {}
+
+    def follow(self, namespaces: dict[int, str]) -> None:
+        """Watch exactly ``namespaces`` (inode -> a path to enter it)."""
+        for ino in set(self.socks) - set(namespaces):
+            self.socks.pop(ino).close()
+        own = own_netns()
+        for ino, path in namespaces.items():
+            if ino in self.socks:
+                continue
+            try:
+                self.socks[ino] = _link_socket() if ino == own else run_in_netns(path, _link_socket, timeout=10)
+            except (OSError, HoptraceError):
+                continue  # gone meanwhile (or not enterable): the namespace check covers it
+
+    def changed(self) -> bool:
+        """True when a link changed in a watched namespace since the last call (the
+        notifications are read and dropped)."""
+        hit = False
+        for s in self.socks.values():
+            while True:
+                try:
+                    if not s.recv(65536):
+                        break
+                except BlockingIOError:
+                    break
+                except OSError:  # ENOBUFS: notifications overflowed, so something changed
+                    pass
+                hit = True
+        return hit
+
+    def close(self) -> None:
+        for s in self.socks.values():
+            s.close()
+        self.socks.clear()
+
+
+# --------------------------------------------------------------------------
 # Which interfaces
 # --------------------------------------------------------------------------
 
@@ -281,7 +346,8 @@ class TapSource:
     protocol-only (see ``tracer.pcap_expr.protocol_only``); the engine's PathFilter does the rest.
     ``topology``: a callable returning a current Topology (e.g. a shared LiveTopology),
     asked every ``rediscover_s``; by default the source discovers on a thread of its own
-    when namespaces come or go (checked every ``rediscover_s``) and every ``full_every_s``.
+    when namespaces come or go or an interface appears or leaves in one (checked every
+    ``rediscover_s``), and every ``full_every_s`` in any case.
     ``lost_events``: kernel ring drops (PACKET_STATISTICS, read every second) plus
     sightings the core's reader shed when more than ``max_pending`` waited for a consumer
     that cannot keep up.
@@ -302,7 +368,7 @@ class TapSource:
         *,
         topology: Callable[[], Topology] | None = None,
         rediscover_s: float = 0.5,
-        full_every_s: float = 5.0,
+        full_every_s: float = 60.0,
         ring_mb: int = 8,
         block_kb: int = 32,
         retire_ms: int = 4,
@@ -344,6 +410,8 @@ class TapSource:
         self.max_pending = max_pending
         self._started = False
         self._ns_seen: frozenset[int] = frozenset()
+        self._links = LinkWatch()
+        self._links_of: frozenset[int] | None = None  # named interfaces: their namespaces
         self._lock = threading.Lock()
         self._hop_lock = threading.Lock()
 
@@ -357,28 +425,40 @@ class TapSource:
             compile_insns(self.bpf_filter, 1, self.snaplen)
         from tracer.topology import find_namespaces
 
-        # Taken before the discovery: a namespace born during it counts as a change.
-        self._ns_seen = frozenset(find_namespaces())
-        topo = self._current_topology()
-        specs = self._wanted(topo, strict=True)
-        if not specs:
-            raise UsageError(
-                "no interfaces to tap: no Docker bridge or container found",
-                "name interfaces with --iface NODE/IFACE (see `hoptrace topology`)")
-        from tracer import _core  # type: ignore[attr-defined]  # the compiled core, no stub
+        try:
+            # Taken before the discovery: a namespace born during it counts as a change, and
+            # so does an interface that appears in one during it.
+            namespaces = find_namespaces()
+            self._ns_seen = frozenset(namespaces)
+            if self._topology is None and not self.ifaces:
+                self._links.follow(namespaces)
+            topo = self._current_topology()
+            specs = self._wanted(topo, strict=True)
+            if self._topology is None and self.ifaces:
+                # Named interfaces: only the links of their own namespaces matter.
+                self._links_of = frozenset(s.netns for s in specs)
+                self._links.follow({i: p for i, p in namespaces.items() if i in self._links_of})
+            if not specs:
+                raise UsageError(
+                    "no interfaces to tap: no Docker bridge or container found",
+                    "name interfaces with --iface NODE/IFACE (see `hoptrace topology`)")
+            from tracer import _core  # type: ignore[attr-defined]  # the compiled core, no stub
 
-        self._ring = _core.TapReader(self.reorder_ms * 1_000_000, self.poll_ms, self.drain_ms,
-                                     self.max_pending)
-        for spec in specs:
-            try:
-                tap = self._open(spec)
-            except TapGone as exc:
-                self._notice(str(exc))
-                continue
-            if self._hand_over(tap):
-                self.taps[spec.key] = tap
-        if not self.taps:
-            raise UsageError("none of the interfaces could be tapped")
+            self._ring = _core.TapReader(self.reorder_ms * 1_000_000, self.poll_ms, self.drain_ms,
+                                         self.max_pending)
+            for spec in specs:
+                try:
+                    tap = self._open(spec)
+                except TapGone as exc:
+                    self._notice(str(exc))
+                    continue
+                if self._hand_over(tap):
+                    self.taps[spec.key] = tap
+            if not self.taps:
+                raise UsageError("none of the interfaces could be tapped")
+        except BaseException:
+            self._links.close()
+            raise
         from tracer.model import obs_dtype
 
         self._dtype = obs_dtype()
@@ -528,12 +608,15 @@ class TapSource:
     def _rediscover_loop(self) -> None:
         """Follow the machine: open taps on new interfaces, close those that went away.
 
-        A full discovery costs ~40 ms of CPU with a few labs up (netlink per namespace,
-        the Docker API): run every 0.5 s it alone cost ~10% of a core. So it runs when
-        the set of namespaces changed (a container started or stopped: ~1 ms to check;
-        with named ``--iface``s only when one of theirs went away), when a tap reported
-        an error, twice more within ~1 s after such a change (Docker moves the veth in
-        after creating the namespace), and every ``full_every_s`` in any case.
+        A full discovery costs ~40-60 ms of CPU with a few labs up (netlink per namespace,
+        the Docker API): run every 0.5 s it alone cost ~10% of a core, every 5 s ~1% (at
+        idle, most of what the taps cost). So it runs when the set of namespaces changed
+        (a container started or stopped: ~1 ms to check; with named ``--iface``s only
+        when one of theirs went away), when an interface appeared or left in a namespace
+        (``LinkWatch``: Docker connecting a running container to a network; with named
+        ``--iface``s only in theirs), when a tap reported an error, twice more within
+        ~1 s after such a change (Docker moves the veth in after creating the namespace),
+        and every ``full_every_s`` in any case.
         """
         last_ns = self._ns_seen
         last_full = time.monotonic()  # start() just discovered
@@ -543,7 +626,8 @@ class TapSource:
             if self._topology is None:
                 from tracer.topology import find_namespaces
 
-                ns = frozenset(find_namespaces())
+                namespaces = find_namespaces()
+                ns = frozenset(namespaces)
                 taps = list(self.taps.values())
                 errored = any(t.errored for t in taps)
                 # Named interfaces: only their namespaces going away matters at once
@@ -551,6 +635,13 @@ class TapSource:
                 tapped = {t.spec.netns for t in taps}
                 changed = not tapped <= ns if self.ifaces else ns != last_ns
                 last_ns = ns
+                links = self._links.changed()
+                if changed or links:
+                    # A deleted namespace's watcher goes at once (it keeps it alive).
+                    keep = self._links_of
+                    self._links.follow(namespaces if keep is None
+                                       else {i: p for i, p in namespaces.items() if i in keep})
+                changed = changed or links
                 if changed or errored:
                     hot_until = now + 1.2
                 hot = now < hot_until and now - last_full >= 0.5
@@ -619,6 +710,7 @@ class TapSource:
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=15)
+        self._links.close()
         with self._lock:
             while True:  # taps opened by a last re-discovery round
                 try:
