@@ -113,6 +113,15 @@ fn put_decimal(dst: &mut [u8], mut x: u64) {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// Seven 32-bit words, little-endian, as one piece (one copy into the block, not seven).
+fn le_words(w: [u32; 7]) -> [u8; 28] {
+    let mut b = [0u8; 28];
+    for (dst, x) in b.chunks_exact_mut(4).zip(w) {
+        dst.copy_from_slice(&x.to_le_bytes());
+    }
+    b
+}
+
 /// EPBs for `rows` (a numpy `OBS_DTYPE` buffer; one EPB a row, in row order) appended
 /// to `out`, and the byte offset (from where this call began) where each ends into `ends`.
 /// `ifids[hop]` is each hop label's interface id in the file; `reasons` names drop
@@ -152,6 +161,8 @@ pub fn encode_obs(
     let (mut ns_hi, mut t_max) = (first.netns, first.ts_ns);
     let mut reason_json: HashMap<u32, Vec<u8>> = HashMap::new();
     let mut dr_w = 0usize;
+    // Rows run in drop reasons (mostly none): the table is looked up when the code changes.
+    let mut last_code = None;
     for o in obs {
         skb_max = skb_max.max(o.skb);
         ns_hi = ns_hi.max(o.netns);
@@ -163,6 +174,10 @@ pub fn encode_obs(
                 ifids.len()
             ));
         }
+        if last_code == Some(o.drop_reason) {
+            continue;
+        }
+        last_code = Some(o.drop_reason);
         if let std::collections::hash_map::Entry::Vacant(e) = reason_json.entry(o.drop_reason) {
             let mut v = Vec::new();
             if o.drop_reason == 0 {
@@ -207,6 +222,12 @@ pub fn encode_obs(
     let clen = u32::try_from(clen).map_err(|_| "comment too long".to_string())?;
 
     let start = out.len();
+    // The usual block (frames as long as the snaplen) fits without growing `out` on the way.
+    out.reserve(
+        obs.len()
+            .saturating_mul(4 * (15 + cw) + (snaplen as usize).min(1 << 16)),
+    );
+    let mut last_reason: Option<(u32, &[u8])> = None;
     for o in obs {
         let avail = usize::try_from(o.frame_off)
             .ok()
@@ -227,7 +248,7 @@ pub fn encode_obs(
             .and_then(|h| ifids.get(h))
             .copied()
             .unwrap_or(0);
-        for w in [
+        out.extend_from_slice(&le_words([
             BT_EPB,
             total32,
             ifid,
@@ -235,9 +256,7 @@ pub fn encode_obs(
             o.ts_ns as u32,
             caplen32,
             wire.max(caplen32),
-        ] {
-            out.extend_from_slice(&w.to_le_bytes());
-        }
+        ]));
         if caplen > 0 {
             let off = o.frame_off as usize; // caplen > 0: within frames
             out.extend_from_slice(frames.get(off..off + caplen).unwrap_or_default());
@@ -262,12 +281,17 @@ pub fn encode_obs(
             slot[3 + skb_w] = b'"';
         }
         put_decimal(&mut c[ns_at..ns_at + ns_w], o.netns);
-        if let Some(r) = reason_json.get(&o.drop_reason) {
+        let reason = match last_reason {
+            Some((code, json)) if code == o.drop_reason => Some(json),
+            _ => reason_json.get(&o.drop_reason).map(Vec::as_slice),
+        };
+        if let Some(r) = reason {
             put_right(&mut c[dr_at..dr_at + dr_w], r);
+            last_reason = Some((o.drop_reason, r));
         }
         put_decimal(&mut c[ts_at..ts_at + ts_w], o.ts_ns);
         let pid = packet_id(o);
-        for w in [
+        out.extend_from_slice(&le_words([
             EPB_FLAGS | (4 << 16),
             DIR_FLAGS[d],
             EPB_PACKETID | (8 << 16),
@@ -275,9 +299,7 @@ pub fn encode_obs(
             (pid >> 32) as u32,
             0,
             total32,
-        ] {
-            out.extend_from_slice(&w.to_le_bytes());
-        }
+        ]));
         ends.push((out.len() - start) as u64);
     }
     Ok(())
