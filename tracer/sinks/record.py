@@ -2,7 +2,11 @@
 
 The recorder is an engine batch hook (``engine.batch_hooks.append(rec.on_batch)``):
 it sees the raw ``ObsBatch``es before correlation, so a recording replays into
-the very paths that were shown live.
+the very paths that were shown live. With the eBPF backend the core feeds the ring's
+batches itself (no rows for Python): there the engine hands the recorder to the core at a
+step boundary (``ring_recorder``, tracer/engine.py ``RecordsRing``), which makes the same
+IDBs and EPBs as ``on_batch`` would for the same batches (crates/hoptrace-core/src/record_step.rs),
+taken here once a step (``ring_take``) and written, rotated and flushed as below.
 
 What a recording looks like (CONTRACT.md, "Recordings"):
 

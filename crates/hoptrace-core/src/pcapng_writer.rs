@@ -1,7 +1,8 @@
 //! The recorder's Enhanced Packet Blocks (`live --record`): one EPB per sighting of a
 //! batch, byte for byte what the Python encoder wrote (tests/reference/record.py, the
 //! oracle; tests/unit/test_core_record.py holds the two equal). File handling (0600,
-//! rotation, disk-full policy) and the SHB/IDBs stay in tracer/sinks/record.py.
+//! rotation, disk-full policy) and the SHB/IDBs stay in tracer/sinks/record.py (for the eBPF
+//! ring's batches, record_step.rs places its IDBs and cuts the files where it would).
 //!
 //! Every EPB of a batch has the same layout apart from its frame words: the comment's
 //! values are right-aligned in slots as wide as the batch's widest value (JSON allows
