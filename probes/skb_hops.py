@@ -538,7 +538,8 @@ class EbpfSource:
                 if self._mapped:
                     # reading starts with the consumer: until then the kernel's ring holds the events
                     ring.start(self.poll_s, HOLD_EVENTS, HOLD_S, MAX_QUEUED,
-                               self._flush_fd if self._flush_fd >= 0 else None, self._cpus, FLUSH_S)
+                               self._flush_fd if self._flush_fd >= 0 else None, self._cpus, FLUSH_S,
+                               *self._stage_map())
             while True:
                 with self._lock:
                     if self._bpf is not None and self._stop.is_set():
@@ -687,6 +688,16 @@ class EbpfSource:
             self._ring = _core.EbpfRing(event_layout(self.snaplen), HEADER_LEN, len(self._labels.hops))
         return self._ring
 
+    def _stage_map(self) -> tuple[int | None, int, int]:
+        """The per-CPU ``stage`` map for the reader thread (fd, value size, possible CPUs): it
+        flushes only the CPUs whose stage holds events. None: every CPU, each time."""
+        try:
+            stage = self._bpf[b"stage"]
+        except (KeyError, TypeError):
+            return None, 0, 0
+        # bcc's Leaf of a per-CPU map is the array of every CPU's value; sLeaf is one of them
+        return stage.map_fd, ctypes.sizeof(getattr(stage, "sLeaf", stage.Leaf)), max(_online_cpus("possible")) + 1
+
     def _flush_cpus(self) -> None:
         for cpu in self._cpus:
             _test_run_on_cpu(self._flush_fd, cpu, self._ctx)
@@ -768,9 +779,10 @@ class EbpfSource:
         return len(labels.hops) - 1
 
 
-def _online_cpus() -> list[int]:
+def _online_cpus(which: str = "online") -> list[int]:
+    """The CPUs ``/sys/devices/system/cpu/<which>`` lists ("online", "possible")."""
     try:
-        text = Path("/sys/devices/system/cpu/online").read_text().strip()
+        text = Path(f"/sys/devices/system/cpu/{which}").read_text().strip()
     except OSError:
         return list(range(os.cpu_count() or 1))
     cpus: list[int] = []

@@ -295,3 +295,42 @@ def test_a_panic_in_the_core_reader_ends_the_source_with_its_probes_detached(lab
             pass
     assert type(info.value).__name__ == "PanicException"
     assert src._bpf is None and mine and not (mine & prog_ids(os.getpid()))
+
+
+def test_a_lone_packet_on_each_cpu_comes_out_while_tracing(lab_netns: Any) -> None:
+    """The reader thread flushes the stage of a CPU that went quiet (only a stage that holds
+    events: it reads the per-CPU stage map first): a datagram sent from each CPU alone is
+    read within a poll and a hold, long before the source stops."""
+    from probes.skb_hops import EbpfSource, _online_cpus
+
+    lab_ns = {lab_netns.netns_inode(n) for n in ("host", "inet", "client", "web")}
+    src = EbpfSource(netns=lab_ns)
+    src.start()
+    seen: list[tuple[float, Observation]] = []
+
+    def consume() -> None:
+        for batch in src.batches():
+            now = time.monotonic()
+            seen.extend((now, o) for o in batch.observations())
+
+    th = threading.Thread(target=consume)
+    th.start()
+    sent: dict[int, float] = {}
+    try:
+        time.sleep(0.2)
+        for cpu in _online_cpus():
+            payload = f"lone-cpu-{cpu}"
+            r = lab_netns.exec("client", ["taskset", "-c", str(cpu), "bash", "-c",
+                                          f"echo {payload} > /dev/udp/{SERVER}/9"])
+            assert r.returncode == 0, r.stderr
+            sent[cpu] = time.monotonic()
+            time.sleep(0.5)  # each alone: nothing else on that CPU flushes its stage
+    finally:
+        src.stop()
+        th.join(timeout=10)
+    assert not th.is_alive()
+    for cpu, t_sent in sent.items():
+        tx = [t for t, o in seen if o.node == "client" and o.direction == "tx" and o.frame
+              and f"lone-cpu-{cpu}".encode() in bytes(o.frame)]
+        assert tx, f"the datagram sent from CPU {cpu} was not seen"
+        assert tx[0] - t_sent < 0.4, f"CPU {cpu}'s datagram came out {tx[0] - t_sent:.3f} s after it was sent"

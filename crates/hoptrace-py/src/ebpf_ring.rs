@@ -287,21 +287,101 @@ struct TestRunAttr {
     pad: u32,
 }
 
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_F_TEST_RUN_ON_CPU: u32 = 1;
 
-/// skb_hops.c's `flush_stage` program run on each CPU every `every` (BPF_PROG_TEST_RUN on
-/// that CPU): events staged on a quiet CPU would otherwise wait for its next packet.
+/// `union bpf_attr` for BPF_MAP_LOOKUP_ELEM: map fd, key, value, flags.
+#[repr(C)]
+#[derive(Default)]
+struct LookupAttr {
+    map_fd: u32,
+    pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// skb_hops.c's per-CPU `stage` map (`struct hop_batch`: u32 count, u32 busy, u64 first_ts,
+/// then the events), read to see which CPUs hold staged events.
+struct Stage {
+    map: OwnedFd,
+    /// bytes of one CPU's value in a lookup's answer (the value size rounded up to 8)
+    stride: usize,
+    /// the answer: one value per possible CPU
+    buf: Vec<u8>,
+}
+
+/// skb_hops.c's `flush_stage` program run every `every` on each CPU whose stage holds events
+/// (BPF_PROG_TEST_RUN on that CPU): events staged on a quiet CPU would otherwise wait for its
+/// next packet. A CPU with nothing staged is left alone: each run on another CPU is an IPI (a
+/// VM exit here), ~200 a second per CPU when every CPU was flushed every 5 ms, idle or not.
+/// A stage that holds events is flushed however young they are, as every stage was before:
+/// one packet's hops staged on two CPUs reach the ring at most `every` apart (the correlator
+/// joins in arrival order across batches, so a later flush could split a path). Without
+/// `stage` (or when its lookup fails) every CPU is flushed.
 struct Flush {
     prog: OwnedFd,
     cpus: Vec<u32>,
     every: Duration,
+    stage: Option<Stage>,
+}
+
+impl Stage {
+    /// For each of `cpus`, whether its stage holds events; None when unknown (the lookup
+    /// failed). A CPU beyond the answer counts as holding some.
+    fn holding(&mut self, cpus: &[u32]) -> Option<Vec<bool>> {
+        let key = 0u32;
+        let attr = LookupAttr {
+            map_fd: self.map.as_raw_fd() as u32,
+            key: &key as *const u32 as u64,
+            value: self.buf.as_mut_ptr() as u64,
+            ..LookupAttr::default()
+        };
+        // SAFETY: bpf(2) reads the attr (initialised, live for the call) and the 4-byte key,
+        // and writes one value per possible CPU into `buf`, which `stage_of` sized for that
+        // (the map's value size rounded up to 8, times the possible CPUs).
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_ELEM,
+                &attr as *const LookupAttr,
+                std::mem::size_of::<LookupAttr>(),
+            )
+        };
+        if rc != 0 {
+            return None;
+        }
+        Some(
+            cpus.iter()
+                .map(|&cpu| {
+                    let at = (cpu as usize).saturating_mul(self.stride);
+                    // read while the CPU may be writing it: at worst one flush too many or a
+                    // poll's wait
+                    self.buf
+                        .get(at..at.saturating_add(4))
+                        .and_then(|v| <[u8; 4]>::try_from(v).ok())
+                        .is_none_or(|c| u32::from_ne_bytes(c) > 0)
+                })
+                .collect(),
+        )
+    }
 }
 
 impl Flush {
-    fn run(&self) {
+    fn run(&mut self) {
+        let holding = match self.stage.as_mut() {
+            Some(stage) => stage.holding(&self.cpus),
+            None => None,
+        };
         let ctx = [0u64; 4]; // the raw tracepoint's arguments: unused
-        for &cpu in &self.cpus {
+        for (k, &cpu) in self.cpus.iter().enumerate() {
+            if holding
+                .as_ref()
+                .is_some_and(|h| !h.get(k).copied().unwrap_or(true))
+            {
+                continue;
+            }
             let attr = TestRunAttr {
                 prog_fd: self.prog.as_raw_fd() as u32,
                 ctx_size_in: std::mem::size_of_val(&ctx) as u32,
@@ -343,7 +423,7 @@ fn reader(
     header_len: usize,
     size: usize,
     pace: Pace,
-    flush: Option<&Flush>,
+    mut flush: Option<Flush>,
 ) {
     let mut held: Vec<u8> = Vec::new();
     let mut held_since: Option<Instant> = None;
@@ -353,7 +433,7 @@ fn reader(
         if shared.panic_for_tests.load(Ordering::Relaxed) {
             panic!("the eBPF reader panicked (as the test asked)");
         }
-        if let Some(f) = flush.filter(|_| !stopping) {
+        if let Some(f) = flush.as_mut().filter(|_| !stopping) {
             let now = Instant::now();
             if now >= next_flush {
                 f.run(); // what it submits is read just below
@@ -637,7 +717,9 @@ impl EbpfRing {
     /// its overflow counted). With ``flush_fd`` (skb_hops.c's ``flush_stage`` program, a
     /// duplicate kept while the thread runs) it also runs that program on each of ``cpus``
     /// every ``flush_s``, before reading: quiet CPUs' staged events come out.
-    #[pyo3(signature = (poll_s, hold_events, hold_s, max_queued=1 << 17, flush_fd=None, cpus=Vec::new(), flush_s=0.005))]
+    /// With ``stage_fd`` (skb_hops.c's per-CPU ``stage`` map, ``stage_size`` bytes a value,
+    /// ``possible_cpus`` values an answer) only CPUs whose stage holds events are flushed.
+    #[pyo3(signature = (poll_s, hold_events, hold_s, max_queued=1 << 17, flush_fd=None, cpus=Vec::new(), flush_s=0.005, stage_fd=None, stage_size=0, possible_cpus=0))]
     #[allow(clippy::too_many_arguments)]
     fn start(
         &self,
@@ -648,6 +730,9 @@ impl EbpfRing {
         flush_fd: Option<i32>,
         cpus: Vec<u32>,
         flush_s: f64,
+        stage_fd: Option<i32>,
+        stage_size: usize,
+        possible_cpus: usize,
     ) -> PyResult<()> {
         let Some(map) = lock(&self.map).clone() else {
             return Err(PyRuntimeError::new_err("start: the ring is not open"));
@@ -663,10 +748,29 @@ impl EbpfRing {
                 // SAFETY: the caller's descriptor is open for the duration of this call (bcc
                 // holds it); it is only duplicated here, the duplicate owned by the thread.
                 let prog = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
+                let stage = match stage_fd {
+                    Some(fd) if fd >= 0 && stage_size >= 16 && possible_cpus > 0 => {
+                        // SAFETY: as above, the map's descriptor (bcc's) is open for this call.
+                        let map = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
+                        let stride = stage_size.div_ceil(8) * 8;
+                        Some(Stage {
+                            map,
+                            stride,
+                            buf: vec![0; stride * possible_cpus],
+                        })
+                    }
+                    Some(fd) if fd >= 0 => {
+                        return Err(PyValueError::new_err(
+                            "start: stage_fd needs stage_size >= 16 and possible_cpus > 0",
+                        ))
+                    }
+                    _ => None,
+                };
                 Some(Flush {
                     prog,
                     cpus,
                     every: secs(flush_s).max(Duration::from_micros(100)),
+                    stage,
                 })
             }
             Some(_) => return Err(PyValueError::new_err("start: flush_fd is not a descriptor")),
@@ -689,7 +793,7 @@ impl EbpfRing {
             .name("hoptrace-ebpf".into())
             .spawn(move || {
                 let run = catch_unwind(AssertUnwindSafe(|| {
-                    reader(&shared, &map, header_len, size, pace, flush.as_ref())
+                    reader(&shared, &map, header_len, size, pace, flush)
                 }));
                 let mut st = shared.lock();
                 st.ended = true;
