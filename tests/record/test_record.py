@@ -298,8 +298,7 @@ def test_host_hop_labels_are_shared_across_batches(tmp_path: Path) -> None:
 
 
 def test_write_error_raises_recording_error_or_notices_once() -> None:
-    if not os.path.exists("/dev/full"):
-        pytest.skip("needs /dev/full")
+    mode = os.stat("/dev/full").st_mode
     rec = PcapngRecorder("/dev/full")
     rec.on_batch(batch_of(masquerade_pings(1)))
     with pytest.raises(RecordingError, match=r"recording to /dev/full stopped: disk full after 0 packets"):
@@ -313,6 +312,21 @@ def test_write_error_raises_recording_error_or_notices_once() -> None:
     rec.close()
     assert notices == ["recording to /dev/full stopped: disk full after 0 packets; tracing continues without recording"]
     assert rec.error is not None and rec.packets == 0
+    assert os.stat("/dev/full").st_mode == mode  # a device is not ours to chmod (only a file we record into)
+
+
+def test_a_fifo_keeps_its_mode(tmp_path: Path) -> None:
+    fifo = tmp_path / "to-wireshark"
+    os.mkfifo(fifo, 0o644)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        rec = PcapngRecorder(str(fifo))
+        rec.on_batch(batch_of(masquerade_pings(1)))
+        rec.close()
+        assert os.read(reader, 4) == b"\x0a\x0d\x0d\x0a"  # the SHB came through the pipe
+    finally:
+        os.close(reader)
+    assert stat.S_IMODE(os.stat(fifo).st_mode) == 0o644
 
 
 def test_frames_of_every_length_and_alignment_come_back_exactly(tmp_path: Path) -> None:

@@ -66,6 +66,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import struct
 import sys
 import time
@@ -279,7 +280,10 @@ class PcapngRecorder:
                 f"cannot create recording {name[:200]!r}: {why}", "check the directory exists and is writable"
             ) from exc
         try:
-            os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+            # an existing file keeps its mode through O_CREAT; a FIFO or a device (a pipe to
+            # Wireshark, /dev/full) is not ours to change
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                os.fchmod(fd, 0o600)
         except OSError:
             os.close(fd)
             raise
