@@ -299,8 +299,9 @@ def test_host_hop_labels_are_shared_across_batches(tmp_path: Path) -> None:
 
 def test_write_error_raises_recording_error_or_notices_once() -> None:
     mode = os.stat("/dev/full").st_mode
+    batch = batch_of(masquerade_pings(1))  # made first: on_batch within FLUSH_INTERVAL_S of the open only queues
     rec = PcapngRecorder("/dev/full")
-    rec.on_batch(batch_of(masquerade_pings(1)))
+    rec.on_batch(batch)
     with pytest.raises(RecordingError, match=r"recording to /dev/full stopped: disk full after 0 packets"):
         rec.flush()
     rec.close()
