@@ -50,7 +50,11 @@ ATTACH_ENV = "HOPTRACE_EBPF_ATTACH"
 IFNAMSIZ = 16
 HEADER_LEN = 16  # struct hop_batch: count, busy, first_ts
 DEFAULT_BATCH = 32
-DEFAULT_RING_PAGES = 4096  # 16 MiB: ~90 ms of 600k events/s at 184 B
+# 32 MiB: ~170k events of 192 B, ~0.45 s of a one-sender UDP flood here (380k events/s).
+# Nothing reads the ring between the ready file and the consumer's start, while `live`
+# discovers the topology (0.17-0.2 s the first time, measured under a flood): with 16 MiB
+# (~0.23 s of it) 2 runs in 25 of bench/ebpf_bench.py lost events at the start.
+DEFAULT_RING_PAGES = 8192
 # Poll period (the 1-5 ms timer): the ring is read this often, so it never holds
 # more than a few ms of events.
 POLL_S = 0.005
