@@ -54,15 +54,64 @@ def attribution(topo: Topology | None = None, source: object = None) -> tuple[At
     over ``topo``, discovered when None, and that topology. A started ``source`` that names
     hops itself (``NamesContainers``) gets the topology's container names."""
     from tracer.annotate.attribution import annotator
-    from tracer.protocols import NamesContainers
     from tracer.topology import Topology
 
     if topo is None:
         topo = Topology.discover()
-    if isinstance(source, NamesContainers):
-        # container names for the hop labels, when the Docker API answered
-        source.name_containers({c.netns: c.name for c in topo.containers if c.netns and c.name})
+    name_containers(topo, source)
     return annotator(topo), topo
+
+
+def name_containers(topo: Topology, source: object) -> None:
+    """A started ``source`` that names hops itself (``NamesContainers``) gets the topology's
+    container names, when the Docker API answered."""
+    from tracer.protocols import NamesContainers
+
+    if isinstance(source, NamesContainers):
+        source.name_containers({c.netns: c.name for c in topo.containers if c.netns and c.name})
+
+
+class Discovery:
+    """``attribution()`` on a thread of its own, begun before the source attaches: bcc's
+    compile and the kernel's verifier (most of the second before ``live`` is ready) run in C
+    without the GIL, so the discovery (~0.25 s of CPU, pyroute2's import most of it) takes
+    the other CPU meanwhile instead of the first quarter second of tracing, when nothing
+    reads the kernel's ring yet. ``result(source)`` waits for it, names the source's
+    containers and hands the annotator over; ``close()`` stops an annotator nobody took (the
+    source failed to start) and is a no-op after ``result``."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._answer: tuple[Attributor, Topology] | None = None
+        self._error: BaseException | None = None
+        self._taken = False
+        self._thread = threading.Thread(target=self._run, name="hoptrace-discovery", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._answer = attribution()
+        except BaseException as exc:  # re-raised on the caller's thread by result()
+            self._error = exc
+
+    def result(self, source: object = None) -> tuple[Attributor, Topology]:
+        self._thread.join()
+        self._taken = True
+        if self._error is not None:
+            raise self._error
+        assert self._answer is not None
+        attributor, topo = self._answer
+        name_containers(topo, source)
+        return attributor, topo
+
+    def close(self) -> None:
+        if self._taken:
+            return
+        self._taken = True
+        self._thread.join()
+        if self._answer is not None:
+            self._answer[0].close()
 
 
 def core_filter(expr: str | None) -> Callable[[int], bytes | None] | None:

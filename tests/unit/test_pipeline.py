@@ -217,6 +217,50 @@ def test_attribution_names_containers_on_a_source_that_takes_them() -> None:
         att.close()
 
 
+def test_discovery_runs_on_its_own_thread_and_hands_over_or_closes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """live's Discovery: attribution() on another thread, begun before the source attaches;
+    result() names the source's containers and hands the annotator over, an error is raised
+    on the caller's thread, and an annotator nobody took is closed."""
+    import threading
+
+    import tracer.pipeline as pipeline
+    from tracer.topology import Container, Topology
+
+    topo = Topology(namespaces=(), containers=(Container("id1", "web", 4026532001, 1),))
+
+    class Att:
+        closed = 0
+
+        def close(self) -> None:
+            self.closed += 1
+
+    threads: list[str] = []
+
+    def fake(topo_: Any = None, source: object = None) -> tuple[Any, Topology]:
+        threads.append(threading.current_thread().name)
+        return Att(), topo
+
+    monkeypatch.setattr(pipeline, "attribution", fake)
+    taken = pipeline.Discovery()
+    src = NamingSource()
+    att, got = taken.result(src)
+    taken.close()  # after result(): the annotator is the caller's to close
+    assert got is topo and src.names == {4026532001: "web"} and att.closed == 0
+    assert threads == ["hoptrace-discovery"]
+
+    left = pipeline.Discovery()
+    left.close()  # the source failed to start: nobody takes it
+    left.close()
+    assert left._answer is not None and left._answer[0].closed == 1
+
+    def broken(topo_: Any = None, source: object = None) -> tuple[Any, Topology]:
+        raise PermissionError("no netlink")
+
+    monkeypatch.setattr(pipeline, "attribution", broken)
+    with pytest.raises(PermissionError, match="no netlink"):
+        pipeline.Discovery().result(src)
+
+
 def test_the_live_sources_declare_what_live_asks_of_them() -> None:
     from probes.skb_hops import EbpfSource
     from tracer.sources.taps import TapSource

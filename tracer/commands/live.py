@@ -187,13 +187,16 @@ def _replay_instead(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "read", None):
         return _replay_instead(args)
-    from tracer.pipeline import PipelineConfig, attribution, build, compile_filter
+    from tracer.pipeline import Discovery, PipelineConfig, build, compile_filter
 
     path_filter = compile_filter(args.filter)  # FilterError (exit 2) before anything is attached
 
     with contextlib.ExitStack() as stack:
         t0 = time.monotonic()
         _status("opening taps…" if args.backend == "pcap" else "compiling probes…")
+        # the topology and its annotator, discovered while the probes compile (Discovery)
+        discovery = Discovery()
+        stack.callback(discovery.close)
         source = choose_source(args)
         stack.callback(source.stop)
         from tracer.sampling import Sampler
@@ -220,8 +223,8 @@ def run(args: argparse.Namespace) -> int:
                                  files=args.record_files, on_error=args.record_on_error)
             stack.callback(rec.close)
 
-        # Attached: from here on the kernel buffers every sighting, so the
-        # ready file does not wait for the topology discovery below (~1 s).
+        # Attached: from here on the kernel buffers every sighting, and nothing reads them
+        # until the pipeline runs below; the topology was discovered meanwhile (Discovery).
         stopper = _Stopper(source)
         stopper.cleanup = stack.close
         stack.callback(stopper.close)
@@ -233,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
             stack.callback(_unlink, args.ready_file)
         _status(_ready_line(source, t0))
 
-        attributor, topo = attribution(source=source)
+        attributor, topo = discovery.result(source)
         for msg in attributor.notices:
             _notice(msg)
         annotators: list[Annotator] = [attributor]
