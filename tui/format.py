@@ -21,7 +21,7 @@ from tracer.annotate.relay import relay_text
 from tracer.drops import drop_note
 from tracer.model import Endpoints, NatEvent, Observation, PacketPath
 from tracer.safe_text import term_safe
-from tracer.sinks.output import addr_port, endpoints_text
+from tracer.sinks.output import addr_port, endpoints_text, is_inner_event
 
 VERDICT_STYLE = {
     "delivered": "bold green",
@@ -156,13 +156,19 @@ def summary(path: PacketPath) -> str:
         parts.append("crossed " + ", ".join(crossed))
     for ev in path.nat:
         to = hops[ev.to_hop] if 0 <= ev.to_hop < len(hops) else hops[-1]
-        changed = ev.after.src if ev.kind == "snat" else ev.after.dst
-        port = ev.after.sport if ev.kind == "snat" else ev.after.dport
+        inner = _inner(path, ev)
+        # An ICMP error quotes the packet it answers, whose addresses run the other way: the
+        # side its NAT rewrote is the one that changed, not the one the kind names.
+        src_side = ((ev.before.src, ev.before.sport) != (ev.after.src, ev.after.sport) if inner
+                    else ev.kind == "snat")
+        changed, port = (ev.after.src, ev.after.sport) if src_side else (ev.after.dst, ev.after.dport)
         why = ""
         if is_reverse(ev):
             why = " (reply to " + ("MASQUERADE" if "MASQUERADE" in (ev.rule or "") else
                                    (_rule_kind(ev.rule or "") or "").upper()) + ")"
-        parts.append(f"was {verbed(ev)} to {addr_port(changed, port)} on {to.hop_name}{why}")
+        # ("DNATed" would name the error's own translation, which its own event tells)
+        verb = f"its quoted header was {'rewritten' if not why else verbed(ev)}" if inner else f"was {verbed(ev)}"
+        parts.append(f"{verb} to {addr_port(changed, port)} on {to.hop_name}{why}")
     last = hops[-1]
     if path.verdict == "dropped":
         reason = f" ({last.drop_reason})" if last.drop_reason else ""
@@ -176,10 +182,17 @@ def summary(path: PacketPath) -> str:
     return term_safe(", ".join(parts))
 
 
-def _nat_lines(ev: NatEvent) -> Text:
+def _inner(path: PacketPath, ev: NatEvent) -> bool:
+    """``ev`` rewrote the header an ICMP error quotes, not the error's own."""
+    return 0 <= ev.from_hop < len(path.hops) and is_inner_event(path.hops, ev)
+
+
+def _nat_lines(ev: NatEvent, inner: bool = False) -> Text:
     line = Text("     ┃ ", style="bold magenta" if ev.kind == "snat" else "bold dark_orange")
     line.append(f" {ev.kind.upper()} ", style=NAT_STYLE[ev.kind])
-    line.append(f" {verbed(ev)} on {term_safe(ev.node)} at {term_safe(ev.hook)}: ", style="bold")
+    verb = verbed(ev) if not inner or is_reverse(ev) else "rewritten"
+    line.append(f" {'quoted header ' if inner else ''}{verb} on {term_safe(ev.node)} at {term_safe(ev.hook)}: ",
+                style="bold")
     line.append(endpoints_text(ev.before))
     line.append("  ⇒  ", style="bold")
     line.append(endpoints_text(ev.after), style="bold reverse")
@@ -267,7 +280,7 @@ def path_view(path: PacketPath, flow_id: str | None = None, role: str | None = N
         out.append_text(row)
         out.append("\n")
         for ev in nat_after.get(i, []):
-            out.append_text(_nat_lines(ev))
+            out.append_text(_nat_lines(ev, _inner(path, ev)))
             out.append("\n")
     return out
 

@@ -7,15 +7,17 @@ from dataclasses import replace
 from tests.tui.scripted import (
     bridged_path,
     dropped_path,
+    make_obs,
     masquerade_reply,
     masquerade_request,
     renumber,
 )
-from tracer.model import Endpoints, Flow
+from tracer.model import Endpoints, Flow, InnerHeader, NatEvent, PacketPath
 from tui.format import (
     duration_text,
     nat_badges,
     original_text,
+    path_view,
     proto_text,
     summary,
     translated_text,
@@ -43,6 +45,41 @@ def test_summaries() -> None:
     assert summary(masquerade_reply()) == (
         "left host/eth0, was DNATed to 172.17.0.2 on host/docker0, arrived at web/eth0")
     assert summary(bridged_path("p9", 0)) == "left client/eth0, arrived at web/eth0"
+
+
+def port_unreachable_reply() -> PacketPath:
+    """inet's ICMP port unreachable for a MASQUERADEd datagram (client 172.17.0.3:37749 ->
+    198.51.100.8:9), as live traced it in the lab: host translates the error back, and the
+    header it quotes (the datagram, addresses the other way round) with it."""
+    quoted = InnerHeader("203.0.113.2", "198.51.100.8", 17, 37749, 9)
+    err = dict(src="198.51.100.8", icmp_type=3, icmp_code=3, icmp_id=None, icmp_seq=None)
+    hops = (
+        make_obs(node="host", ifname="eth0", direction="rx", dst="203.0.113.2", inner=quoted, **err),
+        make_obs(node="host", ifname="docker0", direction="tx", dst="172.17.0.3",
+                 inner=replace(quoted, src="172.17.0.3"), **err),
+        make_obs(node="client", direction="rx", dst="172.17.0.3", inner=replace(quoted, src="172.17.0.3"), **err),
+    )
+    rule = "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE"
+    outer = NatEvent(kind="dnat", node="host", hook="PREROUTING", from_hop=0, to_hop=1, rule=rule,
+                     before=Endpoints("198.51.100.8", None, "203.0.113.2", None),
+                     after=Endpoints("198.51.100.8", None, "172.17.0.3", None))
+    inner = NatEvent(kind="dnat", node="host", hook="PREROUTING", from_hop=0, to_hop=1,
+                     before=Endpoints("203.0.113.2", 37749, "198.51.100.8", 9),
+                     after=Endpoints("172.17.0.3", 37749, "198.51.100.8", 9))
+    return PacketPath(id="p7", hops=hops, nat=(outer, inner), verdict="delivered", flow="f7")
+
+
+def test_an_icmp_errors_quoted_header_is_told_apart_and_by_the_side_it_changed() -> None:
+    """The quoted header's event (kind dnat: the error was translated back at PREROUTING)
+    changed its *source*, the datagram's; the summary once said 'was translated back to
+    198.51.100.8:9', the address nothing rewrote."""
+    path = port_unreachable_reply()
+    assert summary(path) == (
+        "left host/eth0, was translated back to 172.17.0.3 on host/docker0 (reply to MASQUERADE), "
+        "its quoted header was rewritten to 172.17.0.3:37749 on host/docker0, arrived at client/eth0")
+    text = path_view(path).plain
+    assert "DNAT  translated back on host at PREROUTING" in text
+    assert "DNAT  quoted header rewritten on host at PREROUTING: 203.0.113.2:37749" in text
 
 
 def test_time_and_duration_text() -> None:
