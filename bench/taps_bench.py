@@ -19,6 +19,9 @@ does not favour one of them):
 * ``live``:    ``hoptrace live --backend pcap --json`` (taps + correlator + NDJSON);
   observations and lost_events from its stats line.
 
+A taps peer may set TapSource's keyword arguments, so that a candidate default runs
+interleaved with today's: ``--peers tcpdump,taps,taps:retire_ms=16:reorder_ms=24``.
+
 ``--cpus split`` (the default) pins the traffic (iperf3 client and server, and so the
 kernel's forwarding of it, which runs in the sender's softirq on this box) to CPU 0
 and the capturer to CPU 1: the sender's rate then does not depend on how much CPU
@@ -125,17 +128,28 @@ class Tcpdump:
         return {"captured": captured, "dropped": dropped, "cpu_s": cpu}
 
 
+def taps_options(peer: str) -> dict[str, int]:
+    """``taps:KEY=N:KEY=N`` -> TapSource keyword arguments (``taps`` alone: none)."""
+    opts = {}
+    for item in peer.split(":")[1:]:
+        key, _, value = item.partition("=")
+        opts[key] = int(value)
+    return opts
+
+
 class Taps:
     name = "taps"
 
-    def __init__(self, ifaces: list[str], workdir: str, pin: list[str]) -> None:
+    def __init__(self, ifaces: list[str], workdir: str, pin: list[str], opts: dict[str, int] | None = None) -> None:
         self.ifaces = ifaces
         self.pin = pin
+        self.opts = opts or {}
         self.ready = os.path.join(workdir, f"taps-{uuid.uuid4().hex[:6]}")
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([*self.pin, PYTHON, __file__, "--child", "rows", self.ready, *self.ifaces],
+        self.proc = subprocess.Popen([*self.pin, PYTHON, __file__, "--child", "rows", self.ready,
+                                      json.dumps(self.opts), *self.ifaces],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_file(self.ready, self.proc)
         time.sleep(0.2)  # the capture loop is running (imports done)
@@ -185,15 +199,16 @@ class Live:
         return {"captured": stats["observations"], "dropped": stats["lost_events"], "cpu_s": cpu}
 
 
-def child(mode: str, ready: str, ifaces: list[str]) -> int:
+def child(mode: str, ready: str, opts: str, ifaces: list[str]) -> int:
     """The taps peer: count sightings until SIGINT, then print one JSON line.
 
-    ``rows``: TapSource.batches(), every frame decoded (what the engine gets)."""
+    ``rows``: TapSource.batches(), every frame decoded (what the engine gets);
+    ``opts``: TapSource's keyword arguments as a JSON object."""
     from tracer.sources.taps import TapSource
 
     if mode != "rows":
         raise SystemExit(f"unknown child mode {mode!r}")
-    src = TapSource(ifaces, notices=lambda _m: None)
+    src = TapSource(ifaces, notices=lambda _m: None, **json.loads(opts))
     n = 0
     src.start()
     signal.signal(signal.SIGINT, lambda *_: src.stop())
@@ -237,7 +252,8 @@ def lossless(run: dict[str, Any]) -> bool:
 def summarize(results: list[dict[str, Any]], peers: list[str], rates: list[int]) -> None:
     """Per peer and rate the medians over repetitions, then lossless rates and ratios."""
     print()
-    print(f"{'peer':8} {'offered':>7} {'sent/s':>9} {'snd cpu':>7} {'captured/s':>10} {'lossless':>8} "
+    width = max(8, *map(len, peers))
+    print(f"{'peer':{width}} {'offered':>7} {'sent/s':>9} {'snd cpu':>7} {'captured/s':>10} {'lossless':>8} "
           f"{'drops':>7} {'cpu':>6} {'cpu/100k':>8}")
     levels: dict[str, list[tuple[int, bool, dict[str, float]]]] = {}
     for name in peers:
@@ -250,7 +266,7 @@ def summarize(results: list[dict[str, Any]], peers: list[str], rates: list[int])
             ok = all(lossless(r) for r in runs)
             drops = sum(r["dropped"] for r in runs)
             levels.setdefault(name, []).append((pps, ok, med))
-            print(f"{name:8} {pps or 'max':>7} {med['sent_rate']:9.0f} {med['sender_cpu']:6.0f}% "
+            print(f"{name:{width}} {pps or 'max':>7} {med['sent_rate']:9.0f} {med['sender_cpu']:6.0f}% "
                   f"{med['rate']:10.0f} {sum(map(lossless, runs)):>4}/{len(runs):<3} {drops:7d} "
                   f"{med['cpu_pct']:5.1f}% {med['cpu_per_100k']:7.1f}%")
 
@@ -265,15 +281,15 @@ def summarize(results: list[dict[str, Any]], peers: list[str], rates: list[int])
         best[name] = max(ok, key=lambda x: order(x[0])) if ok else None
         b = best[name]
         if b is None:
-            print(f"{name:8} lossless rate: none (losses at every offered rate)")
+            print(f"{name:{width}} lossless rate: none (losses at every offered rate)")
         else:
             pps, med = b
-            print(f"{name:8} lossless rate {med['rate']:9.0f} sightings/s (offered {pps or 'max'}, sender "
+            print(f"{name:{width}} lossless rate {med['rate']:9.0f} sightings/s (offered {pps or 'max'}, sender "
                   f"{med['sent_rate']:.0f} pkt/s), cpu {med['cpu_per_100k']:.1f}% of a core per 100k/s")
     base = best.get("tcpdump")
-    for name in ("taps", "live"):
+    for name in peers:
         b = best.get(name)
-        if base is None or b is None:
+        if name == "tcpdump" or base is None or b is None:
             continue
         ratio = b[1]["rate"] / base[1]["rate"]
         limited = b[0] == top and base[0] == top
@@ -302,7 +318,7 @@ def main() -> int:
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        return child(args.child[0], args.child[1], args.child[2:])
+        return child(args.child[0], args.child[1], args.child[2], args.child[3:])
 
     from tracer.lab import Lab
     from tracer.sources.taps import default_specs
@@ -312,6 +328,7 @@ def main() -> int:
     send_pin = ["taskset", "-c", "0"] if split else []
     cap_pin = ["taskset", "-c", "1"] if split else []
     peers = args.peers.split(",")
+    width = max(8, *map(len, peers))
     rates = [int(r) for r in args.rates.split(",")]
     load0 = os.getloadavg()
     lab = Lab("netns", f"hoptest-tb{uuid.uuid4().hex[:6]}")
@@ -330,8 +347,8 @@ def main() -> int:
                     for name in (peers if rep % 2 == 0 else peers[::-1]):
                         cap: Any = {
                             "tcpdump": lambda: Tcpdump([(s.netns_path, s.ifname) for s in specs], cap_pin),
-                            "taps": lambda: Taps(ifaces, workdir, cap_pin),
-                            "live": lambda: Live(ifaces, workdir, cap_pin)}[name]()
+                            "taps": lambda n=name: Taps(ifaces, workdir, cap_pin, taps_options(n)),
+                            "live": lambda: Live(ifaces, workdir, cap_pin)}[name.split(":")[0]]()
                         cap.start()
                         t0 = time.monotonic()
                         sent, sender_cpu = iperf_udp(lab, pps, args.seconds, send_pin)
@@ -351,7 +368,7 @@ def main() -> int:
                         res["cpu_per_100k"] = 100 * res["cpu_s"] / max(res["captured"] / 100_000, 1e-9)
                         results.append(res)
                         short = " (below offered)" if pps and res["sent_rate"] < 0.97 * pps else ""
-                        print(f"{name:8} offered {pps or 'max':>6} pps  sent {res['sent_rate']:7.0f} pps"
+                        print(f"{name:{width}} offered {pps or 'max':>6} pps  sent {res['sent_rate']:7.0f} pps"
                               f"{short} (sender cpu {sender_cpu:3.0f}%)  captured {res['rate']:7.0f}/s "
                               f"({res['captured'] / max(4 * sent, 1):.3f} of 4/pkt)  drops {res['dropped']:6d}  "
                               f"cpu {res['cpu_pct']:5.1f}% ({res['cpu_per_100k']:5.1f}% per 100k/s)  "
