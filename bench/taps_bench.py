@@ -163,7 +163,7 @@ class Taps:
         if self.proc.returncode != 0:
             raise SystemExit(f"taps child: {err}")
         data = json.loads(out.strip().splitlines()[-1])
-        return {"captured": data["captured"], "dropped": data["lost"], "cpu_s": cpu}
+        return {"captured": data["captured"], "dropped": data["lost"], "late": data["late"], "cpu_s": cpu}
 
 
 class Live:
@@ -215,7 +215,7 @@ def child(mode: str, ready: str, opts: str, ifaces: list[str]) -> int:
     Path(ready).write_text("ready\n")
     for batch in src.batches():
         n += len(batch)
-    print(json.dumps({"captured": n, "lost": src.lost_events}))
+    print(json.dumps({"captured": n, "lost": src.lost_events, "late": src.late_events}))
     return 0
 
 
@@ -286,6 +286,10 @@ def summarize(results: list[dict[str, Any]], peers: list[str], rates: list[int])
             pps, med = b
             print(f"{name:{width}} lossless rate {med['rate']:9.0f} sightings/s (offered {pps or 'max'}, sender "
                   f"{med['sent_rate']:.0f} pkt/s), cpu {med['cpu_per_100k']:.1f}% of a core per 100k/s")
+    for name in peers:
+        late = [r["late"] for r in results if r["peer"] == name and "late" in r]
+        if late:
+            print(f"{name:{width}} out of order (released after a newer sighting): {sum(late)} in {len(late)} runs")
     base = best.get("tcpdump")
     for name in peers:
         b = best.get(name)
@@ -372,7 +376,8 @@ def main() -> int:
                               f"{short} (sender cpu {sender_cpu:3.0f}%)  captured {res['rate']:7.0f}/s "
                               f"({res['captured'] / max(4 * sent, 1):.3f} of 4/pkt)  drops {res['dropped']:6d}  "
                               f"cpu {res['cpu_pct']:5.1f}% ({res['cpu_per_100k']:5.1f}% per 100k/s)  "
-                              f"load {os.getloadavg()[0]:.1f}", flush=True)
+                              f"load {os.getloadavg()[0]:.1f}"
+                              + (f"  LATE {res['late']} (out of order)" if res.get("late") else ""), flush=True)
     finally:
         lab.down()
     summarize(results, peers, rates)

@@ -126,8 +126,8 @@ class _Reorder:
     in time order, decoded.
 
     Each ring hands over whole blocks, when full or when the retire timer fires, so one
-    tap's frames may reach us several ms after a later frame of another tap (measured:
-    up to ~7 ms with a 4 ms timer). A path read out of order gets a wrong verdict, so
+    tap's frames may reach us up to the retire timer's period after a later frame of
+    another tap (see hoptrace_core::tpacket::Reorder for what was measured). A path read out of order gets a wrong verdict, so
     frames wait ``delay_ns`` (against CLOCK_REALTIME, the clock of the ring timestamps).
     Decoding happens once per released batch: the bulk decoder's cost is mostly per call.
     """

@@ -3,6 +3,9 @@ hot-plug. Root; the lab (``lab_netns``) is built and removed by the fixture."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import time
 import uuid
@@ -149,6 +152,32 @@ def _flood(lab: Any) -> None:
     code = (f"import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
             f"for i in range({FLOOD}): s.sendto(b'x'*32, ('{A.WEB}', 9))\n")
     lab.exec("client", ["python3", "-c", code], check=True, capture_output=True)
+
+
+def test_sightings_held_shorter_than_the_retire_timer_are_counted_late(lab_netns: Any) -> None:
+    """The reorder window's guarantee is checked, not assumed. A flood client -> internet
+    fills client/eth0's and its veth's ring blocks at once, while the ping replies web ->
+    client wait in web's blocks for the retire timer: with a 32 ms timer and a 1 ms window
+    the replies' later hops come out before their first (late_events > 0); with the
+    defaults none does."""
+    flood = lab_netns.spawn("client", ["python3", "-c", (
+        "import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "end = time.monotonic() + 30\n"
+        f"while time.monotonic() < end: s.sendto(b'x' * 32, ('{A.SERVER}', 9))\n")], "late-flood")
+    try:
+        for kw, late in (({"retire_ms": 32, "reorder_ms": 1}, True), ({}, False)):
+            src = TapSource(lab_ifaces(lab_netns), **kw)
+            with Capture(src) as cap:
+                lab_netns.exec("client", ["busybox", "ping", "-q", "-c", "40", "-i", "0.02", "-W", "1", A.WEB],
+                               check=True, capture_output=True)
+                cap.stop()
+            # From the rows: the flood's ~10^5 sightings as Observation objects take seconds.
+            replies = sum(int(((b.rows["proto"] == 1) & (b.rows["icmp_type"] == 0)).sum()) for b in cap.batches)
+            assert replies >= 4 * 20, (kw, replies)  # the flood may cost a few
+            assert (src.late_events > 0) == late, (kw, src.late_events)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(flood.pid, signal.SIGTERM)
 
 
 def test_kernel_drops_are_counted_never_silent(lab_netns: Any) -> None:

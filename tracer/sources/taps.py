@@ -557,6 +557,13 @@ class TapSource:
     def lost_events(self) -> int:
         return self._lost + (self._ring.shed if self._ring is not None else 0)
 
+    @property
+    def late_events(self) -> int:
+        """Sightings released after a newer one had been: their ring block retired later
+        than ``reorder_ms`` allowed (0 while the window holds, which it must: a path read
+        out of order gets a wrong verdict)."""
+        return self._ring.late if self._ring is not None else 0
+
     # -- tracer.protocols.LiveSource ------------------------------------------
 
     def attachments(self) -> Attachments:

@@ -200,9 +200,11 @@ pub struct Released {
 /// in time order, decoded.
 ///
 /// Each ring hands over whole blocks, when full or when the retire timer fires, so one
-/// tap's frames may reach us several ms after a later frame of another tap (measured:
-/// up to ~7 ms with a 4 ms timer). A path read out of order gets a wrong verdict, so
-/// frames wait `delay_ns` (against CLOCK_REALTIME, the clock of the ring timestamps).
+/// tap's frames may reach us up to the retire timer's period after a later frame of
+/// another tap (measured with 6.18's hrtimer and a 16 ms period, a flood beside a ping
+/// every 10 ms: a 15 ms window let 2 sightings out of order in 2 runs, 17 ms none). A path read out of order gets a wrong verdict,
+/// so frames wait `delay_ns` (against CLOCK_REALTIME, the clock of the ring timestamps);
+/// `late_total` counts those that came later still.
 /// Ties are broken by the tap's rank, then by arrival (a stable sort): the order of
 /// tests/reference/taps.py's `_Reorder`, the oracle.
 #[derive(Debug, Default)]
@@ -213,6 +215,11 @@ pub struct Reorder {
     /// Sightings dropped by [`Reorder::shed`], ever.
     shed: u64,
     malformed: u64,
+    /// The newest timestamp released so far, and the sightings released after a newer one
+    /// had been (their block retired later than the window allowed): the window's guarantee,
+    /// checked.
+    released_max: u64,
+    late: u64,
     // Reused between releases: no allocation per batch beyond the output.
     out: Vec<Held>,
     keep: Vec<Held>,
@@ -248,6 +255,13 @@ impl Reorder {
     /// Blocks whose walk stopped at a frame that did not fit, since the start.
     pub fn malformed_blocks(&self) -> u64 {
         self.malformed
+    }
+
+    /// Sightings released after a newer sighting had been released (out of time order
+    /// across batches: the window was shorter than their block took to retire), since the
+    /// start.
+    pub fn late_total(&self) -> u64 {
+        self.late
     }
 
     /// Copy the frames of one ring block in (headers left behind); returns the walk.
@@ -286,6 +300,8 @@ impl Reorder {
         self.bytes.append(&mut other.bytes);
         self.malformed += std::mem::take(&mut other.malformed);
         self.shed += std::mem::take(&mut other.shed);
+        self.late += std::mem::take(&mut other.late);
+        self.released_max = self.released_max.max(other.released_max);
     }
 
     /// True when some sighting is older than `now_ns - delay`.
@@ -379,6 +395,12 @@ impl Reorder {
         }
         self.out.sort_by_key(|h| h.key); // stable: arrival order within a tie
         let n = self.out.len();
+        // Sorted: only the batch's oldest can be older than what earlier batches released.
+        let before = self.released_max;
+        self.late += self.out.iter().take_while(|h| h.ts() < before).count() as u64;
+        if let Some(last) = self.out.last() {
+            self.released_max = before.max(last.ts());
+        }
         let mut rows = vec![0u8; n * ROW_SIZE];
         frames.reserve(out_bytes);
         for (h, chunk) in self.out.iter().zip(rows.chunks_exact_mut(ROW_SIZE)) {
@@ -598,6 +620,34 @@ mod tests {
         assert!(r.is_empty());
         let none = r.release(None, 77, &hops);
         assert_eq!((none.rows.len(), none.mark), (0, 77));
+    }
+
+    #[test]
+    fn a_sighting_older_than_one_released_is_counted_late() {
+        let mut r = Reorder::new(10);
+        r.push_block(&block_of(&[(100, b"a".to_vec(), 0)]), meta(0));
+        r.push_block(&block_of(&[(120, b"b".to_vec(), 0)]), meta(1));
+        assert_eq!(r.release(Some(115), 0, &[]).rows.len(), ROW_SIZE); // 100 out, 120 held
+        assert_eq!(r.late_total(), 0);
+        // A block retired after the window: 95 and 99 are older than 100, 105 is not.
+        r.push_block(
+            &block_of(&[
+                (95, b"c".to_vec(), 0),
+                (99, b"d".to_vec(), 0),
+                (105, b"e".to_vec(), 0),
+            ]),
+            meta(0),
+        );
+        let out = r.release(Some(125), 0, &[]);
+        let ts: Vec<u64> = read_rows(&out.rows).iter().map(|o| o.ts_ns).collect();
+        assert_eq!(ts, vec![95, 99, 105]);
+        assert_eq!(r.late_total(), 2);
+        // In time: nothing more; the count moves with append like the others.
+        r.push_block(&block_of(&[(130, b"f".to_vec(), 0)]), meta(0));
+        r.release(None, 0, &[]);
+        let mut other = Reorder::new(10);
+        other.append(&mut r);
+        assert_eq!((other.late_total(), r.late_total()), (2, 0));
     }
 
     #[test]

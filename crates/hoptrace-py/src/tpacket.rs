@@ -569,6 +569,13 @@ impl TapReader {
         lock(&self.shared.state).window.malformed_blocks()
     }
 
+    /// Sightings released after a newer one (their block retired later than the reorder
+    /// window allowed), since the start: 0 while the window holds.
+    #[getter]
+    fn late(&self) -> u64 {
+        lock(&self.shared.state).window.late_total()
+    }
+
     fn __len__(&self) -> usize {
         lock(&self.shared.state).window.len()
     }
@@ -639,6 +646,12 @@ impl TapReorder {
 
     fn due(&self, now_ns: u64) -> bool {
         lock(&self.inner).due(now_ns)
+    }
+
+    /// See `TapReader.late`.
+    #[getter]
+    fn late(&self) -> u64 {
+        lock(&self.inner).late_total()
     }
 
     fn shed(&self, max_rows: usize) -> u64 {
