@@ -353,8 +353,16 @@ class TapSource:
     that cannot keep up.
     ``batch_ms``: how often the consumer drains the rings and takes a batch; ``drain_ms``:
     the reader thread drains them when nobody has for that long (the rings, ~1 s of a
-    flood, must not fill meanwhile); ``reorder_ms``: the hold-back (> retire_ms, the
-    longest a frame waits in a ring block the kernel still fills).
+    flood, must not fill meanwhile); ``retire_ms``: the kernel's block-retire timer, the
+    longest a frame waits in a ring block the kernel still fills; ``reorder_ms``: the
+    hold-back, which must exceed it (``late_events`` counts the sightings it did not).
+    The timer fires every ``retire_ms`` on each socket, busy or idle, each expiry a
+    softirq taken from whatever runs on that CPU (a sender, too): 16 ms rather than 4 cuts the taps' timer expiries from ~1500 to ~375 a second with 6 taps, and
+    bench/taps_bench.py's sender goes faster beside them. With a 16 ms timer (6.18's
+    hrtimer), under a flood beside a ping every 10 ms, a 15 ms window let 2 sightings out
+    of order in 2 runs, 17 and 20 ms none in 2 and 3: 24 leaves room for a loaded machine
+    and for kernels whose jiffies timer fires up to a tick late (HZ=250). A lone
+    packet shows within ``reorder_ms`` + ``batch_ms``.
     ``stop()`` only sets a flag; ``join()`` waits until the taps are closed.
     """
 
@@ -371,9 +379,9 @@ class TapSource:
         full_every_s: float = 60.0,
         ring_mb: int = 8,
         block_kb: int = 32,
-        retire_ms: int = 4,
+        retire_ms: int = 16,
         poll_ms: int = 50,
-        reorder_ms: int = 20,
+        reorder_ms: int = 24,
         batch_ms: int = 50,
         drain_ms: int = 60,
         max_pending: int = 2_000_000,
