@@ -84,9 +84,11 @@ def original_text(path: PacketPath) -> str:
 
 def translated_text(path: PacketPath) -> str:
     """Only what NAT rewrote, as it left the last rewrite: "src 203.0.113.2", "dst 172.17.0.2:80"."""
-    if not path.nat:
+    # the packet's own header: an ICMP error's quoted one runs the other way (its own event)
+    outer = [ev for ev in path.nat if not _inner(path, ev)]
+    if not outer:
         return ""
-    before, after = path.nat[0].before, path.nat[-1].after
+    before, after = outer[0].before, outer[-1].after
     parts = []
     if (before.src, before.sport) != (after.src, after.sport):
         parts.append("src " + addr_port(after.src, after.sport))

@@ -77,6 +77,8 @@ def test_an_icmp_errors_quoted_header_is_told_apart_and_by_the_side_it_changed()
     assert summary(path) == (
         "left host/eth0, was translated back to 172.17.0.3 on host/docker0 (reply to MASQUERADE), "
         "its quoted header was rewritten to 172.17.0.3:37749 on host/docker0, arrived at client/eth0")
+    # the table's "after NAT" cell: the error's own header, not a mix of the two
+    assert translated_text(path) == "dst 172.17.0.3"
     text = path_view(path).plain
     assert "DNAT  translated back on host at PREROUTING" in text
     assert "DNAT  quoted header rewritten on host at PREROUTING: 203.0.113.2:37749" in text
