@@ -5,7 +5,7 @@ time and run count (refcounted: several users at once do not disturb each other)
 are read by program fd with ``BPF_OBJ_GET_INFO_BY_FD`` (``run_time_ns``, ``run_cnt``); a
 program held by another process is opened by id (``BPF_PROG_GET_FD_BY_ID``, root). This is the
 part of the tracer's cost paid on the packet path, in softirq, apart from the tracer process's
-own CPU. Used by bench/ebpf_bench.py; x86-64 syscall numbers, like probes/skb_hops.py.
+own CPU. Used by bench/ebpf_bench.py; bpf(2) through probes/bpf_syscall.py (x86-64).
 """
 
 from __future__ import annotations
@@ -16,12 +16,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from probes.bpf_syscall import ENABLE_STATS, OBJ_GET_INFO_BY_FD, PROG_GET_FD_BY_ID, sys_bpf
 from tracer.errors import KernelFeatureMissing
 
-_SYS_BPF = 321  # x86_64
-_BPF_PROG_GET_FD_BY_ID = 13
-_BPF_OBJ_GET_INFO_BY_FD = 15
-_BPF_ENABLE_STATS = 32
 _BPF_STATS_RUN_TIME = 0
 
 # struct bpf_prog_info (include/uapi/linux/bpf.h): the offsets of the fields read here.
@@ -31,22 +28,11 @@ _INFO_RUN_TIME_NS = 192
 _INFO_RUN_CNT = 200
 _INFO_SIZE = 256  # more than the kernel's struct is fine while the tail is zero
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _bpf(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
-    rc = int(_libc.syscall(_SYS_BPF, cmd, attr, ctypes.sizeof(attr)))
-    if rc < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return rc
-
-
 def enable_stats() -> int:
     """The fd that keeps run-time accounting on (close it to stop)."""
     attr = ctypes.create_string_buffer(_BPF_STATS_RUN_TIME.to_bytes(4, "little"), 8)
     try:
-        return _bpf(_BPF_ENABLE_STATS, attr)
+        return sys_bpf(ENABLE_STATS, attr)
     except OSError as exc:
         raise KernelFeatureMissing(f"BPF_ENABLE_STATS refused: {exc.strerror}",
                                    "needs root (CAP_SYS_ADMIN) and Linux >= 5.8") from exc
@@ -54,7 +40,7 @@ def enable_stats() -> int:
 
 def prog_fd_by_id(prog_id: int) -> int:
     attr = ctypes.create_string_buffer(prog_id.to_bytes(4, "little"), 12)
-    return _bpf(_BPF_PROG_GET_FD_BY_ID, attr)
+    return sys_bpf(PROG_GET_FD_BY_ID, attr)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +59,7 @@ def prog_run(prog_fd: int) -> ProgRun:
     attr[0:4] = prog_fd.to_bytes(4, "little")
     attr[4:8] = _INFO_SIZE.to_bytes(4, "little")
     attr[8:16] = ctypes.addressof(info).to_bytes(8, "little")
-    _bpf(_BPF_OBJ_GET_INFO_BY_FD, attr)
+    sys_bpf(OBJ_GET_INFO_BY_FD, attr)
     raw = info.raw
 
     def u64(off: int) -> int:

@@ -17,7 +17,6 @@ This is the only module that imports ``bcc``.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import threading
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from probes import tp_btf
+from probes.bpf_syscall import PROG_TEST_RUN, BpfError, sys_bpf
 from probes.btf import KernelLayout, load_layout
 from probes.headers import HeaderTree, ensure_bcc_env
 from probes.utc_clock import MonoToUtc
@@ -225,8 +225,6 @@ def _addr_key(addr: str) -> bytes:
 # BPF_PROG_TEST_RUN, to flush a quiet CPU's stage
 # --------------------------------------------------------------------------
 
-_SYS_BPF = 321  # x86_64
-_BPF_PROG_TEST_RUN = 10
 _BPF_F_TEST_RUN_ON_CPU = 1 << 0
 
 
@@ -250,9 +248,6 @@ class _TestRunAttr(ctypes.Structure):
     ]
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
 def _test_run_on_cpu(prog_fd: int, cpu: int, ctx_buf: ctypes.Array[ctypes.c_uint64]) -> int:
     attr = _TestRunAttr()
     attr.prog_fd = prog_fd
@@ -260,8 +255,11 @@ def _test_run_on_cpu(prog_fd: int, cpu: int, ctx_buf: ctypes.Array[ctypes.c_uint
     attr.ctx_size_in = ctypes.sizeof(ctx_buf)
     attr.flags = _BPF_F_TEST_RUN_ON_CPU
     attr.cpu = cpu
-    rc = _libc.syscall(_SYS_BPF, _BPF_PROG_TEST_RUN, ctypes.byref(attr), ctypes.sizeof(attr))
-    return 0 if rc == 0 else ctypes.get_errno()
+    try:
+        sys_bpf(PROG_TEST_RUN, attr)
+    except BpfError as exc:
+        return exc.errno
+    return 0
 
 
 # --------------------------------------------------------------------------

@@ -19,15 +19,12 @@ import os
 import struct
 from dataclasses import dataclass
 
-_SYS_BPF = 321  # x86_64
-_BPF_PROG_LOAD = 5
-_BPF_RAW_TRACEPOINT_OPEN = 17
+from probes.bpf_syscall import PROG_LOAD, RAW_TRACEPOINT_OPEN, BpfError, sys_bpf
+
 _BPF_PROG_TYPE_TRACING = 26
 _BPF_TRACE_RAW_TP = 23
 _ATTR_SIZE = 160  # union bpf_attr for BPF_PROG_LOAD up to attach_btf_obj_fd, zero-padded
 _LOG_SIZE = 1 << 16
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class TpBtfError(OSError):
@@ -55,10 +52,6 @@ class TpBtfProgram:
         self.link_fd = self.prog_fd = -1
 
 
-def _bpf(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
-    return int(_libc.syscall(_SYS_BPF, cmd, attr, ctypes.sizeof(attr)))
-
-
 def load(insns: bytes, btf_id: int, name: str, tracepoint: str) -> int:
     """The fd of ``insns`` loaded as a tp_btf program for ``btf_id`` (btf_trace_<tracepoint>)."""
     if not insns or len(insns) % 8:
@@ -73,15 +66,14 @@ def load(insns: bytes, btf_id: int, name: str, tracepoint: str) -> int:
     struct.pack_into("16s", attr, 48, name.encode()[:15])  # prog_name
     struct.pack_into("<I", attr, 68, _BPF_TRACE_RAW_TP)  # expected_attach_type
     struct.pack_into("<I", attr, 108, btf_id)  # attach_btf_id
-    fd = _bpf(_BPF_PROG_LOAD, attr)
-    if fd >= 0:
-        return fd
-    err = ctypes.get_errno()
+    try:
+        return sys_bpf(PROG_LOAD, attr)
+    except BpfError as exc:
+        err = exc.errno
     # again with the verifier's log, only to say why
     struct.pack_into("<IIQ", attr, 24, 1, _LOG_SIZE, ctypes.addressof(log))
-    fd = _bpf(_BPF_PROG_LOAD, attr)
-    if fd >= 0:  # loads with a log and not without: take it
-        return fd
+    with contextlib.suppress(BpfError):
+        return sys_bpf(PROG_LOAD, attr)  # loads with a log and not without: take it
     text = log.value.decode("utf-8", "replace").strip().splitlines()
     raise TpBtfError(f"{tracepoint}: tp_btf load refused", err, "\n".join(text[-6:]))
 
@@ -90,10 +82,10 @@ def attach(prog_fd: int, tracepoint: str) -> int:
     """The link fd of ``prog_fd`` attached to the tracepoint it was loaded for."""
     attr = ctypes.create_string_buffer(16)
     struct.pack_into("<QI", attr, 0, 0, prog_fd)  # name = NULL: the program's attach_btf_id
-    fd = _bpf(_BPF_RAW_TRACEPOINT_OPEN, attr)
-    if fd < 0:
-        raise TpBtfError(f"{tracepoint}: tp_btf attach refused", ctypes.get_errno())
-    return fd
+    try:
+        return sys_bpf(RAW_TRACEPOINT_OPEN, attr)
+    except BpfError as exc:
+        raise TpBtfError(f"{tracepoint}: tp_btf attach refused", exc.errno) from exc
 
 
 def load_and_attach(insns: bytes, btf_id: int, name: str, tracepoint: str) -> TpBtfProgram:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import ctypes.util
 import functools
 import importlib.util
 import json
@@ -131,9 +130,6 @@ def check_headers() -> Check:
 
 # --- a raw tracepoint test load through bpf(2) ---------------------------------
 
-_SYS_BPF = 321  # x86_64
-_BPF_PROG_LOAD = 5
-_BPF_RAW_TRACEPOINT_OPEN = 17
 _BPF_PROG_TYPE_RAW_TRACEPOINT = 17
 
 
@@ -160,7 +156,9 @@ class _RawTpAttr(ctypes.Structure):
 
 def test_load_raw_tracepoint(tp: str = "netif_receive_skb") -> tuple[bool, str]:
     """Load `r0 = 0; exit` as a raw tracepoint program and attach it to ``tp`` for a moment."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    # probes.bpf_syscall imports no bcc: this check also answers where bcc is missing
+    from probes.bpf_syscall import PROG_LOAD, RAW_TRACEPOINT_OPEN, sys_bpf
+
     # BPF_MOV64_IMM(r0, 0); BPF_EXIT_INSN()
     insns = (ctypes.c_uint64 * 2)(0x00000000000000B7, 0x0000000000000095)
     lic = ctypes.create_string_buffer(b"GPL")
@@ -170,17 +168,16 @@ def test_load_raw_tracepoint(tp: str = "netif_receive_skb") -> tuple[bool, str]:
     attr.insns = ctypes.addressof(insns)
     attr.license = ctypes.addressof(lic)
     attr.prog_name = b"ht_doctor"
-    fd = libc.syscall(_SYS_BPF, _BPF_PROG_LOAD, ctypes.byref(attr), ctypes.sizeof(attr))
-    if fd < 0:
-        err = ctypes.get_errno()
-        return False, f"loading a raw tracepoint program: {os.strerror(err)}"
+    try:
+        fd = sys_bpf(PROG_LOAD, attr)
+    except OSError as exc:
+        return False, f"loading a raw tracepoint program: {exc.strerror}"
     try:
         name = ctypes.create_string_buffer(tp.encode())
-        rattr = _RawTpAttr(name=ctypes.addressof(name), prog_fd=fd)
-        link = libc.syscall(_SYS_BPF, _BPF_RAW_TRACEPOINT_OPEN, ctypes.byref(rattr), ctypes.sizeof(rattr))
-        if link < 0:
-            err = ctypes.get_errno()
-            return False, f"attaching to raw tracepoint {tp}: {os.strerror(err)}"
+        link = sys_bpf(RAW_TRACEPOINT_OPEN, _RawTpAttr(name=ctypes.addressof(name), prog_fd=fd))
+    except OSError as exc:
+        return False, f"attaching to raw tracepoint {tp}: {exc.strerror}"
+    else:
         os.close(link)
         return True, f"loaded and attached a raw tracepoint program to {tp}"
     finally:
