@@ -58,24 +58,33 @@ def load(insns: bytes, btf_id: int, name: str, tracepoint: str) -> int:
         raise TpBtfError(f"{tracepoint}: no program", 22)
     code = ctypes.create_string_buffer(insns, len(insns))
     lic = ctypes.create_string_buffer(b"GPL")
-    log = ctypes.create_string_buffer(_LOG_SIZE)
     attr = ctypes.create_string_buffer(_ATTR_SIZE)
-    # prog_type, insn_cnt, insns, license, log_level, log_size, log_buf
-    struct.pack_into("<IIQQIIQ", attr, 0, _BPF_PROG_TYPE_TRACING, len(insns) // 8, ctypes.addressof(code),
-                     ctypes.addressof(lic), 0, 0, 0)
+    # prog_type, insn_cnt, insns, license; log_level 0: no verifier log (see _refusal_log)
+    struct.pack_into("<IIQQ", attr, 0, _BPF_PROG_TYPE_TRACING, len(insns) // 8, ctypes.addressof(code),
+                     ctypes.addressof(lic))
     struct.pack_into("16s", attr, 48, name.encode()[:15])  # prog_name
     struct.pack_into("<I", attr, 68, _BPF_TRACE_RAW_TP)  # expected_attach_type
     struct.pack_into("<I", attr, 108, btf_id)  # attach_btf_id
     try:
         return sys_bpf(PROG_LOAD, attr)
     except BpfError as exc:
-        err = exc.errno
-    # again with the verifier's log, only to say why
-    struct.pack_into("<IIQ", attr, 24, 1, _LOG_SIZE, ctypes.addressof(log))
+        raise TpBtfError(f"{tracepoint}: tp_btf load refused", exc.errno, _refusal_log(attr)) from exc
+
+
+def _refusal_log(attr: ctypes.Array[ctypes.c_char]) -> str:
+    """The last lines of the verifier's log for the refused program in ``attr``, loaded a
+    second time with a log only to say why. The first load goes without: at log level 1 the
+    verifier writes every instruction it walks; skb_hops.c's three programs took 143-155 ms
+    each to load instead of 39-42, and netif_receive_skb's log was 72,894 bytes, refused
+    (ENOSPC) with this 64 KiB buffer. The verifier decides the same way twice; a refusal
+    that would pass on a retry (EAGAIN, a signal arrived while verifying) stays a refusal:
+    skb_hops.c's programs cannot pass the logged load anyway (ENOSPC), and a small program
+    that does is closed. skb_hops then falls back to raw tracepoints."""
+    log = ctypes.create_string_buffer(_LOG_SIZE)
+    struct.pack_into("<IIQ", attr, 24, 1, _LOG_SIZE, ctypes.addressof(log))  # log_level, log_size, log_buf
     with contextlib.suppress(BpfError):
-        return sys_bpf(PROG_LOAD, attr)  # loads with a log and not without: take it
-    text = log.value.decode("utf-8", "replace").strip().splitlines()
-    raise TpBtfError(f"{tracepoint}: tp_btf load refused", err, "\n".join(text[-6:]))
+        os.close(sys_bpf(PROG_LOAD, attr))
+    return "\n".join(log.value.decode("utf-8", "replace").strip().splitlines()[-6:])
 
 
 def attach(prog_fd: int, tracepoint: str) -> int:

@@ -68,6 +68,8 @@ def test_tp_btf_test_load_and_a_refusal() -> None:
     with pytest.raises(tp_btf.TpBtfError) as exc:
         tp_btf.load(nop, sk_buff, "ht_test", "sk_buff")  # a struct, no tracepoint's type: refused
     assert str(exc.value).startswith("[Errno") and "sk_buff: tp_btf load refused" in str(exc.value)
+    # the verifier's log of the second load, which says why
+    assert f"attach_btf_id {sk_buff} is not a typedef" in exc.value.log, exc.value.log
 
 
 def test_doctor_json_reports_every_check_and_backend() -> None:
