@@ -53,26 +53,54 @@ def test_the_running_kernel_lists_a_raw_icmp_socket_of_ours() -> None:
 
 def test_spans_run_from_the_poll_before_to_the_poll_that_no_longer_sees_it() -> None:
     seen: dict[int, bool] = {}
-    spans = RawSocketSpans(list_namespaces=lambda: {7: 70, 8: 80}, has_raw=lambda pid: seen.get(pid, False))
+    # each poll reads the clock as it begins and as it is done: 100-105, 200-205, 300-305
+    times = iter([100, 105, 200, 205, 300, 305])
+    spans = RawSocketSpans(list_namespaces=lambda: {7: 70, 8: 80}, has_raw=lambda pid: seen.get(pid, False),
+                           clock=lambda: next(times))
     seen[80] = True
-    spans.poll(100)  # open before hoptrace looked: from 0
+    spans.poll()  # open before hoptrace looked: from 0
     seen[70] = True
-    spans.poll(200)
+    spans.poll()
     g = spans.generation
     assert sorted(spans.spans()) == [(7, 100, OPEN_NS), (8, 0, OPEN_NS)]  # open: no end yet
     seen[70] = False
-    spans.poll(300)
+    spans.poll()
     assert spans.generation > g
-    assert sorted(spans.spans()) == [(7, 100, 300), (8, 0, OPEN_NS)]
+    assert sorted(spans.spans()) == [(7, 100, 305), (8, 0, OPEN_NS)]
+
+
+def test_a_socket_closed_while_a_poll_reads_is_open_until_the_poll_is_done() -> None:
+    """busybox ping closes its raw socket just after its last echo reply; a poll that began
+    before and reads that namespace after must not end the span before the reply was freed
+    (seen: a clean-clone run called that reply lost)."""
+    now = [0]
+    seen = {70: True}
+    closing = [False]
+
+    def has_raw(pid: int) -> bool:
+        if pid == 80 and closing[0]:
+            # reading the first namespace takes 30 ms; meanwhile ping gets its last reply
+            # (freed at 210 ms) and exits
+            now[0] += 30_000_000
+            seen[70] = False
+        return seen.get(pid, False)
+
+    spans = RawSocketSpans(list_namespaces=lambda: {8: 80, 7: 70}, has_raw=has_raw, clock=lambda: now[0])
+    spans.poll()  # at 0: ping's socket is open
+    now[0], closing[0] = 200_000_000, True
+    spans.poll()  # begins at 200 ms, reads namespace 7 at 230 ms: closed
+    (span,) = spans.spans()
+    reply_freed = 210_000_000
+    assert span[0] == 7 and span[1] <= reply_freed <= span[2] == 230_000_000
 
 
 def test_the_watch_polls_until_closed() -> None:
     polls: list[int] = []
 
     class Counting(RawSocketSpans):
-        def poll(self, now_ns: int) -> None:
-            polls.append(now_ns)
-            super().poll(now_ns)
+        def poll(self) -> None:
+            polls.append(time.monotonic_ns())
+            super().poll()
 
     w = RawSocketWatch(period_s=0.01, spans=Counting(list_namespaces=dict))
     time.sleep(0.1)

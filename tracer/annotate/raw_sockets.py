@@ -7,9 +7,10 @@ that time (crates/hoptrace-core/src/drops.rs); this module tells it when.
 
 Every ``period_s`` a thread lists the namespaces (``/proc/<pid>/ns/net`` of every process,
 one pid each) and reads ``/proc/<pid>/net/raw`` and ``raw6`` there: a socket bound to
-protocol 1 (ICMP) or 58 (ICMPv6) is one. A namespace seen with one gets a span from the poll
-before (it opened after that one) to the poll that no longer sees it (it closed before
-that one); one open now has no end yet. Nothing here is on the packet path: the
+protocol 1 (ICMP) or 58 (ICMPv6) is one. A namespace seen with one gets a span from the start
+of the poll before (it opened after that one read it) to the end of the poll that no longer
+sees it (it closed before that one read it, which may be well after the poll began: a busy
+machine, other threads holding the GIL); one open now has no end yet. Nothing here is on the packet path: the
 engine asks for the spans once per batch and hands them to the core only when they changed.
 A process that exits or a namespace that goes away between the listing and the read is
 skipped (the next poll sees what is left).
@@ -65,29 +66,38 @@ def namespaces(proc: Path = Path("/proc")) -> dict[int, int]:
 
 
 class RawSocketSpans:
-    """The spans so far: ``poll(now_ns)`` once per period, ``spans()`` for the core."""
+    """The spans so far: ``poll()`` once per period, ``spans()`` for the core. ``clock``: UTC
+    ns, the sightings' clock, read as a poll begins and again once it has read every
+    namespace."""
 
     def __init__(self, list_namespaces: Callable[[], dict[int, int]] = namespaces,
                  has_raw: Callable[[int], bool] = lambda pid: raw_icmp_in(Path(f"/proc/{pid}/net")),
-                 ) -> None:
+                 clock: Callable[[], int] = time.time_ns) -> None:
         self._list = list_namespaces
         self._has_raw = has_raw
+        self._clock = clock
         self._lock = threading.Lock()
         self._closed: list[tuple[int, int, int]] = []  # (netns, from, to) of sockets gone
         self._open: dict[int, int] = {}  # netns -> from, seen at the latest poll
-        self._last_ns: int | None = None
+        self._last_began: int | None = None
         self.generation = 0
 
-    def poll(self, now_ns: int) -> None:
+    def poll(self) -> None:
+        began = self._clock()
         seen = {ns for ns, pid in self._list().items() if self._has_raw(pid)}
+        done = self._clock()
         with self._lock:
-            before = self._last_ns
+            before = self._last_began
             for ns in set(self._open) - seen:
-                self._closed.append((ns, self._open.pop(ns), now_ns))
+                # Closed before this poll read its namespace: by the time it was done. (Ending
+                # at `began` once called a busybox ping's last echo reply lost: the socket
+                # closed while this poll was reading the other namespaces.)
+                self._closed.append((ns, self._open.pop(ns), done))
             for ns in seen - set(self._open):
-                # Open since before hoptrace looked, or since after the poll before this one.
+                # Open since before hoptrace looked, or since after the poll before this one
+                # began reading.
                 self._open[ns] = 0 if before is None else before
-            self._last_ns = now_ns
+            self._last_began = began
             self.generation += 1
 
     def spans(self) -> list[tuple[int, int, int]]:
@@ -105,13 +115,13 @@ class RawSocketWatch:
         self.table = spans or RawSocketSpans()
         self._period = period_s
         self._stop = threading.Event()
-        self.table.poll(time.time_ns())  # what is open at the start counts from the start
+        self.table.poll()  # what is open at the start counts from the start
         self._thread = threading.Thread(target=self._run, name="hoptrace-raw-sockets", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(self._period):
-            self.table.poll(time.time_ns())
+            self.table.poll()
 
     @property
     def generation(self) -> int:
