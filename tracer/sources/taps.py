@@ -356,13 +356,14 @@ class TapSource:
     flood, must not fill meanwhile); ``retire_ms``: the kernel's block-retire timer, the
     longest a frame waits in a ring block the kernel still fills; ``reorder_ms``: the
     hold-back, which must exceed it (``late_events`` counts the sightings it did not).
-    The timer fires every ``retire_ms`` on each socket, busy or idle, each expiry a
-    softirq taken from whatever runs on that CPU (a sender, too): 16 ms rather than 4 cuts the taps' timer expiries from ~1500 to ~375 a second with 6 taps, and
-    bench/taps_bench.py's sender goes faster beside them. With a 16 ms timer (6.18's
-    hrtimer), under a flood beside a ping every 10 ms, a 15 ms window let 2 sightings out
-    of order in 2 runs, 17 and 20 ms none in 2 and 3: 24 leaves room for a loaded machine
-    and for kernels whose jiffies timer fires up to a tick late (HZ=250). A lone
-    packet shows within ``reorder_ms`` + ``batch_ms``.
+    The timer fires every ``retire_ms`` on each socket, busy or idle, each expiry a softirq
+    taken from whatever runs on that CPU (a sender, too): 16 ms rather than 4 cuts the taps'
+    timer expiries from ~1500 to ~375 a second with 6 taps, and bench/taps_bench.py's sender
+    goes faster beside them. With a 16 ms timer (6.18's hrtimer), under a flood beside a
+    ping every 10 ms, a 15 ms window let 2 sightings out of order in 2 runs, 17 and 20 ms
+    none in 2 and 3: 24 leaves room for a loaded machine and for kernels whose jiffies timer
+    fires up to a tick late (HZ=250). A lone packet shows within ``reorder_ms`` +
+    ``batch_ms``.
     ``stop()`` only sets a flag; ``join()`` waits until the taps are closed.
     """
 

@@ -200,11 +200,11 @@ pub struct Released {
 /// in time order, decoded.
 ///
 /// Each ring hands over whole blocks, when full or when the retire timer fires, so one
-/// tap's frames may reach us up to the retire timer's period after a later frame of
-/// another tap (measured with 6.18's hrtimer and a 16 ms period, a flood beside a ping
-/// every 10 ms: a 15 ms window let 2 sightings out of order in 2 runs, 17 ms none). A path read out of order gets a wrong verdict,
-/// so frames wait `delay_ns` (against CLOCK_REALTIME, the clock of the ring timestamps);
-/// `late_total` counts those that came later still.
+/// tap's frames may reach us up to the retire timer's period after a later frame of another
+/// tap (measured with 6.18's hrtimer and a 16 ms period, a flood beside a ping every 10 ms:
+/// a 15 ms window let 2 sightings out of order in 2 runs, 17 ms none). A path read out of
+/// order gets a wrong verdict, so frames wait `delay_ns` (against CLOCK_REALTIME, the clock
+/// of the ring timestamps); `late_total` counts those that came later still.
 /// Ties are broken by the tap's rank, then by arrival (a stable sort): the order of
 /// tests/reference/taps.py's `_Reorder`, the oracle.
 #[derive(Debug, Default)]
