@@ -134,7 +134,12 @@ def is_reverse(ev: NatEvent) -> bool:
     return kind is not None and kind != ev.kind
 
 
-def verbed(ev: NatEvent) -> str:
+def verbed(ev: NatEvent, inner: bool = False) -> str:
+    """What ``ev`` did, in a word. ``inner``: it rewrote the header an ICMP error quotes, which
+    has no rule of its own to name the verb by ("DNATed" would name the error's own
+    translation, which its own event tells): "rewritten", unless a reply's translation back."""
+    if inner and not is_reverse(ev):
+        return "rewritten"
     rule = ev.rule or ""
     if is_reverse(ev):
         return "translated back"
@@ -168,9 +173,8 @@ def summary(path: PacketPath) -> str:
         if is_reverse(ev):
             why = " (reply to " + ("MASQUERADE" if "MASQUERADE" in (ev.rule or "") else
                                    (_rule_kind(ev.rule or "") or "").upper()) + ")"
-        # ("DNATed" would name the error's own translation, which its own event tells)
-        verb = f"its quoted header was {'rewritten' if not why else verbed(ev)}" if inner else f"was {verbed(ev)}"
-        parts.append(f"{verb} to {addr_port(changed, port)} on {to.hop_name}{why}")
+        what = "its quoted header was" if inner else "was"
+        parts.append(f"{what} {verbed(ev, inner)} to {addr_port(changed, port)} on {to.hop_name}{why}")
     last = hops[-1]
     if path.verdict == "dropped":
         reason = f" ({last.drop_reason})" if last.drop_reason else ""
@@ -192,9 +196,8 @@ def _inner(path: PacketPath, ev: NatEvent) -> bool:
 def _nat_lines(ev: NatEvent, inner: bool = False) -> Text:
     line = Text("     ┃ ", style="bold magenta" if ev.kind == "snat" else "bold dark_orange")
     line.append(f" {ev.kind.upper()} ", style=NAT_STYLE[ev.kind])
-    verb = verbed(ev) if not inner or is_reverse(ev) else "rewritten"
-    line.append(f" {'quoted header ' if inner else ''}{verb} on {term_safe(ev.node)} at {term_safe(ev.hook)}: ",
-                style="bold")
+    what = "quoted header " if inner else ""
+    line.append(f" {what}{verbed(ev, inner)} on {term_safe(ev.node)} at {term_safe(ev.hook)}: ", style="bold")
     line.append(endpoints_text(ev.before))
     line.append("  ⇒  ", style="bold")
     line.append(endpoints_text(ev.after), style="bold reverse")

@@ -127,8 +127,9 @@ class _Reorder:
 
     Each ring hands over whole blocks, when full or when the retire timer fires, so one
     tap's frames may reach us up to the retire timer's period after a later frame of
-    another tap (see hoptrace_core::tpacket::Reorder for what was measured). A path read out of order gets a wrong verdict, so
-    frames wait ``delay_ns`` (against CLOCK_REALTIME, the clock of the ring timestamps).
+    another tap (see hoptrace_core::tpacket::Reorder for what was measured). A path read
+    out of order gets a wrong verdict, so frames wait ``delay_ns`` (against CLOCK_REALTIME,
+    the clock of the ring timestamps).
     Decoding happens once per released batch: the bulk decoder's cost is mostly per call.
     """
 
