@@ -406,6 +406,11 @@ impl Engine {
         self.learner.finisher.write_output(&mut Patient(w))
     }
 
+    /// What is ready, lent to `f` then forgotten (the buffer is kept).
+    pub fn with_output<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> R {
+        self.learner.finisher.with_output(f)
+    }
+
     /// What is ready, handed over.
     pub fn take_output(&mut self) -> Vec<u8> {
         self.learner.finisher.take_output()

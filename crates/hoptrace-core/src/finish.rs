@@ -762,13 +762,20 @@ impl PathFinisher {
     ///
     /// [`take_output`]: PathFinisher::take_output
     pub fn write_output<W: std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.with_output(|ended| w.write_all(ended))
+    }
+
+    /// Hand the lines of ended steps to `f`, then forget them, keeping the buffer: a caller
+    /// that copies them (into a Python `bytes`) pays no fresh pages per batch.
+    pub fn with_output<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> R {
         let ended = if self.step_lines.is_empty() {
             self.out.len()
         } else {
             self.step_start
         };
-        w.write_all(self.out.get(..ended).unwrap_or_default())?;
+        let got = f(self.out.get(..ended).unwrap_or_default());
         self.out.drain(..ended);
+        keep_modest(&mut self.out);
         if !self.step_lines.is_empty() {
             for line in &mut self.step_lines {
                 line.1 -= ended;
@@ -776,12 +783,24 @@ impl PathFinisher {
             }
             self.step_start = 0;
         }
-        Ok(())
+        got
     }
 
     /// The lines written so far and not taken (a step not ended yet included).
     pub fn output(&self) -> &[u8] {
         &self.out
+    }
+}
+
+/// What an output buffer keeps between batches: a step's output is a few MB (8192 sightings
+/// of ~450 B); a consumer that fell behind takes many batches at once, and the buffer that
+/// grew for them is given back rather than held for the rest of the run.
+pub const KEEP_BYTES: usize = 16 << 20;
+
+/// Give back what `buf` grew beyond [`KEEP_BYTES`] once it holds less than that.
+pub fn keep_modest(buf: &mut Vec<u8>) {
+    if buf.capacity() > KEEP_BYTES && buf.len() <= KEEP_BYTES {
+        buf.shrink_to(KEEP_BYTES);
     }
 }
 
@@ -841,6 +860,42 @@ mod tests {
 
     fn text(f: &mut PathFinisher) -> String {
         String::from_utf8(f.take_output()).expect("ascii")
+    }
+
+    #[test]
+    fn an_output_buffer_is_kept_between_batches_and_given_back_after_a_spike() {
+        let mut buf = Vec::with_capacity(KEEP_BYTES / 4);
+        buf.extend_from_slice(b"x");
+        keep_modest(&mut buf);
+        assert_eq!(
+            buf.capacity(),
+            KEEP_BYTES / 4,
+            "a normal buffer is kept as it is"
+        );
+        let mut buf = vec![0u8; 4 * KEEP_BYTES];
+        keep_modest(&mut buf);
+        assert!(buf.capacity() >= 4 * KEEP_BYTES, "a full buffer is not cut");
+        buf.truncate(10);
+        keep_modest(&mut buf);
+        assert!(
+            buf.capacity() <= KEEP_BYTES && buf.capacity() >= 10,
+            "{}",
+            buf.capacity()
+        );
+        assert_eq!(buf.len(), 10, "what it holds stays");
+    }
+
+    #[test]
+    fn with_output_lends_what_ended_and_keeps_the_buffer() {
+        let mut f = PathFinisher::new(FinishConfig::default());
+        f.push_stats(1, 0, 0.5);
+        let cap = f.out.capacity();
+        assert!(cap > 0);
+        let seen = f.with_output(|b| String::from_utf8(b.to_vec()).expect("ascii"));
+        assert!(seen.starts_with("{\"type\": \"stats\""), "{seen}");
+        assert!(f.output().is_empty());
+        assert_eq!(f.out.capacity(), cap, "the buffer stays for the next batch");
+        assert_eq!(f.with_output(<[u8]>::len), 0, "nothing twice");
     }
 
     #[test]

@@ -248,6 +248,7 @@ impl StepRecorder {
         }
         let r = f(&self.out, &self.segs, &self.new_hops);
         self.out.clear();
+        crate::finish::keep_modest(&mut self.out);
         self.segs.clear();
         self.new_hops.clear();
         r

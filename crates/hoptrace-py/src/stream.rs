@@ -238,15 +238,19 @@ impl Stream {
     }
 
     fn output<'py>(&mut self, py: Python<'py>) -> Output<'py> {
-        let data = self.core.take_output();
-        if self.text {
-            self.index.clear();
-        } else {
-            index_lines(&data, &mut self.index);
-        }
+        let (index, text) = (&mut self.index, self.text);
+        // Copied out of the core's buffer, which stays for the next batch (no fresh pages).
+        let data = self.core.with_output(|data| {
+            if text {
+                index.clear();
+            } else {
+                index_lines(data, index);
+            }
+            PyBytes::new(py, data)
+        });
         let extras = std::mem::take(&mut *self.extras.lock().unwrap_or_else(|e| e.into_inner()));
         (
-            PyBytes::new(py, &data),
+            data,
             PyArray1::from_slice(py, &self.index),
             PyArray1::from_vec(py, extras),
         )
@@ -490,14 +494,20 @@ impl Stream {
         let (core, fd) = (&mut self.core, self.out.as_mut());
         let (fed, written) = py.detach(|| {
             let mut fed = 0u64;
+            let mut fd = fd;
             for b in &batches {
                 fed += b.obs.len() as u64;
                 if let Some(r) = rec.as_mut() {
                     r.record(&b.obs, &b.frames);
                 }
                 core.feed(&b.obs, &b.frames, None);
+                // A batch at a time: a consumer that fell behind takes many batches at once,
+                // and their output would pile up in one buffer (fresh pages on every step).
+                if let Err(e) = Self::write_out(core, fd.as_deref_mut()) {
+                    return (fed, Err(e));
+                }
             }
-            (fed, Self::write_out(core, fd))
+            (fed, Ok(()))
         });
         ring_record::put_state(py, self.recorder.as_ref(), rec);
         ring.borrow().recycle(batches);
