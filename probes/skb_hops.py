@@ -341,9 +341,10 @@ class EbpfSource:
         self._bpf: Any = None
         self._flush_fd = -1
         self._tp_btf: list[tp_btf.TpBtfProgram] = []
-        #: "tp_btf" or "raw_tp": how the programs were attached (and why not tp_btf, if not)
+        #: "tp_btf" or "raw_tp": how the programs were attached
         self.attach_kind = ""
-        self.attach_note = ""
+        #: what the start could not do, one line each (why not tp_btf): live prints them (HasNotices)
+        self.notices: list[str] = []
         self._ring: Any = None  # tracer._core.EbpfRing: the ring's mmap, the events read, the decoder
         self._mapped = False
         self._stop = threading.Event()
@@ -425,13 +426,14 @@ class EbpfSource:
                 self._close_tp_btf()
                 if bpf is not None:
                     bpf.cleanup()
-                why = exc.strerror if isinstance(exc, OSError) else str(exc).splitlines()[0] if str(exc) else repr(exc)
-                self.attach_note = f"tp_btf not taken ({why}): raw tracepoints instead"
+                why = (exc.why if isinstance(exc, tp_btf.TpBtfError) else exc.strerror if isinstance(exc, OSError)
+                       else str(exc).splitlines()[0] if str(exc) else repr(exc))
+                self.notices.append(f"tp_btf not taken ({why}): raw tracepoints instead (slower)")
             else:
                 self.attach_kind = "tp_btf"
                 return bpf
         elif forced != "raw_tp":
-            self.attach_note = "the kernel's BTF has no btf_trace_* types: raw tracepoints"
+            self.notices.append("the kernel's BTF has no btf_trace_* types: raw tracepoints (slower)")
         self.attach_kind = "raw_tp"
         return bcc.BPF(src_file=str(C_SOURCE).encode(), cflags=cflags)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import struct
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ _BPF_PROG_TYPE_TRACING = 26
 _BPF_TRACE_RAW_TP = 23
 _ATTR_SIZE = 160  # union bpf_attr for BPF_PROG_LOAD up to attach_btf_obj_fd, zero-padded
 _LOG_SIZE = 1 << 16
+# Loads tried when the kernel says EAGAIN (the verifier stops when a signal is pending), as
+# libbpf's sys_bpf_prog_load does.
+LOAD_TRIES = 5
 
 
 class TpBtfError(OSError):
@@ -33,6 +37,12 @@ class TpBtfError(OSError):
     def __init__(self, what: str, err: int, log: str = "") -> None:
         super().__init__(err, f"{what}: {os.strerror(err)}")
         self.log = log
+
+    @property
+    def why(self) -> str:
+        """One line for a person: what was refused, why, and the verifier's last line."""
+        last = self.log.splitlines()[-1:]
+        return f"{self.strerror}; the verifier: {last[0][:160]}" if last else str(self.strerror)
 
 
 @dataclass
@@ -65,10 +75,14 @@ def load(insns: bytes, btf_id: int, name: str, tracepoint: str) -> int:
     struct.pack_into("16s", attr, 48, name.encode()[:15])  # prog_name
     struct.pack_into("<I", attr, 68, _BPF_TRACE_RAW_TP)  # expected_attach_type
     struct.pack_into("<I", attr, 108, btf_id)  # attach_btf_id
-    try:
-        return sys_bpf(PROG_LOAD, attr)
-    except BpfError as exc:
-        raise TpBtfError(f"{tracepoint}: tp_btf load refused", exc.errno, _refusal_log(attr)) from exc
+    for attempt in range(LOAD_TRIES):
+        try:
+            return sys_bpf(PROG_LOAD, attr)
+        except BpfError as exc:
+            if exc.errno == errno.EAGAIN and attempt + 1 < LOAD_TRIES:
+                continue  # a signal arrived while the verifier ran: it stopped, not refused
+            raise TpBtfError(f"{tracepoint}: tp_btf load refused", exc.errno, _refusal_log(attr)) from exc
+    raise AssertionError("unreachable")  # the last try returns or raises
 
 
 def _refusal_log(attr: ctypes.Array[ctypes.c_char]) -> str:
@@ -79,7 +93,7 @@ def _refusal_log(attr: ctypes.Array[ctypes.c_char]) -> str:
     (ENOSPC) with this 64 KiB buffer. The verifier decides the same way twice; a refusal
     that would pass on a retry (EAGAIN, a signal arrived while verifying) stays a refusal:
     skb_hops.c's programs cannot pass the logged load anyway (ENOSPC), and a small program
-    that does is closed. skb_hops then falls back to raw tracepoints."""
+    that does is closed. (``load`` itself tries again on EAGAIN.) skb_hops then falls back to raw tracepoints."""
     log = ctypes.create_string_buffer(_LOG_SIZE)
     struct.pack_into("<IIQ", attr, 24, 1, _LOG_SIZE, ctypes.addressof(log))  # log_level, log_size, log_buf
     with contextlib.suppress(BpfError):

@@ -42,7 +42,7 @@ def test_tp_btf_and_raw_tracepoints_see_the_same_sightings(lab_netns: Any, monke
         fast.stop()
         raise
     # tp_btf is what this kernel (6.18, BTF) runs by default: the kind under test here
-    assert (fast.attach_kind, raw.attach_kind) == ("tp_btf", "raw_tp"), fast.attach_note
+    assert (fast.attach_kind, raw.attach_kind) == ("tp_btf", "raw_tp"), fast.notices
     assert fast.attachments().count == raw.attachments().count == 3
     seen: dict[str, list[Observation]] = {"tp_btf": [], "raw_tp": []}
 
@@ -79,7 +79,7 @@ def test_tp_btf_and_raw_tracepoints_see_the_same_sightings(lab_netns: Any, monke
 
 def test_tp_btf_programs_are_detached_on_stop(lab_netns: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     src = _source(monkeypatch, "tp_btf", lab_netns)
-    assert src.attach_kind == "tp_btf", src.attach_note
+    assert src.attach_kind == "tp_btf", src.notices
     links = [p.link_fd for p in src._tp_btf]
     assert all(Path(f"/proc/self/fd/{fd}").exists() for fd in links)
     src.stop()
@@ -87,3 +87,27 @@ def test_tp_btf_programs_are_detached_on_stop(lab_netns: Any, monkeypatch: pytes
     assert src._tp_btf == []
     assert not any(Path(f"/proc/self/fdinfo/{fd}").exists()
                    and "link_type" in Path(f"/proc/self/fdinfo/{fd}").read_text() for fd in links)
+
+
+def test_a_refused_tp_btf_load_falls_back_and_says_why(lab_netns: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel's refusal is made here (the lab kernel takes tp_btf); everything else is real:
+    bcc compiles both ways, the raw tracepoints attach, and the notice live prints names the
+    errno and the verifier's last line."""
+    import errno
+
+    from probes import tp_btf
+
+    def refuse(insns: bytes, btf_id: int, name: str, tracepoint: str) -> tp_btf.TpBtfProgram:
+        raise tp_btf.TpBtfError(f"{tracepoint}: tp_btf load refused", errno.EACCES,
+                                "0: (79) r1 = *(u64 *)(r1 +0)\nR1 invalid mem access 'scalar'")
+
+    monkeypatch.setattr(tp_btf, "load_and_attach", refuse)
+    src = _source(monkeypatch, "", lab_netns)
+    try:
+        assert src.attach_kind == "raw_tp"
+        assert src.notices == ["tp_btf not taken (netif_receive_skb: tp_btf load refused: Permission denied; "
+                               "the verifier: R1 invalid mem access 'scalar'): raw tracepoints instead (slower)"]
+        assert src.attachments().count == 3
+    finally:
+        src.stop()
+        list(src.batches())

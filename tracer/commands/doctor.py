@@ -207,7 +207,7 @@ def check_tp_btf() -> Check:
         tp_btf.load_and_attach(bytes.fromhex("b700000000000000" "9500000000000000"), tid, "ht_doctor",
                                "netif_receive_skb").close()
     except tp_btf.TpBtfError as exc:
-        return Check("tp_btf", False, str(exc.strerror), fallback)
+        return Check("tp_btf", False, exc.why, fallback)
     return Check("tp_btf", True, "loaded and attached a tp_btf program to netif_receive_skb: the probes read"
                  " kernel fields as plain loads")
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tracer.errors import HoptraceError, KernelFeatureMissing, PrivilegeError, UsageError
-from tracer.protocols import Annotator, LiveSource, Recorder
+from tracer.protocols import Annotator, HasNotices, LiveSource, Recorder
 from tracer.safe_text import term_safe
 
 if TYPE_CHECKING:
@@ -235,6 +235,9 @@ def run(args: argparse.Namespace) -> int:
             os.replace(part, args.ready_file)
             stack.callback(_unlink, args.ready_file)
         _status(_ready_line(source, t0))
+        if isinstance(source, HasNotices):
+            for msg in source.notices:  # e.g. the probes fell back to a slower attach kind
+                _notice(msg)
 
         attributor, topo = discovery.result(source)
         for msg in attributor.notices:
