@@ -130,3 +130,20 @@ def test_a_relayed_connection_is_one_story_in_the_path_view() -> None:
     assert "\u2192 docker-proxy relays to web:80 from 172.17.0.1:35216" in shown
     own = replace(p, relay={**relay, "peer_node": "api"})
     assert "relays to api:80" in path_view(own, "f1", "request", None, relay).plain
+
+
+def test_after_nat_is_not_cut_where_the_terminal_has_room() -> None:
+    """A MASQUERADEd port was cut to "src 203.0.113.2:386…" on a 200-column terminal while the
+    original column sat half empty."""
+    from tui.widgets.path_table import column_widths
+
+    def widths(total: int) -> dict[str, int]:
+        return dict(column_widths(total))
+
+    assert widths(160)["after NAT"] >= len("src 203.0.113.2:38675")
+    assert widths(160)["original src → dst"] >= len("255.255.255.255:65535 → 255.255.255.255:65535")
+    assert widths(200)["after NAT"] >= len("src [2001:db8::ffff:ffff:ffff:ffff]:65535")
+    for total in (80, 120, 200, 400):
+        w = widths(total)
+        assert w["original src → dst"] >= w["after NAT"], total
+        assert sum(w.values()) + len(w) - 1 <= max(total, 89), total

@@ -40,13 +40,18 @@ from tui.store import Entry, PathStore
 FIXED = [("time", 12), ("flow", 5), ("proto", 10)]
 STRIP_CACHE = 400  # rendered rows kept: a few screens' worth
 TAIL = [("hop", 3), ("NAT", 9), ("verdict", 10), ("latency", 8)]
+ORIGINAL_NEED = 45  # "255.255.255.255:65535 → 255.255.255.255:65535"
+AFTER_NAT_MAX = 51  # "src [" + the longest IPv6 text (39) + "]:65535"; the rest is the original column's
 
 
 def column_widths(total: int) -> list[tuple[str, int]]:
     fixed = sum(w for _, w in FIXED + TAIL) + len(FIXED) + len(TAIL) + 1
     free = max(total - fixed, 24)
-    # "translated" names only the rewritten side ("src 203.0.113.2:1024"): 20 cells hold IPv4.
-    trans = min(20, free * 2 // 5)
+    # "after NAT" names only the rewritten side, the original column both: the original gets
+    # what a worst IPv4 pair needs first, and "after NAT" grows past 20 cells only beyond it
+    # ("src 203.0.113.2:38675" is 21: a 200-column terminal cut it while the original sat half
+    # empty).
+    trans = min(AFTER_NAT_MAX, max(min(20, free * 2 // 5), free - ORIGINAL_NEED))
     return [*FIXED, ("original src → dst", free - trans), ("after NAT", trans), *TAIL]
 
 
