@@ -27,10 +27,11 @@ cost ~64 ns a program run, ~0.3 us a forwarded UDP packet, so the ratio runs are
 them off; the part of the cost paid on the packet path, apart from the tracer's own
 CPU): over all programs, then per program (runs/s and ns per run, read from bpf_prog_info by
 fd: probes/bpf_stats.py). The load average is printed before and after: on a shared
-machine it says how much to trust the ratios. With ``--repeat``, the summary adds the NDJSON
-bytes per sighting and the write floor: the CPU this process spends writing the same number of
-bytes to the same tmpfs (1 MB writes) per sighting — what the output alone costs, under the
-tracer's us/ev.
+machine it says how much to trust the ratios. With ``--repeat``, the summary adds the bytes
+written per sighting (NDJSON, and the recording in ``record``) and the write floor: the CPU this
+process spends writing the same number of bytes to the same tmpfs (1 MB writes) per sighting —
+what the output alone costs, under the tracer's us/ev. Every output file is removed as its run
+ends: data left in the tmpfs slows the runs after it (see ``Tracer.stop``).
 Targets (issue 4): 0 lost; UDP >= 0.75, TCP >= 0.90; CPU <= 25 %; ready <= 3 s.
 """
 
@@ -75,6 +76,8 @@ class Tracer:
         self.mode = mode
         self.ready = workdir / f"ready-{uuid.uuid4().hex[:6]}"
         self.out = workdir / f"out-{uuid.uuid4().hex[:6]}"
+        # --record's file (and rotated ones: NAME1, NAME2, ... as tcpdump -C names them)
+        self.rec = workdir / f"rec-{uuid.uuid4().hex[:6]}.pcapng"
         # Every hop of the lab, and only the lab: on a shared machine other namespaces carry
         # other people's traffic.
         if mode == "source":
@@ -91,7 +94,7 @@ class Tracer:
             if mode == "filtered":
                 argv += ["--filter", f"icmp and host {SERVER}"]
             if mode == "record":
-                argv += ["--record", str(workdir / f"rec-{uuid.uuid4().hex[:6]}.pcapng")]
+                argv += ["--record", str(self.rec)]
             if mode == "sampled":
                 argv += ["--sample", "4"]
 
@@ -132,9 +135,18 @@ class Tracer:
                 last = {}
         out_bytes = self.out.stat().st_size
         self.out.unlink(missing_ok=True)
+        # Removed at once, like the NDJSON: recordings left in the tmpfs made every later run
+        # of every mode slower (5 GB there took live from 0.55 to 1.6 us/ev, ratio 0.82 to 0.62:
+        # the kernel then copies into pages the hypervisor has taken back), so a --repeat's
+        # runs grew worse one after the other.
+        rec_bytes = 0
+        for part in self.rec.parent.glob(f"{self.rec.name}*"):
+            rec_bytes += part.stat().st_size
+            part.unlink(missing_ok=True)
         events = last.get("events", last.get("observations", 0))
         return {"ready_s": self.ready_s, "cpu_pct": 100 * cpu / window_s, "cpu_s": cpu, "events": events,
-                "out_bytes": out_bytes, "write_s": write_floor(self.out.parent, out_bytes),
+                "out_bytes": out_bytes, "rec_bytes": rec_bytes,
+                "write_s": write_floor(self.out.parent, out_bytes + rec_bytes),
                 "bpf_ns_per_run": ns / runs if runs else None, "bpf_runs": runs, "bpf_programs": programs,
                 "lost": last.get("lost_events"), "sampled_out": last.get("sampled_out"),
                 "sample_rate": last.get("sample_rate"), "rc": self.proc.returncode}
@@ -271,11 +283,11 @@ def main() -> int:
 
         print(f"\n{'run':<14}{'ratio':>20}{'us/ev':>20}{'lost':>26}{'bpf ns/run':>18}{'B/ev':>7}"
               f"{'write us/ev':>20}   (median [min-max] of {args.repeat} runs; write us/ev: the same bytes"
-              f" written to the same tmpfs by this process, the floor under us/ev)")
+              f" written to the same tmpfs by this process, the floor under us/ev; B/ev: NDJSON and recording)")
         for key, rs in runs.items():
             us = [1e6 * r["cpu_s"] / r["events"] for r in rs if r["events"]]
             bpf = [r["bpf_ns_per_run"] for r in rs if r["bpf_ns_per_run"] is not None]
-            per_ev = [r["out_bytes"] / r["events"] for r in rs if r["events"]]
+            per_ev = [(r["out_bytes"] + r.get("rec_bytes", 0)) / r["events"] for r in rs if r["events"]]
             floor = [1e6 * r["write_s"] / r["events"] for r in rs if r["events"]]
             print(f"{key:<14}{spread([r['ratio'] for r in rs]):>20}{spread(us):>20}"
                   f"{spread([float(r['lost'] or 0) for r in rs], '.0f'):>26}{spread(bpf, '.0f'):>18}"
