@@ -128,6 +128,11 @@ class Tcpdump:
         return {"captured": captured, "dropped": dropped, "cpu_s": cpu}
 
 
+def column_width(peers: list[str]) -> int:
+    """The peer-name column of the per-run lines and the summary: the longest name."""
+    return max(8, *map(len, peers))
+
+
 def taps_options(peer: str) -> dict[str, int]:
     """``taps:KEY=N:KEY=N`` -> TapSource keyword arguments (``taps`` alone: none)."""
     opts = {}
@@ -252,7 +257,7 @@ def lossless(run: dict[str, Any]) -> bool:
 def summarize(results: list[dict[str, Any]], peers: list[str], rates: list[int]) -> None:
     """Per peer and rate the medians over repetitions, then lossless rates and ratios."""
     print()
-    width = max(8, *map(len, peers))
+    width = column_width(peers)
     print(f"{'peer':{width}} {'offered':>7} {'sent/s':>9} {'snd cpu':>7} {'captured/s':>10} {'lossless':>8} "
           f"{'drops':>7} {'cpu':>6} {'cpu/100k':>8}")
     levels: dict[str, list[tuple[int, bool, dict[str, float]]]] = {}
@@ -332,7 +337,7 @@ def main() -> int:
     send_pin = ["taskset", "-c", "0"] if split else []
     cap_pin = ["taskset", "-c", "1"] if split else []
     peers = args.peers.split(",")
-    width = max(8, *map(len, peers))
+    width = column_width(peers)
     rates = [int(r) for r in args.rates.split(",")]
     load0 = os.getloadavg()
     lab = Lab("netns", f"hoptest-tb{uuid.uuid4().hex[:6]}")

@@ -426,9 +426,7 @@ class EbpfSource:
                 self._close_tp_btf()
                 if bpf is not None:
                     bpf.cleanup()
-                why = (exc.why if isinstance(exc, tp_btf.TpBtfError) else exc.strerror if isinstance(exc, OSError)
-                       else str(exc).splitlines()[0] if str(exc) else repr(exc))
-                self.notices.append(f"tp_btf not taken ({why}): raw tracepoints instead (slower)")
+                self.notices.append(f"tp_btf not taken ({_why_not_tp_btf(exc)}): raw tracepoints instead (slower)")
             else:
                 self.attach_kind = "tp_btf"
                 return bpf
@@ -781,6 +779,16 @@ class EbpfSource:
         labels = self._labels
         labels.hops.append(HopLabel(node=node, iface=iface, netns=netns, ifindex=ifindex, linktype=linktype))
         return len(labels.hops) - 1
+
+
+def _why_not_tp_btf(exc: Exception) -> str:
+    """One line: the kernel's refusal with the verifier's last line (TpBtfError), an errno's
+    text, or the first line of bcc's compile error (a bare Exception)."""
+    if isinstance(exc, tp_btf.TpBtfError):
+        return exc.why
+    if isinstance(exc, OSError):
+        return str(exc.strerror)
+    return str(exc).splitlines()[0] if str(exc) else repr(exc)
 
 
 def _online_cpus(which: str = "online") -> list[int]:

@@ -75,14 +75,15 @@ def load(insns: bytes, btf_id: int, name: str, tracepoint: str) -> int:
     struct.pack_into("16s", attr, 48, name.encode()[:15])  # prog_name
     struct.pack_into("<I", attr, 68, _BPF_TRACE_RAW_TP)  # expected_attach_type
     struct.pack_into("<I", attr, 108, btf_id)  # attach_btf_id
-    for attempt in range(LOAD_TRIES):
+    tries = LOAD_TRIES
+    while True:
         try:
             return sys_bpf(PROG_LOAD, attr)
         except BpfError as exc:
-            if exc.errno == errno.EAGAIN and attempt + 1 < LOAD_TRIES:
-                continue  # a signal arrived while the verifier ran: it stopped, not refused
-            raise TpBtfError(f"{tracepoint}: tp_btf load refused", exc.errno, _refusal_log(attr)) from exc
-    raise AssertionError("unreachable")  # the last try returns or raises
+            tries -= 1
+            # EAGAIN: a signal arrived while the verifier ran; it stopped, it did not refuse
+            if exc.errno != errno.EAGAIN or not tries:
+                raise TpBtfError(f"{tracepoint}: tp_btf load refused", exc.errno, _refusal_log(attr)) from exc
 
 
 def _refusal_log(attr: ctypes.Array[ctypes.c_char]) -> str:
@@ -91,9 +92,9 @@ def _refusal_log(attr: ctypes.Array[ctypes.c_char]) -> str:
     verifier writes every instruction it walks; skb_hops.c's three programs took 143-155 ms
     each to load instead of 39-42, and netif_receive_skb's log was 72,894 bytes, refused
     (ENOSPC) with this 64 KiB buffer. The verifier decides the same way twice; a refusal
-    that would pass on a retry (EAGAIN, a signal arrived while verifying) stays a refusal:
-    skb_hops.c's programs cannot pass the logged load anyway (ENOSPC), and a small program
-    that does is closed. (``load`` itself tries again on EAGAIN.) skb_hops then falls back to raw tracepoints."""
+    that would pass on a retry (``load`` tries EAGAIN again, up to LOAD_TRIES) stays a
+    refusal: skb_hops.c's programs cannot pass the logged load anyway (ENOSPC), and a small
+    program that does is closed. skb_hops then falls back to raw tracepoints."""
     log = ctypes.create_string_buffer(_LOG_SIZE)
     struct.pack_into("<IIQ", attr, 24, 1, _LOG_SIZE, ctypes.addressof(log))  # log_level, log_size, log_buf
     with contextlib.suppress(BpfError):

@@ -138,12 +138,11 @@ def verbed(ev: NatEvent, inner: bool = False) -> str:
     """What ``ev`` did, in a word. ``inner``: it rewrote the header an ICMP error quotes, which
     has no rule of its own to name the verb by ("DNATed" would name the error's own
     translation, which its own event tells): "rewritten", unless a reply's translation back."""
-    if inner and not is_reverse(ev):
-        return "rewritten"
-    rule = ev.rule or ""
     if is_reverse(ev):
         return "translated back"
-    if "MASQUERADE" in rule:
+    if inner:
+        return "rewritten"
+    if "MASQUERADE" in (ev.rule or ""):
         return "MASQUERADEd"
     return "DNATed" if ev.kind == "dnat" else "SNATed"
 

@@ -863,7 +863,7 @@ mod tests {
     }
 
     #[test]
-    fn an_output_buffer_is_kept_between_batches_and_given_back_after_a_spike() {
+    fn keep_modest_keeps_a_normal_buffer_and_cuts_one_grown_past_keep_bytes() {
         let mut buf = Vec::with_capacity(KEEP_BYTES / 4);
         buf.extend_from_slice(b"x");
         keep_modest(&mut buf);

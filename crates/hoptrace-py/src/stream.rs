@@ -491,10 +491,9 @@ impl Stream {
         }
         let mut rec = ring_record::take_state(py, self.recorder.as_ref())?;
         let batches = std::mem::take(&mut self.pending);
-        let (core, fd) = (&mut self.core, self.out.as_mut());
+        let (core, mut fd) = (&mut self.core, self.out.as_mut());
         let (fed, written) = py.detach(|| {
             let mut fed = 0u64;
-            let mut fd = fd;
             for b in &batches {
                 fed += b.obs.len() as u64;
                 if let Some(r) = rec.as_mut() {
